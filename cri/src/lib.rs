@@ -1,0 +1,22 @@
+//! Berth's CRI v1 front: the gRPC services kubelet and crictl talk to, the daemon's
+//! configuration, metadata store and lifecycle. The `berth` binary only parses arguments and
+//! calls [`server::run`].
+
+pub mod config;
+pub mod containers;
+pub mod images;
+pub mod lock;
+pub mod logging;
+pub mod node;
+pub mod pods;
+pub mod runtime_info;
+pub mod server;
+pub mod service;
+pub mod stats;
+pub mod store;
+pub mod streaming;
+
+/// The answer for an RPC whose capability Berth does not have yet.
+pub(crate) fn not_implemented(rpc: &str) -> tonic::Status {
+    tonic::Status::unimplemented(format!("berth does not implement {rpc} yet"))
+}

@@ -1,0 +1,84 @@
+//! `berth`: the daemon, and the few commands an operator needs beside it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use berth_cri::config::{Config, DEFAULT_CONFIG_PATH, LogFormat};
+use clap::{Parser, Subcommand};
+
+/// Berth, a Kubernetes node runtime serving CRI v1.
+#[derive(Parser)]
+#[command(name = "berth", version, about)]
+struct Cli {
+    /// Configuration file; a missing file means the defaults.
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Log filter, overriding `[log] level` (error, warn, info, debug, trace).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    /// Log format, overriding `[log] format`.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve CRI on the socket (the default).
+    Daemon,
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the complete default configuration as TOML.
+    Default,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Version) => {
+            println!("berth {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Some(Command::Config {
+            command: ConfigCommand::Default,
+        }) => {
+            print!("{}", Config::default_toml());
+            ExitCode::SUCCESS
+        }
+        None | Some(Command::Daemon) => match daemon(cli.config, cli.log_level, cli.log_format) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("berth: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn daemon(path: PathBuf, level: Option<String>, format: Option<LogFormat>) -> anyhow::Result<()> {
+    let mut config = Config::load(&path)?;
+    if let Some(level) = level {
+        config.log.level = level;
+    }
+    if let Some(format) = format {
+        config.log.format = format;
+    }
+    berth_cri::logging::init(&config.log.level, config.log.format)?;
+    // Two workers: the daemon's work is short calls and waiting on the kernel, and every
+    // thread costs resident memory on every node.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(berth_cri::server::run(config))
+}

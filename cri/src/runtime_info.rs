@@ -1,0 +1,134 @@
+//! What the runtime says about itself: Version, Status, RuntimeConfig, UpdateRuntimeConfig.
+
+use std::collections::HashMap;
+
+use k8s_cri::v1::*;
+use tonic::Status;
+
+use crate::config::CgroupDriver as ConfiguredDriver;
+use crate::node::{Node, parse_cidrs};
+
+/// The name kubelet and crictl show for this runtime.
+pub const RUNTIME_NAME: &str = "berth";
+/// The CRI API version served.
+pub const RUNTIME_API_VERSION: &str = "v1";
+/// The kubelet runtime API version string every CRI runtime answers with.
+const KUBELET_API_VERSION: &str = "0.1.0";
+
+/// Handles `Version`.
+pub async fn version(_node: &Node, _req: VersionRequest) -> Result<VersionResponse, Status> {
+    Ok(VersionResponse {
+        version: KUBELET_API_VERSION.into(),
+        runtime_name: RUNTIME_NAME.into(),
+        runtime_version: env!("CARGO_PKG_VERSION").into(),
+        runtime_api_version: RUNTIME_API_VERSION.into(),
+    })
+}
+
+/// Handles `Status`: RuntimeReady and NetworkReady as they are now; with `verbose`, the
+/// effective configuration as JSON under `config`.
+pub async fn status(node: &Node, req: StatusRequest) -> Result<StatusResponse, Status> {
+    let runtime = if node.is_reconciled() {
+        condition("RuntimeReady", Ok(()))
+    } else {
+        condition(
+            "RuntimeReady",
+            Err((
+                "Reconciling",
+                "berth is reconciling its records with the kernel after start",
+            )),
+        )
+    };
+    let network = condition(
+        "NetworkReady",
+        Err((
+            "NetworkPluginNotReady",
+            "berth: pod networking is not available",
+        )),
+    );
+    let mut info = HashMap::new();
+    if req.verbose {
+        let config = serde_json::to_string(&node.effective_config())
+            .map_err(|e| Status::internal(format!("cannot encode the configuration: {e}")))?;
+        info.insert("config".to_owned(), config);
+        info.insert(
+            "uptimeSeconds".to_owned(),
+            node.started.elapsed().as_secs().to_string(),
+        );
+    }
+    Ok(StatusResponse {
+        status: Some(RuntimeStatus {
+            conditions: vec![runtime, network],
+        }),
+        info,
+        runtime_handlers: runtime_handlers(node),
+        features: Some(RuntimeFeatures {
+            supplemental_groups_policy: false,
+        }),
+    })
+}
+
+/// The default handler (named "", as kubelet expects) and every configured RuntimeClass one.
+fn runtime_handlers(node: &Node) -> Vec<RuntimeHandler> {
+    let features = Some(RuntimeHandlerFeatures {
+        recursive_read_only_mounts: false,
+        user_namespaces: false,
+    });
+    std::iter::once(String::new())
+        .chain(node.config.runtimes.keys().cloned())
+        .map(|name| RuntimeHandler { name, features })
+        .collect()
+}
+
+fn condition(kind: &str, state: Result<(), (&str, &str)>) -> RuntimeCondition {
+    match state {
+        Ok(()) => RuntimeCondition {
+            r#type: kind.into(),
+            status: true,
+            ..Default::default()
+        },
+        Err((reason, message)) => RuntimeCondition {
+            r#type: kind.into(),
+            status: false,
+            reason: reason.into(),
+            message: message.into(),
+        },
+    }
+}
+
+/// Handles `RuntimeConfig`: the cgroup driver kubelet must use.
+pub async fn runtime_config(
+    node: &Node,
+    _req: RuntimeConfigRequest,
+) -> Result<RuntimeConfigResponse, Status> {
+    let driver = match node.config.cgroup.driver {
+        ConfiguredDriver::Cgroupfs => CgroupDriver::Cgroupfs,
+        ConfiguredDriver::Systemd => CgroupDriver::Systemd,
+    };
+    Ok(RuntimeConfigResponse {
+        linux: Some(LinuxRuntimeConfiguration {
+            cgroup_driver: driver as i32,
+        }),
+    })
+}
+
+/// Handles `UpdateRuntimeConfig`: keeps the pod CIDR kubelet assigns to this node.
+pub async fn update_runtime_config(
+    node: &Node,
+    req: UpdateRuntimeConfigRequest,
+) -> Result<UpdateRuntimeConfigResponse, Status> {
+    let cidr = req
+        .runtime_config
+        .and_then(|c| c.network_config)
+        .map(|n| n.pod_cidr)
+        .unwrap_or_default();
+    // kubelet sends an empty CIDR when it has none; that changes nothing.
+    if cidr.is_empty() || cidr == node.pod_cidr() {
+        return Ok(UpdateRuntimeConfigResponse {});
+    }
+    parse_cidrs(&cidr).map_err(|e| Status::invalid_argument(format!("pod CIDR {cidr:?}: {e}")))?;
+    node.set_pod_cidr(&cidr)
+        .map_err(|e| Status::internal(format!("cannot store pod CIDR {cidr}: {e:#}")))?;
+    tracing::info!(pod_cidr = %cidr, "pod CIDR updated by kubelet");
+    Ok(UpdateRuntimeConfigResponse {})
+}

@@ -1,0 +1,201 @@
+//! The daemon's life: lock the state directory, open the store, serve CRI on the unix
+//! socket, reconcile in the background, and shut down gracefully on SIGTERM or SIGINT.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::lock::DaemonLock;
+use crate::node::Node;
+use crate::service::CriService;
+use crate::store::Store;
+
+/// The largest CRI message accepted or sent, as kubelet's own limit.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// How long in-flight calls may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Permissions of the CRI socket: root and the socket's group.
+const SOCKET_MODE: u32 = 0o660;
+
+/// Runs the daemon until SIGTERM or SIGINT; returns once in-flight calls have finished.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let launched = Instant::now();
+    let _lock = DaemonLock::acquire(&config.state)?;
+    let socket = config.grpc.socket.clone();
+    let listener = bind_socket(&socket)?;
+    let store = Store::open(&config.root)?;
+    let node = Node::new(config, store)?;
+    let service = CriService::new(node.clone());
+
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+
+    let server = tonic::transport::Server::builder()
+        .add_service(
+            RuntimeServiceServer::new(service.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            ImageServiceServer::new(service)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    let mut server = tokio::spawn(server);
+    tracing::info!(
+        socket = %socket.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        micros = launched.elapsed().as_micros() as u64,
+        "serving CRI"
+    );
+    notify_ready();
+    spawn_reconcile(node.clone());
+
+    let signal_name = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+        result = &mut server => {
+            remove_socket(&socket);
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e).context("CRI server failed"),
+                Err(e) => Err(e).context("CRI server task failed"),
+            };
+        }
+    };
+    tracing::info!(
+        signal = signal_name,
+        "shutting down: finishing in-flight calls"
+    );
+    let _ = stop_tx.send(());
+    // Long-lived calls (GetContainerEvents streams) would hold shutdown open forever.
+    match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+        Ok(_) => tracing::info!("stopped; pods keep running"),
+        Err(_) => tracing::warn!(
+            grace_secs = SHUTDOWN_GRACE.as_secs(),
+            "calls still open at the deadline, stopping anyway"
+        ),
+    }
+    remove_socket(&socket);
+    Ok(())
+}
+
+/// Binds the CRI socket with mode 0660, replacing a stale socket a dead daemon left behind.
+/// The caller holds the daemon lock, so no live daemon can own that socket.
+fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create socket directory {}", parent.display()))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
+            tracing::info!(socket = %path.display(), "replacing a stale socket");
+            std::fs::remove_file(path)
+                .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        }
+        Ok(_) => anyhow::bail!(
+            "{} exists and is not a socket; refusing to replace it",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .with_context(|| format!("cannot set permissions of {}", path.display()))?;
+    Ok(listener)
+}
+
+fn remove_socket(path: &PathBuf) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(socket = %path.display(), error = %e, "cannot remove socket");
+        }
+    }
+}
+
+fn spawn_reconcile(node: Arc<Node>) {
+    tokio::spawn(async move {
+        if let Err(e) = node.reconcile().await {
+            tracing::error!(error = format!("{e:#}"), "start-up reconciliation failed");
+        }
+    });
+}
+
+/// Tells systemd (`Type=notify`) that the socket serves, when it started us.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = notify(&path, b"READY=1");
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+fn notify(path: &std::ffi::OsStr, message: &[u8]) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let bytes = path.as_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name)?,
+        None => SocketAddr::from_pathname(Path::new(path))?,
+    };
+    let socket = UnixDatagram::unbound()?;
+    socket.send_to_addr(message, &addr).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stale_socket_is_replaced_and_mode_is_0660() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/berth.sock");
+        drop(bind_socket(&path).unwrap());
+        assert!(
+            path.exists(),
+            "a dropped listener leaves its socket file, as a crash does"
+        );
+        let _listener = bind_socket(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+    }
+
+    #[tokio::test]
+    async fn a_regular_file_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.sock");
+        std::fs::write(&path, b"data").unwrap();
+        let err = bind_socket(&path).unwrap_err().to_string();
+        assert!(err.contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"data");
+    }
+
+    #[test]
+    fn notify_sends_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let receiver = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        notify(path.as_os_str(), b"READY=1").unwrap();
+        let mut buf = [0u8; 16];
+        let n = receiver.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+    }
+}

@@ -1,0 +1,386 @@
+//! The CRI v1 `RuntimeService` and `ImageService` traits, each RPC delegated to the module
+//! that owns its area. Every call is logged at debug level with its duration, and every
+//! failure at the level its code deserves.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::Stream;
+use k8s_cri::v1::image_service_server::ImageService;
+use k8s_cri::v1::runtime_service_server::RuntimeService;
+use k8s_cri::v1::*;
+use tonic::{Code, Request, Response, Status};
+
+use crate::node::Node;
+use crate::{containers, images, pods, runtime_info, stats, streaming};
+
+/// The gRPC front of a [`Node`].
+#[derive(Clone)]
+pub struct CriService {
+    node: Arc<Node>,
+}
+
+impl CriService {
+    /// Serves `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        CriService { node }
+    }
+}
+
+/// Logs one finished call: debug for every call, warn for failures that are the runtime's.
+fn log_call<T>(method: &'static str, started: Instant, result: &Result<T, Status>) {
+    let micros = started.elapsed().as_micros() as u64;
+    match result {
+        Ok(_) => tracing::debug!(method, micros, "rpc"),
+        Err(status) => match status.code() {
+            Code::Internal | Code::Unknown | Code::DataLoss => {
+                tracing::warn!(method, micros, code = ?status.code(), error = status.message(), "rpc failed")
+            }
+            code => tracing::debug!(
+                method,
+                micros,
+                ?code,
+                error = status.message(),
+                "rpc failed"
+            ),
+        },
+    }
+}
+
+/// Runs a handler, logs it, and wraps its answer.
+macro_rules! rpc {
+    ($method:literal, $call:expr) => {{
+        let started = Instant::now();
+        let result = $call.await;
+        log_call($method, started, &result);
+        result.map(Response::new)
+    }};
+}
+
+/// The stream of container events kubelet's Evented PLEG reads.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RuntimeService for CriService {
+    async fn version(
+        &self,
+        r: Request<VersionRequest>,
+    ) -> Result<Response<VersionResponse>, Status> {
+        rpc!("Version", runtime_info::version(&self.node, r.into_inner()))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        r: Request<RunPodSandboxRequest>,
+    ) -> Result<Response<RunPodSandboxResponse>, Status> {
+        rpc!(
+            "RunPodSandbox",
+            pods::run_pod_sandbox(&self.node, r.into_inner())
+        )
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        r: Request<StopPodSandboxRequest>,
+    ) -> Result<Response<StopPodSandboxResponse>, Status> {
+        rpc!(
+            "StopPodSandbox",
+            pods::stop_pod_sandbox(&self.node, r.into_inner())
+        )
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        r: Request<RemovePodSandboxRequest>,
+    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        rpc!(
+            "RemovePodSandbox",
+            pods::remove_pod_sandbox(&self.node, r.into_inner())
+        )
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        r: Request<PodSandboxStatusRequest>,
+    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        rpc!(
+            "PodSandboxStatus",
+            pods::pod_sandbox_status(&self.node, r.into_inner())
+        )
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        r: Request<ListPodSandboxRequest>,
+    ) -> Result<Response<ListPodSandboxResponse>, Status> {
+        rpc!(
+            "ListPodSandbox",
+            pods::list_pod_sandbox(&self.node, r.into_inner())
+        )
+    }
+
+    async fn create_container(
+        &self,
+        r: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        rpc!(
+            "CreateContainer",
+            containers::create_container(&self.node, r.into_inner())
+        )
+    }
+
+    async fn start_container(
+        &self,
+        r: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        rpc!(
+            "StartContainer",
+            containers::start_container(&self.node, r.into_inner())
+        )
+    }
+
+    async fn stop_container(
+        &self,
+        r: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
+        rpc!(
+            "StopContainer",
+            containers::stop_container(&self.node, r.into_inner())
+        )
+    }
+
+    async fn remove_container(
+        &self,
+        r: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        rpc!(
+            "RemoveContainer",
+            containers::remove_container(&self.node, r.into_inner())
+        )
+    }
+
+    async fn list_containers(
+        &self,
+        r: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        rpc!(
+            "ListContainers",
+            containers::list_containers(&self.node, r.into_inner())
+        )
+    }
+
+    async fn container_status(
+        &self,
+        r: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
+        rpc!(
+            "ContainerStatus",
+            containers::container_status(&self.node, r.into_inner())
+        )
+    }
+
+    async fn update_container_resources(
+        &self,
+        r: Request<UpdateContainerResourcesRequest>,
+    ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        rpc!(
+            "UpdateContainerResources",
+            containers::update_container_resources(&self.node, r.into_inner())
+        )
+    }
+
+    async fn reopen_container_log(
+        &self,
+        r: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        rpc!(
+            "ReopenContainerLog",
+            containers::reopen_container_log(&self.node, r.into_inner())
+        )
+    }
+
+    async fn exec_sync(
+        &self,
+        r: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
+        rpc!(
+            "ExecSync",
+            containers::exec_sync(&self.node, r.into_inner())
+        )
+    }
+
+    async fn exec(&self, r: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        rpc!("Exec", streaming::exec(&self.node, r.into_inner()))
+    }
+
+    async fn attach(&self, r: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
+        rpc!("Attach", streaming::attach(&self.node, r.into_inner()))
+    }
+
+    async fn port_forward(
+        &self,
+        r: Request<PortForwardRequest>,
+    ) -> Result<Response<PortForwardResponse>, Status> {
+        rpc!(
+            "PortForward",
+            streaming::port_forward(&self.node, r.into_inner())
+        )
+    }
+
+    async fn container_stats(
+        &self,
+        r: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        rpc!(
+            "ContainerStats",
+            stats::container_stats(&self.node, r.into_inner())
+        )
+    }
+
+    async fn list_container_stats(
+        &self,
+        r: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
+        rpc!(
+            "ListContainerStats",
+            stats::list_container_stats(&self.node, r.into_inner())
+        )
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        r: Request<PodSandboxStatsRequest>,
+    ) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        rpc!(
+            "PodSandboxStats",
+            stats::pod_sandbox_stats(&self.node, r.into_inner())
+        )
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        r: Request<ListPodSandboxStatsRequest>,
+    ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        rpc!(
+            "ListPodSandboxStats",
+            stats::list_pod_sandbox_stats(&self.node, r.into_inner())
+        )
+    }
+
+    async fn update_runtime_config(
+        &self,
+        r: Request<UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+        rpc!(
+            "UpdateRuntimeConfig",
+            runtime_info::update_runtime_config(&self.node, r.into_inner())
+        )
+    }
+
+    async fn status(&self, r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        rpc!("Status", runtime_info::status(&self.node, r.into_inner()))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        r: Request<CheckpointContainerRequest>,
+    ) -> Result<Response<CheckpointContainerResponse>, Status> {
+        rpc!(
+            "CheckpointContainer",
+            containers::checkpoint_container(&self.node, r.into_inner())
+        )
+    }
+
+    type GetContainerEventsStream = EventStream;
+
+    async fn get_container_events(
+        &self,
+        r: Request<GetEventsRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        rpc!(
+            "GetContainerEvents",
+            containers::get_container_events(&self.node, r.into_inner())
+        )
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        r: Request<ListMetricDescriptorsRequest>,
+    ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
+        rpc!(
+            "ListMetricDescriptors",
+            stats::list_metric_descriptors(&self.node, r.into_inner())
+        )
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        r: Request<ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
+        rpc!(
+            "ListPodSandboxMetrics",
+            stats::list_pod_sandbox_metrics(&self.node, r.into_inner())
+        )
+    }
+
+    async fn runtime_config(
+        &self,
+        r: Request<RuntimeConfigRequest>,
+    ) -> Result<Response<RuntimeConfigResponse>, Status> {
+        rpc!(
+            "RuntimeConfig",
+            runtime_info::runtime_config(&self.node, r.into_inner())
+        )
+    }
+}
+
+#[tonic::async_trait]
+impl ImageService for CriService {
+    async fn list_images(
+        &self,
+        r: Request<ListImagesRequest>,
+    ) -> Result<Response<ListImagesResponse>, Status> {
+        rpc!(
+            "ListImages",
+            images::list_images(&self.node, r.into_inner())
+        )
+    }
+
+    async fn image_status(
+        &self,
+        r: Request<ImageStatusRequest>,
+    ) -> Result<Response<ImageStatusResponse>, Status> {
+        rpc!(
+            "ImageStatus",
+            images::image_status(&self.node, r.into_inner())
+        )
+    }
+
+    async fn pull_image(
+        &self,
+        r: Request<PullImageRequest>,
+    ) -> Result<Response<PullImageResponse>, Status> {
+        rpc!("PullImage", images::pull_image(&self.node, r.into_inner()))
+    }
+
+    async fn remove_image(
+        &self,
+        r: Request<RemoveImageRequest>,
+    ) -> Result<Response<RemoveImageResponse>, Status> {
+        rpc!(
+            "RemoveImage",
+            images::remove_image(&self.node, r.into_inner())
+        )
+    }
+
+    async fn image_fs_info(
+        &self,
+        r: Request<ImageFsInfoRequest>,
+    ) -> Result<Response<ImageFsInfoResponse>, Status> {
+        rpc!(
+            "ImageFsInfo",
+            images::image_fs_info(&self.node, r.into_inner())
+        )
+    }
+}

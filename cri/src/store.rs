@@ -1,0 +1,175 @@
+//! The metadata store: one embedded database file under `root`, shared by every crate.
+//!
+//! redb is the choice because it is pure Rust (no C library to build or ship), ACID with
+//! copy-on-write B-trees (a commit is durable and a crash never leaves a torn record, with no
+//! log replay to configure), a single file, and typed tables: each crate declares and owns
+//! its own tables (`runtime_*`, `images_*`, `cni_*`) on the one handle the daemon opens here.
+//! SQLite would bring a C dependency and a SQL layer the records do not need; sled's on-disk
+//! format is unstable.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+/// Version of the on-disk schema this build reads and writes. Bump it with a migration.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// File name of the database under `root`.
+pub const DB_FILE: &str = "berth.db";
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("cri_settings");
+
+/// Why the metadata store could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The root directory could not be created.
+    #[error("cannot create {path}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database file could not be opened (locked by another daemon, corrupt, ...).
+    #[error("cannot open metadata database {path}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// redb's account.
+        #[source]
+        source: redb::DatabaseError,
+    },
+    /// The file was written by a newer Berth.
+    #[error(
+        "metadata database {path} has schema version {found}, this berth reads up to {SCHEMA_VERSION}"
+    )]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// The version found in it.
+        found: u64,
+    },
+    /// A read or write failed.
+    #[error("metadata database: {0}")]
+    Db(String),
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// The daemon's handle on the metadata database.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+impl Store {
+    /// Opens (or creates) `root/berth.db` and checks its schema version.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(root).map_err(|source| StoreError::CreateDir {
+            path: root.to_owned(),
+            source,
+        })?;
+        let path = root.join(DB_FILE);
+        let db = Database::create(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let store = Store { db: Arc::new(db) };
+        store.check_schema(&path)?;
+        Ok(store)
+    }
+
+    /// The shared database handle the crates define their tables on.
+    pub fn db(&self) -> Arc<Database> {
+        self.db.clone()
+    }
+
+    fn check_schema(&self, path: &Path) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut meta = tx.open_table(META).map_err(db_err)?;
+            let found = meta
+                .get("schema_version")
+                .map_err(db_err)?
+                .map(|v| v.value());
+            match found {
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(StoreError::TooNew {
+                        path: path.to_owned(),
+                        found: v,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert("schema_version", SCHEMA_VERSION)
+                        .map_err(db_err)?;
+                }
+            }
+            tx.open_table(SETTINGS).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// A daemon setting kept across restarts (such as the pod CIDR kubelet sent).
+    pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let table = tx.open_table(SETTINGS).map_err(db_err)?;
+        Ok(table
+            .get(key)
+            .map_err(db_err)?
+            .map(|v| v.value().to_owned()))
+    }
+
+    /// Stores a daemon setting durably.
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = tx.open_table(SETTINGS).map_err(db_err)?;
+            table.insert(key, value).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.setting("pod_cidr").unwrap(), None);
+            store.set_setting("pod_cidr", "10.1.0.0/16").unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.setting("pod_cidr").unwrap().as_deref(),
+            Some("10.1.0.0/16")
+        );
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let tx = store.db.begin_write().unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert("schema_version", SCHEMA_VERSION + 1)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let err = Store::open(dir.path())
+            .err()
+            .expect("a newer schema must be refused");
+        assert!(err.to_string().contains("schema version 2"), "{err}");
+    }
+}

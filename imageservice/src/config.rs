@@ -1,0 +1,45 @@
+//! The `[registry]` section of the daemon configuration: mirrors and per-host settings.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Registry settings: mirrors per registry host and per-host TLS and credentials.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Mirrors per registry host (`docker.io`, `registry.k8s.io`, `host:port`), tried in
+    /// order before the host itself.
+    pub mirrors: BTreeMap<String, MirrorConfig>,
+    /// Per-host settings, keyed by `host` or `host:port` as written in references or
+    /// mirror endpoints.
+    pub configs: BTreeMap<String, HostConfig>,
+}
+
+/// The mirrors of one registry host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// Endpoint URLs (`https://mirror.example:5000`, `http://127.0.0.1:5000`), tried in
+    /// order; a scheme-less endpoint means https (http for localhost/127.0.0.1).
+    pub endpoints: Vec<String>,
+}
+
+/// TLS and credentials for one registry host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostConfig {
+    /// Skip TLS certificate verification for this host.
+    pub insecure: bool,
+    /// Extra CA certificate (PEM) trusted for this host, on top of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Basic-auth user name.
+    pub username: Option<String>,
+    /// Basic-auth password.
+    pub password: Option<String>,
+    /// `base64(username:password)`, as in a docker config file.
+    pub auth: Option<String>,
+    /// OAuth2 refresh token exchanged at the token endpoint.
+    pub identity_token: Option<String>,
+}
