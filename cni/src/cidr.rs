@@ -28,11 +28,17 @@ pub struct CidrError {
 impl Cidr {
     /// The network `addr/prefix`; host bits of `addr` must be zero.
     pub fn new(addr: IpAddr, prefix: u8) -> Result<Cidr, CidrError> {
-        let err = |reason| CidrError { input: format!("{addr}/{prefix}"), reason };
+        let err = |reason| CidrError {
+            input: format!("{addr}/{prefix}"),
+            reason,
+        };
         if prefix > max_prefix(addr) {
             return Err(err("prefix length too long for the address family"));
         }
-        let cidr = Cidr { network: addr, prefix };
+        let cidr = Cidr {
+            network: addr,
+            prefix,
+        };
         if cidr.masked(addr) != addr {
             return Err(err("host bits are set"));
         }
@@ -90,11 +96,19 @@ impl Cidr {
     fn masked(&self, addr: IpAddr) -> IpAddr {
         match addr {
             IpAddr::V4(a) => {
-                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.prefix)
+                };
                 IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
             }
             IpAddr::V6(a) => {
-                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - self.prefix) };
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.prefix)
+                };
                 IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
             }
         }
@@ -116,10 +130,18 @@ impl FromStr for Cidr {
     type Err = CidrError;
 
     fn from_str(s: &str) -> Result<Cidr, CidrError> {
-        let err = |reason| CidrError { input: s.to_string(), reason };
-        let (addr, prefix) = s.trim().split_once('/').ok_or_else(|| err("missing /prefix"))?;
+        let err = |reason| CidrError {
+            input: s.to_string(),
+            reason,
+        };
+        let (addr, prefix) = s
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| err("missing /prefix"))?;
         let addr: IpAddr = addr.parse().map_err(|_| err("not an IP address"))?;
-        let prefix: u8 = prefix.parse().map_err(|_| err("prefix length is not a number"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .map_err(|_| err("prefix length is not a number"))?;
         Cidr::new(addr, prefix).map_err(|e| err(e.reason))
     }
 }
@@ -160,7 +182,15 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        for bad in ["10.88.0.1/16", "10.88.0.0", "10.88.0.0/33", "x/8", "10.0.0.0/y", "::1/129", ""] {
+        for bad in [
+            "10.88.0.1/16",
+            "10.88.0.0",
+            "10.88.0.0/33",
+            "x/8",
+            "10.0.0.0/y",
+            "::1/129",
+            "",
+        ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad} accepted");
         }
     }
@@ -175,6 +205,9 @@ mod tests {
         assert_eq!(c.offset_of("10.89.0.0".parse().unwrap()), None);
         assert_eq!(c.offset_of("::1".parse().unwrap()), None);
         let c: Cidr = "::/0".parse().unwrap();
-        assert_eq!(c.nth(u128::MAX), Some("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap()));
+        assert_eq!(
+            c.nth(u128::MAX),
+            Some("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap())
+        );
     }
 }

@@ -42,6 +42,8 @@ pub struct NetworkConfig {
     pub cni_conf_dir: PathBuf,
     /// Where CNI plugin binaries are searched, in order, in `cni` mode.
     pub cni_bin_dirs: Vec<PathBuf>,
+    /// How long one CNI plugin invocation may take before it is killed.
+    pub cni_plugin_timeout_seconds: u64,
 }
 
 impl Default for NetworkConfig {
@@ -54,6 +56,7 @@ impl Default for NetworkConfig {
             mtu: 1500,
             cni_conf_dir: PathBuf::from("/etc/cni/net.d"),
             cni_bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            cni_plugin_timeout_seconds: 60,
         }
     }
 }
@@ -86,8 +89,10 @@ mod tests {
 
     #[test]
     fn round_trips_through_toml() {
-        let mut c = NetworkConfig::default();
-        c.pod_cidr_v6 = Some("fd00:88::/64".parse().unwrap());
+        let c = NetworkConfig {
+            pod_cidr_v6: Some("fd00:88::/64".parse().unwrap()),
+            ..Default::default()
+        };
         let text = toml::to_string(&c).unwrap();
         let back: NetworkConfig = toml::from_str(&text).unwrap();
         assert_eq!(back, c);
