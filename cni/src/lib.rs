@@ -163,4 +163,11 @@ impl Network {
         self.plugins.set_ip_ranges(parsed.clone());
         self.builtin.set_pod_cidrs(parsed)
     }
+
+    /// The pod CIDRs last asked for (IPv4 first): kubelet's if it sent any, else the
+    /// configured ones. A change still waiting for the pods of the old CIDR counts.
+    pub fn pod_cidrs(&self) -> Vec<Cidr> {
+        let pools = self.builtin.pools();
+        pools.pending.unwrap_or(pools.active)
+    }
 }

@@ -13,6 +13,7 @@ pub mod runtime_info;
 pub mod server;
 pub mod service;
 pub mod stats;
+pub mod status;
 pub mod store;
 pub mod streaming;
 

@@ -6,7 +6,8 @@ use k8s_cri::v1::*;
 use tonic::Status;
 
 use crate::config::CgroupDriver as ConfiguredDriver;
-use crate::node::{Node, parse_cidrs};
+use crate::node::Node;
+use crate::status::network_status;
 
 /// The name kubelet and crictl show for this runtime.
 pub const RUNTIME_NAME: &str = "berth";
@@ -123,12 +124,10 @@ pub async fn update_runtime_config(
         .map(|n| n.pod_cidr)
         .unwrap_or_default();
     // kubelet sends an empty CIDR when it has none; that changes nothing.
-    if cidr.is_empty() || cidr == node.pod_cidr() {
+    if cidr.is_empty() {
         return Ok(UpdateRuntimeConfigResponse {});
     }
-    parse_cidrs(&cidr).map_err(|e| Status::invalid_argument(format!("pod CIDR {cidr:?}: {e}")))?;
-    node.set_pod_cidr(&cidr)
-        .map_err(|e| Status::internal(format!("cannot store pod CIDR {cidr}: {e:#}")))?;
+    node.network.set_pod_cidr(&cidr).map_err(|e| network_status(&e, &format!("pod CIDR {cidr:?}")))?;
     tracing::info!(pod_cidr = %cidr, "pod CIDR updated by kubelet");
     Ok(UpdateRuntimeConfigResponse {})
 }

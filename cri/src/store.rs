@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 
 /// Version of the on-disk schema this build reads and writes. Bump it with a migration.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -19,7 +19,6 @@ pub const SCHEMA_VERSION: u64 = 1;
 pub const DB_FILE: &str = "berth.db";
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("cri_settings");
 
 /// Why the metadata store could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -110,27 +109,6 @@ impl Store {
                         .map_err(db_err)?;
                 }
             }
-            tx.open_table(SETTINGS).map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)
-    }
-
-    /// A daemon setting kept across restarts (such as the pod CIDR kubelet sent).
-    pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err)?;
-        let table = tx.open_table(SETTINGS).map_err(db_err)?;
-        Ok(table
-            .get(key)
-            .map_err(db_err)?
-            .map(|v| v.value().to_owned()))
-    }
-
-    /// Stores a daemon setting durably.
-    pub fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut table = tx.open_table(SETTINGS).map_err(db_err)?;
-            table.insert(key, value).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
     }
@@ -138,21 +116,18 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use redb::ReadableDatabase;
+
     use super::*;
 
     #[test]
-    fn settings_survive_reopen() {
+    fn schema_version_is_written_once() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path()).unwrap();
-            assert_eq!(store.setting("pod_cidr").unwrap(), None);
-            store.set_setting("pod_cidr", "10.1.0.0/16").unwrap();
-        }
+        drop(Store::open(dir.path()).unwrap());
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(
-            store.setting("pod_cidr").unwrap().as_deref(),
-            Some("10.1.0.0/16")
-        );
+        let tx = store.db.begin_read().unwrap();
+        let meta = tx.open_table(META).unwrap();
+        assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), SCHEMA_VERSION);
     }
 
     #[test]
