@@ -7,6 +7,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use berth_cni::Network;
+use berth_imageservice::ImageStore;
 
 use crate::config::Config;
 use crate::store::Store;
@@ -19,6 +20,8 @@ pub struct Node {
     pub store: Store,
     /// Pod networking, built-in or CNI.
     pub network: Arc<Network>,
+    /// Images: registry client, content store, snapshots.
+    pub images: Arc<ImageStore>,
     /// False until start-up reconciliation has finished.
     reconciled: watch::Sender<bool>,
     /// When the daemon started, for uptime in verbose status.
@@ -30,11 +33,13 @@ impl Node {
     /// with the number of pods or images: that is [`Node::reconcile`]'s, after serving.
     pub fn new(config: Config, store: Store) -> anyhow::Result<Arc<Node>> {
         let network = Network::open(config.network.clone(), store.db())?;
+        let images = ImageStore::open(&config.root, store.db(), config.registry.clone())?;
         let (reconciled, _) = watch::channel(false);
         Ok(Arc::new(Node {
             config,
             store,
             network,
+            images,
             reconciled,
             started: Instant::now(),
         }))
@@ -90,10 +95,18 @@ mod tests {
     fn kubelet_cidrs_show_in_the_effective_config() {
         let dir = tempfile::tempdir().unwrap();
         let node = Node::new(Config::default(), Store::open(dir.path()).unwrap()).unwrap();
-        assert_eq!(node.effective_config().network.pod_cidr.to_string(), "10.88.0.0/16");
-        node.network.set_pod_cidr("10.244.3.0/24,fd00:3::/64").unwrap();
+        assert_eq!(
+            node.effective_config().network.pod_cidr.to_string(),
+            "10.88.0.0/16"
+        );
+        node.network
+            .set_pod_cidr("10.244.3.0/24,fd00:3::/64")
+            .unwrap();
         let config = node.effective_config();
         assert_eq!(config.network.pod_cidr.to_string(), "10.244.3.0/24");
-        assert_eq!(config.network.pod_cidr_v6.unwrap().to_string(), "fd00:3::/64");
+        assert_eq!(
+            config.network.pod_cidr_v6.unwrap().to_string(),
+            "fd00:3::/64"
+        );
     }
 }

@@ -1,0 +1,360 @@
+//! Image references, normalised as containerd and kubelet do
+//! (`busybox` -> `docker.io/library/busybox:latest`).
+
+use std::fmt;
+
+use crate::error::Error;
+
+/// The default registry of unqualified names.
+pub const DEFAULT_DOMAIN: &str = "docker.io";
+const LEGACY_DEFAULT_DOMAIN: &str = "index.docker.io";
+const MAX_NAME_LEN: usize = 255;
+const MAX_TAG_LEN: usize = 128;
+
+/// A normalised image reference: registry host, repository path, and a tag or a digest
+/// (never both: a digest wins over a tag).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Reference {
+    domain: String,
+    path: String,
+    tag: Option<String>,
+    digest: Option<String>,
+}
+
+impl Reference {
+    /// Parses and normalises `s`. Errors name the reason (`InvalidArgument` class).
+    pub fn parse(s: &str) -> Result<Reference, Error> {
+        let bad = |reason: &str| Error::InvalidReference {
+            reference: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if s.is_empty() {
+            return Err(bad("empty reference"));
+        }
+        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad(
+                "a 64-character hexadecimal string is an image id, not a reference",
+            ));
+        }
+        let (name_tag, digest) = match s.split_once('@') {
+            Some((n, d)) => {
+                validate_digest(d).map_err(|r| bad(&r))?;
+                (n, Some(d.to_owned()))
+            }
+            None => (s, None),
+        };
+        let last_slash = name_tag.rfind('/').map(|i| i + 1).unwrap_or(0);
+        let (name, tag) = match name_tag[last_slash..].rfind(':') {
+            Some(i) => {
+                let i = last_slash + i;
+                (&name_tag[..i], Some(&name_tag[i + 1..]))
+            }
+            None => (name_tag, None),
+        };
+        if let Some(tag) = tag {
+            validate_tag(tag).map_err(|r| bad(&r))?;
+        }
+        if name.is_empty() {
+            return Err(bad("empty repository name"));
+        }
+        if name.len() > MAX_NAME_LEN {
+            return Err(bad("repository name longer than 255 characters"));
+        }
+        let (domain, path) = split_domain(name);
+        validate_domain(domain).map_err(|r| bad(&r))?;
+        if path.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(bad("repository name must be lowercase"));
+        }
+        for component in path.split('/') {
+            validate_component(component).map_err(|r| bad(&r))?;
+        }
+        let domain = if domain == LEGACY_DEFAULT_DOMAIN {
+            DEFAULT_DOMAIN
+        } else {
+            domain
+        };
+        let path = if domain == DEFAULT_DOMAIN && !path.contains('/') {
+            format!("library/{path}")
+        } else {
+            path.to_owned()
+        };
+        let tag = match (&digest, tag) {
+            (Some(_), _) => None,
+            (None, Some(t)) => Some(t.to_owned()),
+            (None, None) => Some("latest".to_owned()),
+        };
+        Ok(Reference {
+            domain: domain.to_owned(),
+            path,
+            tag,
+            digest,
+        })
+    }
+
+    /// Builds a digest reference to `digest` in the same repository.
+    pub fn with_digest(&self, digest: &str) -> Reference {
+        Reference {
+            domain: self.domain.clone(),
+            path: self.path.clone(),
+            tag: None,
+            digest: Some(digest.to_owned()),
+        }
+    }
+
+    /// The registry host (`docker.io`, `localhost:5000`).
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// The repository path inside the registry (`library/busybox`).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The repository name, `domain/path`.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.domain, self.path)
+    }
+
+    /// The tag, when the reference names one and no digest.
+    pub fn tag(&self) -> Option<&str> {
+        self.tag.as_deref()
+    }
+
+    /// The digest, when the reference pins one.
+    pub fn digest(&self) -> Option<&str> {
+        self.digest.as_deref()
+    }
+
+    /// What to ask the registry for: the digest, else the tag.
+    pub fn object(&self) -> &str {
+        self.digest
+            .as_deref()
+            .or(self.tag.as_deref())
+            .unwrap_or("latest")
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.domain, self.path)?;
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")
+        } else if let Some(t) = &self.tag {
+            write!(f, ":{t}")
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Splits the registry host from the path as docker does: the first component is a host
+/// only if it has a `.` or `:`, is `localhost`, or has upper-case letters.
+fn split_domain(name: &str) -> (&str, &str) {
+    match name.split_once('/') {
+        Some((first, rest))
+            if first.contains(['.', ':'])
+                || first == "localhost"
+                || first.bytes().any(|b| b.is_ascii_uppercase()) =>
+        {
+            (first, rest)
+        }
+        _ => (DEFAULT_DOMAIN, name),
+    }
+}
+
+fn validate_domain(domain: &str) -> Result<(), String> {
+    let port = if let Some(rest) = domain.strip_prefix('[') {
+        let (ip, after) = rest
+            .split_once(']')
+            .ok_or("unterminated IPv6 address in registry host")?;
+        if ip.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("invalid IPv6 address {ip:?} in registry host"));
+        }
+        match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or("garbage after IPv6 registry host")?,
+            ),
+        }
+    } else {
+        let (host, port) = match domain.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (domain, None),
+        };
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        if !host.split('.').all(label_ok) {
+            return Err(format!("invalid registry host {host:?}"));
+        }
+        port
+    };
+    if let Some(port) = port
+        && (port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!("invalid port {port:?} in registry host"));
+    }
+    Ok(())
+}
+
+/// A path component: `[a-z0-9]+` joined by `.`, `_`, `__` or runs of `-`.
+fn validate_component(c: &str) -> Result<(), String> {
+    let err = || Err(format!("invalid repository path component {c:?}"));
+    let b = c.as_bytes();
+    if b.is_empty() || !is_alnum(b[0]) || !is_alnum(b[b.len() - 1]) {
+        return err();
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if is_alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !is_alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-');
+        if !ok {
+            return err();
+        }
+    }
+    Ok(())
+}
+
+fn is_alnum(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit()
+}
+
+fn validate_tag(tag: &str) -> Result<(), String> {
+    let b = tag.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= MAX_TAG_LEN
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter()
+            .all(|&x| x.is_ascii_alphanumeric() || x == b'_' || x == b'.' || x == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid tag {tag:?}"))
+    }
+}
+
+/// Checks `d` is `sha256:<64 lower-case hex>`, the only digest algorithm registries use.
+pub fn validate_digest(d: &str) -> Result<(), String> {
+    let (alg, hex) = d
+        .split_once(':')
+        .ok_or_else(|| format!("invalid digest {d:?}"))?;
+    if alg != "sha256" {
+        return Err(format!("unsupported digest algorithm {alg:?} in {d:?}"));
+    }
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(format!("invalid sha256 digest {d:?}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorClass;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn norm(s: &str) -> String {
+        Reference::parse(s).unwrap().to_string()
+    }
+
+    #[test]
+    fn normalises_like_containerd() {
+        assert_eq!(norm("busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(norm("busybox:1.28"), "docker.io/library/busybox:1.28");
+        assert_eq!(norm("library/busybox"), "docker.io/library/busybox:latest");
+        assert_eq!(
+            norm("docker.io/busybox"),
+            "docker.io/library/busybox:latest"
+        );
+        assert_eq!(
+            norm("index.docker.io/library/busybox"),
+            "docker.io/library/busybox:latest"
+        );
+        assert_eq!(norm("user/app:v1"), "docker.io/user/app:v1");
+        assert_eq!(
+            norm("registry.k8s.io/e2e-test-images/busybox:1.29-2"),
+            "registry.k8s.io/e2e-test-images/busybox:1.29-2"
+        );
+        assert_eq!(norm("localhost/app"), "localhost/app:latest");
+        assert_eq!(norm("localhost:5000/a/b/c"), "localhost:5000/a/b/c:latest");
+        assert_eq!(norm("127.0.0.1:5000/app:x"), "127.0.0.1:5000/app:x");
+        assert_eq!(norm("[::1]:5000/app"), "[::1]:5000/app:latest");
+        assert_eq!(
+            norm("a__b/c-----d/e.f_g"),
+            "docker.io/a__b/c-----d/e.f_g:latest"
+        );
+    }
+
+    #[test]
+    fn digest_wins_over_tag() {
+        let r = Reference::parse(&format!("busybox:1.28@{D}")).unwrap();
+        assert_eq!(r.tag(), None);
+        assert_eq!(r.digest(), Some(D));
+        assert_eq!(r.object(), D);
+        assert_eq!(r.to_string(), format!("docker.io/library/busybox@{D}"));
+        assert_eq!(r.name(), "docker.io/library/busybox");
+    }
+
+    #[test]
+    fn parts() {
+        let r = Reference::parse("localhost:5000/team/app:v2").unwrap();
+        assert_eq!(r.domain(), "localhost:5000");
+        assert_eq!(r.path(), "team/app");
+        assert_eq!(r.tag(), Some("v2"));
+        assert_eq!(
+            r.with_digest(D).to_string(),
+            format!("localhost:5000/team/app@{D}")
+        );
+    }
+
+    #[test]
+    fn rejects_invalid_with_reason() {
+        for (s, why) in [
+            ("", "empty"),
+            ("Busybox", "lowercase"),
+            ("docker.io/Library/busybox", "lowercase"),
+            ("busybox:", "invalid tag"),
+            ("busybox:-x", "invalid tag"),
+            ("busybox@sha256:abc", "invalid sha256"),
+            ("busybox@md5:0123", "unsupported digest algorithm"),
+            ("busybox@", "invalid digest"),
+            ("a//b", "component"),
+            ("-a", "component"),
+            ("a-", "component"),
+            ("a..b", "component"),
+            ("a___b", "component"),
+            ("host:99x/app", "port"),
+            ("ho_st.io/app", "registry host"),
+            (
+                "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                "image id",
+            ),
+        ] {
+            let e = Reference::parse(s).unwrap_err();
+            assert_eq!(e.class(), ErrorClass::InvalidArgument, "{s}");
+            assert!(e.to_string().contains(why), "{s:?}: {e}");
+        }
+        let long = format!("a/{}", "b".repeat(300));
+        assert!(Reference::parse(&long).is_err());
+        let long_tag = format!("a:{}", "b".repeat(129));
+        assert!(Reference::parse(&long_tag).is_err());
+    }
+}

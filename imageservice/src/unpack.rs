@@ -1,0 +1,1022 @@
+//! Layer unpacking: a (compressed) tar stream into one snapshot directory, in the form
+//! overlayfs reads as a lower dir.
+//!
+//! Safety against hostile layers: every entry path is relative with no `..`; every parent
+//! of every entry is checked with `lstat` to be a real directory inside the snapshot just
+//! before it is used (this process is the only writer of the temporary directory, so the
+//! check cannot race); final components are never followed (`O_EXCL` creation after
+//! unlinking, `lchown`, `AT_SYMLINK_NOFOLLOW`); hard links must name an existing file of
+//! the same snapshot; relative symlink targets may not climb above the snapshot root.
+//! The caller unpacks into a temporary directory and removes it on any error, so nothing
+//! of a rejected layer is left.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::{self, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
+const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
+
+/// Why a layer could not be unpacked.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    /// The archive is malformed or hostile; the reason names the entry.
+    #[error("{0}")]
+    Invalid(String),
+    /// A file operation in the snapshot failed.
+    #[error("{op} {}", path.display())]
+    Io {
+        /// The operation.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading or decompressing the stream failed.
+    #[error("reading layer stream")]
+    Read(#[source] io::Error),
+}
+
+fn invalid(entry: &[u8], reason: impl std::fmt::Display) -> UnpackError {
+    UnpackError::Invalid(format!(
+        "entry {:?}: {reason}",
+        String::from_utf8_lossy(entry)
+    ))
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> UnpackError + 'a {
+    move |source| UnpackError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What unpacking produced.
+#[derive(Debug, Clone)]
+pub struct UnpackSummary {
+    /// `sha256:` of the uncompressed tar stream (the layer's diff ID).
+    pub diff_id: String,
+    /// Number of tar entries applied.
+    pub entries: u64,
+}
+
+/// A reader that hashes what passes through it.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Unpacks the layer read from `source` (gzip, zstd or plain tar, detected from its first
+/// bytes) into the existing empty directory `dest`. Reads `source` to its end, so a
+/// caller hashing the compressed stream sees every byte.
+pub fn unpack_layer(source: impl Read, dest: &Path) -> Result<UnpackSummary, UnpackError> {
+    let mut raw = BufReader::with_capacity(256 << 10, source);
+    let summary = {
+        let magic = raw.fill_buf().map_err(UnpackError::Read)?;
+        if magic.starts_with(&[0x1f, 0x8b]) {
+            unpack_tar(flate2::read::MultiGzDecoder::new(&mut raw), dest)?
+        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            let d =
+                zstd::stream::read::Decoder::with_buffer(&mut raw).map_err(UnpackError::Read)?;
+            unpack_tar(d, dest)?
+        } else {
+            unpack_tar(&mut raw, dest)?
+        }
+    };
+    // Consume whatever follows the compressed stream, so a caller's digest of the blob
+    // covers every byte.
+    io::copy(&mut raw, &mut io::sink()).map_err(UnpackError::Read)?;
+    Ok(summary)
+}
+
+fn unpack_tar(tar_stream: impl Read, dest: &Path) -> Result<UnpackSummary, UnpackError> {
+    let mut hashed = HashingReader {
+        inner: tar_stream,
+        hasher: Sha256::new(),
+    };
+    let entries = {
+        let mut archive = tar::Archive::new(&mut hashed);
+        let mut u = Unpacker {
+            root: dest.to_owned(),
+            dir_times: Vec::new(),
+            entries: 0,
+        };
+        u.run(&mut archive)?;
+        u.entries
+    };
+    // The end-of-archive padding belongs to the diff ID too.
+    io::copy(&mut hashed, &mut io::sink()).map_err(UnpackError::Read)?;
+    let diff_id = format!("sha256:{}", hex::encode(hashed.hasher.finalize()));
+    Ok(UnpackSummary { diff_id, entries })
+}
+
+/// Entry metadata after PAX overrides.
+struct Meta {
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: SystemTime,
+    xattrs: Vec<(OsString, Vec<u8>)>,
+}
+
+struct Unpacker {
+    root: PathBuf,
+    /// Directory mtimes, applied at the end (adding children changes them).
+    dir_times: Vec<(PathBuf, SystemTime)>,
+    entries: u64,
+}
+
+impl Unpacker {
+    fn run<R: Read>(&mut self, archive: &mut tar::Archive<R>) -> Result<(), UnpackError> {
+        let entries = archive
+            .entries()
+            .map_err(|e| UnpackError::Invalid(format!("malformed archive: {e}")))?;
+        for entry in entries {
+            let mut entry =
+                entry.map_err(|e| UnpackError::Invalid(format!("malformed archive: {e}")))?;
+            self.entry(&mut entry)?;
+            self.entries += 1;
+        }
+        for (path, mtime) in self.dir_times.iter().rev() {
+            set_times_nofollow(path, *mtime).map_err(io_err("set times of", path))?;
+        }
+        Ok(())
+    }
+
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), UnpackError> {
+        let name = entry.path_bytes().into_owned();
+        let kind = entry.header().entry_type();
+        if matches!(kind, tar::EntryType::XGlobalHeader) {
+            return Ok(());
+        }
+        let parts = clean_path(&name).map_err(|r| invalid(&name, r))?;
+        let meta = self.meta(entry, &name)?;
+
+        let Some((base, parents)) = parts.split_last() else {
+            // The archive root: only its metadata applies.
+            if !kind.is_dir() {
+                return Err(invalid(&name, "the root of the layer must be a directory"));
+            }
+            let root = self.root.clone();
+            return self.finish_dir(&root, &meta);
+        };
+        let parent = self.ensure_parents(parents, &name)?;
+
+        let base_bytes = base.as_bytes();
+        if base_bytes.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            return self.whiteout(&parent, base, &name);
+        }
+        let path = parent.join(base);
+        match kind {
+            tar::EntryType::Directory => {
+                match fs::symlink_metadata(&path) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        remove_any(&path)?;
+                        mkdir(&path)?;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => mkdir(&path)?,
+                    Err(e) => return Err(io_err("stat", &path)(e)),
+                }
+                self.finish_dir(&path, &meta)
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                remove_existing(&path)?;
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .map_err(io_err("create", &path))?;
+                io::copy(entry, &mut f).map_err(UnpackError::Read)?;
+                std::os::unix::fs::fchown(&f, Some(id32(meta.uid)?), Some(id32(meta.gid)?))
+                    .map_err(io_err("chown", &path))?;
+                f.set_permissions(fs::Permissions::from_mode(meta.mode))
+                    .map_err(io_err("chmod", &path))?;
+                set_xattrs(&path, &meta.xattrs)?;
+                f.set_times(
+                    fs::FileTimes::new()
+                        .set_accessed(meta.mtime)
+                        .set_modified(meta.mtime),
+                )
+                .map_err(io_err("set times of", &path))?;
+                Ok(())
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| invalid(&name, "symlink without a target"))?
+                    .into_owned();
+                check_symlink_target(parents.len(), &target).map_err(|r| invalid(&name, r))?;
+                remove_existing(&path)?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
+                    .map_err(io_err("symlink", &path))?;
+                std::os::unix::fs::lchown(&path, Some(id32(meta.uid)?), Some(id32(meta.gid)?))
+                    .map_err(io_err("chown", &path))?;
+                set_xattrs(&path, &meta.xattrs)?;
+                set_times_nofollow(&path, meta.mtime).map_err(io_err("set times of", &path))
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| invalid(&name, "hard link without a target"))?
+                    .into_owned();
+                let tparts = clean_path(&target)
+                    .map_err(|r| invalid(&name, format!("hard link target: {r}")))?;
+                let Some((tbase, tparents)) = tparts.split_last() else {
+                    return Err(invalid(&name, "hard link to the layer root"));
+                };
+                let tparent = self.existing_dir(tparents, &name)?;
+                let source = tparent.join(tbase);
+                match fs::symlink_metadata(&source) {
+                    Ok(m) if m.is_dir() => return Err(invalid(&name, "hard link to a directory")),
+                    Ok(_) => {}
+                    Err(_) => {
+                        return Err(invalid(&name, "hard link target is not in this layer"));
+                    }
+                }
+                if source == path {
+                    return Ok(());
+                }
+                remove_existing(&path)?;
+                fs::hard_link(&source, &path).map_err(io_err("hard link", &path))
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                let (kind_flag, dev) = match kind {
+                    tar::EntryType::Char | tar::EntryType::Block => {
+                        let major = entry.header().device_major().ok().flatten().unwrap_or(0);
+                        let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
+                        let flag = if kind == tar::EntryType::Char {
+                            libc::S_IFCHR
+                        } else {
+                            libc::S_IFBLK
+                        };
+                        (flag, libc::makedev(major, minor))
+                    }
+                    _ => (libc::S_IFIFO, 0),
+                };
+                remove_existing(&path)?;
+                mknod(&path, kind_flag, 0o600, dev)?;
+                std::os::unix::fs::lchown(&path, Some(id32(meta.uid)?), Some(id32(meta.gid)?))
+                    .map_err(io_err("chown", &path))?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(meta.mode))
+                    .map_err(io_err("chmod", &path))?;
+                set_xattrs(&path, &meta.xattrs)?;
+                set_times_nofollow(&path, meta.mtime).map_err(io_err("set times of", &path))
+            }
+            other => Err(invalid(&name, format!("unsupported entry type {other:?}"))),
+        }
+    }
+
+    /// Applies a directory entry's metadata; its mtime waits for the end.
+    fn finish_dir(&mut self, path: &Path, meta: &Meta) -> Result<(), UnpackError> {
+        std::os::unix::fs::lchown(path, Some(id32(meta.uid)?), Some(id32(meta.gid)?))
+            .map_err(io_err("chown", path))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(meta.mode))
+            .map_err(io_err("chmod", path))?;
+        set_xattrs(path, &meta.xattrs)?;
+        self.dir_times.push((path.to_owned(), meta.mtime));
+        Ok(())
+    }
+
+    /// `.wh..wh..opq` marks `parent` opaque; `.wh.<name>` hides `<name>` of lower layers.
+    fn whiteout(&mut self, parent: &Path, base: &OsStr, entry: &[u8]) -> Result<(), UnpackError> {
+        let base = base.as_bytes();
+        if base == OPAQUE_MARKER.as_bytes() {
+            return setxattr(parent, OVERLAY_OPAQUE_XATTR, b"y");
+        }
+        let hidden = &base[WHITEOUT_PREFIX.len()..];
+        if hidden.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            // Other AUFS meta files (`.wh..wh.plnk`, ...) carry nothing for overlayfs.
+            return Ok(());
+        }
+        if hidden.is_empty() || hidden == b"." || hidden == b".." {
+            return Err(invalid(entry, "whiteout of an invalid name"));
+        }
+        let path = parent.join(OsStr::from_bytes(hidden));
+        remove_existing(&path)?;
+        // overlayfs' whiteout: a 0/0 character device.
+        mknod(&path, libc::S_IFCHR, 0, 0)
+    }
+
+    /// Entry metadata with PAX overrides and extended attributes.
+    fn meta<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        name: &[u8],
+    ) -> Result<Meta, UnpackError> {
+        let h = entry.header();
+        let mut meta = Meta {
+            mode: h.mode().map_err(|e| invalid(name, e))? & 0o7777,
+            uid: h.uid().map_err(|e| invalid(name, e))?,
+            gid: h.gid().map_err(|e| invalid(name, e))?,
+            mtime: UNIX_EPOCH + Duration::from_secs(h.mtime().unwrap_or(0)),
+            xattrs: Vec::new(),
+        };
+        let Some(pax) = entry.pax_extensions().map_err(|e| invalid(name, e))? else {
+            return Ok(meta);
+        };
+        for ext in pax {
+            let ext = ext.map_err(|e| invalid(name, e))?;
+            let key = ext.key_bytes();
+            let value = ext.value_bytes();
+            let num = || -> Result<u64, UnpackError> {
+                std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| invalid(name, "bad numeric PAX header"))
+            };
+            match key {
+                b"uid" => meta.uid = num()?,
+                b"gid" => meta.gid = num()?,
+                b"mtime" => {
+                    if let Some(t) = std::str::from_utf8(value).ok().and_then(parse_pax_time) {
+                        meta.mtime = t;
+                    }
+                }
+                k if k.starts_with(PAX_XATTR_PREFIX.as_bytes()) => {
+                    let xname = &k[PAX_XATTR_PREFIX.len()..];
+                    // Only the whiteout conversion may speak to overlayfs.
+                    if xname.starts_with(b"trusted.overlay.") || xname.starts_with(b"user.overlay.")
+                    {
+                        continue;
+                    }
+                    meta.xattrs
+                        .push((OsStr::from_bytes(xname).to_owned(), value.to_vec()));
+                }
+                _ => {}
+            }
+        }
+        Ok(meta)
+    }
+
+    /// Walks (creating as needed) the parent directories of an entry; each must be a real
+    /// directory, never a symlink.
+    fn ensure_parents(&self, parents: &[&OsStr], entry: &[u8]) -> Result<PathBuf, UnpackError> {
+        let mut dir = self.root.clone();
+        for p in parents {
+            dir.push(p);
+            match fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(invalid(entry, "a parent directory is a symlink"));
+                }
+                Ok(_) => return Err(invalid(entry, "a parent is not a directory")),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    mkdir(&dir)?;
+                    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+                        .map_err(io_err("chmod", &dir))?;
+                }
+                Err(e) => return Err(io_err("stat", &dir)(e)),
+            }
+        }
+        Ok(dir)
+    }
+
+    /// Like `ensure_parents` but creates nothing (for hard link targets).
+    fn existing_dir(&self, parents: &[&OsStr], entry: &[u8]) -> Result<PathBuf, UnpackError> {
+        let mut dir = self.root.clone();
+        for p in parents {
+            dir.push(p);
+            match fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(invalid(entry, "hard link target's parent is a symlink"));
+                }
+                _ => return Err(invalid(entry, "hard link target is not in this layer")),
+            }
+        }
+        Ok(dir)
+    }
+}
+
+/// Splits an entry name into components, dropping `.` and empty ones; rejects absolute
+/// names and `..`.
+fn clean_path(name: &[u8]) -> Result<Vec<&OsStr>, &'static str> {
+    if name.first() == Some(&b'/') {
+        return Err("absolute path");
+    }
+    if name.contains(&0) {
+        return Err("NUL byte in path");
+    }
+    let mut out = Vec::new();
+    for c in name.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err("path contains '..'"),
+            c => out.push(OsStr::from_bytes(c)),
+        }
+    }
+    Ok(out)
+}
+
+/// A relative symlink target may not climb above the snapshot root (absolute targets are
+/// resolved inside the container's root by the kernel, so they cannot point out).
+fn check_symlink_target(depth: usize, target: &[u8]) -> Result<(), &'static str> {
+    if target.is_empty() {
+        return Err("empty symlink target");
+    }
+    if target.first() == Some(&b'/') {
+        return Ok(());
+    }
+    let mut depth = depth as isize;
+    for c in target.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return Err("symlink points outside the layer");
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    Ok(())
+}
+
+fn parse_pax_time(v: &str) -> Option<SystemTime> {
+    let (secs, frac) = v.split_once('.').unwrap_or((v, ""));
+    let secs: i64 = secs.parse().ok()?;
+    let mut nanos: u32 = 0;
+    if !frac.is_empty() {
+        let digits: String = frac.chars().take(9).collect();
+        nanos = digits.parse::<u32>().ok()? * 10u32.pow(9 - digits.len() as u32);
+    }
+    if secs >= 0 {
+        Some(UNIX_EPOCH + Duration::new(secs as u64, nanos))
+    } else {
+        Some(UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()))
+    }
+}
+
+fn id32(id: u64) -> Result<u32, UnpackError> {
+    u32::try_from(id).map_err(|_| UnpackError::Invalid(format!("owner id {id} out of range")))
+}
+
+fn mkdir(path: &Path) -> Result<(), UnpackError> {
+    fs::create_dir(path).map_err(io_err("create directory", path))
+}
+
+/// Removes whatever is at `path` (a directory recursively), never following a symlink.
+fn remove_any(path: &Path) -> Result<(), UnpackError> {
+    let m = fs::symlink_metadata(path).map_err(io_err("stat", path))?;
+    if m.is_dir() {
+        fs::remove_dir_all(path).map_err(io_err("remove", path))
+    } else {
+        fs::remove_file(path).map_err(io_err("remove", path))
+    }
+}
+
+fn remove_existing(path: &Path) -> Result<(), UnpackError> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => remove_any(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("stat", path)(e)),
+    }
+}
+
+fn cpath(path: &Path) -> Result<CString, UnpackError> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| UnpackError::Invalid(format!("NUL byte in path {}", path.display())))
+}
+
+fn mknod(
+    path: &Path,
+    kind: libc::mode_t,
+    perm: libc::mode_t,
+    dev: libc::dev_t,
+) -> Result<(), UnpackError> {
+    let c = cpath(path)?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call; mknod does not
+    // retain the pointer.
+    let rc = unsafe { libc::mknod(c.as_ptr(), kind | perm, dev) };
+    if rc != 0 {
+        return Err(io_err("mknod", path)(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn setxattr(path: &Path, name: &str, value: &[u8]) -> Result<(), UnpackError> {
+    set_xattrs(path, &[(OsString::from(name), value.to_vec())])
+}
+
+fn set_xattrs(path: &Path, xattrs: &[(OsString, Vec<u8>)]) -> Result<(), UnpackError> {
+    if xattrs.is_empty() {
+        return Ok(());
+    }
+    let c = cpath(path)?;
+    for (name, value) in xattrs {
+        let n = CString::new(name.as_bytes())
+            .map_err(|_| UnpackError::Invalid("NUL byte in xattr name".into()))?;
+        // SAFETY: both strings are valid and NUL-terminated; `value` is a live slice of
+        // `value.len()` bytes; lsetxattr copies them and does not follow a final symlink.
+        let rc = unsafe {
+            libc::lsetxattr(
+                c.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            // Like containerd: a filesystem without xattr support loses them, with a log.
+            if e.raw_os_error() == Some(libc::ENOTSUP) {
+                tracing::warn!(path = %path.display(), xattr = ?name, "xattr not supported, dropped");
+                continue;
+            }
+            return Err(io_err("set xattr on", path)(e));
+        }
+    }
+    Ok(())
+}
+
+fn set_times_nofollow(path: &Path, mtime: SystemTime) -> io::Result<()> {
+    let d = mtime.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let ts = libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: d.subsec_nanos() as _,
+    };
+    let times = [ts, ts];
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a valid NUL-terminated path and `times` two initialised timespecs,
+    // both alive for the call.
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads an extended attribute without following symlinks (`None` if absent).
+pub fn get_xattr(path: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let n = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid NUL-terminated strings; `buf` is a writable buffer of `buf.len()` bytes.
+    let rc = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENODATA) {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    buf.truncate(rc as usize);
+    Ok(Some(buf))
+}
+
+/// Disk usage of a tree as `du` counts it: allocated bytes and inodes, hard links once.
+pub fn disk_usage(path: &Path) -> io::Result<(u64, u64)> {
+    use std::collections::HashSet;
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = HashSet::new();
+    let mut bytes = 0;
+    let mut inodes = 0;
+    let mut stack = vec![path.to_owned()];
+    while let Some(p) = stack.pop() {
+        let m = match fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
+            continue;
+        }
+        bytes += m.blocks() * 512;
+        inodes += 1;
+        if m.is_dir() {
+            match fs::read_dir(&p) {
+                Ok(rd) => {
+                    for e in rd {
+                        stack.push(e?.path());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok((bytes, inodes))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    /// Builds tar archives by hand, including entries `tar::Builder` refuses to write.
+    pub(crate) struct TarBuilder {
+        b: tar::Builder<Vec<u8>>,
+    }
+
+    impl TarBuilder {
+        pub(crate) fn new() -> Self {
+            TarBuilder {
+                b: tar::Builder::new(Vec::new()),
+            }
+        }
+
+        fn header(kind: tar::EntryType, mode: u32) -> tar::Header {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_600_000_000);
+            h.set_size(0);
+            h
+        }
+
+        fn raw(&mut self, mut h: tar::Header, name: &str, data: &[u8]) {
+            // Write the name bytes directly so `..` and absolute names survive.
+            let gnu = h.as_gnu_mut().unwrap();
+            gnu.name = [0; 100];
+            gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            self.b.append(&h, data).unwrap();
+        }
+
+        pub(crate) fn dir(mut self, name: &str, mode: u32) -> Self {
+            self.raw(Self::header(tar::EntryType::Directory, mode), name, b"");
+            self
+        }
+
+        pub(crate) fn file(mut self, name: &str, mode: u32, data: &[u8]) -> Self {
+            self.raw(Self::header(tar::EntryType::Regular, mode), name, data);
+            self
+        }
+
+        pub(crate) fn file_owned(
+            mut self,
+            name: &str,
+            mode: u32,
+            uid: u64,
+            gid: u64,
+            mtime: u64,
+            data: &[u8],
+        ) -> Self {
+            let mut h = Self::header(tar::EntryType::Regular, mode);
+            h.set_uid(uid);
+            h.set_gid(gid);
+            h.set_mtime(mtime);
+            self.raw(h, name, data);
+            self
+        }
+
+        fn link_entry(mut self, kind: tar::EntryType, name: &str, target: &str) -> Self {
+            let mut h = Self::header(kind, 0o777);
+            let gnu = h.as_gnu_mut().unwrap();
+            gnu.linkname = [0; 100];
+            gnu.linkname[..target.len()].copy_from_slice(target.as_bytes());
+            self.raw(h, name, b"");
+            self
+        }
+
+        pub(crate) fn symlink(self, name: &str, target: &str) -> Self {
+            self.link_entry(tar::EntryType::Symlink, name, target)
+        }
+
+        pub(crate) fn hardlink(self, name: &str, target: &str) -> Self {
+            self.link_entry(tar::EntryType::Link, name, target)
+        }
+
+        pub(crate) fn device(
+            mut self,
+            name: &str,
+            kind: tar::EntryType,
+            major: u32,
+            minor: u32,
+        ) -> Self {
+            let mut h = Self::header(kind, 0o620);
+            h.set_device_major(major).unwrap();
+            h.set_device_minor(minor).unwrap();
+            self.raw(h, name, b"");
+            self
+        }
+
+        pub(crate) fn pax_file(mut self, name: &str, pax: &[(&str, &[u8])], data: &[u8]) -> Self {
+            self.b
+                .append_pax_extensions(pax.iter().map(|(k, v)| (*k, *v)))
+                .unwrap();
+            self.raw(Self::header(tar::EntryType::Regular, 0o644), name, data);
+            self
+        }
+
+        pub(crate) fn finish(self) -> Vec<u8> {
+            self.b.into_inner().unwrap()
+        }
+    }
+
+    pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn unpack(tar: &[u8]) -> (tempfile::TempDir, Result<UnpackSummary, UnpackError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let r = unpack_layer(tar, dir.path());
+        (dir, r)
+    }
+
+    fn rejected(tar: Vec<u8>, why: &str) {
+        let (dir, r) = unpack(&tar);
+        match r {
+            Err(UnpackError::Invalid(msg)) => assert!(msg.contains(why), "{msg:?} lacks {why:?}"),
+            other => panic!("expected rejection ({why}), got {other:?}"),
+        }
+        drop(dir);
+    }
+
+    fn sha(data: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(data)))
+    }
+
+    #[test]
+    fn unpacks_files_dirs_links_and_metadata() {
+        let tar = TarBuilder::new()
+            .dir("./", 0o755)
+            .dir("./etc/", 0o750)
+            .file_owned(
+                "./etc/passwd",
+                0o644,
+                1000,
+                2000,
+                1_500_000_000,
+                b"root:x:0:0\n",
+            )
+            .file("bin/su", 0o4755, b"#!suid")
+            .symlink("bin/sh", "/bin/busybox")
+            .symlink("usr/lib/rel", "../../etc/passwd")
+            .hardlink("bin/su2", "bin/su")
+            .device("dev/null", tar::EntryType::Char, 1, 3)
+            .device("dev/fifo", tar::EntryType::Fifo, 0, 0)
+            .file("deep/a/b/c", 0o600, b"implicit parents")
+            .finish();
+        let (dir, r) = unpack(&tar);
+        let s = r.unwrap();
+        assert_eq!(s.diff_id, sha(&tar));
+        assert_eq!(s.entries, 10);
+        let root = dir.path();
+        assert_eq!(fs::read(root.join("etc/passwd")).unwrap(), b"root:x:0:0\n");
+        let m = fs::symlink_metadata(root.join("etc/passwd")).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o7777, m.mtime()),
+            (1000, 2000, 0o644, 1_500_000_000)
+        );
+        let m = fs::metadata(root.join("etc")).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.mtime()), (0o750, 1_600_000_000));
+        let su = fs::metadata(root.join("bin/su")).unwrap();
+        assert_eq!(su.mode() & 0o7777, 0o4755, "setuid kept");
+        assert_eq!(su.nlink(), 2);
+        assert_eq!(fs::metadata(root.join("bin/su2")).unwrap().ino(), su.ino());
+        assert_eq!(
+            fs::read_link(root.join("bin/sh")).unwrap(),
+            Path::new("/bin/busybox")
+        );
+        assert_eq!(
+            fs::read_link(root.join("usr/lib/rel")).unwrap(),
+            Path::new("../../etc/passwd")
+        );
+        let null = fs::symlink_metadata(root.join("dev/null")).unwrap();
+        assert!(null.file_type().is_char_device());
+        assert_eq!(null.rdev(), libc::makedev(1, 3));
+        assert!(
+            fs::symlink_metadata(root.join("dev/fifo"))
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+        assert_eq!(
+            fs::read(root.join("deep/a/b/c")).unwrap(),
+            b"implicit parents"
+        );
+        assert_eq!(
+            fs::metadata(root.join("deep/a")).unwrap().mode() & 0o7777,
+            0o755
+        );
+    }
+
+    #[test]
+    fn decompresses_gzip_and_zstd() {
+        let tar = TarBuilder::new().file("a", 0o644, b"hello").finish();
+        for blob in [
+            gzip(&tar),
+            zstd::encode_all(&tar[..], 3).unwrap(),
+            tar.clone(),
+        ] {
+            let (dir, r) = unpack(&blob);
+            assert_eq!(r.unwrap().diff_id, sha(&tar));
+            assert_eq!(fs::read(dir.path().join("a")).unwrap(), b"hello");
+        }
+    }
+
+    #[test]
+    fn xattrs_and_pax_overrides() {
+        let tar = TarBuilder::new()
+            .pax_file(
+                "f",
+                &[
+                    ("SCHILY.xattr.user.color", b"blue"),
+                    ("SCHILY.xattr.trusted.overlay.opaque", b"y"),
+                    ("uid", b"3000000"),
+                    ("mtime", b"1234567890.5"),
+                ],
+                b"x",
+            )
+            .finish();
+        let (dir, r) = unpack(&tar);
+        r.unwrap();
+        let f = dir.path().join("f");
+        assert_eq!(
+            get_xattr(&f, "user.color").unwrap().as_deref(),
+            Some(&b"blue"[..])
+        );
+        assert_eq!(
+            get_xattr(&f, "trusted.overlay.opaque").unwrap(),
+            None,
+            "overlay xattrs filtered"
+        );
+        let m = fs::metadata(&f).unwrap();
+        assert_eq!(m.uid(), 3_000_000);
+        assert_eq!((m.mtime(), m.mtime_nsec()), (1_234_567_890, 500_000_000));
+    }
+
+    #[test]
+    fn whiteouts_become_overlay_form() {
+        let tar = TarBuilder::new()
+            .dir("etc/", 0o755)
+            .file("etc/.wh.hosts", 0o644, b"")
+            .dir("var/cache/", 0o755)
+            .file("var/cache/.wh..wh..opq", 0o644, b"")
+            .file("var/cache/new", 0o644, b"new")
+            .file("opt/.wh..wh.plnk", 0o644, b"")
+            .finish();
+        let (dir, r) = unpack(&tar);
+        r.unwrap();
+        let wh = fs::symlink_metadata(dir.path().join("etc/hosts")).unwrap();
+        assert!(wh.file_type().is_char_device());
+        assert_eq!(wh.rdev(), 0);
+        assert!(!dir.path().join("etc/.wh.hosts").exists());
+        let cache = dir.path().join("var/cache");
+        assert_eq!(
+            get_xattr(&cache, OVERLAY_OPAQUE_XATTR).unwrap().as_deref(),
+            Some(&b"y"[..])
+        );
+        assert_eq!(fs::read(cache.join("new")).unwrap(), b"new");
+        assert!(!cache.join(".wh..wh..opq").exists());
+        assert_eq!(fs::read_dir(dir.path().join("opt")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn later_entries_replace_earlier_ones_without_following() {
+        let tar = TarBuilder::new()
+            .symlink("x", "/etc/shadow")
+            .file("x", 0o644, b"replaced")
+            .dir("d/", 0o755)
+            .file("d/f", 0o644, b"f")
+            .file("d", 0o644, b"now a file")
+            .finish();
+        let (dir, r) = unpack(&tar);
+        r.unwrap();
+        assert_eq!(fs::read(dir.path().join("x")).unwrap(), b"replaced");
+        assert_eq!(fs::read(dir.path().join("d")).unwrap(), b"now a file");
+    }
+
+    #[test]
+    fn rejects_every_escape() {
+        rejected(
+            TarBuilder::new().file("../evil", 0o644, b"x").finish(),
+            "'..'",
+        );
+        rejected(
+            TarBuilder::new().file("a/../../evil", 0o644, b"x").finish(),
+            "'..'",
+        );
+        rejected(
+            TarBuilder::new().file("/etc/evil", 0o644, b"x").finish(),
+            "absolute path",
+        );
+        rejected(
+            TarBuilder::new()
+                .symlink("link", "/tmp")
+                .file("link/evil", 0o644, b"x")
+                .finish(),
+            "parent directory is a symlink",
+        );
+        rejected(
+            TarBuilder::new()
+                .symlink("link", ".")
+                .file("link/evil", 0o644, b"x")
+                .finish(),
+            "parent directory is a symlink",
+        );
+        rejected(
+            TarBuilder::new().symlink("a/link", "../../etc").finish(),
+            "points outside",
+        );
+        rejected(
+            TarBuilder::new().hardlink("h", "../../etc/passwd").finish(),
+            "'..'",
+        );
+        rejected(
+            TarBuilder::new().hardlink("h", "/etc/passwd").finish(),
+            "absolute path",
+        );
+        rejected(
+            TarBuilder::new().hardlink("h", "missing").finish(),
+            "not in this layer",
+        );
+        rejected(
+            TarBuilder::new()
+                .symlink("l", "/etc")
+                .hardlink("h", "l/passwd")
+                .finish(),
+            "parent is a symlink",
+        );
+        rejected(
+            TarBuilder::new().file("a/.wh...", 0o644, b"").finish(),
+            "invalid name",
+        );
+        rejected(
+            TarBuilder::new().file("a/.wh..", 0o644, b"").finish(),
+            "invalid name",
+        );
+        rejected(
+            b"this is not a tar archive at all, just some bytes".repeat(20),
+            "malformed",
+        );
+    }
+
+    #[test]
+    fn outside_stays_untouched() {
+        // A victim outside the snapshot, reachable only by following the symlink.
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        fs::write(&victim, b"safe").unwrap();
+        let tar = TarBuilder::new()
+            .symlink("link", outside.path().to_str().unwrap())
+            .file("link/victim", 0o644, b"pwned")
+            .finish();
+        let (_dir, r) = unpack(&tar);
+        assert!(r.is_err());
+        assert_eq!(fs::read(&victim).unwrap(), b"safe");
+    }
+
+    #[test]
+    fn symlink_target_depth() {
+        assert!(check_symlink_target(2, b"../../x").is_ok());
+        assert!(check_symlink_target(2, b"../../../x").is_err());
+        assert!(check_symlink_target(0, b"a/../../x").is_err());
+        assert!(check_symlink_target(0, b"/anything/../../x").is_ok());
+        assert!(check_symlink_target(1, b"./.././x").is_ok());
+    }
+
+    #[test]
+    fn disk_usage_counts_hardlinks_once() {
+        let tar = TarBuilder::new()
+            .file("a", 0o644, &[1u8; 10000])
+            .hardlink("b", "a")
+            .finish();
+        let (dir, r) = unpack(&tar);
+        r.unwrap();
+        let (bytes, inodes) = disk_usage(dir.path()).unwrap();
+        assert_eq!(inodes, 2, "the root and one file");
+        assert!(bytes >= 10000, "{bytes}");
+    }
+}
