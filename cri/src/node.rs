@@ -11,6 +11,7 @@ use berth_imageservice::ImageStore;
 
 use crate::config::Config;
 use crate::store::Store;
+use crate::streaming::Streaming;
 
 /// Shared state of the daemon, handed to every handler.
 pub struct Node {
@@ -26,6 +27,8 @@ pub struct Node {
     reconciled: watch::Sender<bool>,
     /// When the daemon started, for uptime in verbose status.
     pub started: Instant,
+    /// The exec/attach/port-forward streaming server's tokens, backend and URL.
+    pub streaming: Streaming,
 }
 
 impl Node {
@@ -42,6 +45,7 @@ impl Node {
             images,
             reconciled,
             started: Instant::now(),
+            streaming: Streaming::new(),
         }))
     }
 

@@ -34,6 +34,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = bind_socket(&socket)?;
     let store = Store::open(&config.root)?;
     let node = Node::new(config, store)?;
+    let _streaming = node.streaming.start(&node.config.streaming).await?;
     let service = CriService::new(node.clone());
 
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;

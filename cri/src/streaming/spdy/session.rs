@@ -1,0 +1,1222 @@
+//! A SPDY/3.1 session over one upgraded connection: a reader task that decodes frames and
+//! routes them to streams, a writer task that owns the socket's write half and the header
+//! compressor, and handles for the streams in between.
+//!
+//! Flow control: the session always counts both windows (per stream and, as SPDY/3.1 adds, per
+//! session), but only holds data back once the peer shows it speaks flow control, by sending
+//! SETTINGS_INITIAL_WINDOW_SIZE or a WINDOW_UPDATE. Go's spdystream, which kubectl, crictl and
+//! kubelet use, does neither and relies on TCP backpressure; holding back after 64 KiB would
+//! stall every one of them. On the receiving side each stream buffers at most one window of
+//! bytes: a peer that sends more waits (TCP backpressure), and consumed bytes are granted back
+//! with WINDOW_UPDATE.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::frame::{self, FLAG_FIN, FLAG_UNIDIRECTIONAL, Frame, FrameDecoder, Setting, rst};
+use super::headers::{HeaderCompressor, HeaderDecompressor, Headers};
+
+/// The window both sides start with, per stream and per session.
+pub const INITIAL_WINDOW: i64 = 64 * 1024;
+/// The largest DATA frame this side sends, and the largest chunk it hands to a reader.
+const DATA_CHUNK: usize = 16 * 1024;
+/// Bytes of DATA queued for the writer before senders wait.
+const QUEUE_BYTES: usize = 256 * 1024;
+/// How long a client waits for the SYN_REPLY of a stream it opened.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which end of the connection this session is; it decides stream and ping id parity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Opens odd-numbered streams.
+    Client,
+    /// Opens even-numbered streams and accepts odd ones.
+    Server,
+}
+
+/// Limits of one session.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Streams the peer may have open at once; more are refused.
+    pub max_streams: usize,
+    /// The session closes after this long without a frame in either direction.
+    pub idle_timeout: Duration,
+    /// The largest control frame accepted.
+    pub max_control_len: usize,
+    /// The largest decompressed header block accepted.
+    pub max_header_bytes: usize,
+    /// Whether to announce our receive window with SETTINGS first thing, telling the peer
+    /// that this side speaks flow control.
+    pub announce_window: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            max_streams: 256,
+            idle_timeout: Duration::from_secs(4 * 3600),
+            max_control_len: 1 << 20,
+            max_header_bytes: 256 * 1024,
+            announce_window: false,
+        }
+    }
+}
+
+/// A stream was reset or the session ended before the stream was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// The peer answered with RST_STREAM.
+    #[error("peer reset the stream with status {0}")]
+    Reset(u32),
+    /// No SYN_REPLY in time.
+    #[error("no reply to the stream in time")]
+    Timeout,
+    /// The session is closed or going away.
+    #[error("session is closed")]
+    Closed,
+}
+
+/// The owner's handle on a session. Dropping it closes the session at once; call
+/// [`Session::shutdown`] first for a graceful end.
+pub struct Session {
+    shared: Arc<Shared>,
+}
+
+/// Streams the peer opens, in order.
+pub struct Incoming {
+    rx: mpsc::Receiver<Stream>,
+}
+
+/// One stream: its id, the headers it was opened with, and its two halves.
+pub struct Stream {
+    /// The stream id.
+    pub id: u32,
+    /// Headers of the SYN_STREAM (or, for streams this side opened, of the SYN_REPLY).
+    pub headers: Headers,
+    /// What the peer sends.
+    pub reader: StreamReader,
+    /// What this side sends.
+    pub writer: StreamWriter,
+}
+
+/// The receiving half of a stream.
+pub struct StreamReader {
+    id: u32,
+    shared: Arc<Shared>,
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    budget: Arc<Semaphore>,
+    unacked: usize,
+}
+
+/// The sending half of a stream. Dropping it without [`StreamWriter::finish`] still sends FIN.
+pub struct StreamWriter {
+    id: u32,
+    shared: Arc<Shared>,
+    finished: bool,
+}
+
+struct Shared {
+    role: Role,
+    out: mpsc::UnboundedSender<Out>,
+    queue_budget: Arc<Semaphore>,
+    state: Mutex<State>,
+    window_changed: Notify,
+    closed: CancellationToken,
+    base: Instant,
+    last_activity: AtomicU64,
+    max_streams: usize,
+}
+
+struct State {
+    streams: HashMap<u32, StreamState>,
+    last_remote_id: u32,
+    next_local_id: u32,
+    next_ping_id: u32,
+    pings: HashMap<u32, oneshot::Sender<()>>,
+    flow_control: bool,
+    initial_send_window: i64,
+    session_send_window: i64,
+    goaway_received: bool,
+    goaway_sent: bool,
+    incoming: Option<mpsc::Sender<Stream>>,
+}
+
+struct StreamState {
+    inbound: Option<mpsc::UnboundedSender<Bytes>>,
+    budget: Arc<Semaphore>,
+    send_window: i64,
+    local_closed: bool,
+    remote_closed: bool,
+    reply: Option<oneshot::Sender<Result<Headers, OpenError>>>,
+}
+
+enum HeaderKind {
+    SynStream,
+    SynReply,
+}
+
+enum Out {
+    Frame(Frame, Option<OwnedSemaphorePermit>),
+    Headers {
+        kind: HeaderKind,
+        stream_id: u32,
+        flags: u8,
+        headers: Headers,
+    },
+    Shutdown(oneshot::Sender<()>),
+}
+
+impl Session {
+    /// Starts a session on `io` and returns its handle and the streams the peer opens.
+    pub fn start<IO>(io: IO, role: Role, config: SessionConfig) -> (Session, Incoming)
+    where
+        IO: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (read_half, write_half) = tokio::io::split(io);
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (in_tx, in_rx) = mpsc::channel(64);
+        let shared = Arc::new(Shared {
+            role,
+            out: out_tx,
+            queue_budget: Arc::new(Semaphore::new(QUEUE_BYTES)),
+            state: Mutex::new(State {
+                streams: HashMap::new(),
+                last_remote_id: 0,
+                next_local_id: if role == Role::Client { 1 } else { 2 },
+                next_ping_id: if role == Role::Client { 1 } else { 2 },
+                pings: HashMap::new(),
+                flow_control: false,
+                initial_send_window: INITIAL_WINDOW,
+                session_send_window: INITIAL_WINDOW,
+                goaway_received: false,
+                goaway_sent: false,
+                incoming: Some(in_tx),
+            }),
+            window_changed: Notify::new(),
+            closed: CancellationToken::new(),
+            base: Instant::now(),
+            last_activity: AtomicU64::new(0),
+            max_streams: config.max_streams,
+        });
+        if config.announce_window {
+            shared.queue(Out::Frame(
+                Frame::Settings {
+                    flags: 0,
+                    entries: vec![Setting {
+                        flags: 0,
+                        id: frame::SETTINGS_INITIAL_WINDOW_SIZE,
+                        value: INITIAL_WINDOW as u32,
+                    }],
+                },
+                None,
+            ));
+        }
+        tokio::spawn(write_loop(shared.clone(), write_half, out_rx));
+        tokio::spawn(read_loop(shared.clone(), read_half, config.clone()));
+        tokio::spawn(idle_watch(shared.clone(), config.idle_timeout));
+        (Session { shared }, Incoming { rx: in_rx })
+    }
+
+    /// Opens a stream with `headers` and waits for the peer's SYN_REPLY. With `fin`, this side
+    /// sends nothing on it.
+    pub async fn open(&self, headers: Headers, fin: bool) -> Result<Stream, OpenError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let (id, reader) = {
+            let mut st = self.shared.lock();
+            if self.shared.closed.is_cancelled() || st.goaway_received || st.goaway_sent {
+                return Err(OpenError::Closed);
+            }
+            let id = st.next_local_id;
+            st.next_local_id += 2;
+            let (tx, rx) = mpsc::unbounded_channel();
+            let budget = Arc::new(Semaphore::new(INITIAL_WINDOW as usize));
+            let window = st.initial_send_window;
+            st.streams.insert(
+                id,
+                StreamState {
+                    inbound: Some(tx),
+                    budget: budget.clone(),
+                    send_window: window,
+                    local_closed: fin,
+                    remote_closed: false,
+                    reply: Some(reply_tx),
+                },
+            );
+            // Queued under the lock, so stream ids reach the wire in increasing order.
+            self.shared.queue(Out::Headers {
+                kind: HeaderKind::SynStream,
+                stream_id: id,
+                flags: if fin { FLAG_FIN } else { 0 },
+                headers: headers.clone(),
+            });
+            let reader = StreamReader {
+                id,
+                shared: self.shared.clone(),
+                rx,
+                budget,
+                unacked: 0,
+            };
+            (id, reader)
+        };
+        let writer = StreamWriter {
+            id,
+            shared: self.shared.clone(),
+            finished: fin,
+        };
+        let reply = tokio::select! {
+            r = reply_rx => r.unwrap_or(Err(OpenError::Closed)),
+            _ = tokio::time::sleep(REPLY_TIMEOUT) => Err(OpenError::Timeout),
+            _ = self.shared.closed.cancelled() => Err(OpenError::Closed),
+        };
+        match reply {
+            Ok(reply_headers) => Ok(Stream {
+                id,
+                headers: reply_headers,
+                reader,
+                writer,
+            }),
+            Err(e) => {
+                let mut writer = writer;
+                writer.finished = true;
+                self.shared.remove_stream(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends a PING and waits for its echo.
+    pub async fn ping(&self, timeout: Duration) -> Result<Duration, OpenError> {
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut st = self.shared.lock();
+            let id = st.next_ping_id;
+            st.next_ping_id = st.next_ping_id.wrapping_add(2) & 0x7fff_ffff;
+            st.pings.insert(id, tx);
+            id
+        };
+        let sent = Instant::now();
+        self.shared.queue(Out::Frame(Frame::Ping { id }, None));
+        tokio::select! {
+            r = rx => r.map(|_| sent.elapsed()).map_err(|_| OpenError::Closed),
+            _ = tokio::time::sleep(timeout) => Err(OpenError::Timeout),
+            _ = self.shared.closed.cancelled() => Err(OpenError::Closed),
+        }
+    }
+
+    /// A token cancelled when the session ends, by either side, an error or idleness.
+    pub fn closed(&self) -> CancellationToken {
+        self.shared.closed.clone()
+    }
+
+    /// Ends the session gracefully: resets the streams the peer has not finished, sends
+    /// GOAWAY, flushes and half-closes the connection, then waits up to `linger` for the peer
+    /// to close its side (closing at once could turn unread bytes into a TCP reset that makes
+    /// the peer lose the last frames).
+    pub async fn shutdown(&self, linger: Duration) {
+        if self.shared.closed.is_cancelled() {
+            return;
+        }
+        let last = {
+            let mut st = self.shared.lock();
+            st.goaway_sent = true;
+            st.incoming = None;
+            let open: Vec<u32> = st
+                .streams
+                .iter()
+                .filter(|(_, s)| !s.remote_closed)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in open {
+                if let Some(mut s) = st.streams.remove(&id) {
+                    s.inbound = None;
+                    if let Some(reply) = s.reply.take() {
+                        let _ = reply.send(Err(OpenError::Closed));
+                    }
+                }
+                self.shared.queue(Out::Frame(
+                    Frame::RstStream {
+                        stream_id: id,
+                        status: rst::CANCEL,
+                    },
+                    None,
+                ));
+            }
+            st.last_remote_id
+        };
+        self.shared.window_changed.notify_waiters();
+        self.shared.queue(Out::Frame(
+            Frame::GoAway {
+                last_good_stream_id: last,
+                status: frame::goaway::OK,
+            },
+            None,
+        ));
+        let (tx, rx) = oneshot::channel();
+        self.shared.queue(Out::Shutdown(tx));
+        let closed = self.shared.closed.clone();
+        let _ = tokio::time::timeout(linger, async move {
+            let _ = rx.await;
+            closed.cancelled().await;
+        })
+        .await;
+        self.shared.close();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+impl Incoming {
+    /// The next stream the peer opened, not yet replied to; `None` once the session ends.
+    pub async fn accept(&mut self) -> Option<Stream> {
+        self.rx.recv().await
+    }
+}
+
+impl Stream {
+    /// Accepts a stream the peer opened (SYN_REPLY with no headers, as kubelet sends).
+    pub fn reply(&self) {
+        self.writer.shared.queue(Out::Headers {
+            kind: HeaderKind::SynReply,
+            stream_id: self.id,
+            flags: 0,
+            headers: Vec::new(),
+        });
+    }
+
+    /// Refuses a stream the peer opened.
+    pub fn refuse(mut self, status: u32) {
+        self.writer.reset(status);
+    }
+}
+
+impl StreamReader {
+    /// The next bytes the peer sent; `None` after its FIN, a reset or the end of the session.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        let data = self.rx.recv().await?;
+        let len = data.len();
+        self.budget.add_permits(len);
+        self.unacked += len;
+        if self.unacked as i64 >= INITIAL_WINDOW / 2 {
+            let delta = std::mem::take(&mut self.unacked) as u32;
+            let open = self
+                .shared
+                .lock()
+                .streams
+                .get(&self.id)
+                .is_some_and(|s| !s.remote_closed);
+            if open {
+                self.shared.queue(Out::Frame(
+                    Frame::WindowUpdate {
+                        stream_id: self.id,
+                        delta,
+                    },
+                    None,
+                ));
+            }
+            self.shared.queue(Out::Frame(
+                Frame::WindowUpdate {
+                    stream_id: 0,
+                    delta,
+                },
+                None,
+            ));
+        }
+        Some(data)
+    }
+
+    /// Reads everything up to the peer's FIN, at most `limit` bytes (the rest is dropped).
+    pub async fn read_to_end(&mut self, limit: usize) -> Vec<u8> {
+        let mut all = Vec::new();
+        while let Some(b) = self.recv().await {
+            let room = limit.saturating_sub(all.len());
+            all.extend_from_slice(&b[..b.len().min(room)]);
+        }
+        all
+    }
+}
+
+impl Drop for StreamReader {
+    fn drop(&mut self) {
+        // Wakes a read loop waiting for room in this stream's buffer: nobody will read it.
+        self.budget.close();
+    }
+}
+
+impl StreamWriter {
+    /// The stream id.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Sends `data`, waiting for window and queue room; fails once the stream is reset or
+    /// finished, or the session ends.
+    pub async fn send(&mut self, mut data: Bytes) -> io::Result<()> {
+        if self.finished {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "stream finished"));
+        }
+        while !data.is_empty() {
+            let n = self.reserve(data.len().min(DATA_CHUNK)).await?;
+            let chunk = data.split_to(n);
+            let permit = tokio::select! {
+                p = self.shared.queue_budget.clone().acquire_many_owned(n as u32) => {
+                    p.map_err(|_| closed_error())?
+                }
+                _ = self.shared.closed.cancelled() => return Err(closed_error()),
+            };
+            if self
+                .shared
+                .out
+                .send(Out::Frame(
+                    Frame::Data {
+                        stream_id: self.id,
+                        flags: 0,
+                        data: chunk,
+                    },
+                    Some(permit),
+                ))
+                .is_err()
+            {
+                return Err(closed_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends FIN: this side will send nothing more. Idempotent.
+    pub fn finish(&mut self) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let send_fin = {
+            let mut st = self.shared.lock();
+            match st.streams.get_mut(&self.id) {
+                Some(s) if !s.local_closed => {
+                    s.local_closed = true;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if send_fin {
+            self.shared.queue(Out::Frame(
+                Frame::Data {
+                    stream_id: self.id,
+                    flags: FLAG_FIN,
+                    data: Bytes::new(),
+                },
+                None,
+            ));
+            self.shared.remove_if_done(self.id);
+        }
+    }
+
+    /// Aborts the stream in both directions.
+    pub fn reset(&mut self, status: u32) {
+        self.finished = true;
+        let existed = {
+            let mut st = self.shared.lock();
+            match st.streams.remove(&self.id) {
+                Some(mut s) => {
+                    s.inbound = None;
+                    true
+                }
+                None => false,
+            }
+        };
+        if existed {
+            self.shared.queue(Out::Frame(
+                Frame::RstStream {
+                    stream_id: self.id,
+                    status,
+                },
+                None,
+            ));
+            self.shared.window_changed.notify_waiters();
+        }
+    }
+
+    async fn reserve(&self, want: usize) -> io::Result<usize> {
+        loop {
+            let notified = self.shared.window_changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut guard = self.shared.lock();
+                if self.shared.closed.is_cancelled() {
+                    return Err(closed_error());
+                }
+                let st = &mut *guard;
+                let Some(s) = st.streams.get_mut(&self.id) else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "stream was reset",
+                    ));
+                };
+                if s.local_closed {
+                    return Err(io::Error::new(io::ErrorKind::BrokenPipe, "stream finished"));
+                }
+                let avail = s.send_window.min(st.session_send_window);
+                let n = if !st.flow_control {
+                    want
+                } else if avail > 0 {
+                    want.min(avail as usize)
+                } else {
+                    0
+                };
+                if n > 0 {
+                    s.send_window -= n as i64;
+                    st.session_send_window -= n as i64;
+                    return Ok(n);
+                }
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = self.shared.closed.cancelled() => return Err(closed_error()),
+            }
+        }
+    }
+}
+
+impl Drop for StreamWriter {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn closed_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "spdy session closed")
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn queue(&self, out: Out) {
+        // A closed writer means a closed session: the frame has nowhere to go.
+        let _ = self.out.send(out);
+    }
+
+    fn touch(&self) {
+        self.last_activity
+            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn close(&self) {
+        if self.closed.is_cancelled() {
+            return;
+        }
+        self.closed.cancel();
+        let mut st = self.lock();
+        // Dropping the stream states ends every reader; dropping the incoming sender breaks the
+        // cycle between this state and streams still waiting to be accepted.
+        st.streams.clear();
+        st.pings.clear();
+        st.incoming = None;
+        drop(st);
+        self.window_changed.notify_waiters();
+    }
+
+    fn remove_stream(&self, id: u32) {
+        self.lock().streams.remove(&id);
+    }
+
+    fn remove_if_done(&self, id: u32) {
+        let mut st = self.lock();
+        if st
+            .streams
+            .get(&id)
+            .is_some_and(|s| s.local_closed && s.remote_closed)
+        {
+            st.streams.remove(&id);
+        }
+    }
+
+    fn is_peer_id(&self, id: u32) -> bool {
+        match self.role {
+            Role::Server => id % 2 == 1,
+            Role::Client => id.is_multiple_of(2),
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Send + Unpin + 'static>(
+    shared: Arc<Shared>,
+    mut io: W,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+) {
+    let mut compressor = HeaderCompressor::new();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut permits = Vec::new();
+    'outer: loop {
+        let first = tokio::select! {
+            biased;
+            _ = shared.closed.cancelled() => break,
+            m = rx.recv() => m,
+        };
+        let Some(mut next) = first else { break };
+        let mut shutdown = None;
+        loop {
+            match next {
+                Out::Frame(f, permit) => {
+                    frame::encode(&f, &mut buf);
+                    permits.extend(permit);
+                }
+                Out::Headers {
+                    kind,
+                    stream_id,
+                    flags,
+                    headers,
+                } => {
+                    let header_block = match compressor.compress(&headers) {
+                        Ok(b) => Bytes::from(b),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "spdy: cannot compress headers");
+                            break 'outer;
+                        }
+                    };
+                    let f = match kind {
+                        HeaderKind::SynStream => Frame::SynStream {
+                            stream_id,
+                            associated_id: 0,
+                            priority: 0,
+                            flags,
+                            header_block,
+                        },
+                        HeaderKind::SynReply => Frame::SynReply {
+                            stream_id,
+                            flags,
+                            header_block,
+                        },
+                    };
+                    frame::encode(&f, &mut buf);
+                }
+                Out::Shutdown(ack) => {
+                    shutdown = Some(ack);
+                    break;
+                }
+            }
+            if buf.len() >= 64 * 1024 {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(m) => next = m,
+                Err(_) => break,
+            }
+        }
+        if !buf.is_empty() {
+            let written = tokio::select! {
+                r = io.write_all(&buf) => r,
+                _ = shared.closed.cancelled() => break,
+            };
+            if written.is_err() {
+                break;
+            }
+            buf.clear();
+            shared.touch();
+        }
+        permits.clear();
+        if let Some(ack) = shutdown {
+            let _ = io.flush().await;
+            let _ = io.shutdown().await;
+            let _ = ack.send(());
+            // Nothing more can be written; keep the half alive until the session closes so the
+            // read side can still drain.
+            shared.closed.cancelled().await;
+            return;
+        }
+    }
+    shared.close();
+}
+
+async fn read_loop<R: AsyncRead + Send + 'static>(
+    shared: Arc<Shared>,
+    io: R,
+    config: SessionConfig,
+) {
+    let mut io = std::pin::pin!(io);
+    let mut decoder = FrameDecoder::new(config.max_control_len, DATA_CHUNK);
+    let mut headers = HeaderDecompressor::new(config.max_header_bytes);
+    let mut buf = BytesMut::with_capacity(32 * 1024);
+    'outer: loop {
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(f)) => {
+                    if let Err(e) = handle_frame(&shared, &mut headers, f).await {
+                        tracing::debug!(error = %e, "spdy: ending session");
+                        shared.queue(Out::Frame(
+                            Frame::GoAway {
+                                last_good_stream_id: shared.lock().last_remote_id,
+                                status: frame::goaway::PROTOCOL_ERROR,
+                            },
+                            None,
+                        ));
+                        break 'outer;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "spdy: invalid frame, ending session");
+                    shared.queue(Out::Frame(
+                        Frame::GoAway {
+                            last_good_stream_id: shared.lock().last_remote_id,
+                            status: frame::goaway::PROTOCOL_ERROR,
+                        },
+                        None,
+                    ));
+                    break 'outer;
+                }
+            }
+        }
+        buf.reserve(16 * 1024);
+        let n = tokio::select! {
+            r = io.read_buf(&mut buf) => r,
+            _ = shared.closed.cancelled() => return,
+        };
+        match n {
+            Ok(0) | Err(_) => break,
+            Ok(_) => shared.touch(),
+        }
+    }
+    // Give the writer a moment to put out a GOAWAY before everything closes.
+    tokio::task::yield_now().await;
+    shared.close();
+}
+
+async fn handle_frame(
+    shared: &Arc<Shared>,
+    decompressor: &mut HeaderDecompressor,
+    f: Frame,
+) -> Result<(), super::headers::HeaderError> {
+    match f {
+        Frame::SynStream {
+            stream_id,
+            flags,
+            header_block,
+            ..
+        } => {
+            let headers = decompressor.decompress(&header_block)?;
+            accept_stream(shared, stream_id, flags, headers);
+        }
+        Frame::SynReply {
+            stream_id,
+            flags,
+            header_block,
+        } => {
+            let headers = decompressor.decompress(&header_block)?;
+            let mut st = shared.lock();
+            if let Some(s) = st.streams.get_mut(&stream_id) {
+                if let Some(reply) = s.reply.take() {
+                    let _ = reply.send(Ok(headers));
+                }
+                if flags & FLAG_FIN != 0 {
+                    s.remote_closed = true;
+                    s.inbound = None;
+                }
+            }
+            drop(st);
+            shared.remove_if_done(stream_id);
+        }
+        Frame::Headers {
+            stream_id,
+            flags,
+            header_block,
+        } => {
+            // Decompressed even though unused: the zlib context must see every block.
+            decompressor.decompress(&header_block)?;
+            if flags & FLAG_FIN != 0 {
+                remote_finished(shared, stream_id);
+            }
+        }
+        Frame::Data {
+            stream_id,
+            flags,
+            data,
+        } => {
+            deliver(shared, stream_id, data).await;
+            if flags & FLAG_FIN != 0 {
+                remote_finished(shared, stream_id);
+            }
+        }
+        Frame::RstStream { stream_id, status } => {
+            let removed = shared.lock().streams.remove(&stream_id);
+            if let Some(mut s) = removed {
+                s.inbound = None;
+                if let Some(reply) = s.reply.take() {
+                    let _ = reply.send(Err(OpenError::Reset(status)));
+                }
+            }
+            shared.window_changed.notify_waiters();
+        }
+        Frame::Settings { entries, .. } => {
+            let mut st = shared.lock();
+            for e in entries {
+                if e.id == frame::SETTINGS_INITIAL_WINDOW_SIZE && e.value <= 0x7fff_ffff {
+                    st.flow_control = true;
+                    let delta = i64::from(e.value) - st.initial_send_window;
+                    st.initial_send_window = i64::from(e.value);
+                    for s in st.streams.values_mut() {
+                        s.send_window += delta;
+                    }
+                }
+            }
+            drop(st);
+            shared.window_changed.notify_waiters();
+        }
+        Frame::Ping { id } => {
+            let ours = (id % 2 == 1) == (shared.role == Role::Client);
+            if ours {
+                if let Some(tx) = shared.lock().pings.remove(&id) {
+                    let _ = tx.send(());
+                }
+            } else {
+                shared.queue(Out::Frame(Frame::Ping { id }, None));
+            }
+        }
+        Frame::GoAway { .. } => {
+            shared.lock().goaway_received = true;
+        }
+        Frame::WindowUpdate { stream_id, delta } => {
+            if delta > 0 {
+                let mut st = shared.lock();
+                st.flow_control = true;
+                if stream_id == 0 {
+                    st.session_send_window += i64::from(delta);
+                } else if let Some(s) = st.streams.get_mut(&stream_id) {
+                    s.send_window += i64::from(delta);
+                }
+                drop(st);
+                shared.window_changed.notify_waiters();
+            }
+        }
+        Frame::Unknown { .. } => {}
+    }
+    Ok(())
+}
+
+fn accept_stream(shared: &Arc<Shared>, id: u32, flags: u8, headers: Headers) {
+    let refuse = |status| {
+        shared.queue(Out::Frame(
+            Frame::RstStream {
+                stream_id: id,
+                status,
+            },
+            None,
+        ))
+    };
+    let mut st = shared.lock();
+    if id == 0 || !shared.is_peer_id(id) || id <= st.last_remote_id {
+        drop(st);
+        refuse(rst::PROTOCOL_ERROR);
+        return;
+    }
+    st.last_remote_id = id;
+    let open_by_peer = st.streams.keys().filter(|k| shared.is_peer_id(**k)).count();
+    let Some(incoming) = st.incoming.clone() else {
+        drop(st);
+        refuse(rst::REFUSED_STREAM);
+        return;
+    };
+    if st.goaway_sent || open_by_peer >= shared.max_streams {
+        drop(st);
+        refuse(rst::REFUSED_STREAM);
+        return;
+    }
+    let fin = flags & FLAG_FIN != 0;
+    let unidirectional = flags & FLAG_UNIDIRECTIONAL != 0;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let budget = Arc::new(Semaphore::new(INITIAL_WINDOW as usize));
+    let window = st.initial_send_window;
+    st.streams.insert(
+        id,
+        StreamState {
+            inbound: if fin { None } else { Some(tx) },
+            budget: budget.clone(),
+            send_window: window,
+            local_closed: unidirectional,
+            remote_closed: fin,
+            reply: None,
+        },
+    );
+    drop(st);
+    let stream = Stream {
+        id,
+        headers,
+        reader: StreamReader {
+            id,
+            shared: shared.clone(),
+            rx,
+            budget,
+            unacked: 0,
+        },
+        writer: StreamWriter {
+            id,
+            shared: shared.clone(),
+            finished: unidirectional,
+        },
+    };
+    if let Err(e) = incoming.try_send(stream) {
+        let mut stream = match e {
+            mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s) => s,
+        };
+        stream.writer.reset(rst::REFUSED_STREAM);
+    }
+}
+
+async fn deliver(shared: &Arc<Shared>, id: u32, data: Bytes) {
+    if data.is_empty() {
+        return;
+    }
+    let target = {
+        let st = shared.lock();
+        st.streams
+            .get(&id)
+            .and_then(|s| s.inbound.clone().map(|tx| (tx, s.budget.clone())))
+    };
+    let Some((tx, budget)) = target else {
+        // Data for a stream that is gone (reset, finished, refused): dropped, as spdystream
+        // does.
+        return;
+    };
+    let n = data.len() as u32;
+    let permit = tokio::select! {
+        p = budget.acquire_many(n) => p,
+        _ = shared.closed.cancelled() => return,
+    };
+    // An error means the reader was dropped: nobody wants these bytes.
+    if let Ok(p) = permit {
+        p.forget();
+        if tx.send(data).is_err() {
+            budget.add_permits(n as usize);
+        }
+    }
+}
+
+fn remote_finished(shared: &Arc<Shared>, id: u32) {
+    {
+        let mut st = shared.lock();
+        if let Some(s) = st.streams.get_mut(&id) {
+            s.remote_closed = true;
+            s.inbound = None;
+        }
+    }
+    shared.remove_if_done(id);
+}
+
+async fn idle_watch(shared: Arc<Shared>, idle: Duration) {
+    let idle_ms = idle.as_millis() as u64;
+    loop {
+        let last = shared.last_activity.load(Ordering::Relaxed);
+        let now = shared.base.elapsed().as_millis() as u64;
+        let since = now.saturating_sub(last);
+        if since >= idle_ms {
+            tracing::debug!("spdy: session idle, closing");
+            shared.close();
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(idle_ms - since)) => {}
+            _ = shared.closed.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::streaming::spdy::headers::get;
+
+    fn pair(config: SessionConfig) -> ((Session, Incoming), (Session, Incoming)) {
+        let (a, b) = tokio::io::duplex(8 * 1024);
+        let client = Session::start(
+            a,
+            Role::Client,
+            SessionConfig {
+                announce_window: true,
+                ..config.clone()
+            },
+        );
+        let server = Session::start(b, Role::Server, config);
+        (client, server)
+    }
+
+    fn hdr(name: &str, value: &str) -> Headers {
+        vec![(name.to_string(), value.to_string())]
+    }
+
+    #[tokio::test]
+    async fn streams_carry_bytes_both_ways_with_half_close() {
+        let ((client, _), (_server, mut incoming)) = pair(SessionConfig::default());
+        let server_task = tokio::spawn(async move {
+            let mut s = incoming.accept().await.unwrap();
+            assert_eq!(get(&s.headers, "streamType"), Some("stdin"));
+            s.reply();
+            let got = s.reader.read_to_end(1 << 20).await;
+            s.writer.send(Bytes::from(got.clone())).await.unwrap();
+            s.writer.finish();
+            got.len()
+        });
+        let mut s = client
+            .open(hdr("streamtype", "stdin"), false)
+            .await
+            .unwrap();
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let writer = {
+            let mut w = s.writer;
+            let p = payload.clone();
+            tokio::spawn(async move {
+                w.send(Bytes::from(p)).await.unwrap();
+                w.finish();
+            })
+        };
+        let echoed = s.reader.read_to_end(1 << 20).await;
+        writer.await.unwrap();
+        assert_eq!(server_task.await.unwrap(), payload.len());
+        assert_eq!(echoed, payload);
+    }
+
+    #[tokio::test]
+    async fn flow_control_holds_data_until_the_reader_consumes() {
+        let ((client, _), (_server, mut incoming)) = pair(SessionConfig::default());
+        let opener = tokio::spawn(async move {
+            let s = client
+                .open(hdr("streamtype", "stdout"), true)
+                .await
+                .unwrap();
+            (client, s)
+        });
+        let s = incoming.accept().await.unwrap();
+        s.reply();
+        let (client, mut cs) = opener.await.unwrap();
+        // The client announced a 64 KiB window and reads nothing yet: the server's send of
+        // 200 KiB cannot complete.
+        let mut w = s.writer;
+        let sender = tokio::spawn(async move {
+            w.send(Bytes::from(vec![1u8; 200 * 1024])).await.unwrap();
+            w.finish();
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!sender.is_finished(), "sent past the peer's window");
+        let got = cs.reader.read_to_end(1 << 20).await;
+        assert_eq!(got.len(), 200 * 1024);
+        sender.await.unwrap();
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn reset_stream_ends_reader_and_fails_writer() {
+        let ((client, _), (_server, mut incoming)) = pair(SessionConfig::default());
+        let opener = tokio::spawn(async move {
+            let s = client.open(hdr("streamtype", "data"), false).await.unwrap();
+            (client, s)
+        });
+        let mut s = incoming.accept().await.unwrap();
+        s.reply();
+        let (_client, mut cs) = opener.await.unwrap();
+        s.writer.reset(rst::CANCEL);
+        assert_eq!(cs.reader.recv().await, None);
+        // The client learns of the reset asynchronously.
+        let mut failed = false;
+        for _ in 0..50 {
+            if cs.writer.send(Bytes::from_static(b"x")).await.is_err() {
+                failed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(failed, "writes to a reset stream keep succeeding");
+    }
+
+    #[tokio::test]
+    async fn refused_and_invalid_streams() {
+        let config = SessionConfig {
+            max_streams: 1,
+            ..SessionConfig::default()
+        };
+        let ((client, _), (_server, mut incoming)) = pair(config);
+        let opener = tokio::spawn(async move {
+            let first = client.open(hdr("n", "1"), false).await.unwrap();
+            let second = client.open(hdr("n", "2"), false).await;
+            (client, first, second.err())
+        });
+        let s = incoming.accept().await.unwrap();
+        s.reply();
+        let (_client, _first, second) = opener.await.unwrap();
+        assert_eq!(second, Some(OpenError::Reset(rst::REFUSED_STREAM)));
+    }
+
+    #[tokio::test]
+    async fn ping_is_echoed_and_disconnect_closes_everything() {
+        let ((client, _), (server, mut incoming)) = pair(SessionConfig::default());
+        client.ping(Duration::from_secs(5)).await.unwrap();
+        server.ping(Duration::from_secs(5)).await.unwrap();
+        let opener = tokio::spawn(async move {
+            let s = client.open(hdr("n", "1"), false).await.unwrap();
+            (client, s)
+        });
+        let mut s = incoming.accept().await.unwrap();
+        s.reply();
+        let (client, cs) = opener.await.unwrap();
+        let closed = server.closed();
+        drop(client);
+        drop(cs);
+        tokio::time::timeout(Duration::from_secs(5), closed.cancelled())
+            .await
+            .unwrap();
+        assert_eq!(s.reader.recv().await, None);
+        assert!(s.writer.send(Bytes::from_static(b"x")).await.is_err());
+        assert!(incoming.accept().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn idle_sessions_close() {
+        let config = SessionConfig {
+            idle_timeout: Duration::from_millis(100),
+            ..SessionConfig::default()
+        };
+        let ((client, _), (server, _)) = pair(config);
+        let closed = server.closed();
+        tokio::time::timeout(Duration::from_secs(5), closed.cancelled())
+            .await
+            .unwrap();
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn graceful_shutdown_delivers_everything_before_goaway() {
+        let ((client, _), (server, mut incoming)) = pair(SessionConfig::default());
+        let opener = tokio::spawn(async move {
+            let s = client
+                .open(hdr("streamtype", "stdout"), true)
+                .await
+                .unwrap();
+            (client, s)
+        });
+        let mut s = incoming.accept().await.unwrap();
+        s.reply();
+        let (client, mut cs) = opener.await.unwrap();
+        s.writer.send(Bytes::from(vec![9u8; 50_000])).await.unwrap();
+        s.writer.finish();
+        let reader = tokio::spawn(async move { cs.reader.read_to_end(1 << 20).await });
+        let shutdown = tokio::spawn(async move { server.shutdown(Duration::from_secs(5)).await });
+        assert_eq!(reader.await.unwrap().len(), 50_000);
+        // The client closing its end lets the server's linger end early.
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(2), shutdown)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
