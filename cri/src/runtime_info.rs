@@ -40,12 +40,13 @@ pub async fn status(node: &Node, req: StatusRequest) -> Result<StatusResponse, S
             )),
         )
     };
+    let network_state = node.network.ready_check().await;
     let network = condition(
         "NetworkReady",
-        Err((
-            "NetworkPluginNotReady",
-            "berth: pod networking is not available",
-        )),
+        network_state
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| ("NetworkPluginNotReady", e.as_str())),
     );
     let mut info = HashMap::new();
     if req.verbose {
@@ -127,7 +128,9 @@ pub async fn update_runtime_config(
     if cidr.is_empty() {
         return Ok(UpdateRuntimeConfigResponse {});
     }
-    node.network.set_pod_cidr(&cidr).map_err(|e| network_status(&e, &format!("pod CIDR {cidr:?}")))?;
+    node.network
+        .set_pod_cidr(&cidr)
+        .map_err(|e| network_status(&e, &format!("pod CIDR {cidr:?}")))?;
     tracing::info!(pod_cidr = %cidr, "pod CIDR updated by kubelet");
     Ok(UpdateRuntimeConfigResponse {})
 }

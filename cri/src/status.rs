@@ -45,6 +45,9 @@ mod tests {
     #[test]
     fn network_errors_keep_their_class() {
         let e = berth_cni::Error::InvalidRequest("no pod CIDR given".into());
-        assert_eq!(network_status(&e, "pod CIDR \"\"").code(), Code::InvalidArgument);
+        assert_eq!(
+            network_status(&e, "pod CIDR \"\"").code(),
+            Code::InvalidArgument
+        );
     }
 }

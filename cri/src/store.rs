@@ -127,7 +127,10 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let tx = store.db.begin_read().unwrap();
         let meta = tx.open_table(META).unwrap();
-        assert_eq!(meta.get("schema_version").unwrap().unwrap().value(), SCHEMA_VERSION);
+        assert_eq!(
+            meta.get("schema_version").unwrap().unwrap().value(),
+            SCHEMA_VERSION
+        );
     }
 
     #[test]
