@@ -26,7 +26,8 @@ PACKAGES=(
   protobuf-compiler build-essential pkg-config   # build (k8s-cri needs protoc)
   docker-registry                                # the loopback registry of the e2e harness
   busybox                                        # the test images' userland (dynamic, not busybox-static)
-  iproute2 nftables util-linux procps ca-certificates
+  iproute2 nftables iptables util-linux procps ca-certificates
+  containernetworking-plugins                    # CNI mode is tested with Debian's plugins
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -56,27 +57,11 @@ fi
 [[ -x /usr/bin/docker-registry ]] || die "/usr/bin/docker-registry is missing after installing docker-registry"
 
 # ---- Rust toolchain ---------------------------------------------------------------------
-if [[ -f $HOME/.cargo/env ]]; then
-  # shellcheck disable=SC1091
-  source "$HOME/.cargo/env"
-fi
-command -v cargo >/dev/null || die "cargo not found: install rustup and the Rust toolchain named in rust-toolchain.toml"
-want=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
-if command -v rustup >/dev/null; then
-  toolchains=$(rustup toolchain list)
-  if ! grep -q "^$want" <<<"$toolchains"; then
-    stable=$(rustc +stable --version 2>/dev/null | awk '{print $2}' || true)
-    if [[ $stable == "$want" ]]; then
-      step "linking the installed stable toolchain ($stable) as $want"
-      rustup toolchain link "$want" "$(rustc +stable --print sysroot)"
-    else
-      die "Rust $want (rust-toolchain.toml) is not installed and stable is '${stable:-missing}'; install it with rustup"
-    fi
-  fi
-else
-  have=$(rustc --version | awk '{print $2}')
-  [[ $have == "$want" ]] || die "rustc is $have but rust-toolchain.toml pins $want, and rustup is not installed"
-fi
+BERTH_TOP=$PWD
+export BERTH_TOP
+# shellcheck source=scripts/deps.sh
+source scripts/deps.sh
+ensure_toolchain || die "the Rust toolchain named in rust-toolchain.toml is not available"
 step "toolchain: $(rustc --version)"
 
 # ---- unit tests -------------------------------------------------------------------------
