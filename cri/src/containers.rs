@@ -1,57 +1,175 @@
-//! Container RPCs: lifecycle, status, logs, ExecSync, events.
+//! Container RPCs: lifecycle, status, logs, ExecSync, events. The image service resolves
+//! the image into plain layers and config; the runtime does the rest.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berth_runtime::{ImageConfig, ImageInfo};
 use k8s_cri::v1::*;
+use tokio_stream::StreamExt;
 use tonic::Status;
 
+use crate::images::{image_store, to_status};
 use crate::node::Node;
 use crate::not_implemented;
+use crate::pods::runtime_status;
+
+/// The image a container asks for, as plain data for the runtime.
+fn image_info(node: &Node, name: &str) -> Result<ImageInfo, Status> {
+    let store = image_store(node)?;
+    let what = format!("image {name:?}");
+    let image = store
+        .get(name)
+        .map_err(|e| to_status(&what, &e))?
+        .ok_or_else(|| Status::not_found(format!("image {name:?} not found: pull it first")))?;
+    let lower_dirs = store
+        .rootfs_layers(&image.id)
+        .map_err(|e| to_status(&what, &e))?;
+    let oci = store
+        .image_config(&image.id)
+        .map_err(|e| to_status(&what, &e))?;
+    let config = oci
+        .config()
+        .as_ref()
+        .map(|c| ImageConfig {
+            env: c.env().clone().unwrap_or_default(),
+            entrypoint: c.entrypoint().clone().unwrap_or_default(),
+            cmd: c.cmd().clone().unwrap_or_default(),
+            working_dir: c.working_dir().clone().unwrap_or_default(),
+            user: c.user().clone().unwrap_or_default(),
+            stop_signal: c.stop_signal().clone().unwrap_or_default(),
+        })
+        .unwrap_or_default();
+    Ok(ImageInfo {
+        id: image.id.clone(),
+        name: name.to_owned(),
+        repo_digest: image.repo_digests.first().cloned().unwrap_or_default(),
+        lower_dirs,
+        config,
+    })
+}
 
 /// Handles `CreateContainer`.
 pub async fn create_container(
-    _node: &Node,
-    _req: CreateContainerRequest,
+    node: &Node,
+    req: CreateContainerRequest,
 ) -> Result<CreateContainerResponse, Status> {
-    Err(not_implemented("CreateContainer"))
+    node.wait_reconciled().await?;
+    let config = req
+        .config
+        .ok_or_else(|| Status::invalid_argument("container config is missing"))?;
+    let name = config
+        .image
+        .as_ref()
+        .map(|i| i.image.trim())
+        .unwrap_or_default();
+    if name.is_empty() {
+        return Err(Status::invalid_argument("container config names no image"));
+    }
+    let image = image_info(node, name)?;
+    let mut mount_images: HashMap<String, Vec<PathBuf>> = HashMap::new();
+    let store = image_store(node)?;
+    for m in &config.mounts {
+        if let Some(spec) = m.image.as_ref().filter(|s| !s.image.is_empty()) {
+            let layers = store
+                .rootfs_layers(&spec.image)
+                .map_err(|e| to_status(&format!("image volume {:?}", spec.image), &e))?;
+            mount_images.insert(spec.image.clone(), layers);
+        }
+    }
+    let pod_config = req.sandbox_config.unwrap_or_default();
+    let image_id = image.id.clone();
+    let id = node
+        .runtime
+        .create_container(
+            &req.pod_sandbox_id,
+            &config,
+            &pod_config,
+            image,
+            &mount_images,
+        )
+        .await
+        .map_err(|e| runtime_status("CreateContainer", &e))?;
+    // Keep the layers from image GC while the container exists.
+    if let Err(e) = store.add_lease(&id, &image_id) {
+        let _ = node.runtime.remove_container(&id).await;
+        return Err(to_status(
+            &format!("lease image {image_id} for container {id}"),
+            &e,
+        ));
+    }
+    Ok(CreateContainerResponse { container_id: id })
 }
 
 /// Handles `StartContainer`.
 pub async fn start_container(
-    _node: &Node,
-    _req: StartContainerRequest,
+    node: &Node,
+    req: StartContainerRequest,
 ) -> Result<StartContainerResponse, Status> {
-    Err(not_implemented("StartContainer"))
+    node.wait_reconciled().await?;
+    node.runtime
+        .start_container(&req.container_id)
+        .await
+        .map_err(|e| runtime_status("StartContainer", &e))?;
+    Ok(StartContainerResponse {})
 }
 
 /// Handles `StopContainer`.
 pub async fn stop_container(
-    _node: &Node,
-    _req: StopContainerRequest,
+    node: &Node,
+    req: StopContainerRequest,
 ) -> Result<StopContainerResponse, Status> {
-    Err(not_implemented("StopContainer"))
+    node.wait_reconciled().await?;
+    node.runtime
+        .stop_container(&req.container_id, req.timeout)
+        .await
+        .map_err(|e| runtime_status("StopContainer", &e))?;
+    Ok(StopContainerResponse {})
 }
 
 /// Handles `RemoveContainer`.
 pub async fn remove_container(
-    _node: &Node,
-    _req: RemoveContainerRequest,
+    node: &Node,
+    req: RemoveContainerRequest,
 ) -> Result<RemoveContainerResponse, Status> {
-    Err(not_implemented("RemoveContainer"))
+    node.wait_reconciled().await?;
+    let full_id = node
+        .runtime
+        .container_status(&req.container_id, false)
+        .ok()
+        .and_then(|s| s.status)
+        .map(|s| s.id);
+    node.runtime
+        .remove_container(&req.container_id)
+        .await
+        .map_err(|e| runtime_status("RemoveContainer", &e))?;
+    if let Some(id) = full_id {
+        image_store(node)?
+            .remove_lease(&id)
+            .map_err(|e| to_status(&format!("release the image of {id}"), &e))?;
+    }
+    Ok(RemoveContainerResponse {})
 }
 
 /// Handles `ListContainers`.
 pub async fn list_containers(
-    _node: &Node,
-    _req: ListContainersRequest,
+    node: &Node,
+    req: ListContainersRequest,
 ) -> Result<ListContainersResponse, Status> {
-    Err(not_implemented("ListContainers"))
+    Ok(ListContainersResponse {
+        containers: node.runtime.list_containers(req.filter.as_ref()),
+    })
 }
 
 /// Handles `ContainerStatus`.
 pub async fn container_status(
-    _node: &Node,
-    _req: ContainerStatusRequest,
+    node: &Node,
+    req: ContainerStatusRequest,
 ) -> Result<ContainerStatusResponse, Status> {
-    Err(not_implemented("ContainerStatus"))
+    node.runtime
+        .container_status(&req.container_id, req.verbose)
+        .map_err(|e| runtime_status("ContainerStatus", &e))
 }
 
 /// Handles `UpdateContainerResources`.
@@ -64,15 +182,23 @@ pub async fn update_container_resources(
 
 /// Handles `ReopenContainerLog`.
 pub async fn reopen_container_log(
-    _node: &Node,
-    _req: ReopenContainerLogRequest,
+    node: &Node,
+    req: ReopenContainerLogRequest,
 ) -> Result<ReopenContainerLogResponse, Status> {
-    Err(not_implemented("ReopenContainerLog"))
+    node.runtime
+        .reopen_container_log(&req.container_id)
+        .await
+        .map_err(|e| runtime_status("ReopenContainerLog", &e))?;
+    Ok(ReopenContainerLogResponse {})
 }
 
-/// Handles `ExecSync`.
-pub async fn exec_sync(_node: &Node, _req: ExecSyncRequest) -> Result<ExecSyncResponse, Status> {
-    Err(not_implemented("ExecSync"))
+/// Handles `ExecSync`: output cut at 16 MiB per stream; a timeout is DeadlineExceeded.
+pub async fn exec_sync(node: &Node, req: ExecSyncRequest) -> Result<ExecSyncResponse, Status> {
+    let timeout = Duration::from_secs(req.timeout.max(0) as u64);
+    node.runtime
+        .exec_sync(&req.container_id, &req.cmd, timeout)
+        .await
+        .map_err(|e| runtime_status("ExecSync", &e))
 }
 
 /// Handles `CheckpointContainer`.
@@ -83,10 +209,13 @@ pub async fn checkpoint_container(
     Err(not_implemented("CheckpointContainer"))
 }
 
-/// Handles `GetContainerEvents`.
+/// Handles `GetContainerEvents`: a subscriber that falls behind loses the oldest events
+/// rather than slowing the runtime.
 pub async fn get_container_events(
-    _node: &Node,
+    node: &Node,
     _req: GetEventsRequest,
 ) -> Result<crate::service::EventStream, Status> {
-    Err(not_implemented("GetContainerEvents"))
+    let rx = node.runtime.subscribe_events();
+    let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|r| r.ok().map(Ok));
+    Ok(Box::pin(stream))
 }

@@ -267,7 +267,7 @@ mod tests {
     async fn bad_requests_get_codes() {
         let dir = tempfile::tempdir().unwrap();
         let node = node(dir.path());
-        node.reconcile().await.unwrap();
+        node.reconcile().await;
         let err = pull_image(
             &node,
             PullImageRequest {

@@ -1,5 +1,6 @@
 //! The node: everything the CRI handlers share, built once at start.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,6 +14,14 @@ use crate::config::Config;
 use crate::store::Store;
 use crate::streaming::Streaming;
 
+/// Where start-up reconciliation stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reconciled {
+    Pending,
+    Done,
+    Failed(String),
+}
+
 /// Shared state of the daemon, handed to every handler.
 pub struct Node {
     /// The configuration the daemon started with.
@@ -23,12 +32,14 @@ pub struct Node {
     pub network: Arc<Network>,
     /// Images: registry client, content store, snapshots.
     pub images: Arc<ImageStore>,
-    /// False until start-up reconciliation has finished.
-    reconciled: watch::Sender<bool>,
+    /// Where start-up reconciliation stands.
+    reconciled: watch::Sender<Reconciled>,
     /// When the daemon started, for uptime in verbose status.
     pub started: Instant,
     /// The exec/attach/port-forward streaming server's tokens, backend and URL.
     pub streaming: Streaming,
+    /// Pods and containers.
+    pub runtime: Arc<berth_runtime::Runtime>,
 }
 
 impl Node {
@@ -37,7 +48,13 @@ impl Node {
     pub fn new(config: Config, store: Store) -> anyhow::Result<Arc<Node>> {
         let network = Network::open(config.network.clone(), store.db())?;
         let images = ImageStore::open(&config.root, store.db(), config.registry.clone())?;
-        let (reconciled, _) = watch::channel(false);
+        let (reconciled, _) = watch::channel(Reconciled::Pending);
+        // The monitor is installed beside the daemon's binary.
+        let monitor = std::env::current_exe()?.with_file_name("berth-monitor");
+        let runtime = berth_runtime::Runtime::open(
+            berth_runtime::RuntimeOptions::new(&config.root, &config.state, monitor),
+            store.db(),
+        )?;
         Ok(Arc::new(Node {
             config,
             store,
@@ -46,34 +63,94 @@ impl Node {
             reconciled,
             started: Instant::now(),
             streaming: Streaming::new(),
+            runtime,
         }))
     }
 
     /// Brings records and the kernel into agreement after a start, then lets mutating RPCs
-    /// run. Runs in the background while the socket already serves.
-    pub async fn reconcile(&self) -> anyhow::Result<()> {
+    /// run. Runs in the background while the socket already serves. On failure the
+    /// runtime stays not ready, with the reason, and mutating RPCs fail with it.
+    pub async fn reconcile(&self) {
         let started = Instant::now();
-        tracing::info!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "reconciled"
-        );
-        self.reconciled.send_replace(true);
+        let state = match self.reconcile_records().await {
+            Ok(()) => {
+                tracing::info!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "reconciled"
+                );
+                Reconciled::Done
+            }
+            Err(e) => {
+                let message = format!("start-up reconciliation failed: {e:#}");
+                tracing::error!("{message}");
+                Reconciled::Failed(message)
+            }
+        };
+        self.reconciled.send_replace(state);
+        self.collect_garbage();
+    }
+
+    async fn reconcile_records(&self) -> anyhow::Result<()> {
+        let pods = self.runtime.reconcile().await?;
+        tracing::info!(?pods, "pods reconciled");
+        // Every pod with a record keeps its network until StopPodSandbox; the rest is freed.
+        let pod_ids: Vec<String> = self
+            .runtime
+            .list_pod_sandbox(None)
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        self.network.reconcile(&pod_ids).await?;
+        // Leases of containers that no longer exist would pin their snapshots forever.
+        let containers: HashSet<String> = self
+            .runtime
+            .list_containers(None)
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        for (holder, _) in self.images.leases()? {
+            if !containers.contains(&holder) {
+                self.images.remove_lease(&holder)?;
+            }
+        }
         Ok(())
     }
 
-    /// Whether start-up reconciliation has finished.
-    pub fn is_reconciled(&self) -> bool {
-        *self.reconciled.borrow()
+    /// Removes unreferenced blobs and snapshots in the background.
+    fn collect_garbage(&self) {
+        let images = self.images.clone();
+        tokio::spawn(async move {
+            match images.gc().await {
+                Ok(report) => tracing::info!(?report, "image garbage collected"),
+                Err(e) => tracing::warn!(error = %e, "image garbage collection failed"),
+            }
+        });
+    }
+
+    /// Why the runtime is not ready yet, or `None` when reconciliation has finished.
+    pub fn not_ready_reason(&self) -> Option<(&'static str, String)> {
+        match &*self.reconciled.borrow() {
+            Reconciled::Pending => Some((
+                "Reconciling",
+                "berth is reconciling its records with the kernel after start".into(),
+            )),
+            Reconciled::Failed(message) => Some(("ReconcileFailed", message.clone())),
+            Reconciled::Done => None,
+        }
     }
 
     /// Waits until reconciliation has finished; RPCs that change pods, containers or images
     /// call this first.
     pub async fn wait_reconciled(&self) -> Result<(), Status> {
         let mut rx = self.reconciled.subscribe();
-        rx.wait_for(|done| *done)
+        let state = rx
+            .wait_for(|state| *state != Reconciled::Pending)
             .await
-            .map(|_| ())
-            .map_err(|_| Status::unavailable("berth is shutting down"))
+            .map_err(|_| Status::unavailable("berth is shutting down"))?;
+        match &*state {
+            Reconciled::Failed(message) => Err(Status::unavailable(message.clone())),
+            _ => Ok(()),
+        }
     }
 
     /// The configuration in force, as `Status(verbose)` reports it.

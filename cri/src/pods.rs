@@ -1,47 +1,155 @@
 //! Pod sandbox RPCs: RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox.
+//! The runtime runs the pod's monitor; these handlers put the network around it.
 
+use std::path::Path;
+
+use berth_cni::{DnsConfig, PodNetworkRequest, PortMapping};
+use berth_runtime::ErrorClass;
 use k8s_cri::v1::*;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::node::Node;
-use crate::not_implemented;
+use crate::status::{network_status, status};
 
-/// Handles `RunPodSandbox`.
+/// A runtime error as the status kubelet acts on.
+pub(crate) fn runtime_status(what: &str, e: &berth_runtime::Error) -> Status {
+    let code = match e.class() {
+        ErrorClass::InvalidArgument => Code::InvalidArgument,
+        ErrorClass::NotFound => Code::NotFound,
+        ErrorClass::AlreadyExists => Code::AlreadyExists,
+        ErrorClass::FailedPrecondition => Code::FailedPrecondition,
+        ErrorClass::DeadlineExceeded => Code::DeadlineExceeded,
+        ErrorClass::Internal => Code::Internal,
+    };
+    status(code, what, e)
+}
+
+fn network_request(
+    id: &str,
+    config: &PodSandboxConfig,
+    netns: &Path,
+) -> Result<PodNetworkRequest, berth_cni::Error> {
+    let meta = config.metadata.clone().unwrap_or_default();
+    let mut port_mappings = Vec::new();
+    for p in &config.port_mappings {
+        if let Some(m) =
+            PortMapping::from_cri(p.protocol, p.container_port, p.host_port, &p.host_ip)?
+        {
+            port_mappings.push(m);
+        }
+    }
+    Ok(PodNetworkRequest {
+        pod_id: id.to_owned(),
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        netns: netns.to_owned(),
+        port_mappings,
+        dns: config.dns_config.as_ref().map(|d| DnsConfig {
+            servers: d.servers.clone(),
+            searches: d.searches.clone(),
+            options: d.options.clone(),
+        }),
+        bandwidth: None,
+    })
+}
+
+/// Handles `RunPodSandbox`: the monitor in new namespaces, then the network in its netns.
 pub async fn run_pod_sandbox(
-    _node: &Node,
-    _req: RunPodSandboxRequest,
+    node: &Node,
+    req: RunPodSandboxRequest,
 ) -> Result<RunPodSandboxResponse, Status> {
-    Err(not_implemented("RunPodSandbox"))
+    node.wait_reconciled().await?;
+    let created = node
+        .runtime
+        .run_pod_sandbox(&req)
+        .await
+        .map_err(|e| runtime_status("RunPodSandbox", &e))?;
+    if let (Some(netns), Some(config)) = (&created.netns, req.config.as_ref()) {
+        let setup = match network_request(&created.id, config, netns) {
+            Ok(r) => node.network.setup(&r).await,
+            Err(e) => Err(e),
+        };
+        match setup {
+            Ok(net) => node
+                .runtime
+                .set_pod_network(
+                    &created.id,
+                    net.ips.iter().map(|ip| ip.to_string()).collect(),
+                )
+                .map_err(|e| runtime_status("RunPodSandbox", &e))?,
+            Err(e) => {
+                let what = format!("set up the network of pod sandbox {}", created.id);
+                let _ = node.runtime.remove_pod_sandbox(&created.id).await;
+                return Err(network_status(&e, &what));
+            }
+        }
+    }
+    Ok(RunPodSandboxResponse {
+        pod_sandbox_id: created.id,
+    })
 }
 
-/// Handles `StopPodSandbox`.
+async fn stop(node: &Node, id: &str) -> Result<(), Status> {
+    let what = format!("StopPodSandbox {id}");
+    if let Some(stopped) = node
+        .runtime
+        .stop_pod_sandbox(id)
+        .await
+        .map_err(|e| runtime_status(&what, &e))?
+    {
+        node.network
+            .teardown(&stopped.id, stopped.netns.as_deref())
+            .await
+            .map_err(|e| network_status(&e, &what))?;
+        node.runtime
+            .release_pod_namespaces(&stopped.id)
+            .map_err(|e| runtime_status(&what, &e))?;
+    }
+    Ok(())
+}
+
+/// Handles `StopPodSandbox`: containers and monitor end, the network is torn down.
 pub async fn stop_pod_sandbox(
-    _node: &Node,
-    _req: StopPodSandboxRequest,
+    node: &Node,
+    req: StopPodSandboxRequest,
 ) -> Result<StopPodSandboxResponse, Status> {
-    Err(not_implemented("StopPodSandbox"))
+    node.wait_reconciled().await?;
+    stop(node, &req.pod_sandbox_id).await?;
+    Ok(StopPodSandboxResponse {})
 }
 
-/// Handles `RemovePodSandbox`.
+/// Handles `RemovePodSandbox` (stopping the pod first if needed).
 pub async fn remove_pod_sandbox(
-    _node: &Node,
-    _req: RemovePodSandboxRequest,
+    node: &Node,
+    req: RemovePodSandboxRequest,
 ) -> Result<RemovePodSandboxResponse, Status> {
-    Err(not_implemented("RemovePodSandbox"))
+    node.wait_reconciled().await?;
+    let id = req.pod_sandbox_id;
+    stop(node, &id).await?;
+    node.runtime
+        .remove_pod_sandbox(&id)
+        .await
+        .map_err(|e| runtime_status(&format!("RemovePodSandbox {id}"), &e))?;
+    Ok(RemovePodSandboxResponse {})
 }
 
 /// Handles `PodSandboxStatus`.
 pub async fn pod_sandbox_status(
-    _node: &Node,
-    _req: PodSandboxStatusRequest,
+    node: &Node,
+    req: PodSandboxStatusRequest,
 ) -> Result<PodSandboxStatusResponse, Status> {
-    Err(not_implemented("PodSandboxStatus"))
+    node.runtime
+        .pod_sandbox_status(&req.pod_sandbox_id, req.verbose)
+        .map_err(|e| runtime_status("PodSandboxStatus", &e))
 }
 
 /// Handles `ListPodSandbox`.
 pub async fn list_pod_sandbox(
-    _node: &Node,
-    _req: ListPodSandboxRequest,
+    node: &Node,
+    req: ListPodSandboxRequest,
 ) -> Result<ListPodSandboxResponse, Status> {
-    Err(not_implemented("ListPodSandbox"))
+    Ok(ListPodSandboxResponse {
+        items: node.runtime.list_pod_sandbox(req.filter.as_ref()),
+    })
 }

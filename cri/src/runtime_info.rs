@@ -29,16 +29,9 @@ pub async fn version(_node: &Node, _req: VersionRequest) -> Result<VersionRespon
 /// Handles `Status`: RuntimeReady and NetworkReady as they are now; with `verbose`, the
 /// effective configuration as JSON under `config`.
 pub async fn status(node: &Node, req: StatusRequest) -> Result<StatusResponse, Status> {
-    let runtime = if node.is_reconciled() {
-        condition("RuntimeReady", Ok(()))
-    } else {
-        condition(
-            "RuntimeReady",
-            Err((
-                "Reconciling",
-                "berth is reconciling its records with the kernel after start",
-            )),
-        )
+    let runtime = match node.not_ready_reason() {
+        None => condition("RuntimeReady", Ok(())),
+        Some((reason, message)) => condition("RuntimeReady", Err((reason, message.as_str()))),
     };
     let network_state = node.network.ready_check().await;
     let network = condition(

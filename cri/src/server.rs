@@ -130,11 +130,7 @@ fn remove_socket(path: &PathBuf) {
 }
 
 fn spawn_reconcile(node: Arc<Node>) {
-    tokio::spawn(async move {
-        if let Err(e) = node.reconcile().await {
-            tracing::error!(error = format!("{e:#}"), "start-up reconciliation failed");
-        }
-    });
+    tokio::spawn(async move { node.reconcile().await });
 }
 
 /// Tells systemd (`Type=notify`) that the socket serves, when it started us.

@@ -1,0 +1,163 @@
+//! The daemon's side of the monitor protocol: one connection per call, and one long-lived
+//! subscription per pod for exit events.
+
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::UnixStream;
+
+use crate::error::{Error, ErrorClass, Result};
+use crate::protocol::{FrameReader, Request, Response, encode_frame};
+
+/// How long an ordinary call may take (create waits for the container's setup).
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Talks to one pod's monitor.
+#[derive(Debug, Clone)]
+pub(crate) struct MonitorClient {
+    pub pod_id: String,
+    pub socket: PathBuf,
+}
+
+/// An open subscription: exit events arrive on it.
+pub(crate) struct Subscription {
+    stream: UnixStream,
+    reader: FrameReader,
+}
+
+impl Subscription {
+    /// The next pushed frame; `None` when the monitor closed the connection (it exited).
+    pub async fn next(&mut self) -> Option<Response> {
+        read_frame(&mut self.stream, &mut self.reader)
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+async fn read_frame(
+    stream: &mut UnixStream,
+    reader: &mut FrameReader,
+) -> std::io::Result<Option<Response>> {
+    let mut buf = [0u8; 8192];
+    loop {
+        match reader.next_message::<Response>() {
+            Ok(Some(r)) => return Ok(Some(r)),
+            Ok(None) => {}
+            Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        }
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        reader.push(&buf[..n]);
+    }
+}
+
+impl MonitorClient {
+    fn gone(&self, e: impl std::fmt::Display) -> Error {
+        Error::MonitorGone {
+            pod: self.pod_id.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    fn failed(&self, message: impl Into<String>, class: ErrorClass) -> Error {
+        Error::Monitor {
+            pod: self.pod_id.clone(),
+            message: message.into(),
+            class,
+        }
+    }
+
+    async fn connect(&self) -> Result<UnixStream> {
+        let (_dirfd, path) = crate::sys::socket_path(&self.socket).map_err(|e| self.gone(e))?;
+        UnixStream::connect(&path).await.map_err(|e| self.gone(e))
+    }
+
+    /// Sends one request (with `fds` passed alongside) and waits for its answer.
+    pub async fn call_with(
+        &self,
+        req: &Request,
+        fds: &[RawFd],
+        timeout: Duration,
+    ) -> Result<Response> {
+        let work = async {
+            let mut stream = self.connect().await?;
+            let frame = encode_frame(req);
+            let mut sent = 0;
+            if !fds.is_empty() {
+                sent = stream
+                    .async_io(Interest::WRITABLE, || {
+                        let iov = [IoSlice::new(&frame)];
+                        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(fds)];
+                        nix::sys::socket::sendmsg::<()>(
+                            stream.as_raw_fd(),
+                            &iov,
+                            &cmsg,
+                            nix::sys::socket::MsgFlags::MSG_NOSIGNAL
+                                | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+                            None,
+                        )
+                        .map_err(std::io::Error::from)
+                    })
+                    .await
+                    .map_err(|e| self.gone(e))?;
+            }
+            stream
+                .write_all(&frame[sent..])
+                .await
+                .map_err(|e| self.gone(e))?;
+            let mut reader = FrameReader::default();
+            match read_frame(&mut stream, &mut reader).await {
+                Ok(Some(Response::Error { class, message })) => {
+                    Err(self.failed(message, class.into()))
+                }
+                Ok(Some(r)) => Ok(r),
+                Ok(None) => Err(self.gone("connection closed before the answer")),
+                Err(e) => Err(self.failed(format!("bad answer: {e}"), ErrorClass::Internal)),
+            }
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(self.failed(
+                format!("no answer within {timeout:?}"),
+                ErrorClass::DeadlineExceeded,
+            )),
+        }
+    }
+
+    /// Sends one request and waits for its answer.
+    pub async fn call(&self, req: &Request) -> Result<Response> {
+        self.call_with(req, &[], CALL_TIMEOUT).await
+    }
+
+    /// Sends a request that must be answered with `Ok`.
+    pub async fn call_ok(&self, req: &Request) -> Result<()> {
+        match self.call(req).await? {
+            Response::Ok => Ok(()),
+            other => Err(self.failed(format!("unexpected answer {other:?}"), ErrorClass::Internal)),
+        }
+    }
+
+    /// Opens the event subscription.
+    pub async fn subscribe(&self) -> Result<Subscription> {
+        let mut stream = self.connect().await?;
+        stream
+            .write_all(&encode_frame(&Request::Subscribe))
+            .await
+            .map_err(|e| self.gone(e))?;
+        let mut reader = FrameReader::default();
+        match read_frame(&mut stream, &mut reader).await {
+            Ok(Some(Response::Ok)) => Ok(Subscription { stream, reader }),
+            Ok(other) => Err(self.failed(
+                format!("unexpected answer to subscribe: {other:?}"),
+                ErrorClass::Internal,
+            )),
+            Err(e) => Err(self.gone(e)),
+        }
+    }
+}

@@ -1,0 +1,513 @@
+//! Container lifecycle: create (plan, then the monitor builds it), start, stop, remove,
+//! status, list, ExecSync and log reopening.
+
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1::{
+    Container, ContainerConfig, ContainerEventType, ContainerFilter, ContainerStatusResponse,
+    ExecSyncResponse, PodSandboxConfig,
+};
+use tokio::io::AsyncReadExt;
+
+use crate::error::{Error, ErrorClass, Result};
+use crate::image::{ImageInfo, parse_signal};
+use crate::plan::{PlanInput, PodContext, missing_bind_sources, plan_container};
+use crate::protocol::{Request, Response};
+use crate::runtime::{ContainerEntry, Runtime, container_name_key, lock};
+use crate::store::{ContainerPhase, ContainerRecord, ImageRecord, PodPhase};
+use crate::sys::{self, cvt};
+
+/// The most ExecSync output kept per stream; the rest is read and dropped.
+pub const MAX_EXEC_OUTPUT: usize = 16 << 20;
+
+/// How long to wait for a process to die after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(30);
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new fds into our array.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)
+        .map_err(|e| Error::Sys("pipe".into(), e))?;
+    // SAFETY: both fds are new and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+async fn wait_exited(rx: &mut tokio::sync::watch::Receiver<bool>, timeout: Duration) -> bool {
+    tokio::time::timeout(timeout, rx.wait_for(|e| *e))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+impl Runtime {
+    /// Creates a container in a ready pod: plans it from kubelet's config and the image,
+    /// records it, and has the pod's monitor build it (it waits for
+    /// [`Runtime::start_container`]). `mount_images` maps each `Mount.image` reference to
+    /// that image's layers, topmost first. kubelet's copy of the pod config is accepted as
+    /// CRI sends it; the config recorded at RunPodSandbox is the one used. Returns the new
+    /// container's id.
+    pub async fn create_container(
+        &self,
+        pod_id: &str,
+        config: &ContainerConfig,
+        _pod_config: &PodSandboxConfig,
+        image: ImageInfo,
+        mount_images: &HashMap<String, Vec<PathBuf>>,
+    ) -> Result<String> {
+        let meta = config
+            .metadata
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("container metadata is missing".into()))?;
+        if meta.name.is_empty() {
+            return Err(Error::InvalidArgument(
+                "container metadata has no name".into(),
+            ));
+        }
+        let pod = self
+            .find_pod(pod_id)
+            .ok_or_else(|| Error::pod_not_found(pod_id))?;
+        let (pod_meta, pod_ctx) = {
+            let rec = lock(&pod.rec);
+            if rec.phase != PodPhase::Ready {
+                return Err(Error::FailedPrecondition(format!(
+                    "pod sandbox {} is not ready",
+                    rec.id
+                )));
+            }
+            let ctx = PodContext {
+                run_dir: self.pod_dir(&rec.id),
+                hostname: rec.hostname.clone(),
+                host_ipc: !rec.namespaces.iter().any(|n| n == "ipc"),
+                host_pid: !rec.namespaces.iter().any(|n| n == "pid"),
+                log_directory: rec.config.log_directory.clone(),
+            };
+            (rec.config.metadata.clone().unwrap_or_default(), ctx)
+        };
+        let id = sys::random_id();
+        self.reserve_name(container_name_key(meta, &pod_meta), &id, "container")?;
+        let result = self
+            .create_reserved(&pod.id, &id, config, &pod_ctx, image, mount_images)
+            .await;
+        if result.is_err() {
+            self.release_name(&id);
+        }
+        result.map(|_| id)
+    }
+
+    async fn create_reserved(
+        &self,
+        pod_id: &str,
+        id: &str,
+        config: &ContainerConfig,
+        pod_ctx: &PodContext,
+        image: ImageInfo,
+        mount_images: &HashMap<String, Vec<PathBuf>>,
+    ) -> Result<()> {
+        let (passwd, groups) = crate::user::image_accounts(&image.lower_dirs);
+        let resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
+        let input = PlanInput {
+            id,
+            config,
+            pod: pod_ctx,
+            image: &image,
+            mount_images,
+            container_dir: self.container_root_dir(id),
+            passwd: &passwd,
+            groups: &groups,
+            all_caps: self.all_caps,
+            oom_score_adj_floor: self.oom_floor,
+            cgroup_procs: Vec::new(),
+        };
+        let mut spec = plan_container(&input)?;
+        let missing = missing_bind_sources(&spec);
+        if !missing.is_empty() {
+            let list: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
+            return Err(Error::InvalidArgument(format!(
+                "host path {} does not exist",
+                list.join(", ")
+            )));
+        }
+        let mut rec = ContainerRecord {
+            id: id.to_owned(),
+            pod_id: pod_id.to_owned(),
+            config: config.clone(),
+            image: ImageRecord {
+                id: image.id.clone(),
+                name: image.name.clone(),
+                image_ref: image.image_ref().to_owned(),
+            },
+            spec: spec.clone(),
+            stop_signal: parse_signal(&image.config.stop_signal).unwrap_or(libc::SIGTERM),
+            phase: ContainerPhase::Creating,
+            created_at: sys::now_ns(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: 0,
+            log_path: spec.log_path.clone().unwrap_or_default(),
+        };
+        self.store.put_container(&rec)?;
+        let entry = Arc::new(ContainerEntry::new(rec.clone()));
+        lock(&self.index)
+            .containers
+            .insert(id.to_owned(), entry.clone());
+        let undo = |e: Error| {
+            self.forget_container(&entry);
+            e
+        };
+        let root_dir = self.container_root_dir(id);
+        for d in [
+            root_dir.join("upper"),
+            root_dir.join("work"),
+            root_dir.join("rootfs"),
+            self.container_state_dir(id),
+        ] {
+            std::fs::create_dir_all(&d).map_err(|e| undo(Error::io("create", &d, e)))?;
+        }
+        spec.cgroup_procs = self
+            .opts
+            .cgroups
+            .create_container(pod_id, id, resources)
+            .map_err(undo)?;
+        let pod = self
+            .find_pod(pod_id)
+            .ok_or_else(|| undo(Error::pod_not_found(pod_id)))?;
+        let pid = match pod
+            .client
+            .call(&Request::Create {
+                spec: Box::new(spec.clone()),
+            })
+            .await
+        {
+            Ok(Response::Created { pid }) => pid,
+            Ok(other) => {
+                return Err(undo(Error::Internal(format!(
+                    "unexpected answer to create: {other:?}"
+                ))));
+            }
+            Err(e) => return Err(undo(e)),
+        };
+        {
+            let mut r = lock(&entry.rec);
+            r.phase = ContainerPhase::Created;
+            r.pid = pid;
+            r.spec = spec;
+            rec = r.clone();
+        }
+        if let Err(e) = self.store.put_container(&rec) {
+            let _ = pod
+                .client
+                .call_ok(&Request::Remove { id: id.to_owned() })
+                .await;
+            return Err(undo(e));
+        }
+        self.emit(ContainerEventType::ContainerCreatedEvent, id, pod_id);
+        Ok(())
+    }
+
+    /// Starts a created container; it runs once this returns.
+    pub async fn start_container(&self, id: &str) -> Result<()> {
+        let c = self
+            .find_container(id)
+            .ok_or_else(|| Error::container_not_found(id))?;
+        let _op = c.op.lock().await;
+        let phase = lock(&c.rec).phase;
+        if phase != ContainerPhase::Created {
+            let what = match phase {
+                ContainerPhase::Running => "running",
+                ContainerPhase::Exited => "exited",
+                _ => "being created",
+            };
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is {what}, not created",
+                c.id
+            )));
+        }
+        let pod = self
+            .find_pod(&c.pod_id)
+            .ok_or_else(|| Error::pod_not_found(&c.pod_id))?;
+        match pod.client.call(&Request::Start { id: c.id.clone() }).await {
+            Ok(Response::Started { started_at }) => {
+                {
+                    let mut rec = lock(&c.rec);
+                    rec.started_at = started_at;
+                    if rec.phase == ContainerPhase::Created {
+                        rec.phase = ContainerPhase::Running;
+                    }
+                    self.store.put_container(&rec)?;
+                }
+                self.emit(ContainerEventType::ContainerStartedEvent, &c.id, &c.pod_id);
+                Ok(())
+            }
+            Ok(other) => Err(Error::Internal(format!(
+                "unexpected answer to start: {other:?}"
+            ))),
+            Err(e) => {
+                {
+                    let mut rec = lock(&c.rec);
+                    rec.phase = ContainerPhase::Exited;
+                    rec.finished_at = sys::now_ns();
+                    rec.exit_code = 128;
+                    rec.reason = "StartError".into();
+                    rec.message = e.full_message();
+                    let _ = self.store.put_container(&rec);
+                }
+                c.exited.send_replace(true);
+                self.emit(ContainerEventType::ContainerStoppedEvent, &c.id, &c.pod_id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops a container: its stop signal, then SIGKILL once `timeout` seconds have passed
+    /// (at once for 0). Succeeds for an unknown or already exited container.
+    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        let Some(c) = self.find_container(id) else {
+            return Ok(());
+        };
+        let _op = c.op.lock().await;
+        let (phase, signal) = {
+            let rec = lock(&c.rec);
+            (rec.phase, rec.stop_signal)
+        };
+        if !matches!(phase, ContainerPhase::Created | ContainerPhase::Running) {
+            return Ok(());
+        }
+        let Some(pod) = self.find_pod(&c.pod_id) else {
+            return Ok(());
+        };
+        let mut rx = c.exited.subscribe();
+        let kill = |signal: i32| {
+            let client = pod.client.clone();
+            let id = c.id.clone();
+            async move { client.call_ok(&Request::Kill { id, signal }).await }
+        };
+        if timeout > 0 && phase == ContainerPhase::Running {
+            match kill(signal).await {
+                Ok(()) => {}
+                Err(Error::MonitorGone { .. }) => {
+                    self.mark_unknown_exit(&c);
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+            if wait_exited(&mut rx, Duration::from_secs(timeout as u64)).await {
+                return Ok(());
+            }
+        }
+        match kill(libc::SIGKILL).await {
+            Ok(()) => {}
+            Err(Error::MonitorGone { .. }) => {
+                self.mark_unknown_exit(&c);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        if wait_exited(&mut rx, KILL_WAIT).await {
+            Ok(())
+        } else {
+            Err(Error::DeadlineExceeded(format!(
+                "container {} did not exit after SIGKILL",
+                c.id
+            )))
+        }
+    }
+
+    /// Removes a container, killing it first if it runs. Succeeds for an unknown id.
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let Some(c) = self.find_container(id) else {
+            return Ok(());
+        };
+        self.stop_container(&c.id, 0).await?;
+        let _op = c.op.lock().await;
+        if let Some(pod) = self.find_pod(&c.pod_id) {
+            match pod
+                .client
+                .call_ok(&Request::Remove { id: c.id.clone() })
+                .await
+            {
+                Ok(()) | Err(Error::MonitorGone { .. }) => {}
+                Err(e) if e.class() == ErrorClass::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.forget_container(&c);
+        self.emit(ContainerEventType::ContainerDeletedEvent, &c.id, &c.pod_id);
+        Ok(())
+    }
+
+    /// `ContainerStatus`; `verbose` adds an `info` JSON with the pid and the executed plan.
+    pub fn container_status(&self, id: &str, verbose: bool) -> Result<ContainerStatusResponse> {
+        let c = self
+            .find_container(id)
+            .ok_or_else(|| Error::container_not_found(id))?;
+        let rec = lock(&c.rec);
+        let mut info = HashMap::new();
+        if verbose {
+            let v = serde_json::json!({
+                "sandboxID": rec.pod_id,
+                "pid": rec.pid,
+                "privileged": rec.spec.process.security.privileged,
+                "config": rec.config,
+                "runtimeSpec": rec.spec,
+            });
+            info.insert("info".to_owned(), v.to_string());
+        }
+        Ok(ContainerStatusResponse {
+            status: Some(crate::status::container_status(&rec)),
+            info,
+        })
+    }
+
+    /// `ListContainers` with kubelet's filter.
+    pub fn list_containers(&self, filter: Option<&ContainerFilter>) -> Vec<Container> {
+        let all: Vec<Arc<ContainerEntry>> =
+            lock(&self.index).containers.values().cloned().collect();
+        let mut out: Vec<Container> = all
+            .iter()
+            .filter_map(|c| {
+                let rec = lock(&c.rec);
+                if rec.phase == ContainerPhase::Creating {
+                    return None;
+                }
+                let item = crate::status::container_item(&rec);
+                crate::status::container_matches(&item, filter).then_some(item)
+            })
+            .collect();
+        out.sort_by_key(|c| c.created_at);
+        out
+    }
+
+    /// Reopens a running container's log file (kubelet rotated it).
+    pub async fn reopen_container_log(&self, id: &str) -> Result<()> {
+        let c = self
+            .find_container(id)
+            .ok_or_else(|| Error::container_not_found(id))?;
+        if lock(&c.rec).phase != ContainerPhase::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                c.id
+            )));
+        }
+        let pod = self
+            .find_pod(&c.pod_id)
+            .ok_or_else(|| Error::pod_not_found(&c.pod_id))?;
+        pod.client
+            .call_ok(&Request::ReopenLog { id: c.id.clone() })
+            .await
+    }
+
+    /// Runs `cmd` in a running container with its ids, environment and working directory;
+    /// returns its output (each stream cut at 16 MiB) and exit code. A zero `timeout` is no
+    /// limit; past it the process is killed and the error is DeadlineExceeded.
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecSyncResponse> {
+        if cmd.is_empty() {
+            return Err(Error::InvalidArgument("exec command is empty".into()));
+        }
+        let c = self
+            .find_container(id)
+            .ok_or_else(|| Error::container_not_found(id))?;
+        let (process, cgroups) = {
+            let rec = lock(&c.rec);
+            if rec.phase != ContainerPhase::Running {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {} is not running",
+                    c.id
+                )));
+            }
+            let mut p = rec.spec.process.clone();
+            p.args = cmd.to_vec();
+            (p, rec.spec.cgroup_procs.clone())
+        };
+        let pod = self
+            .find_pod(&c.pod_id)
+            .ok_or_else(|| Error::pod_not_found(&c.pod_id))?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let req = Request::Exec {
+            id: c.id.clone(),
+            process: Box::new(process),
+            cgroup_procs: cgroups,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        let call_timeout = if timeout.is_zero() {
+            Duration::from_secs(365 * 86400)
+        } else {
+            timeout + Duration::from_secs(30)
+        };
+        let client = pod.client.clone();
+        let mut call = Box::pin(async move {
+            use std::os::fd::AsRawFd;
+            let fds = [out_w.as_raw_fd(), err_w.as_raw_fd()];
+            let r = client.call_with(&req, &fds, call_timeout).await;
+            drop((out_w, err_w));
+            r
+        });
+        let mut out_rx = tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)
+            .map_err(|e| Error::Sys("pipe".into(), e))?;
+        let mut err_rx = tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)
+            .map_err(|e| Error::Sys("pipe".into(), e))?;
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let (mut obuf, mut ebuf) = (vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]);
+        let (mut out_done, mut err_done) = (false, false);
+        let mut answer: Option<Result<Response>> = None;
+        // Output may be held open by a background child; once the exec has exited, wait for
+        // the pipes only briefly.
+        let grace = tokio::time::sleep(Duration::from_secs(365 * 86400));
+        tokio::pin!(grace);
+        loop {
+            if answer.is_some() && out_done && err_done {
+                break;
+            }
+            tokio::select! {
+                r = &mut call, if answer.is_none() => {
+                    grace.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
+                    answer = Some(r);
+                }
+                n = out_rx.read(&mut obuf), if !out_done => match n {
+                    Ok(0) | Err(_) => out_done = true,
+                    Ok(n) => keep(&mut stdout, &obuf[..n]),
+                },
+                n = err_rx.read(&mut ebuf), if !err_done => match n {
+                    Ok(0) | Err(_) => err_done = true,
+                    Ok(n) => keep(&mut stderr, &ebuf[..n]),
+                },
+                _ = &mut grace, if answer.is_some() => break,
+            }
+        }
+        match answer {
+            Some(Ok(Response::ExecExited {
+                timed_out: true, ..
+            })) => Err(Error::DeadlineExceeded(format!(
+                "command {cmd:?} in container {} timed out after {}s",
+                c.id,
+                timeout.as_secs()
+            ))),
+            Some(Ok(Response::ExecExited { exit, .. })) => Ok(ExecSyncResponse {
+                stdout,
+                stderr,
+                exit_code: exit.exit_code,
+            }),
+            Some(Ok(other)) => Err(Error::Internal(format!(
+                "unexpected answer to exec: {other:?}"
+            ))),
+            Some(Err(e)) => Err(e),
+            None => Err(Error::Internal("exec ended without an answer".into())),
+        }
+    }
+}
+
+fn keep(buf: &mut Vec<u8>, data: &[u8]) {
+    let room = MAX_EXEC_OUTPUT.saturating_sub(buf.len());
+    buf.extend_from_slice(&data[..data.len().min(room)]);
+}

@@ -1,0 +1,229 @@
+//! The CRI log format kubelet reads: `<RFC3339Nano> stdout|stderr F|P <content>\n`.
+//!
+//! Framing follows containerd: a line is written with tag `F` when its newline arrives;
+//! a line longer than [`MAX_LINE`] is cut into `P` records of that size; data still pending
+//! at end of stream is written as a `P` record. Only `\n` ends a line (a `\r` is content).
+
+/// Longest line content in one record (containerd's `max_container_log_line_size`).
+pub const MAX_LINE: usize = 16 * 1024;
+
+/// Which output stream a record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// The container's stdout (and a tty's output).
+    Stdout,
+    /// The container's stderr.
+    Stderr,
+}
+
+impl Stream {
+    fn name(self) -> &'static [u8] {
+        match self {
+            Stream::Stdout => b"stdout",
+            Stream::Stderr => b"stderr",
+        }
+    }
+}
+
+/// Splits one stream's bytes into CRI log records, keeping a partial line between reads.
+#[derive(Debug)]
+pub struct LineFramer {
+    stream: Stream,
+    partial: Vec<u8>,
+}
+
+impl LineFramer {
+    /// A framer for `stream`.
+    pub fn new(stream: Stream) -> Self {
+        LineFramer {
+            stream,
+            partial: Vec::new(),
+        }
+    }
+
+    /// Bytes of an unfinished line held back.
+    pub fn pending(&self) -> usize {
+        self.partial.len()
+    }
+
+    fn record(&self, ts: &[u8], tag: u8, parts: [&[u8]; 2], out: &mut Vec<u8>) {
+        out.extend_from_slice(ts);
+        out.push(b' ');
+        out.extend_from_slice(self.stream.name());
+        out.push(b' ');
+        out.push(tag);
+        out.push(b' ');
+        out.extend_from_slice(parts[0]);
+        out.extend_from_slice(parts[1]);
+        out.push(b'\n');
+    }
+
+    /// Frames `data`, appending finished records (stamped `ts`) to `out`.
+    pub fn feed(&mut self, mut data: &[u8], ts: &[u8], out: &mut Vec<u8>) {
+        while !data.is_empty() {
+            let room = MAX_LINE - self.partial.len();
+            match data.iter().position(|&b| b == b'\n') {
+                Some(nl) if nl <= room => {
+                    let partial = std::mem::take(&mut self.partial);
+                    self.record(ts, b'F', [&partial, &data[..nl]], out);
+                    self.partial = partial;
+                    self.partial.clear();
+                    data = &data[nl + 1..];
+                }
+                _ if data.len() > room => {
+                    let partial = std::mem::take(&mut self.partial);
+                    self.record(ts, b'P', [&partial, &data[..room]], out);
+                    self.partial = partial;
+                    self.partial.clear();
+                    data = &data[room..];
+                }
+                _ => {
+                    self.partial.extend_from_slice(data);
+                    data = &[];
+                }
+            }
+        }
+        if self.partial.is_empty() && self.partial.capacity() > 4096 {
+            self.partial = Vec::new();
+        }
+    }
+
+    /// Ends the stream: a pending partial line is written as a `P` record.
+    pub fn finish(&mut self, ts: &[u8], out: &mut Vec<u8>) {
+        if !self.partial.is_empty() {
+            let partial = std::mem::take(&mut self.partial);
+            self.record(ts, b'P', [&partial, &[]], out);
+        }
+    }
+}
+
+/// Formats a UTC time as Go's RFC3339Nano does (trailing fractional zeros trimmed).
+/// Digits are written by hand: this runs for every log record, and `core::fmt` would keep
+/// a large part of the monitor's code resident.
+pub fn rfc3339_nano(secs: i64, nanos: u32, out: &mut Vec<u8>) {
+    fn digits(out: &mut Vec<u8>, v: u64, width: usize) {
+        let mut buf = [b'0'; 20];
+        let mut v = v;
+        let mut i = buf.len();
+        while v > 0 || buf.len() - i < width {
+            i -= 1;
+            buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out.extend_from_slice(&buf[i..]);
+    }
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400) as u64;
+    let (y, m, d) = civil_from_days(days);
+    if y < 0 {
+        out.push(b'-');
+    }
+    digits(out, y.unsigned_abs(), 4);
+    out.push(b'-');
+    digits(out, m as u64, 2);
+    out.push(b'-');
+    digits(out, d as u64, 2);
+    out.push(b'T');
+    digits(out, rem / 3600, 2);
+    out.push(b':');
+    digits(out, (rem / 60) % 60, 2);
+    out.push(b':');
+    digits(out, rem % 60, 2);
+    if nanos > 0 {
+        let mut frac = nanos.min(999_999_999);
+        let mut width = 9;
+        while frac.is_multiple_of(10) {
+            frac /= 10;
+            width -= 1;
+        }
+        out.push(b'.');
+        digits(out, frac as u64, width);
+    }
+    out.push(b'Z');
+}
+
+/// The current time as an RFC3339Nano timestamp.
+pub fn now_rfc3339_nano(out: &mut Vec<u8>) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339_nano(now.as_secs() as i64, now.subsec_nanos(), out);
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(chunks: &[&[u8]], eof: bool) -> String {
+        let mut f = LineFramer::new(Stream::Stderr);
+        let mut out = Vec::new();
+        for c in chunks {
+            f.feed(c, b"T", &mut out);
+        }
+        if eof {
+            f.finish(b"T", &mut out);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn full_and_partial_lines() {
+        assert_eq!(frame(&[b"a\nb"], false), "T stderr F a\n");
+        assert_eq!(
+            frame(&[b"a\nb", b"c\n"], false),
+            "T stderr F a\nT stderr F bc\n"
+        );
+        assert_eq!(frame(&[b"a\nb"], true), "T stderr F a\nT stderr P b\n");
+        assert_eq!(frame(&[b"\n\n"], true), "T stderr F \nT stderr F \n");
+        assert_eq!(frame(&[b"cr\r\n"], true), "T stderr F cr\r\n");
+        assert_eq!(frame(&[], true), "");
+    }
+
+    #[test]
+    fn long_lines_split_with_p() {
+        let long = vec![b'x'; MAX_LINE * 2 + 5];
+        let mut data = long.clone();
+        data.push(b'\n');
+        let out = frame(&[&data[..100], &data[100..]], false);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0].len(), "T stderr P ".len() + MAX_LINE);
+        assert!(lines[0].starts_with("T stderr P x"));
+        assert!(lines[1].starts_with("T stderr P x"));
+        assert_eq!(lines[2], "T stderr F xxxxx");
+        // exactly MAX_LINE then newline is one full record
+        let mut exact = vec![b'y'; MAX_LINE];
+        exact.push(b'\n');
+        let out = frame(&[&exact], false);
+        assert_eq!(out.lines().count(), 1);
+        assert!(out.starts_with("T stderr F y"));
+    }
+
+    #[test]
+    fn timestamps_like_go() {
+        let mut out = Vec::new();
+        rfc3339_nano(0, 0, &mut out);
+        assert_eq!(out, b"1970-01-01T00:00:00Z");
+        out.clear();
+        rfc3339_nano(1_700_000_000, 120_000_000, &mut out);
+        assert_eq!(out, b"2023-11-14T22:13:20.12Z");
+        out.clear();
+        rfc3339_nano(951_782_400, 5, &mut out); // 2000-02-29
+        assert_eq!(out, b"2000-02-29T00:00:00.000000005Z");
+    }
+}

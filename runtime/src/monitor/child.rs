@@ -1,0 +1,446 @@
+//! Code that runs in a process the monitor forked, up to `execve`: the container's first
+//! process and exec processes. The monitor is single-threaded, so the child may allocate.
+//! Every failure is sent to the monitor on the sync socket and ends the child.
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::command::{DEFAULT_PATH, env_value};
+use crate::monitor::rootfs::{self, StepResult};
+use crate::security::SecuritySettings;
+use crate::spec::{ContainerSpec, ProcessSpec};
+use crate::sys::{self, cvt};
+
+/// Message from child to monitor: set up, waiting for start. Payload: host PID (4 bytes LE).
+pub(crate) const MSG_READY: u8 = b'R';
+/// Message from child to monitor: failed. Payload: 1 if the request was at fault, else 0,
+/// then the error text.
+pub(crate) const MSG_ERROR: u8 = b'E';
+/// Message from monitor to child: run.
+pub(crate) const MSG_START: u8 = b'S';
+
+/// The fds a child gets: stdio and its end of the sync socket.
+pub(crate) struct ChildFds {
+    /// Becomes fd 0 (ignored with a tty).
+    pub stdin: RawFd,
+    /// Becomes fd 1 (ignored with a tty).
+    pub stdout: RawFd,
+    /// Becomes fd 2 (ignored with a tty).
+    pub stderr: RawFd,
+    /// SOCK_SEQPACKET end talking to the monitor (close-on-exec).
+    pub sync: RawFd,
+}
+
+/// A failed step: whether the request was at fault (an executable that does not exist), and
+/// what happened.
+pub(crate) type ChildError = (bool, String);
+
+fn internal(e: String) -> ChildError {
+    (false, e)
+}
+
+fn fail(sync: RawFd, (invalid, msg): ChildError) -> ! {
+    let mut buf = Vec::with_capacity(msg.len() + 2);
+    buf.push(MSG_ERROR);
+    buf.push(invalid as u8);
+    buf.extend_from_slice(msg.as_bytes());
+    // SAFETY: sending our own buffer on a socket we hold; `_exit` skips atexit handlers
+    // that belong to the monitor.
+    unsafe {
+        libc::send(sync, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL);
+        libc::_exit(127)
+    }
+}
+
+fn reset_signals() {
+    // SAFETY: a zeroed sigset emptied by sigemptyset; default dispositions for every
+    // catchable signal; we are the only thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+    }
+}
+
+fn join_cgroups(procs: &[PathBuf]) -> StepResult {
+    for p in procs {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(p)
+            .and_then(|mut f| f.write_all(b"0"))
+            .map_err(|e| format!("join cgroup {}: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn dup_stdio(fds: &ChildFds) -> StepResult {
+    for (from, to) in [(fds.stdin, 0), (fds.stdout, 1), (fds.stderr, 2)] {
+        // SAFETY: dup2 on fds we hold; clears close-on-exec on the target.
+        cvt(unsafe { libc::dup2(from, to) } as libc::c_long)
+            .map_err(|e| format!("set up stdio: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Opens a pty pair from the container's own devpts; the slave becomes the controlling
+/// terminal and stdio, the master is returned to be passed to the monitor.
+fn setup_tty() -> Result<RawFd, String> {
+    // SAFETY: open/ioctl/dup2 on fds we own; the path literal is NUL-terminated.
+    unsafe {
+        let master = libc::open(
+            c"/dev/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if master < 0 {
+            return Err(format!(
+                "open /dev/ptmx: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let mut unlock: libc::c_int = 0;
+        if libc::ioctl(master, libc::TIOCSPTLCK, &mut unlock) != 0 {
+            return Err(format!("unlock pty: {}", std::io::Error::last_os_error()));
+        }
+        const TIOCGPTPEER: libc::c_ulong = 0x5441;
+        let slave = libc::ioctl(master, TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY);
+        if slave < 0 {
+            return Err(format!(
+                "open pty peer: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if libc::ioctl(slave, libc::TIOCSCTTY, 0) != 0 {
+            return Err(format!(
+                "set controlling terminal: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        for to in 0..3 {
+            if libc::dup2(slave, to) < 0 {
+                return Err(format!(
+                    "set up tty stdio: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        if slave > 2 {
+            libc::close(slave);
+        }
+        Ok(master)
+    }
+}
+
+fn ensure_cwd(cwd: &str, create: bool) -> StepResult {
+    let p = Path::new(cwd);
+    if create && !p.is_dir() {
+        std::fs::create_dir_all(p).map_err(|e| format!("create working directory {cwd}: {e}"))?;
+    }
+    std::env::set_current_dir(p).map_err(|e| format!("change to working directory {cwd}: {e}"))
+}
+
+/// Finds the executable as execvp would, with the container's PATH.
+pub(crate) fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if arg0.contains('/') {
+        let p = PathBuf::from(arg0);
+        return if runnable(&p) {
+            Ok(p)
+        } else {
+            Err(format!("exec: {arg0:?}: no such executable file"))
+        };
+    }
+    let path = env_value(env, "PATH").unwrap_or(DEFAULT_PATH);
+    for dir in path.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let p = Path::new(dir).join(arg0);
+        if runnable(&p) {
+            return Ok(p);
+        }
+    }
+    Err(format!(
+        "exec: {arg0:?}: executable file not found in $PATH"
+    ))
+}
+
+fn cstrings(v: &[String], what: &str) -> Result<Vec<CString>, String> {
+    v.iter()
+        .map(|s| CString::new(s.as_bytes()).map_err(|_| format!("{what} contains a NUL byte")))
+        .collect()
+}
+
+/// Ids, capabilities, no_new_privs and seccomp: the last steps before exec.
+fn apply_identity(p: &ProcessSpec) -> StepResult {
+    let sec: &SecuritySettings = &p.security;
+    let caps = &sec.capabilities;
+    let last = sys::last_cap();
+    // SAFETY: prctl/setgroups/setres[ug]id with integer arguments and a slice we own.
+    unsafe {
+        for cap in 0..=last {
+            if caps.bounding & (1u64 << cap) == 0
+                && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
+            {
+                return Err(format!(
+                    "drop capability {cap} from the bounding set: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
+            return Err(format!(
+                "keep capabilities: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let groups: Vec<libc::gid_t> = p.user.additional_gids.clone();
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+            return Err(format!("setgroups: {}", std::io::Error::last_os_error()));
+        }
+        if libc::setresgid(p.user.gid, p.user.gid, p.user.gid) != 0 {
+            return Err(format!(
+                "setgid {}: {}",
+                p.user.gid,
+                std::io::Error::last_os_error()
+            ));
+        }
+        if libc::setresuid(p.user.uid, p.user.uid, p.user.uid) != 0 {
+            return Err(format!(
+                "setuid {}: {}",
+                p.user.uid,
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    sys::capset(caps.effective, caps.permitted, caps.inheritable)
+        .map_err(|e| format!("set capabilities: {e}"))?;
+    // SAFETY: prctl with integer arguments.
+    unsafe {
+        for cap in 0..=last {
+            if caps.ambient & (1u64 << cap) != 0
+                && libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE,
+                    cap as libc::c_ulong,
+                    0,
+                    0,
+                ) != 0
+            {
+                return Err(format!(
+                    "raise ambient capability {cap}: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        if sec.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(format!(
+                "set no_new_privs: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    if let Some(filter) = &sec.seccomp {
+        let mut prog: Vec<libc::sock_filter> = filter
+            .instructions
+            .iter()
+            .map(|i| libc::sock_filter {
+                code: i.code,
+                jt: i.jt,
+                jf: i.jf,
+                k: i.k,
+            })
+            .collect();
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_mut_ptr(),
+        };
+        // SAFETY: `fprog` points at `prog`, both alive for the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                1, /* SECCOMP_SET_MODE_FILTER */
+                filter.flags,
+                &fprog as *const _,
+            )
+        };
+        if r != 0 {
+            return Err(format!(
+                "load seccomp filter: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn exec(path: &Path, p: &ProcessSpec) -> Result<std::convert::Infallible, String> {
+    let cpath = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| "executable path contains a NUL byte".to_string())?;
+    let argv = cstrings(&p.args, "argument")?;
+    let envp = cstrings(&p.env, "environment")?;
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
+    envp_p.push(std::ptr::null());
+    // SAFETY: NULL-terminated arrays of pointers into CStrings that outlive the call.
+    unsafe { libc::execve(cpath.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
+    Err(format!(
+        "exec {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    ))
+}
+
+fn send_ready(sync: RawFd, host_pid: i32, tty_master: Option<RawFd>) -> StepResult {
+    let mut msg = [0u8; 5];
+    msg[0] = MSG_READY;
+    msg[1..].copy_from_slice(&host_pid.to_le_bytes());
+    let iov = [std::io::IoSlice::new(&msg)];
+    let fds: Vec<RawFd> = tty_master.into_iter().collect();
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    nix::sys::socket::sendmsg::<()>(
+        sync,
+        &iov,
+        if fds.is_empty() { &[] } else { &cmsg },
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| format!("report ready: {e}"))?;
+    Ok(())
+}
+
+fn wait_start(sync: RawFd) -> bool {
+    let mut b = [0u8; 1];
+    loop {
+        // SAFETY: reading one byte into our buffer.
+        let n = unsafe { libc::recv(sync, b.as_mut_ptr().cast(), 1, 0) };
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        return n == 1 && b[0] == MSG_START;
+    }
+}
+
+/// The container's first process: set up, report, wait for start, exec. Never returns.
+pub(crate) fn container_main(spec: &ContainerSpec, fds: ChildFds) -> ! {
+    let sync = fds.sync;
+    match container_setup(spec, &fds) {
+        Ok(exe) => {
+            if !wait_start(sync) {
+                // The monitor dropped the container before starting it.
+                // SAFETY: ending the child without running the monitor's handlers.
+                unsafe { libc::_exit(0) };
+            }
+            let r = (|| -> Result<std::convert::Infallible, String> {
+                // SAFETY: umask is always safe.
+                unsafe { libc::umask(0o022) };
+                if let Some(v) = spec.process.oom_score_adj {
+                    std::fs::write("/proc/self/oom_score_adj", v.to_string())
+                        .map_err(|e| format!("set oom_score_adj {v}: {e}"))?;
+                }
+                apply_identity(&spec.process)?;
+                exec(&exe, &spec.process)
+            })();
+            match r {
+                Err(e) => fail(sync, internal(e)),
+                Ok(never) => match never {},
+            }
+        }
+        Err(e) => fail(sync, e),
+    }
+}
+
+fn container_setup(spec: &ContainerSpec, fds: &ChildFds) -> Result<PathBuf, ChildError> {
+    let host_pid = container_prepare(spec, fds).map_err(internal)?;
+    let exe = find_executable(&spec.process.args[0], &spec.process.env).map_err(|e| (true, e))?;
+    let master = if spec.tty {
+        Some(setup_tty().map_err(internal)?)
+    } else {
+        None
+    };
+    sys::cloexec_from(3).map_err(|e| internal(format!("mark fds close-on-exec: {e}")))?;
+    send_ready(fds.sync, host_pid, master).map_err(internal)?;
+    if let Some(m) = master {
+        // SAFETY: the monitor has its copy now.
+        unsafe { libc::close(m) };
+    }
+    Ok(exe)
+}
+
+/// Everything up to the exec lookup; returns the host PID (read before /proc changes).
+fn container_prepare(spec: &ContainerSpec, fds: &ChildFds) -> StepResult<i32> {
+    reset_signals();
+    // SAFETY: setsid/umask/unshare with integer arguments; we are single-threaded.
+    unsafe {
+        libc::setsid();
+        libc::umask(0);
+    }
+    let host_pid = sys::host_pid();
+    join_cgroups(&spec.cgroup_procs)?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::unshare(libc::CLONE_NEWNS) } as libc::c_long)
+        .map_err(|e| format!("unshare mount namespace: {e}"))?;
+    rootfs::setup(spec)?;
+    if !spec.tty {
+        dup_stdio(fds)?;
+    }
+    ensure_cwd(&spec.process.cwd, true)?;
+    Ok(host_pid)
+}
+
+/// An exec process: enter the container's mount namespace (the monitor already put us in
+/// its PID namespace), then exec. Never returns.
+pub(crate) fn exec_main(
+    process: &ProcessSpec,
+    cgroup_procs: &[PathBuf],
+    container_pidfd: RawFd,
+    fds: ChildFds,
+) -> ! {
+    let sync = fds.sync;
+    let r = (|| -> Result<std::convert::Infallible, ChildError> {
+        reset_signals();
+        // SAFETY: setsid with no arguments.
+        unsafe { libc::setsid() };
+        join_cgroups(cgroup_procs).map_err(internal)?;
+        sys::setns(container_pidfd, libc::CLONE_NEWNS)
+            .map_err(|e| internal(format!("enter the container's mounts: {e}")))?;
+        dup_stdio(&fds).map_err(internal)?;
+        ensure_cwd(&process.cwd, false)
+            .or_else(|_| ensure_cwd("/", false))
+            .map_err(internal)?;
+        let exe = find_executable(&process.args[0], &process.env).map_err(|e| (true, e))?;
+        sys::cloexec_from(3).map_err(|e| internal(format!("mark fds close-on-exec: {e}")))?;
+        // SAFETY: umask is always safe.
+        unsafe { libc::umask(0o022) };
+        apply_identity(process).map_err(internal)?;
+        exec(&exe, process).map_err(internal)
+    })();
+    match r {
+        Err(e) => fail(sync, e),
+        Ok(never) => match never {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executable_lookup() {
+        let env = vec!["PATH=/nonexistent:/bin:/usr/bin".to_string()];
+        assert!(find_executable("sh", &env).unwrap().ends_with("sh"));
+        assert!(find_executable("/bin/sh", &[]).is_ok());
+        let e = find_executable("no-such-binary-berth", &env).unwrap_err();
+        assert!(e.contains("not found in $PATH"), "{e}");
+        assert!(find_executable("/etc/passwd", &[]).is_err());
+    }
+}

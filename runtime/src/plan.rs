@@ -1,0 +1,610 @@
+//! Plain functions that turn a CRI container config, its pod and its image into a
+//! [`ContainerSpec`]: which mounts in which order, argv, environment, ids, namespaces.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use k8s_cri::v1::{ContainerConfig, MountPropagation, NamespaceMode};
+
+use crate::command::{compose_argv, compose_env};
+use crate::error::{Error, Result};
+use crate::image::ImageInfo;
+use crate::security::SecuritySettings;
+use crate::spec::*;
+use crate::user::{GroupEntry, PasswdEntry, UserRequest, resolve_user};
+
+/// What a container plan needs to know about its pod.
+#[derive(Debug, Clone, Default)]
+pub struct PodContext {
+    /// The pod's run dir (`<state>/pods/<id>`), holding hostname, hosts, resolv.conf, shm.
+    pub run_dir: PathBuf,
+    /// The pod's hostname.
+    pub hostname: String,
+    /// The pod uses the host's IPC namespace (containers get the host's /dev/shm).
+    pub host_ipc: bool,
+    /// The pod's PID namespace is the host's.
+    pub host_pid: bool,
+    /// `PodSandboxConfig.log_directory`.
+    pub log_directory: String,
+}
+
+/// Everything [`plan_container`] reads.
+#[derive(Debug)]
+pub struct PlanInput<'a> {
+    /// The new container's id.
+    pub id: &'a str,
+    /// kubelet's container config.
+    pub config: &'a ContainerConfig,
+    /// The pod.
+    pub pod: &'a PodContext,
+    /// The image.
+    pub image: &'a ImageInfo,
+    /// Layers of images used as volumes (`Mount.image`), by the mount's image reference.
+    pub mount_images: &'a HashMap<String, Vec<PathBuf>>,
+    /// `<root>/containers/<id>`: upper, work and rootfs mount point live here.
+    pub container_dir: PathBuf,
+    /// The image's /etc/passwd entries.
+    pub passwd: &'a [PasswdEntry],
+    /// The image's /etc/group entries.
+    pub groups: &'a [GroupEntry],
+    /// What "all capabilities" means on this node.
+    pub all_caps: u64,
+    /// The lowest oom_score_adj the node lets us set (the daemon's own).
+    pub oom_score_adj_floor: i32,
+    /// cgroup files the container joins.
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+fn fs(dest: &str, fstype: &str, data: &str, o: MountOptions) -> MountSpec {
+    MountSpec {
+        destination: dest.into(),
+        kind: MountKind::Fs {
+            fstype: fstype.into(),
+            source: fstype.into(),
+            data: data.into(),
+        },
+        options: o,
+    }
+}
+
+fn bind(dest: &str, source: PathBuf, o: MountOptions) -> MountSpec {
+    MountSpec {
+        destination: dest.into(),
+        kind: MountKind::Bind {
+            source,
+            propagation: None,
+        },
+        options: o,
+    }
+}
+
+const NSD: MountOptions = MountOptions {
+    readonly: false,
+    recursive_readonly: false,
+    nosuid: true,
+    nodev: true,
+    noexec: true,
+};
+
+/// The mounts every container gets, in order (containerd's defaults plus the pod's files).
+pub fn default_mounts(pod: &PodContext, privileged: bool, readonly_rootfs: bool) -> Vec<MountSpec> {
+    let ro_files = MountOptions {
+        readonly: readonly_rootfs,
+        ..Default::default()
+    };
+    vec![
+        fs("/proc", "proc", "", NSD),
+        fs(
+            "/dev",
+            "tmpfs",
+            "mode=755,size=65536k",
+            MountOptions {
+                nosuid: true,
+                ..Default::default()
+            },
+        ),
+        fs(
+            "/dev/pts",
+            "devpts",
+            "newinstance,ptmxmode=0666,mode=0620,gid=5",
+            MountOptions {
+                nosuid: true,
+                noexec: true,
+                ..Default::default()
+            },
+        ),
+        fs("/dev/mqueue", "mqueue", "", NSD),
+        fs(
+            "/sys",
+            "sysfs",
+            "",
+            MountOptions {
+                readonly: !privileged,
+                ..NSD
+            },
+        ),
+        bind(
+            "/dev/shm",
+            if pod.host_ipc {
+                PathBuf::from("/dev/shm")
+            } else {
+                pod.run_dir.join("shm")
+            },
+            NSD,
+        ),
+        bind("/etc/hostname", pod.run_dir.join("hostname"), ro_files),
+        bind("/etc/hosts", pod.run_dir.join("hosts"), ro_files),
+        bind(
+            "/etc/resolv.conf",
+            pod.run_dir.join("resolv.conf"),
+            ro_files,
+        ),
+    ]
+}
+
+fn clean_abs(path: &str, what: &str) -> Result<String> {
+    if !path.starts_with('/') {
+        return Err(Error::InvalidArgument(format!(
+            "{what} {path:?} is not an absolute path"
+        )));
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+/// The full mount list: defaults not overridden by a CRI mount, then the CRI mounts ordered
+/// so that parents come before children. Returns the list and the root propagation.
+pub fn plan_mounts(
+    defaults: Vec<MountSpec>,
+    cri: &[k8s_cri::v1::Mount],
+    mount_images: &HashMap<String, Vec<PathBuf>>,
+) -> Result<(Vec<MountSpec>, Propagation)> {
+    let mut planned: Vec<MountSpec> = Vec::with_capacity(cri.len());
+    let mut root = Propagation::Slave;
+    for m in cri {
+        let dest = clean_abs(&m.container_path, "mount container_path")?;
+        let options = MountOptions {
+            readonly: m.readonly || m.recursive_read_only,
+            recursive_readonly: m.recursive_read_only,
+            ..Default::default()
+        };
+        if m.recursive_read_only && !m.readonly {
+            return Err(Error::InvalidArgument(format!(
+                "mount {dest}: recursive_read_only requires readonly"
+            )));
+        }
+        let kind = if let Some(image) = m.image.as_ref().filter(|i| !i.image.is_empty()) {
+            if !m.host_path.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "mount {dest}: both host_path and image are set"
+                )));
+            }
+            let layers = mount_images.get(&image.image).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "mount {dest}: image {:?} is not available",
+                    image.image
+                ))
+            })?;
+            MountKind::Overlay {
+                lower_dirs: layers.clone(),
+            }
+        } else {
+            if m.host_path.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "mount {dest}: host_path is empty"
+                )));
+            }
+            let propagation = match MountPropagation::try_from(m.propagation) {
+                Ok(MountPropagation::PropagationPrivate) => Propagation::Private,
+                Ok(MountPropagation::PropagationHostToContainer) => Propagation::Slave,
+                Ok(MountPropagation::PropagationBidirectional) => Propagation::Shared,
+                Err(_) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "mount {dest}: unknown propagation {}",
+                        m.propagation
+                    )));
+                }
+            };
+            if m.recursive_read_only && propagation != Propagation::Private {
+                return Err(Error::InvalidArgument(format!(
+                    "mount {dest}: recursive_read_only requires private propagation"
+                )));
+            }
+            if propagation == Propagation::Shared {
+                root = Propagation::Shared;
+            }
+            MountKind::Bind {
+                source: PathBuf::from(&m.host_path),
+                propagation: Some(propagation),
+            }
+        };
+        planned.push(MountSpec {
+            destination: dest,
+            kind,
+            options,
+        });
+    }
+    // Parents before children; equal depth keeps kubelet's order (containerd sorts the same way).
+    planned.sort_by_key(|m| m.destination.split('/').filter(|c| !c.is_empty()).count());
+    let mut all: Vec<MountSpec> = defaults
+        .into_iter()
+        .filter(|d| !planned.iter().any(|m| m.destination == d.destination))
+        .collect();
+    all.extend(planned);
+    Ok((all, root))
+}
+
+fn pid_namespace(config: &ContainerConfig, pod: &PodContext) -> Result<PidNamespace> {
+    let opts = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    let Some(opts) = opts else {
+        return Ok(if pod.host_pid {
+            PidNamespace::Node
+        } else {
+            PidNamespace::Pod
+        });
+    };
+    Ok(match NamespaceMode::try_from(opts.pid) {
+        Ok(NamespaceMode::Container) => PidNamespace::Container,
+        Ok(NamespaceMode::Pod) if pod.host_pid => PidNamespace::Node,
+        Ok(NamespaceMode::Pod) => PidNamespace::Pod,
+        Ok(NamespaceMode::Node) => PidNamespace::Node,
+        Ok(NamespaceMode::Target) => {
+            if opts.target_id.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "pid namespace TARGET without target_id".into(),
+                ));
+            }
+            PidNamespace::Target {
+                container_id: opts.target_id.clone(),
+            }
+        }
+        Err(_) => {
+            return Err(Error::InvalidArgument(format!(
+                "unknown pid namespace mode {}",
+                opts.pid
+            )));
+        }
+    })
+}
+
+/// Plans a container. Reads nothing from disk: the caller passes the image's accounts.
+pub fn plan_container(input: &PlanInput<'_>) -> Result<ContainerSpec> {
+    let c = input.config;
+    let sc = c.linux.as_ref().and_then(|l| l.security_context.as_ref());
+    let privileged = sc.is_some_and(|s| s.privileged);
+    let readonly_rootfs = sc.is_some_and(|s| s.readonly_rootfs);
+    let security = SecuritySettings::from_cri(sc, input.all_caps)?;
+
+    let argv = compose_argv(&c.command, &c.args, &input.image.config)?;
+    let user = resolve_user(
+        &UserRequest {
+            run_as_user: sc.and_then(|s| s.run_as_user.as_ref()).map(|v| v.value),
+            run_as_group: sc.and_then(|s| s.run_as_group.as_ref()).map(|v| v.value),
+            run_as_username: sc.map(|s| s.run_as_username.clone()).unwrap_or_default(),
+            image_user: input.image.config.user.clone(),
+            supplemental_groups: sc
+                .map(|s| s.supplemental_groups.clone())
+                .unwrap_or_default(),
+            strict_groups: sc.is_some_and(|s| s.supplemental_groups_policy == 1),
+        },
+        input.passwd,
+        input.groups,
+    )?;
+    let cri_env: Vec<(String, String)> = c
+        .envs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect();
+    let env = compose_env(
+        &input.image.config.env,
+        &cri_env,
+        &input.pod.hostname,
+        &user.home,
+    );
+    let cwd = if !c.working_dir.is_empty() {
+        clean_abs(&c.working_dir, "working_dir")?
+    } else if !input.image.config.working_dir.is_empty() {
+        clean_abs(&input.image.config.working_dir, "image working dir")?
+    } else {
+        "/".into()
+    };
+    let (mounts, root_propagation) = plan_mounts(
+        default_mounts(input.pod, privileged, readonly_rootfs),
+        &c.mounts,
+        input.mount_images,
+    )?;
+    let mut devices = Vec::with_capacity(c.devices.len());
+    for d in &c.devices {
+        if d.host_path.is_empty() {
+            return Err(Error::InvalidArgument(
+                "device with an empty host_path".into(),
+            ));
+        }
+        let container_path = if d.container_path.is_empty() {
+            d.host_path.clone()
+        } else {
+            d.container_path.clone()
+        };
+        devices.push(DeviceSpec {
+            host_path: PathBuf::from(&d.host_path),
+            container_path: clean_abs(&container_path, "device container_path")?,
+            permissions: if d.permissions.is_empty() {
+                "rwm".into()
+            } else {
+                d.permissions.clone()
+            },
+        });
+    }
+    let oom = c
+        .linux
+        .as_ref()
+        .and_then(|l| l.resources.as_ref())
+        .map(|r| r.oom_score_adj);
+    let oom_score_adj = oom.map(|v| (v.clamp(-1000, 1000) as i32).max(input.oom_score_adj_floor));
+    let log_path = if input.pod.log_directory.is_empty() || c.log_path.is_empty() {
+        None
+    } else {
+        Some(Path::new(&input.pod.log_directory).join(&c.log_path))
+    };
+    if input.image.lower_dirs.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "image {:?} has no layers",
+            input.image.name
+        )));
+    }
+    Ok(ContainerSpec {
+        id: input.id.to_owned(),
+        rootfs: RootfsSpec {
+            lower_dirs: input.image.lower_dirs.clone(),
+            upper_dir: input.container_dir.join("upper"),
+            work_dir: input.container_dir.join("work"),
+            mount_point: input.container_dir.join("rootfs"),
+            readonly: readonly_rootfs,
+        },
+        root_propagation,
+        mounts,
+        devices,
+        process: ProcessSpec {
+            args: argv,
+            env,
+            cwd,
+            user,
+            security,
+            oom_score_adj,
+        },
+        pid_ns: pid_namespace(c, input.pod)?,
+        log_path,
+        cgroup_procs: input.cgroup_procs.clone(),
+        stdin: c.stdin,
+        stdin_once: c.stdin_once,
+        tty: c.tty,
+    })
+}
+
+/// Host paths the plan binds that do not exist: a CRI mount of a missing path is an error
+/// kubelet must see (it does not create them).
+pub fn missing_bind_sources(spec: &ContainerSpec) -> Vec<PathBuf> {
+    let mut missing = Vec::new();
+    for m in &spec.mounts {
+        if let MountKind::Bind { source, .. } = &m.kind
+            && std::fs::metadata(source).is_err()
+        {
+            missing.push(source.clone());
+        }
+    }
+    for d in &spec.devices {
+        if std::fs::metadata(&d.host_path).is_err() {
+            missing.push(d.host_path.clone());
+        }
+    }
+    missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_cri::v1::{
+        ContainerMetadata, ImageSpec, KeyValue, LinuxContainerConfig, LinuxContainerResources,
+        Mount,
+    };
+
+    fn pod() -> PodContext {
+        PodContext {
+            run_dir: "/run/berth/pods/p".into(),
+            hostname: "web-0".into(),
+            log_directory: "/var/log/pods/ns_web_uid".into(),
+            ..Default::default()
+        }
+    }
+
+    fn mount(path: &str, host: &str, ro: bool, prop: i32) -> Mount {
+        Mount {
+            container_path: path.into(),
+            host_path: host.into(),
+            readonly: ro,
+            propagation: prop,
+            ..Default::default()
+        }
+    }
+
+    fn dests(m: &[MountSpec]) -> Vec<&str> {
+        m.iter().map(|m| m.destination.as_str()).collect()
+    }
+
+    #[test]
+    fn defaults_then_cri_sorted_and_overrides() {
+        let cri = vec![
+            mount("/data/sub", "/h/sub", false, 0),
+            mount("/etc/hosts", "/var/lib/kubelet/hosts", false, 0),
+            mount("/data", "/h/data", true, 1),
+        ];
+        let (all, root) =
+            plan_mounts(default_mounts(&pod(), false, false), &cri, &HashMap::new()).unwrap();
+        assert_eq!(
+            dests(&all),
+            vec![
+                "/proc",
+                "/dev",
+                "/dev/pts",
+                "/dev/mqueue",
+                "/sys",
+                "/dev/shm",
+                "/etc/hostname",
+                "/etc/resolv.conf",
+                "/data",
+                "/data/sub",
+                "/etc/hosts"
+            ]
+        );
+        assert_eq!(root, Propagation::Slave);
+        let data = all.iter().find(|m| m.destination == "/data").unwrap();
+        assert!(data.options.readonly);
+        assert_eq!(
+            data.kind,
+            MountKind::Bind {
+                source: "/h/data".into(),
+                propagation: Some(Propagation::Slave)
+            }
+        );
+        let sys = all.iter().find(|m| m.destination == "/sys").unwrap();
+        assert!(sys.options.readonly);
+        let shm = all.iter().find(|m| m.destination == "/dev/shm").unwrap();
+        assert_eq!(
+            shm.kind,
+            MountKind::Bind {
+                source: "/run/berth/pods/p/shm".into(),
+                propagation: None
+            }
+        );
+    }
+
+    #[test]
+    fn bidirectional_makes_root_shared_and_bad_mounts_fail() {
+        let (_, root) =
+            plan_mounts(vec![], &[mount("/x", "/h", false, 2)], &HashMap::new()).unwrap();
+        assert_eq!(root, Propagation::Shared);
+        for bad in [
+            mount("rel", "/h", false, 0),
+            mount("/x", "", false, 0),
+            mount("/x", "/h", false, 7),
+        ] {
+            let e = plan_mounts(vec![], &[bad], &HashMap::new()).unwrap_err();
+            assert_eq!(e.class(), crate::ErrorClass::InvalidArgument, "{e}");
+        }
+        let mut rro = mount("/x", "/h", false, 0);
+        rro.recursive_read_only = true;
+        assert!(plan_mounts(vec![], &[rro.clone()], &HashMap::new()).is_err());
+        rro.readonly = true;
+        let (m, _) = plan_mounts(vec![], &[rro], &HashMap::new()).unwrap();
+        assert!(m[0].options.recursive_readonly);
+    }
+
+    #[test]
+    fn image_volumes_and_dot_dot() {
+        let mut m = mount("/a/../vol/", "", false, 0);
+        m.image = Some(ImageSpec {
+            image: "sha256:v".into(),
+            ..Default::default()
+        });
+        let imgs = HashMap::from([("sha256:v".to_string(), vec![PathBuf::from("/l1")])]);
+        let (all, _) = plan_mounts(vec![], &[m.clone()], &imgs).unwrap();
+        assert_eq!(all[0].destination, "/vol");
+        assert_eq!(
+            all[0].kind,
+            MountKind::Overlay {
+                lower_dirs: vec!["/l1".into()]
+            }
+        );
+        assert!(plan_mounts(vec![], &[m], &HashMap::new()).is_err());
+    }
+
+    #[test]
+    fn full_plan() {
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: "c".into(),
+                attempt: 0,
+            }),
+            args: vec!["-c".into(), "echo hi".into()],
+            working_dir: "/work".into(),
+            envs: vec![KeyValue {
+                key: "A".into(),
+                value: "1".into(),
+            }],
+            log_path: "c/0.log".into(),
+            linux: Some(LinuxContainerConfig {
+                resources: Some(LinuxContainerResources {
+                    oom_score_adj: -998,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let image = ImageInfo {
+            id: "sha256:i".into(),
+            name: "busybox".into(),
+            lower_dirs: vec!["/snap/2".into(), "/snap/1".into()],
+            config: crate::image::ImageConfig {
+                entrypoint: vec!["/bin/sh".into()],
+                env: vec!["PATH=/bin".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let passwd = crate::user::parse_passwd("root:x:0:0:root:/root:/bin/sh\n");
+        let p = pod();
+        let input = PlanInput {
+            id: "cid",
+            config: &config,
+            pod: &p,
+            image: &image,
+            mount_images: &HashMap::new(),
+            container_dir: "/var/lib/berth/containers/cid".into(),
+            passwd: &passwd,
+            groups: &[],
+            all_caps: (1 << 41) - 1,
+            oom_score_adj_floor: -500,
+            cgroup_procs: vec![],
+        };
+        let spec = plan_container(&input).unwrap();
+        assert_eq!(spec.process.args, vec!["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(spec.process.cwd, "/work");
+        assert_eq!(
+            spec.process.env,
+            vec!["PATH=/bin", "A=1", "HOSTNAME=web-0", "HOME=/root"]
+        );
+        assert_eq!(spec.process.oom_score_adj, Some(-500));
+        assert_eq!(
+            spec.log_path,
+            Some(PathBuf::from("/var/log/pods/ns_web_uid/c/0.log"))
+        );
+        assert_eq!(
+            spec.rootfs.upper_dir,
+            PathBuf::from("/var/lib/berth/containers/cid/upper")
+        );
+        assert_eq!(spec.pid_ns, PidNamespace::Pod);
+        let mut no_layers = image.clone();
+        no_layers.lower_dirs.clear();
+        assert!(
+            plan_container(&PlanInput {
+                image: &no_layers,
+                ..input
+            })
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,454 @@
+//! Pod sandbox lifecycle: run (start a monitor in new namespaces), stop, remove, status, list.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use k8s_cri::v1::{
+    NamespaceMode, PodSandbox, PodSandboxConfig, PodSandboxFilter, PodSandboxStatusResponse,
+    RunPodSandboxRequest,
+};
+
+use crate::error::{Error, Result};
+use crate::podfiles;
+use crate::protocol::{MonitorConfig, PROTOCOL_VERSION, Request};
+use crate::runtime::{PodEntry, Runtime, lock, pod_name_key};
+use crate::store::{ContainerPhase, PodPhase, PodRecord};
+use crate::sys;
+
+/// A pod that now runs: the daemon sets up its network in `netns` next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodCreated {
+    /// Pod id.
+    pub id: String,
+    /// Path of the pod's network namespace; `None` for a host-network pod.
+    pub netns: Option<PathBuf>,
+}
+
+/// A pod just stopped: the daemon tears down its network, then calls
+/// [`Runtime::release_pod_namespaces`].
+#[derive(Debug, Clone)]
+pub struct PodStopped {
+    /// Pod id.
+    pub id: String,
+    /// Path of the pod's network namespace (still mounted); `None` for a host-network pod.
+    pub netns: Option<PathBuf>,
+    /// The IPs the network gave it.
+    pub ips: Vec<String>,
+    /// The pod's config (port mappings, labels).
+    pub config: PodSandboxConfig,
+}
+
+/// Which namespaces of its own a pod gets.
+pub(crate) fn pod_namespaces(config: &PodSandboxConfig) -> Result<Vec<String>> {
+    let opts = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    let node = |mode: i32| mode == NamespaceMode::Node as i32;
+    let (net, ipc, pid) = opts
+        .map(|o| (node(o.network), node(o.ipc), node(o.pid)))
+        .unwrap_or((false, false, false));
+    if let Some(u) = opts.and_then(|o| o.userns_options.as_ref())
+        && u.mode == NamespaceMode::Pod as i32
+        && (!u.uids.is_empty() || !u.gids.is_empty())
+    {
+        return Err(Error::InvalidArgument(
+            "user namespaces are not supported by this runtime yet".into(),
+        ));
+    }
+    let mut ns = Vec::new();
+    if !net {
+        ns.push("net".to_owned());
+        ns.push("uts".to_owned());
+    }
+    if !ipc {
+        ns.push("ipc".to_owned());
+    }
+    if !pid {
+        ns.push("pid".to_owned());
+    }
+    Ok(ns)
+}
+
+/// Unmounts a pod's namespace bind mounts and shm (idempotent).
+pub(crate) fn release_pod_mounts(dir: &Path) {
+    for ns in ["net", "ipc", "uts", "pid"] {
+        let _ = sys::umount_quiet(&dir.join("ns").join(ns));
+    }
+    let _ = sys::umount_quiet(&dir.join("shm"));
+}
+
+fn host_file(path: &str) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_default()
+}
+
+fn write(path: PathBuf, data: &[u8]) -> Result<()> {
+    std::fs::write(&path, data).map_err(|e| Error::io("write", path, e))
+}
+
+impl Runtime {
+    /// Starts a pod: records it, writes its hostname/hosts/resolv.conf, starts its monitor in
+    /// new namespaces and follows the monitor's events. The caller sets up the network in
+    /// the returned netns and reports the IPs with [`Runtime::set_pod_network`].
+    pub async fn run_pod_sandbox(&self, req: &RunPodSandboxRequest) -> Result<PodCreated> {
+        let config = req
+            .config
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("pod sandbox config is missing".into()))?;
+        let meta = config
+            .metadata
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("pod sandbox metadata is missing".into()))?;
+        if meta.name.is_empty() || meta.namespace.is_empty() || meta.uid.is_empty() {
+            return Err(Error::InvalidArgument(
+                "pod sandbox metadata needs name, namespace and uid".into(),
+            ));
+        }
+        if !req.runtime_handler.is_empty()
+            && !self.opts.runtime_handlers.contains(&req.runtime_handler)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "unknown runtime handler {:?}",
+                req.runtime_handler
+            )));
+        }
+        let namespaces = pod_namespaces(config)?;
+        let id = sys::random_id();
+        self.reserve_name(pod_name_key(meta), &id, "pod sandbox")?;
+        let host_net = !namespaces.iter().any(|n| n == "net");
+        let hostname = if host_net {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        } else {
+            config.hostname.clone()
+        };
+        let rec = PodRecord {
+            id: id.clone(),
+            config: config.clone(),
+            runtime_handler: req.runtime_handler.clone(),
+            created_at: sys::now_ns(),
+            phase: PodPhase::Creating,
+            monitor_pid: 0,
+            namespaces: namespaces.clone(),
+            ips: Vec::new(),
+            hostname: hostname.clone(),
+        };
+        if let Err(e) = self.store.put_pod(&rec) {
+            self.release_name(&id);
+            return Err(e);
+        }
+        let entry = Arc::new(PodEntry::new(&self.opts, rec));
+        lock(&self.index).pods.insert(id.clone(), entry.clone());
+        match self.start_pod(&entry, config, &namespaces, &hostname).await {
+            Ok(pid) => {
+                let saved = {
+                    let mut rec = lock(&entry.rec);
+                    rec.phase = PodPhase::Ready;
+                    rec.monitor_pid = pid;
+                    self.store.put_pod(&rec)
+                };
+                if let Err(e) = saved {
+                    self.undo_pod(&entry).await;
+                    return Err(e);
+                }
+                if let Err(e) = self.watch_pod(&entry).await {
+                    self.undo_pod(&entry).await;
+                    return Err(e);
+                }
+                let netns = (!host_net).then(|| self.pod_dir(&id).join("ns").join("net"));
+                Ok(PodCreated { id, netns })
+            }
+            Err(e) => {
+                self.undo_pod(&entry).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_pod(
+        &self,
+        pod: &PodEntry,
+        config: &PodSandboxConfig,
+        namespaces: &[String],
+        hostname: &str,
+    ) -> Result<i32> {
+        let dir = self.pod_dir(&pod.id);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+        let host_net = !namespaces.iter().any(|n| n == "net");
+        write(dir.join("hostname"), format!("{hostname}\n").as_bytes())?;
+        let hosts = if host_net {
+            host_file("/etc/hosts")
+        } else {
+            podfiles::hosts_file().into_bytes()
+        };
+        write(dir.join("hosts"), &hosts)?;
+        let resolv = podfiles::resolv_conf(config.dns_config.as_ref())
+            .map(String::into_bytes)
+            .unwrap_or_else(|| host_file("/etc/resolv.conf"));
+        write(dir.join("resolv.conf"), &resolv)?;
+        let cgroup_procs = self.opts.cgroups.create_pod(&pod.id, config)?;
+        let own_ipc = namespaces.iter().any(|n| n == "ipc");
+        let mut sysctls: Vec<(String, String)> = config
+            .linux
+            .as_ref()
+            .map(|l| {
+                l.sysctls
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        sysctls.sort();
+        let mcfg = MonitorConfig {
+            version: PROTOCOL_VERSION,
+            pod_id: pod.id.clone(),
+            run_dir: dir.clone(),
+            containers_dir: self.opts.state.join("containers"),
+            hostname: (!host_net && !hostname.is_empty()).then(|| hostname.to_owned()),
+            namespaces: namespaces.to_vec(),
+            shm_size: own_ipc.then_some(self.opts.shm_size),
+            sysctls,
+            cgroup_procs,
+        };
+        let cfg_path = dir.join("monitor.json");
+        let json = serde_json::to_vec_pretty(&mcfg)
+            .map_err(|e| Error::Internal(format!("encode monitor config: {e}")))?;
+        write(cfg_path.clone(), &json)?;
+        crate::launch::spawn_monitor(
+            &self.opts.monitor_path,
+            &cfg_path,
+            namespaces,
+            &dir.join("monitor.log"),
+        )
+        .await
+    }
+
+    /// Undoes a pod that failed half-way (or was found half-created at reconcile).
+    pub(crate) async fn undo_pod(&self, pod: &PodEntry) {
+        pod.stopping.store(true, Ordering::SeqCst);
+        let _ = pod.client.call_ok(&Request::Shutdown).await;
+        let pid = lock(&pod.rec).monitor_pid;
+        wait_gone(pid).await;
+        for c in self.pod_containers(&pod.id) {
+            self.forget_container(&c);
+        }
+        let dir = self.pod_dir(&pod.id);
+        release_pod_mounts(&dir);
+        let _ = self.opts.cgroups.remove_pod(&pod.id);
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = self.store.delete_pod(&pod.id);
+        self.release_name(&pod.id);
+        lock(&self.index).pods.remove(&pod.id);
+    }
+
+    /// Records the IPs the network gave a pod, reported in its status.
+    pub fn set_pod_network(&self, id: &str, ips: Vec<String>) -> Result<()> {
+        let pod = self.find_pod(id).ok_or_else(|| Error::pod_not_found(id))?;
+        let mut rec = lock(&pod.rec);
+        rec.ips = ips;
+        self.store.put_pod(&rec)
+    }
+
+    /// Stops a pod: kills its containers, ends its monitor, marks it NOTREADY. Its network
+    /// namespace stays mounted so the caller can tear down the network; then call
+    /// [`Runtime::release_pod_namespaces`]. `None` for an unknown id (stop is idempotent).
+    pub async fn stop_pod_sandbox(&self, id: &str) -> Result<Option<PodStopped>> {
+        let Some(pod) = self.find_pod(id) else {
+            return Ok(None);
+        };
+        let _op = pod.op.lock().await;
+        pod.stopping.store(true, Ordering::SeqCst);
+        let was_ready = lock(&pod.rec).phase == PodPhase::Ready;
+        if was_ready {
+            match pod.client.call_ok(&Request::Shutdown).await {
+                Ok(()) | Err(Error::MonitorGone { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            let pid = lock(&pod.rec).monitor_pid;
+            wait_gone(pid).await;
+        }
+        for c in self.pod_containers(&pod.id) {
+            let phase = lock(&c.rec).phase;
+            if matches!(phase, ContainerPhase::Created | ContainerPhase::Running) {
+                self.mark_unknown_exit(&c);
+            }
+        }
+        let _ = sys::umount_quiet(&self.pod_dir(&pod.id).join("shm"));
+        let mut rec = lock(&pod.rec);
+        if rec.phase != PodPhase::NotReady {
+            rec.phase = PodPhase::NotReady;
+            self.store.put_pod(&rec)?;
+        }
+        let netns = rec
+            .namespaces
+            .iter()
+            .any(|n| n == "net")
+            .then(|| self.pod_dir(&pod.id).join("ns").join("net"));
+        Ok(Some(PodStopped {
+            id: pod.id.clone(),
+            netns,
+            ips: rec.ips.clone(),
+            config: rec.config.clone(),
+        }))
+    }
+
+    /// Unmounts a stopped pod's namespace files (after its network was torn down).
+    pub fn release_pod_namespaces(&self, id: &str) -> Result<()> {
+        if let Some(pod) = self.find_pod(id) {
+            release_pod_mounts(&self.pod_dir(&pod.id));
+        }
+        Ok(())
+    }
+
+    /// Removes a pod: stops it if needed, removes its containers, namespaces, run dir and
+    /// record. Succeeds for an unknown id.
+    pub async fn remove_pod_sandbox(&self, id: &str) -> Result<()> {
+        let Some(pod) = self.find_pod(id) else {
+            return Ok(());
+        };
+        if lock(&pod.rec).phase != PodPhase::NotReady {
+            self.stop_pod_sandbox(&pod.id).await?;
+        }
+        let _op = pod.op.lock().await;
+        for c in self.pod_containers(&pod.id) {
+            self.remove_container(&c.id).await?;
+        }
+        let dir = self.pod_dir(&pod.id);
+        release_pod_mounts(&dir);
+        self.opts.cgroups.remove_pod(&pod.id)?;
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(Error::io("remove", dir, e));
+        }
+        self.store.delete_pod(&pod.id)?;
+        self.release_name(&pod.id);
+        lock(&self.index).pods.remove(&pod.id);
+        Ok(())
+    }
+
+    pub(crate) fn pod_status_of(&self, pod: &PodEntry) -> k8s_cri::v1::PodSandboxStatus {
+        crate::status::pod_status(&lock(&pod.rec))
+    }
+
+    /// `PodSandboxStatus`, with the pod's container statuses; `verbose` adds an `info` JSON.
+    pub fn pod_sandbox_status(&self, id: &str, verbose: bool) -> Result<PodSandboxStatusResponse> {
+        let pod = self.find_pod(id).ok_or_else(|| Error::pod_not_found(id))?;
+        let status = self.pod_status_of(&pod);
+        let containers_statuses = self
+            .pod_containers(&pod.id)
+            .iter()
+            .map(|c| crate::status::container_status(&lock(&c.rec)))
+            .collect();
+        let mut info = std::collections::HashMap::new();
+        if verbose {
+            let rec = lock(&pod.rec);
+            let dir = self.pod_dir(&pod.id);
+            let ns: serde_json::Map<String, serde_json::Value> = rec
+                .namespaces
+                .iter()
+                .map(|n| {
+                    (
+                        n.clone(),
+                        serde_json::Value::String(dir.join("ns").join(n).display().to_string()),
+                    )
+                })
+                .collect();
+            let v = serde_json::json!({
+                "pid": rec.monitor_pid,
+                "runDir": dir,
+                "namespaces": ns,
+                "hostname": rec.hostname,
+                "runtimeHandler": rec.runtime_handler,
+                "config": rec.config,
+            });
+            info.insert("info".to_owned(), v.to_string());
+        }
+        Ok(PodSandboxStatusResponse {
+            status: Some(status),
+            info,
+            containers_statuses,
+            timestamp: sys::now_ns(),
+        })
+    }
+
+    /// `ListPodSandbox` with kubelet's filter (id or id prefix, state, labels).
+    pub fn list_pod_sandbox(&self, filter: Option<&PodSandboxFilter>) -> Vec<PodSandbox> {
+        let pods: Vec<Arc<PodEntry>> = lock(&self.index).pods.values().cloned().collect();
+        let mut out: Vec<PodSandbox> = pods
+            .iter()
+            .filter_map(|p| {
+                let rec = lock(&p.rec);
+                if rec.phase == PodPhase::Creating {
+                    return None;
+                }
+                let item = crate::status::pod_item(&rec);
+                crate::status::pod_matches(&item, filter).then_some(item)
+            })
+            .collect();
+        out.sort_by_key(|p| p.created_at);
+        out
+    }
+}
+
+/// Waits (up to 10 s) until a process is gone.
+pub(crate) async fn wait_gone(pid: i32) {
+    if pid <= 0 {
+        return;
+    }
+    for _ in 0..200 {
+        // SAFETY: signal 0 only checks existence.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        // A zombie (not our child) still answers kill(0); its state says it is dead.
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .map(|r| r.trim_start().starts_with('Z'))
+                    .unwrap_or(false)
+            })
+            .unwrap_or(true);
+        if !alive || zombie {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_cri::v1::{LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceOption};
+
+    fn cfg(net: i32, ipc: i32, pid: i32) -> PodSandboxConfig {
+        PodSandboxConfig {
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: net,
+                        ipc,
+                        pid,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn namespaces_per_mode() {
+        assert_eq!(
+            pod_namespaces(&PodSandboxConfig::default()).unwrap(),
+            vec!["net", "uts", "ipc", "pid"]
+        );
+        assert_eq!(pod_namespaces(&cfg(2, 0, 1)).unwrap(), vec!["ipc", "pid"]);
+        assert_eq!(pod_namespaces(&cfg(0, 2, 2)).unwrap(), vec!["net", "uts"]);
+    }
+}

@@ -1,0 +1,371 @@
+//! The daemon <-> pod monitor protocol, version [`PROTOCOL_VERSION`].
+//!
+//! A connection to `<state>/pods/<id>/monitor.sock` carries frames, each a 4-byte big-endian
+//! length and that many bytes of JSON. The daemon sends a [`Request`]; the monitor answers
+//! with one [`Response`]. File descriptors (an exec's stdout and stderr) travel as
+//! `SCM_RIGHTS` with the request's first bytes. After `subscribe` the connection stays open
+//! and the monitor pushes a `Response::Event` frame per container exit. A daemon checks the
+//! version with `hello` when it adopts a monitor; an unknown `op` is answered with an error,
+//! so a newer daemon can probe for features.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorClass;
+use crate::spec::{ContainerSpec, ProcessSpec};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest frame either side accepts.
+pub const MAX_FRAME: usize = 4 << 20;
+
+/// A call from the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Version check; answered with `Response::Hello`.
+    Hello {
+        /// The daemon's protocol version.
+        version: u32,
+    },
+    /// Create a container (it waits for `start`); answered with `Response::Created`.
+    Create {
+        /// The planned container.
+        spec: Box<ContainerSpec>,
+    },
+    /// Let a created container run; answered with `Response::Started` once it has exec'd.
+    Start {
+        /// Container id.
+        id: String,
+    },
+    /// Signal a container's process; `Ok` also when it has already exited.
+    Kill {
+        /// Container id.
+        id: String,
+        /// Signal number.
+        signal: i32,
+    },
+    /// Run a process in a running container with the passed stdout and stderr; answered
+    /// with `Response::ExecExited` when it ends.
+    Exec {
+        /// Container id.
+        id: String,
+        /// The process (argv, env, cwd, ids, security).
+        process: Box<ProcessSpec>,
+        /// cgroup files the process joins.
+        #[serde(default)]
+        cgroup_procs: Vec<PathBuf>,
+        /// Kill it after this many milliseconds; 0 is no limit.
+        #[serde(default)]
+        timeout_ms: u64,
+    },
+    /// The state of every container; answered with `Response::State`.
+    State,
+    /// Reopen a container's log file (after kubelet rotated it).
+    ReopenLog {
+        /// Container id.
+        id: String,
+    },
+    /// Forget an exited (or never started) container.
+    Remove {
+        /// Container id.
+        id: String,
+    },
+    /// Keep the connection open and push `Response::Event` frames.
+    Subscribe,
+    /// Kill every process of the pod, release the pod's shm, exit.
+    Shutdown,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Exit code, or 128 + signal number for a killed process.
+    pub exit_code: i32,
+    /// The signal that killed it, if one did.
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// When it was reaped, in nanoseconds since the epoch.
+    pub finished_at: i64,
+}
+
+/// A container as the monitor sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerState {
+    /// Container id.
+    pub id: String,
+    /// Host PID of its first process.
+    pub pid: i32,
+    /// Started, in nanoseconds since the epoch; 0 while only created.
+    pub started_at: i64,
+    /// Set once it has exited.
+    #[serde(default)]
+    pub exit: Option<ExitStatus>,
+}
+
+/// The error classes that cross the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireClass {
+    /// See [`ErrorClass::InvalidArgument`].
+    InvalidArgument,
+    /// See [`ErrorClass::NotFound`].
+    NotFound,
+    /// See [`ErrorClass::FailedPrecondition`].
+    FailedPrecondition,
+    /// See [`ErrorClass::DeadlineExceeded`].
+    DeadlineExceeded,
+    /// See [`ErrorClass::Internal`].
+    Internal,
+}
+
+impl From<WireClass> for ErrorClass {
+    fn from(c: WireClass) -> Self {
+        match c {
+            WireClass::InvalidArgument => ErrorClass::InvalidArgument,
+            WireClass::NotFound => ErrorClass::NotFound,
+            WireClass::FailedPrecondition => ErrorClass::FailedPrecondition,
+            WireClass::DeadlineExceeded => ErrorClass::DeadlineExceeded,
+            WireClass::Internal => ErrorClass::Internal,
+        }
+    }
+}
+
+/// An answer (or, after `subscribe`, an event) from the monitor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "r", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to `hello`.
+    Hello {
+        /// The monitor's protocol version.
+        version: u32,
+        /// Its pod.
+        pod_id: String,
+        /// Its host PID.
+        pid: i32,
+    },
+    /// Done.
+    Ok,
+    /// Answer to `create`.
+    Created {
+        /// Host PID of the container's first process.
+        pid: i32,
+    },
+    /// Answer to `start`.
+    Started {
+        /// Nanoseconds since the epoch.
+        started_at: i64,
+    },
+    /// Answer to `exec`.
+    ExecExited {
+        /// How the exec process ended.
+        exit: ExitStatus,
+        /// It was killed because its timeout passed.
+        timed_out: bool,
+    },
+    /// Answer to `state`.
+    State {
+        /// Every container the monitor holds.
+        containers: Vec<ContainerState>,
+    },
+    /// Pushed after `subscribe`: a container's first process exited.
+    Event {
+        /// Container id.
+        id: String,
+        /// How it ended.
+        exit: ExitStatus,
+    },
+    /// The call failed.
+    Error {
+        /// Its class.
+        class: WireClass,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// What the daemon tells a new monitor (written as `monitor.json` in the pod's run dir).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MonitorConfig {
+    /// Protocol version the daemon speaks.
+    pub version: u32,
+    /// Pod id.
+    pub pod_id: String,
+    /// `<state>/pods/<id>`.
+    pub run_dir: PathBuf,
+    /// `<state>/containers`: exit files go to `<containers_dir>/<id>/exit`.
+    pub containers_dir: PathBuf,
+    /// Set the UTS namespace's hostname (only when the pod has its own).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Namespaces the daemon unshared for the monitor, bind-mounted under `ns/`.
+    pub namespaces: Vec<String>,
+    /// Size in bytes of the pod's /dev/shm tmpfs; `None` when the pod uses the host's IPC.
+    #[serde(default)]
+    pub shm_size: Option<u64>,
+    /// Namespaced sysctls applied in the pod's namespaces (`net.ipv4.ip_forward`, ...).
+    #[serde(default)]
+    pub sysctls: Vec<(String, String)>,
+    /// cgroup files the monitor writes itself into.
+    #[serde(default)]
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+/// Encodes a message as one frame.
+pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut out = vec![0u8; 4];
+    // Serializing these types to a Vec cannot fail: no maps with non-string keys.
+    serde_json::to_writer(&mut out, msg).expect("protocol message serializes");
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// Why bytes did not decode into a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix is over [`MAX_FRAME`].
+    #[error("frame of {0} bytes is over the limit")]
+    TooLarge(usize),
+    /// The payload is not the expected JSON.
+    #[error("malformed frame")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Accumulates bytes read from a stream and yields complete frames.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    /// Adds bytes read from the connection.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes buffered but not yet returned.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete frame's payload, if one has arrived.
+    pub fn next_payload(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if len > MAX_FRAME {
+            return Err(FrameError::TooLarge(len));
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let payload = self.buf[4..4 + len].to_vec();
+        self.buf.drain(..4 + len);
+        if self.buf.is_empty() && self.buf.capacity() > 8192 {
+            self.buf = Vec::new();
+        }
+        Ok(Some(payload))
+    }
+
+    /// The next complete frame decoded as `T`.
+    pub fn next_message<T: for<'de> Deserialize<'de>>(&mut self) -> Result<Option<T>, FrameError> {
+        match self.next_payload()? {
+            Some(p) => Ok(Some(serde_json::from_slice(&p)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_in_pieces() {
+        let reqs = vec![
+            Request::Hello {
+                version: PROTOCOL_VERSION,
+            },
+            Request::Kill {
+                id: "c1".into(),
+                signal: 15,
+            },
+            Request::Exec {
+                id: "c1".into(),
+                process: Box::new(ProcessSpec {
+                    args: vec!["ls".into()],
+                    ..Default::default()
+                }),
+                cgroup_procs: vec![],
+                timeout_ms: 5000,
+            },
+            Request::Create {
+                spec: Box::default(),
+            },
+            Request::Shutdown,
+        ];
+        let mut bytes = Vec::new();
+        for r in &reqs {
+            bytes.extend(encode_frame(r));
+        }
+        let mut reader = FrameReader::default();
+        let mut got = Vec::new();
+        for chunk in bytes.chunks(7) {
+            reader.push(chunk);
+            while let Some(r) = reader.next_message::<Request>().unwrap() {
+                got.push(r);
+            }
+        }
+        assert_eq!(got, reqs);
+        assert_eq!(reader.buffered(), 0);
+    }
+
+    #[test]
+    fn wire_shape_is_stable() {
+        let f = encode_frame(&Request::Start { id: "x".into() });
+        assert_eq!(&f[..4], &(f.len() as u32 - 4).to_be_bytes());
+        assert_eq!(&f[4..], br#"{"op":"start","id":"x"}"#);
+        let r: Response = serde_json::from_str(
+            r#"{"r":"event","id":"c","exit":{"exit_code":137,"signal":9,"finished_at":5}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Response::Event {
+                id: "c".into(),
+                exit: ExitStatus {
+                    exit_code: 137,
+                    signal: Some(9),
+                    finished_at: 5
+                }
+            }
+        );
+        let e: Response =
+            serde_json::from_str(r#"{"r":"error","class":"not_found","message":"m"}"#).unwrap();
+        assert!(matches!(
+            e,
+            Response::Error {
+                class: WireClass::NotFound,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn bad_frames_are_errors_not_panics() {
+        let mut r = FrameReader::default();
+        r.push(&u32::MAX.to_be_bytes());
+        assert!(matches!(r.next_payload(), Err(FrameError::TooLarge(_))));
+        let mut r = FrameReader::default();
+        r.push(&3u32.to_be_bytes());
+        r.push(b"{x}");
+        assert!(r.next_message::<Request>().is_err());
+        let mut r = FrameReader::default();
+        r.push(&encode_frame(&serde_json::json!({"op": "teleport"})));
+        assert!(r.next_message::<Request>().is_err());
+    }
+}

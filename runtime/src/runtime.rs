@@ -1,0 +1,542 @@
+//! The [`Runtime`]: the daemon's handle on every pod and container, their records, their
+//! monitors and the event stream.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use k8s_cri::v1::{ContainerEventResponse, ContainerEventType};
+use tokio::sync::{broadcast, watch};
+
+use crate::cgroups::{CgroupManager, NoCgroups};
+use crate::client::MonitorClient;
+use crate::error::{Error, Result};
+use crate::protocol::{ExitStatus, Request, Response};
+use crate::store::{ContainerPhase, ContainerRecord, PodPhase, PodRecord, Store};
+use crate::sys;
+
+/// How many events a slow subscriber may lag before it loses the oldest.
+const EVENT_BUFFER: usize = 1024;
+
+/// Where the runtime keeps its state and finds its monitor.
+#[derive(Clone)]
+pub struct RuntimeOptions {
+    /// Persistent root (`/var/lib/berth`): writable layers under `containers/`.
+    pub root: PathBuf,
+    /// Volatile state (`/run/berth`): pod and container run dirs.
+    pub state: PathBuf,
+    /// The `berth-monitor` binary.
+    pub monitor_path: PathBuf,
+    /// Places pods and containers in cgroups.
+    pub cgroups: Arc<dyn CgroupManager>,
+    /// RuntimeClass handler names accepted besides the default `""`.
+    pub runtime_handlers: Vec<String>,
+    /// Size of each pod's /dev/shm in bytes.
+    pub shm_size: u64,
+}
+
+impl RuntimeOptions {
+    /// Options with the defaults: no cgroups, only the default handler, 64 MiB /dev/shm.
+    pub fn new(
+        root: impl Into<PathBuf>,
+        state: impl Into<PathBuf>,
+        monitor_path: impl Into<PathBuf>,
+    ) -> Self {
+        RuntimeOptions {
+            root: root.into(),
+            state: state.into(),
+            monitor_path: monitor_path.into(),
+            cgroups: Arc::new(NoCgroups),
+            runtime_handlers: Vec::new(),
+            shm_size: 64 << 20,
+        }
+    }
+}
+
+/// What reconciliation found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Pods whose monitor answered and was adopted.
+    pub adopted: usize,
+    /// Pods whose monitor was gone: marked NOTREADY.
+    pub lost: usize,
+    /// Half-created pods and containers undone.
+    pub undone: usize,
+    /// Directories and mounts no record owned, removed.
+    pub orphans_removed: usize,
+}
+
+pub(crate) struct PodEntry {
+    pub id: String,
+    pub rec: Mutex<PodRecord>,
+    /// Serializes lifecycle calls on this pod.
+    pub op: tokio::sync::Mutex<()>,
+    pub client: MonitorClient,
+    /// Set while the pod is being stopped: the monitor's exit is expected.
+    pub stopping: AtomicBool,
+}
+
+pub(crate) struct ContainerEntry {
+    pub id: String,
+    pub pod_id: String,
+    pub rec: Mutex<ContainerRecord>,
+    /// Serializes lifecycle calls on this container.
+    pub op: tokio::sync::Mutex<()>,
+    /// Flips to true when the container has exited.
+    pub exited: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+pub(crate) struct Index {
+    pub pods: HashMap<String, Arc<PodEntry>>,
+    pub containers: HashMap<String, Arc<ContainerEntry>>,
+    /// Reserved names (from metadata) to the id holding them.
+    pub names: HashMap<String, String>,
+}
+
+/// The daemon's pods and containers.
+pub struct Runtime {
+    pub(crate) opts: RuntimeOptions,
+    pub(crate) store: Store,
+    pub(crate) index: Mutex<Index>,
+    pub(crate) events: broadcast::Sender<ContainerEventResponse>,
+    pub(crate) all_caps: u64,
+    pub(crate) oom_floor: i32,
+    pub(crate) rebooted: bool,
+    pub(crate) me: Weak<Runtime>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The name reserved for a pod's metadata, as containerd builds it.
+pub(crate) fn pod_name_key(m: &k8s_cri::v1::PodSandboxMetadata) -> String {
+    format!("pod:{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
+}
+
+/// The name reserved for a container's metadata within its pod.
+pub(crate) fn container_name_key(
+    c: &k8s_cri::v1::ContainerMetadata,
+    pod: &k8s_cri::v1::PodSandboxMetadata,
+) -> String {
+    format!(
+        "ctr:{}_{}_{}_{}_{}",
+        c.name, pod.name, pod.namespace, pod.uid, c.attempt
+    )
+}
+
+fn read_boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+impl Runtime {
+    /// Opens the runtime: creates its tables and loads every record. Does no work per pod
+    /// beyond reading records; call [`Runtime::reconcile`] next.
+    pub fn open(opts: RuntimeOptions, db: Arc<redb::Database>) -> Result<Arc<Runtime>> {
+        // Directories are made on first use, and the boot id is recorded by reconcile: opening
+        // writes nothing outside the database.
+        let rebooted = match std::fs::read_to_string(opts.state.join("boot_id")) {
+            Ok(old) => old.trim() != read_boot_id(),
+            Err(_) => false,
+        };
+        let store = Store::open(db)?;
+        let mut index = Index::default();
+        for rec in store.pods()? {
+            let entry = PodEntry::new(&opts, rec);
+            if let Some(m) = &lock(&entry.rec).config.metadata {
+                index.names.insert(pod_name_key(m), entry.id.clone());
+            }
+            index.pods.insert(entry.id.clone(), Arc::new(entry));
+        }
+        for rec in store.containers()? {
+            if let (Some(m), Some(pod)) = (&rec.config.metadata, index.pods.get(&rec.pod_id))
+                && let Some(pm) = &lock(&pod.rec).config.metadata
+            {
+                index
+                    .names
+                    .insert(container_name_key(m, pm), rec.id.clone());
+            }
+            let entry = ContainerEntry::new(rec);
+            index.containers.insert(entry.id.clone(), Arc::new(entry));
+        }
+        let own_oom = std::fs::read_to_string("/proc/self/oom_score_adj")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Ok(Arc::new_cyclic(|me| Runtime {
+            opts,
+            store,
+            index: Mutex::new(index),
+            events,
+            all_caps: crate::security::own_bounding_set(),
+            oom_floor: own_oom,
+            rebooted,
+            me: me.clone(),
+        }))
+    }
+
+    /// The options the runtime runs with.
+    pub fn options(&self) -> &RuntimeOptions {
+        &self.opts
+    }
+
+    /// Container lifecycle events for kubelet's Evented PLEG. A subscriber that falls more
+    /// than 1024 events behind loses the oldest (`RecvError::Lagged`); the runtime never waits.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<ContainerEventResponse> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn pod_dir(&self, id: &str) -> PathBuf {
+        self.opts.state.join("pods").join(id)
+    }
+
+    pub(crate) fn container_state_dir(&self, id: &str) -> PathBuf {
+        self.opts.state.join("containers").join(id)
+    }
+
+    pub(crate) fn container_root_dir(&self, id: &str) -> PathBuf {
+        self.opts.root.join("containers").join(id)
+    }
+
+    fn find<T>(map: &HashMap<String, Arc<T>>, id: &str) -> Option<Arc<T>> {
+        if let Some(e) = map.get(id) {
+            return Some(e.clone());
+        }
+        if id.is_empty() {
+            return None;
+        }
+        let mut found = map.iter().filter(|(k, _)| k.starts_with(id));
+        match (found.next(), found.next()) {
+            (Some((_, e)), None) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
+    /// The pod with this id or unique id prefix.
+    pub(crate) fn find_pod(&self, id: &str) -> Option<Arc<PodEntry>> {
+        Self::find(&lock(&self.index).pods, id)
+    }
+
+    /// The container with this id or unique id prefix.
+    pub(crate) fn find_container(&self, id: &str) -> Option<Arc<ContainerEntry>> {
+        Self::find(&lock(&self.index).containers, id)
+    }
+
+    pub(crate) fn pod_containers(&self, pod_id: &str) -> Vec<Arc<ContainerEntry>> {
+        let mut v: Vec<_> = lock(&self.index)
+            .containers
+            .values()
+            .filter(|c| c.pod_id == pod_id)
+            .cloned()
+            .collect();
+        v.sort_by_key(|c| lock(&c.rec).created_at);
+        v
+    }
+
+    pub(crate) fn reserve_name(&self, key: String, id: &str, kind: &'static str) -> Result<()> {
+        let mut idx = lock(&self.index);
+        if let Some(holder) = idx.names.get(&key) {
+            let name = key
+                .split_once(':')
+                .map(|(_, n)| n.to_owned())
+                .unwrap_or(key.clone());
+            return Err(Error::AlreadyExists {
+                kind,
+                name,
+                holder: holder.clone(),
+            });
+        }
+        idx.names.insert(key, id.to_owned());
+        Ok(())
+    }
+
+    pub(crate) fn release_name(&self, id: &str) {
+        lock(&self.index).names.retain(|_, v| v != id);
+    }
+
+    /// Publishes a container event with its pod's status; never blocks.
+    pub(crate) fn emit(&self, kind: ContainerEventType, container_id: &str, pod_id: &str) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        let pod = self.find_pod(pod_id);
+        let pod_status = pod.as_ref().map(|p| self.pod_status_of(p));
+        let containers_statuses = self
+            .pod_containers(pod_id)
+            .iter()
+            .map(|c| crate::status::container_status(&lock(&c.rec)))
+            .collect();
+        let _ = self.events.send(ContainerEventResponse {
+            container_id: container_id.to_owned(),
+            container_event_type: kind as i32,
+            created_at: sys::now_ns(),
+            pod_sandbox_status: pod_status,
+            containers_statuses,
+        });
+    }
+
+    /// Records an exit reported by a monitor (or read from an exit file).
+    pub(crate) fn apply_exit(&self, c: &ContainerEntry, exit: ExitStatus) {
+        {
+            let mut rec = lock(&c.rec);
+            if rec.phase == ContainerPhase::Exited {
+                return;
+            }
+            rec.phase = ContainerPhase::Exited;
+            rec.finished_at = exit.finished_at;
+            rec.exit_code = exit.exit_code;
+            rec.reason = if exit.exit_code == 0 {
+                "Completed".into()
+            } else {
+                "Error".into()
+            };
+            if let Err(e) = self.store.put_container(&rec) {
+                tracing::warn!(container = %c.id, error = %e.full_message(), "cannot record exit");
+            }
+        }
+        c.exited.send_replace(true);
+        self.emit(ContainerEventType::ContainerStoppedEvent, &c.id, &c.pod_id);
+    }
+
+    /// Marks a container exited without a known status (its monitor is gone).
+    pub(crate) fn mark_unknown_exit(&self, c: &ContainerEntry) {
+        let path = self.container_state_dir(&c.id).join("exit");
+        if let Ok(bytes) = std::fs::read(&path)
+            && let Ok(exit) = serde_json::from_slice::<ExitStatus>(&bytes)
+        {
+            self.apply_exit(c, exit);
+            return;
+        }
+        {
+            let mut rec = lock(&c.rec);
+            if rec.phase == ContainerPhase::Exited {
+                return;
+            }
+            rec.phase = ContainerPhase::Exited;
+            rec.finished_at = sys::now_ns();
+            rec.exit_code = 255;
+            rec.reason = "Unknown".into();
+            rec.message = "the pod's monitor ended before the container's exit was recorded".into();
+            if let Err(e) = self.store.put_container(&rec) {
+                tracing::warn!(container = %c.id, error = %e.full_message(), "cannot record exit");
+            }
+        }
+        c.exited.send_replace(true);
+        self.emit(ContainerEventType::ContainerStoppedEvent, &c.id, &c.pod_id);
+    }
+
+    /// The monitor of `pod` went away: unless the pod is being stopped, it is NOTREADY now
+    /// and its containers have exited.
+    pub(crate) fn on_monitor_gone(&self, pod: &PodEntry) {
+        for c in self.pod_containers(&pod.id) {
+            let phase = lock(&c.rec).phase;
+            if matches!(phase, ContainerPhase::Created | ContainerPhase::Running) {
+                self.mark_unknown_exit(&c);
+            }
+        }
+        if pod.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut rec = lock(&pod.rec);
+        if rec.phase == PodPhase::Ready {
+            tracing::warn!(pod = %pod.id, "pod monitor exited unexpectedly");
+            rec.phase = PodPhase::NotReady;
+            if let Err(e) = self.store.put_pod(&rec) {
+                tracing::warn!(pod = %pod.id, error = %e.full_message(), "cannot record pod state");
+            }
+        }
+    }
+
+    /// Brings records in line with what a monitor reports (after a daemon restart).
+    pub(crate) async fn sync_with_monitor(&self, pod: &PodEntry) -> Result<()> {
+        let Response::State { containers } = pod.client.call(&Request::State).await? else {
+            return Err(Error::Internal("unexpected answer to state".into()));
+        };
+        for c in self.pod_containers(&pod.id) {
+            let phase = lock(&c.rec).phase;
+            if !matches!(phase, ContainerPhase::Created | ContainerPhase::Running) {
+                continue;
+            }
+            match containers.iter().find(|s| s.id == c.id) {
+                Some(s) => {
+                    if s.started_at > 0 && phase == ContainerPhase::Created {
+                        let mut rec = lock(&c.rec);
+                        rec.phase = ContainerPhase::Running;
+                        rec.started_at = s.started_at;
+                        let _ = self.store.put_container(&rec);
+                    }
+                    if let Some(exit) = s.exit {
+                        self.apply_exit(&c, exit);
+                    }
+                }
+                None => self.mark_unknown_exit(&c),
+            }
+        }
+        Ok(())
+    }
+
+    /// Subscribes to a pod's monitor and follows its events in a task until it exits.
+    pub(crate) async fn watch_pod(&self, pod: &Arc<PodEntry>) -> Result<()> {
+        let mut sub = pod.client.subscribe().await?;
+        let me = self.me.clone();
+        let pod = pod.clone();
+        tokio::spawn(async move {
+            while let Some(resp) = sub.next().await {
+                let Some(rt) = me.upgrade() else { return };
+                if let Response::Event { id, exit } = resp
+                    && let Some(c) = rt.find_container(&id)
+                {
+                    rt.apply_exit(&c, exit);
+                }
+            }
+            if let Some(rt) = me.upgrade() {
+                rt.on_monitor_gone(&pod);
+            }
+        });
+        Ok(())
+    }
+
+    /// Re-adopts running pods after a start: checks each monitor, follows its events and
+    /// updates container states that changed meanwhile; undoes half-done creations; removes
+    /// directories and mounts that no record owns.
+    pub async fn reconcile(&self) -> Result<ReconcileReport> {
+        let mut report = ReconcileReport::default();
+        std::fs::create_dir_all(&self.opts.state)
+            .map_err(|e| Error::io("create", &self.opts.state, e))?;
+        let boot_file = self.opts.state.join("boot_id");
+        sys::write_atomic(&boot_file, read_boot_id().as_bytes())
+            .map_err(|e| Error::io("write", &boot_file, e))?;
+        let pods: Vec<Arc<PodEntry>> = lock(&self.index).pods.values().cloned().collect();
+        for pod in pods {
+            let phase = lock(&pod.rec).phase;
+            match phase {
+                PodPhase::Creating => {
+                    self.undo_pod(&pod).await;
+                    report.undone += 1;
+                }
+                PodPhase::Ready => {
+                    let alive = !self.rebooted
+                        && matches!(
+                            pod.client.call(&Request::Hello { version: crate::protocol::PROTOCOL_VERSION }).await,
+                            Ok(Response::Hello { pod_id, .. }) if pod_id == pod.id
+                        );
+                    if alive && self.watch_pod(&pod).await.is_ok() {
+                        if let Err(e) = self.sync_with_monitor(&pod).await {
+                            tracing::warn!(pod = %pod.id, error = %e.full_message(), "cannot read monitor state");
+                        }
+                        report.adopted += 1;
+                    } else {
+                        self.on_monitor_gone(&pod);
+                        report.lost += 1;
+                    }
+                }
+                PodPhase::NotReady => {}
+            }
+        }
+        let containers: Vec<Arc<ContainerEntry>> =
+            lock(&self.index).containers.values().cloned().collect();
+        for c in containers {
+            let (phase, orphan) = (lock(&c.rec).phase, self.find_pod(&c.pod_id).is_none());
+            if phase == ContainerPhase::Creating || orphan {
+                // The monitor may hold it already (the daemon stopped between the monitor's
+                // answer and the record): a never-started container is dropped there too.
+                if let Some(pod) = self.find_pod(&c.pod_id) {
+                    let _ = pod
+                        .client
+                        .call_ok(&Request::Remove { id: c.id.clone() })
+                        .await;
+                }
+                self.forget_container(&c);
+                report.undone += 1;
+            }
+        }
+        report.orphans_removed = self.remove_orphans();
+        Ok(report)
+    }
+
+    fn remove_orphans(&self) -> usize {
+        let (pods, containers): (Vec<String>, Vec<String>) = {
+            let idx = lock(&self.index);
+            (
+                idx.pods.keys().cloned().collect(),
+                idx.containers.keys().cloned().collect(),
+            )
+        };
+        let mut n = 0;
+        let list = |d: &Path| -> Vec<String> {
+            std::fs::read_dir(d)
+                .map(|r| {
+                    r.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for id in list(&self.opts.state.join("pods")) {
+            if !pods.contains(&id) {
+                crate::pod::release_pod_mounts(&self.pod_dir(&id));
+                let _ = std::fs::remove_dir_all(self.pod_dir(&id));
+                n += 1;
+            }
+        }
+        for id in list(&self.opts.state.join("containers")) {
+            if !containers.contains(&id) {
+                let _ = std::fs::remove_dir_all(self.container_state_dir(&id));
+                n += 1;
+            }
+        }
+        for id in list(&self.opts.root.join("containers")) {
+            if !containers.contains(&id) {
+                let _ = std::fs::remove_dir_all(self.container_root_dir(&id));
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Drops a container's record, name and directories (its processes are gone).
+    pub(crate) fn forget_container(&self, c: &ContainerEntry) {
+        let _ = self.opts.cgroups.remove_container(&c.pod_id, &c.id);
+        let _ = std::fs::remove_dir_all(self.container_root_dir(&c.id));
+        let _ = std::fs::remove_dir_all(self.container_state_dir(&c.id));
+        if let Err(e) = self.store.delete_container(&c.id) {
+            tracing::warn!(container = %c.id, error = %e.full_message(), "cannot delete record");
+        }
+        self.release_name(&c.id);
+        lock(&self.index).containers.remove(&c.id);
+    }
+}
+
+impl PodEntry {
+    pub(crate) fn new(opts: &RuntimeOptions, rec: PodRecord) -> Self {
+        let dir = opts.state.join("pods").join(&rec.id);
+        PodEntry {
+            id: rec.id.clone(),
+            client: MonitorClient {
+                pod_id: rec.id.clone(),
+                socket: dir.join("monitor.sock"),
+            },
+            rec: Mutex::new(rec),
+            op: tokio::sync::Mutex::new(()),
+            stopping: AtomicBool::new(false),
+        }
+    }
+}
+
+impl ContainerEntry {
+    pub(crate) fn new(rec: ContainerRecord) -> Self {
+        let (exited, _) = watch::channel(rec.phase == ContainerPhase::Exited);
+        ContainerEntry {
+            id: rec.id.clone(),
+            pod_id: rec.pod_id.clone(),
+            rec: Mutex::new(rec),
+            op: tokio::sync::Mutex::new(()),
+            exited,
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! What the monitor needs to create a container: every decision already made by the daemon
+//! (mount list, argv, environment, ids, security settings), so the monitor only executes it.
+//! It crosses the monitor protocol as JSON and is kept in the container record.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::security::SecuritySettings;
+use crate::user::ResolvedUser;
+
+/// A container, fully planned.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// Container id.
+    pub id: String,
+    /// The overlay root file system.
+    pub rootfs: RootfsSpec,
+    /// Propagation of the container's mount tree: slave, or shared when a mount asks for
+    /// bidirectional propagation.
+    pub root_propagation: Propagation,
+    /// Mounts in the order they are made, destinations inside the container.
+    pub mounts: Vec<MountSpec>,
+    /// Device nodes created in the container's `/dev`.
+    pub devices: Vec<DeviceSpec>,
+    /// The process, its ids and security settings.
+    pub process: ProcessSpec,
+    /// Which PID namespace the container joins.
+    pub pid_ns: PidNamespace,
+    /// Absolute path of the CRI log file; `None` discards output.
+    pub log_path: Option<PathBuf>,
+    /// `cgroup.procs` (or `tasks`) files the container's processes are written into.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// Keep a stdin pipe open.
+    pub stdin: bool,
+    /// Close stdin after the first attach ends.
+    pub stdin_once: bool,
+    /// Run on a pseudo terminal.
+    pub tty: bool,
+}
+
+/// The container's root: overlayfs of the image layers and a private upper dir.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RootfsSpec {
+    /// Image layers, topmost first.
+    pub lower_dirs: Vec<PathBuf>,
+    /// The container's writable layer.
+    pub upper_dir: PathBuf,
+    /// overlayfs work dir (same file system as `upper_dir`).
+    pub work_dir: PathBuf,
+    /// Where the overlay is mounted (inside the container's own mount namespace only).
+    pub mount_point: PathBuf,
+    /// Remount the root read-only once everything is mounted.
+    pub readonly: bool,
+}
+
+/// Mount propagation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Propagation {
+    /// `rprivate`.
+    Private,
+    /// `rslave`: host mounts propagate in, none out.
+    #[default]
+    Slave,
+    /// `rshared`: both ways.
+    Shared,
+}
+
+/// One mount.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// Absolute path inside the container.
+    pub destination: String,
+    /// What is mounted.
+    pub kind: MountKind,
+    /// Flags.
+    #[serde(default)]
+    pub options: MountOptions,
+}
+
+/// The source of a mount.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum MountKind {
+    /// A (recursive) bind mount of a host path.
+    Bind {
+        /// Host path.
+        source: PathBuf,
+        /// Propagation of the new mount; `None` leaves it as inherited.
+        #[serde(default)]
+        propagation: Option<Propagation>,
+    },
+    /// A file system instance (proc, sysfs, tmpfs, devpts, mqueue).
+    Fs {
+        /// File system type.
+        fstype: String,
+        /// Source name shown in mountinfo.
+        source: String,
+        /// File-system specific options (`mode=755,size=65536k`).
+        #[serde(default)]
+        data: String,
+    },
+    /// A read-only overlay of image layers (image volumes).
+    Overlay {
+        /// Layers, topmost first.
+        lower_dirs: Vec<PathBuf>,
+    },
+}
+
+/// Generic mount flags.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountOptions {
+    /// MS_RDONLY.
+    #[serde(default)]
+    pub readonly: bool,
+    /// Read-only for every submount too (`mount_setattr(AT_RECURSIVE)`).
+    #[serde(default)]
+    pub recursive_readonly: bool,
+    /// MS_NOSUID.
+    #[serde(default)]
+    pub nosuid: bool,
+    /// MS_NODEV.
+    #[serde(default)]
+    pub nodev: bool,
+    /// MS_NOEXEC.
+    #[serde(default)]
+    pub noexec: bool,
+}
+
+/// A device node made in the container from a host device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSpec {
+    /// The host device whose type and numbers are copied.
+    pub host_path: PathBuf,
+    /// Path inside the container.
+    pub container_path: String,
+    /// cgroup permissions (`rwm`); file mode follows `r` and `w`.
+    pub permissions: String,
+}
+
+/// The container's (or an exec's) process.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// argv; `args[0]` is looked up in `PATH` when it has no `/`.
+    pub args: Vec<String>,
+    /// `KEY=value` entries.
+    pub env: Vec<String>,
+    /// Absolute working directory, created if missing.
+    pub cwd: String,
+    /// Ids.
+    pub user: ResolvedUser,
+    /// Capabilities, no_new_privs, seccomp, masked and read-only paths.
+    pub security: SecuritySettings,
+    /// Value written to `/proc/self/oom_score_adj`, already clamped to what the node allows.
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
+}
+
+/// The PID namespace a container joins.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum PidNamespace {
+    /// Its own, the process is PID 1 (kubelet's default).
+    #[default]
+    Container,
+    /// The pod's (the monitor is PID 1).
+    Pod,
+    /// The host's.
+    Node,
+    /// Another container's.
+    Target {
+        /// The target container.
+        container_id: String,
+    },
+}

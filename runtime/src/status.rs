@@ -1,0 +1,208 @@
+//! Records as kubelet sees them: CRI status and list items, and list filters.
+
+use std::collections::HashMap;
+
+use k8s_cri::v1::*;
+
+use crate::store::{ContainerPhase, ContainerRecord, PodPhase, PodRecord};
+
+fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn id_matches(id: &str, want: &str) -> bool {
+    want.is_empty() || id.starts_with(want)
+}
+
+fn pod_state(rec: &PodRecord) -> PodSandboxState {
+    if rec.phase == PodPhase::Ready {
+        PodSandboxState::SandboxReady
+    } else {
+        PodSandboxState::SandboxNotready
+    }
+}
+
+/// `PodSandboxStatus` of a record.
+pub fn pod_status(rec: &PodRecord) -> PodSandboxStatus {
+    let namespace_options = rec
+        .config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default();
+    PodSandboxStatus {
+        id: rec.id.clone(),
+        metadata: rec.config.metadata.clone(),
+        state: pod_state(rec) as i32,
+        created_at: rec.created_at,
+        network: Some(PodSandboxNetworkStatus {
+            ip: rec.ips.first().cloned().unwrap_or_default(),
+            additional_ips: rec
+                .ips
+                .iter()
+                .skip(1)
+                .map(|ip| PodIp { ip: ip.clone() })
+                .collect(),
+        }),
+        linux: Some(LinuxPodSandboxStatus {
+            namespaces: Some(Namespace {
+                options: Some(namespace_options),
+            }),
+        }),
+        labels: rec.config.labels.clone(),
+        annotations: rec.config.annotations.clone(),
+        runtime_handler: rec.runtime_handler.clone(),
+    }
+}
+
+/// `ListPodSandbox` item of a record.
+pub fn pod_item(rec: &PodRecord) -> PodSandbox {
+    PodSandbox {
+        id: rec.id.clone(),
+        metadata: rec.config.metadata.clone(),
+        state: pod_state(rec) as i32,
+        created_at: rec.created_at,
+        labels: rec.config.labels.clone(),
+        annotations: rec.config.annotations.clone(),
+        runtime_handler: rec.runtime_handler.clone(),
+    }
+}
+
+/// Whether a pod passes kubelet's filter.
+pub fn pod_matches(p: &PodSandbox, filter: Option<&PodSandboxFilter>) -> bool {
+    let Some(f) = filter else { return true };
+    id_matches(&p.id, &f.id)
+        && f.state.as_ref().is_none_or(|s| s.state == p.state)
+        && labels_match(&p.labels, &f.label_selector)
+}
+
+fn container_state(rec: &ContainerRecord) -> ContainerState {
+    match rec.phase {
+        ContainerPhase::Creating | ContainerPhase::Created => ContainerState::ContainerCreated,
+        ContainerPhase::Running => ContainerState::ContainerRunning,
+        ContainerPhase::Exited => ContainerState::ContainerExited,
+    }
+}
+
+fn image_spec(rec: &ContainerRecord) -> ImageSpec {
+    let mut spec = rec.config.image.clone().unwrap_or_default();
+    if !rec.image.name.is_empty() {
+        spec.image = rec.image.name.clone();
+    }
+    spec
+}
+
+/// `ContainerStatus` of a record.
+pub fn container_status(rec: &ContainerRecord) -> ContainerStatus {
+    let u = &rec.spec.process.user;
+    ContainerStatus {
+        id: rec.id.clone(),
+        metadata: rec.config.metadata.clone(),
+        state: container_state(rec) as i32,
+        created_at: rec.created_at,
+        started_at: rec.started_at,
+        finished_at: rec.finished_at,
+        exit_code: rec.exit_code,
+        image: Some(image_spec(rec)),
+        image_ref: rec.image.image_ref.clone(),
+        reason: rec.reason.clone(),
+        message: rec.message.clone(),
+        labels: rec.config.labels.clone(),
+        annotations: rec.config.annotations.clone(),
+        mounts: rec.config.mounts.clone(),
+        log_path: rec.log_path.display().to_string(),
+        resources: Some(ContainerResources {
+            linux: rec.config.linux.as_ref().and_then(|l| l.resources.clone()),
+            windows: None,
+        }),
+        image_id: rec.image.id.clone(),
+        user: Some(ContainerUser {
+            linux: Some(LinuxContainerUser {
+                uid: u.uid as i64,
+                gid: u.gid as i64,
+                supplemental_groups: u.additional_gids.iter().map(|g| *g as i64).collect(),
+            }),
+        }),
+    }
+}
+
+/// `ListContainers` item of a record.
+pub fn container_item(rec: &ContainerRecord) -> Container {
+    Container {
+        id: rec.id.clone(),
+        pod_sandbox_id: rec.pod_id.clone(),
+        metadata: rec.config.metadata.clone(),
+        image: Some(image_spec(rec)),
+        image_ref: rec.image.image_ref.clone(),
+        state: container_state(rec) as i32,
+        created_at: rec.created_at,
+        labels: rec.config.labels.clone(),
+        annotations: rec.config.annotations.clone(),
+        image_id: rec.image.id.clone(),
+    }
+}
+
+/// Whether a container passes kubelet's filter.
+pub fn container_matches(c: &Container, filter: Option<&ContainerFilter>) -> bool {
+    let Some(f) = filter else { return true };
+    id_matches(&c.id, &f.id)
+        && id_matches(&c.pod_sandbox_id, &f.pod_sandbox_id)
+        && f.state.as_ref().is_none_or(|s| s.state == c.state)
+        && labels_match(&c.labels, &f.label_selector)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(id: &str, ready: bool, labels: &[(&str, &str)]) -> PodSandbox {
+        PodSandbox {
+            id: id.into(),
+            state: if ready { 0 } else { 1 },
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pod_filters() {
+        let p = pod("abcdef", true, &[("app", "web"), ("tier", "fe")]);
+        assert!(pod_matches(&p, None));
+        assert!(pod_matches(&p, Some(&PodSandboxFilter::default())));
+        let f = |id: &str, state: Option<i32>, sel: &[(&str, &str)]| PodSandboxFilter {
+            id: id.into(),
+            state: state.map(|state| PodSandboxStateValue { state }),
+            label_selector: sel
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        assert!(pod_matches(&p, Some(&f("abc", Some(0), &[("app", "web")]))));
+        assert!(!pod_matches(&p, Some(&f("abd", None, &[]))));
+        assert!(!pod_matches(&p, Some(&f("", Some(1), &[]))));
+        assert!(!pod_matches(&p, Some(&f("", None, &[("app", "db")]))));
+        assert!(!pod_matches(&p, Some(&f("", None, &[("missing", "x")]))));
+    }
+
+    #[test]
+    fn container_filters() {
+        let c = Container {
+            id: "c1".into(),
+            pod_sandbox_id: "p1".into(),
+            state: 1,
+            ..Default::default()
+        };
+        let f = |pod: &str, state: Option<i32>| ContainerFilter {
+            pod_sandbox_id: pod.into(),
+            state: state.map(|state| ContainerStateValue { state }),
+            ..Default::default()
+        };
+        assert!(container_matches(&c, Some(&f("p1", Some(1)))));
+        assert!(!container_matches(&c, Some(&f("p2", None))));
+        assert!(!container_matches(&c, Some(&f("", Some(2)))));
+    }
+}

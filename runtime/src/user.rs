@@ -1,0 +1,399 @@
+//! Which user a container runs as: CRI security context or image USER, resolved in the
+//! image's own `/etc/passwd` and `/etc/group`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// One line of `/etc/passwd`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswdEntry {
+    /// Login name.
+    pub name: String,
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Home directory.
+    pub home: String,
+}
+
+/// One line of `/etc/group`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupEntry {
+    /// Group name.
+    pub name: String,
+    /// Group id.
+    pub gid: u32,
+    /// Member user names.
+    pub members: Vec<String>,
+}
+
+/// Parses `/etc/passwd` text, skipping malformed lines and comments as libc does.
+pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() < 4 || f[0].is_empty() {
+                return None;
+            }
+            Some(PasswdEntry {
+                name: f[0].to_owned(),
+                uid: f[2].trim().parse().ok()?,
+                gid: f[3].trim().parse().ok()?,
+                home: f.get(5).map(|s| s.to_string()).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// Parses `/etc/group` text.
+pub fn parse_group(text: &str) -> Vec<GroupEntry> {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() < 3 || f[0].is_empty() {
+                return None;
+            }
+            Some(GroupEntry {
+                name: f[0].to_owned(),
+                gid: f[2].trim().parse().ok()?,
+                members: f
+                    .get(3)
+                    .map(|m| {
+                        m.split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(String::from)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// What the container asks for, before resolution.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserRequest {
+    /// CRI `run_as_user`.
+    pub run_as_user: Option<i64>,
+    /// CRI `run_as_group`.
+    pub run_as_group: Option<i64>,
+    /// CRI `run_as_username`.
+    pub run_as_username: String,
+    /// The image's USER.
+    pub image_user: String,
+    /// CRI `supplemental_groups`.
+    pub supplemental_groups: Vec<i64>,
+    /// `SupplementalGroupsPolicy` Strict: no groups from the image's /etc/group.
+    pub strict_groups: bool,
+}
+
+/// The ids a container's processes run with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedUser {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary group ids.
+    pub additional_gids: Vec<u32>,
+    /// Home directory, for `HOME`.
+    pub home: String,
+}
+
+fn to_id(v: i64, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::InvalidArgument(format!("{what} {v} is out of range")))
+}
+
+/// Resolves a request against the image's passwd and group entries, as containerd does.
+pub fn resolve_user(
+    req: &UserRequest,
+    passwd: &[PasswdEntry],
+    groups: &[GroupEntry],
+) -> Result<ResolvedUser> {
+    let by_uid = |uid: u32| passwd.iter().find(|p| p.uid == uid);
+    let by_name = |name: &str| passwd.iter().find(|p| p.name == name);
+    let (uid, mut gid, entry): (u32, u32, Option<&PasswdEntry>) = if let Some(uid) = req.run_as_user
+    {
+        let uid = to_id(uid, "run_as_user")?;
+        let e = by_uid(uid);
+        (uid, e.map(|e| e.gid).unwrap_or(0), e)
+    } else if !req.run_as_username.is_empty() {
+        let e = by_name(&req.run_as_username).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "user {:?} not found in the image's /etc/passwd",
+                req.run_as_username
+            ))
+        })?;
+        (e.uid, e.gid, Some(e))
+    } else {
+        let spec = req.image_user.trim();
+        let (user, group) = match spec.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (spec, None),
+        };
+        let (uid, gid, e) = if user.is_empty() {
+            (0, 0, by_uid(0))
+        } else if let Ok(uid) = user.parse::<u32>() {
+            let e = by_uid(uid);
+            (uid, e.map(|e| e.gid).unwrap_or(0), e)
+        } else {
+            let e = by_name(user).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "image user {user:?} not found in the image's /etc/passwd"
+                ))
+            })?;
+            (e.uid, e.gid, Some(e))
+        };
+        let gid = match group {
+            None | Some("") => gid,
+            Some(g) => match g.parse::<u32>() {
+                Ok(n) => n,
+                Err(_) => groups
+                    .iter()
+                    .find(|x| x.name == g)
+                    .map(|x| x.gid)
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "image group {g:?} not found in the image's /etc/group"
+                        ))
+                    })?,
+            },
+        };
+        (uid, gid, e)
+    };
+    if let Some(g) = req.run_as_group {
+        gid = to_id(g, "run_as_group")?;
+    }
+    let mut additional: Vec<u32> = Vec::new();
+    if !req.strict_groups
+        && let Some(e) = entry
+    {
+        for g in groups {
+            if g.members.iter().any(|m| m == &e.name) && !additional.contains(&g.gid) {
+                additional.push(g.gid);
+            }
+        }
+    }
+    for g in &req.supplemental_groups {
+        let g = to_id(*g, "supplemental group")?;
+        if !additional.contains(&g) {
+            additional.push(g);
+        }
+    }
+    let home = entry
+        .map(|e| e.home.clone())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "/".into());
+    Ok(ResolvedUser {
+        uid,
+        gid,
+        additional_gids: additional,
+        home,
+    })
+}
+
+/// Finds `rel` (such as `etc/passwd`) in an overlay's lower dirs, topmost first, as the
+/// merged view would show it: a whiteout in an upper layer hides it.
+pub fn find_in_layers(lower_dirs: &[PathBuf], rel: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    for dir in lower_dirs {
+        let p = dir.join(rel);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_char_device() => return None,
+            Ok(m) if m.is_file() => return Some(p),
+            Ok(_) => return None,
+            Err(_) => {
+                // An OCI whiteout file left unconverted also hides it.
+                let wh = p
+                    .parent()
+                    .map(|d| d.join(format!(".wh.{}", file_name(&p))))
+                    .filter(|w| w.exists());
+                if wh.is_some() {
+                    return None;
+                }
+            }
+        }
+    }
+    None
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Reads the image's passwd and group entries from its layers; missing files read as empty.
+pub fn image_accounts(lower_dirs: &[PathBuf]) -> (Vec<PasswdEntry>, Vec<GroupEntry>) {
+    let read = |rel| {
+        find_in_layers(lower_dirs, rel)
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    };
+    (
+        parse_passwd(&read("etc/passwd")),
+        parse_group(&read("etc/group")),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n# comment\nbad line\nwww-data:x:33:33:www:/var/www:/bin/false\nalice:x:1000:1000::/home/alice:/bin/sh\n";
+    const GROUP: &str =
+        "root:x:0:\nwheel:x:10:root,alice\nwww-data:x:33:\nvideo:x:44:alice\nalice:x:1000:\n";
+
+    fn resolve(req: UserRequest) -> Result<ResolvedUser> {
+        resolve_user(&req, &parse_passwd(PASSWD), &parse_group(GROUP))
+    }
+
+    #[test]
+    fn parses() {
+        let p = parse_passwd(PASSWD);
+        assert_eq!(p.len(), 3);
+        assert_eq!(
+            p[1],
+            PasswdEntry {
+                name: "www-data".into(),
+                uid: 33,
+                gid: 33,
+                home: "/var/www".into()
+            }
+        );
+        let g = parse_group(GROUP);
+        assert_eq!(g[1].members, vec!["root".to_string(), "alice".to_string()]);
+    }
+
+    #[test]
+    fn default_is_root_with_groups() {
+        let u = resolve(UserRequest::default()).unwrap();
+        assert_eq!((u.uid, u.gid, u.home.as_str()), (0, 0, "/root"));
+        assert_eq!(u.additional_gids, vec![10]);
+    }
+
+    #[test]
+    fn image_user_forms() {
+        let u = resolve(UserRequest {
+            image_user: "alice".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (u.uid, u.gid, u.additional_gids.clone()),
+            (1000, 1000, vec![10, 44])
+        );
+        let u = resolve(UserRequest {
+            image_user: "33".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((u.uid, u.gid), (33, 33));
+        let u = resolve(UserRequest {
+            image_user: "4242".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((u.uid, u.gid, u.home.as_str()), (4242, 0, "/"));
+        let u = resolve(UserRequest {
+            image_user: "alice:video".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((u.uid, u.gid), (1000, 44));
+        let u = resolve(UserRequest {
+            image_user: "1:7".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((u.uid, u.gid), (1, 7));
+        assert!(
+            resolve(UserRequest {
+                image_user: "bob".into(),
+                ..Default::default()
+            })
+            .is_err()
+        );
+        assert!(
+            resolve(UserRequest {
+                image_user: "alice:nogroup".into(),
+                ..Default::default()
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn cri_overrides_image() {
+        let u = resolve(UserRequest {
+            run_as_user: Some(1000),
+            run_as_group: Some(5),
+            image_user: "www-data".into(),
+            supplemental_groups: vec![7, 10],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (u.uid, u.gid, u.additional_gids),
+            (1000, 5, vec![10, 44, 7])
+        );
+        let u = resolve(UserRequest {
+            run_as_username: "www-data".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((u.uid, u.gid), (33, 33));
+        let e = resolve(UserRequest {
+            run_as_username: "nobody".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.class(), crate::ErrorClass::InvalidArgument);
+        assert!(
+            resolve(UserRequest {
+                run_as_user: Some(-1),
+                ..Default::default()
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn strict_policy_keeps_only_requested_groups() {
+        let u = resolve(UserRequest {
+            image_user: "alice".into(),
+            supplemental_groups: vec![99],
+            strict_groups: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(u.additional_gids, vec![99]);
+    }
+
+    #[test]
+    fn layers_topmost_first_and_whiteouts() {
+        let d = tempfile::tempdir().unwrap();
+        let (top, bottom) = (d.path().join("top"), d.path().join("bottom"));
+        std::fs::create_dir_all(top.join("etc")).unwrap();
+        std::fs::create_dir_all(bottom.join("etc")).unwrap();
+        std::fs::write(bottom.join("etc/passwd"), "root:x:0:0::/r:/bin/sh\n").unwrap();
+        std::fs::write(bottom.join("etc/group"), "root:x:0:\n").unwrap();
+        std::fs::write(top.join("etc/passwd"), "root:x:0:0::/top:/bin/sh\n").unwrap();
+        std::fs::write(top.join("etc/.wh.group"), "").unwrap();
+        let layers = vec![top.clone(), bottom.clone()];
+        let (p, g) = image_accounts(&layers);
+        assert_eq!(p[0].home, "/top");
+        assert!(g.is_empty());
+        assert_eq!(
+            find_in_layers(std::slice::from_ref(&bottom), "etc/group"),
+            Some(bottom.join("etc/group"))
+        );
+    }
+}

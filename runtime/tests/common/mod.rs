@@ -1,0 +1,283 @@
+//! Shared harness for the root-only tests: a busybox root file system, a private runtime
+//! (own root, state and database under a temp dir) and cleanup that runs even on failure.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_runtime::{ImageConfig, ImageInfo, Runtime, RuntimeOptions};
+use k8s_cri::v1::*;
+
+/// Whether the tests can run (root, busybox present).
+pub fn can_run() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipping: needs root");
+    }
+    root && Path::new("/bin/busybox").exists()
+}
+
+/// Copies Debian's dynamic busybox, its libraries and applet links into `dir`.
+pub fn busybox_rootfs(dir: &Path) {
+    let copy = |src: &Path| {
+        let dst = dir.join(src.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(src, &dst).unwrap();
+    };
+    copy(Path::new("/bin/busybox"));
+    let ldd = std::process::Command::new("ldd")
+        .arg("/bin/busybox")
+        .output()
+        .unwrap();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        for word in line.split_whitespace() {
+            if word.starts_with('/') {
+                let real = std::fs::canonicalize(word).unwrap();
+                let dst = dir.join(word.trim_start_matches('/'));
+                std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+                std::fs::copy(&real, &dst).unwrap();
+            }
+        }
+    }
+    let list = std::process::Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet));
+        }
+    }
+    std::fs::create_dir_all(dir.join("etc")).unwrap();
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000:Alice:/home/alice:/bin/sh\nnobody:x:65534:65534::/nonexistent:/bin/false\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("etc/group"),
+        "root:x:0:\nwheel:x:10:alice\nalice:x:1000:\nnogroup:x:65534:\n",
+    )
+    .unwrap();
+    for d in ["proc", "sys", "dev", "tmp", "root"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+}
+
+/// A private runtime and everything it made, removed when dropped.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub db: Arc<redb::Database>,
+    pub rt: Arc<Runtime>,
+    pub image: ImageInfo,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-rt-")
+            .tempdir()
+            .unwrap();
+        let rootfs = dir.path().join("image");
+        busybox_rootfs(&rootfs);
+        let db = Arc::new(redb::Database::create(dir.path().join("berth.db")).unwrap());
+        let rt = Runtime::open(Self::options(dir.path()), db.clone()).unwrap();
+        let image = ImageInfo {
+            id: "sha256:busybox".into(),
+            name: "docker.io/library/busybox:test".into(),
+            repo_digest: String::new(),
+            lower_dirs: vec![rootfs],
+            config: ImageConfig {
+                env: vec!["PATH=/bin".into(), "IMAGE_VAR=from-image".into()],
+                cmd: vec!["sh".into()],
+                ..Default::default()
+            },
+        };
+        Env { dir, db, rt, image }
+    }
+
+    pub fn options(dir: &Path) -> RuntimeOptions {
+        RuntimeOptions::new(
+            dir.join("root"),
+            dir.join("state"),
+            env!("CARGO_BIN_EXE_berth-monitor"),
+        )
+    }
+
+    /// A second runtime on the same state, as after a daemon restart.
+    pub fn reopen(&mut self) {
+        self.rt = Runtime::open(Self::options(self.dir.path()), self.db.clone()).unwrap();
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    pub fn pod_config(&self, name: &str) -> PodSandboxConfig {
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                namespace: "default".into(),
+                uid: format!("uid-{name}"),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: self.log_dir().join(name).display().to_string(),
+            labels: HashMap::from([("app".to_string(), name.to_string())]),
+            annotations: HashMap::from([("note".to_string(), "kept".to_string())]),
+            ..Default::default()
+        }
+    }
+
+    pub async fn run_pod(&self, config: &PodSandboxConfig) -> String {
+        let req = RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        };
+        self.rt.run_pod_sandbox(&req).await.unwrap().id
+    }
+
+    pub fn container_config(&self, name: &str, args: &[&str]) -> ContainerConfig {
+        ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: self.image.name.clone(),
+                ..Default::default()
+            }),
+            command: vec!["/bin/sh".into(), "-c".into()],
+            args: args.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}/0.log"),
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Pod as i32,
+                        pid: NamespaceMode::Container as i32,
+                        ipc: NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub async fn create(
+        &self,
+        pod: &str,
+        pod_config: &PodSandboxConfig,
+        config: &ContainerConfig,
+    ) -> String {
+        self.rt
+            .create_container(pod, config, pod_config, self.image.clone(), &HashMap::new())
+            .await
+            .unwrap()
+    }
+
+    pub async fn run(
+        &self,
+        pod: &str,
+        pod_config: &PodSandboxConfig,
+        config: &ContainerConfig,
+    ) -> String {
+        let id = self.create(pod, pod_config, config).await;
+        self.rt.start_container(&id).await.unwrap();
+        id
+    }
+
+    pub fn status(&self, id: &str) -> ContainerStatus {
+        self.rt.container_status(id, false).unwrap().status.unwrap()
+    }
+
+    /// Waits until the container has exited; returns its status.
+    pub async fn wait_exit(&self, id: &str, timeout: Duration) -> ContainerStatus {
+        let until = Instant::now() + timeout;
+        loop {
+            let s = self.status(id);
+            if s.state == ContainerState::ContainerExited as i32 {
+                return s;
+            }
+            assert!(
+                Instant::now() < until,
+                "container {id} did not exit in {timeout:?}: {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The log file's lines without their timestamps.
+    pub fn log_lines(&self, pod: &PodSandboxConfig, name: &str) -> Vec<String> {
+        let path = Path::new(&pod.log_directory).join(format!("{name}/0.log"));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                let (ts, rest) = l.split_once(' ').unwrap();
+                assert!(
+                    ts.ends_with('Z') && ts.contains('T'),
+                    "bad timestamp in {l:?}"
+                );
+                rest.to_owned()
+            })
+            .collect()
+    }
+
+    /// Mount points under this environment's directory.
+    pub fn mounts_left(&self) -> Vec<String> {
+        let prefix = self.dir.path().display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .filter(|m| m.starts_with(&prefix))
+            .collect()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let rt = self.rt.clone();
+        // Cleanup runs on its own thread: Drop may run inside the test's tokio runtime.
+        let _ = std::thread::spawn(move || {
+            let tokio = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            tokio.block_on(async {
+                for p in rt.list_pod_sandbox(None) {
+                    let _ = rt.remove_pod_sandbox(&p.id).await;
+                }
+            });
+        })
+        .join();
+        for m in self.mounts_left().iter().rev() {
+            let c = std::ffi::CString::new(m.as_str()).unwrap();
+            // SAFETY: unmounting a path string we own.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}

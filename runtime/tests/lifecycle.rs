@@ -1,0 +1,632 @@
+//! Root-only: real monitors and containers on a busybox root file system. Each test asserts
+//! what a user of the pod would observe.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use berth_runtime::ErrorClass;
+use common::*;
+use k8s_cri::v1::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_and_exit_codes() {
+    if !can_run() {
+        return;
+    }
+    let env = Env::new();
+    let pc = env.pod_config("logs");
+    let pod = env.run_pod(&pc).await;
+    let cfg = env.container_config(
+        "c",
+        &["echo out; sleep 0.1; echo err >&2; sleep 0.1; printf partial; exit 3"],
+    );
+    let id = env.run(&pod, &pc, &cfg).await;
+    let s = env.wait_exit(&id, Duration::from_secs(10)).await;
+    assert_eq!(s.exit_code, 3);
+    assert_eq!(s.reason, "Error");
+    assert!(s.started_at > 0 && s.finished_at >= s.started_at && s.created_at > 0);
+    assert_eq!(
+        env.log_lines(&pc, "c"),
+        vec![
+            "stdout F out".to_string(),
+            "stderr F err".to_string(),
+            "stdout P partial".to_string()
+        ]
+    );
+    assert!(s.log_path.ends_with("logs/logs/c/0.log"), "{}", s.log_path);
+
+    let ok = env
+        .run(&pod, &pc, &env.container_config("ok", &["true"]))
+        .await;
+    let s = env.wait_exit(&ok, Duration::from_secs(10)).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_sees_its_pod_user_env_cwd_and_mounts() {
+    if !can_run() {
+        return;
+    }
+    let env = Env::new();
+    let mut pc = env.pod_config("web-0");
+    pc.dns_config = Some(DnsConfig {
+        servers: vec!["10.96.0.10".into()],
+        searches: vec!["default.svc.cluster.local".into()],
+        options: vec!["ndots:5".into()],
+    });
+    let pod = env.run_pod(&pc).await;
+    let ro = env.path().join("ro-vol");
+    let rw = env.path().join("rw-vol");
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::write(ro.join("hello"), "from host\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&rw, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut cfg = env.container_config(
+        "probe",
+        &["hostname; cat /etc/hostname; echo \"$FOO $IMAGE_VAR $HOME\"; pwd; id -u; id -g; id -G; \
+           cat /ro/hello; touch /ro/x 2>/dev/null && echo ro-writable || echo ro-denied; \
+           echo written > /rw/out && echo rw-ok; grep nameserver /etc/resolv.conf; \
+           grep -c localhost /etc/hosts; cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /dev/null /dev/pts/ptmx /dev/shm >/dev/null && echo dev-ok"],
+    );
+    cfg.working_dir = "/work/dir".into();
+    cfg.envs = vec![KeyValue {
+        key: "FOO".into(),
+        value: "bar".into(),
+    }];
+    cfg.mounts = vec![
+        Mount {
+            container_path: "/ro".into(),
+            host_path: ro.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+        Mount {
+            container_path: "/rw".into(),
+            host_path: rw.display().to_string(),
+            ..Default::default()
+        },
+    ];
+    let sc = cfg
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap();
+    sc.run_as_user = Some(Int64Value { value: 1000 });
+    let id = env.run(&pod, &pc, &cfg).await;
+    let s = env.wait_exit(&id, Duration::from_secs(10)).await;
+    let lines = env.log_lines(&pc, "probe");
+    assert_eq!(s.exit_code, 0, "{lines:?}");
+    let out: Vec<&str> = lines
+        .iter()
+        .map(|l| l.strip_prefix("stdout F ").unwrap_or(l))
+        .collect();
+    assert_eq!(
+        out,
+        vec![
+            "web-0",
+            "web-0",
+            "bar from-image /home/alice",
+            "/work/dir",
+            "1000",
+            "1000",
+            "1000 10",
+            "from host",
+            "ro-denied",
+            "rw-ok",
+            "nameserver 10.96.0.10",
+            "2",
+            "/bin/sh -c hostname; cat /etc/hostname; echo \"$FOO $IMAGE_VAR $HOME\"; pwd; id -u; id -g; id -G; cat /ro/hello; touch /ro/x 2>/dev/null && echo ro-writable || echo ro-denied; echo written > /rw/out && echo rw-ok; grep nameserver /etc/resolv.conf; grep -c localhost /etc/hosts; cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /dev/null /dev/pts/ptmx /dev/shm >/dev/null && echo dev-ok ",
+            "dev-ok",
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(rw.join("out")).unwrap(),
+        "written\n"
+    );
+    assert!(!ro.join("x").exists());
+    let user = s.user.unwrap().linux.unwrap();
+    assert_eq!(
+        (user.uid, user.gid, user.supplemental_groups),
+        (1000, 1000, vec![10])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_pid1_is_the_monitor_and_reaps_orphans() {
+    if !can_run() {
+        return;
+    }
+    let env = Env::new();
+    let mut pc = env.pod_config("shared-pid");
+    pc.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                pid: NamespaceMode::Pod as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod = env.run_pod(&pc).await;
+    let mut cfg = env.container_config(
+        "reap",
+        &["cat /proc/1/comm; (sleep 0.2 &); sleep 1; \
+           z=0; for f in /proc/[0-9]*/stat; do read -r line < $f 2>/dev/null; case \"$line\" in *') Z '*) z=$((z+1));; esac; done; echo zombies=$z"],
+    );
+    cfg.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap()
+        .pid = NamespaceMode::Pod as i32;
+    let id = env.run(&pod, &pc, &cfg).await;
+    let s = env.wait_exit(&id, Duration::from_secs(10)).await;
+    assert_eq!(s.exit_code, 0);
+    assert_eq!(
+        env.log_lines(&pc, "reap"),
+        vec!["stdout F berth-monitor", "stdout F zombies=0"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_kills_a_sigterm_ignoring_container_at_the_deadline() {
+    if !can_run() {
+        return;
+    }
+    let env = Env::new();
+    let pc = env.pod_config("stubborn");
+    let pod = env.run_pod(&pc).await;
+    let id = env
+        .run(
+            &pod,
+            &pc,
+            &env.container_config(
+                "c",
+                &["trap '' TERM; echo ready; while true; do sleep 0.1; done"],
+            ),
+        )
+        .await;
+    let start = Instant::now();
+    while env.log_lines(&pc, "c").is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = Instant::now();
+    env.rt.stop_container(&id, 2).await.unwrap();
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+        "stop took {took:?}"
+    );
+    let s = env.status(&id);
+    assert_eq!(
+        (s.state, s.exit_code),
+        (ContainerState::ContainerExited as i32, 137)
+    );
+    // A container that honours SIGTERM stops at once.
+    let id = env
+        .run(
+            &pod,
+            &pc,
+            &env.container_config(
+                "polite",
+                &["trap 'exit 0' TERM; while true; do sleep 0.1; done"],
+            ),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    env.rt.stop_container(&id, 10).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert_eq!(env.status(&id).exit_code, 0);
+    // Stop and remove are idempotent and fine for unknown ids.
+    env.rt.stop_container(&id, 1).await.unwrap();
+    env.rt.remove_container(&id).await.unwrap();
+    env.rt.remove_container(&id).await.unwrap();
+    env.rt.stop_container("no-such-container", 1).await.unwrap();
+    env.rt.remove_container("no-such-container").await.unwrap();
+    env.rt.stop_pod_sandbox("no-such-pod").await.unwrap();
+    env.rt.remove_pod_sandbox("no-such-pod").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_sync_output_exit_code_and_timeout() {
+    if !can_run() {
+        return;
+    }
+    let env = Env::new();
+    let pc = env.pod_config("exec");
+    let pod = env.run_pod(&pc).await;
+    let mut cfg = env.container_config("c", &["while true; do sleep 1; done"]);
+    cfg.working_dir = "/srv".into();
+    cfg.envs = vec![KeyValue {
+        key: "WHO".into(),
+        value: "probe".into(),
+    }];
+    let id = env.run(&pod, &pc, &cfg).await;
+    let sh = |s: &str| vec!["sh".to_string(), "-c".to_string(), s.to_string()];
+    let r = env
+        .rt
+        .exec_sync(
+            &id,
+            &sh("echo $WHO; pwd; echo oops >&2; exit 5"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code),
+        (&b"probe\n/srv\n"[..], &b"oops\n"[..], 5)
+    );
+    // Sees the container's processes and nothing else: its own PID namespace.
+    let r = env
+        .rt
+        .exec_sync(
+            &id,
+            &sh("cat /proc/1/cmdline | tr '\\0' ' '"),
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "/bin/sh -c while true; do sleep 1; done "
+    );
+    // Big output arrives whole.
+    let r = env
+        .rt
+        .exec_sync(
+            &id,
+            &sh("head -c 3000000 /dev/zero"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.stdout.len(), 3_000_000);
+    let t = Instant::now();
+    let e = env
+        .rt
+        .exec_sync(&id, &sh("sleep 30"), Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::DeadlineExceeded, "{e}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let e = env
+        .rt
+        .exec_sync(&id, &["no-such-binary".to_string()], Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::InvalidArgument, "{e}");
+    env.rt.stop_container(&id, 0).await.unwrap();
+    let e = env
+        .rt
+        .exec_sync(&id, &sh("true"), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_pod_leaves_nothing_behind() {
+    if !can_run() {
+        return;
+    }
+    let env = Env::new();
+    let pc = env.pod_config("gone");
+    let pod = env.run_pod(&pc).await;
+    let id = env
+        .run(&pod, &pc, &env.container_config("c", &["sleep 60"]))
+        .await;
+    let info = env.rt.container_status(&id, true).unwrap().info;
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    let cpid = v["pid"].as_i64().unwrap() as i32;
+    let pinfo: serde_json::Value =
+        serde_json::from_str(&env.rt.pod_sandbox_status(&pod, true).unwrap().info["info"]).unwrap();
+    let mpid = pinfo["pid"].as_i64().unwrap() as i32;
+    assert!(alive(cpid) && alive(mpid));
+    assert!(
+        !env.mounts_left().is_empty(),
+        "namespaces and shm are mounted while the pod runs"
+    );
+    let stopped = env.rt.stop_pod_sandbox(&pod).await.unwrap().unwrap();
+    assert!(stopped.netns.unwrap().ends_with("ns/net"));
+    assert!(!alive(cpid) && !alive(mpid));
+    let s = env.rt.pod_sandbox_status(&pod, false).unwrap();
+    assert_eq!(
+        s.status.unwrap().state,
+        PodSandboxState::SandboxNotready as i32
+    );
+    assert_eq!(
+        s.containers_statuses[0].state,
+        ContainerState::ContainerExited as i32
+    );
+    env.rt.stop_pod_sandbox(&pod).await.unwrap();
+    env.rt.remove_pod_sandbox(&pod).await.unwrap();
+    env.rt.remove_pod_sandbox(&pod).await.unwrap();
+    assert_eq!(env.mounts_left(), Vec::<String>::new());
+    for d in ["state/pods", "state/containers", "root/containers"] {
+        let left: Vec<_> = std::fs::read_dir(env.path().join(d)).unwrap().collect();
+        assert!(left.is_empty(), "{d} still holds {left:?}");
+    }
+    assert!(env.rt.list_pod_sandbox(None).is_empty());
+    assert!(env.rt.list_containers(None).is_empty());
+    assert_eq!(
+        env.rt.pod_sandbox_status(&pod, false).unwrap_err().class(),
+        ErrorClass::NotFound
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_the_right_class_and_leave_nothing() {
+    if !can_run() {
+        return;
+    }
+    let env = Env::new();
+    let pc = env.pod_config("bad");
+    let e = env
+        .rt
+        .run_pod_sandbox(&RunPodSandboxRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::InvalidArgument);
+    let pod = env.run_pod(&pc).await;
+    let e = env
+        .rt
+        .run_pod_sandbox(&RunPodSandboxRequest {
+            config: Some(pc.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::AlreadyExists, "{e}");
+    let cfg = env.container_config("c", &["sleep 60"]);
+    let e = env
+        .rt
+        .create_container("nope", &cfg, &pc, env.image.clone(), &Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::NotFound);
+    let mut missing = cfg.clone();
+    missing.mounts = vec![Mount {
+        container_path: "/x".into(),
+        host_path: "/no/such/path".into(),
+        ..Default::default()
+    }];
+    let e = env
+        .rt
+        .create_container(&pod, &missing, &pc, env.image.clone(), &Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::InvalidArgument);
+    assert!(e.to_string().contains("/no/such/path"), "{e}");
+    let mut nometa = cfg.clone();
+    nometa.metadata = None;
+    let e = env
+        .rt
+        .create_container(&pod, &nometa, &pc, env.image.clone(), &Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::InvalidArgument);
+    let mut nocmd = env.container_config("nocmd", &[]);
+    nocmd.command = vec!["no-such-binary".into()];
+    let e = env
+        .rt
+        .create_container(&pod, &nocmd, &pc, env.image.clone(), &Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::InvalidArgument, "{e}");
+    assert!(
+        env.rt.list_containers(None).is_empty(),
+        "failed creates leave no container"
+    );
+    assert!(
+        std::fs::read_dir(env.path().join("root/containers"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    let id = env.run(&pod, &pc, &cfg).await;
+    let e = env
+        .rt
+        .create_container(&pod, &cfg, &pc, env.image.clone(), &Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::AlreadyExists);
+    let e = env.rt.start_container(&id).await.unwrap_err();
+    assert_eq!(e.class(), ErrorClass::FailedPrecondition);
+    assert_eq!(
+        env.rt.start_container("nope").await.unwrap_err().class(),
+        ErrorClass::NotFound
+    );
+    // Prefix lookup, labels and annotations round-trip, filters.
+    let s = env
+        .rt
+        .container_status(&id[..12], false)
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(s.id, id);
+    let p = env
+        .rt
+        .pod_sandbox_status(&pod[..12], false)
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(p.annotations["note"], "kept");
+    assert_eq!(p.labels["app"], "bad");
+    let running = ContainerFilter {
+        state: Some(ContainerStateValue {
+            state: ContainerState::ContainerRunning as i32,
+        }),
+        pod_sandbox_id: pod.clone(),
+        ..Default::default()
+    };
+    assert_eq!(env.rt.list_containers(Some(&running)).len(), 1);
+    let by_label = PodSandboxFilter {
+        label_selector: [("app".to_string(), "other".to_string())].into(),
+        ..Default::default()
+    };
+    assert!(env.rt.list_pod_sandbox(Some(&by_label)).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_follow_the_lifecycle() {
+    if !can_run() {
+        return;
+    }
+    let env = Env::new();
+    let pc = env.pod_config("events");
+    let pod = env.run_pod(&pc).await;
+    let mut rx = env.rt.subscribe_events();
+    let id = env
+        .run(&pod, &pc, &env.container_config("c", &["exit 4"]))
+        .await;
+    env.wait_exit(&id, Duration::from_secs(10)).await;
+    env.rt.remove_container(&id).await.unwrap();
+    let mut kinds = Vec::new();
+    while kinds.len() < 4 {
+        let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev.container_id, id);
+        assert_eq!(ev.pod_sandbox_status.as_ref().unwrap().id, pod);
+        if ev.container_event_type == ContainerEventType::ContainerStoppedEvent as i32 {
+            assert_eq!(ev.containers_statuses[0].exit_code, 4);
+        }
+        kinds.push(ev.container_event_type);
+    }
+    use ContainerEventType::*;
+    assert_eq!(
+        kinds,
+        vec![
+            ContainerCreatedEvent as i32,
+            ContainerStartedEvent as i32,
+            ContainerStoppedEvent as i32,
+            ContainerDeletedEvent as i32
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_readopts_running_and_exited_containers() {
+    if !can_run() {
+        return;
+    }
+    let mut env = Env::new();
+    let pc = env.pod_config("restart");
+    let pod = env.run_pod(&pc).await;
+    let ticker = env
+        .run(
+            &pod,
+            &pc,
+            &env.container_config("ticker", &["while true; do echo tick; sleep 0.2; done"]),
+        )
+        .await;
+    let quitter = env
+        .run(
+            &pod,
+            &pc,
+            &env.container_config("quitter", &["sleep 1; echo bye; exit 7"]),
+        )
+        .await;
+    // The daemon goes away; the quitter exits while it is gone.
+    env.reopen();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let report = env.rt.reconcile().await.unwrap();
+    assert_eq!(report.adopted, 1, "{report:?}");
+    let q = env.status(&quitter);
+    assert_eq!(
+        (q.state, q.exit_code, q.reason.as_str()),
+        (ContainerState::ContainerExited as i32, 7, "Error")
+    );
+    assert_eq!(env.log_lines(&pc, "quitter"), vec!["stdout F bye"]);
+    assert_eq!(
+        env.status(&ticker).state,
+        ContainerState::ContainerRunning as i32
+    );
+    let before = env.log_lines(&pc, "ticker").len();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        env.log_lines(&pc, "ticker").len() > before,
+        "logs continue after the restart"
+    );
+    let r = env
+        .rt
+        .exec_sync(
+            &ticker,
+            &["echo".to_string(), "still here".to_string()],
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.stdout, b"still here\n");
+    // Exits after re-adoption are seen too.
+    env.rt.stop_container(&ticker, 1).await.unwrap();
+    assert_eq!(
+        env.status(&ticker).state,
+        ContainerState::ContainerExited as i32
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tty_and_target_pid_namespace() {
+    if !can_run() {
+        return;
+    }
+    let env = Env::new();
+    let pc = env.pod_config("tty");
+    let pod = env.run_pod(&pc).await;
+    let mut cfg = env.container_config(
+        "t",
+        &["tty; echo to-stderr >&2; while true; do sleep 1; done"],
+    );
+    cfg.tty = true;
+    let target = env.run(&pod, &pc, &cfg).await;
+    let start = Instant::now();
+    while env.log_lines(&pc, "t").len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            env.log_lines(&pc, "t")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A tty merges both streams into stdout, with the terminal's \r\n line ends.
+    assert_eq!(
+        env.log_lines(&pc, "t"),
+        vec!["stdout F /dev/pts/0", "stdout F to-stderr"]
+    );
+    let raw =
+        std::fs::read_to_string(std::path::Path::new(&pc.log_directory).join("t/0.log")).unwrap();
+    assert!(raw.contains(" stdout F /dev/pts/0\r\n"), "{raw:?}");
+    // A container in the first one's PID namespace sees its processes.
+    let mut peek = env.container_config("peek", &["cat /proc/1/cmdline | tr '\\0' ' '; echo"]);
+    let ns = peek
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap();
+    ns.pid = NamespaceMode::Target as i32;
+    ns.target_id = target.clone();
+    let id = env.run(&pod, &pc, &peek).await;
+    env.wait_exit(&id, Duration::from_secs(10)).await;
+    assert_eq!(
+        env.log_lines(&pc, "peek"),
+        vec!["stdout F /bin/sh -c tty; echo to-stderr >&2; while true; do sleep 1; done "]
+    );
+}
