@@ -241,6 +241,19 @@ impl Config {
 }
 
 #[cfg(test)]
+impl Config {
+    /// The defaults with root and state under `dir`: a unit test touches nothing of the
+    /// host's.
+    pub(crate) fn in_dir(dir: &Path) -> Config {
+        Config {
+            root: dir.join("root"),
+            state: dir.join("state"),
+            ..Config::default()
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -199,7 +199,7 @@ mod tests {
     fn node(dir: &std::path::Path) -> Arc<Node> {
         let config = Config {
             root: dir.to_owned(),
-            ..Config::default()
+            ..Config::in_dir(dir)
         };
         Node::new(config, Store::open(dir).unwrap()).unwrap()
     }

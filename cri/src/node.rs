@@ -55,6 +55,10 @@ impl Node {
             berth_runtime::RuntimeOptions::new(&config.root, &config.state, monitor),
             store.db(),
         )?;
+        let streaming = Streaming::new();
+        streaming.set_backend(Arc::new(
+            crate::streaming::runtime_backend::RuntimeBackend::new(runtime.clone()),
+        ));
         Ok(Arc::new(Node {
             config,
             store,
@@ -62,7 +66,7 @@ impl Node {
             images,
             reconciled,
             started: Instant::now(),
-            streaming: Streaming::new(),
+            streaming,
             runtime,
         }))
     }
@@ -175,7 +179,7 @@ mod tests {
     #[test]
     fn kubelet_cidrs_show_in_the_effective_config() {
         let dir = tempfile::tempdir().unwrap();
-        let node = Node::new(Config::default(), Store::open(dir.path()).unwrap()).unwrap();
+        let node = Node::new(Config::in_dir(dir.path()), Store::open(dir.path()).unwrap()).unwrap();
         assert_eq!(
             node.effective_config().network.pod_cidr.to_string(),
             "10.88.0.0/16"

@@ -35,6 +35,7 @@ pub mod client;
 pub mod daemon;
 pub mod env;
 pub mod error;
+pub mod fixtures;
 pub mod http;
 pub mod images;
 pub mod leaks;

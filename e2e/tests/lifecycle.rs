@@ -5,87 +5,15 @@
 //!
 //! Run through the harness: `scripts/test.sh` (as root).
 
-use std::time::Duration;
-
+use berth_e2e::fixtures::{container_config, pod_config, wait_exited};
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
 use tonic::Code;
 
-fn pod_config(name: &str, log_dir: &std::path::Path) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "e2e".into(),
-            attempt: 0,
-        }),
-        hostname: format!("{name}-host"),
-        log_directory: log_dir.display().to_string(),
-        ..Default::default()
-    }
-}
-
-fn container_config(name: &str, command: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: images::BUSYBOX.into(),
-            ..Default::default()
-        }),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        envs: vec![KeyValue {
-            key: "GREETING".into(),
-            value: "hello from berth".into(),
-        }],
-        ..Default::default()
-    }
-}
-
-async fn pull_busybox(d: &Daemon) {
-    d.images()
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: images::BUSYBOX.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull busybox");
-}
-
-async fn container_state(d: &Daemon, id: &str) -> ContainerStatus {
-    d.runtime()
-        .container_status(ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        })
-        .await
-        .expect("ContainerStatus")
-        .into_inner()
-        .status
-        .expect("a status")
-}
-
-async fn wait_exited(d: &Daemon, id: &str) -> ContainerStatus {
-    for _ in 0..200 {
-        let status = container_state(d, id).await;
-        if status.state == ContainerState::ContainerExited as i32 {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("container {id} did not exit within 10 s");
-}
-
 #[tokio::test]
 async fn a_pod_runs_logs_execs_and_goes_away() {
     let d = Daemon::start().await.expect("daemon");
-    pull_busybox(&d).await;
+    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
     let log_dir = d.dir().path().join("pod-logs");
     let config = pod_config("lifecycle", &log_dir);
 
@@ -139,7 +67,9 @@ async fn a_pod_runs_logs_execs_and_goes_away() {
         .into_inner()
         .container_id;
     assert_eq!(
-        container_state(&d, &short).await.state,
+        berth_e2e::fixtures::container_status(&d, &short)
+            .await
+            .state,
         ContainerState::ContainerCreated as i32
     );
     d.runtime()
@@ -237,7 +167,7 @@ async fn a_pod_runs_logs_execs_and_goes_away() {
         .await
         .expect("StopContainer");
     assert_eq!(
-        container_state(&d, &long).await.state,
+        berth_e2e::fixtures::container_status(&d, &long).await.state,
         ContainerState::ContainerExited as i32
     );
     for _ in 0..2 {

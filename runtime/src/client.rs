@@ -1,8 +1,9 @@
 //! The daemon's side of the monitor protocol: one connection per call, and one long-lived
 //! subscription per pod for exit events.
 
-use std::io::IoSlice;
-use std::os::fd::{AsRawFd, RawFd};
+use std::collections::VecDeque;
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -57,6 +58,66 @@ async fn read_frame(
     }
 }
 
+/// A call that stays open: several answers may arrive on it, with fds passed alongside, and
+/// dropping it closes the connection (the monitor then kills an exec it was running).
+pub(crate) struct OpenCall {
+    client: MonitorClient,
+    stream: UnixStream,
+    reader: FrameReader,
+    fds: VecDeque<OwnedFd>,
+}
+
+impl OpenCall {
+    /// The next answer, with the fds that came with it; `Error` answers become errors.
+    pub async fn next(&mut self) -> Result<(Response, Vec<OwnedFd>)> {
+        let mut buf = [0u8; 8192];
+        loop {
+            match self.reader.next_message::<Response>() {
+                Ok(Some(Response::Error { class, message })) => {
+                    return Err(self.client.failed(message, class.into()));
+                }
+                Ok(Some(r)) => return Ok((r, self.fds.drain(..).collect())),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(self
+                        .client
+                        .failed(format!("bad answer: {e}"), ErrorClass::Internal));
+                }
+            }
+            let fds = &mut self.fds;
+            let stream = &self.stream;
+            let n = stream
+                .async_io(Interest::READABLE, || {
+                    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+                    let mut iov = [IoSliceMut::new(&mut buf)];
+                    let msg = nix::sys::socket::recvmsg::<()>(
+                        stream.as_raw_fd(),
+                        &mut iov,
+                        Some(&mut cmsg),
+                        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC
+                            | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+                    )
+                    .map_err(std::io::Error::from)?;
+                    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+                        if let nix::sys::socket::ControlMessageOwned::ScmRights(passed) = c {
+                            for fd in passed {
+                                // SAFETY: the kernel installed this fd for us.
+                                fds.push_back(unsafe { OwnedFd::from_raw_fd(fd) });
+                            }
+                        }
+                    }
+                    Ok(msg.bytes)
+                })
+                .await
+                .map_err(|e| self.client.gone(e))?;
+            if n == 0 {
+                return Err(self.client.gone("connection closed before the answer"));
+            }
+            self.reader.push(&buf[..n]);
+        }
+    }
+}
+
 impl MonitorClient {
     fn gone(&self, e: impl std::fmt::Display) -> Error {
         Error::MonitorGone {
@@ -78,6 +139,46 @@ impl MonitorClient {
         UnixStream::connect(&path).await.map_err(|e| self.gone(e))
     }
 
+    /// Sends `req` (with `fds` passed alongside) and returns the open connection for its
+    /// answers.
+    pub async fn open_call(&self, req: &Request, fds: &[RawFd]) -> Result<OpenCall> {
+        let mut stream = self.connect().await?;
+        self.send(&mut stream, req, fds).await?;
+        Ok(OpenCall {
+            client: self.clone(),
+            stream,
+            reader: FrameReader::default(),
+            fds: VecDeque::new(),
+        })
+    }
+
+    async fn send(&self, stream: &mut UnixStream, req: &Request, fds: &[RawFd]) -> Result<()> {
+        let frame = encode_frame(req);
+        let mut sent = 0;
+        if !fds.is_empty() {
+            sent = stream
+                .async_io(Interest::WRITABLE, || {
+                    let iov = [IoSlice::new(&frame)];
+                    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(fds)];
+                    nix::sys::socket::sendmsg::<()>(
+                        stream.as_raw_fd(),
+                        &iov,
+                        &cmsg,
+                        nix::sys::socket::MsgFlags::MSG_NOSIGNAL
+                            | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+                        None,
+                    )
+                    .map_err(std::io::Error::from)
+                })
+                .await
+                .map_err(|e| self.gone(e))?;
+        }
+        stream
+            .write_all(&frame[sent..])
+            .await
+            .map_err(|e| self.gone(e))
+    }
+
     /// Sends one request (with `fds` passed alongside) and waits for its answer.
     pub async fn call_with(
         &self,
@@ -87,30 +188,7 @@ impl MonitorClient {
     ) -> Result<Response> {
         let work = async {
             let mut stream = self.connect().await?;
-            let frame = encode_frame(req);
-            let mut sent = 0;
-            if !fds.is_empty() {
-                sent = stream
-                    .async_io(Interest::WRITABLE, || {
-                        let iov = [IoSlice::new(&frame)];
-                        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(fds)];
-                        nix::sys::socket::sendmsg::<()>(
-                            stream.as_raw_fd(),
-                            &iov,
-                            &cmsg,
-                            nix::sys::socket::MsgFlags::MSG_NOSIGNAL
-                                | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-                            None,
-                        )
-                        .map_err(std::io::Error::from)
-                    })
-                    .await
-                    .map_err(|e| self.gone(e))?;
-            }
-            stream
-                .write_all(&frame[sent..])
-                .await
-                .map_err(|e| self.gone(e))?;
+            self.send(&mut stream, req, fds).await?;
             let mut reader = FrameReader::default();
             match read_frame(&mut stream, &mut reader).await {
                 Ok(Some(Response::Error { class, message })) => {

@@ -2,7 +2,7 @@
 //! status, list, ExecSync and log reopening.
 
 use std::collections::HashMap;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use crate::plan::{PlanInput, PodContext, missing_bind_sources, plan_container};
 use crate::protocol::{Request, Response};
 use crate::runtime::{ContainerEntry, Runtime, container_name_key, lock};
 use crate::store::{ContainerPhase, ContainerRecord, ImageRecord, PodPhase};
-use crate::sys::{self, cvt};
+use crate::sys;
 
 /// The most ExecSync output kept per stream; the rest is read and dropped.
 pub const MAX_EXEC_OUTPUT: usize = 16 << 20;
@@ -27,13 +27,8 @@ pub const MAX_EXEC_OUTPUT: usize = 16 << 20;
 /// How long to wait for a process to die after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(30);
 
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two new fds into our array.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)
-        .map_err(|e| Error::Sys("pipe".into(), e))?;
-    // SAFETY: both fds are new and ours.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    sys::pipe().map_err(|e| Error::Sys("pipe".into(), e))
 }
 
 async fn wait_exited(rx: &mut tokio::sync::watch::Receiver<bool>, timeout: Duration) -> bool {
@@ -439,6 +434,8 @@ impl Runtime {
             process: Box::new(process),
             cgroup_procs: cgroups,
             timeout_ms: timeout.as_millis() as u64,
+            stdin: false,
+            tty: false,
         };
         let call_timeout = if timeout.is_zero() {
             Duration::from_secs(365 * 86400)

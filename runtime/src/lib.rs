@@ -32,6 +32,7 @@ mod launch;
 mod pod;
 mod runtime;
 mod store;
+mod stream;
 
 pub use cgroups::{CgroupManager, NoCgroups};
 pub use container::MAX_EXEC_OUTPUT;
@@ -39,4 +40,5 @@ pub use error::{Error, ErrorClass, Result};
 pub use image::{ImageConfig, ImageInfo};
 pub use pod::{PodCreated, PodStopped};
 pub use runtime::{ReconcileReport, Runtime, RuntimeOptions};
+pub use stream::{AttachSession, ExecSession, StreamTarget};
 pub use store::{ContainerPhase, ContainerRecord, ImageRecord, PodPhase, PodRecord};

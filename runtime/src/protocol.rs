@@ -47,8 +47,11 @@ pub enum Request {
         /// Signal number.
         signal: i32,
     },
-    /// Run a process in a running container with the passed stdout and stderr; answered
-    /// with `Response::ExecExited` when it ends.
+    /// Run a process in a running container; answered with `Response::ExecExited` when it
+    /// ends. Without a tty the passed fds become its stdin (when `stdin`), stdout and stderr,
+    /// in that order; with `tty` no fd is passed: the process gets a new pty in the
+    /// container and the monitor first answers `Response::ExecStarted` carrying its master.
+    /// Closing the connection kills the process.
     Exec {
         /// Container id.
         id: String,
@@ -60,6 +63,30 @@ pub enum Request {
         /// Kill it after this many milliseconds; 0 is no limit.
         #[serde(default)]
         timeout_ms: u64,
+        /// A stdin fd is passed (otherwise stdin is /dev/null).
+        #[serde(default)]
+        stdin: bool,
+        /// Run it on a new pty.
+        #[serde(default)]
+        tty: bool,
+    },
+    /// Attach to a running container's stdio; answered with `Response::Attached`, which
+    /// carries a SOCK_SEQPACKET socket whose messages are the container's output (one
+    /// [`AttachStream`] byte, then the bytes), closed when the container exits, and, when
+    /// `stdin` is asked for and the container has one, a writable fd of its stdin (the pty
+    /// master for a tty container, which also takes the terminal size).
+    Attach {
+        /// Container id.
+        id: String,
+        /// Hand over the container's stdin too.
+        #[serde(default)]
+        stdin: bool,
+    },
+    /// Close the monitor's end of a container's stdin pipe: the container reads EOF once
+    /// no attacher holds it either (`stdin_once`).
+    CloseStdin {
+        /// Container id.
+        id: String,
     },
     /// The state of every container; answered with `Response::State`.
     State,
@@ -103,6 +130,27 @@ pub struct ContainerState {
     /// Set once it has exited.
     #[serde(default)]
     pub exit: Option<ExitStatus>,
+}
+
+/// The first byte of each message on an attach output socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AttachStream {
+    /// The container's stdout (or its tty).
+    Stdout = 1,
+    /// The container's stderr.
+    Stderr = 2,
+}
+
+impl AttachStream {
+    /// The stream a message's first byte names.
+    pub fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(AttachStream::Stdout),
+            2 => Some(AttachStream::Stderr),
+            _ => None,
+        }
+    }
 }
 
 /// The error classes that cross the wire.
@@ -157,6 +205,14 @@ pub enum Response {
     Started {
         /// Nanoseconds since the epoch.
         started_at: i64,
+    },
+    /// First answer to a `tty` exec, carrying the pty master as `SCM_RIGHTS`.
+    ExecStarted,
+    /// Answer to `attach`, carrying the output socket (and the stdin fd when given) as
+    /// `SCM_RIGHTS`.
+    Attached {
+        /// A stdin fd follows the output socket.
+        stdin: bool,
     },
     /// Answer to `exec`.
     ExecExited {
@@ -302,7 +358,14 @@ mod tests {
                 }),
                 cgroup_procs: vec![],
                 timeout_ms: 5000,
+                stdin: true,
+                tty: false,
             },
+            Request::Attach {
+                id: "c1".into(),
+                stdin: true,
+            },
+            Request::CloseStdin { id: "c1".into() },
             Request::Create {
                 spec: Box::default(),
             },

@@ -8,6 +8,7 @@
 //! [`client`] is the other end, for tests.
 
 pub mod backend;
+pub mod runtime_backend;
 pub mod client;
 pub mod http;
 pub mod netns;

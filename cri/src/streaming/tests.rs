@@ -139,7 +139,7 @@ async fn test_node_with(fake: Fake, streaming: StreamingConfig) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
     let config = Config {
         streaming,
-        ..Config::default()
+        ..Config::in_dir(dir.path())
     };
     let node = Node::new(config.clone(), Store::open(dir.path()).unwrap()).unwrap();
     let fake = Arc::new(fake);
@@ -184,25 +184,25 @@ fn code<T: std::fmt::Debug>(r: Result<T, Status>) -> Code {
 const EXIT_3_JSON: &str = r#"{"metadata":{},"status":"Failure","message":"command terminated with non-zero exit code: error executing command [echo-stdin], exit code 3","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"3"}]}}"#;
 
 #[tokio::test]
-async fn without_a_backend_the_rpcs_are_unimplemented_but_still_validate() {
+async fn the_runtime_backend_answers_not_found_for_unknown_objects() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::new(Config::default(), Store::open(dir.path()).unwrap()).unwrap();
+    let node = Node::new(Config::in_dir(dir.path()), Store::open(dir.path()).unwrap()).unwrap();
     assert_eq!(
         code(exec(&node, exec_req(&["ls"], false, true, false, false)).await),
-        Code::Unimplemented
+        Code::NotFound
     );
     let attach_req = AttachRequest {
         container_id: "c1".into(),
         stdout: true,
         ..Default::default()
     };
-    assert_eq!(code(attach(&node, attach_req).await), Code::Unimplemented);
+    assert_eq!(code(attach(&node, attach_req).await), Code::NotFound);
     let pf = PortForwardRequest {
         pod_sandbox_id: "p".into(),
         port: vec![80],
     };
-    assert_eq!(code(port_forward(&node, pf).await), Code::Unimplemented);
-    // Bad requests are InvalidArgument whatever the backend.
+    assert_eq!(code(port_forward(&node, pf).await), Code::NotFound);
+    // Bad requests are InvalidArgument before any lookup.
     assert_eq!(
         code(exec(&node, exec_req(&["ls"], false, true, true, true)).await),
         Code::InvalidArgument

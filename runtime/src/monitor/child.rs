@@ -398,11 +398,13 @@ fn container_prepare(spec: &ContainerSpec, fds: &ChildFds) -> StepResult<i32> {
 }
 
 /// An exec process: enter the container's mount namespace (the monitor already put us in
-/// its PID namespace), then exec. Never returns.
+/// its PID namespace), set up stdio (a new pty with `tty`, whose master goes to the monitor
+/// first), then exec. Never returns.
 pub(crate) fn exec_main(
     process: &ProcessSpec,
     cgroup_procs: &[PathBuf],
     container_pidfd: RawFd,
+    tty: bool,
     fds: ChildFds,
 ) -> ! {
     let sync = fds.sync;
@@ -413,7 +415,15 @@ pub(crate) fn exec_main(
         join_cgroups(cgroup_procs).map_err(internal)?;
         sys::setns(container_pidfd, libc::CLONE_NEWNS)
             .map_err(|e| internal(format!("enter the container's mounts: {e}")))?;
-        dup_stdio(&fds).map_err(internal)?;
+        if tty {
+            // The pty comes from the container's own devpts, as a tty container's does.
+            let master = setup_tty().map_err(internal)?;
+            send_ready(sync, 0, Some(master)).map_err(internal)?;
+            // SAFETY: the monitor has its copy now.
+            unsafe { libc::close(master) };
+        } else {
+            dup_stdio(&fds).map_err(internal)?;
+        }
         ensure_cwd(&process.cwd, false)
             .or_else(|_| ensure_cwd("/", false))
             .map_err(internal)?;

@@ -14,6 +14,7 @@ pub(crate) struct Output {
     /// The read end.
     pub fd: OwnedFd,
     framer: LineFramer,
+    stream: Stream,
 }
 
 impl Output {
@@ -22,7 +23,13 @@ impl Output {
         Output {
             fd,
             framer: LineFramer::new(stream),
+            stream,
         }
+    }
+
+    /// The stream this output is.
+    pub fn stream(&self) -> Stream {
+        self.stream
     }
 
     /// A `File` view of the fd for reading, without taking ownership.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::protocol::*;
 use crate::spec::{ContainerSpec, PidNamespace, ProcessSpec};
-use crate::sys::{self, cvt};
+use crate::sys::{self, cvt, pipe};
 use child::{ChildFds, MSG_ERROR, MSG_READY, MSG_START};
 use logs::Output;
 
@@ -88,8 +88,12 @@ struct Container {
     exit: Option<ExitStatus>,
     sync: Option<OwnedFd>,
     /// The write end of the container's stdin pipe, held so the container does not see
-    /// EOF; attach (the streaming server) will write to it.
-    _stdin: Option<OwnedFd>,
+    /// EOF until `CloseStdin`; attachers get a duplicate to write to.
+    stdin: Option<OwnedFd>,
+    /// The container runs on a pty (its master is `outputs[0]` while it is open).
+    tty: bool,
+    /// Attach output sockets: every output chunk is copied to each; closed at exit.
+    attachers: Vec<OwnedFd>,
     log_path: Option<PathBuf>,
     log: Option<std::fs::File>,
     outputs: Vec<Output>,
@@ -299,14 +303,6 @@ fn wait_status(status: libc::c_int) -> ExitStatus {
     }
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two fds into our array.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
-    // SAFETY: both fds are new and ours.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
 fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: socketpair writes two fds into our array.
@@ -465,7 +461,7 @@ impl Monitor {
                 {
                     let id = self.clients[i].id;
                     self.read_client(id, revents);
-                } else {
+                } else if !self.detach(fd) {
                     self.read_output(fd);
                 }
             }
@@ -488,6 +484,14 @@ impl Monitor {
         for c in &self.containers {
             for o in &c.outputs {
                 self.pollfds.push(pfd(o.fd.as_raw_fd()));
+            }
+            for a in &c.attachers {
+                // No events asked: poll reports the daemon closing its end as POLLHUP.
+                self.pollfds.push(libc::pollfd {
+                    fd: a.as_raw_fd(),
+                    events: 0,
+                    revents: 0,
+                });
             }
         }
     }
@@ -614,9 +618,20 @@ impl Monitor {
     }
 
     fn reply(&mut self, id: u64, resp: &Response) {
+        self.reply_fds(id, resp, &[]);
+    }
+
+    /// Answers with `fds` passed alongside the frame's first bytes.
+    fn reply_fds(&mut self, id: u64, resp: &Response, fds: &[RawFd]) {
         let frame = encode_frame(resp);
         let Some(c) = self.client(id) else { return };
-        if write_all_timeout(&c.stream, &frame, WRITE_TIMEOUT).is_err() {
+        let sent = if fds.is_empty() {
+            Ok(0)
+        } else {
+            send_with_fds(&c.stream, &frame, fds, WRITE_TIMEOUT)
+        };
+        let ok = sent.and_then(|n| write_all_timeout(&c.stream, &frame[n..], WRITE_TIMEOUT));
+        if ok.is_err() {
             c.closed = true;
         }
     }
@@ -642,9 +657,26 @@ impl Monitor {
                 process,
                 cgroup_procs,
                 timeout_ms,
+                stdin,
+                tty,
             } => self
-                .exec(client, &id, &process, &cgroup_procs, timeout_ms)
+                .exec(
+                    client,
+                    &id,
+                    &process,
+                    &cgroup_procs,
+                    ExecOptions {
+                        timeout_ms,
+                        stdin,
+                        tty,
+                    },
+                )
                 .map(|_| None),
+            Request::Attach { id, stdin } => self.attach(client, &id, stdin).map(|_| None),
+            Request::CloseStdin { id } => self.container(&id).map(|c| {
+                c.stdin = None;
+                Some(Response::Ok)
+            }),
             Request::State => Ok(Some(Response::State {
                 containers: self
                     .containers
@@ -806,7 +838,9 @@ impl Monitor {
             started_at: 0,
             exit: None,
             sync: Some(sync_parent),
-            _stdin: stdin_keep,
+            stdin: stdin_keep,
+            tty: spec.tty,
+            attachers: Vec::new(),
             log_path: spec.log_path.clone(),
             log,
             outputs,
@@ -885,7 +919,7 @@ impl Monitor {
         id: &str,
         process: &ProcessSpec,
         cgroups: &[PathBuf],
-        timeout_ms: u64,
+        opts: ExecOptions,
     ) -> Result<(), Failure> {
         if process.args.is_empty() {
             return Err(err(
@@ -893,17 +927,25 @@ impl Monitor {
                 "exec with an empty command",
             ));
         }
-        let (stdout, stderr) = {
+        // With a tty the child opens its own pty and these stay unused placeholders.
+        let (stdin, stdout, stderr) = if opts.tty {
+            let null = || devnull().map_err(|e| sys_err("open /dev/null", e));
+            (null()?, null()?, null()?)
+        } else {
             let c = self
                 .client(client)
                 .ok_or_else(|| err(WireClass::Internal, "client gone"))?;
+            let stdin = if opts.stdin { c.fds.pop_front() } else { None };
             match (c.fds.pop_front(), c.fds.pop_front()) {
-                (Some(o), Some(e)) => (o, e),
+                (Some(o), Some(e)) if stdin.is_some() || !opts.stdin => {
+                    let stdin = match stdin {
+                        Some(fd) => fd,
+                        None => devnull().map_err(|e| sys_err("open /dev/null", e))?,
+                    };
+                    (stdin, o, e)
+                }
                 _ => {
-                    return Err(err(
-                        WireClass::InvalidArgument,
-                        "exec needs stdout and stderr fds",
-                    ));
+                    return Err(err(WireClass::InvalidArgument, "exec needs its stdio fds"));
                 }
             }
         };
@@ -917,7 +959,6 @@ impl Monitor {
         }
         let pidfd = c.pidfd.as_raw_fd();
         let switched = c.own_pidns;
-        let stdin = devnull().map_err(|e| sys_err("open /dev/null", e))?;
         let (sync_parent, sync_child) = seqpacket_pair().map_err(|e| sys_err("socketpair", e))?;
         if switched {
             sys::setns(pidfd, libc::CLONE_NEWPID)
@@ -930,6 +971,7 @@ impl Monitor {
                 process,
                 cgroups,
                 pidfd,
+                opts.tty,
                 ChildFds {
                     stdin: stdin.as_raw_fd(),
                     stdout: stdout.as_raw_fd(),
@@ -946,7 +988,21 @@ impl Monitor {
             return Err(sys_err("fork", fork_err));
         }
         drop((stdin, stdout, stderr, sync_child));
-        match recv_sync(&sync_parent, SETUP_TIMEOUT) {
+        let mut sync_result = recv_sync(&sync_parent, SETUP_TIMEOUT);
+        let mut master = None;
+        if opts.tty
+            && matches!(&sync_result, Ok(Some((msg, Some(_)))) if msg.first() == Some(&MSG_READY))
+        {
+            if let Ok(Some((_, fd))) = sync_result {
+                master = fd;
+            }
+            sync_result = recv_sync(&sync_parent, SETUP_TIMEOUT);
+        }
+        match sync_result {
+            Ok(None) if opts.tty && master.is_none() => {
+                reap_now(pid);
+                return Err(err(WireClass::Internal, "exec did not report its pty"));
+            }
             Ok(None) => {}
             Ok(Some((msg, _))) if msg.first() == Some(&MSG_ERROR) => {
                 reap_now(pid);
@@ -962,7 +1018,11 @@ impl Monitor {
                 ));
             }
         }
-        let deadline = (timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(timeout_ms));
+        if let Some(m) = master {
+            self.reply_fds(client, &Response::ExecStarted, &[m.as_raw_fd()]);
+        }
+        let deadline =
+            (opts.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(opts.timeout_ms));
         self.execs.push(Exec {
             pid,
             client,
@@ -970,6 +1030,51 @@ impl Monitor {
             timed_out: false,
         });
         Ok(())
+    }
+
+    /// Hands the daemon a socket carrying the container's output, and its stdin if asked.
+    fn attach(&mut self, client: u64, id: &str, want_stdin: bool) -> Result<(), Failure> {
+        let c = self.container(id)?;
+        if c.exit.is_some() || c.started_at == 0 {
+            return Err(err(
+                WireClass::FailedPrecondition,
+                format!("container {id} is not running"),
+            ));
+        }
+        let stdin = match (want_stdin, c.tty, &c.stdin) {
+            (false, _, _) => Ok(None),
+            (true, true, _) => c.outputs.first().map(|o| o.fd.try_clone()).transpose(),
+            (true, false, Some(w)) => w.try_clone().map(Some),
+            (true, false, None) => Ok(None),
+        }
+        .map_err(|e| sys_err("dup stdin", e))?;
+        let (keep, give) = seqpacket_pair().map_err(|e| sys_err("socketpair", e))?;
+        set_nonblocking(keep.as_raw_fd());
+        grow_send_buffer(&keep);
+        // SAFETY: shutting down the read side of our own socket: the daemon never writes.
+        unsafe { libc::shutdown(keep.as_raw_fd(), libc::SHUT_RD) };
+        c.attachers.push(keep);
+        let mut fds = vec![give.as_raw_fd()];
+        fds.extend(stdin.as_ref().map(|f| f.as_raw_fd()));
+        self.reply_fds(
+            client,
+            &Response::Attached {
+                stdin: stdin.is_some(),
+            },
+            &fds,
+        );
+        Ok(())
+    }
+
+    /// Drops the attacher whose socket `fd` is; false when `fd` is not an attacher's.
+    fn detach(&mut self, fd: RawFd) -> bool {
+        for c in &mut self.containers {
+            if let Some(i) = c.attachers.iter().position(|a| a.as_raw_fd() == fd) {
+                c.attachers.remove(i);
+                return true;
+            }
+        }
+        false
     }
 
     fn reopen_log(&mut self, id: &str) -> Result<(), Failure> {
@@ -1088,6 +1193,8 @@ impl Monitor {
             let c = &mut self.containers[i];
             c.exit = Some(exit);
             c.sync = None;
+            // Attachers see EOF: the container is gone.
+            c.attachers.clear();
             if let Ok(json) = serde_json::to_vec(&exit)
                 && let Err(e) = sys::write_atomic(&c.exit_file, &json)
             {
@@ -1145,6 +1252,15 @@ impl Monitor {
                 Ok(n) => {
                     o.feed(&buf[..n], &mut self.logbuf);
                     logs::write_log(c.log.as_mut(), &mut self.logbuf);
+                    if !c.attachers.is_empty() {
+                        let tag = match o.stream() {
+                            crate::crilog::Stream::Stdout => AttachStream::Stdout,
+                            crate::crilog::Stream::Stderr => AttachStream::Stderr,
+                        };
+                        // An attacher that cannot keep up loses its attachment, never
+                        // the pod's log: the monitor does not block on it.
+                        c.attachers.retain(|a| send_tagged(a, tag as u8, &buf[..n]));
+                    }
                     if n < buf.len() {
                         return;
                     }
@@ -1169,6 +1285,87 @@ impl Monitor {
         let _ = std::fs::remove_file(self.cfg.run_dir.join("monitor.sock"));
         // Answering Shutdown happened before; flush by closing every client.
         self.clients.clear();
+    }
+}
+
+/// How an exec's stdio is set up.
+struct ExecOptions {
+    timeout_ms: u64,
+    stdin: bool,
+    tty: bool,
+}
+
+/// Room for output bursts on an attach socket before a slow attacher is dropped.
+const ATTACH_SEND_BUFFER: libc::c_int = 1 << 20;
+
+fn grow_send_buffer(fd: &OwnedFd) {
+    let size = ATTACH_SEND_BUFFER;
+    for opt in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+        // SAFETY: setting an int socket option from a local.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            return;
+        }
+    }
+}
+
+/// Sends one attach message (`tag`, then `data`) without blocking; false when the attacher
+/// is gone or too slow.
+fn send_tagged(sock: &OwnedFd, tag: u8, data: &[u8]) -> bool {
+    let hdr = [tag];
+    let iov = [io::IoSlice::new(&hdr), io::IoSlice::new(data)];
+    nix::sys::socket::sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &[],
+        nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .is_ok()
+}
+
+/// Sends the first bytes of `data` with `fds` attached; returns how many bytes went.
+fn send_with_fds(
+    stream: &UnixStream,
+    data: &[u8],
+    fds: &[RawFd],
+    timeout: Duration,
+) -> io::Result<usize> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let iov = [io::IoSlice::new(data)];
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(fds)];
+        match nix::sys::socket::sendmsg::<()>(
+            stream.as_raw_fd(),
+            &iov,
+            &cmsg,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(n) => return Ok(n),
+            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
+                }
+                let mut pfd = libc::pollfd {
+                    fd: stream.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: polling one pollfd we own.
+                unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32 + 1) };
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
