@@ -234,3 +234,181 @@ async fn bad_requests_get_the_right_codes() {
         .expect_err("a container for an unknown pod");
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
 }
+
+/// Lines of a CRI log file that are complete stdout lines.
+fn stdout_lines(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(4, ' ');
+            let _time = parts.next()?;
+            (parts.next()? == "stdout" && parts.next()? == "F")
+                .then(|| parts.next().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn pods_outlive_a_daemon_restart_and_exits_meanwhile_are_kept() {
+    for crash in [false, true] {
+        let mut d = Daemon::start().await.expect("daemon");
+        berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+        let log_dir = d.dir().path().join("pod-logs");
+        let config = pod_config(if crash { "crash" } else { "restart" }, &log_dir);
+        let pod_id = berth_e2e::fixtures::run_pod(&d, &config).await;
+        let ticker = berth_e2e::fixtures::start_container(
+            &d,
+            &pod_id,
+            &config,
+            container_config(
+                "ticker",
+                &[
+                    "sh",
+                    "-c",
+                    "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
+                ],
+            ),
+        )
+        .await;
+        let quitter = berth_e2e::fixtures::start_container(
+            &d,
+            &pod_id,
+            &config,
+            container_config("quitter", &["sh", "-c", "sleep 1; echo bye; exit 7"]),
+        )
+        .await;
+        let pod_ip = |d: &Daemon| {
+            let mut rt = d.runtime();
+            let pod_id = pod_id.clone();
+            async move {
+                rt.pod_sandbox_status(PodSandboxStatusRequest {
+                    pod_sandbox_id: pod_id,
+                    verbose: false,
+                })
+                .await
+                .expect("PodSandboxStatus")
+                .into_inner()
+                .status
+                .and_then(|s| s.network)
+                .map(|n| n.ip)
+                .unwrap_or_default()
+            }
+        };
+        let ip_before = pod_ip(&d).await;
+
+        // The daemon goes away (cleanly or by SIGKILL); the quitter exits while it is gone.
+        let down_at = std::time::SystemTime::now();
+        if crash {
+            d.kill().await.expect("kill the daemon");
+        } else {
+            d.stop().await.expect("stop the daemon");
+        }
+        let ticks_down =
+            stdout_lines(&std::fs::read_to_string(log_dir.join("ticker.log")).unwrap()).len();
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        d.start_again().await.expect("start again");
+        d.wait_runtime_ready(std::time::Duration::from_secs(30))
+            .await
+            .expect("runtime ready");
+
+        let t = berth_e2e::fixtures::container_status(&d, &ticker).await;
+        assert_eq!(
+            t.state,
+            ContainerState::ContainerRunning as i32,
+            "crash={crash}"
+        );
+        let q = berth_e2e::fixtures::container_status(&d, &quitter).await;
+        assert_eq!(
+            q.state,
+            ContainerState::ContainerExited as i32,
+            "crash={crash}"
+        );
+        assert_eq!(q.exit_code, 7, "crash={crash}");
+        assert_eq!(q.reason, "Error", "crash={crash}");
+        let down_ns = down_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64;
+        assert!(
+            q.finished_at > down_ns,
+            "the exit time is the real one, not the restart's"
+        );
+        let quitter_log = std::fs::read_to_string(log_dir.join("quitter.log")).unwrap();
+        assert_eq!(stdout_lines(&quitter_log), vec!["bye".to_string()]);
+        assert_eq!(pod_ip(&d).await, ip_before, "crash={crash}");
+
+        // The running container still answers and still logs.
+        let (out, _, code) =
+            berth_e2e::fixtures::exec_sync(&d, &ticker, &["sh", "-c", "echo alive; exit 2"]).await;
+        assert_eq!((out.as_str(), code), ("alive\n", 2));
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let ticks = stdout_lines(&std::fs::read_to_string(log_dir.join("ticker.log")).unwrap());
+        assert!(
+            ticks.len() > ticks_down + 5,
+            "the log goes on: {} then {}",
+            ticks_down,
+            ticks.len()
+        );
+        for (i, line) in ticks.iter().enumerate() {
+            assert_eq!(line, &format!("tick {i}"), "no line lost or doubled");
+        }
+        berth_e2e::fixtures::remove_pod(&d, &pod_id).await;
+    }
+}
+
+#[tokio::test]
+async fn stop_kills_at_the_deadline_and_exec_sync_times_out() {
+    let d = Daemon::start().await.expect("daemon");
+    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    let config = pod_config("deadline", &d.dir().path().join("pod-logs"));
+    let pod_id = berth_e2e::fixtures::run_pod(&d, &config).await;
+    let stubborn = berth_e2e::fixtures::start_container(
+        &d,
+        &pod_id,
+        &config,
+        container_config(
+            "stubborn",
+            &[
+                "sh",
+                "-c",
+                "trap 'echo ignored TERM' TERM; while true; do sleep 0.1; done",
+            ],
+        ),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let err = d
+        .runtime()
+        .exec_sync(ExecSyncRequest {
+            container_id: stubborn.clone(),
+            cmd: vec!["sleep".into(), "30".into()],
+            timeout: 1,
+        })
+        .await
+        .expect_err("an exec past its timeout");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+
+    let started = std::time::Instant::now();
+    d.runtime()
+        .stop_container(StopContainerRequest {
+            container_id: stubborn.clone(),
+            timeout: 2,
+        })
+        .await
+        .expect("StopContainer");
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(1900),
+        "killed before the deadline: {took:?}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "stop took {took:?}"
+    );
+    let s = berth_e2e::fixtures::container_status(&d, &stubborn).await;
+    assert_eq!(s.state, ContainerState::ContainerExited as i32);
+    assert_eq!(s.exit_code, 137, "SIGKILL");
+    let log = std::fs::read_to_string(d.dir().path().join("pod-logs/stubborn.log")).unwrap();
+    assert!(log.contains("ignored TERM"), "SIGTERM came first: {log}");
+    berth_e2e::fixtures::remove_pod(&d, &pod_id).await;
+}
