@@ -562,8 +562,49 @@ impl Daemon {
     }
 }
 
+/// Stops and removes every pod of the daemon at `socket`, on a thread of its own (a
+/// dropped [`Daemon`] cannot await), so a failing test does not leave its pods running.
+fn remove_all_pods(socket: PathBuf) {
+    let work = move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let client = Client::connect(&socket).await.ok()?;
+            let mut runtime = client.runtime();
+            let pods = runtime
+                .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .items;
+            for pod in pods {
+                let _ = runtime
+                    .stop_pod_sandbox(k8s_cri::v1::StopPodSandboxRequest {
+                        pod_sandbox_id: pod.id.clone(),
+                    })
+                    .await;
+                let _ = runtime
+                    .remove_pod_sandbox(k8s_cri::v1::RemovePodSandboxRequest {
+                        pod_sandbox_id: pod.id,
+                    })
+                    .await;
+            }
+            Some(())
+        })
+    };
+    if let Ok(handle) = std::thread::Builder::new().spawn(work) {
+        let _ = handle.join();
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if std::thread::panicking() && self.client.is_some() {
+            // The test failed half-way: what it made would show as leaks of every test.
+            remove_all_pods(self.socket().to_path_buf());
+        }
         if let Some(mut child) = self.child.take() {
             let pid = Pid::from_raw(child.id() as i32);
             let _ = kill(pid, Signal::SIGTERM);

@@ -412,3 +412,73 @@ async fn stop_kills_at_the_deadline_and_exec_sync_times_out() {
     assert!(log.contains("ignored TERM"), "SIGTERM came first: {log}");
     berth_e2e::fixtures::remove_pod(&d, &pod_id).await;
 }
+
+#[tokio::test]
+async fn a_container_sees_its_config_mounts_and_image_volumes() {
+    use berth_e2e::fixtures::{exec_sync, pull, remove_pod, run_pod, start_container};
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, images::BUSYBOX).await;
+    pull(&d, images::CONFIGURED).await;
+    let host_ro = d.dir().path().join("host-ro");
+    let host_rw = d.dir().path().join("host-rw");
+    std::fs::create_dir_all(&host_ro).unwrap();
+    std::fs::create_dir_all(&host_rw).unwrap();
+    std::fs::write(host_ro.join("data"), "from the host\n").unwrap();
+    let config = pod_config("sees", &d.dir().path().join("pod-logs"));
+    let pod_id = run_pod(&d, &config).await;
+    let mut c = container_config("main", &["sleep", "3600"]);
+    c.working_dir = "/tmp/work".into();
+    c.mounts = vec![
+        Mount {
+            container_path: "/ro".into(),
+            host_path: host_ro.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+        Mount {
+            container_path: "/rw".into(),
+            host_path: host_rw.display().to_string(),
+            ..Default::default()
+        },
+        Mount {
+            container_path: "/imgvol".into(),
+            image: Some(ImageSpec {
+                image: images::CONFIGURED.into(),
+                ..Default::default()
+            }),
+            readonly: true,
+            ..Default::default()
+        },
+    ];
+    let id = start_container(&d, &pod_id, &config, c).await;
+
+    let (out, _, _) = exec_sync(
+        &d,
+        &id,
+        &["sh", "-c", "hostname; echo $GREETING; pwd; id -u"],
+    )
+    .await;
+    assert_eq!(out, "sees-host\nhello from berth\n/tmp/work\n0\n");
+    let (hosts, _, _) = exec_sync(&d, &id, &["cat", "/etc/hosts"]).await;
+    assert!(hosts.contains("localhost"), "{hosts}");
+
+    let (out, _, code) = exec_sync(&d, &id, &["cat", "/ro/data"]).await;
+    assert_eq!((out.as_str(), code), ("from the host\n", 0));
+    let (_, err, code) = exec_sync(&d, &id, &["touch", "/ro/new"]).await;
+    assert_ne!(code, 0, "a read-only mount took a write");
+    assert!(err.contains("Read-only file system"), "{err}");
+    let (_, _, code) = exec_sync(&d, &id, &["sh", "-c", "echo hi > /rw/new"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        std::fs::read_to_string(host_rw.join("new")).unwrap(),
+        "hi\n"
+    );
+
+    // The image volume is the other image's rootfs, read-only.
+    let (path, content) = images::configured::WORKDIR_FILE;
+    let (out, _, code) = exec_sync(&d, &id, &["cat", &format!("/imgvol{path}")]).await;
+    assert_eq!((out.as_str(), code), (content, 0));
+    let (_, _, code) = exec_sync(&d, &id, &["touch", "/imgvol/new"]).await;
+    assert_ne!(code, 0, "an image volume took a write");
+    remove_pod(&d, &pod_id).await;
+}
