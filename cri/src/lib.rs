@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod containers;
+pub mod deadline;
 pub mod images;
 pub mod lock;
 pub mod logging;
