@@ -164,29 +164,39 @@ pub async fn image_fs_info(
     _req: ImageFsInfoRequest,
 ) -> Result<ImageFsInfoResponse, Status> {
     let store = image_store(node)?;
-    // A walk of the content store and the per-snapshot usage records: off the async threads.
-    let usage = tokio::task::spawn_blocking(move || store.fs_usage())
-        .await
-        .map_err(|e| Status::internal(format!("measuring the image filesystem: {e}")))?
-        .map_err(|e| to_status("measuring the image filesystem", &e))?;
+    let writable = node.config.root.join("containers");
+    // A walk of the content store, the per-snapshot usage records and the containers'
+    // writable layers: off the async threads.
+    let (usage, layers) = tokio::task::spawn_blocking(move || {
+        let layers = berth_imageservice::unpack::disk_usage(&writable).map_err(|e| {
+            Status::internal(format!(
+                "measuring the writable layers under {}: {e}",
+                writable.display()
+            ))
+        });
+        (store.fs_usage(), layers)
+    })
+    .await
+    .map_err(|e| Status::internal(format!("measuring the image filesystem: {e}")))?;
+    let usage = usage.map_err(|e| to_status("measuring the image filesystem", &e))?;
+    let (layer_bytes, layer_inodes) = layers?;
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or_default();
+    let fs = |used: u64, inodes: u64| FilesystemUsage {
+        timestamp,
+        // One filesystem for both, as containerd and CRI-O report when images and
+        // containers share a disk: kubelet then sees no split image filesystem.
+        fs_id: Some(FilesystemIdentifier {
+            mountpoint: usage.mountpoint.display().to_string(),
+        }),
+        used_bytes: Some(UInt64Value { value: used }),
+        inodes_used: Some(UInt64Value { value: inodes }),
+    };
     Ok(ImageFsInfoResponse {
-        image_filesystems: vec![FilesystemUsage {
-            timestamp,
-            fs_id: Some(FilesystemIdentifier {
-                mountpoint: usage.mountpoint.display().to_string(),
-            }),
-            used_bytes: Some(UInt64Value {
-                value: usage.used_bytes,
-            }),
-            inodes_used: Some(UInt64Value {
-                value: usage.inodes_used,
-            }),
-        }],
-        container_filesystems: Vec::new(),
+        image_filesystems: vec![fs(usage.used_bytes, usage.inodes_used)],
+        container_filesystems: vec![fs(layer_bytes, layer_inodes)],
     })
 }
 

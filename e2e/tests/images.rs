@@ -883,3 +883,62 @@ async fn image_fs_info_matches_du_and_gc_frees_the_disk() {
         "back to the empty store"
     );
 }
+
+#[tokio::test]
+async fn image_fs_info_counts_the_containers_writable_layers() {
+    use berth_e2e::fixtures::{container_config, pod_config, remove_pod, run_pod, start_container};
+    let d = start().await;
+    pull(&d, images::BUSYBOX, None).await.unwrap();
+    let writable = |d: &Daemon| {
+        let mut c = d.images();
+        async move {
+            let fs = c
+                .image_fs_info(ImageFsInfoRequest {})
+                .await
+                .expect("ImageFsInfo")
+                .into_inner();
+            assert_eq!(fs.container_filesystems.len(), 1, "{fs:?}");
+            let c = fs.container_filesystems[0].clone();
+            assert_eq!(
+                c.fs_id, fs.image_filesystems[0].fs_id,
+                "one shared filesystem"
+            );
+            c.used_bytes.unwrap().value
+        }
+    };
+    let before = writable(&d).await;
+    let config = pod_config("writer", &d.dir().path().join("pod-logs"));
+    let pod_id = run_pod(&d, &config).await;
+    let id = start_container(
+        &d,
+        &pod_id,
+        &config,
+        container_config(
+            "writer",
+            &[
+                "sh",
+                "-c",
+                "dd if=/dev/zero of=/blob bs=1M count=4 && sleep 3600",
+            ],
+        ),
+    )
+    .await;
+    let mut grown = 0;
+    for _ in 0..100 {
+        grown = writable(&d).await.saturating_sub(before);
+        if grown >= 4 << 20 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        grown >= 4 << 20,
+        "container {id} wrote 4 MiB, usage grew {grown}"
+    );
+    remove_pod(&d, &pod_id).await;
+    let after = writable(&d).await;
+    assert!(
+        after < 64 << 10,
+        "the layer went with its container: {after} bytes left"
+    );
+}
