@@ -65,25 +65,26 @@ pub async fn run_pod_sandbox(
         .run_pod_sandbox(&req)
         .await
         .map_err(|e| runtime_status("RunPodSandbox", &e))?;
+    let mut ips = Vec::new();
     if let (Some(netns), Some(config)) = (&created.netns, req.config.as_ref()) {
         let setup = match network_request(&created.id, config, netns) {
             Ok(r) => node.network.setup(&r).await,
             Err(e) => Err(e),
         };
         match setup {
-            Ok(net) => node
-                .runtime
-                .set_pod_network(
-                    &created.id,
-                    net.ips.iter().map(|ip| ip.to_string()).collect(),
-                )
-                .map_err(|e| runtime_status("RunPodSandbox", &e))?,
+            Ok(net) => ips = net.ips.iter().map(|ip| ip.to_string()).collect(),
             Err(e) => {
                 let what = format!("set up the network of pod sandbox {}", created.id);
                 let _ = node.runtime.remove_pod_sandbox(&created.id).await;
                 return Err(network_status(&e, &what));
             }
         }
+    }
+    // Confirms the pod: a crash before this line leaves a pod the next start undoes.
+    if let Err(e) = node.runtime.set_pod_network(&created.id, ips) {
+        let _ = stop(node, &created.id).await;
+        let _ = node.runtime.remove_pod_sandbox(&created.id).await;
+        return Err(runtime_status("RunPodSandbox", &e));
     }
     Ok(RunPodSandboxResponse {
         pod_sandbox_id: created.id,

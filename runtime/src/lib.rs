@@ -40,5 +40,5 @@ pub use error::{Error, ErrorClass, Result};
 pub use image::{ImageConfig, ImageInfo};
 pub use pod::{PodCreated, PodStopped};
 pub use runtime::{ReconcileReport, Runtime, RuntimeOptions};
-pub use stream::{AttachSession, ExecSession, StreamTarget};
 pub use store::{ContainerPhase, ContainerRecord, ImageRecord, PodPhase, PodRecord};
+pub use stream::{AttachSession, ExecSession, StreamTarget};

@@ -92,7 +92,8 @@ fn write(path: PathBuf, data: &[u8]) -> Result<()> {
 impl Runtime {
     /// Starts a pod: records it, writes its hostname/hosts/resolv.conf, starts its monitor in
     /// new namespaces and follows the monitor's events. The caller sets up the network in
-    /// the returned netns and reports the IPs with [`Runtime::set_pod_network`].
+    /// the returned netns and reports the IPs with [`Runtime::set_pod_network`], which
+    /// confirms the pod (a pod never confirmed is undone at the next start).
     pub async fn run_pod_sandbox(&self, req: &RunPodSandboxRequest) -> Result<PodCreated> {
         let config = req
             .config
@@ -136,6 +137,7 @@ impl Runtime {
             namespaces: namespaces.clone(),
             ips: Vec::new(),
             hostname: hostname.clone(),
+            confirmed: false,
         };
         if let Err(e) = self.store.put_pod(&rec) {
             self.release_name(&id);
@@ -245,11 +247,13 @@ impl Runtime {
         lock(&self.index).pods.remove(&pod.id);
     }
 
-    /// Records the IPs the network gave a pod, reported in its status.
+    /// Records the IPs the network gave a pod (none on the node's network), reported in its
+    /// status, and confirms the pod: RunPodSandbox is done. Until then a restart undoes it.
     pub fn set_pod_network(&self, id: &str, ips: Vec<String>) -> Result<()> {
         let pod = self.find_pod(id).ok_or_else(|| Error::pod_not_found(id))?;
         let mut rec = lock(&pod.rec);
         rec.ips = ips;
+        rec.confirmed = true;
         self.store.put_pod(&rec)
     }
 
@@ -383,7 +387,7 @@ impl Runtime {
             .iter()
             .filter_map(|p| {
                 let rec = lock(&p.rec);
-                if rec.phase == PodPhase::Creating {
+                if rec.phase == PodPhase::Creating || !rec.confirmed {
                     return None;
                 }
                 let item = crate::status::pod_item(&rec);

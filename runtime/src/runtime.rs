@@ -419,6 +419,12 @@ impl Runtime {
                     self.undo_pod(&pod).await;
                     report.undone += 1;
                 }
+                PodPhase::Ready if !lock(&pod.rec).confirmed => {
+                    // The daemon died between the monitor's start and the network's.
+                    tracing::info!(pod = %pod.id, "undoing a pod whose RunPodSandbox was cut short");
+                    self.undo_pod(&pod).await;
+                    report.undone += 1;
+                }
                 PodPhase::Ready => {
                     let alive = !self.rebooted
                         && matches!(

@@ -49,6 +49,15 @@ pub struct PodRecord {
     /// The pod's hostname.
     #[serde(default)]
     pub hostname: String,
+    /// RunPodSandbox finished: the caller set up the pod's network and reported it with
+    /// [`crate::Runtime::set_pod_network`]. A ready pod that is not confirmed was cut short by
+    /// a crash, and the next start undoes it.
+    #[serde(default = "confirmed_default")]
+    pub confirmed: bool,
+}
+
+fn confirmed_default() -> bool {
+    true
 }
 
 /// Where a container is in its life.
@@ -222,6 +231,7 @@ mod tests {
             namespaces: vec!["net".into()],
             ips: vec![],
             hostname: "h".into(),
+            confirmed: true,
         };
         s.put_pod(&pod).unwrap();
         let s2 = Store::open(db).unwrap();

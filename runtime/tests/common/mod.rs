@@ -142,7 +142,10 @@ impl Env {
             config: Some(config.clone()),
             runtime_handler: String::new(),
         };
-        self.rt.run_pod_sandbox(&req).await.unwrap().id
+        let id = self.rt.run_pod_sandbox(&req).await.unwrap().id;
+        // The daemon confirms a pod once its network is set up; these tests have none.
+        self.rt.set_pod_network(&id, Vec::new()).unwrap();
+        id
     }
 
     pub fn container_config(&self, name: &str, args: &[&str]) -> ContainerConfig {
