@@ -25,6 +25,7 @@ pub fn to_status(what: &str, e: &berth_imageservice::Error) -> Status {
         ErrorClass::PermissionDenied => Code::PermissionDenied,
         ErrorClass::FailedPrecondition => Code::FailedPrecondition,
         ErrorClass::Unavailable => Code::Unavailable,
+        ErrorClass::ResourceExhausted => Code::ResourceExhausted,
         ErrorClass::Internal => Code::Internal,
     };
     crate::status::status(code, what, e)

@@ -58,6 +58,21 @@ macro_rules! rpc {
     }};
 }
 
+/// Runs a handler that changes pods, containers or images to its end even when the client
+/// goes away: tonic drops a call's future when its client disconnects, and a change cut
+/// short there would leave half a pod behind. Logged and wrapped like [`rpc!`].
+macro_rules! rpc_to_the_end {
+    ($method:literal, $node:expr, $handler:path, $req:expr) => {{
+        let node = $node.clone();
+        let req = $req;
+        rpc!($method, async move {
+            tokio::spawn(async move { $handler(&node, req).await })
+                .await
+                .unwrap_or_else(|e| Err(Status::internal(format!("{}: {e}", $method))))
+        })
+    }};
+}
+
 /// The stream of container events kubelet's Evented PLEG reads.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
 
@@ -74,9 +89,11 @@ impl RuntimeService for CriService {
         &self,
         r: Request<RunPodSandboxRequest>,
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
-        rpc!(
+        rpc_to_the_end!(
             "RunPodSandbox",
-            pods::run_pod_sandbox(&self.node, r.into_inner())
+            self.node,
+            pods::run_pod_sandbox,
+            r.into_inner()
         )
     }
 
@@ -84,9 +101,11 @@ impl RuntimeService for CriService {
         &self,
         r: Request<StopPodSandboxRequest>,
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
-        rpc!(
+        rpc_to_the_end!(
             "StopPodSandbox",
-            pods::stop_pod_sandbox(&self.node, r.into_inner())
+            self.node,
+            pods::stop_pod_sandbox,
+            r.into_inner()
         )
     }
 
@@ -94,9 +113,11 @@ impl RuntimeService for CriService {
         &self,
         r: Request<RemovePodSandboxRequest>,
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
-        rpc!(
+        rpc_to_the_end!(
             "RemovePodSandbox",
-            pods::remove_pod_sandbox(&self.node, r.into_inner())
+            self.node,
+            pods::remove_pod_sandbox,
+            r.into_inner()
         )
     }
 
@@ -124,9 +145,11 @@ impl RuntimeService for CriService {
         &self,
         r: Request<CreateContainerRequest>,
     ) -> Result<Response<CreateContainerResponse>, Status> {
-        rpc!(
+        rpc_to_the_end!(
             "CreateContainer",
-            containers::create_container(&self.node, r.into_inner())
+            self.node,
+            containers::create_container,
+            r.into_inner()
         )
     }
 
@@ -134,9 +157,11 @@ impl RuntimeService for CriService {
         &self,
         r: Request<StartContainerRequest>,
     ) -> Result<Response<StartContainerResponse>, Status> {
-        rpc!(
+        rpc_to_the_end!(
             "StartContainer",
-            containers::start_container(&self.node, r.into_inner())
+            self.node,
+            containers::start_container,
+            r.into_inner()
         )
     }
 
@@ -144,9 +169,11 @@ impl RuntimeService for CriService {
         &self,
         r: Request<StopContainerRequest>,
     ) -> Result<Response<StopContainerResponse>, Status> {
-        rpc!(
+        rpc_to_the_end!(
             "StopContainer",
-            containers::stop_container(&self.node, r.into_inner())
+            self.node,
+            containers::stop_container,
+            r.into_inner()
         )
     }
 
@@ -154,9 +181,11 @@ impl RuntimeService for CriService {
         &self,
         r: Request<RemoveContainerRequest>,
     ) -> Result<Response<RemoveContainerResponse>, Status> {
-        rpc!(
+        rpc_to_the_end!(
             "RemoveContainer",
-            containers::remove_container(&self.node, r.into_inner())
+            self.node,
+            containers::remove_container,
+            r.into_inner()
         )
     }
 
@@ -361,16 +390,18 @@ impl ImageService for CriService {
         &self,
         r: Request<PullImageRequest>,
     ) -> Result<Response<PullImageResponse>, Status> {
-        rpc!("PullImage", images::pull_image(&self.node, r.into_inner()))
+        rpc_to_the_end!("PullImage", self.node, images::pull_image, r.into_inner())
     }
 
     async fn remove_image(
         &self,
         r: Request<RemoveImageRequest>,
     ) -> Result<Response<RemoveImageResponse>, Status> {
-        rpc!(
+        rpc_to_the_end!(
             "RemoveImage",
-            images::remove_image(&self.node, r.into_inner())
+            self.node,
+            images::remove_image,
+            r.into_inner()
         )
     }
 

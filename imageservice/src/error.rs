@@ -16,6 +16,8 @@ pub enum ErrorClass {
     FailedPrecondition,
     /// The registry could not be reached or misbehaved; a retry may succeed.
     Unavailable,
+    /// The disk holding the image store is full.
+    ResourceExhausted,
     /// Local failure: disk, database, a bug.
     Internal,
 }
@@ -128,6 +130,7 @@ impl Error {
             Error::Registry { .. } | Error::DigestMismatch { .. } | Error::Cancelled => {
                 ErrorClass::Unavailable
             }
+            Error::Io { source, .. } if is_disk_full(source) => ErrorClass::ResourceExhausted,
             Error::Io { .. } | Error::Db(_) => ErrorClass::Internal,
         }
     }
@@ -143,4 +146,12 @@ impl Error {
     pub(crate) fn db(e: impl std::fmt::Display) -> Error {
         Error::Db(e.to_string())
     }
+}
+
+/// The disk (or the quota) is full: `ENOSPC`, `EDQUOT`.
+pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }

@@ -160,6 +160,13 @@ fn layer_error(digest: &str, e: UnpackError) -> Error {
             reason,
         },
         UnpackError::Io { op, path, source } => Error::Io { op, path, source },
+        // Writing the blob beside the unpack can fail under the reader: a full disk is not
+        // a bad layer.
+        UnpackError::Read(e) if crate::error::is_disk_full(&e) => Error::Io {
+            op: "store layer",
+            path: PathBuf::from(digest),
+            source: e,
+        },
         UnpackError::Read(e) => Error::InvalidLayer {
             digest: digest.to_owned(),
             reason: format!("cannot decompress: {e}"),

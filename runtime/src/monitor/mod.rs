@@ -31,6 +31,8 @@ pub const READY_FD: RawFd = 3;
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes read from a container's output at a time.
 const READ_CHUNK: usize = 8 * 1024;
+/// Reads of one output per poll wake-up (so at most 128 KiB before others get a turn).
+const MAX_READS_PER_WAKE: usize = 16;
 /// How long after activity the monitor drops the pages that activity touched.
 const TRIM_DELAY: Duration = Duration::from_secs(2);
 /// How long a response write to the daemon may block.
@@ -1239,7 +1241,9 @@ impl Monitor {
             .iter()
             .position(|o| o.fd.as_raw_fd() == fd)
             .unwrap_or(0);
-        loop {
+        // A bounded number of reads per wake-up: a container that writes without pause must
+        // not starve the daemon's calls or the other containers.
+        for _ in 0..MAX_READS_PER_WAKE {
             let o = &mut c.outputs[oi];
             let r = o.file().read(buf);
             match r {
