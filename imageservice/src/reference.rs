@@ -78,6 +78,11 @@ impl Reference {
         } else {
             path.to_owned()
         };
+        // The limit holds for the normalised name too, as Docker's reference library checks:
+        // a short name can grow past it with `docker.io/library/`.
+        if domain.len() + 1 + path.len() > MAX_NAME_LEN {
+            return Err(bad("repository name longer than 255 characters"));
+        }
         let tag = match (&digest, tag) {
             (Some(_), _) => None,
             (None, Some(t)) => Some(t.to_owned()),
@@ -354,6 +359,9 @@ mod tests {
         }
         let long = format!("a/{}", "b".repeat(300));
         assert!(Reference::parse(&long).is_err());
+        // Short as typed, too long once `docker.io/library/` is added (found by fuzzing).
+        let grows = "b".repeat(250);
+        assert!(grows.len() <= 255 && Reference::parse(&grows).is_err());
         let long_tag = format!("a:{}", "b".repeat(129));
         assert!(Reference::parse(&long_tag).is_err());
     }
