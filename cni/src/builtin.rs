@@ -26,7 +26,8 @@ use crate::types::{PodNetworkRequest, PodNetworkStatus};
 /// Name of the pod's interface.
 pub(crate) const POD_IFNAME: &str = "eth0";
 /// Prefix of the host ends of pod veth pairs.
-pub(crate) const VETH_PREFIX: &str = "bth";
+/// The prefix of every host-side pod veth the built-in network makes.
+pub const VETH_PREFIX: &str = "bth";
 
 /// The pod CIDRs in force, and those waiting for the last pod of the current ones to go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +70,7 @@ fn join(cidrs: &[Cidr]) -> String {
 }
 
 /// The host-side veth name of a pod: stable for a pod id, 15 bytes at most.
-pub(crate) fn veth_name(pod_id: &str) -> String {
+pub fn veth_name(pod_id: &str) -> String {
     // FNV-1a: stable across builds, unlike std's hasher.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in pod_id.bytes() {

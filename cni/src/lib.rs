@@ -25,6 +25,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use builtin::{VETH_PREFIX, veth_name};
 pub use cidr::{Cidr, CidrError};
 pub use config::{NetworkConfig, NetworkMode};
 pub use error::{Error, GrpcClass};

@@ -6,6 +6,7 @@ pub mod config;
 pub mod containers;
 pub mod deadline;
 pub mod images;
+pub mod leaks;
 pub mod lock;
 pub mod logging;
 pub mod node;

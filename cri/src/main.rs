@@ -34,6 +34,18 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Commands for looking into a node.
+    Debug {
+        #[command(subcommand)]
+        command: DebugCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DebugCommand {
+    /// List what is left in the kernel or on disk without a record of the running daemon,
+    /// and records whose objects are missing; exits 1 when there is any.
+    Leaks,
 }
 
 #[derive(Subcommand)]
@@ -55,6 +67,16 @@ fn main() -> ExitCode {
             print!("{}", Config::default_toml());
             ExitCode::SUCCESS
         }
+        Some(Command::Debug {
+            command: DebugCommand::Leaks,
+        }) => match leaks(&cli.config) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("berth: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         None | Some(Command::Daemon) => match daemon(cli.config, cli.log_level, cli.log_format) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -81,4 +103,25 @@ fn daemon(path: PathBuf, level: Option<String>, format: Option<LogFormat>) -> an
         .enable_all()
         .build()?;
     runtime.block_on(berth_cri::server::run(config))
+}
+
+/// `berth debug leaks`: true when nothing leaked.
+fn leaks(path: &std::path::Path) -> anyhow::Result<bool> {
+    let config = Config::load(path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let owned = runtime.block_on(berth_cri::leaks::owned_by_daemon(&config.grpc.socket))?;
+    let found = berth_cri::leaks::account(&config, &owned);
+    for f in &found {
+        println!("LEAK {f}");
+    }
+    if found.is_empty() {
+        println!(
+            "no leaks: {} pods, {} containers accounted for",
+            owned.pods.len(),
+            owned.containers.len()
+        );
+    }
+    Ok(found.is_empty())
 }

@@ -1,0 +1,365 @@
+//! Leak accounting: what Berth left in the kernel or on disk that no record owns, and
+//! records whose kernel objects are gone. `berth debug leaks` runs it beside a live daemon:
+//! the records come over CRI, the rest from `/proc`, `/sys/class/net` and the run
+//! directories, so it also shows what a daemon that believes all is well cannot see.
+//!
+//! Not covered: IP allocations and nf_tables rules (the daemon's own start-up
+//! reconciliation frees those; they are not visible from outside its database), and the
+//! containers' overlay mounts, which live only in their private mount namespaces.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use berth_cni::NetworkMode;
+
+use crate::config::Config;
+
+/// A pod as the daemon reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedPod {
+    /// Pod id.
+    pub id: String,
+    /// SANDBOX_READY: its monitor must be alive.
+    pub ready: bool,
+    /// Has its own network namespace (and, with the built-in network, a veth).
+    pub pod_network: bool,
+}
+
+/// What the daemon's records own.
+#[derive(Debug, Clone, Default)]
+pub struct Owned {
+    /// Every pod, ready or not.
+    pub pods: Vec<OwnedPod>,
+    /// Every container id.
+    pub containers: Vec<String>,
+}
+
+/// One problem found.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Finding {
+    /// `process`, `mount`, `dir`, `link`.
+    pub kind: &'static str,
+    /// The object (a pid, a path, a link name).
+    pub object: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.kind, self.object, self.problem)
+    }
+}
+
+fn dir_names(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The id directory directly below `base` that `path` is in, if any.
+fn id_below(base: &Path, path: &Path) -> Option<String> {
+    let rest = path.strip_prefix(base).ok()?;
+    rest.components()
+        .next()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+}
+
+/// Mount points from `/proc/self/mountinfo` (octal escapes decoded).
+fn mount_points() -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mount_path(p)))
+        .collect()
+}
+
+fn unescape_mount_path(p: &str) -> String {
+    let b = p.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&p[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Pod monitors running on this host for `state`: (pid, pod id).
+fn monitors(state: &Path) -> Vec<(i32, String)> {
+    let pods = state.join("pods");
+    let mut out = Vec::new();
+    for name in dir_names(Path::new("/proc")) {
+        let Ok(pid) = name.parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let mut args = cmdline.split(|&b| b == 0);
+        let exe = args.next().unwrap_or_default();
+        if !exe.ends_with(b"berth-monitor") {
+            continue;
+        }
+        let Some(cfg) = args.next() else { continue };
+        let cfg = PathBuf::from(String::from_utf8_lossy(cfg).into_owned());
+        if let Some(id) = id_below(&pods, &cfg) {
+            out.push((pid, id));
+        }
+    }
+    out
+}
+
+/// Asks the daemon serving `socket` for every pod and container it has.
+pub async fn owned_by_daemon(socket: &Path) -> anyhow::Result<Owned> {
+    use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+    use k8s_cri::v1::{
+        ListContainersRequest, ListPodSandboxRequest, NamespaceMode, PodSandboxState,
+        PodSandboxStatusRequest,
+    };
+    let path = socket.to_owned();
+    // The URI is a placeholder: the connector dials the unix socket.
+    let channel = tonic::transport::Endpoint::from_static("http://[::]:50051")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .map_err(|e| anyhow::anyhow!("connect to {}: {e}", socket.display()))?;
+    let mut rt = RuntimeServiceClient::new(channel);
+    let mut owned = Owned::default();
+    let pods = rt
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await?
+        .into_inner()
+        .items;
+    for pod in pods {
+        let status = rt
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.id.clone(),
+                verbose: false,
+            })
+            .await?
+            .into_inner()
+            .status
+            .unwrap_or_default();
+        let host_network = status
+            .linux
+            .and_then(|l| l.namespaces)
+            .and_then(|n| n.options)
+            .is_some_and(|o| o.network == NamespaceMode::Node as i32);
+        owned.pods.push(OwnedPod {
+            id: pod.id,
+            ready: pod.state == PodSandboxState::SandboxReady as i32,
+            pod_network: !host_network,
+        });
+    }
+    owned.containers = rt
+        .list_containers(ListContainersRequest::default())
+        .await?
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    Ok(owned)
+}
+
+/// Compares what `owned` says with the host. An empty answer means no leak.
+pub fn account(config: &Config, owned: &Owned) -> Vec<Finding> {
+    let mut found = Vec::new();
+    let pods: BTreeSet<&str> = owned.pods.iter().map(|p| p.id.as_str()).collect();
+    let ready: BTreeSet<&str> = owned
+        .pods
+        .iter()
+        .filter(|p| p.ready)
+        .map(|p| p.id.as_str())
+        .collect();
+    let containers: BTreeSet<&str> = owned.containers.iter().map(String::as_str).collect();
+    let pod_dirs = config.state.join("pods");
+    let dirs = [
+        (pod_dirs.clone(), &pods, "a pod run directory without a pod"),
+        (
+            config.state.join("containers"),
+            &containers,
+            "a container run directory without a container",
+        ),
+        (
+            config.root.join("containers"),
+            &containers,
+            "a writable layer without a container",
+        ),
+    ];
+    for (base, known, problem) in &dirs {
+        for id in dir_names(base) {
+            if !known.contains(id.as_str()) {
+                found.push(Finding {
+                    kind: "dir",
+                    object: base.join(&id).display().to_string(),
+                    problem: problem.to_string(),
+                });
+            }
+        }
+    }
+    for mount in mount_points() {
+        for (base, known, _) in &dirs {
+            if let Some(id) = id_below(base, &mount)
+                && !known.contains(id.as_str())
+            {
+                found.push(Finding {
+                    kind: "mount",
+                    object: mount.display().to_string(),
+                    problem: "mounted for an object without a record".into(),
+                });
+            }
+        }
+    }
+    let running = monitors(&config.state);
+    for (pid, id) in &running {
+        if !ready.contains(id.as_str()) {
+            found.push(Finding {
+                kind: "process",
+                object: pid.to_string(),
+                problem: format!(
+                    "the monitor of pod {id}, which is {}",
+                    if pods.contains(id.as_str()) {
+                        "not ready"
+                    } else {
+                        "unknown"
+                    }
+                ),
+            });
+        }
+    }
+    for id in &ready {
+        if !running.iter().any(|(_, p)| p == id) {
+            found.push(Finding {
+                kind: "process",
+                object: format!("pod {id}"),
+                problem: "ready, but its monitor is not running".into(),
+            });
+        }
+    }
+    if config.network.mode == NetworkMode::Builtin {
+        let veths: BTreeSet<String> = owned
+            .pods
+            .iter()
+            .filter(|p| p.ready && p.pod_network)
+            .map(|p| berth_cni::veth_name(&p.id))
+            .collect();
+        let links = dir_names(Path::new("/sys/class/net"));
+        for link in &links {
+            if link.starts_with(berth_cni::VETH_PREFIX) && !veths.contains(link) {
+                found.push(Finding {
+                    kind: "link",
+                    object: link.clone(),
+                    problem: "a pod veth of no ready pod".into(),
+                });
+            }
+        }
+        for veth in &veths {
+            if !links.contains(veth) {
+                found.push(Finding {
+                    kind: "link",
+                    object: veth.clone(),
+                    problem: "the veth of a ready pod is missing".into(),
+                });
+            }
+        }
+        if veths.is_empty() && links.contains(&config.network.bridge) {
+            found.push(Finding {
+                kind: "link",
+                object: config.network.bridge.clone(),
+                problem: "the bridge is up with no pod on it".into(),
+            });
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unowned_directories_are_leaks_and_owned_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::in_dir(dir.path());
+        // No bridge or veth checks in this test: they read the host's links.
+        config.network.mode = NetworkMode::Cni;
+        for d in [
+            "state/pods/p1",
+            "state/pods/p2",
+            "state/containers/c1",
+            "root/containers/c9",
+        ] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        let owned = Owned {
+            pods: vec![OwnedPod {
+                id: "p1".into(),
+                ready: false,
+                pod_network: true,
+            }],
+            containers: vec!["c1".into()],
+        };
+        let found: Vec<String> = account(&config, &owned)
+            .iter()
+            .map(|f| f.object.clone())
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                dir.path().join("root/containers/c9").display().to_string(),
+                dir.path().join("state/pods/p2").display().to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_ready_pod_needs_its_monitor() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::in_dir(dir.path());
+        config.network.mode = NetworkMode::Cni;
+        let owned = Owned {
+            pods: vec![OwnedPod {
+                id: "p1".into(),
+                ready: true,
+                pod_network: false,
+            }],
+            containers: vec![],
+        };
+        let found = account(&config, &owned);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].kind, "process");
+        assert!(found[0].problem.contains("not running"));
+    }
+
+    #[test]
+    fn mount_paths_are_unescaped() {
+        assert_eq!(unescape_mount_path(r"/a\040b/c"), "/a b/c");
+        assert_eq!(unescape_mount_path(r"/plain"), "/plain");
+    }
+}
