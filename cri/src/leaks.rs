@@ -1,6 +1,6 @@
 //! Leak accounting: what Berth left in the kernel or on disk that no record owns, and
 //! records whose kernel objects are gone. `berth debug leaks` runs it beside a live daemon:
-//! the records come over CRI, the rest from `/proc`, `/sys/class/net` and the run
+//! the records come over CRI, the rest from `/proc` and the run
 //! directories, so it also shows what a daemon that believes all is well cannot see.
 //!
 //! Not covered: IP allocations and nf_tables rules (the daemon's own start-up
@@ -99,6 +99,39 @@ fn unescape_mount_path(p: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The network interfaces of this process's network namespace (`/proc/self/net/dev`:
+/// `/sys/class/net` shows the namespace sysfs was mounted in, which may be another).
+fn link_names() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/net/dev")
+        .map(|text| {
+            text.lines()
+                .skip(2)
+                .filter_map(|l| l.split(':').next())
+                .map(|n| n.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The links, after giving the kernel a moment to finish destroying the network namespaces
+/// of pods just removed (their veths go with them, asynchronously).
+fn settled_links(allowed: &BTreeSet<String>) -> Vec<String> {
+    let stray = |links: &[String]| {
+        links
+            .iter()
+            .any(|l| l.starts_with(berth_cni::VETH_PREFIX) && !allowed.contains(l))
+    };
+    let mut links = link_names();
+    for _ in 0..30 {
+        if !stray(&links) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        links = link_names();
+    }
+    links
 }
 
 /// Pod monitors running on this host for `state`: (pid, pod id).
@@ -267,13 +300,19 @@ pub fn account(config: &Config, owned: &Owned) -> Vec<Finding> {
             .filter(|p| p.ready && p.pod_network)
             .map(|p| berth_cni::veth_name(&p.id))
             .collect();
-        let links = dir_names(Path::new("/sys/class/net"));
+        // A stopped pod keeps its network until StopPodSandbox has torn it down.
+        let allowed: BTreeSet<String> = owned
+            .pods
+            .iter()
+            .map(|p| berth_cni::veth_name(&p.id))
+            .collect();
+        let links = settled_links(&allowed);
         for link in &links {
-            if link.starts_with(berth_cni::VETH_PREFIX) && !veths.contains(link) {
+            if link.starts_with(berth_cni::VETH_PREFIX) && !allowed.contains(link) {
                 found.push(Finding {
                     kind: "link",
                     object: link.clone(),
-                    problem: "a pod veth of no ready pod".into(),
+                    problem: "a pod veth of no pod".into(),
                 });
             }
         }

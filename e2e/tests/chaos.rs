@@ -177,6 +177,27 @@ async fn worker(
     }
 }
 
+/// `berth debug leaks` beside the running daemon must find nothing.
+async fn assert_no_leaks(d: &Daemon, when: &str) {
+    let out = berth_e2e::run_berth(
+        [
+            "--config".into(),
+            d.config_path().as_os_str().to_owned(),
+            "debug".into(),
+            "leaks".into(),
+        ],
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("berth debug leaks");
+    assert!(
+        out.status.success(),
+        "{when}: berth debug leaks found:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Checks what the restarted daemon reports against what was confirmed.
 async fn check_invariants(d: &Daemon, model: &Shared, kill: u64) {
     let mut rt = d.runtime();
@@ -268,6 +289,34 @@ async fn check_invariants(d: &Daemon, model: &Shared, kill: u64) {
     }
 }
 
+/// What kubelet does after a runtime restart: pods it never heard of (their RunPodSandbox
+/// answer was lost with the daemon) and pods whose removal was cut short are removed.
+async fn collect_garbage(d: &Daemon, model: &Shared) {
+    let pods = d
+        .runtime()
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items;
+    for pod in pods {
+        let (known, stopping) = {
+            let m = lock(model);
+            (m.pods.contains_key(&pod.id), m.stopping.contains(&pod.id))
+        };
+        if !known || stopping {
+            berth_e2e::fixtures::remove_pod(d, &pod.id).await;
+        }
+    }
+    let mut m = lock(model);
+    let gone: Vec<String> = m.stopping.iter().cloned().collect();
+    for id in gone {
+        m.pods.remove(&id);
+        m.containers.retain(|_, pod| pod != &id);
+    }
+    m.stopping.clear();
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
@@ -327,6 +376,8 @@ async fn kill_9_at_random_moments_loses_nothing_and_leaks_nothing() {
             .await
             .expect("runtime ready after restart");
         check_invariants(&d, &model, kill).await;
+        assert_no_leaks(&d, &format!("after kill {kill}")).await;
+        collect_garbage(&d, &model).await;
     }
 
     // Everything goes; nothing may stay behind.
@@ -357,6 +408,7 @@ async fn kill_9_at_random_moments_loses_nothing_and_leaks_nothing() {
         .await
         .expect("RemoveImage");
     }
+    assert_no_leaks(&d, "after removing everything").await;
     let (cycles, ops) = {
         let m = lock(&model);
         (m.cycles, m.ops)

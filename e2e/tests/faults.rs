@@ -310,3 +310,77 @@ async fn clients_that_vanish_mid_call_leave_consistent_state() {
         remove_pod(&d, &pod.id).await;
     }
 }
+
+#[tokio::test]
+async fn fifty_clients_at_once_all_finish() {
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, images::BUSYBOX).await;
+    let log_dir = d.dir().path().join("pod-logs");
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            // Each client its own connection, as separate kubelets' calls would be.
+            let socket = d.socket().to_path_buf();
+            let log_dir = log_dir.clone();
+            tokio::spawn(async move {
+                let client = berth_e2e::Client::connect(&socket).await.expect("connect");
+                let mut rt = client.runtime();
+                let config = pod_config(&format!("many{i}"), &log_dir);
+                let pod_id = rt
+                    .run_pod_sandbox(RunPodSandboxRequest {
+                        config: Some(config.clone()),
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("RunPodSandbox")
+                    .into_inner()
+                    .pod_sandbox_id;
+                let cid = rt
+                    .create_container(CreateContainerRequest {
+                        pod_sandbox_id: pod_id.clone(),
+                        config: Some(container_config("c", &["sleep", "3600"])),
+                        sandbox_config: Some(config),
+                    })
+                    .await
+                    .expect("CreateContainer")
+                    .into_inner()
+                    .container_id;
+                rt.start_container(StartContainerRequest {
+                    container_id: cid.clone(),
+                })
+                .await
+                .expect("StartContainer");
+                let out = rt
+                    .exec_sync(ExecSyncRequest {
+                        container_id: cid,
+                        cmd: vec!["echo".into(), i.to_string()],
+                        timeout: 60,
+                    })
+                    .await
+                    .expect("ExecSync")
+                    .into_inner();
+                assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{i}\n"));
+                rt.stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: pod_id.clone(),
+                })
+                .await
+                .expect("StopPodSandbox");
+                rt.remove_pod_sandbox(RemovePodSandboxRequest {
+                    pod_sandbox_id: pod_id,
+                })
+                .await
+                .expect("RemovePodSandbox");
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("a client's lifecycle");
+    }
+    let took = started.elapsed();
+    // Generous for a loaded 2-core machine: a deadlock or a starved client would hang.
+    assert!(
+        took < Duration::from_secs(180),
+        "50 lifecycles took {took:?}"
+    );
+    eprintln!("50 concurrent pod lifecycles in {took:?}");
+}
