@@ -101,8 +101,18 @@ set -e
 trap - TERM INT HUP
 e2e_time=$((SECONDS - started))
 
+# ---- benchmark smoke run -----------------------------------------------------------------
+# Every step of the benchmark, once, Berth alone; no figure is checked (DESIGN.md, settled
+# question 3). The full side-by-side run is scripts/bench.sh.
+step "benchmark smoke run: scripts/bench.sh --smoke"
+set +e
+BERTH_BENCH_PROFILE=debug bash scripts/bench.sh --smoke
+bench_rc=$?
+set -e
+
 step "unit tests ${unit_time}s, build ${build_time}s, e2e ${e2e_time}s"
 failed=()
+((bench_rc == 0)) || failed+=("benchmark smoke run (exit $bench_rc)")
 ((unit_rc == 0)) || failed+=("unit tests (cargo exit $unit_rc)")
 ((rc == 0)) || failed+=("end-to-end tests (harness exit $rc)")
 if ((${#failed[@]})); then

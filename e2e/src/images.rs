@@ -38,6 +38,9 @@ pub const MULTIARCH_DOCKER: &str = "gcr.io/berth-e2e/multiarch-docker:1";
 pub const ZSTD: &str = "quay.io/berth-e2e/zstd:1";
 /// busybox with uncompressed tar layers.
 pub const UNCOMPRESSED: &str = "quay.io/berth-e2e/uncompressed:1";
+/// A pause image for the runtimes Berth is compared with (containerd's default sandbox
+/// image): busybox sleeping for ever. Berth itself needs none.
+pub const PAUSE: &str = "registry.k8s.io/pause:3.6";
 
 /// Every image the harness pushes.
 pub const ALL: &[&str] = &[
@@ -49,6 +52,7 @@ pub const ALL: &[&str] = &[
     MULTIARCH_DOCKER,
     ZSTD,
     UNCOMPRESSED,
+    PAUSE,
 ];
 
 /// Registry hosts that daemons started by [`crate::daemon`] reach through the mirror.
@@ -568,6 +572,21 @@ pub fn build_all(host: &HostBusybox) -> Result<Vec<TestImage>> {
     out.push(test_image(
         MULTIARCH_DOCKER,
         multiarch(Format::Docker, &gz, MULTIARCH_DOCKER)?,
+    )?);
+    let pause_run = RunConfig {
+        entrypoint: Some(vec!["sleep".into(), "2147483647".into()]),
+        cmd: None,
+        ..busybox_run()
+    };
+    out.push(test_image(
+        PAUSE,
+        Content::Single(Image::build(
+            Format::Docker,
+            Platform::host(),
+            &pause_run,
+            vec![gz.clone()],
+            PAUSE,
+        )?),
     )?);
     for (reference, base) in [(ZSTD, zst), (UNCOMPRESSED, raw)] {
         let layers = vec![base.clone(), marker(reference)?.build(base.compression)?];

@@ -404,6 +404,22 @@ pub(crate) async fn wait_gone(pid: i32) {
     if pid <= 0 {
         return;
     }
+    // A pidfd becomes readable when its process exits: no polling interval to wait out.
+    match sys::pidfd_open(pid) {
+        Err(_) => return,
+        Ok(fd) => {
+            // SAFETY: the pidfd moves into the AsyncFd, which keeps it open for its life.
+            if let Ok(afd) = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(
+                    fd,
+                    tokio::io::Interest::READABLE,
+                )
+            } {
+                let _ = tokio::time::timeout(Duration::from_secs(10), afd.readable()).await;
+                return;
+            }
+        }
+    }
     for _ in 0..200 {
         // SAFETY: signal 0 only checks existence.
         let alive = unsafe { libc::kill(pid, 0) } == 0;
