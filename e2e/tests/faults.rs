@@ -384,3 +384,97 @@ async fn fifty_clients_at_once_all_finish() {
     );
     eprintln!("50 concurrent pod lifecycles in {took:?}");
 }
+
+/// A CNI setup whose only plugin is `script` (a shell script run as the plugin binary).
+async fn daemon_with_plugin(script: &str, timeout_seconds: u64) -> (Daemon, std::path::PathBuf) {
+    let dir = berth_e2e::DaemonDir::new().expect("dir");
+    let conf_dir = dir.path().join("net.d");
+    let bin_dir = dir.path().join("cni-bin");
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let plugin = bin_dir.join("faulty");
+    std::fs::write(&plugin, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(&plugin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "faulty",
+        "plugins": [{"type": "faulty"}]
+    });
+    std::fs::write(conf_dir.join("10-faulty.conflist"), conflist.to_string()).unwrap();
+    let config = format!(
+        "[network]\nmode = \"cni\"\ncni_conf_dir = \"{}\"\ncni_bin_dirs = [\"{}\"]\ncni_plugin_timeout_seconds = {timeout_seconds}\n",
+        conf_dir.display(),
+        bin_dir.display()
+    );
+    let d = Daemon::builder()
+        .dir(dir)
+        .config(&config)
+        .start()
+        .await
+        .expect("daemon in CNI mode");
+    (d, plugin)
+}
+
+async fn no_pods_left(d: &Daemon) {
+    let pods = d
+        .runtime()
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "a failed RunPodSandbox left {pods:?}");
+    let dirs: Vec<_> = std::fs::read_dir(d.dir().state().join("pods"))
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(dirs.is_empty(), "pod run dirs left: {dirs:?}");
+}
+
+#[tokio::test]
+async fn a_failing_cni_plugin_surfaces_its_message_and_leaves_nothing() {
+    // A CNI error on stdout, as the spec says, and exit 1 for ADD; DEL succeeds.
+    let script = r#"if [ "$CNI_COMMAND" = ADD ]; then
+  echo '{"cniVersion":"1.0.0","code":11,"msg":"no addresses left in the test pool","details":"pool exhausted"}'
+  exit 1
+fi
+exit 0"#;
+    let (d, _plugin) = daemon_with_plugin(script, 10).await;
+    let config = pod_config("cnifail", &d.dir().path().join("pod-logs"));
+    let err = d
+        .runtime()
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config),
+            ..Default::default()
+        })
+        .await
+        .expect_err("the plugin fails");
+    assert!(
+        err.message().contains("no addresses left in the test pool"),
+        "{}",
+        err.message()
+    );
+    no_pods_left(&d).await;
+}
+
+#[tokio::test]
+async fn a_hanging_cni_plugin_is_cut_off_by_its_timeout() {
+    let script = r#"if [ "$CNI_COMMAND" = ADD ]; then exec sleep 600; fi
+exit 0"#;
+    let (d, _plugin) = daemon_with_plugin(script, 2).await;
+    let config = pod_config("cnihang", &d.dir().path().join("pod-logs"));
+    let started = Instant::now();
+    let err = d
+        .runtime()
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config),
+            ..Default::default()
+        })
+        .await
+        .expect_err("the plugin hangs");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "RunPodSandbox took {took:?}"
+    );
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    no_pods_left(&d).await;
+}
