@@ -410,10 +410,7 @@ pub(crate) async fn wait_gone(pid: i32) {
         Ok(fd) => {
             // SAFETY: the pidfd moves into the AsyncFd, which keeps it open for its life.
             if let Ok(afd) = unsafe {
-                tokio::io::unix::AsyncFd::register_with_interest(
-                    fd,
-                    tokio::io::Interest::READABLE,
-                )
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
             } {
                 let _ = tokio::time::timeout(Duration::from_secs(10), afd.readable()).await;
                 return;

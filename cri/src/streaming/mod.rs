@@ -8,12 +8,12 @@
 //! [`client`] is the other end, for tests.
 
 pub mod backend;
-pub mod runtime_backend;
 pub mod client;
 pub mod http;
 pub mod netns;
 pub mod portforward;
 pub mod remotecommand;
+pub mod runtime_backend;
 pub mod spdy;
 pub mod status;
 pub mod tokens;
