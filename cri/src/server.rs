@@ -123,10 +123,10 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 fn remove_socket(path: &PathBuf) {
-    if let Err(e) = std::fs::remove_file(path) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(socket = %path.display(), error = %e, "cannot remove socket");
-        }
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(socket = %path.display(), error = %e, "cannot remove socket");
     }
 }
 

@@ -337,7 +337,7 @@ async fn urls_are_single_use_and_a_vanished_client_leaves_no_process() {
         .await
         .expect("first use");
     let again = client::run(&url, OUT_ERR, &Transport::spdy(), None, None).await;
-    let err = again.err().expect("a used URL is refused");
+    let err = again.expect_err("a used URL is refused");
     assert!(err.to_string().contains("404"), "{err}");
 
     for (name, transport) in transports() {
