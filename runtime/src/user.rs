@@ -117,6 +117,13 @@ pub fn resolve_user(
     passwd: &[PasswdEntry],
     groups: &[GroupEntry],
 ) -> Result<ResolvedUser> {
+    if req.run_as_group.is_some() && req.run_as_user.is_none() && req.run_as_username.is_empty() {
+        // As containerd and CRI-O answer: a group alone would silently pair with the
+        // image's user.
+        return Err(Error::InvalidArgument(
+            "run_as_group is set without run_as_user or run_as_username".into(),
+        ));
+    }
     let by_uid = |uid: u32| passwd.iter().find(|p| p.uid == uid);
     let by_name = |name: &str| passwd.iter().find(|p| p.name == name);
     let (uid, mut gid, entry): (u32, u32, Option<&PasswdEntry>) = if let Some(uid) = req.run_as_user
@@ -328,6 +335,17 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_group_alone_is_refused() {
+        let e = resolve(UserRequest {
+            run_as_group: Some(5),
+            image_user: "www-data".into(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("run_as_group"), "{e}");
     }
 
     #[test]
