@@ -2,6 +2,9 @@
 //! and its containers go, and the monitor writes each process into the files it returns
 //! before the process runs any code of the container.
 
+pub mod convert;
+pub mod parse;
+
 use std::path::PathBuf;
 
 use k8s_cri::v1::{LinuxContainerResources, PodSandboxConfig};
