@@ -16,6 +16,7 @@ pub mod image;
 pub mod plan;
 pub mod podfiles;
 pub mod protocol;
+pub mod seccomp;
 pub mod security;
 pub mod spec;
 pub mod status;

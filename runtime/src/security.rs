@@ -186,6 +186,59 @@ pub fn own_bounding_set() -> u64 {
         .unwrap_or(u64::MAX >> (64 - CAPABILITY_NAMES.len()))
 }
 
+/// The filter a container's seccomp settings ask for: `seccomp` if set, else the
+/// deprecated `seccomp_profile_path` (`runtime/default`, `docker/default`, `unconfined`,
+/// `localhost/<path>`); nothing set is unconfined, as in containerd.
+fn seccomp_for(ctx: &LinuxContainerSecurityContext, caps: u64) -> Result<Option<SeccompFilter>> {
+    use k8s_cri::v1::security_profile::ProfileType;
+    enum Wanted<'a> {
+        Default,
+        Unconfined,
+        Localhost(&'a str),
+    }
+    let wanted = match &ctx.seccomp {
+        Some(p) => match ProfileType::try_from(p.profile_type) {
+            Ok(ProfileType::RuntimeDefault) => Wanted::Default,
+            Ok(ProfileType::Unconfined) => Wanted::Unconfined,
+            Ok(ProfileType::Localhost) => Wanted::Localhost(&p.localhost_ref),
+            Err(_) => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown seccomp profile type {}",
+                    p.profile_type
+                )));
+            }
+        },
+        // kubelet still fills the deprecated field for older runtimes.
+        #[allow(deprecated)]
+        None => match ctx.seccomp_profile_path.as_str() {
+            "" | "unconfined" => Wanted::Unconfined,
+            "runtime/default" | "docker/default" => Wanted::Default,
+            other => match other.strip_prefix("localhost/") {
+                Some(path) => Wanted::Localhost(path),
+                None => {
+                    return Err(Error::InvalidArgument(format!(
+                        "unknown seccomp profile {other:?}"
+                    )));
+                }
+            },
+        },
+    };
+    match wanted {
+        Wanted::Unconfined => Ok(None),
+        Wanted::Default => {
+            crate::seccomp::compile(&crate::seccomp::runtime_default(caps)).map(Some)
+        }
+        Wanted::Localhost(path) => {
+            if !path.starts_with('/') {
+                return Err(Error::InvalidArgument(format!(
+                    "seccomp localhost profile {path:?} is not an absolute path"
+                )));
+            }
+            crate::seccomp::load_profile(path).map(Some)
+        }
+    }
+}
+
 impl SecuritySettings {
     /// Computes the settings from a CRI security context, with containerd's defaults.
     /// `all_caps` is the set "ALL" and privileged stand for (the daemon's bounding set).
@@ -251,6 +304,12 @@ impl SecuritySettings {
                 },
             )
         };
+        let seccomp = if ctx.privileged {
+            // A privileged container runs unconfined, whatever profile it names.
+            None
+        } else {
+            seccomp_for(ctx, caps)?
+        };
         Ok(SecuritySettings {
             capabilities: CapabilitySets {
                 bounding: caps,
@@ -260,7 +319,7 @@ impl SecuritySettings {
                 ambient,
             },
             no_new_privs: ctx.no_new_privs,
-            seccomp: None,
+            seccomp,
             masked_paths: masked,
             readonly_paths: readonly,
             privileged: ctx.privileged,
@@ -274,6 +333,90 @@ mod tests {
     use k8s_cri::v1::Capability;
 
     const ALL: u64 = (1 << 41) - 1;
+
+    #[test]
+    #[allow(deprecated)]
+    fn seccomp_profiles_follow_the_cri_fields() {
+        use k8s_cri::v1::SecurityProfile;
+        use k8s_cri::v1::security_profile::ProfileType;
+        let with = |p: Option<SecurityProfile>, path: &str, privileged: bool| {
+            SecuritySettings::from_cri(
+                Some(&LinuxContainerSecurityContext {
+                    seccomp: p,
+                    seccomp_profile_path: path.into(),
+                    privileged,
+                    ..Default::default()
+                }),
+                ALL,
+            )
+        };
+        let profile = |t: ProfileType, r: &str| {
+            Some(SecurityProfile {
+                profile_type: t as i32,
+                localhost_ref: r.into(),
+            })
+        };
+        assert!(with(None, "", false).unwrap().seccomp.is_none());
+        assert!(with(None, "unconfined", false).unwrap().seccomp.is_none());
+        assert!(
+            with(None, "runtime/default", false)
+                .unwrap()
+                .seccomp
+                .is_some()
+        );
+        assert!(
+            with(profile(ProfileType::RuntimeDefault, ""), "", false)
+                .unwrap()
+                .seccomp
+                .is_some()
+        );
+        assert!(
+            with(
+                profile(ProfileType::Unconfined, ""),
+                "runtime/default",
+                false
+            )
+            .unwrap()
+            .seccomp
+            .is_none()
+        );
+        assert!(
+            with(profile(ProfileType::RuntimeDefault, ""), "", true)
+                .unwrap()
+                .seccomp
+                .is_none()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.json");
+        std::fs::write(
+            &file,
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["chmod"],"action":"SCMP_ACT_ERRNO"}]}"#,
+        )
+        .unwrap();
+        let path = file.display().to_string();
+        assert!(
+            with(profile(ProfileType::Localhost, &path), "", false)
+                .unwrap()
+                .seccomp
+                .is_some()
+        );
+        assert!(
+            with(None, &format!("localhost/{path}"), false)
+                .unwrap()
+                .seccomp
+                .is_some()
+        );
+        for bad in [
+            with(profile(ProfileType::Localhost, "relative.json"), "", false),
+            with(profile(ProfileType::Localhost, "/no/such.json"), "", false),
+            with(None, "whatever", false),
+        ] {
+            assert_eq!(
+                bad.unwrap_err().class(),
+                crate::error::ErrorClass::InvalidArgument
+            );
+        }
+    }
 
     #[test]
     fn names() {

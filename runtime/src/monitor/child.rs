@@ -184,6 +184,13 @@ fn apply_identity(p: &ProcessSpec) -> StepResult {
     let sec: &SecuritySettings = &p.security;
     let caps = &sec.capabilities;
     let last = sys::last_cap();
+    // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, which the steps below may
+    // drop: load it first (as runc does), so the profile also covers those steps.
+    if !sec.no_new_privs
+        && let Some(filter) = &sec.seccomp
+    {
+        load_seccomp(filter)?;
+    }
     // SAFETY: prctl/setgroups/setres[ug]id with integer arguments and a slice we own.
     unsafe {
         for cap in 0..=last {
@@ -248,7 +255,17 @@ fn apply_identity(p: &ProcessSpec) -> StepResult {
             ));
         }
     }
-    if let Some(filter) = &sec.seccomp {
+    if sec.no_new_privs
+        && let Some(filter) = &sec.seccomp
+    {
+        load_seccomp(filter)?;
+    }
+    Ok(())
+}
+
+/// Installs a seccomp filter on this process.
+fn load_seccomp(filter: &crate::security::SeccompFilter) -> StepResult {
+    {
         let mut prog: Vec<libc::sock_filter> = filter
             .instructions
             .iter()

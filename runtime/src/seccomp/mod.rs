@@ -1,0 +1,916 @@
+//! seccomp: the CRI's profiles (RuntimeDefault, Unconfined, Localhost with an OCI/Docker
+//! JSON profile) compiled to a classic BPF program, which the container's process loads as
+//! its last step before exec.
+//!
+//! The program checks the architecture (a foreign one kills the process), refuses x32
+//! system calls, then tries each rule in order: a rule matches a system call number and,
+//! optionally, conditions on its arguments (all must hold); the first rule that matches
+//! decides; otherwise the profile's default action does. Each rule is a small block whose
+//! jumps stay inside it, so the program never needs a jump longer than BPF allows.
+
+mod x86_64;
+
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::security::{BpfInstruction, SeccompFilter};
+
+const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+const RET_KILL_THREAD: u32 = 0x0000_0000;
+const RET_KILL_PROCESS: u32 = 0x8000_0000;
+const RET_TRAP: u32 = 0x0003_0000;
+const RET_ERRNO: u32 = 0x0005_0000;
+const RET_TRACE: u32 = 0x7ff0_0000;
+const RET_LOG: u32 = 0x7ffc_0000;
+const RET_ALLOW: u32 = 0x7fff_0000;
+
+// Classic BPF opcodes.
+const LD_W_ABS: u16 = 0x20;
+const JEQ_K: u16 = 0x15;
+const JGE_K: u16 = 0x35;
+const JGT_K: u16 = 0x25;
+const JSET_K: u16 = 0x45;
+const AND_K: u16 = 0x54;
+const JA: u16 = 0x05;
+const RET_K: u16 = 0x06;
+
+/// Offsets in `struct seccomp_data`.
+const OFF_NR: u32 = 0;
+const OFF_ARCH: u32 = 4;
+const OFF_ARGS: u32 = 16;
+
+/// An OCI / Docker seccomp profile (the JSON kubelet's Localhost profiles are written in).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Profile {
+    /// What a system call no rule matches gets.
+    pub default_action: String,
+    /// errno for a default `SCMP_ACT_ERRNO`.
+    #[serde(default)]
+    pub default_errno_ret: Option<u32>,
+    /// `SCMP_ARCH_*` names; checked against the node's.
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    /// Docker's form of the architectures.
+    #[serde(default)]
+    pub arch_map: Vec<ArchMap>,
+    /// The rules, tried in order.
+    #[serde(default)]
+    pub syscalls: Vec<SyscallRule>,
+    /// `SECCOMP_FILTER_FLAG_*` names.
+    #[serde(default)]
+    pub flags: Vec<String>,
+}
+
+/// Docker's `archMap` entry.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchMap {
+    /// The main architecture.
+    pub architecture: String,
+    /// Its sub-architectures.
+    #[serde(default)]
+    pub sub_architectures: Vec<String>,
+}
+
+/// One rule: system calls, an action, and conditions on the arguments.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyscallRule {
+    /// The system calls (names unknown on this architecture are skipped, as libseccomp
+    /// does).
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Docker's single-name form.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `SCMP_ACT_*`.
+    pub action: String,
+    /// errno for `SCMP_ACT_ERRNO`.
+    #[serde(default)]
+    pub errno_ret: Option<u32>,
+    /// Conditions, all of which must hold.
+    #[serde(default)]
+    pub args: Vec<ArgCondition>,
+}
+
+/// A condition on one argument.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArgCondition {
+    /// Argument index, 0 to 5.
+    pub index: u32,
+    /// The value compared with (the mask for `SCMP_CMP_MASKED_EQ`).
+    pub value: u64,
+    /// The second value (what the masked argument must equal).
+    #[serde(default)]
+    pub value_two: u64,
+    /// `SCMP_CMP_*`.
+    pub op: String,
+}
+
+fn action(name: &str, errno: Option<u32>) -> Result<u32> {
+    let errno = errno.unwrap_or(libc::EPERM as u32) & 0xffff;
+    Ok(match name {
+        "SCMP_ACT_ALLOW" => RET_ALLOW,
+        "SCMP_ACT_ERRNO" => RET_ERRNO | errno,
+        "SCMP_ACT_KILL" | "SCMP_ACT_KILL_THREAD" => RET_KILL_THREAD,
+        "SCMP_ACT_KILL_PROCESS" => RET_KILL_PROCESS,
+        "SCMP_ACT_TRAP" => RET_TRAP,
+        "SCMP_ACT_LOG" => RET_LOG,
+        // No tracer is attached: like libseccomp, a trace rule without one is ENOSYS.
+        "SCMP_ACT_TRACE" => RET_TRACE | errno,
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "seccomp action {other:?} is not supported"
+            )));
+        }
+    })
+}
+
+/// The number of `name` on this node's architecture.
+fn syscall_number(name: &str) -> Option<u32> {
+    x86_64::SYSCALLS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|&(_, nr)| nr)
+}
+
+fn ins(code: u16, jt: u8, jf: u8, k: u32) -> BpfInstruction {
+    BpfInstruction { code, jt, jf, k }
+}
+
+/// The instructions that fall through when `cond` holds for the argument and jump `skip`
+/// forward (past the end of the caller's block) when it does not. `skip` counts from the
+/// end of the returned instructions.
+fn condition(cond: &ArgCondition) -> Result<Vec<BpfInstruction>> {
+    if cond.index > 5 {
+        return Err(Error::InvalidArgument(format!(
+            "seccomp argument index {} is out of range",
+            cond.index
+        )));
+    }
+    let lo_off = OFF_ARGS + 8 * cond.index;
+    let hi_off = lo_off + 4;
+    let (v_hi, v_lo) = ((cond.value >> 32) as u32, cond.value as u32);
+    // Each sequence ends with the "holds" path falling through; FAIL is a placeholder
+    // offset to the block's end, patched by the caller (jf/jt = 255 marks it).
+    const FAIL: u8 = 255;
+    let seq = match cond.op.as_str() {
+        "SCMP_CMP_EQ" => vec![
+            ins(LD_W_ABS, 0, 0, hi_off),
+            ins(JEQ_K, 0, FAIL, v_hi),
+            ins(LD_W_ABS, 0, 0, lo_off),
+            ins(JEQ_K, 0, FAIL, v_lo),
+        ],
+        "SCMP_CMP_NE" => vec![
+            // Holds unless both halves are equal.
+            ins(LD_W_ABS, 0, 0, hi_off),
+            ins(JEQ_K, 0, 2, v_hi),
+            ins(LD_W_ABS, 0, 0, lo_off),
+            ins(JEQ_K, FAIL, 0, v_lo),
+        ],
+        "SCMP_CMP_MASKED_EQ" => {
+            let (m_hi, m_lo) = ((cond.value >> 32) as u32, cond.value as u32);
+            let (w_hi, w_lo) = ((cond.value_two >> 32) as u32, cond.value_two as u32);
+            vec![
+                ins(LD_W_ABS, 0, 0, hi_off),
+                ins(AND_K, 0, 0, m_hi),
+                ins(JEQ_K, 0, FAIL, w_hi),
+                ins(LD_W_ABS, 0, 0, lo_off),
+                ins(AND_K, 0, 0, m_lo),
+                ins(JEQ_K, 0, FAIL, w_lo),
+            ]
+        }
+        op @ ("SCMP_CMP_GE" | "SCMP_CMP_GT" | "SCMP_CMP_LE" | "SCMP_CMP_LT") => {
+            // Compare the high words; only when they are equal do the low words decide.
+            // arg > v  <=> hi > v_hi || (hi == v_hi && lo > v_lo), and so on.
+            let (lo_code, lo_holds_when_true) = match op {
+                "SCMP_CMP_GE" => (JGE_K, true),
+                "SCMP_CMP_GT" => (JGT_K, true),
+                "SCMP_CMP_LE" => (JGT_K, false),
+                _ => (JGE_K, false),
+            };
+            let greater_holds = matches!(op, "SCMP_CMP_GE" | "SCMP_CMP_GT");
+            vec![
+                ins(LD_W_ABS, 0, 0, hi_off),
+                // hi > v_hi: holds for GE/GT, fails for LE/LT.
+                if greater_holds {
+                    ins(JGT_K, 3, 0, v_hi)
+                } else {
+                    ins(JGT_K, FAIL, 0, v_hi)
+                },
+                // hi < v_hi: fails for GE/GT, holds for LE/LT.
+                if greater_holds {
+                    ins(JEQ_K, 0, FAIL, v_hi)
+                } else {
+                    ins(JEQ_K, 0, 2, v_hi)
+                },
+                ins(LD_W_ABS, 0, 0, lo_off),
+                if lo_holds_when_true {
+                    ins(lo_code, 0, FAIL, v_lo)
+                } else {
+                    ins(lo_code, FAIL, 0, v_lo)
+                },
+            ]
+        }
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "seccomp comparison {other:?} is not supported"
+            )));
+        }
+    };
+    Ok(seq)
+}
+
+/// Compiles `profile` for this node.
+pub fn compile(profile: &Profile) -> Result<SeccompFilter> {
+    let archs: Vec<&str> = profile
+        .architectures
+        .iter()
+        .map(String::as_str)
+        .chain(profile.arch_map.iter().map(|a| a.architecture.as_str()))
+        .collect();
+    if !archs.is_empty() && !archs.contains(&"SCMP_ARCH_X86_64") {
+        return Err(Error::InvalidArgument(format!(
+            "the seccomp profile names architectures {archs:?}, not this node's x86_64"
+        )));
+    }
+    let default = action(&profile.default_action, profile.default_errno_ret)?;
+    let mut prog = vec![
+        ins(LD_W_ABS, 0, 0, OFF_ARCH),
+        ins(JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+        ins(RET_K, 0, 0, RET_KILL_PROCESS),
+        ins(LD_W_ABS, 0, 0, OFF_NR),
+        // x32 system calls are refused outright (runc and libseccomp do too).
+        ins(JGE_K, 0, 1, X32_SYSCALL_BIT),
+        ins(RET_K, 0, 0, RET_ERRNO | libc::EPERM as u32),
+    ];
+    for rule in &profile.syscalls {
+        let act = action(&rule.action, rule.errno_ret)?;
+        let mut conds = Vec::new();
+        for c in &rule.args {
+            conds.push(condition(c)?);
+        }
+        let names = rule.names.iter().chain(rule.name.iter());
+        for name in names {
+            let Some(nr) = syscall_number(name) else {
+                continue;
+            };
+            // ld nr; jeq nr (else skip the block); conditions; ret action.
+            let mut body: Vec<BpfInstruction> = conds.iter().flatten().copied().collect();
+            body.push(ins(RET_K, 0, 0, act));
+            let len = body.len();
+            if len > 250 {
+                return Err(Error::InvalidArgument(format!(
+                    "seccomp rule for {name} has too many conditions"
+                )));
+            }
+            // Patch the failure placeholders: jump to just past this block.
+            for (i, b) in body.iter_mut().enumerate() {
+                let to_end = (len - i - 1) as u8;
+                if b.jt == 255 {
+                    b.jt = to_end;
+                }
+                if b.jf == 255 {
+                    b.jf = to_end;
+                }
+            }
+            prog.push(ins(LD_W_ABS, 0, 0, OFF_NR));
+            prog.push(ins(JEQ_K, 0, len as u8, nr));
+            prog.extend(body);
+        }
+    }
+    prog.push(ins(RET_K, 0, 0, default));
+    if prog.len() > 4096 {
+        return Err(Error::InvalidArgument(format!(
+            "the seccomp profile compiles to {} instructions, over the kernel's 4096",
+            prog.len()
+        )));
+    }
+    let mut flags = 0;
+    for f in &profile.flags {
+        flags |= match f.as_str() {
+            "SECCOMP_FILTER_FLAG_TSYNC" => 1,
+            "SECCOMP_FILTER_FLAG_LOG" => 2,
+            "SECCOMP_FILTER_FLAG_SPEC_ALLOW" => 4,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "seccomp flag {other:?} is not supported"
+                )));
+            }
+        };
+    }
+    // Unused jump helpers kept for clarity of the opcode table.
+    let _ = (JSET_K, JA);
+    Ok(SeccompFilter {
+        instructions: prog,
+        flags,
+    })
+}
+
+/// Reads and compiles the JSON profile at `path`.
+pub fn load_profile(path: &str) -> Result<SeccompFilter> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::InvalidArgument(format!("seccomp profile {path}: cannot read it: {e}"))
+    })?;
+    let profile: Profile = serde_json::from_str(&text)
+        .map_err(|e| Error::InvalidArgument(format!("seccomp profile {path}: {e}")))?;
+    compile(&profile).map_err(|e| Error::InvalidArgument(format!("seccomp profile {path}: {e}")))
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// System calls the runtime default profile allows to every container (containerd's and
+/// Docker's default list).
+const DEFAULT_ALLOW: &[&str] = &[
+    "accept",
+    "accept4",
+    "access",
+    "adjtimex",
+    "alarm",
+    "arch_prctl",
+    "bind",
+    "brk",
+    "cachestat",
+    "capget",
+    "capset",
+    "chdir",
+    "chmod",
+    "chown",
+    "clock_adjtime",
+    "clock_getres",
+    "clock_gettime",
+    "clock_nanosleep",
+    "close",
+    "close_range",
+    "connect",
+    "copy_file_range",
+    "creat",
+    "dup",
+    "dup2",
+    "dup3",
+    "epoll_create",
+    "epoll_create1",
+    "epoll_ctl",
+    "epoll_ctl_old",
+    "epoll_pwait",
+    "epoll_pwait2",
+    "epoll_wait",
+    "epoll_wait_old",
+    "eventfd",
+    "eventfd2",
+    "execve",
+    "execveat",
+    "exit",
+    "exit_group",
+    "faccessat",
+    "faccessat2",
+    "fadvise64",
+    "fallocate",
+    "fanotify_mark",
+    "fchdir",
+    "fchmod",
+    "fchmodat",
+    "fchmodat2",
+    "fchown",
+    "fchownat",
+    "fcntl",
+    "fdatasync",
+    "fgetxattr",
+    "flistxattr",
+    "flock",
+    "fork",
+    "fremovexattr",
+    "fsetxattr",
+    "fstat",
+    "fstatfs",
+    "fsync",
+    "ftruncate",
+    "futex",
+    "futex_requeue",
+    "futex_wait",
+    "futex_waitv",
+    "futex_wake",
+    "futimesat",
+    "getcpu",
+    "getcwd",
+    "getdents",
+    "getdents64",
+    "getegid",
+    "geteuid",
+    "getgid",
+    "getgroups",
+    "getitimer",
+    "getpeername",
+    "getpgid",
+    "getpgrp",
+    "getpid",
+    "getppid",
+    "getpriority",
+    "getrandom",
+    "getresgid",
+    "getresuid",
+    "getrlimit",
+    "get_robust_list",
+    "getrusage",
+    "getsid",
+    "getsockname",
+    "getsockopt",
+    "get_thread_area",
+    "gettid",
+    "gettimeofday",
+    "getuid",
+    "getxattr",
+    "inotify_add_watch",
+    "inotify_init",
+    "inotify_init1",
+    "inotify_rm_watch",
+    "io_cancel",
+    "ioctl",
+    "io_destroy",
+    "io_getevents",
+    "io_pgetevents",
+    "ioprio_get",
+    "ioprio_set",
+    "io_setup",
+    "io_submit",
+    "kill",
+    "landlock_add_rule",
+    "landlock_create_ruleset",
+    "landlock_restrict_self",
+    "lchown",
+    "lgetxattr",
+    "link",
+    "linkat",
+    "listen",
+    "listxattr",
+    "llistxattr",
+    "lremovexattr",
+    "lseek",
+    "lsetxattr",
+    "lstat",
+    "madvise",
+    "map_shadow_stack",
+    "membarrier",
+    "memfd_create",
+    "memfd_secret",
+    "mincore",
+    "mkdir",
+    "mkdirat",
+    "mknod",
+    "mknodat",
+    "mlock",
+    "mlock2",
+    "mlockall",
+    "mmap",
+    "modify_ldt",
+    "mprotect",
+    "mq_getsetattr",
+    "mq_notify",
+    "mq_open",
+    "mq_timedreceive",
+    "mq_timedsend",
+    "mq_unlink",
+    "mremap",
+    "msgctl",
+    "msgget",
+    "msgrcv",
+    "msgsnd",
+    "msync",
+    "munlock",
+    "munlockall",
+    "munmap",
+    "name_to_handle_at",
+    "nanosleep",
+    "newfstatat",
+    "open",
+    "openat",
+    "openat2",
+    "pause",
+    "pidfd_getfd",
+    "pidfd_open",
+    "pidfd_send_signal",
+    "pipe",
+    "pipe2",
+    "pkey_alloc",
+    "pkey_free",
+    "pkey_mprotect",
+    "poll",
+    "ppoll",
+    "prctl",
+    "pread64",
+    "preadv",
+    "preadv2",
+    "prlimit64",
+    "process_mrelease",
+    "process_vm_readv",
+    "process_vm_writev",
+    "pselect6",
+    "ptrace",
+    "pwrite64",
+    "pwritev",
+    "pwritev2",
+    "read",
+    "readahead",
+    "readlink",
+    "readlinkat",
+    "readv",
+    "recvfrom",
+    "recvmmsg",
+    "recvmsg",
+    "remap_file_pages",
+    "removexattr",
+    "rename",
+    "renameat",
+    "renameat2",
+    "restart_syscall",
+    "rseq",
+    "rt_sigaction",
+    "rt_sigpending",
+    "rt_sigprocmask",
+    "rt_sigqueueinfo",
+    "rt_sigreturn",
+    "rt_sigsuspend",
+    "rt_sigtimedwait",
+    "rt_tgsigqueueinfo",
+    "sched_getaffinity",
+    "sched_getattr",
+    "sched_getparam",
+    "sched_get_priority_max",
+    "sched_get_priority_min",
+    "sched_getscheduler",
+    "sched_rr_get_interval",
+    "sched_setaffinity",
+    "sched_setattr",
+    "sched_setparam",
+    "sched_setscheduler",
+    "sched_yield",
+    "seccomp",
+    "select",
+    "semctl",
+    "semget",
+    "semop",
+    "semtimedop",
+    "sendfile",
+    "sendmmsg",
+    "sendmsg",
+    "sendto",
+    "setfsgid",
+    "setfsuid",
+    "setgid",
+    "setgroups",
+    "setitimer",
+    "setpgid",
+    "setpriority",
+    "setregid",
+    "setresgid",
+    "setresuid",
+    "setreuid",
+    "setrlimit",
+    "set_robust_list",
+    "setsid",
+    "setsockopt",
+    "set_thread_area",
+    "set_tid_address",
+    "setuid",
+    "setxattr",
+    "shmat",
+    "shmctl",
+    "shmdt",
+    "shmget",
+    "shutdown",
+    "sigaltstack",
+    "signalfd",
+    "signalfd4",
+    "socket",
+    "socketpair",
+    "splice",
+    "stat",
+    "statfs",
+    "statx",
+    "symlink",
+    "symlinkat",
+    "sync",
+    "sync_file_range",
+    "syncfs",
+    "sysinfo",
+    "tee",
+    "tgkill",
+    "time",
+    "timer_create",
+    "timer_delete",
+    "timer_getoverrun",
+    "timer_gettime",
+    "timer_settime",
+    "timerfd_create",
+    "timerfd_gettime",
+    "timerfd_settime",
+    "times",
+    "tkill",
+    "truncate",
+    "umask",
+    "uname",
+    "unlink",
+    "unlinkat",
+    "utime",
+    "utimensat",
+    "utimes",
+    "vfork",
+    "vmsplice",
+    "wait4",
+    "waitid",
+    "write",
+    "writev",
+];
+
+/// System calls the default profile allows only with a capability (bit number).
+const DEFAULT_BY_CAPABILITY: &[(u32, &[&str])] = &[
+    (
+        CAP_SYS_ADMIN,
+        &[
+            "bpf",
+            "clone",
+            "clone3",
+            "fanotify_init",
+            "fsconfig",
+            "fsmount",
+            "fsopen",
+            "fspick",
+            "lookup_dcookie",
+            "mount",
+            "mount_setattr",
+            "move_mount",
+            "open_tree",
+            "perf_event_open",
+            "quotactl",
+            "quotactl_fd",
+            "setdomainname",
+            "sethostname",
+            "setns",
+            "syslog",
+            "umount2",
+            "unshare",
+        ],
+    ),
+    (22, &["reboot"]),                                       // CAP_SYS_BOOT
+    (18, &["chroot"]),                                       // CAP_SYS_CHROOT
+    (16, &["delete_module", "init_module", "finit_module"]), // CAP_SYS_MODULE
+    (20, &["acct"]),                                         // CAP_SYS_PACCT
+    (19, &["kcmp", "pidfd_getfd", "process_madvise"]),       // CAP_SYS_PTRACE
+    (17, &["iopl", "ioperm"]),                               // CAP_SYS_RAWIO
+    (25, &["settimeofday", "clock_settime"]),                // CAP_SYS_TIME
+    (26, &["vhangup"]),                                      // CAP_SYS_TTY_CONFIG
+    (
+        23,
+        &[
+            "get_mempolicy",
+            "mbind",
+            "set_mempolicy",
+            "set_mempolicy_home_node",
+        ],
+    ), // CAP_SYS_NICE
+    (34, &["syslog"]),                                       // CAP_SYSLOG
+    (39, &["bpf"]),                                          // CAP_BPF
+    (38, &["perf_event_open"]),                              // CAP_PERFMON
+];
+
+/// The runtime default profile for a process with capability set `caps`: the default list,
+/// the calls its capabilities unlock, `personality` for the usual personas, and `clone`
+/// without namespace flags (with `clone3` answered ENOSYS so libc falls back to it) unless
+/// it holds CAP_SYS_ADMIN.
+pub fn runtime_default(caps: u64) -> Profile {
+    let rule = |names: Vec<String>| SyscallRule {
+        names,
+        action: "SCMP_ACT_ALLOW".into(),
+        ..Default::default()
+    };
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut syscalls = vec![rule(strings(DEFAULT_ALLOW))];
+    let mut unlocked = BTreeSet::new();
+    for (cap, names) in DEFAULT_BY_CAPABILITY {
+        if caps & (1 << cap) != 0 {
+            unlocked.extend(names.iter().copied());
+        }
+    }
+    syscalls.push(rule(unlocked.iter().map(|s| s.to_string()).collect()));
+    for persona in [0x0u64, 0x8, 0x20000, 0x20008, 0xffff_ffff] {
+        syscalls.push(SyscallRule {
+            names: vec!["personality".into()],
+            action: "SCMP_ACT_ALLOW".into(),
+            args: vec![ArgCondition {
+                index: 0,
+                value: persona,
+                value_two: 0,
+                op: "SCMP_CMP_EQ".into(),
+            }],
+            ..Default::default()
+        });
+    }
+    if caps & (1 << CAP_SYS_ADMIN) == 0 {
+        // CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET must be clear.
+        syscalls.push(SyscallRule {
+            names: vec!["clone".into()],
+            action: "SCMP_ACT_ALLOW".into(),
+            args: vec![ArgCondition {
+                index: 0,
+                value: 0x7e02_0000,
+                value_two: 0,
+                op: "SCMP_CMP_MASKED_EQ".into(),
+            }],
+            ..Default::default()
+        });
+        syscalls.push(SyscallRule {
+            names: vec!["clone3".into()],
+            action: "SCMP_ACT_ERRNO".into(),
+            errno_ret: Some(libc::ENOSYS as u32),
+            ..Default::default()
+        });
+    }
+    Profile {
+        default_action: "SCMP_ACT_ERRNO".into(),
+        default_errno_ret: Some(libc::EPERM as u32),
+        architectures: vec!["SCMP_ARCH_X86_64".into()],
+        syscalls,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` in a forked child that has loaded `filter`; returns the child's exit code.
+    fn in_child_with(filter: &SeccompFilter, f: fn() -> i32) -> i32 {
+        // SAFETY: the child only makes system calls and exits; the test process is not
+        // touched.
+        unsafe {
+            let pid = libc::fork();
+            if pid == 0 {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                let mut prog: Vec<libc::sock_filter> = filter
+                    .instructions
+                    .iter()
+                    .map(|i| libc::sock_filter {
+                        code: i.code,
+                        jt: i.jt,
+                        jf: i.jf,
+                        k: i.k,
+                    })
+                    .collect();
+                let fprog = libc::sock_fprog {
+                    len: prog.len() as u16,
+                    filter: prog.as_mut_ptr(),
+                };
+                if libc::syscall(libc::SYS_seccomp, 1, filter.flags, &fprog) != 0 {
+                    libc::_exit(100);
+                }
+                libc::_exit(f());
+            }
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+            if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                -libc::WTERMSIG(status)
+            }
+        }
+    }
+
+    fn errno() -> i32 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    }
+
+    fn profile(json: &str) -> SeccompFilter {
+        compile(&serde_json::from_str(json).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn an_errno_rule_denies_only_its_call() {
+        let f = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+                {"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO"}]}"#,
+        );
+        let code = in_child_with(&f, || {
+            // SAFETY: mkdir of a path that cannot exist, then getpid.
+            let r = unsafe { libc::mkdir(c"/proc/berth-seccomp-test".as_ptr(), 0o700) };
+            if r == 0 || errno() != libc::EPERM {
+                return 1;
+            }
+            // SAFETY: getpid has no arguments.
+            if unsafe { libc::getpid() } <= 0 {
+                return 2;
+            }
+            0
+        });
+        assert_eq!(code, 0);
+    }
+
+    #[test]
+    fn argument_conditions_decide() {
+        // personality(0xffffffff) (a query) allowed, anything else EPERM; the errno
+        // chosen for the default is honoured.
+        let f = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+                {"names":["personality"],"action":"SCMP_ACT_ALLOW",
+                 "args":[{"index":0,"value":4294967295,"op":"SCMP_CMP_EQ"}]},
+                {"names":["personality"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#,
+        );
+        let code = in_child_with(&f, || {
+            // SAFETY: personality queries or sets the persona of this child only.
+            unsafe {
+                if libc::personality(0xffff_ffff) < 0 {
+                    return 1;
+                }
+                if libc::personality(0x0040_0000) >= 0 || errno() != libc::EACCES {
+                    return 2;
+                }
+            }
+            0
+        });
+        assert_eq!(code, 0);
+    }
+
+    #[test]
+    fn ordering_comparisons_use_all_64_bits() {
+        // Deny dup2 when the new fd is >= 100.
+        let f = profile(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+                {"names":["dup2"],"action":"SCMP_ACT_ERRNO",
+                 "args":[{"index":1,"value":100,"op":"SCMP_CMP_GE"}]}]}"#,
+        );
+        let code = in_child_with(&f, || {
+            // SAFETY: dup2 of stdin onto fds this child owns.
+            unsafe {
+                if libc::dup2(0, 50) != 50 {
+                    return 1;
+                }
+                if libc::dup2(0, 150) >= 0 || errno() != libc::EPERM {
+                    return 2;
+                }
+            }
+            0
+        });
+        assert_eq!(code, 0);
+    }
+
+    #[test]
+    fn the_runtime_default_runs_a_program_and_refuses_namespaces() {
+        let f = compile(&runtime_default(0xa80425fb)).unwrap();
+        let code = in_child_with(&f, || {
+            // SAFETY: unshare and mount attempts in this child only.
+            unsafe {
+                if libc::unshare(libc::CLONE_NEWUTS) == 0 || errno() != libc::EPERM {
+                    return 1;
+                }
+                let pid = libc::fork();
+                if pid < 0 {
+                    return 2;
+                }
+                if pid == 0 {
+                    libc::_exit(0);
+                }
+                let mut st = 0;
+                libc::waitpid(pid, &mut st, 0);
+            }
+            0
+        });
+        assert_eq!(code, 0);
+        // With CAP_SYS_ADMIN, unshare is allowed by the filter.
+        let f = compile(&runtime_default(0xa80425fb | 1 << CAP_SYS_ADMIN)).unwrap();
+        let code = in_child_with(&f, || {
+            // SAFETY: as above.
+            if unsafe { libc::unshare(libc::CLONE_NEWUTS) } == 0 {
+                0
+            } else {
+                1
+            }
+        });
+        assert_eq!(code, 0);
+    }
+
+    #[test]
+    fn bad_profiles_are_errors() {
+        for json in [
+            r#"{"defaultAction":"SCMP_ACT_NOPE"}"#,
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_AARCH64"]}"#,
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_ERRNO","args":[{"index":9,"value":1,"op":"SCMP_CMP_EQ"}]}]}"#,
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["read"],"action":"SCMP_ACT_ERRNO","args":[{"index":0,"value":1,"op":"SCMP_CMP_SOMETIMES"}]}]}"#,
+        ] {
+            let p: Profile = serde_json::from_str(json).unwrap();
+            assert!(compile(&p).is_err(), "{json}");
+        }
+        assert!(load_profile("/nonexistent/profile.json").is_err());
+    }
+
+    #[test]
+    fn the_table_knows_common_calls() {
+        assert_eq!(syscall_number("read"), Some(0));
+        assert_eq!(syscall_number("mkdir"), Some(83));
+        assert_eq!(syscall_number("no_such_call"), None);
+    }
+}
