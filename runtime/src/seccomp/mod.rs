@@ -8,6 +8,7 @@
 //! decides; otherwise the profile's default action does. Each rule is a small block whose
 //! jumps stay inside it, so the program never needs a jump longer than BPF allows.
 
+#[cfg(target_arch = "x86_64")]
 mod x86_64;
 
 use std::collections::BTreeSet;
@@ -33,9 +34,7 @@ const LD_W_ABS: u16 = 0x20;
 const JEQ_K: u16 = 0x15;
 const JGE_K: u16 = 0x35;
 const JGT_K: u16 = 0x25;
-const JSET_K: u16 = 0x45;
 const AND_K: u16 = 0x54;
-const JA: u16 = 0x05;
 const RET_K: u16 = 0x06;
 
 /// Offsets in `struct seccomp_data`.
@@ -133,11 +132,17 @@ fn action(name: &str, errno: Option<u32>) -> Result<u32> {
 }
 
 /// The number of `name` on this node's architecture.
+#[cfg(target_arch = "x86_64")]
 fn syscall_number(name: &str) -> Option<u32> {
     x86_64::SYSCALLS
         .iter()
         .find(|(n, _)| *n == name)
         .map(|&(_, nr)| nr)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn syscall_number(_name: &str) -> Option<u32> {
+    None
 }
 
 fn ins(code: u16, jt: u8, jf: u8, k: u32) -> BpfInstruction {
@@ -229,6 +234,11 @@ fn condition(cond: &ArgCondition) -> Result<Vec<BpfInstruction>> {
 
 /// Compiles `profile` for this node.
 pub fn compile(profile: &Profile) -> Result<SeccompFilter> {
+    if !cfg!(target_arch = "x86_64") {
+        return Err(Error::InvalidArgument(
+            "seccomp filters are built for x86_64 nodes only so far".into(),
+        ));
+    }
     let archs: Vec<&str> = profile
         .architectures
         .iter()
@@ -305,8 +315,6 @@ pub fn compile(profile: &Profile) -> Result<SeccompFilter> {
             }
         };
     }
-    // Unused jump helpers kept for clarity of the opcode table.
-    let _ = (JSET_K, JA);
     Ok(SeccompFilter {
         instructions: prog,
         flags,
