@@ -216,3 +216,127 @@ async fn run_as_group_needs_a_user() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     remove_pod(&d, &pod).await;
 }
+
+/// The value of `field` in the container's `/proc/self/status`.
+async fn status_field(d: &Daemon, id: &str, field: &str) -> String {
+    let (out, _, _) = exec_sync(d, id, &["grep", &format!("^{field}:"), "/proc/self/status"]).await;
+    out.split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn capabilities_users_read_only_and_masked_paths() {
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, images::BUSYBOX).await;
+    let mut config = pod_config("privs", &d.dir().path().join("pod-logs"));
+    config.linux = Some(LinuxPodSandboxConfig {
+        sysctls: [(
+            "net.ipv4.ip_unprivileged_port_start".to_string(),
+            "80".to_string(),
+        )]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    });
+    let pod = run_pod(&d, &config).await;
+    let with = |name: &str, sc: LinuxContainerSecurityContext| {
+        let mut c = container_config(name, &["sleep", "3600"]);
+        c.linux = Some(LinuxContainerConfig {
+            security_context: Some(sc),
+            ..Default::default()
+        });
+        c
+    };
+
+    // containerd's default set: 0x00000000a80425fb.
+    let plain = start_container(&d, &pod, &config, with("plain", Default::default())).await;
+    assert_eq!(status_field(&d, &plain, "CapEff").await, "00000000a80425fb");
+    assert_eq!(status_field(&d, &plain, "NoNewPrivs").await, "0");
+    // Masked and read-only paths.
+    // (This kernel has no /proc/kcore; /proc/timer_list is on the same list.)
+    let (size, err, code) = exec_sync(&d, &plain, &["sh", "-c", "wc -c < /proc/timer_list"]).await;
+    assert_eq!(
+        size.trim(),
+        "0",
+        "/proc/timer_list is masked ({code}: {err})"
+    );
+    let (_, err, code) =
+        exec_sync(&d, &plain, &["sh", "-c", "echo 1 > /proc/sys/kernel/panic"]).await;
+    assert_ne!(code, 0, "/proc/sys is read-only");
+    assert!(err.contains("Read-only file system"), "{err}");
+    // The pod's sysctl, seen inside.
+    let (v, _, _) = exec_sync(
+        &d,
+        &plain,
+        &["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"],
+    )
+    .await;
+    assert_eq!(v.trim(), "80");
+
+    // Add and drop, a user with groups, no_new_privs, a read-only rootfs.
+    let tight = start_container(
+        &d,
+        &pod,
+        &config,
+        with(
+            "tight",
+            LinuxContainerSecurityContext {
+                capabilities: Some(Capability {
+                    add_capabilities: vec!["NET_ADMIN".into()],
+                    drop_capabilities: vec!["ALL".into()],
+                    ..Default::default()
+                }),
+                run_as_user: Some(Int64Value { value: 1000 }),
+                run_as_group: Some(Int64Value { value: 3000 }),
+                supplemental_groups: vec![4000],
+                no_new_privs: true,
+                readonly_rootfs: true,
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    // Only NET_ADMIN (bit 12) is bounded; a non-root user has no effective set.
+    assert_eq!(status_field(&d, &tight, "CapBnd").await, "0000000000001000");
+    assert_eq!(status_field(&d, &tight, "NoNewPrivs").await, "1");
+    let (ids, _, _) = exec_sync(&d, &tight, &["sh", "-c", "id -u; id -g; id -G"]).await;
+    let lines: Vec<&str> = ids.lines().collect();
+    assert_eq!(lines[0], "1000");
+    assert_eq!(lines[1], "3000");
+    assert!(lines[2].split_whitespace().any(|g| g == "4000"), "{ids}");
+    let (_, err, code) = exec_sync(&d, &tight, &["touch", "/new-file"]).await;
+    assert_ne!(code, 0, "a read-only rootfs took a write");
+    assert!(err.contains("Read-only file system"), "{err}");
+
+    // Privileged: the daemon's own bounding set, and writable /proc/sys paths unmasked.
+    let own_bounding = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("CapBnd:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .to_string();
+    let privileged = start_container(
+        &d,
+        &pod,
+        &config,
+        with(
+            "privileged",
+            LinuxContainerSecurityContext {
+                privileged: true,
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    assert_eq!(status_field(&d, &privileged, "CapEff").await, own_bounding);
+    let (size, _, _) = exec_sync(&d, &privileged, &["sh", "-c", "wc -c < /proc/timer_list"]).await;
+    assert_ne!(
+        size.trim(),
+        "0",
+        "privileged containers see /proc/timer_list unmasked"
+    );
+    remove_pod(&d, &pod).await;
+}
