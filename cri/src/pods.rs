@@ -128,10 +128,28 @@ pub async fn remove_pod_sandbox(
     node.wait_reconciled().await?;
     let id = req.pod_sandbox_id;
     stop(node, &id).await?;
+    // The pod's containers go with it: their image leases must go too, or their snapshots
+    // stay pinned until the next start.
+    let filter = ContainerFilter {
+        pod_sandbox_id: id.clone(),
+        ..Default::default()
+    };
+    let containers: Vec<String> = node
+        .runtime
+        .list_containers(Some(&filter))
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     node.runtime
         .remove_pod_sandbox(&id)
         .await
         .map_err(|e| runtime_status(&format!("RemovePodSandbox {id}"), &e))?;
+    let images = crate::images::image_store(node)?;
+    for c in containers {
+        images
+            .remove_lease(&c)
+            .map_err(|e| crate::images::to_status(&format!("release the image of {c}"), &e))?;
+    }
     Ok(RemovePodSandboxResponse {})
 }
 
