@@ -3,9 +3,10 @@
 //! the records come over CRI, the rest from `/proc` and the run
 //! directories, so it also shows what a daemon that believes all is well cannot see.
 //!
-//! Not covered: IP allocations and nf_tables rules (the daemon's own start-up
-//! reconciliation frees those; they are not visible from outside its database), and the
-//! containers' overlay mounts, which live only in their private mount namespaces.
+//! Not covered: IP allocations, nf_tables rules and content blobs (the daemon's own
+//! start-up reconciliation and garbage collection free those; they are not visible from
+//! outside its database), and the containers' overlay mounts, which live only in their
+//! private mount namespaces.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -33,6 +34,8 @@ pub struct Owned {
     pub pods: Vec<OwnedPod>,
     /// Every container id.
     pub containers: Vec<String>,
+    /// Snapshot directory names (chain id hex) the images and containers use.
+    pub snapshots: Vec<String>,
 }
 
 /// One problem found.
@@ -159,11 +162,14 @@ fn monitors(state: &Path) -> Vec<(i32, String)> {
     out
 }
 
-/// Asks the daemon serving `socket` for every pod and container it has.
-pub async fn owned_by_daemon(socket: &Path) -> anyhow::Result<Owned> {
+/// Asks the daemon serving `socket` for every pod, container and image it has, and the
+/// snapshots (under `snapshots_root`) they use.
+pub async fn owned_by_daemon(socket: &Path, snapshots_root: &Path) -> anyhow::Result<Owned> {
+    use k8s_cri::v1::image_service_client::ImageServiceClient;
     use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
     use k8s_cri::v1::{
-        ListContainersRequest, ListPodSandboxRequest, NamespaceMode, PodSandboxState,
+        ContainerStatusRequest, ImageSpec, ImageStatusRequest, ListContainersRequest,
+        ListImagesRequest, ListPodSandboxRequest, NamespaceMode, PodSandboxState,
         PodSandboxStatusRequest,
     };
     let path = socket.to_owned();
@@ -179,6 +185,7 @@ pub async fn owned_by_daemon(socket: &Path) -> anyhow::Result<Owned> {
         }))
         .await
         .map_err(|e| anyhow::anyhow!("connect to {}: {e}", socket.display()))?;
+    let rt_channel = channel.clone();
     let mut rt = RuntimeServiceClient::new(channel);
     let mut owned = Owned::default();
     let pods = rt
@@ -215,6 +222,56 @@ pub async fn owned_by_daemon(socket: &Path) -> anyhow::Result<Owned> {
         .into_iter()
         .map(|c| c.id)
         .collect();
+    // Snapshots: each image's layer chain, and whatever a container's rootfs or image
+    // volumes still use (an image may be gone while a container runs from it).
+    let mut snapshots = BTreeSet::new();
+    let mut images = ImageServiceClient::new(rt_channel);
+    let list = images
+        .list_images(ListImagesRequest::default())
+        .await?
+        .into_inner()
+        .images;
+    for image in list {
+        let info = images
+            .image_status(ImageStatusRequest {
+                image: Some(ImageSpec {
+                    image: image.id.clone(),
+                    ..Default::default()
+                }),
+                verbose: true,
+            })
+            .await?
+            .into_inner()
+            .info;
+        let diff_ids: Vec<String> = info
+            .get("info")
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+            .and_then(|v| serde_json::from_value(v["imageSpec"]["rootfs"]["diff_ids"].clone()).ok())
+            .unwrap_or_default();
+        for chain in berth_imageservice::manifest::chain_ids(&diff_ids) {
+            snapshots.insert(chain.trim_start_matches("sha256:").to_string());
+        }
+    }
+    let snapshot_dir = format!("{}/", snapshots_root.display());
+    for id in &owned.containers {
+        let info = rt
+            .container_status(ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: true,
+            })
+            .await?
+            .into_inner()
+            .info;
+        if let Some(json) = info.get("info") {
+            // Every path below the snapshots directory the container's spec names.
+            for part in json.split(snapshot_dir.as_str()).skip(1) {
+                if let Some(name) = part.split(['/', '"']).next() {
+                    snapshots.insert(name.to_string());
+                }
+            }
+        }
+    }
+    owned.snapshots = snapshots.into_iter().collect();
     Ok(owned)
 }
 
@@ -265,6 +322,27 @@ pub fn account(config: &Config, owned: &Owned) -> Vec<Finding> {
                     problem: "mounted for an object without a record".into(),
                 });
             }
+        }
+    }
+    let snapshots_root = config.root.join("snapshots");
+    let used: BTreeSet<&str> = owned.snapshots.iter().map(String::as_str).collect();
+    let present = dir_names(&snapshots_root);
+    for name in &present {
+        if !used.contains(name.as_str()) {
+            found.push(Finding {
+                kind: "dir",
+                object: snapshots_root.join(name).display().to_string(),
+                problem: "a snapshot no image or container uses".into(),
+            });
+        }
+    }
+    for name in &used {
+        if !present.iter().any(|p| p == name) {
+            found.push(Finding {
+                kind: "dir",
+                object: snapshots_root.join(name).display().to_string(),
+                problem: "an image's or container's snapshot is missing".into(),
+            });
         }
     }
     let running = monitors(&config.state);
@@ -363,6 +441,7 @@ mod tests {
                 pod_network: true,
             }],
             containers: vec!["c1".into()],
+            snapshots: vec![],
         };
         let found: Vec<String> = account(&config, &owned)
             .iter()
@@ -378,6 +457,46 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_must_be_used_and_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::in_dir(dir.path());
+        config.network.mode = NetworkMode::Cni;
+        for d in [
+            "root/snapshots/aaa/fs",
+            "root/snapshots/ccc/fs",
+            "root/snapshots/.trash",
+        ] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        let owned = Owned {
+            snapshots: vec!["bbb".into(), "ccc".into()],
+            ..Default::default()
+        };
+        let found: Vec<(String, String)> = account(&config, &owned)
+            .into_iter()
+            .map(|f| (f.object, f.problem))
+            .collect();
+        let snap = |n: &str| {
+            dir.path()
+                .join("root/snapshots")
+                .join(n)
+                .display()
+                .to_string()
+        };
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found
+                .iter()
+                .any(|(o, p)| o == &snap("aaa") && p.contains("no image"))
+        );
+        assert!(
+            found
+                .iter()
+                .any(|(o, p)| o == &snap("bbb") && p.contains("missing"))
+        );
+    }
+
+    #[test]
     fn a_ready_pod_needs_its_monitor() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::in_dir(dir.path());
@@ -389,6 +508,7 @@ mod tests {
                 pod_network: false,
             }],
             containers: vec![],
+            snapshots: vec![],
         };
         let found = account(&config, &owned);
         assert_eq!(found.len(), 1, "{found:?}");

@@ -111,7 +111,10 @@ fn leaks(path: &std::path::Path) -> anyhow::Result<bool> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let owned = runtime.block_on(berth_cri::leaks::owned_by_daemon(&config.grpc.socket))?;
+    let owned = runtime.block_on(berth_cri::leaks::owned_by_daemon(
+        &config.grpc.socket,
+        &config.root.join("snapshots"),
+    ))?;
     let found = berth_cri::leaks::account(&config, &owned);
     for f in &found {
         println!("LEAK {f}");
