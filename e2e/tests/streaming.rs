@@ -153,34 +153,65 @@ async fn a_terminal_follows_resizes() {
         tty: true,
     };
     for (name, transport) in transports() {
-        let script = "read a; stty size; read b; stty size; tty";
+        // One `stty size` per line read, until "quit". The resize and stdin streams are not
+        // ordered with each other (as in kubectl), so each size is asked for until it shows.
+        let script = "while read l; do [ \"$l\" = quit ] && break; stty size; done; tty";
         let url = pod.exec_url(&["sh", "-c", script], opts).await;
         let mut rc = RemoteCommand::connect(&url, opts, &transport, None)
             .await
             .unwrap_or_else(|e| panic!("{name}: connect: {e}"));
         let mut out = rc.take_stdout().expect("stdout");
-        rc.resize(TerminalSize {
-            width: 120,
-            height: 40,
-        })
-        .await
-        .expect("resize");
-        rc.write_stdin(b"one\n").await.expect("stdin");
         let mut seen = Vec::new();
-        read_until(&mut out, &mut seen, b"40 120").await;
-        rc.resize(TerminalSize {
-            width: 80,
-            height: 25,
-        })
-        .await
-        .expect("resize");
-        rc.write_stdin(b"two\n").await.expect("stdin");
-        read_until(&mut out, &mut seen, b"25 80").await;
+        for (width, height) in [(120u16, 40u16), (80, 25)] {
+            rc.resize(TerminalSize { width, height })
+                .await
+                .expect("resize");
+            let want = format!("{height} {width}\r\n");
+            let mut shown = false;
+            for _ in 0..50 {
+                rc.write_stdin(b"size\n").await.expect("stdin");
+                // Each line answers with one size: read up to the next answer.
+                let before = seen.len();
+                read_until_from(&mut out, &mut seen, before, b" ").await;
+                read_until_from(&mut out, &mut seen, before, b"\r\n").await;
+                if String::from_utf8_lossy(&seen[before..]).contains(&want) {
+                    shown = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(
+                shown,
+                "{name}: the terminal never became {width}x{height}: {:?}",
+                String::from_utf8_lossy(&seen)
+            );
+        }
+        rc.write_stdin(b"quit\n").await.expect("stdin");
         read_until(&mut out, &mut seen, b"/dev/pts/").await;
         let r = rc.wait().await;
         assert_eq!(r.status.exit_code(), Some(0), "{name}: {:?}", r.status);
     }
     pod.remove().await;
+}
+
+/// Reads until `want` appears in `seen` after offset `from`.
+async fn read_until_from(out: &mut client::Output, seen: &mut Vec<u8>, from: usize, want: &[u8]) {
+    let found = |s: &[u8]| {
+        s[from.min(s.len())..]
+            .windows(want.len())
+            .any(|w| w == want)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !found(seen) {
+        match tokio::time::timeout_at(deadline, out.recv()).await {
+            Ok(Some(b)) => seen.extend_from_slice(&b),
+            _ => panic!(
+                "no {:?} in the output: {:?}",
+                String::from_utf8_lossy(want),
+                String::from_utf8_lossy(seen)
+            ),
+        }
+    }
 }
 
 async fn read_until(out: &mut client::Output, seen: &mut Vec<u8>, want: &[u8]) {
