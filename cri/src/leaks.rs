@@ -403,7 +403,9 @@ pub fn account(config: &Config, owned: &Owned) -> Vec<Finding> {
                 });
             }
         }
-        if veths.is_empty() && links.contains(&config.network.bridge) {
+        // The bridge goes with the last pod that has a network, ready or stopped.
+        let networked = owned.pods.iter().any(|p| p.pod_network);
+        if !networked && links.contains(&config.network.bridge) {
             found.push(Finding {
                 kind: "link",
                 object: config.network.bridge.clone(),
