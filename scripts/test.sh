@@ -28,6 +28,7 @@ PACKAGES=(
   busybox                                        # the test images' userland (dynamic, not busybox-static)
   iproute2 nftables iptables util-linux procps ca-certificates
   containernetworking-plugins                    # CNI mode is tested with Debian's plugins
+  golang-go golang-github-masterminds-sprig-dev golang-github-burntsushi-toml-dev golang-k8s-sigs-yaml-dev systemd python3-venv  # the Helm chart and unit (scripts/test-chart.sh)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -110,9 +111,18 @@ BERTH_BENCH_PROFILE=debug bash scripts/bench.sh --smoke
 bench_rc=$?
 set -e
 
+# ---- packaging ---------------------------------------------------------------------------
+# The Helm chart rendered and schema-checked, its installer script, the systemd unit.
+step "Helm chart and systemd unit: scripts/test-chart.sh"
+set +e
+bash scripts/test-chart.sh
+chart_rc=$?
+set -e
+
 step "unit tests ${unit_time}s, build ${build_time}s, e2e ${e2e_time}s"
 failed=()
 ((bench_rc == 0)) || failed+=("benchmark smoke run (exit $bench_rc)")
+((chart_rc == 0)) || failed+=("Helm chart and systemd unit (exit $chart_rc)")
 ((unit_rc == 0)) || failed+=("unit tests (cargo exit $unit_rc)")
 ((rc == 0)) || failed+=("end-to-end tests (harness exit $rc)")
 if ((${#failed[@]})); then
