@@ -137,6 +137,23 @@ pub struct MetricsConfig {
 pub struct CgroupConfig {
     /// Must match kubelet's `cgroupDriver`.
     pub driver: CgroupDriver,
+    /// Where pods go when kubelet sends no `cgroup_parent` (crictl, tests): a cgroupfs path
+    /// (default `/berth`) or, with the systemd driver, a slice (default `berth.slice`).
+    pub parent: String,
+    /// The most processes each container may have (`pids.max`) unless kubelet sets a
+    /// limit through `unified`; 0 leaves it unlimited, as containerd does.
+    pub pids_limit: i64,
+}
+
+impl CgroupConfig {
+    /// The parent for pods without one, the driver's default when none is configured.
+    pub fn parent_or_default(&self) -> &str {
+        match (self.parent.as_str(), self.driver) {
+            ("", CgroupDriver::Cgroupfs) => "/berth",
+            ("", CgroupDriver::Systemd) => "berth.slice",
+            (p, _) => p,
+        }
+    }
 }
 
 /// The cgroup driver, as kubelet names it.

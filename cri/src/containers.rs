@@ -174,10 +174,19 @@ pub async fn container_status(
 
 /// Handles `UpdateContainerResources`.
 pub async fn update_container_resources(
-    _node: &Node,
-    _req: UpdateContainerResourcesRequest,
+    node: &Node,
+    req: UpdateContainerResourcesRequest,
 ) -> Result<UpdateContainerResourcesResponse, Status> {
-    Err(not_implemented("UpdateContainerResources"))
+    let Some(linux) = req.linux else {
+        return Err(Status::invalid_argument(
+            "UpdateContainerResources needs linux resources",
+        ));
+    };
+    node.runtime
+        .update_container_resources(&req.container_id, &linux)
+        .await
+        .map_err(|e| runtime_status("UpdateContainerResources", &e))?;
+    Ok(UpdateContainerResourcesResponse {})
 }
 
 /// Handles `ReopenContainerLog`.

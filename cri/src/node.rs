@@ -40,6 +40,26 @@ pub struct Node {
     pub streaming: Streaming,
     /// Pods and containers.
     pub runtime: Arc<berth_runtime::Runtime>,
+    /// Samples kept between stats calls.
+    pub stats: Arc<crate::stats::StatsCache>,
+}
+
+/// The cgroup driver the config asks for, over this host's hierarchies.
+fn cgroup_manager(
+    config: &crate::config::CgroupConfig,
+) -> anyhow::Result<Arc<dyn berth_runtime::CgroupManager>> {
+    use crate::config::CgroupDriver;
+    let parent = config.parent_or_default();
+    Ok(match config.driver {
+        CgroupDriver::Cgroupfs => {
+            let fs = berth_runtime::cgroups::fs::CgroupFs::detect(parent, config.pids_limit)?;
+            tracing::debug!(hierarchies = ?fs.hierarchies(), "cgroupfs driver");
+            Arc::new(fs)
+        }
+        CgroupDriver::Systemd => {
+            anyhow::bail!("the systemd cgroup driver is not available in this build; use cgroupfs")
+        }
+    })
 }
 
 impl Node {
@@ -51,10 +71,9 @@ impl Node {
         let (reconciled, _) = watch::channel(Reconciled::Pending);
         // The monitor is installed beside the daemon's binary.
         let monitor = std::env::current_exe()?.with_file_name("berth-monitor");
-        let runtime = berth_runtime::Runtime::open(
-            berth_runtime::RuntimeOptions::new(&config.root, &config.state, monitor),
-            store.db(),
-        )?;
+        let mut options = berth_runtime::RuntimeOptions::new(&config.root, &config.state, monitor);
+        options.cgroups = cgroup_manager(&config.cgroup)?;
+        let runtime = berth_runtime::Runtime::open(options, store.db())?;
         let streaming = Streaming::new();
         streaming.set_backend(Arc::new(
             crate::streaming::runtime_backend::RuntimeBackend::new(runtime.clone()),
@@ -68,6 +87,7 @@ impl Node {
             started: Instant::now(),
             streaming,
             runtime,
+            stats: Arc::default(),
         }))
     }
 

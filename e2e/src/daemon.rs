@@ -129,6 +129,13 @@ impl DaemonDir {
             "registry".into(),
             table_of(vec![("mirrors", mirrors.into())]),
         );
+        table.insert(
+            "cgroup".into(),
+            table_of(vec![(
+                "parent",
+                env.cgroup_parent(&format!("d{}", self.number)).into(),
+            )]),
+        );
         Ok(table)
     }
 }

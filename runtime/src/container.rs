@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use k8s_cri::v1::{
     Container, ContainerConfig, ContainerEventType, ContainerFilter, ContainerStatusResponse,
-    ExecSyncResponse, PodSandboxConfig,
+    ExecSyncResponse, LinuxContainerResources, PodSandboxConfig,
 };
 use tokio::io::AsyncReadExt;
 
+use crate::cgroups::devices::rule_for_node;
+use crate::cgroups::{ContainerLimits, DeviceRule};
 use crate::error::{Error, ErrorClass, Result};
 use crate::image::{ImageInfo, parse_signal};
 use crate::plan::{PlanInput, PodContext, missing_bind_sources, plan_container};
@@ -29,6 +31,51 @@ const KILL_WAIT: Duration = Duration::from_secs(30);
 
 pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     sys::pipe().map_err(|e| Error::Sys("pipe".into(), e))
+}
+
+fn is_set<T: Default + PartialEq>(v: &T) -> bool {
+    *v != T::default()
+}
+
+/// `current` with the fields `update` sets.
+fn merge_resources(
+    mut current: LinuxContainerResources,
+    update: &LinuxContainerResources,
+) -> LinuxContainerResources {
+    macro_rules! take_nonzero {
+        ($($f:ident),*) => {$(
+            if is_set(&update.$f) {
+                current.$f = update.$f.clone();
+            }
+        )*};
+    }
+    take_nonzero!(
+        cpu_period,
+        cpu_quota,
+        cpu_shares,
+        memory_limit_in_bytes,
+        oom_score_adj,
+        cpuset_cpus,
+        cpuset_mems,
+        hugepage_limits,
+        memory_swap_limit_in_bytes
+    );
+    current
+        .unified
+        .extend(update.unified.iter().map(|(k, v)| (k.clone(), v.clone())));
+    current
+}
+
+/// Device cgroup rules for the host devices a container asked for.
+fn device_rules(devices: &[crate::spec::DeviceSpec]) -> Vec<DeviceRule> {
+    use std::os::unix::fs::MetadataExt;
+    devices
+        .iter()
+        .filter_map(|d| {
+            let m = std::fs::metadata(&d.host_path).ok()?;
+            rule_for_node(m.mode(), m.rdev(), &d.permissions)
+        })
+        .collect()
 }
 
 async fn wait_exited(rx: &mut tokio::sync::watch::Receiver<bool>, timeout: Duration) -> bool {
@@ -145,6 +192,14 @@ impl Runtime {
             message: String::new(),
             pid: 0,
             log_path: spec.log_path.clone().unwrap_or_default(),
+            cgroup: String::new(),
+        };
+        let pod = self
+            .find_pod(pod_id)
+            .ok_or_else(|| Error::pod_not_found(pod_id))?;
+        rec.cgroup = {
+            let pod_cgroup = &lock(&pod.rec).cgroup;
+            self.opts.cgroups.container_cgroup(pod_cgroup, id)
         };
         self.store.put_container(&rec)?;
         let entry = Arc::new(ContainerEntry::new(rec.clone()));
@@ -164,14 +219,16 @@ impl Runtime {
         ] {
             std::fs::create_dir_all(&d).map_err(|e| undo(Error::io("create", &d, e)))?;
         }
+        let limits = ContainerLimits {
+            resources,
+            all_devices: spec.process.security.privileged,
+            devices: device_rules(&spec.devices),
+        };
         spec.cgroup_procs = self
             .opts
             .cgroups
-            .create_container(pod_id, id, resources)
+            .create_container(&rec.cgroup, &limits)
             .map_err(undo)?;
-        let pod = self
-            .find_pod(pod_id)
-            .ok_or_else(|| undo(Error::pod_not_found(pod_id)))?;
         let pid = match pod
             .client
             .call(&Request::Create {
@@ -334,6 +391,36 @@ impl Runtime {
         self.forget_container(&c);
         self.emit(ContainerEventType::ContainerDeletedEvent, &c.id, &c.pod_id);
         Ok(())
+    }
+
+    /// `UpdateContainerResources`: applies the fields kubelet set (non-zero ones; `unified`
+    /// keys are merged) to a created or running container's cgroup, and records the result,
+    /// which `ContainerStatus.resources` reports.
+    pub async fn update_container_resources(
+        &self,
+        id: &str,
+        update: &LinuxContainerResources,
+    ) -> Result<()> {
+        let c = self
+            .find_container(id)
+            .ok_or_else(|| Error::container_not_found(id))?;
+        let _op = c.op.lock().await;
+        let (cgroup, mut config) = {
+            let rec = lock(&c.rec);
+            if !matches!(rec.phase, ContainerPhase::Created | ContainerPhase::Running) {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {id} is not running: its resources cannot be updated"
+                )));
+            }
+            (rec.cgroup.clone(), rec.config.clone())
+        };
+        self.opts.cgroups.update_container(&cgroup, update)?;
+        let linux = config.linux.get_or_insert_with(Default::default);
+        let merged = merge_resources(linux.resources.take().unwrap_or_default(), update);
+        linux.resources = Some(merged);
+        let mut rec = lock(&c.rec);
+        rec.config = config;
+        self.store.put_container(&rec)
     }
 
     /// `ContainerStatus`; `verbose` adds an `info` JSON with the pid and the executed plan.

@@ -20,6 +20,7 @@ pub mod seccomp;
 pub mod security;
 pub mod spec;
 pub mod status;
+pub mod usage;
 pub mod user;
 
 // Kernel and process code.
@@ -43,3 +44,4 @@ pub use pod::{PodCreated, PodStopped};
 pub use runtime::{ReconcileReport, Runtime, RuntimeOptions};
 pub use store::{ContainerPhase, ContainerRecord, ImageRecord, PodPhase, PodRecord};
 pub use stream::{AttachSession, ExecSession, StreamTarget};
+pub use usage::{ContainerTarget, PodTarget};

@@ -118,6 +118,11 @@ impl Runtime {
         }
         let namespaces = pod_namespaces(config)?;
         let id = sys::random_id();
+        let parent = config
+            .linux
+            .as_ref()
+            .map_or("", |l| l.cgroup_parent.as_str());
+        let cgroup = self.opts.cgroups.place_pod(&id, parent)?;
         self.reserve_name(pod_name_key(meta), &id, "pod sandbox")?;
         let host_net = !namespaces.iter().any(|n| n == "net");
         let hostname = if host_net {
@@ -138,6 +143,7 @@ impl Runtime {
             ips: Vec::new(),
             hostname: hostname.clone(),
             confirmed: false,
+            cgroup,
         };
         if let Err(e) = self.store.put_pod(&rec) {
             self.release_name(&id);
@@ -192,7 +198,9 @@ impl Runtime {
             .map(String::into_bytes)
             .unwrap_or_else(|| host_file("/etc/resolv.conf"));
         write(dir.join("resolv.conf"), &resolv)?;
-        let cgroup_procs = self.opts.cgroups.create_pod(&pod.id, config)?;
+        let pod_cgroup = lock(&pod.rec).cgroup.clone();
+        let pod_resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
+        let cgroup_procs = self.opts.cgroups.create_pod(&pod_cgroup, pod_resources)?;
         let own_ipc = namespaces.iter().any(|n| n == "ipc");
         let mut sysctls: Vec<(String, String)> = config
             .linux
@@ -220,13 +228,19 @@ impl Runtime {
         let json = serde_json::to_vec_pretty(&mcfg)
             .map_err(|e| Error::Internal(format!("encode monitor config: {e}")))?;
         write(cfg_path.clone(), &json)?;
-        crate::launch::spawn_monitor(
+        let pid = crate::launch::spawn_monitor(
             &self.opts.monitor_path,
             &cfg_path,
             namespaces,
             &dir.join("monitor.log"),
         )
-        .await
+        .await?;
+        if let Err(e) = self.opts.cgroups.attach_monitor(&pod_cgroup, pid) {
+            // undo_pod waits for this pid to be gone.
+            lock(&pod.rec).monitor_pid = pid;
+            return Err(e);
+        }
+        Ok(pid)
     }
 
     /// Undoes a pod that failed half-way (or was found half-created at reconcile).
@@ -240,7 +254,8 @@ impl Runtime {
         }
         let dir = self.pod_dir(&pod.id);
         release_pod_mounts(&dir);
-        let _ = self.opts.cgroups.remove_pod(&pod.id);
+        let cgroup = lock(&pod.rec).cgroup.clone();
+        let _ = self.opts.cgroups.remove_pod(&cgroup);
         let _ = std::fs::remove_dir_all(&dir);
         let _ = self.store.delete_pod(&pod.id);
         self.release_name(&pod.id);
@@ -323,7 +338,8 @@ impl Runtime {
         }
         let dir = self.pod_dir(&pod.id);
         release_pod_mounts(&dir);
-        self.opts.cgroups.remove_pod(&pod.id)?;
+        let cgroup = lock(&pod.rec).cgroup.clone();
+        self.opts.cgroups.remove_pod(&cgroup)?;
         if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {

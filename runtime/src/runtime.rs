@@ -292,6 +292,8 @@ impl Runtime {
             rec.exit_code = exit.exit_code;
             rec.reason = if exit.exit_code == 0 {
                 "Completed".into()
+            } else if self.opts.cgroups.usage(&rec.cgroup).oom_kills > 0 {
+                "OOMKilled".into()
             } else {
                 "Error".into()
             };
@@ -507,7 +509,10 @@ impl Runtime {
 
     /// Drops a container's record, name and directories (its processes are gone).
     pub(crate) fn forget_container(&self, c: &ContainerEntry) {
-        let _ = self.opts.cgroups.remove_container(&c.pod_id, &c.id);
+        let cgroup = lock(&c.rec).cgroup.clone();
+        if let Err(e) = self.opts.cgroups.remove(&cgroup) {
+            tracing::warn!(container = %c.id, error = %e.full_message(), "cannot remove cgroup");
+        }
         let _ = std::fs::remove_dir_all(self.container_root_dir(&c.id));
         let _ = std::fs::remove_dir_all(self.container_state_dir(&c.id));
         if let Err(e) = self.store.delete_container(&c.id) {

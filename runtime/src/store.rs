@@ -54,6 +54,9 @@ pub struct PodRecord {
     /// a crash, and the next start undoes it.
     #[serde(default = "confirmed_default")]
     pub confirmed: bool,
+    /// Where the pod's processes are placed (recorded before the cgroups are made).
+    #[serde(default)]
+    pub cgroup: crate::cgroups::PodCgroup,
 }
 
 fn confirmed_default() -> bool {
@@ -125,6 +128,9 @@ pub struct ContainerRecord {
     /// Full path of its CRI log file, empty without one.
     #[serde(default)]
     pub log_path: PathBuf,
+    /// The container's cgroup, in the driver's naming (recorded before it is made).
+    #[serde(default)]
+    pub cgroup: String,
 }
 
 /// The runtime's tables on the shared database.
@@ -232,6 +238,7 @@ mod tests {
             ips: vec![],
             hostname: "h".into(),
             confirmed: true,
+            cgroup: Default::default(),
         };
         s.put_pod(&pod).unwrap();
         let s2 = Store::open(db).unwrap();

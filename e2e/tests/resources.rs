@@ -1,0 +1,493 @@
+//! Resources (issue 9): kubelet's limits as the kernel enforces them, live updates, OOM
+//! kills, and the stats kubelet reads, each observed where a user would see it: in the
+//! cgroup files, in what the container experiences, and in the CRI answers.
+//!
+//! The cgroup files are read from whichever hierarchy holds each controller (this machine:
+//! cgroup v1 controllers; field nodes: v2). Run through the harness: `scripts/test.sh`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use berth_e2e::Env;
+use berth_e2e::fixtures::{
+    container_config, container_status, exec_sync, pod_config, remove_pod, run_pod,
+    start_container, wait_exited,
+};
+use berth_e2e::{Daemon, images};
+use k8s_cri::v1::*;
+use tonic::Code;
+
+const MIB: i64 = 1 << 20;
+
+/// The unified hierarchy when the host is cgroup v2 only.
+fn pure_v2() -> bool {
+    std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+/// `file` of cgroup `rel` in the hierarchy of `controller`.
+fn cgroup_file(controller: &str, rel: &str, file: &str) -> PathBuf {
+    let root = if pure_v2() {
+        PathBuf::from("/sys/fs/cgroup")
+    } else {
+        PathBuf::from("/sys/fs/cgroup").join(controller)
+    };
+    root.join(rel.trim_start_matches('/')).join(file)
+}
+
+fn read(controller: &str, rel: &str, v1: &str, v2: &str) -> String {
+    let file = cgroup_file(controller, rel, if pure_v2() { v2 } else { v1 });
+    std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("read {}: {e}", file.display()))
+        .trim()
+        .to_owned()
+}
+
+fn memory_limit(rel: &str) -> i64 {
+    read("memory", rel, "memory.limit_in_bytes", "memory.max")
+        .parse()
+        .unwrap()
+}
+
+fn exists_anywhere(rel: &str) -> Vec<PathBuf> {
+    berth_e2e::leaks::cgroup_roots()
+        .into_iter()
+        .map(|r| r.join(rel.trim_start_matches('/')))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+/// A pod placed under a kubelet-style parent unique to `tag`.
+fn limited_pod(d: &Daemon, tag: &str) -> (PodSandboxConfig, String) {
+    let mut config = pod_config(tag, &d.dir().path().join("logs"));
+    let parent = Env::get().cgroup_parent(tag);
+    config.linux = Some(LinuxPodSandboxConfig {
+        cgroup_parent: parent.clone(),
+        ..Default::default()
+    });
+    (config, parent)
+}
+
+fn with_resources(mut c: ContainerConfig, r: LinuxContainerResources) -> ContainerConfig {
+    c.linux = Some(LinuxContainerConfig {
+        resources: Some(r),
+        ..Default::default()
+    });
+    c
+}
+
+async fn container_stats(d: &Daemon, id: &str) -> ContainerStats {
+    d.runtime()
+        .container_stats(ContainerStatsRequest {
+            container_id: id.into(),
+        })
+        .await
+        .expect("ContainerStats")
+        .into_inner()
+        .stats
+        .expect("stats")
+}
+
+fn v(x: &Option<UInt64Value>) -> u64 {
+    x.as_ref().expect("a value").value
+}
+
+#[tokio::test]
+async fn a_memory_limit_ends_in_oomkilled_and_nothing_is_left() {
+    let d = Daemon::start().await.expect("daemon");
+    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    let (pod, parent) = limited_pod(&d, "oom");
+    let pod_id = run_pod(&d, &pod).await;
+    let limits = LinuxContainerResources {
+        memory_limit_in_bytes: 32 * MIB,
+        memory_swap_limit_in_bytes: 32 * MIB,
+        ..Default::default()
+    };
+    // dd fills a 64 MiB buffer: twice the limit.
+    let hog = with_resources(
+        container_config(
+            "hog",
+            &[
+                "sh",
+                "-c",
+                "sleep 1; dd if=/dev/zero of=/dev/null bs=64M count=1",
+            ],
+        ),
+        limits,
+    );
+    let id = start_container(&d, &pod_id, &pod, hog).await;
+    let rel = format!("{parent}/{id}");
+    assert_eq!(memory_limit(&rel), 32 * MIB);
+    let status = wait_exited(&d, &id).await;
+    assert_eq!(status.reason, "OOMKilled", "{status:?}");
+    assert_eq!(status.exit_code, 137, "{status:?}");
+    // The monitor's cgroup is the pod's sibling of its containers.
+    assert!(!exists_anywhere(&format!("{parent}/{pod_id}")).is_empty());
+
+    // A container that exits on its own with an error is not called OOMKilled.
+    let failing = start_container(&d, &pod_id, &pod, container_config("fail", &["false"])).await;
+    let status = wait_exited(&d, &failing).await;
+    assert_eq!(status.reason, "Error");
+
+    remove_pod(&d, &pod_id).await;
+    assert_eq!(exists_anywhere(&rel), Vec::<PathBuf>::new());
+    assert_eq!(
+        exists_anywhere(&format!("{parent}/{pod_id}")),
+        Vec::<PathBuf>::new()
+    );
+}
+
+#[tokio::test]
+async fn cpu_quota_and_cpuset_are_enforced_and_updates_apply_live() {
+    let d = Daemon::start().await.expect("daemon");
+    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    let (pod, parent) = limited_pod(&d, "cpu");
+    let pod_id = run_pod(&d, &pod).await;
+    let limits = LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota: 20_000,
+        cpu_shares: 256,
+        cpuset_cpus: "0".into(),
+        memory_limit_in_bytes: 64 * MIB,
+        ..Default::default()
+    };
+    let busy = with_resources(
+        container_config("busy", &["sh", "-c", "while :; do :; done"]),
+        limits,
+    );
+    let id = start_container(&d, &pod_id, &pod, busy).await;
+    let rel = format!("{parent}/{id}");
+    if pure_v2() {
+        assert_eq!(read("cpu", &rel, "", "cpu.max"), "20000 100000");
+    } else {
+        assert_eq!(read("cpu", &rel, "cpu.cfs_quota_us", ""), "20000");
+        assert_eq!(read("cpu", &rel, "cpu.cfs_period_us", ""), "100000");
+        assert_eq!(read("cpu", &rel, "cpu.shares", ""), "256");
+    }
+    assert_eq!(read("cpuset", &rel, "cpuset.cpus", "cpuset.cpus"), "0");
+    let (out, _, code) =
+        exec_sync(&d, &id, &["grep", "Cpus_allowed_list", "/proc/self/status"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(out.split_whitespace().last(), Some("0"), "{out}");
+
+    // The busy loop gets 20% of a CPU: measured through CRI stats over two seconds.
+    let first = container_stats(&d, &id).await;
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = container_stats(&d, &id).await;
+    let used = v(&second.cpu.as_ref().unwrap().usage_core_nano_seconds)
+        - v(&first.cpu.as_ref().unwrap().usage_core_nano_seconds);
+    let share = used as f64 / t0.elapsed().as_nanos() as f64;
+    assert!(
+        (0.05..0.35).contains(&share),
+        "the loop used {share:.2} of a CPU"
+    );
+    let nano = v(&second.cpu.as_ref().unwrap().usage_nano_cores);
+    assert!(
+        (50_000_000..350_000_000).contains(&nano),
+        "usage_nano_cores {nano}"
+    );
+    if !pure_v2() {
+        let stat = read("cpu", &rel, "cpu.stat", "");
+        let throttled: u64 = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("nr_throttled "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(throttled > 0, "{stat}");
+    }
+
+    // UpdateContainerResources: the kernel and ContainerStatus both show the new values.
+    d.runtime()
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(LinuxContainerResources {
+                cpu_quota: 50_000,
+                memory_limit_in_bytes: 128 * MIB,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("UpdateContainerResources");
+    assert_eq!(memory_limit(&rel), 128 * MIB);
+    if !pure_v2() {
+        assert_eq!(read("cpu", &rel, "cpu.cfs_quota_us", ""), "50000");
+    }
+    let status = container_status(&d, &id).await;
+    let r = status.resources.unwrap().linux.unwrap();
+    assert_eq!(r.memory_limit_in_bytes, 128 * MIB);
+    assert_eq!(r.cpu_quota, 50_000);
+    assert_eq!(r.cpu_period, 100_000, "fields not updated are kept");
+
+    // A limit below what is in use, and keys of the other cgroup version, are refused.
+    let mut unified = LinuxContainerResources::default();
+    unified
+        .unified
+        .insert("memory.high".into(), "100000000".into());
+    let e = d
+        .runtime()
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(unified),
+            ..Default::default()
+        })
+        .await;
+    if pure_v2() {
+        e.expect("memory.high on v2");
+    } else {
+        let e = e.expect_err("memory.high on v1");
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("v2"), "{e:?}");
+    }
+    let e = d
+        .runtime()
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: "no-such-container".into(),
+            linux: Some(LinuxContainerResources::default()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown container");
+    assert_eq!(e.code(), Code::NotFound);
+    remove_pod(&d, &pod_id).await;
+    assert_eq!(exists_anywhere(&rel), Vec::<PathBuf>::new());
+}
+
+#[tokio::test]
+async fn the_node_pids_limit_stops_a_fork_loop() {
+    let d = Daemon::builder()
+        .config("[cgroup]\npids_limit = 16\n")
+        .start()
+        .await
+        .expect("daemon");
+    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    let (pod, parent) = limited_pod(&d, "pids");
+    let pod_id = run_pod(&d, &pod).await;
+    // The inner shell gives up at the first failed fork; the outer one reports and waits.
+    let script = "sh -c 'n=0; while [ $n -lt 40 ]; do sleep 30 & n=$((n+1)); done'; \
+                  echo started; sleep 30";
+    let id = start_container(
+        &d,
+        &pod_id,
+        &pod,
+        container_config("forks", &["sh", "-c", script]),
+    )
+    .await;
+    let rel = format!("{parent}/{id}");
+    assert_eq!(read("pids", &rel, "pids.max", "pids.max"), "16");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = d.dir().path().join("logs").join("forks.log");
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("started") {
+            assert!(
+                text.contains("fork"),
+                "the shell reports failed forks: {text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the loop did not finish: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let current: u64 = read("pids", &rel, "pids.current", "pids.current")
+        .parse()
+        .unwrap();
+    assert!(current <= 16, "{current} processes");
+    assert!(
+        current >= 10,
+        "{current} processes: the loop should have filled the limit"
+    );
+    remove_pod(&d, &pod_id).await;
+    assert_eq!(exists_anywhere(&rel), Vec::<PathBuf>::new());
+}
+
+#[tokio::test]
+async fn stats_report_what_the_container_uses() {
+    let d = Daemon::start().await.expect("daemon");
+    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    // No cgroup_parent: Berth makes the pod's cgroup and removes it with the pod.
+    let pod = pod_config("stats", &d.dir().path().join("logs"));
+    let pod_id = run_pod(&d, &pod).await;
+    let id = start_container(
+        &d,
+        &pod_id,
+        &pod,
+        container_config("idle", &["sleep", "3600"]),
+    )
+    .await;
+    let before = container_stats(&d, &id).await;
+    let attrs = before.attributes.as_ref().unwrap();
+    assert_eq!(attrs.id, id);
+    assert_eq!(attrs.metadata.as_ref().unwrap().name, "idle");
+    let ws0 = v(&before.memory.as_ref().unwrap().working_set_bytes);
+    let layer0 = before.writable_layer.as_ref().unwrap();
+    let (bytes0, inodes0) = (v(&layer0.used_bytes), v(&layer0.inodes_used));
+
+    // 24 MiB of shared memory (charged to the container) and a 6 MiB file in its layer.
+    let (_, err, code) = exec_sync(
+        &d,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/urandom of=/dev/shm/fill bs=1M count=24 2>/dev/null && \
+             dd if=/dev/urandom of=/data.bin bs=1M count=6 2>/dev/null && sync",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    tokio::time::sleep(Duration::from_secs(3)).await; // the layer size is cached for 2 s
+    let after = container_stats(&d, &id).await;
+    let mem = after.memory.as_ref().unwrap();
+    let grown = v(&mem.working_set_bytes) as i64 - ws0 as i64;
+    assert!(
+        (24 * MIB..40 * MIB).contains(&grown),
+        "working set grew by {grown} bytes for 24 MiB of shm"
+    );
+    assert!(v(&mem.usage_bytes) >= v(&mem.working_set_bytes));
+    let layer = after.writable_layer.as_ref().unwrap();
+    let layer_grown = v(&layer.used_bytes) as i64 - bytes0 as i64;
+    assert!(
+        (6 * MIB..7 * MIB).contains(&layer_grown),
+        "writable layer grew by {layer_grown} bytes for a 6 MiB file"
+    );
+    assert_eq!(v(&layer.inodes_used), inodes0 + 1);
+
+    // Pod stats: the pod's cgroup holds the container's usage; network counters grow.
+    let pod_stats = || async {
+        d.runtime()
+            .pod_sandbox_stats(PodSandboxStatsRequest {
+                pod_sandbox_id: pod_id.clone(),
+            })
+            .await
+            .expect("PodSandboxStats")
+            .into_inner()
+            .stats
+            .expect("stats")
+    };
+    let s0 = pod_stats().await;
+    let linux = s0.linux.as_ref().unwrap();
+    assert_eq!(linux.containers.len(), 1);
+    assert!(v(&linux.memory.as_ref().unwrap().working_set_bytes) >= 24 * MIB as u64);
+    let procs = v(&linux.process.as_ref().unwrap().process_count);
+    assert!(procs >= 2, "monitor and sleep: {procs}");
+    let net0 = linux
+        .network
+        .as_ref()
+        .unwrap()
+        .default_interface
+        .clone()
+        .unwrap();
+    assert_eq!(net0.name, "eth0");
+    let status = d
+        .runtime()
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    let ip: std::net::Ipv4Addr = status.network.unwrap().ip.parse().unwrap();
+    let gw = std::net::Ipv4Addr::from(u32::from(ip) & 0xffff_0000 | 1);
+    let (out, _, code) =
+        exec_sync(&d, &id, &["ping", "-c", "3", "-s", "1000", &gw.to_string()]).await;
+    assert_eq!(code, 0, "{out}");
+    let s1 = pod_stats().await;
+    let net1 = s1
+        .linux
+        .unwrap()
+        .network
+        .unwrap()
+        .default_interface
+        .unwrap();
+    assert!(
+        v(&net1.tx_bytes) >= v(&net0.tx_bytes) + 3000,
+        "{net0:?} -> {net1:?}"
+    );
+    assert!(
+        v(&net1.rx_bytes) >= v(&net0.rx_bytes) + 3000,
+        "{net0:?} -> {net1:?}"
+    );
+
+    // Lists and filters.
+    let list = d
+        .runtime()
+        .list_container_stats(ListContainerStatsRequest {
+            filter: Some(ContainerStatsFilter {
+                pod_sandbox_id: pod_id.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert_eq!(list.len(), 1);
+    let none = d
+        .runtime()
+        .list_pod_sandbox_stats(ListPodSandboxStatsRequest {
+            filter: Some(PodSandboxStatsFilter {
+                label_selector: [("app".to_string(), "nope".to_string())].into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert!(none.is_empty());
+    let e = d
+        .runtime()
+        .container_stats(ContainerStatsRequest {
+            container_id: "missing".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    // cAdvisor-style metrics: every metric has a descriptor with matching labels.
+    let descriptors = d
+        .runtime()
+        .list_metric_descriptors(ListMetricDescriptorsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .descriptors;
+    let metrics = d
+        .runtime()
+        .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    let mine = metrics.iter().find(|m| m.pod_sandbox_id == pod_id).unwrap();
+    let cm = &mine.container_metrics[0];
+    assert_eq!(cm.container_id, id);
+    let ws = cm
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_memory_working_set_bytes")
+        .unwrap();
+    assert!(v(&ws.value) >= 24 * MIB as u64);
+    for m in mine.metrics.iter().chain(&cm.metrics) {
+        let d = descriptors.iter().find(|d| d.name == m.name).unwrap();
+        assert_eq!(d.label_keys.len(), m.label_values.len(), "{}", m.name);
+    }
+    assert!(
+        mine.metrics
+            .iter()
+            .any(|m| m.name == "container_network_receive_bytes_total")
+    );
+
+    let cgroup = format!(
+        "{}/{pod_id}",
+        Env::get().cgroup_parent(&format!("d{}", d.dir().number()))
+    );
+    assert!(!exists_anywhere(&cgroup).is_empty());
+    remove_pod(&d, &pod_id).await;
+    assert_eq!(exists_anywhere(&cgroup), Vec::<PathBuf>::new());
+}

@@ -1,0 +1,118 @@
+//! What stats are read from: a snapshot of the running containers and ready pods with their
+//! cgroups, writable layers and network namespaces, taken under the index lock and read
+//! after it is released, so that no file of any pod is read while the lock is held.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use k8s_cri::v1::{ContainerMetadata, PodSandboxMetadata};
+
+use crate::cgroups::{CgroupUsage, PodCgroup};
+use crate::runtime::{Runtime, lock};
+use crate::store::{ContainerPhase, PodPhase};
+
+/// A running container, as stats see it.
+#[derive(Debug, Clone)]
+pub struct ContainerTarget {
+    /// Container id.
+    pub id: String,
+    /// Its pod.
+    pub pod_id: String,
+    /// kubelet's metadata.
+    pub metadata: Option<ContainerMetadata>,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+    /// Annotations.
+    pub annotations: HashMap<String, String>,
+    /// Its cgroup (driver naming).
+    pub cgroup: String,
+    /// Its writable layer (the overlay upper dir).
+    pub writable_layer: PathBuf,
+    /// The image it runs, as kubelet named it.
+    pub image: String,
+    /// Running (or created): its cgroup holds live figures. Exited ones are only reported
+    /// when asked for by id.
+    pub live: bool,
+}
+
+/// A ready pod, as stats see it.
+#[derive(Debug, Clone)]
+pub struct PodTarget {
+    /// Pod id.
+    pub id: String,
+    /// kubelet's metadata.
+    pub metadata: Option<PodSandboxMetadata>,
+    /// Labels.
+    pub labels: HashMap<String, String>,
+    /// Annotations.
+    pub annotations: HashMap<String, String>,
+    /// Its cgroups.
+    pub cgroup: PodCgroup,
+    /// `/proc/<monitor>/net/dev` of its network namespace; `None` on the node's network.
+    pub net_dev: Option<PathBuf>,
+    /// Ready (its monitor runs). Others are only reported when asked for by id.
+    pub ready: bool,
+}
+
+impl Runtime {
+    /// Every pod and every container past creation, for stats.
+    pub fn usage_targets(&self) -> (Vec<PodTarget>, Vec<ContainerTarget>) {
+        let (pods, containers): (Vec<_>, Vec<_>) = {
+            let index = lock(&self.index);
+            (
+                index.pods.values().map(Arc::clone).collect(),
+                index.containers.values().map(Arc::clone).collect(),
+            )
+        };
+        let pods = pods
+            .iter()
+            .filter_map(|p| {
+                let rec = lock(&p.rec);
+                (rec.phase != PodPhase::Creating).then(|| PodTarget {
+                    id: rec.id.clone(),
+                    metadata: rec.config.metadata.clone(),
+                    labels: rec.config.labels.clone(),
+                    annotations: rec.config.annotations.clone(),
+                    cgroup: rec.cgroup.clone(),
+                    net_dev: (rec.namespaces.iter().any(|n| n == "net") && rec.monitor_pid > 0)
+                        .then(|| PathBuf::from(format!("/proc/{}/net/dev", rec.monitor_pid))),
+                    ready: rec.phase == PodPhase::Ready,
+                })
+            })
+            .collect();
+        let containers = containers
+            .iter()
+            .filter_map(|c| {
+                let rec = lock(&c.rec);
+                (rec.phase != ContainerPhase::Creating).then(|| ContainerTarget {
+                    id: rec.id.clone(),
+                    pod_id: rec.pod_id.clone(),
+                    metadata: rec.config.metadata.clone(),
+                    labels: rec.config.labels.clone(),
+                    annotations: rec.config.annotations.clone(),
+                    cgroup: rec.cgroup.clone(),
+                    writable_layer: rec.spec.rootfs.upper_dir.clone(),
+                    image: rec.image.name.clone(),
+                    live: rec.phase != ContainerPhase::Exited,
+                })
+            })
+            .collect();
+        (pods, containers)
+    }
+
+    /// Usage of a cgroup named by [`Runtime::usage_targets`].
+    pub fn cgroup_usage(&self, cgroup: &str) -> CgroupUsage {
+        self.opts.cgroups.usage(cgroup)
+    }
+
+    /// The full id of a container (any state) named by id or unique prefix.
+    pub fn container_id(&self, id: &str) -> Option<String> {
+        self.find_container(id).map(|c| c.id.clone())
+    }
+
+    /// The full id of a pod (any state) named by id or unique prefix.
+    pub fn pod_id(&self, id: &str) -> Option<String> {
+        self.find_pod(id).map(|p| p.id.clone())
+    }
+}
