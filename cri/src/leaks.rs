@@ -413,8 +413,56 @@ pub fn account(config: &Config, owned: &Owned) -> Vec<Finding> {
             });
         }
     }
+    if config.cgroup.driver == crate::config::CgroupDriver::Cgroupfs {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let roots: Vec<PathBuf> = berth_runtime::cgroups::parse::cgroup_mounts(&mountinfo)
+            .into_iter()
+            .map(|m| PathBuf::from(m.mount_point))
+            .collect();
+        found.extend(cgroup_findings(
+            &roots,
+            config.cgroup.parent_or_default(),
+            &pods,
+            &containers,
+        ));
+    }
     found.sort();
     found.dedup();
+    found
+}
+
+/// Cgroups under Berth's own parent (pods without a kubelet parent) in each hierarchy:
+/// `<parent>/<pod>` for known pods only, holding the pod's monitor leaf and container leaves.
+fn cgroup_findings(
+    roots: &[PathBuf],
+    parent: &str,
+    pods: &BTreeSet<&str>,
+    containers: &BTreeSet<&str>,
+) -> Vec<Finding> {
+    let mut found = Vec::new();
+    for root in roots {
+        let base = root.join(parent.trim_start_matches('/'));
+        for pod in dir_names(&base) {
+            let dir = base.join(&pod);
+            if !pods.contains(pod.as_str()) {
+                found.push(Finding {
+                    kind: "cgroup",
+                    object: dir.display().to_string(),
+                    problem: "the cgroup of no pod".into(),
+                });
+                continue;
+            }
+            for leaf in dir_names(&dir) {
+                if leaf != pod && !containers.contains(leaf.as_str()) {
+                    found.push(Finding {
+                        kind: "cgroup",
+                        object: dir.join(&leaf).display().to_string(),
+                        problem: "the cgroup of no container".into(),
+                    });
+                }
+            }
+        }
+    }
     found
 }
 
@@ -516,6 +564,26 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].kind, "process");
         assert!(found[0].problem.contains("not running"));
+    }
+
+    #[test]
+    fn cgroups_must_belong_to_pods_and_containers() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("memory");
+        for d in ["berth/p1/p1", "berth/p1/c1", "berth/p1/gone", "berth/p2"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let pods = BTreeSet::from(["p1"]);
+        let containers = BTreeSet::from(["c1"]);
+        let found = cgroup_findings(&[root.clone()], "/berth", &pods, &containers);
+        let objects: Vec<String> = found.iter().map(|f| f.object.clone()).collect();
+        assert_eq!(
+            objects,
+            vec![
+                root.join("berth/p1/gone").display().to_string(),
+                root.join("berth/p2").display().to_string()
+            ]
+        );
     }
 
     #[test]

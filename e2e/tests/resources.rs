@@ -306,9 +306,22 @@ async fn the_node_pids_limit_stops_a_fork_loop() {
 async fn stats_report_what_the_container_uses() {
     let d = Daemon::start().await.expect("daemon");
     berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
-    // No cgroup_parent: Berth makes the pod's cgroup and removes it with the pod.
-    let pod = pod_config("stats", &d.dir().path().join("logs"));
+    // No cgroup_parent: Berth makes the pod's cgroup, applies the pod-level resources to
+    // it, and removes it with the pod.
+    let mut pod = pod_config("stats", &d.dir().path().join("logs"));
+    pod.linux = Some(LinuxPodSandboxConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 256 * MIB,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     let pod_id = run_pod(&d, &pod).await;
+    let cgroup = format!(
+        "{}/{pod_id}",
+        Env::get().cgroup_parent(&format!("d{}", d.dir().number()))
+    );
+    assert_eq!(memory_limit(&cgroup), 256 * MIB);
     let id = start_container(
         &d,
         &pod_id,
@@ -483,10 +496,6 @@ async fn stats_report_what_the_container_uses() {
             .any(|m| m.name == "container_network_receive_bytes_total")
     );
 
-    let cgroup = format!(
-        "{}/{pod_id}",
-        Env::get().cgroup_parent(&format!("d{}", d.dir().number()))
-    );
     assert!(!exists_anywhere(&cgroup).is_empty());
     remove_pod(&d, &pod_id).await;
     assert_eq!(exists_anywhere(&cgroup), Vec::<PathBuf>::new());
