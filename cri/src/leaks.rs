@@ -575,7 +575,7 @@ mod tests {
         }
         let pods = BTreeSet::from(["p1"]);
         let containers = BTreeSet::from(["c1"]);
-        let found = cgroup_findings(&[root.clone()], "/berth", &pods, &containers);
+        let found = cgroup_findings(std::slice::from_ref(&root), "/berth", &pods, &containers);
         let objects: Vec<String> = found.iter().map(|f| f.object.clone()).collect();
         assert_eq!(
             objects,
