@@ -500,3 +500,78 @@ async fn stats_report_what_the_container_uses() {
     remove_pod(&d, &pod_id).await;
     assert_eq!(exists_anywhere(&cgroup), Vec::<PathBuf>::new());
 }
+
+/// How many device programs are attached to the cgroup v2 directory `dir` (BPF_PROG_QUERY).
+fn device_programs(dir: &std::path::Path) -> u32 {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    #[derive(Default)]
+    struct Query {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+    }
+    let f = std::fs::File::open(dir).unwrap_or_else(|e| panic!("open {}: {e}", dir.display()));
+    let mut q = Query {
+        target_fd: f.as_raw_fd() as u32,
+        attach_type: 6, // BPF_CGROUP_DEVICE
+        ..Default::default()
+    };
+    // SAFETY: q is a live bpf_attr prefix of the size passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            16, // BPF_PROG_QUERY
+            &mut q as *mut Query,
+            std::mem::size_of::<Query>() as u32,
+        )
+    };
+    assert_eq!(r, 0, "BPF_PROG_QUERY: {}", std::io::Error::last_os_error());
+    q.prog_cnt
+}
+
+#[tokio::test]
+async fn containers_cannot_open_devices_they_were_not_given() {
+    let d = Daemon::start().await.expect("daemon");
+    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    let (pod, parent) = limited_pod(&d, "dev");
+    let pod_id = run_pod(&d, &pod).await;
+    let id = start_container(
+        &d,
+        &pod_id,
+        &pod,
+        container_config("dev", &["sleep", "3600"]),
+    )
+    .await;
+    // CAP_MKNOD is in the default set: making the node works, opening it does not.
+    let (out, err, code) = exec_sync(
+        &d,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "mknod /tmp/disk b 8 0 && echo made; head -c 1 /tmp/disk",
+        ],
+    )
+    .await;
+    assert!(out.contains("made"), "{out} {err}");
+    assert_ne!(code, 0);
+    assert!(err.contains("Operation not permitted"), "{err}");
+    let (out, _, code) =
+        exec_sync(&d, &id, &["sh", "-c", "echo ok > /dev/null && echo fine"]).await;
+    assert_eq!((out.trim(), code), ("fine", 0));
+    // The cgroup v2 filter is attached to the container's cgroup (on a hybrid host, too).
+    let unified = if pure_v2() {
+        PathBuf::from("/sys/fs/cgroup")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/unified")
+    };
+    if unified.exists() {
+        let dir = unified.join(format!("{parent}/{id}").trim_start_matches('/'));
+        assert_eq!(device_programs(&dir), 1);
+    }
+    remove_pod(&d, &pod_id).await;
+}

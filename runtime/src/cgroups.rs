@@ -8,6 +8,7 @@
 //! has a leaf named after the pod id and each container a leaf named after its id, so that on
 //! cgroup v2 no cgroup holds processes and children at once.
 
+pub mod bpf_devices;
 pub mod convert;
 pub mod devices;
 pub mod fs;

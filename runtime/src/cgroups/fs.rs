@@ -362,20 +362,40 @@ impl CgroupManager for CgroupFs {
 }
 
 impl CgroupFs {
-    /// v1: deny every device, then allow the defaults and the container's own; privileged
-    /// containers keep "allow all". On v2 the device filter is an eBPF program, which Berth
-    /// does not load yet (see the README).
+    /// Deny every device, then allow the defaults and the container's own; privileged
+    /// containers keep "allow all". v1: `devices.deny`/`devices.allow`. v2: an eBPF
+    /// program on the container's cgroup. A hybrid host gets both; there the v2 program is
+    /// a second guard, and failing to load it is only a warning.
     fn restrict_devices(&self, cgroup: &str, limits: &ContainerLimits<'_>) -> Result<()> {
-        let Some(h) = self.hierarchy_of("devices").filter(|h| !h.v2) else {
-            return Ok(());
-        };
-        let dir = Self::dir(h, cgroup);
         if limits.all_devices {
-            return write_file(&dir.join("devices.allow"), "a *:* rwm");
+            if let Some(h) = self.hierarchy_of("devices").filter(|h| !h.v2) {
+                write_file(&Self::dir(h, cgroup).join("devices.allow"), "a *:* rwm")?;
+            }
+            return Ok(());
         }
-        write_file(&dir.join("devices.deny"), "a *:* rwm")?;
-        for r in default_rules().iter().chain(&limits.devices) {
-            write_file(&dir.join("devices.allow"), &v1_line(r))?;
+        let rules: Vec<_> = default_rules()
+            .into_iter()
+            .chain(limits.devices.iter().cloned())
+            .collect();
+        let v1 = self.hierarchy_of("devices").filter(|h| !h.v2);
+        if let Some(h) = v1 {
+            let dir = Self::dir(h, cgroup);
+            write_file(&dir.join("devices.deny"), "a *:* rwm")?;
+            for r in &rules {
+                write_file(&dir.join("devices.allow"), &v1_line(r))?;
+            }
+        }
+        if let Some(h) = self.hierarchies.iter().find(|h| h.v2) {
+            let dir = Self::dir(h, cgroup);
+            if let Err(e) = super::bpf_devices::attach(&dir, &rules) {
+                if v1.is_none() {
+                    return Err(Error::Sys(
+                        format!("attach the device filter to {}", dir.display()),
+                        e,
+                    ));
+                }
+                tracing::warn!(cgroup, error = %e, "no v2 device filter; the v1 device cgroup applies");
+            }
         }
         Ok(())
     }
@@ -569,6 +589,8 @@ mod tests {
             &c,
             &ContainerLimits {
                 resources: Some(&r),
+                // A device filter cannot be attached to a fake tree (e2e covers it).
+                all_devices: true,
                 ..Default::default()
             },
         )
