@@ -575,3 +575,48 @@ async fn containers_cannot_open_devices_they_were_not_given() {
     }
     remove_pod(&d, &pod_id).await;
 }
+
+#[tokio::test]
+async fn cgroups_left_by_a_crash_are_removed_at_the_next_start() {
+    let mut d = Daemon::start().await.expect("daemon");
+    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    let (pod, parent) = limited_pod(&d, "crash");
+    let pod_id = run_pod(&d, &pod).await;
+    let id = start_container(
+        &d,
+        &pod_id,
+        &pod,
+        container_config("keep", &["sleep", "3600"]),
+    )
+    .await;
+    d.kill().await.expect("SIGKILL");
+    // What a crash between removing a cgroup and its record would leave: a container leaf
+    // in a live pod's cgroup, and a pod cgroup under Berth's own parent.
+    let own = Env::get().cgroup_parent(&format!("d{}", d.dir().number()));
+    let strays = [
+        format!("{parent}/0123456789abcdef"),
+        format!("{own}/fedcba9876543210"),
+    ];
+    // Only in the hierarchies Berth manages (those holding the container's cgroup).
+    let managed = berth_e2e::leaks::cgroup_roots().into_iter().filter(|r| {
+        r.join(format!("{parent}/{id}").trim_start_matches('/'))
+            .exists()
+    });
+    for root in managed {
+        for s in &strays {
+            std::fs::create_dir_all(root.join(s.trim_start_matches('/'))).unwrap();
+        }
+    }
+    d.start_again().await.expect("restart");
+    d.wait_runtime_ready(Duration::from_secs(30))
+        .await
+        .expect("reconciled");
+    for s in &strays {
+        assert_eq!(exists_anywhere(s), Vec::<PathBuf>::new(), "{s}");
+    }
+    // What records name is kept: the container still runs in its cgroup.
+    assert!(!exists_anywhere(&format!("{parent}/{id}")).is_empty());
+    let status = container_status(&d, &id).await;
+    assert_eq!(status.state, ContainerState::ContainerRunning as i32);
+    remove_pod(&d, &pod_id).await;
+}

@@ -115,6 +115,14 @@ pub trait CgroupManager: Send + Sync {
     fn remove_pod(&self, pod: &PodCgroup) -> Result<()>;
     /// Usage of a cgroup.
     fn usage(&self, cgroup: &str) -> CgroupUsage;
+    /// At start-up, after the records are reconciled: removes the cgroups no record names
+    /// (a crash between removing a cgroup and its record, or a removal that failed) among
+    /// those Berth can enumerate: children of its own parent, and leaves inside each known
+    /// pod's cgroup. `pods` pairs each pod with the cgroups its monitor and containers use.
+    /// Returns how many were removed.
+    fn prune(&self, _pods: &[(PodCgroup, Vec<String>)]) -> usize {
+        0
+    }
 }
 
 /// Leaves every process in the daemon's own cgroup.

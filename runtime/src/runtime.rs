@@ -463,8 +463,25 @@ impl Runtime {
                 report.undone += 1;
             }
         }
-        report.orphans_removed = self.remove_orphans();
+        report.orphans_removed = self.remove_orphans() + self.prune_cgroups();
         Ok(report)
+    }
+
+    fn prune_cgroups(&self) -> usize {
+        let pods: Vec<_> = lock(&self.index).pods.values().cloned().collect();
+        let known: Vec<_> = pods
+            .iter()
+            .map(|p| {
+                let cgroup = lock(&p.rec).cgroup.clone();
+                let keep = self
+                    .pod_containers(&p.id)
+                    .iter()
+                    .map(|c| lock(&c.rec).cgroup.clone())
+                    .collect();
+                (cgroup, keep)
+            })
+            .collect();
+        self.opts.cgroups.prune(&known)
     }
 
     fn remove_orphans(&self) -> usize {

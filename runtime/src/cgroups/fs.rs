@@ -299,6 +299,38 @@ impl CgroupManager for CgroupFs {
         Ok(())
     }
 
+    fn prune(&self, pods: &[(PodCgroup, Vec<String>)]) -> usize {
+        let mut removed = 0;
+        let mut remove = |dir: &Path| match remove_tree(dir) {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::warn!(error = %e.full_message(), "cannot remove an orphaned cgroup"),
+        };
+        for h in &self.hierarchies {
+            let own = h.mount.join(&self.parent);
+            for pod in child_dirs(&own) {
+                let known = pods.iter().any(|(p, _)| {
+                    p.owned && Path::new(p.pod.trim_start_matches('/')) == self.parent.join(&pod)
+                });
+                if !known {
+                    remove(&own.join(&pod));
+                }
+            }
+            for (pod, keep) in pods {
+                if pod.pod.is_empty() {
+                    continue;
+                }
+                let dir = Self::dir(h, &pod.pod);
+                for leaf in child_dirs(&dir) {
+                    let name = format!("{}/{leaf}", pod.pod);
+                    if name != pod.monitor && !keep.contains(&name) {
+                        remove(&dir.join(&leaf));
+                    }
+                }
+            }
+        }
+        removed
+    }
+
     fn usage(&self, cgroup: &str) -> CgroupUsage {
         let mut u = CgroupUsage::default();
         match self.version_of("cpuacct") {
@@ -457,6 +489,17 @@ fn inherit_cpuset(parent: &Path, dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn child_dirs(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Removes a cgroup directory and its children, killing the processes left in them (they
@@ -641,6 +684,38 @@ mod tests {
         unified.unified.insert("memory.high".into(), "100".into());
         fs.update_container(&c, &unified).unwrap();
         assert_eq!(read("berth/p1/c1/memory.high"), "100");
+    }
+
+    #[test]
+    fn prune_removes_what_no_record_names() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("memory");
+        for d in [
+            "berth/p1/p1",
+            "berth/p1/c1",
+            "berth/p1/lost",
+            "berth/gone/gone",
+            "kube/pod9/x",
+            "kube/pod9/p9",
+        ] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let mounts = vec![CgroupMount {
+            mount_point: root.display().to_string(),
+            v2: false,
+            controllers: vec!["memory".into()],
+        }];
+        let fs = CgroupFs::from_mounts(&mounts, "/berth", 0).unwrap();
+        let p1 = fs.place_pod("p1", "").unwrap();
+        let p9 = fs.place_pod("p9", "/kube/pod9").unwrap();
+        let c1 = fs.container_cgroup(&p1, "c1");
+        let n = fs.prune(&[(p1, vec![c1]), (p9, vec![])]);
+        assert_eq!(n, 3);
+        assert!(root.join("berth/p1/p1").exists() && root.join("berth/p1/c1").exists());
+        assert!(root.join("kube/pod9/p9").exists());
+        for gone in ["berth/p1/lost", "berth/gone", "kube/pod9/x"] {
+            assert!(!root.join(gone).exists(), "{gone}");
+        }
     }
 
     #[test]
