@@ -115,6 +115,10 @@ impl Node {
     }
 
     async fn reconcile_records(&self) -> anyhow::Result<()> {
+        let restored = self.images.recover().await?;
+        if restored > 0 {
+            tracing::info!(restored, "snapshots unpacked again after a reboot");
+        }
         let pods = self.runtime.reconcile().await?;
         tracing::info!(?pods, "pods reconciled");
         // Every pod with a record keeps its network until StopPodSandbox; the rest is freed.

@@ -200,6 +200,24 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
         .map_err(Error::io("fsync", dir))
 }
 
+/// Writes `data` to `path` through a temporary file, fsynced and renamed into place.
+pub(crate) fn write_durably(path: &Path, data: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp-{}", unique_suffix()));
+    let result = File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(data)?;
+            f.sync_all()
+        })
+        .map_err(Error::io("write", &tmp))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(Error::io("rename", path)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result?;
+    sync_dir(path.parent().unwrap_or(Path::new("/")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,13 @@
 //! an overlayfs lower dir. A layer is unpacked into `snapshots/.tmp-*` and renamed into
 //! place only when complete, so a half-unpacked snapshot is never seen; leftovers are moved
 //! to `snapshots/.trash` and removed at the next open.
+//!
+//! Durability is deferred: a snapshot is committed with an `unsynced` marker, and one
+//! `syncfs` after the pull (off the pull's path) makes every pending snapshot durable and
+//! drops the markers. The marker is created before the rename that publishes the snapshot,
+//! and journaling file systems commit metadata in order, so a snapshot that survives a
+//! power loss without its data being synced still carries its marker; after a reboot such
+//! snapshots are discarded and unpacked again from the (fsynced) content store.
 
 use std::fs;
 use std::io;
@@ -11,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::content::{hex_of, sync_dir, unique_suffix};
+use crate::content::{hex_of, unique_suffix};
 use crate::error::Error;
 use crate::unpack::disk_usage;
 
@@ -19,6 +26,7 @@ const TMP_PREFIX: &str = ".tmp-";
 const TRASH: &str = ".trash";
 const FS: &str = "fs";
 const USAGE: &str = "usage.json";
+const UNSYNCED: &str = "unsynced";
 
 /// Disk usage of one snapshot's `fs`, measured once when it is committed.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
@@ -156,6 +164,48 @@ impl Snapshots {
         }
     }
 
+    /// Chain IDs of the snapshots not yet made durable.
+    pub(crate) fn unsynced(&self) -> Result<Vec<String>, Error> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|c| self.path(c).join(UNSYNCED).exists())
+            .collect())
+    }
+
+    /// Makes every pending snapshot durable with one `syncfs` and drops their markers.
+    /// Returns how many were pending.
+    pub(crate) fn sync(&self) -> Result<usize, Error> {
+        let pending = self.unsynced()?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let d = fs::File::open(&self.dir).map_err(Error::io("open", &self.dir))?;
+        // SAFETY: `d` is an open directory descriptor for the duration of the call.
+        if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+            return Err(Error::io("syncfs", &self.dir)(io::Error::last_os_error()));
+        }
+        for c in &pending {
+            let marker = self.path(c).join(UNSYNCED);
+            if let Err(e) = fs::remove_file(&marker)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                return Err(Error::io("remove", marker)(e));
+            }
+        }
+        Ok(pending.len())
+    }
+
+    /// After a reboot: moves the snapshots that were never made durable to the trash (their
+    /// files may be incomplete); returns their chain IDs.
+    pub(crate) fn discard_unsynced(&self) -> Result<Vec<String>, Error> {
+        let pending = self.unsynced()?;
+        for c in &pending {
+            self.remove(c)?;
+        }
+        Ok(pending)
+    }
+
     /// The directory counted by `fs_usage`.
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
@@ -197,21 +247,18 @@ impl TempSnapshot {
         self.dir.join(FS)
     }
 
-    /// Records the usage, makes the files durable (one `syncfs`), and renames the
-    /// snapshot into place.
+    /// Records the usage, marks the snapshot unsynced, and renames it into place;
+    /// [`Snapshots::sync`] makes it durable later.
     pub(crate) fn commit(mut self) -> Result<(), Error> {
         let (bytes, inodes) = disk_usage(&self.fs()).map_err(Error::io("measure", self.fs()))?;
         let usage_path = self.dir.join(USAGE);
         let json = serde_json::to_vec(&Usage { bytes, inodes }).unwrap_or_default();
         fs::write(&usage_path, json).map_err(Error::io("write", &usage_path))?;
-        let d = fs::File::open(&self.dir).map_err(Error::io("open", &self.dir))?;
-        // SAFETY: `d` is an open directory descriptor for the duration of the call.
-        if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
-            return Err(Error::io("syncfs", &self.dir)(io::Error::last_os_error()));
-        }
+        let marker = self.dir.join(UNSYNCED);
+        fs::write(&marker, b"").map_err(Error::io("write", &marker))?;
         fs::rename(&self.dir, &self.dest).map_err(Error::io("rename", &self.dest))?;
         self.dir = PathBuf::new();
-        sync_dir(self.dest.parent().unwrap_or(Path::new("/")))
+        Ok(())
     }
 }
 

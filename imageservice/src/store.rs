@@ -243,6 +243,83 @@ impl ImageStore {
         Ok(Arc::new(store))
     }
 
+    /// At start-up: after a reboot, discards the snapshots that were never made durable and
+    /// unpacks them again from the content store (blobs are fsynced when stored); otherwise
+    /// makes pending snapshots durable. Returns how many snapshots were restored.
+    pub async fn recover(&self) -> Result<usize, Error> {
+        let _exclusive = self.gc_lock.write().await;
+        let snaps = self.snapshots.clone();
+        let boot_file = self.root.join("snapshots").join(".boot_id");
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        // A missing file with pending snapshots cannot tell: assume the worst.
+        let rebooted = std::fs::read_to_string(&boot_file)
+            .map(|old| old.trim() != boot_id)
+            .unwrap_or(true);
+        let mut restored = 0;
+        if rebooted {
+            let discarded = blocking({
+                let snaps = snaps.clone();
+                move || snaps.discard_unsynced()
+            })
+            .await?;
+            if !discarded.is_empty() {
+                tracing::warn!(
+                    snapshots = discarded.len(),
+                    "snapshots not made durable before a reboot: unpacking them again"
+                );
+            }
+            for rec in records::all(&self.db)? {
+                for l in &rec.layers {
+                    if discarded.contains(&l.chain_id) && !self.snapshots.exists(&l.chain_id) {
+                        match self.restore_layer(l).await {
+                            Ok(()) => restored += 1,
+                            Err(e) => tracing::warn!(
+                                layer = %l.digest, error = %e,
+                                "cannot unpack the layer again; pull the image again"
+                            ),
+                        }
+                    }
+                }
+            }
+        }
+        blocking(move || {
+            snaps.sync()?;
+            crate::content::write_durably(&boot_file, boot_id.as_bytes())
+        })
+        .await?;
+        Ok(restored)
+    }
+
+    /// Unpacks a layer of a known image from its stored blob.
+    async fn restore_layer(&self, l: &LayerRecord) -> Result<(), Error> {
+        if !self.content.has(&l.digest) {
+            return Err(Error::Db(format!(
+                "blob {} is not in the content store",
+                l.digest
+            )));
+        }
+        let tmp = self.snapshots.prepare(&l.chain_id)?;
+        let (path, fs_dir, digest) = (self.content.path(&l.digest), tmp.fs(), l.digest.clone());
+        let summary = blocking(move || {
+            let f = File::open(&path).map_err(Error::io("open", &path))?;
+            unpack_layer(f, &fs_dir).map_err(|e| layer_error(&digest, e))
+        })
+        .await?;
+        if summary.diff_id != l.diff_id {
+            return Err(Error::InvalidLayer {
+                digest: l.digest.clone(),
+                reason: format!(
+                    "stored blob hashes to {}, not {}",
+                    summary.diff_id, l.diff_id
+                ),
+            });
+        }
+        commit(None, tmp).await
+    }
+
     /// Pulls `reference` (tag or digest; normalised like containerd) and returns the image.
     /// Concurrent pulls share downloads: each blob is fetched and each layer unpacked once.
     pub async fn pull(&self, reference: &str, creds: Option<Credentials>) -> Result<Image, Error> {
@@ -258,6 +335,15 @@ impl ImageStore {
                 ms = started.elapsed().as_millis() as u64, "image pulled"
             ),
             Err(e) => tracing::warn!(image = %r, error = %e, "image pull failed"),
+        }
+        if result.is_ok() {
+            // Durability of the new snapshots, off the pull's path.
+            let snaps = self.snapshots.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = snaps.sync() {
+                    tracing::warn!(error = %e, "making snapshots durable");
+                }
+            });
         }
         if result.is_err() || self.gc_pending.load(Ordering::Relaxed) {
             // Drop what the failed pull left (blobs and layers of no image), unless

@@ -676,3 +676,53 @@ async fn reopen_keeps_images() {
     assert_eq!(store.rootfs_layers(&image.id).unwrap().len(), 2);
     assert_eq!(store.gc().await.unwrap(), Default::default());
 }
+
+#[tokio::test]
+async fn snapshots_become_durable_and_are_restored_after_a_reboot() {
+    let env = Env::new(Auth::None).await;
+    let (img, blobs) = two_layers("amd64");
+    env.reg.push("team/app", "v1", &img, blobs);
+    let image = env.store.pull(&env.r("team/app:v1"), None).await.unwrap();
+    let layers = env.store.rootfs_layers(&image.id).unwrap();
+    // The background sync, or the start-up one, makes them durable.
+    env.store.recover().await.unwrap();
+    for l in &layers {
+        assert!(
+            !l.parent().unwrap().join("unsynced").exists(),
+            "{}",
+            l.display()
+        );
+    }
+    let files = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let before: Vec<Vec<String>> = layers.iter().map(|l| files(l)).collect();
+    // A power loss before the sync: the top snapshot is marked and lost its files; the
+    // machine booted again (another boot id).
+    let top = &layers[0];
+    fs::write(top.parent().unwrap().join("unsynced"), b"").unwrap();
+    for f in files(top) {
+        let p = top.join(f);
+        if p.is_dir() {
+            fs::remove_dir_all(p).unwrap();
+        } else {
+            fs::remove_file(p).unwrap();
+        }
+    }
+    fs::write(env.root().join("snapshots/.boot_id"), "another boot").unwrap();
+    assert_eq!(env.store.recover().await.unwrap(), 1);
+    let after: Vec<Vec<String>> = layers.iter().map(|l| files(l)).collect();
+    assert_eq!(after, before);
+    assert!(!top.parent().unwrap().join("unsynced").exists());
+    // Same boot: nothing is discarded, pending snapshots are only synced.
+    fs::write(top.parent().unwrap().join("unsynced"), b"").unwrap();
+    assert_eq!(env.store.recover().await.unwrap(), 0);
+    assert_eq!(files(top), before[0]);
+    assert!(!top.parent().unwrap().join("unsynced").exists());
+    assert_eq!(env.store.gc().await.unwrap(), Default::default());
+}
