@@ -12,6 +12,7 @@ use k8s_cri::v1::runtime_service_server::RuntimeService;
 use k8s_cri::v1::*;
 use tonic::{Code, Request, Response, Status};
 
+use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::{containers, images, pods, runtime_info, stats, streaming};
 
@@ -28,13 +29,22 @@ impl CriService {
     }
 }
 
-/// Logs one finished call: debug for every call, warn for failures that are the runtime's.
-fn log_call<T>(method: &'static str, started: Instant, result: &Result<T, Status>) {
-    let micros = started.elapsed().as_micros() as u64;
+/// Logs and counts one finished call: debug for every call, warn for failures that are the
+/// runtime's.
+fn log_call<T>(
+    metrics: &Metrics,
+    method: &'static str,
+    started: Instant,
+    result: &Result<T, Status>,
+) {
+    let elapsed = started.elapsed();
+    let code = result.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
+    metrics.observe_rpc(method, code, elapsed);
+    let micros = elapsed.as_micros() as u64;
     match result {
         Ok(_) => tracing::debug!(method, micros, "rpc"),
         Err(status) => match status.code() {
-            Code::Internal | Code::Unknown | Code::DataLoss => {
+            code if crate::metrics::is_internal(code) => {
                 tracing::warn!(method, micros, code = ?status.code(), error = status.message(), "rpc failed")
             }
             code => tracing::debug!(
@@ -48,24 +58,24 @@ fn log_call<T>(method: &'static str, started: Instant, result: &Result<T, Status
     }
 }
 
-/// Runs a handler, logs it, and wraps its answer.
+/// Runs a handler, logs and counts it in the node's metrics, and wraps its answer.
 macro_rules! rpc {
-    ($method:literal, $call:expr) => {{
+    ($node:expr, $method:literal, $call:expr) => {{
         let started = Instant::now();
         let result = $call.await;
-        log_call($method, started, &result);
+        log_call(&$node.metrics, $method, started, &result);
         result.map(Response::new)
     }};
 }
 
 /// Runs a handler that changes pods, containers or images to its end even when the client
 /// goes away: tonic drops a call's future when its client disconnects, and a change cut
-/// short there would leave half a pod behind. Logged and wrapped like [`rpc!`].
+/// short there would leave half a pod behind. Logged, counted and wrapped like [`rpc!`].
 macro_rules! rpc_to_the_end {
     ($method:literal, $node:expr, $handler:path, $req:expr) => {{
         let node = $node.clone();
         let req = $req;
-        rpc!($method, async move {
+        rpc!($node, $method, async move {
             tokio::spawn(async move { $handler(&node, req).await })
                 .await
                 .unwrap_or_else(|e| Err(Status::internal(format!("{}: {e}", $method))))
@@ -82,7 +92,11 @@ impl RuntimeService for CriService {
         &self,
         r: Request<VersionRequest>,
     ) -> Result<Response<VersionResponse>, Status> {
-        rpc!("Version", runtime_info::version(&self.node, r.into_inner()))
+        rpc!(
+            self.node,
+            "Version",
+            runtime_info::version(&self.node, r.into_inner())
+        )
     }
 
     async fn run_pod_sandbox(
@@ -126,6 +140,7 @@ impl RuntimeService for CriService {
         r: Request<PodSandboxStatusRequest>,
     ) -> Result<Response<PodSandboxStatusResponse>, Status> {
         rpc!(
+            self.node,
             "PodSandboxStatus",
             pods::pod_sandbox_status(&self.node, r.into_inner())
         )
@@ -136,6 +151,7 @@ impl RuntimeService for CriService {
         r: Request<ListPodSandboxRequest>,
     ) -> Result<Response<ListPodSandboxResponse>, Status> {
         rpc!(
+            self.node,
             "ListPodSandbox",
             pods::list_pod_sandbox(&self.node, r.into_inner())
         )
@@ -194,6 +210,7 @@ impl RuntimeService for CriService {
         r: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
         rpc!(
+            self.node,
             "ListContainers",
             containers::list_containers(&self.node, r.into_inner())
         )
@@ -204,6 +221,7 @@ impl RuntimeService for CriService {
         r: Request<ContainerStatusRequest>,
     ) -> Result<Response<ContainerStatusResponse>, Status> {
         rpc!(
+            self.node,
             "ContainerStatus",
             containers::container_status(&self.node, r.into_inner())
         )
@@ -214,6 +232,7 @@ impl RuntimeService for CriService {
         r: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
         rpc!(
+            self.node,
             "UpdateContainerResources",
             containers::update_container_resources(&self.node, r.into_inner())
         )
@@ -224,6 +243,7 @@ impl RuntimeService for CriService {
         r: Request<ReopenContainerLogRequest>,
     ) -> Result<Response<ReopenContainerLogResponse>, Status> {
         rpc!(
+            self.node,
             "ReopenContainerLog",
             containers::reopen_container_log(&self.node, r.into_inner())
         )
@@ -234,17 +254,26 @@ impl RuntimeService for CriService {
         r: Request<ExecSyncRequest>,
     ) -> Result<Response<ExecSyncResponse>, Status> {
         rpc!(
+            self.node,
             "ExecSync",
             containers::exec_sync(&self.node, r.into_inner())
         )
     }
 
     async fn exec(&self, r: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        rpc!("Exec", streaming::exec(&self.node, r.into_inner()))
+        rpc!(
+            self.node,
+            "Exec",
+            streaming::exec(&self.node, r.into_inner())
+        )
     }
 
     async fn attach(&self, r: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
-        rpc!("Attach", streaming::attach(&self.node, r.into_inner()))
+        rpc!(
+            self.node,
+            "Attach",
+            streaming::attach(&self.node, r.into_inner())
+        )
     }
 
     async fn port_forward(
@@ -252,6 +281,7 @@ impl RuntimeService for CriService {
         r: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
         rpc!(
+            self.node,
             "PortForward",
             streaming::port_forward(&self.node, r.into_inner())
         )
@@ -262,6 +292,7 @@ impl RuntimeService for CriService {
         r: Request<ContainerStatsRequest>,
     ) -> Result<Response<ContainerStatsResponse>, Status> {
         rpc!(
+            self.node,
             "ContainerStats",
             stats::container_stats(&self.node, r.into_inner())
         )
@@ -272,6 +303,7 @@ impl RuntimeService for CriService {
         r: Request<ListContainerStatsRequest>,
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
         rpc!(
+            self.node,
             "ListContainerStats",
             stats::list_container_stats(&self.node, r.into_inner())
         )
@@ -282,6 +314,7 @@ impl RuntimeService for CriService {
         r: Request<PodSandboxStatsRequest>,
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
         rpc!(
+            self.node,
             "PodSandboxStats",
             stats::pod_sandbox_stats(&self.node, r.into_inner())
         )
@@ -292,6 +325,7 @@ impl RuntimeService for CriService {
         r: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
         rpc!(
+            self.node,
             "ListPodSandboxStats",
             stats::list_pod_sandbox_stats(&self.node, r.into_inner())
         )
@@ -302,13 +336,18 @@ impl RuntimeService for CriService {
         r: Request<UpdateRuntimeConfigRequest>,
     ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
         rpc!(
+            self.node,
             "UpdateRuntimeConfig",
             runtime_info::update_runtime_config(&self.node, r.into_inner())
         )
     }
 
     async fn status(&self, r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        rpc!("Status", runtime_info::status(&self.node, r.into_inner()))
+        rpc!(
+            self.node,
+            "Status",
+            runtime_info::status(&self.node, r.into_inner())
+        )
     }
 
     async fn checkpoint_container(
@@ -316,6 +355,7 @@ impl RuntimeService for CriService {
         r: Request<CheckpointContainerRequest>,
     ) -> Result<Response<CheckpointContainerResponse>, Status> {
         rpc!(
+            self.node,
             "CheckpointContainer",
             containers::checkpoint_container(&self.node, r.into_inner())
         )
@@ -328,6 +368,7 @@ impl RuntimeService for CriService {
         r: Request<GetEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
         rpc!(
+            self.node,
             "GetContainerEvents",
             containers::get_container_events(&self.node, r.into_inner())
         )
@@ -338,6 +379,7 @@ impl RuntimeService for CriService {
         r: Request<ListMetricDescriptorsRequest>,
     ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
         rpc!(
+            self.node,
             "ListMetricDescriptors",
             stats::list_metric_descriptors(&self.node, r.into_inner())
         )
@@ -348,6 +390,7 @@ impl RuntimeService for CriService {
         r: Request<ListPodSandboxMetricsRequest>,
     ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
         rpc!(
+            self.node,
             "ListPodSandboxMetrics",
             stats::list_pod_sandbox_metrics(&self.node, r.into_inner())
         )
@@ -358,6 +401,7 @@ impl RuntimeService for CriService {
         r: Request<RuntimeConfigRequest>,
     ) -> Result<Response<RuntimeConfigResponse>, Status> {
         rpc!(
+            self.node,
             "RuntimeConfig",
             runtime_info::runtime_config(&self.node, r.into_inner())
         )
@@ -371,6 +415,7 @@ impl ImageService for CriService {
         r: Request<ListImagesRequest>,
     ) -> Result<Response<ListImagesResponse>, Status> {
         rpc!(
+            self.node,
             "ListImages",
             images::list_images(&self.node, r.into_inner())
         )
@@ -381,6 +426,7 @@ impl ImageService for CriService {
         r: Request<ImageStatusRequest>,
     ) -> Result<Response<ImageStatusResponse>, Status> {
         rpc!(
+            self.node,
             "ImageStatus",
             images::image_status(&self.node, r.into_inner())
         )
@@ -410,6 +456,7 @@ impl ImageService for CriService {
         r: Request<ImageFsInfoRequest>,
     ) -> Result<Response<ImageFsInfoResponse>, Status> {
         rpc!(
+            self.node,
             "ImageFsInfo",
             images::image_fs_info(&self.node, r.into_inner())
         )
