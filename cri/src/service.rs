@@ -29,41 +29,75 @@ impl CriService {
     }
 }
 
-/// Logs and counts one finished call: debug for every call, warn for failures that are the
-/// runtime's.
-fn log_call<T>(
-    metrics: &Metrics,
+/// One call in progress, logged and counted when it ends. tonic drops a call's future when
+/// its client goes away or its deadline passes: such a call is counted with code
+/// `Canceled`, since nobody received its answer.
+struct Call<'a> {
+    metrics: &'a Metrics,
     method: &'static str,
     started: Instant,
-    result: &Result<T, Status>,
-) {
-    let elapsed = started.elapsed();
-    let code = result.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
-    metrics.observe_rpc(method, code, elapsed);
-    let micros = elapsed.as_micros() as u64;
-    match result {
-        Ok(_) => tracing::debug!(method, micros, "rpc"),
-        Err(status) => match status.code() {
-            code if crate::metrics::is_internal(code) => {
-                tracing::warn!(method, micros, code = ?status.code(), error = status.message(), "rpc failed")
-            }
-            code => tracing::debug!(
-                method,
-                micros,
-                ?code,
-                error = status.message(),
-                "rpc failed"
-            ),
-        },
+    answered: bool,
+}
+
+impl<'a> Call<'a> {
+    fn start(metrics: &'a Metrics, method: &'static str) -> Self {
+        Call {
+            metrics,
+            method,
+            started: Instant::now(),
+            answered: false,
+        }
+    }
+
+    /// Logs and counts the answer: debug for every call, warn for failures that are the
+    /// runtime's.
+    fn answered<T>(mut self, result: &Result<T, Status>) {
+        self.answered = true;
+        let method = self.method;
+        let elapsed = self.started.elapsed();
+        let code = result.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
+        self.metrics.observe_rpc(method, code, elapsed);
+        let micros = elapsed.as_micros() as u64;
+        match result {
+            Ok(_) => tracing::debug!(method, micros, "rpc"),
+            Err(status) => match status.code() {
+                code if crate::metrics::is_internal(code) => {
+                    tracing::warn!(method, micros, code = ?status.code(), error = status.message(), "rpc failed")
+                }
+                code => tracing::debug!(
+                    method,
+                    micros,
+                    ?code,
+                    error = status.message(),
+                    "rpc failed"
+                ),
+            },
+        }
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let elapsed = self.started.elapsed();
+        self.metrics
+            .observe_rpc(self.method, Code::Cancelled, elapsed);
+        tracing::debug!(
+            method = self.method,
+            micros = elapsed.as_micros() as u64,
+            "rpc abandoned by its client"
+        );
     }
 }
 
 /// Runs a handler, logs and counts it in the node's metrics, and wraps its answer.
 macro_rules! rpc {
     ($node:expr, $method:literal, $call:expr) => {{
-        let started = Instant::now();
+        let call = Call::start(&$node.metrics, $method);
         let result = $call.await;
-        log_call(&$node.metrics, $method, started, &result);
+        call.answered(&result);
         result.map(Response::new)
     }};
 }
@@ -460,5 +494,51 @@ impl ImageService for CriService {
             "ImageFsInfo",
             images::image_fs_info(&self.node, r.into_inner())
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use berth_runtime::Census;
+
+    fn count(metrics: &Metrics, method: &str, code: &str) -> Option<String> {
+        let series = format!("berth_grpc_requests_total{{method=\"{method}\",code=\"{code}\"}} ");
+        metrics
+            .render(&Census::default())
+            .lines()
+            .find_map(|l| l.strip_prefix(&series).map(str::to_owned))
+    }
+
+    #[test]
+    fn answered_calls_count_with_their_code() {
+        let metrics = Metrics::new();
+        Call::start(&metrics, "Version").answered(&Ok::<_, Status>(()));
+        Call::start(&metrics, "Version").answered(&Err::<(), _>(Status::not_found("x")));
+        Call::start(&metrics, "Version").answered(&Err::<(), _>(Status::internal("x")));
+        assert_eq!(count(&metrics, "Version", "OK").as_deref(), Some("1"));
+        assert_eq!(count(&metrics, "Version", "NotFound").as_deref(), Some("1"));
+        assert_eq!(count(&metrics, "Version", "Internal").as_deref(), Some("1"));
+        assert_eq!(count(&metrics, "Version", "Canceled"), None);
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_before_its_answer_counts_as_canceled() {
+        let metrics = Metrics::new();
+        let slow = async {
+            let call = Call::start(&metrics, "StopContainer");
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            call.answered(&Ok::<_, Status>(()));
+        };
+        // As tonic does when the client's deadline passes or it disconnects.
+        let timed_out = tokio::time::timeout(Duration::from_millis(10), slow).await;
+        assert!(timed_out.is_err());
+        assert_eq!(
+            count(&metrics, "StopContainer", "Canceled").as_deref(),
+            Some("1")
+        );
+        assert_eq!(count(&metrics, "StopContainer", "OK"), None);
     }
 }
