@@ -7,8 +7,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 
-use berth_e2e::fixtures::{pod_config, pull, remove_pod, run_pod};
-use berth_e2e::{Daemon, images};
+use berth_e2e::fixtures::{
+    container_config, pod_config, pull, remove_pod, run_pod, start_container,
+};
+use berth_e2e::{Daemon, Env, images};
 use bytes::Bytes;
 use k8s_cri::v1::*;
 use tonic::Code;
@@ -89,7 +91,50 @@ impl Scrape {
             }
         }
         assert!(saw_eof, "the exposition does not end with # EOF");
-        Scrape { types, samples }
+        let scrape = Scrape { types, samples };
+        scrape.check_histograms();
+        scrape
+    }
+
+    /// Every histogram series has cumulative buckets ending in `+Inf`, which equals its
+    /// count.
+    fn check_histograms(&self) {
+        for (family, kind) in &self.types {
+            if kind != "histogram" {
+                continue;
+            }
+            let bucket_name = format!("{family}_bucket");
+            let mut buckets: BTreeMap<BTreeMap<String, String>, Vec<(f64, f64)>> = BTreeMap::new();
+            for ((name, labels), value) in &self.samples {
+                if *name != bucket_name {
+                    continue;
+                }
+                let mut series = labels.clone();
+                let le = series.remove("le").expect("a bucket has le");
+                let le = match le.as_str() {
+                    "+Inf" => f64::INFINITY,
+                    v => v.parse().expect("a numeric le"),
+                };
+                buckets.entry(series).or_default().push((le, *value));
+            }
+            for (series, mut bounds) in buckets {
+                bounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+                assert!(
+                    bounds.windows(2).all(|w| w[0].1 <= w[1].1),
+                    "{family}{series:?}: buckets are not cumulative: {bounds:?}"
+                );
+                let (last_le, last) = *bounds.last().unwrap();
+                assert_eq!(last_le, f64::INFINITY, "{family}{series:?}: no +Inf bucket");
+                let count = self
+                    .samples
+                    .get(&(format!("{family}_count"), series.clone()));
+                assert_eq!(
+                    count,
+                    Some(&last),
+                    "{family}{series:?}: +Inf is not the count"
+                );
+            }
+        }
     }
 
     /// The value of a series, or `None` when it is not exposed.
@@ -276,14 +321,41 @@ async fn metrics_count_the_calls_made_and_show_the_pods() {
     assert_eq!(start.get("berth_monitors", &[]), Some(0.0));
     assert_eq!(start.get("berth_pods", &[("state", "ready")]), Some(0.0));
 
-    // The calls: a Version, a pull, a pod, and one call refused for an unknown id.
+    // The calls: a Version, a pull that fails and one that works, a pod with a running
+    // container, and one call refused for an unknown id.
     d.runtime()
         .version(VersionRequest::default())
         .await
         .expect("Version");
+    // Named on the loopback registry itself: a mirrored name would fall back to upstream.
+    let registry = Env::try_get().expect("harness env").registry_url();
+    let missing_tag = format!(
+        "{}/library/busybox:no-such-tag",
+        registry.trim_start_matches("http://")
+    );
+    let missing = d
+        .images()
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: missing_tag,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a tag the registry does not have");
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
     pull(&d, images::BUSYBOX).await;
     let log_dir = d.dir().path().join("pod-logs");
-    let pod_id = run_pod(&d, &pod_config("metrics", &log_dir)).await;
+    let pod = pod_config("metrics", &log_dir);
+    let pod_id = run_pod(&d, &pod).await;
+    start_container(
+        &d,
+        &pod_id,
+        &pod,
+        container_config("sleeper", &["sleep", "3600"]),
+    )
+    .await;
     let unknown = d
         .runtime()
         .pod_sandbox_status(PodSandboxStatusRequest {
@@ -299,8 +371,11 @@ async fn metrics_count_the_calls_made_and_show_the_pods() {
         calls_between(&start, &running),
         calls(&[
             ("Version", "OK", 1.0),
+            ("PullImage", "NotFound", 1.0),
             ("PullImage", "OK", 1.0),
             ("RunPodSandbox", "OK", 1.0),
+            ("CreateContainer", "OK", 1.0),
+            ("StartContainer", "OK", 1.0),
             ("PodSandboxStatus", "NotFound", 1.0),
         ])
     );
@@ -327,6 +402,10 @@ async fn metrics_count_the_calls_made_and_show_the_pods() {
     assert_eq!(running.get("berth_monitors", &[]), Some(1.0));
     assert_eq!(
         running.get("berth_containers", &[("state", "running")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        running.get("berth_containers", &[("state", "created")]),
         Some(0.0)
     );
 
@@ -335,7 +414,7 @@ async fn metrics_count_the_calls_made_and_show_the_pods() {
     let layer_bytes: u64 = busybox.layers.iter().map(|l| l.size).sum();
     let pulled = |s: &Scrape, result| s.value("berth_image_pulls_total", &[("result", result)]);
     assert_eq!(pulled(&running, "success") - pulled(&start, "success"), 1.0);
-    assert_eq!(pulled(&running, "failure"), pulled(&start, "failure"));
+    assert_eq!(pulled(&running, "failure") - pulled(&start, "failure"), 1.0);
     assert_eq!(
         running.value("berth_image_pull_bytes_total", &[])
             - start.value("berth_image_pull_bytes_total", &[]),
@@ -344,7 +423,7 @@ async fn metrics_count_the_calls_made_and_show_the_pods() {
     assert_eq!(
         running.value("berth_image_pull_duration_seconds_count", &[])
             - start.value("berth_image_pull_duration_seconds_count", &[]),
-        1.0
+        2.0
     );
     // NotFound is the caller's mistake, not an internal error.
     assert_eq!(
@@ -367,6 +446,13 @@ async fn metrics_count_the_calls_made_and_show_the_pods() {
         Some(0.0)
     );
     assert_eq!(removed.get("berth_monitors", &[]), Some(0.0));
+    for state in ["created", "running", "exited"] {
+        assert_eq!(
+            removed.get("berth_containers", &[("state", state)]),
+            Some(0.0),
+            "{state}"
+        );
+    }
 
     // Only /metrics is served.
     assert_eq!(get(addr, "/").await.status, 404);
