@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use berth_e2e::fixtures::{
     container_config, pod_config, pull, remove_pod, run_pod, start_container,
@@ -504,4 +505,30 @@ fn listening_ports(pid: u32) -> Vec<u16> {
         }
     }
     ports
+}
+
+#[tokio::test]
+async fn a_metrics_address_in_use_stops_the_daemon_naming_it() {
+    let first = Daemon::builder()
+        .config("[metrics]\naddress = \"127.0.0.1:0\"")
+        .start()
+        .await
+        .expect("daemon");
+    let taken = metrics_address(&first);
+    let mut second = Daemon::builder()
+        .config(&format!("[metrics]\naddress = \"{taken}\""))
+        .spawn()
+        .expect("spawn a second berth");
+    let status = second
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("the second berth keeps running");
+    assert!(!status.success(), "{status:?}");
+    let log = second.log();
+    assert!(
+        log.contains(&format!("cannot listen on metrics address {taken}")),
+        "the log does not say why:\n{log}"
+    );
+    // The first daemon's endpoint is untouched.
+    assert_eq!(get(taken, "/metrics").await.status, 200);
 }
