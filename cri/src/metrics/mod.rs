@@ -8,6 +8,7 @@
 
 pub mod http;
 
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use berth_runtime::Census;
@@ -17,7 +18,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
 use tonic::Code;
 
 /// Bucket bounds of CRI call durations, in seconds: from a List answered from memory to a
