@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use berth_imageservice::{Credentials, ErrorClass, ImageStore};
 use k8s_cri::v1::*;
@@ -135,12 +135,15 @@ pub async fn pull_image(node: &Node, req: PullImageRequest) -> Result<PullImageR
     let name = image_name(req.image.as_ref())?.to_owned();
     node.wait_reconciled().await?;
     let store = image_store(node)?;
-    let image = store
-        .pull(&name, credentials(req.auth))
-        .await
-        .map_err(|e| to_status(&format!("pulling image {name:?}"), &e))?;
+    let started = Instant::now();
+    let pulled = store.pull_measured(&name, credentials(req.auth)).await;
+    node.metrics.observe_pull(
+        pulled.as_ref().ok().map(|p| p.downloaded),
+        started.elapsed(),
+    );
+    let pulled = pulled.map_err(|e| to_status(&format!("pulling image {name:?}"), &e))?;
     Ok(PullImageResponse {
-        image_ref: image.id,
+        image_ref: pulled.image.id,
     })
 }
 

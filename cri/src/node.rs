@@ -11,6 +11,7 @@ use berth_cni::Network;
 use berth_imageservice::ImageStore;
 
 use crate::config::Config;
+use crate::metrics::{ErrorKind, Metrics};
 use crate::store::Store;
 use crate::streaming::Streaming;
 
@@ -42,6 +43,8 @@ pub struct Node {
     pub runtime: Arc<berth_runtime::Runtime>,
     /// Samples kept between stats calls.
     pub stats: Arc<crate::stats::StatsCache>,
+    /// The daemon's own metrics, served when `[metrics] address` is set.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The cgroup driver the config asks for, over this host's hierarchies.
@@ -88,6 +91,7 @@ impl Node {
             streaming,
             runtime,
             stats: Arc::default(),
+            metrics: Arc::new(Metrics::new()),
         }))
     }
 
@@ -107,6 +111,7 @@ impl Node {
             Err(e) => {
                 let message = format!("start-up reconciliation failed: {e:#}");
                 tracing::error!("{message}");
+                self.metrics.error(ErrorKind::Reconcile);
                 Reconciled::Failed(message)
             }
         };
@@ -147,12 +152,21 @@ impl Node {
     /// Removes unreferenced blobs and snapshots in the background.
     fn collect_garbage(&self) {
         let images = self.images.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             match images.gc().await {
                 Ok(report) => tracing::info!(?report, "image garbage collected"),
-                Err(e) => tracing::warn!(error = %e, "image garbage collection failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "image garbage collection failed");
+                    metrics.error(ErrorKind::ImageGc);
+                }
             }
         });
+    }
+
+    /// The metrics exposition, with pods, containers and monitors counted now.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&self.runtime.census())
     }
 
     /// Why the runtime is not ready yet, or `None` when reconciliation has finished.

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
 use crate::lock::DaemonLock;
+use crate::metrics::http::MetricsServer;
 use crate::node::Node;
 use crate::service::CriService;
 use crate::store::Store;
@@ -35,6 +36,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = Store::open(&config.root)?;
     let node = Node::new(config, store)?;
     let _streaming = node.streaming.start(&node.config.streaming).await?;
+    let _metrics = start_metrics(&node).await?;
     let service = CriService::new(node.clone());
 
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -128,6 +130,17 @@ fn remove_socket(path: &PathBuf) {
     {
         tracing::warn!(socket = %path.display(), error = %e, "cannot remove socket");
     }
+}
+
+/// Serves `[metrics] address` when it is set.
+async fn start_metrics(node: &Arc<Node>) -> anyhow::Result<Option<MetricsServer>> {
+    let address = &node.config.metrics.address;
+    if address.is_empty() {
+        return Ok(None);
+    }
+    let scraped = node.clone();
+    let render = Arc::new(move || scraped.render_metrics());
+    Ok(Some(crate::metrics::http::start(address, render).await?))
 }
 
 fn spawn_reconcile(node: Arc<Node>) {

@@ -12,6 +12,7 @@ use k8s_cri::v1::runtime_service_server::RuntimeService;
 use k8s_cri::v1::*;
 use tonic::{Code, Request, Response, Status};
 
+use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::{containers, images, pods, runtime_info, stats, streaming};
 
@@ -28,44 +29,87 @@ impl CriService {
     }
 }
 
-/// Logs one finished call: debug for every call, warn for failures that are the runtime's.
-fn log_call<T>(method: &'static str, started: Instant, result: &Result<T, Status>) {
-    let micros = started.elapsed().as_micros() as u64;
-    match result {
-        Ok(_) => tracing::debug!(method, micros, "rpc"),
-        Err(status) => match status.code() {
-            Code::Internal | Code::Unknown | Code::DataLoss => {
-                tracing::warn!(method, micros, code = ?status.code(), error = status.message(), "rpc failed")
-            }
-            code => tracing::debug!(
-                method,
-                micros,
-                ?code,
-                error = status.message(),
-                "rpc failed"
-            ),
-        },
+/// One call in progress, logged and counted when it ends. tonic drops a call's future when
+/// its client goes away or its deadline passes: such a call is counted with code
+/// `Canceled`, since nobody received its answer.
+struct Call<'a> {
+    metrics: &'a Metrics,
+    method: &'static str,
+    started: Instant,
+    answered: bool,
+}
+
+impl<'a> Call<'a> {
+    fn start(metrics: &'a Metrics, method: &'static str) -> Self {
+        Call {
+            metrics,
+            method,
+            started: Instant::now(),
+            answered: false,
+        }
+    }
+
+    /// Logs and counts the answer: debug for every call, warn for failures that are the
+    /// runtime's.
+    fn answered<T>(mut self, result: &Result<T, Status>) {
+        self.answered = true;
+        let method = self.method;
+        let elapsed = self.started.elapsed();
+        let code = result.as_ref().map_or_else(|s| s.code(), |_| Code::Ok);
+        self.metrics.observe_rpc(method, code, elapsed);
+        let micros = elapsed.as_micros() as u64;
+        match result {
+            Ok(_) => tracing::debug!(method, micros, "rpc"),
+            Err(status) => match status.code() {
+                code if crate::metrics::is_internal(code) => {
+                    tracing::warn!(method, micros, code = ?status.code(), error = status.message(), "rpc failed")
+                }
+                code => tracing::debug!(
+                    method,
+                    micros,
+                    ?code,
+                    error = status.message(),
+                    "rpc failed"
+                ),
+            },
+        }
     }
 }
 
-/// Runs a handler, logs it, and wraps its answer.
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let elapsed = self.started.elapsed();
+        self.metrics
+            .observe_rpc(self.method, Code::Cancelled, elapsed);
+        tracing::debug!(
+            method = self.method,
+            micros = elapsed.as_micros() as u64,
+            "rpc abandoned by its client"
+        );
+    }
+}
+
+/// Runs a handler, logs and counts it in the node's metrics, and wraps its answer.
 macro_rules! rpc {
-    ($method:literal, $call:expr) => {{
-        let started = Instant::now();
+    ($node:expr, $method:literal, $call:expr) => {{
+        let call = Call::start(&$node.metrics, $method);
         let result = $call.await;
-        log_call($method, started, &result);
+        call.answered(&result);
         result.map(Response::new)
     }};
 }
 
 /// Runs a handler that changes pods, containers or images to its end even when the client
 /// goes away: tonic drops a call's future when its client disconnects, and a change cut
-/// short there would leave half a pod behind. Logged and wrapped like [`rpc!`].
+/// short there would leave half a pod behind. Logged, counted and wrapped like [`rpc!`].
 macro_rules! rpc_to_the_end {
     ($method:literal, $node:expr, $handler:path, $req:expr) => {{
         let node = $node.clone();
         let req = $req;
-        rpc!($method, async move {
+        rpc!($node, $method, async move {
             tokio::spawn(async move { $handler(&node, req).await })
                 .await
                 .unwrap_or_else(|e| Err(Status::internal(format!("{}: {e}", $method))))
@@ -82,7 +126,11 @@ impl RuntimeService for CriService {
         &self,
         r: Request<VersionRequest>,
     ) -> Result<Response<VersionResponse>, Status> {
-        rpc!("Version", runtime_info::version(&self.node, r.into_inner()))
+        rpc!(
+            self.node,
+            "Version",
+            runtime_info::version(&self.node, r.into_inner())
+        )
     }
 
     async fn run_pod_sandbox(
@@ -126,6 +174,7 @@ impl RuntimeService for CriService {
         r: Request<PodSandboxStatusRequest>,
     ) -> Result<Response<PodSandboxStatusResponse>, Status> {
         rpc!(
+            self.node,
             "PodSandboxStatus",
             pods::pod_sandbox_status(&self.node, r.into_inner())
         )
@@ -136,6 +185,7 @@ impl RuntimeService for CriService {
         r: Request<ListPodSandboxRequest>,
     ) -> Result<Response<ListPodSandboxResponse>, Status> {
         rpc!(
+            self.node,
             "ListPodSandbox",
             pods::list_pod_sandbox(&self.node, r.into_inner())
         )
@@ -194,6 +244,7 @@ impl RuntimeService for CriService {
         r: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
         rpc!(
+            self.node,
             "ListContainers",
             containers::list_containers(&self.node, r.into_inner())
         )
@@ -204,6 +255,7 @@ impl RuntimeService for CriService {
         r: Request<ContainerStatusRequest>,
     ) -> Result<Response<ContainerStatusResponse>, Status> {
         rpc!(
+            self.node,
             "ContainerStatus",
             containers::container_status(&self.node, r.into_inner())
         )
@@ -214,6 +266,7 @@ impl RuntimeService for CriService {
         r: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
         rpc!(
+            self.node,
             "UpdateContainerResources",
             containers::update_container_resources(&self.node, r.into_inner())
         )
@@ -224,6 +277,7 @@ impl RuntimeService for CriService {
         r: Request<ReopenContainerLogRequest>,
     ) -> Result<Response<ReopenContainerLogResponse>, Status> {
         rpc!(
+            self.node,
             "ReopenContainerLog",
             containers::reopen_container_log(&self.node, r.into_inner())
         )
@@ -234,17 +288,26 @@ impl RuntimeService for CriService {
         r: Request<ExecSyncRequest>,
     ) -> Result<Response<ExecSyncResponse>, Status> {
         rpc!(
+            self.node,
             "ExecSync",
             containers::exec_sync(&self.node, r.into_inner())
         )
     }
 
     async fn exec(&self, r: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
-        rpc!("Exec", streaming::exec(&self.node, r.into_inner()))
+        rpc!(
+            self.node,
+            "Exec",
+            streaming::exec(&self.node, r.into_inner())
+        )
     }
 
     async fn attach(&self, r: Request<AttachRequest>) -> Result<Response<AttachResponse>, Status> {
-        rpc!("Attach", streaming::attach(&self.node, r.into_inner()))
+        rpc!(
+            self.node,
+            "Attach",
+            streaming::attach(&self.node, r.into_inner())
+        )
     }
 
     async fn port_forward(
@@ -252,6 +315,7 @@ impl RuntimeService for CriService {
         r: Request<PortForwardRequest>,
     ) -> Result<Response<PortForwardResponse>, Status> {
         rpc!(
+            self.node,
             "PortForward",
             streaming::port_forward(&self.node, r.into_inner())
         )
@@ -262,6 +326,7 @@ impl RuntimeService for CriService {
         r: Request<ContainerStatsRequest>,
     ) -> Result<Response<ContainerStatsResponse>, Status> {
         rpc!(
+            self.node,
             "ContainerStats",
             stats::container_stats(&self.node, r.into_inner())
         )
@@ -272,6 +337,7 @@ impl RuntimeService for CriService {
         r: Request<ListContainerStatsRequest>,
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
         rpc!(
+            self.node,
             "ListContainerStats",
             stats::list_container_stats(&self.node, r.into_inner())
         )
@@ -282,6 +348,7 @@ impl RuntimeService for CriService {
         r: Request<PodSandboxStatsRequest>,
     ) -> Result<Response<PodSandboxStatsResponse>, Status> {
         rpc!(
+            self.node,
             "PodSandboxStats",
             stats::pod_sandbox_stats(&self.node, r.into_inner())
         )
@@ -292,6 +359,7 @@ impl RuntimeService for CriService {
         r: Request<ListPodSandboxStatsRequest>,
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
         rpc!(
+            self.node,
             "ListPodSandboxStats",
             stats::list_pod_sandbox_stats(&self.node, r.into_inner())
         )
@@ -302,13 +370,18 @@ impl RuntimeService for CriService {
         r: Request<UpdateRuntimeConfigRequest>,
     ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
         rpc!(
+            self.node,
             "UpdateRuntimeConfig",
             runtime_info::update_runtime_config(&self.node, r.into_inner())
         )
     }
 
     async fn status(&self, r: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        rpc!("Status", runtime_info::status(&self.node, r.into_inner()))
+        rpc!(
+            self.node,
+            "Status",
+            runtime_info::status(&self.node, r.into_inner())
+        )
     }
 
     async fn checkpoint_container(
@@ -316,6 +389,7 @@ impl RuntimeService for CriService {
         r: Request<CheckpointContainerRequest>,
     ) -> Result<Response<CheckpointContainerResponse>, Status> {
         rpc!(
+            self.node,
             "CheckpointContainer",
             containers::checkpoint_container(&self.node, r.into_inner())
         )
@@ -328,6 +402,7 @@ impl RuntimeService for CriService {
         r: Request<GetEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
         rpc!(
+            self.node,
             "GetContainerEvents",
             containers::get_container_events(&self.node, r.into_inner())
         )
@@ -338,6 +413,7 @@ impl RuntimeService for CriService {
         r: Request<ListMetricDescriptorsRequest>,
     ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
         rpc!(
+            self.node,
             "ListMetricDescriptors",
             stats::list_metric_descriptors(&self.node, r.into_inner())
         )
@@ -348,6 +424,7 @@ impl RuntimeService for CriService {
         r: Request<ListPodSandboxMetricsRequest>,
     ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
         rpc!(
+            self.node,
             "ListPodSandboxMetrics",
             stats::list_pod_sandbox_metrics(&self.node, r.into_inner())
         )
@@ -358,6 +435,7 @@ impl RuntimeService for CriService {
         r: Request<RuntimeConfigRequest>,
     ) -> Result<Response<RuntimeConfigResponse>, Status> {
         rpc!(
+            self.node,
             "RuntimeConfig",
             runtime_info::runtime_config(&self.node, r.into_inner())
         )
@@ -371,6 +449,7 @@ impl ImageService for CriService {
         r: Request<ListImagesRequest>,
     ) -> Result<Response<ListImagesResponse>, Status> {
         rpc!(
+            self.node,
             "ListImages",
             images::list_images(&self.node, r.into_inner())
         )
@@ -381,6 +460,7 @@ impl ImageService for CriService {
         r: Request<ImageStatusRequest>,
     ) -> Result<Response<ImageStatusResponse>, Status> {
         rpc!(
+            self.node,
             "ImageStatus",
             images::image_status(&self.node, r.into_inner())
         )
@@ -410,8 +490,55 @@ impl ImageService for CriService {
         r: Request<ImageFsInfoRequest>,
     ) -> Result<Response<ImageFsInfoResponse>, Status> {
         rpc!(
+            self.node,
             "ImageFsInfo",
             images::image_fs_info(&self.node, r.into_inner())
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use berth_runtime::Census;
+
+    fn count(metrics: &Metrics, method: &str, code: &str) -> Option<String> {
+        let series = format!("berth_grpc_requests_total{{method=\"{method}\",code=\"{code}\"}} ");
+        metrics
+            .render(&Census::default())
+            .lines()
+            .find_map(|l| l.strip_prefix(&series).map(str::to_owned))
+    }
+
+    #[test]
+    fn answered_calls_count_with_their_code() {
+        let metrics = Metrics::new();
+        Call::start(&metrics, "Version").answered(&Ok::<_, Status>(()));
+        Call::start(&metrics, "Version").answered(&Err::<(), _>(Status::not_found("x")));
+        Call::start(&metrics, "Version").answered(&Err::<(), _>(Status::internal("x")));
+        assert_eq!(count(&metrics, "Version", "OK").as_deref(), Some("1"));
+        assert_eq!(count(&metrics, "Version", "NotFound").as_deref(), Some("1"));
+        assert_eq!(count(&metrics, "Version", "Internal").as_deref(), Some("1"));
+        assert_eq!(count(&metrics, "Version", "Canceled"), None);
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_before_its_answer_counts_as_canceled() {
+        let metrics = Metrics::new();
+        let slow = async {
+            let call = Call::start(&metrics, "StopContainer");
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            call.answered(&Ok::<_, Status>(()));
+        };
+        // As tonic does when the client's deadline passes or it disconnects.
+        let timed_out = tokio::time::timeout(Duration::from_millis(10), slow).await;
+        assert!(timed_out.is_err());
+        assert_eq!(
+            count(&metrics, "StopContainer", "Canceled").as_deref(),
+            Some("1")
+        );
+        assert_eq!(count(&metrics, "StopContainer", "OK"), None);
     }
 }

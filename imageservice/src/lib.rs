@@ -27,4 +27,4 @@ pub use error::{Error, ErrorClass};
 pub use records::Image;
 pub use reference::Reference;
 pub use registry::{Credentials, RetryPolicy};
-pub use store::{FsUsage, GcReport, ImageStore, StoreOptions};
+pub use store::{FsUsage, GcReport, ImageStore, Pulled, StoreOptions};

@@ -195,6 +195,18 @@ struct LayerOutcome {
     downloaded: u64,
 }
 
+/// A finished pull: the image, and what this pull fetched for it.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// The pulled image.
+    pub image: Image,
+    /// Layer bytes (compressed, as sent) this pull downloaded from the registry; layers
+    /// already stored, or fetched by a concurrent pull of the same content, are not counted.
+    pub downloaded: u64,
+    /// Layers of the image.
+    pub layers: usize,
+}
+
 impl ImageStore {
     /// Opens the store under `root` (`root/content`, `root/snapshots`) with its tables in
     /// `db`. Incomplete downloads and snapshots from before a crash are discarded.
@@ -323,6 +335,15 @@ impl ImageStore {
     /// Pulls `reference` (tag or digest; normalised like containerd) and returns the image.
     /// Concurrent pulls share downloads: each blob is fetched and each layer unpacked once.
     pub async fn pull(&self, reference: &str, creds: Option<Credentials>) -> Result<Image, Error> {
+        self.pull_measured(reference, creds).await.map(|p| p.image)
+    }
+
+    /// [`ImageStore::pull`], also telling how much this pull downloaded.
+    pub async fn pull_measured(
+        &self,
+        reference: &str,
+        creds: Option<Credentials>,
+    ) -> Result<Pulled, Error> {
         let r = Reference::parse(reference)?;
         let started = Instant::now();
         let result = {
@@ -350,7 +371,11 @@ impl ImageStore {
             // other pulls are running; then a later pull or GC does it.
             self.gc_if_idle().await;
         }
-        result.map(|(image, _, _)| image)
+        result.map(|(image, downloaded, layers)| Pulled {
+            image,
+            downloaded,
+            layers,
+        })
     }
 
     async fn pull_locked(

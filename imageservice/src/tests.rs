@@ -196,6 +196,36 @@ async fn pull_by_tag_and_digest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_measured_pull_counts_the_layer_bytes_it_downloaded() {
+    let env = Env::new(Auth::None).await;
+    let (img, blobs) = two_layers("amd64");
+    let layer_bytes: u64 = blobs
+        .iter()
+        .filter(|(digest, _)| img.layer_digests.contains(digest))
+        .map(|(_, body)| body.len() as u64)
+        .sum();
+    env.reg.push("team/app", "v1", &img, blobs);
+
+    let first = env
+        .store
+        .pull_measured(&env.r("team/app:v1"), None)
+        .await
+        .unwrap();
+    assert_eq!(first.image.id, img.config_digest);
+    assert_eq!((first.downloaded, first.layers), (layer_bytes, 2));
+    let again = env
+        .store
+        .pull_measured(&env.r("team/app:v1"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.downloaded, again.layers),
+        (0, 2),
+        "stored layers are not downloaded again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_pulls_download_each_blob_once() {
     let env = Env::new(Auth::None).await;
     let (img, blobs) = two_layers("amd64");

@@ -67,6 +67,57 @@ pub struct ReconcileReport {
     pub orphans_removed: usize,
 }
 
+/// How many pods and containers are in each state, as the List RPCs would show them, and
+/// how many pod monitors run: what a metrics scrape reports, counted without building
+/// the items.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Census {
+    /// Listed pods that are ready (their monitor runs).
+    pub pods_ready: usize,
+    /// Listed pods that are stopped or lost their monitor.
+    pub pods_not_ready: usize,
+    /// Listed containers created and not started.
+    pub containers_created: usize,
+    /// Listed containers running.
+    pub containers_running: usize,
+    /// Listed containers that have exited.
+    pub containers_exited: usize,
+    /// Pod monitors believed alive, including those of pods still being created.
+    pub monitors: usize,
+}
+
+impl Census {
+    /// Counts pods given as (phase, confirmed) and containers given as phases. Pods and
+    /// containers still being created are not listed, as ListPodSandbox and ListContainers
+    /// leave them out; a ready pod's monitor counts as soon as it runs.
+    pub fn count(
+        pods: impl IntoIterator<Item = (PodPhase, bool)>,
+        containers: impl IntoIterator<Item = ContainerPhase>,
+    ) -> Census {
+        let mut c = Census::default();
+        for (phase, confirmed) in pods {
+            if phase == PodPhase::Ready {
+                c.monitors += 1;
+            }
+            match phase {
+                PodPhase::Creating => {}
+                _ if !confirmed => {}
+                PodPhase::Ready => c.pods_ready += 1,
+                PodPhase::NotReady => c.pods_not_ready += 1,
+            }
+        }
+        for phase in containers {
+            match phase {
+                ContainerPhase::Creating => {}
+                ContainerPhase::Created => c.containers_created += 1,
+                ContainerPhase::Running => c.containers_running += 1,
+                ContainerPhase::Exited => c.containers_exited += 1,
+            }
+        }
+        c
+    }
+}
+
 pub(crate) struct PodEntry {
     pub id: String,
     pub rec: Mutex<PodRecord>,
@@ -178,6 +229,27 @@ impl Runtime {
             rebooted,
             me: me.clone(),
         }))
+    }
+
+    /// Pods and containers by state, and live monitors, from the in-memory index: cheap
+    /// enough to call on every metrics scrape.
+    pub fn census(&self) -> Census {
+        // As the List calls do, records are read after the index is released: code that
+        // holds a record may take the index.
+        let (pods, containers): (Vec<Arc<PodEntry>>, Vec<Arc<ContainerEntry>>) = {
+            let idx = lock(&self.index);
+            (
+                idx.pods.values().cloned().collect(),
+                idx.containers.values().cloned().collect(),
+            )
+        };
+        Census::count(
+            pods.iter().map(|p| {
+                let rec = lock(&p.rec);
+                (rec.phase, rec.confirmed)
+            }),
+            containers.iter().map(|c| lock(&c.rec).phase),
+        )
     }
 
     /// The options the runtime runs with.
@@ -566,5 +638,42 @@ impl ContainerEntry {
             op: tokio::sync::Mutex::new(()),
             exited,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn census_counts_what_the_lists_show() {
+        let c = Census::count(
+            [
+                (PodPhase::Ready, true),
+                (PodPhase::Ready, true),
+                // RunPodSandbox under way: its monitor runs, the pod is not listed yet.
+                (PodPhase::Ready, false),
+                (PodPhase::Creating, false),
+                (PodPhase::NotReady, true),
+            ],
+            [
+                ContainerPhase::Creating,
+                ContainerPhase::Created,
+                ContainerPhase::Running,
+                ContainerPhase::Running,
+                ContainerPhase::Exited,
+            ],
+        );
+        assert_eq!(
+            c,
+            Census {
+                pods_ready: 2,
+                pods_not_ready: 1,
+                containers_created: 1,
+                containers_running: 2,
+                containers_exited: 1,
+                monitors: 3,
+            }
+        );
     }
 }

@@ -1,0 +1,147 @@
+//! The metrics endpoint: plain HTTP/1.1 on `[metrics] address`, answering `GET /metrics`
+//! with the exposition and anything else with 404 (or 405 for another method on
+//! `/metrics`). Small on purpose: a scraper every few seconds is its only client.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// The content type of the OpenMetrics text format, which Prometheus scrapes natively.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The one path served.
+pub const PATH: &str = "/metrics";
+
+/// Connections served at once; more are closed on accept. Scrapers keep one each.
+const MAX_CONNECTIONS: usize = 16;
+/// How long a client may take to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Produces the exposition text for one scrape.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Why the endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on metrics address {address}")]
+pub struct BindError {
+    /// The configured address.
+    pub address: String,
+    /// The cause.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// The running endpoint; dropping it stops it.
+pub struct MetricsServer {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+}
+
+impl MetricsServer {
+    /// The address the endpoint listens on (the port chosen when the config said 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Binds `address` ("host:port"; port 0 picks a free port), logs the bound address and
+/// serves in the background.
+pub async fn start(address: &str, render: Render) -> Result<MetricsServer, BindError> {
+    let bind_error = |source| BindError {
+        address: address.to_owned(),
+        source,
+    };
+    let listener = TcpListener::bind(address).await.map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(accept_loop(listener, render, shutdown.clone()));
+    tracing::info!(address = %addr, "metrics endpoint listening");
+    Ok(MetricsServer { addr, shutdown })
+}
+
+async fn accept_loop(listener: TcpListener, render: Render, shutdown: CancellationToken) {
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.cancelled() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "metrics: too many connections, closing one");
+            continue;
+        };
+        let render = render.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req| {
+                let response = answer(&req, &render);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = &mut conn => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "metrics: connection error");
+                    }
+                }
+                _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+}
+
+/// The response to one request; the exposition is rendered only for `GET /metrics`.
+fn answer(req: &Request<Incoming>, render: &Render) -> Response<Full<Bytes>> {
+    let text = |status, body: &'static str| {
+        let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
+    };
+    if req.uri().path() != PATH {
+        return text(StatusCode::NOT_FOUND, "404 page not found\n");
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    let mut resp = Response::new(Full::new(Bytes::from(render())));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    resp
+}
