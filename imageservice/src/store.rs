@@ -261,7 +261,7 @@ impl ImageStore {
     pub async fn recover(&self) -> Result<usize, Error> {
         let _exclusive = self.gc_lock.write().await;
         let snaps = self.snapshots.clone();
-        let boot_file = self.root.join("snapshots").join(".boot_id");
+        let boot_file = self.root.join("snapshots.boot_id");
         let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .unwrap_or_default()
             .trim()

@@ -744,7 +744,7 @@ async fn snapshots_become_durable_and_are_restored_after_a_reboot() {
             fs::remove_file(p).unwrap();
         }
     }
-    fs::write(env.root().join("snapshots/.boot_id"), "another boot").unwrap();
+    fs::write(env.root().join("snapshots.boot_id"), "another boot").unwrap();
     assert_eq!(env.store.recover().await.unwrap(), 1);
     let after: Vec<Vec<String>> = layers.iter().map(|l| files(l)).collect();
     assert_eq!(after, before);
