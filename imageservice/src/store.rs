@@ -284,9 +284,14 @@ impl ImageStore {
                 );
             }
             for rec in records::all(&self.db)? {
-                for l in &rec.layers {
+                for (i, l) in rec.layers.iter().enumerate() {
                     if discarded.contains(&l.chain_id) && !self.snapshots.exists(&l.chain_id) {
-                        match self.restore_layer(l).await {
+                        let lowers: Vec<PathBuf> = rec.layers[..i]
+                            .iter()
+                            .rev()
+                            .map(|l| self.snapshots.fs_path(&l.chain_id))
+                            .collect();
+                        match self.restore_layer(l, lowers).await {
                             Ok(()) => restored += 1,
                             Err(e) => tracing::warn!(
                                 layer = %l.digest, error = %e,
@@ -306,7 +311,7 @@ impl ImageStore {
     }
 
     /// Unpacks a layer of a known image from its stored blob.
-    async fn restore_layer(&self, l: &LayerRecord) -> Result<(), Error> {
+    async fn restore_layer(&self, l: &LayerRecord, lowers: Vec<PathBuf>) -> Result<(), Error> {
         if !self.content.has(&l.digest) {
             return Err(Error::Db(format!(
                 "blob {} is not in the content store",
@@ -317,7 +322,10 @@ impl ImageStore {
         let (path, fs_dir, digest) = (self.content.path(&l.digest), tmp.fs(), l.digest.clone());
         let summary = blocking(move || {
             let f = File::open(&path).map_err(Error::io("open", &path))?;
-            unpack_layer(f, &fs_dir).map_err(|e| layer_error(&digest, e))
+            let summary = unpack_layer(f, &fs_dir).map_err(|e| layer_error(&digest, e))?;
+            crate::unpack::link_from_lowers(&fs_dir, &lowers, &summary.lower_links)
+                .map_err(|e| layer_error(&digest, e))?;
+            Ok(summary)
         })
         .await?;
         if summary.diff_id != l.diff_id {
@@ -434,11 +442,13 @@ impl ImageStore {
                 .iter()
                 .zip(&summary.rootfs.diff_ids)
                 .zip(&chain)
-                .map(|((layer, diff_id), chain_id)| {
+                .enumerate()
+                .map(|(i, ((layer, diff_id), chain_id))| {
                     let (cancel_tx, cancel, src) = (&cancel_tx, cancel_rx.clone(), &src);
+                    let lowers: Vec<String> = chain[..i].iter().rev().cloned().collect();
                     async move {
                         let r = self
-                            .ensure_layer(src, layer, diff_id, chain_id, cancel)
+                            .ensure_layer(src, layer, diff_id, chain_id, &lowers, cancel)
                             .await;
                         if r.is_err() {
                             cancel_tx.send_replace(true);
@@ -570,6 +580,7 @@ impl ImageStore {
         layer: &Descriptor,
         diff_id: &str,
         chain_id: &str,
+        lowers: &[String],
         mut cancel: watch::Receiver<bool>,
     ) -> Result<LayerOutcome, Error> {
         let _snapshot = or_cancel(self.snapshot_locks.lock(chain_id), &mut cancel).await?;
@@ -620,7 +631,7 @@ impl ImageStore {
                     Ok((summary, writer))
                 },
             );
-            let download = self.download(src, layer, tx, cancel).await;
+            let download = self.download(src, layer, tx, cancel.clone()).await;
             let unpacked = unpacker.await.map_err(join_error)?;
             // A failed download explains a failed unpack, not the reverse.
             download?;
@@ -636,6 +647,13 @@ impl ImageStore {
                 ),
             });
         }
+        if !summary.lower_links.is_empty() {
+            // Hard links into lower layers need those unpacked: wait for them without
+            // holding a permit they may need.
+            drop(_permit);
+            self.link_from_lowers(&digest, &tmp.fs(), lowers, summary.lower_links, &mut cancel)
+                .await?;
+        }
         commit(writer, tmp).await?;
         // Only now may a waiter for the same blob look for it in the store.
         drop(blob_lock);
@@ -644,6 +662,32 @@ impl ImageStore {
             ms = started.elapsed().as_millis() as u64, "layer unpacked"
         );
         Ok(LayerOutcome { downloaded })
+    }
+
+    /// Makes a layer's hard links to files of its lower layers (`lowers`, chain IDs
+    /// topmost first), once those are unpacked.
+    async fn link_from_lowers(
+        &self,
+        digest: &str,
+        fs_dir: &Path,
+        lowers: &[String],
+        links: Vec<(PathBuf, PathBuf)>,
+        cancel: &mut watch::Receiver<bool>,
+    ) -> Result<(), Error> {
+        let mut dirs = Vec::with_capacity(lowers.len());
+        for c in lowers {
+            // The lower layer's pull holds this lock until its snapshot is committed.
+            drop(or_cancel(self.snapshot_locks.lock(c), cancel).await?);
+            if !self.snapshots.exists(c) {
+                return Err(Error::Cancelled);
+            }
+            dirs.push(self.snapshots.fs_path(c));
+        }
+        let (root, d) = (fs_dir.to_owned(), digest.to_owned());
+        blocking(move || {
+            crate::unpack::link_from_lowers(&root, &dirs, &links).map_err(|e| layer_error(&d, e))
+        })
+        .await
     }
 
     /// Streams a blob to the unpacking thread; says `Failed` to it on error.

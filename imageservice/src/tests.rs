@@ -756,3 +756,48 @@ async fn snapshots_become_durable_and_are_restored_after_a_reboot() {
     assert!(!top.parent().unwrap().join("unsynced").exists());
     assert_eq!(env.store.gc().await.unwrap(), Default::default());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_links_into_lower_layers_are_made_as_overlayfs_would() {
+    let env = Env::new(Auth::None).await;
+    let (t1, t2) = (
+        layer1(),
+        TarBuilder::new()
+            .hardlink("etc/keep2", "etc/keep")
+            .hardlink("etc/hosts2", "etc/hosts")
+            .finish(),
+    );
+    // Layers unpack in parallel: the top one waits for the bottom one to link.
+    let (img, blobs) = build_image(
+        &[(gzip(&t1), GZIP), (gzip(&t2), GZIP)],
+        &[t1, t2],
+        "0",
+        "amd64",
+    );
+    env.reg.push("team/links", "v1", &img, blobs);
+    let image = env.store.pull(&env.r("team/links:v1"), None).await.unwrap();
+    let top = &env.store.rootfs_layers(&image.id).unwrap()[0];
+    assert_eq!(fs::read(top.join("etc/keep2")).unwrap(), b"keep");
+    assert_eq!(fs::read(top.join("etc/keep")).unwrap(), b"keep");
+    assert_eq!(
+        fs::read(top.join("etc/hosts2")).unwrap(),
+        b"127.0.0.1 localhost\n"
+    );
+
+    // A link to a file a lower layer deleted is refused, and leaves nothing.
+    let t3 = TarBuilder::new().hardlink("x", "etc/hosts").finish();
+    let (t1, t2) = (layer1(), layer2());
+    let (img, blobs) = build_image(
+        &[(gzip(&t1), GZIP), (gzip(&t2), GZIP), (gzip(&t3), GZIP)],
+        &[t1, t2, t3],
+        "0",
+        "amd64",
+    );
+    env.reg.push("team/bad", "v1", &img, blobs);
+    let e = env
+        .store
+        .pull(&env.r("team/bad:v1"), None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("in no layer"), "{e}");
+}

@@ -5,8 +5,10 @@
 //! of every entry is checked with `lstat` to be a real directory inside the snapshot just
 //! before it is used (this process is the only writer of the temporary directory, so the
 //! check cannot race); final components are never followed (`O_EXCL` creation after
-//! unlinking, `lchown`, `AT_SYMLINK_NOFOLLOW`); hard links must name an existing file of
-//! the same snapshot; relative symlink targets may not climb above the snapshot root.
+//! unlinking, `lchown`, `AT_SYMLINK_NOFOLLOW`); a hard link names a file of the same
+//! snapshot or, once they are unpacked, of a lower layer, which is then copied up as
+//! overlayfs would ([`link_from_lowers`]); relative symlink targets may not climb above the
+//! snapshot root.
 //! The caller unpacks into a temporary directory and removes it on any error, so nothing
 //! of a rejected layer is left.
 
@@ -69,6 +71,10 @@ pub struct UnpackSummary {
     pub diff_id: String,
     /// Number of tar entries applied.
     pub entries: u64,
+    /// Hard links whose target is not in this layer (name, target; relative paths, in
+    /// archive order): a file of a lower layer. [`link_from_lowers`] makes them once the
+    /// lower layers are unpacked, as overlayfs would: the target is copied up, then linked.
+    pub lower_links: Vec<(PathBuf, PathBuf)>,
 }
 
 /// A reader that hashes what passes through it.
@@ -113,20 +119,25 @@ fn unpack_tar(tar_stream: impl Read, dest: &Path) -> Result<UnpackSummary, Unpac
         inner: tar_stream,
         hasher: Sha256::new(),
     };
-    let entries = {
+    let (entries, lower_links) = {
         let mut archive = tar::Archive::new(&mut hashed);
         let mut u = Unpacker {
             root: dest.to_owned(),
             dir_times: Vec::new(),
             entries: 0,
+            lower_links: Vec::new(),
         };
         u.run(&mut archive)?;
-        u.entries
+        (u.entries, u.lower_links)
     };
     // The end-of-archive padding belongs to the diff ID too.
     io::copy(&mut hashed, &mut io::sink()).map_err(UnpackError::Read)?;
     let diff_id = format!("sha256:{}", hex::encode(hashed.hasher.finalize()));
-    Ok(UnpackSummary { diff_id, entries })
+    Ok(UnpackSummary {
+        diff_id,
+        entries,
+        lower_links,
+    })
 }
 
 /// Entry metadata after PAX overrides.
@@ -143,6 +154,8 @@ struct Unpacker {
     /// Directory mtimes, applied at the end (adding children changes them).
     dir_times: Vec<(PathBuf, SystemTime)>,
     entries: u64,
+    /// Hard links to lower layers, made after the layer (see `UnpackSummary`).
+    lower_links: Vec<(PathBuf, PathBuf)>,
 }
 
 impl Unpacker {
@@ -170,6 +183,11 @@ impl Unpacker {
         }
         let parts = clean_path(&name).map_err(|r| invalid(&name, r))?;
         let meta = self.meta(entry, &name)?;
+        if !self.lower_links.is_empty() {
+            // A later entry of the same name replaces a pending link.
+            let rel: PathBuf = parts.iter().collect();
+            self.lower_links.retain(|(n, _)| *n != rel);
+        }
 
         let Some((base, parents)) = parts.split_last() else {
             // The archive root: only its metadata applies.
@@ -246,14 +264,20 @@ impl Unpacker {
                 let Some((tbase, tparents)) = tparts.split_last() else {
                     return Err(invalid(&name, "hard link to the layer root"));
                 };
-                let tparent = self.existing_dir(tparents, &name)?;
-                let source = tparent.join(tbase);
-                match fs::symlink_metadata(&source) {
-                    Ok(m) if m.is_dir() => return Err(invalid(&name, "hard link to a directory")),
-                    Ok(_) => {}
-                    Err(_) => {
-                        return Err(invalid(&name, "hard link target is not in this layer"));
-                    }
+                let in_layer = self
+                    .existing_dir(tparents, &name)
+                    .ok()
+                    .map(|d| d.join(tbase))
+                    .filter(|p| fs::symlink_metadata(p).is_ok());
+                let Some(source) = in_layer else {
+                    // A file of a lower layer: linked once those are unpacked.
+                    remove_existing(&path)?;
+                    self.lower_links
+                        .push((parts.iter().collect(), tparts.iter().collect()));
+                    return Ok(());
+                };
+                if fs::symlink_metadata(&source).is_ok_and(|m| m.is_dir()) {
+                    return Err(invalid(&name, "hard link to a directory"));
                 }
                 if source == path {
                     return Ok(());
@@ -598,6 +622,181 @@ pub fn get_xattr(path: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
     Ok(Some(buf))
 }
 
+/// Makes the hard links a layer's archive named to files of lower layers
+/// ([`UnpackSummary::lower_links`]) in the unpacked layer `root`, given the lower layers'
+/// directories topmost first, as overlayfs does on a merged mount: the target is looked
+/// up through the layers (whiteouts and opaque directories hide what is below), copied up
+/// into `root` with its parent directories and metadata, then linked.
+pub fn link_from_lowers(
+    root: &Path,
+    lowers: &[PathBuf],
+    links: &[(PathBuf, PathBuf)],
+) -> Result<(), UnpackError> {
+    for (name, target) in links {
+        let entry = name.as_os_str().as_bytes();
+        let up = real_parent(root, target, entry)?;
+        if fs::symlink_metadata(&up).is_err() {
+            let layer = find_below(root, lowers, target)
+                .ok_or_else(|| invalid(entry, "hard link target is in no layer"))?;
+            copy_up(layer, root, target, entry)?;
+        }
+        if fs::symlink_metadata(&up).is_ok_and(|m| m.is_dir()) {
+            return Err(invalid(entry, "hard link to a directory"));
+        }
+        let dst = real_parent(root, name, entry)?;
+        remove_existing(&dst)?;
+        fs::hard_link(&up, &dst).map_err(io_err("hard link", &dst))?;
+    }
+    Ok(())
+}
+
+/// `root/rel`, after checking that every existing parent below `root` is a real directory.
+fn real_parent(root: &Path, rel: &Path, entry: &[u8]) -> Result<PathBuf, UnpackError> {
+    let mut dir = root.to_owned();
+    let comps: Vec<_> = rel.iter().collect();
+    for c in &comps[..comps.len().saturating_sub(1)] {
+        dir.push(c);
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(invalid(
+                    entry,
+                    "a parent of the hard link is not a directory",
+                ));
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(root.join(rel))
+}
+
+fn is_whiteout(m: &fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    m.file_type().is_char_device() && m.rdev() == 0
+}
+
+fn is_opaque(dir: &Path) -> bool {
+    let (Ok(c), Ok(n)) = (cpath(dir), CString::new(OVERLAY_OPAQUE_XATTR)) else {
+        return false;
+    };
+    let mut v = [0u8; 2];
+    // SAFETY: valid NUL-terminated strings; `v` is a live buffer of the length passed.
+    let len = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+    len == 1 && v[0] == b'y'
+}
+
+/// The layer among `root` (the new layer, which can only hide) and `lowers` whose file
+/// overlayfs would show at `target`.
+fn find_below<'a>(root: &Path, lowers: &'a [PathBuf], target: &Path) -> Option<&'a Path> {
+    let comps: Vec<_> = target.iter().collect();
+    let layers = std::iter::once(root).chain(lowers.iter().map(PathBuf::as_path));
+    for (i, layer) in layers.enumerate() {
+        let mut dir = layer.to_owned();
+        let mut opaque = false;
+        for (k, c) in comps.iter().enumerate() {
+            let p = dir.join(c);
+            let Ok(m) = fs::symlink_metadata(&p) else {
+                break;
+            };
+            if is_whiteout(&m) {
+                return None;
+            }
+            if k + 1 < comps.len() {
+                if !m.is_dir() {
+                    return None;
+                }
+                opaque |= is_opaque(&p);
+                dir = p;
+            } else if i == 0 || m.is_dir() {
+                return None;
+            } else {
+                return Some(lowers[i - 1].as_path());
+            }
+        }
+        if opaque {
+            return None;
+        }
+    }
+    None
+}
+
+fn xattrs_of(path: &Path) -> Vec<(OsString, Vec<u8>)> {
+    let Ok(c) = cpath(path) else {
+        return Vec::new();
+    };
+    let mut names = vec![0u8; 4096];
+    // SAFETY: valid path; `names` is a live buffer of the length passed.
+    let len = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if len <= 0 {
+        return Vec::new();
+    }
+    names.truncate(len as usize);
+    let mut out = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let Ok(n) = CString::new(name) else { continue };
+        let mut value = vec![0u8; 65536];
+        // SAFETY: valid strings; `value` is a live buffer of the length passed.
+        let len = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                n.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if len >= 0 {
+            value.truncate(len as usize);
+            out.push((OsStr::from_bytes(name).to_owned(), value));
+        }
+    }
+    out
+}
+
+/// Copies `target` of `layer` into `root` with the same type, contents, owner, mode,
+/// extended attributes and time, making missing parents as they are in `layer`.
+fn copy_up(layer: &Path, root: &Path, target: &Path, entry: &[u8]) -> Result<(), UnpackError> {
+    use std::os::unix::fs::MetadataExt;
+    let comps: Vec<_> = target.iter().collect();
+    let (last, parents) = comps
+        .split_last()
+        .ok_or_else(|| invalid(entry, "empty target"))?;
+    let (mut src, mut dst) = (layer.to_owned(), root.to_owned());
+    for c in parents {
+        src.push(c);
+        dst.push(c);
+        if fs::symlink_metadata(&dst).is_ok() {
+            continue;
+        }
+        let m = fs::symlink_metadata(&src).map_err(io_err("stat", &src))?;
+        mkdir(&dst)?;
+        std::os::unix::fs::lchown(&dst, Some(m.uid()), Some(m.gid()))
+            .map_err(io_err("chown", &dst))?;
+        fs::set_permissions(&dst, fs::Permissions::from_mode(m.mode() & 0o7777))
+            .map_err(io_err("chmod", &dst))?;
+        set_times_nofollow(&dst, m.modified().unwrap_or(UNIX_EPOCH))
+            .map_err(io_err("set times of", &dst))?;
+    }
+    let (src, dst) = (src.join(last), dst.join(last));
+    let m = fs::symlink_metadata(&src).map_err(io_err("stat", &src))?;
+    let ft = m.file_type();
+    if ft.is_symlink() {
+        let t = fs::read_link(&src).map_err(io_err("read link", &src))?;
+        std::os::unix::fs::symlink(t, &dst).map_err(io_err("symlink", &dst))?;
+    } else if ft.is_file() {
+        fs::copy(&src, &dst).map_err(io_err("copy up", &dst))?;
+    } else {
+        mknod(&dst, m.mode() & libc::S_IFMT, 0, m.rdev() as libc::dev_t)?;
+    }
+    std::os::unix::fs::lchown(&dst, Some(m.uid()), Some(m.gid())).map_err(io_err("chown", &dst))?;
+    if !ft.is_symlink() {
+        fs::set_permissions(&dst, fs::Permissions::from_mode(m.mode() & 0o7777))
+            .map_err(io_err("chmod", &dst))?;
+    }
+    set_xattrs(&dst, &xattrs_of(&src))?;
+    set_times_nofollow(&dst, m.modified().unwrap_or(UNIX_EPOCH))
+        .map_err(io_err("set times of", &dst))
+}
+
 /// Disk usage of a tree as `du` counts it: allocated bytes and inodes, hard links once.
 pub fn disk_usage(path: &Path) -> io::Result<(u64, u64)> {
     use std::collections::HashSet;
@@ -752,6 +951,64 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = unpack_layer(tar, dir.path());
         (dir, r)
+    }
+
+    /// Unpacks (which must succeed), then links into no lower layer, which must fail.
+    fn rejected_below(tar: Vec<u8>, why: &str) {
+        let (dir, r) = unpack(&tar);
+        let links = r.unwrap().lower_links;
+        match link_from_lowers(dir.path(), &[], &links) {
+            Err(UnpackError::Invalid(msg)) => assert!(msg.contains(why), "{msg:?} lacks {why:?}"),
+            other => panic!("expected rejection ({why}), got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hard_links_into_lower_layers_copy_up_the_target() {
+        use std::os::unix::fs::MetadataExt;
+        let (base, r) = unpack(
+            &TarBuilder::new()
+                .dir("bin/", 0o711)
+                .file("bin/busybox", 0o4755, b"the binary")
+                .file("etc/gone", 0o644, b"x")
+                .finish(),
+        );
+        r.unwrap();
+        // A middle layer deletes etc/gone.
+        let (mid, r) = unpack(&TarBuilder::new().file("etc/.wh.gone", 0o644, b"").finish());
+        r.unwrap();
+        let (top, r) = unpack(
+            &TarBuilder::new()
+                .hardlink("usr/sh", "bin/busybox")
+                .file("other", 0o644, b"o")
+                .finish(),
+        );
+        let links = r.unwrap().lower_links;
+        assert_eq!(links, vec![("usr/sh".into(), "bin/busybox".into())]);
+        let lowers = [mid.path().to_owned(), base.path().to_owned()];
+        link_from_lowers(top.path(), &lowers, &links).unwrap();
+        let up = fs::symlink_metadata(top.path().join("bin/busybox")).unwrap();
+        let link = fs::symlink_metadata(top.path().join("usr/sh")).unwrap();
+        assert_eq!(up.ino(), link.ino());
+        assert_eq!(up.mode() & 0o7777, 0o4755);
+        assert_eq!(fs::read(top.path().join("usr/sh")).unwrap(), b"the binary");
+        // The copied-up parent keeps the lower directory's mode.
+        let bin = fs::symlink_metadata(top.path().join("bin")).unwrap();
+        assert_eq!(bin.mode() & 0o7777, 0o711);
+        // A whited-out file is in no layer.
+        let (top2, r) = unpack(&TarBuilder::new().hardlink("h", "etc/gone").finish());
+        let links = r.unwrap().lower_links;
+        let e = link_from_lowers(top2.path(), &lowers, &links).unwrap_err();
+        assert!(e.to_string().contains("in no layer"), "{e}");
+        // A later entry of the same name replaces the pending link.
+        let (top3, r) = unpack(
+            &TarBuilder::new()
+                .hardlink("h", "bin/busybox")
+                .file("h", 0o644, b"own")
+                .finish(),
+        );
+        assert!(r.unwrap().lower_links.is_empty());
+        assert_eq!(fs::read(top3.path().join("h")).unwrap(), b"own");
     }
 
     fn rejected(tar: Vec<u8>, why: &str) {
@@ -958,16 +1215,17 @@ pub(crate) mod tests {
             TarBuilder::new().hardlink("h", "/etc/passwd").finish(),
             "absolute path",
         );
-        rejected(
+        // Targets not in the layer are looked for in the lower layers (none here).
+        rejected_below(
             TarBuilder::new().hardlink("h", "missing").finish(),
-            "not in this layer",
+            "in no layer",
         );
-        rejected(
+        rejected_below(
             TarBuilder::new()
                 .symlink("l", "/etc")
                 .hardlink("h", "l/passwd")
                 .finish(),
-            "parent is a symlink",
+            "not a directory",
         );
         rejected(
             TarBuilder::new().file("a/.wh...", 0o644, b"").finish(),
