@@ -9,6 +9,7 @@
 //! cgroup v2 no cgroup holds processes and children at once.
 
 pub mod convert;
+pub mod dbus;
 pub mod devices;
 pub mod fs;
 pub mod limits;
