@@ -377,7 +377,17 @@ mod tests {
     /// its slice with the pids, as systemd does; StopUnit of a unit it never started is
     /// NoSuchUnit; units named `denied-*` are refused.
     fn fake_systemd(socket: &Path, root: &Path, place: bool) -> Arc<Mutex<Vec<Message>>> {
-        let root = root.to_owned();
+        fake_systemd_over(socket, &[root.to_owned()], place)
+    }
+
+    /// [`fake_systemd`] over several hierarchies (systemd realizes a delegated unit in the
+    /// unified one and in each v1 hierarchy of a controller it manages).
+    fn fake_systemd_over(
+        socket: &Path,
+        roots: &[PathBuf],
+        place: bool,
+    ) -> Arc<Mutex<Vec<Message>>> {
+        let roots = roots.to_vec();
         let started = Mutex::new(Vec::<String>::new());
         fake::serve(socket, move |call| {
             let unit = call.body.first().and_then(Value::as_str).unwrap_or("");
@@ -390,8 +400,8 @@ mod tests {
                         ));
                     }
                     let slice = property(call, "Slice").and_then(Value::as_str).unwrap();
-                    let dir = root.join(systemd_slice(slice).unwrap()).join(unit);
-                    if place {
+                    for root in roots.iter().filter(|_| place) {
+                        let dir = root.join(systemd_slice(slice).unwrap()).join(unit);
                         std::fs::create_dir_all(&dir).unwrap();
                         let Some(Value::Array(_, pids)) = property(call, "PIDs") else {
                             panic!("no PIDs")
@@ -557,6 +567,71 @@ mod tests {
         );
         assert!(!scope.exists(), "the scope and its leaves are gone");
         assert!(root.join("kubepods.slice/kubepods-pod12.slice").exists());
+    }
+
+    #[test]
+    fn hybrid_hosts_get_the_monitor_and_limits_in_every_hierarchy() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = |p: &str| t.path().join(p);
+        for h in ["unified", "memory", "cpuset"] {
+            std::fs::create_dir_all(dir(h)).unwrap();
+        }
+        std::fs::write(dir("unified/cgroup.controllers"), "").unwrap();
+        std::fs::write(dir("cpuset/cpuset.cpus"), "0-3\n").unwrap();
+        std::fs::write(dir("cpuset/cpuset.mems"), "0\n").unwrap();
+        let v1 = |h: &str| CgroupMount {
+            mount_point: dir(h).display().to_string(),
+            v2: false,
+            controllers: vec![h.to_owned()],
+        };
+        let mounts = vec![
+            CgroupMount {
+                mount_point: dir("unified").display().to_string(),
+                v2: true,
+                controllers: vec![],
+            },
+            v1("memory"),
+            v1("cpuset"),
+        ];
+        // systemd manages memory on v1 but not cpuset: the scope appears in two of three.
+        let calls = fake_systemd_over(&dir("private"), &[dir("unified"), dir("memory")], true);
+        let sd = Systemd::new(&mounts, "berth.slice", 0, private(dir("private"))).unwrap();
+        let pod = sd.place_pod("p1", "kubepods-pod1.slice").unwrap();
+        sd.attach_monitor(&pod, 99).unwrap();
+        assert_eq!(calls.lock().unwrap().len(), 1);
+        let scope = "kubepods.slice/kubepods-pod1.slice/berth-p1.scope";
+        let read = |p: String| std::fs::read_to_string(dir(&p)).unwrap();
+        for h in ["unified", "memory", "cpuset"] {
+            assert_eq!(
+                read(format!("{h}/{scope}/monitor/cgroup.procs")),
+                "99",
+                "{h}"
+            );
+        }
+        // Berth made the levels systemd did not, with the parent's CPUs and memory nodes.
+        assert_eq!(read(format!("cpuset/{scope}/monitor/cpuset.cpus")), "0-3");
+        assert_eq!(read(format!("cpuset/{scope}/cpuset.mems")), "0");
+        // No controller on the unified hierarchy: nothing to pass down.
+        assert!(!dir(&format!("unified/{scope}/cgroup.subtree_control")).exists());
+        let r = LinuxContainerResources {
+            memory_limit_in_bytes: 1 << 20,
+            ..Default::default()
+        };
+        let c = sd.container_cgroup(&pod, "c1");
+        let procs = sd
+            .create_container(
+                &c,
+                &ContainerLimits {
+                    resources: Some(&r),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(procs.len(), 3);
+        assert_eq!(
+            read(format!("memory/{scope}/c1/memory.limit_in_bytes")),
+            "1048576"
+        );
     }
 
     #[test]
