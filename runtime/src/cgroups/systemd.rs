@@ -9,12 +9,14 @@
 //! `subtree_control` of ancestors, to enable controllers systemd does not manage, such as
 //! hugetlb, as runc does).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::LinuxContainerResources;
 
-use super::convert::systemd_slice;
+use super::convert::{shares_to_weight, systemd_slice};
 use super::dbus::{BusError, Connection, Value};
 use super::fs::{CgroupFs, Hierarchy};
 use super::parse::{CgroupMount, cgroup_mounts};
@@ -73,6 +75,9 @@ pub struct Systemd {
     buses: Vec<BusAddress>,
     /// How long to wait for the monitor to show in its scope.
     scope_wait: Duration,
+    /// Scope properties from pod resources, by pod cgroup, between `create_pod` and
+    /// `attach_monitor` (the scope cannot exist before its first process).
+    pending: Mutex<HashMap<String, Vec<Value>>>,
 }
 
 impl Systemd {
@@ -106,6 +111,7 @@ impl Systemd {
             slice: slice.to_owned(),
             buses,
             scope_wait: SCOPE_WAIT,
+            pending: Mutex::default(),
         })
     }
 
@@ -118,6 +124,12 @@ impl Systemd {
     /// the operator at start, the calls themselves report what failed.
     pub fn bus_present(&self) -> bool {
         self.buses.iter().any(|b| b.path.exists())
+    }
+
+    /// The resource properties `create_pod` kept for a pod, forgotten here.
+    fn take_pending(&self, pod: &str) -> Vec<Value> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.remove(pod).unwrap_or_default()
     }
 
     /// Calls a method of systemd's manager over the first socket that connects.
@@ -207,12 +219,70 @@ fn scope_unit(pod: &str) -> Option<(&str, &str)> {
     Some((unit, slice.unwrap_or("-.slice")))
 }
 
-/// StartTransientUnit's properties (`a(sv)`) for a pod's scope holding `pid`.
-fn scope_properties(unit: &str, slice: &str, pid: u32) -> Value {
-    let prop = |name: &str, v: Value| Value::Struct(vec![Value::str(name), Value::variant(v)]);
+/// One `(sv)` unit property.
+fn prop(name: &str, v: Value) -> Value {
+    Value::Struct(vec![Value::str(name), Value::variant(v)])
+}
+
+/// Unit properties for pod-level resources: memory and CPU, the limits systemd sets on a
+/// scope itself (its own cgroup files are systemd's, not Berth's). `v1` says whether a
+/// controller is on cgroup v1, where systemd takes the legacy properties.
+fn resource_properties(
+    r: &LinuxContainerResources,
+    v1: impl Fn(&str) -> bool,
+) -> Result<Vec<Value>> {
+    if r.cpu_period < 0 || r.cpu_shares < 0 || r.memory_limit_in_bytes < 0 {
+        return Err(Error::InvalidArgument(
+            "pod resources: negative cpu_period, cpu_shares or memory_limit_in_bytes".into(),
+        ));
+    }
+    let mut out = Vec::new();
+    if r.memory_limit_in_bytes > 0 {
+        let name = if v1("memory") {
+            "MemoryLimit"
+        } else {
+            "MemoryMax"
+        };
+        out.push(prop(name, Value::U64(r.memory_limit_in_bytes as u64)));
+    }
+    if r.cpu_shares > 0 {
+        let shares = r.cpu_shares as u64;
+        out.push(if v1("cpu") {
+            prop("CPUShares", Value::U64(shares))
+        } else {
+            prop("CPUWeight", Value::U64(shares_to_weight(shares)))
+        });
+    }
+    if r.cpu_quota > 0 {
+        let period = if r.cpu_period > 0 {
+            r.cpu_period as u64
+        } else {
+            100_000
+        };
+        // systemd keeps the quota in 1% steps (10 ms per second): round up, as runc does,
+        // so that the pod never gets less than it asked for.
+        let per_sec = (r.cpu_quota as u64 * 1_000_000 / period).next_multiple_of(10_000);
+        out.push(prop("CPUQuotaPerSecUSec", Value::U64(per_sec)));
+        // Only when it differs from systemd's default: older systemd (< 242) lacks it.
+        if period != 100_000 {
+            out.push(prop("CPUQuotaPeriodUSec", Value::U64(period)));
+        }
+    }
+    Ok(out)
+}
+
+/// The slice path a pod's scope is in (`/a.slice/a-b.slice`; `/` at the root).
+fn pod_slice(pod: &str) -> Option<&str> {
+    let (parent, _) = pod.rsplit_once('/')?;
+    Some(if parent.is_empty() { "/" } else { parent })
+}
+
+/// StartTransientUnit's properties (`a(sv)`) for a pod's scope holding `pid`, with `extra`
+/// (resource properties) after the scope's own.
+fn scope_properties(unit: &str, slice: &str, pid: u32, extra: Vec<Value>) -> Value {
     Value::Array(
         "(sv)".into(),
-        vec![
+        [
             prop("Description", Value::str(format!("berth pod {unit}"))),
             prop("Slice", Value::str(slice)),
             prop("PIDs", Value::Array("u".into(), vec![Value::U32(pid)])),
@@ -224,7 +294,10 @@ fn scope_properties(unit: &str, slice: &str, pid: u32) -> Value {
             prop("DefaultDependencies", Value::Bool(false)),
             // A scope that failed is collected too, so its name can never block a restart.
             prop("CollectMode", Value::str("inactive-or-failed")),
-        ],
+        ]
+        .into_iter()
+        .chain(extra)
+        .collect(),
     )
 }
 
@@ -251,12 +324,30 @@ impl CgroupManager for Systemd {
     }
 
     /// Nothing can be made yet: a scope needs a process. The monitor starts in the daemon's
-    /// cgroup and [`CgroupManager::attach_monitor`] moves it.
+    /// cgroup and [`CgroupManager::attach_monitor`] moves it. Pod resources apply, as with
+    /// cgroupfs, only to pods in Berth's own slice: kubelet limits its pod slices itself.
     fn create_pod(
         &self,
-        _pod: &PodCgroup,
-        _resources: Option<&LinuxContainerResources>,
+        pod: &PodCgroup,
+        resources: Option<&LinuxContainerResources>,
     ) -> Result<Vec<PathBuf>> {
+        let own = systemd_slice(&self.slice)
+            .is_ok_and(|p| Some(format!("/{}", p.display()).as_str()) == pod_slice(&pod.pod));
+        let props = match resources {
+            Some(r) if own => resource_properties(r, |c| {
+                self.fs
+                    .hierarchies()
+                    .iter()
+                    .any(|h| !h.v2 && h.controllers.iter().any(|have| have == c))
+            })?,
+            _ => Vec::new(),
+        };
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if props.is_empty() {
+            pending.remove(&pod.pod);
+        } else {
+            pending.insert(pod.pod.clone(), props);
+        }
         Ok(Vec::new())
     }
 
@@ -272,7 +363,7 @@ impl CgroupManager for Systemd {
         let args = vec![
             Value::str(unit),
             Value::str("fail"),
-            scope_properties(unit, slice, pid_u32),
+            scope_properties(unit, slice, pid_u32, self.take_pending(&pod.pod)),
             Value::Array("(sa(sv))".into(), Vec::new()),
         ];
         self.manager_call("StartTransientUnit", args)
@@ -310,6 +401,7 @@ impl CgroupManager for Systemd {
         if pod.pod.is_empty() {
             return Ok(());
         }
+        self.take_pending(&pod.pod);
         let Some((unit, _)) = scope_unit(&pod.pod) else {
             // A pod placed by the cgroupfs driver before the driver was changed.
             return self.fs.remove_pod(pod);
@@ -631,6 +723,91 @@ mod tests {
         assert_eq!(
             read(format!("memory/{scope}/c1/memory.limit_in_bytes")),
             "1048576"
+        );
+    }
+
+    #[test]
+    fn pod_resources_become_properties_of_scopes_in_berths_own_slice() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("unified");
+        let mounts = fake_v2(t.path());
+        let calls = fake_systemd(&t.path().join("private"), &root, true);
+        let sd =
+            Systemd::new(&mounts, "berth.slice", 0, private(t.path().join("private"))).unwrap();
+        let r = LinuxContainerResources {
+            memory_limit_in_bytes: 1 << 30,
+            cpu_shares: 1024,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            ..Default::default()
+        };
+        let own = sd.place_pod("p1", "").unwrap();
+        sd.create_pod(&own, Some(&r)).unwrap();
+        sd.attach_monitor(&own, 5).unwrap();
+        let kubelets = sd.place_pod("p2", "kubepods-pod2.slice").unwrap();
+        sd.create_pod(&kubelets, Some(&r)).unwrap();
+        sd.attach_monitor(&kubelets, 6).unwrap();
+        let calls = calls.lock().unwrap();
+        assert_eq!(property(&calls[0], "MemoryMax"), Some(&Value::U64(1 << 30)));
+        assert_eq!(property(&calls[0], "CPUWeight"), Some(&Value::U64(39)));
+        assert_eq!(
+            property(&calls[0], "CPUQuotaPerSecUSec"),
+            Some(&Value::U64(500_000))
+        );
+        assert_eq!(property(&calls[0], "CPUQuotaPeriodUSec"), None);
+        // kubelet limits its own pod slice: the scope in it gets nothing of its own.
+        assert!(property(&calls[1], "PIDs").is_some());
+        assert_eq!(property(&calls[1], "MemoryMax"), None);
+        assert_eq!(property(&calls[1], "CPUWeight"), None);
+        assert!(sd.pending.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn resource_properties_follow_the_controllers_version() {
+        let r = LinuxContainerResources {
+            memory_limit_in_bytes: 4096,
+            cpu_shares: 512,
+            cpu_quota: 33_333,
+            cpu_period: 50_000,
+            ..Default::default()
+        };
+        let names = |v1: bool| -> Vec<(String, Value)> {
+            resource_properties(&r, |_| v1)
+                .unwrap()
+                .into_iter()
+                .map(|p| match p {
+                    Value::Struct(f) => match (&f[0], &f[1]) {
+                        (Value::Str(n), Value::Variant(v)) => (n.clone(), (**v).clone()),
+                        _ => panic!(),
+                    },
+                    _ => panic!(),
+                })
+                .collect()
+        };
+        let v1 = names(true);
+        assert_eq!(v1[0], ("MemoryLimit".into(), Value::U64(4096)));
+        assert_eq!(v1[1], ("CPUShares".into(), Value::U64(512)));
+        // 33333 / 50000 of a CPU is 666660 us a second, rounded up to a whole percent.
+        assert_eq!(v1[2], ("CPUQuotaPerSecUSec".into(), Value::U64(670_000)));
+        assert_eq!(v1[3], ("CPUQuotaPeriodUSec".into(), Value::U64(50_000)));
+        let v2 = names(false);
+        assert_eq!(v2[0].0, "MemoryMax");
+        assert_eq!(
+            v2[1],
+            ("CPUWeight".into(), Value::U64(shares_to_weight(512)))
+        );
+        let bad = LinuxContainerResources {
+            cpu_shares: -1,
+            ..Default::default()
+        };
+        assert!(matches!(
+            resource_properties(&bad, |_| false),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(
+            resource_properties(&LinuxContainerResources::default(), |_| false)
+                .unwrap()
+                .is_empty()
         );
     }
 
