@@ -280,10 +280,14 @@ fn pod_slice(pod: &str) -> Option<&str> {
 /// StartTransientUnit's properties (`a(sv)`) for a pod's scope holding `pid`, with `extra`
 /// (resource properties) after the scope's own.
 fn scope_properties(unit: &str, slice: &str, pid: u32, extra: Vec<Value>) -> Value {
+    let pod_id = unit
+        .strip_prefix("berth-")
+        .and_then(|u| u.strip_suffix(".scope"))
+        .unwrap_or(unit);
     Value::Array(
         "(sv)".into(),
         [
-            prop("Description", Value::str(format!("berth pod {unit}"))),
+            prop("Description", Value::str(format!("Berth pod {pod_id}"))),
             prop("Slice", Value::str(slice)),
             prop("PIDs", Value::Array("u".into(), vec![Value::U32(pid)])),
             // The tree below the scope is Berth's: systemd neither moves its processes nor
@@ -605,6 +609,10 @@ mod tests {
         assert_eq!(
             property(&call, "DefaultDependencies"),
             Some(&Value::Bool(false))
+        );
+        assert_eq!(
+            property(&call, "Description"),
+            Some(&Value::str("Berth pod p1"))
         );
         assert_eq!(
             property(&call, "CollectMode"),
