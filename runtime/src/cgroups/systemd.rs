@@ -261,7 +261,8 @@ fn resource_properties(
         };
         // systemd keeps the quota in 1% steps (10 ms per second): round up, as runc does,
         // so that the pod never gets less than it asked for.
-        let per_sec = (r.cpu_quota as u64 * 1_000_000 / period).next_multiple_of(10_000);
+        let per_sec = (r.cpu_quota as u64).saturating_mul(1_000_000) / period;
+        let per_sec = per_sec.div_ceil(10_000).saturating_mul(10_000);
         out.push(prop("CPUQuotaPerSecUSec", Value::U64(per_sec)));
         // Only when it differs from systemd's default: older systemd (< 242) lacks it.
         if period != 100_000 {
@@ -804,6 +805,12 @@ mod tests {
             v2[1],
             ("CPUWeight".into(), Value::U64(shares_to_weight(512)))
         );
+        let huge = LinuxContainerResources {
+            cpu_quota: i64::MAX,
+            cpu_period: 1,
+            ..Default::default()
+        };
+        assert!(!resource_properties(&huge, |_| false).unwrap().is_empty());
         let bad = LinuxContainerResources {
             cpu_shares: -1,
             ..Default::default()
