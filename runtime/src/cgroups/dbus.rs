@@ -942,6 +942,45 @@ mod tests {
     }
 
     #[test]
+    fn calls_are_answered_and_refusals_named() {
+        let t = tempfile::tempdir().unwrap();
+        let calls = fake::serve(&t.path().join("bus"), |call| match call.member.as_deref() {
+            Some("GetUnit") => Ok(vec![Value::ObjectPath("/u".into())]),
+            _ => Err(("org.example.Nope".into(), "not this one".into())),
+        });
+        let mut conn =
+            Connection::open(&t.path().join("bus"), true, Duration::from_secs(5)).unwrap();
+        let body = conn
+            .call("d.e", "/o", "i.f", "GetUnit", vec![Value::str("x.scope")])
+            .unwrap();
+        assert_eq!(body, vec![Value::ObjectPath("/u".into())]);
+        let e = conn
+            .call("d.e", "/o", "i.f", "Other", Vec::new())
+            .unwrap_err();
+        assert!(e.is_remote("org.example.Nope"), "{e}");
+        assert_eq!(e.to_string(), "org.example.Nope: not this one");
+        let calls = calls.lock().unwrap();
+        let members: Vec<_> = calls.iter().map(|c| c.member.clone().unwrap()).collect();
+        assert_eq!(members, ["Hello", "GetUnit", "Other"]);
+        // Serials grow, so each reply is matched to its call.
+        assert!(calls[1].serial < calls[2].serial);
+
+        // A peer that refuses our credentials.
+        let listener = std::os::unix::net::UnixListener::bind(t.path().join("strict")).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf);
+            s.write_all(b"REJECTED EXTERNAL\r\n").unwrap();
+        });
+        let e = Connection::open(&t.path().join("strict"), false, Duration::from_secs(5))
+            .err()
+            .unwrap();
+        assert!(matches!(e, BusError::Auth(_)), "{e}");
+        assert!(e.to_string().contains("REJECTED"), "{e}");
+    }
+
+    #[test]
     fn bad_input_is_an_error_not_a_panic() {
         let bytes = Message::call("", "/a", "i.f", "M", transient_args())
             .encode()
