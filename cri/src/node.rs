@@ -60,7 +60,16 @@ fn cgroup_manager(
             Arc::new(fs)
         }
         CgroupDriver::Systemd => {
-            anyhow::bail!("the systemd cgroup driver is not available in this build; use cgroupfs")
+            let sd = berth_runtime::cgroups::systemd::Systemd::detect(parent, config.pids_limit)?;
+            tracing::debug!(hierarchies = ?sd.hierarchies(), "systemd driver");
+            if !sd.bus_present() {
+                tracing::warn!(
+                    "cgroup driver is systemd, but neither {} nor {} exists: pods will not start",
+                    berth_runtime::cgroups::systemd::SYSTEMD_PRIVATE_SOCKET,
+                    berth_runtime::cgroups::systemd::SYSTEM_BUS_SOCKET
+                );
+            }
+            Arc::new(sd)
         }
     })
 }
@@ -213,6 +222,21 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_systemd_driver_is_built_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::in_dir(dir.path());
+        config.cgroup.driver = crate::config::CgroupDriver::Systemd;
+        let node = Node::new(config, Store::open(dir.path()).unwrap()).unwrap();
+        let reply = crate::runtime_info::runtime_config(&node, Default::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.linux.unwrap().cgroup_driver,
+            k8s_cri::v1::CgroupDriver::Systemd as i32
+        );
+    }
 
     #[test]
     fn kubelet_cidrs_show_in_the_effective_config() {

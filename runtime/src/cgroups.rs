@@ -7,13 +7,19 @@
 //! none, one Berth makes under its own parent and removes with the pod. Inside it the monitor
 //! has a leaf named after the pod id and each container a leaf named after its id, so that on
 //! cgroup v2 no cgroup holds processes and children at once.
+//!
+//! Layout (systemd driver, see [`systemd`]): the pod is a transient scope
+//! `berth-<pod id>.scope` that systemd makes in kubelet's slice (or Berth's own) with
+//! `Delegate=yes`; inside it the monitor's leaf is `monitor` and each container's its id.
 
 pub mod bpf_devices;
 pub mod convert;
+pub mod dbus;
 pub mod devices;
 pub mod fs;
 pub mod limits;
 pub mod parse;
+pub mod systemd;
 
 use std::path::PathBuf;
 

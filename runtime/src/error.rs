@@ -95,6 +95,9 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// systemd refused a call of the systemd cgroup driver, or could not be reached.
+    #[error("systemd: {0}")]
+    Systemd(String, #[source] crate::cgroups::dbus::BusError),
     /// Anything else that is the runtime's fault.
     #[error("{0}")]
     Internal(String),
@@ -116,6 +119,7 @@ impl Error {
             | Error::Db(_)
             | Error::Corrupt(..)
             | Error::MonitorStart { .. }
+            | Error::Systemd(..)
             | Error::Internal(_) => ErrorClass::Internal,
         }
     }

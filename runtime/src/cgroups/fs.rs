@@ -130,16 +130,25 @@ impl CgroupFs {
 
     /// Makes `cgroup` in every hierarchy, readying each new level (cpuset values on v1,
     /// controllers delegated on v2). `extra_v2` are controllers needed beyond the baseline.
-    fn make(&self, cgroup: &str, extra_v2: &[&str]) -> Result<()> {
+    pub(super) fn make(&self, cgroup: &str, extra_v2: &[&str]) -> Result<()> {
+        self.make_levels(cgroup, Some(extra_v2))
+    }
+
+    /// [`CgroupFs::make`]; `None` delegates nothing on v2, for a parent that still holds a
+    /// process (v2 refuses controllers in `subtree_control` of a cgroup with processes).
+    pub(super) fn make_levels(&self, cgroup: &str, extra_v2: Option<&[&str]>) -> Result<()> {
         let rel = Path::new(cgroup.trim_start_matches('/'));
         for h in &self.hierarchies {
             let mut dir = h.mount.clone();
-            let wanted: Vec<&str> = V2_BASELINE
-                .iter()
-                .chain(extra_v2)
-                .copied()
-                .filter(|c| h.controllers.iter().any(|have| have == c))
-                .collect();
+            let wanted: Vec<&str> = match extra_v2 {
+                Some(extra) => V2_BASELINE
+                    .iter()
+                    .chain(extra)
+                    .copied()
+                    .filter(|c| h.controllers.iter().any(|have| have == c))
+                    .collect(),
+                None => Vec::new(),
+            };
             for part in rel.components() {
                 if h.v2 && !wanted.is_empty() {
                     delegate(&dir, &wanted)?;
@@ -160,7 +169,8 @@ impl CgroupFs {
         Ok(())
     }
 
-    fn procs_files(&self, cgroup: &str) -> Vec<PathBuf> {
+    /// The `cgroup.procs` file of `cgroup` in every hierarchy.
+    pub(super) fn procs_files(&self, cgroup: &str) -> Vec<PathBuf> {
         self.hierarchies
             .iter()
             .map(|h| Self::dir(h, cgroup).join("cgroup.procs"))
