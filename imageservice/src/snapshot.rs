@@ -3,11 +3,11 @@
 //! place only when complete, so a half-unpacked snapshot is never seen; leftovers are moved
 //! to `snapshots/.trash` and removed at the next open.
 //!
-//! Durability is deferred: a snapshot is committed with an `unsynced` marker, and one
+//! Durability is deferred: a snapshot is committed with an unsynced mark, and one
 //! `syncfs` after the pull (off the pull's path) makes every pending snapshot durable and
 //! drops the markers. The marker is created before the rename that publishes the snapshot,
 //! and journaling file systems commit metadata in order, so a snapshot that survives a
-//! power loss without its data being synced still carries its marker; after a reboot such
+//! power loss without its data being synced still carries its mark; after a reboot such
 //! snapshots are discarded and unpacked again from the (fsynced) content store.
 
 use std::fs;
@@ -26,7 +26,49 @@ const TMP_PREFIX: &str = ".tmp-";
 const TRASH: &str = ".trash";
 const FS: &str = "fs";
 const USAGE: &str = "usage.json";
-const UNSYNCED: &str = "unsynced";
+/// The marker of a snapshot not yet durable: an extended attribute of its directory (no
+/// inode or block of its own, so usage figures stay exact).
+const UNSYNCED: &std::ffi::CStr = c"user.berth.unsynced";
+
+fn marker_op(dir: &Path, op: MarkerOp) -> io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: valid NUL-terminated strings; the value buffer is live for its length.
+    let rc = unsafe {
+        match op {
+            MarkerOp::Set => {
+                libc::setxattr(c.as_ptr(), UNSYNCED.as_ptr(), b"1".as_ptr().cast(), 1, 0) as isize
+            }
+            MarkerOp::Get => libc::getxattr(c.as_ptr(), UNSYNCED.as_ptr(), std::ptr::null_mut(), 0),
+            MarkerOp::Remove => libc::removexattr(c.as_ptr(), UNSYNCED.as_ptr()) as isize,
+        }
+    };
+    if rc >= 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match (op, e.raw_os_error()) {
+        (MarkerOp::Get | MarkerOp::Remove, Some(libc::ENODATA)) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum MarkerOp {
+    Set,
+    Get,
+    Remove,
+}
+
+fn syncfs(dir: &Path) -> Result<(), Error> {
+    let d = fs::File::open(dir).map_err(Error::io("open", dir))?;
+    // SAFETY: `d` is an open directory descriptor for the duration of the call.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(Error::io("syncfs", dir)(io::Error::last_os_error()));
+    }
+    Ok(())
+}
 
 /// Disk usage of one snapshot's `fs`, measured once when it is committed.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
@@ -169,7 +211,7 @@ impl Snapshots {
         Ok(self
             .list()?
             .into_iter()
-            .filter(|c| self.path(c).join(UNSYNCED).exists())
+            .filter(|c| marker_op(&self.path(c), MarkerOp::Get).unwrap_or(false))
             .collect())
     }
 
@@ -180,17 +222,13 @@ impl Snapshots {
         if pending.is_empty() {
             return Ok(0);
         }
-        let d = fs::File::open(&self.dir).map_err(Error::io("open", &self.dir))?;
-        // SAFETY: `d` is an open directory descriptor for the duration of the call.
-        if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
-            return Err(Error::io("syncfs", &self.dir)(io::Error::last_os_error()));
-        }
+        syncfs(&self.dir)?;
         for c in &pending {
-            let marker = self.path(c).join(UNSYNCED);
-            if let Err(e) = fs::remove_file(&marker)
-                && e.kind() != io::ErrorKind::NotFound
-            {
-                return Err(Error::io("remove", marker)(e));
+            let dir = self.path(c);
+            match marker_op(&dir, MarkerOp::Remove) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove the unsynced mark of", dir)(e)),
             }
         }
         Ok(pending.len())
@@ -254,8 +292,12 @@ impl TempSnapshot {
         let usage_path = self.dir.join(USAGE);
         let json = serde_json::to_vec(&Usage { bytes, inodes }).unwrap_or_default();
         fs::write(&usage_path, json).map_err(Error::io("write", &usage_path))?;
-        let marker = self.dir.join(UNSYNCED);
-        fs::write(&marker, b"").map_err(Error::io("write", &marker))?;
+        match marker_op(&self.dir, MarkerOp::Set) {
+            Ok(_) => {}
+            // No user xattrs here: durable now, as before deferral.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => syncfs(&self.dir)?,
+            Err(e) => return Err(Error::io("mark unsynced", &self.dir)(e)),
+        }
         fs::rename(&self.dir, &self.dest).map_err(Error::io("rename", &self.dest))?;
         self.dir = PathBuf::new();
         Ok(())

@@ -707,6 +707,35 @@ async fn reopen_keeps_images() {
     assert_eq!(store.gc().await.unwrap(), Default::default());
 }
 
+fn xattr_of(dir: &Path) -> Option<()> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid NUL-terminated strings; a size query with no buffer.
+    let rc = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            c"user.berth.unsynced".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    (rc >= 0).then_some(())
+}
+
+fn mark(dir: &Path) {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: valid NUL-terminated strings and a one-byte value.
+    let rc = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            c"user.berth.unsynced".as_ptr(),
+            b"1".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    assert_eq!(rc, 0);
+}
+
 #[tokio::test]
 async fn snapshots_become_durable_and_are_restored_after_a_reboot() {
     let env = Env::new(Auth::None).await;
@@ -716,12 +745,9 @@ async fn snapshots_become_durable_and_are_restored_after_a_reboot() {
     let layers = env.store.rootfs_layers(&image.id).unwrap();
     // The background sync, or the start-up one, makes them durable.
     env.store.recover().await.unwrap();
+    let marked = |l: &Path| xattr_of(l.parent().unwrap()).is_some();
     for l in &layers {
-        assert!(
-            !l.parent().unwrap().join("unsynced").exists(),
-            "{}",
-            l.display()
-        );
+        assert!(!marked(l), "{}", l.display());
     }
     let files = |dir: &Path| -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(dir)
@@ -735,7 +761,7 @@ async fn snapshots_become_durable_and_are_restored_after_a_reboot() {
     // A power loss before the sync: the top snapshot is marked and lost its files; the
     // machine booted again (another boot id).
     let top = &layers[0];
-    fs::write(top.parent().unwrap().join("unsynced"), b"").unwrap();
+    mark(top.parent().unwrap());
     for f in files(top) {
         let p = top.join(f);
         if p.is_dir() {
@@ -748,12 +774,12 @@ async fn snapshots_become_durable_and_are_restored_after_a_reboot() {
     assert_eq!(env.store.recover().await.unwrap(), 1);
     let after: Vec<Vec<String>> = layers.iter().map(|l| files(l)).collect();
     assert_eq!(after, before);
-    assert!(!top.parent().unwrap().join("unsynced").exists());
+    assert!(!marked(top));
     // Same boot: nothing is discarded, pending snapshots are only synced.
-    fs::write(top.parent().unwrap().join("unsynced"), b"").unwrap();
+    mark(top.parent().unwrap());
     assert_eq!(env.store.recover().await.unwrap(), 0);
     assert_eq!(files(top), before[0]);
-    assert!(!top.parent().unwrap().join("unsynced").exists());
+    assert!(!marked(top));
     assert_eq!(env.store.gc().await.unwrap(), Default::default());
 }
 
