@@ -130,7 +130,8 @@ pub fn latency_svg(title: &str, rows: &[(&str, Vec<Series<'_>>)]) -> String {
     let x = |ms: f64| LABEL + (ms.max(10f64.powf(lo)).log10() - lo) / (hi - lo) * PLOT;
     let row_height = LINE * runtimes.len().max(1) as f64 + 8.0;
     let height = TOP + row_height * rows.len() as f64 + 30.0;
-    let width = LABEL + PLOT + 20.0;
+    // Room on the right for the last decade's label.
+    let width = LABEL + PLOT + 50.0;
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
          font-family=\"sans-serif\" font-size=\"11\">\n\

@@ -950,7 +950,8 @@ fn markdown(settings: &Settings, runs: &[(&Runtime, Figures)]) -> String {
             row(&mut out, op, &[r(|s| s.min), r(|s| s.median), r(|s| s.p90)]);
         }
         for (db, dc) in b.density.iter().zip(&c.density) {
-            let r = |x: f64, y: f64| vec![times(ratio(Some(x), Some(y))), "".into(), "".into()];
+            // One figure each: its ratio goes in the median column.
+            let r = |x: f64, y: f64| vec!["".into(), times(ratio(Some(x), Some(y))), "".into()];
             row(
                 &mut out,
                 &format!("{} pods: all running", db.pods),
@@ -967,7 +968,7 @@ fn markdown(settings: &Settings, runs: &[(&Runtime, Figures)]) -> String {
                 &r(db.daemon_max_rss_kib as f64, dc.daemon_max_rss_kib as f64),
             );
         }
-        let r = |x: f64, y: f64| vec![times(ratio(Some(x), Some(y))), "".into(), "".into()];
+        let r = |x: f64, y: f64| vec!["".into(), times(ratio(Some(x), Some(y))), "".into()];
         row(
             &mut out,
             "per pod RSS",
@@ -1098,4 +1099,66 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("bench: smoke run passed (figures not checked)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> anyhow::Result<Settings> {
+        Settings::parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn defaults_are_the_full_run() {
+        let s = parse(&[]).unwrap();
+        assert!(!s.smoke);
+        assert_eq!((s.iterations, s.pods, s.cold), (20, 10, 10));
+        assert_eq!(s.density, vec![20, 100]);
+        assert_eq!(s.json, Path::new("target/bench/results.json"));
+        assert_eq!(s.svg, Path::new("target/bench/latency.svg"));
+    }
+
+    #[test]
+    fn flags_set_counts_density_and_outputs() {
+        let s = parse(&[
+            "--iterations",
+            "3",
+            "--pods",
+            "4",
+            "--density",
+            "5, 50",
+            "--json",
+            "/tmp/r.json",
+            "--svg",
+            "/tmp/l.svg",
+        ])
+        .unwrap();
+        assert_eq!((s.iterations, s.pods, s.cold), (3, 4, 3));
+        assert_eq!(s.density, vec![5, 50]);
+        assert_eq!(s.json, Path::new("/tmp/r.json"));
+        assert_eq!(s.svg, Path::new("/tmp/l.svg"));
+    }
+
+    #[test]
+    fn smoke_runs_everything_once_with_small_density() {
+        let s = parse(&["--smoke", "--iterations", "50", "--density", "100"]).unwrap();
+        assert_eq!((s.iterations, s.pods, s.cold), (1, 2, 1));
+        assert_eq!(s.density, vec![3]);
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        assert!(parse(&["--iterations"]).is_err());
+        assert!(parse(&["--iterations", "many"]).is_err());
+        assert!(parse(&["--density", "20,x"]).is_err());
+        assert!(parse(&["--pod", "3"]).is_err());
+    }
+
+    #[test]
+    fn kib_fields_are_read_from_proc_text() {
+        let status = "Name:\tberth\nVmRSS:\t   30092 kB\nRssAnon:\t 1 kB\n";
+        assert_eq!(kib_field(status, "VmRSS:"), 30092);
+        assert_eq!(kib_field(status, "VmHWM:"), 0);
+    }
 }
