@@ -504,7 +504,8 @@ async fn memory(rt: &Runtime, pods: usize, f: &mut Figures) -> anyhow::Result<()
 
 /// Density: `n` pods started at once (each run, create, start), the wall time until all
 /// run; then all stopped and removed at once, the wall time until all are gone. Samples
-/// the daemon's VmRSS while they start and run.
+/// the daemon's VmRSS while they start and run. Whatever fails, the pods that started are
+/// torn down before the error is returned.
 async fn density(rt: &Runtime, n: usize, f: &mut Figures) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -539,15 +540,17 @@ async fn density(rt: &Runtime, n: usize, f: &mut Figures) -> anyhow::Result<()> 
             }),
         })
         .await
-        .with_context(|| format!("{}: ListContainers", rt.name))?
-        .into_inner()
-        .containers
-        .iter()
-        .filter(|c| pods.contains(&c.pod_sandbox_id))
-        .count();
+        .with_context(|| format!("{}: ListContainers", rt.name))
+        .map(|r| {
+            r.into_inner()
+                .containers
+                .iter()
+                .filter(|c| pods.contains(&c.pod_sandbox_id))
+                .count()
+        });
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
-    let daemon_max_rss_kib = sampler.await?;
+    let daemon_max_rss_kib = sampler.await;
     let t = Instant::now();
     let removed = futures::future::join_all(pods.iter().map(|p| remove_pod(rt, p))).await;
     let teardown_ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -557,6 +560,7 @@ async fn density(rt: &Runtime, n: usize, f: &mut Figures) -> anyhow::Result<()> 
     if let Some(Err(e)) = removed.into_iter().find(Result::is_err) {
         return Err(e.context(format!("{}: density {n} teardown", rt.name)));
     }
+    let running = running?;
     if running != n {
         bail!("{}: density {n}: {running} containers running", rt.name);
     }
@@ -564,7 +568,7 @@ async fn density(rt: &Runtime, n: usize, f: &mut Figures) -> anyhow::Result<()> 
         pods: n,
         start_ms,
         teardown_ms,
-        daemon_max_rss_kib,
+        daemon_max_rss_kib: daemon_max_rss_kib.context("the RSS sampler")?,
     });
     Ok(())
 }
