@@ -1008,7 +1008,9 @@ fn svg(runs: &[(&Runtime, Figures)]) -> String {
             (*op, series)
         })
         .collect();
-    latency_svg("CRI latency, ms (log scale): Berth and containerd", &rows)
+    let names: Vec<&str> = runs.iter().map(|(rt, _)| rt.name).collect();
+    let title = format!("CRI latency, ms (log scale): {}", names.join(" and "));
+    latency_svg(&title, &rows)
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
