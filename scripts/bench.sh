@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark (issue 11): Berth and containerd side by side on this machine, over their
 # CRI sockets, inside the e2e harness's node namespace and loopback registry.
-#   bash scripts/bench.sh [--iterations N] [--pods N]   # full run: prints a Markdown report
+#   bash scripts/bench.sh [--iterations N] [--pods N] [--density N,N] [--json PATH] [--svg PATH]
+#                                                       # full run: Markdown report, JSON, SVG
 #   bash scripts/bench.sh --smoke                       # Berth only, once (CI)
 # Installs containerd and runc (Debian packages) for the comparison; Berth never uses them.
 # Release builds. Run scripts/test.sh once first on a fresh machine (test packages).

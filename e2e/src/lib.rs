@@ -31,6 +31,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod client;
 pub mod daemon;
 pub mod env;
