@@ -340,3 +340,98 @@ async fn capabilities_users_read_only_and_masked_paths() {
     );
     remove_pod(&d, &pod).await;
 }
+
+/// A pod config with `sysctls`, on the node's network when `host_network`.
+fn pod_with_sysctls(
+    d: &Daemon,
+    name: &str,
+    sysctls: &[(&str, &str)],
+    host_network: bool,
+) -> PodSandboxConfig {
+    let mut config = pod_config(name, &d.dir().path().join("pod-logs"));
+    config.linux = Some(LinuxPodSandboxConfig {
+        sysctls: sysctls
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                network: if host_network {
+                    NamespaceMode::Node as i32
+                } else {
+                    NamespaceMode::Pod as i32
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    config
+}
+
+#[tokio::test]
+async fn only_namespaced_sysctls_reach_a_pod() {
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, images::BUSYBOX).await;
+    let host_shmmax = std::fs::read_to_string("/proc/sys/kernel/shmmax").unwrap();
+    let config = pod_with_sysctls(
+        &d,
+        "sysctls",
+        &[
+            ("kernel.shmmax", "65536000"),
+            ("net.ipv4.ip_unprivileged_port_start", "1000"),
+        ],
+        false,
+    );
+    let pod = run_pod(&d, &config).await;
+    let c = start_container(&d, &pod, &config, container_config("c", &["sleep", "3600"])).await;
+    let (v, _, _) = exec_sync(
+        &d,
+        &c,
+        &[
+            "cat",
+            "/proc/sys/kernel/shmmax",
+            "/proc/sys/net/ipv4/ip_unprivileged_port_start",
+        ],
+    )
+    .await;
+    assert_eq!(v, "65536000\n1000\n");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/shmmax").unwrap(),
+        host_shmmax,
+        "the node's value is untouched"
+    );
+    remove_pod(&d, &pod).await;
+
+    // Node-wide sysctls, and namespaced ones in a namespace the pod shares with the node.
+    // Each asks for the value the node has, so that even a runtime that took it would not
+    // change the machine under the other tests.
+    for (name, sysctl, host_network) in [
+        ("swappiness", "vm.swappiness", false),
+        ("pidmax", "kernel.pid_max", false),
+        ("hostnet", "net.ipv4.ip_unprivileged_port_start", true),
+    ] {
+        let file = format!("/proc/sys/{}", sysctl.replace('.', "/"));
+        let value = std::fs::read_to_string(&file).unwrap();
+        let config = pod_with_sysctls(&d, name, &[(sysctl, value.trim())], host_network);
+        let err = d
+            .runtime()
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config),
+                ..Default::default()
+            })
+            .await
+            .expect_err(sysctl);
+        assert_eq!(err.code(), Code::InvalidArgument, "{sysctl}: {err:?}");
+        assert!(err.message().contains(sysctl), "{}", err.message());
+    }
+    let pods = d
+        .runtime()
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "a refused pod was left: {pods:?}");
+}

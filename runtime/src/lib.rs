@@ -3,7 +3,7 @@
 //!
 //! The daemon holds a [`Runtime`]; each pod is one `berth-monitor` process (see [`monitor`])
 //! that holds the pod's namespaces and creates, reaps and logs its containers. The monitor
-//! binary reaches only `monitor`, `protocol`, `spec`, `crilog` and `sys`: no async runtime.
+//! binary reaches only `monitor`, `protocol`, `spec`, `crilog`, `sysctl` and `sys`: no async runtime.
 
 #![warn(missing_docs)]
 
@@ -20,6 +20,7 @@ pub mod seccomp;
 pub mod security;
 pub mod spec;
 pub mod status;
+pub mod sysctl;
 pub mod user;
 
 // Kernel and process code.

@@ -73,6 +73,22 @@ pub(crate) fn pod_namespaces(config: &PodSandboxConfig) -> Result<Vec<String>> {
     Ok(ns)
 }
 
+/// The pod's sysctls, sorted by name.
+fn pod_sysctls(config: &PodSandboxConfig) -> Vec<(String, String)> {
+    let mut sysctls: Vec<(String, String)> = config
+        .linux
+        .as_ref()
+        .map(|l| {
+            l.sysctls
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    sysctls.sort();
+    sysctls
+}
+
 /// Unmounts a pod's namespace bind mounts and shm (idempotent).
 pub(crate) fn release_pod_mounts(dir: &Path) {
     for ns in ["net", "ipc", "uts", "pid"] {
@@ -117,6 +133,13 @@ impl Runtime {
             )));
         }
         let namespaces = pod_namespaces(config)?;
+        crate::sysctl::validate(
+            &pod_sysctls(config),
+            crate::sysctl::PodIsolation {
+                own_net: namespaces.iter().any(|n| n == "net"),
+                own_ipc: namespaces.iter().any(|n| n == "ipc"),
+            },
+        )?;
         let id = sys::random_id();
         self.reserve_name(pod_name_key(meta), &id, "pod sandbox")?;
         let host_net = !namespaces.iter().any(|n| n == "net");
@@ -194,17 +217,7 @@ impl Runtime {
         write(dir.join("resolv.conf"), &resolv)?;
         let cgroup_procs = self.opts.cgroups.create_pod(&pod.id, config)?;
         let own_ipc = namespaces.iter().any(|n| n == "ipc");
-        let mut sysctls: Vec<(String, String)> = config
-            .linux
-            .as_ref()
-            .map(|l| {
-                l.sysctls
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        sysctls.sort();
+        let sysctls = pod_sysctls(config);
         let mcfg = MonitorConfig {
             version: PROTOCOL_VERSION,
             pod_id: pod.id.clone(),

@@ -192,7 +192,7 @@ fn setup(config_path: &Path) -> Result<Monitor, String> {
         loopback_up().map_err(|e| format!("bring up lo: {e}"))?;
     }
     for (k, v) in &cfg.sysctls {
-        let path = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
+        let path = PathBuf::from("/proc/sys").join(crate::sysctl::proc_path(k));
         std::fs::write(&path, v).map_err(|e| format!("set sysctl {k}={v}: {e}"))?;
     }
     let ns_dir = cfg.run_dir.join("ns");
