@@ -435,3 +435,110 @@ async fn only_namespaced_sysctls_reach_a_pod() {
         .items;
     assert!(pods.is_empty(), "a refused pod was left: {pods:?}");
 }
+
+#[tokio::test]
+async fn apparmor_and_selinux_requests_berth_cannot_apply_are_refused() {
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, images::BUSYBOX).await;
+    let logs = d.dir().path().join("pod-logs");
+
+    // A pod asking for an SELinux label is refused before anything runs.
+    let mut labelled = pod_config("labelled", &logs);
+    labelled.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            selinux_options: Some(SeLinuxOption {
+                r#type: "container_t".into(),
+                level: "s0:c1,c2".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = d
+        .runtime()
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(labelled),
+            ..Default::default()
+        })
+        .await
+        .expect_err("an SELinux label");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("container_t"), "{}", err.message());
+
+    let config = pod_config("lsm", &logs);
+    let pod = run_pod(&d, &config).await;
+    let with = |name: &str, sc: LinuxContainerSecurityContext| {
+        let mut c = container_config(name, &["sleep", "3600"]);
+        c.linux = Some(LinuxContainerConfig {
+            security_context: Some(sc),
+            ..Default::default()
+        });
+        c
+    };
+    // What needs no LSM runs: AppArmor Unconfined and RuntimeDefault, empty SELinux options.
+    for (name, t) in [
+        ("unconfined", ProfileType::Unconfined),
+        ("default", ProfileType::RuntimeDefault),
+    ] {
+        let id = start_container(
+            &d,
+            &pod,
+            &config,
+            with(
+                name,
+                LinuxContainerSecurityContext {
+                    apparmor: profile(t, ""),
+                    selinux_options: Some(SeLinuxOption::default()),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await;
+        let (out, _, code) = exec_sync(&d, &id, &["echo", "running"]).await;
+        assert_eq!((out.as_str(), code), ("running\n", 0));
+    }
+    // A named AppArmor profile, or an SELinux label, is refused at CreateContainer.
+    for (name, sc, named) in [
+        (
+            "apparmor",
+            LinuxContainerSecurityContext {
+                apparmor: profile(ProfileType::Localhost, "k8s-apparmor-example"),
+                ..Default::default()
+            },
+            "k8s-apparmor-example",
+        ),
+        (
+            "selinux",
+            LinuxContainerSecurityContext {
+                selinux_options: Some(SeLinuxOption {
+                    r#type: "spc_t".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "spc_t",
+        ),
+    ] {
+        let err = d
+            .runtime()
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(with(name, sc)),
+                sandbox_config: Some(config.clone()),
+            })
+            .await
+            .expect_err(name);
+        assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
+        assert!(err.message().contains(named), "{}", err.message());
+    }
+    let listed = d
+        .runtime()
+        .list_containers(ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(listed.len(), 2, "refused containers were left: {listed:?}");
+    remove_pod(&d, &pod).await;
+}

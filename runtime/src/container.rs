@@ -61,6 +61,13 @@ impl Runtime {
                 "container metadata has no name".into(),
             ));
         }
+        crate::lsm::check_container(
+            config
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref()),
+            self.lsm,
+        )?;
         let pod = self
             .find_pod(pod_id)
             .ok_or_else(|| Error::pod_not_found(pod_id))?;

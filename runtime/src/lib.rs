@@ -13,6 +13,7 @@ pub mod command;
 pub mod crilog;
 pub mod error;
 pub mod image;
+pub mod lsm;
 pub mod plan;
 pub mod podfiles;
 pub mod protocol;

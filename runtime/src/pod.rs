@@ -133,6 +133,13 @@ impl Runtime {
             )));
         }
         let namespaces = pod_namespaces(config)?;
+        crate::lsm::check_pod(
+            config
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref()),
+            self.lsm,
+        )?;
         crate::sysctl::validate(
             &pod_sysctls(config),
             crate::sysctl::PodIsolation {
