@@ -542,3 +542,57 @@ async fn apparmor_and_selinux_requests_berth_cannot_apply_are_refused() {
     assert_eq!(listed.len(), 2, "refused containers were left: {listed:?}");
     remove_pod(&d, &pod).await;
 }
+
+#[tokio::test]
+async fn the_monitor_binary_is_out_of_reach_of_containers() {
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, images::BUSYBOX).await;
+    let monitor = berth_e2e::Env::get().bin_dir.join("berth-monitor");
+    let before = std::fs::read(&monitor).expect("the monitor binary");
+    // The default: the pod has its own PID namespace, where the monitor is PID 1.
+    let config = pod_config("exe", &d.dir().path().join("pod-logs"));
+    let pod = run_pod(&d, &config).await;
+    let with_caps = |name: &str, caps: &[&str]| secured(name, None, caps, false);
+
+    let plain = start_container(&d, &pod, &config, with_caps("plain", &[])).await;
+    let (out, _, _) = exec_sync(&d, &plain, &["cat", "/proc/1/cmdline"]).await;
+    assert!(
+        out.contains("berth-monitor"),
+        "PID 1 is not the monitor: {out}"
+    );
+    let (link, _, code) = exec_sync(&d, &plain, &["readlink", "/proc/1/exe"]).await;
+    assert_ne!(code, 0, "readlink /proc/1/exe worked: {link}");
+    assert!(link.is_empty(), "{link}");
+    for cmd in [
+        "cat /proc/1/exe > /dev/null",
+        "cat /proc/1/environ",
+        "echo x >> /proc/1/exe",
+    ] {
+        let (out, err, code) = exec_sync(&d, &plain, &["sh", "-c", cmd]).await;
+        assert_ne!(code, 0, "{cmd} worked: {out}");
+        assert!(err.contains("Permission denied"), "{cmd}: {err}");
+    }
+
+    // Even with CAP_SYS_PTRACE the link leads to a sealed copy, not to the host's file.
+    let tracer = start_container(&d, &pod, &config, with_caps("tracer", &["SYS_PTRACE"])).await;
+    let (link, err, code) = exec_sync(&d, &tracer, &["readlink", "/proc/1/exe"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(link.starts_with("/memfd:berth-monitor"), "{link}");
+    for cmd in [
+        "echo x >> /proc/1/exe",
+        "echo x > /proc/1/exe",
+        "printf x | dd of=/proc/1/exe conv=notrunc",
+    ] {
+        let (_, _, code) = exec_sync(&d, &tracer, &["sh", "-c", cmd]).await;
+        assert_ne!(code, 0, "{cmd} worked");
+    }
+    let (sum, _, code) = exec_sync(&d, &tracer, &["sh", "-c", "md5sum < /proc/1/exe"]).await;
+    assert_eq!(code, 0);
+    let (sum_again, _, _) = exec_sync(&d, &tracer, &["sh", "-c", "md5sum < /proc/1/exe"]).await;
+    assert_eq!(sum, sum_again, "the monitor's copy changed");
+    remove_pod(&d, &pod).await;
+    assert!(
+        std::fs::read(&monitor).expect("the monitor binary") == before,
+        "the monitor binary on the host changed"
+    );
+}

@@ -240,8 +240,10 @@ impl Runtime {
         let json = serde_json::to_vec_pretty(&mcfg)
             .map_err(|e| Error::Internal(format!("encode monitor config: {e}")))?;
         write(cfg_path.clone(), &json)?;
+        let exe = self.monitor_exe()?;
         crate::launch::spawn_monitor(
             &self.opts.monitor_path,
+            &exe,
             &cfg_path,
             namespaces,
             &dir.join("monitor.log"),
