@@ -596,3 +596,122 @@ async fn the_monitor_binary_is_out_of_reach_of_containers() {
         "the monitor binary on the host changed"
     );
 }
+
+#[tokio::test]
+async fn no_runtime_fd_or_working_dir_leads_out_of_the_container() {
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, images::BUSYBOX).await;
+    let config = pod_config("fds", &d.dir().path().join("pod-logs"));
+    let pod = run_pod(&d, &config).await;
+
+    // The first process and an exec process hold only stdio (ls adds its own directory fd).
+    let c = start_container(
+        &d,
+        &pod,
+        &config,
+        container_config(
+            "c",
+            &["sh", "-c", "ls /proc/self/fd > /tmp/fds; sleep 3600"],
+        ),
+    )
+    .await;
+    let (first, _, _) = exec_sync(&d, &c, &["cat", "/tmp/fds"]).await;
+    assert_eq!(first, "0\n1\n2\n3\n", "the first process's fds");
+    let (exec, _, _) = exec_sync(&d, &c, &["ls", "/proc/self/fd"]).await;
+    assert_eq!(exec, "0\n1\n2\n3\n", "an exec process's fds");
+
+    // A working directory through a magic link is refused, whatever fd it names.
+    for wd in [
+        "/proc/self/fd/3",
+        "/proc/self/fd/7",
+        "/proc/self/cwd",
+        "/proc/1/root",
+    ] {
+        let mut cfg = container_config("magic", &["sleep", "3600"]);
+        cfg.working_dir = wd.into();
+        let err = d
+            .runtime()
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(cfg),
+                sandbox_config: Some(config.clone()),
+            })
+            .await
+            .expect_err(wd);
+        assert_eq!(err.code(), Code::InvalidArgument, "{wd}: {err:?}");
+        assert!(err.message().contains(wd), "{}", err.message());
+    }
+
+    // Symlinks in a volume that point above the root, absolutely or with `..`, resolve
+    // inside the container for a working directory and for a mount target.
+    let vol = d.dir().path().join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::os::unix::fs::symlink("../../../../../../..", vol.join("up")).unwrap();
+    std::os::unix::fs::symlink("/", vol.join("abs")).unwrap();
+    let data = d.dir().path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("marker"), "from the volume\n").unwrap();
+    let mut cfg = container_config("links", &["sleep", "3600"]);
+    cfg.working_dir = "/vol/up/berth-escape-wd".into();
+    cfg.mounts = vec![
+        Mount {
+            container_path: "/vol".into(),
+            host_path: vol.display().to_string(),
+            ..Default::default()
+        },
+        Mount {
+            container_path: "/vol/abs/berth-escape-mount".into(),
+            host_path: data.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+    ];
+    let links = start_container(&d, &pod, &config, cfg).await;
+    let (cwd, _, _) = exec_sync(&d, &links, &["sh", "-c", "readlink /proc/self/cwd"]).await;
+    assert_eq!(cwd, "/berth-escape-wd\n");
+    let (marker, _, _) = exec_sync(&d, &links, &["cat", "/berth-escape-mount/marker"]).await;
+    assert_eq!(marker, "from the volume\n");
+    for host in ["/berth-escape-wd", "/berth-escape-mount"] {
+        assert!(
+            !std::path::Path::new(host).exists(),
+            "{host} was made on the host"
+        );
+    }
+    remove_pod(&d, &pod).await;
+}
+
+#[tokio::test]
+async fn an_image_cannot_redirect_the_proc_mount() {
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, images::PROC_SYMLINK).await;
+    let config = pod_config("procsymlink", &d.dir().path().join("pod-logs"));
+    let pod = run_pod(&d, &config).await;
+    let mut cfg = container_config("c", &["sleep", "3600"]);
+    cfg.image = Some(ImageSpec {
+        image: images::PROC_SYMLINK.into(),
+        ..Default::default()
+    });
+    let err = d
+        .runtime()
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .expect_err("a container whose /proc is a symlink");
+    assert!(
+        err.message().contains("/proc is a symlink in the image"),
+        "{}",
+        err.message()
+    );
+    let listed = d
+        .runtime()
+        .list_containers(ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(listed.is_empty(), "{listed:?}");
+    remove_pod(&d, &pod).await;
+}

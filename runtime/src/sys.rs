@@ -79,6 +79,8 @@ struct OpenHow {
 pub const RESOLVE_IN_ROOT: u64 = 0x10;
 /// `RESOLVE_NO_MAGICLINKS`.
 pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+/// `RESOLVE_NO_SYMLINKS`: no symlink at all on the way.
+pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 
 /// `openat2(2)` with a resolve mask.
 pub fn openat2(
