@@ -715,3 +715,146 @@ async fn an_image_cannot_redirect_the_proc_mount() {
     assert!(listed.is_empty(), "{listed:?}");
     remove_pod(&d, &pod).await;
 }
+
+/// A tmpfs mounted at `path`, detached on drop (even when the test fails).
+struct Submount(std::path::PathBuf);
+
+impl Submount {
+    fn mount(path: &std::path::Path) -> Submount {
+        std::fs::create_dir_all(path).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .expect("mount a tmpfs");
+        Submount(path.to_owned())
+    }
+}
+
+impl Drop for Submount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[tokio::test]
+async fn a_recursive_read_only_bind_keeps_its_submounts_read_only() {
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, images::BUSYBOX).await;
+    let status = d
+        .runtime()
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let default = status
+        .runtime_handlers
+        .iter()
+        .find(|h| h.name.is_empty())
+        .expect("the default handler");
+    assert!(
+        default
+            .features
+            .as_ref()
+            .is_some_and(|f| f.recursive_read_only_mounts),
+        "{default:?}"
+    );
+
+    let src = d.dir().path().join("tree");
+    std::fs::create_dir_all(&src).unwrap();
+    let _sub = Submount::mount(&src.join("sub"));
+    let config = pod_config("rro", &d.dir().path().join("pod-logs"));
+    let pod = run_pod(&d, &config).await;
+    let mut c = container_config("c", &["sleep", "3600"]);
+    let bind = |path: &str, recursive: bool| Mount {
+        container_path: path.into(),
+        host_path: src.display().to_string(),
+        readonly: true,
+        recursive_read_only: recursive,
+        propagation: MountPropagation::PropagationPrivate as i32,
+        ..Default::default()
+    };
+    c.mounts = vec![bind("/rro", true), bind("/ro", false)];
+    let c = start_container(&d, &pod, &config, c).await;
+    for path in ["/rro/x", "/rro/sub/x", "/ro/x"] {
+        let (_, err, code) = exec_sync(&d, &c, &["touch", path]).await;
+        assert_ne!(code, 0, "{path} took a write");
+        assert!(err.contains("Read-only file system"), "{path}: {err}");
+    }
+    // Without recursive_read_only the submount stays writable, as in every runtime.
+    let (_, err, code) = exec_sync(&d, &c, &["touch", "/ro/sub/x"]).await;
+    assert_eq!(code, 0, "{err}");
+    remove_pod(&d, &pod).await;
+}
+
+#[tokio::test]
+async fn supplemental_groups_policies_merge_or_keep_strictly_to_the_request() {
+    use images::configured::{SUPPLEMENTARY_GID, UID};
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, images::CONFIGURED).await;
+    let status = d
+        .runtime()
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        status
+            .features
+            .is_some_and(|f| f.supplemental_groups_policy),
+        "the feature is reported"
+    );
+    let config = pod_config("groups", &d.dir().path().join("pod-logs"));
+    let pod = run_pod(&d, &config).await;
+    // The image's user is a member of its group `extra` (SUPPLEMENTARY_GID) in /etc/group.
+    for (name, policy, has_image_group) in [
+        ("merge", SupplementalGroupsPolicy::Merge, true),
+        ("strict", SupplementalGroupsPolicy::Strict, false),
+    ] {
+        let mut c = container_config(name, &["sleep", "3600"]);
+        c.image = Some(ImageSpec {
+            image: images::CONFIGURED.into(),
+            ..Default::default()
+        });
+        c.linux = Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                run_as_user: Some(Int64Value {
+                    value: i64::from(UID),
+                }),
+                supplemental_groups: vec![4000],
+                supplemental_groups_policy: policy as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let id = start_container(&d, &pod, &config, c).await;
+        let (groups, _, code) = exec_sync(&d, &id, &["id", "-G"]).await;
+        assert_eq!(code, 0);
+        let groups: Vec<u32> = groups
+            .split_whitespace()
+            .map(|g| g.parse().unwrap())
+            .collect();
+        assert!(groups.contains(&4000), "{name}: {groups:?}");
+        assert_eq!(
+            groups.contains(&SUPPLEMENTARY_GID),
+            has_image_group,
+            "{name}: {groups:?}"
+        );
+        let reported = berth_e2e::fixtures::container_status(&d, &id)
+            .await
+            .user
+            .and_then(|u| u.linux)
+            .expect("ContainerStatus.user");
+        assert_eq!(
+            reported
+                .supplemental_groups
+                .contains(&i64::from(SUPPLEMENTARY_GID)),
+            has_image_group,
+            "{name}: {reported:?}"
+        );
+    }
+    remove_pod(&d, &pod).await;
+}
