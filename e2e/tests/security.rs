@@ -33,6 +33,17 @@ fn secured(
     c
 }
 
+/// The Linux part of a pod that may run privileged containers.
+fn privileged_pod() -> LinuxPodSandboxConfig {
+    LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn profile(t: ProfileType, localhost: &str) -> Option<SecurityProfile> {
     Some(SecurityProfile {
         profile_type: t as i32,
@@ -66,7 +77,8 @@ async fn seccomp_profiles_confine_what_they_say() {
         r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["sethostname"],"action":"SCMP_ACT_ERRNO"}]}"#,
     )
     .unwrap();
-    let config = pod_config("seccomp", &dir.join("pod-logs"));
+    let mut config = pod_config("seccomp", &dir.join("pod-logs"));
+    config.linux = Some(privileged_pod());
     let pod = run_pod(&d, &config).await;
 
     // RuntimeDefault: filtered, and namespaces cannot be made without CAP_SYS_ADMIN.
@@ -238,7 +250,7 @@ async fn capabilities_users_read_only_and_masked_paths() {
         )]
         .into_iter()
         .collect(),
-        ..Default::default()
+        ..privileged_pod()
     });
     let pod = run_pod(&d, &config).await;
     let with = |name: &str, sc: LinuxContainerSecurityContext| {
@@ -857,4 +869,80 @@ async fn supplemental_groups_policies_merge_or_keep_strictly_to_the_request() {
         );
     }
     remove_pod(&d, &pod).await;
+}
+
+#[tokio::test]
+async fn privileged_containers_need_a_privileged_pod() {
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, images::BUSYBOX).await;
+    let config = pod_config("unprivileged", &d.dir().path().join("pod-logs"));
+    let pod = run_pod(&d, &config).await;
+    let err = d
+        .runtime()
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(secured("privileged", None, &[], true)),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .expect_err("a privileged container in an unprivileged pod");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("privileged"), "{}", err.message());
+    // The same pod still takes an ordinary container.
+    let plain = start_container(&d, &pod, &config, secured("plain", None, &[], false)).await;
+    assert_eq!(status_field(&d, &plain, "CapEff").await, "00000000a80425fb");
+    remove_pod(&d, &pod).await;
+}
+
+#[tokio::test]
+async fn user_namespaces_are_refused_until_supported() {
+    let d = Daemon::start().await.expect("daemon");
+    let mut config = pod_config("userns", &d.dir().path().join("pod-logs"));
+    let mapping = vec![IdMapping {
+        host_id: 65536,
+        container_id: 0,
+        length: 65536,
+    }];
+    config.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                userns_options: Some(UserNamespace {
+                    mode: NamespaceMode::Pod as i32,
+                    uids: mapping.clone(),
+                    gids: mapping,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = d
+        .runtime()
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a user-namespaced pod");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("user namespaces"),
+        "{}",
+        err.message()
+    );
+    let status = d
+        .runtime()
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        status
+            .runtime_handlers
+            .iter()
+            .all(|h| h.features.is_some_and(|f| !f.user_namespaces)),
+        "kubelet is told: {:?}",
+        status.runtime_handlers
+    );
 }

@@ -79,6 +79,24 @@ impl Runtime {
                     rec.id
                 )));
             }
+            let privileged = config
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref())
+                .is_some_and(|s| s.privileged);
+            let pod_privileged = rec
+                .config
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref())
+                .is_some_and(|s| s.privileged);
+            if privileged && !pod_privileged {
+                // As containerd: the pod's own flag is what allows privileged containers.
+                return Err(Error::InvalidArgument(format!(
+                    "no privileged container allowed in pod sandbox {}: the pod is not privileged",
+                    rec.id
+                )));
+            }
             let ctx = PodContext {
                 run_dir: self.pod_dir(&rec.id),
                 hostname: rec.hostname.clone(),
