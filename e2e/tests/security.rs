@@ -945,4 +945,32 @@ async fn user_namespaces_are_refused_until_supported() {
         "kubelet is told: {:?}",
         status.runtime_handlers
     );
+
+    // Nor is an idmapped volume accepted in an ordinary pod.
+    pull(&d, images::BUSYBOX).await;
+    let config = pod_config("idmapped", &d.dir().path().join("pod-logs"));
+    let pod = run_pod(&d, &config).await;
+    let mut c = container_config("c", &["sleep", "3600"]);
+    c.mounts = vec![Mount {
+        container_path: "/data".into(),
+        host_path: d.dir().path().display().to_string(),
+        uid_mappings: vec![IdMapping {
+            host_id: 65536,
+            container_id: 0,
+            length: 65536,
+        }],
+        ..Default::default()
+    }];
+    let err = d
+        .runtime()
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(c),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .expect_err("an idmapped mount");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("idmapped"), "{}", err.message());
+    remove_pod(&d, &pod).await;
 }
