@@ -47,7 +47,10 @@ pub(crate) fn sealed_copy(binary: &Path) -> std::io::Result<OwnedFd> {
     let base = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
     // MFD_EXEC (Linux 6.3) keeps the copy executable where vm.memfd_noexec would not; older
     // kernels refuse the flag and make executable memfds anyway.
-    let fd = create(base | MFD_EXEC).or_else(|_| create(base))?;
+    let fd = create(base | MFD_EXEC).or_else(|e| match e.raw_os_error() {
+        Some(libc::EINVAL) => create(base),
+        _ => Err(e),
+    })?;
     // SAFETY: a new fd that only we hold.
     let low = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: F_DUPFD_CLOEXEC on our fd; the result is checked and owned below.
