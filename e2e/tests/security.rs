@@ -1,8 +1,9 @@
-//! The security context as a container sees it (issue 8, in part): seccomp profiles
-//! (RuntimeDefault, Localhost, Unconfined, none, and privileged ignoring them) and the
-//! refusal of RunAsGroup without a user. What is checked is what the process inside
-//! observes: `/proc/self/status` and the errors of denied system calls.
-
+//! The security context as a container sees it (issue 8): seccomp profiles, capabilities,
+//! users and groups with both supplemental group policies, read-only and masked paths,
+//! recursive read-only binds, pod sysctls, AppArmor/SELinux and user-namespace refusals,
+//! privileged pods, and the known runtime escapes (the monitor's /proc/1/exe, leaked fds,
+//! working directories and mount targets through symlinks, an image whose /proc is a
+//! symlink). What is checked is what the process inside observes, or the error kubelet gets.
 use berth_e2e::fixtures::{
     container_config, exec_sync, pod_config, pull, remove_pod, run_pod, start_container,
 };
