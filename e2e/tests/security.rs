@@ -4,6 +4,7 @@
 //! privileged pods, and the known runtime escapes (the monitor's /proc/1/exe, leaked fds,
 //! working directories and mount targets through symlinks, an image whose /proc is a
 //! symlink). What is checked is what the process inside observes, or the error kubelet gets.
+
 use berth_e2e::fixtures::{
     container_config, exec_sync, pod_config, pull, remove_pod, run_pod, start_container,
 };
