@@ -57,16 +57,18 @@ pub async fn status(node: &Node, req: StatusRequest) -> Result<StatusResponse, S
         }),
         info,
         runtime_handlers: runtime_handlers(node),
+        // Merge and Strict are both applied by the planner (berth_runtime::user).
         features: Some(RuntimeFeatures {
-            supplemental_groups_policy: false,
+            supplemental_groups_policy: true,
         }),
     })
 }
 
 /// The default handler (named "", as kubelet expects) and every configured RuntimeClass one.
+/// Recursive read-only mounts are there where the kernel has mount_setattr.
 fn runtime_handlers(node: &Node) -> Vec<RuntimeHandler> {
     let features = Some(RuntimeHandlerFeatures {
-        recursive_read_only_mounts: false,
+        recursive_read_only_mounts: berth_runtime::sys::mount_setattr_supported(),
         user_namespaces: false,
     });
     std::iter::once(String::new())

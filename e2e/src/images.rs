@@ -38,6 +38,9 @@ pub const MULTIARCH_DOCKER: &str = "gcr.io/berth-e2e/multiarch-docker:1";
 pub const ZSTD: &str = "quay.io/berth-e2e/zstd:1";
 /// busybox with uncompressed tar layers.
 pub const UNCOMPRESSED: &str = "quay.io/berth-e2e/uncompressed:1";
+/// busybox whose `/proc` and `/sys` are symlinks (to `/tmp` and `/proc`), as an image that
+/// tries to redirect the runtime's proc and sysfs mounts would have them (CVE-2019-19921).
+pub const PROC_SYMLINK: &str = "docker.io/berth-e2e/proc-symlink:1";
 /// A pause image for the runtimes Berth is compared with (containerd's default sandbox
 /// image): busybox sleeping for ever. Berth itself needs none.
 pub const PAUSE: &str = "registry.k8s.io/pause:3.6";
@@ -52,6 +55,7 @@ pub const ALL: &[&str] = &[
     MULTIARCH_DOCKER,
     ZSTD,
     UNCOMPRESSED,
+    PROC_SYMLINK,
     PAUSE,
 ];
 
@@ -572,6 +576,17 @@ pub fn build_all(host: &HostBusybox) -> Result<Vec<TestImage>> {
     out.push(test_image(
         MULTIARCH_DOCKER,
         multiarch(Format::Docker, &gz, MULTIARCH_DOCKER)?,
+    )?);
+    let mut links = marker(PROC_SYMLINK)?;
+    links.symlink("proc", "/tmp")?;
+    links.symlink("sys", "/proc")?;
+    out.push(test_image(
+        PROC_SYMLINK,
+        single(
+            Format::Oci,
+            vec![gz.clone(), links.build(Compression::Gzip)?],
+            PROC_SYMLINK,
+        )?,
     )?);
     let pause_run = RunConfig {
         entrypoint: Some(vec!["sleep".into(), "2147483647".into()]),

@@ -1,7 +1,9 @@
-//! The security context as a container sees it (issue 8, in part): seccomp profiles
-//! (RuntimeDefault, Localhost, Unconfined, none, and privileged ignoring them) and the
-//! refusal of RunAsGroup without a user. What is checked is what the process inside
-//! observes: `/proc/self/status` and the errors of denied system calls.
+//! The security context as a container sees it (issue 8): seccomp profiles, capabilities,
+//! users and groups with both supplemental group policies, read-only and masked paths,
+//! recursive read-only binds, pod sysctls, AppArmor/SELinux and user-namespace refusals,
+//! privileged pods, and the known runtime escapes (the monitor's /proc/1/exe, leaked fds,
+//! working directories and mount targets through symlinks, an image whose /proc is a
+//! symlink). What is checked is what the process inside observes, or the error kubelet gets.
 
 use berth_e2e::fixtures::{
     container_config, exec_sync, pod_config, pull, remove_pod, run_pod, start_container,
@@ -31,6 +33,17 @@ fn secured(
         ..Default::default()
     });
     c
+}
+
+/// The Linux part of a pod that may run privileged containers.
+fn privileged_pod() -> LinuxPodSandboxConfig {
+    LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 fn profile(t: ProfileType, localhost: &str) -> Option<SecurityProfile> {
@@ -66,7 +79,8 @@ async fn seccomp_profiles_confine_what_they_say() {
         r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["sethostname"],"action":"SCMP_ACT_ERRNO"}]}"#,
     )
     .unwrap();
-    let config = pod_config("seccomp", &dir.join("pod-logs"));
+    let mut config = pod_config("seccomp", &dir.join("pod-logs"));
+    config.linux = Some(privileged_pod());
     let pod = run_pod(&d, &config).await;
 
     // RuntimeDefault: filtered, and namespaces cannot be made without CAP_SYS_ADMIN.
@@ -238,7 +252,7 @@ async fn capabilities_users_read_only_and_masked_paths() {
         )]
         .into_iter()
         .collect(),
-        ..Default::default()
+        ..privileged_pod()
     });
     let pod = run_pod(&d, &config).await;
     let with = |name: &str, sc: LinuxContainerSecurityContext| {
@@ -338,5 +352,627 @@ async fn capabilities_users_read_only_and_masked_paths() {
         "0",
         "privileged containers see /proc/timer_list unmasked"
     );
+    remove_pod(&d, &pod).await;
+}
+
+/// A pod config with `sysctls`, on the node's network when `host_network`.
+fn pod_with_sysctls(
+    d: &Daemon,
+    name: &str,
+    sysctls: &[(&str, &str)],
+    host_network: bool,
+) -> PodSandboxConfig {
+    let mut config = pod_config(name, &d.dir().path().join("pod-logs"));
+    config.linux = Some(LinuxPodSandboxConfig {
+        sysctls: sysctls
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                network: if host_network {
+                    NamespaceMode::Node as i32
+                } else {
+                    NamespaceMode::Pod as i32
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    config
+}
+
+#[tokio::test]
+async fn only_namespaced_sysctls_reach_a_pod() {
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, images::BUSYBOX).await;
+    let host_shmmax = std::fs::read_to_string("/proc/sys/kernel/shmmax").unwrap();
+    let config = pod_with_sysctls(
+        &d,
+        "sysctls",
+        &[
+            ("kernel.shmmax", "65536000"),
+            ("net.ipv4.ip_unprivileged_port_start", "1000"),
+        ],
+        false,
+    );
+    let pod = run_pod(&d, &config).await;
+    let c = start_container(&d, &pod, &config, container_config("c", &["sleep", "3600"])).await;
+    let (v, _, _) = exec_sync(
+        &d,
+        &c,
+        &[
+            "cat",
+            "/proc/sys/kernel/shmmax",
+            "/proc/sys/net/ipv4/ip_unprivileged_port_start",
+        ],
+    )
+    .await;
+    assert_eq!(v, "65536000\n1000\n");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/shmmax").unwrap(),
+        host_shmmax,
+        "the node's value is untouched"
+    );
+    remove_pod(&d, &pod).await;
+
+    // Node-wide sysctls, and namespaced ones in a namespace the pod shares with the node.
+    // Each asks for the value the node has, so that even a runtime that took it would not
+    // change the machine under the other tests.
+    for (name, sysctl, host_network) in [
+        ("swappiness", "vm.swappiness", false),
+        ("pidmax", "kernel.pid_max", false),
+        ("hostnet", "net.ipv4.ip_unprivileged_port_start", true),
+    ] {
+        let file = format!("/proc/sys/{}", sysctl.replace('.', "/"));
+        let value = std::fs::read_to_string(&file).unwrap();
+        let config = pod_with_sysctls(&d, name, &[(sysctl, value.trim())], host_network);
+        let err = d
+            .runtime()
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config),
+                ..Default::default()
+            })
+            .await
+            .expect_err(sysctl);
+        assert_eq!(err.code(), Code::InvalidArgument, "{sysctl}: {err:?}");
+        assert!(err.message().contains(sysctl), "{}", err.message());
+    }
+    let pods = d
+        .runtime()
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "a refused pod was left: {pods:?}");
+}
+
+#[tokio::test]
+async fn apparmor_and_selinux_requests_berth_cannot_apply_are_refused() {
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, images::BUSYBOX).await;
+    let logs = d.dir().path().join("pod-logs");
+
+    // A pod asking for an SELinux label is refused before anything runs.
+    let mut labelled = pod_config("labelled", &logs);
+    labelled.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            selinux_options: Some(SeLinuxOption {
+                r#type: "container_t".into(),
+                level: "s0:c1,c2".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = d
+        .runtime()
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(labelled),
+            ..Default::default()
+        })
+        .await
+        .expect_err("an SELinux label");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("container_t"), "{}", err.message());
+
+    let config = pod_config("lsm", &logs);
+    let pod = run_pod(&d, &config).await;
+    let with = |name: &str, sc: LinuxContainerSecurityContext| {
+        let mut c = container_config(name, &["sleep", "3600"]);
+        c.linux = Some(LinuxContainerConfig {
+            security_context: Some(sc),
+            ..Default::default()
+        });
+        c
+    };
+    // What needs no LSM runs: AppArmor Unconfined and RuntimeDefault, empty SELinux options.
+    for (name, t) in [
+        ("unconfined", ProfileType::Unconfined),
+        ("default", ProfileType::RuntimeDefault),
+    ] {
+        let id = start_container(
+            &d,
+            &pod,
+            &config,
+            with(
+                name,
+                LinuxContainerSecurityContext {
+                    apparmor: profile(t, ""),
+                    selinux_options: Some(SeLinuxOption::default()),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await;
+        let (out, _, code) = exec_sync(&d, &id, &["echo", "running"]).await;
+        assert_eq!((out.as_str(), code), ("running\n", 0));
+    }
+    // A named AppArmor profile, or an SELinux label, is refused at CreateContainer.
+    for (name, sc, named) in [
+        (
+            "apparmor",
+            LinuxContainerSecurityContext {
+                apparmor: profile(ProfileType::Localhost, "k8s-apparmor-example"),
+                ..Default::default()
+            },
+            "k8s-apparmor-example",
+        ),
+        (
+            "selinux",
+            LinuxContainerSecurityContext {
+                selinux_options: Some(SeLinuxOption {
+                    r#type: "spc_t".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            "spc_t",
+        ),
+    ] {
+        let err = d
+            .runtime()
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(with(name, sc)),
+                sandbox_config: Some(config.clone()),
+            })
+            .await
+            .expect_err(name);
+        assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
+        assert!(err.message().contains(named), "{}", err.message());
+    }
+    let listed = d
+        .runtime()
+        .list_containers(ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(listed.len(), 2, "refused containers were left: {listed:?}");
+    remove_pod(&d, &pod).await;
+}
+
+#[tokio::test]
+async fn the_monitor_binary_is_out_of_reach_of_containers() {
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, images::BUSYBOX).await;
+    let monitor = berth_e2e::Env::get().bin_dir.join("berth-monitor");
+    let before = std::fs::read(&monitor).expect("the monitor binary");
+    // The default: the pod has its own PID namespace, where the monitor is PID 1.
+    let config = pod_config("exe", &d.dir().path().join("pod-logs"));
+    let pod = run_pod(&d, &config).await;
+    let with_caps = |name: &str, caps: &[&str]| secured(name, None, caps, false);
+
+    let plain = start_container(&d, &pod, &config, with_caps("plain", &[])).await;
+    let (out, _, _) = exec_sync(&d, &plain, &["cat", "/proc/1/cmdline"]).await;
+    assert!(
+        out.contains("berth-monitor"),
+        "PID 1 is not the monitor: {out}"
+    );
+    let (link, _, code) = exec_sync(&d, &plain, &["readlink", "/proc/1/exe"]).await;
+    assert_ne!(code, 0, "readlink /proc/1/exe worked: {link}");
+    assert!(link.is_empty(), "{link}");
+    for cmd in [
+        "cat /proc/1/exe > /dev/null",
+        "cat /proc/1/environ",
+        "echo x >> /proc/1/exe",
+    ] {
+        let (out, err, code) = exec_sync(&d, &plain, &["sh", "-c", cmd]).await;
+        assert_ne!(code, 0, "{cmd} worked: {out}");
+        assert!(err.contains("Permission denied"), "{cmd}: {err}");
+    }
+
+    // Even with CAP_SYS_PTRACE the link leads to a sealed copy, not to the host's file.
+    let tracer = start_container(&d, &pod, &config, with_caps("tracer", &["SYS_PTRACE"])).await;
+    let (link, err, code) = exec_sync(&d, &tracer, &["readlink", "/proc/1/exe"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(link.starts_with("/memfd:berth-monitor"), "{link}");
+    for cmd in [
+        "echo x >> /proc/1/exe",
+        "echo x > /proc/1/exe",
+        "printf x | dd of=/proc/1/exe conv=notrunc",
+    ] {
+        let (_, _, code) = exec_sync(&d, &tracer, &["sh", "-c", cmd]).await;
+        assert_ne!(code, 0, "{cmd} worked");
+    }
+    let (sum, _, code) = exec_sync(&d, &tracer, &["sh", "-c", "md5sum < /proc/1/exe"]).await;
+    assert_eq!(code, 0);
+    let (sum_again, _, _) = exec_sync(&d, &tracer, &["sh", "-c", "md5sum < /proc/1/exe"]).await;
+    assert_eq!(sum, sum_again, "the monitor's copy changed");
+    remove_pod(&d, &pod).await;
+    assert!(
+        std::fs::read(&monitor).expect("the monitor binary") == before,
+        "the monitor binary on the host changed"
+    );
+}
+
+#[tokio::test]
+async fn no_runtime_fd_or_working_dir_leads_out_of_the_container() {
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, images::BUSYBOX).await;
+    let config = pod_config("fds", &d.dir().path().join("pod-logs"));
+    let pod = run_pod(&d, &config).await;
+
+    // The first process and an exec process hold only stdio (ls adds its own directory fd).
+    let c = start_container(
+        &d,
+        &pod,
+        &config,
+        container_config(
+            "c",
+            &["sh", "-c", "ls /proc/self/fd > /tmp/fds; sleep 3600"],
+        ),
+    )
+    .await;
+    let (first, _, _) = exec_sync(&d, &c, &["cat", "/tmp/fds"]).await;
+    assert_eq!(first, "0\n1\n2\n3\n", "the first process's fds");
+    let (exec, _, _) = exec_sync(&d, &c, &["ls", "/proc/self/fd"]).await;
+    assert_eq!(exec, "0\n1\n2\n3\n", "an exec process's fds");
+
+    // A working directory through a magic link is refused, whatever fd it names.
+    for wd in [
+        "/proc/self/fd/3",
+        "/proc/self/fd/7",
+        "/proc/self/cwd",
+        "/proc/1/root",
+    ] {
+        let mut cfg = container_config("magic", &["sleep", "3600"]);
+        cfg.working_dir = wd.into();
+        let err = d
+            .runtime()
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(cfg),
+                sandbox_config: Some(config.clone()),
+            })
+            .await
+            .expect_err(wd);
+        assert_eq!(err.code(), Code::InvalidArgument, "{wd}: {err:?}");
+        assert!(err.message().contains(wd), "{}", err.message());
+    }
+
+    // Symlinks in a volume that point above the root, absolutely or with `..`, resolve
+    // inside the container for a working directory and for a mount target.
+    let vol = d.dir().path().join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::os::unix::fs::symlink("../../../../../../..", vol.join("up")).unwrap();
+    std::os::unix::fs::symlink("/", vol.join("abs")).unwrap();
+    let data = d.dir().path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("marker"), "from the volume\n").unwrap();
+    let mut cfg = container_config("links", &["sleep", "3600"]);
+    cfg.working_dir = "/vol/up/berth-escape-wd".into();
+    cfg.mounts = vec![
+        Mount {
+            container_path: "/vol".into(),
+            host_path: vol.display().to_string(),
+            ..Default::default()
+        },
+        Mount {
+            container_path: "/vol/abs/berth-escape-mount".into(),
+            host_path: data.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+    ];
+    let links = start_container(&d, &pod, &config, cfg).await;
+    let (cwd, _, _) = exec_sync(&d, &links, &["sh", "-c", "readlink /proc/self/cwd"]).await;
+    assert_eq!(cwd, "/berth-escape-wd\n");
+    let (marker, _, _) = exec_sync(&d, &links, &["cat", "/berth-escape-mount/marker"]).await;
+    assert_eq!(marker, "from the volume\n");
+    for host in ["/berth-escape-wd", "/berth-escape-mount"] {
+        assert!(
+            !std::path::Path::new(host).exists(),
+            "{host} was made on the host"
+        );
+    }
+    remove_pod(&d, &pod).await;
+}
+
+#[tokio::test]
+async fn an_image_cannot_redirect_the_proc_mount() {
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, images::PROC_SYMLINK).await;
+    let config = pod_config("procsymlink", &d.dir().path().join("pod-logs"));
+    let pod = run_pod(&d, &config).await;
+    let mut cfg = container_config("c", &["sleep", "3600"]);
+    cfg.image = Some(ImageSpec {
+        image: images::PROC_SYMLINK.into(),
+        ..Default::default()
+    });
+    let err = d
+        .runtime()
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .expect_err("a container whose /proc is a symlink");
+    assert!(
+        err.message().contains("/proc is a symlink in the image"),
+        "{}",
+        err.message()
+    );
+    let listed = d
+        .runtime()
+        .list_containers(ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(listed.is_empty(), "{listed:?}");
+    remove_pod(&d, &pod).await;
+}
+
+/// A tmpfs mounted at `path`, detached on drop (even when the test fails).
+struct Submount(std::path::PathBuf);
+
+impl Submount {
+    fn mount(path: &std::path::Path) -> Submount {
+        std::fs::create_dir_all(path).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .expect("mount a tmpfs");
+        Submount(path.to_owned())
+    }
+}
+
+impl Drop for Submount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[tokio::test]
+async fn a_recursive_read_only_bind_keeps_its_submounts_read_only() {
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, images::BUSYBOX).await;
+    let status = d
+        .runtime()
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let default = status
+        .runtime_handlers
+        .iter()
+        .find(|h| h.name.is_empty())
+        .expect("the default handler");
+    assert!(
+        default
+            .features
+            .as_ref()
+            .is_some_and(|f| f.recursive_read_only_mounts),
+        "{default:?}"
+    );
+
+    let src = d.dir().path().join("tree");
+    std::fs::create_dir_all(&src).unwrap();
+    let _sub = Submount::mount(&src.join("sub"));
+    let config = pod_config("rro", &d.dir().path().join("pod-logs"));
+    let pod = run_pod(&d, &config).await;
+    let mut c = container_config("c", &["sleep", "3600"]);
+    let bind = |path: &str, recursive: bool| Mount {
+        container_path: path.into(),
+        host_path: src.display().to_string(),
+        readonly: true,
+        recursive_read_only: recursive,
+        propagation: MountPropagation::PropagationPrivate as i32,
+        ..Default::default()
+    };
+    c.mounts = vec![bind("/rro", true), bind("/ro", false)];
+    let c = start_container(&d, &pod, &config, c).await;
+    for path in ["/rro/x", "/rro/sub/x", "/ro/x"] {
+        let (_, err, code) = exec_sync(&d, &c, &["touch", path]).await;
+        assert_ne!(code, 0, "{path} took a write");
+        assert!(err.contains("Read-only file system"), "{path}: {err}");
+    }
+    // Without recursive_read_only the submount stays writable, as in every runtime.
+    let (_, err, code) = exec_sync(&d, &c, &["touch", "/ro/sub/x"]).await;
+    assert_eq!(code, 0, "{err}");
+    remove_pod(&d, &pod).await;
+}
+
+#[tokio::test]
+async fn supplemental_groups_policies_merge_or_keep_strictly_to_the_request() {
+    use images::configured::{SUPPLEMENTARY_GID, UID};
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, images::CONFIGURED).await;
+    let status = d
+        .runtime()
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        status
+            .features
+            .is_some_and(|f| f.supplemental_groups_policy),
+        "the feature is reported"
+    );
+    let config = pod_config("groups", &d.dir().path().join("pod-logs"));
+    let pod = run_pod(&d, &config).await;
+    // The image's user is a member of its group `extra` (SUPPLEMENTARY_GID) in /etc/group.
+    for (name, policy, has_image_group) in [
+        ("merge", SupplementalGroupsPolicy::Merge, true),
+        ("strict", SupplementalGroupsPolicy::Strict, false),
+    ] {
+        let mut c = container_config(name, &["sleep", "3600"]);
+        c.image = Some(ImageSpec {
+            image: images::CONFIGURED.into(),
+            ..Default::default()
+        });
+        c.linux = Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                run_as_user: Some(Int64Value {
+                    value: i64::from(UID),
+                }),
+                supplemental_groups: vec![4000],
+                supplemental_groups_policy: policy as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let id = start_container(&d, &pod, &config, c).await;
+        let (groups, _, code) = exec_sync(&d, &id, &["id", "-G"]).await;
+        assert_eq!(code, 0);
+        let groups: Vec<u32> = groups
+            .split_whitespace()
+            .map(|g| g.parse().unwrap())
+            .collect();
+        assert!(groups.contains(&4000), "{name}: {groups:?}");
+        assert_eq!(
+            groups.contains(&SUPPLEMENTARY_GID),
+            has_image_group,
+            "{name}: {groups:?}"
+        );
+        let reported = berth_e2e::fixtures::container_status(&d, &id)
+            .await
+            .user
+            .and_then(|u| u.linux)
+            .expect("ContainerStatus.user");
+        assert_eq!(
+            reported
+                .supplemental_groups
+                .contains(&i64::from(SUPPLEMENTARY_GID)),
+            has_image_group,
+            "{name}: {reported:?}"
+        );
+    }
+    remove_pod(&d, &pod).await;
+}
+
+#[tokio::test]
+async fn privileged_containers_need_a_privileged_pod() {
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, images::BUSYBOX).await;
+    let config = pod_config("unprivileged", &d.dir().path().join("pod-logs"));
+    let pod = run_pod(&d, &config).await;
+    let err = d
+        .runtime()
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(secured("privileged", None, &[], true)),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .expect_err("a privileged container in an unprivileged pod");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("privileged"), "{}", err.message());
+    // The same pod still takes an ordinary container.
+    let plain = start_container(&d, &pod, &config, secured("plain", None, &[], false)).await;
+    assert_eq!(status_field(&d, &plain, "CapEff").await, "00000000a80425fb");
+    remove_pod(&d, &pod).await;
+}
+
+#[tokio::test]
+async fn user_namespaces_are_refused_until_supported() {
+    let d = Daemon::start().await.expect("daemon");
+    let mut config = pod_config("userns", &d.dir().path().join("pod-logs"));
+    let mapping = vec![IdMapping {
+        host_id: 65536,
+        container_id: 0,
+        length: 65536,
+    }];
+    config.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                userns_options: Some(UserNamespace {
+                    mode: NamespaceMode::Pod as i32,
+                    uids: mapping.clone(),
+                    gids: mapping,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = d
+        .runtime()
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a user-namespaced pod");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("user namespaces"),
+        "{}",
+        err.message()
+    );
+    let status = d
+        .runtime()
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        status
+            .runtime_handlers
+            .iter()
+            .all(|h| h.features.is_some_and(|f| !f.user_namespaces)),
+        "kubelet is told: {:?}",
+        status.runtime_handlers
+    );
+
+    // Nor is an idmapped volume accepted in an ordinary pod.
+    pull(&d, images::BUSYBOX).await;
+    let config = pod_config("idmapped", &d.dir().path().join("pod-logs"));
+    let pod = run_pod(&d, &config).await;
+    let mut c = container_config("c", &["sleep", "3600"]);
+    c.mounts = vec![Mount {
+        container_path: "/data".into(),
+        host_path: d.dir().path().display().to_string(),
+        uid_mappings: vec![IdMapping {
+            host_id: 65536,
+            container_id: 0,
+            length: 65536,
+        }],
+        ..Default::default()
+    }];
+    let err = d
+        .runtime()
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(c),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .expect_err("an idmapped mount");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("idmapped"), "{}", err.message());
     remove_pod(&d, &pod).await;
 }

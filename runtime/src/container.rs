@@ -108,6 +108,13 @@ impl Runtime {
                 "container metadata has no name".into(),
             ));
         }
+        crate::lsm::check_container(
+            config
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref()),
+            self.lsm,
+        )?;
         let pod = self
             .find_pod(pod_id)
             .ok_or_else(|| Error::pod_not_found(pod_id))?;
@@ -116,6 +123,24 @@ impl Runtime {
             if rec.phase != PodPhase::Ready {
                 return Err(Error::FailedPrecondition(format!(
                     "pod sandbox {} is not ready",
+                    rec.id
+                )));
+            }
+            let privileged = config
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref())
+                .is_some_and(|s| s.privileged);
+            let pod_privileged = rec
+                .config
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref())
+                .is_some_and(|s| s.privileged);
+            if privileged && !pod_privileged {
+                // As containerd: the pod's own flag is what allows privileged containers.
+                return Err(Error::InvalidArgument(format!(
+                    "no privileged container allowed in pod sandbox {}: the pod is not privileged",
                     rec.id
                 )));
             }

@@ -1,5 +1,11 @@
 //! Starting a pod's monitor: the `berth-monitor` binary with the pod's new namespaces
 //! unshared before exec, readiness reported on fd 3.
+//!
+//! Monitors run from a sealed in-memory copy of the binary, made once per daemon: the
+//! monitor is PID 1 of its pod, so its `/proc/1/exe` is in reach of the pod's containers,
+//! and it must not lead to the file on the host (CVE-2019-5736: a container that reopens
+//! the runtime's binary for writing replaces it for the whole node). All monitors of a
+//! daemon share the copy's pages, as they would share the file's.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
@@ -27,9 +33,44 @@ pub(crate) fn unshare_flags(namespaces: &[String]) -> libc::c_int {
     })
 }
 
-/// Starts the monitor and waits for its report; returns its host PID.
+/// A sealed copy of `binary` in memory (memfd): no write, grow, shrink or new seal is
+/// possible, so neither the copy nor the file behind it can be changed through it. Its fd
+/// is above [`READY_FD`], which the monitor's fd 3 replaces before exec.
+pub(crate) fn sealed_copy(binary: &Path) -> std::io::Result<OwnedFd> {
+    let mut src = std::fs::File::open(binary)?;
+    const MFD_EXEC: libc::c_uint = 0x10;
+    let create = |flags: libc::c_uint| {
+        // SAFETY: the name is a NUL-terminated literal; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"berth-monitor".as_ptr(), flags) };
+        cvt(fd as libc::c_long).map(|fd| fd as i32)
+    };
+    let base = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // MFD_EXEC (Linux 6.3) keeps the copy executable where vm.memfd_noexec would not; older
+    // kernels refuse the flag and make executable memfds anyway.
+    let fd = create(base | MFD_EXEC).or_else(|e| match e.raw_os_error() {
+        Some(libc::EINVAL) => create(base),
+        _ => Err(e),
+    })?;
+    // SAFETY: a new fd that only we hold.
+    let low = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: F_DUPFD_CLOEXEC on our fd; the result is checked and owned below.
+    let fd =
+        cvt(unsafe { libc::fcntl(low.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) } as libc::c_long)?;
+    drop(low);
+    // SAFETY: as above.
+    let mut copy = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    std::io::copy(&mut src, &mut copy)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: F_ADD_SEALS on our fd with integer flags.
+    cvt(unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } as libc::c_long)?;
+    Ok(copy.into())
+}
+
+/// Starts the monitor from `exe` (the sealed copy of `binary`) and waits for its report;
+/// returns its host PID.
 pub(crate) async fn spawn_monitor(
     binary: &Path,
+    exe: &OwnedFd,
     config: &Path,
     namespaces: &[String],
     log: &Path,
@@ -52,8 +93,11 @@ pub(crate) async fn spawn_monitor(
         .map_err(|e| fail(format!("open {}: {e}", log.display())))?;
     let flags = unshare_flags(namespaces);
     let wfd = ready_w.as_raw_fd();
-    let mut cmd = tokio::process::Command::new(binary);
-    cmd.arg(config)
+    // The kernel opens the path before close-on-exec fds close; argv[0] stays the binary's
+    // path, so the monitor reads as itself in ps and to the leak finder.
+    let mut cmd = tokio::process::Command::new(format!("/proc/self/fd/{}", exe.as_raw_fd()));
+    cmd.arg0(binary)
+        .arg(config)
         .env_clear()
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -117,6 +161,30 @@ pub(crate) async fn spawn_monitor(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sealed_copy_runs_and_cannot_be_written() {
+        use std::io::Write;
+        let copy = sealed_copy(Path::new("/bin/true")).unwrap();
+        assert!(copy.as_raw_fd() > READY_FD);
+        let path = format!("/proc/self/fd/{}", copy.as_raw_fd());
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            std::fs::read("/bin/true").unwrap()
+        );
+        let status = std::process::Command::new(&path).status().unwrap();
+        assert!(status.success());
+        // Reopened for writing through /proc, as a container would try it.
+        let write = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(b"#!/bin/sh\n"));
+        assert!(write.is_err(), "the sealed copy took a write");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            std::fs::read("/bin/true").unwrap()
+        );
+    }
 
     #[test]
     fn flags() {

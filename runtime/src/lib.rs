@@ -3,7 +3,7 @@
 //!
 //! The daemon holds a [`Runtime`]; each pod is one `berth-monitor` process (see [`monitor`])
 //! that holds the pod's namespaces and creates, reaps and logs its containers. The monitor
-//! binary reaches only `monitor`, `protocol`, `spec`, `crilog` and `sys`: no async runtime.
+//! binary reaches only `monitor`, `protocol`, `spec`, `crilog`, `sysctl` and `sys`: no async runtime.
 
 #![warn(missing_docs)]
 
@@ -13,6 +13,7 @@ pub mod command;
 pub mod crilog;
 pub mod error;
 pub mod image;
+pub mod lsm;
 pub mod plan;
 pub mod podfiles;
 pub mod protocol;
@@ -20,6 +21,7 @@ pub mod seccomp;
 pub mod security;
 pub mod spec;
 pub mod status;
+pub mod sysctl;
 pub mod usage;
 pub mod user;
 

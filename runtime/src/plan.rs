@@ -177,6 +177,12 @@ pub fn plan_mounts(
             recursive_readonly: m.recursive_read_only,
             ..Default::default()
         };
+        if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "mount {dest}: idmapped mounts need user namespaces, which this runtime does \
+                 not support yet"
+            )));
+        }
         if m.recursive_read_only && !m.readonly {
             return Err(Error::InvalidArgument(format!(
                 "mount {dest}: recursive_read_only requires readonly"
@@ -249,6 +255,14 @@ fn pid_namespace(config: &ContainerConfig, pod: &PodContext) -> Result<PidNamesp
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
         .and_then(|s| s.namespace_options.as_ref());
+    if let Some(u) = opts.and_then(|o| o.userns_options.as_ref())
+        && u.mode == NamespaceMode::Pod as i32
+        && (!u.uids.is_empty() || !u.gids.is_empty())
+    {
+        return Err(Error::InvalidArgument(
+            "user namespaces are not supported by this runtime yet".into(),
+        ));
+    }
     let Some(opts) = opts else {
         return Ok(if pod.host_pid {
             PidNamespace::Node
@@ -417,8 +431,9 @@ pub fn missing_bind_sources(spec: &ContainerSpec) -> Vec<PathBuf> {
 mod tests {
     use super::*;
     use k8s_cri::v1::{
-        ContainerMetadata, ImageSpec, KeyValue, LinuxContainerConfig, LinuxContainerResources,
-        Mount,
+        ContainerMetadata, IdMapping, ImageSpec, KeyValue, LinuxContainerConfig,
+        LinuxContainerResources, LinuxContainerSecurityContext, Mount, NamespaceOption,
+        UserNamespace,
     };
 
     fn pod() -> PodContext {
@@ -504,6 +519,14 @@ mod tests {
             let e = plan_mounts(vec![], &[bad], &HashMap::new()).unwrap_err();
             assert_eq!(e.class(), crate::ErrorClass::InvalidArgument, "{e}");
         }
+        let mut idmapped = mount("/x", "/h", false, 0);
+        idmapped.uid_mappings = vec![k8s_cri::v1::IdMapping {
+            host_id: 65536,
+            container_id: 0,
+            length: 65536,
+        }];
+        let e = plan_mounts(vec![], &[idmapped], &HashMap::new()).unwrap_err();
+        assert!(e.to_string().contains("idmapped"), "{e}");
         let mut rro = mount("/x", "/h", false, 0);
         rro.recursive_read_only = true;
         assert!(plan_mounts(vec![], &[rro.clone()], &HashMap::new()).is_err());
@@ -597,6 +620,30 @@ mod tests {
             PathBuf::from("/var/lib/berth/containers/cid/upper")
         );
         assert_eq!(spec.pid_ns, PidNamespace::Pod);
+        let mut userns = config.clone();
+        userns.linux.as_mut().unwrap().security_context = Some(LinuxContainerSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                userns_options: Some(UserNamespace {
+                    mode: NamespaceMode::Pod as i32,
+                    uids: vec![IdMapping {
+                        host_id: 65536,
+                        container_id: 0,
+                        length: 65536,
+                    }],
+                    gids: vec![],
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let e = plan_container(&PlanInput {
+            config: &userns,
+            container_dir: input.container_dir.clone(),
+            cgroup_procs: vec![],
+            ..input
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("user namespaces"), "{e}");
         let mut no_layers = image.clone();
         no_layers.lower_dirs.clear();
         assert!(

@@ -73,6 +73,22 @@ pub(crate) fn pod_namespaces(config: &PodSandboxConfig) -> Result<Vec<String>> {
     Ok(ns)
 }
 
+/// The pod's sysctls, sorted by name.
+fn pod_sysctls(config: &PodSandboxConfig) -> Vec<(String, String)> {
+    let mut sysctls: Vec<(String, String)> = config
+        .linux
+        .as_ref()
+        .map(|l| {
+            l.sysctls
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    sysctls.sort();
+    sysctls
+}
+
 /// Unmounts a pod's namespace bind mounts and shm (idempotent).
 pub(crate) fn release_pod_mounts(dir: &Path) {
     for ns in ["net", "ipc", "uts", "pid"] {
@@ -117,6 +133,20 @@ impl Runtime {
             )));
         }
         let namespaces = pod_namespaces(config)?;
+        crate::lsm::check_pod(
+            config
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref()),
+            self.lsm,
+        )?;
+        crate::sysctl::validate(
+            &pod_sysctls(config),
+            crate::sysctl::PodIsolation {
+                own_net: namespaces.iter().any(|n| n == "net"),
+                own_ipc: namespaces.iter().any(|n| n == "ipc"),
+            },
+        )?;
         let id = sys::random_id();
         let parent = config
             .linux
@@ -202,17 +232,7 @@ impl Runtime {
         let pod_resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
         let cgroup_procs = self.opts.cgroups.create_pod(&pod_cgroup, pod_resources)?;
         let own_ipc = namespaces.iter().any(|n| n == "ipc");
-        let mut sysctls: Vec<(String, String)> = config
-            .linux
-            .as_ref()
-            .map(|l| {
-                l.sysctls
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        sysctls.sort();
+        let sysctls = pod_sysctls(config);
         let mcfg = MonitorConfig {
             version: PROTOCOL_VERSION,
             pod_id: pod.id.clone(),
@@ -228,8 +248,10 @@ impl Runtime {
         let json = serde_json::to_vec_pretty(&mcfg)
             .map_err(|e| Error::Internal(format!("encode monitor config: {e}")))?;
         write(cfg_path.clone(), &json)?;
+        let exe = self.monitor_exe()?;
         let pid = crate::launch::spawn_monitor(
             &self.opts.monitor_path,
+            &exe,
             &cfg_path,
             namespaces,
             &dir.join("monitor.log"),

@@ -153,6 +153,10 @@ pub struct Runtime {
     pub(crate) index: Mutex<Index>,
     pub(crate) events: broadcast::Sender<ContainerEventResponse>,
     pub(crate) all_caps: u64,
+    pub(crate) lsm: crate::lsm::HostLsm,
+    /// The sealed in-memory copy of the monitor binary monitors run from, made on the first
+    /// pod (so that starting the daemon does not pay for it).
+    pub(crate) monitor_exe: std::sync::OnceLock<Arc<std::os::fd::OwnedFd>>,
     pub(crate) oom_floor: i32,
     pub(crate) rebooted: bool,
     pub(crate) me: Weak<Runtime>,
@@ -225,6 +229,8 @@ impl Runtime {
             index: Mutex::new(index),
             events,
             all_caps: crate::security::own_bounding_set(),
+            lsm: crate::lsm::HostLsm::detect(),
+            monitor_exe: std::sync::OnceLock::new(),
             oom_floor: own_oom,
             rebooted,
             me: me.clone(),
@@ -250,6 +256,21 @@ impl Runtime {
             }),
             containers.iter().map(|c| lock(&c.rec).phase),
         )
+    }
+
+    /// The sealed copy of the monitor binary, made now if this is the first pod.
+    pub(crate) fn monitor_exe(&self) -> Result<Arc<std::os::fd::OwnedFd>> {
+        if let Some(exe) = self.monitor_exe.get() {
+            return Ok(exe.clone());
+        }
+        let copy = crate::launch::sealed_copy(&self.opts.monitor_path).map_err(|e| {
+            Error::MonitorStart {
+                path: self.opts.monitor_path.clone(),
+                message: format!("cannot make a sealed copy to run from: {e}"),
+            }
+        })?;
+        // Two first pods at once: one copy wins, the other is dropped.
+        Ok(self.monitor_exe.get_or_init(|| Arc::new(copy)).clone())
     }
 
     /// The options the runtime runs with.

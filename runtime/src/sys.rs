@@ -79,6 +79,8 @@ struct OpenHow {
 pub const RESOLVE_IN_ROOT: u64 = 0x10;
 /// `RESOLVE_NO_MAGICLINKS`.
 pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+/// `RESOLVE_NO_SYMLINKS`: no symlink at all on the way.
+pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 
 /// `openat2(2)` with a resolve mask.
 pub fn openat2(
@@ -139,6 +141,30 @@ pub fn mount_setattr_recursive_ro(path: &Path) -> io::Result<()> {
         )
     })?;
     Ok(())
+}
+
+/// Whether the kernel has `mount_setattr(2)` (Linux 5.12), which recursive read-only mounts
+/// need: a call with no valid fd fails with EBADF where it exists, ENOSYS where it does not.
+pub fn mount_setattr_supported() -> bool {
+    let attr = MountAttr {
+        attr_set: 0,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: an invalid fd and an empty path: the kernel changes nothing; `attr` outlives
+    // the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
 }
 
 /// Marks every fd from `first` on close-on-exec (`close_range(2)` with CLOEXEC).
@@ -296,6 +322,21 @@ mod tests {
         assert_ne!(a, random_id());
         assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
         assert_eq!(unescape_mountinfo(r"/a\\"), r"/a\\");
+    }
+
+    #[test]
+    fn mount_setattr_is_detected_as_the_kernel_version_says() {
+        let release = nix::sys::utsname::uname().unwrap();
+        let release = release.release().to_string_lossy().into_owned();
+        let mut v = release
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|n| n.parse::<u32>());
+        let (major, minor) = (v.next().unwrap().unwrap(), v.next().unwrap().unwrap());
+        assert_eq!(
+            mount_setattr_supported(),
+            (major, minor) >= (5, 12),
+            "{release}"
+        );
     }
 
     #[test]

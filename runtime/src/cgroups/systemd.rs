@@ -638,6 +638,8 @@ mod tests {
                 &c,
                 &ContainerLimits {
                     resources: Some(&r),
+                    // A device filter cannot be attached to a fake tree (e2e covers it).
+                    all_devices: true,
                     ..Default::default()
                 },
             )
@@ -724,6 +726,8 @@ mod tests {
                 &c,
                 &ContainerLimits {
                     resources: Some(&r),
+                    // A device filter cannot be attached to a fake tree (e2e covers it).
+                    all_devices: true,
                     ..Default::default()
                 },
             )

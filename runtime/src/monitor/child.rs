@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::io::Write;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -138,12 +138,39 @@ fn setup_tty() -> Result<RawFd, String> {
     }
 }
 
-fn ensure_cwd(cwd: &str, create: bool) -> StepResult {
-    let p = Path::new(cwd);
-    if create && !p.is_dir() {
-        std::fs::create_dir_all(p).map_err(|e| format!("create working directory {cwd}: {e}"))?;
+/// Enters the working directory, resolved inside the container's root with no magic link
+/// on the way (`/proc/self/fd/N` cannot lead to a directory the runtime holds open,
+/// CVE-2024-21626), created with `create`. A path that loops or is not a directory is the
+/// request's fault.
+fn ensure_cwd(cwd: &str, create: bool) -> Result<(), ChildError> {
+    let at_fault = |e: std::io::Error| {
+        let invalid = matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR));
+        (invalid, format!("change to working directory {cwd}: {e}"))
+    };
+    let root = sys::openat2(
+        libc::AT_FDCWD,
+        Path::new("/"),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+        0,
+    )
+    .map_err(|e| internal(format!("open /: {e}")))?;
+    let dir = if create {
+        rootfs::ensure_in_root(root.as_raw_fd(), cwd, false)
+    } else {
+        let rel = cwd.trim_start_matches('/');
+        sys::openat2(
+            root.as_raw_fd(),
+            Path::new(if rel.is_empty() { "." } else { rel }),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+            sys::RESOLVE_IN_ROOT | sys::RESOLVE_NO_MAGICLINKS,
+        )
     }
-    std::env::set_current_dir(p).map_err(|e| format!("change to working directory {cwd}: {e}"))
+    .map_err(at_fault)?;
+    // SAFETY: fchdir on a directory fd we hold.
+    cvt(unsafe { libc::fchdir(dir.as_raw_fd()) } as libc::c_long).map_err(at_fault)?;
+    Ok(())
 }
 
 /// Finds the executable as execvp would, with the container's PATH.
@@ -378,6 +405,7 @@ pub(crate) fn container_main(spec: &ContainerSpec, fds: ChildFds) -> ! {
 
 fn container_setup(spec: &ContainerSpec, fds: &ChildFds) -> Result<PathBuf, ChildError> {
     let host_pid = container_prepare(spec, fds).map_err(internal)?;
+    ensure_cwd(&spec.process.cwd, true)?;
     let exe = find_executable(&spec.process.args[0], &spec.process.env).map_err(|e| (true, e))?;
     let master = if spec.tty {
         Some(setup_tty().map_err(internal)?)
@@ -410,7 +438,6 @@ fn container_prepare(spec: &ContainerSpec, fds: &ChildFds) -> StepResult<i32> {
     if !spec.tty {
         dup_stdio(fds)?;
     }
-    ensure_cwd(&spec.process.cwd, true)?;
     Ok(host_pid)
 }
 
@@ -441,9 +468,7 @@ pub(crate) fn exec_main(
         } else {
             dup_stdio(&fds).map_err(internal)?;
         }
-        ensure_cwd(&process.cwd, false)
-            .or_else(|_| ensure_cwd("/", false))
-            .map_err(internal)?;
+        ensure_cwd(&process.cwd, false).or_else(|_| ensure_cwd("/", false))?;
         let exe = find_executable(&process.args[0], &process.env).map_err(|e| (true, e))?;
         sys::cloexec_from(3).map_err(|e| internal(format!("mark fds close-on-exec: {e}")))?;
         // SAFETY: umask is always safe.

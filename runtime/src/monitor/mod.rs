@@ -45,6 +45,15 @@ pub fn launch(args: &[String]) -> i32 {
         eprintln!("usage: berth-monitor <monitor.json>");
         return 2;
     };
+    // Not dumpable: the pod's processes see the monitor (PID 1 of the pod) and the children
+    // it forks for containers until they exec, and reaching their /proc entries (exe, fds,
+    // memory) now takes CAP_SYS_PTRACE. exec makes a container's process dumpable again.
+    // It runs from a sealed copy named by its fd; ps and top show the binary's name.
+    // SAFETY: prctl with integer arguments and a NUL-terminated literal.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        libc::prctl(libc::PR_SET_NAME, c"berth-monitor".as_ptr(), 0, 0, 0);
+    }
     // Fork once: the child is PID 1 of the PID namespace the daemon unshared for us (if any)
     // and is adopted by init when we exit, so it outlives the daemon.
     // SAFETY: single-threaded here; the child only continues this program.
@@ -192,7 +201,7 @@ fn setup(config_path: &Path) -> Result<Monitor, String> {
         loopback_up().map_err(|e| format!("bring up lo: {e}"))?;
     }
     for (k, v) in &cfg.sysctls {
-        let path = PathBuf::from("/proc/sys").join(k.replace('.', "/"));
+        let path = PathBuf::from("/proc/sys").join(crate::sysctl::proc_path(k));
         std::fs::write(&path, v).map_err(|e| format!("set sysctl {k}={v}: {e}"))?;
     }
     let ns_dir = cfg.run_dir.join("ns");

@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::spec::{ContainerSpec, DeviceSpec, MountKind, MountOptions, MountSpec, Propagation};
-use crate::sys::{self, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, cpath, cvt};
+use crate::sys::{self, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, cpath, cvt};
 
 /// A failed step, with what was being done.
 pub(crate) type StepResult<T = ()> = Result<T, String>;
@@ -197,8 +197,46 @@ fn mount_point_of(path: &Path) -> Option<PathBuf> {
     best
 }
 
+/// Refuses a proc or sysfs mount whose target is a symlink in the image: resolved inside
+/// the root it would still land on another directory of the image's choosing (one that a
+/// volume or a later mount covers), while the masked paths and the process's own /proc
+/// writes go through the link (CVE-2019-19921). runc refuses the same.
+fn check_kernel_fs_target(rootfd: RawFd, rel: &str, fstype: &str) -> StepResult {
+    match sys::openat2(
+        rootfd,
+        Path::new(rel),
+        libc::O_PATH | libc::O_NOFOLLOW,
+        0,
+        RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS,
+    ) {
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(format!(
+            "/{rel} is a symlink in the image: {fstype} must be mounted on a directory"
+        )),
+        Ok(fd) => {
+            // SAFETY: fstat on our fd into a zeroed struct we own.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0
+                && st.st_mode & libc::S_IFMT == libc::S_IFLNK
+            {
+                return Err(format!(
+                    "/{rel} is a symlink in the image: {fstype} must be mounted on a directory"
+                ));
+            }
+            Ok(())
+        }
+        // Missing: created as a directory next.
+        Err(_) => Ok(()),
+    }
+}
+
 fn mount_one(rootfd: RawFd, m: &MountSpec) -> StepResult {
     let rel = m.destination.trim_start_matches('/');
+    if let MountKind::Fs { fstype, .. } = &m.kind
+        && (fstype == "proc" || fstype == "sysfs")
+    {
+        check_kernel_fs_target(rootfd, rel, fstype)?;
+    }
     let is_file = match &m.kind {
         MountKind::Bind { source, .. } => {
             let md = step(
@@ -618,6 +656,24 @@ mod tests {
         assert!(!Path::new("/berth-test-dir").exists());
         ensure_in_root(rootfd.as_raw_fd(), "etc/hostname", true).unwrap();
         assert!(root.join("etc/hostname").is_file());
+    }
+
+    #[test]
+    fn proc_and_sys_must_not_be_symlinks() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("tmp")).unwrap();
+        std::fs::create_dir_all(root.join("real/sys")).unwrap();
+        std::os::unix::fs::symlink("/tmp", root.join("proc")).unwrap();
+        std::os::unix::fs::symlink("real", root.join("link")).unwrap();
+        let rootfd =
+            sys::openat2(libc::AT_FDCWD, root, libc::O_PATH | libc::O_DIRECTORY, 0, 0).unwrap();
+        let fd = rootfd.as_raw_fd();
+        let e = check_kernel_fs_target(fd, "proc", "proc").unwrap_err();
+        assert!(e.contains("/proc is a symlink"), "{e}");
+        assert!(check_kernel_fs_target(fd, "link/sys", "sysfs").is_err());
+        check_kernel_fs_target(fd, "tmp", "proc").unwrap();
+        check_kernel_fs_target(fd, "missing", "sysfs").unwrap();
     }
 
     #[test]
