@@ -439,10 +439,17 @@ fn cgroup_findings(
     pods: &BTreeSet<&str>,
     containers: &BTreeSet<&str>,
 ) -> Vec<Finding> {
+    // Cgroup directories hold control files too: only subdirectories are cgroups.
+    let subdirs = |dir: &Path| -> Vec<String> {
+        dir_names(dir)
+            .into_iter()
+            .filter(|n| dir.join(n).is_dir())
+            .collect()
+    };
     let mut found = Vec::new();
     for root in roots {
         let base = root.join(parent.trim_start_matches('/'));
-        for pod in dir_names(&base) {
+        for pod in subdirs(&base) {
             let dir = base.join(&pod);
             if !pods.contains(pod.as_str()) {
                 found.push(Finding {
@@ -452,7 +459,7 @@ fn cgroup_findings(
                 });
                 continue;
             }
-            for leaf in dir_names(&dir) {
+            for leaf in subdirs(&dir) {
                 if leaf != pod && !containers.contains(leaf.as_str()) {
                     found.push(Finding {
                         kind: "cgroup",
@@ -572,6 +579,10 @@ mod tests {
         let root = t.path().join("memory");
         for d in ["berth/p1/p1", "berth/p1/c1", "berth/p1/gone", "berth/p2"] {
             std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        // Control files are not cgroups.
+        for f in ["berth/cgroup.procs", "berth/p1/tasks", "berth/p1/c1/memory.stat"] {
+            std::fs::write(root.join(f), "").unwrap();
         }
         let pods = BTreeSet::from(["p1"]);
         let containers = BTreeSet::from(["c1"]);
