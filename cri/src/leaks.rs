@@ -581,7 +581,11 @@ mod tests {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
         // Control files are not cgroups.
-        for f in ["berth/cgroup.procs", "berth/p1/tasks", "berth/p1/c1/memory.stat"] {
+        for f in [
+            "berth/cgroup.procs",
+            "berth/p1/tasks",
+            "berth/p1/c1/memory.stat",
+        ] {
             std::fs::write(root.join(f), "").unwrap();
         }
         let pods = BTreeSet::from(["p1"]);

@@ -120,6 +120,15 @@ async fn a_memory_limit_ends_in_oomkilled_and_nothing_is_left() {
     let status = wait_exited(&d, &id).await;
     assert_eq!(status.reason, "OOMKilled", "{status:?}");
     assert_eq!(status.exit_code, 137, "{status:?}");
+    // An exited container's cgroup goes with its exit, before RemoveContainer.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !exists_anywhere(&rel).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "cgroup {rel} outlived the container"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The monitor's cgroup is the pod's sibling of its containers.
     assert!(!exists_anywhere(&format!("{parent}/{pod_id}")).is_empty());
 

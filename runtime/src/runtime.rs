@@ -393,9 +393,27 @@ impl Runtime {
             if let Err(e) = self.store.put_container(&rec) {
                 tracing::warn!(container = %c.id, error = %e.full_message(), "cannot record exit");
             }
+            self.release_cgroup(&c.id, rec.cgroup.clone());
         }
         c.exited.send_replace(true);
         self.emit(ContainerEventType::ContainerStoppedEvent, &c.id, &c.pod_id);
+    }
+
+    /// Removes an exited container's cgroup (killing what is left in it, as containerd does
+    /// when a container's init exits) off the caller's path; RemoveContainer then finds it
+    /// gone. Its figures (the OOM kill) were read before.
+    fn release_cgroup(&self, id: &str, cgroup: String) {
+        let cgroups = self.opts.cgroups.clone();
+        let id = id.to_owned();
+        let remove = move || {
+            if let Err(e) = cgroups.remove(&cgroup) {
+                tracing::warn!(container = %id, error = %e.full_message(), "cannot remove cgroup");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => drop(h.spawn_blocking(remove)),
+            Err(_) => remove(),
+        }
     }
 
     /// Marks a container exited without a known status (its monitor is gone).
