@@ -378,6 +378,8 @@ impl CgroupManager for Systemd {
         // down (v2: no processes in a cgroup whose children use domain controllers).
         self.fs.make_levels(&pod.monitor, None)?;
         for file in self.fs.procs_files(&pod.monitor) {
+            // Another process, moved whole: `cgroup.procs` on every version.
+            let file = file.with_file_name("cgroup.procs");
             std::fs::write(&file, pid.to_string()).map_err(|e| Error::io("write", &file, e))?;
         }
         self.fs.make(&pod.monitor, &[])
