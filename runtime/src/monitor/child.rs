@@ -71,7 +71,7 @@ fn reset_signals() {
 }
 
 fn join_cgroups(procs: &[PathBuf]) -> StepResult {
-    for p in procs {
+    for p in procs.iter().filter(|p| !crate::sys::born_into(p)) {
         std::fs::OpenOptions::new()
             .write(true)
             .open(p)

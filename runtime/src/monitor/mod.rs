@@ -56,8 +56,14 @@ pub fn launch(args: &[String]) -> i32 {
     }
     // Fork once: the child is PID 1 of the PID namespace the daemon unshared for us (if any)
     // and is adopted by init when we exit, so it outlives the daemon.
+    // Born in its cgroup where the kernel allows (the rest are joined in `setup`).
+    let cgroups = std::fs::read(config_path)
+        .ok()
+        .and_then(|t| serde_json::from_slice::<MonitorConfig>(&t).ok())
+        .map(|c| c.cgroup_procs)
+        .unwrap_or_default();
     // SAFETY: single-threaded here; the child only continues this program.
-    match unsafe { libc::fork() } {
+    match unsafe { sys::fork_into_cgroup(&cgroups) } {
         -1 => {
             report_ready(&format!("error: fork: {}", io::Error::last_os_error()));
             1
@@ -191,7 +197,7 @@ fn setup(config_path: &Path) -> Result<Monitor, String> {
         }
         OwnedFd::from_raw_fd(fd)
     };
-    for p in &cfg.cgroup_procs {
+    for p in cfg.cgroup_procs.iter().filter(|p| !sys::born_into(p)) {
         std::fs::write(p, b"0").map_err(|e| format!("join cgroup {}: {e}", p.display()))?;
     }
     if let Some(h) = &cfg.hostname {
@@ -776,7 +782,7 @@ impl Monitor {
             PidNamespace::Pod | PidNamespace::Node => (false, false),
         };
         // SAFETY: the monitor is single-threaded, so the child may run arbitrary code.
-        let pid = unsafe { libc::fork() };
+        let pid = unsafe { sys::fork_into_cgroup(&spec.cgroup_procs) };
         if pid == 0 {
             child::container_main(
                 &spec,
@@ -976,7 +982,7 @@ impl Monitor {
                 .map_err(|e| sys_err("enter the container's pid namespace", e))?;
         }
         // SAFETY: the monitor is single-threaded, so the child may run arbitrary code.
-        let pid = unsafe { libc::fork() };
+        let pid = unsafe { sys::fork_into_cgroup(cgroups) };
         if pid == 0 {
             child::exec_main(
                 process,
