@@ -310,46 +310,6 @@ pub fn socket_path(path: &Path) -> io::Result<(Option<OwnedFd>, std::path::PathB
     Ok((Some(fd), short))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_and_escapes() {
-        let a = random_id();
-        assert_eq!(a.len(), 64);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, random_id());
-        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
-        assert_eq!(unescape_mountinfo(r"/a\\"), r"/a\\");
-    }
-
-    #[test]
-    fn mount_setattr_is_detected_as_the_kernel_version_says() {
-        let release = nix::sys::utsname::uname().unwrap();
-        let release = release.release().to_string_lossy().into_owned();
-        let mut v = release
-            .split(|c: char| !c.is_ascii_digit())
-            .map(|n| n.parse::<u32>());
-        let (major, minor) = (v.next().unwrap().unwrap(), v.next().unwrap().unwrap());
-        assert_eq!(
-            mount_setattr_supported(),
-            (major, minor) >= (5, 12),
-            "{release}"
-        );
-    }
-
-    #[test]
-    fn atomic_write_replaces() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("exit");
-        write_atomic(&p, b"1").unwrap();
-        write_atomic(&p, b"2").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"2");
-        assert!(!d.path().join("exit.tmp").exists());
-    }
-}
-
 /// In a process forked by [`fork_into_cgroup`]: the `cgroup.procs` file it was born into,
 /// which it need not (and should not, to spare the migration) write.
 static BORN_INTO: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
@@ -423,4 +383,44 @@ pub unsafe fn fork_into_cgroup(cgroup_files: &[std::path::PathBuf]) -> libc::pid
     }
     // SAFETY: the caller's contract.
     unsafe { libc::fork() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_escapes() {
+        let a = random_id();
+        assert_eq!(a.len(), 64);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, random_id());
+        assert_eq!(unescape_mountinfo(r"/a\040b"), "/a b");
+        assert_eq!(unescape_mountinfo(r"/a\\"), r"/a\\");
+    }
+
+    #[test]
+    fn mount_setattr_is_detected_as_the_kernel_version_says() {
+        let release = nix::sys::utsname::uname().unwrap();
+        let release = release.release().to_string_lossy().into_owned();
+        let mut v = release
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|n| n.parse::<u32>());
+        let (major, minor) = (v.next().unwrap().unwrap(), v.next().unwrap().unwrap());
+        assert_eq!(
+            mount_setattr_supported(),
+            (major, minor) >= (5, 12),
+            "{release}"
+        );
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("exit");
+        write_atomic(&p, b"1").unwrap();
+        write_atomic(&p, b"2").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"2");
+        assert!(!d.path().join("exit.tmp").exists());
+    }
 }
