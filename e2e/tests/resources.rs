@@ -572,6 +572,26 @@ async fn containers_cannot_open_devices_they_were_not_given() {
     let (out, _, code) =
         exec_sync(&d, &id, &["sh", "-c", "echo ok > /dev/null && echo fine"]).await;
     assert_eq!((out.trim(), code), ("fine", 0));
+    // The container's processes are in its cgroup in every hierarchy Berth uses (born
+    // there on v2, moved there on v1).
+    let (out, _, _) = exec_sync(&d, &id, &["cat", "/proc/self/cgroup"]).await;
+    let prefixes: &[&str] = if pure_v2() {
+        &["0::"]
+    } else {
+        &["0::", "memory:", "pids:"]
+    };
+    for prefix in prefixes {
+        let line = out
+            .lines()
+            .find(|l| {
+                l.split_once(':')
+                    .map(|(_, r)| r)
+                    .is_some_and(|r| r.starts_with(prefix))
+                    || l.starts_with(prefix)
+            })
+            .unwrap_or_else(|| panic!("no {prefix} line in {out}"));
+        assert!(line.ends_with(&format!("{parent}/{id}")), "{line}");
+    }
     // The cgroup v2 filter is attached to the container's cgroup (on a hybrid host, too).
     let unified = if pure_v2() {
         PathBuf::from("/sys/fs/cgroup")

@@ -312,11 +312,20 @@ pub fn socket_path(path: &Path) -> io::Result<(Option<OwnedFd>, std::path::PathB
 
 /// In a process forked by [`fork_into_cgroup`]: the `cgroup.procs` file it was born into,
 /// which it need not (and should not, to spare the migration) write.
-static BORN_INTO: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+/// (A child of such a child inherits the value, so each fork replaces it.)
+static BORN_INTO: std::sync::Mutex<Option<std::path::PathBuf>> = std::sync::Mutex::new(None);
+
+fn set_born_into(file: Option<std::path::PathBuf>) {
+    *BORN_INTO.lock().unwrap_or_else(|e| e.into_inner()) = file;
+}
 
 /// Whether this process was forked straight into the cgroup of `procs_file`.
 pub fn born_into(procs_file: &Path) -> bool {
-    BORN_INTO.get().is_some_and(|p| p == procs_file)
+    BORN_INTO
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_deref()
+        == Some(procs_file)
 }
 
 /// `fork`, with the child placed directly in the cgroup v2 directory among `cgroup_files`
@@ -372,7 +381,7 @@ pub unsafe fn fork_into_cgroup(cgroup_files: &[std::path::PathBuf]) -> libc::pid
             )
         };
         if pid == 0 {
-            let _ = BORN_INTO.set(file.clone());
+            set_born_into(Some(file.clone()));
             return 0;
         }
         if pid > 0 {
@@ -382,7 +391,11 @@ pub unsafe fn fork_into_cgroup(cgroup_files: &[std::path::PathBuf]) -> libc::pid
         // processes): fork and migrate as before.
     }
     // SAFETY: the caller's contract.
-    unsafe { libc::fork() }
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        set_born_into(None);
+    }
+    pid
 }
 
 #[cfg(test)]
