@@ -629,7 +629,9 @@ async fn no_runtime_fd_or_working_dir_leads_out_of_the_container() {
         ),
     )
     .await;
-    let (first, _, _) = exec_sync(&d, &c, &["cat", "/tmp/fds"]).await;
+    // The container writes the list as it starts: wait for it.
+    let wait_cat = "until [ -s /tmp/fds ]; do sleep 0.05; done; cat /tmp/fds";
+    let (first, _, _) = exec_sync(&d, &c, &["sh", "-c", wait_cat]).await;
     assert_eq!(first, "0\n1\n2\n3\n", "the first process's fds");
     let (exec, _, _) = exec_sync(&d, &c, &["ls", "/proc/self/fd"]).await;
     assert_eq!(exec, "0\n1\n2\n3\n", "an exec process's fds");

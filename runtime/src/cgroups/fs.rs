@@ -156,13 +156,14 @@ impl CgroupFs {
                 let parent = dir.clone();
                 dir.push(part);
                 match std::fs::create_dir(&dir) {
-                    Ok(()) => {
-                        if !h.v2 && h.controllers.iter().any(|c| c == "cpuset") {
-                            inherit_cpuset(&parent, &dir)?;
-                        }
-                    }
+                    Ok(()) => {}
                     Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
                     Err(e) => return Err(Error::io("create cgroup", &dir, e)),
+                }
+                // Also for a level that exists: another pod's call may have made it and not
+                // filled it in yet (a child of an empty cpuset cannot hold processes).
+                if !h.v2 && h.controllers.iter().any(|c| c == "cpuset") {
+                    inherit_cpuset(&parent, &dir)?;
                 }
             }
         }
