@@ -363,8 +363,10 @@ async fn stats_report_what_the_container_uses() {
     let after = container_stats(&d, &id).await;
     let mem = after.memory.as_ref().unwrap();
     let grown = v(&mem.working_set_bytes) as i64 - ws0 as i64;
+    // Within 2 MiB below (pages the idle baseline held and gave back) and 16 MiB above
+    // (the exec processes' own pages, page tables, the file's cache).
     assert!(
-        (24 * MIB..40 * MIB).contains(&grown),
+        (22 * MIB..40 * MIB).contains(&grown),
         "working set grew by {grown} bytes for 24 MiB of shm"
     );
     assert!(v(&mem.usage_bytes) >= v(&mem.working_set_bytes));

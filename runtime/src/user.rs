@@ -194,6 +194,11 @@ pub fn resolve_user(
             additional.push(g);
         }
     }
+    // As containerd: the primary group is one of the supplementary groups too, so the
+    // process keeps it if it changes its gid, and ContainerStatus reports what `id -G` shows.
+    if !additional.contains(&gid) {
+        additional.insert(0, gid);
+    }
     let home = entry
         .map(|e| e.home.clone())
         .filter(|h| !h.is_empty())
@@ -283,7 +288,7 @@ mod tests {
     fn default_is_root_with_groups() {
         let u = resolve(UserRequest::default()).unwrap();
         assert_eq!((u.uid, u.gid, u.home.as_str()), (0, 0, "/root"));
-        assert_eq!(u.additional_gids, vec![10]);
+        assert_eq!(u.additional_gids, vec![0, 10]);
     }
 
     #[test]
@@ -295,7 +300,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (u.uid, u.gid, u.additional_gids.clone()),
-            (1000, 1000, vec![10, 44])
+            (1000, 1000, vec![1000, 10, 44])
         );
         let u = resolve(UserRequest {
             image_user: "33".into(),
@@ -360,7 +365,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (u.uid, u.gid, u.additional_gids),
-            (1000, 5, vec![10, 44, 7])
+            (1000, 5, vec![5, 10, 44, 7])
         );
         let u = resolve(UserRequest {
             run_as_username: "www-data".into(),
@@ -392,7 +397,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(u.additional_gids, vec![99]);
+        assert_eq!(u.additional_gids, vec![1000, 99]);
     }
 
     #[test]
