@@ -131,7 +131,7 @@ async fn container_sees_its_pod_user_env_cwd_and_mounts() {
     let user = s.user.unwrap().linux.unwrap();
     assert_eq!(
         (user.uid, user.gid, user.supplemental_groups),
-        (1000, 1000, vec![10])
+        (1000, 1000, vec![1000, 10])
     );
 }
 
