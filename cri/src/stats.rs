@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use berth_runtime::cgroups::CgroupUsage;
 use berth_runtime::cgroups::parse::{NetDev, net_dev};
+use berth_runtime::sys::now_ns;
 use berth_runtime::{ContainerTarget, PodTarget, Runtime};
 use k8s_cri::v1::*;
 use tonic::Status;
@@ -84,13 +85,6 @@ impl StatsCache {
 
 fn value(v: u64) -> Option<UInt64Value> {
     Some(UInt64Value { value: v })
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or_default()
 }
 
 fn cpu(u: &CgroupUsage, nano_cores: Option<u64>, timestamp: i64) -> Option<CpuUsage> {

@@ -292,38 +292,7 @@ fn apply_identity(p: &ProcessSpec) -> StepResult {
 
 /// Installs a seccomp filter on this process.
 fn load_seccomp(filter: &crate::security::SeccompFilter) -> StepResult {
-    {
-        let mut prog: Vec<libc::sock_filter> = filter
-            .instructions
-            .iter()
-            .map(|i| libc::sock_filter {
-                code: i.code,
-                jt: i.jt,
-                jf: i.jf,
-                k: i.k,
-            })
-            .collect();
-        let fprog = libc::sock_fprog {
-            len: prog.len() as u16,
-            filter: prog.as_mut_ptr(),
-        };
-        // SAFETY: `fprog` points at `prog`, both alive for the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_seccomp,
-                1, /* SECCOMP_SET_MODE_FILTER */
-                filter.flags,
-                &fprog as *const _,
-            )
-        };
-        if r != 0 {
-            return Err(format!(
-                "load seccomp filter: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-    }
-    Ok(())
+    crate::seccomp::install(filter).map_err(|e| format!("load seccomp filter: {e}"))
 }
 
 fn exec(path: &Path, p: &ProcessSpec) -> Result<std::convert::Infallible, String> {

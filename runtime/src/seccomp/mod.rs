@@ -748,6 +748,38 @@ pub fn runtime_default(caps: u64) -> Profile {
     }
 }
 
+/// Installs `filter` on the calling thread (`seccomp(SECCOMP_SET_MODE_FILTER)`); the caller
+/// has no_new_privs set or holds CAP_SYS_ADMIN.
+pub(crate) fn install(filter: &SeccompFilter) -> std::io::Result<()> {
+    let mut prog: Vec<libc::sock_filter> = filter
+        .instructions
+        .iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect();
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points at `prog`, both alive for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            1, /* SECCOMP_SET_MODE_FILTER */
+            filter.flags,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -760,21 +792,7 @@ mod tests {
             let pid = libc::fork();
             if pid == 0 {
                 libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-                let mut prog: Vec<libc::sock_filter> = filter
-                    .instructions
-                    .iter()
-                    .map(|i| libc::sock_filter {
-                        code: i.code,
-                        jt: i.jt,
-                        jf: i.jf,
-                        k: i.k,
-                    })
-                    .collect();
-                let fprog = libc::sock_fprog {
-                    len: prog.len() as u16,
-                    filter: prog.as_mut_ptr(),
-                };
-                if libc::syscall(libc::SYS_seccomp, 1, filter.flags, &fprog) != 0 {
+                if install(filter).is_err() {
                     libc::_exit(100);
                 }
                 libc::_exit(f());
