@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use berth_runtime::cgroups::CgroupUsage;
 use berth_runtime::cgroups::parse::{NetDev, net_dev};
+use berth_runtime::status::labels_match;
 use berth_runtime::sys::now_ns;
 use berth_runtime::{ContainerTarget, PodTarget, Runtime};
 use k8s_cri::v1::*;
@@ -201,10 +202,6 @@ impl Collector<'_> {
             windows: None,
         }
     }
-}
-
-fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 /// What a stats call reports: the pods and containers it selects.

@@ -304,7 +304,10 @@ impl ImageStore {
         }
         blocking(move || {
             snaps.sync()?;
-            crate::content::write_durably(&boot_file, boot_id.as_bytes())
+            if rebooted {
+                crate::content::write_durably(&boot_file, boot_id.as_bytes())?;
+            }
+            Ok(())
         })
         .await?;
         Ok(restored)

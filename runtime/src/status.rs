@@ -6,7 +6,8 @@ use k8s_cri::v1::*;
 
 use crate::store::{ContainerPhase, ContainerRecord, PodPhase, PodRecord};
 
-fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {
+/// Whether `labels` has every key and value of kubelet's `selector`.
+pub fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
