@@ -18,6 +18,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
@@ -77,67 +78,156 @@ pub struct UnpackSummary {
     pub lower_links: Vec<(PathBuf, PathBuf)>,
 }
 
-/// A reader that hashes what passes through it.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-}
+/// Size of the pieces of the tar stream passed from the decompressing thread to the
+/// unpacking one, and how many may wait between them.
+const CHUNK: usize = 128 << 10;
+const CHUNKS_IN_FLIGHT: usize = 16;
 
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
+/// A piece of the tar stream, or the error that ended it.
+type Piece = io::Result<Vec<u8>>;
+
+/// Why the decompressing thread stopped early.
+enum Stopped {
+    /// Reading or decompressing the source failed.
+    Read(io::Error),
+    /// The unpacking thread gave up (its error says why).
+    Unpacker,
 }
 
 /// Unpacks the layer read from `source` (gzip, zstd or plain tar, detected from its first
 /// bytes) into the existing empty directory `dest`. Reads `source` to its end, so a
 /// caller hashing the compressed stream sees every byte.
-pub fn unpack_layer(source: impl Read, dest: &Path) -> Result<UnpackSummary, UnpackError> {
-    let mut raw = BufReader::with_capacity(256 << 10, source);
-    let summary = {
-        let magic = raw.fill_buf().map_err(UnpackError::Read)?;
-        if magic.starts_with(&[0x1f, 0x8b]) {
-            unpack_tar(flate2::read::MultiGzDecoder::new(&mut raw), dest)?
-        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            let d =
-                zstd::stream::read::Decoder::with_buffer(&mut raw).map_err(UnpackError::Read)?;
-            unpack_tar(d, dest)?
-        } else {
-            unpack_tar(&mut raw, dest)?
+///
+/// Two threads share the work, so that a layer costs the longer of the two instead of
+/// their sum: this one creates the files (kernel time), a scoped second one reads the
+/// source (for a pull: the download, written to the content store as it passes),
+/// decompresses it and hashes the tar stream for the diff ID.
+pub fn unpack_layer(source: impl Read + Send, dest: &Path) -> Result<UnpackSummary, UnpackError> {
+    let (tx, rx) = mpsc::sync_channel::<Piece>(CHUNKS_IN_FLIGHT);
+    std::thread::scope(|scope| {
+        let decoder = std::thread::Builder::new()
+            .name("layer-decompress".into())
+            .spawn_scoped(scope, move || decompress(source, tx))
+            .map_err(UnpackError::Read)?;
+        let unpacked = unpack_tar(
+            PieceReader {
+                rx,
+                cur: Vec::new(),
+                pos: 0,
+            },
+            dest,
+        );
+        let decoded = decoder.join().unwrap_or_else(|_| {
+            Err(Stopped::Read(io::Error::other(
+                "the layer decompression thread panicked",
+            )))
+        });
+        match (decoded, unpacked) {
+            (Ok(diff_id), Ok((entries, lower_links))) => Ok(UnpackSummary {
+                diff_id,
+                entries,
+                lower_links,
+            }),
+            // A failed stream explains a failed unpack, not the reverse.
+            (Err(Stopped::Read(e)), _) => Err(UnpackError::Read(e)),
+            (_, Err(e)) => Err(e),
+            (Err(Stopped::Unpacker), Ok(_)) => Err(UnpackError::Read(io::Error::other(
+                "the layer stream ended early",
+            ))),
         }
-    };
-    // Consume whatever follows the compressed stream, so a caller's digest of the blob
-    // covers every byte.
-    io::copy(&mut raw, &mut io::sink()).map_err(UnpackError::Read)?;
-    Ok(summary)
+    })
 }
 
-fn unpack_tar(tar_stream: impl Read, dest: &Path) -> Result<UnpackSummary, UnpackError> {
-    let mut hashed = HashingReader {
-        inner: tar_stream,
-        hasher: Sha256::new(),
-    };
-    let (entries, lower_links) = {
-        let mut archive = tar::Archive::new(&mut hashed);
-        let mut u = Unpacker {
-            root: dest.to_owned(),
-            dir_times: Vec::new(),
-            entries: 0,
-            lower_links: Vec::new(),
+/// The decompressing thread: `source` → tar stream pieces on `tx`; returns the diff ID.
+fn decompress(source: impl Read, tx: mpsc::SyncSender<Piece>) -> Result<String, Stopped> {
+    let mut raw = BufReader::with_capacity(256 << 10, source);
+    let mut hasher = Sha256::new();
+    let magic = raw.fill_buf().map_err(Stopped::Read)?;
+    if magic.starts_with(&[0x1f, 0x8b]) {
+        forward(
+            flate2::read::MultiGzDecoder::new(&mut raw),
+            &mut hasher,
+            &tx,
+        )?;
+    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        let d = zstd::stream::read::Decoder::with_buffer(&mut raw).map_err(Stopped::Read)?;
+        forward(d, &mut hasher, &tx)?;
+    } else {
+        forward(&mut raw, &mut hasher, &tx)?;
+    }
+    // Consume whatever follows the compressed stream, so a caller's digest of the blob
+    // covers every byte.
+    io::copy(&mut raw, &mut io::sink()).map_err(Stopped::Read)?;
+    Ok(format!("sha256:{}", hex::encode(hasher.finalize())))
+}
+
+/// Hashes everything `tar_stream` yields (the end-of-archive padding belongs to the diff
+/// ID too) and passes it on.
+fn forward(
+    mut tar_stream: impl Read,
+    hasher: &mut Sha256,
+    tx: &mpsc::SyncSender<Piece>,
+) -> Result<(), Stopped> {
+    loop {
+        let mut buf = vec![0; CHUNK];
+        let n = match tar_stream.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // The unpacker sees a failed read; the caller gets this error.
+                let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                return Err(Stopped::Read(e));
+            }
         };
-        u.run(&mut archive)?;
-        (u.entries, u.lower_links)
+        buf.truncate(n);
+        hasher.update(&buf);
+        tx.send(Ok(buf)).map_err(|_| Stopped::Unpacker)?;
+    }
+}
+
+/// The unpacking thread's end of the tar stream.
+struct PieceReader {
+    rx: mpsc::Receiver<Piece>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for PieceReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(piece) => {
+                    self.cur = piece?;
+                    self.pos = 0;
+                }
+                // The decompressor is done.
+                Err(mpsc::RecvError) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Applies the tar stream to `dest`; returns the number of entries and the hard links
+/// into lower layers. Reads the stream to its end.
+fn unpack_tar(
+    mut tar_stream: PieceReader,
+    dest: &Path,
+) -> Result<(u64, Vec<(PathBuf, PathBuf)>), UnpackError> {
+    let mut u = Unpacker {
+        root: dest.to_owned(),
+        dir_times: Vec::new(),
+        entries: 0,
+        lower_links: Vec::new(),
     };
-    // The end-of-archive padding belongs to the diff ID too.
-    io::copy(&mut hashed, &mut io::sink()).map_err(UnpackError::Read)?;
-    let diff_id = format!("sha256:{}", hex::encode(hashed.hasher.finalize()));
-    Ok(UnpackSummary {
-        diff_id,
-        entries,
-        lower_links,
-    })
+    u.run(&mut tar::Archive::new(&mut tar_stream))?;
+    // What follows the archive is hashed by the decompressor: let it finish.
+    io::copy(&mut tar_stream, &mut io::sink()).map_err(UnpackError::Read)?;
+    Ok((u.entries, u.lower_links))
 }
 
 /// Entry metadata after PAX overrides.
@@ -1101,6 +1191,52 @@ pub(crate) mod tests {
             assert_eq!(r.unwrap().diff_id, sha(&tar));
             assert_eq!(fs::read(dir.path().join("a")).unwrap(), b"hello");
         }
+    }
+
+    /// Larger than the pieces passed between the two threads, with entries after the bulk.
+    fn big_tar() -> Vec<u8> {
+        let bulk: Vec<u8> = (0..3 * CHUNK as u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut t = TarBuilder::new()
+            .dir("bin/", 0o755)
+            .file("bin/big", 0o755, &bulk);
+        for i in 0..50 {
+            t = t.symlink(&format!("bin/l{i}"), "big");
+        }
+        t.finish()
+    }
+
+    #[test]
+    fn streams_larger_than_a_piece_unpack_whole() {
+        let tar = big_tar();
+        let (dir, r) = unpack(&gzip(&tar));
+        let s = r.unwrap();
+        assert_eq!(s.diff_id, sha(&tar));
+        assert_eq!(s.entries, 52);
+        assert_eq!(
+            fs::metadata(dir.path().join("bin/big")).unwrap().len(),
+            3 * CHUNK as u64
+        );
+        assert_eq!(
+            fs::read_link(dir.path().join("bin/l49")).unwrap(),
+            Path::new("big")
+        );
+    }
+
+    #[test]
+    fn a_truncated_stream_is_a_read_error() {
+        let gz = gzip(&big_tar());
+        let (_dir, r) = unpack(&gz[..gz.len() / 2]);
+        assert!(matches!(r, Err(UnpackError::Read(_))), "{r:?}");
+    }
+
+    #[test]
+    fn a_rejected_entry_stops_the_decompressor() {
+        // The escape comes first; megabytes of stream follow it.
+        let mut t = TarBuilder::new().symlink("evil", "../../outside");
+        let bulk = vec![1u8; 4 * CHUNK * CHUNKS_IN_FLIGHT];
+        t = t.file("after", 0o644, &bulk);
+        let (_dir, r) = unpack(&gzip(&t.finish()));
+        assert!(matches!(r, Err(UnpackError::Invalid(_))), "{r:?}");
     }
 
     #[test]
