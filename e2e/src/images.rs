@@ -45,6 +45,12 @@ pub const PROC_SYMLINK: &str = "docker.io/berth-e2e/proc-symlink:1";
 /// image): busybox sleeping for ever. Berth itself needs none.
 pub const PAUSE: &str = "registry.k8s.io/pause:3.6";
 
+/// Four layers of Debian packages' files (perl-base, coreutils, util-linux, bash: about
+/// 1,300 files and 40 MB), sharing no blob with the other images: the benchmark's
+/// multi-layer cold pull. Not in [`ALL`]: the benchmark builds and pushes it with
+/// [`layered`] (compressing it takes a second every harness run would pay).
+pub const LAYERED: &str = "docker.io/berth-e2e/layered:1";
+
 /// Every image the harness pushes.
 pub const ALL: &[&str] = &[
     BUSYBOX,
@@ -611,6 +617,44 @@ pub fn build_all(host: &HostBusybox) -> Result<Vec<TestImage>> {
         )?);
     }
     Ok(out)
+}
+
+/// The packages [`LAYERED`] is made of, one layer each.
+const LAYERED_PACKAGES: [&str; 4] = ["perl-base", "coreutils", "util-linux", "bash"];
+
+/// Builds [`LAYERED`] from this machine's installed packages (all four are Essential in
+/// Debian, so every machine has them).
+pub fn layered() -> Result<TestImage> {
+    let mut layers = Vec::new();
+    for package in LAYERED_PACKAGES {
+        let out = std::process::Command::new("dpkg")
+            .args(["-L", package])
+            .output()
+            .io_context(|| format!("dpkg -L {package}"))?;
+        if !out.status.success() {
+            return Err(Error::Image(format!("package {package} is not installed")));
+        }
+        let mut layer = LayerBuilder::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let path = Path::new(line);
+            // Directories come with their files; diversions name files that may be gone.
+            match std::fs::symlink_metadata(path) {
+                Ok(m) if !m.is_dir() => add_host_path(&mut layer, path, 0)?,
+                _ => {}
+            }
+        }
+        layers.push(layer.build(Compression::Gzip)?);
+    }
+    test_image(
+        LAYERED,
+        Content::Single(Image::build(
+            Format::Oci,
+            Platform::host(),
+            &busybox_run(),
+            layers,
+            LAYERED,
+        )?),
+    )
 }
 
 /// Pushes `image` (blobs, then manifests, then the tag).

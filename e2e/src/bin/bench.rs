@@ -28,14 +28,16 @@ const USAGE: &str = "usage: bench [--smoke] [--iterations N] [--pods N] [--densi
                      [--json PATH] [--svg PATH]";
 
 const COLD_PULL: &str = "PullImage (cold: a fresh daemon, empty store)";
+const COLD_PULL_LAYERED: &str = "PullImage (cold store, 4 layers, 40 MB)";
 const PULL_ABSENT: &str = "PullImage (warm daemon, image absent)";
 const PULL_PRESENT: &str = "PullImage (image present)";
 const POD_READY: &str = "pod ready (run+create+start)";
 const LAUNCH: &str = "launch to serving";
 
 /// The timed operations, in the report's order.
-const OPS: [&str; 20] = [
+const OPS: [&str; 21] = [
     COLD_PULL,
+    COLD_PULL_LAYERED,
     PULL_ABSENT,
     PULL_PRESENT,
     "ImageStatus",
@@ -677,8 +679,9 @@ impl Drop for Containerd {
     }
 }
 
-/// A fresh Berth daemon (empty root): launch to serving, then a cold pull.
-async fn cold_berth(f: &mut Figures) -> anyhow::Result<()> {
+/// A fresh Berth daemon (empty root): launch to serving, then the cold pulls. Its root is
+/// moved into `held` rather than removed (see [`cold`]).
+async fn cold_berth(f: &mut Figures, held: &Path, round: usize) -> anyhow::Result<()> {
     let t = Instant::now();
     let mut d = Daemon::builder()
         .config("[log]\nlevel = \"warn\"")
@@ -708,22 +711,72 @@ async fn cold_berth(f: &mut Figures) -> anyhow::Result<()> {
     // a pull waits for) finish first.
     d.wait_runtime_ready(Duration::from_secs(30)).await?;
     let rt = berth_runtime(&d)?;
-    settle_disk();
-    let pulled = pull(&rt, images::BUSYBOX).await?;
-    f.op(COLD_PULL).push_ms(pulled);
+    cold_pulls(&rt, f).await?;
+    d.stop().await?;
+    let root = d.dir().root();
+    std::fs::rename(&root, held.join(format!("berth-{round}")))
+        .with_context(|| format!("move {}", root.display()))?;
     Ok(())
 }
 
-/// A fresh containerd daemon (empty root): launch to serving, then a cold pull.
-async fn cold_containerd(f: &mut Figures) -> anyhow::Result<()> {
+/// A fresh containerd daemon (empty root): launch to serving, then the cold pulls. Returns
+/// its directory, to be removed after the phase (see [`cold`]).
+async fn cold_containerd(f: &mut Figures) -> anyhow::Result<DaemonDir> {
     let dir = DaemonDir::new()?;
     let (ctd, client, launch) = Containerd::start(&dir).await?;
     f.op(LAUNCH).push_ms(launch);
     let rt = containerd_runtime(&ctd, client, &dir);
-    settle_disk();
-    let pulled = pull(&rt, images::BUSYBOX).await?;
-    f.op(COLD_PULL).push_ms(pulled);
+    cold_pulls(&rt, f).await?;
     drop(ctd);
+    Ok(dir)
+}
+
+/// busybox (one layer) first, the daemon's first pull; then [`images::LAYERED`].
+async fn cold_pulls(rt: &Runtime, f: &mut Figures) -> anyhow::Result<()> {
+    settle_disk();
+    let pulled = pull(rt, images::BUSYBOX).await?;
+    f.op(COLD_PULL).push_ms(pulled);
+    settle_disk();
+    let pulled = pull(rt, images::LAYERED).await?;
+    f.op(COLD_PULL_LAYERED).push_ms(pulled);
+    Ok(())
+}
+
+/// How long ext4 without a journal (these machines' root file system) refuses to reuse a
+/// deleted inode: until then every inode allocation in the same block group scans past
+/// such inodes (`recently_deleted()` in the kernel's `find_inode_bit()`), and creating a
+/// file costs up to 0.4 ms instead of 0.02 ms. Whatever deleted many files just before
+/// (the benchmark's build, an earlier round's removed root) would slow down the pulls
+/// measured right after it, for whichever runtime happened to run then.
+const EXT4_RECENTLY_DELETED: Duration = Duration::from_secs(31);
+
+/// Launch and cold pulls, alternated, each in a fresh daemon with an empty root. Runs first,
+/// before anything else of the benchmark has deleted files, after the ext4 window above
+/// has passed; the rounds' roots are removed only after the last round.
+async fn cold(
+    settings: &Settings,
+    berth: &mut Figures,
+    mut containerd: Option<&mut Figures>,
+) -> anyhow::Result<()> {
+    let registry = berth_e2e::registry::RegistryClient::new(berth_e2e::registry::REGISTRY_ADDR)?;
+    images::push(&registry, &images::layered()?)
+        .await
+        .context("push the layered image")?;
+    if !settings.smoke {
+        eprintln!(
+            "bench: waiting {} s for the file system to forget the build's deletions",
+            EXT4_RECENTLY_DELETED.as_secs()
+        );
+        tokio::time::sleep(EXT4_RECENTLY_DELETED).await;
+    }
+    let held = DaemonDir::new()?;
+    let mut containerd_dirs = Vec::new();
+    for round in 0..settings.cold {
+        cold_berth(berth, held.path(), round).await?;
+        if let Some(f) = containerd.as_deref_mut() {
+            containerd_dirs.push(cold_containerd(f).await?);
+        }
+    }
     Ok(())
 }
 
@@ -1035,12 +1088,21 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let settings = Settings::parse(&args)?;
 
+    let mut berth_figures = Figures::default();
+    let mut containerd_figures = Figures::default();
+    cold(
+        &settings,
+        &mut berth_figures,
+        (!settings.smoke).then_some(&mut containerd_figures),
+    )
+    .await?;
+
     let berth = Daemon::builder()
         .config("[log]\nlevel = \"warn\"")
         .start()
         .await
         .context("start berth")?;
-    let mut runs: Vec<(Runtime, Figures)> = vec![(berth_runtime(&berth)?, Figures::default())];
+    let mut runs: Vec<(Runtime, Figures)> = vec![(berth_runtime(&berth)?, berth_figures)];
     let containerd_dir;
     let mut containerd = None;
     if !settings.smoke {
@@ -1048,7 +1110,7 @@ async fn main() -> anyhow::Result<()> {
         let (ctd, client, _) = Containerd::start(&containerd_dir).await?;
         runs.push((
             containerd_runtime(&ctd, client, &containerd_dir),
-            Figures::default(),
+            containerd_figures,
         ));
         containerd = Some(ctd);
     }
@@ -1089,14 +1151,6 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(containerd);
     drop(berth);
-    for _ in 0..settings.cold {
-        for (rt, f) in &mut runs {
-            match rt.name {
-                "berth" => cold_berth(f).await?,
-                _ => cold_containerd(f).await?,
-            }
-        }
-    }
 
     let runs: Vec<(&Runtime, Figures)> = runs
         .iter_mut()
