@@ -27,6 +27,7 @@ PACKAGES=(
   docker-registry                                # the loopback registry of the e2e harness
   busybox                                        # the test images' userland (dynamic, not busybox-static)
   iproute2 nftables iptables util-linux procps ca-certificates
+  apparmor                                       # apparmor_parser compiles the default AppArmor profile in a unit test
   containernetworking-plugins                    # CNI mode is tested with Debian's plugins
   golang-go golang-github-masterminds-sprig-dev golang-github-burntsushi-toml-dev golang-k8s-sigs-yaml-dev systemd python3-venv  # the Helm chart and unit (scripts/test-chart.sh)
 )

@@ -108,13 +108,6 @@ impl Runtime {
                 "container metadata has no name".into(),
             ));
         }
-        crate::lsm::check_container(
-            config
-                .linux
-                .as_ref()
-                .and_then(|l| l.security_context.as_ref()),
-            self.lsm,
-        )?;
         let pod = self
             .find_pod(pod_id)
             .ok_or_else(|| Error::pod_not_found(pod_id))?;
@@ -173,6 +166,13 @@ impl Runtime {
         image: ImageInfo,
         mount_images: &HashMap<String, Vec<PathBuf>>,
     ) -> Result<()> {
+        let apparmor = crate::lsm::check_container(
+            config
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref()),
+            self.lsm,
+        )?;
         let (passwd, groups) = crate::user::image_accounts(&image.lower_dirs);
         let resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
         let input = PlanInput {
@@ -189,6 +189,7 @@ impl Runtime {
             cgroup_procs: Vec::new(),
         };
         let mut spec = plan_container(&input)?;
+        spec.process.security.apparmor_profile = apparmor;
         let missing = missing_bind_sources(&spec);
         if !missing.is_empty() {
             let list: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();

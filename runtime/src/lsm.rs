@@ -1,8 +1,14 @@
-//! AppArmor and SELinux requests. Berth loads no AppArmor profile and sets no SELinux
-//! label, so a request that needs either is refused with a message saying why (the node
-//! lacks the LSM, or Berth cannot apply it) instead of running the container unconfined.
-//! What needs nothing passes: AppArmor `Unconfined`, `RuntimeDefault` where the node has no
-//! AppArmor (as containerd does) and empty SELinux options.
+//! AppArmor and SELinux requests. On a node with AppArmor, containers run confined as
+//! containerd runs them: `RuntimeDefault` (and no request at all) means Berth's own
+//! default profile, loaded at start ([`load_default_profile`]); `Localhost` names a
+//! profile the node has loaded; `Unconfined` and privileged containers get none. The
+//! profile is applied by the container's process itself, as its exec's transition
+//! (`attr/apparmor/exec`), just before it execs. Where the node has no AppArmor, a
+//! `Localhost` profile is refused and the rest needs nothing, as in containerd. Berth sets
+//! no SELinux label, so a request that needs one is refused with a message saying why.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
 
 use k8s_cri::v1::security_profile::ProfileType;
 use k8s_cri::v1::{
@@ -10,6 +16,48 @@ use k8s_cri::v1::{
 };
 
 use crate::error::{Error, Result};
+
+/// The AppArmor profile `RuntimeDefault` stands for.
+pub const DEFAULT_APPARMOR_PROFILE: &str = "berth-default";
+
+/// The profiles the kernel has loaded, one `name (mode)` a line.
+const LOADED_PROFILES: &str = "/sys/kernel/security/apparmor/profiles";
+
+/// [`DEFAULT_APPARMOR_PROFILE`]'s policy: what containerd's and Docker's default profiles
+/// keep from containers (mounts, the kernel's own /proc and /sys files), with everything
+/// else left to the container's capabilities and seccomp profile.
+pub const DEFAULT_APPARMOR_POLICY: &str = r#"# Berth's default AppArmor profile for containers (RuntimeDefault), loaded by berth.
+#include <tunables/global>
+
+profile berth-default flags=(attach_disconnected,mediate_deleted) {
+  #include <abstractions/base>
+
+  # What capabilities and seccomp allow stays allowed...
+  capability,
+  network,
+  file,
+  umount,
+
+  # ...signals from the host (kubelet, berth) and within the container...
+  signal (receive) peer=unconfined,
+  signal (send,receive) peer=berth-default,
+  ptrace (trace,read,tracedby,readby) peer=berth-default,
+
+  # ...but no mounts, whatever capabilities were granted,
+  deny mount,
+
+  # no writes to the kernel's own /proc files (a process's /proc/<pid> stays writable),
+  deny @{PROC}/* w,
+  deny @{PROC}/{sys,irq,bus,fs,driver,tty,acpi,scsi,sysvipc,pressure}/** w,
+  deny @{PROC}/{kcore,sysrq-trigger,kallsyms,kmsg} rwklx,
+
+  # and sysfs read-only, without firmware, security and power-capping files.
+  deny /sys/** wklx,
+  deny /sys/firmware/** rwklx,
+  deny /sys/kernel/security/** rwklx,
+  deny /sys/devices/virtual/powercap/** rwklx,
+}
+"#;
 
 /// The Linux security modules the node runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -31,6 +79,66 @@ impl HostLsm {
                 .any(|l| l.split_whitespace().last() == Some("selinuxfs"))
         });
         HostLsm { apparmor, selinux }
+    }
+}
+
+/// Whether the kernel has the AppArmor profile `name` loaded.
+pub fn apparmor_profile_loaded(name: &str) -> bool {
+    std::fs::read_to_string(LOADED_PROFILES).is_ok_and(|list| profile_listed(&list, name))
+}
+
+fn profile_listed(list: &str, name: &str) -> bool {
+    list.lines()
+        .any(|l| l.rsplit_once(" (").is_some_and(|(n, _)| n == name))
+}
+
+/// Why the default profile could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// `apparmor_parser` could not be run.
+    #[error("run apparmor_parser: {0}")]
+    Run(std::io::Error),
+    /// It ran and refused the policy.
+    #[error("apparmor_parser failed: {0}")]
+    Refused(String),
+}
+
+/// Loads [`DEFAULT_APPARMOR_POLICY`] unless the kernel has it already. The kernel takes
+/// only compiled policy, so this runs Debian's and Ubuntu's `apparmor_parser` (the
+/// `apparmor` package), once at start on AppArmor nodes and never on a pod's path.
+pub fn load_default_profile() -> std::result::Result<(), LoadError> {
+    if apparmor_profile_loaded(DEFAULT_APPARMOR_PROFILE) {
+        return Ok(());
+    }
+    run_apparmor_parser(&["--replace", "--skip-cache"])
+}
+
+/// Runs `apparmor_parser args...` with [`DEFAULT_APPARMOR_POLICY`] on its stdin.
+fn run_apparmor_parser(args: &[&str]) -> std::result::Result<(), LoadError> {
+    // The daemon's PATH may lack the sbin directories.
+    let program = ["/usr/sbin/apparmor_parser", "/sbin/apparmor_parser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("apparmor_parser");
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(LoadError::Run)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(DEFAULT_APPARMOR_POLICY.as_bytes())
+            .map_err(LoadError::Run)?;
+    }
+    let out = child.wait_with_output().map_err(LoadError::Run)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(LoadError::Refused(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ))
     }
 }
 
@@ -69,21 +177,37 @@ fn apparmor_wanted(profile: Option<&SecurityProfile>, deprecated: &str) -> Resul
     }
 }
 
+/// The AppArmor profile a request comes to on this node (`None`: unconfined), or why it
+/// cannot be had. `loaded` tells whether the kernel has a profile.
 fn check_apparmor(
     what: &str,
     profile: Option<&SecurityProfile>,
     deprecated: &str,
     host: HostLsm,
-) -> Result<()> {
-    match apparmor_wanted(profile, deprecated)? {
-        AppArmor::Default | AppArmor::Unconfined => Ok(()),
+    loaded: &dyn Fn(&str) -> bool,
+) -> Result<Option<String>> {
+    let wanted = apparmor_wanted(profile, deprecated)?;
+    if !host.apparmor {
+        return match wanted {
+            AppArmor::Default | AppArmor::Unconfined => Ok(None),
+            AppArmor::Localhost(name) => Err(Error::InvalidArgument(format!(
+                "{what}: apparmor profile {name:?} cannot be applied: AppArmor is not enabled \
+                 on this node"
+            ))),
+        };
+    }
+    match wanted {
+        AppArmor::Unconfined => Ok(None),
+        AppArmor::Default if loaded(DEFAULT_APPARMOR_PROFILE) => {
+            Ok(Some(DEFAULT_APPARMOR_PROFILE.to_owned()))
+        }
+        AppArmor::Default => Err(Error::FailedPrecondition(format!(
+            "{what}: the default apparmor profile {DEFAULT_APPARMOR_PROFILE:?} is not loaded \
+             (berth loads it at start with apparmor_parser; its log says why it could not)"
+        ))),
+        AppArmor::Localhost(name) if loaded(&name) => Ok(Some(name)),
         AppArmor::Localhost(name) => Err(Error::InvalidArgument(format!(
-            "{what}: apparmor profile {name:?} cannot be applied: {}",
-            if host.apparmor {
-                "berth does not apply AppArmor profiles"
-            } else {
-                "AppArmor is not enabled on this node"
-            }
+            "{what}: apparmor profile {name:?} is not loaded on this node"
         ))),
     }
 }
@@ -110,24 +234,59 @@ fn check_selinux(what: &str, opts: Option<&SeLinuxOption>, host: HostLsm) -> Res
     )))
 }
 
-/// Checks a container's AppArmor and SELinux requests. A privileged container gets
-/// neither, as the CRI says, so nothing it names is refused.
-pub fn check_container(ctx: Option<&LinuxContainerSecurityContext>, host: HostLsm) -> Result<()> {
-    let Some(ctx) = ctx.filter(|c| !c.privileged) else {
-        return Ok(());
-    };
-    #[allow(deprecated)]
-    let deprecated = ctx.apparmor_profile.as_str();
-    check_apparmor("container", ctx.apparmor.as_ref(), deprecated, host)?;
-    check_selinux("container", ctx.selinux_options.as_ref(), host)
+/// Checks a container's AppArmor and SELinux requests; returns the AppArmor profile to
+/// run it under. A privileged container gets neither, as the CRI says, so nothing it
+/// names is refused.
+pub fn check_container(
+    ctx: Option<&LinuxContainerSecurityContext>,
+    host: HostLsm,
+) -> Result<Option<String>> {
+    check_container_with(ctx, host, &apparmor_profile_loaded)
 }
 
-/// Checks a pod's AppArmor and SELinux requests (kubelet repeats them per container).
+fn check_container_with(
+    ctx: Option<&LinuxContainerSecurityContext>,
+    host: HostLsm,
+    loaded: &dyn Fn(&str) -> bool,
+) -> Result<Option<String>> {
+    let default = LinuxContainerSecurityContext::default();
+    let ctx = ctx.unwrap_or(&default);
+    if ctx.privileged {
+        return Ok(None);
+    }
+    #[allow(deprecated)]
+    let deprecated = ctx.apparmor_profile.as_str();
+    let profile = check_apparmor("container", ctx.apparmor.as_ref(), deprecated, host, loaded)?;
+    check_selinux("container", ctx.selinux_options.as_ref(), host)?;
+    Ok(profile)
+}
+
+/// Checks a pod's AppArmor and SELinux requests (kubelet repeats them per container, which
+/// is where a profile applies: the pod itself runs no process of the image).
 pub fn check_pod(ctx: Option<&LinuxSandboxSecurityContext>, host: HostLsm) -> Result<()> {
+    check_pod_with(ctx, host, &apparmor_profile_loaded)
+}
+
+fn check_pod_with(
+    ctx: Option<&LinuxSandboxSecurityContext>,
+    host: HostLsm,
+    loaded: &dyn Fn(&str) -> bool,
+) -> Result<()> {
     let Some(ctx) = ctx.filter(|c| !c.privileged) else {
         return Ok(());
     };
-    check_apparmor("pod sandbox", ctx.apparmor.as_ref(), "", host)?;
+    // RuntimeDefault is checked where it applies, per container.
+    let any = |_: &str| true;
+    let loaded: &dyn Fn(&str) -> bool = if ctx
+        .apparmor
+        .as_ref()
+        .is_some_and(|p| p.profile_type == ProfileType::Localhost as i32)
+    {
+        loaded
+    } else {
+        &any
+    };
+    check_apparmor("pod sandbox", ctx.apparmor.as_ref(), "", host, loaded)?;
     check_selinux("pod sandbox", ctx.selinux_options.as_ref(), host)
 }
 
@@ -177,9 +336,9 @@ mod tests {
             container(None, "unconfined", None, false),
             container(None, "", Some(SeLinuxOption::default()), false),
         ] {
-            check_container(Some(&ctx), NONE).unwrap();
+            assert_eq!(check_container(Some(&ctx), NONE).unwrap(), None);
         }
-        check_container(None, NONE).unwrap();
+        assert_eq!(check_container(None, NONE).unwrap(), None);
         check_pod(Some(&LinuxSandboxSecurityContext::default()), NONE).unwrap();
     }
 
@@ -217,9 +376,14 @@ mod tests {
             assert_eq!(e.class(), crate::ErrorClass::InvalidArgument);
             let msg = e.to_string();
             assert!(msg.contains(names) && msg.contains(why), "{msg}");
-            // A node that has the LSM still gets a refusal: Berth cannot apply it.
-            let msg = check_container(Some(&ctx), BOTH).unwrap_err().to_string();
-            assert!(msg.contains("berth does not"), "{msg}");
+            // A node that has the LSM but not the profile still refuses.
+            let msg = check_container_with(Some(&ctx), BOTH, &|_| false)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("berth does not") || msg.contains("is not loaded"),
+                "{msg}"
+            );
         }
         assert!(check_container(Some(&container(None, "bogus", None, false)), NONE).is_err());
         let pod = LinuxSandboxSecurityContext {
@@ -246,5 +410,103 @@ mod tests {
             true,
         );
         check_container(Some(&ctx), NONE).unwrap();
+    }
+
+    #[test]
+    fn on_an_apparmor_node_containers_get_their_profile() {
+        let host = HostLsm {
+            apparmor: true,
+            selinux: false,
+        };
+        let loaded = |n: &str| n == DEFAULT_APPARMOR_PROFILE || n == "k8s-nginx";
+        let cases = [
+            (
+                container(None, "", None, false),
+                Some(DEFAULT_APPARMOR_PROFILE),
+            ),
+            (
+                container(profile(ProfileType::RuntimeDefault, ""), "", None, false),
+                Some(DEFAULT_APPARMOR_PROFILE),
+            ),
+            (
+                container(None, "runtime/default", None, false),
+                Some(DEFAULT_APPARMOR_PROFILE),
+            ),
+            (
+                container(profile(ProfileType::Unconfined, ""), "", None, false),
+                None,
+            ),
+            (container(None, "unconfined", None, false), None),
+            (
+                container(
+                    profile(ProfileType::Localhost, "k8s-nginx"),
+                    "",
+                    None,
+                    false,
+                ),
+                Some("k8s-nginx"),
+            ),
+            (
+                container(None, "localhost/k8s-nginx", None, false),
+                Some("k8s-nginx"),
+            ),
+            // Privileged: unconfined, whatever it names.
+            (
+                container(profile(ProfileType::Localhost, "other"), "", None, true),
+                None,
+            ),
+        ];
+        for (ctx, want) in cases {
+            let got = check_container_with(Some(&ctx), host, &loaded).unwrap();
+            assert_eq!(got.as_deref(), want, "{ctx:?}");
+        }
+        let e = check_container_with(
+            Some(&container(
+                profile(ProfileType::Localhost, "missing"),
+                "",
+                None,
+                false,
+            )),
+            host,
+            &loaded,
+        )
+        .unwrap_err();
+        assert_eq!(e.class(), crate::ErrorClass::InvalidArgument);
+        assert!(e.to_string().contains("\"missing\" is not loaded"), "{e}");
+        // The default profile failed to load: a node problem, said as such.
+        let e = check_container_with(None, host, &|_| false).unwrap_err();
+        assert_eq!(e.class(), crate::ErrorClass::FailedPrecondition);
+        assert!(e.to_string().contains("apparmor_parser"), "{e}");
+        // A pod names a Localhost profile the node lacks.
+        let pod = LinuxSandboxSecurityContext {
+            apparmor: profile(ProfileType::Localhost, "missing"),
+            ..Default::default()
+        };
+        assert!(check_pod_with(Some(&pod), host, &loaded).is_err());
+        let pod = LinuxSandboxSecurityContext {
+            apparmor: profile(ProfileType::RuntimeDefault, ""),
+            ..Default::default()
+        };
+        check_pod_with(Some(&pod), host, &|_| false).unwrap();
+    }
+
+    #[test]
+    fn loaded_profiles_are_read_by_name() {
+        let list = "berth-default (enforce)\nk8s nginx (complain)\n/usr/bin/man (enforce)\n";
+        assert!(profile_listed(list, "berth-default"));
+        assert!(profile_listed(list, "k8s nginx"));
+        assert!(profile_listed(list, "/usr/bin/man"));
+        assert!(!profile_listed(list, "berth"));
+    }
+
+    /// The policy compiles with Debian's `apparmor_parser` (the test suite installs the
+    /// `apparmor` package). Nothing is loaded: `--skip-kernel-load`.
+    #[test]
+    fn the_default_policy_compiles() {
+        assert!(
+            std::path::Path::new("/etc/apparmor.d/tunables/global").exists(),
+            "install Debian's apparmor package (scripts/test.sh does)"
+        );
+        run_apparmor_parser(&["--skip-kernel-load", "--skip-cache"]).unwrap();
     }
 }

@@ -519,6 +519,21 @@ impl Runtime {
     /// directories and mounts that no record owns.
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
         let mut report = ReconcileReport::default();
+        if self.lsm.apparmor {
+            // Before any container can ask for it (they wait for this reconciliation).
+            match tokio::task::spawn_blocking(crate::lsm::load_default_profile).await {
+                Ok(Ok(())) => tracing::debug!(
+                    profile = crate::lsm::DEFAULT_APPARMOR_PROFILE,
+                    "apparmor profile loaded"
+                ),
+                Ok(Err(e)) => tracing::warn!(
+                    profile = crate::lsm::DEFAULT_APPARMOR_PROFILE,
+                    error = %e,
+                    "cannot load the default apparmor profile: containers that need it fail"
+                ),
+                Err(e) => tracing::warn!(error = %e, "loading the apparmor profile"),
+            }
+        }
         std::fs::create_dir_all(&self.opts.state)
             .map_err(|e| Error::io("create", &self.opts.state, e))?;
         let boot_file = self.opts.state.join("boot_id");

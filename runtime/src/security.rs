@@ -155,6 +155,9 @@ pub struct SecuritySettings {
     /// A privileged container: all capabilities, no masked or read-only paths, writable /sys.
     #[serde(default)]
     pub privileged: bool,
+    /// The AppArmor profile the process execs into (see [`crate::lsm`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apparmor_profile: Option<String>,
 }
 
 /// The capability number of `name` (`CAP_NET_ADMIN` or `NET_ADMIN`, any case).
@@ -323,6 +326,8 @@ impl SecuritySettings {
             masked_paths: masked,
             readonly_paths: readonly,
             privileged: ctx.privileged,
+            // Decided with the node's LSMs (crate::lsm) by the caller.
+            apparmor_profile: None,
         })
     }
 }

@@ -211,6 +211,9 @@ fn apply_identity(p: &ProcessSpec) -> StepResult {
     let sec: &SecuritySettings = &p.security;
     let caps = &sec.capabilities;
     let last = sys::last_cap();
+    if let Some(profile) = &sec.apparmor_profile {
+        apparmor_on_exec(profile)?;
+    }
     // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, which the steps below may
     // drop: load it first (as runc does), so the profile also covers those steps.
     if !sec.no_new_privs
@@ -288,6 +291,22 @@ fn apply_identity(p: &ProcessSpec) -> StepResult {
         load_seccomp(filter)?;
     }
     Ok(())
+}
+
+/// Makes the coming exec enter the AppArmor profile `name` (while this process still has
+/// the capabilities to ask, as runc does). The per-LSM file is the one that works where
+/// several LSMs are stacked; older kernels have only the shared one.
+fn apparmor_on_exec(name: &str) -> StepResult {
+    let request = format!("exec {name}");
+    let write = |path: &str| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, request.as_bytes()))
+    };
+    write("/proc/thread-self/attr/apparmor/exec")
+        .or_else(|_| write("/proc/self/attr/exec"))
+        .map_err(|e| format!("apparmor profile {name:?}: {e}"))
 }
 
 /// Installs a seccomp filter on this process.
