@@ -8,7 +8,7 @@
 //! decides; otherwise the profile's default action does. Each rule is a small block whose
 //! jumps stay inside it, so the program never needs a jump longer than BPF allows.
 
-#[cfg(target_arch = "x86_64")]
+mod aarch64;
 mod x86_64;
 
 use std::collections::BTreeSet;
@@ -19,7 +19,58 @@ use crate::error::{Error, Result};
 use crate::security::{BpfInstruction, SeccompFilter};
 
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+const AUDIT_ARCH_AARCH64: u32 = 0xc000_00b7;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// An architecture filters are compiled for: both tables are always built, so the arm64
+/// filters are compiled and checked by the tests of an x86_64 build too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arch {
+    /// The name profiles give it (`SCMP_ARCH_*`).
+    name: &'static str,
+    /// `AUDIT_ARCH_*`, which the kernel puts in `seccomp_data.arch`.
+    audit: u32,
+    /// (name, number) of its system calls, sorted by name.
+    syscalls: &'static [(&'static str, u32)],
+    /// Its system call numbers also carry the x32 ABI (bit 30), which filters refuse.
+    x32: bool,
+}
+
+impl Arch {
+    /// x86_64.
+    pub const X86_64: Arch = Arch {
+        name: "SCMP_ARCH_X86_64",
+        audit: AUDIT_ARCH_X86_64,
+        syscalls: x86_64::SYSCALLS,
+        x32: true,
+    };
+    /// aarch64 (arm64).
+    pub const AARCH64: Arch = Arch {
+        name: "SCMP_ARCH_AARCH64",
+        audit: AUDIT_ARCH_AARCH64,
+        syscalls: aarch64::SYSCALLS,
+        x32: false,
+    };
+
+    /// This node's, if filters can be built for it.
+    pub fn native() -> Option<Arch> {
+        if cfg!(target_arch = "x86_64") {
+            Some(Arch::X86_64)
+        } else if cfg!(target_arch = "aarch64") {
+            Some(Arch::AARCH64)
+        } else {
+            None
+        }
+    }
+
+    /// The number of the system call `name`.
+    fn number(&self, name: &str) -> Option<u32> {
+        self.syscalls
+            .binary_search_by(|(n, _)| (*n).cmp(name))
+            .ok()
+            .map(|i| self.syscalls[i].1)
+    }
+}
 
 const RET_KILL_THREAD: u32 = 0x0000_0000;
 const RET_KILL_PROCESS: u32 = 0x8000_0000;
@@ -131,20 +182,6 @@ fn action(name: &str, errno: Option<u32>) -> Result<u32> {
     })
 }
 
-/// The number of `name` on this node's architecture.
-#[cfg(target_arch = "x86_64")]
-fn syscall_number(name: &str) -> Option<u32> {
-    x86_64::SYSCALLS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|&(_, nr)| nr)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn syscall_number(_name: &str) -> Option<u32> {
-    None
-}
-
 fn ins(code: u16, jt: u8, jf: u8, k: u32) -> BpfInstruction {
     BpfInstruction { code, jt, jf, k }
 }
@@ -234,32 +271,42 @@ fn condition(cond: &ArgCondition) -> Result<Vec<BpfInstruction>> {
 
 /// Compiles `profile` for this node.
 pub fn compile(profile: &Profile) -> Result<SeccompFilter> {
-    if !cfg!(target_arch = "x86_64") {
-        return Err(Error::InvalidArgument(
-            "seccomp filters are built for x86_64 nodes only so far".into(),
-        ));
-    }
+    let arch = Arch::native().ok_or_else(|| {
+        Error::InvalidArgument(
+            "seccomp filters are built for x86_64 and aarch64 nodes, not this one".into(),
+        )
+    })?;
+    compile_for(profile, arch)
+}
+
+/// Compiles `profile` for `arch`.
+pub fn compile_for(profile: &Profile, arch: Arch) -> Result<SeccompFilter> {
     let archs: Vec<&str> = profile
         .architectures
         .iter()
         .map(String::as_str)
         .chain(profile.arch_map.iter().map(|a| a.architecture.as_str()))
         .collect();
-    if !archs.is_empty() && !archs.contains(&"SCMP_ARCH_X86_64") {
+    if !archs.is_empty() && !archs.contains(&arch.name) {
         return Err(Error::InvalidArgument(format!(
-            "the seccomp profile names architectures {archs:?}, not this node's x86_64"
+            "the seccomp profile names architectures {archs:?}, not this node's {}",
+            arch.name
         )));
     }
     let default = action(&profile.default_action, profile.default_errno_ret)?;
     let mut prog = vec![
         ins(LD_W_ABS, 0, 0, OFF_ARCH),
-        ins(JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+        ins(JEQ_K, 1, 0, arch.audit),
         ins(RET_K, 0, 0, RET_KILL_PROCESS),
-        ins(LD_W_ABS, 0, 0, OFF_NR),
-        // x32 system calls are refused outright (runc and libseccomp do too).
-        ins(JGE_K, 0, 1, X32_SYSCALL_BIT),
-        ins(RET_K, 0, 0, RET_ERRNO | libc::EPERM as u32),
     ];
+    if arch.x32 {
+        // x32 system calls are refused outright (runc and libseccomp do too).
+        prog.extend([
+            ins(LD_W_ABS, 0, 0, OFF_NR),
+            ins(JGE_K, 0, 1, X32_SYSCALL_BIT),
+            ins(RET_K, 0, 0, RET_ERRNO | libc::EPERM as u32),
+        ]);
+    }
     for rule in &profile.syscalls {
         let act = action(&rule.action, rule.errno_ret)?;
         let mut conds = Vec::new();
@@ -268,7 +315,7 @@ pub fn compile(profile: &Profile) -> Result<SeccompFilter> {
         }
         let names = rule.names.iter().chain(rule.name.iter());
         for name in names {
-            let Some(nr) = syscall_number(name) else {
+            let Some(nr) = arch.number(name) else {
                 continue;
             };
             // ld nr; jeq nr (else skip the block); conditions; ret action.
@@ -742,7 +789,7 @@ pub fn runtime_default(caps: u64) -> Profile {
     Profile {
         default_action: "SCMP_ACT_ERRNO".into(),
         default_errno_ret: Some(libc::EPERM as u32),
-        architectures: vec!["SCMP_ARCH_X86_64".into()],
+        architectures: vec![Arch::X86_64.name.into(), Arch::AARCH64.name.into()],
         syscalls,
         ..Default::default()
     }
@@ -934,9 +981,116 @@ mod tests {
     }
 
     #[test]
-    fn the_table_knows_common_calls() {
-        assert_eq!(syscall_number("read"), Some(0));
-        assert_eq!(syscall_number("mkdir"), Some(83));
-        assert_eq!(syscall_number("no_such_call"), None);
+    fn the_tables_know_common_calls() {
+        let x86 = Arch::X86_64;
+        assert_eq!(x86.number("read"), Some(0));
+        assert_eq!(x86.number("mkdir"), Some(83));
+        assert_eq!(x86.number("unshare"), Some(272));
+        assert_eq!(x86.number("no_such_call"), None);
+        let arm = Arch::AARCH64;
+        assert_eq!(arm.number("read"), Some(63));
+        assert_eq!(arm.number("openat"), Some(56));
+        assert_eq!(arm.number("unshare"), Some(97));
+        assert_eq!(arm.number("clone"), Some(220));
+        assert_eq!(arm.number("clone3"), Some(435));
+        assert_eq!(arm.number("newfstatat"), Some(79));
+        // arm64 never had the old path calls.
+        assert_eq!(arm.number("open"), None);
+        assert_eq!(arm.number("mkdir"), None);
+        for arch in [x86, arm] {
+            assert!(
+                arch.syscalls.windows(2).all(|w| w[0].0 < w[1].0),
+                "{} table is not sorted by name, or repeats one",
+                arch.name
+            );
+        }
+    }
+
+    /// Runs a classic BPF seccomp program over one system call, as the kernel would.
+    fn interpret(prog: &[BpfInstruction], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
+        let word = |off: u32| -> u32 {
+            match off {
+                OFF_NR => nr,
+                OFF_ARCH => arch,
+                o if (OFF_ARGS..OFF_ARGS + 48).contains(&o) => {
+                    let a = args[((o - OFF_ARGS) / 8) as usize];
+                    if (o - OFF_ARGS) % 8 == 0 {
+                        a as u32
+                    } else {
+                        (a >> 32) as u32
+                    }
+                }
+                o => panic!("load from offset {o}"),
+            }
+        };
+        let (mut acc, mut pc) = (0u32, 0usize);
+        loop {
+            let i = prog[pc];
+            pc += 1;
+            let jump = |cond: bool| if cond { i.jt as usize } else { i.jf as usize };
+            match i.code {
+                LD_W_ABS => acc = word(i.k),
+                AND_K => acc &= i.k,
+                JEQ_K => pc += jump(acc == i.k),
+                JGE_K => pc += jump(acc >= i.k),
+                JGT_K => pc += jump(acc > i.k),
+                RET_K => return i.k,
+                c => panic!("opcode {c:#x}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_runtime_default_for_arm64_refuses_namespaces_by_arm64_numbers() {
+        let caps = 0xa80425fb;
+        let eperm = RET_ERRNO | libc::EPERM as u32;
+        let newuser = libc::CLONE_NEWUSER as u64;
+        for (arch, unshare, read) in [(Arch::X86_64, 272, 0), (Arch::AARCH64, 97, 63)] {
+            let f = compile_for(&runtime_default(caps), arch).unwrap();
+            let run = |a, nr, arg0| interpret(&f.instructions, a, nr, [arg0, 0, 0, 0, 0, 0]);
+            assert_eq!(run(arch.audit, unshare, newuser), eperm, "{}", arch.name);
+            assert_eq!(run(arch.audit, read, 0), RET_ALLOW, "{}", arch.name);
+            // A process of another architecture is killed, not filtered by wrong numbers.
+            let other = if arch == Arch::X86_64 {
+                AUDIT_ARCH_AARCH64
+            } else {
+                AUDIT_ARCH_X86_64
+            };
+            assert_eq!(run(other, read, 0), RET_KILL_PROCESS, "{}", arch.name);
+            // With CAP_SYS_ADMIN the filter lets unshare through (the kernel decides).
+            let f = compile_for(&runtime_default(caps | 1 << CAP_SYS_ADMIN), arch).unwrap();
+            let got = interpret(
+                &f.instructions,
+                arch.audit,
+                unshare,
+                [newuser, 0, 0, 0, 0, 0],
+            );
+            assert_eq!(got, RET_ALLOW, "{}", arch.name);
+        }
+        // x32 numbers exist only on x86_64.
+        let f = compile_for(&runtime_default(caps), Arch::X86_64).unwrap();
+        let x32_read = X32_SYSCALL_BIT;
+        assert_eq!(
+            interpret(&f.instructions, AUDIT_ARCH_X86_64, x32_read, [0; 6]),
+            eperm
+        );
+        let arm = compile_for(&runtime_default(caps), Arch::AARCH64).unwrap();
+        assert!(
+            !arm.instructions
+                .iter()
+                .any(|i| i.code == JGE_K && i.k == X32_SYSCALL_BIT),
+            "arm64 has no x32 ABI to refuse"
+        );
+    }
+
+    #[test]
+    fn a_profile_for_another_architecture_is_refused() {
+        let p: Profile = serde_json::from_str(
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","architectures":["SCMP_ARCH_AARCH64"]}"#,
+        )
+        .unwrap();
+        compile_for(&p, Arch::AARCH64).unwrap();
+        let e = compile_for(&p, Arch::X86_64).unwrap_err();
+        assert!(e.to_string().contains("SCMP_ARCH_X86_64"), "{e}");
     }
 }
