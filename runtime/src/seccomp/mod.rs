@@ -1014,7 +1014,7 @@ mod tests {
                 OFF_ARCH => arch,
                 o if (OFF_ARGS..OFF_ARGS + 48).contains(&o) => {
                     let a = args[((o - OFF_ARGS) / 8) as usize];
-                    if (o - OFF_ARGS) % 8 == 0 {
+                    if (o - OFF_ARGS).is_multiple_of(8) {
                         a as u32
                     } else {
                         (a >> 32) as u32
