@@ -576,7 +576,11 @@ impl Runtime {
             lock(&self.index).containers.values().cloned().collect();
         for c in containers {
             let (phase, orphan) = (lock(&c.rec).phase, self.find_pod(&c.pod_id).is_none());
-            if phase == ContainerPhase::Creating || orphan {
+            // A removal whose (deferred) record deletion did not reach the disk: its files
+            // are gone, so it is finished now (see Store::delete_container).
+            let removed =
+                phase != ContainerPhase::Creating && !self.container_root_dir(&c.id).exists();
+            if phase == ContainerPhase::Creating || orphan || removed {
                 // The monitor may hold it already (the daemon stopped between the monitor's
                 // answer and the record): a never-started container is dropped there too.
                 if let Some(pod) = self.find_pod(&c.pod_id) {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use k8s_cri::v1::{ContainerConfig, PodSandboxConfig};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -189,8 +189,14 @@ impl Store {
         tx.commit().map_err(Error::db)
     }
 
-    fn delete(&self, def: TableDefinition<&str, &[u8]>, id: &str) -> Result<()> {
-        let tx = self.db.begin_write().map_err(Error::db)?;
+    fn delete(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        id: &str,
+        durability: Durability,
+    ) -> Result<()> {
+        let mut tx = self.db.begin_write().map_err(Error::db)?;
+        tx.set_durability(durability).map_err(Error::db)?;
         tx.open_table(def)
             .map_err(Error::db)?
             .remove(id)
@@ -203,15 +209,19 @@ impl Store {
     }
 
     pub fn delete_pod(&self, id: &str) -> Result<()> {
-        self.delete(PODS, id)
+        self.delete(PODS, id, Durability::Immediate)
     }
 
     pub fn put_container(&self, rec: &ContainerRecord) -> Result<()> {
         self.put(CONTAINERS, &rec.id, rec)
     }
 
+    /// Deletes a container's record without waiting for the disk (RemoveContainer is on
+    /// kubelet's path): the next durable commit persists it. A crash before that brings the
+    /// record back at the next start as an exited container whose files are gone, which
+    /// kubelet removes again; nothing it owned is lost.
     pub fn delete_container(&self, id: &str) -> Result<()> {
-        self.delete(CONTAINERS, id)
+        self.delete(CONTAINERS, id, Durability::None)
     }
 }
 

@@ -578,6 +578,49 @@ async fn restart_readopts_running_and_exited_containers() {
     );
 }
 
+/// RemoveContainer deletes the record without waiting for the disk: a crash can lose the
+/// deletion after the files are gone. The next start finishes that removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_cut_short_is_finished_at_the_next_start() {
+    if !can_run() {
+        return;
+    }
+    let mut env = Env::new();
+    let pc = env.pod_config("cut");
+    let pod = env.run_pod(&pc).await;
+    let kept = env
+        .run(&pod, &pc, &env.container_config("kept", &["exit 3"]))
+        .await;
+    let cut = env
+        .run(&pod, &pc, &env.container_config("cut", &["exit 4"]))
+        .await;
+    env.wait_exit(&kept, Duration::from_secs(10)).await;
+    env.wait_exit(&cut, Duration::from_secs(10)).await;
+    // What RemoveContainer did before the crash: its files are gone, its record is not.
+    std::fs::remove_dir_all(env.path().join("root/containers").join(&cut)).unwrap();
+    env.reopen();
+    let report = env.rt.reconcile().await.unwrap();
+    assert_eq!(report.undone, 1, "{report:?}");
+    let ids: Vec<String> = env
+        .rt
+        .list_containers(None)
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(ids, vec![kept.clone()]);
+    assert_eq!(env.status(&kept).exit_code, 3);
+    // The name is free again, as after a completed removal.
+    let again = env
+        .run(&pod, &pc, &env.container_config("cut", &["exit 5"]))
+        .await;
+    assert_eq!(
+        env.wait_exit(&again, Duration::from_secs(10))
+            .await
+            .exit_code,
+        5
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tty_and_target_pid_namespace() {
     if !can_run() {
