@@ -9,6 +9,7 @@ pub mod images;
 pub mod leaks;
 pub mod lock;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod node;
 pub mod pods;

@@ -96,6 +96,7 @@ fn daemon(path: PathBuf, level: Option<String>, format: Option<LogFormat>) -> an
         config.log.format = format;
     }
     berth_cri::logging::init(&config.log.level, config.log.format)?;
+    berth_cri::memory::limit_arenas();
     // Two workers: the daemon's work is short calls and waiting on the kernel, and every
     // thread costs resident memory on every node.
     let runtime = tokio::runtime::Builder::new_multi_thread()

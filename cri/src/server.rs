@@ -38,6 +38,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _streaming = node.streaming.start(&node.config.streaming).await?;
     let _metrics = start_metrics(&node).await?;
     let service = CriService::new(node.clone());
+    tokio::spawn(crate::memory::trim_when_idle());
 
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;

@@ -41,6 +41,7 @@ struct Call<'a> {
 
 impl<'a> Call<'a> {
     fn start(metrics: &'a Metrics, method: &'static str) -> Self {
+        crate::memory::note_call();
         Call {
             metrics,
             method,
