@@ -973,7 +973,14 @@ async fn a_user_namespaced_pod_runs_as_an_unprivileged_host_range() {
     );
     pull(&d, images::BUSYBOX).await;
     let u = userns(NamespaceMode::Pod, 100000, 65536);
-    let config = pod_with_userns("userns", &d, u.clone());
+    let mut config = pod_with_userns("userns", &d, u.clone());
+    // The runtime still sets the pod's sysctls in namespaces the node's root does not own.
+    config.linux.as_mut().unwrap().sysctls = [(
+        "net.ipv4.ip_unprivileged_port_start".to_string(),
+        "80".to_string(),
+    )]
+    .into_iter()
+    .collect();
     let pod = run_pod(&d, &config).await;
     // PodSandboxStatus reports the namespace back, as containerd does.
     let pod_status = d
@@ -987,6 +994,9 @@ async fn a_user_namespaced_pod_runs_as_an_unprivileged_host_range() {
         .into_inner()
         .status
         .unwrap();
+    // The daemon wired the pod's network namespace from the node's user namespace.
+    let pod_ip = pod_status.network.clone().unwrap_or_default().ip;
+    assert!(!pod_ip.is_empty(), "{pod_status:?}");
     let reported = pod_status
         .linux
         .and_then(|l| l.namespaces)
@@ -1014,6 +1024,15 @@ async fn a_user_namespaced_pod_runs_as_an_unprivileged_host_range() {
         assert_eq!(out(&d, &c, &["cat", &gid_map]).await, "0 100000 65536");
     }
     assert_eq!(out(&d, &c, &["id", "-u"]).await, "0");
+    assert_eq!(
+        out(
+            &d,
+            &c,
+            &["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]
+        )
+        .await,
+        "80"
+    );
     assert_eq!(out(&d, &c, &["id", "-g"]).await, "0");
     // The image's files, its root and the runtime's files belong to the container's root.
     for path in [
@@ -1054,6 +1073,11 @@ async fn a_user_namespaced_pod_runs_as_an_unprivileged_host_range() {
     assert_eq!((from_pod.uid(), from_pod.gid()), (0, 0));
     // The pod's network namespace belongs to the pod's user namespace: its root, with
     // CAP_NET_ADMIN, configures it.
+    assert!(
+        out(&d, &c, &["ip", "-4", "addr", "show", "eth0"])
+            .await
+            .contains(&format!("{pod_ip}/"))
+    );
     out(
         &d,
         &c,
