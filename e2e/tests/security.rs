@@ -955,7 +955,7 @@ async fn out(d: &Daemon, id: &str, cmd: &[&str]) -> String {
 
 #[tokio::test]
 async fn a_user_namespaced_pod_runs_as_an_unprivileged_host_range() {
-    let d = Daemon::start().await.expect("daemon");
+    let mut d = Daemon::start().await.expect("daemon");
     let status = d
         .runtime()
         .status(StatusRequest { verbose: false })
@@ -1098,6 +1098,29 @@ async fn a_user_namespaced_pod_runs_as_an_unprivileged_host_range() {
     assert_eq!(
         out(&d, &c2, &["readlink", "/proc/self/ns/net"]).await,
         out(&d, &c, &["readlink", "/proc/self/ns/net"]).await
+    );
+    // A container on a pty: its terminal belongs to its root and its tty group.
+    let mut on_tty = container_in_userns("tty", &u, &[]);
+    on_tty.tty = true;
+    let on_tty = start_container(&d, &pod, &config, on_tty).await;
+    assert_eq!(
+        out(&d, &on_tty, &["stat", "-L", "-c", "%u:%g", "/proc/1/fd/0"]).await,
+        "0:5"
+    );
+    // The monitor holds the namespace across a daemon restart.
+    d.kill().await.expect("SIGKILL the daemon");
+    d.start_again().await.expect("restart");
+    d.wait_runtime_ready(std::time::Duration::from_secs(60))
+        .await
+        .expect("runtime ready after restart");
+    assert_eq!(
+        out(&d, &c, &["cat", "/proc/self/uid_map"]).await,
+        "0 100000 65536"
+    );
+    let c3 = start_container(&d, &pod, &config, container_in_userns("c3", &u, &[])).await;
+    assert_eq!(
+        out(&d, &c3, &["stat", "-c", "%u", "/etc/passwd"]).await,
+        "0"
     );
     remove_pod(&d, &pod).await;
 }
