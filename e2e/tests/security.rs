@@ -1008,12 +1008,24 @@ async fn a_user_namespaced_pod_runs_as_an_unprivileged_host_range() {
     let vol = d.dir().path().join("userns-vol");
     std::fs::create_dir_all(&vol).unwrap();
     std::fs::write(vol.join("from-node"), b"x").unwrap();
+    pull(&d, images::CONFIGURED).await;
     let mut c = container_in_userns("c", &u, &["NET_ADMIN"]);
-    c.mounts = vec![Mount {
-        container_path: "/vol".into(),
-        host_path: vol.display().to_string(),
-        ..Default::default()
-    }];
+    c.mounts = vec![
+        Mount {
+            container_path: "/vol".into(),
+            host_path: vol.display().to_string(),
+            ..Default::default()
+        },
+        Mount {
+            container_path: "/imgvol".into(),
+            image: Some(ImageSpec {
+                image: images::CONFIGURED.into(),
+                ..Default::default()
+            }),
+            readonly: true,
+            ..Default::default()
+        },
+    ];
     let c = start_container(&d, &pod, &config, c).await;
 
     // The mapping, seen by the container's first process and by an exec.
@@ -1045,6 +1057,8 @@ async fn a_user_namespaced_pod_runs_as_an_unprivileged_host_range() {
         "/dev/shm",
         "/vol",
         "/vol/from-node",
+        "/imgvol",
+        "/imgvol/etc/passwd",
     ] {
         assert_eq!(
             out(&d, &c, &["stat", "-c", "%u:%g", path]).await,
