@@ -1131,11 +1131,23 @@ async fn a_user_namespaced_pod_runs_as_an_unprivileged_host_range() {
         out(&d, &c, &["cat", "/proc/self/uid_map"]).await,
         "0 100000 65536"
     );
-    let c3 = start_container(&d, &pod, &config, container_in_userns("c3", &u, &[])).await;
+    // (Its working directory, missing in the image, is made by the container's root.)
+    let mut c3 = container_in_userns("c3", &u, &[]);
+    c3.working_dir = "/made/here".into();
+    let c3 = start_container(&d, &pod, &config, c3).await;
     assert_eq!(
         out(&d, &c3, &["stat", "-c", "%u", "/etc/passwd"]).await,
         "0"
     );
+    let made = std::fs::metadata(
+        d.dir()
+            .root()
+            .join("containers")
+            .join(&c3)
+            .join("upper/made/here"),
+    )
+    .expect("the working directory in the upper dir");
+    assert_eq!((made.uid(), made.gid()), (100000, 100000));
     remove_pod(&d, &pod).await;
 }
 
