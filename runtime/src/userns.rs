@@ -183,6 +183,19 @@ pub fn fs_data(fstype: &str, data: &str, userns: &UsernsSpec) -> String {
     parts.join(",")
 }
 
+/// Whether a mount of a user-namespaced container is idmapped with the pod's namespace:
+/// binds (volumes, the pod's files, /dev/shm) and image layers are, so that what the node's
+/// root owns shows as the container's root's; the file systems the runtime mounts itself
+/// (proc, sysfs, tmpfs, devpts, mqueue) are not: they belong to the namespaces they are
+/// mounted for, or take owners as options ([`fs_data`]).
+pub fn idmapped(kind: &crate::spec::MountKind) -> bool {
+    use crate::spec::MountKind;
+    match kind {
+        MountKind::Bind { .. } | MountKind::Overlay { .. } => true,
+        MountKind::Fs { .. } => false,
+    }
+}
+
 /// Whether this node can run user-namespaced pods as Berth does: user namespaces allowed
 /// (`user.max_user_namespaces` > 0) and idmapped layers under overlayfs (Linux 5.19, which
 /// also has `mount_setattr(2)` for idmapped binds).
@@ -335,6 +348,28 @@ mod tests {
         );
         assert_eq!(fs_data("proc", "", &spec), "");
         assert_eq!(fs_data("mqueue", "", &spec), "");
+    }
+
+    #[test]
+    fn binds_and_layers_are_idmapped_kernel_file_systems_are_not() {
+        use crate::spec::MountKind;
+        let bind = MountKind::Bind {
+            source: "/var/lib/kubelet/pods/x/volumes/data".into(),
+            propagation: None,
+        };
+        let layers = MountKind::Overlay {
+            lower_dirs: vec!["/snap/1".into()],
+        };
+        assert!(idmapped(&bind));
+        assert!(idmapped(&layers));
+        for fstype in ["proc", "sysfs", "tmpfs", "devpts", "mqueue"] {
+            let fs = MountKind::Fs {
+                fstype: fstype.into(),
+                source: fstype.into(),
+                data: String::new(),
+            };
+            assert!(!idmapped(&fs), "{fstype}");
+        }
     }
 
     #[test]

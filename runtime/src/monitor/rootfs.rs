@@ -296,6 +296,7 @@ fn bind_source(source: &Path, target: &OwnedFd, userns: Option<RawFd>) -> io::Re
 }
 
 fn mount_one(rootfd: RawFd, m: &MountSpec, userns: Option<RawFd>, in_place_ok: bool) -> StepResult {
+    let userns = userns.filter(|_| crate::userns::idmapped(&m.kind));
     let rel = m.destination.trim_start_matches('/');
     if let MountKind::Fs { fstype, .. } = &m.kind
         && (fstype == "proc" || fstype == "sysfs")
