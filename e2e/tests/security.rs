@@ -1113,6 +1113,25 @@ async fn a_user_namespaced_pod_runs_as_an_unprivileged_host_range() {
         out(&d, &c2, &["readlink", "/proc/self/ns/net"]).await,
         out(&d, &c, &["readlink", "/proc/self/ns/net"]).await
     );
+    // A read-only root: the idmapped binds are remounted read-only too.
+    let mut ro = container_in_userns("ro", &u, &[]);
+    ro.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .readonly_rootfs = true;
+    let ro = start_container(&d, &pod, &config, ro).await;
+    for path in ["/x", "/etc/hostname"] {
+        let (_, err, code) = exec_sync(&d, &ro, &["sh", "-c", &format!("echo x > {path}")]).await;
+        assert_ne!(code, 0, "{path} took a write");
+        assert!(err.contains("Read-only file system"), "{path}: {err}");
+    }
+    assert_eq!(
+        out(&d, &ro, &["stat", "-c", "%u", "/etc/hostname"]).await,
+        "0"
+    );
     // A container on a pty: its terminal belongs to its root and its tty group.
     let mut on_tty = container_in_userns("tty", &u, &[]);
     on_tty.tty = true;

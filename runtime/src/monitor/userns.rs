@@ -45,8 +45,14 @@ pub(crate) fn create_pod_namespaces(
         // SAFETY: unshare/write/read/_exit on integers and our own buffers.
         unsafe {
             let flags = flags & (libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS);
-            let ok: u8 = (libc::unshare(libc::CLONE_NEWUSER | flags) == 0) as u8;
-            libc::write(ready_w.as_raw_fd(), (&ok as *const u8).cast(), 1);
+            // The answer: 0, or the errno of unshare.
+            let errno: i32 = if libc::unshare(libc::CLONE_NEWUSER | flags) == 0 {
+                0
+            } else {
+                *libc::__errno_location()
+            };
+            let answer = errno.to_le_bytes();
+            libc::write(ready_w.as_raw_fd(), answer.as_ptr().cast(), answer.len());
             drop(done_w);
             let mut b = 0u8;
             // Returns at EOF: the parent closed its end (or died).
@@ -69,11 +75,18 @@ fn take_namespaces(
     flags: libc::c_int,
     spec: &UsernsSpec,
 ) -> Result<OwnedFd, String> {
-    let mut ok = 0u8;
-    // SAFETY: reading one byte into our buffer.
-    let n = unsafe { libc::read(ready.as_raw_fd(), (&mut ok as *mut u8).cast(), 1) };
-    if n != 1 || ok != 1 {
-        return Err("create the user namespace and the namespaces it owns: unshare failed".into());
+    let mut answer = [0u8; 4];
+    // SAFETY: reading into our buffer, at most its length.
+    let n = unsafe { libc::read(ready.as_raw_fd(), answer.as_mut_ptr().cast(), answer.len()) };
+    let what = "create the pod's user namespace and the namespaces it owns";
+    if n != answer.len() as isize {
+        return Err(format!(
+            "{what}: the helper process ended without an answer"
+        ));
+    }
+    let errno = i32::from_le_bytes(answer);
+    if errno != 0 {
+        return Err(format!("{what}: {}", io::Error::from_raw_os_error(errno)));
     }
     for (file, ranges) in [("uid_map", &spec.uids), ("gid_map", &spec.gids)] {
         let path = format!("/proc/{pid}/{file}");
