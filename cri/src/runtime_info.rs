@@ -65,16 +65,25 @@ pub async fn status(node: &Node, req: StatusRequest) -> Result<StatusResponse, S
 }
 
 /// The default handler (named "", as kubelet expects) and every configured RuntimeClass one.
-/// Recursive read-only mounts are there where the kernel has mount_setattr.
+/// Recursive read-only mounts are there where the kernel has mount_setattr; user namespaces
+/// where the kernel allows them and has idmapped overlay layers, for Berth's own executor
+/// only (the RuntimeClass handlers do not run user-namespaced pods).
 fn runtime_handlers(node: &Node) -> Vec<RuntimeHandler> {
-    let features = Some(RuntimeHandlerFeatures {
-        recursive_read_only_mounts: berth_runtime::sys::mount_setattr_supported(),
-        user_namespaces: false,
-    });
-    std::iter::once(String::new())
-        .chain(node.config.runtimes.keys().cloned())
-        .map(|name| RuntimeHandler { name, features })
-        .collect()
+    let features = |own: bool| {
+        Some(RuntimeHandlerFeatures {
+            recursive_read_only_mounts: berth_runtime::sys::mount_setattr_supported(),
+            user_namespaces: own && berth_runtime::userns::supported(),
+        })
+    };
+    std::iter::once(RuntimeHandler {
+        name: String::new(),
+        features: features(true),
+    })
+    .chain(node.config.runtimes.keys().map(|name| RuntimeHandler {
+        name: name.clone(),
+        features: features(false),
+    }))
+    .collect()
 }
 
 fn condition(kind: &str, state: Result<(), (&str, &str)>) -> RuntimeCondition {

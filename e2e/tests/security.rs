@@ -1,6 +1,6 @@
 //! The security context as a container sees it (issue 8): seccomp profiles, capabilities,
 //! users and groups with both supplemental group policies, read-only and masked paths,
-//! recursive read-only binds, pod sysctls, AppArmor/SELinux and user-namespace refusals,
+//! recursive read-only binds, pod sysctls, AppArmor/SELinux refusals, user namespaces,
 //! privileged pods, and the known runtime escapes (the monitor's /proc/1/exe, leaked fds,
 //! working directories and mount targets through symlinks, an image whose /proc is a
 //! symlink). What is checked is what the process inside observes, or the error kubelet gets.
@@ -898,80 +898,370 @@ async fn privileged_containers_need_a_privileged_pod() {
     remove_pod(&d, &pod).await;
 }
 
-#[tokio::test]
-async fn user_namespaces_are_refused_until_supported() {
-    let d = Daemon::start().await.expect("daemon");
-    let mut config = pod_config("userns", &d.dir().path().join("pod-logs"));
+/// The user namespace kubelet asks for: container ids from 0 map to host ids from `host_id`.
+fn userns(mode: NamespaceMode, host_id: u32, length: u32) -> UserNamespace {
     let mapping = vec![IdMapping {
-        host_id: 65536,
+        host_id,
         container_id: 0,
-        length: 65536,
+        length,
     }];
+    UserNamespace {
+        mode: mode as i32,
+        uids: if mode == NamespaceMode::Node {
+            vec![]
+        } else {
+            mapping.clone()
+        },
+        gids: if mode == NamespaceMode::Node {
+            vec![]
+        } else {
+            mapping
+        },
+    }
+}
+
+fn pod_with_userns(name: &str, d: &Daemon, u: UserNamespace) -> PodSandboxConfig {
+    let mut config = pod_config(name, &d.dir().path().join("pod-logs"));
     config.linux = Some(LinuxPodSandboxConfig {
         security_context: Some(LinuxSandboxSecurityContext {
             namespace_options: Some(NamespaceOption {
-                userns_options: Some(UserNamespace {
-                    mode: NamespaceMode::Pod as i32,
-                    uids: mapping.clone(),
-                    gids: mapping,
-                }),
+                userns_options: Some(u),
                 ..Default::default()
             }),
             ..Default::default()
         }),
         ..Default::default()
     });
-    let err = d
-        .runtime()
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config),
-            ..Default::default()
-        })
-        .await
-        .expect_err("a user-namespaced pod");
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(
-        err.message().contains("user namespaces"),
-        "{}",
-        err.message()
-    );
+    config
+}
+
+/// A container as kubelet sends it in a user-namespaced pod: the pod's namespace options.
+fn container_in_userns(name: &str, u: &UserNamespace, add_caps: &[&str]) -> ContainerConfig {
+    let mut c = secured(name, None, add_caps, false);
+    let sc = c.linux.as_mut().unwrap().security_context.as_mut().unwrap();
+    sc.namespace_options = Some(NamespaceOption {
+        pid: NamespaceMode::Container as i32,
+        userns_options: Some(u.clone()),
+        ..Default::default()
+    });
+    c
+}
+
+async fn out(d: &Daemon, id: &str, cmd: &[&str]) -> String {
+    let (stdout, stderr, code) = exec_sync(d, id, cmd).await;
+    assert_eq!(code, 0, "{cmd:?}: {stderr}");
+    stdout.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[tokio::test]
+async fn a_user_namespaced_pod_runs_as_an_unprivileged_host_range() {
+    let mut d = Daemon::start().await.expect("daemon");
     let status = d
         .runtime()
         .status(StatusRequest { verbose: false })
         .await
         .unwrap()
         .into_inner();
+    let default = status
+        .runtime_handlers
+        .iter()
+        .find(|h| h.name.is_empty())
+        .expect("the default handler");
     assert!(
-        status
-            .runtime_handlers
-            .iter()
-            .all(|h| h.features.is_some_and(|f| !f.user_namespaces)),
-        "kubelet is told: {:?}",
-        status.runtime_handlers
+        default.features.is_some_and(|f| f.user_namespaces),
+        "kubelet is told: {default:?}"
     );
-
-    // Nor is an idmapped volume accepted in an ordinary pod.
     pull(&d, images::BUSYBOX).await;
+    let u = userns(NamespaceMode::Pod, 100000, 65536);
+    let mut config = pod_with_userns("userns", &d, u.clone());
+    // The runtime still sets the pod's sysctls in namespaces the node's root does not own.
+    config.linux.as_mut().unwrap().sysctls = [(
+        "net.ipv4.ip_unprivileged_port_start".to_string(),
+        "80".to_string(),
+    )]
+    .into_iter()
+    .collect();
+    let pod = run_pod(&d, &config).await;
+    // PodSandboxStatus reports the namespace back, as containerd does.
+    let pod_status = d
+        .runtime()
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    // The daemon wired the pod's network namespace from the node's user namespace.
+    let pod_ip = pod_status.network.clone().unwrap_or_default().ip;
+    assert!(!pod_ip.is_empty(), "{pod_status:?}");
+    let reported = pod_status
+        .linux
+        .and_then(|l| l.namespaces)
+        .and_then(|n| n.options)
+        .and_then(|o| o.userns_options);
+    assert_eq!(reported.as_ref(), Some(&u));
+
+    // A volume as kubelet makes them: a directory and a file the node's root owns.
+    let vol = d.dir().path().join("userns-vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("from-node"), b"x").unwrap();
+    pull(&d, images::CONFIGURED).await;
+    let mut c = container_in_userns("c", &u, &["NET_ADMIN"]);
+    c.mounts = vec![
+        Mount {
+            container_path: "/vol".into(),
+            host_path: vol.display().to_string(),
+            ..Default::default()
+        },
+        Mount {
+            container_path: "/imgvol".into(),
+            image: Some(ImageSpec {
+                image: images::CONFIGURED.into(),
+                ..Default::default()
+            }),
+            readonly: true,
+            ..Default::default()
+        },
+    ];
+    let c = start_container(&d, &pod, &config, c).await;
+
+    // The mapping, seen by the container's first process and by an exec.
+    for who in ["/proc/1", "/proc/self"] {
+        let uid_map = format!("{who}/uid_map");
+        let gid_map = format!("{who}/gid_map");
+        assert_eq!(out(&d, &c, &["cat", &uid_map]).await, "0 100000 65536");
+        assert_eq!(out(&d, &c, &["cat", &gid_map]).await, "0 100000 65536");
+    }
+    assert_eq!(out(&d, &c, &["id", "-u"]).await, "0");
+    assert_eq!(
+        out(
+            &d,
+            &c,
+            &["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]
+        )
+        .await,
+        "80"
+    );
+    assert_eq!(out(&d, &c, &["id", "-g"]).await, "0");
+    // The image's files, its root and the runtime's files belong to the container's root.
+    for path in [
+        "/",
+        "/etc/passwd",
+        "/bin",
+        "/etc/hostname",
+        "/etc/resolv.conf",
+        "/dev",
+        "/dev/shm",
+        "/vol",
+        "/vol/from-node",
+        "/imgvol",
+        "/imgvol/etc/passwd",
+    ] {
+        assert_eq!(
+            out(&d, &c, &["stat", "-c", "%u:%g", path]).await,
+            "0:0",
+            "owner of {path}"
+        );
+    }
+    // What it writes lands with the mapped ids in its upper dir, and with the volume's
+    // own ids in the volume (an idmapped bind maps them back).
+    out(
+        &d,
+        &c,
+        &["sh", "-c", "echo hi > /created && echo hi > /vol/from-pod"],
+    )
+    .await;
+    out(&d, &c, &["touch", "/dev/shm/x", "/vol/from-node"]).await;
+    use std::os::unix::fs::MetadataExt;
+    let upper = d.dir().root().join("containers").join(&c).join("upper");
+    let created = std::fs::metadata(upper.join("created")).expect("the file in the upper dir");
+    assert_eq!((created.uid(), created.gid()), (100000, 100000));
+    // A copied-up image file keeps its mapped owner.
+    out(&d, &c, &["sh", "-c", "echo x >> /etc/passwd"]).await;
+    let copied = std::fs::metadata(upper.join("etc/passwd")).unwrap();
+    assert_eq!((copied.uid(), copied.gid()), (100000, 100000));
+    let from_pod = std::fs::metadata(vol.join("from-pod")).unwrap();
+    assert_eq!((from_pod.uid(), from_pod.gid()), (0, 0));
+    // The pod's network namespace belongs to the pod's user namespace: its root, with
+    // CAP_NET_ADMIN, configures it.
+    assert!(
+        out(&d, &c, &["ip", "-4", "addr", "show", "eth0"])
+            .await
+            .contains(&format!("{pod_ip}/"))
+    );
+    out(
+        &d,
+        &c,
+        &["ip", "addr", "add", "10.255.255.1/32", "dev", "lo"],
+    )
+    .await;
+    assert!(
+        out(&d, &c, &["ip", "addr", "show", "lo"])
+            .await
+            .contains("10.255.255.1/32")
+    );
+    // A second container shares the pod's namespace.
+    let c2 = start_container(&d, &pod, &config, container_in_userns("c2", &u, &[])).await;
+    assert_eq!(
+        out(&d, &c2, &["cat", "/proc/1/uid_map"]).await,
+        "0 100000 65536"
+    );
+    assert_eq!(
+        out(&d, &c2, &["readlink", "/proc/self/ns/net"]).await,
+        out(&d, &c, &["readlink", "/proc/self/ns/net"]).await
+    );
+    // A read-only root: the idmapped binds are remounted read-only too.
+    let mut ro = container_in_userns("ro", &u, &[]);
+    ro.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .readonly_rootfs = true;
+    let ro = start_container(&d, &pod, &config, ro).await;
+    for path in ["/x", "/etc/hostname"] {
+        let (_, err, code) = exec_sync(&d, &ro, &["sh", "-c", &format!("echo x > {path}")]).await;
+        assert_ne!(code, 0, "{path} took a write");
+        assert!(err.contains("Read-only file system"), "{path}: {err}");
+    }
+    assert_eq!(
+        out(&d, &ro, &["stat", "-c", "%u", "/etc/hostname"]).await,
+        "0"
+    );
+    // A container on a pty: its terminal belongs to its root and its tty group.
+    let mut on_tty = container_in_userns("tty", &u, &[]);
+    on_tty.tty = true;
+    let on_tty = start_container(&d, &pod, &config, on_tty).await;
+    assert_eq!(
+        out(&d, &on_tty, &["stat", "-L", "-c", "%u:%g", "/proc/1/fd/0"]).await,
+        "0:5"
+    );
+    // The monitor holds the namespace across a daemon restart.
+    d.kill().await.expect("SIGKILL the daemon");
+    d.start_again().await.expect("restart");
+    d.wait_runtime_ready(std::time::Duration::from_secs(60))
+        .await
+        .expect("runtime ready after restart");
+    assert_eq!(
+        out(&d, &c, &["cat", "/proc/self/uid_map"]).await,
+        "0 100000 65536"
+    );
+    // (Its working directory, missing in the image, is made by the container's root.)
+    let mut c3 = container_in_userns("c3", &u, &[]);
+    c3.working_dir = "/made/here".into();
+    let c3 = start_container(&d, &pod, &config, c3).await;
+    assert_eq!(
+        out(&d, &c3, &["stat", "-c", "%u", "/etc/passwd"]).await,
+        "0"
+    );
+    let made = std::fs::metadata(
+        d.dir()
+            .root()
+            .join("containers")
+            .join(&c3)
+            .join("upper/made/here"),
+    )
+    .expect("the working directory in the upper dir");
+    assert_eq!((made.uid(), made.gid()), (100000, 100000));
+    remove_pod(&d, &pod).await;
+}
+
+#[tokio::test]
+async fn a_node_mode_pod_keeps_the_node_user_namespace() {
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, images::BUSYBOX).await;
+    let u = userns(NamespaceMode::Node, 0, 0);
+    let config = pod_with_userns("hostusers", &d, u.clone());
+    let pod = run_pod(&d, &config).await;
+    let c = start_container(&d, &pod, &config, container_in_userns("c", &u, &[])).await;
+    assert_eq!(
+        out(&d, &c, &["cat", "/proc/1/uid_map"]).await,
+        "0 0 4294967295"
+    );
+    assert_eq!(
+        out(&d, &c, &["cat", "/proc/self/gid_map"]).await,
+        "0 0 4294967295"
+    );
+    remove_pod(&d, &pod).await;
+}
+
+#[tokio::test]
+async fn invalid_user_namespaces_are_refused() {
+    let d = Daemon::start().await.expect("daemon");
+    let bad = [
+        userns(NamespaceMode::Pod, 100000, 0),
+        userns(NamespaceMode::Pod, u32::MAX - 10, 65536),
+        userns(NamespaceMode::Container, 100000, 65536),
+        userns(NamespaceMode::Target, 100000, 65536),
+        UserNamespace {
+            gids: vec![],
+            ..userns(NamespaceMode::Pod, 100000, 65536)
+        },
+    ];
+    for u in bad {
+        let err = d
+            .runtime()
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(pod_with_userns("bad-userns", &d, u.clone())),
+                ..Default::default()
+            })
+            .await
+            .expect_err("an invalid user namespace");
+        assert_eq!(err.code(), Code::InvalidArgument, "{u:?}: {err:?}");
+        assert!(
+            err.message().contains("user namespace"),
+            "{}",
+            err.message()
+        );
+    }
+    let listed = d
+        .runtime()
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(listed.is_empty(), "{listed:?}");
+
+    // A container must use its pod's namespace, and an idmapped volume needs one.
+    pull(&d, images::BUSYBOX).await;
+    let u = userns(NamespaceMode::Pod, 200000, 65536);
+    let config = pod_with_userns("userns-mismatch", &d, u.clone());
+    let pod = run_pod(&d, &config).await;
+    let other = userns(NamespaceMode::Pod, 300000, 65536);
+    async fn create(
+        d: &Daemon,
+        c: ContainerConfig,
+        pod: &str,
+        config: &PodSandboxConfig,
+    ) -> Result<tonic::Response<CreateContainerResponse>, tonic::Status> {
+        d.runtime()
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.to_owned(),
+                config: Some(c),
+                sandbox_config: Some(config.clone()),
+            })
+            .await
+    }
+    let err = create(&d, container_in_userns("c", &other, &[]), &pod, &config)
+        .await
+        .expect_err("another mapping than the pod's");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    remove_pod(&d, &pod).await;
     let config = pod_config("idmapped", &d.dir().path().join("pod-logs"));
     let pod = run_pod(&d, &config).await;
     let mut c = container_config("c", &["sleep", "3600"]);
     c.mounts = vec![Mount {
         container_path: "/data".into(),
         host_path: d.dir().path().display().to_string(),
-        uid_mappings: vec![IdMapping {
-            host_id: 65536,
-            container_id: 0,
-            length: 65536,
-        }],
+        uid_mappings: u.uids.clone(),
         ..Default::default()
     }];
-    let err = d
-        .runtime()
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(c),
-            sandbox_config: Some(config.clone()),
-        })
+    let err = create(&d, c, &pod, &config)
         .await
         .expect_err("an idmapped mount");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");

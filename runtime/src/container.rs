@@ -143,6 +143,7 @@ impl Runtime {
                 host_ipc: !rec.namespaces.iter().any(|n| n == "ipc"),
                 host_pid: !rec.namespaces.iter().any(|n| n == "pid"),
                 log_directory: rec.config.log_directory.clone(),
+                userns: crate::pod::pod_userns(&rec.config)?,
             };
             (rec.config.metadata.clone().unwrap_or_default(), ctx)
         };

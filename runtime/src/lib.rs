@@ -24,6 +24,7 @@ pub mod status;
 pub mod sysctl;
 pub mod usage;
 pub mod user;
+pub mod userns;
 
 // Kernel and process code.
 pub mod monitor;

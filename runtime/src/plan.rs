@@ -26,6 +26,8 @@ pub struct PodContext {
     pub host_pid: bool,
     /// `PodSandboxConfig.log_directory`.
     pub log_directory: String,
+    /// The pod's own user namespace; `None`: the node's.
+    pub userns: Option<crate::userns::UsernsSpec>,
 }
 
 /// Everything [`plan_container`] reads.
@@ -92,7 +94,7 @@ pub fn default_mounts(pod: &PodContext, privileged: bool, readonly_rootfs: bool)
         readonly: readonly_rootfs,
         ..Default::default()
     };
-    vec![
+    let mut mounts = vec![
         fs("/proc", "proc", "", NSD),
         fs(
             "/dev",
@@ -139,7 +141,15 @@ pub fn default_mounts(pod: &PodContext, privileged: bool, readonly_rootfs: bool)
             pod.run_dir.join("resolv.conf"),
             ro_files,
         ),
-    ]
+    ];
+    if let Some(userns) = &pod.userns {
+        for m in &mut mounts {
+            if let MountKind::Fs { fstype, data, .. } = &mut m.kind {
+                *data = crate::userns::fs_data(fstype, data, userns);
+            }
+        }
+    }
+    mounts
 }
 
 fn clean_abs(path: &str, what: &str) -> Result<String> {
@@ -179,8 +189,7 @@ pub fn plan_mounts(
         };
         if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
             return Err(Error::InvalidArgument(format!(
-                "mount {dest}: idmapped mounts need user namespaces, which this runtime does \
-                 not support yet"
+                "mount {dest}: idmapped mounts need the pod to have its own user namespace"
             )));
         }
         if m.recursive_read_only && !m.readonly {
@@ -255,14 +264,6 @@ fn pid_namespace(config: &ContainerConfig, pod: &PodContext) -> Result<PidNamesp
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
         .and_then(|s| s.namespace_options.as_ref());
-    if let Some(u) = opts.and_then(|o| o.userns_options.as_ref())
-        && u.mode == NamespaceMode::Pod as i32
-        && (!u.uids.is_empty() || !u.gids.is_empty())
-    {
-        return Err(Error::InvalidArgument(
-            "user namespaces are not supported by this runtime yet".into(),
-        ));
-    }
     let Some(opts) = opts else {
         return Ok(if pod.host_pid {
             PidNamespace::Node
@@ -274,6 +275,13 @@ fn pid_namespace(config: &ContainerConfig, pod: &PodContext) -> Result<PidNamesp
         Ok(NamespaceMode::Container) => PidNamespace::Container,
         Ok(NamespaceMode::Pod) if pod.host_pid => PidNamespace::Node,
         Ok(NamespaceMode::Pod) => PidNamespace::Pod,
+        Ok(NamespaceMode::Node) if pod.userns.is_some() => {
+            return Err(Error::InvalidArgument(
+                "a container in a pod with its own user namespace cannot use the node's PID \
+                 namespace"
+                    .into(),
+            ));
+        }
         Ok(NamespaceMode::Node) => PidNamespace::Node,
         Ok(NamespaceMode::Target) => {
             if opts.target_id.is_empty() {
@@ -292,6 +300,80 @@ fn pid_namespace(config: &ContainerConfig, pod: &PodContext) -> Result<PidNamesp
             )));
         }
     })
+}
+
+/// The container's user namespace: the pod's. A container that names one must name the
+/// pod's (all containers of a pod share it, as with containerd); one that names none joins it.
+fn container_userns(
+    config: &ContainerConfig,
+    pod: &PodContext,
+) -> Result<Option<crate::userns::UsernsSpec>> {
+    let opts = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .and_then(|o| o.userns_options.as_ref());
+    let Some(opts) = opts else {
+        return Ok(pod.userns.clone());
+    };
+    let asked = crate::userns::from_cri(Some(opts))?;
+    if asked != pod.userns {
+        return Err(Error::InvalidArgument(format!(
+            "the container's user namespace ({}) differs from its pod's ({})",
+            describe_userns(asked.as_ref()),
+            describe_userns(pod.userns.as_ref())
+        )));
+    }
+    Ok(asked)
+}
+
+fn describe_userns(u: Option<&crate::userns::UsernsSpec>) -> String {
+    match u {
+        None => "the node's".into(),
+        Some(u) => format!(
+            "uids {} gids {}",
+            crate::userns::map_text(&u.uids).trim().replace('\n', ", "),
+            crate::userns::map_text(&u.gids).trim().replace('\n', ", ")
+        ),
+    }
+}
+
+/// The CRI mounts as [`plan_mounts`] takes them: in a user-namespaced pod every bind is
+/// idmapped with the pod's namespace, so a mount may repeat the pod's mapping (kubelet's
+/// `uid_mappings`), which is then dropped; any other mapping is refused.
+fn mounts_for_userns(
+    mounts: &[k8s_cri::v1::Mount],
+    userns: Option<&crate::userns::UsernsSpec>,
+) -> Result<Vec<k8s_cri::v1::Mount>> {
+    let Some(userns) = userns else {
+        return Ok(mounts.to_vec());
+    };
+    let same = |list: &[k8s_cri::v1::IdMapping], ranges: &[crate::userns::IdRange]| {
+        list.len() == ranges.len()
+            && list.iter().zip(ranges).all(|(m, r)| {
+                m.container_id == r.container_id && m.host_id == r.host_id && m.length == r.length
+            })
+    };
+    mounts
+        .iter()
+        .map(|m| {
+            if m.uid_mappings.is_empty() && m.gid_mappings.is_empty() {
+                return Ok(m.clone());
+            }
+            if !same(&m.uid_mappings, &userns.uids) || !same(&m.gid_mappings, &userns.gids) {
+                return Err(Error::InvalidArgument(format!(
+                    "mount {}: an idmapped mount must use its pod's user namespace mapping",
+                    m.container_path
+                )));
+            }
+            Ok(k8s_cri::v1::Mount {
+                uid_mappings: Vec::new(),
+                gid_mappings: Vec::new(),
+                ..m.clone()
+            })
+        })
+        .collect()
 }
 
 /// Plans a container. Reads nothing from disk: the caller passes the image's accounts.
@@ -335,9 +417,29 @@ pub fn plan_container(input: &PlanInput<'_>) -> Result<ContainerSpec> {
     } else {
         "/".into()
     };
+    let userns = container_userns(c, input.pod)?;
+    if userns.is_some() && privileged {
+        // As kubelet validates: privileged means the node's root.
+        return Err(Error::InvalidArgument(
+            "a privileged container cannot run in a pod with its own user namespace".into(),
+        ));
+    }
+    if let Some(u) = &userns {
+        let unmapped_gid = std::iter::once(user.gid)
+            .chain(user.additional_gids.iter().copied())
+            .find(|g| u.host_gid(*g).is_none());
+        if u.host_uid(user.uid).is_none() || unmapped_gid.is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "user {}:{} is not mapped in the pod's user namespace",
+                user.uid,
+                unmapped_gid.unwrap_or(user.gid)
+            )));
+        }
+    }
+    let cri_mounts = mounts_for_userns(&c.mounts, userns.as_ref())?;
     let (mounts, root_propagation) = plan_mounts(
         default_mounts(input.pod, privileged, readonly_rootfs),
-        &c.mounts,
+        &cri_mounts,
         input.mount_images,
     )?;
     let mut devices = Vec::with_capacity(c.devices.len());
@@ -405,6 +507,7 @@ pub fn plan_container(input: &PlanInput<'_>) -> Result<ContainerSpec> {
         stdin: c.stdin,
         stdin_once: c.stdin_once,
         tty: c.tty,
+        userns,
     })
 }
 
@@ -620,22 +723,28 @@ mod tests {
             PathBuf::from("/var/lib/berth/containers/cid/upper")
         );
         assert_eq!(spec.pid_ns, PidNamespace::Pod);
-        let mut userns = config.clone();
-        userns.linux.as_mut().unwrap().security_context = Some(LinuxContainerSecurityContext {
-            namespace_options: Some(NamespaceOption {
-                userns_options: Some(UserNamespace {
-                    mode: NamespaceMode::Pod as i32,
-                    uids: vec![IdMapping {
-                        host_id: 65536,
-                        container_id: 0,
-                        length: 65536,
-                    }],
-                    gids: vec![],
+        // A container that asks for a user namespace its pod does not have.
+        let mapping = vec![IdMapping {
+            host_id: 100000,
+            container_id: 0,
+            length: 65536,
+        }];
+        let with_userns = |c: &ContainerConfig, uids: Vec<IdMapping>, gids: Vec<IdMapping>| {
+            let mut c = c.clone();
+            c.linux.as_mut().unwrap().security_context = Some(LinuxContainerSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    userns_options: Some(UserNamespace {
+                        mode: NamespaceMode::Pod as i32,
+                        uids,
+                        gids,
+                    }),
+                    ..Default::default()
                 }),
                 ..Default::default()
-            }),
-            ..Default::default()
-        });
+            });
+            c
+        };
+        let userns = with_userns(&config, mapping.clone(), mapping.clone());
         let e = plan_container(&PlanInput {
             config: &userns,
             container_dir: input.container_dir.clone(),
@@ -643,7 +752,15 @@ mod tests {
             ..input
         })
         .unwrap_err();
-        assert!(e.to_string().contains("user namespaces"), "{e}");
+        assert!(e.to_string().contains("differs from its pod's"), "{e}");
+        let e = plan_container(&PlanInput {
+            config: &with_userns(&config, mapping.clone(), vec![]),
+            container_dir: input.container_dir.clone(),
+            cgroup_procs: vec![],
+            ..input
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("gid mappings"), "{e}");
         let mut no_layers = image.clone();
         no_layers.lower_dirs.clear();
         assert!(
@@ -653,5 +770,132 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_user_namespaced_pod_plans_its_containers_in_its_namespace() {
+        let range = |host_id| crate::userns::IdRange {
+            container_id: 0,
+            host_id,
+            length: 65536,
+        };
+        let ns = crate::userns::UsernsSpec {
+            uids: vec![range(100000)],
+            gids: vec![range(100000)],
+        };
+        let p = PodContext {
+            userns: Some(ns.clone()),
+            ..pod()
+        };
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: "c".into(),
+                attempt: 0,
+            }),
+            command: vec!["sh".into()],
+            linux: Some(LinuxContainerConfig::default()),
+            ..Default::default()
+        };
+        let image = ImageInfo {
+            lower_dirs: vec!["/snap/1".into()],
+            ..Default::default()
+        };
+        let passwd = crate::user::parse_passwd("root:x:0:0:root:/root:/bin/sh\n");
+        let input = PlanInput {
+            id: "cid",
+            config: &config,
+            pod: &p,
+            image: &image,
+            mount_images: &HashMap::new(),
+            container_dir: "/var/lib/berth/containers/cid".into(),
+            passwd: &passwd,
+            groups: &[],
+            all_caps: (1 << 41) - 1,
+            oom_score_adj_floor: -500,
+            cgroup_procs: vec![],
+        };
+        // A container that names no user namespace joins its pod's.
+        let spec = plan_container(&input).unwrap();
+        assert_eq!(spec.userns.as_ref(), Some(&ns));
+        // The file systems the runtime mounts belong to the container's root and tty group.
+        let data = |dest: &str| {
+            spec.mounts
+                .iter()
+                .find(|m| m.destination == dest)
+                .and_then(|m| match &m.kind {
+                    MountKind::Fs { data, .. } => Some(data.clone()),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert_eq!(data("/dev"), "mode=755,size=65536k,uid=100000,gid=100000");
+        assert_eq!(
+            data("/dev/pts"),
+            "newinstance,ptmxmode=0666,mode=0620,gid=100005"
+        );
+        assert_eq!(data("/proc"), "");
+        // A user outside the mapping cannot be set.
+        let mut outside = config.clone();
+        outside.linux.as_mut().unwrap().security_context = Some(LinuxContainerSecurityContext {
+            run_as_user: Some(k8s_cri::v1::Int64Value { value: 70000 }),
+            ..Default::default()
+        });
+        let e = plan_container(&PlanInput {
+            config: &outside,
+            container_dir: input.container_dir.clone(),
+            cgroup_procs: vec![],
+            ..input
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("not mapped"), "{e}");
+        // Nor the node's PID namespace, nor privilege.
+        let mut host_pid = config.clone();
+        host_pid.linux.as_mut().unwrap().security_context = Some(LinuxContainerSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                pid: NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let mut privileged = config.clone();
+        privileged.linux.as_mut().unwrap().security_context = Some(LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        });
+        for c in [&host_pid, &privileged] {
+            let r = plan_container(&PlanInput {
+                config: c,
+                container_dir: input.container_dir.clone(),
+                cgroup_procs: vec![],
+                ..input
+            });
+            assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+        }
+        // A volume may repeat the pod's mapping (then it is an ordinary bind, idmapped by
+        // the monitor like every bind of the pod); another mapping is refused.
+        let cri_map = |host_id| {
+            vec![IdMapping {
+                host_id,
+                container_id: 0,
+                length: 65536,
+            }]
+        };
+        let volume = |host_id| Mount {
+            container_path: "/data".into(),
+            host_path: "/srv/data".into(),
+            uid_mappings: cri_map(host_id),
+            gid_mappings: cri_map(host_id),
+            ..Default::default()
+        };
+        let planned = mounts_for_userns(&[volume(100000)], Some(&ns)).unwrap();
+        assert!(planned[0].uid_mappings.is_empty() && planned[0].gid_mappings.is_empty());
+        let e = mounts_for_userns(&[volume(200000)], Some(&ns)).unwrap_err();
+        assert!(
+            e.to_string().contains("pod's user namespace mapping"),
+            "{e}"
+        );
+        // Without a user namespace the mapping stays, for plan_mounts to refuse.
+        let kept = mounts_for_userns(&[volume(100000)], None).unwrap();
+        assert_eq!(kept[0].uid_mappings, cri_map(100000));
     }
 }

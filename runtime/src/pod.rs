@@ -51,12 +51,13 @@ pub(crate) fn pod_namespaces(config: &PodSandboxConfig) -> Result<Vec<String>> {
     let (net, ipc, pid) = opts
         .map(|o| (node(o.network), node(o.ipc), node(o.pid)))
         .unwrap_or((false, false, false));
-    if let Some(u) = opts.and_then(|o| o.userns_options.as_ref())
-        && u.mode == NamespaceMode::Pod as i32
-        && (!u.uids.is_empty() || !u.gids.is_empty())
-    {
+    if pod_userns(config)?.is_some() && (net || ipc || pid) {
+        // kubelet never asks for it: the node's namespaces belong to the node's user
+        // namespace, where the pod's root has no say.
         return Err(Error::InvalidArgument(
-            "user namespaces are not supported by this runtime yet".into(),
+            "a pod with its own user namespace cannot share the node's network, IPC or PID \
+             namespace"
+                .into(),
         ));
     }
     let mut ns = Vec::new();
@@ -71,6 +72,25 @@ pub(crate) fn pod_namespaces(config: &PodSandboxConfig) -> Result<Vec<String>> {
         ns.push("pid".to_owned());
     }
     Ok(ns)
+}
+
+/// The pod's own user namespace (mode POD), validated; `None` for the node's.
+pub(crate) fn pod_userns(config: &PodSandboxConfig) -> Result<Option<crate::userns::UsernsSpec>> {
+    let opts = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .and_then(|o| o.userns_options.as_ref());
+    let spec = crate::userns::from_cri(opts)?;
+    if spec.is_some() && !crate::userns::supported() {
+        return Err(Error::InvalidArgument(
+            "user namespaces are not supported on this node (user.max_user_namespaces is 0 \
+             or the kernel is older than 5.19)"
+                .into(),
+        ));
+    }
+    Ok(spec)
 }
 
 /// The pod's sysctls, sorted by name.
@@ -91,7 +111,7 @@ fn pod_sysctls(config: &PodSandboxConfig) -> Vec<(String, String)> {
 
 /// Unmounts a pod's namespace bind mounts and shm (idempotent).
 pub(crate) fn release_pod_mounts(dir: &Path) {
-    for ns in ["net", "ipc", "uts", "pid"] {
+    for ns in ["net", "ipc", "uts", "pid", "user"] {
         let _ = sys::umount_quiet(&dir.join("ns").join(ns));
     }
     let _ = sys::umount_quiet(&dir.join("shm"));
@@ -133,6 +153,13 @@ impl Runtime {
             )));
         }
         let namespaces = pod_namespaces(config)?;
+        if !req.runtime_handler.is_empty() && pod_userns(config)?.is_some() {
+            // As Status tells kubelet: only Berth's own executor runs them.
+            return Err(Error::InvalidArgument(format!(
+                "runtime handler {:?} does not support user namespaces",
+                req.runtime_handler
+            )));
+        }
         crate::lsm::check_pod(
             config
                 .linux
@@ -232,6 +259,7 @@ impl Runtime {
         let pod_resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
         let cgroup_procs = self.opts.cgroups.create_pod(&pod_cgroup, pod_resources)?;
         let own_ipc = namespaces.iter().any(|n| n == "ipc");
+        let userns = pod_userns(config)?;
         let sysctls = pod_sysctls(config);
         let mcfg = MonitorConfig {
             version: PROTOCOL_VERSION,
@@ -243,17 +271,21 @@ impl Runtime {
             shm_size: own_ipc.then_some(self.opts.shm_size),
             sysctls,
             cgroup_procs,
+            userns: userns.clone(),
         };
         let cfg_path = dir.join("monitor.json");
         let json = serde_json::to_vec_pretty(&mcfg)
             .map_err(|e| Error::Internal(format!("encode monitor config: {e}")))?;
         write(cfg_path.clone(), &json)?;
         let exe = self.monitor_exe()?;
+        // A user-namespaced pod's monitor creates its namespaces itself (see
+        // `monitor::launch`).
+        let unshared: &[String] = if userns.is_some() { &[] } else { namespaces };
         let pid = crate::launch::spawn_monitor(
             &self.opts.monitor_path,
             &exe,
             &cfg_path,
-            namespaces,
+            unshared,
             &dir.join("monitor.log"),
         )
         .await?;
@@ -505,5 +537,42 @@ mod tests {
         );
         assert_eq!(pod_namespaces(&cfg(2, 0, 1)).unwrap(), vec!["ipc", "pid"]);
         assert_eq!(pod_namespaces(&cfg(0, 2, 2)).unwrap(), vec!["net", "uts"]);
+    }
+
+    #[test]
+    fn a_user_namespaced_pod_owns_all_its_namespaces() {
+        use k8s_cri::v1::{IdMapping, UserNamespace};
+        let with_userns = |net: i32, ipc: i32, pid: i32| {
+            let mut c = cfg(net, ipc, pid);
+            let ns = c
+                .linux
+                .as_mut()
+                .and_then(|l| l.security_context.as_mut())
+                .and_then(|s| s.namespace_options.as_mut())
+                .unwrap();
+            let m = vec![IdMapping {
+                host_id: 100000,
+                container_id: 0,
+                length: 65536,
+            }];
+            ns.userns_options = Some(UserNamespace {
+                mode: NamespaceMode::Pod as i32,
+                uids: m.clone(),
+                gids: m,
+            });
+            c
+        };
+        assert_eq!(
+            pod_namespaces(&with_userns(0, 0, 0)).unwrap(),
+            vec!["net", "uts", "ipc", "pid"]
+        );
+        assert!(pod_userns(&with_userns(0, 0, 0)).unwrap().is_some());
+        for (net, ipc, pid) in [(2, 0, 0), (0, 2, 0), (0, 0, 2)] {
+            assert!(matches!(
+                pod_namespaces(&with_userns(net, ipc, pid)),
+                Err(Error::InvalidArgument(_))
+            ));
+        }
+        assert_eq!(pod_userns(&cfg(0, 0, 0)).unwrap(), None);
     }
 }

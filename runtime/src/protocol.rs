@@ -267,6 +267,10 @@ pub struct MonitorConfig {
     /// cgroup files the monitor writes itself into.
     #[serde(default)]
     pub cgroup_procs: Vec<PathBuf>,
+    /// The pod's own user namespace: the monitor creates it and the namespaces listed in
+    /// `namespaces` inside it (the daemon unshares none); `None`: the node's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<crate::userns::UsernsSpec>,
 }
 
 /// Encodes a message as one frame.

@@ -37,6 +37,9 @@ pub struct ContainerSpec {
     pub stdin_once: bool,
     /// Run on a pseudo terminal.
     pub tty: bool,
+    /// The pod's user namespace, which the container joins; `None`: the node's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userns: Option<crate::userns::UsernsSpec>,
 }
 
 /// The container's root: overlayfs of the image layers and a private upper dir.

@@ -143,6 +143,72 @@ pub fn mount_setattr_recursive_ro(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// A detached copy of the mount tree at `path` (`open_tree(2)` with `OPEN_TREE_CLONE`; with
+/// `recursive`, its submounts too), to be changed and attached with [`move_mount_to`].
+pub fn open_tree_clone(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    let c = cpath(path)?;
+    let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
+    // SAFETY: `c` outlives the call; the returned fd is new and ours.
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) })?;
+    // SAFETY: the kernel just gave us this fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Makes the detached mount tree `tree` (from [`open_tree_clone`]) idmapped with the user
+/// namespace `userns` (`MOUNT_ATTR_IDMAP`, Linux 5.12): ids on disk show through it as the
+/// namespace maps them, and ids written through it are mapped back.
+pub fn mount_setattr_idmap(tree: &OwnedFd, userns: RawFd, recursive: bool) -> io::Result<()> {
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    const AT_RECURSIVE: libc::c_int = 0x8000;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns as u64,
+    };
+    let mut flags = libc::AT_EMPTY_PATH;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
+    // SAFETY: an fd we hold, an empty path literal and `attr`, which outlives the call; the
+    // size matches the struct.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    Ok(())
+}
+
+/// Attaches the detached mount tree `tree` on the file or directory `target` is open on
+/// (`move_mount(2)`, both by fd: no path is resolved again).
+pub fn move_mount_to(tree: &OwnedFd, target: RawFd) -> io::Result<()> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x04;
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+    // SAFETY: fds we hold and empty path literals.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target,
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    })?;
+    Ok(())
+}
+
 /// Whether the kernel has `mount_setattr(2)` (Linux 5.12), which recursive read-only mounts
 /// need: a call with no valid fd fails with EBADF where it exists, ENOSYS where it does not.
 pub fn mount_setattr_supported() -> bool {

@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
         host_ipc: false,
         host_pid: false,
         log_directory: "/var/log/pods/p".into(),
+        userns: None,
     };
     let image = ImageInfo {
         id: "sha256:00".into(),

@@ -363,9 +363,11 @@ fn wait_start(sync: RawFd) -> bool {
 }
 
 /// The container's first process: set up, report, wait for start, exec. Never returns.
-pub(crate) fn container_main(spec: &ContainerSpec, fds: ChildFds) -> ! {
+/// `userns` is the pod's user namespace, if it has one.
+pub(crate) fn container_main(spec: &ContainerSpec, fds: ChildFds, userns: Option<RawFd>) -> ! {
     let sync = fds.sync;
-    match container_setup(spec, &fds) {
+    let userns = userns.filter(|_| spec.userns.is_some());
+    match container_setup(spec, &fds, userns) {
         Ok(exe) => {
             if !wait_start(sync) {
                 // The monitor dropped the container before starting it.
@@ -375,7 +377,7 @@ pub(crate) fn container_main(spec: &ContainerSpec, fds: ChildFds) -> ! {
             let r = (|| -> Result<std::convert::Infallible, String> {
                 // SAFETY: umask is always safe.
                 unsafe { libc::umask(0o022) };
-                if let Some(v) = spec.process.oom_score_adj {
+                if let Some(v) = spec.process.oom_score_adj.filter(|_| userns.is_none()) {
                     std::fs::write("/proc/self/oom_score_adj", v.to_string())
                         .map_err(|e| format!("set oom_score_adj {v}: {e}"))?;
                 }
@@ -391,8 +393,12 @@ pub(crate) fn container_main(spec: &ContainerSpec, fds: ChildFds) -> ! {
     }
 }
 
-fn container_setup(spec: &ContainerSpec, fds: &ChildFds) -> Result<PathBuf, ChildError> {
-    let host_pid = container_prepare(spec, fds).map_err(internal)?;
+fn container_setup(
+    spec: &ContainerSpec,
+    fds: &ChildFds,
+    userns: Option<RawFd>,
+) -> Result<PathBuf, ChildError> {
+    let host_pid = container_prepare(spec, fds, userns).map_err(internal)?;
     ensure_cwd(&spec.process.cwd, true)?;
     let exe = find_executable(&spec.process.args[0], &spec.process.env).map_err(|e| (true, e))?;
     let master = if spec.tty {
@@ -410,7 +416,13 @@ fn container_setup(spec: &ContainerSpec, fds: &ChildFds) -> Result<PathBuf, Chil
 }
 
 /// Everything up to the exec lookup; returns the host PID (read before /proc changes).
-fn container_prepare(spec: &ContainerSpec, fds: &ChildFds) -> StepResult<i32> {
+/// Mounts are made with the node's privileges; then the process joins the pod's user
+/// namespace, if any, so that the working directory it creates is its own.
+fn container_prepare(
+    spec: &ContainerSpec,
+    fds: &ChildFds,
+    userns: Option<RawFd>,
+) -> StepResult<i32> {
     reset_signals();
     // SAFETY: setsid/umask/unshare with integer arguments; we are single-threaded.
     unsafe {
@@ -422,21 +434,30 @@ fn container_prepare(spec: &ContainerSpec, fds: &ChildFds) -> StepResult<i32> {
     // SAFETY: as above.
     cvt(unsafe { libc::unshare(libc::CLONE_NEWNS) } as libc::c_long)
         .map_err(|e| format!("unshare mount namespace: {e}"))?;
-    rootfs::setup(spec)?;
+    rootfs::setup(spec, userns)?;
     if !spec.tty {
         dup_stdio(fds)?;
+    }
+    if let Some(ns) = userns {
+        // Lowering it needs privilege over the node, which the namespace's root lacks.
+        if let Some(v) = spec.process.oom_score_adj {
+            std::fs::write("/proc/self/oom_score_adj", v.to_string())
+                .map_err(|e| format!("set oom_score_adj {v}: {e}"))?;
+        }
+        super::userns::join(ns)?;
     }
     Ok(host_pid)
 }
 
 /// An exec process: enter the container's mount namespace (the monitor already put us in
-/// its PID namespace), set up stdio (a new pty with `tty`, whose master goes to the monitor
-/// first), then exec. Never returns.
+/// its PID namespace) and, with `userns`, its user namespace, set up stdio (a new pty with
+/// `tty`, whose master goes to the monitor first), then exec. Never returns.
 pub(crate) fn exec_main(
     process: &ProcessSpec,
     cgroup_procs: &[PathBuf],
     container_pidfd: RawFd,
     tty: bool,
+    userns: bool,
     fds: ChildFds,
 ) -> ! {
     let sync = fds.sync;
@@ -447,6 +468,10 @@ pub(crate) fn exec_main(
         join_cgroups(cgroup_procs).map_err(internal)?;
         sys::setns(container_pidfd, libc::CLONE_NEWNS)
             .map_err(|e| internal(format!("enter the container's mounts: {e}")))?;
+        if userns {
+            // The container's own user namespace, through its pidfd.
+            super::userns::join(container_pidfd).map_err(internal)?;
+        }
         if tty {
             // The pty comes from the container's own devpts, as a tty container's does.
             let master = setup_tty().map_err(internal)?;

@@ -10,6 +10,7 @@ mod child;
 mod logs;
 mod memory;
 mod rootfs;
+mod userns;
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
@@ -57,18 +58,46 @@ pub fn launch(args: &[String]) -> i32 {
     // Fork once: the child is PID 1 of the PID namespace the daemon unshared for us (if any)
     // and is adopted by init when we exit, so it outlives the daemon.
     // Born in its cgroup where the kernel allows (the rest are joined in `setup`).
-    let cgroups = std::fs::read(config_path)
+    let cfg = std::fs::read(config_path)
         .ok()
-        .and_then(|t| serde_json::from_slice::<MonitorConfig>(&t).ok())
-        .map(|c| c.cgroup_procs)
-        .unwrap_or_default();
+        .and_then(|t| serde_json::from_slice::<MonitorConfig>(&t).ok());
+    // A user-namespaced pod: the daemon unshared nothing. Its net, ipc and uts namespaces
+    // are made inside its user namespace; its PID namespace (owned by the node's: a PID
+    // namespace cannot be joined before it has an init) is unshared here, after the helper
+    // that made the others is gone, and the child below is born into all of them.
+    let userns = match cfg.as_ref().and_then(|c| c.userns.as_ref().map(|u| (c, u))) {
+        Some((c, u)) => {
+            let flags = crate::launch::unshare_flags(&c.namespaces);
+            let made = userns::create_pod_namespaces(flags, u).and_then(|fd| {
+                // SAFETY: unshare with a flag; single-threaded.
+                if flags & libc::CLONE_NEWPID != 0
+                    && unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0
+                {
+                    return Err(format!(
+                        "unshare the pid namespace: {}",
+                        io::Error::last_os_error()
+                    ));
+                }
+                Ok(fd)
+            });
+            match made {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    report_ready(&format!("error: {e}"));
+                    return 1;
+                }
+            }
+        }
+        None => None,
+    };
+    let cgroups = cfg.map(|c| c.cgroup_procs).unwrap_or_default();
     // SAFETY: single-threaded here; the child only continues this program.
     match unsafe { sys::fork_into_cgroup(&cgroups) } {
         -1 => {
             report_ready(&format!("error: fork: {}", io::Error::last_os_error()));
             1
         }
-        0 => run(Path::new(config_path)),
+        0 => run(Path::new(config_path), userns),
         _ => {
             // SAFETY: closing our copy of the readiness fd so only the monitor holds it.
             unsafe { libc::close(READY_FD) };
@@ -141,6 +170,8 @@ struct Monitor {
     /// When to trim the resident set next, set by activity since the last trim.
     next_trim: Option<Instant>,
     shutdown: bool,
+    /// The pod's own user namespace, which its containers join; `None`: the node's.
+    userns: Option<OwnedFd>,
 }
 
 type Failure = (WireClass, String);
@@ -153,9 +184,9 @@ fn sys_err(what: &str, e: impl std::fmt::Display) -> Failure {
     (WireClass::Internal, format!("{what}: {e}"))
 }
 
-fn run(config_path: &Path) -> i32 {
+fn run(config_path: &Path, userns: Option<OwnedFd>) -> i32 {
     memory::tune_malloc();
-    let mut m = match setup(config_path) {
+    let mut m = match setup(config_path, userns) {
         Ok(m) => m,
         Err(e) => {
             report_ready(&format!("error: {e}"));
@@ -169,7 +200,7 @@ fn run(config_path: &Path) -> i32 {
     0
 }
 
-fn setup(config_path: &Path) -> Result<Monitor, String> {
+fn setup(config_path: &Path, userns: Option<OwnedFd>) -> Result<Monitor, String> {
     let text =
         std::fs::read(config_path).map_err(|e| format!("read {}: {e}", config_path.display()))?;
     let cfg: MonitorConfig = serde_json::from_slice(&text)
@@ -227,6 +258,14 @@ fn setup(config_path: &Path) -> Result<Monitor, String> {
             .map_err(|e| format!("bind {ns} namespace to {}: {e}", target.display()))?;
         }
     }
+    if let Some(fd) = &userns {
+        let target = ns_dir.join("user");
+        if !sys::is_mount_point(&target) {
+            std::fs::write(&target, b"")
+                .map_err(|e| format!("create {}: {e}", target.display()))?;
+            userns::bind_ns(fd.as_raw_fd(), &target)?;
+        }
+    }
     if let Some(size) = cfg.shm_size {
         let shm = cfg.run_dir.join("shm");
         std::fs::create_dir_all(&shm).map_err(|e| format!("create {}: {e}", shm.display()))?;
@@ -237,6 +276,8 @@ fn setup(config_path: &Path) -> Result<Monitor, String> {
                 &shm,
                 Some("tmpfs"),
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                // Owned by the node's root also in a user-namespaced pod: containers see it
+                // through an idmapped bind, as their root's.
                 Some(format!("mode=1777,size={size}").as_str()),
             )
             .map_err(|e| format!("mount the pod's shm at {}: {e}", shm.display()))?;
@@ -278,6 +319,7 @@ fn setup(config_path: &Path) -> Result<Monitor, String> {
         readbuf: vec![0u8; READ_CHUNK],
         next_trim: None,
         shutdown: false,
+        userns,
     })
 }
 
@@ -792,6 +834,7 @@ impl Monitor {
                     stderr: err_w.as_raw_fd(),
                     sync: sync_child.as_raw_fd(),
                 },
+                self.userns.as_ref().map(|f| f.as_raw_fd()),
             );
         }
         let fork_err = io::Error::last_os_error();
@@ -967,6 +1010,7 @@ impl Monitor {
             }
         };
         let self_pidns = self.self_pidns.as_raw_fd();
+        let userns = self.userns.is_some();
         let c = self.container(id)?;
         if c.exit.is_some() || c.started_at == 0 {
             return Err(err(
@@ -989,6 +1033,7 @@ impl Monitor {
                 cgroups,
                 pidfd,
                 opts.tty,
+                userns,
                 ChildFds {
                     stdin: stdin.as_raw_fd(),
                     stdout: stdout.as_raw_fd(),

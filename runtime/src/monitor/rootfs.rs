@@ -230,7 +230,73 @@ fn check_kernel_fs_target(rootfd: RawFd, rel: &str, fstype: &str) -> StepResult 
     }
 }
 
-fn mount_one(rootfd: RawFd, m: &MountSpec) -> StepResult {
+/// Mounts an overlay of `lower` (and `upper`) on `target`; with a user namespace, of the
+/// layers idmapped with it: detached copies where the kernel takes them, else copies
+/// mounted over the layers themselves when `in_place_ok` (nothing propagates to the node).
+fn mount_overlay(
+    target: &Path,
+    lower: &[PathBuf],
+    upper: Option<(&Path, &Path)>,
+    flags: libc::c_ulong,
+    userns: Option<RawFd>,
+    in_place_ok: bool,
+) -> io::Result<()> {
+    let Some(ns) = userns else {
+        return mount_raw(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            flags,
+            &overlay_data(lower, upper),
+        );
+    };
+    let layers = super::userns::idmapped_layers(lower, ns).map_err(io::Error::other)?;
+    match mount_raw(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        flags,
+        &overlay_data(&layers.dirs, upper),
+    ) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) && in_place_ok => {
+            drop(layers);
+            super::userns::idmap_layers_in_place(lower, ns).map_err(io::Error::other)?;
+            mount_raw(
+                Some("overlay"),
+                target,
+                Some("overlay"),
+                flags,
+                &overlay_data(lower, upper),
+            )
+        }
+        other => other,
+    }
+}
+
+/// Binds `source` on the target `target` is open on: idmapped with the pod's user namespace
+/// when there is one and the source's file system supports it (a plain bind otherwise,
+/// logged: its files then show the owners they have on the node).
+fn bind_source(source: &Path, target: &OwnedFd, userns: Option<RawFd>) -> io::Result<()> {
+    if let Some(ns) = userns {
+        match super::userns::idmapped_tree(source, ns, true) {
+            Ok(tree) => return sys::move_mount_to(&tree, target.as_raw_fd()),
+            Err(e) => eprintln!(
+                "berth-monitor: {} cannot be idmapped ({e}): bound without idmapping",
+                source.display()
+            ),
+        }
+    }
+    mount_raw(
+        Some(&source.to_string_lossy()),
+        &fd_path(target),
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        "",
+    )
+}
+
+fn mount_one(rootfd: RawFd, m: &MountSpec, userns: Option<RawFd>, in_place_ok: bool) -> StepResult {
+    let userns = userns.filter(|_| crate::userns::idmapped(&m.kind));
     let rel = m.destination.trim_start_matches('/');
     if let MountKind::Fs { fstype, .. } = &m.kind
         && (fstype == "proc" || fstype == "sysfs")
@@ -265,22 +331,22 @@ fn mount_one(rootfd: RawFd, m: &MountSpec) -> StepResult {
             )?;
         }
         MountKind::Overlay { lower_dirs } if lower_dirs.len() == 1 => {
-            let src = lower_dirs[0].to_string_lossy();
             step(
                 || format!("bind image layer on {}", m.destination),
-                mount_raw(Some(&src), &tpath, None, libc::MS_BIND | libc::MS_REC, ""),
+                bind_source(&lower_dirs[0], &target, userns),
             )?;
             remount(rootfd, rel, &m.destination, flags | libc::MS_RDONLY)?;
         }
         MountKind::Overlay { lower_dirs } => {
             step(
                 || format!("mount image overlay on {}", m.destination),
-                mount_raw(
-                    Some("overlay"),
+                mount_overlay(
                     &tpath,
-                    Some("overlay"),
+                    lower_dirs,
+                    None,
                     flags | libc::MS_RDONLY,
-                    &overlay_data(lower_dirs, None),
+                    userns,
+                    in_place_ok,
                 ),
             )?;
         }
@@ -288,10 +354,9 @@ fn mount_one(rootfd: RawFd, m: &MountSpec) -> StepResult {
             source,
             propagation,
         } => {
-            let src = source.to_string_lossy();
             step(
                 || format!("bind {} on {}", source.display(), m.destination),
-                mount_raw(Some(&src), &tpath, None, libc::MS_BIND | libc::MS_REC, ""),
+                bind_source(source, &target, userns),
             )?;
             // The fd still names the covered directory: reopen to reach the new mount.
             let reopened = step(
@@ -559,8 +624,9 @@ fn mask_paths(masked: &[String], readonly: &[String]) -> StepResult {
 }
 
 /// Builds the container's file system and makes it the root. The caller has unshared the
-/// mount namespace.
-pub(crate) fn setup(spec: &ContainerSpec) -> StepResult {
+/// mount namespace. With `userns` (the pod's user namespace) the image layers and binds are
+/// idmapped with it and the writable layer belongs to the container's root.
+pub(crate) fn setup(spec: &ContainerSpec, userns: Option<RawFd>) -> StepResult {
     let prop = propagation_flag(spec.root_propagation);
     step(
         || "set root propagation".into(),
@@ -586,16 +652,36 @@ pub(crate) fn setup(spec: &ContainerSpec) -> StepResult {
             spec.rootfs.lower_dirs.len()
         ));
     }
+    if let Some(u) = &spec.userns {
+        // What the container creates lands in its upper dir with its root's host ids, as
+        // copied-up files do (the idmapped layers show them so); the root directory of
+        // the merged tree is the upper dir's.
+        let (uid, gid) = u.host_root();
+        step(
+            || format!("chown {}", spec.rootfs.upper_dir.display()),
+            std::os::unix::fs::chown(&spec.rootfs.upper_dir, Some(uid), Some(gid)),
+        )?;
+    }
+    // Layers idmapped in place would propagate to the node through a shared root.
+    let in_place_ok = spec.root_propagation != Propagation::Shared;
     step(
         || format!("mount overlay on {}", root.display()),
-        mount_raw(Some("overlay"), root, Some("overlay"), 0, &data),
+        mount_overlay(
+            root,
+            &spec.rootfs.lower_dirs,
+            Some((&spec.rootfs.upper_dir, &spec.rootfs.work_dir)),
+            0,
+            userns.filter(|_| spec.userns.is_some()),
+            in_place_ok,
+        ),
     )?;
     let rootfd = step(
         || format!("open {}", root.display()),
         sys::openat2(libc::AT_FDCWD, root, libc::O_PATH | libc::O_DIRECTORY, 0, 0),
     )?;
+    let userns = userns.filter(|_| spec.userns.is_some());
     for m in &spec.mounts {
-        mount_one(rootfd.as_raw_fd(), m)?;
+        mount_one(rootfd.as_raw_fd(), m, userns, in_place_ok)?;
     }
     if spec.mounts.iter().any(|m| m.destination == "/dev") {
         setup_dev(rootfd.as_raw_fd(), &spec.devices)?;
