@@ -173,6 +173,10 @@ pub enum CgroupDriver {
 pub struct RuntimeHandlerConfig {
     /// Path of the runtime binary (runc, crun, or one with the same command line).
     pub path: PathBuf,
+    /// Global options put before every command the runtime is given, after Berth's own
+    /// `--root` and `--log` (for instance `--cgroup-manager=disabled` for crun, which then
+    /// leaves the container in the cgroup Berth made for it).
+    pub args: Vec<String>,
 }
 
 /// Why a configuration could not be used.
@@ -252,6 +256,20 @@ impl Config {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", &e.to_string()));
+        }
+        for (name, h) in &self.runtimes {
+            if name.is_empty() {
+                return Err(invalid(
+                    "runtimes",
+                    "the default handler \"\" is Berth's own and cannot be configured",
+                ));
+            }
+            if !h.path.is_absolute() {
+                return Err(invalid(
+                    "runtimes",
+                    &format!("{name:?}: path must be an absolute path"),
+                ));
+            }
         }
         Ok(())
     }

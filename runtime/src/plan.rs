@@ -405,6 +405,7 @@ pub fn plan_container(input: &PlanInput<'_>) -> Result<ContainerSpec> {
         stdin: c.stdin,
         stdin_once: c.stdin_once,
         tty: c.tty,
+        oci: None,
     })
 }
 

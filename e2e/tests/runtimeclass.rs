@@ -1,0 +1,358 @@
+//! RuntimeClass handlers run by an external OCI runtime (issue 12): with Debian's `runc` and
+//! `crun` configured under `[runtimes.*]`, a pod of each handler runs, logs, execs, reports
+//! exit codes and stops like a default one, its containers are the runtime's (its `state`
+//! shows them running with the pid Berth reports), and nothing of the runtime is left once
+//! the pod is gone.
+//!
+//! Run through the harness: `scripts/test.sh` (as root).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_e2e::fixtures::{
+    container_config, container_status, exec_sync, pod_config, pull, remove_pod, start_container,
+    wait_exited,
+};
+use berth_e2e::{Daemon, DaemonDir, images, run_berth};
+use k8s_cri::v1::*;
+use tonic::Code;
+
+/// Debian's path of a runtime binary.
+fn runtime_binary(name: &str) -> PathBuf {
+    ["/usr/sbin", "/usr/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} is not installed (scripts/test.sh installs it)"))
+}
+
+/// A daemon with `runc` and `crun` as RuntimeClass handlers.
+async fn daemon() -> Daemon {
+    let config = format!(
+        "[runtimes.runc]\npath = {:?}\n[runtimes.crun]\npath = {:?}\n",
+        runtime_binary("runc").display().to_string(),
+        runtime_binary("crun").display().to_string()
+    );
+    Daemon::builder()
+        .config(&config)
+        .start()
+        .await
+        .expect("daemon")
+}
+
+/// `<runtime> --root <state>/runtimes/<handler> <args>` as the monitor runs it: in the pod's
+/// PID namespace with that namespace's /proc (the pids in the runtime's state are the pod's).
+fn runtime_cmd(d: &Daemon, handler: &str, pod: &str, args: &[&str]) -> std::process::Output {
+    let pidns = d
+        .dir()
+        .state()
+        .join("pods")
+        .join(pod)
+        .join("ns")
+        .join("pid");
+    std::process::Command::new("nsenter")
+        .arg(format!("--pid={}", pidns.display()))
+        .args([
+            "--",
+            "unshare",
+            "--mount",
+            "--propagation",
+            "slave",
+            "--mount-proc",
+        ])
+        .arg(runtime_binary(handler))
+        .arg("--root")
+        .arg(d.dir().state().join("runtimes").join(handler))
+        .args(args)
+        .output()
+        .expect("run the runtime")
+}
+
+/// A process's pid in each PID namespace it is in, outermost first.
+fn nspids(host_pid: i64) -> Vec<i64> {
+    std::fs::read_to_string(format!("/proc/{host_pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The host pid ContainerStatus (verbose) reports.
+async fn reported_pid(d: &Daemon, id: &str) -> i64 {
+    let info = d
+        .runtime()
+        .container_status(ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .info;
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("info JSON");
+    v["pid"].as_i64().expect("a pid")
+}
+
+fn log_lines(path: &Path) -> Vec<(String, String, String)> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    text.lines()
+        .map(|l| {
+            let mut p = l.splitn(4, ' ');
+            let _time = p.next();
+            (
+                p.next().unwrap_or("").to_owned(),
+                p.next().unwrap_or("").to_owned(),
+                p.next().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn line(stream: &str, tag: &str, text: &str) -> (String, String, String) {
+    (stream.into(), tag.into(), text.into())
+}
+
+/// The whole life of a pod of `handler`.
+async fn a_pod_of(d: &Daemon, handler: &str) {
+    let log_dir = d.dir().path().join(format!("logs-{handler}"));
+    let config = pod_config(&format!("rc-{handler}"), &log_dir);
+    let pod = d
+        .runtime()
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox with {handler}: {e:?}"))
+        .into_inner()
+        .pod_sandbox_id;
+    let status = d
+        .runtime()
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+        .status
+        .expect("a status");
+    assert_eq!(status.runtime_handler, handler);
+
+    // Output reaches the CRI log; the exit code is the process's.
+    let script = "echo \"$GREETING\"; echo oops >&2; hostname; exit 7";
+    let short = start_container(
+        d,
+        &pod,
+        &config,
+        container_config("short", &["sh", "-c", script]),
+    )
+    .await;
+    let st = wait_exited(d, &short).await;
+    assert_eq!(st.exit_code, 7, "{handler}: {st:?}");
+    assert_eq!(st.reason, "Error");
+    let lines = log_lines(&log_dir.join("short.log"));
+    for want in [
+        line("stdout", "F", "hello from berth"),
+        line("stderr", "F", "oops"),
+        line("stdout", "F", &format!("rc-{handler}-host")),
+    ] {
+        assert!(
+            lines.contains(&want),
+            "{handler}: {want:?} not in {lines:?}"
+        );
+    }
+
+    // A long-running container is the runtime's: its state shows it running, with the
+    // pid Berth reports, and ExecSync runs in it.
+    let long = start_container(
+        d,
+        &pod,
+        &config,
+        container_config("long", &["sleep", "3600"]),
+    )
+    .await;
+    let out = runtime_cmd(d, handler, &pod, &["state", &long]);
+    assert!(
+        out.status.success(),
+        "{handler} state: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state: serde_json::Value = serde_json::from_slice(&out.stdout).expect("state JSON");
+    assert_eq!(state["status"], "running", "{handler}: {state}");
+    let host_pid = reported_pid(d, &long).await;
+    let pids = nspids(host_pid);
+    assert_eq!(
+        pids.get(1).copied(),
+        state["pid"].as_i64(),
+        "{handler}: the runtime's pid is not the one Berth reports ({pids:?}): {state}"
+    );
+    let cmdline = std::fs::read(format!("/proc/{host_pid}/cmdline")).unwrap_or_default();
+    assert!(
+        cmdline.starts_with(b"sleep\0"),
+        "{handler}: {:?}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    let (stdout, _, code) = exec_sync(
+        d,
+        &long,
+        &[
+            "sh",
+            "-c",
+            "echo \"$GREETING\" in $(cat /etc/hostname); exit 3",
+        ],
+    )
+    .await;
+    assert_eq!(code, 3, "{handler}");
+    assert_eq!(
+        stdout.trim(),
+        format!("hello from berth in rc-{handler}-host"),
+        "{handler}"
+    );
+
+    // A tty container gets its pty from the runtime's console socket.
+    let mut tty = container_config("tty", &["sh", "-c", "tty; echo on-tty"]);
+    tty.tty = true;
+    let tty = start_container(d, &pod, &config, tty).await;
+    assert_eq!(wait_exited(d, &tty).await.exit_code, 0, "{handler}");
+    let text: Vec<String> = log_lines(&log_dir.join("tty.log"))
+        .into_iter()
+        .map(|(_, _, t)| t)
+        .collect();
+    assert!(
+        text.iter().any(|t| t.starts_with("/dev/pts/"))
+            && text.iter().any(|t| t == "on-tty\r" || t == "on-tty"),
+        "{handler}: {text:?}"
+    );
+
+    // Stop kills it (the exit code of SIGTERM), remove deletes the runtime's state.
+    d.runtime()
+        .stop_container(StopContainerRequest {
+            container_id: long.clone(),
+            timeout: 10,
+        })
+        .await
+        .expect("StopContainer");
+    let st = container_status(d, &long).await;
+    assert_eq!(
+        st.state,
+        ContainerState::ContainerExited as i32,
+        "{handler}"
+    );
+    assert_eq!(st.exit_code, 128 + libc::SIGTERM, "{handler}: {st:?}");
+    d.runtime()
+        .remove_container(RemoveContainerRequest {
+            container_id: long.clone(),
+        })
+        .await
+        .expect("RemoveContainer");
+    assert!(
+        !runtime_cmd(d, handler, &pod, &["state", &long])
+            .status
+            .success(),
+        "{handler} still knows {long}"
+    );
+
+    // A created container that never starts goes away with the pod, as the others do.
+    let _created = d
+        .runtime()
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config("never", &["true"])),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .expect("CreateContainer never");
+    remove_pod(d, &pod).await;
+    let root = d.dir().state().join("runtimes").join(handler);
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{handler} state left: {left:?}");
+    let list = std::process::Command::new(runtime_binary(handler))
+        .arg("--root")
+        .arg(&root)
+        .args(["list", "-q"])
+        .output()
+        .expect("run the runtime");
+    assert!(
+        String::from_utf8_lossy(&list.stdout).trim().is_empty(),
+        "{handler} list: {}",
+        String::from_utf8_lossy(&list.stdout)
+    );
+}
+
+#[tokio::test]
+async fn runc_and_crun_pods_run_log_exec_and_stop_like_default_ones() {
+    let d = daemon().await;
+    pull(&d, images::BUSYBOX).await;
+    let status = d
+        .runtime()
+        .status(StatusRequest { verbose: false })
+        .await
+        .expect("Status")
+        .into_inner();
+    let names: Vec<&str> = status
+        .runtime_handlers
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect();
+    assert_eq!(names, ["", "crun", "runc"]);
+    for handler in ["runc", "crun"] {
+        a_pod_of(&d, handler).await;
+    }
+    assert!(
+        berth_e2e::leaks::mounts_under(d.dir().path()).is_empty(),
+        "mounts left: {:?}",
+        berth_e2e::leaks::mounts_under(d.dir().path())
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_handler_is_an_invalid_argument() {
+    let d = daemon().await;
+    let err = d
+        .runtime()
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod_config("rc-unknown", &d.dir().path().join("logs"))),
+            runtime_handler: "kata".into(),
+        })
+        .await
+        .expect_err("an unknown handler");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("kata"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn a_handler_whose_binary_is_missing_stops_the_start() {
+    let dir = DaemonDir::new().expect("daemon dir");
+    let text = format!(
+        "root = {:?}\nstate = {:?}\n[grpc]\nsocket = {:?}\n[runtimes.ghost]\npath = \"/nonexistent/runc\"\n",
+        dir.root().display().to_string(),
+        dir.state().display().to_string(),
+        dir.socket().display().to_string(),
+    );
+    std::fs::write(dir.config_path(), &text).expect("write config");
+    let out = run_berth(
+        [
+            "--config".to_string(),
+            dir.config_path().display().to_string(),
+        ],
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("berth ran");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "berth started: {stderr}");
+    assert!(
+        stderr.contains("ghost") && stderr.contains("/nonexistent/runc"),
+        "{stderr}"
+    );
+    assert!(!dir.socket().exists(), "berth created its socket");
+}
