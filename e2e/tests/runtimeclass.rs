@@ -169,15 +169,31 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
         );
     }
 
-    // A long-running container is the runtime's: its state shows it running, with the
-    // pid Berth reports, and ExecSync runs in it.
-    let long = start_container(
-        d,
-        &pod,
-        &config,
-        container_config("long", &["sleep", "3600"]),
-    )
-    .await;
+    // A long-running container in its own PID namespace (kubelet's default) is the
+    // runtime's: its state shows it running, with the pid Berth reports, and ExecSync runs
+    // in it. Its recursive read-only bind keeps a submount read-only.
+    let src = d.dir().path().join(format!("tree-{handler}"));
+    let _sub = Submount::mount(&src.join("sub"));
+    let mut long = container_config("long", &["sleep", "3600"]);
+    long.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                pid: NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    long.mounts = vec![Mount {
+        container_path: "/rro".into(),
+        host_path: src.display().to_string(),
+        readonly: true,
+        recursive_read_only: true,
+        propagation: MountPropagation::PropagationPrivate as i32,
+        ..Default::default()
+    }];
+    let long = start_container(d, &pod, &config, long).await;
     let out = runtime_cmd(d, handler, &pod, &["state", &long]);
     assert!(
         out.status.success(),
@@ -216,6 +232,58 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
         "{handler}"
     );
 
+    let (pid1, _, _) = exec_sync(d, &long, &["cat", "/proc/1/cmdline"]).await;
+    assert_eq!(
+        pid1, "sleep\03600\0",
+        "{handler}: pid 1 of its own namespace"
+    );
+    for path in ["/rro/x", "/rro/sub/x"] {
+        let (_, err, code) = exec_sync(d, &long, &["touch", path]).await;
+        assert_ne!(code, 0, "{handler}: {path} took a write");
+        assert!(
+            err.contains("Read-only file system"),
+            "{handler}: {path}: {err}"
+        );
+    }
+
+    // A container in the PID namespace of another one sees it.
+    let mut peer = container_config("peer", &["cat", "/proc/1/cmdline"]);
+    peer.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                pid: NamespaceMode::Target as i32,
+                target_id: long.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let peer = start_container(d, &pod, &config, peer).await;
+    assert_eq!(wait_exited(d, &peer).await.exit_code, 0, "{handler}");
+    let peer_log = log_lines(&log_dir.join("peer.log"));
+    assert!(
+        peer_log.iter().any(|(_, _, t)| t.starts_with("sleep")),
+        "{handler}: {peer_log:?}"
+    );
+
+    // Its cgroup is Berth's: stats read it.
+    let stats = d
+        .runtime()
+        .container_stats(ContainerStatsRequest {
+            container_id: long.clone(),
+        })
+        .await
+        .expect("ContainerStats")
+        .into_inner()
+        .stats
+        .expect("stats");
+    let memory = stats
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map(|v| v.value);
+    assert!(memory.is_some_and(|m| m > 0), "{handler}: {memory:?}");
+
     // A tty container gets its pty from the runtime's console socket.
     let mut tty = container_config("tty", &["sh", "-c", "tty; echo on-tty"]);
     tty.tty = true;
@@ -231,11 +299,12 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
         "{handler}: {text:?}"
     );
 
-    // Stop kills it (the exit code of SIGTERM), remove deletes the runtime's state.
+    // Stop kills it (`sleep` as PID 1 ignores SIGTERM: SIGKILL after the timeout, as for
+    // the default handler), remove deletes the runtime's state.
     d.runtime()
         .stop_container(StopContainerRequest {
             container_id: long.clone(),
-            timeout: 10,
+            timeout: 1,
         })
         .await
         .expect("StopContainer");
@@ -245,7 +314,7 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
         ContainerState::ContainerExited as i32,
         "{handler}"
     );
-    assert_eq!(st.exit_code, 128 + libc::SIGTERM, "{handler}: {st:?}");
+    assert_eq!(st.exit_code, 128 + libc::SIGKILL, "{handler}: {st:?}");
     d.runtime()
         .remove_container(RemoveContainerRequest {
             container_id: long.clone(),
@@ -355,4 +424,28 @@ async fn a_handler_whose_binary_is_missing_stops_the_start() {
         "{stderr}"
     );
     assert!(!dir.socket().exists(), "berth created its socket");
+}
+
+/// A tmpfs mounted for the test's lifetime.
+struct Submount(PathBuf);
+
+impl Submount {
+    fn mount(path: &Path) -> Submount {
+        std::fs::create_dir_all(path).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .expect("mount a tmpfs");
+        Submount(path.to_owned())
+    }
+}
+
+impl Drop for Submount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
 }

@@ -633,6 +633,16 @@ impl Runtime {
                 n += 1;
             }
         }
+        // RuntimeClass handlers' state of containers no record owns.
+        let runtimes = self.opts.state.join("runtimes");
+        for handler in list(&runtimes) {
+            for id in list(&runtimes.join(&handler)) {
+                if !containers.contains(&id) {
+                    let _ = std::fs::remove_dir_all(runtimes.join(&handler).join(&id));
+                    n += 1;
+                }
+            }
+        }
         n
     }
 
@@ -644,7 +654,7 @@ impl Runtime {
         };
         if let Some(rt) = oci {
             // The monitor deletes what it ran; this is for a monitor that is gone.
-            crate::oci::delete_orphan(&rt, &c.id);
+            crate::oci::forget_state(&rt, &c.id);
         }
         if let Err(e) = self.opts.cgroups.remove(&cgroup) {
             tracing::warn!(container = %c.id, error = %e.full_message(), "cannot remove cgroup");

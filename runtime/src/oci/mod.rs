@@ -500,26 +500,16 @@ fn remove_empty_tree(dir: &Path) {
     }
 }
 
-/// `<runtime> delete --force <id>` run by the daemon, for a container whose monitor is gone
-/// and whose runtime state is still there.
-pub fn delete_orphan(rt: &OciRuntimeSpec, id: &str) {
-    if !rt.root.join(id).exists() {
-        return;
-    }
-    let out = std::process::Command::new(&rt.binary)
-        .arg("--root")
-        .arg(&rt.root)
-        .args(&rt.args)
-        .args(["delete", "--force", id])
-        .output();
-    match out {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => tracing::warn!(
-            container = %id,
-            stderr = %String::from_utf8_lossy(&o.stderr).trim(),
-            "runtime delete failed"
-        ),
-        Err(e) => tracing::warn!(container = %id, error = %e, "cannot run the runtime's delete"),
+/// Forgets a container's runtime state when its monitor is gone (the monitor runs the
+/// runtime's `delete` for the containers it ran). The state is removed, not `delete`d: the
+/// pids it records are the dead pod's, and the runtime, run from here, would check (and
+/// could signal) the host's processes of those numbers. Berth removes the cgroups.
+pub fn forget_state(rt: &OciRuntimeSpec, id: &str) {
+    let dir = rt.root.join(id);
+    if let Err(e) = std::fs::remove_dir_all(&dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(container = %id, dir = %dir.display(), error = %e, "cannot remove runtime state");
     }
 }
 
