@@ -234,7 +234,7 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
 
     let (pid1, _, _) = exec_sync(d, &long, &["cat", "/proc/1/cmdline"]).await;
     assert_eq!(
-        pid1, "sleep\03600\0",
+        pid1, "sleep\u{0}3600\u{0}",
         "{handler}: pid 1 of its own namespace"
     );
     for path in ["/rro/x", "/rro/sub/x"] {
