@@ -255,7 +255,8 @@ impl Runtime {
             .create_container(&rec.cgroup, &limits)
             .map_err(undo)?;
         if let Some(input) = self.bundle_input(&pod, id, config, &spec, &rec.cgroup, &limits) {
-            spec.oci = Some(crate::oci::prepare(&spec, input?).map_err(undo)?);
+            let oci = input.and_then(|i| crate::oci::prepare(&spec, i));
+            spec.oci = Some(oci.map_err(undo)?);
         }
         let pid = match pod
             .client
