@@ -384,6 +384,82 @@ async fn runc_and_crun_pods_run_log_exec_and_stop_like_default_ones() {
 }
 
 #[tokio::test]
+async fn handler_pods_survive_a_daemon_restart_and_the_loss_of_their_monitor() {
+    let mut d = daemon().await;
+    pull(&d, images::BUSYBOX).await;
+    for handler in ["runc", "crun"] {
+        let log_dir = d.dir().path().join(format!("logs-{handler}"));
+        let config = pod_config(&format!("restart-{handler}"), &log_dir);
+        let pod = d
+            .runtime()
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: handler.into(),
+            })
+            .await
+            .expect("RunPodSandbox")
+            .into_inner()
+            .pod_sandbox_id;
+        let c = start_container(
+            &d,
+            &pod,
+            &config,
+            container_config("c", &["sh", "-c", "echo up; exec sleep 3600"]),
+        )
+        .await;
+
+        // The next daemon adopts the pod: exec, log reopening and stop still work.
+        d.stop().await.expect("stop the daemon");
+        d.start_again().await.expect("restart");
+        d.wait_runtime_ready(Duration::from_secs(60))
+            .await
+            .expect("runtime ready");
+        let (out, _, code) = exec_sync(&d, &c, &["cat", "/etc/hostname"]).await;
+        assert_eq!(
+            (out.trim(), code),
+            (format!("restart-{handler}-host").as_str(), 0)
+        );
+        std::fs::rename(log_dir.join("c.log"), log_dir.join("c.log.1")).expect("rotate");
+        d.runtime()
+            .reopen_container_log(ReopenContainerLogRequest {
+                container_id: c.clone(),
+            })
+            .await
+            .expect("ReopenContainerLog");
+        assert!(log_dir.join("c.log").exists(), "{handler}: no new log file");
+
+        // A monitor killed outright takes its containers with it; removing the pod then
+        // leaves no runtime state (and the harness finds no cgroup or mount).
+        let info = d
+            .runtime()
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: true,
+            })
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner()
+            .info;
+        let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("info JSON");
+        let monitor = v["pid"].as_i64().expect("the monitor's pid") as i32;
+        assert!(monitor > 1);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(monitor),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill the monitor");
+        let st = wait_exited(&d, &c).await;
+        assert_eq!(st.state, ContainerState::ContainerExited as i32);
+        remove_pod(&d, &pod).await;
+        let root = d.dir().state().join("runtimes").join(handler);
+        let left: Vec<_> = std::fs::read_dir(&root)
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{handler} state left: {left:?}");
+    }
+}
+
+#[tokio::test]
 async fn an_unknown_handler_is_an_invalid_argument() {
     let d = daemon().await;
     let err = d
