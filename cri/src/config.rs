@@ -264,6 +264,19 @@ impl Config {
                     "the default handler \"\" is Berth's own and cannot be configured",
                 ));
             }
+            // The name is a directory under the state dir (`runtimes/<name>`); kubelet's
+            // handler names are DNS labels.
+            let label = name.len() <= 63
+                && !name.starts_with(['.', '-'])
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+            if !label {
+                return Err(invalid(
+                    "runtimes",
+                    &format!("{name:?}: a handler name is letters, digits, '-', '_' and '.'"),
+                ));
+            }
             if !h.path.is_absolute() {
                 return Err(invalid(
                     "runtimes",
@@ -358,6 +371,22 @@ path = "/usr/bin/runc"
         assert_eq!(config.log.format, LogFormat::Json);
         assert_eq!(config.cgroup.driver, CgroupDriver::Systemd);
         assert_eq!(config.runtimes["runc"].path, Path::new("/usr/bin/runc"));
+    }
+
+    #[test]
+    fn runtime_handlers_need_a_plain_name_and_an_absolute_path() {
+        let ok = parse("[runtimes.\"kata-2.x\"]\npath = \"/usr/bin/kata\"\nargs = [\"--debug\"]\n")
+            .unwrap();
+        assert_eq!(ok.runtimes["kata-2.x"].args, ["--debug"]);
+        for bad in [
+            "[runtimes.\"\"]\npath = \"/usr/bin/runc\"\n",
+            "[runtimes.\"..\"]\npath = \"/usr/bin/runc\"\n",
+            "[runtimes.\"a/b\"]\npath = \"/usr/bin/runc\"\n",
+            "[runtimes.runc]\npath = \"runc\"\n",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("runtimes"), "{bad}: {e}");
+        }
     }
 
     #[test]
