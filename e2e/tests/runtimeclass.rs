@@ -284,6 +284,28 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
         .map(|v| v.value);
     assert!(memory.is_some_and(|m| m > 0), "{handler}: {memory:?}");
 
+    // The runtime default seccomp profile, in OCI form, is loaded by the runtime.
+    let mut confined = container_config("confined", &["grep", "^Seccomp:", "/proc/self/status"]);
+    confined.linux = Some(LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            seccomp: Some(SecurityProfile {
+                profile_type: security_profile::ProfileType::RuntimeDefault as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let confined = start_container(d, &pod, &config, confined).await;
+    assert_eq!(wait_exited(d, &confined).await.exit_code, 0, "{handler}");
+    let seccomp = log_lines(&log_dir.join("confined.log"));
+    assert!(
+        seccomp
+            .iter()
+            .any(|(_, _, t)| t.split_whitespace().eq(["Seccomp:", "2"])),
+        "{handler}: {seccomp:?}"
+    );
+
     // A tty container gets its pty from the runtime's console socket.
     let mut tty = container_config("tty", &["sh", "-c", "tty; echo on-tty"]);
     tty.tty = true;

@@ -2,10 +2,11 @@
 //! daemon wrote the bundle's `config.json`; here the monitor runs `<runtime> create` with the
 //! container's stdio pipes (or a console socket for a tty), then `start` and `delete`.
 //!
-//! The runtime's `create` runs in a private mount namespace where the monitor has mounted
-//! the container's overlay root at `root.path`: the runtime's own mount namespace for the
-//! container copies it, and the mount disappears with the container, so nothing is left on
-//! the host. When `create` exits the container's first process is reparented to the
+//! Every runtime command runs in a private mount namespace with a /proc of the pod's PID
+//! namespace (the monitor's, which the runtime is born in), so the pids it records and
+//! checks are the pod's. For `create` the monitor also mounts the container's overlay root
+//! there at `root.path`: the runtime's own mount namespace for the container copies it, and
+//! the mount disappears with the container, so nothing is left on the host. When `create` exits the container's first process is reparented to the
 //! monitor (the child subreaper), which reaps it, writes its exit code and signals it by
 //! pidfd, as for its own containers. Exec processes join the container by its pidfd as
 //! for the default handler. The monitor runs the runtime only for handler containers.
@@ -73,6 +74,7 @@ fn run(
     args: &[&str],
     stdio: [RawFd; 3],
     rootfs: Option<&ContainerSpec>,
+    timeout: Duration,
 ) -> Result<i32, String> {
     let argv = argv(rt, args)?;
     let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
@@ -157,7 +159,7 @@ fn run(
             libc::_exit(127);
         }
     }
-    wait_child(pid, SETUP_TIMEOUT.max(COMMAND_TIMEOUT))
+    wait_child(pid, timeout)
 }
 
 /// On a hybrid host (cgroup v1 controllers, and a cgroup2 hierarchy at
@@ -251,6 +253,7 @@ fn command(rt: &OciRuntimeSpec, args: &[&str]) -> Result<(), String> {
         args,
         [null.as_raw_fd(), w.as_raw_fd(), w.as_raw_fd()],
         None,
+        COMMAND_TIMEOUT,
     )?;
     drop(w);
     if code == 0 {
@@ -314,6 +317,7 @@ impl Monitor {
                 err_w.as_raw_fd(),
             ],
             Some(&spec),
+            SETUP_TIMEOUT,
         );
         drop((stdin_child, out_w, err_w));
         let failed = match code {
