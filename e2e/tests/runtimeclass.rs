@@ -482,6 +482,120 @@ async fn handler_pods_survive_a_daemon_restart_and_the_loss_of_their_monitor() {
 }
 
 #[tokio::test]
+async fn handler_containers_take_attach_stdin_and_terminal_execs() {
+    use berth_cri::streaming::client::{self, ExecOptions, RemoteCommand, Transport};
+    let d = daemon().await;
+    pull(&d, images::BUSYBOX).await;
+    let all = ExecOptions {
+        stdin: true,
+        stdout: true,
+        stderr: true,
+        tty: false,
+    };
+    for handler in ["runc", "crun"] {
+        let log_dir = d.dir().path().join(format!("logs-{handler}"));
+        let config = pod_config(&format!("stream-{handler}"), &log_dir);
+        let pod = d
+            .runtime()
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: handler.into(),
+            })
+            .await
+            .expect("RunPodSandbox")
+            .into_inner()
+            .pod_sandbox_id;
+        // The runtime hands the container the stdin pipe the monitor made.
+        let script = "while read l; do echo \"got $l\"; echo \"err $l\" >&2; done";
+        let mut echo = container_config("echo", &["sh", "-c", script]);
+        echo.stdin = true;
+        let echo = start_container(&d, &pod, &config, echo).await;
+        let url = d
+            .runtime()
+            .attach(AttachRequest {
+                container_id: echo.clone(),
+                stdin: true,
+                stdout: true,
+                stderr: true,
+                tty: false,
+            })
+            .await
+            .expect("Attach")
+            .into_inner()
+            .url;
+        let mut rc = RemoteCommand::connect(&url, all, &Transport::spdy(), None)
+            .await
+            .unwrap_or_else(|e| panic!("{handler}: attach: {e}"));
+        let mut out = rc.take_stdout().expect("stdout");
+        let mut err = rc.take_stderr().expect("stderr");
+        rc.write_stdin(b"ping\n").await.expect("stdin");
+        read_until(&mut out, b"got ping").await;
+        read_until(&mut err, b"err ping").await;
+        drop((out, err, rc));
+
+        // An exec on a terminal gets a pty of the container's devpts.
+        let tty = ExecOptions {
+            stdin: true,
+            stdout: true,
+            stderr: false,
+            tty: true,
+        };
+        let url = d
+            .runtime()
+            .exec(ExecRequest {
+                container_id: echo.clone(),
+                cmd: vec!["sh".into(), "-c".into(), "read l; tty; echo \"$l\"".into()],
+                tty: true,
+                stdin: true,
+                stdout: true,
+                stderr: false,
+            })
+            .await
+            .expect("Exec")
+            .into_inner()
+            .url;
+        let mut rc = RemoteCommand::connect(&url, tty, &Transport::websocket(), None)
+            .await
+            .unwrap_or_else(|e| panic!("{handler}: exec: {e}"));
+        let mut out = rc.take_stdout().expect("stdout");
+        rc.write_stdin(b"typed\n").await.expect("stdin");
+        // The terminal echoes the line, then `tty` answers, then the line comes back.
+        let seen = read_until(&mut out, b"/dev/pts/").await;
+        let after = seen.windows(9).position(|w| w == b"/dev/pts/").unwrap_or(0);
+        let mut rest = seen[after..].to_vec();
+        while !rest.windows(7).any(|w| w == b"typed\r\n") {
+            rest.extend(read_until(&mut out, b"\n").await);
+        }
+        let r = rc.wait().await;
+        assert_eq!(
+            r.status.exit_code(),
+            Some(0),
+            "{handler}: {:?} {}",
+            r.status,
+            String::from_utf8_lossy(&rest)
+        );
+        remove_pod(&d, &pod).await;
+    }
+
+    /// Reads until `want` shows; returns what was read.
+    async fn read_until(out: &mut client::Output, want: &[u8]) -> Vec<u8> {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !seen.windows(want.len()).any(|w| w == want) {
+            match tokio::time::timeout_at(deadline, out.recv()).await {
+                Ok(Some(b)) => seen.extend_from_slice(&b),
+                _ => panic!(
+                    "no {:?} in the output: {:?}",
+                    String::from_utf8_lossy(want),
+                    String::from_utf8_lossy(&seen)
+                ),
+            }
+        }
+        seen
+    }
+}
+
+#[tokio::test]
 async fn an_unknown_handler_is_an_invalid_argument() {
     let d = daemon().await;
     let err = d
