@@ -350,6 +350,21 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
         "{handler} still knows {long}"
     );
 
+    // A container the runtime cannot create is an error naming the cause, and is undone.
+    let err = d
+        .runtime()
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config("missing", &["/no/such/binary"])),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .expect_err("a container without its executable");
+    assert!(
+        err.message().contains("/no/such/binary") && err.message().contains(handler),
+        "{handler}: {err:?}"
+    );
+
     // A created container that never starts goes away with the pod, as the others do.
     let _created = d
         .runtime()
