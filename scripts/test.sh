@@ -29,6 +29,7 @@ PACKAGES=(
   iproute2 nftables iptables util-linux procps ca-certificates
   apparmor                                       # apparmor_parser compiles the default AppArmor profile in a unit test
   containernetworking-plugins                    # CNI mode is tested with Debian's plugins
+  runc crun                                      # RuntimeClass handlers are tested with Debian's runtimes
   golang-go golang-github-masterminds-sprig-dev golang-github-burntsushi-toml-dev golang-k8s-sigs-yaml-dev systemd python3-venv  # the Helm chart and unit (scripts/test-chart.sh)
 )
 missing=()

@@ -173,6 +173,10 @@ pub enum CgroupDriver {
 pub struct RuntimeHandlerConfig {
     /// Path of the runtime binary (runc, crun, or one with the same command line).
     pub path: PathBuf,
+    /// Global options put before every command the runtime is given, after Berth's own
+    /// `--root` and `--log` (for instance `--cgroup-manager=disabled` for crun, which then
+    /// leaves the container in the cgroup Berth made for it).
+    pub args: Vec<String>,
 }
 
 /// Why a configuration could not be used.
@@ -252,6 +256,33 @@ impl Config {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", &e.to_string()));
+        }
+        for (name, h) in &self.runtimes {
+            if name.is_empty() {
+                return Err(invalid(
+                    "runtimes",
+                    "the default handler \"\" is Berth's own and cannot be configured",
+                ));
+            }
+            // The name is a directory under the state dir (`runtimes/<name>`); kubelet's
+            // handler names are DNS labels.
+            let label = name.len() <= 63
+                && !name.starts_with(['.', '-'])
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+            if !label {
+                return Err(invalid(
+                    "runtimes",
+                    &format!("{name:?}: a handler name is letters, digits, '-', '_' and '.'"),
+                ));
+            }
+            if !h.path.is_absolute() {
+                return Err(invalid(
+                    "runtimes",
+                    &format!("{name:?}: path must be an absolute path"),
+                ));
+            }
         }
         Ok(())
     }
@@ -340,6 +371,22 @@ path = "/usr/bin/runc"
         assert_eq!(config.log.format, LogFormat::Json);
         assert_eq!(config.cgroup.driver, CgroupDriver::Systemd);
         assert_eq!(config.runtimes["runc"].path, Path::new("/usr/bin/runc"));
+    }
+
+    #[test]
+    fn runtime_handlers_need_a_plain_name_and_an_absolute_path() {
+        let ok = parse("[runtimes.\"kata-2.x\"]\npath = \"/usr/bin/kata\"\nargs = [\"--debug\"]\n")
+            .unwrap();
+        assert_eq!(ok.runtimes["kata-2.x"].args, ["--debug"]);
+        for bad in [
+            "[runtimes.\"\"]\npath = \"/usr/bin/runc\"\n",
+            "[runtimes.\"..\"]\npath = \"/usr/bin/runc\"\n",
+            "[runtimes.\"a/b\"]\npath = \"/usr/bin/runc\"\n",
+            "[runtimes.runc]\npath = \"runc\"\n",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("runtimes"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -311,6 +311,18 @@ pub fn account(config: &Config, owned: &Owned) -> Vec<Finding> {
             }
         }
     }
+    for handler in config.runtimes.keys() {
+        let base = config.state.join("runtimes").join(handler);
+        for id in dir_names(&base) {
+            if !containers.contains(id.as_str()) {
+                found.push(Finding {
+                    kind: "dir",
+                    object: base.join(&id).display().to_string(),
+                    problem: format!("runtime handler {handler}'s state without a container"),
+                });
+            }
+        }
+    }
     for mount in mount_points() {
         for (base, known, _) in &dirs {
             if let Some(id) = id_below(base, &mount)
@@ -488,9 +500,15 @@ mod tests {
             "state/pods/p2",
             "state/containers/c1",
             "root/containers/c9",
+            "state/runtimes/runc/c1",
+            "state/runtimes/runc/c7",
         ] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
+        config.runtimes.insert(
+            "runc".into(),
+            crate::config::RuntimeHandlerConfig::default(),
+        );
         let owned = Owned {
             pods: vec![OwnedPod {
                 id: "p1".into(),
@@ -509,6 +527,10 @@ mod tests {
             vec![
                 dir.path().join("root/containers/c9").display().to_string(),
                 dir.path().join("state/pods/p2").display().to_string(),
+                dir.path()
+                    .join("state/runtimes/runc/c7")
+                    .display()
+                    .to_string(),
             ]
         );
     }

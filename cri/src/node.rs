@@ -74,6 +74,23 @@ fn cgroup_manager(
     })
 }
 
+/// Checks that every configured RuntimeClass handler names an executable file, so that a
+/// typo stops the start instead of being found pod by pod.
+pub fn check_runtime_handlers(config: &Config) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for (name, h) in &config.runtimes {
+        let meta = std::fs::metadata(&h.path)
+            .map_err(|e| anyhow::anyhow!("runtime handler {name:?}: {}: {e}", h.path.display()))?;
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            anyhow::bail!(
+                "runtime handler {name:?}: {} is not an executable file",
+                h.path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 impl Node {
     /// Builds the node from its configuration and opened store. Does no work that grows
     /// with the number of pods or images: that is [`Node::reconcile`]'s, after serving.
@@ -85,6 +102,15 @@ impl Node {
         let monitor = std::env::current_exe()?.with_file_name("berth-monitor");
         let mut options = berth_runtime::RuntimeOptions::new(&config.root, &config.state, monitor);
         options.cgroups = cgroup_manager(&config.cgroup)?;
+        options.runtime_handlers = config
+            .runtimes
+            .iter()
+            .map(|(name, h)| berth_runtime::oci::Handler {
+                name: name.clone(),
+                path: h.path.clone(),
+                args: h.args.clone(),
+            })
+            .collect();
         let runtime = berth_runtime::Runtime::open(options, store.db())?;
         let streaming = Streaming::new();
         streaming.set_backend(Arc::new(

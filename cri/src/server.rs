@@ -31,6 +31,7 @@ const SOCKET_MODE: u32 = 0o660;
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let launched = Instant::now();
     let _lock = DaemonLock::acquire(&config.state)?;
+    crate::node::check_runtime_handlers(&config)?;
     let socket = config.grpc.socket.clone();
     let listener = bind_socket(&socket)?;
     let store = Store::open(&config.root)?;

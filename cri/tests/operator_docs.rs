@@ -88,6 +88,7 @@ fn readme_describes_every_key() {
             "network.pod_cidr_v6",
             "registry.mirrors.\"HOST\".endpoints",
             "runtimes.\"HANDLER\".path",
+            "runtimes.\"HANDLER\".args",
             "insecure",
             "ca_file",
             "username",

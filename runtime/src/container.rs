@@ -256,6 +256,10 @@ impl Runtime {
             .cgroups
             .create_container(&rec.cgroup, &limits)
             .map_err(undo)?;
+        if let Some(input) = self.bundle_input(&pod, id, config, &spec, &rec.cgroup, &limits) {
+            let oci = input.and_then(|i| crate::oci::prepare(&spec, i));
+            spec.oci = Some(oci.map_err(undo)?);
+        }
         let pid = match pod
             .client
             .call(&Request::Create {
@@ -287,6 +291,70 @@ impl Runtime {
         }
         self.emit(ContainerEventType::ContainerCreatedEvent, id, pod_id);
         Ok(())
+    }
+
+    /// What a container of a handler pod needs for its bundle; `None` in a default pod.
+    fn bundle_input<'a>(
+        &'a self,
+        pod: &crate::runtime::PodEntry,
+        id: &str,
+        config: &'a ContainerConfig,
+        spec: &crate::spec::ContainerSpec,
+        cgroup: &str,
+        limits: &ContainerLimits<'_>,
+    ) -> Option<Result<crate::oci::BundleInput<'a>>> {
+        let (handler, namespaces, monitor_pid) = {
+            let rec = lock(&pod.rec);
+            if rec.runtime_handler.is_empty() {
+                return None;
+            }
+            (
+                rec.runtime_handler.clone(),
+                rec.namespaces.clone(),
+                rec.monitor_pid,
+            )
+        };
+        let Some(handler) = self
+            .opts
+            .runtime_handlers
+            .iter()
+            .find(|h| h.name == handler)
+        else {
+            return Some(Err(Error::FailedPrecondition(format!(
+                "runtime handler {handler:?} is no longer configured"
+            ))));
+        };
+        let target_pid = match &spec.pid_ns {
+            crate::spec::PidNamespace::Target { container_id } => self
+                .find_container(container_id)
+                .map(|c| lock(&c.rec).pid)
+                .filter(|p| *p > 0)
+                .and_then(|p| crate::oci::pid_in_ns_of(p, monitor_pid)),
+            _ => None,
+        };
+        let devices = match crate::oci::device_nodes(&spec.devices) {
+            Ok(d) => d,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(Ok(crate::oci::BundleInput {
+            state: &self.opts.state,
+            handler,
+            container_dir: self.container_state_dir(id),
+            security: config
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref()),
+            binding: crate::oci::PodBinding {
+                namespaces,
+                ns_dir: self.pod_dir(&pod.id).join("ns"),
+                target_pid,
+                cgroups_path: cgroup.to_owned(),
+                resources: limits.resources.cloned(),
+                device_rules: limits.devices.clone(),
+                devices,
+                seccomp: None,
+            },
+        }))
     }
 
     /// Starts a created container; it runs once this returns.

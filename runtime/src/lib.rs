@@ -14,6 +14,7 @@ pub mod crilog;
 pub mod error;
 pub mod image;
 pub mod lsm;
+pub mod oci;
 pub mod plan;
 pub mod podfiles;
 pub mod protocol;

@@ -508,6 +508,7 @@ pub fn plan_container(input: &PlanInput<'_>) -> Result<ContainerSpec> {
         stdin_once: c.stdin_once,
         tty: c.tty,
         userns,
+        oci: None,
     })
 }
 

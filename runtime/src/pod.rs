@@ -145,7 +145,11 @@ impl Runtime {
             ));
         }
         if !req.runtime_handler.is_empty()
-            && !self.opts.runtime_handlers.contains(&req.runtime_handler)
+            && !self
+                .opts
+                .runtime_handlers
+                .iter()
+                .any(|h| h.name == req.runtime_handler)
         {
             return Err(Error::InvalidArgument(format!(
                 "unknown runtime handler {:?}",
@@ -308,8 +312,14 @@ impl Runtime {
         }
         let dir = self.pod_dir(&pod.id);
         release_pod_mounts(&dir);
-        let cgroup = lock(&pod.rec).cgroup.clone();
+        let (cgroup, handler) = {
+            let rec = lock(&pod.rec);
+            (rec.cgroup.clone(), !rec.runtime_handler.is_empty())
+        };
         let _ = self.opts.cgroups.remove_pod(&cgroup);
+        if handler && cgroup.owned {
+            crate::oci::remove_runtime_cgroups(&cgroup.pod);
+        }
         let _ = std::fs::remove_dir_all(&dir);
         let _ = self.store.delete_pod(&pod.id);
         self.release_name(&pod.id);
@@ -392,8 +402,14 @@ impl Runtime {
         }
         let dir = self.pod_dir(&pod.id);
         release_pod_mounts(&dir);
-        let cgroup = lock(&pod.rec).cgroup.clone();
+        let (cgroup, handler) = {
+            let rec = lock(&pod.rec);
+            (rec.cgroup.clone(), !rec.runtime_handler.is_empty())
+        };
         self.opts.cgroups.remove_pod(&cgroup)?;
+        if handler && cgroup.owned {
+            crate::oci::remove_runtime_cgroups(&cgroup.pod);
+        }
         if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {

@@ -30,8 +30,9 @@ pub struct RuntimeOptions {
     pub monitor_path: PathBuf,
     /// Places pods and containers in cgroups.
     pub cgroups: Arc<dyn CgroupManager>,
-    /// RuntimeClass handler names accepted besides the default `""`.
-    pub runtime_handlers: Vec<String>,
+    /// RuntimeClass handlers accepted besides the default `""`, each run by an external OCI
+    /// runtime.
+    pub runtime_handlers: Vec<crate::oci::Handler>,
     /// Size of each pod's /dev/shm in bytes.
     pub shm_size: u64,
 }
@@ -651,12 +652,29 @@ impl Runtime {
                 n += 1;
             }
         }
+        // RuntimeClass handlers' state of containers no record owns.
+        let runtimes = self.opts.state.join("runtimes");
+        for handler in list(&runtimes) {
+            for id in list(&runtimes.join(&handler)) {
+                if !containers.contains(&id) {
+                    let _ = std::fs::remove_dir_all(runtimes.join(&handler).join(&id));
+                    n += 1;
+                }
+            }
+        }
         n
     }
 
     /// Drops a container's record, name and directories (its processes are gone).
     pub(crate) fn forget_container(&self, c: &ContainerEntry) {
-        let cgroup = lock(&c.rec).cgroup.clone();
+        let (cgroup, oci) = {
+            let rec = lock(&c.rec);
+            (rec.cgroup.clone(), rec.spec.oci.clone())
+        };
+        if let Some(rt) = oci {
+            // The monitor deletes what it ran; this is for a monitor that is gone.
+            crate::oci::forget_state(&rt, &c.id);
+        }
         if let Err(e) = self.opts.cgroups.remove(&cgroup) {
             tracing::warn!(container = %c.id, error = %e.full_message(), "cannot remove cgroup");
         }

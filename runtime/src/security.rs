@@ -189,10 +189,26 @@ pub fn own_bounding_set() -> u64 {
         .unwrap_or(u64::MAX >> (64 - CAPABILITY_NAMES.len()))
 }
 
-/// The filter a container's seccomp settings ask for: `seccomp` if set, else the
-/// deprecated `seccomp_profile_path` (`runtime/default`, `docker/default`, `unconfined`,
-/// `localhost/<path>`); nothing set is unconfined, as in containerd.
+/// The filter a container's seccomp settings ask for (see [`seccomp_profile`]).
 fn seccomp_for(ctx: &LinuxContainerSecurityContext, caps: u64) -> Result<Option<SeccompFilter>> {
+    match seccomp_profile(ctx, caps)? {
+        None => Ok(None),
+        Some((p, None)) => crate::seccomp::compile(&p).map(Some),
+        Some((p, Some(path))) => crate::seccomp::compile(&p)
+            .map(Some)
+            .map_err(|e| Error::InvalidArgument(format!("seccomp profile {path}: {e}"))),
+    }
+}
+
+/// The profile a container's seccomp settings ask for: `seccomp` if set, else the
+/// deprecated `seccomp_profile_path` (`runtime/default`, `docker/default`, `unconfined`,
+/// `localhost/<path>`); nothing set is unconfined, as in containerd. `caps` is the
+/// container's capability set (the runtime default profile depends on it). A Localhost
+/// profile comes with its path.
+pub fn seccomp_profile(
+    ctx: &LinuxContainerSecurityContext,
+    caps: u64,
+) -> Result<Option<(crate::seccomp::Profile, Option<&str>)>> {
     use k8s_cri::v1::security_profile::ProfileType;
     enum Wanted<'a> {
         Default,
@@ -228,16 +244,14 @@ fn seccomp_for(ctx: &LinuxContainerSecurityContext, caps: u64) -> Result<Option<
     };
     match wanted {
         Wanted::Unconfined => Ok(None),
-        Wanted::Default => {
-            crate::seccomp::compile(&crate::seccomp::runtime_default(caps)).map(Some)
-        }
+        Wanted::Default => Ok(Some((crate::seccomp::runtime_default(caps), None))),
         Wanted::Localhost(path) => {
             if !path.starts_with('/') {
                 return Err(Error::InvalidArgument(format!(
                     "seccomp localhost profile {path:?} is not an absolute path"
                 )));
             }
-            crate::seccomp::load_profile(path).map(Some)
+            crate::seccomp::read_profile(path).map(|p| Some((p, Some(path))))
         }
     }
 }

@@ -40,6 +40,27 @@ pub struct ContainerSpec {
     /// The pod's user namespace, which the container joins; `None`: the node's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub userns: Option<crate::userns::UsernsSpec>,
+    /// Run by an external OCI runtime (a RuntimeClass handler) instead of Berth's own
+    /// executor; `None` for the default handler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<OciRuntimeSpec>,
+}
+
+/// How the monitor runs a container with an external OCI runtime: the daemon has written
+/// the bundle's `config.json`; the monitor mounts the root and drives the runtime.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OciRuntimeSpec {
+    /// The RuntimeClass handler name.
+    pub handler: String,
+    /// The runtime binary (runc, crun).
+    pub binary: PathBuf,
+    /// Global options put before every command, after `--root` and `--log`.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// The runtime's state root (its `--root`).
+    pub root: PathBuf,
+    /// The bundle: `config.json`, the pid file and the runtime's log.
+    pub bundle: PathBuf,
 }
 
 /// The container's root: overlayfs of the image layers and a private upper dir.

@@ -55,7 +55,7 @@ fn fail(sync: RawFd, (invalid, msg): ChildError) -> ! {
     }
 }
 
-fn reset_signals() {
+pub(super) fn reset_signals() {
     // SAFETY: a zeroed sigset emptied by sigemptyset; default dispositions for every
     // catchable signal; we are the only thread.
     unsafe {

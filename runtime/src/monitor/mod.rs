@@ -9,6 +9,7 @@
 mod child;
 mod logs;
 mod memory;
+mod oci;
 mod rootfs;
 mod userns;
 
@@ -144,6 +145,8 @@ struct Container {
     log: Option<std::fs::File>,
     outputs: Vec<Output>,
     exit_file: PathBuf,
+    /// Run by an external OCI runtime (a RuntimeClass handler), see [`oci`].
+    oci: Option<crate::spec::OciRuntimeSpec>,
 }
 
 struct Exec {
@@ -800,6 +803,15 @@ impl Monitor {
         } else {
             (devnull().map_err(|e| sys_err("open /dev/null", e))?, None)
         };
+        if let Some(rt) = spec.oci.clone() {
+            let stdio = oci::CreateStdio {
+                log,
+                out: (out_r, out_w),
+                err: (err_r, err_w),
+                stdin: (stdin_child, stdin_keep),
+            };
+            return self.create_oci(spec, rt, stdio);
+        }
         let (sync_parent, sync_child) = seqpacket_pair().map_err(|e| sys_err("socketpair", e))?;
         let (switched, own_pidns) = match &spec.pid_ns {
             PidNamespace::Container => {
@@ -905,11 +917,15 @@ impl Monitor {
             log,
             outputs,
             exit_file: self.cfg.containers_dir.join(&spec.id).join("exit"),
+            oci: None,
         });
         Ok(Response::Created { pid: host_pid })
     }
 
     fn start(&mut self, id: &str) -> Result<Response, Failure> {
+        if self.container(id)?.oci.is_some() {
+            return self.start_oci(id);
+        }
         let c = self.container(id)?;
         if c.exit.is_some() {
             return Err(err(
@@ -1153,7 +1169,12 @@ impl Monitor {
     fn remove(&mut self, id: &str) -> Result<(), Failure> {
         let c = self.container(id)?;
         if c.exit.is_none() {
-            if c.sync.is_some() {
+            if c.oci.is_some() && c.started_at == 0 {
+                // Created by the runtime, never started: its process waits to exec.
+                let _ = sys::pidfd_send_signal(&c.pidfd, libc::SIGKILL);
+                let pid = c.pid;
+                reap_now(pid);
+            } else if c.sync.is_some() {
                 // Created, never started: it waits on the sync socket; let it go and kill it.
                 c.sync = None;
                 let _ = sys::pidfd_send_signal(&c.pidfd, libc::SIGKILL);
@@ -1165,6 +1186,9 @@ impl Monitor {
                     format!("container {id} is running"),
                 ));
             }
+        }
+        if let Some(rt) = &c.oci {
+            oci::delete(rt, id);
         }
         self.containers.retain(|c| c.id != id);
         Ok(())
@@ -1201,6 +1225,12 @@ impl Monitor {
             .collect();
         for fd in fds {
             self.read_output(fd);
+        }
+        // Before the daemon hears that the pod is down and removes the bundles.
+        for c in &self.containers {
+            if let Some(rt) = &c.oci {
+                oci::delete(rt, &c.id);
+            }
         }
     }
 

@@ -19,7 +19,7 @@ fn step<T>(what: impl FnOnce() -> String, r: io::Result<T>) -> StepResult<T> {
     r.map_err(|e| format!("{}: {e}", what()))
 }
 
-fn mount_raw(
+pub(super) fn mount_raw(
     source: Option<&str>,
     target: &Path,
     fstype: Option<&str>,
@@ -160,7 +160,7 @@ pub(crate) fn ensure_in_root(rootfd: RawFd, rel: &str, file: bool) -> io::Result
     Ok(cur)
 }
 
-fn overlay_data(lower: &[PathBuf], upper: Option<(&Path, &Path)>) -> String {
+pub(super) fn overlay_data(lower: &[PathBuf], upper: Option<(&Path, &Path)>) -> String {
     let mut data = String::from("lowerdir=");
     for (i, l) in lower.iter().enumerate() {
         if i > 0 {

@@ -368,13 +368,18 @@ pub fn compile_for(profile: &Profile, arch: Arch) -> Result<SeccompFilter> {
     })
 }
 
-/// Reads and compiles the JSON profile at `path`.
-pub fn load_profile(path: &str) -> Result<SeccompFilter> {
+/// Reads the JSON profile at `path`.
+pub fn read_profile(path: &str) -> Result<Profile> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::InvalidArgument(format!("seccomp profile {path}: cannot read it: {e}"))
     })?;
-    let profile: Profile = serde_json::from_str(&text)
-        .map_err(|e| Error::InvalidArgument(format!("seccomp profile {path}: {e}")))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::InvalidArgument(format!("seccomp profile {path}: {e}")))
+}
+
+/// Reads and compiles the JSON profile at `path`.
+pub fn load_profile(path: &str) -> Result<SeccompFilter> {
+    let profile = read_profile(path)?;
     compile(&profile).map_err(|e| Error::InvalidArgument(format!("seccomp profile {path}: {e}")))
 }
 

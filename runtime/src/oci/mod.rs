@@ -1,0 +1,520 @@
+//! RuntimeClass handlers run by an external OCI runtime (runc, crun, or one with the same
+//! command line): the OCI runtime spec (`config.json`) generated from the same
+//! [`ContainerSpec`] Berth's own executor runs, and the bundle it goes in.
+//!
+//! The daemon writes the bundle; the pod's monitor mounts the overlay root in a private mount
+//! namespace and runs `<runtime> create` there with the container's stdio pipes, then
+//! `start` and `delete` (see `monitor::oci`). The monitor stays the container's reaper, log
+//! writer and exit-code keeper, as for the default handler. Only handler pods pay for this:
+//! the default path never reaches this module.
+//!
+//! What Berth's cgroup manager already did stays authoritative: the container's cgroup
+//! exists with its limits and device rules before the runtime runs; `config.json` names
+//! that cgroup and repeats the CPU, memory and device settings, so a runtime that applies
+//! them writes the same values.
+
+use std::path::{Path, PathBuf};
+
+use k8s_cri::v1::LinuxContainerResources;
+use serde_json::{Value, json};
+
+use crate::cgroups::DeviceRule;
+use crate::error::{Error, Result};
+use crate::seccomp::Profile;
+use crate::security::CAPABILITY_NAMES;
+use crate::spec::{ContainerSpec, MountKind, MountSpec, OciRuntimeSpec, PidNamespace, Propagation};
+
+/// The OCI runtime spec version the generated `config.json` declares.
+pub const OCI_VERSION: &str = "1.0.2";
+
+/// A configured RuntimeClass handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handler {
+    /// The RuntimeClass handler name kubelet sends.
+    pub name: String,
+    /// The OCI runtime binary.
+    pub path: PathBuf,
+    /// Global options put before every command (`--cgroup-manager=disabled`).
+    pub args: Vec<String>,
+}
+
+/// A device node of the container, resolved from the host device it copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceNode {
+    /// Path inside the container.
+    pub path: String,
+    /// `c` or `b`.
+    pub kind: char,
+    /// Major number.
+    pub major: u64,
+    /// Minor number.
+    pub minor: u64,
+    /// Permission bits of the node (from the CRI permissions: `r` and `w`).
+    pub file_mode: u32,
+}
+
+/// What the runtime spec needs beyond the container's own plan: how it joins its pod.
+#[derive(Debug, Clone, Default)]
+pub struct PodBinding {
+    /// Namespaces the pod holds (`net`, `ipc`, `uts`), joined through `<ns_dir>/<name>`.
+    pub namespaces: Vec<String>,
+    /// The pod's `ns/` dir, where the monitor bind-mounts its namespaces.
+    pub ns_dir: PathBuf,
+    /// PID of the target container of a `Target` PID namespace, as the pod's monitor sees it
+    /// (see [`pid_in_ns_of`]).
+    pub target_pid: Option<i32>,
+    /// The container's cgroup as Berth's cgroup manager names it (`/berth/<pod>/<id>`).
+    pub cgroups_path: String,
+    /// kubelet's resources for the container.
+    pub resources: Option<LinuxContainerResources>,
+    /// Device cgroup rules beyond the defaults (the container's devices).
+    pub device_rules: Vec<DeviceRule>,
+    /// The container's device nodes.
+    pub devices: Vec<DeviceNode>,
+    /// The seccomp profile in OCI form, if any.
+    pub seccomp: Option<Value>,
+}
+
+fn caps_list(mask: u64) -> Vec<String> {
+    CAPABILITY_NAMES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| mask & (1u64 << i) != 0)
+        .map(|(_, n)| format!("CAP_{n}"))
+        .collect()
+}
+
+fn propagation_option(p: Propagation) -> &'static str {
+    match p {
+        Propagation::Private => "rprivate",
+        Propagation::Slave => "rslave",
+        Propagation::Shared => "rshared",
+    }
+}
+
+/// One planned mount in OCI form.
+pub fn mount_json(m: &MountSpec) -> Value {
+    let mut options: Vec<String> = Vec::new();
+    let (kind, source) = match &m.kind {
+        MountKind::Bind {
+            source,
+            propagation,
+        } => {
+            options.push("rbind".into());
+            if let Some(p) = propagation {
+                options.push(propagation_option(*p).into());
+            }
+            ("bind".to_string(), source.display().to_string())
+        }
+        MountKind::Fs {
+            fstype,
+            source,
+            data,
+        } => {
+            options.extend(
+                data.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
+            );
+            (fstype.clone(), source.clone())
+        }
+        MountKind::Overlay { lower_dirs } => {
+            let lower: Vec<String> = lower_dirs.iter().map(|d| d.display().to_string()).collect();
+            options.push(format!("lowerdir={}", lower.join(":")));
+            ("overlay".to_string(), "overlay".to_string())
+        }
+    };
+    let o = &m.options;
+    for (set, name) in [
+        (o.nosuid, "nosuid"),
+        (o.nodev, "nodev"),
+        (o.noexec, "noexec"),
+        (o.readonly, "ro"),
+        (o.recursive_readonly, "rro"),
+    ] {
+        if set {
+            options.push(name.into());
+        }
+    }
+    json!({
+        "destination": m.destination,
+        "type": kind,
+        "source": source,
+        "options": options,
+    })
+}
+
+fn namespaces_json(spec: &ContainerSpec, pod: &PodBinding) -> Result<Vec<Value>> {
+    let mut out = vec![json!({"type": "mount"})];
+    // The runtime runs in the monitor's PID namespace (the pod's, or the host's for a
+    // hostPID pod), with its /proc: staying there is sharing the pod's.
+    match &spec.pid_ns {
+        PidNamespace::Container => out.push(json!({"type": "pid"})),
+        PidNamespace::Pod | PidNamespace::Node => {}
+        PidNamespace::Target { container_id } => {
+            let pid = pod.target_pid.ok_or_else(|| {
+                Error::FailedPrecondition(format!("target container {container_id} is not running"))
+            })?;
+            out.push(json!({"type": "pid", "path": format!("/proc/{pid}/ns/pid")}));
+        }
+    }
+    for (ours, oci) in [("net", "network"), ("ipc", "ipc"), ("uts", "uts")] {
+        if pod.namespaces.iter().any(|n| n == ours) {
+            out.push(json!({"type": oci, "path": pod.ns_dir.join(ours)}));
+        }
+    }
+    Ok(out)
+}
+
+fn resources_json(pod: &PodBinding, privileged: bool) -> Value {
+    let mut devices = vec![json!({"allow": privileged, "access": "rwm"})];
+    if !privileged {
+        for r in &pod.device_rules {
+            let mut d = json!({"allow": true, "type": r.kind.to_string(), "access": r.access});
+            if let Some(major) = r.major {
+                d["major"] = json!(major);
+            }
+            if let Some(minor) = r.minor {
+                d["minor"] = json!(minor);
+            }
+            devices.push(d);
+        }
+    }
+    let mut res = json!({ "devices": devices });
+    if let Some(r) = &pod.resources {
+        let mut cpu = serde_json::Map::new();
+        if r.cpu_shares > 0 {
+            cpu.insert("shares".into(), json!(r.cpu_shares));
+        }
+        if r.cpu_quota != 0 {
+            cpu.insert("quota".into(), json!(r.cpu_quota));
+        }
+        if r.cpu_period > 0 {
+            cpu.insert("period".into(), json!(r.cpu_period));
+        }
+        if !r.cpuset_cpus.is_empty() {
+            cpu.insert("cpus".into(), json!(r.cpuset_cpus));
+        }
+        if !r.cpuset_mems.is_empty() {
+            cpu.insert("mems".into(), json!(r.cpuset_mems));
+        }
+        if !cpu.is_empty() {
+            res["cpu"] = Value::Object(cpu);
+        }
+        if r.memory_limit_in_bytes > 0 {
+            res["memory"] = json!({"limit": r.memory_limit_in_bytes});
+        }
+    }
+    res
+}
+
+/// The OCI runtime spec of a planned container in its pod: the same process, ids,
+/// capabilities, mounts, devices, masked paths and seccomp profile Berth's own executor
+/// would apply, in the pod's namespaces and the cgroup Berth placed it in.
+pub fn runtime_spec(spec: &ContainerSpec, pod: &PodBinding) -> Result<Value> {
+    let p = &spec.process;
+    let sec = &p.security;
+    let caps = &sec.capabilities;
+    let mut process = json!({
+        "terminal": spec.tty,
+        "user": {
+            "uid": p.user.uid,
+            "gid": p.user.gid,
+            "additionalGids": p.user.additional_gids,
+        },
+        "args": p.args,
+        "env": p.env,
+        "cwd": p.cwd,
+        "capabilities": {
+            "bounding": caps_list(caps.bounding),
+            "effective": caps_list(caps.effective),
+            "permitted": caps_list(caps.permitted),
+            "inheritable": caps_list(caps.inheritable),
+            "ambient": caps_list(caps.ambient),
+        },
+        "noNewPrivileges": sec.no_new_privs,
+    });
+    if let Some(v) = p.oom_score_adj {
+        process["oomScoreAdj"] = json!(v);
+    }
+    if let Some(profile) = &sec.apparmor_profile {
+        process["apparmorProfile"] = json!(profile);
+    }
+    let devices: Vec<Value> = pod
+        .devices
+        .iter()
+        .map(|d| {
+            json!({
+                "path": d.path,
+                "type": d.kind.to_string(),
+                "major": d.major,
+                "minor": d.minor,
+                "fileMode": d.file_mode,
+                "uid": 0,
+                "gid": 0,
+            })
+        })
+        .collect();
+    let mut linux = json!({
+        "namespaces": namespaces_json(spec, pod)?,
+        "resources": resources_json(pod, sec.privileged),
+        "devices": devices,
+        "rootfsPropagation": propagation_option(spec.root_propagation),
+    });
+    if !pod.cgroups_path.is_empty() {
+        linux["cgroupsPath"] = json!(pod.cgroups_path);
+    }
+    if !sec.privileged {
+        linux["maskedPaths"] = json!(sec.masked_paths);
+        linux["readonlyPaths"] = json!(sec.readonly_paths);
+    }
+    if let Some(s) = &pod.seccomp {
+        linux["seccomp"] = s.clone();
+    }
+    Ok(json!({
+        "ociVersion": OCI_VERSION,
+        "process": process,
+        "root": {
+            "path": spec.rootfs.mount_point,
+            "readonly": spec.rootfs.readonly,
+        },
+        "mounts": spec.mounts.iter().map(mount_json).collect::<Vec<_>>(),
+        "linux": linux,
+    }))
+}
+
+/// A seccomp profile (ours, or a Localhost one as read) in the OCI runtime spec's form.
+pub fn seccomp_json(profile: &Profile) -> Value {
+    let mut archs: Vec<String> = profile.architectures.clone();
+    for a in &profile.arch_map {
+        archs.push(a.architecture.clone());
+        archs.extend(a.sub_architectures.iter().cloned());
+    }
+    archs.dedup();
+    let syscalls: Vec<Value> = profile
+        .syscalls
+        .iter()
+        .map(|r| {
+            let mut names = r.names.clone();
+            names.extend(r.name.iter().cloned());
+            let mut s = json!({"names": names, "action": r.action});
+            if let Some(e) = r.errno_ret {
+                s["errnoRet"] = json!(e);
+            }
+            if !r.args.is_empty() {
+                s["args"] = r
+                    .args
+                    .iter()
+                    .map(|a| {
+                        json!({
+                            "index": a.index,
+                            "value": a.value,
+                            "valueTwo": a.value_two,
+                            "op": a.op,
+                        })
+                    })
+                    .collect();
+            }
+            s
+        })
+        .filter(|s| s["names"].as_array().is_some_and(|n| !n.is_empty()))
+        .collect();
+    let mut out = json!({
+        "defaultAction": profile.default_action,
+        "architectures": archs,
+        "syscalls": syscalls,
+    });
+    if let Some(e) = profile.default_errno_ret {
+        out["defaultErrnoRet"] = json!(e);
+    }
+    if !profile.flags.is_empty() {
+        out["flags"] = json!(profile.flags);
+    }
+    out
+}
+
+/// The `NSpid:` list of a process (its pid in each PID namespace, outermost first), from
+/// the text of its `/proc/<pid>/status`.
+pub fn nspids(status: &str) -> Vec<i32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The pid of process `target` as seen from the PID namespace of `viewer` (both host pids),
+/// when `target` is in that namespace or below it.
+pub fn pid_in_ns_of(target: i32, viewer: i32) -> Option<i32> {
+    let read = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/status")).ok();
+    let depth = nspids(&read(viewer)?).len();
+    nspids(&read(target)?).get(depth.checked_sub(1)?).copied()
+}
+
+/// Resolves the container's device nodes from the host devices they copy.
+pub fn device_nodes(devices: &[crate::spec::DeviceSpec]) -> Result<Vec<DeviceNode>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    devices
+        .iter()
+        .map(|d| {
+            let md = std::fs::metadata(&d.host_path)
+                .map_err(|e| Error::io("stat device", &d.host_path, e))?;
+            let kind = if md.file_type().is_char_device() {
+                'c'
+            } else if md.file_type().is_block_device() {
+                'b'
+            } else {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is not a device",
+                    d.host_path.display()
+                )));
+            };
+            let mut file_mode = 0;
+            if d.permissions.contains('r') {
+                file_mode |= 0o444;
+            }
+            if d.permissions.contains('w') {
+                file_mode |= 0o222;
+            }
+            let rdev = md.rdev();
+            Ok(DeviceNode {
+                path: d.container_path.clone(),
+                kind,
+                major: libc::major(rdev) as u64,
+                minor: libc::minor(rdev) as u64,
+                file_mode,
+            })
+        })
+        .collect()
+}
+
+/// The runtime's state root for a handler: `<state>/runtimes/<handler>`.
+pub fn runtime_root(state: &Path, handler: &str) -> PathBuf {
+    state.join("runtimes").join(handler)
+}
+
+/// Writes `config.json` into `bundle` (created if missing) and returns what the monitor
+/// needs to run the container with `handler`.
+pub fn write_bundle(
+    state: &Path,
+    handler: &Handler,
+    bundle: &Path,
+    config: &Value,
+) -> Result<OciRuntimeSpec> {
+    let root = runtime_root(state, &handler.name);
+    for d in [bundle, root.as_path()] {
+        std::fs::create_dir_all(d).map_err(|e| Error::io("create", d, e))?;
+    }
+    let text = serde_json::to_vec_pretty(config)
+        .map_err(|e| Error::Internal(format!("encode config.json: {e}")))?;
+    let path = bundle.join("config.json");
+    std::fs::write(&path, text).map_err(|e| Error::io("write", &path, e))?;
+    Ok(OciRuntimeSpec {
+        handler: handler.name.clone(),
+        binary: handler.path.clone(),
+        args: handler.args.clone(),
+        root,
+        bundle: bundle.to_owned(),
+    })
+}
+
+/// Everything [`prepare`] reads about a container and its pod.
+#[derive(Debug)]
+pub struct BundleInput<'a> {
+    /// The daemon's state dir (`/run/berth`): runtime roots live under `runtimes/`.
+    pub state: &'a Path,
+    /// The pod's handler.
+    pub handler: &'a Handler,
+    /// The container's run dir: the bundle is its `bundle/`.
+    pub container_dir: PathBuf,
+    /// The container's security context, for its seccomp profile.
+    pub security: Option<&'a k8s_cri::v1::LinuxContainerSecurityContext>,
+    /// How the container joins its pod.
+    pub binding: PodBinding,
+}
+
+/// Writes the bundle of a handler container and returns what the monitor runs it with. The
+/// seccomp profile is the one the container's settings name (the plan holds it compiled).
+pub fn prepare(spec: &ContainerSpec, input: BundleInput<'_>) -> Result<OciRuntimeSpec> {
+    let mut binding = input.binding;
+    if spec.process.security.seccomp.is_some() {
+        let default = k8s_cri::v1::LinuxContainerSecurityContext::default();
+        let caps = spec.process.security.capabilities.bounding;
+        binding.seccomp =
+            crate::security::seccomp_profile(input.security.unwrap_or(&default), caps)?
+                .map(|(p, _)| seccomp_json(&p));
+    }
+    let config = runtime_spec(spec, &binding)?;
+    write_bundle(
+        input.state,
+        input.handler,
+        &input.container_dir.join("bundle"),
+        &config,
+    )
+}
+
+/// Removes the cgroup directories a runtime made for a pod Berth owns in hierarchies Berth's
+/// cgroup manager does not use (runc joins every mounted v1 hierarchy, `name=systemd`
+/// included, and creates the container's cgroup with its parents there; its `delete` removes
+/// only the container's own). Only empty cgroups are removed (`rmdir`).
+pub fn remove_runtime_cgroups(pod_cgroup: &str) {
+    let rel = pod_cgroup.trim_start_matches('/');
+    if rel.is_empty() {
+        return;
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for mount in cgroup_mounts(&mountinfo) {
+        let dir = mount.join(rel);
+        if dir.is_dir() {
+            remove_empty_tree(&dir);
+        }
+    }
+}
+
+/// Mount points of the cgroup file systems in mountinfo text.
+pub fn cgroup_mounts(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let fstype = right.split_whitespace().next()?;
+            let point = left.split_whitespace().nth(4)?;
+            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(point))
+        })
+        .collect()
+}
+
+fn remove_empty_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_tree(&e.path());
+            }
+        }
+    }
+    if let Err(e) = std::fs::remove_dir(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(cgroup = %dir.display(), error = %e, "cannot remove a runtime's cgroup");
+    }
+}
+
+/// Forgets a container's runtime state when its monitor is gone (the monitor runs the
+/// runtime's `delete` for the containers it ran). The state is removed, not `delete`d: the
+/// pids it records are the dead pod's, and the runtime, run from here, would check (and
+/// could signal) the host's processes of those numbers. Berth removes the cgroups.
+pub fn forget_state(rt: &OciRuntimeSpec, id: &str) {
+    let dir = rt.root.join(id);
+    if let Err(e) = std::fs::remove_dir_all(&dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(container = %id, dir = %dir.display(), error = %e, "cannot remove runtime state");
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,401 @@
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use k8s_cri::v1::{ContainerConfig, LinuxContainerResources};
+use serde_json::json;
+
+use super::*;
+use crate::image::ImageInfo;
+use crate::plan::{PlanInput, PodContext, plan_container};
+use crate::security::{CapabilitySets, SecuritySettings};
+use crate::spec::{MountOptions, ProcessSpec, RootfsSpec};
+use crate::user::ResolvedUser;
+
+fn plain_spec() -> ContainerSpec {
+    ContainerSpec {
+        id: "c1".into(),
+        rootfs: RootfsSpec {
+            lower_dirs: vec!["/l1".into()],
+            upper_dir: "/c/upper".into(),
+            work_dir: "/c/work".into(),
+            mount_point: "/c/rootfs".into(),
+            readonly: true,
+        },
+        process: ProcessSpec {
+            args: vec!["sh".into(), "-c".into(), "true".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/work".into(),
+            user: ResolvedUser {
+                uid: 1000,
+                gid: 100,
+                additional_gids: vec![100, 5],
+                home: "/home/u".into(),
+            },
+            security: SecuritySettings {
+                capabilities: CapabilitySets {
+                    bounding: (1 << 0) | (1 << 13),
+                    effective: 1 << 13,
+                    permitted: 1 << 13,
+                    inheritable: 0,
+                    ambient: 0,
+                },
+                no_new_privs: true,
+                masked_paths: vec!["/proc/kcore".into()],
+                readonly_paths: vec!["/proc/sys".into()],
+                ..Default::default()
+            },
+            oom_score_adj: Some(500),
+        },
+        ..Default::default()
+    }
+}
+
+fn binding() -> PodBinding {
+    PodBinding {
+        namespaces: vec!["net".into(), "ipc".into(), "uts".into()],
+        ns_dir: "/run/berth/pods/p1/ns".into(),
+        cgroups_path: "/berth/p1/c1".into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn process_root_and_ids_follow_the_plan() {
+    let s = runtime_spec(&plain_spec(), &binding()).unwrap();
+    assert_eq!(s["ociVersion"], OCI_VERSION);
+    let p = &s["process"];
+    assert_eq!(p["args"], json!(["sh", "-c", "true"]));
+    assert_eq!(p["env"], json!(["PATH=/bin"]));
+    assert_eq!(p["cwd"], "/work");
+    assert_eq!(
+        p["user"],
+        json!({"uid": 1000, "gid": 100, "additionalGids": [100, 5]})
+    );
+    assert_eq!(p["terminal"], false);
+    assert_eq!(p["noNewPrivileges"], true);
+    assert_eq!(p["oomScoreAdj"], 500);
+    assert!(p.get("apparmorProfile").is_none(), "unconfined: no profile");
+    let mut confined = plain_spec();
+    confined.process.security.apparmor_profile = Some("berth-default".into());
+    let c = runtime_spec(&confined, &binding()).unwrap();
+    assert_eq!(c["process"]["apparmorProfile"], "berth-default");
+    assert_eq!(
+        p["capabilities"]["bounding"],
+        json!(["CAP_CHOWN", "CAP_NET_RAW"])
+    );
+    assert_eq!(p["capabilities"]["effective"], json!(["CAP_NET_RAW"]));
+    assert_eq!(p["capabilities"]["ambient"], json!([]));
+    assert_eq!(s["root"], json!({"path": "/c/rootfs", "readonly": true}));
+    assert_eq!(s["linux"]["cgroupsPath"], "/berth/p1/c1");
+    assert_eq!(s["linux"]["maskedPaths"], json!(["/proc/kcore"]));
+    assert_eq!(s["linux"]["readonlyPaths"], json!(["/proc/sys"]));
+    assert_eq!(s["linux"]["rootfsPropagation"], "rslave");
+    assert!(s["linux"].get("seccomp").is_none());
+}
+
+#[test]
+fn the_pod_namespaces_are_joined_by_path_and_mount_and_pid_are_new() {
+    let s = runtime_spec(&plain_spec(), &binding()).unwrap();
+    assert_eq!(
+        s["linux"]["namespaces"],
+        json!([
+            {"type": "mount"},
+            {"type": "pid"},
+            {"type": "network", "path": "/run/berth/pods/p1/ns/net"},
+            {"type": "ipc", "path": "/run/berth/pods/p1/ns/ipc"},
+            {"type": "uts", "path": "/run/berth/pods/p1/ns/uts"},
+        ])
+    );
+
+    // Host network and IPC: nothing to join; host PID: no PID namespace.
+    let mut spec = plain_spec();
+    spec.pid_ns = PidNamespace::Node;
+    let host = PodBinding {
+        namespaces: vec![],
+        ..binding()
+    };
+    let s = runtime_spec(&spec, &host).unwrap();
+    assert_eq!(s["linux"]["namespaces"], json!([{"type": "mount"}]));
+
+    // Another container's PID namespace, by its pid.
+    spec.pid_ns = PidNamespace::Target {
+        container_id: "c0".into(),
+    };
+    let s = runtime_spec(
+        &spec,
+        &PodBinding {
+            target_pid: Some(4242),
+            ..host.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        s["linux"]["namespaces"][1],
+        json!({"type": "pid", "path": "/proc/4242/ns/pid"})
+    );
+    let e = runtime_spec(&spec, &host).unwrap_err();
+    assert!(e.to_string().contains("c0"), "{e}");
+
+    // The pod's: the runtime already runs in it.
+    spec.pid_ns = PidNamespace::Pod;
+    let s = runtime_spec(&spec, &binding()).unwrap();
+    assert_eq!(s["linux"]["namespaces"][1]["type"], "network");
+}
+
+#[test]
+fn nested_pids_are_read_outermost_first() {
+    let status = "Name:\tsleep\nTgid:\t7\nNSpid:\t4242\t7\t1\nPPid:\t1\n";
+    assert_eq!(nspids(status), [4242, 7, 1]);
+    assert!(nspids("Name:\tx\n").is_empty());
+    // This process seen from its own namespace is itself.
+    let me = std::process::id() as i32;
+    let own = nspids(&std::fs::read_to_string("/proc/self/status").unwrap());
+    assert_eq!(pid_in_ns_of(me, me), own.last().copied());
+}
+
+#[test]
+fn mounts_keep_their_kind_flags_and_propagation() {
+    let bind = MountSpec {
+        destination: "/data".into(),
+        kind: MountKind::Bind {
+            source: "/srv/data".into(),
+            propagation: Some(Propagation::Shared),
+        },
+        options: MountOptions {
+            readonly: true,
+            recursive_readonly: true,
+            ..Default::default()
+        },
+    };
+    assert_eq!(
+        mount_json(&bind),
+        json!({"destination": "/data", "type": "bind", "source": "/srv/data",
+               "options": ["rbind", "rshared", "ro", "rro"]})
+    );
+    let tmpfs = MountSpec {
+        destination: "/dev".into(),
+        kind: MountKind::Fs {
+            fstype: "tmpfs".into(),
+            source: "tmpfs".into(),
+            data: "mode=755,size=65536k".into(),
+        },
+        options: MountOptions {
+            nosuid: true,
+            ..Default::default()
+        },
+    };
+    assert_eq!(
+        mount_json(&tmpfs),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+               "options": ["mode=755", "size=65536k", "nosuid"]})
+    );
+    let image = MountSpec {
+        destination: "/img".into(),
+        kind: MountKind::Overlay {
+            lower_dirs: vec!["/a".into(), "/b".into()],
+        },
+        options: MountOptions {
+            readonly: true,
+            ..Default::default()
+        },
+    };
+    assert_eq!(
+        mount_json(&image),
+        json!({"destination": "/img", "type": "overlay", "source": "overlay",
+               "options": ["lowerdir=/a:/b", "ro"]})
+    );
+}
+
+#[test]
+fn resources_and_devices_repeat_what_the_cgroup_got() {
+    let b = PodBinding {
+        resources: Some(LinuxContainerResources {
+            cpu_shares: 512,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            cpuset_cpus: "0".into(),
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }),
+        device_rules: vec![crate::cgroups::DeviceRule {
+            kind: 'c',
+            major: Some(10),
+            minor: None,
+            access: "rw".into(),
+        }],
+        devices: vec![DeviceNode {
+            path: "/dev/fuse".into(),
+            kind: 'c',
+            major: 10,
+            minor: 229,
+            file_mode: 0o666,
+        }],
+        ..binding()
+    };
+    let s = runtime_spec(&plain_spec(), &b).unwrap();
+    let r = &s["linux"]["resources"];
+    assert_eq!(
+        r["cpu"],
+        json!({"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"})
+    );
+    assert_eq!(r["memory"], json!({"limit": 64 << 20}));
+    assert_eq!(
+        r["devices"],
+        json!([
+            {"allow": false, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 10, "access": "rw"},
+        ])
+    );
+    assert_eq!(
+        s["linux"]["devices"],
+        json!([{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229,
+                "fileMode": 0o666, "uid": 0, "gid": 0}])
+    );
+
+    // Privileged: every device, no masked paths.
+    let mut spec = plain_spec();
+    spec.process.security.privileged = true;
+    let s = runtime_spec(&spec, &b).unwrap();
+    assert_eq!(
+        s["linux"]["resources"]["devices"],
+        json!([{"allow": true, "access": "rwm"}])
+    );
+    assert!(s["linux"].get("maskedPaths").is_none());
+}
+
+#[test]
+fn seccomp_profiles_take_the_oci_form() {
+    let profile: Profile = serde_json::from_value(json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": 1,
+        "archMap": [{"architecture": "SCMP_ARCH_X86_64",
+                     "subArchitectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]}],
+        "syscalls": [
+            {"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"},
+            {"name": "mkdir", "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
+            {"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+             "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]},
+        ],
+    }))
+    .unwrap();
+    assert_eq!(
+        seccomp_json(&profile),
+        json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "defaultErrnoRet": 1,
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "syscalls": [
+                {"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"},
+                {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
+                {"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+                 "args": [{"index": 0, "value": 8, "valueTwo": 0, "op": "SCMP_CMP_EQ"}]},
+            ],
+        })
+    );
+    // Ours: the runtime default profile converts, keeping its default action.
+    let ours = seccomp_json(&crate::seccomp::runtime_default(0));
+    assert_eq!(ours["defaultAction"], "SCMP_ACT_ERRNO");
+    assert!(
+        ours["syscalls"][0]["names"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|s| s == "read"))
+    );
+}
+
+/// A container planned from a CRI config, as the daemon plans it, converts into a
+/// runtime spec that oci-spec's schema types accept.
+#[test]
+fn a_planned_container_is_a_valid_oci_runtime_spec() {
+    let image = ImageInfo {
+        lower_dirs: vec![PathBuf::from("/layers/1")],
+        ..Default::default()
+    };
+    let pod = PodContext {
+        run_dir: "/run/berth/pods/p1".into(),
+        hostname: "h".into(),
+        log_directory: "/logs".into(),
+        ..Default::default()
+    };
+    let config = ContainerConfig {
+        command: vec!["sleep".into(), "1".into()],
+        log_path: "c.log".into(),
+        ..Default::default()
+    };
+    let mut spec = plan_container(&PlanInput {
+        id: "c1",
+        config: &config,
+        pod: &pod,
+        image: &image,
+        mount_images: &HashMap::new(),
+        container_dir: "/var/lib/berth/containers/c1".into(),
+        passwd: &[],
+        groups: &[],
+        all_caps: crate::security::own_bounding_set(),
+        oom_score_adj_floor: -1000,
+        cgroup_procs: vec![],
+    })
+    .unwrap();
+    spec.process.security.seccomp = None;
+    let mut b = binding();
+    b.seccomp = Some(seccomp_json(&crate::seccomp::runtime_default(0)));
+    let value = runtime_spec(&spec, &b).unwrap();
+    let parsed: oci_spec::runtime::Spec = serde_json::from_value(value.clone())
+        .unwrap_or_else(|e| panic!("not an OCI runtime spec: {e}\n{value:#}"));
+    let linux = parsed.linux().as_ref().unwrap();
+    assert_eq!(
+        linux.cgroups_path().as_deref(),
+        Some(Path::new("/berth/p1/c1"))
+    );
+    assert!(linux.seccomp().is_some());
+    let mounts = parsed.mounts().as_ref().unwrap();
+    assert!(mounts.iter().any(|m| m.destination() == Path::new("/proc")));
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.destination() == Path::new("/etc/resolv.conf")
+                && m.source().as_deref() == Some(Path::new("/run/berth/pods/p1/resolv.conf")))
+    );
+}
+
+#[test]
+fn the_bundle_holds_config_json_and_names_the_runtime_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let handler = Handler {
+        name: "runc".into(),
+        path: "/usr/sbin/runc".into(),
+        args: vec!["--debug".into()],
+    };
+    let bundle = dir.path().join("containers/c1/bundle");
+    let rt = write_bundle(
+        dir.path(),
+        &handler,
+        &bundle,
+        &json!({"ociVersion": "1.0.2"}),
+    )
+    .unwrap();
+    assert_eq!(rt.root, dir.path().join("runtimes/runc"));
+    assert!(rt.root.is_dir());
+    assert_eq!(rt.bundle, bundle);
+    assert_eq!(rt.binary, Path::new("/usr/sbin/runc"));
+    assert_eq!(rt.args, ["--debug"]);
+    let text = std::fs::read_to_string(bundle.join("config.json")).unwrap();
+    assert!(text.contains("1.0.2"), "{text}");
+}
+
+#[test]
+fn cgroup_mounts_are_found_in_mountinfo() {
+    let text = "\
+30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+32 30 0:28 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,xattr,name=systemd
+33 30 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+";
+    assert_eq!(
+        cgroup_mounts(text),
+        [
+            PathBuf::from("/sys/fs/cgroup/unified"),
+            PathBuf::from("/sys/fs/cgroup/systemd"),
+            PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"),
+        ]
+    );
+}
