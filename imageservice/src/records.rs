@@ -240,9 +240,13 @@ pub(crate) fn put_lease(db: &Database, holder: &str, lease: &Lease) -> Result<()
     tx.commit().map_err(Error::db)
 }
 
-/// Drops `holder`'s lease (absent is fine).
+/// Drops `holder`'s lease (absent is fine), without waiting for the disk (RemoveContainer
+/// is on kubelet's path): the next durable commit persists it. A crash before that brings the lease back, and start-up
+/// reconciliation drops leases whose container is gone, so nothing stays pinned.
 pub(crate) fn remove_lease(db: &Database, holder: &str) -> Result<(), Error> {
-    let tx = db.begin_write().map_err(Error::db)?;
+    let mut tx = db.begin_write().map_err(Error::db)?;
+    tx.set_durability(redb::Durability::None)
+        .map_err(Error::db)?;
     tx.open_table(LEASES)
         .map_err(Error::db)?
         .remove(holder)

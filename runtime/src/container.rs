@@ -483,7 +483,7 @@ impl Runtime {
                 Err(e) => return Err(e),
             }
         }
-        self.forget_container(&c);
+        self.forget_removed_container(&c);
         self.emit(ContainerEventType::ContainerDeletedEvent, &c.id, &c.pod_id);
         Ok(())
     }

@@ -667,6 +667,16 @@ impl Runtime {
 
     /// Drops a container's record, name and directories (its processes are gone).
     pub(crate) fn forget_container(&self, c: &ContainerEntry) {
+        self.forget_container_with(c, false);
+    }
+
+    /// [`Runtime::forget_container`] for RemoveContainer: the directories are deleted in the
+    /// background, off kubelet's path (their paths are free at once).
+    pub(crate) fn forget_removed_container(&self, c: &ContainerEntry) {
+        self.forget_container_with(c, true);
+    }
+
+    fn forget_container_with(&self, c: &ContainerEntry, background: bool) {
         let (cgroup, oci) = {
             let rec = lock(&c.rec);
             (rec.cgroup.clone(), rec.spec.oci.clone())
@@ -678,13 +688,56 @@ impl Runtime {
         if let Err(e) = self.opts.cgroups.remove(&cgroup) {
             tracing::warn!(container = %c.id, error = %e.full_message(), "cannot remove cgroup");
         }
-        let _ = std::fs::remove_dir_all(self.container_root_dir(&c.id));
-        let _ = std::fs::remove_dir_all(self.container_state_dir(&c.id));
+        let dirs = [
+            self.container_root_dir(&c.id),
+            self.container_state_dir(&c.id),
+        ];
+        if background {
+            remove_dirs_later(dirs.into());
+        } else {
+            for dir in dirs {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
         if let Err(e) = self.store.delete_container(&c.id) {
             tracing::warn!(container = %c.id, error = %e.full_message(), "cannot delete record");
         }
         self.release_name(&c.id);
         lock(&self.index).containers.remove(&c.id);
+    }
+}
+
+/// Removes directories off the caller's path (RemoveContainer is on kubelet's): each is
+/// renamed aside to `.removed-<name>` at once, so its path is free, then deleted on a
+/// blocking thread. No record owns such a name, so a start that finds one left by a crash
+/// removes it with the other orphans.
+fn remove_dirs_later(dirs: Vec<PathBuf>) {
+    let mut aside = Vec::with_capacity(dirs.len());
+    for dir in dirs {
+        let Some(name) = dir.file_name() else {
+            continue;
+        };
+        let to = dir.with_file_name(format!(".removed-{}", name.to_string_lossy()));
+        match std::fs::rename(&dir, &to) {
+            Ok(()) => aside.push(to),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
+    if aside.is_empty() {
+        return;
+    }
+    let remove = move || {
+        for dir in aside {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    };
+    // A runtime being dropped still finishes its blocking tasks.
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => drop(handle.spawn_blocking(remove)),
+        Err(_) => remove(),
     }
 }
 

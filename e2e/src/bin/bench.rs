@@ -750,14 +750,21 @@ async fn cold_pulls(rt: &Runtime, f: &mut Figures) -> anyhow::Result<()> {
 /// measured right after it, for whichever runtime happened to run then.
 const EXT4_RECENTLY_DELETED: Duration = Duration::from_secs(31);
 
+/// The fresh daemons' directories, removed when dropped: at the end of the benchmark, since
+/// deleting them would slow down whatever the next 30 s measure (see above).
+struct ColdRoots {
+    _berth: DaemonDir,
+    _containerd: Vec<DaemonDir>,
+}
+
 /// Launch and cold pulls, alternated, each in a fresh daemon with an empty root. Runs first,
 /// before anything else of the benchmark has deleted files, after the ext4 window above
-/// has passed; the rounds' roots are removed only after the last round.
+/// has passed; the rounds' roots are kept until the benchmark ends.
 async fn cold(
     settings: &Settings,
     berth: &mut Figures,
     mut containerd: Option<&mut Figures>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ColdRoots> {
     let registry = berth_e2e::registry::RegistryClient::new(berth_e2e::registry::REGISTRY_ADDR)?;
     images::push(&registry, &images::layered()?)
         .await
@@ -777,7 +784,10 @@ async fn cold(
             containerd_dirs.push(cold_containerd(f).await?);
         }
     }
-    Ok(())
+    Ok(ColdRoots {
+        _berth: held,
+        _containerd: containerd_dirs,
+    })
 }
 
 /// Writes back what earlier rounds left dirty (the previous daemon's removed root, the other
@@ -1090,7 +1100,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut berth_figures = Figures::default();
     let mut containerd_figures = Figures::default();
-    cold(
+    let cold_roots = cold(
         &settings,
         &mut berth_figures,
         (!settings.smoke).then_some(&mut containerd_figures),
@@ -1151,6 +1161,7 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(containerd);
     drop(berth);
+    drop(cold_roots);
 
     let runs: Vec<(&Runtime, Figures)> = runs
         .iter_mut()
