@@ -387,6 +387,22 @@ fn devnull() -> io::Result<OwnedFd> {
         .into())
 }
 
+/// The read ends a container's output is logged from, non-blocking for the poll loop: a
+/// tty container's pty master (its pipes are not used), else its stdout and stderr pipes.
+fn container_outputs(tty_master: Option<OwnedFd>, out_r: OwnedFd, err_r: OwnedFd) -> Vec<Output> {
+    let outputs = match tty_master {
+        Some(master) => vec![Output::new(master, crate::crilog::Stream::Stdout, true)],
+        None => vec![
+            Output::new(out_r, crate::crilog::Stream::Stdout, false),
+            Output::new(err_r, crate::crilog::Stream::Stderr, false),
+        ],
+    };
+    for o in &outputs {
+        set_nonblocking(o.fd.as_raw_fd());
+    }
+    outputs
+}
+
 fn set_nonblocking(fd: RawFd) {
     // SAFETY: fcntl on an fd we hold.
     unsafe {
@@ -888,19 +904,12 @@ impl Monitor {
                 return Err(sys_err("container setup", e));
             }
         };
-        let outputs = if spec.tty {
-            let master = tty_master.ok_or_else(|| err(WireClass::Internal, "no pty received"))?;
-            drop((out_r, err_r));
-            vec![Output::new(master, crate::crilog::Stream::Stdout, true)]
+        let master = if spec.tty {
+            Some(tty_master.ok_or_else(|| err(WireClass::Internal, "no pty received"))?)
         } else {
-            vec![
-                Output::new(out_r, crate::crilog::Stream::Stdout, false),
-                Output::new(err_r, crate::crilog::Stream::Stderr, false),
-            ]
+            None
         };
-        for o in &outputs {
-            set_nonblocking(o.fd.as_raw_fd());
-        }
+        let outputs = container_outputs(master, out_r, err_r);
         self.containers.push(Container {
             id: spec.id.clone(),
             pid,

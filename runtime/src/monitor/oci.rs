@@ -21,10 +21,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::child::reset_signals;
-use super::logs::Output;
 use super::rootfs::{mount_raw, overlay_data};
 use super::{
-    Container, Failure, Monitor, SETUP_TIMEOUT, devnull, err, recv_sync, set_nonblocking, sys_err,
+    Container, Failure, Monitor, SETUP_TIMEOUT, container_outputs, devnull, err, recv_sync,
+    set_nonblocking, sys_err,
 };
 use crate::protocol::{Response, WireClass};
 use crate::spec::{ContainerSpec, OciRuntimeSpec, PidNamespace};
@@ -364,21 +364,15 @@ impl Monitor {
         let pidfd = sys::pidfd_open(pid).map_err(|e| undo(&rt, sys_err("pidfd_open", e)))?;
         let host_pid =
             host_pid_of(&pidfd).map_err(|e| undo(&rt, sys_err("read the host pid", e)))?;
-        let outputs = match console {
+        let master = match console {
             Some((listener, path)) => {
                 let master = receive_console(&listener);
                 let _ = std::fs::remove_file(&path);
-                let master = master.map_err(|e| undo(&rt, sys_err("receive the pty", e)))?;
-                vec![Output::new(master, crate::crilog::Stream::Stdout, true)]
+                Some(master.map_err(|e| undo(&rt, sys_err("receive the pty", e)))?)
             }
-            None => vec![
-                Output::new(out_r, crate::crilog::Stream::Stdout, false),
-                Output::new(err_r, crate::crilog::Stream::Stderr, false),
-            ],
+            None => None,
         };
-        for o in &outputs {
-            set_nonblocking(o.fd.as_raw_fd());
-        }
+        let outputs = container_outputs(master, out_r, err_r);
         self.containers.push(Container {
             id: spec.id.clone(),
             pid,
