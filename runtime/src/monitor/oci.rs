@@ -6,9 +6,10 @@
 //! namespace (the monitor's, which the runtime is born in), so the pids it records and
 //! checks are the pod's. For `create` the monitor also mounts the container's overlay root
 //! there at `root.path`: the runtime's own mount namespace for the container copies it, and
-//! the mount disappears with the container, so nothing is left on the host. When `create` exits the container's first process is reparented to the
-//! monitor (the child subreaper), which reaps it, writes its exit code and signals it by
-//! pidfd, as for its own containers. Exec processes join the container by its pidfd as
+//! the mount disappears with the container, so nothing is left on the host. When `create`
+//! exits, the container's first process is reparented to the monitor (the child
+//! subreaper), which reaps it, writes its exit code and signals it by pidfd, as for its own
+//! containers. Exec processes join the container by its pidfd as
 //! for the default handler. The monitor runs the runtime only for handler containers.
 
 use std::ffi::CString;
