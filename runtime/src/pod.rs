@@ -40,8 +40,9 @@ pub struct PodStopped {
     pub config: PodSandboxConfig,
 }
 
-/// Which namespaces of its own a pod gets.
-pub(crate) fn pod_namespaces(config: &PodSandboxConfig) -> Result<Vec<String>> {
+/// Which namespaces of its own a pod gets; `own_userns`: it has its own user namespace
+/// ([`pod_userns`]).
+pub(crate) fn pod_namespaces(config: &PodSandboxConfig, own_userns: bool) -> Result<Vec<String>> {
     let opts = config
         .linux
         .as_ref()
@@ -51,7 +52,7 @@ pub(crate) fn pod_namespaces(config: &PodSandboxConfig) -> Result<Vec<String>> {
     let (net, ipc, pid) = opts
         .map(|o| (node(o.network), node(o.ipc), node(o.pid)))
         .unwrap_or((false, false, false));
-    if pod_userns(config)?.is_some() && (net || ipc || pid) {
+    if own_userns && (net || ipc || pid) {
         // kubelet never asks for it: the node's namespaces belong to the node's user
         // namespace, where the pod's root has no say.
         return Err(Error::InvalidArgument(
@@ -156,8 +157,9 @@ impl Runtime {
                 req.runtime_handler
             )));
         }
-        let namespaces = pod_namespaces(config)?;
-        if !req.runtime_handler.is_empty() && pod_userns(config)?.is_some() {
+        let userns = pod_userns(config)?;
+        let namespaces = pod_namespaces(config, userns.is_some())?;
+        if !req.runtime_handler.is_empty() && userns.is_some() {
             // As Status tells kubelet: only Berth's own executor runs them.
             return Err(Error::InvalidArgument(format!(
                 "runtime handler {:?} does not support user namespaces",
@@ -212,7 +214,10 @@ impl Runtime {
         }
         let entry = Arc::new(PodEntry::new(&self.opts, rec));
         lock(&self.index).pods.insert(id.clone(), entry.clone());
-        match self.start_pod(&entry, config, &namespaces, &hostname).await {
+        match self
+            .start_pod(&entry, config, &namespaces, userns, &hostname)
+            .await
+        {
             Ok(pid) => {
                 let saved = {
                     let mut rec = lock(&entry.rec);
@@ -243,6 +248,7 @@ impl Runtime {
         pod: &PodEntry,
         config: &PodSandboxConfig,
         namespaces: &[String],
+        userns: Option<crate::userns::UsernsSpec>,
         hostname: &str,
     ) -> Result<i32> {
         let dir = self.pod_dir(&pod.id);
@@ -263,7 +269,6 @@ impl Runtime {
         let pod_resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
         let cgroup_procs = self.opts.cgroups.create_pod(&pod_cgroup, pod_resources)?;
         let own_ipc = namespaces.iter().any(|n| n == "ipc");
-        let userns = pod_userns(config)?;
         let sysctls = pod_sysctls(config);
         let mcfg = MonitorConfig {
             version: PROTOCOL_VERSION,
@@ -275,7 +280,7 @@ impl Runtime {
             shm_size: own_ipc.then_some(self.opts.shm_size),
             sysctls,
             cgroup_procs,
-            userns: userns.clone(),
+            userns,
         };
         let cfg_path = dir.join("monitor.json");
         let json = serde_json::to_vec_pretty(&mcfg)
@@ -284,7 +289,11 @@ impl Runtime {
         let exe = self.monitor_exe()?;
         // A user-namespaced pod's monitor creates its namespaces itself (see
         // `monitor::launch`).
-        let unshared: &[String] = if userns.is_some() { &[] } else { namespaces };
+        let unshared: &[String] = if mcfg.userns.is_some() {
+            &[]
+        } else {
+            namespaces
+        };
         let pid = crate::launch::spawn_monitor(
             &self.opts.monitor_path,
             &exe,
@@ -548,11 +557,17 @@ mod tests {
     #[test]
     fn namespaces_per_mode() {
         assert_eq!(
-            pod_namespaces(&PodSandboxConfig::default()).unwrap(),
+            pod_namespaces(&PodSandboxConfig::default(), false).unwrap(),
             vec!["net", "uts", "ipc", "pid"]
         );
-        assert_eq!(pod_namespaces(&cfg(2, 0, 1)).unwrap(), vec!["ipc", "pid"]);
-        assert_eq!(pod_namespaces(&cfg(0, 2, 2)).unwrap(), vec!["net", "uts"]);
+        assert_eq!(
+            pod_namespaces(&cfg(2, 0, 1), false).unwrap(),
+            vec!["ipc", "pid"]
+        );
+        assert_eq!(
+            pod_namespaces(&cfg(0, 2, 2), false).unwrap(),
+            vec!["net", "uts"]
+        );
     }
 
     #[test]
@@ -579,13 +594,13 @@ mod tests {
             c
         };
         assert_eq!(
-            pod_namespaces(&with_userns(0, 0, 0)).unwrap(),
+            pod_namespaces(&with_userns(0, 0, 0), true).unwrap(),
             vec!["net", "uts", "ipc", "pid"]
         );
         assert!(pod_userns(&with_userns(0, 0, 0)).unwrap().is_some());
         for (net, ipc, pid) in [(2, 0, 0), (0, 2, 0), (0, 0, 2)] {
             assert!(matches!(
-                pod_namespaces(&with_userns(net, ipc, pid)),
+                pod_namespaces(&with_userns(net, ipc, pid), true),
                 Err(Error::InvalidArgument(_))
             ));
         }
