@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use k8s_cri::v1::{
@@ -378,22 +379,42 @@ impl Runtime {
         let pod = self
             .find_pod(&c.pod_id)
             .ok_or_else(|| Error::pod_not_found(&c.pod_id))?;
-        match pod.client.call(&Request::Start { id: c.id.clone() }).await {
+        c.starting.store(true, Ordering::SeqCst);
+        let answer = pod.client.call(&Request::Start { id: c.id.clone() }).await;
+        // Whatever the answer, an exit recorded while it was awaited now tells of itself,
+        // after what this call tells.
+        let finish_start = || {
+            let deferred = {
+                let _rec = lock(&c.rec);
+                c.starting.store(false, Ordering::SeqCst);
+                c.stop_event_deferred.swap(false, Ordering::SeqCst)
+            };
+            if deferred {
+                self.emit(ContainerEventType::ContainerStoppedEvent, &c.id, &c.pod_id);
+            }
+        };
+        match answer {
             Ok(Response::Started { started_at }) => {
-                {
+                let recorded = {
                     let mut rec = lock(&c.rec);
                     rec.started_at = started_at;
                     if rec.phase == ContainerPhase::Created {
                         rec.phase = ContainerPhase::Running;
                     }
-                    self.store.put_container(&rec)?;
+                    self.store.put_container(&rec)
+                };
+                if recorded.is_ok() {
+                    self.emit(ContainerEventType::ContainerStartedEvent, &c.id, &c.pod_id);
                 }
-                self.emit(ContainerEventType::ContainerStartedEvent, &c.id, &c.pod_id);
-                Ok(())
+                finish_start();
+                recorded
             }
-            Ok(other) => Err(Error::Internal(format!(
-                "unexpected answer to start: {other:?}"
-            ))),
+            Ok(other) => {
+                finish_start();
+                Err(Error::Internal(format!(
+                    "unexpected answer to start: {other:?}"
+                )))
+            }
             Err(e) => {
                 {
                     let mut rec = lock(&c.rec);
@@ -403,6 +424,9 @@ impl Runtime {
                     rec.reason = "StartError".into();
                     rec.message = e.full_message();
                     let _ = self.store.put_container(&rec);
+                    // This stop is told here, once, whether or not an exit came meanwhile.
+                    c.starting.store(false, Ordering::SeqCst);
+                    c.stop_event_deferred.store(false, Ordering::SeqCst);
                 }
                 c.exited.send_replace(true);
                 self.emit(ContainerEventType::ContainerStoppedEvent, &c.id, &c.pod_id);

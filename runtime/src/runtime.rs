@@ -137,6 +137,11 @@ pub(crate) struct ContainerEntry {
     pub op: tokio::sync::Mutex<()>,
     /// Flips to true when the container has exited.
     pub exited: watch::Sender<bool>,
+    /// A StartContainer is in flight and has not told of the start yet; an exit recorded
+    /// meanwhile leaves its event to it (`stop_event_deferred`), so that the start comes
+    /// first. Both are read and written under `rec`'s lock.
+    pub starting: AtomicBool,
+    pub stop_event_deferred: AtomicBool,
 }
 
 #[derive(Default)]
@@ -395,6 +400,13 @@ impl Runtime {
                 tracing::warn!(container = %c.id, error = %e.full_message(), "cannot record exit");
             }
             self.release_cgroup(&c.id, rec.cgroup.clone());
+            if c.starting.load(Ordering::SeqCst) {
+                // It exited before StartContainer told of its start: that call tells both.
+                c.stop_event_deferred.store(true, Ordering::SeqCst);
+                drop(rec);
+                c.exited.send_replace(true);
+                return;
+            }
         }
         c.exited.send_replace(true);
         self.emit(ContainerEventType::ContainerStoppedEvent, &c.id, &c.pod_id);
@@ -766,6 +778,8 @@ impl ContainerEntry {
             rec: Mutex::new(rec),
             op: tokio::sync::Mutex::new(()),
             exited,
+            starting: AtomicBool::new(false),
+            stop_event_deferred: AtomicBool::new(false),
         }
     }
 }
