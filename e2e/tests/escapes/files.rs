@@ -1,0 +1,1 @@
+//! The node's own files: what an unprivileged node user or a pod can read or redirect.

@@ -1,0 +1,1 @@
+//! Identity: users and groups read from the image, capabilities, seccomp.

@@ -1,0 +1,1 @@
+//! Hostile images and registries: tar headers, layer bombs, credentials.

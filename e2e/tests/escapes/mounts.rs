@@ -1,0 +1,1 @@
+//! Mounts, /dev, /proc and the runtime's own writes into the container.
