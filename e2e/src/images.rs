@@ -657,6 +657,36 @@ pub fn layered() -> Result<TestImage> {
     )
 }
 
+/// Builds and pushes a test's own image: the busybox rootfs with `extra` as a layer on top
+/// and busybox's run config as `run` changes it, as `berth-e2e/<name>:1` in the loopback
+/// registry. Returns the reference to pull (the registry's own address: no mirror).
+/// For the hostile images of the security tests, which no other test should see.
+pub async fn push_busybox_with(
+    name: &str,
+    extra: &LayerBuilder,
+    run: impl FnOnce(&mut RunConfig),
+) -> Result<String> {
+    let env = Env::try_get()?;
+    let base = busybox_rootfs(&HostBusybox::find()?)?.build(Compression::Gzip)?;
+    let mut config = busybox_run();
+    run(&mut config);
+    let repository = format!("berth-e2e/{name}");
+    let image = TestImage {
+        reference: "",
+        repository: repository.clone(),
+        tag: "1".into(),
+        content: Content::Single(Image::build(
+            Format::Oci,
+            Platform::host(),
+            &config,
+            vec![base, extra.build(Compression::Gzip)?],
+            name,
+        )?),
+    };
+    push(&RegistryClient::new(&env.registry)?, &image).await?;
+    Ok(format!("{}/{repository}:1", env.registry))
+}
+
 /// Pushes `image` (blobs, then manifests, then the tag).
 pub async fn push(client: &RegistryClient, image: &TestImage) -> Result<()> {
     let repo = &image.repository;

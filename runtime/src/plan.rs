@@ -152,6 +152,80 @@ pub fn default_mounts(pod: &PodContext, privileged: bool, readonly_rootfs: bool)
     mounts
 }
 
+/// The kernel file systems whose files steer the kernel and the runtime: a mount that
+/// lands on one could hide a masked path or catch a write the runtime makes there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFs {
+    /// procfs, at the container's `/proc`.
+    Proc,
+    /// sysfs, at the container's `/sys`.
+    Sys,
+}
+
+impl std::fmt::Display for KernelFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KernelFs::Proc => "procfs",
+            KernelFs::Sys => "sysfs",
+        })
+    }
+}
+
+/// Files of /proc a volume may cover, as runc allows: the views lxcfs virtualises. The
+/// runtime never writes to them and the kernel takes no command through them.
+const PROC_FILES_A_VOLUME_MAY_COVER: &[&str] = &[
+    "/proc/cpuinfo",
+    "/proc/diskstats",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/swaps",
+    "/proc/uptime",
+    "/proc/loadavg",
+    "/proc/slabinfo",
+    "/proc/net/dev",
+];
+
+/// Whether a mount (not the runtime's own procfs or sysfs) may sit at the clean container
+/// path `dest` when that lands on `fs`: into procfs only over the files above; into sysfs
+/// only for a privileged container, which could mount there itself (CVE-2019-16884,
+/// CVE-2019-19921, CVE-2025-52881).
+pub fn may_mount_on(fs: KernelFs, dest: &str, privileged: bool) -> bool {
+    match fs {
+        KernelFs::Proc => PROC_FILES_A_VOLUME_MAY_COVER.contains(&dest),
+        KernelFs::Sys => privileged,
+    }
+}
+
+/// The kernel file system the clean container path `dest` names, by its place alone
+/// (where the runtime mounts procfs and sysfs); the monitor checks where it really lands.
+pub fn kernel_fs_at(dest: &str) -> Option<KernelFs> {
+    let under =
+        |top: &str| dest == top || dest.strip_prefix(top).is_some_and(|r| r.starts_with('/'));
+    if under("/proc") {
+        Some(KernelFs::Proc)
+    } else if under("/sys") {
+        Some(KernelFs::Sys)
+    } else {
+        None
+    }
+}
+
+/// Refuses a CRI mount whose destination is on procfs or sysfs where [`may_mount_on`] says
+/// no, naming it: before anything is created, with the error kubelet shows the user.
+fn refuse_kernel_fs_mounts(mounts: &[k8s_cri::v1::Mount], privileged: bool) -> Result<()> {
+    for m in mounts {
+        let dest = clean_abs(&m.container_path, "mount container_path")?;
+        if let Some(fs) = kernel_fs_at(&dest)
+            && !may_mount_on(fs, &dest, privileged)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "mount {dest}: a volume cannot be mounted on {fs}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn clean_abs(path: &str, what: &str) -> Result<String> {
     if !path.starts_with('/') {
         return Err(Error::InvalidArgument(format!(
@@ -436,6 +510,7 @@ pub fn plan_container(input: &PlanInput<'_>) -> Result<ContainerSpec> {
             )));
         }
     }
+    refuse_kernel_fs_mounts(&c.mounts, privileged)?;
     let cri_mounts = mounts_for_userns(&c.mounts, userns.as_ref())?;
     let (mounts, root_propagation) = plan_mounts(
         default_mounts(input.pod, privileged, readonly_rootfs),
@@ -637,6 +712,38 @@ mod tests {
         rro.readonly = true;
         let (m, _) = plan_mounts(vec![], &[rro], &HashMap::new()).unwrap();
         assert!(m[0].options.recursive_readonly);
+    }
+
+    #[test]
+    fn volumes_on_procfs_and_sysfs_are_refused_by_name() {
+        let refused = |dest: &str, privileged: bool| {
+            refuse_kernel_fs_mounts(&[mount(dest, "/h", false, 0)], privileged)
+                .err()
+                .map(|e| e.to_string())
+        };
+        for dest in [
+            "/proc",
+            "/proc/",
+            "/proc/sys/kernel",
+            "/x/../proc/self/attr",
+            "/sys",
+        ] {
+            let e = refused(dest, false).unwrap_or_else(|| panic!("{dest} was allowed"));
+            assert!(e.contains("a volume cannot be mounted on"), "{e}");
+        }
+        assert!(refused("/proc", true).unwrap().contains("procfs"));
+        assert!(
+            refused("/sys/kernel/debug", false)
+                .unwrap()
+                .contains("sysfs")
+        );
+        // lxcfs's files, sysfs for a privileged container, and names that only start alike.
+        assert_eq!(refused("/proc/meminfo", false), None);
+        assert_eq!(refused("/sys/fs/bpf", true), None);
+        assert_eq!(refused("/procfs", false), None);
+        assert_eq!(refused("/system", false), None);
+        assert_eq!(kernel_fs_at("/proc/1/root"), Some(KernelFs::Proc));
+        assert_eq!(kernel_fs_at("/data/proc"), None);
     }
 
     #[test]

@@ -159,6 +159,38 @@ pub fn open_tree_clone(path: &Path, recursive: bool) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// A detached bind of the one file or directory `fd` is open on (`open_tree(2)` with
+/// `OPEN_TREE_CLONE | AT_EMPTY_PATH`): nothing is resolved by path, so what is bound is the
+/// object checked through `fd`, whatever its path leads to by then.
+pub fn open_tree_clone_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let flags =
+        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | libc::AT_EMPTY_PATH as libc::c_uint;
+    // SAFETY: an fd we hold and an empty path literal; the returned fd is new and ours.
+    let fd = cvt(unsafe { libc::syscall(libc::SYS_open_tree, fd, c"".as_ptr(), flags) })?;
+    // SAFETY: the kernel just gave us this fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// The magic number of the file system `fd` is on (`fstatfs(2)`'s `f_type`): what the
+/// kernel says the object is, whatever mount or path led to it.
+pub fn fs_magic(fd: RawFd) -> io::Result<i64> {
+    // SAFETY: fstatfs writes into the zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` outlives the call.
+    cvt(unsafe { libc::fstatfs(fd, &mut st) } as libc::c_long)?;
+    Ok(st.f_type as i64)
+}
+
+/// `fstat(2)` on an fd (an `O_PATH` one included).
+pub fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    // SAFETY: fstat writes into the zeroed struct we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` outlives the call.
+    cvt(unsafe { libc::fstat(fd, &mut st) } as libc::c_long)?;
+    Ok(st)
+}
+
 /// Makes the detached mount tree `tree` (from [`open_tree_clone`]) idmapped with the user
 /// namespace `userns` (`MOUNT_ATTR_IDMAP`, Linux 5.12): ids on disk show through it as the
 /// namespace maps them, and ids written through it are mapped back.

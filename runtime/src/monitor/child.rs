@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::command::{DEFAULT_PATH, env_value};
-use crate::monitor::rootfs::{self, StepResult};
+use crate::monitor::rootfs;
 use crate::security::SecuritySettings;
 use crate::spec::{ContainerSpec, ProcessSpec};
 use crate::sys::{self, cvt};
@@ -37,6 +37,69 @@ pub(crate) struct ChildFds {
 /// A failed step: whether the request was at fault (an executable that does not exist), and
 /// what happened.
 pub(crate) type ChildError = (bool, String);
+
+/// A failed step of the runtime's own, with what was being done.
+type StepResult<T = ()> = Result<T, String>;
+
+/// The files of `/proc` the child writes to on its way to exec, opened before the
+/// container's file system exists (from the monitor's own procfs, checked to be procfs) and
+/// written through the fd: no volume, image symlink or mount made later can redirect these
+/// writes to another file (CVE-2019-16884, CVE-2025-52881).
+#[derive(Default)]
+pub(crate) struct ProcFiles {
+    /// `/proc/self/oom_score_adj`, when the process asks for a score.
+    oom_score_adj: Option<std::fs::File>,
+    /// The AppArmor exec attribute, when the process has a profile.
+    apparmor_exec: Option<std::fs::File>,
+}
+
+impl ProcFiles {
+    /// Opens what `p` will need. Must run in the process that will write (a task may only
+    /// set its own attributes), before any mount the pod controls.
+    pub(crate) fn open(p: &ProcessSpec) -> StepResult<ProcFiles> {
+        let mut files = ProcFiles::default();
+        if let Some(v) = p.oom_score_adj {
+            files.oom_score_adj = Some(
+                open_proc_file("/proc/self/oom_score_adj")
+                    .map_err(|e| format!("set oom_score_adj {v}: {e}"))?,
+            );
+        }
+        if let Some(name) = &p.security.apparmor_profile {
+            // The per-LSM file is the one that works where several LSMs are stacked; older
+            // kernels have only the shared one.
+            files.apparmor_exec = Some(
+                open_proc_file("/proc/thread-self/attr/apparmor/exec")
+                    .or_else(|_| open_proc_file("/proc/self/attr/exec"))
+                    .map_err(|e| format!("apparmor profile {name:?}: {e}"))?,
+            );
+        }
+        Ok(files)
+    }
+
+    /// Writes the process's oom_score_adj, if it asked for one.
+    fn set_oom_score_adj(&mut self, p: &ProcessSpec) -> StepResult {
+        match (&mut self.oom_score_adj, p.oom_score_adj) {
+            (Some(f), Some(v)) => f
+                .write_all(v.to_string().as_bytes())
+                .map_err(|e| format!("set oom_score_adj {v}: {e}")),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Opens a `/proc` file for writing, with no symlink on the way but the `self` and
+/// `thread-self` links, and checks that it is on procfs.
+fn open_proc_file(path: &str) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    if sys::fs_magic(f.as_raw_fd())? != libc::PROC_SUPER_MAGIC as i64 {
+        return Err(std::io::Error::other(format!("{path} is not on procfs")));
+    }
+    Ok(f)
+}
 
 fn internal(e: String) -> ChildError {
     (false, e)
@@ -90,21 +153,36 @@ fn dup_stdio(fds: &ChildFds) -> StepResult {
     Ok(())
 }
 
+/// Opens the `ptmx` of the container's own devpts instance: resolved from the root with no
+/// symlink on the way (the container's `/dev/ptmx` is a link it could replace) and checked
+/// to be devpts's 5:2 before it is used.
+fn open_ptmx() -> Result<std::os::fd::OwnedFd, String> {
+    let fd = sys::openat2(
+        libc::AT_FDCWD,
+        Path::new("/dev/pts/ptmx"),
+        libc::O_RDWR | libc::O_NOCTTY,
+        0,
+        sys::RESOLVE_IN_ROOT | sys::RESOLVE_NO_SYMLINKS,
+    )
+    .map_err(|e| format!("open /dev/pts/ptmx: {e}"))?;
+    let magic = sys::fs_magic(fd.as_raw_fd()).map_err(|e| format!("check /dev/pts: {e}"))?;
+    let st = sys::fstat(fd.as_raw_fd()).map_err(|e| format!("check /dev/pts/ptmx: {e}"))?;
+    if magic != libc::DEVPTS_SUPER_MAGIC as i64
+        || st.st_mode & libc::S_IFMT != libc::S_IFCHR
+        || st.st_rdev != libc::makedev(5, 2)
+    {
+        return Err("/dev/pts/ptmx is not the container's devpts".into());
+    }
+    Ok(fd)
+}
+
 /// Opens a pty pair from the container's own devpts; the slave becomes the controlling
 /// terminal and stdio, the master is returned to be passed to the monitor.
 fn setup_tty() -> Result<RawFd, String> {
-    // SAFETY: open/ioctl/dup2 on fds we own; the path literal is NUL-terminated.
+    use std::os::fd::IntoRawFd;
+    let master = open_ptmx()?.into_raw_fd();
+    // SAFETY: ioctl/dup2 on fds we own.
     unsafe {
-        let master = libc::open(
-            c"/dev/ptmx".as_ptr(),
-            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
-        );
-        if master < 0 {
-            return Err(format!(
-                "open /dev/ptmx: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
         let mut unlock: libc::c_int = 0;
         if libc::ioctl(master, libc::TIOCSPTLCK, &mut unlock) != 0 {
             return Err(format!("unlock pty: {}", std::io::Error::last_os_error()));
@@ -207,12 +285,12 @@ fn cstrings(v: &[String], what: &str) -> Result<Vec<CString>, String> {
 }
 
 /// Ids, capabilities, no_new_privs and seccomp: the last steps before exec.
-fn apply_identity(p: &ProcessSpec) -> StepResult {
+fn apply_identity(p: &ProcessSpec, proc_files: &mut ProcFiles) -> StepResult {
     let sec: &SecuritySettings = &p.security;
     let caps = &sec.capabilities;
     let last = sys::last_cap();
-    if let Some(profile) = &sec.apparmor_profile {
-        apparmor_on_exec(profile)?;
+    if let (Some(profile), Some(attr)) = (&sec.apparmor_profile, &mut proc_files.apparmor_exec) {
+        apparmor_on_exec(profile, attr)?;
     }
     // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, which the steps below may
     // drop: load it first (as runc does), so the profile also covers those steps.
@@ -294,18 +372,9 @@ fn apply_identity(p: &ProcessSpec) -> StepResult {
 }
 
 /// Makes the coming exec enter the AppArmor profile `name` (while this process still has
-/// the capabilities to ask, as runc does). The per-LSM file is the one that works where
-/// several LSMs are stacked; older kernels have only the shared one.
-fn apparmor_on_exec(name: &str) -> StepResult {
-    let request = format!("exec {name}");
-    let write = |path: &str| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, request.as_bytes()))
-    };
-    write("/proc/thread-self/attr/apparmor/exec")
-        .or_else(|_| write("/proc/self/attr/exec"))
+/// the capabilities to ask, as runc does), through the attribute file opened beforehand.
+fn apparmor_on_exec(name: &str, attr: &mut std::fs::File) -> StepResult {
+    attr.write_all(format!("exec {name}").as_bytes())
         .map_err(|e| format!("apparmor profile {name:?}: {e}"))
 }
 
@@ -367,7 +436,11 @@ fn wait_start(sync: RawFd) -> bool {
 pub(crate) fn container_main(spec: &ContainerSpec, fds: ChildFds, userns: Option<RawFd>) -> ! {
     let sync = fds.sync;
     let userns = userns.filter(|_| spec.userns.is_some());
-    match container_setup(spec, &fds, userns) {
+    let mut proc_files = match ProcFiles::open(&spec.process) {
+        Ok(f) => f,
+        Err(e) => fail(sync, internal(e)),
+    };
+    match container_setup(spec, &fds, userns, &mut proc_files) {
         Ok(exe) => {
             if !wait_start(sync) {
                 // The monitor dropped the container before starting it.
@@ -377,11 +450,10 @@ pub(crate) fn container_main(spec: &ContainerSpec, fds: ChildFds, userns: Option
             let r = (|| -> Result<std::convert::Infallible, String> {
                 // SAFETY: umask is always safe.
                 unsafe { libc::umask(0o022) };
-                if let Some(v) = spec.process.oom_score_adj.filter(|_| userns.is_none()) {
-                    std::fs::write("/proc/self/oom_score_adj", v.to_string())
-                        .map_err(|e| format!("set oom_score_adj {v}: {e}"))?;
+                if userns.is_none() {
+                    proc_files.set_oom_score_adj(&spec.process)?;
                 }
-                apply_identity(&spec.process)?;
+                apply_identity(&spec.process, &mut proc_files)?;
                 exec(&exe, &spec.process)
             })();
             match r {
@@ -397,8 +469,9 @@ fn container_setup(
     spec: &ContainerSpec,
     fds: &ChildFds,
     userns: Option<RawFd>,
+    proc_files: &mut ProcFiles,
 ) -> Result<PathBuf, ChildError> {
-    let host_pid = container_prepare(spec, fds, userns).map_err(internal)?;
+    let host_pid = container_prepare(spec, fds, userns, proc_files)?;
     ensure_cwd(&spec.process.cwd, true)?;
     let exe = find_executable(&spec.process.args[0], &spec.process.env).map_err(|e| (true, e))?;
     let master = if spec.tty {
@@ -422,7 +495,8 @@ fn container_prepare(
     spec: &ContainerSpec,
     fds: &ChildFds,
     userns: Option<RawFd>,
-) -> StepResult<i32> {
+    proc_files: &mut ProcFiles,
+) -> Result<i32, ChildError> {
     reset_signals();
     // SAFETY: setsid/umask/unshare with integer arguments; we are single-threaded.
     unsafe {
@@ -430,21 +504,20 @@ fn container_prepare(
         libc::umask(0);
     }
     let host_pid = sys::host_pid();
-    join_cgroups(&spec.cgroup_procs)?;
+    join_cgroups(&spec.cgroup_procs).map_err(internal)?;
     // SAFETY: as above.
     cvt(unsafe { libc::unshare(libc::CLONE_NEWNS) } as libc::c_long)
-        .map_err(|e| format!("unshare mount namespace: {e}"))?;
+        .map_err(|e| internal(format!("unshare mount namespace: {e}")))?;
     rootfs::setup(spec, userns)?;
     if !spec.tty {
-        dup_stdio(fds)?;
+        dup_stdio(fds).map_err(internal)?;
     }
     if let Some(ns) = userns {
         // Lowering it needs privilege over the node, which the namespace's root lacks.
-        if let Some(v) = spec.process.oom_score_adj {
-            std::fs::write("/proc/self/oom_score_adj", v.to_string())
-                .map_err(|e| format!("set oom_score_adj {v}: {e}"))?;
-        }
-        super::userns::join(ns)?;
+        proc_files
+            .set_oom_score_adj(&spec.process)
+            .map_err(internal)?;
+        super::userns::join(ns).map_err(internal)?;
     }
     Ok(host_pid)
 }
@@ -466,6 +539,8 @@ pub(crate) fn exec_main(
         // SAFETY: setsid with no arguments.
         unsafe { libc::setsid() };
         join_cgroups(cgroup_procs).map_err(internal)?;
+        // Before entering the container's mounts, where /proc is the container's to change.
+        let mut proc_files = ProcFiles::open(process).map_err(internal)?;
         sys::setns(container_pidfd, libc::CLONE_NEWNS)
             .map_err(|e| internal(format!("enter the container's mounts: {e}")))?;
         if userns {
@@ -486,7 +561,7 @@ pub(crate) fn exec_main(
         sys::cloexec_from(3).map_err(|e| internal(format!("mark fds close-on-exec: {e}")))?;
         // SAFETY: umask is always safe.
         unsafe { libc::umask(0o022) };
-        apply_identity(process).map_err(internal)?;
+        apply_identity(process, &mut proc_files).map_err(internal)?;
         exec(&exe, process).map_err(internal)
     })();
     match r {

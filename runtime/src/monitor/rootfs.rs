@@ -1,6 +1,14 @@
 //! The container's file system, built inside its new mount namespace: overlay root, the
-//! planned mounts (each target resolved inside the root with `openat2(RESOLVE_IN_ROOT)`),
-//! device nodes, `pivot_root`, masked and read-only paths. Runs in the forked child only.
+//! planned mounts (each target resolved inside the root with `openat2(RESOLVE_IN_ROOT)` and
+//! refused where it lands on procfs or sysfs), device nodes, `pivot_root`, masked and
+//! read-only paths. Runs in the forked child only.
+//!
+//! Everything a pod spec or an image controls is hostile here: a mount target, a volume at
+//! `/dev`, a symlink planted where a device node or a masked path should be. So every
+//! target is held by fd and checked with `fstat`/`fstatfs` for what the kernel says it is,
+//! and what the runtime binds (the `/dev/null` that masks) is opened on the node before the
+//! container's file system exists and bound through its fd, never looked up by path inside
+//! the container (CVE-2025-31133).
 
 use std::ffi::CString;
 use std::io;
@@ -9,14 +17,97 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use super::child::ChildError;
+use crate::plan::{KernelFs, may_mount_on};
 use crate::spec::{ContainerSpec, DeviceSpec, MountKind, MountOptions, MountSpec, Propagation};
 use crate::sys::{self, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, cpath, cvt};
 
-/// A failed step, with what was being done.
-pub(crate) type StepResult<T = ()> = Result<T, String>;
+/// A failed step of building the file system: whether the pod spec or the image was at
+/// fault (the caller's `InvalidArgument`), and what was being done.
+pub(crate) type StepResult<T = ()> = Result<T, ChildError>;
 
+/// A step the kernel refused: the runtime's fault, unless a check below says otherwise.
 fn step<T>(what: impl FnOnce() -> String, r: io::Result<T>) -> StepResult<T> {
-    r.map_err(|e| format!("{}: {e}", what()))
+    r.map_err(|e| (false, format!("{}: {e}", what())))
+}
+
+/// A step refused because of what the pod spec or the image asked for.
+fn refused<T>(msg: String) -> StepResult<T> {
+    Err((true, msg))
+}
+
+/// The node's `/dev/null`, opened before the container's file system exists and checked to
+/// be the character device 1:3: what masks a file, bound by fd.
+struct NodeNull(OwnedFd);
+
+impl NodeNull {
+    /// Opens and checks it, in the child's new mount namespace before anything of the
+    /// container is mounted (what it sees there is still the node's).
+    fn open() -> io::Result<NodeNull> {
+        let fd = sys::openat2(
+            libc::AT_FDCWD,
+            Path::new("/dev/null"),
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+            RESOLVE_NO_SYMLINKS,
+        )?;
+        let st = sys::fstat(fd.as_raw_fd())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFCHR || st.st_rdev != libc::makedev(1, 3) {
+            return Err(io::Error::other(
+                "/dev/null is not the character device 1:3",
+            ));
+        }
+        Ok(NodeNull(fd))
+    }
+
+    /// `n` detached binds of it, made while its mount is still in this namespace (after
+    /// `pivot_root` detaches the old root, it no longer is and cannot be cloned), to be
+    /// attached one per masked file.
+    fn binds(&self, n: usize) -> io::Result<Vec<OwnedFd>> {
+        (0..n)
+            .map(|_| sys::open_tree_clone_fd(self.0.as_raw_fd()))
+            .collect()
+    }
+}
+
+/// The kernel file system `fd` is on, if it is procfs or sysfs.
+fn kernel_fs_of(fd: RawFd) -> io::Result<Option<KernelFs>> {
+    let magic = sys::fs_magic(fd)?;
+    Ok(if magic == libc::PROC_SUPER_MAGIC as i64 {
+        Some(KernelFs::Proc)
+    } else if magic == libc::SYSFS_MAGIC as i64 {
+        Some(KernelFs::Sys)
+    } else {
+        None
+    })
+}
+
+/// Whether `m` is the runtime's own procfs at `/proc` or sysfs at `/sys`: the only mounts
+/// that may land on a kernel file system without [`may_mount_on`]'s leave.
+fn is_runtime_kernel_fs(m: &MountSpec) -> bool {
+    matches!(&m.kind, MountKind::Fs { fstype, .. }
+        if (fstype == "proc" && m.destination == "/proc")
+            || (fstype == "sysfs" && m.destination == "/sys"))
+}
+
+/// Refuses a mount whose target, as resolved inside the root, is on procfs or sysfs where
+/// it may not be: an image symlink (`/etc/hosts -> /proc/thread-self/attr/...`) or a
+/// volume could otherwise put a mount over a file the runtime or the kernel acts on.
+fn check_target_fs(target: &OwnedFd, m: &MountSpec, privileged: bool) -> StepResult {
+    if is_runtime_kernel_fs(m) {
+        return Ok(());
+    }
+    let fs = step(
+        || format!("check the file system under {}", m.destination),
+        kernel_fs_of(target.as_raw_fd()),
+    )?;
+    match fs {
+        Some(fs) if !may_mount_on(fs, &m.destination, privileged) => refused(format!(
+            "mount {}: its target resolves onto {fs}, where a volume cannot be mounted",
+            m.destination
+        )),
+        _ => Ok(()),
+    }
 }
 
 pub(super) fn mount_raw(
@@ -209,7 +300,7 @@ fn check_kernel_fs_target(rootfd: RawFd, rel: &str, fstype: &str) -> StepResult 
         0,
         RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS,
     ) {
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(format!(
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => refused(format!(
             "/{rel} is a symlink in the image: {fstype} must be mounted on a directory"
         )),
         Ok(fd) => {
@@ -219,7 +310,7 @@ fn check_kernel_fs_target(rootfd: RawFd, rel: &str, fstype: &str) -> StepResult 
             if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0
                 && st.st_mode & libc::S_IFMT == libc::S_IFLNK
             {
-                return Err(format!(
+                return refused(format!(
                     "/{rel} is a symlink in the image: {fstype} must be mounted on a directory"
                 ));
             }
@@ -295,7 +386,13 @@ fn bind_source(source: &Path, target: &OwnedFd, userns: Option<RawFd>) -> io::Re
     )
 }
 
-fn mount_one(rootfd: RawFd, m: &MountSpec, userns: Option<RawFd>, in_place_ok: bool) -> StepResult {
+fn mount_one(
+    rootfd: RawFd,
+    m: &MountSpec,
+    userns: Option<RawFd>,
+    in_place_ok: bool,
+    privileged: bool,
+) -> StepResult {
     let userns = userns.filter(|_| crate::userns::idmapped(&m.kind));
     let rel = m.destination.trim_start_matches('/');
     if let MountKind::Fs { fstype, .. } = &m.kind
@@ -317,6 +414,7 @@ fn mount_one(rootfd: RawFd, m: &MountSpec, userns: Option<RawFd>, in_place_ok: b
         || format!("create mount point {}", m.destination),
         ensure_in_root(rootfd, rel, is_file),
     )?;
+    check_target_fs(&target, m, privileged)?;
     let tpath = fd_path(&target);
     let flags = option_flags(&m.options);
     match &m.kind {
@@ -407,46 +505,81 @@ fn remount(rootfd: RawFd, rel: &str, dest: &str, flags: libc::c_ulong) -> StepRe
     )
 }
 
-fn mknod_at(dirfd: RawFd, name: &str, mode: libc::mode_t, dev: libc::dev_t) -> io::Result<()> {
+/// What is at `name` in `dirfd`, not following a symlink.
+fn lstat_at(dirfd: RawFd, name: &CString) -> io::Result<libc::stat> {
+    // SAFETY: fstatat writes into the zeroed struct we own; `name` outlives the call.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    cvt(
+        unsafe { libc::fstatat(dirfd, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) }
+            as libc::c_long,
+    )?;
+    Ok(st)
+}
+
+/// An entry that was already there where a device node or link was to be made.
+#[derive(Debug)]
+enum Made {
+    /// Made now, or it already was exactly that node or link.
+    Ok,
+    /// Something else is there (a symlink where a node goes, a file, another device).
+    Other,
+}
+
+/// Makes the device node `name` in `dirfd`; an existing entry is accepted only if it is
+/// already that very node (a planted symlink or file is never followed or reused).
+fn mknod_at(dirfd: RawFd, name: &str, mode: libc::mode_t, dev: libc::dev_t) -> io::Result<Made> {
     let c = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: `c` outlives the call.
     let r = unsafe { libc::mknodat(dirfd, c.as_ptr(), mode, dev) };
-    if r != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EEXIST) {
-            return Err(e);
-        }
+    if r == 0 {
+        return Ok(Made::Ok);
     }
-    Ok(())
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EEXIST) {
+        return Err(e);
+    }
+    let st = lstat_at(dirfd, &c)?;
+    let same = st.st_mode & libc::S_IFMT == mode & libc::S_IFMT && st.st_rdev == dev;
+    Ok(if same { Made::Ok } else { Made::Other })
 }
 
-fn symlink_at(dirfd: RawFd, target: &str, name: &str) -> io::Result<()> {
+/// Makes the symlink `name -> target` in `dirfd`; an existing entry is accepted only if it
+/// is already that link.
+fn symlink_at(dirfd: RawFd, target: &str, name: &str) -> io::Result<Made> {
     let t = CString::new(target).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let n = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: both strings outlive the call.
     let r = unsafe { libc::symlinkat(t.as_ptr(), dirfd, n.as_ptr()) };
-    if r != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EEXIST) {
-            return Err(e);
-        }
+    if r == 0 {
+        return Ok(Made::Ok);
     }
-    Ok(())
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EEXIST) {
+        return Err(e);
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: readlinkat writes at most `buf.len()` bytes into our buffer.
+    let len = unsafe { libc::readlinkat(dirfd, n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    Ok(if len >= 0 && &buf[..len as usize] == target.as_bytes() {
+        Made::Ok
+    } else {
+        Made::Other
+    })
 }
 
-/// The standard nodes and links of a container's /dev, then the requested devices.
-fn setup_dev(rootfd: RawFd, devices: &[DeviceSpec]) -> StepResult {
-    let dev = step(|| "open /dev".into(), ensure_in_root(rootfd, "dev", false))?;
-    let devfd = step(
-        || "open /dev".into(),
-        sys::openat2(
-            dev.as_raw_fd(),
-            Path::new("."),
-            libc::O_DIRECTORY | libc::O_RDONLY,
-            0,
-            0,
-        ),
-    )?;
+/// The outcome of [`mknod_at`] or [`symlink_at`] as a step.
+fn made(what: &str, r: io::Result<Made>) -> StepResult {
+    match step(|| what.to_string(), r)? {
+        Made::Ok => Ok(()),
+        Made::Other => refused(format!("{what}: something else is already there")),
+    }
+}
+
+/// The standard nodes and links of the runtime's own `/dev` (a tmpfs it mounted), made
+/// only there: a volume mounted at `/dev` gets none, as with runc.
+fn setup_default_dev(rootfd: RawFd) -> StepResult {
+    let devfd = open_dir_in_root(rootfd, "dev")?;
     for (name, major, minor) in [
         ("null", 1, 3),
         ("zero", 1, 5),
@@ -455,8 +588,8 @@ fn setup_dev(rootfd: RawFd, devices: &[DeviceSpec]) -> StepResult {
         ("urandom", 1, 9),
         ("tty", 5, 0),
     ] {
-        step(
-            || format!("mknod /dev/{name}"),
+        made(
+            &format!("mknod /dev/{name}"),
             mknod_at(
                 devfd.as_raw_fd(),
                 name,
@@ -473,11 +606,36 @@ fn setup_dev(rootfd: RawFd, devices: &[DeviceSpec]) -> StepResult {
         ("pts/ptmx", "ptmx"),
         ("/proc/kcore", "core"),
     ] {
-        step(
-            || format!("symlink /dev/{name}"),
+        made(
+            &format!("symlink /dev/{name}"),
             symlink_at(devfd.as_raw_fd(), target, name),
         )?;
     }
+    Ok(())
+}
+
+/// The directory `rel` inside the root, made if missing, opened for `*at` calls.
+fn open_dir_in_root(rootfd: RawFd, rel: &str) -> StepResult<OwnedFd> {
+    let path = step(
+        || format!("create /{rel}"),
+        ensure_in_root(rootfd, rel, false),
+    )?;
+    step(
+        || format!("open /{rel}"),
+        sys::openat2(
+            path.as_raw_fd(),
+            Path::new("."),
+            libc::O_DIRECTORY | libc::O_RDONLY,
+            0,
+            0,
+        ),
+    )
+}
+
+/// The devices the container asked for. A node is made only in the container's own file
+/// system (its writable layer or the runtime's `/dev`), never in a volume, whose files are
+/// the node's; an entry already at its path must be that very device.
+fn setup_devices(rootfd: RawFd, own_fs: &[libc::dev_t], devices: &[DeviceSpec]) -> StepResult {
     for d in devices {
         let md = step(
             || format!("stat device {}", d.host_path.display()),
@@ -488,7 +646,7 @@ fn setup_dev(rootfd: RawFd, devices: &[DeviceSpec]) -> StepResult {
         } else if md.file_type().is_block_device() {
             libc::S_IFBLK
         } else {
-            return Err(format!("{} is not a device", d.host_path.display()));
+            return refused(format!("{} is not a device", d.host_path.display()));
         };
         let mut mode = 0;
         if d.permissions.contains('r') {
@@ -502,22 +660,19 @@ fn setup_dev(rootfd: RawFd, devices: &[DeviceSpec]) -> StepResult {
             Some((p, n)) => (p, n),
             None => ("", rel),
         };
-        let pfd = step(
-            || format!("create {}", d.container_path),
-            ensure_in_root(rootfd, parent, false),
+        let pdir = open_dir_in_root(rootfd, parent)?;
+        let st = step(
+            || format!("stat the directory of {}", d.container_path),
+            sys::fstat(pdir.as_raw_fd()),
         )?;
-        let pdir = step(
-            || format!("open parent of {}", d.container_path),
-            sys::openat2(
-                pfd.as_raw_fd(),
-                Path::new("."),
-                libc::O_DIRECTORY | libc::O_RDONLY,
-                0,
-                0,
-            ),
-        )?;
-        step(
-            || format!("mknod {}", d.container_path),
+        if !own_fs.contains(&st.st_dev) {
+            return refused(format!(
+                "device {}: its directory is on a volume, where no device node is made",
+                d.container_path
+            ));
+        }
+        made(
+            &format!("mknod {}", d.container_path),
             mknod_at(
                 pdir.as_raw_fd(),
                 name,
@@ -578,42 +733,115 @@ fn pivot(root: &Path) -> StepResult {
     Ok(())
 }
 
-fn mask_paths(masked: &[String], readonly: &[String]) -> StepResult {
+/// Opens the masked or read-only path `p` inside the new root, by fd, with no symlink on the
+/// way: `None` when it does not exist. A symlink there is refused: masking through it would
+/// hide, or bind over, whatever it names.
+fn open_masked(root: &OwnedFd, p: &str) -> StepResult<Option<OwnedFd>> {
+    let rel = p.trim_start_matches('/');
+    match sys::openat2(
+        root.as_raw_fd(),
+        Path::new(if rel.is_empty() { "." } else { rel }),
+        // Not O_NOFOLLOW: that would open a final symlink itself, where
+        // RESOLVE_NO_SYMLINKS refuses it.
+        libc::O_PATH,
+        0,
+        RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS,
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            refused(format!("masked or read-only path {p} is a symlink"))
+        }
+        Err(e) => Err((false, format!("open {p}: {e}"))),
+    }
+}
+
+/// Checks that the container's `/proc` is the procfs the runtime mounted (no volume or
+/// image symlink can stand there by now), so that `/proc/self/fd/N` names our own fds.
+fn check_own_proc(root: &OwnedFd) -> StepResult {
+    let proc_fd = step(
+        || "open /proc".into(),
+        sys::openat2(
+            root.as_raw_fd(),
+            Path::new("proc"),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+            RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS,
+        ),
+    )?;
+    match step(|| "check /proc".into(), kernel_fs_of(proc_fd.as_raw_fd()))? {
+        Some(KernelFs::Proc) => Ok(()),
+        _ => Err((false, "/proc is not the container's procfs".into())),
+    }
+}
+
+/// Masks `masked` (a read-only empty tmpfs over a directory, the node's `/dev/null` bound
+/// by fd over anything else) and makes `readonly` read-only. Runs after `pivot_root`; every
+/// path is opened inside the new root without following a symlink.
+fn mask_paths(mut nulls: Vec<OwnedFd>, masked: &[String], readonly: &[String]) -> StepResult {
+    let root = step(
+        || "open /".into(),
+        sys::openat2(
+            libc::AT_FDCWD,
+            Path::new("/"),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+            0,
+        ),
+    )?;
+    check_own_proc(&root)?;
     for p in masked {
-        let path = Path::new(p);
-        match std::fs::metadata(path) {
-            Ok(md) if md.is_dir() => step(
+        let Some(fd) = open_masked(&root, p)? else {
+            continue;
+        };
+        let st = step(|| format!("stat {p}"), sys::fstat(fd.as_raw_fd()))?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            step(
                 || format!("mask {p}"),
                 mount_raw(
                     Some("tmpfs"),
-                    path,
+                    &fd_path(&fd),
                     Some("tmpfs"),
                     libc::MS_RDONLY,
                     "size=0k",
                 ),
-            )?,
-            Ok(_) => step(
+            )?;
+        } else {
+            let Some(tree) = nulls.pop() else {
+                return Err((false, format!("mask {p}: no /dev/null bind left")));
+            };
+            step(
                 || format!("mask {p}"),
-                mount_raw(Some("/dev/null"), path, None, libc::MS_BIND, ""),
-            )?,
-            Err(_) => {}
+                sys::move_mount_to(&tree, fd.as_raw_fd()),
+            )?;
         }
     }
     for p in readonly {
-        let path = Path::new(p);
-        if std::fs::symlink_metadata(path).is_err() {
+        let Some(fd) = open_masked(&root, p)? else {
             continue;
-        }
+        };
+        let path = fd_path(&fd);
         step(
             || format!("bind {p} read-only"),
-            mount_raw(Some(p), path, None, libc::MS_BIND | libc::MS_REC, ""),
+            mount_raw(
+                Some(&path.to_string_lossy()),
+                &path,
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                "",
+            ),
         )?;
-        let keep = current_flags(path);
+        // The fd still names the covered object: reopen to reach the new mount.
+        let Some(again) = open_masked(&root, p)? else {
+            return Err((false, format!("{p} vanished while made read-only")));
+        };
+        let again = fd_path(&again);
+        let keep = current_flags(&again);
         step(
             || format!("remount {p} read-only"),
             mount_raw(
                 None,
-                path,
+                &again,
                 None,
                 libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | keep,
                 "",
@@ -627,6 +855,16 @@ fn mask_paths(masked: &[String], readonly: &[String]) -> StepResult {
 /// mount namespace. With `userns` (the pod's user namespace) the image layers and binds are
 /// idmapped with it and the writable layer belongs to the container's root.
 pub(crate) fn setup(spec: &ContainerSpec, userns: Option<RawFd>) -> StepResult {
+    let sec = &spec.process.security;
+    let nulls = if sec.privileged {
+        Vec::new()
+    } else {
+        let null = step(|| "open the node's /dev/null".into(), NodeNull::open())?;
+        step(
+            || "bind the node's /dev/null".into(),
+            null.binds(sec.masked_paths.len()),
+        )?
+    };
     let prop = propagation_flag(spec.root_propagation);
     step(
         || "set root propagation".into(),
@@ -647,7 +885,7 @@ pub(crate) fn setup(spec: &ContainerSpec, userns: Option<RawFd>) -> StepResult {
         Some((&spec.rootfs.upper_dir, &spec.rootfs.work_dir)),
     );
     if data.len() >= 4000 {
-        return Err(format!(
+        return refused(format!(
             "overlay options for {} layers are too long",
             spec.rootfs.lower_dirs.len()
         ));
@@ -681,16 +919,26 @@ pub(crate) fn setup(spec: &ContainerSpec, userns: Option<RawFd>) -> StepResult {
     )?;
     let userns = userns.filter(|_| spec.userns.is_some());
     for m in &spec.mounts {
-        mount_one(rootfd.as_raw_fd(), m, userns, in_place_ok)?;
+        mount_one(rootfd.as_raw_fd(), m, userns, in_place_ok, sec.privileged)?;
     }
-    if spec.mounts.iter().any(|m| m.destination == "/dev") {
-        setup_dev(rootfd.as_raw_fd(), &spec.devices)?;
+    let root_dev = step(|| "stat the root".into(), sys::fstat(rootfd.as_raw_fd()))?.st_dev;
+    let mut own_fs = vec![root_dev];
+    let runtime_dev = spec
+        .mounts
+        .iter()
+        .rev()
+        .find(|m| m.destination == "/dev")
+        .is_some_and(|m| matches!(&m.kind, MountKind::Fs { fstype, .. } if fstype == "tmpfs"));
+    if runtime_dev {
+        setup_default_dev(rootfd.as_raw_fd())?;
+        let dev = open_dir_in_root(rootfd.as_raw_fd(), "dev")?;
+        own_fs.push(step(|| "stat /dev".into(), sys::fstat(dev.as_raw_fd()))?.st_dev);
     }
+    setup_devices(rootfd.as_raw_fd(), &own_fs, &spec.devices)?;
     drop(rootfd);
     pivot(root)?;
-    let sec = &spec.process.security;
     if !sec.privileged {
-        mask_paths(&sec.masked_paths, &sec.readonly_paths)?;
+        mask_paths(nulls, &sec.masked_paths, &sec.readonly_paths)?;
     }
     if spec.rootfs.readonly {
         let keep = current_flags(Path::new("/"));
@@ -755,11 +1003,152 @@ mod tests {
         let rootfd =
             sys::openat2(libc::AT_FDCWD, root, libc::O_PATH | libc::O_DIRECTORY, 0, 0).unwrap();
         let fd = rootfd.as_raw_fd();
-        let e = check_kernel_fs_target(fd, "proc", "proc").unwrap_err();
-        assert!(e.contains("/proc is a symlink"), "{e}");
+        let (invalid, e) = check_kernel_fs_target(fd, "proc", "proc").unwrap_err();
+        assert!(invalid && e.contains("/proc is a symlink"), "{e}");
         assert!(check_kernel_fs_target(fd, "link/sys", "sysfs").is_err());
         check_kernel_fs_target(fd, "tmp", "proc").unwrap();
         check_kernel_fs_target(fd, "missing", "sysfs").unwrap();
+    }
+
+    #[test]
+    fn the_node_null_is_the_character_device() {
+        let null = NodeNull::open().unwrap();
+        let st = sys::fstat(null.0.as_raw_fd()).unwrap();
+        assert_eq!(st.st_rdev, libc::makedev(1, 3));
+    }
+
+    #[test]
+    fn kernel_file_systems_are_told_by_the_kernel() {
+        let open =
+            |p: &str| sys::openat2(libc::AT_FDCWD, Path::new(p), libc::O_PATH, 0, 0).unwrap();
+        assert_eq!(
+            kernel_fs_of(open("/proc/self/status").as_raw_fd()).unwrap(),
+            Some(KernelFs::Proc)
+        );
+        assert_eq!(
+            kernel_fs_of(open("/sys/kernel").as_raw_fd()).unwrap(),
+            Some(KernelFs::Sys)
+        );
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(
+            kernel_fs_of(open(d.path().to_str().unwrap()).as_raw_fd()).unwrap(),
+            None
+        );
+        // A volume's mount resolving onto procfs is refused; the runtime's own /proc is not.
+        let vol = MountSpec {
+            destination: "/etc/hosts".into(),
+            kind: MountKind::Bind {
+                source: "/x".into(),
+                propagation: None,
+            },
+            options: MountOptions::default(),
+        };
+        let (invalid, e) = check_target_fs(&open("/proc/self/attr"), &vol, false).unwrap_err();
+        assert!(
+            invalid && e.contains("mount /etc/hosts: its target resolves onto procfs"),
+            "{e}"
+        );
+        let proc = MountSpec {
+            destination: "/proc".into(),
+            kind: MountKind::Fs {
+                fstype: "proc".into(),
+                source: "proc".into(),
+                data: String::new(),
+            },
+            options: MountOptions::default(),
+        };
+        check_target_fs(&open("/proc"), &proc, false).unwrap();
+        let sys_vol = MountSpec {
+            destination: "/sys/fs/bpf".into(),
+            ..vol
+        };
+        assert!(check_target_fs(&open("/sys/kernel"), &sys_vol, false).is_err());
+        check_target_fs(&open("/sys/kernel"), &sys_vol, true).unwrap();
+    }
+
+    #[test]
+    fn planted_entries_are_never_taken_for_device_nodes_or_links() {
+        let d = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/proc/sys/kernel/core_pattern", d.path().join("null")).unwrap();
+        std::fs::write(d.path().join("zero"), b"").unwrap();
+        std::os::unix::fs::symlink("/etc", d.path().join("fd")).unwrap();
+        let dir = sys::openat2(
+            libc::AT_FDCWD,
+            d.path(),
+            libc::O_DIRECTORY | libc::O_RDONLY,
+            0,
+            0,
+        )
+        .unwrap();
+        let fd = dir.as_raw_fd();
+        let chr = libc::S_IFCHR | 0o666;
+        assert!(matches!(
+            mknod_at(fd, "null", chr, libc::makedev(1, 3)).unwrap(),
+            Made::Other
+        ));
+        assert!(matches!(
+            mknod_at(fd, "zero", chr, libc::makedev(1, 5)).unwrap(),
+            Made::Other
+        ));
+        assert!(matches!(
+            mknod_at(fd, "full", chr, libc::makedev(1, 7)).unwrap(),
+            Made::Ok
+        ));
+        // Made already: the same node is accepted, another device is not.
+        assert!(matches!(
+            mknod_at(fd, "full", chr, libc::makedev(1, 7)).unwrap(),
+            Made::Ok
+        ));
+        assert!(matches!(
+            mknod_at(fd, "full", chr, libc::makedev(1, 8)).unwrap(),
+            Made::Other
+        ));
+        assert!(matches!(
+            symlink_at(fd, "/proc/self/fd", "fd").unwrap(),
+            Made::Other
+        ));
+        assert!(matches!(
+            symlink_at(fd, "pts/ptmx", "ptmx").unwrap(),
+            Made::Ok
+        ));
+        assert!(matches!(
+            symlink_at(fd, "pts/ptmx", "ptmx").unwrap(),
+            Made::Ok
+        ));
+        let (invalid, e) = made("mknod /dev/null", Ok(Made::Other)).unwrap_err();
+        assert!(
+            invalid && e.contains("something else is already there"),
+            "{e}"
+        );
+        // The symlink was never followed.
+        assert!(
+            std::fs::symlink_metadata(d.path().join("null"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+    }
+
+    #[test]
+    fn masked_paths_are_opened_without_following_links() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("proc")).unwrap();
+        std::fs::write(d.path().join("proc/kcore"), b"").unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", d.path().join("proc/keys")).unwrap();
+        let root = sys::openat2(
+            libc::AT_FDCWD,
+            d.path(),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+            0,
+        )
+        .unwrap();
+        assert!(open_masked(&root, "/proc/kcore").unwrap().is_some());
+        assert!(open_masked(&root, "/proc/missing").unwrap().is_none());
+        let (invalid, e) = open_masked(&root, "/proc/keys").unwrap_err();
+        assert!(invalid && e.contains("/proc/keys is a symlink"), "{e}");
+        // A tmp dir is no procfs: the masking refuses to trust /proc/self/fd there.
+        assert!(check_own_proc(&root).is_err());
     }
 
     #[test]
