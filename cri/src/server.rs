@@ -73,12 +73,9 @@ fn secure_layout(root: &Path, state: &Path) -> anyhow::Result<()> {
             std::fs::create_dir_all(&path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
         }
-        // Never through a symlink: a link planted here would make the chmod open a node
-        // file. (Only the node's root can write these directories; this costs nothing.)
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                anyhow::bail!("{} is a symlink; refusing to use it", path.display())
-            }
+        // Through a symlink too: an operator may keep root or snapshots on another disk
+        // (only the node's root can write these directories).
+        match std::fs::metadata(&path) {
             Ok(meta) if meta.permissions().mode() & 0o7777 == mode => {}
             Ok(_) => std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
                 .with_context(|| format!("cannot set the mode of {}", path.display()))?,
@@ -309,17 +306,22 @@ mod tests {
     }
 
     #[test]
-    fn a_symlink_in_the_layout_is_refused_not_followed() {
+    fn a_root_on_another_disk_through_a_symlink_is_made_private() {
         let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("disk");
+        std::fs::create_dir_all(disk.join("snapshots")).unwrap();
+        std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o755)).unwrap();
         let (root, state) = (dir.path().join("root"), dir.path().join("state"));
-        std::fs::create_dir_all(&root).unwrap();
-        let victim = dir.path().join("victim");
-        std::fs::write(&victim, b"x").unwrap();
-        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
-        std::os::unix::fs::symlink(&victim, root.join("berth.db")).unwrap();
-        let err = secure_layout(&root, &state).unwrap_err().to_string();
-        assert!(err.contains("is a symlink"), "{err}");
-        assert_eq!(mode(&victim), 0o644);
+        std::os::unix::fs::symlink(&disk, &root).unwrap();
+        secure_layout(&root, &state).unwrap();
+        assert_eq!(mode(&disk), 0o711);
+        assert_eq!(mode(&disk.join("snapshots")), 0o700);
+        assert!(
+            std::fs::symlink_metadata(&root)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 
     #[tokio::test]
