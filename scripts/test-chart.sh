@@ -10,7 +10,10 @@
 #   3. renders the chart with the default values and with each values file and validates
 #      every manifest against the Kubernetes schemas (strict: unknown fields fail) of the
 #      oldest Kubernetes the chart supports and of the newest the validator knows,
-#   4. runs the installer script (charts/berth/files/node.sh) against a fake host,
+#      and checks that config.toml (which may hold registry credentials) is in a Secret,
+#      in no ConfigMap, and mounted 0600 in the installer pods,
+#   4. runs the installer script (charts/berth/files/node.sh) against a fake host (it
+#      installs config.toml 0600 and tightens an older 0644 one),
 #   5. verifies charts/berth/files/berth.service with `systemd-analyze verify` and checks
 #      the settings systemd actually loaded from it,
 #   6. checks the daemon keeps the unit's Type=notify contract: started as systemd starts
@@ -83,6 +86,25 @@ for set in "${sets[@]}"; do
       die "$set: a manifest does not validate against Kubernetes $v"
   done
   printf '%s: %d manifest files valid\n' "$set" "${#manifests[@]}" >&2
+  # config.toml may hold registry credentials: a Secret carries it (no ConfigMap does)
+  # and the installer pods see it 0600.
+  "$venv/bin/python" - "${manifests[@]}" <<'PY' || die "$set: config.toml is not kept secret"
+import base64, sys, yaml
+docs = [d for f in sys.argv[1:] for d in yaml.safe_load_all(open(f)) if d]
+def named(kind, name):
+    return [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+bad = [d["metadata"]["name"] for d in docs
+       if d["kind"] == "ConfigMap" and "config.toml" in d.get("data", {})]
+assert not bad, f"ConfigMap {bad} carries config.toml"
+(secret,) = named("Secret", "berth")
+text = base64.b64decode(secret["data"]["config.toml"]).decode()
+assert text.startswith("# Written by the berth Helm chart"), text
+(ds,) = named("DaemonSet", "berth")
+(vol,) = [v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == "chart-files"]
+items = [i for s in vol["projected"]["sources"] if "secret" in s for i in s["secret"]["items"]]
+assert items == [{"key": "config.toml", "path": "config.toml", "mode": 0o600}], items
+print(f"config.toml: in Secret/berth ({len(text)} bytes), mounted 0600", file=sys.stderr)
+PY
 done
 
 step "installer script against a fake host"

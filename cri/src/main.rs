@@ -88,6 +88,11 @@ fn main() -> ExitCode {
 }
 
 fn daemon(path: PathBuf, level: Option<String>, format: Option<LogFormat>) -> anyhow::Result<()> {
+    // Everything the daemon and its monitors create is the node's root's alone unless
+    // given a mode on purpose (what containers see, the CRI socket, log files). First,
+    // before any thread or file exists. Monitors inherit it; containers get 022 back.
+    // SAFETY: umask only swaps an integer of the process.
+    unsafe { libc::umask(0o077) };
     let mut config = Config::load(&path)?;
     if let Some(level) = level {
         config.log.level = level;

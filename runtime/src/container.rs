@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,6 +30,9 @@ pub const MAX_EXEC_OUTPUT: usize = 16 << 20;
 
 /// How long to wait for a process to die after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(30);
+
+/// Mode of a container's writable layer, which is its `/` (containerd's snapshots have it).
+const UPPER_MODE: u32 = 0o755;
 
 pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     sys::pipe().map_err(|e| Error::Sys("pipe".into(), e))
@@ -109,6 +113,8 @@ impl Runtime {
                 "container metadata has no name".into(),
             ));
         }
+        crate::crilog::check_log_path(&config.log_path)
+            .map_err(|e| Error::InvalidArgument(format!("container {:?}: {e}", meta.name)))?;
         let pod = self
             .find_pod(pod_id)
             .ok_or_else(|| Error::pod_not_found(pod_id))?;
@@ -247,6 +253,11 @@ impl Runtime {
         ] {
             std::fs::create_dir_all(&d).map_err(|e| undo(Error::io("create", &d, e)))?;
         }
+        // The upper dir's mode is the mode of the container's `/`: open to its users, set
+        // explicitly since the daemon's umask (077) keeps the rest of `root_dir` private.
+        let upper = root_dir.join("upper");
+        std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(UPPER_MODE))
+            .map_err(|e| undo(Error::io("chmod", &upper, e)))?;
         let limits = ContainerLimits {
             resources,
             all_devices: spec.process.security.privileged,

@@ -97,6 +97,67 @@ impl LineFramer {
     }
 }
 
+/// Why a log location kubelet sent is refused. The monitor writes the log as root, so a
+/// path that leaves the pod's log directory would let a pod spec write anywhere on the node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogPathError {
+    /// `log_directory` must be absolute: it is kubelet's `/var/log/pods/<pod>`.
+    #[error("log_directory {0:?} is not an absolute path")]
+    DirectoryNotAbsolute(String),
+    /// `log_path` is joined to the pod's log directory, so it must be relative.
+    #[error("log_path {0:?} is absolute; it must be relative to the pod's log directory")]
+    Absolute(String),
+    /// A `..` component would climb out of the pod's log directory.
+    #[error("log_path {0:?} has a \"..\" component")]
+    ParentComponent(String),
+    /// The path must end in a file name (`c/0.log`), not a directory.
+    #[error("log_path {0:?} does not name a file")]
+    NotAFile(String),
+    /// The kernel would cut the path at the NUL: what is opened is not what was checked.
+    #[error("{field} contains a NUL byte")]
+    Nul {
+        /// `log_path` or `log_directory`.
+        field: &'static str,
+    },
+}
+
+/// Checks a container's `log_path`: empty (no log), or a relative path inside the pod's log
+/// directory without `..` components, naming a file.
+pub fn check_log_path(path: &str) -> Result<(), LogPathError> {
+    if path.is_empty() {
+        return Ok(());
+    }
+    if path.contains('\0') {
+        return Err(LogPathError::Nul { field: "log_path" });
+    }
+    if path.starts_with('/') {
+        return Err(LogPathError::Absolute(path.to_owned()));
+    }
+    if path.split('/').any(|c| c == "..") {
+        return Err(LogPathError::ParentComponent(path.to_owned()));
+    }
+    match path.rsplit('/').next() {
+        Some("" | ".") | None => Err(LogPathError::NotAFile(path.to_owned())),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Checks a pod's `log_directory`: empty (no logs) or an absolute path.
+pub fn check_log_directory(dir: &str) -> Result<(), LogPathError> {
+    if dir.is_empty() {
+        return Ok(());
+    }
+    if dir.contains('\0') {
+        return Err(LogPathError::Nul {
+            field: "log_directory",
+        });
+    }
+    if !dir.starts_with('/') {
+        return Err(LogPathError::DirectoryNotAbsolute(dir.to_owned()));
+    }
+    Ok(())
+}
+
 /// Formats a UTC time as Go's RFC3339Nano does (trailing fractional zeros trimmed).
 /// Digits are written by hand: this runs for every log record, and `core::fmt` would keep
 /// a large part of the monitor's code resident.
@@ -212,6 +273,64 @@ mod tests {
         let out = frame(&[&exact], false);
         assert_eq!(out.lines().count(), 1);
         assert!(out.starts_with("T stderr F y"));
+    }
+
+    #[test]
+    fn log_paths_stay_inside_the_log_directory() {
+        for ok in [
+            "",
+            "c.log",
+            "c/0.log",
+            "./c/0.log",
+            "a/b/c.log",
+            "..c.log",
+            "c..log",
+        ] {
+            assert_eq!(check_log_path(ok), Ok(()), "{ok:?}");
+        }
+        assert_eq!(
+            check_log_path("../../x"),
+            Err(LogPathError::ParentComponent("../../x".into()))
+        );
+        assert_eq!(
+            check_log_path("c/../../x.log"),
+            Err(LogPathError::ParentComponent("c/../../x.log".into()))
+        );
+        assert_eq!(
+            check_log_path("c/.."),
+            Err(LogPathError::ParentComponent("c/..".into()))
+        );
+        assert_eq!(
+            check_log_path("/etc/shadow"),
+            Err(LogPathError::Absolute("/etc/shadow".into()))
+        );
+        assert_eq!(
+            check_log_path("c.log\0x"),
+            Err(LogPathError::Nul { field: "log_path" })
+        );
+        assert_eq!(
+            check_log_path("c/"),
+            Err(LogPathError::NotAFile("c/".into()))
+        );
+        assert_eq!(check_log_path("."), Err(LogPathError::NotAFile(".".into())));
+        let e = check_log_path("../../x").unwrap_err().to_string();
+        assert_eq!(e, "log_path \"../../x\" has a \"..\" component");
+    }
+
+    #[test]
+    fn log_directories_are_absolute() {
+        assert_eq!(check_log_directory(""), Ok(()));
+        assert_eq!(check_log_directory("/var/log/pods/ns_p_uid"), Ok(()));
+        assert_eq!(
+            check_log_directory("var/log/pods"),
+            Err(LogPathError::DirectoryNotAbsolute("var/log/pods".into()))
+        );
+        assert_eq!(
+            check_log_directory("/var/log\0/x"),
+            Err(LogPathError::Nul {
+                field: "log_directory"
+            })
+        );
     }
 
     #[test]

@@ -122,8 +122,22 @@ fn host_file(path: &str) -> Vec<u8> {
     std::fs::read(path).unwrap_or_default()
 }
 
-fn write(path: PathBuf, data: &[u8]) -> Result<()> {
-    std::fs::write(&path, data).map_err(|e| Error::io("write", path, e))
+/// Mode of the files bound into every container (`/etc/hosts`, `/etc/hostname`,
+/// `/etc/resolv.conf`): any user of the container reads them, also through an idmapped
+/// bind. Set explicitly: the daemon's umask (077) would make them the node root's only.
+const POD_FILE_MODE: u32 = 0o644;
+
+/// Mode of the pod's files only the runtime reads.
+const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Writes one of the pod's files with `mode`, whatever the umask.
+fn write(path: PathBuf, data: &[u8], mode: u32) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let mut f = std::fs::File::create(&path).map_err(|e| Error::io("write", &path, e))?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .and_then(|()| f.write_all(data))
+        .map_err(|e| Error::io("write", path, e))
 }
 
 impl Runtime {
@@ -145,6 +159,8 @@ impl Runtime {
                 "pod sandbox metadata needs name, namespace and uid".into(),
             ));
         }
+        crate::crilog::check_log_directory(&config.log_directory)
+            .map_err(|e| Error::InvalidArgument(format!("pod sandbox {:?}: {e}", meta.name)))?;
         if !req.runtime_handler.is_empty()
             && !self
                 .opts
@@ -254,17 +270,21 @@ impl Runtime {
         let dir = self.pod_dir(&pod.id);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
         let host_net = !namespaces.iter().any(|n| n == "net");
-        write(dir.join("hostname"), format!("{hostname}\n").as_bytes())?;
+        write(
+            dir.join("hostname"),
+            format!("{hostname}\n").as_bytes(),
+            POD_FILE_MODE,
+        )?;
         let hosts = if host_net {
             host_file("/etc/hosts")
         } else {
             podfiles::hosts_file().into_bytes()
         };
-        write(dir.join("hosts"), &hosts)?;
+        write(dir.join("hosts"), &hosts, POD_FILE_MODE)?;
         let resolv = podfiles::resolv_conf(config.dns_config.as_ref())
             .map(String::into_bytes)
             .unwrap_or_else(|| host_file("/etc/resolv.conf"));
-        write(dir.join("resolv.conf"), &resolv)?;
+        write(dir.join("resolv.conf"), &resolv, POD_FILE_MODE)?;
         let pod_cgroup = lock(&pod.rec).cgroup.clone();
         let pod_resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
         let cgroup_procs = self.opts.cgroups.create_pod(&pod_cgroup, pod_resources)?;
@@ -285,7 +305,7 @@ impl Runtime {
         let cfg_path = dir.join("monitor.json");
         let json = serde_json::to_vec_pretty(&mcfg)
             .map_err(|e| Error::Internal(format!("encode monitor config: {e}")))?;
-        write(cfg_path.clone(), &json)?;
+        write(cfg_path.clone(), &json, PRIVATE_FILE_MODE)?;
         let exe = self.monitor_exe()?;
         // A user-namespaced pod's monitor creates its namespaces itself (see
         // `monitor::launch`).

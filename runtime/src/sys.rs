@@ -408,6 +408,33 @@ pub fn socket_path(path: &Path) -> io::Result<(Option<OwnedFd>, std::path::PathB
     Ok((Some(fd), short))
 }
 
+/// The umask under which a new socket (or file asking for 0777/0666) gets `mode` at most.
+pub fn umask_for(mode: u32) -> u32 {
+    !mode & 0o777
+}
+
+/// Runs `f` with the process umask set to `umask`, and restores the previous one. The
+/// umask is the process's, not the thread's: call this only where no other thread creates
+/// files meanwhile (the daemon before it serves, the single-threaded monitor).
+pub fn with_umask<T>(umask: u32, f: impl FnOnce() -> T) -> T {
+    // SAFETY: umask only swaps an integer of the process.
+    let old = unsafe { libc::umask(umask as libc::mode_t) };
+    let out = f();
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    out
+}
+
+/// Binds a unix stream socket at `path` (a path [`socket_path`] made short enough) that has
+/// `mode` from its first instant: the bind runs under the matching umask. A chmod after the
+/// bind would leave a moment in which the socket has the mode the umask gave it, and anyone
+/// it allows could connect then. See [`with_umask`] for when this may be called.
+pub fn bind_unix(path: &Path, mode: u32) -> io::Result<std::os::unix::net::UnixListener> {
+    with_umask(umask_for(mode), || {
+        std::os::unix::net::UnixListener::bind(path)
+    })
+}
+
 /// In a process forked by [`fork_into_cgroup`]: the `cgroup.procs` file it was born into,
 /// which it need not (and should not, to spare the migration) write.
 /// (A child of such a child inherits the value, so each fork replaces it.)
@@ -499,6 +526,100 @@ pub unsafe fn fork_into_cgroup(cgroup_files: &[std::path::PathBuf]) -> libc::pid
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mode_of(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn umask_for_a_mode_masks_the_rest() {
+        assert_eq!(umask_for(0o660), 0o117);
+        assert_eq!(umask_for(0o600), 0o177);
+        assert_eq!(umask_for(0o711), 0o066);
+    }
+
+    #[test]
+    fn a_socket_has_its_mode_from_the_moment_it_exists() {
+        let d = tempfile::tempdir().unwrap();
+        for mode in [0o600, 0o660] {
+            let path = d.path().join(format!("s{mode:o}"));
+            // The mode a socket has right after bind(2), before any later step could change
+            // it, under the most permissive umask a daemon could inherit: what the helper
+            // does inside, without its own umask.
+            let (listener, at_bind) = with_umask(0, || {
+                let l = with_umask(umask_for(mode), || {
+                    let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+                    (l, mode_of(&path))
+                });
+                l
+            });
+            assert_eq!(at_bind, mode, "at bind");
+            drop(listener);
+            std::fs::remove_file(&path).unwrap();
+            // The helper itself, and the umask it leaves behind.
+            let before = with_umask(0o022, || {
+                let l = bind_unix(&path, mode).unwrap();
+                // SAFETY: reading the umask by setting it, then putting it back.
+                let now = unsafe { libc::umask(0o022) };
+                (l, now)
+            });
+            assert_eq!(before.1, 0o022, "the umask is restored");
+            assert_eq!(mode_of(&path), mode, "socket {mode:o}");
+        }
+    }
+
+    #[test]
+    fn nobody_can_connect_to_a_0600_socket() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("s");
+        // The directory is open to all: only the socket's own mode stands in the way.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let _l = with_umask(0, || bind_unix(&path, 0o600)).unwrap();
+        let c_path = CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: the child only makes raw syscalls on memory prepared before the fork,
+        // then _exits with the result.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: as above.
+            unsafe {
+                if libc::setresgid(65534, 65534, 65534) != 0
+                    || libc::setresuid(65534, 65534, 65534) != 0
+                {
+                    libc::_exit(2);
+                }
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let mut addr: libc::sockaddr_un = std::mem::zeroed();
+                addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+                for (i, b) in c_path.as_bytes().iter().enumerate() {
+                    addr.sun_path[i] = *b as libc::c_char;
+                }
+                let r = libc::connect(
+                    fd,
+                    &addr as *const libc::sockaddr_un as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+                );
+                let errno = *libc::__errno_location();
+                libc::_exit(if r == 0 {
+                    0
+                } else if errno == libc::EACCES {
+                    13
+                } else {
+                    3
+                });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for the child we forked.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        if libc::WEXITSTATUS(status) == 2 {
+            eprintln!("cannot drop privileges here (not root?): connect not tried");
+            return;
+        }
+        assert_eq!(libc::WEXITSTATUS(status), 13, "nobody's connect: EACCES");
+    }
 
     #[test]
     fn ids_and_escapes() {

@@ -42,14 +42,18 @@ BACKUP=$HOST_ROOT$CONFIG_DIR/kubelet-backup
 log() { printf 'berth-node: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# install_file SRC DST MODE: DST becomes a copy of SRC, replaced by rename so a running
-# binary is never written in place; prints "changed" when it was different.
+# install_file SRC DST MODE: DST becomes a copy of SRC with MODE, replaced by rename so a
+# running binary is never written in place; prints "changed" when its content was
+# different. The copy is made under umask 077, so a private file (config.toml, which may
+# hold registry credentials) is never readable by others, not even for a moment; an
+# unchanged file still gets MODE (an older chart installed config.toml 0644).
 install_file() {
   if [ -f "$2" ] && cmp -s "$1" "$2"; then
+    chmod "$3" "$2"
     return 0
   fi
   mkdir -p "$(dirname "$2")"
-  cp "$1" "$2.berth-new"
+  (umask 077 && cp "$1" "$2.berth-new")
   chmod "$3" "$2.berth-new"
   mv -f "$2.berth-new" "$2"
   log "installed $2"
@@ -148,7 +152,7 @@ install() {
   # The monitor first: a daemon restarted by systemd meanwhile finds the matching one.
   changed=$(install_file "$SRC_BIN/berth-monitor" "$HOST_ROOT$BIN_DIR/berth-monitor" 755)
   changed=$changed$(install_file "$SRC_BIN/berth" "$HOST_ROOT$BIN_DIR/berth" 755)
-  changed=$changed$(install_file "$SRC_FILES/config.toml" "$HOST_ROOT$CONFIG_DIR/config.toml" 644)
+  changed=$changed$(install_file "$SRC_FILES/config.toml" "$HOST_ROOT$CONFIG_DIR/config.toml" 600)
   unit_changed=$(install_file "$SRC_FILES/berth.service" "$HOST_ROOT$UNIT_DIR/$UNIT" 644)
   if [ -n "$unit_changed" ]; then
     $ON_HOST systemctl daemon-reload

@@ -121,3 +121,9 @@ integer key, so the chart writes TOML itself. Argument: (dict "table" MAP "path"
 {{- else }}{{ fail (printf "config: a value of kind %s cannot be written to config.toml" (kindOf .)) }}
 {{- end }}
 {{- end -}}
+
+{{/* /etc/berth/config.toml, written from .Values.config. */}}
+{{- define "berth.configToml" -}}
+# Written by the berth Helm chart (release {{ .Release.Name }}); edit the chart's values.
+{{ include "berth.toml.table" (dict "table" .Values.config "path" list) | trim }}
+{{ end -}}

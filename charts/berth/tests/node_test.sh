@@ -93,6 +93,9 @@ check "berth installed" same "$src/bin/berth" "$host/usr/local/bin/berth"
 check "berth-monitor installed beside it" same "$src/bin/berth-monitor" "$host/usr/local/bin/berth-monitor"
 check "berth is executable" [ -x "$host/usr/local/bin/berth" ]
 check "config installed" same "$src/files/config.toml" "$host/etc/berth/config.toml"
+check "config is root's alone (0600: it may hold registry credentials)" \
+  [ "$(stat -c %a "$host/etc/berth/config.toml")" = 600 ]
+check "binaries are 0755" [ "$(stat -c %a "$host/usr/local/bin/berth")" = 755 ]
 check "unit installed" same "$src/files/berth.service" "$host/etc/systemd/system/berth.service"
 check "daemon-reload" called "systemctl daemon-reload"
 check "enable" called "systemctl enable berth.service"
@@ -108,10 +111,18 @@ check "reinstall exits 0" [ "$rc" = 0 ]
 check "no restart when nothing changed" not_called "systemctl restart berth.service"
 check "no daemon-reload when the unit is the same" not_called "systemctl daemon-reload"
 
+# 2b. An older chart installed config.toml 0644: the same content is tightened to 0600
+# without a restart.
+chmod 644 "$host/etc/berth/config.toml"
+run install
+check "an old 0644 config is tightened" [ "$(stat -c %a "$host/etc/berth/config.toml")" = 600 ]
+check "tightening needs no restart" not_called "systemctl restart berth.service"
+
 # 3. A new config restarts berth; a stopped berth is started.
 printf 'root = "/var/lib/berth"\n[log]\nlevel = "debug"\n' >"$src/files/config.toml"
 run install
 check "new config installed" same "$src/files/config.toml" "$host/etc/berth/config.toml"
+check "new config is 0600" [ "$(stat -c %a "$host/etc/berth/config.toml")" = 600 ]
 check "new config restarts berth" called "systemctl restart berth.service"
 rm -f "$work/active"
 run install

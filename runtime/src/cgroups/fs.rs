@@ -3,6 +3,7 @@
 //! `/proc/self/mountinfo`, never assumed from one look at `/sys/fs/cgroup`.
 
 use std::io::ErrorKind;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -156,7 +157,12 @@ impl CgroupFs {
                 let parent = dir.clone();
                 dir.push(part);
                 match std::fs::create_dir(&dir) {
-                    Ok(()) => {}
+                    // cgroupfs applies the umask: the daemon's 077 would hide a container's
+                    // own cgroup (its limits) from its non-root users.
+                    Ok(()) => {
+                        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+                            .map_err(|e| Error::io("chmod cgroup", &dir, e))?
+                    }
                     Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
                     Err(e) => return Err(Error::io("create cgroup", &dir, e)),
                 }

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::Write;
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::crilog::{LineFramer, Stream, now_rfc3339_nano};
@@ -53,16 +53,67 @@ impl Output {
     }
 }
 
-/// Opens (creating it and its directory) a CRI log file for appending.
+/// Mode of a new CRI log file: containerd's (kubelet and log agents read it as root or
+/// through the group).
+const LOG_MODE: u32 = 0o640;
+/// Mode of a log directory the monitor has to create (kubelet normally made it already).
+const LOG_DIR_MODE: u32 = 0o755;
+
+/// Opens (creating it and its directory) a CRI log file for appending. The last component
+/// is never followed if it is a symlink (`O_NOFOLLOW`), and only a regular file is
+/// accepted: the monitor writes as root, so a planted link or FIFO must not redirect or
+/// block it. The fd is close-on-exec, so no container inherits it.
 pub(crate) fn open_log(path: &Path) -> std::io::Result<File> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        create_log_dirs(dir)?;
     }
-    std::fs::OpenOptions::new()
-        .create(true)
+    // O_NONBLOCK: opening a planted FIFO fails (ENXIO) instead of hanging the monitor; it
+    // changes nothing for a regular file.
+    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    // A file created here gets exactly LOG_MODE, whatever the monitor's umask (077).
+    let file = match std::fs::OpenOptions::new()
         .append(true)
-        .mode(0o640)
+        .create_new(true)
+        .mode(LOG_MODE)
+        .custom_flags(flags)
         .open(path)
+    {
+        Ok(f) => {
+            f.set_permissions(std::fs::Permissions::from_mode(LOG_MODE))?;
+            f
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::OpenOptions::new()
+            .append(true)
+            .custom_flags(flags)
+            .open(path)?,
+        Err(e) => return Err(e),
+    };
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
+/// Creates the missing directories of `dir` with mode 0755, as containerd does, whatever
+/// the umask.
+fn create_log_dirs(dir: &Path) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut cur = dir;
+    while !cur.as_os_str().is_empty() && std::fs::symlink_metadata(cur).is_err() {
+        missing.push(cur);
+        match cur.parent() {
+            Some(p) => cur = p,
+            None => break,
+        }
+    }
+    for d in missing.into_iter().rev() {
+        match std::fs::create_dir(d) {
+            Ok(()) => std::fs::set_permissions(d, std::fs::Permissions::from_mode(LOG_DIR_MODE))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Writes framed records to the log (or drops them without one) and empties `buf`.
@@ -76,5 +127,60 @@ pub(crate) fn write_log(log: Option<&mut File>, buf: &mut Vec<u8>) {
     buf.clear();
     if buf.capacity() > 8 * 1024 {
         *buf = Vec::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_new_log_gets_containerds_modes_whatever_the_umask() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("pod/c/0.log");
+        let mut f = open_log(&path).unwrap();
+        f.write_all(b"one\n").unwrap();
+        assert_eq!(mode(&path), LOG_MODE);
+        assert_eq!(mode(&d.path().join("pod/c")), LOG_DIR_MODE);
+        assert_eq!(mode(&d.path().join("pod")), LOG_DIR_MODE);
+        // Reopened (kubelet rotated nothing): appended, mode kept.
+        drop(f);
+        open_log(&path).unwrap().write_all(b"two\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"one\ntwo\n");
+        // The fd is close-on-exec: no container inherits the log.
+        let f = open_log(&path).unwrap();
+        // SAFETY: F_GETFD on an fd we own.
+        let fd_flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFD) };
+        assert_ne!(fd_flags & libc::FD_CLOEXEC, 0);
+    }
+
+    #[test]
+    fn a_planted_symlink_is_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, b"node file\n").unwrap();
+        let path = d.path().join("c.log");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let err = open_log(&path).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
+        // A dangling link is not created through either.
+        let dangling = d.path().join("d.log");
+        std::os::unix::fs::symlink(d.path().join("new-node-file"), &dangling).unwrap();
+        assert!(open_log(&dangling).is_err());
+        assert!(!d.path().join("new-node-file").exists());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"node file\n");
+    }
+
+    #[test]
+    fn a_planted_fifo_neither_blocks_nor_is_used() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("c.log");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = open_log(&path).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENXIO), "{err}");
     }
 }

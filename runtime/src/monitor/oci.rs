@@ -100,9 +100,12 @@ fn run(
     if pid == 0 {
         let r = (|| -> Result<(), String> {
             reset_signals();
-            // SAFETY: setsid and dup2 on fds we hold; we are the only thread.
+            // SAFETY: setsid, umask and dup2 on fds we hold; we are the only thread.
             unsafe {
                 libc::setsid();
+                // The runtime creates mount targets in the container's root and the
+                // container's process: with containerd's umask, not the daemon's 077.
+                libc::umask(0o022);
                 for (from, to) in stdio.iter().zip(0..) {
                     if libc::dup2(*from, to) < 0 {
                         return Err(format!("set up stdio: {}", io::Error::last_os_error()));

@@ -412,7 +412,21 @@ pub fn write_bundle(
     let text = serde_json::to_vec_pretty(config)
         .map_err(|e| Error::Internal(format!("encode config.json: {e}")))?;
     let path = bundle.join("config.json");
-    std::fs::write(&path, text).map_err(|e| Error::io("write", &path, e))?;
+    // It holds the container's environment (Secrets too): the node's root reads it, no one
+    // else, even where the umask is not the daemon's.
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(&text)
+    };
+    write().map_err(|e| Error::io("write", &path, e))?;
     Ok(OciRuntimeSpec {
         handler: handler.name.clone(),
         binary: handler.path.clone(),

@@ -380,6 +380,13 @@ fn the_bundle_holds_config_json_and_names_the_runtime_root() {
     assert_eq!(rt.args, ["--debug"]);
     let text = std::fs::read_to_string(bundle.join("config.json")).unwrap();
     assert!(text.contains("1.0.2"), "{text}");
+    // It holds the container's environment: the node's root alone reads it.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(bundle.join("config.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
 }
 
 #[test]

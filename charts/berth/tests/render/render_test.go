@@ -6,6 +6,7 @@ package main
 // engine's Helm functions. Set UPDATE_GOLDEN=1 to rewrite the golden files.
 
 import (
+	"encoding/base64"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -102,6 +103,55 @@ func (r *rendered) configMapData(t *testing.T, name string) string {
 		t.Fatalf("ConfigMap/berth has no data.%s", name)
 	}
 	return s
+}
+
+// configToml is the node's config.toml: data["config.toml"] of Secret/berth, decoded.
+// It must be in no ConfigMap, which anyone allowed to read the namespace's configuration
+// may read: it may hold registry credentials.
+func (r *rendered) configToml(t *testing.T) string {
+	t.Helper()
+	secret := r.object(t, "Secret/berth")
+	equal(t, "Secret type", get(t, secret, "type"), "Opaque")
+	encoded, ok := get(t, secret, "data", "config.toml").(string)
+	if !ok {
+		t.Fatalf("Secret/berth has no data.config.toml")
+	}
+	text, err := base64.StdEncoding.DecodeString(encoded)
+	if err != nil {
+		t.Fatalf("Secret/berth data.config.toml is not base64: %v", err)
+	}
+	for key, o := range r.objects {
+		if o["kind"] != "ConfigMap" {
+			continue
+		}
+		if data, _ := o["data"].(map[string]interface{}); data != nil {
+			if _, found := data["config.toml"]; found {
+				t.Errorf("%s still carries config.toml", key)
+			}
+		}
+	}
+	return string(text)
+}
+
+// checkConfigMount checks that the installer pods see config.toml from the Secret, mode
+// 0600, beside the ConfigMap's unit and script.
+func checkConfigMount(t *testing.T, spec interface{}) {
+	t.Helper()
+	var volume interface{}
+	for _, v := range get(t, spec, "volumes").([]interface{}) {
+		if get(t, v, "name") == "chart-files" {
+			volume = v
+		}
+	}
+	if volume == nil {
+		t.Fatal("no chart-files volume")
+	}
+	sources := get(t, volume, "projected", "sources").([]interface{})
+	equal(t, "ConfigMap source", get(t, sources[0], "configMap", "name"), "berth")
+	equal(t, "Secret source", get(t, sources[1], "secret"), object{
+		"name": "berth",
+		"items": []interface{}{object{"key": "config.toml", "path": "config.toml", "mode": float64(0o600)}},
+	})
 }
 
 // env returns a container's environment as a map.
@@ -241,10 +291,11 @@ func TestDefaultValues(t *testing.T) {
 	equal(t, "CGROUP_DRIVER", e["CGROUP_DRIVER"], "cgroupfs")
 	equal(t, "PURGE_STATE", e["PURGE_STATE"], "false")
 
+	checkConfigMount(t, spec)
 	// The node gets the repository's unit and script unchanged.
 	equal(t, "berth.service", r.configMapData(t, "berth.service"), readFile(t, "files/berth.service"))
 	equal(t, "node.sh", r.configMapData(t, "node.sh"), readFile(t, "files/node.sh"))
-	config := r.configMapData(t, "config.toml")
+	config := r.configToml(t)
 	checkGolden(t, "default", config)
 	checkToml(t, config, values(t)["config"].(map[string]interface{}))
 
@@ -283,8 +334,8 @@ func TestDefaultValues(t *testing.T) {
 			t.Errorf("NOTES.txt lacks %q:\n%s", want, r.notes)
 		}
 	}
-	if len(r.objects) != 7 {
-		t.Errorf("rendered %d objects, want 7: %v", len(r.objects), keys(r.objects))
+	if len(r.objects) != 8 {
+		t.Errorf("rendered %d objects, want 8: %v", len(r.objects), keys(r.objects))
 	}
 }
 
@@ -310,9 +361,19 @@ func TestMirrorsCniKubeletValues(t *testing.T) {
 	equal(t, "CGROUP_DRIVER", e["CGROUP_DRIVER"], "systemd")
 	equal(t, "PURGE_STATE", e["PURGE_STATE"], "true")
 
-	config := r.configMapData(t, "config.toml")
+	config := r.configToml(t)
 	checkGolden(t, "mirrors-cni-kubelet", config)
 	checkToml(t, config, values(t, "mirrors-cni-kubelet.yaml")["config"].(map[string]interface{}))
+	checkConfigMount(t, spec)
+	// The registry credentials reach the node, through the Secret alone.
+	if !strings.Contains(config, "password = \"pull-s3cret\"\n") {
+		t.Errorf("config.toml lacks the registry password:\n%s", config)
+	}
+	for key, o := range r.objects {
+		if key != "Secret/berth" && strings.Contains(fmt.Sprint(o), "pull-s3cret") {
+			t.Errorf("%s holds the registry password", key)
+		}
+	}
 	for _, want := range []string{"mtu = 1450\n", "[registry.mirrors.\"docker.io\"]\n",
 		"[registry.configs.\"localhost:5000\"]\ninsecure = true\n", "mode = \"cni\"\n", "address = \"0.0.0.0:9323\"\n"} {
 		if !strings.Contains(config, want) {
@@ -338,8 +399,8 @@ func TestMirrorsCniKubeletValues(t *testing.T) {
 
 func TestCustomPathsMinimalValues(t *testing.T) {
 	r := render(t, "custom-paths-minimal.yaml")
-	if len(r.objects) != 2 {
-		t.Errorf("with uninstall.enabled=false only the ConfigMap and DaemonSet render, got %v", keys(r.objects))
+	if len(r.objects) != 3 {
+		t.Errorf("with uninstall.enabled=false only the ConfigMap, Secret and DaemonSet render, got %v", keys(r.objects))
 	}
 	ds := r.object(t, "DaemonSet/berth")
 	spec := podSpec(t, ds).(map[string]interface{})
@@ -367,7 +428,7 @@ func TestCustomPathsMinimalValues(t *testing.T) {
 	if !strings.Contains(unit, "\nExecStart=/opt/berth/bin/berth --config /opt/berth/etc/config.toml\n") {
 		t.Errorf("the unit does not start the installed binary with the installed config:\n%s", unit)
 	}
-	config := r.configMapData(t, "config.toml")
+	config := r.configToml(t)
 	checkGolden(t, "custom-paths-minimal", config)
 	checkToml(t, config, values(t, "custom-paths-minimal.yaml")["config"].(map[string]interface{}))
 	if strings.Contains(r.notes, "helm uninstall") {
@@ -487,7 +548,7 @@ func TestChartFilesFollowHelmignore(t *testing.T) {
 			t.Errorf("%s is in the chart though .helmignore leaves it out", name)
 		}
 	}
-	if len(c.Templates) != 5 {
-		t.Errorf("templates: %d, want 5 (_helpers.tpl, configmap, daemonset, uninstall, NOTES.txt)", len(c.Templates))
+	if len(c.Templates) != 6 {
+		t.Errorf("templates: %d, want 6 (_helpers.tpl, configmap, secret, daemonset, uninstall, NOTES.txt)", len(c.Templates))
 	}
 }
