@@ -290,13 +290,12 @@ fn setup(config_path: &Path, userns: Option<OwnedFd>) -> Result<Monitor, String>
     let _ = std::fs::remove_file(&sock);
     let (_dirfd, short) =
         sys::socket_path(&sock).map_err(|e| format!("open {}: {e}", cfg.run_dir.display()))?;
-    let listener =
-        UnixListener::bind(&short).map_err(|e| format!("listen on {}: {e}", sock.display()))?;
+    // Root's only, from the moment it exists.
+    let listener = sys::bind_unix(Path::new(&short), 0o600)
+        .map_err(|e| format!("listen on {}: {e}", sock.display()))?;
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("listen: {e}"))?;
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600));
     let self_pidns = sys::openat2(
         libc::AT_FDCWD,
         Path::new("/proc/self/ns/pid"),

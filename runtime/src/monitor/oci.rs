@@ -301,7 +301,7 @@ impl Monitor {
             let _ = std::fs::remove_file(&path);
             let (_dirfd, short) =
                 sys::socket_path(&path).map_err(|e| sys_err("console socket path", e))?;
-            let l = UnixListener::bind(&short)
+            let l = sys::bind_unix(Path::new(&short), 0o600)
                 .map_err(|e| sys_err(&format!("listen on {}", path.display()), e))?;
             args.extend(["--console-socket", CONSOLE_SOCKET]);
             Some((l, path))
