@@ -5,7 +5,11 @@
 //! container runs and cannot see or change anything of the node. `docs/security.md` lists
 //! each class, its test and what defends against it.
 
+#[path = "escapes/files.rs"]
 mod files;
+#[path = "escapes/identity.rs"]
 mod identity;
+#[path = "escapes/images.rs"]
 mod images;
+#[path = "escapes/mounts.rs"]
 mod mounts;
