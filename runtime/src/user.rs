@@ -232,7 +232,7 @@ pub fn image_accounts(lower_dirs: &[PathBuf]) -> Result<(Vec<PasswdEntry>, Vec<G
     let read = |path: &str| -> Result<String> {
         let data = root
             .read_file(path, MAX_ACCOUNTS_FILE)
-            .map_err(|e| Error::InvalidArgument(format!("cannot read the image's {path}: {e}")))?;
+            .map_err(|e| Error::InvalidArgument(format!("the image's {e}")))?;
         Ok(String::from_utf8_lossy(&data.unwrap_or_default()).into_owned())
     };
     Ok((

@@ -493,3 +493,69 @@ async fn cve_2022_0811_sysctl_values_cannot_set_a_node_sysctl() {
     remove_pod(&d, &pod).await;
     assert_eq!(core_pattern(), before);
 }
+
+#[tokio::test]
+async fn seccomp_runtime_default_given_to_runc_and_crun_refuses_af_alg_and_af_vsock() {
+    let image = push_image("seccomp-handlers", LayerBuilder::new(), None).await;
+    let binary = |name: &str| {
+        ["/usr/sbin", "/usr/bin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(name))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{name} is not installed (scripts/test.sh installs it)"))
+    };
+    let d = Daemon::builder()
+        .config(&format!(
+            "[runtimes.runc]\npath = {:?}\n[runtimes.crun]\npath = {:?}\n",
+            binary("runc").display().to_string(),
+            binary("crun").display().to_string()
+        ))
+        .start()
+        .await
+        .expect("daemon");
+    pull(&d, &image).await;
+    for handler in ["runc", "crun"] {
+        let config = pod_config(
+            &format!("seccomp-{handler}"),
+            &d.dir().path().join(format!("logs-{handler}")),
+        );
+        let pod = d
+            .runtime()
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: handler.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("RunPodSandbox with {handler}: {e:?}"))
+            .into_inner()
+            .pod_sandbox_id;
+        let c = container(
+            "default",
+            &image,
+            LinuxContainerSecurityContext {
+                seccomp: Some(SecurityProfile {
+                    profile_type: ProfileType::RuntimeDefault as i32,
+                    localhost_ref: String::new(),
+                }),
+                ..Default::default()
+            },
+        );
+        let id = start_container(&d, &pod, &config, c).await;
+        // The profile the runtime's libseccomp compiled (containerd's rules, no guard):
+        // the same answers, the family with upper bits set included.
+        for (args, want) in [
+            (["socket", "38", "5"], "errno 1"),
+            (["socket", "40", "1"], "errno 1"),
+            (["socket", "0x100000026", "5"], "errno 1"),
+            (["socket", "2", "1"], "ok"),
+        ] {
+            assert_eq!(probe(&d, &id, &args).await, want, "{handler}: {args:?}");
+        }
+        assert_eq!(
+            probe(&d, &id, &["pidfd_getfd"]).await,
+            "errno 1",
+            "{handler}"
+        );
+        remove_pod(&d, &pod).await;
+    }
+}

@@ -932,10 +932,12 @@ pub fn runtime_default(caps: u64) -> Profile {
 
 /// `profile` with one rule more in front of its first `socket` rule: a family with any of
 /// its upper 32 bits set is refused (EPERM). The kernel reads the family as an `int` and
-/// drops those bits, while a profile's comparisons (Berth's and libseccomp's) see all 64:
-/// without the guard `socket(0x1_0000_0026, ..)` passes containerd's `arg0 > AF_VSOCK` and
-/// opens an AF_ALG socket. Only Berth's own filter gets it: its rules are tried in order,
-/// while libseccomp (a RuntimeClass handler's runc) does not keep rule order.
+/// drops those bits, while Berth's compiler compares all 64: without the guard
+/// `socket(0x1_0000_0026, ..)` passes containerd's `arg0 > AF_VSOCK` and opens an AF_ALG
+/// socket. (runc's and crun's libseccomp refuse that call with the plain profile, as the
+/// e2e test of the handlers shows.) Only Berth's own filter gets the guard: its rules are
+/// tried in order, while libseccomp does not keep rule order, and mixing an errno rule
+/// with the allow rules of one call is what containerd's comments warn against.
 pub fn guard_socket_family(mut profile: Profile) -> Profile {
     let first_socket = profile.syscalls.iter().position(|r| {
         !r.args.is_empty() && r.names.iter().chain(r.name.iter()).any(|n| n == "socket")
