@@ -188,6 +188,26 @@ async fn image_etc_symlink_to_the_nodes_etc_cannot_pick_the_user() {
             err.message()
         );
     }
+    // `/etc -> /proc/self/root/etc`: no loop, but in the image that path leads nowhere
+    // (its /proc is an empty directory), while on the node it is the daemon's own /etc.
+    let mut top = LayerBuilder::new();
+    top.symlink("etc", "/proc/self/root/etc").unwrap();
+    let elsewhere = push_image("etc-proc-root", top, Some(&user)).await;
+    pull(&d, &elsewhere).await;
+    let err = create(
+        &d,
+        &pod,
+        &config,
+        container("proc-root", &elsewhere, Default::default()),
+    )
+    .await
+    .expect_err("a container of a user the image does not have was created");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains(&format!("{user:?} not found")),
+        "{}",
+        err.message()
+    );
     // Nothing runs, so nothing runs as the node's uid of `user`.
     let listed = d
         .runtime()
