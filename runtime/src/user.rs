@@ -230,9 +230,16 @@ pub fn image_accounts(lower_dirs: &[PathBuf]) -> Result<(Vec<PasswdEntry>, Vec<G
         source,
     })?;
     let read = |path: &str| -> Result<String> {
-        let data = root
-            .read_file(path, MAX_ACCOUNTS_FILE)
-            .map_err(|e| Error::InvalidArgument(format!("the image's {e}")))?;
+        let data = root.read_file(path, MAX_ACCOUNTS_FILE).map_err(|e| {
+            // The message goes to kubelet as a string: the cause goes with it.
+            let mut msg = format!("the image's {e}");
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                msg.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            Error::InvalidArgument(msg)
+        })?;
         Ok(String::from_utf8_lossy(&data.unwrap_or_default()).into_owned())
     };
     Ok((
