@@ -181,7 +181,7 @@ impl Runtime {
                 .and_then(|l| l.security_context.as_ref()),
             self.lsm,
         )?;
-        let (passwd, groups) = crate::user::image_accounts(&image.lower_dirs);
+        let (passwd, groups) = crate::user::image_accounts(&image.lower_dirs)?;
         let resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
         let input = PlanInput {
             id,

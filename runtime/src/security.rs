@@ -193,7 +193,10 @@ pub fn own_bounding_set() -> u64 {
 fn seccomp_for(ctx: &LinuxContainerSecurityContext, caps: u64) -> Result<Option<SeccompFilter>> {
     match seccomp_profile(ctx, caps)? {
         None => Ok(None),
-        Some((p, None)) => crate::seccomp::compile(&p).map(Some),
+        // The runtime default, compiled by Berth: its rules keep their order here.
+        Some((p, None)) => {
+            crate::seccomp::compile(&crate::seccomp::guard_socket_family(p)).map(Some)
+        }
         Some((p, Some(path))) => crate::seccomp::compile(&p)
             .map(Some)
             .map_err(|e| Error::InvalidArgument(format!("seccomp profile {path}: {e}"))),

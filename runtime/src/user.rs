@@ -1,11 +1,13 @@
 //! Which user a container runs as: CRI security context or image USER, resolved in the
 //! image's own `/etc/passwd` and `/etc/group`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+pub mod imagefs;
 
 /// One line of `/etc/passwd`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,48 +213,39 @@ pub fn resolve_user(
     })
 }
 
-/// Finds `rel` (such as `etc/passwd`) in an overlay's lower dirs, topmost first, as the
-/// merged view would show it: a whiteout in an upper layer hides it.
-pub fn find_in_layers(lower_dirs: &[PathBuf], rel: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::FileTypeExt;
-    for dir in lower_dirs {
-        let p = dir.join(rel);
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_char_device() => return None,
-            Ok(m) if m.is_file() => return Some(p),
-            Ok(_) => return None,
-            Err(_) => {
-                // An OCI whiteout file left unconverted also hides it.
-                let wh = p
-                    .parent()
-                    .map(|d| d.join(format!(".wh.{}", file_name(&p))))
-                    .filter(|w| w.exists());
-                if wh.is_some() {
-                    return None;
-                }
+/// The largest `/etc/passwd` or `/etc/group` read from an image. Over it the container is
+/// refused rather than the file truncated: a cut line can parse as another entry
+/// (`alice:x:1000:1000` cut to `alice:x:1000:1`), and the daemon's memory is bounded by what
+/// it agrees to read, not by the image. Real images' files are a few KiB; 4 MiB is some
+/// 50,000 accounts.
+pub const MAX_ACCOUNTS_FILE: u64 = 4 << 20;
+
+/// Reads the image's passwd and group entries from its layers (topmost first) as the
+/// container's root shows them, never following an image symlink out of the image (see
+/// [`imagefs`]); missing files read as empty.
+pub fn image_accounts(lower_dirs: &[PathBuf]) -> Result<(Vec<PasswdEntry>, Vec<GroupEntry>)> {
+    let root = imagefs::ImageRoot::open(lower_dirs).map_err(|source| Error::Io {
+        op: "open the image's layers",
+        path: lower_dirs.first().cloned().unwrap_or_default(),
+        source,
+    })?;
+    let read = |path: &str| -> Result<String> {
+        let data = root.read_file(path, MAX_ACCOUNTS_FILE).map_err(|e| {
+            // The message goes to kubelet as a string: the cause goes with it.
+            let mut msg = format!("the image's {e}");
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                msg.push_str(&format!(": {c}"));
+                cause = c.source();
             }
-        }
-    }
-    None
-}
-
-fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// Reads the image's passwd and group entries from its layers; missing files read as empty.
-pub fn image_accounts(lower_dirs: &[PathBuf]) -> (Vec<PasswdEntry>, Vec<GroupEntry>) {
-    let read = |rel| {
-        find_in_layers(lower_dirs, rel)
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .unwrap_or_default()
+            Error::InvalidArgument(msg)
+        })?;
+        Ok(String::from_utf8_lossy(&data.unwrap_or_default()).into_owned())
     };
-    (
-        parse_passwd(&read("etc/passwd")),
-        parse_group(&read("etc/group")),
-    )
+    Ok((
+        parse_passwd(&read("/etc/passwd")?),
+        parse_group(&read("/etc/group")?),
+    ))
 }
 
 #[cfg(test)]
@@ -401,7 +394,7 @@ mod tests {
     }
 
     #[test]
-    fn layers_topmost_first_and_whiteouts() {
+    fn accounts_come_from_the_merged_image() {
         let d = tempfile::tempdir().unwrap();
         let (top, bottom) = (d.path().join("top"), d.path().join("bottom"));
         std::fs::create_dir_all(top.join("etc")).unwrap();
@@ -410,13 +403,46 @@ mod tests {
         std::fs::write(bottom.join("etc/group"), "root:x:0:\n").unwrap();
         std::fs::write(top.join("etc/passwd"), "root:x:0:0::/top:/bin/sh\n").unwrap();
         std::fs::write(top.join("etc/.wh.group"), "").unwrap();
-        let layers = vec![top.clone(), bottom.clone()];
-        let (p, g) = image_accounts(&layers);
+        let (p, g) = image_accounts(&[top.clone(), bottom.clone()]).unwrap();
         assert_eq!(p[0].home, "/top");
         assert!(g.is_empty());
-        assert_eq!(
-            find_in_layers(std::slice::from_ref(&bottom), "etc/group"),
-            Some(bottom.join("etc/group"))
+        let (_, g) = image_accounts(std::slice::from_ref(&bottom)).unwrap();
+        assert_eq!(g[0].name, "root");
+    }
+
+    #[test]
+    fn an_image_etc_pointing_at_the_node_is_refused_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let layer = d.path().join("l");
+        std::fs::create_dir_all(&layer).unwrap();
+        // `/etc -> /etc`: on the node it would be the node's /etc; in the image it loops.
+        std::os::unix::fs::symlink("/etc", layer.join("etc")).unwrap();
+        let e = image_accounts(std::slice::from_ref(&layer)).unwrap_err();
+        assert_eq!(e.class(), crate::ErrorClass::InvalidArgument);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("/etc/passwd") && msg.contains("symbolic links"),
+            "{msg}"
         );
+        // `etc/passwd -> /etc/shadow`: the image has no shadow file, so no accounts; the
+        // node's shadow is never read.
+        std::fs::remove_file(layer.join("etc")).unwrap();
+        std::fs::create_dir(layer.join("etc")).unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", layer.join("etc/passwd")).unwrap();
+        let (p, g) = image_accounts(std::slice::from_ref(&layer)).unwrap();
+        assert!(p.is_empty() && g.is_empty(), "{p:?} {g:?}");
+    }
+
+    #[test]
+    fn an_oversized_passwd_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let layer = d.path().join("l");
+        std::fs::create_dir_all(layer.join("etc")).unwrap();
+        let line = "u:x:1:1::/:/bin/sh\n";
+        let big = line.repeat((MAX_ACCOUNTS_FILE as usize / line.len()) + 1);
+        std::fs::write(layer.join("etc/group"), &big).unwrap();
+        let e = image_accounts(std::slice::from_ref(&layer)).unwrap_err();
+        assert_eq!(e.class(), crate::ErrorClass::InvalidArgument);
+        assert!(e.to_string().contains("/etc/group"), "{e}");
     }
 }
