@@ -43,3 +43,33 @@ pub struct HostConfig {
     /// OAuth2 refresh token exchanged at the token endpoint.
     pub identity_token: Option<String>,
 }
+
+/// The `[image]` section: how much one layer may hold before it is refused, so a hostile
+/// image cannot fill the disk or exhaust inodes. The defaults fit the largest real images.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Uncompressed bytes one layer may hold (the size of its tar stream).
+    pub max_layer_bytes: u64,
+    /// Entries (files, directories, links) one layer may hold.
+    pub max_layer_entries: u64,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig {
+            max_layer_bytes: crate::unpack::DEFAULT_MAX_LAYER_BYTES,
+            max_layer_entries: crate::unpack::DEFAULT_MAX_LAYER_ENTRIES,
+        }
+    }
+}
+
+impl ImageConfig {
+    /// The layer budget these settings give.
+    pub fn layer_limits(&self) -> crate::unpack::LayerLimits {
+        crate::unpack::LayerLimits {
+            max_bytes: self.max_layer_bytes,
+            max_entries: self.max_layer_entries,
+        }
+    }
+}
