@@ -42,6 +42,10 @@ pub struct HostConfig {
     pub auth: Option<String>,
     /// OAuth2 refresh token exchanged at the token endpoint.
     pub identity_token: Option<String>,
+    /// For a mirror's host: it may receive the credentials given for the registry it
+    /// mirrors (kubelet's, and that registry's configured ones) when it has none of its
+    /// own. Off by default: credentials go only to the host they were given for.
+    pub forward_credentials: bool,
 }
 
 /// The `[image]` section: how much one layer may hold before it is refused, so a hostile
