@@ -27,6 +27,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Registry mirrors, credentials and TLS per host.
     pub registry: berth_imageservice::RegistryConfig,
+    /// Budgets of each image layer.
+    pub image: berth_imageservice::ImageConfig,
     /// Pod networking: the built-in bridge or CNI plugins.
     pub network: berth_cni::NetworkConfig,
     /// The exec/attach/port-forward streaming server.
@@ -47,6 +49,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             log: LogConfig::default(),
             registry: Default::default(),
+            image: Default::default(),
             network: Default::default(),
             streaming: StreamingConfig::default(),
             metrics: MetricsConfig::default(),

@@ -96,7 +96,15 @@ impl Node {
     /// with the number of pods or images: that is [`Node::reconcile`]'s, after serving.
     pub fn new(config: Config, store: Store) -> anyhow::Result<Arc<Node>> {
         let network = Network::open(config.network.clone(), store.db())?;
-        let images = ImageStore::open(&config.root, store.db(), config.registry.clone())?;
+        let images = ImageStore::open_with(
+            &config.root,
+            store.db(),
+            config.registry.clone(),
+            berth_imageservice::StoreOptions {
+                layer_limits: config.image.layer_limits(),
+                ..Default::default()
+            },
+        )?;
         let (reconciled, _) = watch::channel(Reconciled::Pending);
         // The monitor is installed beside the daemon's binary.
         let monitor = std::env::current_exe()?.with_file_name("berth-monitor");

@@ -42,4 +42,38 @@ pub struct HostConfig {
     pub auth: Option<String>,
     /// OAuth2 refresh token exchanged at the token endpoint.
     pub identity_token: Option<String>,
+    /// For a mirror's host: it may receive the credentials given for the registry it
+    /// mirrors (kubelet's, and that registry's configured ones) when it has none of its
+    /// own. Off by default: credentials go only to the host they were given for.
+    pub forward_credentials: bool,
+}
+
+/// The `[image]` section: how much one layer may hold before it is refused, so a hostile
+/// image cannot fill the disk or exhaust inodes. The defaults fit the largest real images.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Uncompressed bytes one layer may hold (the size of its tar stream).
+    pub max_layer_bytes: u64,
+    /// Entries (files, directories, links) one layer may hold.
+    pub max_layer_entries: u64,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig {
+            max_layer_bytes: crate::unpack::DEFAULT_MAX_LAYER_BYTES,
+            max_layer_entries: crate::unpack::DEFAULT_MAX_LAYER_ENTRIES,
+        }
+    }
+}
+
+impl ImageConfig {
+    /// The layer budget these settings give.
+    pub fn layer_limits(&self) -> crate::unpack::LayerLimits {
+        crate::unpack::LayerLimits {
+            max_bytes: self.max_layer_bytes,
+            max_entries: self.max_layer_entries,
+        }
+    }
 }

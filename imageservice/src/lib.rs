@@ -15,6 +15,7 @@ pub mod reference;
 pub mod registry;
 mod snapshot;
 mod store;
+mod tarstream;
 pub mod unpack;
 
 #[cfg(test)]
@@ -22,7 +23,7 @@ mod testregistry;
 #[cfg(test)]
 mod tests;
 
-pub use config::{HostConfig, MirrorConfig, RegistryConfig};
+pub use config::{HostConfig, ImageConfig, MirrorConfig, RegistryConfig};
 pub use error::{Error, ErrorClass};
 pub use records::Image;
 pub use reference::Reference;

@@ -76,7 +76,8 @@ impl Credentials {
         Some((u.to_owned(), p.to_owned()))
     }
 
-    /// Whether these request credentials apply to `host` (containerd's `ParseAuth`).
+    /// Whether these request credentials apply to `host` (containerd's `ParseAuth`): an
+    /// empty `server_address` applies to any host, so the caller decides which.
     fn applies_to(&self, host: &str) -> bool {
         if self.server_address.is_empty() {
             return true;
@@ -84,15 +85,30 @@ impl Credentials {
         let addr = self.server_address.as_str();
         let addr = addr.split_once("://").map(|(_, r)| r).unwrap_or(addr);
         let addr = addr.split('/').next().unwrap_or(addr);
-        let canon = |h: &str| -> String {
-            match h {
-                "index.docker.io" | "registry-1.docker.io" | "docker.io" => DEFAULT_DOMAIN.into(),
-                h => h.to_owned(),
-            }
-        };
-        canon(addr) == canon(host)
+        same_registry(addr, host)
     }
 }
+
+/// Whether two `host[:port]` names are one registry (Docker Hub has several names).
+fn same_registry(a: &str, b: &str) -> bool {
+    let canon = |h: &str| -> String {
+        match h {
+            "index.docker.io" | "registry-1.docker.io" | "docker.io" => DEFAULT_DOMAIN.into(),
+            h => h.to_ascii_lowercase(),
+        }
+    };
+    canon(a) == canon(b)
+}
+
+/// Says why a pull went without its credentials.
+fn withheld_note(realm: &str) -> String {
+    format!(
+        " (credentials withheld from the plain-http token realm {realm}: set insecure = true for its host in [registry.configs] to send them)"
+    )
+}
+
+/// The largest token-endpoint answer read into memory (tokens are a few KiB).
+pub const MAX_TOKEN_RESPONSE_SIZE: u64 = 256 << 10;
 
 /// One place to fetch from: a mirror or the registry host itself.
 #[derive(Clone, Debug)]
@@ -437,6 +453,7 @@ impl RegistryClient {
         Ok(c)
     }
 
+    /// TLS settings of a host: its `host:port` entry, else its bare host's.
     fn host_config(&self, host: &str) -> Option<&HostConfig> {
         self.config.configs.get(host).or_else(|| {
             let bare = host.rsplit_once(':').map(|(h, _)| h)?;
@@ -444,14 +461,70 @@ impl RegistryClient {
         })
     }
 
+    /// The entry of exactly this registry (`host:port` as written, Docker Hub's names as
+    /// one): credentials and the right to forward them are per registry, never shared by
+    /// the other ports of a host.
+    fn registry_config(&self, host: &str) -> Option<&HostConfig> {
+        self.config.configs.get(host).or_else(|| {
+            self.config
+                .configs
+                .iter()
+                .find(|(k, _)| same_registry(k, host))
+                .map(|(_, c)| c)
+        })
+    }
+
+    /// The credentials endpoint `ep` gets in this pull. Kubelet's credentials and the
+    /// configured ones of the image's registry go to that registry only, and to a mirror
+    /// only when the mirror's entry sets `forward_credentials`; a mirror otherwise gets
+    /// its own configured credentials (as containerd's hosts.toml gives each host its
+    /// own), or none.
     fn creds_for(&self, src: &Source, ep: &Endpoint) -> Option<Credentials> {
-        if let Some(c) = &src.creds
-            && (c.applies_to(&ep.host) || c.applies_to(src.reference.domain()))
-        {
-            return Some(c.clone());
+        let registry = src.reference.domain();
+        let own_config = self.registry_config(&ep.host);
+        let may_forward =
+            same_registry(&ep.host, registry) || own_config.is_some_and(|c| c.forward_credentials);
+        if let Some(c) = &src.creds {
+            // Given for this very host (`server_address`), or for the image's registry.
+            let for_this_host = !c.server_address.is_empty() && c.applies_to(&ep.host);
+            if for_this_host || (may_forward && c.applies_to(registry)) {
+                return Some(c.clone());
+            }
         }
-        self.host_config(&ep.host)
-            .and_then(Credentials::from_host_config)
+        if let Some(c) = own_config.and_then(Credentials::from_host_config) {
+            return Some(c);
+        }
+        if may_forward {
+            return self
+                .registry_config(registry)
+                .and_then(Credentials::from_host_config);
+        }
+        None
+    }
+
+    /// Whether credentials may go to the token realm `realm` that endpoint `ep` named:
+    /// over https always (the registry chose its token service, as for Docker Hub's
+    /// auth.docker.io); over plain http only back to the endpoint's own origin (the same
+    /// plain connection the operator chose for the registry, e.g. a loopback one) or to a
+    /// host configured `insecure`. A realm is chosen by the server, not by the operator, so
+    /// a loopback realm on another port is not trusted for being loopback: any local user
+    /// can listen there.
+    fn realm_may_get_credentials(&self, realm: &Url, ep: &Endpoint) -> bool {
+        if realm.scheme() == "https" {
+            return true;
+        }
+        let same_origin = realm.scheme() == ep.base.scheme()
+            && realm.host_str() == ep.base.host_str()
+            && realm.port_or_known_default() == ep.base.port_or_known_default();
+        if same_origin {
+            return true;
+        }
+        let host = match (realm.host_str(), realm.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            (None, _) => return false,
+        };
+        self.host_config(&host).is_some_and(|c| c.insecure)
     }
 
     /// Sends a request, answering one authentication challenge.
@@ -475,6 +548,8 @@ impl RegistryClient {
                     .map(|a| a.header.clone())
             }
         };
+        // Why a second 401 may not mean that the credentials are wrong.
+        let mut note = String::new();
         for round in 0..2 {
             let mut rb = build(&client);
             if let Some(h) = &header {
@@ -485,14 +560,12 @@ impl RegistryClient {
                 return Ok(resp);
             }
             if round == 1 {
-                return Err(EpError::Unauthorized(
-                    if creds.is_some() {
-                        "credentials rejected"
-                    } else {
-                        "authentication required"
-                    }
-                    .into(),
-                ));
+                let what = if creds.is_some() && note.is_empty() {
+                    "credentials rejected"
+                } else {
+                    "authentication required"
+                };
+                return Err(EpError::Unauthorized(format!("{what}{note}")));
             }
             let (h, ttl) = match parse_challenges(resp.headers()) {
                 Some(Challenge::Bearer {
@@ -501,9 +574,19 @@ impl RegistryClient {
                     scope,
                 }) => {
                     let scope = scope.unwrap_or_else(|| format!("repository:{repo}:pull"));
-                    let (token, ttl) = self
-                        .fetch_token(&client, &realm, service.as_deref(), &scope, creds.as_ref())
+                    let (token, ttl, withheld) = self
+                        .fetch_token(
+                            &client,
+                            ep,
+                            &realm,
+                            service.as_deref(),
+                            &scope,
+                            creds.as_ref(),
+                        )
                         .await?;
+                    if withheld {
+                        note = withheld_note(&realm);
+                    }
                     (format!("Bearer {token}"), ttl)
                 }
                 Some(Challenge::Basic) => {
@@ -533,17 +616,37 @@ impl RegistryClient {
         unreachable!("the loop returns on its second round")
     }
 
-    /// The bearer token flow: GET the realm with our credentials (or POST a refresh token).
+    /// The bearer token flow: GET the realm with our credentials (or POST a refresh token);
+    /// anonymously when the realm may not have them.
     async fn fetch_token(
         &self,
         client: &reqwest::Client,
+        ep: &Endpoint,
         realm: &str,
         service: Option<&str>,
         scope: &str,
         creds: Option<&Credentials>,
-    ) -> Result<(String, Duration), EpError> {
+    ) -> Result<(String, Duration, bool), EpError> {
         let realm_url = Url::parse(realm)
             .map_err(|e| EpError::Fatal(format!("bad token realm {realm:?}: {e}")))?;
+        if !matches!(realm_url.scheme(), "http" | "https") {
+            return Err(EpError::Fatal(format!(
+                "bad token realm {realm:?}: need an http or https URL"
+            )));
+        }
+        let withheld = creds.is_some() && !self.realm_may_get_credentials(&realm_url, ep);
+        if withheld {
+            tracing::warn!(
+                endpoint = %ep, realm,
+                "credentials withheld from a plain-http token realm; asking for an anonymous token"
+            );
+        }
+        let creds = creds.filter(|_| !withheld);
+        let note = if withheld {
+            withheld_note(realm)
+        } else {
+            String::new()
+        };
         let mut params: Vec<(&str, &str)> = vec![("scope", scope)];
         if let Some(s) = service {
             params.push(("service", s));
@@ -570,7 +673,7 @@ impl RegistryClient {
         if !status.is_success() {
             return Err(match status {
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                    EpError::Unauthorized(format!("token endpoint {realm} answered {status}"))
+                    EpError::Unauthorized(format!("token endpoint {realm} answered {status}{note}"))
                 }
                 s => {
                     let mut e = status_error(s);
@@ -581,7 +684,12 @@ impl RegistryClient {
                 }
             });
         }
-        let body = resp.bytes().await.map_err(from_reqwest)?;
+        let body = read_limited(resp, MAX_TOKEN_RESPONSE_SIZE, "token response")
+            .await
+            .map_err(|e| match e {
+                EpError::Fatal(m) => EpError::Fatal(format!("token endpoint {realm}: {m}")),
+                e => e,
+            })?;
         #[derive(serde::Deserialize)]
         struct TokenResponse {
             #[serde(default)]
@@ -605,7 +713,7 @@ impl RegistryClient {
         }
         // Refresh a little early; registries default to 60 s.
         let ttl = Duration::from_secs(t.expires_in.unwrap_or(60).max(10) - 5);
-        Ok((token, ttl))
+        Ok((token, ttl, withheld))
     }
 
     /// Runs `op` on each endpoint in order, retrying transient failures with backoff,
@@ -706,7 +814,7 @@ impl RegistryClient {
                         .get("docker-content-digest")
                         .and_then(|v| v.to_str().ok())
                         .map(String::from);
-                    let body = read_limited(resp, MAX_MANIFEST_SIZE).await?;
+                    let body = read_limited(resp, MAX_MANIFEST_SIZE, "manifest").await?;
                     let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
                     if let Some(w) = want_digest.filter(|w| *w != digest) {
                         return Err(EpError::Fatal(format!(
@@ -786,20 +894,23 @@ pub fn verify(digest: &str, size: u64, data: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
-async fn read_limited(mut resp: reqwest::Response, limit: u64) -> Result<Vec<u8>, EpError> {
+/// Reads a response body of at most `limit` bytes into memory; a larger one (announced or
+/// not) is an error naming `what` and the limit, read no further.
+async fn read_limited(
+    mut resp: reqwest::Response,
+    limit: u64,
+    what: &str,
+) -> Result<Vec<u8>, EpError> {
+    let too_big = || EpError::Fatal(format!("{what} larger than the limit of {limit} bytes"));
     if resp.content_length().is_some_and(|l| l > limit) {
-        return Err(EpError::Fatal(format!(
-            "manifest larger than {limit} bytes"
-        )));
+        return Err(too_big());
     }
     let mut out = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(from_reqwest)? {
-        out.extend_from_slice(&chunk);
-        if out.len() as u64 > limit {
-            return Err(EpError::Fatal(format!(
-                "manifest larger than {limit} bytes"
-            )));
+        if (out.len() + chunk.len()) as u64 > limit {
+            return Err(too_big());
         }
+        out.extend_from_slice(&chunk);
     }
     Ok(out)
 }
@@ -1016,6 +1127,250 @@ mod tests {
         assert_eq!(p["realm"], "a\"b");
         assert_eq!(p["service"], "svc");
         assert_eq!(p["scope"], "x,y");
+    }
+
+    fn client_with(configs: &[(&str, HostConfig)], mirrors: &[(&str, &[&str])]) -> RegistryClient {
+        let mut config = RegistryConfig::default();
+        for (h, c) in configs {
+            config.configs.insert((*h).into(), c.clone());
+        }
+        for (h, eps) in mirrors {
+            config.mirrors.insert(
+                (*h).into(),
+                crate::config::MirrorConfig {
+                    endpoints: eps.iter().map(|e| (*e).into()).collect(),
+                },
+            );
+        }
+        RegistryClient::new(config, RetryPolicy::default())
+    }
+
+    fn user(name: &str) -> HostConfig {
+        HostConfig {
+            username: Some(name.into()),
+            password: Some("secret".into()),
+            ..Default::default()
+        }
+    }
+
+    /// Who gets which user name, endpoint by endpoint.
+    fn sent(c: &RegistryClient, image: &str, creds: Option<Credentials>) -> Vec<(String, String)> {
+        let src = c.source(&Reference::parse(image).unwrap(), creds).unwrap();
+        src.endpoints
+            .iter()
+            .map(|ep| {
+                let u = c
+                    .creds_for(&src, ep)
+                    .map(|c| c.username)
+                    .unwrap_or_default();
+                (ep.host.clone(), u)
+            })
+            .collect()
+    }
+
+    fn pair(h: &str, u: &str) -> (String, String) {
+        (h.into(), u.into())
+    }
+
+    #[test]
+    fn credentials_go_only_to_the_host_they_were_given_for() {
+        let kubelet = |server: &str| Credentials {
+            username: "kubelet".into(),
+            password: "pw".into(),
+            server_address: server.into(),
+            ..Default::default()
+        };
+        let c = client_with(
+            &[("127.0.0.1:5000", user("origin-user"))],
+            &[("127.0.0.1:5000", &["http://127.0.0.1:6000"])],
+        );
+        let image = "127.0.0.1:5000/app:1";
+        // Kubelet's credentials, with or without server_address: the origin only.
+        for server in ["", "127.0.0.1:5000", "http://127.0.0.1:5000/v2/"] {
+            assert_eq!(
+                sent(&c, image, Some(kubelet(server))),
+                [
+                    pair("127.0.0.1:6000", ""),
+                    pair("127.0.0.1:5000", "kubelet")
+                ],
+                "server_address {server:?}"
+            );
+        }
+        // Configured credentials of the origin: the origin only.
+        assert_eq!(
+            sent(&c, image, None),
+            [
+                pair("127.0.0.1:6000", ""),
+                pair("127.0.0.1:5000", "origin-user")
+            ]
+        );
+        // Credentials given for the mirror's own host go to it.
+        assert_eq!(
+            sent(&c, image, Some(kubelet("127.0.0.1:6000"))),
+            [
+                pair("127.0.0.1:6000", "kubelet"),
+                pair("127.0.0.1:5000", "origin-user")
+            ]
+        );
+        // A mirror with its own configured credentials gets those.
+        let c = client_with(
+            &[
+                ("127.0.0.1:5000", user("origin-user")),
+                ("127.0.0.1:6000", user("mirror-user")),
+            ],
+            &[("127.0.0.1:5000", &["http://127.0.0.1:6000"])],
+        );
+        assert_eq!(
+            sent(&c, image, Some(kubelet(""))),
+            [
+                pair("127.0.0.1:6000", "mirror-user"),
+                pair("127.0.0.1:5000", "kubelet")
+            ]
+        );
+        // A bare host's entry is not another port's credentials.
+        let c = client_with(
+            &[("127.0.0.1", user("bare"))],
+            &[("127.0.0.1:5000", &["http://127.0.0.1:6000"])],
+        );
+        assert_eq!(
+            sent(&c, image, None),
+            [pair("127.0.0.1:6000", ""), pair("127.0.0.1:5000", "")]
+        );
+        // The operator may let a mirror have them.
+        let c = client_with(
+            &[
+                ("127.0.0.1:5000", user("origin-user")),
+                (
+                    "127.0.0.1:6000",
+                    HostConfig {
+                        forward_credentials: true,
+                        ..Default::default()
+                    },
+                ),
+            ],
+            &[("127.0.0.1:5000", &["http://127.0.0.1:6000"])],
+        );
+        assert_eq!(
+            sent(&c, image, Some(kubelet(""))),
+            [
+                pair("127.0.0.1:6000", "kubelet"),
+                pair("127.0.0.1:5000", "kubelet")
+            ]
+        );
+        assert_eq!(
+            sent(&c, image, None),
+            [
+                pair("127.0.0.1:6000", "origin-user"),
+                pair("127.0.0.1:5000", "origin-user")
+            ]
+        );
+        // Kubelet's credentials for another registry go nowhere.
+        assert_eq!(
+            sent(&c, image, Some(kubelet("quay.io"))),
+            [
+                pair("127.0.0.1:6000", "origin-user"),
+                pair("127.0.0.1:5000", "origin-user")
+            ]
+        );
+        // Docker Hub's names are one registry.
+        let c = client_with(
+            &[("docker.io", user("hub"))],
+            &[("docker.io", &["http://127.0.0.1:6000"])],
+        );
+        assert_eq!(
+            sent(&c, "busybox", Some(kubelet("https://index.docker.io/v1/"))),
+            [
+                pair("127.0.0.1:6000", ""),
+                pair("registry-1.docker.io", "kubelet")
+            ]
+        );
+        assert_eq!(
+            sent(&c, "busybox", None),
+            [
+                pair("127.0.0.1:6000", ""),
+                pair("registry-1.docker.io", "hub")
+            ]
+        );
+    }
+
+    #[test]
+    fn plain_http_token_realms_get_credentials_only_when_trusted() {
+        let c = client_with(
+            &[(
+                "127.0.0.1:7000",
+                HostConfig {
+                    insecure: true,
+                    ..Default::default()
+                },
+            )],
+            &[],
+        );
+        let ep = Endpoint::parse("127.0.0.1:5000").unwrap();
+        let ok = |realm: &str| c.realm_may_get_credentials(&Url::parse(realm).unwrap(), &ep);
+        assert!(ok("https://auth.example/token"));
+        assert!(ok("https://127.0.0.1:9000/token"));
+        assert!(
+            ok("http://127.0.0.1:5000/token"),
+            "the endpoint's own origin"
+        );
+        assert!(!ok("http://127.0.0.1:5001/token"), "another loopback port");
+        assert!(!ok("http://localhost:5000/token"), "another name");
+        assert!(!ok("http://auth.example/token"));
+        assert!(ok("http://127.0.0.1:7000/token"), "configured insecure");
+        let https_ep = Endpoint::parse("https://registry.example").unwrap();
+        let ok = |realm: &str| c.realm_may_get_credentials(&Url::parse(realm).unwrap(), &https_ep);
+        assert!(!ok("http://registry.example/token"), "a downgrade");
+        assert!(ok("https://registry.example/token"));
+    }
+
+    /// Serves one response to every connection: `head` then `len` bytes of `x`.
+    async fn serve_body(len: usize, announce: bool) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                let head = if announce {
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+                } else {
+                    "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_owned()
+                };
+                let _ = c.write_all(head.as_bytes()).await;
+                let chunk = vec![b'x'; 64 << 10];
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if c.write_all(&chunk[..n]).await.is_err() {
+                        break;
+                    }
+                    left -= n;
+                }
+            }
+        });
+        format!("http://{addr}/")
+    }
+
+    #[tokio::test]
+    async fn bodies_read_into_memory_are_capped() {
+        let client = reqwest::Client::new();
+        for announce in [true, false] {
+            let url = serve_body(1 << 20, announce).await;
+            let resp = client.get(&url).send().await.unwrap();
+            match read_limited(resp, 64 << 10, "token response").await {
+                Err(EpError::Fatal(m)) => assert_eq!(
+                    m, "token response larger than the limit of 65536 bytes",
+                    "announced {announce}"
+                ),
+                other => panic!("{other:?}"),
+            }
+            let resp = client.get(&url).send().await.unwrap();
+            assert_eq!(
+                read_limited(resp, 1 << 20, "x").await.unwrap().len(),
+                1 << 20
+            );
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::records::{self, Image, ImageRecord, LayerRecord, Lease};
 use crate::reference::Reference;
 use crate::registry::{Credentials, FetchedManifest, RegistryClient, RetryPolicy, Source, verify};
 use crate::snapshot::{Snapshots, TempSnapshot};
-use crate::unpack::{UnpackError, UnpackSummary, disk_usage, unpack_layer};
+use crate::unpack::{LayerLimits, UnpackError, UnpackSummary, disk_usage, unpack_layer_with};
 
 /// Usage of the image filesystem, for `ImageFsInfo`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +55,8 @@ pub struct StoreOptions {
     pub retry: RetryPolicy,
     /// Layers downloaded and unpacked at once, across all pulls.
     pub max_parallel_layers: usize,
+    /// The budget of each layer: a layer over it is refused.
+    pub layer_limits: LayerLimits,
 }
 
 impl Default for StoreOptions {
@@ -63,6 +65,7 @@ impl Default for StoreOptions {
             platform: Platform::host(),
             retry: RetryPolicy::default(),
             max_parallel_layers: 6,
+            layer_limits: LayerLimits::default(),
         }
     }
 }
@@ -107,6 +110,7 @@ pub struct ImageStore {
     /// Set when a GC was skipped because pulls were running.
     gc_pending: AtomicBool,
     layer_permits: Semaphore,
+    layer_limits: LayerLimits,
 }
 
 /// Messages from the downloader to the unpacking thread.
@@ -240,6 +244,7 @@ impl ImageStore {
             gc_lock: RwLock::new(()),
             gc_pending: AtomicBool::new(false),
             layer_permits: Semaphore::new(options.max_parallel_layers.max(1)),
+            layer_limits: options.layer_limits,
         };
         // Half-unpacked layers were moved to the trash by `Snapshots::open`; free the
         // space without delaying the daemon's start.
@@ -323,9 +328,11 @@ impl ImageStore {
         }
         let tmp = self.snapshots.prepare(&l.chain_id)?;
         let (path, fs_dir, digest) = (self.content.path(&l.digest), tmp.fs(), l.digest.clone());
+        let limits = self.layer_limits;
         let summary = blocking(move || {
             let f = File::open(&path).map_err(Error::io("open", &path))?;
-            let summary = unpack_layer(f, &fs_dir).map_err(|e| layer_error(&digest, e))?;
+            let summary =
+                unpack_layer_with(f, &fs_dir, &limits).map_err(|e| layer_error(&digest, e))?;
             crate::unpack::link_from_lowers(&fs_dir, &lowers, &summary.lower_links)
                 .map_err(|e| layer_error(&digest, e))?;
             Ok(summary)
@@ -599,6 +606,7 @@ impl ImageStore {
         let digest = layer.digest.clone();
         let tmp = self.snapshots.prepare(chain_id)?;
         let fs_dir = tmp.fs();
+        let limits = self.layer_limits;
 
         let mut blob_lock = Some(blob_lock);
         let (summary, writer, downloaded) = if self.content.has(&layer.digest) {
@@ -607,7 +615,7 @@ impl ImageStore {
             let d = digest.clone();
             let summary = blocking(move || {
                 let f = File::open(&path).map_err(Error::io("open", &path))?;
-                unpack_layer(f, &fs_dir).map_err(|e| layer_error(&d, e))
+                unpack_layer_with(f, &fs_dir, &limits).map_err(|e| layer_error(&d, e))
             })
             .await?;
             (summary, None, 0)
@@ -624,7 +632,7 @@ impl ImageStore {
                         eof: false,
                         write_error: None,
                     };
-                    let result = unpack_layer(&mut reader, &fs_dir);
+                    let result = unpack_layer_with(&mut reader, &fs_dir, &limits);
                     if let Some(e) = reader.write_error.take() {
                         return Err(e);
                     }

@@ -11,6 +11,11 @@
 //! snapshot root.
 //! The caller unpacks into a temporary directory and removes it on any error, so nothing
 //! of a rejected layer is left.
+//!
+//! Against bombs: the archive is read by [`crate::tarstream`] (Go's reading of tar, with
+//! extension headers bounded to 1 MiB), and each layer has a budget of uncompressed bytes
+//! and of entries ([`LayerLimits`]); memory stays bounded by the pieces in flight between
+//! the two threads, whatever the layer claims.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::{self, OpenOptions};
@@ -23,10 +28,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
+use crate::tarstream::{Entry, TarError, TarReader};
+
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-const PAX_XATTR_PREFIX: &str = "SCHILY.xattr.";
 
 /// Why a layer could not be unpacked.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +54,39 @@ pub enum UnpackError {
     /// Reading or decompressing the stream failed.
     #[error("reading layer stream")]
     Read(#[source] io::Error),
+}
+
+impl From<TarError> for UnpackError {
+    fn from(e: TarError) -> Self {
+        match e {
+            TarError::Invalid(m) => UnpackError::Invalid(format!("malformed archive: {m}")),
+            TarError::Read(e) => UnpackError::Read(e),
+        }
+    }
+}
+
+/// The budget of one layer: what a hostile layer may make the daemon write before it is
+/// refused. The defaults fit the largest real images (tens of GiB, millions of files).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerLimits {
+    /// Uncompressed bytes of the tar stream.
+    pub max_bytes: u64,
+    /// Tar entries.
+    pub max_entries: u64,
+}
+
+/// The default of [`LayerLimits::max_bytes`]: 64 GiB.
+pub const DEFAULT_MAX_LAYER_BYTES: u64 = 64 << 30;
+/// The default of [`LayerLimits::max_entries`].
+pub const DEFAULT_MAX_LAYER_ENTRIES: u64 = 4 << 20;
+
+impl Default for LayerLimits {
+    fn default() -> Self {
+        LayerLimits {
+            max_bytes: DEFAULT_MAX_LAYER_BYTES,
+            max_entries: DEFAULT_MAX_LAYER_ENTRIES,
+        }
+    }
 }
 
 fn invalid(entry: &[u8], reason: impl std::fmt::Display) -> UnpackError {
@@ -90,6 +129,8 @@ type Piece = io::Result<Vec<u8>>;
 enum Stopped {
     /// Reading or decompressing the source failed.
     Read(io::Error),
+    /// The layer went over its budget of uncompressed bytes (the reason says so).
+    OverBudget(String),
     /// The unpacking thread gave up (its error says why).
     Unpacker,
 }
@@ -103,11 +144,21 @@ enum Stopped {
 /// source (for a pull: the download, written to the content store as it passes),
 /// decompresses it and hashes the tar stream for the diff ID.
 pub fn unpack_layer(source: impl Read + Send, dest: &Path) -> Result<UnpackSummary, UnpackError> {
+    unpack_layer_with(source, dest, &LayerLimits::default())
+}
+
+/// [`unpack_layer`] within the budget `limits`: a layer that goes over it is refused.
+pub fn unpack_layer_with(
+    source: impl Read + Send,
+    dest: &Path,
+    limits: &LayerLimits,
+) -> Result<UnpackSummary, UnpackError> {
     let (tx, rx) = mpsc::sync_channel::<Piece>(CHUNKS_IN_FLIGHT);
+    let max_bytes = limits.max_bytes;
     std::thread::scope(|scope| {
         let decoder = std::thread::Builder::new()
             .name("layer-decompress".into())
-            .spawn_scoped(scope, move || decompress(source, tx))
+            .spawn_scoped(scope, move || decompress(source, tx, max_bytes))
             .map_err(UnpackError::Read)?;
         let unpacked = unpack_tar(
             PieceReader {
@@ -116,6 +167,7 @@ pub fn unpack_layer(source: impl Read + Send, dest: &Path) -> Result<UnpackSumma
                 pos: 0,
             },
             dest,
+            limits.max_entries,
         );
         let decoded = decoder.join().unwrap_or_else(|_| {
             Err(Stopped::Read(io::Error::other(
@@ -130,6 +182,7 @@ pub fn unpack_layer(source: impl Read + Send, dest: &Path) -> Result<UnpackSumma
             }),
             // A failed stream explains a failed unpack, not the reverse.
             (Err(Stopped::Read(e)), _) => Err(UnpackError::Read(e)),
+            (Err(Stopped::OverBudget(m)), _) => Err(UnpackError::Invalid(m)),
             (_, Err(e)) => Err(e),
             (Err(Stopped::Unpacker), Ok(_)) => Err(UnpackError::Read(io::Error::other(
                 "the layer stream ended early",
@@ -139,7 +192,11 @@ pub fn unpack_layer(source: impl Read + Send, dest: &Path) -> Result<UnpackSumma
 }
 
 /// The decompressing thread: `source` → tar stream pieces on `tx`; returns the diff ID.
-fn decompress(source: impl Read, tx: mpsc::SyncSender<Piece>) -> Result<String, Stopped> {
+fn decompress(
+    source: impl Read,
+    tx: mpsc::SyncSender<Piece>,
+    max_bytes: u64,
+) -> Result<String, Stopped> {
     let mut raw = BufReader::with_capacity(256 << 10, source);
     let mut hasher = Sha256::new();
     let magic = raw.fill_buf().map_err(Stopped::Read)?;
@@ -148,12 +205,13 @@ fn decompress(source: impl Read, tx: mpsc::SyncSender<Piece>) -> Result<String, 
             flate2::read::MultiGzDecoder::new(&mut raw),
             &mut hasher,
             &tx,
+            max_bytes,
         )?;
     } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         let d = zstd::stream::read::Decoder::with_buffer(&mut raw).map_err(Stopped::Read)?;
-        forward(d, &mut hasher, &tx)?;
+        forward(d, &mut hasher, &tx, max_bytes)?;
     } else {
-        forward(&mut raw, &mut hasher, &tx)?;
+        forward(&mut raw, &mut hasher, &tx, max_bytes)?;
     }
     // Consume whatever follows the compressed stream, so a caller's digest of the blob
     // covers every byte.
@@ -162,12 +220,14 @@ fn decompress(source: impl Read, tx: mpsc::SyncSender<Piece>) -> Result<String, 
 }
 
 /// Hashes everything `tar_stream` yields (the end-of-archive padding belongs to the diff
-/// ID too) and passes it on.
+/// ID too) and passes it on; stops a stream that inflates past `max_bytes`.
 fn forward(
     mut tar_stream: impl Read,
     hasher: &mut Sha256,
     tx: &mpsc::SyncSender<Piece>,
+    max_bytes: u64,
 ) -> Result<(), Stopped> {
+    let mut total: u64 = 0;
     loop {
         let mut buf = vec![0; CHUNK];
         let n = match tar_stream.read(&mut buf) {
@@ -181,6 +241,13 @@ fn forward(
             }
         };
         buf.truncate(n);
+        total += n as u64;
+        if total > max_bytes {
+            let _ = tx.send(Err(io::Error::other("over budget")));
+            return Err(Stopped::OverBudget(format!(
+                "uncompressed size exceeds the layer budget of {max_bytes} bytes (image.max_layer_bytes)"
+            )));
+        }
         hasher.update(&buf);
         tx.send(Ok(buf)).map_err(|_| Stopped::Unpacker)?;
     }
@@ -217,14 +284,16 @@ impl Read for PieceReader {
 fn unpack_tar(
     mut tar_stream: PieceReader,
     dest: &Path,
+    max_entries: u64,
 ) -> Result<(u64, Vec<(PathBuf, PathBuf)>), UnpackError> {
     let mut u = Unpacker {
         root: dest.to_owned(),
         dir_times: Vec::new(),
         entries: 0,
+        max_entries,
         lower_links: Vec::new(),
     };
-    u.run(&mut tar::Archive::new(&mut tar_stream))?;
+    u.run(&mut TarReader::new(&mut tar_stream))?;
     // What follows the archive is hashed by the decompressor: let it finish.
     io::copy(&mut tar_stream, &mut io::sink()).map_err(UnpackError::Read)?;
     Ok((u.entries, u.lower_links))
@@ -244,19 +313,22 @@ struct Unpacker {
     /// Directory mtimes, applied at the end (adding children changes them).
     dir_times: Vec<(PathBuf, SystemTime)>,
     entries: u64,
+    /// The budget of entries.
+    max_entries: u64,
     /// Hard links to lower layers, made after the layer (see `UnpackSummary`).
     lower_links: Vec<(PathBuf, PathBuf)>,
 }
 
 impl Unpacker {
-    fn run<R: Read>(&mut self, archive: &mut tar::Archive<R>) -> Result<(), UnpackError> {
-        let entries = archive
-            .entries()
-            .map_err(|e| UnpackError::Invalid(format!("malformed archive: {e}")))?;
-        for entry in entries {
-            let mut entry =
-                entry.map_err(|e| UnpackError::Invalid(format!("malformed archive: {e}")))?;
-            self.entry(&mut entry)?;
+    fn run<R: Read>(&mut self, archive: &mut TarReader<R>) -> Result<(), UnpackError> {
+        while let Some(entry) = archive.next_entry()? {
+            if self.entries >= self.max_entries {
+                return Err(UnpackError::Invalid(format!(
+                    "more entries than the layer budget of {} (image.max_layer_entries)",
+                    self.max_entries
+                )));
+            }
+            self.entry(&entry, archive)?;
             self.entries += 1;
         }
         for (path, mtime) in self.dir_times.iter().rev() {
@@ -265,14 +337,15 @@ impl Unpacker {
         Ok(())
     }
 
-    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), UnpackError> {
-        let name = entry.path_bytes().into_owned();
-        let kind = entry.header().entry_type();
-        if matches!(kind, tar::EntryType::XGlobalHeader) {
-            return Ok(());
-        }
+    fn entry<R: Read>(
+        &mut self,
+        entry: &Entry,
+        archive: &mut TarReader<R>,
+    ) -> Result<(), UnpackError> {
+        let name = entry.name.clone();
+        let kind = entry.kind;
         let parts = clean_path(&name).map_err(|r| invalid(&name, r))?;
-        let meta = self.meta(entry, &name)?;
+        let meta = meta(entry);
         if !self.lower_links.is_empty() {
             // A later entry of the same name replaces a pending link.
             let rel: PathBuf = parts.iter().collect();
@@ -316,7 +389,7 @@ impl Unpacker {
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&path)
                     .map_err(io_err("create", &path))?;
-                io::copy(entry, &mut f).map_err(UnpackError::Read)?;
+                io::copy(&mut archive.data(), &mut f).map_err(UnpackError::Read)?;
                 std::os::unix::fs::fchown(&f, Some(id32(meta.uid)?), Some(id32(meta.gid)?))
                     .map_err(io_err("chown", &path))?;
                 f.set_permissions(fs::Permissions::from_mode(meta.mode))
@@ -331,10 +404,7 @@ impl Unpacker {
                 Ok(())
             }
             tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| invalid(&name, "symlink without a target"))?
-                    .into_owned();
+                let target = entry.link.clone();
                 check_symlink_target(parents.len(), &target).map_err(|r| invalid(&name, r))?;
                 remove_existing(&path)?;
                 std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
@@ -345,10 +415,10 @@ impl Unpacker {
                 set_times_nofollow(&path, meta.mtime).map_err(io_err("set times of", &path))
             }
             tar::EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| invalid(&name, "hard link without a target"))?
-                    .into_owned();
+                let target = entry.link.clone();
+                if target.is_empty() {
+                    return Err(invalid(&name, "hard link without a target"));
+                }
                 let tparts = clean_path(&target)
                     .map_err(|r| invalid(&name, format!("hard link target: {r}")))?;
                 let Some((tbase, tparents)) = tparts.split_last() else {
@@ -378,8 +448,7 @@ impl Unpacker {
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 let (kind_flag, dev) = match kind {
                     tar::EntryType::Char | tar::EntryType::Block => {
-                        let major = entry.header().device_major().ok().flatten().unwrap_or(0);
-                        let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
+                        let (major, minor) = entry.dev;
                         let flag = if kind == tar::EntryType::Char {
                             libc::S_IFCHR
                         } else {
@@ -433,57 +502,6 @@ impl Unpacker {
         mknod(&path, libc::S_IFCHR, 0, 0)
     }
 
-    /// Entry metadata with PAX overrides and extended attributes.
-    fn meta<R: Read>(
-        &self,
-        entry: &mut tar::Entry<'_, R>,
-        name: &[u8],
-    ) -> Result<Meta, UnpackError> {
-        let h = entry.header();
-        let mut meta = Meta {
-            mode: h.mode().map_err(|e| invalid(name, e))? & 0o7777,
-            uid: h.uid().map_err(|e| invalid(name, e))?,
-            gid: h.gid().map_err(|e| invalid(name, e))?,
-            mtime: UNIX_EPOCH + Duration::from_secs(h.mtime().unwrap_or(0)),
-            xattrs: Vec::new(),
-        };
-        let Some(pax) = entry.pax_extensions().map_err(|e| invalid(name, e))? else {
-            return Ok(meta);
-        };
-        for ext in pax {
-            let ext = ext.map_err(|e| invalid(name, e))?;
-            let key = ext.key_bytes();
-            let value = ext.value_bytes();
-            let num = || -> Result<u64, UnpackError> {
-                std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| invalid(name, "bad numeric PAX header"))
-            };
-            match key {
-                b"uid" => meta.uid = num()?,
-                b"gid" => meta.gid = num()?,
-                b"mtime" => {
-                    if let Some(t) = std::str::from_utf8(value).ok().and_then(parse_pax_time) {
-                        meta.mtime = t;
-                    }
-                }
-                k if k.starts_with(PAX_XATTR_PREFIX.as_bytes()) => {
-                    let xname = &k[PAX_XATTR_PREFIX.len()..];
-                    // Only the whiteout conversion may speak to overlayfs.
-                    if xname.starts_with(b"trusted.overlay.") || xname.starts_with(b"user.overlay.")
-                    {
-                        continue;
-                    }
-                    meta.xattrs
-                        .push((OsStr::from_bytes(xname).to_owned(), value.to_vec()));
-                }
-                _ => {}
-            }
-        }
-        Ok(meta)
-    }
-
     /// Walks (creating as needed) the parent directories of an entry; each must be a real
     /// directory, never a symlink.
     fn ensure_parents(&self, parents: &[&OsStr], entry: &[u8]) -> Result<PathBuf, UnpackError> {
@@ -521,6 +539,30 @@ impl Unpacker {
             }
         }
         Ok(dir)
+    }
+}
+
+/// An entry's metadata; extended attributes only those that may not speak to overlayfs
+/// (only the whiteout conversion may).
+fn meta(e: &Entry) -> Meta {
+    let (secs, nanos) = e.mtime;
+    let mtime = if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nanos)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nanos.into())
+    };
+    let xattrs = e
+        .xattrs
+        .iter()
+        .filter(|(k, _)| !k.starts_with(b"trusted.overlay.") && !k.starts_with(b"user.overlay."))
+        .map(|(k, v)| (OsStr::from_bytes(k).to_owned(), v.clone()))
+        .collect();
+    Meta {
+        mode: e.mode & 0o7777,
+        uid: e.uid,
+        gid: e.gid,
+        mtime,
+        xattrs,
     }
 }
 
@@ -567,21 +609,6 @@ fn check_symlink_target(depth: usize, target: &[u8]) -> Result<(), &'static str>
         }
     }
     Ok(())
-}
-
-fn parse_pax_time(v: &str) -> Option<SystemTime> {
-    let (secs, frac) = v.split_once('.').unwrap_or((v, ""));
-    let secs: i64 = secs.parse().ok()?;
-    let mut nanos: u32 = 0;
-    if !frac.is_empty() {
-        let digits: String = frac.chars().take(9).collect();
-        nanos = digits.parse::<u32>().ok()? * 10u32.pow(9 - digits.len() as u32);
-    }
-    if secs >= 0 {
-        Some(UNIX_EPOCH + Duration::new(secs as u64, nanos))
-    } else {
-        Some(UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()))
-    }
 }
 
 fn id32(id: u64) -> Result<u32, UnpackError> {
@@ -1399,6 +1426,132 @@ pub(crate) mod tests {
         assert!(check_symlink_target(0, b"a/../../x").is_err());
         assert!(check_symlink_target(0, b"/anything/../../x").is_ok());
         assert!(check_symlink_target(1, b"./.././x").is_ok());
+    }
+
+    fn unpack_limited(
+        blob: &[u8],
+        limits: LayerLimits,
+    ) -> (tempfile::TempDir, Result<UnpackSummary, UnpackError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let r = unpack_layer_with(blob, dir.path(), &limits);
+        (dir, r)
+    }
+
+    #[test]
+    fn a_gzip_bomb_stops_at_the_byte_budget() {
+        // 64 MiB of zeros gzip to about 64 KiB.
+        let zeros = vec![0u8; 64 << 20];
+        let bomb = gzip(&TarBuilder::new().file("zeros", 0o644, &zeros).finish());
+        assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+        let limits = LayerLimits {
+            max_bytes: 4 << 20,
+            ..LayerLimits::default()
+        };
+        let (dir, r) = unpack_limited(&bomb, limits);
+        match r {
+            Err(UnpackError::Invalid(m)) => assert!(
+                m.contains("layer budget of 4194304 bytes") && m.contains("max_layer_bytes"),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let written = fs::metadata(dir.path().join("zeros")).map_or(0, |m| m.len());
+        assert!(written <= 4 << 20, "{written}");
+        // The same layer within a budget that fits it unpacks.
+        let (_dir, r) = unpack_limited(
+            &bomb,
+            LayerLimits {
+                max_bytes: 65 << 20,
+                ..LayerLimits::default()
+            },
+        );
+        r.unwrap();
+    }
+
+    #[test]
+    fn the_entry_budget_is_enforced() {
+        let mut t = TarBuilder::new();
+        for i in 0..5 {
+            t = t.file(&format!("f{i}"), 0o644, b"");
+        }
+        let tar = t.finish();
+        let limits = |n| LayerLimits {
+            max_entries: n,
+            ..LayerLimits::default()
+        };
+        let (_d, r) = unpack_limited(&tar, limits(4));
+        match r {
+            Err(UnpackError::Invalid(m)) => {
+                assert!(
+                    m.contains("layer budget of 4 (image.max_layer_entries)"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let (_d, r) = unpack_limited(&tar, limits(5));
+        assert_eq!(r.unwrap().entries, 5);
+    }
+
+    /// A raw ustar header block with `size` in its size field.
+    fn raw_header(name: &str, typeflag: u8, size: u64) -> Vec<u8> {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_mode(0o644);
+        h.set_mtime(1_600_000_000);
+        h.set_size(size);
+        h.as_mut_bytes()[156] = typeflag;
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    }
+
+    fn pad(mut v: Vec<u8>) -> Vec<u8> {
+        v.resize(v.len().div_ceil(512) * 512, 0);
+        v
+    }
+
+    #[test]
+    fn cve_2025_62518_a_pax_size_hides_no_entry() {
+        // The nested archive a reader using the ustar size (0) would see as entries.
+        let nested = [
+            raw_header("etc/berth-smuggled", b'0', 6),
+            pad(b"owned\n".to_vec()),
+        ]
+        .concat();
+        let body = format!("size={}\n", nested.len());
+        let record = format!("{} {body}", body.len() + 3);
+        assert!(
+            record.starts_with(&format!("{} ", record.len())),
+            "{record}"
+        );
+        let tar = [
+            raw_header("PaxHeaders/outer", b'x', record.len() as u64),
+            pad(record.into_bytes()),
+            raw_header("outer", b'0', 0),
+            nested.clone(),
+            raw_header("after", b'0', 0),
+            vec![0; 1024],
+        ]
+        .concat();
+        let (dir, r) = unpack(&tar);
+        assert_eq!(r.unwrap().entries, 2);
+        assert_eq!(fs::read(dir.path().join("outer")).unwrap(), nested);
+        assert!(dir.path().join("after").exists());
+        assert!(!dir.path().join("etc").exists(), "no smuggled entry");
+    }
+
+    #[test]
+    fn a_pax_header_claiming_a_gibibyte_is_refused_unread() {
+        let tar = [raw_header("PaxHeaders/x", b'x', 1 << 30), vec![b'9'; 4096]].concat();
+        let (_d, r) = unpack(&gzip(&tar));
+        match r {
+            Err(UnpackError::Invalid(m)) => assert!(
+                m.contains("PAX extended header of 1073741824 bytes")
+                    && m.contains("limit of 1048576 bytes"),
+                "{m}"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
