@@ -55,7 +55,6 @@ pub async fn create_container(
     node: &Node,
     req: CreateContainerRequest,
 ) -> Result<CreateContainerResponse, Status> {
-    node.wait_reconciled().await?;
     let config = req
         .config
         .ok_or_else(|| Status::invalid_argument("container config is missing"))?;
@@ -107,7 +106,6 @@ pub async fn start_container(
     node: &Node,
     req: StartContainerRequest,
 ) -> Result<StartContainerResponse, Status> {
-    node.wait_reconciled().await?;
     node.runtime
         .start_container(&req.container_id)
         .await
@@ -120,7 +118,6 @@ pub async fn stop_container(
     node: &Node,
     req: StopContainerRequest,
 ) -> Result<StopContainerResponse, Status> {
-    node.wait_reconciled().await?;
     node.runtime
         .stop_container(&req.container_id, req.timeout)
         .await
@@ -133,7 +130,6 @@ pub async fn remove_container(
     node: &Node,
     req: RemoveContainerRequest,
 ) -> Result<RemoveContainerResponse, Status> {
-    node.wait_reconciled().await?;
     let full_id = node
         .runtime
         .container_status(&req.container_id, false)

@@ -59,7 +59,6 @@ pub async fn run_pod_sandbox(
     node: &Node,
     req: RunPodSandboxRequest,
 ) -> Result<RunPodSandboxResponse, Status> {
-    node.wait_reconciled().await?;
     let created = node
         .runtime
         .run_pod_sandbox(&req)
@@ -115,7 +114,6 @@ pub async fn stop_pod_sandbox(
     node: &Node,
     req: StopPodSandboxRequest,
 ) -> Result<StopPodSandboxResponse, Status> {
-    node.wait_reconciled().await?;
     stop(node, &req.pod_sandbox_id).await?;
     Ok(StopPodSandboxResponse {})
 }
@@ -125,7 +123,6 @@ pub async fn remove_pod_sandbox(
     node: &Node,
     req: RemovePodSandboxRequest,
 ) -> Result<RemovePodSandboxResponse, Status> {
-    node.wait_reconciled().await?;
     let id = req.pod_sandbox_id;
     stop(node, &id).await?;
     // The pod's containers go with it: their image leases must go too, or their snapshots

@@ -482,3 +482,287 @@ async fn a_container_sees_its_config_mounts_and_image_volumes() {
     assert_ne!(code, 0, "an image volume took a write");
     remove_pod(&d, &pod_id).await;
 }
+
+/// What one read right after a restart showed that was not true.
+fn untrue_answers(
+    pods: &[PodSandbox],
+    containers: &[Container],
+    dead_pods: &[String],
+    dead_containers: &[String],
+    removed_pods: &[String],
+    removed_containers: &[String],
+) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for p in pods {
+        if dead_pods.contains(&p.id) && p.state == PodSandboxState::SandboxReady as i32 {
+            wrong.push(format!(
+                "ListPodSandbox shows pod {} (monitor killed) READY",
+                p.id
+            ));
+        }
+        if removed_pods.contains(&p.id) {
+            wrong.push(format!("ListPodSandbox shows removed pod {}", p.id));
+        }
+    }
+    for c in containers {
+        if dead_containers.contains(&c.id) && c.state == ContainerState::ContainerRunning as i32 {
+            wrong.push(format!(
+                "ListContainers shows container {} (monitor killed) RUNNING",
+                c.id
+            ));
+        }
+        if removed_containers.contains(&c.id) {
+            wrong.push(format!("ListContainers shows removed container {}", c.id));
+        }
+    }
+    wrong
+}
+
+/// Issue 20: reads that come the moment the socket accepts, after a SIGKILL of the daemon
+/// and of some pods' monitors, wait for reconciliation instead of answering from the
+/// records of before the crash: no pod whose monitor died is READY, no container of such a
+/// pod RUNNING, and no container or pod removed before the crash is there.
+#[tokio::test]
+async fn reads_right_after_a_crash_never_show_dead_pods_ready_or_removed_objects() {
+    use std::time::{Duration, Instant};
+
+    let mut d = Daemon::start().await.expect("daemon");
+    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    let log_dir = d.dir().path().join("pod-logs");
+    let (mut live_pods, mut dead_pods, mut removed_pods) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut live_containers, mut dead_containers, mut removed_containers) =
+        (Vec::new(), Vec::new(), Vec::new());
+    let mut monitors = Vec::new();
+    for i in 0..6 {
+        let config = pod_config(&format!("reads-{i}"), &log_dir);
+        let pod = berth_e2e::fixtures::run_pod(&d, &config).await;
+        let sleeper = berth_e2e::fixtures::start_container(
+            &d,
+            &pod,
+            &config,
+            container_config("sleeper", &["sleep", "3600"]),
+        )
+        .await;
+        if i % 2 == 0 {
+            // A container that kubelet removed before the crash.
+            let gone = berth_e2e::fixtures::start_container(
+                &d,
+                &pod,
+                &config,
+                container_config("gone", &["sleep", "3600"]),
+            )
+            .await;
+            let mut rt = d.runtime();
+            rt.stop_container(StopContainerRequest {
+                container_id: gone.clone(),
+                timeout: 0,
+            })
+            .await
+            .expect("StopContainer");
+            rt.remove_container(RemoveContainerRequest {
+                container_id: gone.clone(),
+            })
+            .await
+            .expect("RemoveContainer");
+            removed_containers.push(gone);
+        }
+        if i < 3 {
+            let info = d
+                .runtime()
+                .pod_sandbox_status(PodSandboxStatusRequest {
+                    pod_sandbox_id: pod.clone(),
+                    verbose: true,
+                })
+                .await
+                .expect("PodSandboxStatus")
+                .into_inner()
+                .info;
+            let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("info JSON");
+            let pid = v["pid"].as_i64().expect("the monitor's pid") as i32;
+            assert!(pid > 1, "{v}");
+            monitors.push(pid);
+            dead_pods.push(pod);
+            dead_containers.push(sleeper);
+        } else {
+            live_pods.push(pod);
+            live_containers.push(sleeper);
+        }
+    }
+    let config = pod_config("reads-removed", &log_dir);
+    let pod = berth_e2e::fixtures::run_pod(&d, &config).await;
+    berth_e2e::fixtures::remove_pod(&d, &pod).await;
+    removed_pods.push(pod);
+
+    d.kill().await.expect("kill the daemon");
+    for pid in &monitors {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill a monitor");
+    }
+    // Gone, or a zombie whose sockets are closed.
+    for pid in &monitors {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            if berth_e2e::process::parse_stat(&stat).is_some_and(|(state, _)| state == 'Z') {
+                break;
+            }
+            assert!(Instant::now() < deadline, "monitor {pid} outlived SIGKILL");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    // Reads in a tight loop from the moment the new daemon's socket accepts.
+    let socket = d.socket().to_path_buf();
+    let (dp, dc, rp, rc) = (
+        dead_pods.clone(),
+        dead_containers.clone(),
+        removed_pods.clone(),
+        removed_containers.clone(),
+    );
+    let reader = tokio::spawn(async move {
+        let started = Instant::now();
+        let client = loop {
+            if let Ok(c) = berth_e2e::Client::connect(&socket).await
+                && c.runtime().version(VersionRequest::default()).await.is_ok()
+            {
+                break c;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "berth never served again"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        let mut rt = client.runtime();
+        let (mut wrong, mut answered, mut rounds_after_ready) = (Vec::new(), 0, 0);
+        while rounds_after_ready < 20 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "reads never settled"
+            );
+            let ready = rt
+                .status(StatusRequest { verbose: false })
+                .await
+                .expect("Status answers at once")
+                .into_inner()
+                .status
+                .is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.r#type == "RuntimeReady" && c.status)
+                });
+            let pods = rt.list_pod_sandbox(ListPodSandboxRequest::default()).await;
+            let containers = rt.list_containers(ListContainersRequest::default()).await;
+            if let (Ok(pods), Ok(containers)) = (&pods, &containers) {
+                answered += 1;
+                wrong.extend(untrue_answers(
+                    &pods.get_ref().items,
+                    &containers.get_ref().containers,
+                    &dp,
+                    &dc,
+                    &rp,
+                    &rc,
+                ));
+            }
+            for id in &dp {
+                let r = rt
+                    .pod_sandbox_status(PodSandboxStatusRequest {
+                        pod_sandbox_id: id.clone(),
+                        verbose: false,
+                    })
+                    .await;
+                if let Ok(r) = r
+                    && r.get_ref().status.as_ref().map(|s| s.state)
+                        == Some(PodSandboxState::SandboxReady as i32)
+                {
+                    wrong.push(format!(
+                        "PodSandboxStatus shows pod {id} (monitor killed) READY"
+                    ));
+                }
+            }
+            for id in &dc {
+                let r = rt
+                    .container_status(ContainerStatusRequest {
+                        container_id: id.clone(),
+                        verbose: false,
+                    })
+                    .await;
+                if let Ok(r) = r
+                    && r.get_ref().status.as_ref().map(|s| s.state)
+                        == Some(ContainerState::ContainerRunning as i32)
+                {
+                    wrong.push(format!("ContainerStatus shows container {id} RUNNING"));
+                }
+            }
+            for id in &rc {
+                let r = rt
+                    .container_status(ContainerStatusRequest {
+                        container_id: id.clone(),
+                        verbose: false,
+                    })
+                    .await;
+                match r {
+                    Err(s) if s.code() == Code::NotFound => {}
+                    Err(s) => panic!("ContainerStatus of a removed container: {s:?}"),
+                    Ok(_) => wrong.push(format!("ContainerStatus shows removed container {id}")),
+                }
+            }
+            for id in &rp {
+                match rt
+                    .pod_sandbox_status(PodSandboxStatusRequest {
+                        pod_sandbox_id: id.clone(),
+                        verbose: false,
+                    })
+                    .await
+                {
+                    Err(s) if s.code() == Code::NotFound => {}
+                    Err(s) => panic!("PodSandboxStatus of a removed pod: {s:?}"),
+                    Ok(_) => wrong.push(format!("PodSandboxStatus shows removed pod {id}")),
+                }
+            }
+            if ready {
+                rounds_after_ready += 1;
+            }
+        }
+        (wrong, answered)
+    });
+    d.start_again().await.expect("start again");
+    let (wrong, answered) = reader.await.expect("reader");
+    assert!(answered >= 20, "the reads were answered: {answered}");
+    assert!(
+        wrong.is_empty(),
+        "{} untrue answers, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+
+    // What is alive is shown alive, and what died is shown dead (the test can tell).
+    d.wait_runtime_ready(Duration::from_secs(30))
+        .await
+        .expect("runtime ready");
+    let pods = d
+        .runtime()
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items;
+    for p in &pods {
+        let ready = p.state == PodSandboxState::SandboxReady as i32;
+        assert_eq!(ready, live_pods.contains(&p.id), "{p:?}");
+    }
+    assert_eq!(pods.len(), live_pods.len() + dead_pods.len());
+    for id in &live_containers {
+        let s = berth_e2e::fixtures::container_status(&d, id).await;
+        assert_eq!(s.state, ContainerState::ContainerRunning as i32, "{id}");
+    }
+    for id in &dead_containers {
+        let s = berth_e2e::fixtures::container_status(&d, id).await;
+        assert_eq!(s.state, ContainerState::ContainerExited as i32, "{id}");
+    }
+    for p in pods {
+        berth_e2e::fixtures::remove_pod(&d, &p.id).await;
+    }
+}
