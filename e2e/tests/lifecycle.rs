@@ -766,3 +766,268 @@ async fn reads_right_after_a_crash_never_show_dead_pods_ready_or_removed_objects
         berth_e2e::fixtures::remove_pod(&d, &p.id).await;
     }
 }
+
+/// The next event of `stream` within 10 s.
+async fn next_event(
+    stream: &mut tonic::Streaming<ContainerEventResponse>,
+) -> ContainerEventResponse {
+    tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+        .await
+        .expect("an event within 10 s")
+        .expect("the event stream goes on")
+        .expect("the event stream is open")
+}
+
+/// Issue 20: GetContainerEvents tells of the pod sandbox itself as containerd does for
+/// kubelet's Evented PLEG (container id = pod id, with the pod's status): created and
+/// started by RunPodSandbox, stopped by StopPodSandbox after its containers, deleted by
+/// RemovePodSandbox after them, and stopped when its monitor dies.
+#[tokio::test]
+async fn events_tell_of_the_pod_sandbox_in_order_with_its_status() {
+    use ContainerEventType::*;
+    let d = Daemon::start().await.expect("daemon");
+    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    let mut events = d
+        .runtime()
+        .get_container_events(GetEventsRequest::default())
+        .await
+        .expect("GetContainerEvents")
+        .into_inner();
+    let log_dir = d.dir().path().join("pod-logs");
+    let config = pod_config("evented", &log_dir);
+    let pod = berth_e2e::fixtures::run_pod(&d, &config).await;
+    let c = berth_e2e::fixtures::start_container(
+        &d,
+        &pod,
+        &config,
+        container_config("c", &["sleep", "3600"]),
+    )
+    .await;
+    berth_e2e::fixtures::remove_pod(&d, &pod).await;
+
+    let expected = [
+        (&pod, ContainerCreatedEvent, PodSandboxState::SandboxReady),
+        (&pod, ContainerStartedEvent, PodSandboxState::SandboxReady),
+        (&c, ContainerCreatedEvent, PodSandboxState::SandboxReady),
+        (&c, ContainerStartedEvent, PodSandboxState::SandboxReady),
+        (&c, ContainerStoppedEvent, PodSandboxState::SandboxReady),
+        (
+            &pod,
+            ContainerStoppedEvent,
+            PodSandboxState::SandboxNotready,
+        ),
+        (&c, ContainerDeletedEvent, PodSandboxState::SandboxNotready),
+        (
+            &pod,
+            ContainerDeletedEvent,
+            PodSandboxState::SandboxNotready,
+        ),
+    ];
+    for (i, (id, kind, pod_state)) in expected.into_iter().enumerate() {
+        let ev = next_event(&mut events).await;
+        let what = format!("event {i}: {ev:?}");
+        assert_eq!(
+            (ev.container_id.as_str(), ev.container_event_type),
+            (id.as_str(), kind as i32),
+            "{what}"
+        );
+        let status = ev.pod_sandbox_status.as_ref().expect(&what);
+        assert_eq!(status.id, pod, "{what}");
+        assert_eq!(
+            status.metadata.as_ref().map(|m| m.name.as_str()),
+            Some("evented"),
+            "{what}"
+        );
+        // A container's stop happens while the pod is still being stopped: only the
+        // pod's own events are pinned to a state.
+        if *id == pod {
+            assert_eq!(status.state, pod_state as i32, "{what}");
+        }
+        if *id == pod && kind == ContainerDeletedEvent {
+            assert!(ev.containers_statuses.is_empty(), "{what}");
+        }
+    }
+
+    // A pod whose monitor dies is told of as stopped, NOTREADY.
+    let config = pod_config("evented-orphan", &log_dir);
+    let pod = berth_e2e::fixtures::run_pod(&d, &config).await;
+    assert_eq!(
+        next_event(&mut events).await.container_event_type,
+        ContainerCreatedEvent as i32
+    );
+    assert_eq!(
+        next_event(&mut events).await.container_event_type,
+        ContainerStartedEvent as i32
+    );
+    let info = d
+        .runtime()
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: true,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+        .info;
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("info JSON");
+    let pid = v["pid"].as_i64().expect("the monitor's pid") as i32;
+    assert!(pid > 1, "{v}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the monitor");
+    let ev = next_event(&mut events).await;
+    assert_eq!(
+        (ev.container_id.as_str(), ev.container_event_type),
+        (pod.as_str(), ContainerStoppedEvent as i32),
+        "{ev:?}"
+    );
+    assert_eq!(
+        ev.pod_sandbox_status.map(|s| s.state),
+        Some(PodSandboxState::SandboxNotready as i32)
+    );
+    berth_e2e::fixtures::remove_pod(&d, &pod).await;
+    // Stopping a pod already stopped tells of no second stop.
+    let ev = next_event(&mut events).await;
+    assert_eq!(
+        (ev.container_id.as_str(), ev.container_event_type),
+        (pod.as_str(), ContainerDeletedEvent as i32),
+        "{ev:?}"
+    );
+}
+
+/// A CRI client whose HTTP/2 windows are the protocol's default 64 KiB, so that a stream
+/// it does not read stops the server from sending (tonic's client otherwise accepts
+/// megabytes unread).
+async fn small_window_client(
+    socket: &std::path::Path,
+) -> runtime_service_client::RuntimeServiceClient<tonic::transport::Channel> {
+    let path = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::from_static("http://[::]:50051")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect");
+    runtime_service_client::RuntimeServiceClient::new(channel)
+}
+
+/// Issue 20: a GetContainerEvents subscriber that does not keep up is told that it lost
+/// events (its stream ends with Aborted, so kubelet relists) instead of reading on past a
+/// silent gap, while a subscriber that keeps up gets every event.
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_gets_an_error_not_a_gap() {
+    let d = Daemon::start().await.expect("daemon");
+    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    let log_dir = d.dir().path().join("pod-logs");
+    let config = pod_config("flood", &log_dir);
+    let pod = berth_e2e::fixtures::run_pod(&d, &config).await;
+    // Containers that stay created, each with a large annotation: every event of this pod
+    // carries their statuses, so few events fill the slow subscriber's window.
+    for i in 0..4 {
+        let mut c = container_config(&format!("fat-{i}"), &["sleep", "3600"]);
+        c.annotations.insert("padding".into(), "x".repeat(8 << 10));
+        d.runtime()
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(c),
+                sandbox_config: Some(config.clone()),
+            })
+            .await
+            .expect("CreateContainer");
+    }
+    let mut slow = small_window_client(d.socket())
+        .await
+        .get_container_events(GetEventsRequest::default())
+        .await
+        .expect("GetContainerEvents")
+        .into_inner();
+    let mut fast = d
+        .runtime()
+        .get_container_events(GetEventsRequest::default())
+        .await
+        .expect("GetContainerEvents")
+        .into_inner();
+    let reader = tokio::spawn(async move {
+        let (mut created, mut deleted) = (0usize, 0usize);
+        loop {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), fast.message()).await {
+                Ok(Ok(Some(ev))) => {
+                    let kind = ev.container_event_type;
+                    if kind == ContainerEventType::ContainerCreatedEvent as i32 {
+                        created += 1;
+                    }
+                    if kind == ContainerEventType::ContainerDeletedEvent as i32 {
+                        deleted += 1;
+                    }
+                }
+                Ok(other) => panic!("the subscriber that keeps up was cut off: {other:?}"),
+                Err(_) => return (created, deleted),
+            }
+        }
+    });
+
+    // More events than the runtime keeps for a subscriber (1024): at least two per round.
+    const ROUNDS: usize = 500;
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let (rt, pod, config) = (d.runtime(), pod.clone(), config.clone());
+        workers.push(tokio::spawn(async move {
+            let mut rt = rt;
+            for i in (w..ROUNDS).step_by(4) {
+                let mut c = container_config("brief", &["true"]);
+                c.metadata.as_mut().unwrap().attempt = i as u32;
+                let id = rt
+                    .create_container(CreateContainerRequest {
+                        pod_sandbox_id: pod.clone(),
+                        config: Some(c),
+                        sandbox_config: Some(config.clone()),
+                    })
+                    .await
+                    .expect("CreateContainer")
+                    .into_inner()
+                    .container_id;
+                rt.remove_container(RemoveContainerRequest { container_id: id })
+                    .await
+                    .expect("RemoveContainer");
+            }
+        }));
+    }
+    for w in workers {
+        w.await.expect("worker");
+    }
+
+    let (mut read, mut ended) = (0usize, None);
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), slow.message()).await {
+            Ok(Ok(Some(_))) => read += 1,
+            Ok(Ok(None)) => panic!("the stream ended without an error after {read} events"),
+            Ok(Err(status)) => {
+                ended = Some(status);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    let status = ended.unwrap_or_else(|| {
+        panic!("the slow subscriber read {read} events, fewer than were sent, and was never told")
+    });
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert!(status.message().contains("events lost"), "{status:?}");
+    assert!(read < 2 * ROUNDS, "it was cut off early: {read}");
+    let fast_read = reader.await.expect("fast reader");
+    assert_eq!(
+        fast_read,
+        (ROUNDS, ROUNDS),
+        "the subscriber that keeps up misses no creation and no deletion"
+    );
+    berth_e2e::fixtures::remove_pod(&d, &pod).await;
+}
