@@ -416,8 +416,9 @@ mod tests {
             err.message().contains("ListPodSandbox") && err.message().contains("reconciling"),
             "{err:?}"
         );
-        // It answers before the client's deadline, so the reason reaches the client.
-        assert!(started.elapsed() < Duration::from_millis(60));
+        // It gave up only near the deadline (its answer comes 5 ms before it, ahead of the
+        // deadline layer's, which cannot say why).
+        assert!(started.elapsed() >= Duration::from_millis(50));
 
         // A read waiting without a deadline runs once the runtime's part is done, while
         // an image read still waits for the images' part.
