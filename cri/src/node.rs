@@ -24,12 +24,14 @@ enum Stage {
 }
 
 /// Where start-up reconciliation stands, part by part: the runtime's part (pods and
-/// containers checked against the kernel, their networks kept or freed) runs first, the
-/// images' part (snapshots a reboot lost unpacked again, leases of containers that are
-/// gone dropped) after it. Reads of pods and containers need only the first.
+/// containers checked against the kernel) runs first; then, side by side, the pod
+/// networks' (kept for pods with a record, freed otherwise) and the images' (snapshots a
+/// reboot lost unpacked again, leases of containers that are gone dropped). Reads of pods
+/// and containers need only the first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Reconciliation {
     runtime: Stage,
+    network: Stage,
     images: Stage,
 }
 
@@ -43,8 +45,8 @@ pub enum Needs {
     Runtime,
     /// The images' part: image reads.
     Images,
-    /// Both parts: calls that change pods, containers or images (a container's image
-    /// lease must not race the start-up sweep of leases).
+    /// Every part: calls that change pods, containers, networks or images (an address
+    /// must not race the sweep of addresses, nor an image lease the sweep of leases).
     Everything,
 }
 
@@ -55,7 +57,7 @@ impl Needs {
             Needs::Nothing => &[],
             Needs::Runtime => &[&r.runtime],
             Needs::Images => &[&r.images],
-            Needs::Everything => &[&r.runtime, &r.images],
+            Needs::Everything => &[&r.runtime, &r.network, &r.images],
         };
         // A failure is final even while another part is still pending.
         if let Some(Stage::Failed(message)) = parts.iter().find(|s| matches!(s, Stage::Failed(_))) {
@@ -70,7 +72,7 @@ impl Needs {
             Needs::Nothing => "nothing",
             Needs::Runtime => "pods and containers",
             Needs::Images => "images",
-            Needs::Everything => "pods, containers and images",
+            Needs::Everything => "pods, containers, networks and images",
         }
     }
 }
@@ -155,6 +157,7 @@ impl Node {
         let images = ImageStore::open(&config.root, store.db(), config.registry.clone())?;
         let (reconciled, _) = watch::channel(Reconciliation {
             runtime: Stage::Pending,
+            network: Stage::Pending,
             images: Stage::Pending,
         });
         // The monitor is installed beside the daemon's binary.
@@ -189,20 +192,29 @@ impl Node {
         }))
     }
 
-    /// Brings records and the kernel into agreement after a start, in two parts that each
-    /// let the calls waiting for them run as soon as they are done: pods and containers
-    /// first, then images; garbage collection follows in the background. Runs while the
-    /// socket already serves. A part that fails stays failed, with the reason, and the
-    /// calls that need it fail with it.
+    /// Brings records and the kernel into agreement after a start, in parts that each let
+    /// the calls waiting for them run as soon as they are done: pods and containers first,
+    /// then pod networks and images side by side; garbage collection follows in the
+    /// background. Runs while the socket already serves. A part that fails stays failed,
+    /// with the reason, and the calls that need it fail with it.
     pub async fn reconcile(&self) {
         let started = Instant::now();
         let runtime = self.reconcile_runtime().await;
         let runtime_ok = runtime.is_ok();
         let stage = self.stage("pods and containers", runtime, started);
         self.reconciled.send_modify(|r| r.runtime = stage);
-        let images = self.reconcile_images(runtime_ok).await;
-        let stage = self.stage("images", images, started);
-        self.reconciled.send_modify(|r| r.images = stage);
+        // The networks' part can cost more than the runtime's (deleting an nft table
+        // commits a netfilter transaction): it must not delay reads, nor images wait for it.
+        let network = async {
+            let stage = self.stage("pod networks", self.reconcile_network().await, started);
+            self.reconciled.send_modify(|r| r.network = stage);
+        };
+        let images = async {
+            let result = self.reconcile_images(runtime_ok).await;
+            let stage = self.stage("images", result, started);
+            self.reconciled.send_modify(|r| r.images = stage);
+        };
+        tokio::join!(network, images);
         self.collect_garbage();
     }
 
@@ -226,12 +238,16 @@ impl Node {
         }
     }
 
-    /// The runtime's part: every pod's monitor and container checked, half-done work undone,
-    /// and the network of every pod with a record kept, the rest freed.
+    /// The runtime's part: every pod's monitor and container checked, half-done work undone.
     async fn reconcile_runtime(&self) -> anyhow::Result<()> {
         let pods = self.runtime.reconcile().await?;
         tracing::info!(?pods, "pods reconciled");
-        // Every pod with a record keeps its network until StopPodSandbox; the rest is freed.
+        Ok(())
+    }
+
+    /// The networks' part: every pod with a record keeps its network until
+    /// StopPodSandbox; the rest is freed.
+    async fn reconcile_network(&self) -> anyhow::Result<()> {
         let pod_ids: Vec<String> = self
             .runtime
             .list_pod_sandbox(None)
@@ -292,15 +308,19 @@ impl Node {
     /// reconciliation is done and no part failed.
     pub fn not_ready_reason(&self) -> Option<(&'static str, String)> {
         let r = self.reconciled.borrow();
-        match (&r.runtime, &r.images) {
-            (Stage::Failed(message), _) | (_, Stage::Failed(message)) => {
-                Some(("ReconcileFailed", message.clone()))
-            }
-            (Stage::Pending, _) => Some((
+        let failed = [&r.runtime, &r.network, &r.images]
+            .into_iter()
+            .find_map(|s| match s {
+                Stage::Failed(message) => Some(message.clone()),
+                _ => None,
+            });
+        match (failed, &r.runtime) {
+            (Some(message), _) => Some(("ReconcileFailed", message)),
+            (None, Stage::Pending) => Some((
                 "Reconciling",
                 "berth is reconciling its records with the kernel after start".into(),
             )),
-            (Stage::Done, _) => None,
+            (None, _) => None,
         }
     }
 
@@ -362,7 +382,11 @@ mod tests {
     use super::*;
 
     fn parts(runtime: Stage, images: Stage) -> Reconciliation {
-        Reconciliation { runtime, images }
+        Reconciliation {
+            runtime,
+            network: Stage::Done,
+            images,
+        }
     }
 
     #[test]
@@ -384,6 +408,15 @@ mod tests {
         // Changes wait for both, and a failure of either is final at once.
         assert_eq!(Needs::Everything.verdict(&parts(Done, Pending)), None);
         assert_eq!(Needs::Everything.verdict(&parts(Done, Done)), Some(Ok(())));
+        // Changes wait for the networks too; reads and image reads do not.
+        let networks_pending = Reconciliation {
+            runtime: Done,
+            network: Pending,
+            images: Done,
+        };
+        assert_eq!(Needs::Everything.verdict(&networks_pending), None);
+        assert_eq!(Needs::Runtime.verdict(&networks_pending), Some(Ok(())));
+        assert_eq!(Needs::Images.verdict(&networks_pending), Some(Ok(())));
         assert!(matches!(
             Needs::Everything.verdict(&parts(Failed("x".into()), Pending)),
             Some(Err(m)) if m == "x"

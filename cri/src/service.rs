@@ -410,7 +410,7 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "UpdateRuntimeConfig",
-            Needs::Runtime,
+            Needs::Everything,
             r => runtime_info::update_runtime_config(&self.node, r)
         )
     }
