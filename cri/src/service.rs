@@ -567,6 +567,72 @@ mod tests {
             .find_map(|l| l.strip_prefix(&series).map(str::to_owned))
     }
 
+    /// A request as a client with a deadline of `timeout` (gRPC's header value) sends it.
+    fn with_deadline<T>(message: T, timeout: &'static str) -> Request<T> {
+        let mut r = Request::new(message);
+        r.metadata_mut()
+            .insert("grpc-timeout", timeout.parse().unwrap());
+        r
+    }
+
+    #[tokio::test]
+    async fn before_reconciliation_only_version_and_status_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::new(
+            crate::config::Config::in_dir(dir.path()),
+            crate::store::Store::open(dir.path()).unwrap(),
+        )
+        .unwrap();
+        let svc = CriService::new(node.clone());
+        svc.version(Request::new(VersionRequest::default()))
+            .await
+            .unwrap();
+        let status = svc
+            .status(Request::new(StatusRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        let runtime = status
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.r#type == "RuntimeReady")
+            .unwrap();
+        assert!(!runtime.status);
+        assert_eq!(runtime.reason, "Reconciling");
+
+        // Reads of pods, containers and streams wait, and say why when the deadline comes.
+        let err = svc
+            .list_pod_sandbox(with_deadline(ListPodSandboxRequest::default(), "40m"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+        assert!(
+            err.message().starts_with("ListPodSandbox: ")
+                && err.message().contains("reconciling pods and containers"),
+            "{err:?}"
+        );
+        let err = svc
+            .exec(with_deadline(ExecRequest::default(), "40m"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+        let err = svc
+            .list_images(with_deadline(ListImagesRequest::default(), "40m"))
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("reconciling images"), "{err:?}");
+
+        node.reconcile().await;
+        let pods = svc
+            .list_pod_sandbox(with_deadline(ListPodSandboxRequest::default(), "1S"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(pods.items.is_empty());
+    }
+
     #[test]
     fn answered_calls_count_with_their_code() {
         let metrics = Metrics::new();
