@@ -43,10 +43,11 @@ pub enum Needs {
     /// The runtime's part: every call that shows or touches pods, containers, their
     /// stats or their streams, so that none shows a dead pod ready or a removed object.
     Runtime,
-    /// The images' part: image reads.
+    /// The images' part: image calls (a pull or removal does not touch pods, nor their
+    /// networks or leases).
     Images,
-    /// Every part: calls that change pods, containers, networks or images (an address
-    /// must not race the sweep of addresses, nor an image lease the sweep of leases).
+    /// Every part: calls that change pods, containers or their networks (an address must
+    /// not race the sweep of addresses, nor a container's image lease the sweep of leases).
     Everything,
 }
 

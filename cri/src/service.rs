@@ -517,13 +517,7 @@ impl ImageService for CriService {
         &self,
         r: Request<PullImageRequest>,
     ) -> Result<Response<PullImageResponse>, Status> {
-        rpc_to_the_end!(
-            "PullImage",
-            self.node,
-            Needs::Everything,
-            images::pull_image,
-            r
-        )
+        rpc_to_the_end!("PullImage", self.node, Needs::Images, images::pull_image, r)
     }
 
     async fn remove_image(
@@ -533,7 +527,7 @@ impl ImageService for CriService {
         rpc_to_the_end!(
             "RemoveImage",
             self.node,
-            Needs::Everything,
+            Needs::Images,
             images::remove_image,
             r
         )
