@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark (issue 11): Berth and containerd side by side on this machine, over their
 # CRI sockets, inside the e2e harness's node namespace and loopback registry.
-#   bash scripts/bench.sh [--iterations N] [--pods N] [--density N,N] [--json PATH] [--svg PATH]
+#   bash scripts/bench.sh [--iterations N] [--pods N] [--density N,N] [--restart-pods N] [--json PATH] [--svg PATH]
 #                                                       # full run: Markdown report, JSON, SVG
 #   bash scripts/bench.sh --smoke                       # Berth only, once (CI)
 # Installs containerd and runc (Debian packages) for the comparison; Berth never uses them.

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use berth_runtime::{ImageConfig, ImageInfo};
+use futures::Stream;
 use k8s_cri::v1::*;
-use tokio_stream::StreamExt;
+use tokio::sync::broadcast;
 use tonic::Status;
 
 use crate::images::{image_store, to_status};
@@ -55,7 +56,6 @@ pub async fn create_container(
     node: &Node,
     req: CreateContainerRequest,
 ) -> Result<CreateContainerResponse, Status> {
-    node.wait_reconciled().await?;
     let config = req
         .config
         .ok_or_else(|| Status::invalid_argument("container config is missing"))?;
@@ -107,7 +107,6 @@ pub async fn start_container(
     node: &Node,
     req: StartContainerRequest,
 ) -> Result<StartContainerResponse, Status> {
-    node.wait_reconciled().await?;
     node.runtime
         .start_container(&req.container_id)
         .await
@@ -120,7 +119,6 @@ pub async fn stop_container(
     node: &Node,
     req: StopContainerRequest,
 ) -> Result<StopContainerResponse, Status> {
-    node.wait_reconciled().await?;
     node.runtime
         .stop_container(&req.container_id, req.timeout)
         .await
@@ -133,7 +131,6 @@ pub async fn remove_container(
     node: &Node,
     req: RemoveContainerRequest,
 ) -> Result<RemoveContainerResponse, Status> {
-    node.wait_reconciled().await?;
     let full_id = node
         .runtime
         .container_status(&req.container_id, false)
@@ -218,13 +215,83 @@ pub async fn checkpoint_container(
     Err(not_implemented("CheckpointContainer"))
 }
 
-/// Handles `GetContainerEvents`: a subscriber that falls behind loses the oldest events
-/// rather than slowing the runtime.
+/// Handles `GetContainerEvents`: every container and pod sandbox event from now on. The
+/// runtime never waits for a subscriber: one that falls so far behind that events were
+/// lost gets its stream ended with `Aborted`, saying so, instead of silent gaps (kubelet
+/// then relists and subscribes again).
 pub async fn get_container_events(
     node: &Node,
     _req: GetEventsRequest,
 ) -> Result<crate::service::EventStream, Status> {
-    let rx = node.runtime.subscribe_events();
-    let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|r| r.ok().map(Ok));
-    Ok(Box::pin(stream))
+    Ok(Box::pin(events_until_lost(node.runtime.subscribe_events())))
+}
+
+/// The events of `rx`, ended by an `Aborted` status at the first gap.
+fn events_until_lost(
+    rx: broadcast::Receiver<ContainerEventResponse>,
+) -> impl Stream<Item = Result<ContainerEventResponse, Status>> + Send + 'static {
+    futures::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Ok(event) => Some((Ok(event), Some(rx))),
+            Err(broadcast::error::RecvError::Lagged(lost)) => Some((
+                Err(Status::aborted(format!(
+                    "container events lost: this subscriber fell {lost} events behind; \
+                     list pods and containers again and subscribe anew"
+                ))),
+                None,
+            )),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    fn event(id: &str) -> ContainerEventResponse {
+        ContainerEventResponse {
+            container_id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_is_told_and_its_stream_ends() {
+        let (tx, rx) = broadcast::channel(2);
+        let mut stream = Box::pin(events_until_lost(rx));
+        tx.send(event("a")).unwrap();
+        assert_eq!(stream.next().await.unwrap().unwrap().container_id, "a");
+        // Five more while it does not read: three are lost.
+        for id in ["b", "c", "d", "e", "f"] {
+            tx.send(event(id)).unwrap();
+        }
+        let err = stream.next().await.unwrap().unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Aborted);
+        assert!(err.message().contains("fell 3 events behind"), "{err:?}");
+        // No silent gap: nothing after the error, though events are still buffered.
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_keeps_up_gets_every_event_until_the_runtime_goes() {
+        let (tx, rx) = broadcast::channel(2);
+        let stream = events_until_lost(rx);
+        let reader = tokio::spawn(stream.collect::<Vec<_>>());
+        for i in 0..10 {
+            tx.send(event(&i.to_string())).unwrap();
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        drop(tx);
+        let got: Vec<String> = reader
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap().container_id)
+            .collect();
+        assert_eq!(got, (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
+    }
 }

@@ -133,7 +133,6 @@ pub async fn image_status(
 /// Handles `PullImage`: returns the image ID (the config digest), like containerd.
 pub async fn pull_image(node: &Node, req: PullImageRequest) -> Result<PullImageResponse, Status> {
     let name = image_name(req.image.as_ref())?.to_owned();
-    node.wait_reconciled().await?;
     let store = image_store(node)?;
     let started = Instant::now();
     let pulled = store.pull_measured(&name, credentials(req.auth)).await;
@@ -153,7 +152,6 @@ pub async fn remove_image(
     req: RemoveImageRequest,
 ) -> Result<RemoveImageResponse, Status> {
     let name = image_name(req.image.as_ref())?.to_owned();
-    node.wait_reconciled().await?;
     let store = image_store(node)?;
     store
         .remove(&name)

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tonic::Status;
@@ -15,13 +15,72 @@ use crate::metrics::{ErrorKind, Metrics};
 use crate::store::Store;
 use crate::streaming::Streaming;
 
-/// Where start-up reconciliation stands.
+/// Where one part of start-up reconciliation stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Reconciled {
+enum Stage {
     Pending,
     Done,
     Failed(String),
 }
+
+/// Where start-up reconciliation stands, part by part: the runtime's part (pods and
+/// containers checked against the kernel) runs first; then, side by side, the pod
+/// networks' (kept for pods with a record, freed otherwise) and the images' (snapshots a
+/// reboot lost unpacked again, leases of containers that are gone dropped). Reads of pods
+/// and containers need only the first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reconciliation {
+    runtime: Stage,
+    network: Stage,
+    images: Stage,
+}
+
+/// What a CRI call must wait for before it answers (DESIGN.md, settled question 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Nothing: Version and Status answer at once, Status saying why it is not ready.
+    Nothing,
+    /// The runtime's part: every call that shows or touches pods, containers, their
+    /// stats or their streams, so that none shows a dead pod ready or a removed object.
+    Runtime,
+    /// The images' part: image calls (a pull or removal does not touch pods, nor their
+    /// networks or leases).
+    Images,
+    /// Every part: calls that change pods, containers or their networks (an address must
+    /// not race the sweep of addresses, nor a container's image lease the sweep of leases).
+    Everything,
+}
+
+impl Needs {
+    /// `None` while the call must wait; then whether it may run, or why not.
+    fn verdict(self, r: &Reconciliation) -> Option<Result<(), String>> {
+        let parts: &[&Stage] = match self {
+            Needs::Nothing => &[],
+            Needs::Runtime => &[&r.runtime],
+            Needs::Images => &[&r.images],
+            Needs::Everything => &[&r.runtime, &r.network, &r.images],
+        };
+        // A failure is final even while another part is still pending.
+        if let Some(Stage::Failed(message)) = parts.iter().find(|s| matches!(s, Stage::Failed(_))) {
+            return Some(Err(message.clone()));
+        }
+        parts.iter().all(|s| **s == Stage::Done).then_some(Ok(()))
+    }
+
+    /// What the call waits for, as its deadline's message names it.
+    fn what(self) -> &'static str {
+        match self {
+            Needs::Nothing => "nothing",
+            Needs::Runtime => "pods and containers",
+            Needs::Images => "images",
+            Needs::Everything => "pods, containers, networks and images",
+        }
+    }
+}
+
+/// How much earlier than the client's deadline a waiting call gives up, so that its own
+/// answer (naming the reason) comes before the deadline layer's and the client's timers.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
 
 /// Shared state of the daemon, handed to every handler.
 pub struct Node {
@@ -34,7 +93,7 @@ pub struct Node {
     /// Images: registry client, content store, snapshots.
     pub images: Arc<ImageStore>,
     /// Where start-up reconciliation stands.
-    reconciled: watch::Sender<Reconciled>,
+    reconciled: watch::Sender<Reconciliation>,
     /// When the daemon started, for uptime in verbose status.
     pub started: Instant,
     /// The exec/attach/port-forward streaming server's tokens, backend and URL.
@@ -105,7 +164,11 @@ impl Node {
                 ..Default::default()
             },
         )?;
-        let (reconciled, _) = watch::channel(Reconciled::Pending);
+        let (reconciled, _) = watch::channel(Reconciliation {
+            runtime: Stage::Pending,
+            network: Stage::Pending,
+            images: Stage::Pending,
+        });
         // The monitor is installed beside the daemon's binary.
         let monitor = std::env::current_exe()?.with_file_name("berth-monitor");
         let mut options = berth_runtime::RuntimeOptions::new(&config.root, &config.state, monitor);
@@ -138,38 +201,62 @@ impl Node {
         }))
     }
 
-    /// Brings records and the kernel into agreement after a start, then lets mutating RPCs
-    /// run. Runs in the background while the socket already serves. On failure the
-    /// runtime stays not ready, with the reason, and mutating RPCs fail with it.
+    /// Brings records and the kernel into agreement after a start, in parts that each let
+    /// the calls waiting for them run as soon as they are done: pods and containers first,
+    /// then pod networks and images side by side; garbage collection follows in the
+    /// background. Runs while the socket already serves. A part that fails stays failed,
+    /// with the reason, and the calls that need it fail with it.
     pub async fn reconcile(&self) {
         let started = Instant::now();
-        let state = match self.reconcile_records().await {
-            Ok(()) => {
-                tracing::info!(
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "reconciled"
-                );
-                Reconciled::Done
-            }
-            Err(e) => {
-                let message = format!("start-up reconciliation failed: {e:#}");
-                tracing::error!("{message}");
-                self.metrics.error(ErrorKind::Reconcile);
-                Reconciled::Failed(message)
-            }
+        let runtime = self.reconcile_runtime().await;
+        let runtime_ok = runtime.is_ok();
+        let stage = self.stage("pods and containers", runtime, started);
+        self.reconciled.send_modify(|r| r.runtime = stage);
+        // The networks' part can cost more than the runtime's (deleting an nft table
+        // commits a netfilter transaction): it must not delay reads, nor images wait for it.
+        let network = async {
+            let stage = self.stage("pod networks", self.reconcile_network().await, started);
+            self.reconciled.send_modify(|r| r.network = stage);
         };
-        self.reconciled.send_replace(state);
+        let images = async {
+            let result = self.reconcile_images(runtime_ok).await;
+            let stage = self.stage("images", result, started);
+            self.reconciled.send_modify(|r| r.images = stage);
+        };
+        tokio::join!(network, images);
         self.collect_garbage();
     }
 
-    async fn reconcile_records(&self) -> anyhow::Result<()> {
-        let restored = self.images.recover().await?;
-        if restored > 0 {
-            tracing::info!(restored, "snapshots unpacked again after a reboot");
+    /// Logs and counts how a part of reconciliation ended.
+    fn stage(&self, part: &str, result: anyhow::Result<()>, started: Instant) -> Stage {
+        match result {
+            Ok(()) => {
+                tracing::info!(
+                    part,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "reconciled"
+                );
+                Stage::Done
+            }
+            Err(e) => {
+                let message = format!("start-up reconciliation of {part} failed: {e:#}");
+                tracing::error!("{message}");
+                self.metrics.error(ErrorKind::Reconcile);
+                Stage::Failed(message)
+            }
         }
+    }
+
+    /// The runtime's part: every pod's monitor and container checked, half-done work undone.
+    async fn reconcile_runtime(&self) -> anyhow::Result<()> {
         let pods = self.runtime.reconcile().await?;
         tracing::info!(?pods, "pods reconciled");
-        // Every pod with a record keeps its network until StopPodSandbox; the rest is freed.
+        Ok(())
+    }
+
+    /// The networks' part: every pod with a record keeps its network until
+    /// StopPodSandbox; the rest is freed.
+    async fn reconcile_network(&self) -> anyhow::Result<()> {
         let pod_ids: Vec<String> = self
             .runtime
             .list_pod_sandbox(None)
@@ -177,6 +264,20 @@ impl Node {
             .map(|p| p.id)
             .collect();
         self.network.reconcile(&pod_ids).await?;
+        Ok(())
+    }
+
+    /// The images' part: snapshots a reboot lost are unpacked again, and leases of
+    /// containers that no longer exist are dropped (only when the runtime's part succeeded:
+    /// otherwise the container list is not known to be true).
+    async fn reconcile_images(&self, containers_known: bool) -> anyhow::Result<()> {
+        let restored = self.images.recover().await?;
+        if restored > 0 {
+            tracing::info!(restored, "snapshots unpacked again after a reboot");
+        }
+        if !containers_known {
+            return Ok(());
+        }
         // Leases of containers that no longer exist would pin their snapshots forever.
         let containers: HashSet<String> = self
             .runtime
@@ -212,29 +313,61 @@ impl Node {
         self.metrics.render(&self.runtime.census())
     }
 
-    /// Why the runtime is not ready yet, or `None` when reconciliation has finished.
+    /// Why the runtime is not ready yet, or `None` once the runtime's part of
+    /// reconciliation is done and no part failed.
     pub fn not_ready_reason(&self) -> Option<(&'static str, String)> {
-        match &*self.reconciled.borrow() {
-            Reconciled::Pending => Some((
+        let r = self.reconciled.borrow();
+        let failed = [&r.runtime, &r.network, &r.images]
+            .into_iter()
+            .find_map(|s| match s {
+                Stage::Failed(message) => Some(message.clone()),
+                _ => None,
+            });
+        match (failed, &r.runtime) {
+            (Some(message), _) => Some(("ReconcileFailed", message)),
+            (None, Stage::Pending) => Some((
                 "Reconciling",
                 "berth is reconciling its records with the kernel after start".into(),
             )),
-            Reconciled::Failed(message) => Some(("ReconcileFailed", message.clone())),
-            Reconciled::Done => None,
+            (None, _) => None,
         }
     }
 
-    /// Waits until reconciliation has finished; RPCs that change pods, containers or images
-    /// call this first.
-    pub async fn wait_reconciled(&self) -> Result<(), Status> {
+    /// Waits until the call may run: until the parts of reconciliation it `needs` are
+    /// done, bounded by the client's `timeout` (its `grpc-timeout`). A deadline that passes
+    /// meanwhile is `DeadlineExceeded` naming what was awaited (the client's own timer
+    /// would say DeadlineExceeded a moment later anyway, without the reason); a part that
+    /// failed is `Unavailable` with its reason, since waiting longer would not help.
+    pub async fn ready_for(
+        &self,
+        needs: Needs,
+        method: &str,
+        timeout: Option<Duration>,
+    ) -> Result<(), Status> {
+        if needs == Needs::Nothing {
+            return Ok(());
+        }
         let mut rx = self.reconciled.subscribe();
-        let state = rx
-            .wait_for(|state| *state != Reconciled::Pending)
-            .await
-            .map_err(|_| Status::unavailable("berth is shutting down"))?;
-        match &*state {
-            Reconciled::Failed(message) => Err(Status::unavailable(message.clone())),
-            _ => Ok(()),
+        let wait = rx.wait_for(|r| needs.verdict(r).is_some());
+        let verdict = match timeout {
+            None => wait.await.map(|r| needs.verdict(&r)),
+            Some(t) => match tokio::time::timeout(t.saturating_sub(DEADLINE_MARGIN), wait).await {
+                Ok(r) => r.map(|r| needs.verdict(&r)),
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "{method}: the client's deadline of {t:?} passed while berth was still \
+                         reconciling {} with the kernel after start",
+                        needs.what()
+                    )));
+                }
+            },
+        };
+        match verdict {
+            Ok(Some(Ok(()))) => Ok(()),
+            Ok(Some(Err(message))) => Err(Status::unavailable(format!("{method}: {message}"))),
+            Ok(None) | Err(_) => Err(Status::unavailable(format!(
+                "{method}: berth is shutting down"
+            ))),
         }
     }
 
@@ -256,6 +389,107 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parts(runtime: Stage, images: Stage) -> Reconciliation {
+        Reconciliation {
+            runtime,
+            network: Stage::Done,
+            images,
+        }
+    }
+
+    #[test]
+    fn each_call_waits_for_the_parts_it_needs() {
+        use Stage::*;
+        let failed = || Failed("start-up reconciliation of images failed: disk".into());
+        // Nothing pending blocks Version and Status.
+        assert_eq!(
+            Needs::Nothing.verdict(&parts(Pending, Pending)),
+            Some(Ok(()))
+        );
+        // Reads wait for pods and containers only.
+        assert_eq!(Needs::Runtime.verdict(&parts(Pending, Pending)), None);
+        assert_eq!(Needs::Runtime.verdict(&parts(Done, Pending)), Some(Ok(())));
+        assert_eq!(Needs::Runtime.verdict(&parts(Done, failed())), Some(Ok(())));
+        // Image reads wait for the images' part.
+        assert_eq!(Needs::Images.verdict(&parts(Done, Pending)), None);
+        assert_eq!(Needs::Images.verdict(&parts(Done, Done)), Some(Ok(())));
+        // Changes wait for both, and a failure of either is final at once.
+        assert_eq!(Needs::Everything.verdict(&parts(Done, Pending)), None);
+        assert_eq!(Needs::Everything.verdict(&parts(Done, Done)), Some(Ok(())));
+        // Changes wait for the networks too; reads and image reads do not.
+        let networks_pending = Reconciliation {
+            runtime: Done,
+            network: Pending,
+            images: Done,
+        };
+        assert_eq!(Needs::Everything.verdict(&networks_pending), None);
+        assert_eq!(Needs::Runtime.verdict(&networks_pending), Some(Ok(())));
+        assert_eq!(Needs::Images.verdict(&networks_pending), Some(Ok(())));
+        assert!(matches!(
+            Needs::Everything.verdict(&parts(Failed("x".into()), Pending)),
+            Some(Err(m)) if m == "x"
+        ));
+        assert!(matches!(
+            Needs::Images.verdict(&parts(Done, failed())),
+            Some(Err(m)) if m.contains("disk")
+        ));
+    }
+
+    #[tokio::test]
+    async fn reads_wait_for_the_runtime_part_within_the_deadline_and_status_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::new(Config::in_dir(dir.path()), Store::open(dir.path()).unwrap()).unwrap();
+        assert_eq!(node.not_ready_reason().unwrap().0, "Reconciling");
+        node.ready_for(Needs::Nothing, "Version", None)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let err = node
+            .ready_for(
+                Needs::Runtime,
+                "ListPodSandbox",
+                Some(Duration::from_millis(60)),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+        assert!(
+            err.message().contains("ListPodSandbox") && err.message().contains("reconciling"),
+            "{err:?}"
+        );
+        // It gave up only near the deadline (its answer comes 5 ms before it, ahead of the
+        // deadline layer's, which cannot say why).
+        assert!(started.elapsed() >= Duration::from_millis(50));
+
+        // A read waiting without a deadline runs once the runtime's part is done, while
+        // an image read still waits for the images' part.
+        let waiting = tokio::spawn({
+            let node = node.clone();
+            async move { node.ready_for(Needs::Runtime, "ListContainers", None).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished());
+        node.reconciled.send_modify(|r| r.runtime = Stage::Done);
+        waiting.await.unwrap().unwrap();
+        assert_eq!(node.not_ready_reason(), None);
+        let err = node
+            .ready_for(Needs::Images, "ListImages", Some(Duration::from_millis(30)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+
+        // A part that failed fails the calls that need it, and Status says so.
+        node.reconciled
+            .send_modify(|r| r.images = Stage::Failed("images broke".into()));
+        let err = node
+            .ready_for(Needs::Everything, "CreateContainer", None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert_eq!(err.message(), "CreateContainer: images broke");
+        assert_eq!(node.not_ready_reason().unwrap().0, "ReconcileFailed");
+    }
 
     #[tokio::test]
     async fn the_systemd_driver_is_built_and_reported() {

@@ -59,7 +59,6 @@ pub async fn run_pod_sandbox(
     node: &Node,
     req: RunPodSandboxRequest,
 ) -> Result<RunPodSandboxResponse, Status> {
-    node.wait_reconciled().await?;
     let created = node
         .runtime
         .run_pod_sandbox(&req)
@@ -86,19 +85,47 @@ pub async fn run_pod_sandbox(
         let _ = node.runtime.remove_pod_sandbox(&created.id).await;
         return Err(runtime_status("RunPodSandbox", &e));
     }
+    // Listed from now on: kubelet's Evented PLEG hears of it as containerd tells it.
+    for kind in [
+        ContainerEventType::ContainerCreatedEvent,
+        ContainerEventType::ContainerStartedEvent,
+    ] {
+        if let Some(event) = node.runtime.pod_event(kind, &created.id) {
+            node.runtime.publish(event);
+        }
+    }
     Ok(RunPodSandboxResponse {
         pod_sandbox_id: created.id,
     })
 }
 
+/// Whether the pod is READY now (false for an unknown pod).
+fn is_ready(node: &Node, id: &str) -> bool {
+    node.runtime
+        .pod_sandbox_status(id, false)
+        .ok()
+        .and_then(|s| s.status)
+        .is_some_and(|s| s.state == PodSandboxState::SandboxReady as i32)
+}
+
 async fn stop(node: &Node, id: &str) -> Result<(), Status> {
     let what = format!("StopPodSandbox {id}");
+    // A pod stops once: a repeated stop, or one after its monitor died (the runtime told of
+    // that), is no event.
+    let was_ready = is_ready(node, id);
     if let Some(stopped) = node
         .runtime
         .stop_pod_sandbox(id)
         .await
         .map_err(|e| runtime_status(&what, &e))?
     {
+        if was_ready
+            && let Some(event) = node
+                .runtime
+                .pod_event(ContainerEventType::ContainerStoppedEvent, &stopped.id)
+        {
+            node.runtime.publish(event);
+        }
         node.network
             .teardown(&stopped.id, stopped.netns.as_deref())
             .await
@@ -115,7 +142,6 @@ pub async fn stop_pod_sandbox(
     node: &Node,
     req: StopPodSandboxRequest,
 ) -> Result<StopPodSandboxResponse, Status> {
-    node.wait_reconciled().await?;
     stop(node, &req.pod_sandbox_id).await?;
     Ok(StopPodSandboxResponse {})
 }
@@ -125,7 +151,6 @@ pub async fn remove_pod_sandbox(
     node: &Node,
     req: RemovePodSandboxRequest,
 ) -> Result<RemovePodSandboxResponse, Status> {
-    node.wait_reconciled().await?;
     let id = req.pod_sandbox_id;
     stop(node, &id).await?;
     // The pod's containers go with it: their image leases must go too, or their snapshots
@@ -140,10 +165,21 @@ pub async fn remove_pod_sandbox(
         .into_iter()
         .map(|c| c.id)
         .collect();
+    // Its status as it was, told after the removal; its containers were told of one by one.
+    let deleted = node
+        .runtime
+        .pod_event(ContainerEventType::ContainerDeletedEvent, &id)
+        .map(|mut event| {
+            event.containers_statuses.clear();
+            event
+        });
     node.runtime
         .remove_pod_sandbox(&id)
         .await
         .map_err(|e| runtime_status(&format!("RemovePodSandbox {id}"), &e))?;
+    if let Some(event) = deleted {
+        node.runtime.publish(event);
+    }
     let images = crate::images::image_store(node)?;
     for c in containers {
         images

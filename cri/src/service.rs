@@ -13,7 +13,7 @@ use k8s_cri::v1::*;
 use tonic::{Code, Request, Response, Status};
 
 use crate::metrics::Metrics;
-use crate::node::Node;
+use crate::node::{Needs, Node};
 use crate::{containers, images, pods, runtime_info, stats, streaming};
 
 /// The gRPC front of a [`Node`].
@@ -93,11 +93,19 @@ impl Drop for Call<'_> {
     }
 }
 
-/// Runs a handler, logs and counts it in the node's metrics, and wraps its answer.
+/// Runs a handler once the parts of start-up reconciliation it needs are done (bounded by
+/// the client's deadline), logs and counts it in the node's metrics, and wraps its answer.
+/// `$r` names the request inside `$call`.
 macro_rules! rpc {
-    ($node:expr, $method:literal, $call:expr) => {{
+    ($node:expr, $method:literal, $needs:expr, $r:ident => $call:expr) => {{
         let call = Call::start(&$node.metrics, $method);
-        let result = $call.await;
+        let timeout = timeout_of($r.metadata());
+        let result = async {
+            $node.ready_for($needs, $method, timeout).await?;
+            let $r = $r.into_inner();
+            $call.await
+        }
+        .await;
         call.answered(&result);
         result.map(Response::new)
     }};
@@ -105,17 +113,24 @@ macro_rules! rpc {
 
 /// Runs a handler that changes pods, containers or images to its end even when the client
 /// goes away: tonic drops a call's future when its client disconnects, and a change cut
-/// short there would leave half a pod behind. Logged, counted and wrapped like [`rpc!`].
+/// short there would leave half a pod behind. Waits, logs, counts and wraps like [`rpc!`].
 macro_rules! rpc_to_the_end {
-    ($method:literal, $node:expr, $handler:path, $req:expr) => {{
+    ($method:literal, $node:expr, $needs:expr, $handler:path, $r:ident) => {{
         let node = $node.clone();
-        let req = $req;
-        rpc!($node, $method, async move {
-            tokio::spawn(async move { $handler(&node, req).await })
+        rpc!($node, $method, $needs, $r => async move {
+            tokio::spawn(async move { $handler(&node, $r).await })
                 .await
                 .unwrap_or_else(|e| Err(Status::internal(format!("{}: {e}", $method))))
         })
     }};
+}
+
+/// The client's deadline, from its `grpc-timeout` header.
+fn timeout_of(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    metadata
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::deadline::parse_grpc_timeout)
 }
 
 /// The stream of container events kubelet's Evented PLEG reads.
@@ -130,7 +145,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "Version",
-            runtime_info::version(&self.node, r.into_inner())
+            Needs::Nothing,
+            r => runtime_info::version(&self.node, r)
         )
     }
 
@@ -141,8 +157,9 @@ impl RuntimeService for CriService {
         rpc_to_the_end!(
             "RunPodSandbox",
             self.node,
+            Needs::Everything,
             pods::run_pod_sandbox,
-            r.into_inner()
+            r
         )
     }
 
@@ -153,8 +170,9 @@ impl RuntimeService for CriService {
         rpc_to_the_end!(
             "StopPodSandbox",
             self.node,
+            Needs::Everything,
             pods::stop_pod_sandbox,
-            r.into_inner()
+            r
         )
     }
 
@@ -165,8 +183,9 @@ impl RuntimeService for CriService {
         rpc_to_the_end!(
             "RemovePodSandbox",
             self.node,
+            Needs::Everything,
             pods::remove_pod_sandbox,
-            r.into_inner()
+            r
         )
     }
 
@@ -177,7 +196,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "PodSandboxStatus",
-            pods::pod_sandbox_status(&self.node, r.into_inner())
+            Needs::Runtime,
+            r => pods::pod_sandbox_status(&self.node, r)
         )
     }
 
@@ -188,7 +208,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "ListPodSandbox",
-            pods::list_pod_sandbox(&self.node, r.into_inner())
+            Needs::Runtime,
+            r => pods::list_pod_sandbox(&self.node, r)
         )
     }
 
@@ -199,8 +220,9 @@ impl RuntimeService for CriService {
         rpc_to_the_end!(
             "CreateContainer",
             self.node,
+            Needs::Everything,
             containers::create_container,
-            r.into_inner()
+            r
         )
     }
 
@@ -211,8 +233,9 @@ impl RuntimeService for CriService {
         rpc_to_the_end!(
             "StartContainer",
             self.node,
+            Needs::Everything,
             containers::start_container,
-            r.into_inner()
+            r
         )
     }
 
@@ -223,8 +246,9 @@ impl RuntimeService for CriService {
         rpc_to_the_end!(
             "StopContainer",
             self.node,
+            Needs::Everything,
             containers::stop_container,
-            r.into_inner()
+            r
         )
     }
 
@@ -235,8 +259,9 @@ impl RuntimeService for CriService {
         rpc_to_the_end!(
             "RemoveContainer",
             self.node,
+            Needs::Everything,
             containers::remove_container,
-            r.into_inner()
+            r
         )
     }
 
@@ -247,7 +272,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "ListContainers",
-            containers::list_containers(&self.node, r.into_inner())
+            Needs::Runtime,
+            r => containers::list_containers(&self.node, r)
         )
     }
 
@@ -258,7 +284,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "ContainerStatus",
-            containers::container_status(&self.node, r.into_inner())
+            Needs::Runtime,
+            r => containers::container_status(&self.node, r)
         )
     }
 
@@ -269,7 +296,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "UpdateContainerResources",
-            containers::update_container_resources(&self.node, r.into_inner())
+            Needs::Runtime,
+            r => containers::update_container_resources(&self.node, r)
         )
     }
 
@@ -280,7 +308,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "ReopenContainerLog",
-            containers::reopen_container_log(&self.node, r.into_inner())
+            Needs::Runtime,
+            r => containers::reopen_container_log(&self.node, r)
         )
     }
 
@@ -291,7 +320,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "ExecSync",
-            containers::exec_sync(&self.node, r.into_inner())
+            Needs::Runtime,
+            r => containers::exec_sync(&self.node, r)
         )
     }
 
@@ -299,7 +329,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "Exec",
-            streaming::exec(&self.node, r.into_inner())
+            Needs::Runtime,
+            r => streaming::exec(&self.node, r)
         )
     }
 
@@ -307,7 +338,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "Attach",
-            streaming::attach(&self.node, r.into_inner())
+            Needs::Runtime,
+            r => streaming::attach(&self.node, r)
         )
     }
 
@@ -318,7 +350,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "PortForward",
-            streaming::port_forward(&self.node, r.into_inner())
+            Needs::Runtime,
+            r => streaming::port_forward(&self.node, r)
         )
     }
 
@@ -329,7 +362,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "ContainerStats",
-            stats::container_stats(&self.node, r.into_inner())
+            Needs::Runtime,
+            r => stats::container_stats(&self.node, r)
         )
     }
 
@@ -340,7 +374,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "ListContainerStats",
-            stats::list_container_stats(&self.node, r.into_inner())
+            Needs::Runtime,
+            r => stats::list_container_stats(&self.node, r)
         )
     }
 
@@ -351,7 +386,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "PodSandboxStats",
-            stats::pod_sandbox_stats(&self.node, r.into_inner())
+            Needs::Runtime,
+            r => stats::pod_sandbox_stats(&self.node, r)
         )
     }
 
@@ -362,7 +398,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "ListPodSandboxStats",
-            stats::list_pod_sandbox_stats(&self.node, r.into_inner())
+            Needs::Runtime,
+            r => stats::list_pod_sandbox_stats(&self.node, r)
         )
     }
 
@@ -373,7 +410,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "UpdateRuntimeConfig",
-            runtime_info::update_runtime_config(&self.node, r.into_inner())
+            Needs::Everything,
+            r => runtime_info::update_runtime_config(&self.node, r)
         )
     }
 
@@ -381,7 +419,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "Status",
-            runtime_info::status(&self.node, r.into_inner())
+            Needs::Nothing,
+            r => runtime_info::status(&self.node, r)
         )
     }
 
@@ -392,7 +431,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "CheckpointContainer",
-            containers::checkpoint_container(&self.node, r.into_inner())
+            Needs::Runtime,
+            r => containers::checkpoint_container(&self.node, r)
         )
     }
 
@@ -405,7 +445,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "GetContainerEvents",
-            containers::get_container_events(&self.node, r.into_inner())
+            Needs::Runtime,
+            r => containers::get_container_events(&self.node, r)
         )
     }
 
@@ -416,7 +457,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "ListMetricDescriptors",
-            stats::list_metric_descriptors(&self.node, r.into_inner())
+            Needs::Runtime,
+            r => stats::list_metric_descriptors(&self.node, r)
         )
     }
 
@@ -427,7 +469,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "ListPodSandboxMetrics",
-            stats::list_pod_sandbox_metrics(&self.node, r.into_inner())
+            Needs::Runtime,
+            r => stats::list_pod_sandbox_metrics(&self.node, r)
         )
     }
 
@@ -438,7 +481,8 @@ impl RuntimeService for CriService {
         rpc!(
             self.node,
             "RuntimeConfig",
-            runtime_info::runtime_config(&self.node, r.into_inner())
+            Needs::Runtime,
+            r => runtime_info::runtime_config(&self.node, r)
         )
     }
 }
@@ -452,7 +496,8 @@ impl ImageService for CriService {
         rpc!(
             self.node,
             "ListImages",
-            images::list_images(&self.node, r.into_inner())
+            Needs::Images,
+            r => images::list_images(&self.node, r)
         )
     }
 
@@ -463,7 +508,8 @@ impl ImageService for CriService {
         rpc!(
             self.node,
             "ImageStatus",
-            images::image_status(&self.node, r.into_inner())
+            Needs::Images,
+            r => images::image_status(&self.node, r)
         )
     }
 
@@ -471,7 +517,7 @@ impl ImageService for CriService {
         &self,
         r: Request<PullImageRequest>,
     ) -> Result<Response<PullImageResponse>, Status> {
-        rpc_to_the_end!("PullImage", self.node, images::pull_image, r.into_inner())
+        rpc_to_the_end!("PullImage", self.node, Needs::Images, images::pull_image, r)
     }
 
     async fn remove_image(
@@ -481,8 +527,9 @@ impl ImageService for CriService {
         rpc_to_the_end!(
             "RemoveImage",
             self.node,
+            Needs::Images,
             images::remove_image,
-            r.into_inner()
+            r
         )
     }
 
@@ -493,7 +540,8 @@ impl ImageService for CriService {
         rpc!(
             self.node,
             "ImageFsInfo",
-            images::image_fs_info(&self.node, r.into_inner())
+            Needs::Images,
+            r => images::image_fs_info(&self.node, r)
         )
     }
 }
@@ -511,6 +559,72 @@ mod tests {
             .render(&Census::default())
             .lines()
             .find_map(|l| l.strip_prefix(&series).map(str::to_owned))
+    }
+
+    /// A request as a client with a deadline of `timeout` (gRPC's header value) sends it.
+    fn with_deadline<T>(message: T, timeout: &'static str) -> Request<T> {
+        let mut r = Request::new(message);
+        r.metadata_mut()
+            .insert("grpc-timeout", timeout.parse().unwrap());
+        r
+    }
+
+    #[tokio::test]
+    async fn before_reconciliation_only_version_and_status_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::new(
+            crate::config::Config::in_dir(dir.path()),
+            crate::store::Store::open(dir.path()).unwrap(),
+        )
+        .unwrap();
+        let svc = CriService::new(node.clone());
+        svc.version(Request::new(VersionRequest::default()))
+            .await
+            .unwrap();
+        let status = svc
+            .status(Request::new(StatusRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        let runtime = status
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.r#type == "RuntimeReady")
+            .unwrap();
+        assert!(!runtime.status);
+        assert_eq!(runtime.reason, "Reconciling");
+
+        // Reads of pods, containers and streams wait, and say why when the deadline comes.
+        let err = svc
+            .list_pod_sandbox(with_deadline(ListPodSandboxRequest::default(), "40m"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+        assert!(
+            err.message().starts_with("ListPodSandbox: ")
+                && err.message().contains("reconciling pods and containers"),
+            "{err:?}"
+        );
+        let err = svc
+            .exec(with_deadline(ExecRequest::default(), "40m"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+        let err = svc
+            .list_images(with_deadline(ListImagesRequest::default(), "40m"))
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("reconciling images"), "{err:?}");
+
+        node.reconcile().await;
+        let pods = svc
+            .list_pod_sandbox(with_deadline(ListPodSandboxRequest::default(), "1S"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(pods.items.is_empty());
     }
 
     #[test]

@@ -518,6 +518,10 @@ fn container_metrics(
             "container_cpu_usage_seconds_total",
             ts,
             labels(),
+            // Whole seconds: CRI's Metric value is an integer (UInt64Value) that kubelet
+            // exposes as it is, so a seconds counter cannot carry a fraction here (CRI-O
+            // divides the same way). The exact figure is ContainerStats' nanoseconds, from
+            // which kubelet's /metrics/resource reports this counter with its fraction.
             cpu.and_then(|c| v(&c.usage_core_nano_seconds))
                 .map(|ns| ns / 1_000_000_000),
         ),

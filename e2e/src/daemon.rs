@@ -558,6 +558,15 @@ impl Daemon {
         self.wait_exit(STOP_TIMEOUT).await
     }
 
+    /// Launches the same daemon again (same config, dir and log) after it exited, without
+    /// waiting: for callers that time the start themselves.
+    pub fn spawn_again(&mut self) -> Result<()> {
+        if self.is_running() {
+            return Err(Error::Environment("berth is still running".into()));
+        }
+        self.spawn_process()
+    }
+
     /// Starts the same daemon again (same config, dir and log) after it exited, and waits
     /// until it serves.
     pub async fn start_again(&mut self) -> Result<()> {

@@ -482,3 +482,552 @@ async fn a_container_sees_its_config_mounts_and_image_volumes() {
     assert_ne!(code, 0, "an image volume took a write");
     remove_pod(&d, &pod_id).await;
 }
+
+/// What one read right after a restart showed that was not true.
+fn untrue_answers(
+    pods: &[PodSandbox],
+    containers: &[Container],
+    dead_pods: &[String],
+    dead_containers: &[String],
+    removed_pods: &[String],
+    removed_containers: &[String],
+) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for p in pods {
+        if dead_pods.contains(&p.id) && p.state == PodSandboxState::SandboxReady as i32 {
+            wrong.push(format!(
+                "ListPodSandbox shows pod {} (monitor killed) READY",
+                p.id
+            ));
+        }
+        if removed_pods.contains(&p.id) {
+            wrong.push(format!("ListPodSandbox shows removed pod {}", p.id));
+        }
+    }
+    for c in containers {
+        if dead_containers.contains(&c.id) && c.state == ContainerState::ContainerRunning as i32 {
+            wrong.push(format!(
+                "ListContainers shows container {} (monitor killed) RUNNING",
+                c.id
+            ));
+        }
+        if removed_containers.contains(&c.id) {
+            wrong.push(format!("ListContainers shows removed container {}", c.id));
+        }
+    }
+    wrong
+}
+
+/// Issue 20: reads that come the moment the socket accepts, after a SIGKILL of the daemon
+/// and of some pods' monitors, wait for reconciliation instead of answering from the
+/// records of before the crash: no pod whose monitor died is READY, no container of such a
+/// pod RUNNING, and no container or pod removed before the crash is there.
+#[tokio::test]
+async fn reads_right_after_a_crash_never_show_dead_pods_ready_or_removed_objects() {
+    use std::time::{Duration, Instant};
+
+    let mut d = Daemon::start().await.expect("daemon");
+    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    let log_dir = d.dir().path().join("pod-logs");
+    let (mut live_pods, mut dead_pods, mut removed_pods) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut live_containers, mut dead_containers, mut removed_containers) =
+        (Vec::new(), Vec::new(), Vec::new());
+    let mut monitors = Vec::new();
+    for i in 0..6 {
+        let config = pod_config(&format!("reads-{i}"), &log_dir);
+        let pod = berth_e2e::fixtures::run_pod(&d, &config).await;
+        let sleeper = berth_e2e::fixtures::start_container(
+            &d,
+            &pod,
+            &config,
+            container_config("sleeper", &["sleep", "3600"]),
+        )
+        .await;
+        if i % 2 == 0 {
+            // A container that kubelet removed before the crash.
+            let gone = berth_e2e::fixtures::start_container(
+                &d,
+                &pod,
+                &config,
+                container_config("gone", &["sleep", "3600"]),
+            )
+            .await;
+            let mut rt = d.runtime();
+            rt.stop_container(StopContainerRequest {
+                container_id: gone.clone(),
+                timeout: 0,
+            })
+            .await
+            .expect("StopContainer");
+            rt.remove_container(RemoveContainerRequest {
+                container_id: gone.clone(),
+            })
+            .await
+            .expect("RemoveContainer");
+            removed_containers.push(gone);
+        }
+        if i < 3 {
+            let info = d
+                .runtime()
+                .pod_sandbox_status(PodSandboxStatusRequest {
+                    pod_sandbox_id: pod.clone(),
+                    verbose: true,
+                })
+                .await
+                .expect("PodSandboxStatus")
+                .into_inner()
+                .info;
+            let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("info JSON");
+            let pid = v["pid"].as_i64().expect("the monitor's pid") as i32;
+            assert!(pid > 1, "{v}");
+            monitors.push(pid);
+            dead_pods.push(pod);
+            dead_containers.push(sleeper);
+        } else {
+            live_pods.push(pod);
+            live_containers.push(sleeper);
+        }
+    }
+    let config = pod_config("reads-removed", &log_dir);
+    let pod = berth_e2e::fixtures::run_pod(&d, &config).await;
+    berth_e2e::fixtures::remove_pod(&d, &pod).await;
+    removed_pods.push(pod);
+
+    d.kill().await.expect("kill the daemon");
+    for pid in &monitors {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill a monitor");
+    }
+    // Gone, or a zombie whose sockets are closed.
+    for pid in &monitors {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            if berth_e2e::process::parse_stat(&stat).is_some_and(|(state, _)| state == 'Z') {
+                break;
+            }
+            assert!(Instant::now() < deadline, "monitor {pid} outlived SIGKILL");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    // Reads in a tight loop from the moment the new daemon's socket accepts.
+    let socket = d.socket().to_path_buf();
+    let (dp, dc, rp, rc) = (
+        dead_pods.clone(),
+        dead_containers.clone(),
+        removed_pods.clone(),
+        removed_containers.clone(),
+    );
+    let reader = tokio::spawn(async move {
+        let started = Instant::now();
+        let client = loop {
+            if let Ok(c) = berth_e2e::Client::connect(&socket).await
+                && c.runtime().version(VersionRequest::default()).await.is_ok()
+            {
+                break c;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "berth never served again"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        let mut rt = client.runtime();
+        let (mut wrong, mut answered, mut rounds_after_ready) = (Vec::new(), 0, 0);
+        while rounds_after_ready < 20 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "reads never settled"
+            );
+            let ready = rt
+                .status(StatusRequest { verbose: false })
+                .await
+                .expect("Status answers at once")
+                .into_inner()
+                .status
+                .is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.r#type == "RuntimeReady" && c.status)
+                });
+            let pods = rt.list_pod_sandbox(ListPodSandboxRequest::default()).await;
+            let containers = rt.list_containers(ListContainersRequest::default()).await;
+            if let (Ok(pods), Ok(containers)) = (&pods, &containers) {
+                answered += 1;
+                wrong.extend(untrue_answers(
+                    &pods.get_ref().items,
+                    &containers.get_ref().containers,
+                    &dp,
+                    &dc,
+                    &rp,
+                    &rc,
+                ));
+            }
+            for id in &dp {
+                let r = rt
+                    .pod_sandbox_status(PodSandboxStatusRequest {
+                        pod_sandbox_id: id.clone(),
+                        verbose: false,
+                    })
+                    .await;
+                if let Ok(r) = r
+                    && r.get_ref().status.as_ref().map(|s| s.state)
+                        == Some(PodSandboxState::SandboxReady as i32)
+                {
+                    wrong.push(format!(
+                        "PodSandboxStatus shows pod {id} (monitor killed) READY"
+                    ));
+                }
+            }
+            for id in &dc {
+                let r = rt
+                    .container_status(ContainerStatusRequest {
+                        container_id: id.clone(),
+                        verbose: false,
+                    })
+                    .await;
+                if let Ok(r) = r
+                    && r.get_ref().status.as_ref().map(|s| s.state)
+                        == Some(ContainerState::ContainerRunning as i32)
+                {
+                    wrong.push(format!("ContainerStatus shows container {id} RUNNING"));
+                }
+            }
+            for id in &rc {
+                let r = rt
+                    .container_status(ContainerStatusRequest {
+                        container_id: id.clone(),
+                        verbose: false,
+                    })
+                    .await;
+                match r {
+                    Err(s) if s.code() == Code::NotFound => {}
+                    Err(s) => panic!("ContainerStatus of a removed container: {s:?}"),
+                    Ok(_) => wrong.push(format!("ContainerStatus shows removed container {id}")),
+                }
+            }
+            for id in &rp {
+                match rt
+                    .pod_sandbox_status(PodSandboxStatusRequest {
+                        pod_sandbox_id: id.clone(),
+                        verbose: false,
+                    })
+                    .await
+                {
+                    Err(s) if s.code() == Code::NotFound => {}
+                    Err(s) => panic!("PodSandboxStatus of a removed pod: {s:?}"),
+                    Ok(_) => wrong.push(format!("PodSandboxStatus shows removed pod {id}")),
+                }
+            }
+            if ready {
+                rounds_after_ready += 1;
+            }
+        }
+        (wrong, answered)
+    });
+    d.start_again().await.expect("start again");
+    let (wrong, answered) = reader.await.expect("reader");
+    assert!(answered >= 20, "the reads were answered: {answered}");
+    assert!(
+        wrong.is_empty(),
+        "{} untrue answers, e.g. {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+
+    // What is alive is shown alive, and what died is shown dead (the test can tell).
+    d.wait_runtime_ready(Duration::from_secs(30))
+        .await
+        .expect("runtime ready");
+    let pods = d
+        .runtime()
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items;
+    for p in &pods {
+        let ready = p.state == PodSandboxState::SandboxReady as i32;
+        assert_eq!(ready, live_pods.contains(&p.id), "{p:?}");
+    }
+    assert_eq!(pods.len(), live_pods.len() + dead_pods.len());
+    for id in &live_containers {
+        let s = berth_e2e::fixtures::container_status(&d, id).await;
+        assert_eq!(s.state, ContainerState::ContainerRunning as i32, "{id}");
+    }
+    for id in &dead_containers {
+        let s = berth_e2e::fixtures::container_status(&d, id).await;
+        assert_eq!(s.state, ContainerState::ContainerExited as i32, "{id}");
+    }
+    for p in pods {
+        berth_e2e::fixtures::remove_pod(&d, &p.id).await;
+    }
+}
+
+/// The next event of `stream` within 10 s.
+async fn next_event(
+    stream: &mut tonic::Streaming<ContainerEventResponse>,
+) -> ContainerEventResponse {
+    tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+        .await
+        .expect("an event within 10 s")
+        .expect("the event stream goes on")
+        .expect("the event stream is open")
+}
+
+/// Issue 20: GetContainerEvents tells of the pod sandbox itself as containerd does for
+/// kubelet's Evented PLEG (container id = pod id, with the pod's status): created and
+/// started by RunPodSandbox, stopped by StopPodSandbox after its containers, deleted by
+/// RemovePodSandbox after them, and stopped when its monitor dies.
+#[tokio::test]
+async fn events_tell_of_the_pod_sandbox_in_order_with_its_status() {
+    use ContainerEventType::*;
+    let d = Daemon::start().await.expect("daemon");
+    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    let mut events = d
+        .runtime()
+        .get_container_events(GetEventsRequest::default())
+        .await
+        .expect("GetContainerEvents")
+        .into_inner();
+    let log_dir = d.dir().path().join("pod-logs");
+    let config = pod_config("evented", &log_dir);
+    let pod = berth_e2e::fixtures::run_pod(&d, &config).await;
+    let c = berth_e2e::fixtures::start_container(
+        &d,
+        &pod,
+        &config,
+        container_config("c", &["sleep", "3600"]),
+    )
+    .await;
+    berth_e2e::fixtures::remove_pod(&d, &pod).await;
+
+    let expected = [
+        (&pod, ContainerCreatedEvent, PodSandboxState::SandboxReady),
+        (&pod, ContainerStartedEvent, PodSandboxState::SandboxReady),
+        (&c, ContainerCreatedEvent, PodSandboxState::SandboxReady),
+        (&c, ContainerStartedEvent, PodSandboxState::SandboxReady),
+        (&c, ContainerStoppedEvent, PodSandboxState::SandboxReady),
+        (
+            &pod,
+            ContainerStoppedEvent,
+            PodSandboxState::SandboxNotready,
+        ),
+        (&c, ContainerDeletedEvent, PodSandboxState::SandboxNotready),
+        (
+            &pod,
+            ContainerDeletedEvent,
+            PodSandboxState::SandboxNotready,
+        ),
+    ];
+    for (i, (id, kind, pod_state)) in expected.into_iter().enumerate() {
+        let ev = next_event(&mut events).await;
+        let what = format!("event {i}: {ev:?}");
+        assert_eq!(
+            (ev.container_id.as_str(), ev.container_event_type),
+            (id.as_str(), kind as i32),
+            "{what}"
+        );
+        let status = ev.pod_sandbox_status.as_ref().expect(&what);
+        assert_eq!(status.id, pod, "{what}");
+        assert_eq!(
+            status.metadata.as_ref().map(|m| m.name.as_str()),
+            Some("evented"),
+            "{what}"
+        );
+        // A container's stop happens while the pod is still being stopped: only the
+        // pod's own events are pinned to a state.
+        if *id == pod {
+            assert_eq!(status.state, pod_state as i32, "{what}");
+        }
+        if *id == pod && kind == ContainerDeletedEvent {
+            assert!(ev.containers_statuses.is_empty(), "{what}");
+        }
+    }
+
+    // A pod whose monitor dies is told of as stopped, NOTREADY.
+    let config = pod_config("evented-orphan", &log_dir);
+    let pod = berth_e2e::fixtures::run_pod(&d, &config).await;
+    assert_eq!(
+        next_event(&mut events).await.container_event_type,
+        ContainerCreatedEvent as i32
+    );
+    assert_eq!(
+        next_event(&mut events).await.container_event_type,
+        ContainerStartedEvent as i32
+    );
+    let info = d
+        .runtime()
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: true,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+        .info;
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("info JSON");
+    let pid = v["pid"].as_i64().expect("the monitor's pid") as i32;
+    assert!(pid > 1, "{v}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the monitor");
+    let ev = next_event(&mut events).await;
+    assert_eq!(
+        (ev.container_id.as_str(), ev.container_event_type),
+        (pod.as_str(), ContainerStoppedEvent as i32),
+        "{ev:?}"
+    );
+    assert_eq!(
+        ev.pod_sandbox_status.map(|s| s.state),
+        Some(PodSandboxState::SandboxNotready as i32)
+    );
+    berth_e2e::fixtures::remove_pod(&d, &pod).await;
+    // Stopping a pod already stopped tells of no second stop.
+    let ev = next_event(&mut events).await;
+    assert_eq!(
+        (ev.container_id.as_str(), ev.container_event_type),
+        (pod.as_str(), ContainerDeletedEvent as i32),
+        "{ev:?}"
+    );
+}
+
+/// A CRI client whose HTTP/2 windows are the protocol's default 64 KiB, so that a stream
+/// it does not read stops the server from sending (tonic's client otherwise accepts
+/// megabytes unread).
+async fn small_window_client(
+    socket: &std::path::Path,
+) -> runtime_service_client::RuntimeServiceClient<tonic::transport::Channel> {
+    let path = socket.to_path_buf();
+    let channel = tonic::transport::Endpoint::from_static("http://[::]:50051")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect");
+    runtime_service_client::RuntimeServiceClient::new(channel)
+}
+
+/// Issue 20: a GetContainerEvents subscriber that does not keep up is told that it lost
+/// events (its stream ends with Aborted, so kubelet relists) instead of reading on past a
+/// silent gap, while a subscriber that keeps up gets every event.
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_gets_an_error_not_a_gap() {
+    let d = Daemon::start().await.expect("daemon");
+    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    let log_dir = d.dir().path().join("pod-logs");
+    let config = pod_config("flood", &log_dir);
+    let pod = berth_e2e::fixtures::run_pod(&d, &config).await;
+    // Containers that stay created, each with a large annotation: every event of this pod
+    // carries their statuses, so few events fill the slow subscriber's window.
+    for i in 0..4 {
+        let mut c = container_config(&format!("fat-{i}"), &["sleep", "3600"]);
+        c.annotations.insert("padding".into(), "x".repeat(8 << 10));
+        d.runtime()
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(c),
+                sandbox_config: Some(config.clone()),
+            })
+            .await
+            .expect("CreateContainer");
+    }
+    let mut slow = small_window_client(d.socket())
+        .await
+        .get_container_events(GetEventsRequest::default())
+        .await
+        .expect("GetContainerEvents")
+        .into_inner();
+    let mut fast = d
+        .runtime()
+        .get_container_events(GetEventsRequest::default())
+        .await
+        .expect("GetContainerEvents")
+        .into_inner();
+    let reader = tokio::spawn(async move {
+        let (mut created, mut deleted) = (0usize, 0usize);
+        loop {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), fast.message()).await {
+                Ok(Ok(Some(ev))) => {
+                    let kind = ev.container_event_type;
+                    if kind == ContainerEventType::ContainerCreatedEvent as i32 {
+                        created += 1;
+                    }
+                    if kind == ContainerEventType::ContainerDeletedEvent as i32 {
+                        deleted += 1;
+                    }
+                }
+                Ok(other) => panic!("the subscriber that keeps up was cut off: {other:?}"),
+                Err(_) => return (created, deleted),
+            }
+        }
+    });
+
+    // More events than the runtime keeps for a subscriber (1024): at least two per round.
+    const ROUNDS: usize = 500;
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let (rt, pod, config) = (d.runtime(), pod.clone(), config.clone());
+        workers.push(tokio::spawn(async move {
+            let mut rt = rt;
+            for i in (w..ROUNDS).step_by(4) {
+                let mut c = container_config("brief", &["true"]);
+                c.metadata.as_mut().unwrap().attempt = i as u32;
+                let id = rt
+                    .create_container(CreateContainerRequest {
+                        pod_sandbox_id: pod.clone(),
+                        config: Some(c),
+                        sandbox_config: Some(config.clone()),
+                    })
+                    .await
+                    .expect("CreateContainer")
+                    .into_inner()
+                    .container_id;
+                rt.remove_container(RemoveContainerRequest { container_id: id })
+                    .await
+                    .expect("RemoveContainer");
+            }
+        }));
+    }
+    for w in workers {
+        w.await.expect("worker");
+    }
+
+    let (mut read, mut ended) = (0usize, None);
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), slow.message()).await {
+            Ok(Ok(Some(_))) => read += 1,
+            Ok(Ok(None)) => panic!("the stream ended without an error after {read} events"),
+            Ok(Err(status)) => {
+                ended = Some(status);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    let status = ended.unwrap_or_else(|| {
+        panic!("the slow subscriber read {read} events, fewer than were sent, and was never told")
+    });
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert!(status.message().contains("events lost"), "{status:?}");
+    assert!(read < 2 * ROUNDS, "it was cut off early: {read}");
+    let fast_read = reader.await.expect("fast reader");
+    assert_eq!(
+        fast_read,
+        (ROUNDS, ROUNDS),
+        "the subscriber that keeps up misses no creation and no deletion"
+    );
+    berth_e2e::fixtures::remove_pod(&d, &pod).await;
+}

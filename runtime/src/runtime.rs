@@ -284,8 +284,9 @@ impl Runtime {
         &self.opts
     }
 
-    /// Container lifecycle events for kubelet's Evented PLEG. A subscriber that falls more
-    /// than 1024 events behind loses the oldest (`RecvError::Lagged`); the runtime never waits.
+    /// Container and pod sandbox lifecycle events for kubelet's Evented PLEG. A subscriber
+    /// that falls more than 1024 events behind loses the oldest (`RecvError::Lagged`, which
+    /// it must report); the runtime never waits.
     pub fn subscribe_events(&self) -> broadcast::Receiver<ContainerEventResponse> {
         self.events.subscribe()
     }
@@ -360,8 +361,21 @@ impl Runtime {
 
     /// Publishes a container event with its pod's status; never blocks.
     pub(crate) fn emit(&self, kind: ContainerEventType, container_id: &str, pod_id: &str) {
+        if let Some(event) = self.event(kind, container_id, pod_id) {
+            self.publish(event);
+        }
+    }
+
+    /// An event of `container_id` with the status of its pod and of the pod's containers
+    /// as they are now; `None` when nobody listens.
+    fn event(
+        &self,
+        kind: ContainerEventType,
+        container_id: &str,
+        pod_id: &str,
+    ) -> Option<ContainerEventResponse> {
         if self.events.receiver_count() == 0 {
-            return;
+            return None;
         }
         let pod = self.find_pod(pod_id);
         let pod_status = pod.as_ref().map(|p| self.pod_status_of(p));
@@ -370,13 +384,33 @@ impl Runtime {
             .iter()
             .map(|c| crate::status::container_status(&lock(&c.rec)))
             .collect();
-        let _ = self.events.send(ContainerEventResponse {
+        Some(ContainerEventResponse {
             container_id: container_id.to_owned(),
             container_event_type: kind as i32,
             created_at: sys::now_ns(),
             pod_sandbox_status: pod_status,
             containers_statuses,
-        });
+        })
+    }
+
+    /// An event of the pod sandbox itself, as containerd sends them for kubelet's Evented
+    /// PLEG: a container event whose `container_id` is the pod's id, with the pod's status
+    /// now. `None` for an unknown pod or when nobody listens. Build a deletion's event
+    /// before the removal (the status is gone after it) and [`Runtime::publish`] it after.
+    pub fn pod_event(
+        &self,
+        kind: ContainerEventType,
+        pod_id: &str,
+    ) -> Option<ContainerEventResponse> {
+        let id = self.find_pod(pod_id)?.id.clone();
+        self.event(kind, &id, &id)
+    }
+
+    /// Publishes an event, stamped now; never blocks (a subscriber that falls behind
+    /// loses the oldest, and is told so by its stream).
+    pub fn publish(&self, mut event: ContainerEventResponse) {
+        event.created_at = sys::now_ns();
+        let _ = self.events.send(event);
     }
 
     /// Records an exit reported by a monitor (or read from an exit file).
@@ -468,14 +502,19 @@ impl Runtime {
         if pod.stopping.load(Ordering::SeqCst) {
             return;
         }
-        let mut rec = lock(&pod.rec);
-        if rec.phase == PodPhase::Ready {
+        {
+            let mut rec = lock(&pod.rec);
+            if rec.phase != PodPhase::Ready {
+                return;
+            }
             tracing::warn!(pod = %pod.id, "pod monitor exited unexpectedly");
             rec.phase = PodPhase::NotReady;
             if let Err(e) = self.store.put_pod(&rec) {
                 tracing::warn!(pod = %pod.id, error = %e.full_message(), "cannot record pod state");
             }
         }
+        // The pod sandbox stopped, as containerd tells of a sandbox whose task exited.
+        self.emit(ContainerEventType::ContainerStoppedEvent, &pod.id, &pod.id);
     }
 
     /// Brings records in line with what a monitor reports (after a daemon restart).

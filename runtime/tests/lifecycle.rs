@@ -517,6 +517,84 @@ async fn events_follow_the_lifecycle() {
     );
 }
 
+/// Issue 20: a pod's own events carry its id as the container id and its status, and a
+/// monitor that dies is told of as the pod stopping (the pod is NOTREADY in the event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_events_carry_the_pod_and_a_dead_monitor_stops_it() {
+    if !can_run() {
+        return;
+    }
+    let env = Env::new();
+    let pc = env.pod_config("pod-events");
+    let pod = env.run_pod(&pc).await;
+    let id = env
+        .run(&pod, &pc, &env.container_config("c", &["sleep 60"]))
+        .await;
+    assert!(
+        env.rt
+            .pod_event(ContainerEventType::ContainerCreatedEvent, &pod)
+            .is_none(),
+        "no event is built while nobody listens"
+    );
+    let mut rx = env.rt.subscribe_events();
+    let ev = env
+        .rt
+        .pod_event(ContainerEventType::ContainerStartedEvent, &pod[..12])
+        .expect("an event of a known pod, found by prefix");
+    assert_eq!(ev.container_id, pod);
+    let status = ev.pod_sandbox_status.as_ref().unwrap();
+    assert_eq!(
+        (status.id.as_str(), status.state),
+        (pod.as_str(), PodSandboxState::SandboxReady as i32)
+    );
+    assert_eq!(ev.containers_statuses.len(), 1);
+    assert!(
+        env.rt
+            .pod_event(ContainerEventType::ContainerStartedEvent, "no-such-pod")
+            .is_none()
+    );
+
+    let pinfo: serde_json::Value =
+        serde_json::from_str(&env.rt.pod_sandbox_status(&pod, true).unwrap().info["info"]).unwrap();
+    let mpid = pinfo["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(mpid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("events within 10 s")
+            .unwrap();
+        seen.push((ev.container_id.clone(), ev.container_event_type));
+        if ev.container_id == pod {
+            assert_eq!(
+                ev.container_event_type,
+                ContainerEventType::ContainerStoppedEvent as i32
+            );
+            assert_eq!(
+                ev.pod_sandbox_status.map(|s| s.state),
+                Some(PodSandboxState::SandboxNotready as i32)
+            );
+            break;
+        }
+    }
+    // The container's exit is told first, then the pod's.
+    assert_eq!(
+        seen,
+        vec![
+            (id, ContainerEventType::ContainerStoppedEvent as i32),
+            (
+                pod.clone(),
+                ContainerEventType::ContainerStoppedEvent as i32
+            )
+        ]
+    );
+    env.rt.remove_pod_sandbox(&pod).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_readopts_running_and_exited_containers() {
     if !can_run() {

@@ -5,10 +5,13 @@
 //! JSON and the latency distributions as an SVG.
 //!
 //! Usage (inside the harness):
-//! `bench [--smoke] [--iterations N] [--pods N] [--density N,N] [--json PATH] [--svg PATH]`.
+//! `bench [--smoke] [--iterations N] [--pods N] [--density N,N] [--restart-pods N] [--json PATH]
+//! [--svg PATH]`.
 //! Both daemons run at once and are measured alternately, iteration by iteration, so they
-//! share the machine's noise. `--smoke` runs Berth alone, every step once (density with 3
-//! pods), writes the JSON and SVG, and checks only that every step works (CI runs it).
+//! share the machine's noise. Restarts are timed for Berth alone, with no pods and with a
+//! busy node (`--restart-pods`, 100 by default). `--smoke` runs Berth alone, every step
+//! once (density with 3 pods, the busy node with 5), writes the JSON and SVG, and checks
+//! only that every step works (CI runs it).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -25,7 +28,7 @@ use berth_e2e::{Client, Daemon, DaemonDir, Env, images};
 use k8s_cri::v1::*;
 
 const USAGE: &str = "usage: bench [--smoke] [--iterations N] [--pods N] [--density N,N] \
-                     [--json PATH] [--svg PATH]";
+                     [--restart-pods N] [--json PATH] [--svg PATH]";
 
 const COLD_PULL: &str = "PullImage (cold: a fresh daemon, empty store)";
 const COLD_PULL_LAYERED: &str = "PullImage (cold store, 4 layers, 40 MB)";
@@ -33,9 +36,12 @@ const PULL_ABSENT: &str = "PullImage (warm daemon, image absent)";
 const PULL_PRESENT: &str = "PullImage (image present)";
 const POD_READY: &str = "pod ready (run+create+start)";
 const LAUNCH: &str = "launch to serving";
+const RESTART_EMPTY: &str = "restart to RuntimeReady (no pods)";
+const RESTART_BUSY: &str = "restart to RuntimeReady (busy node)";
+const RESTART_LISTED: &str = "restart to a true ListPodSandbox (busy node)";
 
 /// The timed operations, in the report's order.
-const OPS: [&str; 21] = [
+const OPS: [&str; 24] = [
     COLD_PULL,
     COLD_PULL_LAYERED,
     PULL_ABSENT,
@@ -57,6 +63,9 @@ const OPS: [&str; 21] = [
     "StopPodSandbox",
     "RemovePodSandbox",
     LAUNCH,
+    RESTART_EMPTY,
+    RESTART_BUSY,
+    RESTART_LISTED,
 ];
 
 /// The image of the image operations: its layers (zstd) share no blob with busybox's
@@ -70,6 +79,10 @@ struct Settings {
     pods: usize,
     density: Vec<usize>,
     cold: usize,
+    /// Pods running on the busy node of the restart phase.
+    restart_pods: usize,
+    /// Restarts timed with no pods, and again with the busy node.
+    restarts: usize,
     json: PathBuf,
     svg: PathBuf,
 }
@@ -82,7 +95,7 @@ impl Settings {
         while let Some(a) = it.next() {
             match a.as_str() {
                 "--smoke" => smoke = true,
-                "--iterations" | "--pods" | "--density" | "--json" | "--svg" => {
+                "--iterations" | "--pods" | "--density" | "--restart-pods" | "--json" | "--svg" => {
                     let v = it
                         .next()
                         .with_context(|| format!("{a} needs a value\n{USAGE}"))?;
@@ -116,6 +129,12 @@ impl Settings {
             pods: if smoke { 2 } else { number("--pods", 10)? },
             density: if smoke { vec![3] } else { density },
             cold: if smoke { 1 } else { iterations.min(10) },
+            restart_pods: if smoke {
+                5
+            } else {
+                number("--restart-pods", 100)?
+            },
+            restarts: if smoke { 1 } else { iterations.min(10) },
             json: PathBuf::from(flags.get("--json").unwrap_or(&"target/bench/results.json")),
             svg: PathBuf::from(flags.get("--svg").unwrap_or(&"target/bench/latency.svg")),
         })
@@ -575,6 +594,131 @@ async fn density(rt: &Runtime, n: usize, f: &mut Figures) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Stops `d` (SIGTERM: its pods keep running) and launches it again; returns the time from
+/// launch to the first `Status` that reports RuntimeReady, and to the first
+/// `ListPodSandbox` that lists every pod of `pods` READY: what kubelet waits for after a
+/// runtime restart. Both are polled every millisecond, the list right after readiness
+/// (Berth answers it only once its pods are checked, so it is true when it comes).
+async fn restarted(d: &mut Daemon, pods: &[String]) -> anyhow::Result<(Duration, Duration)> {
+    d.stop().await?;
+    let socket = d.socket().to_path_buf();
+    let t = Instant::now();
+    d.spawn_again()?;
+    let give_up = || -> anyhow::Result<()> {
+        if t.elapsed() > Duration::from_secs(60) {
+            bail!("berth was not ready within 60 s of its restart");
+        }
+        Ok(())
+    };
+    let client = loop {
+        if let Ok(client) = Client::connect(&socket).await {
+            break client;
+        }
+        give_up()?;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let mut c = client.runtime();
+    let ready = loop {
+        let ready = c
+            .status(StatusRequest { verbose: false })
+            .await
+            .is_ok_and(|r| {
+                r.into_inner().status.is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.r#type == "RuntimeReady" && c.status)
+                })
+            });
+        if ready {
+            break t.elapsed();
+        }
+        give_up()?;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let listed = loop {
+        let items = c
+            .list_pod_sandbox(ListPodSandboxRequest::default())
+            .await
+            .context("ListPodSandbox after a restart")?
+            .into_inner()
+            .items;
+        let all_ready = pods.iter().all(|id| {
+            items
+                .iter()
+                .any(|p| &p.id == id && p.state == PodSandboxState::SandboxReady as i32)
+        });
+        if all_ready {
+            break t.elapsed();
+        }
+        give_up()?;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    d.wait_serving(Duration::from_secs(5)).await?;
+    Ok((ready, listed))
+}
+
+/// Restart cost as kubelet feels it (issue 20): a Berth daemon restarted with no pods, then
+/// with `restart_pods` running pods (each with a container), timed from launch to
+/// RuntimeReady and to the first true ListPodSandbox. Berth only: containerd restarts its
+/// CRI plugin with the whole daemon, which this benchmark does not manage.
+async fn restart(settings: &Settings, f: &mut Figures) -> anyhow::Result<()> {
+    let mut d = Daemon::builder()
+        .config("[log]\nlevel = \"warn\"")
+        .start()
+        .await
+        .context("start berth")?;
+    let rt = berth_runtime(&d)?;
+    std::fs::create_dir_all(&rt.logs)?;
+    pull(&rt, images::BUSYBOX).await?;
+    for _ in 0..settings.restarts {
+        let (ready, _) = restarted(&mut d, &[]).await?;
+        f.op(RESTART_EMPTY).push_ms(ready);
+    }
+    // Ten at a time: the density phase measures a burst; this one only needs them running.
+    let rt = berth_runtime(&d)?;
+    let mut pods = Vec::new();
+    let mut result = Ok(());
+    'start: for first in (0..settings.restart_pods).step_by(10) {
+        let last = (first + 10).min(settings.restart_pods);
+        let started = futures::future::join_all(
+            (first..last).map(|i| run_pod(&rt, format!("berth-restart-{i}"))),
+        )
+        .await;
+        for r in started {
+            match r {
+                Ok(pod) => pods.push(pod),
+                Err(e) => result = Err(e),
+            }
+        }
+        if result.is_err() {
+            break 'start;
+        }
+    }
+    if result.is_ok() {
+        for _ in 0..settings.restarts {
+            match restarted(&mut d, &pods).await {
+                Ok((ready, listed)) => {
+                    f.op(RESTART_BUSY).push_ms(ready);
+                    f.op(RESTART_LISTED).push_ms(listed);
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+    }
+    if d.is_running() && d.wait_serving(Duration::from_secs(5)).await.is_ok() {
+        let rt = berth_runtime(&d)?;
+        let removed = futures::future::join_all(pods.iter().map(|p| remove_pod(&rt, p))).await;
+        if let Some(Err(e)) = removed.into_iter().find(Result::is_err) {
+            result = result.and(Err(e));
+        }
+        d.stop().await?;
+    }
+    result
+}
+
 /// containerd with a private root, state, socket, bridge and CNI config, mirrors to the
 /// harness registry. Stopped (by its PID) and cleaned on drop.
 struct Containerd {
@@ -930,6 +1074,8 @@ fn json(settings: &Settings, runs: &[(&Runtime, Figures)]) -> serde_json::Value 
             "cold_iterations": settings.cold,
             "memory_pods": settings.pods,
             "density": settings.density,
+            "restarts": settings.restarts,
+            "restart_pods": settings.restart_pods,
             "alternated": true,
         },
         "runtimes": runtimes,
@@ -964,8 +1110,14 @@ fn times(r: Option<f64>) -> String {
 fn markdown(settings: &Settings, runs: &[(&Runtime, Figures)]) -> String {
     let names: Vec<&str> = runs.iter().map(|(rt, _)| rt.name).collect();
     let mut out = format!(
-        "## {} iterations (runtimes alternated), {} cold starts, {} pods for memory, density {:?}\n",
-        settings.iterations, settings.cold, settings.pods, settings.density
+        "## {} iterations (runtimes alternated), {} cold starts, {} pods for memory, density {:?}, \
+         {} restarts (busy node: {} pods running)\n",
+        settings.iterations,
+        settings.cold,
+        settings.pods,
+        settings.density,
+        settings.restarts,
+        settings.restart_pods
     );
     header(&mut out, "ms: min / median / p90", &names);
     for op in OPS {
@@ -1159,6 +1311,7 @@ async fn main() -> anyhow::Result<()> {
     for (rt, f) in &mut runs {
         f.idle_rss_after_kib = smaps_rollup(rt.pid).0;
     }
+    restart(&settings, &mut runs[0].1).await?;
     drop(containerd);
     drop(berth);
     drop(cold_roots);
@@ -1196,6 +1349,7 @@ mod tests {
         assert!(!s.smoke);
         assert_eq!((s.iterations, s.pods, s.cold), (20, 10, 10));
         assert_eq!(s.density, vec![20, 100]);
+        assert_eq!((s.restarts, s.restart_pods), (10, 100));
         assert_eq!(s.json, Path::new("target/bench/results.json"));
         assert_eq!(s.svg, Path::new("target/bench/latency.svg"));
     }
@@ -1226,6 +1380,7 @@ mod tests {
         let s = parse(&["--smoke", "--iterations", "50", "--density", "100"]).unwrap();
         assert_eq!((s.iterations, s.pods, s.cold), (1, 2, 1));
         assert_eq!(s.density, vec![3]);
+        assert_eq!((s.restarts, s.restart_pods), (1, 5));
     }
 
     #[test]
