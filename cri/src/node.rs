@@ -95,7 +95,7 @@ impl Node {
     /// Builds the node from its configuration and opened store. Does no work that grows
     /// with the number of pods or images: that is [`Node::reconcile`]'s, after serving.
     pub fn new(config: Config, store: Store) -> anyhow::Result<Arc<Node>> {
-        let network = Network::open(config.network.clone(), store.db())?;
+        let network = Network::open(config.network.clone(), store.database())?;
         let images = ImageStore::open(&config.root, store.db(), config.registry.clone())?;
         let (reconciled, _) = watch::channel(Reconciled::Pending);
         // The monitor is installed beside the daemon's binary.

@@ -221,6 +221,7 @@ impl Runtime {
             pid: 0,
             log_path: spec.log_path.clone().unwrap_or_default(),
             cgroup: String::new(),
+            removing: false,
         };
         let pod = self
             .find_pod(pod_id)
@@ -229,7 +230,7 @@ impl Runtime {
             let pod_cgroup = &lock(&pod.rec).cgroup;
             self.opts.cgroups.container_cgroup(pod_cgroup, id)
         };
-        self.store.put_container(&rec)?;
+        self.store.put_container(&rec).await?;
         let entry = Arc::new(ContainerEntry::new(rec.clone()));
         lock(&self.index)
             .containers
@@ -283,7 +284,7 @@ impl Runtime {
             r.spec = spec;
             rec = r.clone();
         }
-        if let Err(e) = self.store.put_container(&rec) {
+        if let Err(e) = self.store.put_container(&rec).await {
             let _ = pod
                 .client
                 .call_ok(&Request::Remove { id: id.to_owned() })
@@ -402,7 +403,8 @@ impl Runtime {
                         rec.phase = ContainerPhase::Running;
                     }
                     self.store.put_container(&rec)
-                };
+                }
+                .await;
                 if recorded.is_ok() {
                     self.emit(ContainerEventType::ContainerStartedEvent, &c.id, &c.pod_id);
                 }
@@ -423,7 +425,8 @@ impl Runtime {
                     rec.exit_code = 128;
                     rec.reason = "StartError".into();
                     rec.message = e.full_message();
-                    let _ = self.store.put_container(&rec);
+                    // Queued; the call fails whatever becomes of it.
+                    drop(self.store.put_container(&rec));
                     // This stop is told here, once, whether or not an exit came meanwhile.
                     c.starting.store(false, Ordering::SeqCst);
                     c.stop_event_deferred.store(false, Ordering::SeqCst);
@@ -436,8 +439,18 @@ impl Runtime {
     }
 
     /// Stops a container: its stop signal, then SIGKILL once `timeout` seconds have passed
-    /// (at once for 0). Succeeds for an unknown or already exited container.
+    /// (at once for 0). Succeeds for an unknown or already exited container, once its exit
+    /// is durable.
     pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        self.stop(id, timeout).await?;
+        // The exit was recorded by the monitor's event or here, queued: the answer waits
+        // for it to be on disk.
+        self.store.flush().await
+    }
+
+    /// [`Runtime::stop_container`] without the flush: RemoveContainer's removal intent is
+    /// queued after the exit and makes both durable at once.
+    async fn stop(&self, id: &str, timeout: i64) -> Result<()> {
         let Some(c) = self.find_container(id) else {
             return Ok(());
         };
@@ -494,7 +507,7 @@ impl Runtime {
         let Some(c) = self.find_container(id) else {
             return Ok(());
         };
-        self.stop_container(&c.id, 0).await?;
+        self.stop(&c.id, 0).await?;
         let _op = c.op.lock().await;
         if let Some(pod) = self.find_pod(&c.pod_id) {
             match pod
@@ -507,7 +520,7 @@ impl Runtime {
                 Err(e) => return Err(e),
             }
         }
-        self.forget_removed_container(&c);
+        self.forget_removed_container(&c).await?;
         self.emit(ContainerEventType::ContainerDeletedEvent, &c.id, &c.pod_id);
         Ok(())
     }
@@ -537,9 +550,12 @@ impl Runtime {
         let linux = config.linux.get_or_insert_with(Default::default);
         let merged = merge_resources(linux.resources.take().unwrap_or_default(), update);
         linux.resources = Some(merged);
-        let mut rec = lock(&c.rec);
-        rec.config = config;
-        self.store.put_container(&rec)
+        let commit = {
+            let mut rec = lock(&c.rec);
+            rec.config = config;
+            self.store.put_container(&rec)
+        };
+        commit.await
     }
 
     /// `ContainerStatus`; `verbose` adds an `info` JSON with the pid and the executed plan.
