@@ -32,6 +32,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// One queued write, its type erased for the queue.
 trait Job: Send {
+    /// Whether it writes anything: a batch of flushes alone needs no commit.
+    fn writes(&self) -> bool {
+        true
+    }
     /// Writes into `tx`; false when the closure failed (its error is kept for its caller).
     fn write(&mut self, tx: &WriteTransaction) -> bool;
     /// Tells the caller how its write ended: `committed` is the fate of the transaction that
@@ -67,6 +71,25 @@ where
             (None, Ok(())) => Err(E::from(Error::Stopped)),
         };
         self.slot.fill(out);
+    }
+}
+
+/// [`Db::flush`]'s job: resolves with the batch it lands in.
+struct Barrier<E> {
+    slot: Arc<Slot<Result<(), E>>>,
+}
+
+impl<E: From<Error> + Send + 'static> Job for Barrier<E> {
+    fn writes(&self) -> bool {
+        false
+    }
+
+    fn write(&mut self, _: &WriteTransaction) -> bool {
+        true
+    }
+
+    fn finish(self: Box<Self>, committed: Result<(), Error>) {
+        self.slot.fill(committed.map_err(E::from));
     }
 }
 
@@ -240,23 +263,31 @@ impl Db {
             result: None,
             slot: slot.clone(),
         });
+        self.queue(job, &slot);
+        Commit { slot }
+    }
+
+    /// Resolves once every write queued before it is durable: at once (without an `fsync`)
+    /// when they were all committed already.
+    pub fn flush<E: From<Error> + Send + 'static>(&self) -> Commit<Result<(), E>> {
+        let slot = Slot::new();
+        self.queue(Box::new(Barrier { slot: slot.clone() }), &slot);
+        Commit { slot }
+    }
+
+    /// Queues `job`, or answers `slot` with [`Error::Stopped`] once the loop has ended.
+    fn queue<R, E: From<Error>>(&self, job: Box<dyn Job>, slot: &Slot<Result<R, E>>) {
         let shared = &self.owner.shared;
         {
             let mut q = lock(&shared.queue);
             if q.closed {
                 drop(q);
                 slot.fill(Err(E::from(Error::Stopped)));
-                return Commit { slot };
+                return;
             }
             q.jobs.push_back(job);
         }
         shared.queued.notify_one();
-        Commit { slot }
-    }
-
-    /// Resolves once every write queued before it is durable.
-    pub fn flush(&self) -> Commit<Result<(), Error>> {
-        self.write(|_| Ok(()))
     }
 
     /// How many commits and writes the loop has done.
@@ -297,6 +328,13 @@ fn run(shared: &Shared) {
 /// Runs a batch in one durable transaction. A job whose closure fails is answered with its
 /// own error and the batch runs again without it, in a fresh transaction.
 fn commit_batch(shared: &Shared, mut batch: Vec<Box<dyn Job>>) {
+    if batch.iter().all(|j| !j.writes()) {
+        // Everything queued before these flushes was in an earlier, finished batch.
+        for job in batch {
+            job.finish(Ok(()));
+        }
+        return;
+    }
     loop {
         let tx = match shared.database.begin_write() {
             Ok(tx) => tx,
@@ -316,7 +354,8 @@ fn commit_batch(shared: &Shared, mut batch: Vec<Box<dyn Job>>) {
             }
         }
         if failed.is_empty() {
-            let result = commit(tx, shared, batch.len());
+            let writes = batch.iter().filter(|j| j.writes()).count();
+            let result = commit(tx, shared, writes);
             for job in batch {
                 job.finish(result.clone());
             }
@@ -508,6 +547,14 @@ mod tests {
             }
         }
         assert_eq!(get(&db, "x"), Some(3));
-        db.flush().wait().unwrap();
+        // Nothing queued since: a flush costs no commit.
+        let before = db.stats();
+        db.flush::<Error>().wait().unwrap();
+        assert_eq!(db.stats(), before);
+        // Behind a write, it waits for that write's commit.
+        let w = put(&db, "y", 4);
+        db.flush::<Error>().wait().unwrap();
+        assert_eq!(get(&db, "y"), Some(4));
+        w.wait().unwrap();
     }
 }

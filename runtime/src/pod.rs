@@ -379,10 +379,14 @@ impl Runtime {
         let _ = sys::umount_quiet(&self.pod_dir(&pod.id).join("shm"));
         let commit = {
             let mut rec = lock(&pod.rec);
-            rec.phase = PodPhase::NotReady;
-            // Also makes the containers' exits recorded above durable.
-            self.store.put_pod(&rec)
+            if rec.phase != PodPhase::NotReady {
+                rec.phase = PodPhase::NotReady;
+                self.store.put_pod(&rec)
+            } else {
+                self.store.flush()
+            }
         };
+        // Also makes the containers' exits recorded above durable.
         commit.await?;
         let rec = lock(&pod.rec);
         let netns = rec

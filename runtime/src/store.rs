@@ -248,7 +248,7 @@ impl Store {
     /// Resolves once every write queued before it is durable: the answer of a call whose
     /// changes were queued on the way (an exit recorded by the monitor's event).
     pub fn flush(&self) -> Pending {
-        self.db.write(|_: &WriteTransaction| Ok(()))
+        self.db.flush()
     }
 }
 
