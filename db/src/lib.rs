@@ -9,6 +9,10 @@ pub mod crashsim;
 
 pub use commit::{Commit, CommitStats, Db};
 
+/// A write one crate hands another, to run in the same transaction as the other's own
+/// (RemoveContainer's removal intent and the image lease it ends commit as one).
+pub type Write = Box<dyn FnMut(&redb::WriteTransaction) -> Result<(), redb::Error> + Send>;
+
 /// Why a write did not reach the disk.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {

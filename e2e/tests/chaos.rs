@@ -65,7 +65,9 @@ struct Entry<S> {
     /// One state once the daemon answered; while a call is unanswered (the daemon died
     /// under it), the state before it and those it may have reached.
     may_be: Vec<Option<S>>,
-    /// Its removal was acknowledged and seen to hold after a restart.
+    /// The daemon acknowledged its removal.
+    removal_acked: bool,
+    /// That removal was seen to hold after a restart.
     removal_checked: bool,
 }
 
@@ -74,6 +76,7 @@ impl<S: Copy + PartialEq> Entry<S> {
         Entry {
             id: None,
             may_be: vec![None],
+            removal_acked: false,
             removal_checked: false,
         }
     }
@@ -96,8 +99,9 @@ impl<S: Copy + PartialEq> Entry<S> {
         self.may_be[0]
     }
 
-    fn removed(&self) -> bool {
-        self.id.is_some() && self.may_be == [None]
+    /// Its removal was acknowledged, and is not checked yet.
+    fn removal_to_check(&self) -> bool {
+        self.removal_acked && !self.removal_checked && self.may_be == [None]
     }
 }
 
@@ -250,7 +254,9 @@ impl Calls {
             })
             .await?;
         let mut m = lock(&self.model);
-        m.ctr(key).is(None);
+        let e = m.ctr(key);
+        e.is(None);
+        e.removal_acked = e.id.is_some();
         m.removals += 1;
         Ok(())
     }
@@ -294,9 +300,13 @@ impl Calls {
         let mut m = lock(&self.model);
         let ctrs = m.ctrs_of(name);
         for k in &ctrs {
-            m.ctr(k).is(None);
+            let e = m.ctr(k);
+            e.is(None);
+            e.removal_acked = e.id.is_some();
         }
-        m.pod(name).is(None);
+        let e = m.pod(name);
+        e.is(None);
+        e.removal_acked = e.id.is_some();
         m.removals += 1 + ctrs.len() as u64;
         Ok(())
     }
@@ -492,7 +502,7 @@ async fn check_invariants(d: &Daemon, model: &Shared, kill: u64) -> Violations {
                     v.lost.push(what);
                 }
             }
-            if e.removed() && !e.removal_checked {
+            if e.removal_to_check() {
                 e.removal_checked = true;
                 m.removals_checked += 1;
                 gone_pods.push((name.clone(), e.id.clone().unwrap_or_default()));
@@ -525,7 +535,7 @@ async fn check_invariants(d: &Daemon, model: &Shared, kill: u64) -> Violations {
                     v.lost.push(what);
                 }
             }
-            if e.removed() && !e.removal_checked {
+            if e.removal_to_check() {
                 e.removal_checked = true;
                 m.removals_checked += 1;
                 gone_ctrs.push((key.clone(), e.id.clone().unwrap_or_default()));

@@ -281,6 +281,15 @@ pub(crate) fn remove_lease(db: &Db, holder: &str) -> Result<(), Error> {
     .wait()
 }
 
+/// The deletion of `holder`'s lease as a write for another crate's transaction.
+pub(crate) fn lease_removal(holder: &str) -> berth_db::Write {
+    let holder = holder.to_owned();
+    Box::new(move |tx: &WriteTransaction| {
+        tx.open_table(LEASES)?.remove(holder.as_str())?;
+        Ok(())
+    })
+}
+
 /// Every lease, by holder.
 pub(crate) fn leases(db: &Database) -> Result<Vec<(String, Lease)>, Error> {
     let tx = db.begin_read().map_err(Error::db)?;

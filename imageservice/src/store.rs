@@ -852,6 +852,13 @@ impl ImageStore {
         Ok(())
     }
 
+    /// The end of `holder`'s lease as a write to commit with another crate's (RemoveContainer
+    /// hands it to the runtime, whose removal intent it joins: one `fsync` for both).
+    pub fn lease_release(&self, holder: &str) -> berth_db::Write {
+        self.gc_pending.store(true, Ordering::Relaxed);
+        records::lease_removal(holder)
+    }
+
     /// Every lease as `(holder, image ID)`, for reconciliation at start.
     pub fn leases(&self) -> Result<Vec<(String, String)>, Error> {
         Ok(records::leases(&self.db)?

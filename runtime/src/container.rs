@@ -504,6 +504,17 @@ impl Runtime {
 
     /// Removes a container, killing it first if it runs. Succeeds for an unknown id.
     pub async fn remove_container(&self, id: &str) -> Result<()> {
+        self.remove_container_with(id, None).await
+    }
+
+    /// [`Runtime::remove_container`] with another crate's write (the end of the container's
+    /// image lease) committed in the same transaction as the removal intent; it is not run
+    /// for an unknown id.
+    pub async fn remove_container_with(
+        &self,
+        id: &str,
+        also: Option<berth_db::Write>,
+    ) -> Result<()> {
         let Some(c) = self.find_container(id) else {
             return Ok(());
         };
@@ -520,7 +531,7 @@ impl Runtime {
                 Err(e) => return Err(e),
             }
         }
-        self.forget_removed_container(&c).await?;
+        self.forget_removed_container(&c, also).await?;
         self.emit(ContainerEventType::ContainerDeletedEvent, &c.id, &c.pod_id);
         Ok(())
     }

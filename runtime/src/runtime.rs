@@ -788,15 +788,23 @@ impl Runtime {
     }
 
     /// RemoveContainer's part after the monitor dropped the container: records the removal
-    /// intent durably (the call's acknowledgement rests on it), then the container is gone
+    /// intent durably, with `also` (the image lease's end) in the same transaction (the
+    /// call's acknowledgement rests on it), then the container is gone
     /// from every list; its directories are deleted in the background, off kubelet's path,
     /// and only then its record. A crash anywhere after the intent is finished at the next
     /// start; before it, nothing was acknowledged.
-    pub(crate) async fn forget_removed_container(&self, c: &ContainerEntry) -> Result<()> {
+    pub(crate) async fn forget_removed_container(
+        &self,
+        c: &ContainerEntry,
+        also: Option<berth_db::Write>,
+    ) -> Result<()> {
         let intent = {
             let mut rec = lock(&c.rec);
             rec.removing = true;
-            self.store.put_container(&rec)
+            match also {
+                Some(w) => self.store.put_container_with(&rec, w),
+                None => self.store.put_container(&rec),
+            }
         };
         if let Err(e) = intent.await {
             lock(&c.rec).removing = false;

@@ -239,6 +239,27 @@ impl Store {
         self.put(CONTAINERS, &rec.id, rec)
     }
 
+    /// Records a container with another crate's write in the same transaction.
+    pub fn put_container_with(&self, rec: &ContainerRecord, mut also: berth_db::Write) -> Pending {
+        let bytes = match serde_json::to_vec(rec) {
+            Ok(b) => b,
+            Err(e) => {
+                return Commit::ready(Err(Error::Internal(format!(
+                    "encode record {}: {e}",
+                    rec.id
+                ))));
+            }
+        };
+        let id = rec.id.clone();
+        self.db.write(move |tx: &WriteTransaction| {
+            tx.open_table(CONTAINERS)
+                .map_err(Error::db)?
+                .insert(id.as_str(), bytes.as_slice())
+                .map_err(Error::db)?;
+            also(tx).map_err(Error::db)
+        })
+    }
+
     /// Deletes a container's record. RemoveContainer does it last, after the record said
     /// `removing` durably and the files went: see [`ContainerRecord::removing`].
     pub fn delete_container(&self, id: &str) -> Pending {
