@@ -815,3 +815,110 @@ async fn kill_9_at_random_moments_loses_nothing_and_leaks_nothing() {
         "snapshots"
     );
 }
+
+/// A container whose files vanished while the daemon was down, though no removal was ever
+/// recorded (what a power loss can do to the directories CreateContainer made on a file
+/// system without a journal), is a fault kubelet must see: listed, exited, reason
+/// FilesLost, with a message naming the directory; never dropped quietly. Once kubelet
+/// removes it, it stays removed across a kill.
+#[tokio::test]
+async fn a_container_whose_files_vanished_is_shown_to_kubelet_as_a_fault() {
+    let mut d = Daemon::start().await.expect("daemon");
+    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    let log_dir = d.dir().path().join("pod-logs");
+    let config = pod_config("files-lost", &log_dir);
+    let pod = berth_e2e::fixtures::run_pod(&d, &config).await;
+    let kept = berth_e2e::fixtures::start_container(
+        &d,
+        &pod,
+        &config,
+        container_config("kept", &["sleep", "3600"]),
+    )
+    .await;
+    let lost = berth_e2e::fixtures::start_container(
+        &d,
+        &pod,
+        &config,
+        container_config("lost", &["true"]),
+    )
+    .await;
+    berth_e2e::fixtures::wait_exited(&d, &lost).await;
+    d.kill().await.expect("SIGKILL the daemon");
+    let dir = d.dir().root().join("containers").join(&lost);
+    std::fs::remove_dir_all(&dir).expect("remove the container's files");
+    d.start_again().await.expect("restart");
+    d.wait_runtime_ready(Duration::from_secs(60))
+        .await
+        .expect("ready");
+    let mut rt = d.runtime();
+    let listed: Vec<String> = rt
+        .list_containers(ListContainersRequest::default())
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert!(
+        listed.contains(&lost),
+        "the faulty container is listed: {listed:?}"
+    );
+    assert!(listed.contains(&kept));
+    let status = rt
+        .container_status(ContainerStatusRequest {
+            container_id: lost.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .status
+        .expect("a status");
+    assert_eq!(status.state, ContainerState::ContainerExited as i32);
+    assert_eq!(status.reason, "FilesLost");
+    assert!(
+        status.message.contains(&dir.display().to_string()),
+        "{}",
+        status.message
+    );
+    // The daemon's log tells the operator too.
+    assert!(
+        d.log().contains("container files lost"),
+        "no fault in the daemon's log"
+    );
+    // The untouched container still runs.
+    let kept_status = rt
+        .container_status(ContainerStatusRequest {
+            container_id: kept.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .status
+        .expect("a status");
+    assert_eq!(kept_status.state, ContainerState::ContainerRunning as i32);
+    // kubelet removes it; the removal holds across a kill.
+    rt.remove_container(RemoveContainerRequest {
+        container_id: lost.clone(),
+    })
+    .await
+    .expect("RemoveContainer");
+    d.kill().await.expect("SIGKILL the daemon");
+    d.start_again().await.expect("restart");
+    d.wait_runtime_ready(Duration::from_secs(60))
+        .await
+        .expect("ready");
+    let gone = d
+        .runtime()
+        .container_status(ContainerStatusRequest {
+            container_id: lost.clone(),
+            verbose: false,
+        })
+        .await
+        .expect_err("a removed container stays removed");
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    berth_e2e::fixtures::remove_pod(&d, &pod).await;
+    d.stop().await.expect("stop");
+}
