@@ -137,15 +137,15 @@ pub async fn remove_container(
         .ok()
         .and_then(|s| s.status)
         .map(|s| s.id);
+    // The container's image lease ends in the transaction that records its removal intent.
+    let lease = match &full_id {
+        Some(id) => Some(image_store(node)?.lease_release(id)),
+        None => None,
+    };
     node.runtime
-        .remove_container(&req.container_id)
+        .remove_container_with(&req.container_id, lease)
         .await
         .map_err(|e| runtime_status("RemoveContainer", &e))?;
-    if let Some(id) = full_id {
-        image_store(node)?
-            .remove_lease(&id)
-            .map_err(|e| to_status(&format!("release the image of {id}"), &e))?;
-    }
     Ok(RemoveContainerResponse {})
 }
 

@@ -154,7 +154,7 @@ impl Node {
     /// Builds the node from its configuration and opened store. Does no work that grows
     /// with the number of pods or images: that is [`Node::reconcile`]'s, after serving.
     pub fn new(config: Config, store: Store) -> anyhow::Result<Arc<Node>> {
-        let network = Network::open(config.network.clone(), store.db())?;
+        let network = Network::open(config.network.clone(), store.database())?;
         let images = ImageStore::open_with(
             &config.root,
             store.db(),

@@ -5,11 +5,13 @@
 //! log replay to configure), a single file, and typed tables: each crate declares and owns
 //! its own tables (`runtime_*`, `images_*`, `cni_*`) on the one handle the daemon opens here.
 //! SQLite would bring a C dependency and a SQL layer the records do not need; sled's on-disk
-//! format is unstable.
+//! format is unstable. The crates write through the handle's group-commit loop
+//! ([`berth_db::Db`]): a change is acknowledged only once it is on disk.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use berth_db::Db;
 use redb::{Database, ReadableTable, TableDefinition};
 
 /// Version of the on-disk schema this build reads and writes. Bump it with a migration.
@@ -32,6 +34,9 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The commit loop's thread could not be started.
+    #[error("cannot start the metadata commit loop")]
+    CommitLoop(#[source] std::io::Error),
     /// The database file could not be opened (locked by another daemon, corrupt, ...).
     #[error("cannot open metadata database {path}")]
     Open {
@@ -63,7 +68,7 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
 /// The daemon's handle on the metadata database.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    db: Db,
 }
 
 impl Store {
@@ -78,14 +83,20 @@ impl Store {
             path: path.clone(),
             source,
         })?;
-        let store = Store { db: Arc::new(db) };
+        let db = Db::new(Arc::new(db)).map_err(StoreError::CommitLoop)?;
+        let store = Store { db };
         store.check_schema(&path)?;
         Ok(store)
     }
 
-    /// The shared database handle the crates define their tables on.
-    pub fn db(&self) -> Arc<Database> {
+    /// The shared database handle the crates define their tables on and write through.
+    pub fn db(&self) -> Db {
         self.db.clone()
+    }
+
+    /// The database itself, for a crate that commits on its own (the network's IPAM).
+    pub fn database(&self) -> Arc<Database> {
+        self.db.database().clone()
     }
 
     fn check_schema(&self, path: &Path) -> Result<(), StoreError> {

@@ -1,17 +1,21 @@
-//! The kill -9 chaos test (issue 10): workers drive pod and container lifecycles, execs and
-//! image pulls and removals at once while the daemon is killed with SIGKILL at random
-//! moments and restarted. After every restart the invariants must hold: every pod and
-//! container whose creation was confirmed is still there (unless its removal was
-//! confirmed), ready pods have distinct addresses, running containers answer ExecSync, and
-//! nothing half-made is visible. At the end everything is removed and the harness asserts
-//! that no process, mount, namespace, link or cgroup is left; the test itself asserts that
-//! no run directory, writable layer or snapshot is.
+//! The kill -9 chaos test (issues 10 and 20): workers drive pod and container lifecycles
+//! (create, start, exec, stop and remove containers, stop and remove pods), image pulls and
+//! removals at once while the daemon is killed with SIGKILL at random moments and
+//! restarted. After every restart the invariants must hold: every acknowledged creation
+//! exists in its acknowledged state, every acknowledged removal is absent (lists and Status
+//! calls), nothing unknown exists (an unknown pod is a failure, never collected quietly), a
+//! call cut short left the state before it or one it may reach, ready pods have distinct
+//! addresses and running containers answer ExecSync. At the end everything is removed, the
+//! daemon killed once more and the removals checked again; the harness asserts that no
+//! process, mount, namespace, link or cgroup is left; the test itself asserts that no run
+//! directory, writable layer or snapshot is.
 //!
 //! `BERTH_CHAOS_KILLS` (default 30) sets the number of kills and `BERTH_CHAOS_SEED` the seed
 //! (default: from the clock), printed for replay. The long run: `bash scripts/chaos.sh 500`
 //! (see the README).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,17 +42,111 @@ impl Rng {
     }
 }
 
-/// What the test knows for sure: creations and removals the daemon confirmed.
+/// A pod's state as kubelet reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PodState {
+    Ready,
+    NotReady,
+}
+
+/// A container's state as kubelet reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CtrState {
+    Created,
+    Running,
+    Exited,
+}
+
+/// One object the workers made or asked for, and what the daemon may show of it: `None`
+/// is absent (never made, or removed).
+#[derive(Clone, Debug)]
+struct Entry<S> {
+    id: Option<String>,
+    /// One state once the daemon answered; while a call is unanswered (the daemon died
+    /// under it), the state before it and those it may have reached.
+    may_be: Vec<Option<S>>,
+    /// The daemon acknowledged its removal.
+    removal_acked: bool,
+    /// That removal was seen to hold after a restart.
+    removal_checked: bool,
+}
+
+impl<S: Copy + PartialEq> Entry<S> {
+    fn new() -> Self {
+        Entry {
+            id: None,
+            may_be: vec![None],
+            removal_acked: false,
+            removal_checked: false,
+        }
+    }
+
+    /// A call that may move it to one of `after` is sent.
+    fn begin(&mut self, after: &[Option<S>]) {
+        for a in after {
+            if !self.may_be.contains(a) {
+                self.may_be.push(*a);
+            }
+        }
+    }
+
+    /// The daemon acknowledged (or a restart showed) `state`.
+    fn is(&mut self, state: Option<S>) {
+        self.may_be = vec![state];
+    }
+
+    fn state(&self) -> Option<S> {
+        self.may_be[0]
+    }
+
+    /// Its removal was acknowledged, and is not checked yet.
+    fn removal_to_check(&self) -> bool {
+        self.removal_acked && !self.removal_checked && self.may_be == [None]
+    }
+}
+
+/// What the test knows: every pod and container the workers asked for, by name, and the
+/// figures the run reports.
 #[derive(Default)]
 struct Model {
-    /// Confirmed pods (id -> name), minus confirmed removals.
-    pods: BTreeMap<String, String>,
-    /// Confirmed containers (id -> pod id), minus confirmed removals.
-    containers: BTreeMap<String, String>,
-    /// Pods a worker is tearing down: they may be half-stopped after a kill.
-    stopping: BTreeSet<String>,
+    /// Pods by name (names are unique in the run).
+    pods: BTreeMap<String, Entry<PodState>>,
+    /// Containers by `pod name/container name`.
+    ctrs: BTreeMap<String, Entry<CtrState>>,
     cycles: u64,
+    /// CRI calls the workers sent.
     ops: u64,
+    /// Removals the daemon acknowledged (pods and containers).
+    removals: u64,
+    /// Acknowledged removals seen absent after a restart.
+    removals_checked: u64,
+}
+
+impl Model {
+    fn pod(&mut self, name: &str) -> &mut Entry<PodState> {
+        self.pods.entry(name.to_owned()).or_insert_with(Entry::new)
+    }
+
+    fn ctr(&mut self, key: &str) -> &mut Entry<CtrState> {
+        self.ctrs.entry(key.to_owned()).or_insert_with(Entry::new)
+    }
+
+    /// The containers of pod `name` that exist (or may).
+    fn ctrs_of(&self, name: &str) -> Vec<String> {
+        let prefix = format!("{name}/");
+        self.ctrs
+            .iter()
+            .filter(|(k, e)| k.starts_with(&prefix) && e.may_be.iter().any(Option::is_some))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    fn ready_pods(&self) -> usize {
+        self.pods
+            .values()
+            .filter(|e| e.may_be == [Some(PodState::Ready)])
+            .count()
+    }
 }
 
 type Shared = Arc<Mutex<Model>>;
@@ -60,10 +158,165 @@ fn lock(m: &Shared) -> std::sync::MutexGuard<'_, Model> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One worker's life until the daemon dies under it: pod cycles with a container and an
-/// exec, or image pulls and removals. Errors end the worker (the daemon is gone).
+/// The calls a worker makes, each recorded in the model before it is sent and after it is
+/// answered. Any error means the daemon died: the worker ends, its call left unanswered.
+struct Calls {
+    rt: RuntimeServiceClient<Channel>,
+    model: Shared,
+}
+
+type Step<T> = Result<T, tonic::Status>;
+
+impl Calls {
+    fn count(&self) {
+        lock(&self.model).ops += 1;
+    }
+
+    async fn run_pod(&mut self, name: &str, config: &PodSandboxConfig) -> Step<String> {
+        self.count();
+        lock(&self.model).pod(name).begin(&[Some(PodState::Ready)]);
+        let id = self
+            .rt
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config.clone()),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
+        let mut m = lock(&self.model);
+        let e = m.pod(name);
+        e.id = Some(id.clone());
+        e.is(Some(PodState::Ready));
+        Ok(id)
+    }
+
+    async fn create(
+        &mut self,
+        key: &str,
+        pod_id: &str,
+        pod: &PodSandboxConfig,
+        name: &str,
+    ) -> Step<String> {
+        self.count();
+        lock(&self.model).ctr(key).begin(&[Some(CtrState::Created)]);
+        let id = self
+            .rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod_id.into(),
+                config: Some(container_config(name, &["sleep", "3600"])),
+                sandbox_config: Some(pod.clone()),
+            })
+            .await?
+            .into_inner()
+            .container_id;
+        let mut m = lock(&self.model);
+        let e = m.ctr(key);
+        e.id = Some(id.clone());
+        e.is(Some(CtrState::Created));
+        Ok(id)
+    }
+
+    async fn start(&mut self, key: &str, id: &str) -> Step<()> {
+        self.count();
+        lock(&self.model).ctr(key).begin(&[Some(CtrState::Running)]);
+        self.rt
+            .start_container(StartContainerRequest {
+                container_id: id.into(),
+            })
+            .await?;
+        lock(&self.model).ctr(key).is(Some(CtrState::Running));
+        Ok(())
+    }
+
+    async fn stop_ctr(&mut self, key: &str, id: &str) -> Step<()> {
+        self.count();
+        lock(&self.model).ctr(key).begin(&[Some(CtrState::Exited)]);
+        self.rt
+            .stop_container(StopContainerRequest {
+                container_id: id.into(),
+                timeout: 0,
+            })
+            .await?;
+        lock(&self.model).ctr(key).is(Some(CtrState::Exited));
+        Ok(())
+    }
+
+    async fn remove_ctr(&mut self, key: &str, id: &str) -> Step<()> {
+        self.count();
+        // A running container is killed first: cut short, it may be left exited.
+        lock(&self.model)
+            .ctr(key)
+            .begin(&[Some(CtrState::Exited), None]);
+        self.rt
+            .remove_container(RemoveContainerRequest {
+                container_id: id.into(),
+            })
+            .await?;
+        let mut m = lock(&self.model);
+        let e = m.ctr(key);
+        e.is(None);
+        e.removal_acked = e.id.is_some();
+        m.removals += 1;
+        Ok(())
+    }
+
+    async fn stop_pod(&mut self, name: &str, id: &str) -> Step<()> {
+        self.count();
+        {
+            let mut m = lock(&self.model);
+            m.pod(name).begin(&[Some(PodState::NotReady)]);
+            for k in m.ctrs_of(name) {
+                m.ctr(&k).begin(&[Some(CtrState::Exited)]);
+            }
+        }
+        self.rt
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await?;
+        let mut m = lock(&self.model);
+        m.pod(name).is(Some(PodState::NotReady));
+        for k in m.ctrs_of(name) {
+            m.ctr(&k).is(Some(CtrState::Exited));
+        }
+        Ok(())
+    }
+
+    async fn remove_pod(&mut self, name: &str, id: &str) -> Step<()> {
+        self.count();
+        {
+            let mut m = lock(&self.model);
+            m.pod(name).begin(&[None]);
+            for k in m.ctrs_of(name) {
+                m.ctr(&k).begin(&[None]);
+            }
+        }
+        self.rt
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            })
+            .await?;
+        let mut m = lock(&self.model);
+        let ctrs = m.ctrs_of(name);
+        for k in &ctrs {
+            let e = m.ctr(k);
+            e.is(None);
+            e.removal_acked = e.id.is_some();
+        }
+        let e = m.pod(name);
+        e.is(None);
+        e.removal_acked = e.id.is_some();
+        m.removals += 1 + ctrs.len() as u64;
+        Ok(())
+    }
+}
+
+/// One worker's life until the daemon dies under it: pod cycles in which containers are
+/// created, started, exec'd into, stopped and removed, pods kept or stopped and removed;
+/// or image pulls and removals.
 async fn worker(
-    mut rt: RuntimeServiceClient<Channel>,
+    rt: RuntimeServiceClient<Channel>,
     mut img: k8s_cri::v1::image_service_client::ImageServiceClient<Channel>,
     model: Shared,
     log_dir: std::path::PathBuf,
@@ -71,9 +324,10 @@ async fn worker(
     seed: u64,
 ) {
     let mut rng = Rng(seed);
+    let mut calls = Calls { rt, model };
     for round in 0.. {
-        lock(&model).ops += 1;
         if rng.below(5) == 0 {
+            calls.count();
             let image = images::BUSYBOX_K8S.to_string();
             let spec = Some(ImageSpec {
                 image: image.clone(),
@@ -88,6 +342,7 @@ async fn worker(
             if pull.is_err() {
                 return;
             }
+            calls.count();
             if img
                 .remove_image(RemoveImageRequest { image: spec })
                 .await
@@ -97,84 +352,56 @@ async fn worker(
             }
             continue;
         }
-        let name = format!("{tag}-{round}");
-        let config = pod_config(&name, &log_dir);
-        let Ok(pod) = rt
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                ..Default::default()
-            })
-            .await
-        else {
-            return;
-        };
-        let pod_id = pod.into_inner().pod_sandbox_id;
-        lock(&model).pods.insert(pod_id.clone(), name.clone());
-        let Ok(c) = rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod_id.clone(),
-                config: Some(container_config("main", &["sleep", "3600"])),
-                sandbox_config: Some(config.clone()),
-            })
-            .await
-        else {
-            return;
-        };
-        let cid = c.into_inner().container_id;
-        lock(&model).containers.insert(cid.clone(), pod_id.clone());
-        if rt
-            .start_container(StartContainerRequest {
-                container_id: cid.clone(),
-            })
+        if pod_cycle(&mut calls, &mut rng, &log_dir, &format!("{tag}-{round}"))
             .await
             .is_err()
         {
             return;
         }
-        match rt
-            .exec_sync(ExecSyncRequest {
-                container_id: cid.clone(),
-                cmd: vec!["echo".into(), name.clone()],
-                timeout: 10,
-            })
-            .await
-        {
-            Ok(r) => assert_eq!(
-                String::from_utf8_lossy(&r.get_ref().stdout),
-                format!("{name}\n"),
-                "exec output"
-            ),
-            Err(_) => return,
-        }
-        // Keep some pods across kills (up to a few dozen); tear the others down.
-        if rng.below(3) == 0 && lock(&model).pods.len() < KEEP_PODS {
-            continue;
-        }
-        lock(&model).stopping.insert(pod_id.clone());
-        if rt
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: pod_id.clone(),
-            })
-            .await
-            .is_err()
-        {
-            return;
-        }
-        if rt
-            .remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: pod_id.clone(),
-            })
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let mut m = lock(&model);
-        m.pods.remove(&pod_id);
-        m.containers.remove(&cid);
-        m.stopping.remove(&pod_id);
-        m.cycles += 1;
     }
+}
+
+async fn pod_cycle(calls: &mut Calls, rng: &mut Rng, log_dir: &Path, name: &str) -> Step<()> {
+    let config = pod_config(name, log_dir);
+    let pod_id = calls.run_pod(name, &config).await?;
+    let main = format!("{name}/main");
+    let cid = calls.create(&main, &pod_id, &config, "main").await?;
+    calls.start(&main, &cid).await?;
+    calls.count();
+    let r = calls
+        .rt
+        .exec_sync(ExecSyncRequest {
+            container_id: cid.clone(),
+            cmd: vec!["echo".into(), name.into()],
+            timeout: 10,
+        })
+        .await?;
+    assert_eq!(
+        String::from_utf8_lossy(&r.get_ref().stdout),
+        format!("{name}\n"),
+        "exec output"
+    );
+    let keep = lock(&calls.model).ready_pods() < KEEP_PODS;
+    match rng.below(6) {
+        // Kept running across kills.
+        0 | 1 if keep => return Ok(()),
+        // The container is replaced; the pod stays.
+        2 if keep => {
+            calls.stop_ctr(&main, &cid).await?;
+            calls.remove_ctr(&main, &cid).await?;
+            let second = format!("{name}/second");
+            let id = calls.create(&second, &pod_id, &config, "second").await?;
+            calls.start(&second, &id).await?;
+            return Ok(());
+        }
+        3 => calls.stop_ctr(&main, &cid).await?,
+        4 => calls.remove_ctr(&main, &cid).await?,
+        _ => {}
+    }
+    calls.stop_pod(name, &pod_id).await?;
+    calls.remove_pod(name, &pod_id).await?;
+    lock(&calls.model).cycles += 1;
+    Ok(())
 }
 
 /// `berth debug leaks` beside the running daemon must find nothing.
@@ -198,8 +425,28 @@ async fn assert_no_leaks(d: &Daemon, when: &str) {
     );
 }
 
-/// Checks what the restarted daemon reports against what was confirmed.
-async fn check_invariants(d: &Daemon, model: &Shared, kill: u64) {
+/// What one restart's check found wrong, by kind.
+#[derive(Default, Debug)]
+struct Violations {
+    /// Acknowledged objects missing, or in a state they cannot be in.
+    lost: Vec<String>,
+    /// Acknowledged removals present again.
+    resurrected: Vec<String>,
+    /// Objects nobody asked for.
+    unknown: Vec<String>,
+}
+
+impl Violations {
+    fn is_empty(&self) -> bool {
+        self.lost.is_empty() && self.resurrected.is_empty() && self.unknown.is_empty()
+    }
+}
+
+/// Compares what kubelet would read from the restarted daemon with the model: every
+/// acknowledged creation exists in its state, every acknowledged removal is absent (also to
+/// the Status calls), nothing unknown exists, and a call cut short left the state before it
+/// or one it may reach. Then the model takes what was seen.
+async fn check_invariants(d: &Daemon, model: &Shared, kill: u64) -> Violations {
     let mut rt = d.runtime();
     let pods = rt
         .list_pod_sandbox(ListPodSandboxRequest::default())
@@ -213,34 +460,139 @@ async fn check_invariants(d: &Daemon, model: &Shared, kill: u64) {
         .expect("ListContainers")
         .into_inner()
         .containers;
-    let listed: BTreeSet<&str> = pods.iter().map(|p| p.id.as_str()).collect();
-    let listed_containers: BTreeSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
-    let (want_pods, want_containers, stopping) = {
-        let m = lock(model);
-        (m.pods.clone(), m.containers.clone(), m.stopping.clone())
+    let pod_state = |s: i32| {
+        if s == PodSandboxState::SandboxReady as i32 {
+            PodState::Ready
+        } else {
+            PodState::NotReady
+        }
     };
-    for (id, name) in &want_pods {
-        // A removal that was under way may have finished before the kill.
-        if stopping.contains(id) {
-            continue;
+    let ctr_state = |s: i32| match ContainerState::try_from(s) {
+        Ok(ContainerState::ContainerCreated) => Some(CtrState::Created),
+        Ok(ContainerState::ContainerRunning) => Some(CtrState::Running),
+        Ok(ContainerState::ContainerExited) => Some(CtrState::Exited),
+        _ => None,
+    };
+    let mut v = Violations::default();
+    let mut seen_pods: BTreeSet<String> = BTreeSet::new();
+    let mut seen_ctrs: BTreeSet<String> = BTreeSet::new();
+    let mut gone_pods = Vec::new();
+    let mut gone_ctrs = Vec::new();
+    {
+        let mut m = lock(model);
+        let m = &mut *m;
+        for (name, e) in m.pods.iter_mut() {
+            let found = pods.iter().find(|p| match &e.id {
+                Some(id) => &p.id == id,
+                None => p.metadata.as_ref().is_some_and(|md| &md.name == name),
+            });
+            let observed = found.map(|p| pod_state(p.state));
+            if let Some(p) = found {
+                seen_pods.insert(p.id.clone());
+                e.id.get_or_insert_with(|| p.id.clone());
+            }
+            if !e.may_be.contains(&observed) {
+                let what = format!(
+                    "kill {kill}: pod {name} ({:?}) is {observed:?}, may be {:?}",
+                    e.id, e.may_be
+                );
+                if observed.is_some() && e.may_be == [None] {
+                    v.resurrected.push(what);
+                } else {
+                    v.lost.push(what);
+                }
+            }
+            if e.removal_to_check() {
+                e.removal_checked = true;
+                m.removals_checked += 1;
+                gone_pods.push((name.clone(), e.id.clone().unwrap_or_default()));
+            }
+            e.is(observed);
         }
-        assert!(
-            listed.contains(id.as_str()),
-            "kill {kill}: confirmed pod {name} ({id}) was lost"
-        );
+        for (key, e) in m.ctrs.iter_mut() {
+            let (pod_name, cname) = key.split_once('/').expect("pod/container");
+            let pod_id = m.pods.get(pod_name).and_then(|p| p.id.clone());
+            let found = containers.iter().find(|c| match &e.id {
+                Some(id) => &c.id == id,
+                None => {
+                    Some(&c.pod_sandbox_id) == pod_id.as_ref()
+                        && c.metadata.as_ref().is_some_and(|md| md.name == cname)
+                }
+            });
+            let observed = found.and_then(|c| ctr_state(c.state));
+            if let Some(c) = found {
+                seen_ctrs.insert(c.id.clone());
+                e.id.get_or_insert_with(|| c.id.clone());
+            }
+            if !e.may_be.contains(&observed) {
+                let what = format!(
+                    "kill {kill}: container {key} ({:?}) is {observed:?}, may be {:?}",
+                    e.id, e.may_be
+                );
+                if observed.is_some() && e.may_be == [None] {
+                    v.resurrected.push(what);
+                } else {
+                    v.lost.push(what);
+                }
+            }
+            if e.removal_to_check() {
+                e.removal_checked = true;
+                m.removals_checked += 1;
+                gone_ctrs.push((key.clone(), e.id.clone().unwrap_or_default()));
+            }
+            e.is(observed);
+        }
     }
-    for (id, pod) in &want_containers {
-        // A pod's removal takes its containers first: cut short, the pod stays without them.
-        if stopping.contains(pod) {
-            continue;
+    for p in &pods {
+        if !seen_pods.contains(&p.id) {
+            v.unknown.push(format!(
+                "kill {kill}: unknown pod {} {:?}",
+                p.id, p.metadata
+            ));
         }
-        assert!(
-            listed_containers.contains(id.as_str()),
-            "kill {kill}: confirmed container {id} of pod {pod} was lost"
-        );
+    }
+    for c in &containers {
+        if !seen_ctrs.contains(&c.id) {
+            v.unknown.push(format!(
+                "kill {kill}: unknown container {} of pod {} {:?}",
+                c.id, c.pod_sandbox_id, c.metadata
+            ));
+        }
+    }
+    // The Status calls agree with the lists for what was removed since the last check.
+    for (name, id) in gone_pods {
+        match rt
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: id.clone(),
+                verbose: false,
+            })
+            .await
+        {
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            other => v.resurrected.push(format!(
+                "kill {kill}: removed pod {name} ({id}): PodSandboxStatus {other:?}"
+            )),
+        }
+    }
+    for (key, id) in gone_ctrs {
+        match rt
+            .container_status(ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: false,
+            })
+            .await
+        {
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            other => v.resurrected.push(format!(
+                "kill {kill}: removed container {key} ({id}): ContainerStatus {other:?}"
+            )),
+        }
     }
     let mut ips = BTreeMap::new();
     for pod in &pods {
+        if pod.state != PodSandboxState::SandboxReady as i32 {
+            continue;
+        }
         let status = rt
             .pod_sandbox_status(PodSandboxStatusRequest {
                 pod_sandbox_id: pod.id.clone(),
@@ -251,14 +603,6 @@ async fn check_invariants(d: &Daemon, model: &Shared, kill: u64) {
             .into_inner()
             .status
             .expect("a status");
-        if status.state != PodSandboxState::SandboxReady as i32 {
-            assert!(
-                stopping.contains(&pod.id) || !want_pods.contains_key(&pod.id),
-                "kill {kill}: pod {} is not ready and nobody stopped it",
-                pod.id
-            );
-            continue;
-        }
         let ip = status.network.map(|n| n.ip).unwrap_or_default();
         assert!(
             !ip.is_empty(),
@@ -287,34 +631,30 @@ async fn check_invariants(d: &Daemon, model: &Shared, kill: u64) {
             assert_eq!(r.into_inner().exit_code, 0);
         }
     }
+    v
 }
 
-/// What kubelet does after a runtime restart: pods it never heard of (their RunPodSandbox
-/// answer was lost with the daemon) and pods whose removal was cut short are removed.
-async fn collect_garbage(d: &Daemon, model: &Shared) {
-    let pods = d
-        .runtime()
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items;
-    for pod in pods {
-        let (known, stopping) = {
-            let m = lock(model);
-            (m.pods.contains_key(&pod.id), m.stopping.contains(&pod.id))
-        };
-        if !known || stopping {
-            berth_e2e::fixtures::remove_pod(d, &pod.id).await;
-        }
+/// What kubelet does after a restart with pods whose teardown a worker began (they are
+/// stopped now): it finishes their removal, through the model like any removal.
+async fn finish_teardowns(d: &Daemon, model: &Shared) {
+    let stopped: Vec<(String, String)> = {
+        let m = lock(model);
+        m.pods
+            .iter()
+            .filter(|(_, e)| e.may_be == [Some(PodState::NotReady)])
+            .filter_map(|(n, e)| Some((n.clone(), e.id.clone()?)))
+            .collect()
+    };
+    let mut calls = Calls {
+        rt: d.runtime(),
+        model: model.clone(),
+    };
+    for (name, id) in stopped {
+        calls
+            .remove_pod(&name, &id)
+            .await
+            .unwrap_or_else(|e| panic!("RemovePodSandbox {name} ({id}): {e:?}"));
     }
-    let mut m = lock(model);
-    let gone: Vec<String> = m.stopping.iter().cloned().collect();
-    for id in gone {
-        m.pods.remove(&id);
-        m.containers.retain(|_, pod| pod != &id);
-    }
-    m.stopping.clear();
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -375,21 +715,34 @@ async fn kill_9_at_random_moments_loses_nothing_and_leaks_nothing() {
         d.wait_runtime_ready(Duration::from_secs(60))
             .await
             .expect("runtime ready after restart");
-        check_invariants(&d, &model, kill).await;
+        let v = check_invariants(&d, &model, kill).await;
+        assert!(v.is_empty(), "after kill {kill} (seed {seed}): {v:#?}");
         assert_no_leaks(&d, &format!("after kill {kill}")).await;
-        collect_garbage(&d, &model).await;
+        finish_teardowns(&d, &model).await;
     }
 
-    // Everything goes; nothing may stay behind.
-    let mut rt = d.runtime();
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items;
-    for pod in &pods {
-        berth_e2e::fixtures::remove_pod(&d, &pod.id).await;
+    // Everything goes, through the model; nothing may stay behind.
+    let live: Vec<(String, String)> = {
+        let m = lock(&model);
+        m.pods
+            .iter()
+            .filter(|(_, e)| e.state().is_some())
+            .filter_map(|(n, e)| Some((n.clone(), e.id.clone()?)))
+            .collect()
+    };
+    let mut calls = Calls {
+        rt: d.runtime(),
+        model: model.clone(),
+    };
+    for (name, id) in &live {
+        calls
+            .stop_pod(name, id)
+            .await
+            .unwrap_or_else(|e| panic!("StopPodSandbox {name}: {e:?}"));
+        calls
+            .remove_pod(name, id)
+            .await
+            .unwrap_or_else(|e| panic!("RemovePodSandbox {name}: {e:?}"));
     }
     let mut img = d.images();
     for image in img
@@ -409,21 +762,34 @@ async fn kill_9_at_random_moments_loses_nothing_and_leaks_nothing() {
         .expect("RemoveImage");
     }
     assert_no_leaks(&d, "after removing everything").await;
-    let (cycles, ops) = {
-        let m = lock(&model);
-        (m.cycles, m.ops)
-    };
-    eprintln!(
-        "chaos: {kills} kills, {cycles} pod cycles, {ops} operations, {} pods at the end, {:.1} s, seed {seed}",
-        pods.len(),
-        started.elapsed().as_secs_f64()
-    );
-    d.stop().await.expect("stop");
-    // A fresh start garbage-collects what the removals left for later.
+    // The last removals must hold across a kill too, and a fresh start garbage-collects
+    // what the removals left for later.
+    d.kill().await.expect("SIGKILL the daemon");
     d.start_again().await.expect("start for the final check");
     d.wait_runtime_ready(Duration::from_secs(60))
         .await
         .expect("ready");
+    let v = check_invariants(&d, &model, kills).await;
+    assert!(
+        v.is_empty(),
+        "after the final restart (seed {seed}): {v:#?}"
+    );
+    let m = lock(&model);
+    assert!(
+        m.pods.values().all(|e| e.state().is_none())
+            && m.ctrs.values().all(|e| e.state().is_none()),
+        "something is left after removing everything"
+    );
+    eprintln!(
+        "chaos: {kills} kills, {} pod cycles, {} operations, {} removals acknowledged, {} removals \
+         checked after a restart, 0 lost, 0 resurrected, 0 unknown, 0 leaks, {:.1} s, seed {seed}",
+        m.cycles,
+        m.ops,
+        m.removals,
+        m.removals_checked,
+        started.elapsed().as_secs_f64()
+    );
+    drop(m);
     tokio::time::sleep(Duration::from_millis(500)).await;
     d.stop().await.expect("stop");
     let state = d.dir().state();
@@ -448,4 +814,111 @@ async fn kill_9_at_random_moments_loses_nothing_and_leaks_nothing() {
         Vec::<String>::new(),
         "snapshots"
     );
+}
+
+/// A container whose files vanished while the daemon was down, though no removal was ever
+/// recorded (what a power loss can do to the directories CreateContainer made on a file
+/// system without a journal), is a fault kubelet must see: listed, exited, reason
+/// FilesLost, with a message naming the directory; never dropped quietly. Once kubelet
+/// removes it, it stays removed across a kill.
+#[tokio::test]
+async fn a_container_whose_files_vanished_is_shown_to_kubelet_as_a_fault() {
+    let mut d = Daemon::start().await.expect("daemon");
+    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    let log_dir = d.dir().path().join("pod-logs");
+    let config = pod_config("files-lost", &log_dir);
+    let pod = berth_e2e::fixtures::run_pod(&d, &config).await;
+    let kept = berth_e2e::fixtures::start_container(
+        &d,
+        &pod,
+        &config,
+        container_config("kept", &["sleep", "3600"]),
+    )
+    .await;
+    let lost = berth_e2e::fixtures::start_container(
+        &d,
+        &pod,
+        &config,
+        container_config("lost", &["true"]),
+    )
+    .await;
+    berth_e2e::fixtures::wait_exited(&d, &lost).await;
+    d.kill().await.expect("SIGKILL the daemon");
+    let dir = d.dir().root().join("containers").join(&lost);
+    std::fs::remove_dir_all(&dir).expect("remove the container's files");
+    d.start_again().await.expect("restart");
+    d.wait_runtime_ready(Duration::from_secs(60))
+        .await
+        .expect("ready");
+    let mut rt = d.runtime();
+    let listed: Vec<String> = rt
+        .list_containers(ListContainersRequest::default())
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert!(
+        listed.contains(&lost),
+        "the faulty container is listed: {listed:?}"
+    );
+    assert!(listed.contains(&kept));
+    let status = rt
+        .container_status(ContainerStatusRequest {
+            container_id: lost.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .status
+        .expect("a status");
+    assert_eq!(status.state, ContainerState::ContainerExited as i32);
+    assert_eq!(status.reason, "FilesLost");
+    assert!(
+        status.message.contains(&dir.display().to_string()),
+        "{}",
+        status.message
+    );
+    // The daemon's log tells the operator too.
+    assert!(
+        d.log().contains("container files lost"),
+        "no fault in the daemon's log"
+    );
+    // The untouched container still runs.
+    let kept_status = rt
+        .container_status(ContainerStatusRequest {
+            container_id: kept.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .status
+        .expect("a status");
+    assert_eq!(kept_status.state, ContainerState::ContainerRunning as i32);
+    // kubelet removes it; the removal holds across a kill.
+    rt.remove_container(RemoveContainerRequest {
+        container_id: lost.clone(),
+    })
+    .await
+    .expect("RemoveContainer");
+    d.kill().await.expect("SIGKILL the daemon");
+    d.start_again().await.expect("restart");
+    d.wait_runtime_ready(Duration::from_secs(60))
+        .await
+        .expect("ready");
+    let gone = d
+        .runtime()
+        .container_status(ContainerStatusRequest {
+            container_id: lost.clone(),
+            verbose: false,
+        })
+        .await
+        .expect_err("a removed container stays removed");
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    berth_e2e::fixtures::remove_pod(&d, &pod).await;
+    d.stop().await.expect("stop");
 }

@@ -1,6 +1,8 @@
 //! Image records, names and leases in the daemon's metadata database (tables `images_*`).
+//! Every write goes through the database's commit loop and returns once it is durable.
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use berth_db::Db;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -69,12 +71,20 @@ pub(crate) struct Lease {
 }
 
 /// Creates the tables (idempotent).
-pub(crate) fn init(db: &Database) -> Result<(), Error> {
-    let tx = db.begin_write().map_err(Error::db)?;
-    tx.open_table(RECORDS).map_err(Error::db)?;
-    tx.open_table(NAMES).map_err(Error::db)?;
-    tx.open_table(LEASES).map_err(Error::db)?;
-    tx.commit().map_err(Error::db)
+pub(crate) fn init(db: &Db) -> Result<(), Error> {
+    db.write(|tx: &WriteTransaction| {
+        tx.open_table(RECORDS).map_err(Error::db)?;
+        tx.open_table(NAMES).map_err(Error::db)?;
+        tx.open_table(LEASES).map_err(Error::db)?;
+        Ok(())
+    })
+    .wait()
+}
+
+impl From<berth_db::Error> for Error {
+    fn from(e: berth_db::Error) -> Error {
+        Error::Db(berth_db::commit::chain(&e))
+    }
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Error> {
@@ -118,12 +128,17 @@ pub(crate) fn lookup_name(db: &Database, name: &str) -> Result<Option<String>, E
 
 /// Stores a pulled image and points `names` at it. A tag that named another image moves
 /// here; that image keeps its other names (an untagged image stays, as in containerd).
-pub(crate) fn commit_pull(
-    db: &Database,
+pub(crate) fn commit_pull(db: &Db, rec: ImageRecord, names: &[String]) -> Result<Image, Error> {
+    let names = names.to_vec();
+    db.write(move |tx: &WriteTransaction| write_pull(tx, rec.clone(), &names))
+        .wait()
+}
+
+fn write_pull(
+    tx: &WriteTransaction,
     mut rec: ImageRecord,
     names: &[String],
 ) -> Result<Image, Error> {
-    let tx = db.begin_write().map_err(Error::db)?;
     {
         let mut records = tx.open_table(RECORDS).map_err(Error::db)?;
         let mut name_table = tx.open_table(NAMES).map_err(Error::db)?;
@@ -176,13 +191,17 @@ pub(crate) fn commit_pull(
             .insert(rec.image.id.as_str(), encode(&rec).as_slice())
             .map_err(Error::db)?;
     }
-    tx.commit().map_err(Error::db)?;
     Ok(rec.image)
 }
 
 /// Removes one tag of image `id`, or the whole image (all its names) when `tag` is None.
-pub(crate) fn remove(db: &Database, id: &str, tag: Option<&str>) -> Result<(), Error> {
-    let tx = db.begin_write().map_err(Error::db)?;
+pub(crate) fn remove(db: &Db, id: &str, tag: Option<&str>) -> Result<(), Error> {
+    let (id, tag) = (id.to_owned(), tag.map(str::to_owned));
+    db.write(move |tx: &WriteTransaction| write_remove(tx, &id, tag.as_deref()))
+        .wait()
+}
+
+fn write_remove(tx: &WriteTransaction, id: &str, tag: Option<&str>) -> Result<(), Error> {
     {
         let mut records = tx.open_table(RECORDS).map_err(Error::db)?;
         let mut names = tx.open_table(NAMES).map_err(Error::db)?;
@@ -208,12 +227,17 @@ pub(crate) fn remove(db: &Database, id: &str, tag: Option<&str>) -> Result<(), E
             }
         }
     }
-    tx.commit().map_err(Error::db)
+    Ok(())
 }
 
 /// Sets the pinned flag of image `id` (absent is fine).
-pub(crate) fn set_pinned(db: &Database, id: &str, pinned: bool) -> Result<(), Error> {
-    let tx = db.begin_write().map_err(Error::db)?;
+pub(crate) fn set_pinned(db: &Db, id: &str, pinned: bool) -> Result<(), Error> {
+    let id = id.to_owned();
+    db.write(move |tx: &WriteTransaction| write_pinned(tx, &id, pinned))
+        .wait()
+}
+
+fn write_pinned(tx: &WriteTransaction, id: &str, pinned: bool) -> Result<(), Error> {
     {
         let mut records = tx.open_table(RECORDS).map_err(Error::db)?;
         let rec: Option<ImageRecord> = match records.get(id).map_err(Error::db)? {
@@ -227,31 +251,43 @@ pub(crate) fn set_pinned(db: &Database, id: &str, pinned: bool) -> Result<(), Er
                 .map_err(Error::db)?;
         }
     }
-    tx.commit().map_err(Error::db)
+    Ok(())
 }
 
 /// Records (or replaces) `holder`'s lease.
-pub(crate) fn put_lease(db: &Database, holder: &str, lease: &Lease) -> Result<(), Error> {
-    let tx = db.begin_write().map_err(Error::db)?;
-    tx.open_table(LEASES)
-        .map_err(Error::db)?
-        .insert(holder, encode(lease).as_slice())
-        .map_err(Error::db)?;
-    tx.commit().map_err(Error::db)
+pub(crate) fn put_lease(db: &Db, holder: &str, lease: &Lease) -> Result<(), Error> {
+    let (holder, bytes) = (holder.to_owned(), encode(lease));
+    db.write(move |tx: &WriteTransaction| {
+        tx.open_table(LEASES)
+            .map_err(Error::db)?
+            .insert(holder.as_str(), bytes.as_slice())
+            .map_err(Error::db)?;
+        Ok(())
+    })
+    .wait()
 }
 
-/// Drops `holder`'s lease (absent is fine), without waiting for the disk (RemoveContainer
-/// is on kubelet's path): the next durable commit persists it. A crash before that brings the lease back, and start-up
-/// reconciliation drops leases whose container is gone, so nothing stays pinned.
-pub(crate) fn remove_lease(db: &Database, holder: &str) -> Result<(), Error> {
-    let mut tx = db.begin_write().map_err(Error::db)?;
-    tx.set_durability(redb::Durability::None)
-        .map_err(Error::db)?;
-    tx.open_table(LEASES)
-        .map_err(Error::db)?
-        .remove(holder)
-        .map_err(Error::db)?;
-    tx.commit().map_err(Error::db)
+/// Drops `holder`'s lease (absent is fine), durably. RemoveContainer calls this after the
+/// container's removal intent is durable, so a lease never goes before its container.
+pub(crate) fn remove_lease(db: &Db, holder: &str) -> Result<(), Error> {
+    let holder = holder.to_owned();
+    db.write(move |tx: &WriteTransaction| {
+        tx.open_table(LEASES)
+            .map_err(Error::db)?
+            .remove(holder.as_str())
+            .map_err(Error::db)?;
+        Ok(())
+    })
+    .wait()
+}
+
+/// The deletion of `holder`'s lease as a write for another crate's transaction.
+pub(crate) fn lease_removal(holder: &str) -> berth_db::Write {
+    let holder = holder.to_owned();
+    Box::new(move |tx: &WriteTransaction| {
+        tx.open_table(LEASES)?.remove(holder.as_str())?;
+        Ok(())
+    })
 }
 
 /// Every lease, by holder.

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
+use berth_db::Db;
 use bytes::{Buf, Bytes};
-use redb::Database;
 use tokio::sync::{OwnedMutexGuard, RwLock, Semaphore, mpsc, watch};
 
 use crate::config::RegistryConfig;
@@ -97,7 +97,7 @@ impl KeyedLocks {
 /// The image store. Open one per daemon and share the `Arc`.
 pub struct ImageStore {
     root: PathBuf,
-    db: Arc<Database>,
+    db: Db,
     registry: RegistryClient,
     content: Arc<ContentStore>,
     snapshots: Arc<Snapshots>,
@@ -214,18 +214,14 @@ pub struct Pulled {
 impl ImageStore {
     /// Opens the store under `root` (`root/content`, `root/snapshots`) with its tables in
     /// `db`. Incomplete downloads and snapshots from before a crash are discarded.
-    pub fn open(
-        root: &Path,
-        db: Arc<Database>,
-        config: RegistryConfig,
-    ) -> Result<Arc<ImageStore>, Error> {
+    pub fn open(root: &Path, db: Db, config: RegistryConfig) -> Result<Arc<ImageStore>, Error> {
         ImageStore::open_with(root, db, config, StoreOptions::default())
     }
 
     /// [`ImageStore::open`] with explicit options (tests, benchmarks).
     pub fn open_with(
         root: &Path,
-        db: Arc<Database>,
+        db: Db,
         config: RegistryConfig,
         options: StoreOptions,
     ) -> Result<Arc<ImageStore>, Error> {
@@ -862,6 +858,13 @@ impl ImageStore {
         records::remove_lease(&self.db, holder)?;
         self.gc_pending.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The end of `holder`'s lease as a write to commit with another crate's (RemoveContainer
+    /// hands it to the runtime, whose removal intent it joins: one `fsync` for both).
+    pub fn lease_release(&self, holder: &str) -> berth_db::Write {
+        self.gc_pending.store(true, Ordering::Relaxed);
+        records::lease_removal(holder)
     }
 
     /// Every lease as `(holder, image ID)`, for reconciliation at start.

@@ -64,7 +64,7 @@ impl Env {
 }
 
 fn open(root: &Path, config: RegistryConfig) -> Arc<ImageStore> {
-    let db = Arc::new(redb::Database::create(root.join("berth.db")).unwrap());
+    let db = berth_db::Db::create(root.join("berth.db")).unwrap();
     let options = StoreOptions {
         retry: RetryPolicy {
             attempts: 3,

@@ -227,6 +227,7 @@ impl Runtime {
             pid: 0,
             log_path: spec.log_path.clone().unwrap_or_default(),
             cgroup: String::new(),
+            removing: false,
         };
         let pod = self
             .find_pod(pod_id)
@@ -235,7 +236,7 @@ impl Runtime {
             let pod_cgroup = &lock(&pod.rec).cgroup;
             self.opts.cgroups.container_cgroup(pod_cgroup, id)
         };
-        self.store.put_container(&rec)?;
+        self.store.put_container(&rec).await?;
         let entry = Arc::new(ContainerEntry::new(rec.clone()));
         lock(&self.index)
             .containers
@@ -294,7 +295,7 @@ impl Runtime {
             r.spec = spec;
             rec = r.clone();
         }
-        if let Err(e) = self.store.put_container(&rec) {
+        if let Err(e) = self.store.put_container(&rec).await {
             let _ = pod
                 .client
                 .call_ok(&Request::Remove { id: id.to_owned() })
@@ -413,7 +414,8 @@ impl Runtime {
                         rec.phase = ContainerPhase::Running;
                     }
                     self.store.put_container(&rec)
-                };
+                }
+                .await;
                 if recorded.is_ok() {
                     self.emit(ContainerEventType::ContainerStartedEvent, &c.id, &c.pod_id);
                 }
@@ -434,7 +436,8 @@ impl Runtime {
                     rec.exit_code = 128;
                     rec.reason = "StartError".into();
                     rec.message = e.full_message();
-                    let _ = self.store.put_container(&rec);
+                    // Queued; the call fails whatever becomes of it.
+                    drop(self.store.put_container(&rec));
                     // This stop is told here, once, whether or not an exit came meanwhile.
                     c.starting.store(false, Ordering::SeqCst);
                     c.stop_event_deferred.store(false, Ordering::SeqCst);
@@ -447,8 +450,18 @@ impl Runtime {
     }
 
     /// Stops a container: its stop signal, then SIGKILL once `timeout` seconds have passed
-    /// (at once for 0). Succeeds for an unknown or already exited container.
+    /// (at once for 0). Succeeds for an unknown or already exited container, once its exit
+    /// is durable.
     pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        self.stop(id, timeout).await?;
+        // The exit was recorded by the monitor's event or here, queued: the answer waits
+        // for it to be on disk.
+        self.store.flush().await
+    }
+
+    /// [`Runtime::stop_container`] without the flush: RemoveContainer's removal intent is
+    /// queued after the exit and makes both durable at once.
+    async fn stop(&self, id: &str, timeout: i64) -> Result<()> {
         let Some(c) = self.find_container(id) else {
             return Ok(());
         };
@@ -502,10 +515,21 @@ impl Runtime {
 
     /// Removes a container, killing it first if it runs. Succeeds for an unknown id.
     pub async fn remove_container(&self, id: &str) -> Result<()> {
+        self.remove_container_with(id, None).await
+    }
+
+    /// [`Runtime::remove_container`] with another crate's write (the end of the container's
+    /// image lease) committed in the same transaction as the removal intent; it is not run
+    /// for an unknown id.
+    pub async fn remove_container_with(
+        &self,
+        id: &str,
+        also: Option<berth_db::Write>,
+    ) -> Result<()> {
         let Some(c) = self.find_container(id) else {
             return Ok(());
         };
-        self.stop_container(&c.id, 0).await?;
+        self.stop(&c.id, 0).await?;
         let _op = c.op.lock().await;
         if let Some(pod) = self.find_pod(&c.pod_id) {
             match pod
@@ -518,7 +542,7 @@ impl Runtime {
                 Err(e) => return Err(e),
             }
         }
-        self.forget_removed_container(&c);
+        self.forget_removed_container(&c, also).await?;
         self.emit(ContainerEventType::ContainerDeletedEvent, &c.id, &c.pod_id);
         Ok(())
     }
@@ -548,9 +572,12 @@ impl Runtime {
         let linux = config.linux.get_or_insert_with(Default::default);
         let merged = merge_resources(linux.resources.take().unwrap_or_default(), update);
         linux.resources = Some(merged);
-        let mut rec = lock(&c.rec);
-        rec.config = config;
-        self.store.put_container(&rec)
+        let commit = {
+            let mut rec = lock(&c.rec);
+            rec.config = config;
+            self.store.put_container(&rec)
+        };
+        commit.await
     }
 
     /// `ContainerStatus`; `verbose` adds an `info` JSON with the pid and the executed plan.

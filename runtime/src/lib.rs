@@ -45,7 +45,7 @@ pub use container::MAX_EXEC_OUTPUT;
 pub use error::{Error, ErrorClass, Result};
 pub use image::{ImageConfig, ImageInfo};
 pub use pod::{PodCreated, PodStopped};
-pub use runtime::{Census, ReconcileReport, Runtime, RuntimeOptions};
+pub use runtime::{Census, FILES_LOST, ReconcileReport, Runtime, RuntimeOptions};
 pub use store::{ContainerPhase, ContainerRecord, ImageRecord, PodPhase, PodRecord};
 pub use stream::{AttachSession, ExecSession, StreamTarget};
 pub use usage::{ContainerTarget, PodTarget};

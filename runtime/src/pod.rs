@@ -224,7 +224,7 @@ impl Runtime {
             confirmed: false,
             cgroup,
         };
-        if let Err(e) = self.store.put_pod(&rec) {
+        if let Err(e) = self.store.put_pod(&rec).await {
             self.release_name(&id);
             return Err(e);
         }
@@ -240,7 +240,8 @@ impl Runtime {
                     rec.phase = PodPhase::Ready;
                     rec.monitor_pid = pid;
                     self.store.put_pod(&rec)
-                };
+                }
+                .await;
                 if let Err(e) = saved {
                     self.undo_pod(&entry).await;
                     return Err(e);
@@ -350,7 +351,9 @@ impl Runtime {
             crate::oci::remove_runtime_cgroups(&cgroup.pod);
         }
         let _ = std::fs::remove_dir_all(&dir);
-        let _ = self.store.delete_pod(&pod.id);
+        // Queued, not waited for: this undoes a pod never acknowledged, and a crash before
+        // the deletion is durable brings the same undo again.
+        drop(self.store.delete_pod(&pod.id));
         self.release_name(&pod.id);
         lock(&self.index).pods.remove(&pod.id);
     }
@@ -362,7 +365,11 @@ impl Runtime {
         let mut rec = lock(&pod.rec);
         rec.ips = ips;
         rec.confirmed = true;
-        self.store.put_pod(&rec)
+        let commit = self.store.put_pod(&rec);
+        drop(rec);
+        // Durable before RunPodSandbox answers (the caller is on a runtime thread that may
+        // block: the commit loop runs on its own thread).
+        commit.wait()
     }
 
     /// Stops a pod: kills its containers, ends its monitor, marks it NOTREADY. Its network
@@ -390,11 +397,18 @@ impl Runtime {
             }
         }
         let _ = sys::umount_quiet(&self.pod_dir(&pod.id).join("shm"));
-        let mut rec = lock(&pod.rec);
-        if rec.phase != PodPhase::NotReady {
-            rec.phase = PodPhase::NotReady;
-            self.store.put_pod(&rec)?;
-        }
+        let commit = {
+            let mut rec = lock(&pod.rec);
+            if rec.phase != PodPhase::NotReady {
+                rec.phase = PodPhase::NotReady;
+                self.store.put_pod(&rec)
+            } else {
+                self.store.flush()
+            }
+        };
+        // Also makes the containers' exits recorded above durable.
+        commit.await?;
+        let rec = lock(&pod.rec);
         let netns = rec
             .namespaces
             .iter()
@@ -444,7 +458,7 @@ impl Runtime {
         {
             return Err(Error::io("remove", dir, e));
         }
-        self.store.delete_pod(&pod.id)?;
+        self.store.delete_pod(&pod.id).await?;
         self.release_name(&pod.id);
         lock(&self.index).pods.remove(&pod.id);
         Ok(())

@@ -66,7 +66,16 @@ pub struct ReconcileReport {
     pub undone: usize,
     /// Directories and mounts no record owned, removed.
     pub orphans_removed: usize,
+    /// Removals whose intent was recorded and that a crash cut short: finished.
+    pub removals_finished: usize,
+    /// Containers whose files are gone though no removal was recorded: reported to kubelet
+    /// as exited with reason [`FILES_LOST`], never dropped.
+    pub files_lost: usize,
 }
+
+/// The reason of a container whose files were found gone at start without a recorded
+/// removal (a crash lost what its creation wrote, or something outside deleted them).
+pub const FILES_LOST: &str = "FilesLost";
 
 /// How many pods and containers are in each state, as the List RPCs would show them, and
 /// how many pod monitors run: what a metrics scrape reports, counted without building
@@ -85,6 +94,9 @@ pub struct Census {
     pub containers_exited: usize,
     /// Pod monitors believed alive, including those of pods still being created.
     pub monitors: usize,
+    /// Listed containers whose files were found gone without a recorded removal (reason
+    /// [`FILES_LOST`]): a fault, shown until kubelet removes them.
+    pub containers_files_lost: usize,
 }
 
 impl Census {
@@ -165,6 +177,9 @@ pub struct Runtime {
     pub(crate) monitor_exe: std::sync::OnceLock<Arc<std::os::fd::OwnedFd>>,
     pub(crate) oom_floor: i32,
     pub(crate) rebooted: bool,
+    /// Records found at open with their removal under way (`removing`): never listed,
+    /// finished by [`Runtime::reconcile`].
+    pub(crate) removals: Mutex<Vec<ContainerRecord>>,
     pub(crate) me: Weak<Runtime>,
 }
 
@@ -197,7 +212,7 @@ fn read_boot_id() -> String {
 impl Runtime {
     /// Opens the runtime: creates its tables and loads every record. Does no work per pod
     /// beyond reading records; call [`Runtime::reconcile`] next.
-    pub fn open(opts: RuntimeOptions, db: Arc<redb::Database>) -> Result<Arc<Runtime>> {
+    pub fn open(opts: RuntimeOptions, db: berth_db::Db) -> Result<Arc<Runtime>> {
         // Directories are made on first use, and the boot id is recorded by reconcile: opening
         // writes nothing outside the database.
         let rebooted = match std::fs::read_to_string(opts.state.join("boot_id")) {
@@ -206,6 +221,7 @@ impl Runtime {
         };
         let store = Store::open(db)?;
         let mut index = Index::default();
+        let mut removals = Vec::new();
         for rec in store.pods()? {
             let entry = PodEntry::new(&opts, rec);
             if let Some(m) = &lock(&entry.rec).config.metadata {
@@ -214,6 +230,10 @@ impl Runtime {
             index.pods.insert(entry.id.clone(), Arc::new(entry));
         }
         for rec in store.containers()? {
+            if rec.removing {
+                removals.push(rec);
+                continue;
+            }
             if let (Some(m), Some(pod)) = (&rec.config.metadata, index.pods.get(&rec.pod_id))
                 && let Some(pm) = &lock(&pod.rec).config.metadata
             {
@@ -239,6 +259,7 @@ impl Runtime {
             monitor_exe: std::sync::OnceLock::new(),
             oom_floor: own_oom,
             rebooted,
+            removals: Mutex::new(removals),
             me: me.clone(),
         }))
     }
@@ -255,13 +276,18 @@ impl Runtime {
                 idx.containers.values().cloned().collect(),
             )
         };
-        Census::count(
+        let mut census = Census::count(
             pods.iter().map(|p| {
                 let rec = lock(&p.rec);
                 (rec.phase, rec.confirmed)
             }),
             containers.iter().map(|c| lock(&c.rec).phase),
-        )
+        );
+        census.containers_files_lost = containers
+            .iter()
+            .filter(|c| lock(&c.rec).reason == FILES_LOST)
+            .count();
+        census
     }
 
     /// The sealed copy of the monitor binary, made now if this is the first pod.
@@ -430,9 +456,10 @@ impl Runtime {
             } else {
                 "Error".into()
             };
-            if let Err(e) = self.store.put_container(&rec) {
-                tracing::warn!(container = %c.id, error = %e.full_message(), "cannot record exit");
-            }
+            // Durable with the next group commit, not waited for here (this is the monitor's
+            // event, not a call): a call that tells of it (StopContainer) flushes first, and
+            // until then the monitor still holds the exit for a restarted daemon.
+            drop(self.store.put_container(&rec));
             self.release_cgroup(&c.id, rec.cgroup.clone());
             if c.starting.load(Ordering::SeqCst) {
                 // It exited before StartContainer told of its start: that call tells both.
@@ -482,9 +509,8 @@ impl Runtime {
             rec.exit_code = 255;
             rec.reason = "Unknown".into();
             rec.message = "the pod's monitor ended before the container's exit was recorded".into();
-            if let Err(e) = self.store.put_container(&rec) {
-                tracing::warn!(container = %c.id, error = %e.full_message(), "cannot record exit");
-            }
+            // As in apply_exit: the calls that tell of it flush first.
+            drop(self.store.put_container(&rec));
         }
         c.exited.send_replace(true);
         self.emit(ContainerEventType::ContainerStoppedEvent, &c.id, &c.pod_id);
@@ -509,9 +535,8 @@ impl Runtime {
             }
             tracing::warn!(pod = %pod.id, "pod monitor exited unexpectedly");
             rec.phase = PodPhase::NotReady;
-            if let Err(e) = self.store.put_pod(&rec) {
-                tracing::warn!(pod = %pod.id, error = %e.full_message(), "cannot record pod state");
-            }
+            // Queued; a restart finds the monitor gone again if this is lost.
+            drop(self.store.put_pod(&rec));
         }
         // The pod sandbox stopped, as containerd tells of a sandbox whose task exited.
         self.emit(ContainerEventType::ContainerStoppedEvent, &pod.id, &pod.id);
@@ -533,7 +558,8 @@ impl Runtime {
                         let mut rec = lock(&c.rec);
                         rec.phase = ContainerPhase::Running;
                         rec.started_at = s.started_at;
-                        let _ = self.store.put_container(&rec);
+                        // Reconcile flushes before it returns.
+                        drop(self.store.put_container(&rec));
                     }
                     if let Some(exit) = s.exit {
                         self.apply_exit(&c, exit);
@@ -624,15 +650,24 @@ impl Runtime {
                 PodPhase::NotReady => {}
             }
         }
+        // Removals that RemoveContainer answered (their intent is durable) and a crash cut
+        // short: the files go first, then the record.
+        let removals = std::mem::take(&mut *lock(&self.removals));
+        for rec in removals {
+            self.release_container_state(&rec.id, &rec.cgroup, rec.spec.oci.as_ref());
+            for dir in self.container_dirs(&rec.id) {
+                for d in [aside(&dir), dir] {
+                    let _ = std::fs::remove_dir_all(d);
+                }
+            }
+            drop(self.store.delete_container(&rec.id));
+            report.removals_finished += 1;
+        }
         let containers: Vec<Arc<ContainerEntry>> =
             lock(&self.index).containers.values().cloned().collect();
         for c in containers {
             let (phase, orphan) = (lock(&c.rec).phase, self.find_pod(&c.pod_id).is_none());
-            // A removal whose (deferred) record deletion did not reach the disk: its files
-            // are gone, so it is finished now (see Store::delete_container).
-            let removed =
-                phase != ContainerPhase::Creating && !self.container_root_dir(&c.id).exists();
-            if phase == ContainerPhase::Creating || orphan || removed {
+            if phase == ContainerPhase::Creating || orphan {
                 // The monitor may hold it already (the daemon stopped between the monitor's
                 // answer and the record): a never-started container is dropped there too.
                 if let Some(pod) = self.find_pod(&c.pod_id) {
@@ -643,10 +678,46 @@ impl Runtime {
                 }
                 self.forget_container(&c);
                 report.undone += 1;
+            } else if !self.container_root_dir(&c.id).exists() {
+                self.report_files_lost(&c);
+                report.files_lost += 1;
             }
         }
         report.orphans_removed = self.remove_orphans() + self.prune_cgroups();
+        // What reconciliation wrote is durable before any call is answered.
+        self.store.flush().await?;
         Ok(report)
+    }
+
+    /// A container whose files are gone though its removal was never recorded: not a
+    /// removal to finish (nothing says one began) but a fault. It stays, exited with reason
+    /// [`FILES_LOST`], so that kubelet sees it and removes it; the log and the census tell.
+    fn report_files_lost(&self, c: &ContainerEntry) {
+        let dir = self.container_root_dir(&c.id);
+        {
+            let mut rec = lock(&c.rec);
+            tracing::error!(
+                container = %c.id,
+                pod = %c.pod_id,
+                dir = %dir.display(),
+                phase = ?rec.phase,
+                "container files lost: its record has no removal intent; reported exited"
+            );
+            if rec.phase != ContainerPhase::Exited {
+                rec.phase = ContainerPhase::Exited;
+                rec.exit_code = 255;
+                if rec.finished_at == 0 {
+                    rec.finished_at = sys::now_ns();
+                }
+            }
+            rec.reason = FILES_LOST.into();
+            rec.message = format!(
+                "the container's files under {} are gone but its removal was never recorded",
+                dir.display()
+            );
+            drop(self.store.put_container(&rec));
+        }
+        c.exited.send_replace(true);
     }
 
     fn prune_cgroups(&self) -> usize {
@@ -716,74 +787,117 @@ impl Runtime {
         n
     }
 
-    /// Drops a container's record, name and directories (its processes are gone).
+    /// The container's writable layer and run directory.
+    fn container_dirs(&self, id: &str) -> [PathBuf; 2] {
+        [self.container_root_dir(id), self.container_state_dir(id)]
+    }
+
+    /// Removes what a container holds besides its directories: its cgroup, and an OCI
+    /// runtime's state (the monitor deletes what it ran; this is for a monitor that is gone).
+    fn release_container_state(
+        &self,
+        id: &str,
+        cgroup: &str,
+        oci: Option<&crate::spec::OciRuntimeSpec>,
+    ) {
+        if let Some(rt) = oci {
+            crate::oci::forget_state(rt, id);
+        }
+        if let Err(e) = self.opts.cgroups.remove(cgroup) {
+            tracing::warn!(container = %id, error = %e.full_message(), "cannot remove cgroup");
+        }
+    }
+
+    /// Drops a container that was never acknowledged as made (undone at start or on a failed
+    /// create) or whose pod is gone: directories, then record, name and index entry. The
+    /// record's deletion is queued, not waited for: a crash before it brings the same undo
+    /// again.
     pub(crate) fn forget_container(&self, c: &ContainerEntry) {
-        self.forget_container_with(c, false);
-    }
-
-    /// [`Runtime::forget_container`] for RemoveContainer: the directories are deleted in the
-    /// background, off kubelet's path (their paths are free at once).
-    pub(crate) fn forget_removed_container(&self, c: &ContainerEntry) {
-        self.forget_container_with(c, true);
-    }
-
-    fn forget_container_with(&self, c: &ContainerEntry, background: bool) {
         let (cgroup, oci) = {
             let rec = lock(&c.rec);
             (rec.cgroup.clone(), rec.spec.oci.clone())
         };
-        if let Some(rt) = oci {
-            // The monitor deletes what it ran; this is for a monitor that is gone.
-            crate::oci::forget_state(&rt, &c.id);
+        self.release_container_state(&c.id, &cgroup, oci.as_ref());
+        for dir in self.container_dirs(&c.id) {
+            let _ = std::fs::remove_dir_all(dir);
         }
-        if let Err(e) = self.opts.cgroups.remove(&cgroup) {
-            tracing::warn!(container = %c.id, error = %e.full_message(), "cannot remove cgroup");
-        }
-        let dirs = [
-            self.container_root_dir(&c.id),
-            self.container_state_dir(&c.id),
-        ];
-        if background {
-            remove_dirs_later(dirs.into());
-        } else {
-            for dir in dirs {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
-        if let Err(e) = self.store.delete_container(&c.id) {
-            tracing::warn!(container = %c.id, error = %e.full_message(), "cannot delete record");
-        }
+        drop(self.store.delete_container(&c.id));
         self.release_name(&c.id);
         lock(&self.index).containers.remove(&c.id);
     }
+
+    /// RemoveContainer's part after the monitor dropped the container: records the removal
+    /// intent durably, with `also` (the image lease's end) in the same transaction (the
+    /// call's acknowledgement rests on it), then the container is gone
+    /// from every list; its directories are deleted in the background, off kubelet's path,
+    /// and only then its record. A crash anywhere after the intent is finished at the next
+    /// start; before it, nothing was acknowledged.
+    pub(crate) async fn forget_removed_container(
+        &self,
+        c: &ContainerEntry,
+        also: Option<berth_db::Write>,
+    ) -> Result<()> {
+        let intent = {
+            let mut rec = lock(&c.rec);
+            rec.removing = true;
+            match also {
+                Some(w) => self.store.put_container_with(&rec, w),
+                None => self.store.put_container(&rec),
+            }
+        };
+        if let Err(e) = intent.await {
+            lock(&c.rec).removing = false;
+            return Err(e);
+        }
+        let (cgroup, oci) = {
+            let rec = lock(&c.rec);
+            (rec.cgroup.clone(), rec.spec.oci.clone())
+        };
+        self.release_container_state(&c.id, &cgroup, oci.as_ref());
+        self.release_name(&c.id);
+        lock(&self.index).containers.remove(&c.id);
+        let (store, id) = (self.store.clone(), c.id.clone());
+        remove_dirs_later(self.container_dirs(&c.id).into(), move || {
+            // Queued behind the intent; durable with the next group commit.
+            drop(store.delete_container(&id));
+        });
+        Ok(())
+    }
+}
+
+/// Where [`remove_dirs_later`] moves `dir` before deleting it.
+fn aside(dir: &Path) -> PathBuf {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.with_file_name(format!(".removed-{name}"))
 }
 
 /// Removes directories off the caller's path (RemoveContainer is on kubelet's): each is
 /// renamed aside to `.removed-<name>` at once, so its path is free, then deleted on a
-/// blocking thread. No record owns such a name, so a start that finds one left by a crash
-/// removes it with the other orphans.
-fn remove_dirs_later(dirs: Vec<PathBuf>) {
-    let mut aside = Vec::with_capacity(dirs.len());
+/// blocking thread, after which `then` runs. No record owns such a name, so a start that
+/// finds one left by a crash removes it with the other orphans.
+fn remove_dirs_later(dirs: Vec<PathBuf>, then: impl FnOnce() + Send + 'static) {
+    let mut moved = Vec::with_capacity(dirs.len());
     for dir in dirs {
-        let Some(name) = dir.file_name() else {
+        if dir.file_name().is_none() {
             continue;
-        };
-        let to = dir.with_file_name(format!(".removed-{}", name.to_string_lossy()));
+        }
+        let to = aside(&dir);
         match std::fs::rename(&dir, &to) {
-            Ok(()) => aside.push(to),
+            Ok(()) => moved.push(to),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(_) => {
                 let _ = std::fs::remove_dir_all(&dir);
             }
         }
     }
-    if aside.is_empty() {
-        return;
-    }
     let remove = move || {
-        for dir in aside {
+        for dir in moved {
             let _ = std::fs::remove_dir_all(&dir);
         }
+        then();
     };
     // A runtime being dropped still finishes its blocking tasks.
     match tokio::runtime::Handle::try_current() {
@@ -855,6 +969,7 @@ mod tests {
                 containers_running: 2,
                 containers_exited: 1,
                 monitors: 3,
+                containers_files_lost: 0,
             }
         );
     }

@@ -656,10 +656,37 @@ async fn restart_readopts_running_and_exited_containers() {
     );
 }
 
-/// RemoveContainer deletes the record without waiting for the disk: a crash can lose the
-/// deletion after the files are gone. The next start finishes that removal.
+/// The runtime's container table, as a crash leaves it (tests write it directly).
+const CONTAINERS: redb::TableDefinition<&str, &[u8]> =
+    redb::TableDefinition::new("runtime_containers");
+
+fn record(env: &Env, id: &str) -> Option<berth_runtime::ContainerRecord> {
+    use redb::ReadableDatabase;
+    let tx = env.db.begin_read().unwrap();
+    let t = tx.open_table(CONTAINERS).unwrap();
+    let v = t.get(id).unwrap()?;
+    Some(serde_json::from_slice(v.value()).unwrap())
+}
+
+fn put_record(env: &Env, rec: &berth_runtime::ContainerRecord) {
+    let (id, bytes) = (rec.id.clone(), serde_json::to_vec(rec).unwrap());
+    env.db
+        .write(move |tx: &redb::WriteTransaction| {
+            tx.open_table(CONTAINERS)
+                .unwrap()
+                .insert(id.as_str(), bytes.as_slice())
+                .unwrap();
+            Ok::<(), berth_db::Error>(())
+        })
+        .wait()
+        .unwrap();
+}
+
+/// RemoveContainer answers once its removal intent is durable; the files and then the
+/// record go after. A crash in between leaves the intent and some files: the next start
+/// finishes that removal, and the container never shows again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_removal_cut_short_is_finished_at_the_next_start() {
+async fn a_removal_cut_short_after_its_intent_is_finished_at_the_next_start() {
     if !can_run() {
         return;
     }
@@ -674,11 +701,25 @@ async fn a_removal_cut_short_is_finished_at_the_next_start() {
         .await;
     env.wait_exit(&kept, Duration::from_secs(10)).await;
     env.wait_exit(&cut, Duration::from_secs(10)).await;
-    // What RemoveContainer did before the crash: its files are gone, its record is not.
+    // What RemoveContainer did before the crash: the intent, and one of two directories.
+    let mut rec = record(&env, &cut).expect("the record");
+    assert!(!rec.removing);
+    rec.removing = true;
+    put_record(&env, &rec);
     std::fs::remove_dir_all(env.path().join("root/containers").join(&cut)).unwrap();
+    let run_dir = env.path().join("state/containers").join(&cut);
+    assert!(run_dir.exists());
     env.reopen();
+    // Not listed even before reconciliation finishes it.
+    assert!(env.rt.container_status(&cut, false).is_err());
     let report = env.rt.reconcile().await.unwrap();
-    assert_eq!(report.undone, 1, "{report:?}");
+    assert_eq!(
+        (report.removals_finished, report.files_lost, report.undone),
+        (1, 0, 0),
+        "{report:?}"
+    );
+    assert!(!run_dir.exists(), "the removal's files are gone");
+    assert!(record(&env, &cut).is_none(), "and then its record");
     let ids: Vec<String> = env
         .rt
         .list_containers(None)
@@ -697,6 +738,59 @@ async fn a_removal_cut_short_is_finished_at_the_next_start() {
             .exit_code,
         5
     );
+    // A removal that completes leaves neither files nor record.
+    env.rt.remove_container(&again).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while record(&env, &again).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the record of a removed container stays"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!env.path().join("root/containers").join(&again).exists());
+}
+
+/// A record whose files are gone and that says no removal began (a power loss that lost
+/// the directories its creation made, or someone deleting them) is a fault: the container
+/// stays listed, exited with reason FilesLost, and counted, until kubelet removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_whose_files_vanished_is_reported_not_dropped() {
+    if !can_run() {
+        return;
+    }
+    let mut env = Env::new();
+    let pc = env.pod_config("lost");
+    let pod = env.run_pod(&pc).await;
+    let lost = env
+        .run(&pod, &pc, &env.container_config("lost", &["exit 0"]))
+        .await;
+    env.wait_exit(&lost, Duration::from_secs(10)).await;
+    std::fs::remove_dir_all(env.path().join("root/containers").join(&lost)).unwrap();
+    env.reopen();
+    let report = env.rt.reconcile().await.unwrap();
+    assert_eq!(
+        (report.files_lost, report.removals_finished, report.undone),
+        (1, 0, 0),
+        "{report:?}"
+    );
+    let s = env.status(&lost);
+    assert_eq!(s.state, ContainerState::ContainerExited as i32);
+    assert_eq!(s.reason, berth_runtime::FILES_LOST);
+    assert!(
+        s.message.contains("removal was never recorded"),
+        "{}",
+        s.message
+    );
+    assert_eq!(env.rt.census().containers_files_lost, 1);
+    // Durable: another start still reports it.
+    env.reopen();
+    env.rt.reconcile().await.unwrap();
+    assert_eq!(env.status(&lost).reason, berth_runtime::FILES_LOST);
+    // kubelet removes it as any exited container.
+    env.rt.remove_container(&lost).await.unwrap();
+    assert!(env.rt.container_status(&lost, false).is_err());
+    assert_eq!(env.rt.census().containers_files_lost, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,6 +100,7 @@ pub struct Metrics {
     pods: Family<StateLabels, Gauge>,
     containers: Family<StateLabels, Gauge>,
     monitors: Gauge,
+    files_lost: Gauge,
     pulls: Family<ResultLabels, Counter>,
     pull_bytes: Counter,
     pull_seconds: Histogram,
@@ -145,6 +146,13 @@ impl Metrics {
             "monitors",
             "Pod monitor processes running",
             monitors.clone(),
+        );
+        let files_lost = Gauge::default();
+        registry.register(
+            "containers_files_lost",
+            "Containers whose files were found gone at start though no removal was recorded \
+             (listed exited with reason FilesLost until removed): a fault",
+            files_lost.clone(),
         );
         let pulls = Family::<ResultLabels, Counter>::default();
         registry.register(
@@ -205,6 +213,7 @@ impl Metrics {
             pods,
             containers,
             monitors,
+            files_lost,
             pulls,
             pull_bytes,
             pull_seconds,
@@ -263,6 +272,8 @@ impl Metrics {
         set(&self.containers, "exited", census.containers_exited);
         self.monitors
             .set(i64::try_from(census.monitors).unwrap_or(i64::MAX));
+        self.files_lost
+            .set(i64::try_from(census.containers_files_lost).unwrap_or(i64::MAX));
         let mut text = String::with_capacity(8 << 10);
         // Writing to a String cannot fail, and every metric here encodes.
         prometheus_client::encoding::text::encode(&mut text, &self.registry)

@@ -78,6 +78,7 @@ fn gauges_follow_the_census_of_each_scrape() {
         containers_running: 3,
         containers_exited: 4,
         monitors: 2,
+        containers_files_lost: 1,
     };
     let text = m.render(&census);
     let value = |s: &str| sample(&text, s);
@@ -87,6 +88,7 @@ fn gauges_follow_the_census_of_each_scrape() {
     assert_eq!(value(r#"berth_containers{state="running"}"#), Some(3.0));
     assert_eq!(value(r#"berth_containers{state="exited"}"#), Some(4.0));
     assert_eq!(value("berth_monitors"), Some(2.0));
+    assert_eq!(value("berth_containers_files_lost"), Some(1.0));
     // A later scrape shows the later state, zeros included.
     let text = m.render(&Census::default());
     assert_eq!(sample(&text, r#"berth_pods{state="ready"}"#), Some(0.0));

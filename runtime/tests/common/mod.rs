@@ -71,7 +71,7 @@ pub fn busybox_rootfs(dir: &Path) {
 /// A private runtime and everything it made, removed when dropped.
 pub struct Env {
     pub dir: tempfile::TempDir,
-    pub db: Arc<redb::Database>,
+    pub db: berth_db::Db,
     pub rt: Arc<Runtime>,
     pub image: ImageInfo,
 }
@@ -84,7 +84,7 @@ impl Env {
             .unwrap();
         let rootfs = dir.path().join("image");
         busybox_rootfs(&rootfs);
-        let db = Arc::new(redb::Database::create(dir.path().join("berth.db")).unwrap());
+        let db = berth_db::Db::create(dir.path().join("berth.db")).unwrap();
         let rt = Runtime::open(Self::options(dir.path()), db.clone()).unwrap();
         let image = ImageInfo {
             id: "sha256:busybox".into(),
