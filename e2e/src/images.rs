@@ -657,34 +657,40 @@ pub fn layered() -> Result<TestImage> {
     )
 }
 
-/// Builds and pushes a test's own image: the busybox rootfs with `extra` as a layer on top
-/// and busybox's run config as `run` changes it, as `berth-e2e/<name>:1` in the loopback
-/// registry. Returns the reference to pull (the registry's own address: no mirror).
-/// For the hostile images of the security tests, which no other test should see.
+/// Builds an image of `layers` (bottom first) with `run` as its config and pushes it to the
+/// loopback registry as `<repository>:1`. Returns the reference to pull (the registry's own
+/// address: no mirror). For the hostile images of the security tests, which no other test
+/// should see.
+pub async fn push_layers(repository: &str, layers: Vec<Layer>, run: &RunConfig) -> Result<String> {
+    let env = Env::try_get()?;
+    let image = TestImage {
+        reference: "",
+        repository: repository.into(),
+        tag: "1".into(),
+        content: Content::Single(Image::build(
+            Format::Oci,
+            Platform::host(),
+            run,
+            layers,
+            repository,
+        )?),
+    };
+    push(&RegistryClient::new(&env.registry)?, &image).await?;
+    Ok(format!("{}/{repository}:1", env.registry))
+}
+
+/// [`push_layers`] of the busybox rootfs with `extra` on top, with busybox's run config as
+/// `run` changes it, as `berth-e2e/<name>:1`.
 pub async fn push_busybox_with(
     name: &str,
     extra: &LayerBuilder,
     run: impl FnOnce(&mut RunConfig),
 ) -> Result<String> {
-    let env = Env::try_get()?;
     let base = busybox_rootfs(&HostBusybox::find()?)?.build(Compression::Gzip)?;
     let mut config = busybox_run();
     run(&mut config);
-    let repository = format!("berth-e2e/{name}");
-    let image = TestImage {
-        reference: "",
-        repository: repository.clone(),
-        tag: "1".into(),
-        content: Content::Single(Image::build(
-            Format::Oci,
-            Platform::host(),
-            &config,
-            vec![base, extra.build(Compression::Gzip)?],
-            name,
-        )?),
-    };
-    push(&RegistryClient::new(&env.registry)?, &image).await?;
-    Ok(format!("{}/{repository}:1", env.registry))
+    let layers = vec![base, extra.build(Compression::Gzip)?];
+    push_layers(&format!("berth-e2e/{name}"), layers, &config).await
 }
 
 /// Pushes `image` (blobs, then manifests, then the tag).

@@ -7,14 +7,13 @@
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
+use berth_e2e::Daemon;
 use berth_e2e::fixtures::{
     container_config, container_status, exec_sync, pod_config, pull, remove_pod, run_pod,
     start_container,
 };
 use berth_e2e::images::{self, HostBusybox};
-use berth_e2e::oci::{Compression, Format, Image, Layer, LayerBuilder, Platform, RunConfig};
-use berth_e2e::registry::RegistryClient;
-use berth_e2e::{Daemon, Env};
+use berth_e2e::oci::{Compression, Layer, LayerBuilder, RunConfig};
 use k8s_cri::v1::security_profile::ProfileType;
 use k8s_cri::v1::*;
 use tonic::Code;
@@ -46,39 +45,16 @@ fn base_layer() -> &'static Layer {
 /// Builds the base image with `top` over it and `user` as its USER, pushes it to the
 /// loopback registry as `berth-e2e/identity-<name>:1`, and returns that reference.
 async fn push_image(name: &str, top: LayerBuilder, user: Option<&str>) -> String {
-    let env = Env::get();
     let run = RunConfig {
         user: user.map(str::to_string),
         env: vec![images::PATH_ENV.into()],
         cmd: Some(vec!["sh".into()]),
         ..RunConfig::default()
     };
-    let img = Image::build(
-        Format::Oci,
-        Platform::host(),
-        &run,
-        vec![base_layer().clone(), top.build(Compression::Gzip).unwrap()],
-        name,
-    )
-    .unwrap();
-    let registry = RegistryClient::new(&env.registry).unwrap();
-    let repo = format!("berth-e2e/identity-{name}");
-    for b in img.layers.iter().map(|l| &l.blob).chain([&img.config]) {
-        registry
-            .push_blob(&repo, &b.digest, b.data.clone())
-            .await
-            .unwrap();
-    }
-    registry
-        .push_manifest(
-            &repo,
-            "1",
-            &img.manifest.media_type,
-            img.manifest.data.clone(),
-        )
+    let layers = vec![base_layer().clone(), top.build(Compression::Gzip).unwrap()];
+    images::push_layers(&format!("berth-e2e/identity-{name}"), layers, &run)
         .await
-        .unwrap();
-    format!("{}/{repo}:1", env.registry)
+        .expect("push the image")
 }
 
 /// A container of `image` running `sleep`, with `sc` as its security context.

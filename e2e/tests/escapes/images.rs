@@ -15,8 +15,7 @@ use berth_e2e::fixtures::{
     container_config, exec_sync, pod_config, remove_pod, run_pod, start_container,
 };
 use berth_e2e::images::{self, HostBusybox};
-use berth_e2e::oci::{self, Blob, Compression, Format, Layer, Platform, RunConfig};
-use berth_e2e::registry::RegistryClient;
+use berth_e2e::oci::{self, Blob, Compression, Layer, RunConfig};
 use berth_e2e::{Daemon, Env};
 use k8s_cri::v1::{AuthConfig, ImageSpec, PullImageRequest, RemoveImageRequest};
 use sha2::{Digest, Sha256};
@@ -113,29 +112,13 @@ fn busybox_layer() -> Layer {
 /// Pushes an image of `layers` (bottom first) to the harness registry as `repo:1`;
 /// returns the reference to pull (straight from the registry, no mirror).
 async fn push(repo: &str, layers: Vec<Layer>) -> String {
-    let env = Env::get();
-    let registry = RegistryClient::new(&env.registry).unwrap();
     let run = RunConfig {
         env: vec![images::PATH_ENV.into()],
         ..RunConfig::default()
     };
-    let img = oci::Image::build(Format::Oci, Platform::host(), &run, layers, repo).unwrap();
-    for b in img.layers.iter().map(|l| &l.blob).chain([&img.config]) {
-        registry
-            .push_blob(repo, &b.digest, b.data.clone())
-            .await
-            .unwrap();
-    }
-    registry
-        .push_manifest(
-            repo,
-            "1",
-            &img.manifest.media_type,
-            img.manifest.data.clone(),
-        )
+    images::push_layers(repo, layers, &run)
         .await
-        .unwrap();
-    format!("{}/{repo}:1", env.registry)
+        .expect("push the image")
 }
 
 // ---- what the daemon shows ------------------------------------------------------------
