@@ -71,7 +71,7 @@ struct Entry<S> {
     removal_checked: bool,
 }
 
-impl<S: Copy + PartialEq> Entry<S> {
+impl<S: Copy + PartialEq + std::fmt::Debug> Entry<S> {
     fn new() -> Self {
         Entry {
             id: None,
@@ -102,6 +102,30 @@ impl<S: Copy + PartialEq> Entry<S> {
     /// Its removal was acknowledged, and is not checked yet.
     fn removal_to_check(&self) -> bool {
         self.removal_acked && !self.removal_checked && self.may_be == [None]
+    }
+
+    /// Checks what a restart showed of it (`what`, after kill `kill`) against what it may
+    /// be: an acknowledged removal seen again is resurrected, any other surprise lost. Then
+    /// takes `observed` as known. Returns whether this checked its acknowledged removal for
+    /// the first time.
+    fn observe(&mut self, what: &str, kill: u64, observed: Option<S>, v: &mut Violations) -> bool {
+        if !self.may_be.contains(&observed) {
+            let found = format!(
+                "kill {kill}: {what} ({:?}) is {observed:?}, may be {:?}",
+                self.id, self.may_be
+            );
+            if observed.is_some() && self.may_be == [None] {
+                v.resurrected.push(found);
+            } else {
+                v.lost.push(found);
+            }
+        }
+        let removal_checked = self.removal_to_check();
+        if removal_checked {
+            self.removal_checked = true;
+        }
+        self.is(observed);
+        removal_checked
     }
 }
 
@@ -491,23 +515,10 @@ async fn check_invariants(d: &Daemon, model: &Shared, kill: u64) -> Violations {
                 seen_pods.insert(p.id.clone());
                 e.id.get_or_insert_with(|| p.id.clone());
             }
-            if !e.may_be.contains(&observed) {
-                let what = format!(
-                    "kill {kill}: pod {name} ({:?}) is {observed:?}, may be {:?}",
-                    e.id, e.may_be
-                );
-                if observed.is_some() && e.may_be == [None] {
-                    v.resurrected.push(what);
-                } else {
-                    v.lost.push(what);
-                }
-            }
-            if e.removal_to_check() {
-                e.removal_checked = true;
+            if e.observe(&format!("pod {name}"), kill, observed, &mut v) {
                 m.removals_checked += 1;
                 gone_pods.push((name.clone(), e.id.clone().unwrap_or_default()));
             }
-            e.is(observed);
         }
         for (key, e) in m.ctrs.iter_mut() {
             let (pod_name, cname) = key.split_once('/').expect("pod/container");
@@ -524,23 +535,10 @@ async fn check_invariants(d: &Daemon, model: &Shared, kill: u64) -> Violations {
                 seen_ctrs.insert(c.id.clone());
                 e.id.get_or_insert_with(|| c.id.clone());
             }
-            if !e.may_be.contains(&observed) {
-                let what = format!(
-                    "kill {kill}: container {key} ({:?}) is {observed:?}, may be {:?}",
-                    e.id, e.may_be
-                );
-                if observed.is_some() && e.may_be == [None] {
-                    v.resurrected.push(what);
-                } else {
-                    v.lost.push(what);
-                }
-            }
-            if e.removal_to_check() {
-                e.removal_checked = true;
+            if e.observe(&format!("container {key}"), kill, observed, &mut v) {
                 m.removals_checked += 1;
                 gone_ctrs.push((key.clone(), e.id.clone().unwrap_or_default()));
             }
-            e.is(observed);
         }
     }
     for p in &pods {
