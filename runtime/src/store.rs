@@ -419,84 +419,71 @@ mod tests {
             .flat_map(|t| t.join().unwrap())
             .collect();
         let mut checked = 0;
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        for at in rec.crash_points() {
-            for variant in 0..3 {
-                let image = rec.image_at(at, |_| match variant {
-                    0 => false,
-                    1 => true,
-                    _ => {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        seed & 1 == 0
-                    }
-                });
-                let acked_any = timelines
-                    .iter()
-                    .any(|(_, _, t)| t.first().is_some_and(|&(_, a)| a <= at));
-                if !acked_any {
-                    continue;
-                }
-                let database = redb::Builder::new()
-                    .create_with_backend(ImageBackend::new(image))
-                    .unwrap_or_else(|e| panic!("crash at {at} (variant {variant}): {e}"));
-                let db = Db::new(Arc::new(database)).unwrap();
-                let reopened = Store::open(db).unwrap();
-                let pods: std::collections::HashMap<String, PodRecord> = reopened
-                    .pods()
-                    .unwrap()
-                    .into_iter()
-                    .map(|p| (p.id.clone(), p))
-                    .collect();
-                let containers: std::collections::HashMap<String, ContainerRecord> = reopened
-                    .containers()
-                    .unwrap()
-                    .into_iter()
-                    .map(|c| (c.id.clone(), c))
-                    .collect();
-                for (id, is_pod, t) in &timelines {
-                    // What the reopened store holds, as a step's record would encode it.
-                    let found = if *is_pod {
-                        pods.get(id).map(|p| serde_json::to_vec(p).unwrap())
-                    } else {
-                        containers.get(id).map(|c| serde_json::to_vec(c).unwrap())
-                    };
-                    let encode = |step: usize| -> Option<Vec<u8>> {
-                        if *is_pod {
-                            pod_steps(id)[step]
-                                .as_ref()
-                                .map(|p| serde_json::to_vec(p).unwrap())
-                        } else {
-                            container_steps(id)[step]
-                                .as_ref()
-                                .map(|c| serde_json::to_vec(c).unwrap())
-                        }
-                    };
-                    let last_acked = t.iter().rposition(|&(_, acked)| acked <= at);
-                    // The allowed steps: the last acknowledged, and the next if queued.
-                    let mut allowed: Vec<Option<Vec<u8>>> = Vec::new();
-                    match last_acked {
-                        Some(s) => allowed.push(encode(s)),
-                        None => allowed.push(None),
-                    }
-                    let next = last_acked.map_or(0, |s| s + 1);
-                    if let Some(&(queued, _)) = t.get(next)
-                        && queued <= at
-                    {
-                        allowed.push(encode(next));
-                    }
-                    assert!(
-                        allowed.contains(&found),
-                        "power loss at {at} (variant {variant}, {} writes in doubt): record \
-                         {id} is {found:?}, acknowledged step {last_acked:?}",
-                        rec.in_doubt(at),
-                        found = found.map(|b| String::from_utf8_lossy(&b).into_owned()),
-                    );
-                    checked += 1;
-                }
+        rec.for_each_crash(0x9e37_79b9_7f4a_7c15, |at, kept, image| {
+            let acked_any = timelines
+                .iter()
+                .any(|(_, _, t)| t.first().is_some_and(|&(_, a)| a <= at));
+            if !acked_any {
+                return;
             }
-        }
+            let database = redb::Builder::new()
+                .create_with_backend(ImageBackend::new(image))
+                .unwrap_or_else(|e| panic!("crash at {at} ({kept} in doubt kept): {e}"));
+            let db = Db::new(Arc::new(database)).unwrap();
+            let reopened = Store::open(db).unwrap();
+            let pods: std::collections::HashMap<String, PodRecord> = reopened
+                .pods()
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.id.clone(), p))
+                .collect();
+            let containers: std::collections::HashMap<String, ContainerRecord> = reopened
+                .containers()
+                .unwrap()
+                .into_iter()
+                .map(|c| (c.id.clone(), c))
+                .collect();
+            for (id, is_pod, t) in &timelines {
+                // What the reopened store holds, as a step's record would encode it.
+                let found = if *is_pod {
+                    pods.get(id).map(|p| serde_json::to_vec(p).unwrap())
+                } else {
+                    containers.get(id).map(|c| serde_json::to_vec(c).unwrap())
+                };
+                let encode = |step: usize| -> Option<Vec<u8>> {
+                    if *is_pod {
+                        pod_steps(id)[step]
+                            .as_ref()
+                            .map(|p| serde_json::to_vec(p).unwrap())
+                    } else {
+                        container_steps(id)[step]
+                            .as_ref()
+                            .map(|c| serde_json::to_vec(c).unwrap())
+                    }
+                };
+                let last_acked = t.iter().rposition(|&(_, acked)| acked <= at);
+                // The allowed steps: the last acknowledged, and the next if queued.
+                let mut allowed: Vec<Option<Vec<u8>>> = Vec::new();
+                match last_acked {
+                    Some(s) => allowed.push(encode(s)),
+                    None => allowed.push(None),
+                }
+                let next = last_acked.map_or(0, |s| s + 1);
+                if let Some(&(queued, _)) = t.get(next)
+                    && queued <= at
+                {
+                    allowed.push(encode(next));
+                }
+                assert!(
+                    allowed.contains(&found),
+                    "power loss at {at} ({kept} of {} writes in doubt kept): record \
+                         {id} is {found:?}, acknowledged step {last_acked:?}",
+                    rec.in_doubt(at),
+                    found = found.map(|b| String::from_utf8_lossy(&b).into_owned()),
+                );
+                checked += 1;
+            }
+        });
         assert!(checked > 100, "only {checked} checks");
         eprintln!(
             "power loss: {} crash points, {checked} record checks",
