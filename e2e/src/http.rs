@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::{Error, Result};
@@ -73,4 +74,73 @@ pub async fn send(
         headers,
         body,
     })
+}
+
+/// The head of one HTTP/1.1 request, as the tests' own small proxies and token servers read
+/// it (they answer one request per connection).
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    /// `GET /v2/... HTTP/1.1`.
+    pub request_line: String,
+    /// Headers in order, names lower-cased.
+    pub headers: Vec<(String, String)>,
+}
+
+impl RequestHead {
+    /// Reads up to the blank line that ends the head; `None` if the peer closes first.
+    pub async fn read<R: AsyncRead + Unpin>(stream: &mut R) -> Option<RequestHead> {
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 8192];
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            match stream.read(&mut tmp).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let request_line = lines.next().unwrap_or_default().to_owned();
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Some(RequestHead {
+            request_line,
+            headers,
+        })
+    }
+
+    /// A header's value (`name` lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The request target's path, without its query.
+    pub fn path(&self) -> &str {
+        let target = self.request_line.split(' ').nth(1).unwrap_or("/");
+        target.split('?').next().unwrap_or("/")
+    }
+
+    /// Sends the request to `upstream` (`host:port`) on a new connection without its
+    /// `Authorization`, and reads the whole response; `None` if that fails.
+    pub async fn forward_without_credentials(&self, upstream: &str) -> Option<Vec<u8>> {
+        let mut up = TcpStream::connect(upstream).await.ok()?;
+        let mut fwd = format!("{}\r\n", self.request_line);
+        for (k, v) in &self.headers {
+            if k != "authorization" && k != "connection" {
+                fwd.push_str(&format!("{k}: {v}\r\n"));
+            }
+        }
+        fwd.push_str("Connection: close\r\n\r\n");
+        up.write_all(fwd.as_bytes()).await.ok()?;
+        let mut resp = Vec::new();
+        up.read_to_end(&mut resp).await.ok()?;
+        Some(resp)
+    }
 }

@@ -13,6 +13,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use berth_e2e::http::RequestHead;
 use berth_e2e::images::{self, ImageInfo, whiteouts::Expect};
 use berth_e2e::oci::{self, Blob, Compression, Format, Layer, Platform, RunConfig};
 use berth_e2e::registry::RegistryClient;
@@ -22,7 +23,7 @@ use k8s_cri::v1::{
     ImageStatusResponse, ListImagesRequest, PullImageRequest, RemoveImageRequest,
 };
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
 
@@ -285,32 +286,11 @@ impl Proxy {
     }
 
     async fn serve(self: Arc<Self>, mut client: TcpStream) {
-        let mut buf = Vec::new();
-        let mut tmp = [0u8; 8192];
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i;
-            }
-            match client.read(&mut tmp).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            }
+        let Some(head) = RequestHead::read(&mut client).await else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let request_line = lines.next().unwrap_or_default().to_owned();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let header = |k: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.as_str())
-        };
-        let target = request_line.split(' ').nth(1).unwrap_or("/").to_owned();
-        let path = target.split('?').next().unwrap_or("/").to_owned();
+        let header = |k: &str| head.header(k);
+        let path = head.path().to_owned();
         *self
             .state
             .lock()
@@ -370,23 +350,9 @@ impl Proxy {
         }
 
         // Forward, one request per connection, without our Authorization.
-        let Ok(mut up) = TcpStream::connect(&self.upstream).await else {
+        let Some(mut resp) = head.forward_without_credentials(&self.upstream).await else {
             return;
         };
-        let mut fwd = format!("{request_line}\r\n");
-        for (k, v) in &headers {
-            if k != "authorization" && k != "connection" {
-                fwd.push_str(&format!("{k}: {v}\r\n"));
-            }
-        }
-        fwd.push_str("Connection: close\r\n\r\n");
-        if up.write_all(fwd.as_bytes()).await.is_err() {
-            return;
-        }
-        let mut resp = Vec::new();
-        if up.read_to_end(&mut resp).await.is_err() {
-            return;
-        }
         let cut = path.rsplit_once("/blobs/").and_then(|(_, d)| {
             let at = *self.state.lock().unwrap().cut.get(d)?;
             let start = header("range")

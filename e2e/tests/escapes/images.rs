@@ -14,12 +14,13 @@ use std::sync::{Arc, Mutex};
 use berth_e2e::fixtures::{
     container_config, exec_sync, pod_config, remove_pod, run_pod, start_container,
 };
+use berth_e2e::http::RequestHead;
 use berth_e2e::images::{self, HostBusybox};
 use berth_e2e::oci::{self, Blob, Compression, Layer, RunConfig};
 use berth_e2e::{Daemon, Env};
 use k8s_cri::v1::{AuthConfig, ImageSpec, PullImageRequest, RemoveImageRequest};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
 
@@ -642,36 +643,11 @@ impl Server {
     }
 
     async fn serve(self: Arc<Self>, mut client: TcpStream) {
-        let mut buf = Vec::new();
-        let mut tmp = [0u8; 8192];
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i;
-            }
-            match client.read(&mut tmp).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&tmp[..n]),
-            }
+        let Some(head) = RequestHead::read(&mut client).await else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let request_line = lines.next().unwrap_or_default().to_owned();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let authorization = headers
-            .iter()
-            .find(|(k, _)| k == "authorization")
-            .map(|(_, v)| v.clone());
-        let path = request_line
-            .split(' ')
-            .nth(1)
-            .unwrap_or("/")
-            .split('?')
-            .next()
-            .unwrap_or("/")
-            .to_owned();
+        let authorization = head.header("authorization").map(str::to_owned);
+        let path = head.path().to_owned();
         self.seen
             .lock()
             .unwrap()
@@ -720,23 +696,9 @@ impl Server {
             return;
         }
         // Forward to the harness registry, without our Authorization.
-        let Ok(mut up) = TcpStream::connect(&Env::get().registry).await else {
+        let Some(resp) = head.forward_without_credentials(&Env::get().registry).await else {
             return;
         };
-        let mut fwd = format!("{request_line}\r\n");
-        for (k, v) in &headers {
-            if k != "authorization" && k != "connection" {
-                fwd.push_str(&format!("{k}: {v}\r\n"));
-            }
-        }
-        fwd.push_str("Connection: close\r\n\r\n");
-        if up.write_all(fwd.as_bytes()).await.is_err() {
-            return;
-        }
-        let mut resp = Vec::new();
-        if up.read_to_end(&mut resp).await.is_err() {
-            return;
-        }
         let _ = client.write_all(&resp).await;
         let _ = client.shutdown().await;
     }
