@@ -142,6 +142,35 @@ pub async fn remove_pod(d: &Daemon, pod_id: &str) {
         .expect("RemovePodSandbox");
 }
 
+/// The PID of `pod_id`'s monitor, as PodSandboxStatus (verbose) reports it.
+pub async fn monitor_pid(d: &Daemon, pod_id: &str) -> i32 {
+    let info = d
+        .runtime()
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.into(),
+            verbose: true,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+        .info;
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("info JSON");
+    let pid = v["pid"].as_i64().expect("the monitor's pid") as i32;
+    assert!(pid > 1, "{v}");
+    pid
+}
+
+/// SIGKILLs `pod_id`'s monitor, by the PID the daemon reports for it; returns that PID.
+pub async fn kill_monitor(d: &Daemon, pod_id: &str) -> i32 {
+    let pid = monitor_pid(d, pod_id).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the monitor");
+    pid
+}
+
 /// Runs `cmd` in the container with ExecSync; returns (stdout, stderr, exit code).
 pub async fn exec_sync(d: &Daemon, id: &str, cmd: &[&str]) -> (String, String, i32) {
     let r = d

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth_e2e::fixtures::{
-    container_config, container_status, exec_sync, pod_config, pull, remove_pod, run_pod,
-    start_container,
+    container_config, container_status, exec_sync, kill_monitor, pod_config, pull, remove_pod,
+    run_pod, start_container,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
@@ -27,24 +27,7 @@ async fn a_dead_monitor_makes_its_pod_not_ready_and_removal_still_cleans_up() {
         container_config("c", &["sleep", "3600"]),
     )
     .await;
-    let info = d
-        .runtime()
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod_id.clone(),
-            verbose: true,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .info;
-    let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("info JSON");
-    let pid = v["pid"].as_i64().expect("the monitor's pid") as i32;
-    assert!(pid > 1);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill the monitor");
+    kill_monitor(&d, &pod_id).await;
 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

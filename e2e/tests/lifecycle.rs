@@ -5,7 +5,7 @@
 //!
 //! Run through the harness: `scripts/test.sh` (as root).
 
-use berth_e2e::fixtures::{container_config, pod_config, wait_exited};
+use berth_e2e::fixtures::{container_config, kill_monitor, monitor_pid, pod_config, wait_exited};
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
 use tonic::Code;
@@ -567,20 +567,7 @@ async fn reads_right_after_a_crash_never_show_dead_pods_ready_or_removed_objects
             removed_containers.push(gone);
         }
         if i < 3 {
-            let info = d
-                .runtime()
-                .pod_sandbox_status(PodSandboxStatusRequest {
-                    pod_sandbox_id: pod.clone(),
-                    verbose: true,
-                })
-                .await
-                .expect("PodSandboxStatus")
-                .into_inner()
-                .info;
-            let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("info JSON");
-            let pid = v["pid"].as_i64().expect("the monitor's pid") as i32;
-            assert!(pid > 1, "{v}");
-            monitors.push(pid);
+            monitors.push(monitor_pid(&d, &pod).await);
             dead_pods.push(pod);
             dead_containers.push(sleeper);
         } else {
@@ -859,24 +846,7 @@ async fn events_tell_of_the_pod_sandbox_in_order_with_its_status() {
         next_event(&mut events).await.container_event_type,
         ContainerStartedEvent as i32
     );
-    let info = d
-        .runtime()
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: true,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .info;
-    let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("info JSON");
-    let pid = v["pid"].as_i64().expect("the monitor's pid") as i32;
-    assert!(pid > 1, "{v}");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill the monitor");
+    kill_monitor(&d, &pod).await;
     let ev = next_event(&mut events).await;
     assert_eq!(
         (ev.container_id.as_str(), ev.container_event_type),

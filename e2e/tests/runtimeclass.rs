@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_e2e::fixtures::{
-    container_config, container_status, exec_sync, pod_config, pull, remove_pod, start_container,
-    wait_exited,
+    container_config, container_status, exec_sync, kill_monitor, pod_config, pull, remove_pod,
+    start_container, wait_exited,
 };
 use berth_e2e::{Daemon, DaemonDir, images, run_berth};
 use k8s_cri::v1::*;
@@ -467,24 +467,7 @@ async fn handler_pods_survive_a_daemon_restart_and_the_loss_of_their_monitor() {
 
         // A monitor killed outright takes its containers with it; removing the pod then
         // leaves no runtime state (and the harness finds no cgroup or mount).
-        let info = d
-            .runtime()
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: pod.clone(),
-                verbose: true,
-            })
-            .await
-            .expect("PodSandboxStatus")
-            .into_inner()
-            .info;
-        let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("info JSON");
-        let monitor = v["pid"].as_i64().expect("the monitor's pid") as i32;
-        assert!(monitor > 1);
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(monitor),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .expect("kill the monitor");
+        kill_monitor(&d, &pod).await;
         let st = wait_exited(&d, &c).await;
         assert_eq!(st.state, ContainerState::ContainerExited as i32);
         remove_pod(&d, &pod).await;
