@@ -2,7 +2,8 @@
 # Runs every Berth test on a Debian 12 machine, as root:
 #   1. installs what the build and the tests need (apt-get),
 #   2. checks the pinned Rust toolchain (rust-toolchain.toml) without downloading one,
-#   3. runs the unit tests of every crate,
+#   3. checks formatting and lints (rustfmt, clippy with the workspace lints as errors),
+#      and runs the unit tests of every crate,
 #   4. builds the binaries and runs the end-to-end tests through the e2e harness, which
 #      gives them a private node network namespace, a loopback registry with the test
 #      images, and fails the run if anything is left behind.
@@ -67,6 +68,18 @@ source scripts/deps.sh
 ensure_toolchain || die "the Rust toolchain named in rust-toolchain.toml is not available"
 step "toolchain: $(rustc --version)"
 
+# ---- conventions ------------------------------------------------------------------------
+# The workspace lints (Cargo.toml's [workspace.lints]: SAFETY comments, docs, no unsafe
+# operation outside an unsafe block) and every clippy warning are errors; the code is
+# formatted as rustfmt formats it. A failure here is reported at the end.
+step "conventions: cargo fmt --all --check; cargo clippy --workspace --all-targets -- -D warnings"
+set +e
+cargo fmt --all --check
+fmt_rc=$?
+cargo clippy --workspace --all-targets -- -D warnings
+clippy_rc=$?
+set -e
+
 # ---- unit tests -------------------------------------------------------------------------
 # A failure here is reported at the end; the end-to-end tests still run.
 started=$SECONDS
@@ -125,6 +138,8 @@ step "unit tests ${unit_time}s, build ${build_time}s, e2e ${e2e_time}s"
 failed=()
 ((bench_rc == 0)) || failed+=("benchmark smoke run (exit $bench_rc)")
 ((chart_rc == 0)) || failed+=("Helm chart and systemd unit (exit $chart_rc)")
+((fmt_rc == 0)) || failed+=("formatting (cargo fmt --check exit $fmt_rc)")
+((clippy_rc == 0)) || failed+=("clippy (exit $clippy_rc)")
 ((unit_rc == 0)) || failed+=("unit tests (cargo exit $unit_rc)")
 ((rc == 0)) || failed+=("end-to-end tests (harness exit $rc)")
 if ((${#failed[@]})); then

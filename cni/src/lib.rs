@@ -6,8 +6,6 @@
 //! is [`NetworkConfig::mode`]; teardown finds a pod's backend from its record, so pods
 //! set up before a mode change are still cleaned.
 
-#![warn(missing_docs)]
-
 pub mod cidr;
 pub mod config;
 pub mod error;

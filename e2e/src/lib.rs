@@ -29,8 +29,6 @@
 //! # Ok(()) }
 //! ```
 
-#![warn(missing_docs)]
-
 pub mod bench;
 pub mod client;
 pub mod daemon;

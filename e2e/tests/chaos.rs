@@ -772,22 +772,24 @@ async fn kill_9_at_random_moments_loses_nothing_and_leaks_nothing() {
         v.is_empty(),
         "after the final restart (seed {seed}): {v:#?}"
     );
-    let m = lock(&model);
-    assert!(
-        m.pods.values().all(|e| e.state().is_none())
-            && m.ctrs.values().all(|e| e.state().is_none()),
-        "something is left after removing everything"
-    );
-    eprintln!(
-        "chaos: {kills} kills, {} pod cycles, {} operations, {} removals acknowledged, {} removals \
-         checked after a restart, 0 lost, 0 resurrected, 0 unknown, 0 leaks, {:.1} s, seed {seed}",
-        m.cycles,
-        m.ops,
-        m.removals,
-        m.removals_checked,
-        started.elapsed().as_secs_f64()
-    );
-    drop(m);
+    {
+        let m = lock(&model);
+        assert!(
+            m.pods.values().all(|e| e.state().is_none())
+                && m.ctrs.values().all(|e| e.state().is_none()),
+            "something is left after removing everything"
+        );
+        eprintln!(
+            "chaos: {kills} kills, {} pod cycles, {} operations, {} removals acknowledged, {} \
+             removals checked after a restart, 0 lost, 0 resurrected, 0 unknown, 0 leaks, {:.1} \
+             s, seed {seed}",
+            m.cycles,
+            m.ops,
+            m.removals,
+            m.removals_checked,
+            started.elapsed().as_secs_f64()
+        );
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     d.stop().await.expect("stop");
     let state = d.dir().state();

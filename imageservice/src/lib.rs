@@ -4,8 +4,6 @@
 //! calls [`ImageStore::pull`], [`ImageStore::get`], [`ImageStore::rootfs_layers`] and
 //! friends from the CRI handlers.
 
-#![warn(missing_docs)]
-
 pub mod config;
 mod content;
 pub mod error;

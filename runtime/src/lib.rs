@@ -5,8 +5,6 @@
 //! that holds the pod's namespaces and creates, reaps and logs its containers. The monitor
 //! binary reaches only `monitor`, `protocol`, `spec`, `crilog`, `sysctl` and `sys`: no async runtime.
 
-#![warn(missing_docs)]
-
 // Plain data and pure decisions, unit-tested.
 pub mod cgroups;
 pub mod command;

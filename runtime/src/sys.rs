@@ -174,12 +174,14 @@ pub fn open_tree_clone_fd(fd: RawFd) -> io::Result<OwnedFd> {
 
 /// The magic number of the file system `fd` is on (`fstatfs(2)`'s `f_type`): what the
 /// kernel says the object is, whatever mount or path led to it.
-pub fn fs_magic(fd: RawFd) -> io::Result<i64> {
+// f_type is a `long` in glibc and an `unsigned long` in musl; the magic constants are `long`.
+#[allow(clippy::unnecessary_cast)]
+pub fn fs_magic(fd: RawFd) -> io::Result<libc::c_long> {
     // SAFETY: fstatfs writes into the zeroed struct we own.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `st` outlives the call.
     cvt(unsafe { libc::fstatfs(fd, &mut st) } as libc::c_long)?;
-    Ok(st.f_type as i64)
+    Ok(st.f_type as libc::c_long)
 }
 
 /// `fstat(2)` on an fd (an `O_PATH` one included).
@@ -548,11 +550,10 @@ mod tests {
             // it, under the most permissive umask a daemon could inherit: what the helper
             // does inside, without its own umask.
             let (listener, at_bind) = with_umask(0, || {
-                let l = with_umask(umask_for(mode), || {
+                with_umask(umask_for(mode), || {
                     let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
                     (l, mode_of(&path))
-                });
-                l
+                })
             });
             assert_eq!(at_bind, mode, "at bind");
             drop(listener);

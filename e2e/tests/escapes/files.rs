@@ -214,7 +214,6 @@ async fn node_users_cannot_read_pod_data_and_pod_users_still_read_their_files() 
         .run_pod_sandbox(RunPodSandboxRequest {
             config: Some(runc_config.clone()),
             runtime_handler: "runc".into(),
-            ..Default::default()
         })
         .await
         .expect("RunPodSandbox runc")

@@ -462,7 +462,10 @@ async fn cve_2025_52565_no_console_bind_and_terminals_come_from_the_containers_d
     assert!(!mountinfo.contains(" /dev/console "), "{mountinfo}");
     let wait_cat = "until [ -s /tmp/tty ]; do sleep 0.05; done; cat /tmp/tty";
     let (tty, _, _) = exec_sync(&d, &id, &["sh", "-c", wait_cat]).await;
-    assert!(tty.starts_with("/dev/pts/"), "the container's terminal: {tty}");
+    assert!(
+        tty.starts_with("/dev/pts/"),
+        "the container's terminal: {tty}"
+    );
 
     // The container's root points /dev/ptmx elsewhere; a terminal exec still gets a pty.
     let (_, err, code) = exec_sync(

@@ -95,7 +95,7 @@ fn open_proc_file(path: &str) -> std::io::Result<std::fs::File> {
         .write(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)?;
-    if sys::fs_magic(f.as_raw_fd())? != libc::PROC_SUPER_MAGIC as i64 {
+    if sys::fs_magic(f.as_raw_fd())? != libc::PROC_SUPER_MAGIC {
         return Err(std::io::Error::other(format!("{path} is not on procfs")));
     }
     Ok(f)
@@ -167,7 +167,7 @@ fn open_ptmx() -> Result<std::os::fd::OwnedFd, String> {
     .map_err(|e| format!("open /dev/pts/ptmx: {e}"))?;
     let magic = sys::fs_magic(fd.as_raw_fd()).map_err(|e| format!("check /dev/pts: {e}"))?;
     let st = sys::fstat(fd.as_raw_fd()).map_err(|e| format!("check /dev/pts/ptmx: {e}"))?;
-    if magic != libc::DEVPTS_SUPER_MAGIC as i64
+    if magic != libc::DEVPTS_SUPER_MAGIC
         || st.st_mode & libc::S_IFMT != libc::S_IFCHR
         || st.st_rdev != libc::makedev(5, 2)
     {

@@ -70,8 +70,8 @@ pub fn launch(args: &[String]) -> i32 {
         Some((c, u)) => {
             let flags = crate::launch::unshare_flags(&c.namespaces);
             let made = userns::create_pod_namespaces(flags, u).and_then(|fd| {
-                // SAFETY: unshare with a flag; single-threaded.
                 if flags & libc::CLONE_NEWPID != 0
+                    // SAFETY: unshare with a flag; single-threaded.
                     && unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0
                 {
                     return Err(format!(

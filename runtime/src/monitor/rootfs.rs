@@ -73,9 +73,9 @@ impl NodeNull {
 /// The kernel file system `fd` is on, if it is procfs or sysfs.
 fn kernel_fs_of(fd: RawFd) -> io::Result<Option<KernelFs>> {
     let magic = sys::fs_magic(fd)?;
-    Ok(if magic == libc::PROC_SUPER_MAGIC as i64 {
+    Ok(if magic == libc::PROC_SUPER_MAGIC {
         Some(KernelFs::Proc)
-    } else if magic == libc::SYSFS_MAGIC as i64 {
+    } else if magic == libc::SYSFS_MAGIC {
         Some(KernelFs::Sys)
     } else {
         None
@@ -510,10 +510,8 @@ fn lstat_at(dirfd: RawFd, name: &CString) -> io::Result<libc::stat> {
     // SAFETY: fstatat writes into the zeroed struct we own; `name` outlives the call.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
-    cvt(
-        unsafe { libc::fstatat(dirfd, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) }
-            as libc::c_long,
-    )?;
+    let rc = unsafe { libc::fstatat(dirfd, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+    cvt(rc as libc::c_long)?;
     Ok(st)
 }
 
