@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark (issue 11): Berth and containerd side by side on this machine, over their
+# The benchmark: Berth and containerd side by side on this machine, over their
 # CRI sockets, inside the e2e harness's node namespace and loopback registry.
 #   bash scripts/bench.sh [--iterations N] [--pods N] [--density N,N] [--restart-pods N] [--json PATH] [--svg PATH]
 #                                                       # full run: Markdown report, JSON, SVG

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The long chaos run (issues 10 and 20): `bash scripts/chaos.sh [KILLS] [SEED]` (default 500
+# The long chaos run: `bash scripts/chaos.sh [KILLS] [SEED]` (default 500
 # kills, seed from the clock) kills the daemon with SIGKILL that many times while workers
 # create, start, stop and remove pods and containers, through the e2e harness, and fails on
 # any lost or resurrected object, anything unknown, or a leak. Run scripts/test.sh once first

@@ -118,8 +118,8 @@ trap - TERM INT HUP
 e2e_time=$((SECONDS - started))
 
 # ---- benchmark smoke run -----------------------------------------------------------------
-# Every step of the benchmark, once, Berth alone; no figure is checked (DESIGN.md, settled
-# question 3). The full side-by-side run is scripts/bench.sh.
+# Every step of the benchmark, once, Berth alone; no figure is checked (shared CI machines
+# are too noisy to gate on timings). The full side-by-side run is scripts/bench.sh.
 step "benchmark smoke run: scripts/bench.sh --smoke"
 set +e
 BERTH_BENCH_PROFILE=debug bash scripts/bench.sh --smoke
