@@ -23,7 +23,13 @@ fn check<E: Classify + Error>(table: Vec<(E, Code)>) {
 fn runtime_errors_keep_their_codes() {
     use berth_runtime::Error as E;
     let corrupt = serde_json::from_str::<u8>("x").unwrap_err();
-    let mut table = vec![
+    // A monitor's error keeps the class the monitor gave it.
+    let monitor = |class| E::Monitor {
+        pod: "p1".into(),
+        message: "m".into(),
+        class,
+    };
+    check(vec![
         (
             E::InvalidArgument("no metadata".into()),
             Code::InvalidArgument,
@@ -84,23 +90,12 @@ fn runtime_errors_keep_their_codes() {
             Code::Internal,
         ),
         (E::Internal("bug".into()), Code::Internal),
-    ];
-    // A monitor's error keeps the class the monitor gave it.
-    for (class, code) in [
-        (Class::InvalidArgument, Code::InvalidArgument),
-        (Class::NotFound, Code::NotFound),
-        (Class::FailedPrecondition, Code::FailedPrecondition),
-        (Class::DeadlineExceeded, Code::DeadlineExceeded),
-        (Class::Internal, Code::Internal),
-    ] {
-        let monitor = E::Monitor {
-            pod: "p1".into(),
-            message: "m".into(),
-            class,
-        };
-        table.push((monitor, code));
-    }
-    check(table);
+        (monitor(Class::InvalidArgument), Code::InvalidArgument),
+        (monitor(Class::NotFound), Code::NotFound),
+        (monitor(Class::FailedPrecondition), Code::FailedPrecondition),
+        (monitor(Class::DeadlineExceeded), Code::DeadlineExceeded),
+        (monitor(Class::Internal), Code::Internal),
+    ]);
 }
 
 #[test]
