@@ -1,4 +1,4 @@
-//! Errors of the network crate and the gRPC class each belongs to.
+//! Errors of the network crate and the gRPC [`Class`] each belongs to.
 
 use std::io;
 use std::path::PathBuf;
@@ -6,23 +6,7 @@ use std::path::PathBuf;
 use crate::cidr::{Cidr, CidrError};
 use crate::netlink::NetlinkError;
 
-/// The gRPC status class of an [`Error`]; the discriminant is the gRPC code, so
-/// `tonic::Code::from_i32(class as i32)` converts it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GrpcClass {
-    /// The request is wrong.
-    InvalidArgument = 3,
-    /// A plugin or the kernel took too long.
-    DeadlineExceeded = 4,
-    /// Something named does not exist.
-    NotFound = 5,
-    /// The pod network ran out of addresses.
-    ResourceExhausted = 8,
-    /// The node is not in a state to do it (network not ready, CNI config broken).
-    FailedPrecondition = 9,
-    /// The kernel, a plugin or the store failed.
-    Internal = 13,
-}
+pub use berth_class::{Class, Classify};
 
 /// What the network operations can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -157,31 +141,32 @@ from_redb!(
     redb::CommitError
 );
 
-impl Error {
-    /// The gRPC class kubelet should see this error as.
-    pub fn grpc_class(&self) -> GrpcClass {
+impl Classify for Error {
+    fn class(&self) -> Class {
         match self {
             Error::InvalidRequest(_) | Error::InvalidCidr(_) | Error::CidrTooSmall(_) => {
-                GrpcClass::InvalidArgument
+                Class::InvalidArgument
             }
             Error::Netns { source, .. } if source.kind() == io::ErrorKind::NotFound => {
-                GrpcClass::NotFound
+                Class::NotFound
             }
-            Error::Netns { .. } => GrpcClass::FailedPrecondition,
-            Error::Exhausted(_) => GrpcClass::ResourceExhausted,
+            Error::Netns { .. } => Class::FailedPrecondition,
+            Error::Exhausted(_) => Class::ResourceExhausted,
             Error::NotReady(_) | Error::CniConfig { .. } | Error::CniPluginNotFound { .. } => {
-                GrpcClass::FailedPrecondition
+                Class::FailedPrecondition
             }
-            Error::CniTimeout { .. } => GrpcClass::DeadlineExceeded,
+            Error::CniTimeout { .. } => Class::DeadlineExceeded,
             Error::Netlink { .. }
             | Error::Io { .. }
             | Error::Store(_)
             | Error::Corrupt { .. }
             | Error::CniPlugin { .. }
-            | Error::CniResult { .. } => GrpcClass::Internal,
+            | Error::CniResult { .. } => Class::Internal,
         }
     }
+}
 
+impl Error {
     pub(crate) fn netlink(op: impl Into<String>) -> impl FnOnce(NetlinkError) -> Error {
         move |source| Error::Netlink {
             op: op.into(),
@@ -204,21 +189,21 @@ mod tests {
     #[test]
     fn classes_follow_the_cause() {
         assert_eq!(
-            Error::InvalidRequest("x".into()).grpc_class(),
-            GrpcClass::InvalidArgument
+            Error::InvalidRequest("x".into()).class(),
+            Class::InvalidArgument
         );
         let nf = Error::Netns {
             pod_id: "p".into(),
             path: "/x".into(),
             source: io::ErrorKind::NotFound.into(),
         };
-        assert_eq!(nf.grpc_class(), GrpcClass::NotFound);
+        assert_eq!(nf.class(), Class::NotFound);
         let t = Error::CniTimeout {
             plugin: "bridge".into(),
             command: "ADD".into(),
             seconds: 1,
         };
-        assert_eq!(t.grpc_class() as i32, 4);
+        assert_eq!(t.class(), Class::DeadlineExceeded);
         let p = Error::CniPlugin {
             plugin: "bridge".into(),
             command: "ADD".into(),
@@ -230,6 +215,6 @@ mod tests {
             p.to_string(),
             "CNI plugin bridge ADD failed (code 11): boom: more"
         );
-        assert_eq!(p.grpc_class(), GrpcClass::Internal);
+        assert_eq!(p.class(), Class::Internal);
     }
 }

@@ -26,7 +26,7 @@ use std::sync::Arc;
 pub use builtin::{VETH_PREFIX, veth_name};
 pub use cidr::{Cidr, CidrError};
 pub use config::{NetworkConfig, NetworkMode};
-pub use error::{Error, GrpcClass};
+pub use error::{Class, Classify, Error};
 pub use netlink::NetlinkError;
 pub use types::{Bandwidth, DnsConfig, PodNetworkRequest, PodNetworkStatus, PortMapping, Protocol};
 

@@ -7,7 +7,7 @@ mod common;
 use std::net::IpAddr;
 use std::time::Instant;
 
-use berth_cni::{Error, GrpcClass, NetworkConfig, PodNetworkRequest, PortMapping, Protocol};
+use berth_cni::{Class, Classify, Error, NetworkConfig, PodNetworkRequest, PortMapping, Protocol};
 use common::*;
 
 fn req(pod_id: &str, ns: &Netns, ports: Vec<PortMapping>) -> PodNetworkRequest {
@@ -278,7 +278,7 @@ fn failed_setup_leaves_nothing_and_reports_the_class() {
     run_in(&node.node.path(), move || async move {
         let net = open(builtin_config(), db);
         let e = net.setup(&missing).await.unwrap_err();
-        assert_eq!(e.grpc_class(), GrpcClass::NotFound, "{e}");
+        assert_eq!(e.class(), Class::NotFound, "{e}");
         let e = net.setup(&ra).await.unwrap_err();
         assert!(matches!(e, Error::Netlink { .. }), "{e:?}");
         assert_eq!(net.pod_status("pod-a").unwrap(), None);
@@ -287,13 +287,13 @@ fn failed_setup_leaves_nothing_and_reports_the_class() {
             ..ra.clone()
         };
         assert_eq!(
-            net.setup(&bad).await.unwrap_err().grpc_class(),
-            GrpcClass::InvalidArgument
+            net.setup(&bad).await.unwrap_err().class(),
+            Class::InvalidArgument
         );
         // The node's own namespace is refused.
         assert_eq!(
-            net.setup(&own).await.unwrap_err().grpc_class(),
-            GrpcClass::InvalidArgument
+            net.setup(&own).await.unwrap_err().class(),
+            Class::InvalidArgument
         );
     });
     node.assert_clean("berth0");
@@ -417,8 +417,8 @@ fn pod_cidr_from_kubelet_applies_when_no_pod_uses_the_old_one() {
         net.set_pod_cidr("10.245.0.0/24").unwrap();
         assert_eq!(net.setup(&rb).await.unwrap().ips, vec![ip("10.244.1.3")]);
         assert_eq!(
-            net.set_pod_cidr("10.0.0.1/24").unwrap_err().grpc_class(),
-            GrpcClass::InvalidArgument
+            net.set_pod_cidr("10.0.0.1/24").unwrap_err().class(),
+            Class::InvalidArgument
         );
         net.teardown("pod-a", None).await.unwrap();
         net.teardown("pod-b", None).await.unwrap();

@@ -11,10 +11,10 @@ use k8s_cri::v1::*;
 use tokio::sync::broadcast;
 use tonic::Status;
 
-use crate::images::{image_store, to_status};
+use crate::images::image_store;
 use crate::node::Node;
 use crate::not_implemented;
-use crate::pods::runtime_status;
+use crate::status::status;
 
 /// The image a container asks for, as plain data for the runtime.
 fn image_info(node: &Node, name: &str) -> Result<ImageInfo, Status> {
@@ -22,14 +22,14 @@ fn image_info(node: &Node, name: &str) -> Result<ImageInfo, Status> {
     let what = format!("image {name:?}");
     let image = store
         .get(name)
-        .map_err(|e| to_status(&what, &e))?
+        .map_err(|e| status(&what, &e))?
         .ok_or_else(|| Status::not_found(format!("image {name:?} not found: pull it first")))?;
     let lower_dirs = store
         .rootfs_layers(&image.id)
-        .map_err(|e| to_status(&what, &e))?;
+        .map_err(|e| status(&what, &e))?;
     let oci = store
         .image_config(&image.id)
-        .map_err(|e| to_status(&what, &e))?;
+        .map_err(|e| status(&what, &e))?;
     let config = oci
         .config()
         .as_ref()
@@ -74,7 +74,7 @@ pub async fn create_container(
         if let Some(spec) = m.image.as_ref().filter(|s| !s.image.is_empty()) {
             let layers = store
                 .rootfs_layers(&spec.image)
-                .map_err(|e| to_status(&format!("image volume {:?}", spec.image), &e))?;
+                .map_err(|e| status(&format!("image volume {:?}", spec.image), &e))?;
             mount_images.insert(spec.image.clone(), layers);
         }
     }
@@ -90,11 +90,11 @@ pub async fn create_container(
             &mount_images,
         )
         .await
-        .map_err(|e| runtime_status("CreateContainer", &e))?;
+        .map_err(|e| status("CreateContainer", &e))?;
     // Keep the layers from image GC while the container exists.
     if let Err(e) = store.add_lease(&id, &image_id) {
         let _ = node.runtime.remove_container(&id).await;
-        return Err(to_status(
+        return Err(status(
             &format!("lease image {image_id} for container {id}"),
             &e,
         ));
@@ -110,7 +110,7 @@ pub async fn start_container(
     node.runtime
         .start_container(&req.container_id)
         .await
-        .map_err(|e| runtime_status("StartContainer", &e))?;
+        .map_err(|e| status("StartContainer", &e))?;
     Ok(StartContainerResponse {})
 }
 
@@ -122,7 +122,7 @@ pub async fn stop_container(
     node.runtime
         .stop_container(&req.container_id, req.timeout)
         .await
-        .map_err(|e| runtime_status("StopContainer", &e))?;
+        .map_err(|e| status("StopContainer", &e))?;
     Ok(StopContainerResponse {})
 }
 
@@ -145,7 +145,7 @@ pub async fn remove_container(
     node.runtime
         .remove_container_with(&req.container_id, lease)
         .await
-        .map_err(|e| runtime_status("RemoveContainer", &e))?;
+        .map_err(|e| status("RemoveContainer", &e))?;
     Ok(RemoveContainerResponse {})
 }
 
@@ -166,7 +166,7 @@ pub async fn container_status(
 ) -> Result<ContainerStatusResponse, Status> {
     node.runtime
         .container_status(&req.container_id, req.verbose)
-        .map_err(|e| runtime_status("ContainerStatus", &e))
+        .map_err(|e| status("ContainerStatus", &e))
 }
 
 /// Handles `UpdateContainerResources`.
@@ -182,7 +182,7 @@ pub async fn update_container_resources(
     node.runtime
         .update_container_resources(&req.container_id, &linux)
         .await
-        .map_err(|e| runtime_status("UpdateContainerResources", &e))?;
+        .map_err(|e| status("UpdateContainerResources", &e))?;
     Ok(UpdateContainerResourcesResponse {})
 }
 
@@ -194,7 +194,7 @@ pub async fn reopen_container_log(
     node.runtime
         .reopen_container_log(&req.container_id)
         .await
-        .map_err(|e| runtime_status("ReopenContainerLog", &e))?;
+        .map_err(|e| status("ReopenContainerLog", &e))?;
     Ok(ReopenContainerLogResponse {})
 }
 
@@ -204,7 +204,7 @@ pub async fn exec_sync(node: &Node, req: ExecSyncRequest) -> Result<ExecSyncResp
     node.runtime
         .exec_sync(&req.container_id, &req.cmd, timeout)
         .await
-        .map_err(|e| runtime_status("ExecSync", &e))
+        .map_err(|e| status("ExecSync", &e))
 }
 
 /// Handles `CheckpointContainer`.

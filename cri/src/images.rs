@@ -5,30 +5,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use berth_imageservice::{Credentials, ErrorClass, ImageStore};
+use berth_imageservice::{Credentials, ImageStore};
 use k8s_cri::v1::*;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::node::Node;
+use crate::status::status;
 
 /// The node's image store.
 pub fn image_store(node: &Node) -> Result<Arc<ImageStore>, Status> {
     Ok(node.images.clone())
-}
-
-/// Maps an image service error to its gRPC status; the message names what was being done
-/// and carries the whole error chain.
-pub fn to_status(what: &str, e: &berth_imageservice::Error) -> Status {
-    let code = match e.class() {
-        ErrorClass::InvalidArgument => Code::InvalidArgument,
-        ErrorClass::NotFound => Code::NotFound,
-        ErrorClass::PermissionDenied => Code::PermissionDenied,
-        ErrorClass::FailedPrecondition => Code::FailedPrecondition,
-        ErrorClass::Unavailable => Code::Unavailable,
-        ErrorClass::ResourceExhausted => Code::ResourceExhausted,
-        ErrorClass::Internal => Code::Internal,
-    };
-    crate::status::status(code, what, e)
 }
 
 /// The image name of a request, which must be non-empty.
@@ -94,10 +80,10 @@ pub async fn list_images(
     let images = match filter {
         Some(name) => store
             .get(&name)
-            .map_err(|e| to_status(&format!("looking up image {name:?}"), &e))?
+            .map_err(|e| status(&format!("looking up image {name:?}"), &e))?
             .into_iter()
             .collect(),
-        None => store.list().map_err(|e| to_status("listing images", &e))?,
+        None => store.list().map_err(|e| status("listing images", &e))?,
     };
     Ok(ListImagesResponse {
         images: images.into_iter().map(to_cri).collect(),
@@ -113,14 +99,14 @@ pub async fn image_status(
     let name = image_name(req.image.as_ref())?;
     let store = image_store(node)?;
     let what = || format!("status of image {name:?}");
-    let Some(image) = store.get(name).map_err(|e| to_status(&what(), &e))? else {
+    let Some(image) = store.get(name).map_err(|e| status(&what(), &e))? else {
         return Ok(ImageStatusResponse::default());
     };
     let mut info = HashMap::new();
     if req.verbose {
         let config = store
             .image_config(&image.id)
-            .map_err(|e| to_status(&what(), &e))?;
+            .map_err(|e| status(&what(), &e))?;
         let json = serde_json::json!({ "id": image.id, "imageSpec": config });
         info.insert("info".to_owned(), json.to_string());
     }
@@ -140,7 +126,7 @@ pub async fn pull_image(node: &Node, req: PullImageRequest) -> Result<PullImageR
         pulled.as_ref().ok().map(|p| p.downloaded),
         started.elapsed(),
     );
-    let pulled = pulled.map_err(|e| to_status(&format!("pulling image {name:?}"), &e))?;
+    let pulled = pulled.map_err(|e| status(&format!("pulling image {name:?}"), &e))?;
     Ok(PullImageResponse {
         image_ref: pulled.image.id,
     })
@@ -156,7 +142,7 @@ pub async fn remove_image(
     store
         .remove(&name)
         .await
-        .map_err(|e| to_status(&format!("removing image {name:?}"), &e))?;
+        .map_err(|e| status(&format!("removing image {name:?}"), &e))?;
     Ok(RemoveImageResponse {})
 }
 
@@ -180,7 +166,7 @@ pub async fn image_fs_info(
     })
     .await
     .map_err(|e| Status::internal(format!("measuring the image filesystem: {e}")))?;
-    let usage = usage.map_err(|e| to_status("measuring the image filesystem", &e))?;
+    let usage = usage.map_err(|e| status("measuring the image filesystem", &e))?;
     let (layer_bytes, layer_inodes) = layers?;
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -207,6 +193,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::store::Store;
+    use tonic::Code;
 
     fn node(dir: &std::path::Path) -> Arc<Node> {
         let config = Config {

@@ -4,25 +4,11 @@
 use std::path::Path;
 
 use berth_cni::{DnsConfig, PodNetworkRequest, PortMapping};
-use berth_runtime::ErrorClass;
 use k8s_cri::v1::*;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::node::Node;
-use crate::status::{network_status, status};
-
-/// A runtime error as the status kubelet acts on.
-pub(crate) fn runtime_status(what: &str, e: &berth_runtime::Error) -> Status {
-    let code = match e.class() {
-        ErrorClass::InvalidArgument => Code::InvalidArgument,
-        ErrorClass::NotFound => Code::NotFound,
-        ErrorClass::AlreadyExists => Code::AlreadyExists,
-        ErrorClass::FailedPrecondition => Code::FailedPrecondition,
-        ErrorClass::DeadlineExceeded => Code::DeadlineExceeded,
-        ErrorClass::Internal => Code::Internal,
-    };
-    status(code, what, e)
-}
+use crate::status::status;
 
 fn network_request(
     id: &str,
@@ -63,7 +49,7 @@ pub async fn run_pod_sandbox(
         .runtime
         .run_pod_sandbox(&req)
         .await
-        .map_err(|e| runtime_status("RunPodSandbox", &e))?;
+        .map_err(|e| status("RunPodSandbox", &e))?;
     let mut ips = Vec::new();
     if let (Some(netns), Some(config)) = (&created.netns, req.config.as_ref()) {
         let setup = match network_request(&created.id, config, netns) {
@@ -75,7 +61,7 @@ pub async fn run_pod_sandbox(
             Err(e) => {
                 let what = format!("set up the network of pod sandbox {}", created.id);
                 let _ = node.runtime.remove_pod_sandbox(&created.id).await;
-                return Err(network_status(&e, &what));
+                return Err(status(&what, &e));
             }
         }
     }
@@ -83,7 +69,7 @@ pub async fn run_pod_sandbox(
     if let Err(e) = node.runtime.set_pod_network(&created.id, ips) {
         let _ = stop(node, &created.id).await;
         let _ = node.runtime.remove_pod_sandbox(&created.id).await;
-        return Err(runtime_status("RunPodSandbox", &e));
+        return Err(status("RunPodSandbox", &e));
     }
     // Listed from now on: kubelet's Evented PLEG hears of it as containerd tells it.
     for kind in [
@@ -117,7 +103,7 @@ async fn stop(node: &Node, id: &str) -> Result<(), Status> {
         .runtime
         .stop_pod_sandbox(id)
         .await
-        .map_err(|e| runtime_status(&what, &e))?
+        .map_err(|e| status(&what, &e))?
     {
         if was_ready
             && let Some(event) = node
@@ -129,10 +115,10 @@ async fn stop(node: &Node, id: &str) -> Result<(), Status> {
         node.network
             .teardown(&stopped.id, stopped.netns.as_deref())
             .await
-            .map_err(|e| network_status(&e, &what))?;
+            .map_err(|e| status(&what, &e))?;
         node.runtime
             .release_pod_namespaces(&stopped.id)
-            .map_err(|e| runtime_status(&what, &e))?;
+            .map_err(|e| status(&what, &e))?;
     }
     Ok(())
 }
@@ -176,7 +162,7 @@ pub async fn remove_pod_sandbox(
     node.runtime
         .remove_pod_sandbox(&id)
         .await
-        .map_err(|e| runtime_status(&format!("RemovePodSandbox {id}"), &e))?;
+        .map_err(|e| status(&format!("RemovePodSandbox {id}"), &e))?;
     if let Some(event) = deleted {
         node.runtime.publish(event);
     }
@@ -184,7 +170,7 @@ pub async fn remove_pod_sandbox(
     for c in containers {
         images
             .remove_lease(&c)
-            .map_err(|e| crate::images::to_status(&format!("release the image of {c}"), &e))?;
+            .map_err(|e| status(&format!("release the image of {c}"), &e))?;
     }
     Ok(RemovePodSandboxResponse {})
 }
@@ -196,7 +182,7 @@ pub async fn pod_sandbox_status(
 ) -> Result<PodSandboxStatusResponse, Status> {
     node.runtime
         .pod_sandbox_status(&req.pod_sandbox_id, req.verbose)
-        .map_err(|e| runtime_status("PodSandboxStatus", &e))
+        .map_err(|e| status("PodSandboxStatus", &e))
 }
 
 /// Handles `ListPodSandbox`.

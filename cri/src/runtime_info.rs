@@ -7,7 +7,6 @@ use tonic::Status;
 
 use crate::config::CgroupDriver as ConfiguredDriver;
 use crate::node::Node;
-use crate::status::network_status;
 
 /// The name kubelet and crictl show for this runtime.
 pub const RUNTIME_NAME: &str = "berth";
@@ -134,7 +133,7 @@ pub async fn update_runtime_config(
     }
     node.network
         .set_pod_cidr(&cidr)
-        .map_err(|e| network_status(&e, &format!("pod CIDR {cidr:?}")))?;
+        .map_err(|e| crate::status::status(&format!("pod CIDR {cidr:?}"), &e))?;
     tracing::info!(pod_cidr = %cidr, "pod CIDR updated by kubelet");
     Ok(UpdateRuntimeConfigResponse {})
 }

@@ -1,12 +1,36 @@
-//! Errors of the libraries as the gRPC statuses kubelet acts on: each crate says which
-//! class its error is, and the message names the object and carries the whole cause chain.
+//! Errors of the libraries as the gRPC statuses kubelet acts on: each library says which
+//! [`Class`] its error is ([`Classify`]), and [`status`] is the one place that turns a
+//! classified error into a `tonic::Status` whose message names the object and carries the
+//! whole cause chain once.
 
 use std::error::Error;
 
+use berth_class::{Class, Classify};
 use tonic::{Code, Status};
 
-/// A status with `code` whose message is `what: error: cause: ...`.
-pub fn status(code: Code, what: &str, error: &dyn Error) -> Status {
+/// The status of `error`, met while working on `what` ("StartContainer", "pulling image
+/// \"busybox\""): the error's class as the code, `what: error: cause: ...` as the message.
+pub fn status<E: Classify + Error>(what: &str, error: &E) -> Status {
+    Status::new(code(error.class()), message(what, error))
+}
+
+/// The gRPC code kubelet sees for a class.
+pub fn code(class: Class) -> Code {
+    match class {
+        Class::InvalidArgument => Code::InvalidArgument,
+        Class::NotFound => Code::NotFound,
+        Class::AlreadyExists => Code::AlreadyExists,
+        Class::PermissionDenied => Code::PermissionDenied,
+        Class::FailedPrecondition => Code::FailedPrecondition,
+        Class::ResourceExhausted => Code::ResourceExhausted,
+        Class::DeadlineExceeded => Code::DeadlineExceeded,
+        Class::Unavailable => Code::Unavailable,
+        Class::Internal => Code::Internal,
+    }
+}
+
+/// `what: error: cause: ...`, each cause's text once.
+fn message(what: &str, error: &dyn Error) -> String {
     let mut message = format!("{what}: {error}");
     let mut source = error.source();
     while let Some(cause) = source {
@@ -18,36 +42,8 @@ pub fn status(code: Code, what: &str, error: &dyn Error) -> Status {
         }
         source = cause.source();
     }
-    Status::new(code, message)
-}
-
-/// A network error as a status.
-pub fn network_status(error: &berth_cni::Error, what: &str) -> Status {
-    status(Code::from_i32(error.grpc_class() as i32), what, error)
+    message
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("outer")]
-    struct Outer(#[source] std::io::Error);
-
-    #[test]
-    fn message_carries_the_chain() {
-        let e = Outer(std::io::Error::other("inner cause"));
-        let s = status(Code::Internal, "pod p1", &e);
-        assert_eq!(s.code(), Code::Internal);
-        assert_eq!(s.message(), "pod p1: outer: inner cause");
-    }
-
-    #[test]
-    fn network_errors_keep_their_class() {
-        let e = berth_cni::Error::InvalidRequest("no pod CIDR given".into());
-        assert_eq!(
-            network_status(&e, "pod CIDR \"\"").code(),
-            Code::InvalidArgument
-        );
-    }
-}
+mod tests;

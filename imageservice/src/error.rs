@@ -1,26 +1,10 @@
-//! The image service's error type and the gRPC class of each error.
+//! The image service's error type and the gRPC [`Class`] of each error.
 
 use std::path::PathBuf;
 
-/// Which gRPC status class an [`Error`] belongs to, so the CRI layer maps it to a
-/// `tonic::Code` without looking at messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// The request was malformed (a bad reference, a bad digest).
-    InvalidArgument,
-    /// The image, tag, manifest or platform does not exist.
-    NotFound,
-    /// The registry refused the credentials (or there were none).
-    PermissionDenied,
-    /// The image exists but cannot be used (unsupported or invalid manifest, hostile layer).
-    FailedPrecondition,
-    /// The registry could not be reached or misbehaved; a retry may succeed.
-    Unavailable,
-    /// The disk holding the image store is full.
-    ResourceExhausted,
-    /// Local failure: disk, database, a bug.
-    Internal,
-}
+/// The name the image service's callers knew [`Class`] by; the same enum.
+pub use berth_class::Class as ErrorClass;
+pub use berth_class::{Class, Classify};
 
 /// Everything that can go wrong in the image service.
 #[derive(Debug, thiserror::Error)]
@@ -115,26 +99,25 @@ pub enum Error {
     Db(String),
 }
 
-impl Error {
-    /// The gRPC class of this error.
-    pub fn class(&self) -> ErrorClass {
+impl Classify for Error {
+    fn class(&self) -> Class {
         match self {
-            Error::InvalidReference { .. } => ErrorClass::InvalidArgument,
+            Error::InvalidReference { .. } => Class::InvalidArgument,
             Error::ImageNotFound(_)
             | Error::ManifestNotFound { .. }
-            | Error::NoMatchingPlatform { .. } => ErrorClass::NotFound,
-            Error::Unauthorized { .. } => ErrorClass::PermissionDenied,
-            Error::InvalidImage { .. } | Error::InvalidLayer { .. } => {
-                ErrorClass::FailedPrecondition
-            }
+            | Error::NoMatchingPlatform { .. } => Class::NotFound,
+            Error::Unauthorized { .. } => Class::PermissionDenied,
+            Error::InvalidImage { .. } | Error::InvalidLayer { .. } => Class::FailedPrecondition,
             Error::Registry { .. } | Error::DigestMismatch { .. } | Error::Cancelled => {
-                ErrorClass::Unavailable
+                Class::Unavailable
             }
-            Error::Io { source, .. } if is_disk_full(source) => ErrorClass::ResourceExhausted,
-            Error::Io { .. } | Error::Db(_) => ErrorClass::Internal,
+            Error::Io { source, .. } if is_disk_full(source) => Class::ResourceExhausted,
+            Error::Io { .. } | Error::Db(_) => Class::Internal,
         }
     }
+}
 
+impl Error {
     pub(crate) fn io(
         op: &'static str,
         path: impl Into<PathBuf>,

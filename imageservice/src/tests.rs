@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{HostConfig, MirrorConfig, RegistryConfig};
-use crate::error::{Error, ErrorClass};
+use crate::error::{Classify, Error, ErrorClass};
 use crate::registry::{Credentials, RetryPolicy};
 use crate::store::{ImageStore, StoreOptions};
 use crate::testregistry::{Auth, Drop, TestImage, TestRegistry, build_image, sha};

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 
-use crate::error::{Error, ErrorClass, Result};
+use crate::error::{Class, Error, Result};
 use crate::protocol::{FrameReader, Request, Response, encode_frame};
 
 /// How long an ordinary call may take (create waits for the container's setup).
@@ -74,14 +74,14 @@ impl OpenCall {
         loop {
             match self.reader.next_message::<Response>() {
                 Ok(Some(Response::Error { class, message })) => {
-                    return Err(self.client.failed(message, class.into()));
+                    return Err(self.client.failed(message, class));
                 }
                 Ok(Some(r)) => return Ok((r, self.fds.drain(..).collect())),
                 Ok(None) => {}
                 Err(e) => {
                     return Err(self
                         .client
-                        .failed(format!("bad answer: {e}"), ErrorClass::Internal));
+                        .failed(format!("bad answer: {e}"), Class::Internal));
                 }
             }
             let fds = &mut self.fds;
@@ -126,7 +126,7 @@ impl MonitorClient {
         }
     }
 
-    fn failed(&self, message: impl Into<String>, class: ErrorClass) -> Error {
+    fn failed(&self, message: impl Into<String>, class: Class) -> Error {
         Error::Monitor {
             pod: self.pod_id.clone(),
             message: message.into(),
@@ -191,19 +191,17 @@ impl MonitorClient {
             self.send(&mut stream, req, fds).await?;
             let mut reader = FrameReader::default();
             match read_frame(&mut stream, &mut reader).await {
-                Ok(Some(Response::Error { class, message })) => {
-                    Err(self.failed(message, class.into()))
-                }
+                Ok(Some(Response::Error { class, message })) => Err(self.failed(message, class)),
                 Ok(Some(r)) => Ok(r),
                 Ok(None) => Err(self.gone("connection closed before the answer")),
-                Err(e) => Err(self.failed(format!("bad answer: {e}"), ErrorClass::Internal)),
+                Err(e) => Err(self.failed(format!("bad answer: {e}"), Class::Internal)),
             }
         };
         match tokio::time::timeout(timeout, work).await {
             Ok(r) => r,
             Err(_) => Err(self.failed(
                 format!("no answer within {timeout:?}"),
-                ErrorClass::DeadlineExceeded,
+                Class::DeadlineExceeded,
             )),
         }
     }
@@ -217,7 +215,7 @@ impl MonitorClient {
     pub async fn call_ok(&self, req: &Request) -> Result<()> {
         match self.call(req).await? {
             Response::Ok => Ok(()),
-            other => Err(self.failed(format!("unexpected answer {other:?}"), ErrorClass::Internal)),
+            other => Err(self.failed(format!("unexpected answer {other:?}"), Class::Internal)),
         }
     }
 
@@ -233,7 +231,7 @@ impl MonitorClient {
             Ok(Some(Response::Ok)) => Ok(Subscription { stream, reader }),
             Ok(other) => Err(self.failed(
                 format!("unexpected answer to subscribe: {other:?}"),
-                ErrorClass::Internal,
+                Class::Internal,
             )),
             Err(e) => Err(self.gone(e)),
         }

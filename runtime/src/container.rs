@@ -17,7 +17,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::cgroups::devices::rule_for_node;
 use crate::cgroups::{ContainerLimits, DeviceRule};
-use crate::error::{Error, ErrorClass, Result};
+use crate::error::{Classify, Error, ErrorClass, Result};
 use crate::image::{ImageInfo, parse_signal};
 use crate::plan::{PlanInput, PodContext, missing_bind_sources, plan_container};
 use crate::protocol::{Request, Response};

@@ -1,23 +1,10 @@
-//! The runtime's error type, and the gRPC class each error belongs to.
+//! The runtime's error type, and the gRPC [`Class`] each error belongs to.
 
 use std::path::PathBuf;
 
-/// The gRPC status class of an [`Error`], so handlers map errors without string matching.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// The request itself is wrong (missing metadata, bad mount, unknown executable).
-    InvalidArgument,
-    /// The named pod or container does not exist.
-    NotFound,
-    /// A pod or container with the same metadata exists.
-    AlreadyExists,
-    /// The object is not in a state that allows the call (start of a running container).
-    FailedPrecondition,
-    /// The call did not finish in the time allowed (ExecSync timeout).
-    DeadlineExceeded,
-    /// The runtime or the kernel failed.
-    Internal,
-}
+/// The name the runtime's callers knew [`Class`] by; the same enum.
+pub use berth_class::Class as ErrorClass;
+pub use berth_class::{Class, Classify};
 
 /// Why a runtime call failed.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +64,7 @@ pub enum Error {
         /// What went wrong.
         message: String,
         /// The class the monitor gave its error.
-        class: ErrorClass,
+        class: Class,
     },
     /// The pod monitor is not running (the pod was stopped, or the monitor died).
     #[error("pod monitor of {pod} is not reachable: {message}")]
@@ -103,28 +90,29 @@ pub enum Error {
     Internal(String),
 }
 
-impl Error {
-    /// The gRPC class of this error.
-    pub fn class(&self) -> ErrorClass {
+impl Classify for Error {
+    fn class(&self) -> Class {
         match self {
-            Error::InvalidArgument(_) => ErrorClass::InvalidArgument,
-            Error::NotFound { .. } => ErrorClass::NotFound,
-            Error::AlreadyExists { .. } => ErrorClass::AlreadyExists,
-            Error::FailedPrecondition(_) => ErrorClass::FailedPrecondition,
-            Error::DeadlineExceeded(_) => ErrorClass::DeadlineExceeded,
+            Error::InvalidArgument(_) => Class::InvalidArgument,
+            Error::NotFound { .. } => Class::NotFound,
+            Error::AlreadyExists { .. } => Class::AlreadyExists,
+            Error::FailedPrecondition(_) => Class::FailedPrecondition,
+            Error::DeadlineExceeded(_) => Class::DeadlineExceeded,
             Error::Monitor { class, .. } => *class,
-            Error::MonitorGone { .. } => ErrorClass::FailedPrecondition,
+            Error::MonitorGone { .. } => Class::FailedPrecondition,
             Error::Io { .. }
             | Error::Sys(..)
             | Error::Db(_)
             | Error::Corrupt(..)
             | Error::MonitorStart { .. }
             | Error::Systemd(..)
-            | Error::Internal(_) => ErrorClass::Internal,
+            | Error::Internal(_) => Class::Internal,
         }
     }
+}
 
-    /// The message with its chain of causes, as the gRPC status should carry it.
+impl Error {
+    /// The message with its chain of causes, for logs and container records.
     pub fn full_message(&self) -> String {
         let mut out = self.to_string();
         let mut source = std::error::Error::source(self);
@@ -177,16 +165,13 @@ mod tests {
             "/x",
             std::io::Error::from_raw_os_error(libc::ENOENT),
         );
-        assert_eq!(e.class(), ErrorClass::Internal);
+        assert_eq!(e.class(), Class::Internal);
         assert!(
             e.full_message().starts_with("open /x: "),
             "{}",
             e.full_message()
         );
-        assert_eq!(
-            Error::container_not_found("abc").class(),
-            ErrorClass::NotFound
-        );
+        assert_eq!(Error::container_not_found("abc").class(), Class::NotFound);
         assert_eq!(
             Error::container_not_found("abc").to_string(),
             "container \"abc\" not found"
@@ -194,8 +179,34 @@ mod tests {
         let m = Error::Monitor {
             pod: "p".into(),
             message: "m".into(),
-            class: ErrorClass::DeadlineExceeded,
+            class: Class::DeadlineExceeded,
         };
-        assert_eq!(m.class(), ErrorClass::DeadlineExceeded);
+        assert_eq!(m.class(), Class::DeadlineExceeded);
+    }
+
+    /// A pod monitor of the previous version (whose wire class was its own enum) still
+    /// talks to this daemon: every class it sent decodes to the same class, and the
+    /// daemon's classes encode under the same names.
+    #[test]
+    fn monitor_error_classes_keep_their_wire_names() {
+        use crate::protocol::Response;
+        for (name, class) in [
+            ("invalid_argument", Class::InvalidArgument),
+            ("not_found", Class::NotFound),
+            ("failed_precondition", Class::FailedPrecondition),
+            ("deadline_exceeded", Class::DeadlineExceeded),
+            ("internal", Class::Internal),
+        ] {
+            let frame = format!(r#"{{"r":"error","class":"{name}","message":"m"}}"#);
+            let decoded: Response = serde_json::from_str(&frame).unwrap();
+            assert_eq!(
+                decoded,
+                Response::Error {
+                    class,
+                    message: "m".into()
+                }
+            );
+            assert_eq!(serde_json::to_string(&decoded).unwrap(), frame);
+        }
     }
 }

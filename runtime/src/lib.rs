@@ -40,7 +40,7 @@ mod stream;
 
 pub use cgroups::{CgroupManager, NoCgroups};
 pub use container::MAX_EXEC_OUTPUT;
-pub use error::{Error, ErrorClass, Result};
+pub use error::{Class, Classify, Error, ErrorClass, Result};
 pub use image::{ImageConfig, ImageInfo};
 pub use pod::{PodCreated, PodStopped};
 pub use runtime::{Census, FILES_LOST, ReconcileReport, Runtime, RuntimeOptions};

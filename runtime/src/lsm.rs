@@ -293,6 +293,7 @@ fn check_pod_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Classify;
 
     const NONE: HostLsm = HostLsm {
         apparmor: false,

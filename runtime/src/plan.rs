@@ -609,6 +609,7 @@ pub fn missing_bind_sources(spec: &ContainerSpec) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Classify;
     use k8s_cri::v1::{
         ContainerMetadata, IdMapping, ImageSpec, KeyValue, LinuxContainerConfig,
         LinuxContainerResources, LinuxContainerSecurityContext, Mount, NamespaceOption,

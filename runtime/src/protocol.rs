@@ -12,7 +12,6 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ErrorClass;
 use crate::spec::{ContainerSpec, ProcessSpec};
 
 /// The protocol version this build speaks.
@@ -153,33 +152,9 @@ impl AttachStream {
     }
 }
 
-/// The error classes that cross the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WireClass {
-    /// See [`ErrorClass::InvalidArgument`].
-    InvalidArgument,
-    /// See [`ErrorClass::NotFound`].
-    NotFound,
-    /// See [`ErrorClass::FailedPrecondition`].
-    FailedPrecondition,
-    /// See [`ErrorClass::DeadlineExceeded`].
-    DeadlineExceeded,
-    /// See [`ErrorClass::Internal`].
-    Internal,
-}
-
-impl From<WireClass> for ErrorClass {
-    fn from(c: WireClass) -> Self {
-        match c {
-            WireClass::InvalidArgument => ErrorClass::InvalidArgument,
-            WireClass::NotFound => ErrorClass::NotFound,
-            WireClass::FailedPrecondition => ErrorClass::FailedPrecondition,
-            WireClass::DeadlineExceeded => ErrorClass::DeadlineExceeded,
-            WireClass::Internal => ErrorClass::Internal,
-        }
-    }
-}
+/// The error classes that cross the wire: the one [`berth_class::Class`], serialised in
+/// snake case (`"not_found"`), the names the monitor has always sent.
+pub use berth_class::Class as WireClass;
 
 /// An answer (or, after `subscribe`, an event) from the monitor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

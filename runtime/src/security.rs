@@ -352,6 +352,7 @@ impl SecuritySettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Classify;
     use k8s_cri::v1::Capability;
 
     const ALL: u64 = (1 << 41) - 1;

@@ -109,6 +109,7 @@ pub fn validate(sysctls: &[(String, String)], pod: PodIsolation) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Classify;
 
     fn one(name: &str, own_net: bool, own_ipc: bool) -> Result<()> {
         validate(

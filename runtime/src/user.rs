@@ -251,6 +251,7 @@ pub fn image_accounts(lower_dirs: &[PathBuf]) -> Result<(Vec<PasswdEntry>, Vec<G
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Classify;
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n# comment\nbad line\nwww-data:x:33:33:www:/var/www:/bin/false\nalice:x:1000:1000::/home/alice:/bin/sh\n";
     const GROUP: &str =

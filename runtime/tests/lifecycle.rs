@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use berth_runtime::ErrorClass;
+use berth_runtime::{Classify, ErrorClass};
 use common::*;
 use k8s_cri::v1::*;
 

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::*;
+use crate::Classify;
 use crate::types::{PortMapping, Protocol};
 
 /// A network namespace held by a parked thread, so tests get a real nsfs path.
@@ -219,7 +220,7 @@ async fn a_hanging_plugin_times_out() {
     let e = p.setup(&request(&ns.path)).await.unwrap_err();
     assert!(t.elapsed() < std::time::Duration::from_secs(10));
     assert!(matches!(e, Error::CniTimeout { .. }), "{e}");
-    assert_eq!(e.grpc_class(), crate::error::GrpcClass::DeadlineExceeded);
+    assert_eq!(e.class(), crate::Class::DeadlineExceeded);
 }
 
 #[tokio::test]
@@ -236,7 +237,7 @@ async fn missing_config_or_plugin_is_not_ready() {
     assert!(e.contains("\"absent\" not found"), "{e}");
     let ns = PrivateNetns::new();
     let e = p.setup(&request(&ns.path)).await.unwrap_err();
-    assert_eq!(e.grpc_class(), crate::error::GrpcClass::FailedPrecondition);
+    assert_eq!(e.class(), crate::Class::FailedPrecondition);
 }
 
 #[tokio::test]

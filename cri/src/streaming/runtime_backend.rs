@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tonic::Status;
 
 use super::backend::{OutputWriter, StdinReader, StreamBackend, StreamIo, TerminalSize};
-use crate::pods::runtime_status;
+use crate::status::status;
 
 /// How long output may keep flowing after an exec process exited: a background child that
 /// inherited its stdout must not hold the stream open forever.
@@ -37,7 +37,7 @@ impl RuntimeBackend {
 }
 
 fn container_error(id: &str, e: &berth_runtime::Error) -> Status {
-    runtime_status(&format!("container {id}"), e)
+    status(&format!("container {id}"), e)
 }
 
 #[async_trait::async_trait]
@@ -151,7 +151,7 @@ impl StreamBackend for RuntimeBackend {
     async fn pod_netns(&self, pod_id: &str) -> Result<Option<PathBuf>, Status> {
         self.runtime
             .pod_netns(pod_id)
-            .map_err(|e| runtime_status(&format!("pod sandbox {pod_id}"), &e))
+            .map_err(|e| status(&format!("pod sandbox {pod_id}"), &e))
     }
 }
 
