@@ -1,0 +1,213 @@
+//! Tests of `manifest`.
+
+use super::*;
+
+fn d(n: u8) -> String {
+    format!("sha256:{}", hex::encode([n; 32]))
+}
+
+fn entry(n: u8, os: &str, arch: &str, variant: Option<&str>) -> serde_json::Value {
+    let mut p = serde_json::json!({"os": os, "architecture": arch});
+    if let Some(v) = variant {
+        p["variant"] = v.into();
+    }
+    serde_json::json!({"mediaType": OCI_MANIFEST, "digest": d(n), "size": 100, "platform": p})
+}
+
+fn index(entries: Vec<serde_json::Value>) -> Index {
+    let body =
+        serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries});
+    match parse_manifest(None, body.to_string().as_bytes()).unwrap() {
+        ManifestDoc::Index(i) => i,
+        _ => panic!("not an index"),
+    }
+}
+
+fn plat(arch: &str, variant: Option<&str>) -> Platform {
+    Platform {
+        os: "linux".into(),
+        architecture: arch.into(),
+        variant: variant.map(Into::into),
+    }
+}
+
+#[test]
+fn parses_docker_and_oci_manifests() {
+    let m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": d(1), "size": 10},
+        "layers": [
+            {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": d(2), "size": 20},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd", "digest": d(3), "size": 30},
+        ]
+    });
+    let ManifestDoc::Manifest(m) = parse_manifest(None, m.to_string().as_bytes()).unwrap() else {
+        panic!("not a manifest")
+    };
+    assert_eq!(m.config.digest, d(1));
+    assert_eq!(m.layers.len(), 2);
+    assert_eq!(
+        layer_compression(&m.layers[0].media_type),
+        Ok(Compression::Gzip)
+    );
+    assert_eq!(
+        layer_compression(&m.layers[1].media_type),
+        Ok(Compression::Zstd)
+    );
+
+    // No mediaType field: the Content-Type header decides.
+    let body = serde_json::json!({"schemaVersion": 2, "manifests": []}).to_string();
+    assert!(matches!(
+        parse_manifest(
+            Some("application/vnd.docker.distribution.manifest.list.v2+json"),
+            body.as_bytes()
+        ),
+        Ok(ManifestDoc::Index(_))
+    ));
+    // Neither: the shape decides.
+    assert!(matches!(
+        parse_manifest(Some("application/json"), body.as_bytes()),
+        Ok(ManifestDoc::Index(_))
+    ));
+}
+
+#[test]
+fn rejects_bad_manifests() {
+    let schema1 = serde_json::json!({"schemaVersion": 1, "fsLayers": []}).to_string();
+    assert!(
+        parse_manifest(None, schema1.as_bytes())
+            .unwrap_err()
+            .contains("schema 1")
+    );
+    assert!(
+        parse_manifest(None, b"not json")
+            .unwrap_err()
+            .contains("not JSON")
+    );
+    let odd = serde_json::json!({"schemaVersion": 2, "mediaType": "application/x-foo"}).to_string();
+    assert!(
+        parse_manifest(None, odd.as_bytes())
+            .unwrap_err()
+            .contains("unsupported")
+    );
+    let bad_digest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "x", "digest": "sha256:zz", "size": 1}, "layers": []
+    })
+    .to_string();
+    assert!(parse_manifest(None, bad_digest.as_bytes()).is_err());
+    let encrypted = serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "x", "digest": d(1), "size": 1},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip+encrypted", "digest": d(2), "size": 1}]
+    })
+    .to_string();
+    assert!(
+        parse_manifest(None, encrypted.as_bytes())
+            .unwrap_err()
+            .contains("layer media type")
+    );
+}
+
+#[test]
+fn selects_host_platform() {
+    let i = index(vec![
+        entry(1, "linux", "arm64", Some("v8")),
+        entry(2, "linux", "amd64", None),
+        entry(3, "windows", "amd64", None),
+        entry(4, "unknown", "unknown", None),
+    ]);
+    assert_eq!(
+        select_platform(&i, &plat("amd64", None)).unwrap().digest,
+        d(2)
+    );
+    assert_eq!(
+        select_platform(&i, &plat("arm64", Some("v8")))
+            .unwrap()
+            .digest,
+        d(1)
+    );
+    let err = select_platform(&i, &plat("s390x", None)).unwrap_err();
+    assert!(
+        err.contains("linux/amd64") && err.contains("linux/arm64/v8"),
+        "{err}"
+    );
+}
+
+#[test]
+fn honours_variants() {
+    // amd64 with no variant never picks a v3 build.
+    let i = index(vec![entry(1, "linux", "amd64", Some("v3"))]);
+    assert!(select_platform(&i, &plat("amd64", None)).is_err());
+    let i = index(vec![
+        entry(1, "linux", "amd64", Some("v3")),
+        entry(2, "linux", "amd64", Some("v1")),
+    ]);
+    assert_eq!(
+        select_platform(&i, &plat("amd64", None)).unwrap().digest,
+        d(2)
+    );
+    // arm v7 runs v7 before v6, never v8.
+    let i = index(vec![
+        entry(1, "linux", "arm", Some("v6")),
+        entry(2, "linux", "arm", Some("v8")),
+        entry(3, "linux", "arm", Some("v7")),
+    ]);
+    assert_eq!(
+        select_platform(&i, &plat("arm", Some("v7")))
+            .unwrap()
+            .digest,
+        d(3)
+    );
+    assert_eq!(
+        select_platform(&i, &plat("arm", Some("v6")))
+            .unwrap()
+            .digest,
+        d(1)
+    );
+    assert!(select_platform(&i, &plat("arm", Some("v5"))).is_err());
+    // arm64 without variant is v8.
+    let i = index(vec![entry(1, "linux", "arm64", None)]);
+    assert_eq!(
+        select_platform(&i, &plat("arm64", Some("v8")))
+            .unwrap()
+            .digest,
+        d(1)
+    );
+}
+
+#[test]
+fn host_platform_is_linux() {
+    let p = Platform::host();
+    assert_eq!(p.os, "linux");
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(p.to_string(), "linux/amd64");
+}
+
+#[test]
+fn config_and_chain_ids() {
+    let body = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"User": "1000:1000", "Env": null},
+        "rootfs": {"type": "layers", "diff_ids": [d(1), d(2), d(3)]}
+    })
+    .to_string();
+    let c = parse_config(body.as_bytes(), 3).unwrap();
+    assert_eq!(c.config.unwrap().user.as_deref(), Some("1000:1000"));
+    assert!(
+        parse_config(body.as_bytes(), 2)
+            .unwrap_err()
+            .contains("3 layer diff ids")
+    );
+    let chain = chain_ids(&c.rootfs.diff_ids);
+    assert_eq!(chain[0], d(1));
+    // Known value: sha256("<d1> <d2>").
+    use sha2::{Digest, Sha256};
+    let expect = format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(format!("{} {}", d(1), d(2))))
+    );
+    assert_eq!(chain[1], expect);
+    assert_ne!(chain[2], chain[1]);
+}
