@@ -15,7 +15,7 @@ use tokio::sync::{OwnedMutexGuard, RwLock, Semaphore};
 use crate::config::RegistryConfig;
 use crate::content::ContentStore;
 use crate::error::Error;
-use crate::manifest::Platform;
+use crate::manifest::{Platform, host_platform};
 use crate::records::{self, Image, ImageRecord, LayerRecord, Lease};
 use crate::reference::Reference;
 use crate::registry::{RegistryClient, RetryPolicy};
@@ -63,7 +63,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            platform: Platform::host(),
+            platform: host_platform(),
             retry: RetryPolicy::default(),
             max_parallel_layers: 6,
             layer_limits: LayerLimits::default(),

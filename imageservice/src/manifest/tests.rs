@@ -14,21 +14,21 @@ fn entry(n: u8, os: &str, arch: &str, variant: Option<&str>) -> serde_json::Valu
     serde_json::json!({"mediaType": OCI_MANIFEST, "digest": d(n), "size": 100, "platform": p})
 }
 
-fn index(entries: Vec<serde_json::Value>) -> Index {
+fn index(entries: Vec<serde_json::Value>) -> ImageIndex {
     let body =
         serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries});
     match parse_manifest(None, body.to_string().as_bytes()).unwrap() {
-        ManifestDoc::Index(i) => i,
+        ManifestDoc::Index(i) => *i,
         _ => panic!("not an index"),
     }
 }
 
 fn plat(arch: &str, variant: Option<&str>) -> Platform {
-    Platform {
-        os: "linux".into(),
-        architecture: arch.into(),
-        variant: variant.map(Into::into),
-    }
+    let mut p = Platform::default();
+    p.set_os(Os::Linux)
+        .set_architecture(Arch::from(arch))
+        .set_variant(variant.map(Into::into));
+    p
 }
 
 #[test]
@@ -45,14 +45,14 @@ fn parses_docker_and_oci_manifests() {
     let ManifestDoc::Manifest(m) = parse_manifest(None, m.to_string().as_bytes()).unwrap() else {
         panic!("not a manifest")
     };
-    assert_eq!(m.config.digest, d(1));
-    assert_eq!(m.layers.len(), 2);
+    assert_eq!(m.config().digest().as_ref(), d(1));
+    assert_eq!(m.layers().len(), 2);
     assert_eq!(
-        layer_compression(&m.layers[0].media_type),
+        layer_compression(m.layers()[0].media_type()),
         Ok(Compression::Gzip)
     );
     assert_eq!(
-        layer_compression(&m.layers[1].media_type),
+        layer_compression(m.layers()[1].media_type()),
         Ok(Compression::Zstd)
     );
 
@@ -119,13 +119,17 @@ fn selects_host_platform() {
         entry(4, "unknown", "unknown", None),
     ]);
     assert_eq!(
-        select_platform(&i, &plat("amd64", None)).unwrap().digest,
+        select_platform(&i, &plat("amd64", None))
+            .unwrap()
+            .digest()
+            .to_string(),
         d(2)
     );
     assert_eq!(
         select_platform(&i, &plat("arm64", Some("v8")))
             .unwrap()
-            .digest,
+            .digest()
+            .to_string(),
         d(1)
     );
     let err = select_platform(&i, &plat("s390x", None)).unwrap_err();
@@ -145,7 +149,10 @@ fn honours_variants() {
         entry(2, "linux", "amd64", Some("v1")),
     ]);
     assert_eq!(
-        select_platform(&i, &plat("amd64", None)).unwrap().digest,
+        select_platform(&i, &plat("amd64", None))
+            .unwrap()
+            .digest()
+            .to_string(),
         d(2)
     );
     // arm v7 runs v7 before v6, never v8.
@@ -157,13 +164,15 @@ fn honours_variants() {
     assert_eq!(
         select_platform(&i, &plat("arm", Some("v7")))
             .unwrap()
-            .digest,
+            .digest()
+            .to_string(),
         d(3)
     );
     assert_eq!(
         select_platform(&i, &plat("arm", Some("v6")))
             .unwrap()
-            .digest,
+            .digest()
+            .to_string(),
         d(1)
     );
     assert!(select_platform(&i, &plat("arm", Some("v5"))).is_err());
@@ -172,17 +181,18 @@ fn honours_variants() {
     assert_eq!(
         select_platform(&i, &plat("arm64", Some("v8")))
             .unwrap()
-            .digest,
+            .digest()
+            .to_string(),
         d(1)
     );
 }
 
 #[test]
 fn host_platform_is_linux() {
-    let p = Platform::host();
-    assert_eq!(p.os, "linux");
+    let p = host_platform();
+    assert_eq!(*p.os(), Os::Linux);
     #[cfg(target_arch = "x86_64")]
-    assert_eq!(p.to_string(), "linux/amd64");
+    assert_eq!(platform_name(&p), "linux/amd64");
 }
 
 #[test]
@@ -194,13 +204,16 @@ fn config_and_chain_ids() {
     })
     .to_string();
     let c = parse_config(body.as_bytes(), 3).unwrap();
-    assert_eq!(c.config.unwrap().user.as_deref(), Some("1000:1000"));
+    assert_eq!(
+        c.config().as_ref().and_then(|c| c.user().as_deref()),
+        Some("1000:1000")
+    );
     assert!(
         parse_config(body.as_bytes(), 2)
             .unwrap_err()
             .contains("3 layer diff ids")
     );
-    let chain = chain_ids(&c.rootfs.diff_ids);
+    let chain = chain_ids(c.rootfs().diff_ids());
     assert_eq!(chain[0], d(1));
     // Known value: sha256("<d1> <d2>").
     use sha2::{Digest, Sha256};
@@ -210,4 +223,105 @@ fn config_and_chain_ids() {
     );
     assert_eq!(chain[1], expect);
     assert_ne!(chain[2], chain[1]);
+}
+
+/// What oci-spec requires and Berth has always accepted without: a descriptor's media
+/// type, a platform's os and architecture, a config's os, architecture and rootfs type.
+#[test]
+fn fields_registries_leave_out_read_as_empty() {
+    let m = serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"digest": d(1), "size": 10},
+        "layers": [{"digest": d(2), "size": 20, "x-unknown": [1, {"a": null}]}],
+        "x-unknown": true
+    })
+    .to_string();
+    let ManifestDoc::Manifest(m) = parse_manifest(None, m.as_bytes()).unwrap() else {
+        panic!("not a manifest")
+    };
+    assert_eq!(m.config().media_type().as_ref(), "");
+    assert_eq!(
+        layer_compression(m.layers()[0].media_type()),
+        Ok(Compression::None)
+    );
+
+    // An entry without a media type may be chosen; one without a platform never is.
+    let i = index(vec![
+        serde_json::json!({"digest": d(1), "size": 1, "platform": {"variant": "v8"}}),
+        serde_json::json!({"digest": d(2), "size": 1}),
+        serde_json::json!({"digest": d(3), "size": 1, "platform": {"os": "linux", "architecture": "amd64"}}),
+    ]);
+    let amd64 = plat("amd64", None);
+    assert_eq!(select_platform(&i, &amd64).unwrap().digest().as_ref(), d(3));
+    let err = select_platform(&i, &plat("arm64", None)).unwrap_err();
+    assert_eq!(err, "//v8, linux/amd64");
+
+    let c = serde_json::json!({"rootfs": {"diff_ids": [d(1)]}}).to_string();
+    let c = parse_config(c.as_bytes(), 1).unwrap();
+    assert_eq!(c.os().to_string(), "");
+    assert_eq!(c.architecture().to_string(), "");
+    assert!(
+        parse_config(b"{\"os\": \"linux\"}", 0).is_err(),
+        "rootfs is required"
+    );
+}
+
+/// A document that two parsers could read two ways is refused, whichever path reads it.
+#[test]
+fn repeated_fields_are_refused() {
+    let twice = format!(
+        r#"{{"schemaVersion": 2, "mediaType": "{OCI_MANIFEST}",
+            "config": {{"mediaType": "x", "digest": "{}", "digest": "{}", "size": 1}},
+            "layers": []}}"#,
+        d(1),
+        d(2)
+    );
+    let err = parse_manifest(None, twice.as_bytes()).unwrap_err();
+    assert!(err.contains("duplicate"), "{err}");
+    // The same with a layer that has no media type, which takes the second reading.
+    let twice = format!(
+        r#"{{"schemaVersion": 2, "mediaType": "{OCI_MANIFEST}",
+            "layers": [{{"digest": "{}", "size": 1}}],
+            "config": {{"mediaType": "x", "digest": "{}", "digest": "{}", "size": 1}}}}"#,
+        d(3),
+        d(1),
+        d(2)
+    );
+    let err = parse_manifest(None, twice.as_bytes()).unwrap_err();
+    assert!(err.contains("duplicate"), "{err}");
+}
+
+/// Hostile and malformed documents are errors, never panics, and what parses holds
+/// together (the fuzz target's properties, over a fixed set).
+#[test]
+fn hostile_documents_are_errors() {
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let docs = [
+        deep.clone(),
+        format!(r#"{{"schemaVersion": 2, "manifests": {deep}}}"#),
+        r#"{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json"}"#.into(),
+        r#"{"schemaVersion": 2, "manifests": [{"digest": "sha512:00", "size": 1}]}"#.into(),
+        r#"{"schemaVersion": 2, "manifests": [{"digest": "../x", "size": 1}]}"#.into(),
+        format!(
+            r#"{{"schemaVersion": 2, "manifests": [{{"digest": "{}", "size": -1}}]}}"#,
+            d(1)
+        ),
+        format!(
+            r#"{{"schemaVersion": 2, "manifests": [{{"digest": "{}", "size": 1.5}}]}}"#,
+            d(1)
+        ),
+        format!(
+            r#"{{"schemaVersion": 2, "manifests": [{{"mediaType": null, "digest": "{}", "size": 1}}]}}"#,
+            d(1)
+        ),
+        r#"{"schemaVersion": 2, "layers": [], "config": 7}"#.into(),
+        r#"{"schemaVersion": 2, "layers": "x"}"#.into(),
+        r#"{"schemaVersion": "2", "manifests": []}"#.into(),
+        "null".into(),
+        "\u{feff}{}".into(),
+    ];
+    for doc in &docs {
+        assert!(parse_manifest(None, doc.as_bytes()).is_err(), "{doc:.80}");
+        assert!(parse_config(doc.as_bytes(), 0).is_err(), "{doc:.80}");
+    }
 }

@@ -14,8 +14,8 @@ use super::{ImageStore, Pulled, blocking, join_error, layer_error};
 use crate::content::BlobWriter;
 use crate::error::Error;
 use crate::manifest::{
-    self, Descriptor, Manifest, ManifestDoc, chain_ids, parse_config, parse_manifest,
-    select_platform,
+    Descriptor, ImageConfiguration, ImageManifest, ManifestDoc, chain_ids, parse_config,
+    parse_manifest, platform_name, select_platform,
 };
 use crate::records::{self, Image, ImageRecord, LayerRecord};
 use crate::reference::Reference;
@@ -147,34 +147,37 @@ impl ImageStore {
                 let desc = select_platform(&index, &self.platform).map_err(|available| {
                     Error::NoMatchingPlatform {
                         reference: r.to_string(),
-                        platform: self.platform.to_string(),
+                        platform: platform_name(&self.platform),
                         available,
                     }
                 })?;
                 let body = self.small_blob(&mut src, desc, true).await?;
-                let media = (!desc.media_type.is_empty()).then_some(desc.media_type.as_str());
+                let media = Some(desc.media_type().as_ref()).filter(|m| !m.is_empty());
                 match parse_manifest(media, &body).map_err(invalid)? {
-                    ManifestDoc::Manifest(m) => {
-                        (Some(top.digest.clone()), m, desc.size, desc.digest.clone())
-                    }
+                    ManifestDoc::Manifest(m) => (
+                        Some(top.digest.clone()),
+                        m,
+                        desc.size(),
+                        desc.digest().to_string(),
+                    ),
                     ManifestDoc::Index(_) => {
                         return Err(invalid("an index inside an index".into()));
                     }
                 }
             }
         };
-        let config = self.small_blob(&mut src, &manifest.config, false).await?;
-        let summary = parse_config(&config, manifest.layers.len()).map_err(invalid)?;
-        let chain = chain_ids(&summary.rootfs.diff_ids);
+        let config_blob = self.small_blob(&mut src, manifest.config(), false).await?;
+        let config = parse_config(&config_blob, manifest.layers().len()).map_err(invalid)?;
+        let chain = chain_ids(config.rootfs().diff_ids());
 
         // Layers in parallel; the first failure stops the others, and every layer's
         // blocking work is awaited so a failed pull returns with its leftovers removed.
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let results = futures::future::join_all(
             manifest
-                .layers
+                .layers()
                 .iter()
-                .zip(&summary.rootfs.diff_ids)
+                .zip(config.rootfs().diff_ids())
                 .zip(&chain)
                 .enumerate()
                 .map(|(i, ((layer, diff_id), chain_id))| {
@@ -216,7 +219,7 @@ impl ImageStore {
 
         let record = self.record(
             &manifest,
-            &summary,
+            &config,
             &chain,
             index_digest,
             manifest_digest,
@@ -228,44 +231,44 @@ impl ImageStore {
         }
         let db = self.db.clone();
         let image = blocking(move || records::commit_pull(&db, record, &names)).await?;
-        Ok((image, downloaded, manifest.layers.len()))
+        Ok((image, downloaded, manifest.layers().len()))
     }
 
     #[allow(clippy::too_many_arguments)]
     fn record(
         &self,
-        manifest: &Manifest,
-        summary: &manifest::ConfigSummary,
+        manifest: &ImageManifest,
+        config: &ImageConfiguration,
         chain: &[String],
         index_digest: Option<String>,
         manifest_digest: String,
         manifest_size: u64,
     ) -> ImageRecord {
         let layers: Vec<LayerRecord> = manifest
-            .layers
+            .layers()
             .iter()
-            .zip(&summary.rootfs.diff_ids)
+            .zip(config.rootfs().diff_ids())
             .zip(chain)
             .map(|((l, diff_id), chain_id)| LayerRecord {
-                digest: l.digest.clone(),
-                size: l.size,
-                media_type: l.media_type.clone(),
+                digest: l.digest().to_string(),
+                size: l.size(),
+                media_type: l.media_type().to_string(),
                 diff_id: diff_id.clone(),
                 chain_id: chain_id.clone(),
             })
             .collect();
         let size =
-            manifest_size + manifest.config.size + layers.iter().map(|l| l.size).sum::<u64>();
+            manifest_size + manifest.config().size() + layers.iter().map(|l| l.size).sum::<u64>();
         ImageRecord {
             image: Image {
-                id: manifest.config.digest.clone(),
+                id: manifest.config().digest().to_string(),
                 repo_tags: Vec::new(),
                 repo_digests: Vec::new(),
                 size,
-                user: summary
-                    .config
+                user: config
+                    .config()
                     .as_ref()
-                    .and_then(|c| c.user.clone())
+                    .and_then(|c| c.user().clone())
                     .unwrap_or_default(),
                 pinned: false,
             },
@@ -288,20 +291,27 @@ impl ImageStore {
         desc: &Descriptor,
         is_manifest: bool,
     ) -> Result<Vec<u8>, Error> {
-        let _one = self.blob_locks.lock(&desc.digest).await;
-        if self.content.has(&desc.digest) {
-            return self.read_blob(&desc.digest).await;
+        let _one = self.blob_locks.lock(desc.digest().as_ref()).await;
+        if self.content.has(desc.digest().as_ref()) {
+            return self.read_blob(desc.digest().as_ref()).await;
         }
         let body = if is_manifest {
-            let m = self.registry.fetch_manifest(src, &desc.digest).await?;
-            verify(&desc.digest, desc.size, &m.body)?;
+            let m = self
+                .registry
+                .fetch_manifest(src, desc.digest().as_ref())
+                .await?;
+            verify(desc.digest().as_ref(), desc.size(), &m.body)?;
             m.body
         } else {
             self.registry
-                .fetch_blob(src, &desc.digest, desc.size)
+                .fetch_blob(src, desc.digest().as_ref(), desc.size())
                 .await?
         };
-        let (content, digest, data) = (self.content.clone(), desc.digest.clone(), body.clone());
+        let (content, digest, data) = (
+            self.content.clone(),
+            desc.digest().to_string(),
+            body.clone(),
+        );
         blocking(move || content.write_all(&digest, &data)).await?;
         Ok(body)
     }
@@ -319,21 +329,22 @@ impl ImageStore {
     ) -> Result<LayerOutcome, Error> {
         let _snapshot = or_cancel(self.snapshot_locks.lock(chain_id), &mut cancel).await?;
         if self.snapshots.exists(chain_id) {
-            tracing::debug!(layer = %layer.digest, "layer already unpacked");
+            tracing::debug!(layer = %layer.digest(), "layer already unpacked");
             return Ok(LayerOutcome::default());
         }
         let _permit = or_cancel(self.layer_permits.acquire(), &mut cancel)
             .await?
             .map_err(|_| Error::Db("store closed".into()))?;
-        let blob_lock = or_cancel(self.blob_locks.lock(&layer.digest), &mut cancel).await?;
+        let blob_lock =
+            or_cancel(self.blob_locks.lock(layer.digest().as_ref()), &mut cancel).await?;
         let started = Instant::now();
-        let digest = layer.digest.clone();
+        let digest = layer.digest().to_string();
         let tmp = self.snapshots.prepare(chain_id)?;
         let fs_dir = tmp.fs();
         let limits = self.layer_limits;
 
         let mut blob_lock = Some(blob_lock);
-        let (summary, writer, downloaded) = if self.content.has(&layer.digest) {
+        let (summary, writer, downloaded) = if self.content.has(layer.digest().as_ref()) {
             blob_lock = None;
             let path = self.content.path(&digest);
             let d = digest.clone();
@@ -344,7 +355,7 @@ impl ImageStore {
             .await?;
             (summary, None, 0)
         } else {
-            let writer = self.content.writer(&layer.digest, layer.size)?;
+            let writer = self.content.writer(layer.digest().as_ref(), layer.size())?;
             let (tx, rx) = mpsc::channel(64);
             let d = digest.clone();
             let unpacker = tokio::task::spawn_blocking(
@@ -371,7 +382,7 @@ impl ImageStore {
             // A failed download explains a failed unpack, not the reverse.
             download?;
             let (summary, writer) = unpacked?;
-            (summary, Some(writer), layer.size)
+            (summary, Some(writer), layer.size())
         };
         if summary.diff_id != diff_id {
             return Err(Error::InvalidLayer {
@@ -393,7 +404,7 @@ impl ImageStore {
         // Only now may a waiter for the same blob look for it in the store.
         drop(blob_lock);
         tracing::debug!(
-            layer = %layer.digest, bytes = downloaded, entries = summary.entries,
+            layer = %layer.digest(), bytes = downloaded, entries = summary.entries,
             ms = started.elapsed().as_millis() as u64, "layer unpacked"
         );
         Ok(LayerOutcome { downloaded })
@@ -433,7 +444,9 @@ impl ImageStore {
         tx: mpsc::Sender<Chunk>,
         mut cancel: watch::Receiver<bool>,
     ) -> Result<(), Error> {
-        let mut stream = self.registry.blob_stream(src, &layer.digest, layer.size);
+        let mut stream = self
+            .registry
+            .blob_stream(src, layer.digest().as_ref(), layer.size());
         loop {
             let next = or_cancel(stream.next(), &mut cancel).await.and_then(|r| r);
             match next {
