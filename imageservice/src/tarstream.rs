@@ -496,4 +496,4 @@ fn parse_pax_time(v: &str) -> Option<(i64, u32)> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

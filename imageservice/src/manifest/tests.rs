@@ -23,6 +23,11 @@ fn index(entries: Vec<serde_json::Value>) -> ImageIndex {
     }
 }
 
+/// The digest of the entry of `i` chosen for linux/`arch`/`variant`.
+fn chosen(i: &ImageIndex, arch: &str, variant: Option<&str>) -> Result<String, String> {
+    select_platform(i, &plat(arch, variant)).map(|d| d.digest().to_string())
+}
+
 fn plat(arch: &str, variant: Option<&str>) -> Platform {
     let mut p = Platform::default();
     p.set_os(Os::Linux)
@@ -118,21 +123,9 @@ fn selects_host_platform() {
         entry(3, "windows", "amd64", None),
         entry(4, "unknown", "unknown", None),
     ]);
-    assert_eq!(
-        select_platform(&i, &plat("amd64", None))
-            .unwrap()
-            .digest()
-            .to_string(),
-        d(2)
-    );
-    assert_eq!(
-        select_platform(&i, &plat("arm64", Some("v8")))
-            .unwrap()
-            .digest()
-            .to_string(),
-        d(1)
-    );
-    let err = select_platform(&i, &plat("s390x", None)).unwrap_err();
+    assert_eq!(chosen(&i, "amd64", None), Ok(d(2)));
+    assert_eq!(chosen(&i, "arm64", Some("v8")), Ok(d(1)));
+    let err = chosen(&i, "s390x", None).unwrap_err();
     assert!(
         err.contains("linux/amd64") && err.contains("linux/arm64/v8"),
         "{err}"
@@ -143,48 +136,24 @@ fn selects_host_platform() {
 fn honours_variants() {
     // amd64 with no variant never picks a v3 build.
     let i = index(vec![entry(1, "linux", "amd64", Some("v3"))]);
-    assert!(select_platform(&i, &plat("amd64", None)).is_err());
+    assert!(chosen(&i, "amd64", None).is_err());
     let i = index(vec![
         entry(1, "linux", "amd64", Some("v3")),
         entry(2, "linux", "amd64", Some("v1")),
     ]);
-    assert_eq!(
-        select_platform(&i, &plat("amd64", None))
-            .unwrap()
-            .digest()
-            .to_string(),
-        d(2)
-    );
+    assert_eq!(chosen(&i, "amd64", None), Ok(d(2)));
     // arm v7 runs v7 before v6, never v8.
     let i = index(vec![
         entry(1, "linux", "arm", Some("v6")),
         entry(2, "linux", "arm", Some("v8")),
         entry(3, "linux", "arm", Some("v7")),
     ]);
-    assert_eq!(
-        select_platform(&i, &plat("arm", Some("v7")))
-            .unwrap()
-            .digest()
-            .to_string(),
-        d(3)
-    );
-    assert_eq!(
-        select_platform(&i, &plat("arm", Some("v6")))
-            .unwrap()
-            .digest()
-            .to_string(),
-        d(1)
-    );
-    assert!(select_platform(&i, &plat("arm", Some("v5"))).is_err());
+    assert_eq!(chosen(&i, "arm", Some("v7")), Ok(d(3)));
+    assert_eq!(chosen(&i, "arm", Some("v6")), Ok(d(1)));
+    assert!(chosen(&i, "arm", Some("v5")).is_err());
     // arm64 without variant is v8.
     let i = index(vec![entry(1, "linux", "arm64", None)]);
-    assert_eq!(
-        select_platform(&i, &plat("arm64", Some("v8")))
-            .unwrap()
-            .digest()
-            .to_string(),
-        d(1)
-    );
+    assert_eq!(chosen(&i, "arm64", Some("v8")), Ok(d(1)));
 }
 
 #[test]
@@ -251,9 +220,8 @@ fn fields_registries_leave_out_read_as_empty() {
         serde_json::json!({"digest": d(2), "size": 1}),
         serde_json::json!({"digest": d(3), "size": 1, "platform": {"os": "linux", "architecture": "amd64"}}),
     ]);
-    let amd64 = plat("amd64", None);
-    assert_eq!(select_platform(&i, &amd64).unwrap().digest().as_ref(), d(3));
-    let err = select_platform(&i, &plat("arm64", None)).unwrap_err();
+    assert_eq!(chosen(&i, "amd64", None), Ok(d(3)));
+    let err = chosen(&i, "arm64", None).unwrap_err();
     assert_eq!(err, "//v8, linux/amd64");
 
     let c = serde_json::json!({"rootfs": {"diff_ids": [d(1)]}}).to_string();

@@ -107,6 +107,11 @@ fn client_with(configs: &[(&str, HostConfig)], mirrors: &[(&str, &[&str])]) -> R
     RegistryClient::new(config, RetryPolicy::default())
 }
 
+/// A client for the origin at port 5000 with its mirror at port 6000, and `configs`.
+fn with_mirror(configs: &[(&str, HostConfig)]) -> RegistryClient {
+    client_with(configs, &[("127.0.0.1:5000", &["http://127.0.0.1:6000"])])
+}
+
 fn user(name: &str) -> HostConfig {
     HostConfig {
         username: Some(name.into()),
@@ -130,6 +135,14 @@ fn sent(c: &RegistryClient, image: &str, creds: Option<Credentials>) -> Vec<(Str
         .collect()
 }
 
+/// What the mirror at port 6000, then the origin at port 5000, were sent.
+fn mirror_then_origin(mirror: &str, origin: &str) -> [(String, String); 2] {
+    [
+        pair("127.0.0.1:6000", mirror),
+        pair("127.0.0.1:5000", origin),
+    ]
+}
+
 fn pair(h: &str, u: &str) -> (String, String) {
     (h.into(), u.into())
 }
@@ -142,97 +155,58 @@ fn credentials_go_only_to_the_host_they_were_given_for() {
         server_address: server.into(),
         ..Default::default()
     };
-    let c = client_with(
-        &[("127.0.0.1:5000", user("origin-user"))],
-        &[("127.0.0.1:5000", &["http://127.0.0.1:6000"])],
-    );
+    let c = with_mirror(&[("127.0.0.1:5000", user("origin-user"))]);
     let image = "127.0.0.1:5000/app:1";
     // Kubelet's credentials, with or without server_address: the origin only.
     for server in ["", "127.0.0.1:5000", "http://127.0.0.1:5000/v2/"] {
         assert_eq!(
             sent(&c, image, Some(kubelet(server))),
-            [
-                pair("127.0.0.1:6000", ""),
-                pair("127.0.0.1:5000", "kubelet")
-            ],
+            mirror_then_origin("", "kubelet"),
             "server_address {server:?}"
         );
     }
     // Configured credentials of the origin: the origin only.
-    assert_eq!(
-        sent(&c, image, None),
-        [
-            pair("127.0.0.1:6000", ""),
-            pair("127.0.0.1:5000", "origin-user")
-        ]
-    );
+    assert_eq!(sent(&c, image, None), mirror_then_origin("", "origin-user"));
     // Credentials given for the mirror's own host go to it.
     assert_eq!(
         sent(&c, image, Some(kubelet("127.0.0.1:6000"))),
-        [
-            pair("127.0.0.1:6000", "kubelet"),
-            pair("127.0.0.1:5000", "origin-user")
-        ]
+        mirror_then_origin("kubelet", "origin-user")
     );
     // A mirror with its own configured credentials gets those.
-    let c = client_with(
-        &[
-            ("127.0.0.1:5000", user("origin-user")),
-            ("127.0.0.1:6000", user("mirror-user")),
-        ],
-        &[("127.0.0.1:5000", &["http://127.0.0.1:6000"])],
-    );
+    let c = with_mirror(&[
+        ("127.0.0.1:5000", user("origin-user")),
+        ("127.0.0.1:6000", user("mirror-user")),
+    ]);
     assert_eq!(
         sent(&c, image, Some(kubelet(""))),
-        [
-            pair("127.0.0.1:6000", "mirror-user"),
-            pair("127.0.0.1:5000", "kubelet")
-        ]
+        mirror_then_origin("mirror-user", "kubelet")
     );
     // A bare host's entry is not another port's credentials.
-    let c = client_with(
-        &[("127.0.0.1", user("bare"))],
-        &[("127.0.0.1:5000", &["http://127.0.0.1:6000"])],
-    );
-    assert_eq!(
-        sent(&c, image, None),
-        [pair("127.0.0.1:6000", ""), pair("127.0.0.1:5000", "")]
-    );
+    let c = with_mirror(&[("127.0.0.1", user("bare"))]);
+    assert_eq!(sent(&c, image, None), mirror_then_origin("", ""));
     // The operator may let a mirror have them.
-    let c = client_with(
-        &[
-            ("127.0.0.1:5000", user("origin-user")),
-            (
-                "127.0.0.1:6000",
-                HostConfig {
-                    forward_credentials: true,
-                    ..Default::default()
-                },
-            ),
-        ],
-        &[("127.0.0.1:5000", &["http://127.0.0.1:6000"])],
-    );
+    let c = with_mirror(&[
+        ("127.0.0.1:5000", user("origin-user")),
+        (
+            "127.0.0.1:6000",
+            HostConfig {
+                forward_credentials: true,
+                ..Default::default()
+            },
+        ),
+    ]);
     assert_eq!(
         sent(&c, image, Some(kubelet(""))),
-        [
-            pair("127.0.0.1:6000", "kubelet"),
-            pair("127.0.0.1:5000", "kubelet")
-        ]
+        mirror_then_origin("kubelet", "kubelet")
     );
     assert_eq!(
         sent(&c, image, None),
-        [
-            pair("127.0.0.1:6000", "origin-user"),
-            pair("127.0.0.1:5000", "origin-user")
-        ]
+        mirror_then_origin("origin-user", "origin-user")
     );
     // Kubelet's credentials for another registry go nowhere.
     assert_eq!(
         sent(&c, image, Some(kubelet("quay.io"))),
-        [
-            pair("127.0.0.1:6000", "origin-user"),
-            pair("127.0.0.1:5000", "origin-user")
-        ]
+        mirror_then_origin("origin-user", "origin-user")
     );
     // Docker Hub's names are one registry.
     let c = client_with(

@@ -34,6 +34,20 @@ fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
     [format!("{len} ").as_bytes(), &body].concat()
 }
 
+/// A PAX extended header block (named `p`) carrying `records`, padded.
+fn pax_header(records: &[u8]) -> Vec<u8> {
+    [
+        header(b"p", b'x', records.len() as u64).to_vec(),
+        padded(records),
+    ]
+    .concat()
+}
+
+/// `headers`, then an empty file entry `f` they apply to.
+fn before_file(headers: Vec<u8>) -> Vec<u8> {
+    [headers, header(b"f", b'0', 0).to_vec()].concat()
+}
+
 fn padded(data: &[u8]) -> Vec<u8> {
     let mut v = data.to_vec();
     v.resize(data.len().div_ceil(512) * 512, 0);
@@ -51,24 +65,31 @@ fn read_all(tar: &[u8]) -> Result<Vec<(Entry, Vec<u8>)>, TarError> {
     Ok(out)
 }
 
-#[test]
-fn pax_size_overrides_the_header_size() {
-    // CVE-2025-62518: the header says 0, PAX says N; the N bytes hold a nested header.
-    let inner = [
+/// CVE-2025-62518's archive: the header of `outer` says 0 bytes, its PAX record the
+/// length of the nested archive that follows (a header for `etc/berth-smuggled` and its
+/// data), then comes `after`. The archive and its nested part.
+pub(crate) fn smuggling_archive() -> (Vec<u8>, Vec<u8>) {
+    let nested = [
         header(b"etc/berth-smuggled", b'0', 5).to_vec(),
         padded(b"owned"),
     ]
     .concat();
-    let pax = pax_record("size", inner.len().to_string().as_bytes());
+    let record = pax_record("size", nested.len().to_string().as_bytes());
     let tar = [
-        header(b"PaxHeaders/outer", b'x', pax.len() as u64).to_vec(),
-        padded(&pax),
+        pax_header(&record),
         header(b"outer", b'0', 0).to_vec(),
-        inner.clone(),
+        nested.clone(),
         header(b"after", b'0', 0).to_vec(),
         vec![0; 1024],
     ]
     .concat();
+    (tar, nested)
+}
+
+#[test]
+fn pax_size_overrides_the_header_size() {
+    // CVE-2025-62518: the header says 0, PAX says N; the N bytes hold a nested header.
+    let (tar, inner) = smuggling_archive();
     let entries = read_all(&tar).unwrap();
     let names: Vec<_> = entries.iter().map(|(e, _)| e.name.clone()).collect();
     assert_eq!(names, [b"outer".to_vec(), b"after".to_vec()]);
@@ -134,12 +155,7 @@ fn pax_records_merge_as_go_does() {
     let mut h = header(b"ustar-name", b'0', 0);
     h[116..123].copy_from_slice(b"0000007");
     seal(&mut h);
-    let tar = [
-        header(b"p", b'x', pax.len() as u64).to_vec(),
-        padded(&pax),
-        h.to_vec(),
-    ]
-    .concat();
+    let tar = [pax_header(&pax), h.to_vec()].concat();
     let e = read_all(&tar).unwrap().remove(0).0;
     assert_eq!(e.name, b"second", "the last record wins");
     assert_eq!(
@@ -151,8 +167,7 @@ fn pax_records_merge_as_go_does() {
     assert_eq!(e.xattrs.len(), 1);
     // A GNU long name wins over PAX path.
     let tar = [
-        header(b"p", b'x', pax.len() as u64).to_vec(),
-        padded(&pax),
+        pax_header(&pax),
         header(b"././@LongLink", b'L', 5).to_vec(),
         padded(b"long\0"),
         header(b"x", b'0', 0).to_vec(),
@@ -166,25 +181,12 @@ fn refuses_what_readers_disagree_on() {
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "bad PAX size",
-            {
-                let p = pax_record("size", b"12x");
-                [
-                    header(b"p", b'x', p.len() as u64).to_vec(),
-                    padded(&p),
-                    header(b"f", b'0', 0).to_vec(),
-                ]
-                .concat()
-            },
+            before_file(pax_header(&pax_record("size", b"12x"))),
             "bad numeric PAX record size",
         ),
         (
             "malformed record",
-            [
-                header(b"p", b'x', 6).to_vec(),
-                padded(b"99 a=b"),
-                header(b"f", b'0', 0).to_vec(),
-            ]
-            .concat(),
+            before_file(pax_header(b"99 a=b")),
             "malformed PAX record",
         ),
         (
@@ -192,10 +194,8 @@ fn refuses_what_readers_disagree_on() {
             {
                 let p = pax_record("path", b"a");
                 [
-                    header(b"p", b'x', p.len() as u64).to_vec(),
-                    padded(&p),
-                    header(b"p", b'x', p.len() as u64).to_vec(),
-                    padded(&p),
+                    pax_header(&p),
+                    pax_header(&p),
                     header(b"f", b'0', 0).to_vec(),
                 ]
                 .concat()
@@ -214,23 +214,12 @@ fn refuses_what_readers_disagree_on() {
         ),
         (
             "PAX sparse",
-            {
-                let p = pax_record("GNU.sparse.map", b"0,1");
-                [
-                    header(b"p", b'x', p.len() as u64).to_vec(),
-                    padded(&p),
-                    header(b"f", b'0', 0).to_vec(),
-                ]
-                .concat()
-            },
+            before_file(pax_header(&pax_record("GNU.sparse.map", b"0,1"))),
             "sparse",
         ),
         (
             "dangling extension header",
-            {
-                let p = pax_record("path", b"a");
-                [header(b"p", b'x', p.len() as u64).to_vec(), padded(&p)].concat()
-            },
+            pax_header(&pax_record("path", b"a")),
             "at the end of the archive",
         ),
         (

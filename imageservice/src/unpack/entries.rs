@@ -97,7 +97,7 @@ impl Unpacker {
             let root = self.root.clone();
             return self.finish_dir(&root, &meta);
         };
-        let parent = self.ensure_parents(parents, &name)?;
+        let parent = self.parent_dir(parents, &name, Walk::Create)?;
 
         let base_bytes = base.as_bytes();
         if base_bytes.starts_with(WHITEOUT_PREFIX.as_bytes()) {
@@ -162,7 +162,7 @@ impl Unpacker {
                     return Err(invalid(&name, "hard link to the layer root"));
                 };
                 let in_layer = self
-                    .existing_dir(tparents, &name)
+                    .parent_dir(tparents, &name, Walk::Existing)
                     .ok()
                     .map(|d| d.join(tbase))
                     .filter(|p| fs::symlink_metadata(p).is_ok());
@@ -239,44 +239,46 @@ impl Unpacker {
         mknod(&path, libc::S_IFCHR, 0, 0)
     }
 
-    /// Walks (creating as needed) the parent directories of an entry; each must be a real
-    /// directory, never a symlink.
-    fn ensure_parents(&self, parents: &[&OsStr], entry: &[u8]) -> Result<PathBuf, UnpackError> {
+    /// The directory `parents` names below the root, each component checked with `lstat`
+    /// to be a real directory, never a symlink. For an entry's own parents (`Walk::Create`)
+    /// missing ones are made; for a hard link's target (`Walk::Existing`) nothing is made
+    /// and a parent that is not a directory means the target is not in this layer.
+    fn parent_dir(
+        &self,
+        parents: &[&OsStr],
+        entry: &[u8],
+        walk: Walk,
+    ) -> Result<PathBuf, UnpackError> {
+        let create = walk == Walk::Create;
         let mut dir = self.root.clone();
         for p in parents {
             dir.push(p);
             match fs::symlink_metadata(&dir) {
                 Ok(m) if m.is_dir() => {}
-                Ok(m) if m.file_type().is_symlink() => {
+                Ok(m) if create && m.file_type().is_symlink() => {
                     return Err(invalid(entry, "a parent directory is a symlink"));
                 }
-                Ok(_) => return Err(invalid(entry, "a parent is not a directory")),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Ok(_) if create => return Err(invalid(entry, "a parent is not a directory")),
+                Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
                     mkdir(&dir)?;
                     fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
                         .map_err(io_err("chmod", &dir))?;
                 }
-                Err(e) => return Err(io_err("stat", &dir)(e)),
-            }
-        }
-        Ok(dir)
-    }
-
-    /// Like `ensure_parents` but creates nothing (for hard link targets).
-    fn existing_dir(&self, parents: &[&OsStr], entry: &[u8]) -> Result<PathBuf, UnpackError> {
-        let mut dir = self.root.clone();
-        for p in parents {
-            dir.push(p);
-            match fs::symlink_metadata(&dir) {
-                Ok(m) if m.is_dir() => {}
-                Ok(m) if m.file_type().is_symlink() => {
-                    return Err(invalid(entry, "hard link target's parent is a symlink"));
-                }
+                Err(e) if create => return Err(io_err("stat", &dir)(e)),
                 _ => return Err(invalid(entry, "hard link target is not in this layer")),
             }
         }
         Ok(dir)
     }
+}
+
+/// How [`Unpacker::parent_dir`] treats missing parents.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// Make them (an entry's own parents).
+    Create,
+    /// Make nothing (a hard link target's parents).
+    Existing,
 }
 
 /// An entry's metadata; extended attributes only those that may not speak to overlayfs

@@ -1,7 +1,7 @@
 //! The file operations unpacking needs that `std` lacks: device nodes, extended
 //! attributes and times set on a path without following a final symlink, and disk usage.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -120,8 +120,7 @@ pub fn get_xattr(path: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let n = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let mut buf = vec![0u8; 4096];
-    // SAFETY: valid NUL-terminated strings; `buf` is a writable buffer of `buf.len()` bytes.
-    let rc = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let rc = lgetxattr(&c, &n, &mut buf);
     if rc < 0 {
         let e = io::Error::last_os_error();
         return if e.raw_os_error() == Some(libc::ENODATA) {
@@ -144,8 +143,7 @@ pub(super) fn is_opaque(dir: &Path) -> bool {
         return false;
     };
     let mut v = [0u8; 2];
-    // SAFETY: valid NUL-terminated strings; `v` is a live buffer of the length passed.
-    let len = unsafe { libc::lgetxattr(c.as_ptr(), n.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+    let len = lgetxattr(&c, &n, &mut v);
     len == 1 && v[0] == b'y'
 }
 
@@ -164,15 +162,7 @@ pub(super) fn xattrs_of(path: &Path) -> Vec<(OsString, Vec<u8>)> {
     for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let Ok(n) = CString::new(name) else { continue };
         let mut value = vec![0u8; 65536];
-        // SAFETY: valid strings; `value` is a live buffer of the length passed.
-        let len = unsafe {
-            libc::lgetxattr(
-                c.as_ptr(),
-                n.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
+        let len = lgetxattr(&c, &n, &mut value);
         if len >= 0 {
             value.truncate(len as usize);
             out.push((OsStr::from_bytes(name).to_owned(), value));
@@ -213,4 +203,19 @@ pub fn disk_usage(path: &Path) -> io::Result<(u64, u64)> {
         }
     }
     Ok((bytes, inodes))
+}
+
+/// `lgetxattr(2)`: the value of `name` on `path` (never following a final symlink) into
+/// `buf`; its length, or -1 with `errno` set.
+fn lgetxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> isize {
+    // SAFETY: both strings are valid and NUL-terminated and `buf` is a live, writable
+    // buffer of the length passed, all alive for the call, which keeps no pointer.
+    unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    }
 }

@@ -9,6 +9,7 @@ use super::fsops::*;
 use super::lowers::*;
 use super::stream::*;
 use super::*;
+use crate::tarstream::tests::{header, smuggling_archive};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 /// Builds tar archives by hand, including entries `tar::Builder` refuses to write.
@@ -398,63 +399,32 @@ fn later_entries_replace_earlier_ones_without_following() {
 
 #[test]
 fn rejects_every_escape() {
-    rejected(
-        TarBuilder::new().file("../evil", 0o644, b"x").finish(),
-        "'..'",
-    );
-    rejected(
-        TarBuilder::new().file("a/../../evil", 0o644, b"x").finish(),
-        "'..'",
-    );
-    rejected(
-        TarBuilder::new().file("/etc/evil", 0o644, b"x").finish(),
-        "absolute path",
-    );
-    rejected(
-        TarBuilder::new()
-            .symlink("link", "/tmp")
-            .file("link/evil", 0o644, b"x")
-            .finish(),
-        "parent directory is a symlink",
-    );
-    rejected(
-        TarBuilder::new()
-            .symlink("link", ".")
-            .file("link/evil", 0o644, b"x")
-            .finish(),
-        "parent directory is a symlink",
-    );
-    rejected(
-        TarBuilder::new().symlink("a/link", "../../etc").finish(),
-        "points outside",
-    );
-    rejected(
-        TarBuilder::new().hardlink("h", "../../etc/passwd").finish(),
-        "'..'",
-    );
-    rejected(
-        TarBuilder::new().hardlink("h", "/etc/passwd").finish(),
-        "absolute path",
-    );
+    let t = TarBuilder::new;
+    for (tar, why) in [
+        (t().file("../evil", 0o644, b"x"), "'..'"),
+        (t().file("a/../../evil", 0o644, b"x"), "'..'"),
+        (t().file("/etc/evil", 0o644, b"x"), "absolute path"),
+        (
+            t().symlink("link", "/tmp").file("link/evil", 0o644, b"x"),
+            "parent directory is a symlink",
+        ),
+        (
+            t().symlink("link", ".").file("link/evil", 0o644, b"x"),
+            "parent directory is a symlink",
+        ),
+        (t().symlink("a/link", "../../etc"), "points outside"),
+        (t().hardlink("h", "../../etc/passwd"), "'..'"),
+        (t().hardlink("h", "/etc/passwd"), "absolute path"),
+        (t().file("a/.wh...", 0o644, b""), "invalid name"),
+        (t().file("a/.wh..", 0o644, b""), "invalid name"),
+    ] {
+        rejected(tar.finish(), why);
+    }
     // Targets not in the layer are looked for in the lower layers (none here).
+    rejected_below(t().hardlink("h", "missing").finish(), "in no layer");
     rejected_below(
-        TarBuilder::new().hardlink("h", "missing").finish(),
-        "in no layer",
-    );
-    rejected_below(
-        TarBuilder::new()
-            .symlink("l", "/etc")
-            .hardlink("h", "l/passwd")
-            .finish(),
+        t().symlink("l", "/etc").hardlink("h", "l/passwd").finish(),
         "not a directory",
-    );
-    rejected(
-        TarBuilder::new().file("a/.wh...", 0o644, b"").finish(),
-        "invalid name",
-    );
-    rejected(
-        TarBuilder::new().file("a/.wh..", 0o644, b"").finish(),
-        "invalid name",
     );
     rejected(
         b"this is not a tar archive at all, just some bytes".repeat(20),
@@ -551,46 +521,10 @@ fn the_entry_budget_is_enforced() {
     assert_eq!(r.unwrap().entries, 5);
 }
 
-/// A raw ustar header block with `size` in its size field.
-fn raw_header(name: &str, typeflag: u8, size: u64) -> Vec<u8> {
-    let mut h = tar::Header::new_ustar();
-    h.set_path(name).unwrap();
-    h.set_mode(0o644);
-    h.set_mtime(1_600_000_000);
-    h.set_size(size);
-    h.as_mut_bytes()[156] = typeflag;
-    h.set_cksum();
-    h.as_bytes().to_vec()
-}
-
-fn pad(mut v: Vec<u8>) -> Vec<u8> {
-    v.resize(v.len().div_ceil(512) * 512, 0);
-    v
-}
-
 #[test]
 fn cve_2025_62518_a_pax_size_hides_no_entry() {
     // The nested archive a reader using the ustar size (0) would see as entries.
-    let nested = [
-        raw_header("etc/berth-smuggled", b'0', 6),
-        pad(b"owned\n".to_vec()),
-    ]
-    .concat();
-    let body = format!("size={}\n", nested.len());
-    let record = format!("{} {body}", body.len() + 3);
-    assert!(
-        record.starts_with(&format!("{} ", record.len())),
-        "{record}"
-    );
-    let tar = [
-        raw_header("PaxHeaders/outer", b'x', record.len() as u64),
-        pad(record.into_bytes()),
-        raw_header("outer", b'0', 0),
-        nested.clone(),
-        raw_header("after", b'0', 0),
-        vec![0; 1024],
-    ]
-    .concat();
+    let (tar, nested) = smuggling_archive();
     let (dir, r) = unpack(&tar);
     assert_eq!(r.unwrap().entries, 2);
     assert_eq!(fs::read(dir.path().join("outer")).unwrap(), nested);
@@ -600,7 +534,11 @@ fn cve_2025_62518_a_pax_size_hides_no_entry() {
 
 #[test]
 fn a_pax_header_claiming_a_gibibyte_is_refused_unread() {
-    let tar = [raw_header("PaxHeaders/x", b'x', 1 << 30), vec![b'9'; 4096]].concat();
+    let tar = [
+        header(b"PaxHeaders/x", b'x', 1 << 30).to_vec(),
+        vec![b'9'; 4096],
+    ]
+    .concat();
     let (_d, r) = unpack(&gzip(&tar));
     match r {
         Err(UnpackError::Invalid(m)) => assert!(
