@@ -5,7 +5,7 @@
 //! oci-spec requires some fields that registries in the wild leave out and that Berth has
 //! always accepted: a descriptor's `mediaType` (some writers omit it on layers, whose
 //! compression the unpacker then sniffs), a platform's `os` and `architecture`, and a
-//! config's `os`, `architecture` and `rootfs.type`. [`from_json`] reads such a document
+//! config's `os`, `architecture` and `rootfs.type`. `from_json` reads such a document
 //! with those fields empty instead of refusing it.
 
 use serde::Deserialize;
@@ -312,6 +312,7 @@ fn fill_descriptors(list: Option<&mut Value>) -> bool {
     }
 }
 
+/// A manifest's config, layers and subject.
 fn fill_manifest(m: &mut Value) -> bool {
     let mut filled = fill_descriptors(m.get_mut("layers"));
     for key in ["config", "subject"] {
@@ -320,11 +321,13 @@ fn fill_manifest(m: &mut Value) -> bool {
     filled
 }
 
+/// An index's entries and subject.
 fn fill_index(i: &mut Value) -> bool {
     let subject = i.get_mut("subject").is_some_and(fill_descriptor);
     fill_descriptors(i.get_mut("manifests")) | subject
 }
 
+/// A config's `os`, `architecture` and `rootfs.type`.
 fn fill_config(c: &mut Value) -> bool {
     let mut filled = fill_empty(c.get_mut("rootfs"), "type");
     for key in ["os", "architecture"] {

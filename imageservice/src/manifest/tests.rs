@@ -202,6 +202,7 @@ fn fields_registries_leave_out_read_as_empty() {
         "schemaVersion": 2, "mediaType": OCI_MANIFEST,
         "config": {"digest": d(1), "size": 10},
         "layers": [{"digest": d(2), "size": 20, "x-unknown": [1, {"a": null}]}],
+        "subject": {"digest": d(9), "size": 1},
         "x-unknown": true
     })
     .to_string();
