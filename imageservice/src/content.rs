@@ -222,14 +222,25 @@ pub(crate) fn write_durably(path: &Path, data: &[u8]) -> Result<(), Error> {
 mod tests {
     use super::*;
 
+    /// A content store in a fresh temporary directory.
+    fn store() -> (tempfile::TempDir, ContentStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = ContentStore::open(dir.path()).unwrap();
+        (dir, cs)
+    }
+
+    /// Blobs being written in the store under `dir`.
+    fn ingesting(dir: &tempfile::TempDir) -> usize {
+        fs::read_dir(dir.path().join("ingest")).unwrap().count()
+    }
+
     fn digest(d: &[u8]) -> String {
         format!("sha256:{}", hex::encode(Sha256::digest(d)))
     }
 
     #[test]
     fn commit_verifies_and_renames() {
-        let dir = tempfile::tempdir().unwrap();
-        let cs = ContentStore::open(dir.path()).unwrap();
+        let (dir, cs) = store();
         let d = digest(b"hello");
         let mut w = cs.writer(&d, 5).unwrap();
         w.write_chunk(b"hel").unwrap();
@@ -238,15 +249,14 @@ mod tests {
         w.commit().unwrap();
         assert_eq!(cs.read(&d).unwrap(), b"hello");
         assert_eq!(cs.list().unwrap(), vec![d.clone()]);
-        assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+        assert_eq!(ingesting(&dir), 0);
         cs.remove(&d).unwrap();
         assert!(!cs.has(&d));
     }
 
     #[test]
     fn bad_content_leaves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let cs = ContentStore::open(dir.path()).unwrap();
+        let (dir, cs) = store();
         let d = digest(b"hello");
         let mut w = cs.writer(&d, 5).unwrap();
         w.write_chunk(b"jello").unwrap();
@@ -257,17 +267,16 @@ mod tests {
         let w = cs.writer(&d, 5).unwrap();
         assert!(w.commit().is_err(), "short blob");
         assert!(!cs.has(&d));
-        assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+        assert_eq!(ingesting(&dir), 0);
     }
 
     #[test]
     fn open_drops_interrupted_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let cs = ContentStore::open(dir.path()).unwrap();
+        let (dir, cs) = store();
         let w = cs.writer(&digest(b"x"), 1).unwrap();
         std::mem::forget(w); // a crash mid-write
-        assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 1);
+        assert_eq!(ingesting(&dir), 1);
         ContentStore::open(dir.path()).unwrap();
-        assert_eq!(fs::read_dir(dir.path().join("ingest")).unwrap().count(), 0);
+        assert_eq!(ingesting(&dir), 0);
     }
 }

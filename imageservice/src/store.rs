@@ -1,30 +1,31 @@
-//! The image store: pulls (resolve, fetch, verify, unpack, record), lookups, removal,
-//! leases, garbage collection and usage figures.
+//! The image store: opening and crash recovery, lookups, removal and leases. Pulls
+//! (resolve, fetch, verify, unpack, record) are in [`pull`], garbage collection and usage
+//! figures in [`gc`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Instant;
 
 use berth_db::Db;
-use bytes::{Buf, Bytes};
-use tokio::sync::{OwnedMutexGuard, RwLock, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedMutexGuard, RwLock, Semaphore};
 
 use crate::config::RegistryConfig;
-use crate::content::{BlobWriter, ContentStore};
+use crate::content::ContentStore;
 use crate::error::Error;
-use crate::manifest::{
-    self, Descriptor, Manifest, ManifestDoc, Platform, chain_ids, parse_config, parse_manifest,
-    select_platform,
-};
+use crate::manifest::{Platform, host_platform};
 use crate::records::{self, Image, ImageRecord, LayerRecord, Lease};
 use crate::reference::Reference;
-use crate::registry::{Credentials, FetchedManifest, RegistryClient, RetryPolicy, Source, verify};
-use crate::snapshot::{Snapshots, TempSnapshot};
-use crate::unpack::{LayerLimits, UnpackError, UnpackSummary, disk_usage, unpack_layer_with};
+use crate::registry::{RegistryClient, RetryPolicy};
+use crate::snapshot::Snapshots;
+use crate::unpack::{LayerLimits, UnpackError, unpack_layer_with};
+
+mod gc;
+mod pull;
+
+use pull::commit;
 
 /// Usage of the image filesystem, for `ImageFsInfo`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,7 +63,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            platform: Platform::host(),
+            platform: host_platform(),
             retry: RetryPolicy::default(),
             max_parallel_layers: 6,
             layer_limits: LayerLimits::default(),
@@ -113,50 +114,6 @@ pub struct ImageStore {
     layer_limits: LayerLimits,
 }
 
-/// Messages from the downloader to the unpacking thread.
-enum Chunk {
-    Data(Bytes),
-    End,
-    Failed,
-}
-
-/// The unpacking thread's view of a download: every byte it reads is also written to
-/// the blob's temporary file (which hashes it).
-struct ChannelReader {
-    rx: mpsc::Receiver<Chunk>,
-    cur: Bytes,
-    writer: BlobWriter,
-    eof: bool,
-    write_error: Option<Error>,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if !self.cur.is_empty() {
-                let n = buf.len().min(self.cur.len());
-                buf[..n].copy_from_slice(&self.cur[..n]);
-                self.cur.advance(n);
-                return Ok(n);
-            }
-            if self.eof {
-                return Ok(0);
-            }
-            match self.rx.blocking_recv() {
-                Some(Chunk::Data(b)) => {
-                    if let Err(e) = self.writer.write_chunk(&b) {
-                        self.write_error = Some(e);
-                        return Err(io::Error::other("storing the blob failed"));
-                    }
-                    self.cur = b;
-                }
-                Some(Chunk::End) => self.eof = true,
-                Some(Chunk::Failed) | None => return Err(io::Error::other("download interrupted")),
-            }
-        }
-    }
-}
-
 fn layer_error(digest: &str, e: UnpackError) -> Error {
     match e {
         UnpackError::Invalid(reason) => Error::InvalidLayer {
@@ -191,12 +148,6 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
     tokio::task::spawn_blocking(f).await.map_err(join_error)?
-}
-
-/// How one layer of a pull went.
-#[derive(Clone, Copy, Debug, Default)]
-struct LayerOutcome {
-    downloaded: u64,
 }
 
 /// A finished pull: the image, and what this pull fetched for it.
@@ -346,387 +297,6 @@ impl ImageStore {
         commit(None, tmp).await
     }
 
-    /// Pulls `reference` (tag or digest; normalised like containerd) and returns the image.
-    /// Concurrent pulls share downloads: each blob is fetched and each layer unpacked once.
-    pub async fn pull(&self, reference: &str, creds: Option<Credentials>) -> Result<Image, Error> {
-        self.pull_measured(reference, creds).await.map(|p| p.image)
-    }
-
-    /// [`ImageStore::pull`], also telling how much this pull downloaded.
-    pub async fn pull_measured(
-        &self,
-        reference: &str,
-        creds: Option<Credentials>,
-    ) -> Result<Pulled, Error> {
-        let r = Reference::parse(reference)?;
-        let started = Instant::now();
-        let result = {
-            let _shared = self.gc_lock.read().await;
-            self.pull_locked(&r, creds).await
-        };
-        match &result {
-            Ok((image, downloaded, layers)) => tracing::info!(
-                image = %r, id = %image.id, layers, bytes = downloaded,
-                ms = started.elapsed().as_millis() as u64, "image pulled"
-            ),
-            Err(e) => tracing::warn!(image = %r, error = %e, "image pull failed"),
-        }
-        if result.is_ok() {
-            // Durability of the new snapshots, off the pull's path.
-            let snaps = self.snapshots.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = snaps.sync() {
-                    tracing::warn!(error = %e, "making snapshots durable");
-                }
-            });
-        }
-        if result.is_err() || self.gc_pending.load(Ordering::Relaxed) {
-            // Drop what the failed pull left (blobs and layers of no image), unless
-            // other pulls are running; then a later pull or GC does it.
-            self.gc_if_idle().await;
-        }
-        result.map(|(image, downloaded, layers)| Pulled {
-            image,
-            downloaded,
-            layers,
-        })
-    }
-
-    async fn pull_locked(
-        &self,
-        r: &Reference,
-        creds: Option<Credentials>,
-    ) -> Result<(Image, u64, usize), Error> {
-        let mut src = self.registry.source(r, creds)?;
-        let invalid = |reason: String| Error::InvalidImage {
-            reference: r.to_string(),
-            reason,
-        };
-
-        let top = match r.digest() {
-            // Content addressed and already here: no need to ask the registry.
-            Some(d) if self.content.has(d) => FetchedManifest {
-                body: self.read_blob(d).await?,
-                digest: d.to_owned(),
-                content_type: None,
-            },
-            _ => self.registry.fetch_manifest(&mut src, r.object()).await?,
-        };
-        let top_doc = parse_manifest(top.content_type.as_deref(), &top.body).map_err(invalid)?;
-        let (index_digest, manifest, manifest_desc_size, manifest_digest) = match top_doc {
-            ManifestDoc::Manifest(m) => (None, m, top.body.len() as u64, top.digest.clone()),
-            ManifestDoc::Index(index) => {
-                let desc = select_platform(&index, &self.platform).map_err(|available| {
-                    Error::NoMatchingPlatform {
-                        reference: r.to_string(),
-                        platform: self.platform.to_string(),
-                        available,
-                    }
-                })?;
-                let body = self.small_blob(&mut src, desc, true).await?;
-                let media = (!desc.media_type.is_empty()).then_some(desc.media_type.as_str());
-                match parse_manifest(media, &body).map_err(invalid)? {
-                    ManifestDoc::Manifest(m) => {
-                        (Some(top.digest.clone()), m, desc.size, desc.digest.clone())
-                    }
-                    ManifestDoc::Index(_) => {
-                        return Err(invalid("an index inside an index".into()));
-                    }
-                }
-            }
-        };
-        let config = self.small_blob(&mut src, &manifest.config, false).await?;
-        let summary = parse_config(&config, manifest.layers.len()).map_err(invalid)?;
-        let chain = chain_ids(&summary.rootfs.diff_ids);
-
-        // Layers in parallel; the first failure stops the others, and every layer's
-        // blocking work is awaited so a failed pull returns with its leftovers removed.
-        let (cancel_tx, cancel_rx) = watch::channel(false);
-        let results = futures::future::join_all(
-            manifest
-                .layers
-                .iter()
-                .zip(&summary.rootfs.diff_ids)
-                .zip(&chain)
-                .enumerate()
-                .map(|(i, ((layer, diff_id), chain_id))| {
-                    let (cancel_tx, cancel, src) = (&cancel_tx, cancel_rx.clone(), &src);
-                    let lowers: Vec<String> = chain[..i].iter().rev().cloned().collect();
-                    async move {
-                        let r = self
-                            .ensure_layer(src, layer, diff_id, chain_id, &lowers, cancel)
-                            .await;
-                        if r.is_err() {
-                            cancel_tx.send_replace(true);
-                        }
-                        r
-                    }
-                }),
-        )
-        .await;
-        let mut outcomes = Vec::with_capacity(results.len());
-        let mut first_error = None;
-        for r in results {
-            match r {
-                Ok(o) => outcomes.push(o),
-                Err(Error::Cancelled) => {}
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
-        let downloaded: u64 = outcomes.iter().map(|o| o.downloaded).sum();
-
-        // The top document: the index, or the manifest itself.
-        if !self.content.has(&top.digest) {
-            let (content, digest, body) = (self.content.clone(), top.digest.clone(), top.body);
-            blocking(move || content.write_all(&digest, &body)).await?;
-        }
-
-        let record = self.record(
-            &manifest,
-            &summary,
-            &chain,
-            index_digest,
-            manifest_digest,
-            manifest_desc_size,
-        );
-        let mut names = vec![r.with_digest(&top.digest).to_string()];
-        if r.tag().is_some() {
-            names.push(r.to_string());
-        }
-        let db = self.db.clone();
-        let image = blocking(move || records::commit_pull(&db, record, &names)).await?;
-        Ok((image, downloaded, manifest.layers.len()))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn record(
-        &self,
-        manifest: &Manifest,
-        summary: &manifest::ConfigSummary,
-        chain: &[String],
-        index_digest: Option<String>,
-        manifest_digest: String,
-        manifest_size: u64,
-    ) -> ImageRecord {
-        let layers: Vec<LayerRecord> = manifest
-            .layers
-            .iter()
-            .zip(&summary.rootfs.diff_ids)
-            .zip(chain)
-            .map(|((l, diff_id), chain_id)| LayerRecord {
-                digest: l.digest.clone(),
-                size: l.size,
-                media_type: l.media_type.clone(),
-                diff_id: diff_id.clone(),
-                chain_id: chain_id.clone(),
-            })
-            .collect();
-        let size =
-            manifest_size + manifest.config.size + layers.iter().map(|l| l.size).sum::<u64>();
-        ImageRecord {
-            image: Image {
-                id: manifest.config.digest.clone(),
-                repo_tags: Vec::new(),
-                repo_digests: Vec::new(),
-                size,
-                user: summary
-                    .config
-                    .as_ref()
-                    .and_then(|c| c.user.clone())
-                    .unwrap_or_default(),
-                pinned: false,
-            },
-            index_digest,
-            manifest_digest,
-            layers,
-        }
-    }
-
-    async fn read_blob(&self, digest: &str) -> Result<Vec<u8>, Error> {
-        let (content, digest) = (self.content.clone(), digest.to_owned());
-        blocking(move || content.read(&digest)).await
-    }
-
-    /// A manifest or config by digest: from the store, or fetched once however many
-    /// pulls ask, verified and stored.
-    async fn small_blob(
-        &self,
-        src: &mut Source,
-        desc: &Descriptor,
-        is_manifest: bool,
-    ) -> Result<Vec<u8>, Error> {
-        let _one = self.blob_locks.lock(&desc.digest).await;
-        if self.content.has(&desc.digest) {
-            return self.read_blob(&desc.digest).await;
-        }
-        let body = if is_manifest {
-            let m = self.registry.fetch_manifest(src, &desc.digest).await?;
-            verify(&desc.digest, desc.size, &m.body)?;
-            m.body
-        } else {
-            self.registry
-                .fetch_blob(src, &desc.digest, desc.size)
-                .await?
-        };
-        let (content, digest, data) = (self.content.clone(), desc.digest.clone(), body.clone());
-        blocking(move || content.write_all(&digest, &data)).await?;
-        Ok(body)
-    }
-
-    /// Makes sure the snapshot `chain_id` exists: unpacked from the stored blob, or
-    /// streamed from the registry (download, digest, decompress and unpack at once).
-    async fn ensure_layer(
-        &self,
-        src: &Source,
-        layer: &Descriptor,
-        diff_id: &str,
-        chain_id: &str,
-        lowers: &[String],
-        mut cancel: watch::Receiver<bool>,
-    ) -> Result<LayerOutcome, Error> {
-        let _snapshot = or_cancel(self.snapshot_locks.lock(chain_id), &mut cancel).await?;
-        if self.snapshots.exists(chain_id) {
-            tracing::debug!(layer = %layer.digest, "layer already unpacked");
-            return Ok(LayerOutcome::default());
-        }
-        let _permit = or_cancel(self.layer_permits.acquire(), &mut cancel)
-            .await?
-            .map_err(|_| Error::Db("store closed".into()))?;
-        let blob_lock = or_cancel(self.blob_locks.lock(&layer.digest), &mut cancel).await?;
-        let started = Instant::now();
-        let digest = layer.digest.clone();
-        let tmp = self.snapshots.prepare(chain_id)?;
-        let fs_dir = tmp.fs();
-        let limits = self.layer_limits;
-
-        let mut blob_lock = Some(blob_lock);
-        let (summary, writer, downloaded) = if self.content.has(&layer.digest) {
-            blob_lock = None;
-            let path = self.content.path(&digest);
-            let d = digest.clone();
-            let summary = blocking(move || {
-                let f = File::open(&path).map_err(Error::io("open", &path))?;
-                unpack_layer_with(f, &fs_dir, &limits).map_err(|e| layer_error(&d, e))
-            })
-            .await?;
-            (summary, None, 0)
-        } else {
-            let writer = self.content.writer(&layer.digest, layer.size)?;
-            let (tx, rx) = mpsc::channel(64);
-            let d = digest.clone();
-            let unpacker = tokio::task::spawn_blocking(
-                move || -> Result<(UnpackSummary, BlobWriter), Error> {
-                    let mut reader = ChannelReader {
-                        rx,
-                        cur: Bytes::new(),
-                        writer,
-                        eof: false,
-                        write_error: None,
-                    };
-                    let result = unpack_layer_with(&mut reader, &fs_dir, &limits);
-                    if let Some(e) = reader.write_error.take() {
-                        return Err(e);
-                    }
-                    let summary = result.map_err(|e| layer_error(&d, e))?;
-                    let mut writer = reader.writer;
-                    writer.finish()?;
-                    Ok((summary, writer))
-                },
-            );
-            let download = self.download(src, layer, tx, cancel.clone()).await;
-            let unpacked = unpacker.await.map_err(join_error)?;
-            // A failed download explains a failed unpack, not the reverse.
-            download?;
-            let (summary, writer) = unpacked?;
-            (summary, Some(writer), layer.size)
-        };
-        if summary.diff_id != diff_id {
-            return Err(Error::InvalidLayer {
-                digest,
-                reason: format!(
-                    "uncompressed content hashes to {}, the config says {diff_id}",
-                    summary.diff_id
-                ),
-            });
-        }
-        if !summary.lower_links.is_empty() {
-            // Hard links into lower layers need those unpacked: wait for them without
-            // holding a permit they may need.
-            drop(_permit);
-            self.link_from_lowers(&digest, &tmp.fs(), lowers, summary.lower_links, &mut cancel)
-                .await?;
-        }
-        commit(writer, tmp).await?;
-        // Only now may a waiter for the same blob look for it in the store.
-        drop(blob_lock);
-        tracing::debug!(
-            layer = %layer.digest, bytes = downloaded, entries = summary.entries,
-            ms = started.elapsed().as_millis() as u64, "layer unpacked"
-        );
-        Ok(LayerOutcome { downloaded })
-    }
-
-    /// Makes a layer's hard links to files of its lower layers (`lowers`, chain IDs
-    /// topmost first), once those are unpacked.
-    async fn link_from_lowers(
-        &self,
-        digest: &str,
-        fs_dir: &Path,
-        lowers: &[String],
-        links: Vec<(PathBuf, PathBuf)>,
-        cancel: &mut watch::Receiver<bool>,
-    ) -> Result<(), Error> {
-        let mut dirs = Vec::with_capacity(lowers.len());
-        for c in lowers {
-            // The lower layer's pull holds this lock until its snapshot is committed.
-            drop(or_cancel(self.snapshot_locks.lock(c), cancel).await?);
-            if !self.snapshots.exists(c) {
-                return Err(Error::Cancelled);
-            }
-            dirs.push(self.snapshots.fs_path(c));
-        }
-        let (root, d) = (fs_dir.to_owned(), digest.to_owned());
-        blocking(move || {
-            crate::unpack::link_from_lowers(&root, &dirs, &links).map_err(|e| layer_error(&d, e))
-        })
-        .await
-    }
-
-    /// Streams a blob to the unpacking thread; says `Failed` to it on error.
-    async fn download(
-        &self,
-        src: &Source,
-        layer: &Descriptor,
-        tx: mpsc::Sender<Chunk>,
-        mut cancel: watch::Receiver<bool>,
-    ) -> Result<(), Error> {
-        let mut stream = self.registry.blob_stream(src, &layer.digest, layer.size);
-        loop {
-            let next = or_cancel(stream.next(), &mut cancel).await.and_then(|r| r);
-            match next {
-                Ok(Some(chunk)) => {
-                    if tx.send(Chunk::Data(chunk)).await.is_err() {
-                        // The unpacker stopped; its error tells why.
-                        return Ok(());
-                    }
-                }
-                Ok(None) => {
-                    let _ = tx.send(Chunk::End).await;
-                    return Ok(());
-                }
-                Err(e) => {
-                    let _ = tx.send(Chunk::Failed).await;
-                    return Err(e);
-                }
-            }
-        }
-    }
-
     /// Every image.
     pub fn list(&self) -> Result<Vec<Image>, Error> {
         Ok(records::all(&self.db)?
@@ -874,122 +444,4 @@ impl ImageStore {
             .map(|(h, l)| (h, l.image_id))
             .collect())
     }
-
-    /// Removes blobs and snapshots that no image and no lease references. Waits for
-    /// running pulls to finish.
-    pub async fn gc(&self) -> Result<GcReport, Error> {
-        let report = {
-            let _exclusive = self.gc_lock.write().await;
-            self.gc_locked()?
-        };
-        let snaps = self.snapshots.clone();
-        blocking(move || snaps.empty_trash()).await?;
-        Ok(report)
-    }
-
-    /// GC now if no pull runs, else leave it to the last pull to finish.
-    async fn gc_if_idle(&self) {
-        let report = match self.gc_lock.try_write() {
-            Ok(_exclusive) => self.gc_locked(),
-            Err(_) => {
-                self.gc_pending.store(true, Ordering::Relaxed);
-                return;
-            }
-        };
-        let snaps = self.snapshots.clone();
-        let emptied = blocking(move || snaps.empty_trash()).await;
-        if let Err(e) = report.and(emptied) {
-            tracing::warn!(error = %e, "image garbage collection");
-        }
-    }
-
-    fn gc_locked(&self) -> Result<GcReport, Error> {
-        self.gc_pending.store(false, Ordering::Relaxed);
-        let mut blobs: HashSet<String> = HashSet::new();
-        let mut snaps: HashSet<String> = HashSet::new();
-        for rec in records::all(&self.db)? {
-            blobs.extend(rec.blobs().map(String::from));
-            snaps.extend(rec.layers.iter().map(|l| l.chain_id.clone()));
-        }
-        for (_, lease) in records::leases(&self.db)? {
-            snaps.extend(lease.chain_ids);
-        }
-        let mut report = GcReport::default();
-        for d in self.content.list()? {
-            if !blobs.contains(&d) {
-                self.content.remove(&d)?;
-                report.blobs_removed += 1;
-            }
-        }
-        for c in self.snapshots.list()? {
-            if !snaps.contains(&c) {
-                self.snapshots.remove(&c)?;
-                report.snapshots_removed += 1;
-            }
-        }
-        if report != GcReport::default() {
-            tracing::info!(
-                blobs = report.blobs_removed,
-                snapshots = report.snapshots_removed,
-                "image gc"
-            );
-        }
-        Ok(report)
-    }
-
-    /// Bytes and inodes used by blobs and snapshots, as `du` counts them.
-    pub fn fs_usage(&self) -> Result<FsUsage, Error> {
-        let content_dir = self.content.dir();
-        let (cb, ci) = disk_usage(content_dir).map_err(Error::io("measure", content_dir))?;
-        let snap_dir = self.snapshots.dir();
-        let mut used_bytes = cb;
-        let mut inodes_used = ci;
-        // The snapshots directory itself and its trash, then each snapshot's recorded usage.
-        for p in [snap_dir.to_owned(), snap_dir.join(".trash")] {
-            let (b, i) = if p == snap_dir {
-                std::fs::symlink_metadata(&p)
-                    .map(|m| {
-                        use std::os::unix::fs::MetadataExt;
-                        (m.blocks() * 512, 1)
-                    })
-                    .map_err(Error::io("measure", &p))?
-            } else {
-                disk_usage(&p).map_err(Error::io("measure", &p))?
-            };
-            used_bytes += b;
-            inodes_used += i;
-        }
-        for c in self.snapshots.list()? {
-            let u = self.snapshots.usage(&c);
-            used_bytes += u.bytes;
-            inodes_used += u.inodes;
-        }
-        Ok(FsUsage {
-            mountpoint: self.root.clone(),
-            used_bytes,
-            inodes_used,
-        })
-    }
-}
-
-/// Runs `fut` unless the pull is cancelled first.
-async fn or_cancel<T>(
-    fut: impl std::future::Future<Output = T>,
-    cancel: &mut watch::Receiver<bool>,
-) -> Result<T, Error> {
-    tokio::select! {
-        v = fut => Ok(v),
-        _ = cancel.wait_for(|c| *c) => Err(Error::Cancelled),
-    }
-}
-
-/// Makes a layer visible: the blob first, then the snapshot.
-async fn commit(writer: Option<BlobWriter>, tmp: TempSnapshot) -> Result<(), Error> {
-    blocking(move || {
-        if let Some(w) = writer {
-            w.commit()?;
-        }
-        tmp.commit()
-    })
-    .await
 }

@@ -36,6 +36,38 @@ impl Env {
         Env { dir, reg, store }
     }
 
+    /// A registry asking for `auth` and serving the two-layer amd64 image as
+    /// `team/app:v1`.
+    async fn with_app(auth: Auth) -> (Env, TestImage) {
+        let env = Env::new(auth).await;
+        let (img, blobs) = two_layers("amd64");
+        env.reg.push("team/app", "v1", &img, blobs);
+        (env, img)
+    }
+
+    /// Pulls `repo_tag` of the test registry without credentials.
+    async fn pull(&self, repo_tag: &str) -> Result<crate::Image, Error> {
+        self.pull_as(repo_tag, None).await
+    }
+
+    /// Pulls `repo_tag` of the test registry with `creds`.
+    async fn pull_as(
+        &self,
+        repo_tag: &str,
+        creds: Option<Credentials>,
+    ) -> Result<crate::Image, Error> {
+        self.store.pull(&self.r(repo_tag), creds).await
+    }
+
+    /// Makes the registry cut the connection 50 kB into the big layer of `img`, `times`
+    /// times; that layer's digest.
+    fn cut_big_layer<'a>(&self, img: &'a TestImage, times: usize) -> &'a String {
+        let big = &img.layer_digests[1];
+        let after = 50_000;
+        self.reg.set_drop(big, Some(Drop { after, times }));
+        big
+    }
+
     fn root(&self) -> &Path {
         self.dir.path()
     }
@@ -60,6 +92,15 @@ impl Env {
         let mut snaps = names(&self.root().join("snapshots"));
         snaps.extend(names(&self.root().join("snapshots/.trash")));
         (blobs, snaps)
+    }
+}
+
+/// Credentials as kubelet sends a user name and password.
+fn login(username: &str, password: &str) -> Credentials {
+    Credentials {
+        username: username.into(),
+        password: password.into(),
+        ..Default::default()
     }
 }
 
@@ -123,11 +164,9 @@ fn two_layers(arch: &str) -> (TestImage, Vec<(String, Vec<u8>)>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_by_tag_and_digest() {
-    let env = Env::new(Auth::None).await;
-    let (img, blobs) = two_layers("amd64");
-    env.reg.push("team/app", "v1", &img, blobs);
+    let (env, img) = Env::with_app(Auth::None).await;
 
-    let image = env.store.pull(&env.r("team/app:v1"), None).await.unwrap();
+    let image = env.pull("team/app:v1").await.unwrap();
     assert_eq!(image.id, img.config_digest);
     assert_eq!(image.repo_tags, vec![env.r("team/app:v1")]);
     assert_eq!(
@@ -227,9 +266,7 @@ async fn a_measured_pull_counts_the_layer_bytes_it_downloaded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_pulls_download_each_blob_once() {
-    let env = Env::new(Auth::None).await;
-    let (img, blobs) = two_layers("amd64");
-    env.reg.push("team/app", "v1", &img, blobs);
+    let (env, img) = Env::with_app(Auth::None).await;
     // Slow blobs so the pulls really overlap.
     env.reg.set_blob_delay(Duration::from_millis(20));
     let r = env.r("team/app:v1");
@@ -250,23 +287,10 @@ async fn concurrent_pulls_download_each_blob_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_blob_leaves_nothing_and_retry_succeeds() {
-    let env = Env::new(Auth::None).await;
-    let (img, blobs) = two_layers("amd64");
-    env.reg.push("team/app", "v1", &img, blobs);
-    let big = &img.layer_digests[1];
-    env.reg.set_drop(
-        big,
-        Some(Drop {
-            after: 50_000,
-            times: usize::MAX,
-        }),
-    );
+    let (env, img) = Env::with_app(Auth::None).await;
+    let big = env.cut_big_layer(&img, usize::MAX);
 
-    let err = env
-        .store
-        .pull(&env.r("team/app:v1"), None)
-        .await
-        .unwrap_err();
+    let err = env.pull("team/app:v1").await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Unavailable, "{err}");
     assert!(env.reg.blob_requests("team/app", big) >= 3, "retried");
     assert_eq!(
@@ -277,25 +301,16 @@ async fn dropped_blob_leaves_nothing_and_retry_succeeds() {
     assert!(env.store.list().unwrap().is_empty());
 
     env.reg.set_drop(big, None);
-    let image = env.store.pull(&env.r("team/app:v1"), None).await.unwrap();
+    let image = env.pull("team/app:v1").await.unwrap();
     let top = &env.store.rootfs_layers(&image.id).unwrap()[0];
     assert_eq!(fs::read(top.join("bin/app")).unwrap(), app_bytes());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_connection_resumes_with_range() {
-    let env = Env::new(Auth::None).await;
-    let (img, blobs) = two_layers("amd64");
-    env.reg.push("team/app", "v1", &img, blobs);
-    let big = &img.layer_digests[1];
-    env.reg.set_drop(
-        big,
-        Some(Drop {
-            after: 50_000,
-            times: 2,
-        }),
-    );
-    let image = env.store.pull(&env.r("team/app:v1"), None).await.unwrap();
+    let (env, img) = Env::with_app(Auth::None).await;
+    let big = env.cut_big_layer(&img, 2);
+    let image = env.pull("team/app:v1").await.unwrap();
     assert_eq!(env.reg.blob_requests("team/app", big), 3);
     let stored = fs::read(
         env.root()
@@ -309,23 +324,16 @@ async fn dropped_connection_resumes_with_range() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth() {
-    let env = Env::new(Auth::Basic {
+    let (env, img) = Env::with_app(Auth::Basic {
         user: "alice".into(),
         pass: "s3cret".into(),
     })
     .await;
-    let (img, blobs) = two_layers("amd64");
-    env.reg.push("team/app", "v1", &img, blobs);
-    let r = env.r("team/app:v1");
 
-    let err = env.store.pull(&r, None).await.unwrap_err();
+    let err = env.pull_as("team/app:v1", None).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::PermissionDenied, "{err}");
-    let wrong = Credentials {
-        username: "alice".into(),
-        password: "nope".into(),
-        ..Default::default()
-    };
-    let err = env.store.pull(&r, Some(wrong)).await.unwrap_err();
+    let wrong = login("alice", "nope");
+    let err = env.pull_as("team/app:v1", Some(wrong)).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::PermissionDenied, "{err}");
     assert!(err.to_string().contains("credentials rejected"), "{err}");
     assert!(env.store.list().unwrap().is_empty());
@@ -336,7 +344,7 @@ async fn basic_auth() {
         ..Default::default()
     };
     assert_eq!(
-        env.store.pull(&r, Some(right)).await.unwrap().id,
+        env.pull_as("team/app:v1", Some(right)).await.unwrap().id,
         img.config_digest
     );
 }
@@ -363,41 +371,23 @@ async fn basic_auth_from_config() {
     .await;
     let (img, blobs) = two_layers("amd64");
     env.reg.push("team/app", "v1", &img, blobs);
-    assert_eq!(
-        env.store
-            .pull(&env.r("team/app:v1"), None)
-            .await
-            .unwrap()
-            .id,
-        img.config_digest
-    );
+    assert_eq!(env.pull("team/app:v1").await.unwrap().id, img.config_digest);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_token_flow() {
-    let env = Env::new(Auth::Bearer {
+    let (env, img) = Env::with_app(Auth::Bearer {
         user: "carol".into(),
         pass: "tok-pw".into(),
     })
     .await;
-    let (img, blobs) = two_layers("amd64");
-    env.reg.push("team/app", "v1", &img, blobs);
-    let r = env.r("team/app:v1");
 
-    let wrong = Credentials {
-        username: "carol".into(),
-        password: "bad".into(),
-        ..Default::default()
-    };
-    let err = env.store.pull(&r, Some(wrong)).await.unwrap_err();
+    let wrong = login("carol", "bad");
+    let err = env.pull_as("team/app:v1", Some(wrong)).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::PermissionDenied, "{err}");
 
-    let right = Credentials {
-        username: "carol".into(),
-        password: "tok-pw".into(),
-        ..Default::default()
-    };
-    let image = env.store.pull(&r, Some(right)).await.unwrap();
+    let right = login("carol", "tok-pw");
+    let image = env.pull_as("team/app:v1", Some(right)).await.unwrap();
     assert_eq!(image.id, img.config_digest);
     // One token for the pull, reused for every blob.
     assert_eq!(env.reg.count("/token"), 2, "one failed, one granted");
@@ -459,7 +449,7 @@ async fn multi_arch_index() {
             ),
         ],
     );
-    let image = env.store.pull(&env.r("multi/app:v1"), None).await.unwrap();
+    let image = env.pull("multi/app:v1").await.unwrap();
     assert_eq!(image.id, amd.config_digest, "linux/amd64 chosen");
     assert_eq!(
         image.repo_digests,
@@ -475,11 +465,7 @@ async fn multi_arch_index() {
             &arm,
         )],
     );
-    let err = env
-        .store
-        .pull(&env.r("multi/app:arm"), None)
-        .await
-        .unwrap_err();
+    let err = env.pull("multi/app:arm").await.unwrap_err();
     assert!(matches!(err, Error::NoMatchingPlatform { .. }), "{err}");
     assert_eq!(err.class(), ErrorClass::NotFound);
     assert!(err.to_string().contains("linux/arm64/v8"), "{err}");
@@ -521,11 +507,7 @@ async fn hostile_layer_rejected_with_nothing_left() {
             "amd64",
         );
         env.reg.push("evil/app", name, &img, blobs);
-        let err = env
-            .store
-            .pull(&env.r(&format!("evil/app:{name}")), None)
-            .await
-            .unwrap_err();
+        let err = env.pull(&format!("evil/app:{name}")).await.unwrap_err();
         assert!(matches!(err, Error::InvalidLayer { .. }), "{name}: {err}");
         assert_eq!(err.class(), ErrorClass::FailedPrecondition);
         assert_eq!(env.stored(), (vec![], vec![]), "{name}: nothing left");
@@ -539,31 +521,21 @@ async fn wrong_diff_id_rejected() {
     let t = layer1();
     let (img, blobs) = build_image(&[(gzip(&t), GZIP)], &[layer2()], "", "amd64");
     env.reg.push("team/app", "v1", &img, blobs);
-    let err = env
-        .store
-        .pull(&env.r("team/app:v1"), None)
-        .await
-        .unwrap_err();
+    let err = env.pull("team/app:v1").await.unwrap_err();
     assert!(err.to_string().contains("the config says"), "{err}");
     assert_eq!(env.stored(), (vec![], vec![]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_blob_rejected() {
-    let env = Env::new(Auth::None).await;
-    let (img, blobs) = two_layers("amd64");
-    env.reg.push("team/app", "v1", &img, blobs);
+    let (env, img) = Env::with_app(Auth::None).await;
     let d = &img.layer_digests[0];
     // Same size, other bytes.
     let mut bad = gzip(&layer1());
     let n = bad.len();
     bad[n - 5] ^= 0xff;
     env.reg.put_blob(d, bad);
-    let err = env
-        .store
-        .pull(&env.r("team/app:v1"), None)
-        .await
-        .unwrap_err();
+    let err = env.pull("team/app:v1").await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -579,11 +551,7 @@ async fn errors_have_classes() {
     let env = Env::new(Auth::None).await;
     let err = env.store.pull("Busybox", None).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::InvalidArgument);
-    let err = env
-        .store
-        .pull(&env.r("no/such:tag"), None)
-        .await
-        .unwrap_err();
+    let err = env.pull("no/such:tag").await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::NotFound, "{err}");
     let err = env.store.pull("127.0.0.1:1/x/y:z", None).await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Unavailable, "{err}");
@@ -660,11 +628,9 @@ async fn retagging_moves_the_tag() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fs_usage_matches_du() {
-    let env = Env::new(Auth::None).await;
-    let (img, blobs) = two_layers("amd64");
-    env.reg.push("team/app", "v1", &img, blobs);
+    let (env, _) = Env::with_app(Auth::None).await;
     let empty = env.store.fs_usage().unwrap();
-    env.store.pull(&env.r("team/app:v1"), None).await.unwrap();
+    env.pull("team/app:v1").await.unwrap();
     let u = env.store.fs_usage().unwrap();
     assert_eq!(u.mountpoint, env.root());
     assert!(
@@ -691,10 +657,8 @@ async fn fs_usage_matches_du() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reopen_keeps_images() {
-    let env = Env::new(Auth::None).await;
-    let (img, blobs) = two_layers("amd64");
-    env.reg.push("team/app", "v1", &img, blobs);
-    let image = env.store.pull(&env.r("team/app:v1"), None).await.unwrap();
+    let (env, _) = Env::with_app(Auth::None).await;
+    let image = env.pull("team/app:v1").await.unwrap();
     let Env {
         dir,
         reg: _reg,
@@ -738,10 +702,8 @@ fn mark(dir: &Path) {
 
 #[tokio::test]
 async fn snapshots_become_durable_and_are_restored_after_a_reboot() {
-    let env = Env::new(Auth::None).await;
-    let (img, blobs) = two_layers("amd64");
-    env.reg.push("team/app", "v1", &img, blobs);
-    let image = env.store.pull(&env.r("team/app:v1"), None).await.unwrap();
+    let (env, _) = Env::with_app(Auth::None).await;
+    let image = env.pull("team/app:v1").await.unwrap();
     let layers = env.store.rootfs_layers(&image.id).unwrap();
     // The background sync, or the start-up one, makes them durable.
     env.store.recover().await.unwrap();
@@ -801,7 +763,7 @@ async fn hard_links_into_lower_layers_are_made_as_overlayfs_would() {
         "amd64",
     );
     env.reg.push("team/links", "v1", &img, blobs);
-    let image = env.store.pull(&env.r("team/links:v1"), None).await.unwrap();
+    let image = env.pull("team/links:v1").await.unwrap();
     let top = &env.store.rootfs_layers(&image.id).unwrap()[0];
     assert_eq!(fs::read(top.join("etc/keep2")).unwrap(), b"keep");
     assert_eq!(fs::read(top.join("etc/keep")).unwrap(), b"keep");
@@ -820,10 +782,6 @@ async fn hard_links_into_lower_layers_are_made_as_overlayfs_would() {
         "amd64",
     );
     env.reg.push("team/bad", "v1", &img, blobs);
-    let e = env
-        .store
-        .pull(&env.r("team/bad:v1"), None)
-        .await
-        .unwrap_err();
+    let e = env.pull("team/bad:v1").await.unwrap_err();
     assert!(e.to_string().contains("in no layer"), "{e}");
 }

@@ -5,7 +5,7 @@
 
 use berth_imageservice::Reference;
 use berth_imageservice::manifest::{
-    ManifestDoc, Platform, chain_ids, layer_compression, parse_config, parse_manifest,
+    ManifestDoc, chain_ids, host_platform, layer_compression, parse_config, parse_manifest,
     select_platform,
 };
 use libfuzzer_sys::fuzz_target;
@@ -26,22 +26,20 @@ fuzz_target!(|data: &[u8]| {
     let content_type = CONTENT_TYPES[usize::from(selector) % CONTENT_TYPES.len()];
     match parse_manifest(content_type, body) {
         Ok(ManifestDoc::Index(index)) => {
-            if let Ok(chosen) = select_platform(&index, &Platform::host()) {
-                assert!(index.manifests.iter().any(|m| std::ptr::eq(m, chosen)));
+            if let Ok(chosen) = select_platform(&index, &host_platform()) {
+                assert!(index.manifests().iter().any(|m| std::ptr::eq(m, chosen)));
             }
         }
         Ok(ManifestDoc::Manifest(m)) => {
-            for layer in &m.layers {
-                let _ = layer_compression(&layer.media_type);
+            for layer in m.layers() {
+                let _ = layer_compression(layer.media_type());
             }
         }
         Err(_) => {}
     }
     if let Ok(config) = parse_config(body, usize::from(selector)) {
-        assert_eq!(
-            chain_ids(&config.rootfs.diff_ids).len(),
-            config.rootfs.diff_ids.len()
-        );
+        let diff_ids = config.rootfs().diff_ids();
+        assert_eq!(chain_ids(diff_ids).len(), diff_ids.len());
     }
     if let Ok(text) = std::str::from_utf8(body)
         && let Ok(r) = Reference::parse(text)
