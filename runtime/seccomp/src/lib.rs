@@ -13,10 +13,42 @@ mod x86_64;
 
 use std::collections::BTreeSet;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-use crate::security::{BpfInstruction, SeccompFilter};
+/// A profile Berth cannot turn into a filter, or a profile file it cannot read: the
+/// request's fault (a Localhost profile kubelet named), so the message says what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The profile is refused; the message names the part and why.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The result of this crate's calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One classic BPF instruction of a seccomp filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BpfInstruction {
+    /// Opcode.
+    pub code: u16,
+    /// Jump if true.
+    pub jt: u8,
+    /// Jump if false.
+    pub jf: u8,
+    /// Operand.
+    pub k: u32,
+}
+
+/// A compiled seccomp filter, loaded as the last step before exec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeccompFilter {
+    /// The program.
+    pub instructions: Vec<BpfInstruction>,
+    /// `SECCOMP_FILTER_FLAG_*` flags.
+    #[serde(default)]
+    pub flags: u32,
+}
 
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const AUDIT_ARCH_AARCH64: u32 = 0xc000_00b7;
@@ -175,7 +207,7 @@ fn action(name: &str, errno: Option<u32>) -> Result<u32> {
         // No tracer is attached: like libseccomp, a trace rule without one is ENOSYS.
         "SCMP_ACT_TRACE" => RET_TRACE | errno,
         other => {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Invalid(format!(
                 "seccomp action {other:?} is not supported"
             )));
         }
@@ -191,7 +223,7 @@ fn ins(code: u16, jt: u8, jf: u8, k: u32) -> BpfInstruction {
 /// end of the returned instructions.
 fn condition(cond: &ArgCondition) -> Result<Vec<BpfInstruction>> {
     if cond.index > 5 {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Invalid(format!(
             "seccomp argument index {} is out of range",
             cond.index
         )));
@@ -261,7 +293,7 @@ fn condition(cond: &ArgCondition) -> Result<Vec<BpfInstruction>> {
             ]
         }
         other => {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::Invalid(format!(
                 "seccomp comparison {other:?} is not supported"
             )));
         }
@@ -272,7 +304,7 @@ fn condition(cond: &ArgCondition) -> Result<Vec<BpfInstruction>> {
 /// Compiles `profile` for this node.
 pub fn compile(profile: &Profile) -> Result<SeccompFilter> {
     let arch = Arch::native().ok_or_else(|| {
-        Error::InvalidArgument(
+        Error::Invalid(
             "seccomp filters are built for x86_64 and aarch64 nodes, not this one".into(),
         )
     })?;
@@ -288,7 +320,7 @@ pub fn compile_for(profile: &Profile, arch: Arch) -> Result<SeccompFilter> {
         .chain(profile.arch_map.iter().map(|a| a.architecture.as_str()))
         .collect();
     if !archs.is_empty() && !archs.contains(&arch.name) {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Invalid(format!(
             "the seccomp profile names architectures {archs:?}, not this node's {}",
             arch.name
         )));
@@ -323,7 +355,7 @@ pub fn compile_for(profile: &Profile, arch: Arch) -> Result<SeccompFilter> {
             body.push(ins(RET_K, 0, 0, act));
             let len = body.len();
             if len > 250 {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Invalid(format!(
                     "seccomp rule for {name} has too many conditions"
                 )));
             }
@@ -344,7 +376,7 @@ pub fn compile_for(profile: &Profile, arch: Arch) -> Result<SeccompFilter> {
     }
     prog.push(ins(RET_K, 0, 0, default));
     if prog.len() > 4096 {
-        return Err(Error::InvalidArgument(format!(
+        return Err(Error::Invalid(format!(
             "the seccomp profile compiles to {} instructions, over the kernel's 4096",
             prog.len()
         )));
@@ -356,7 +388,7 @@ pub fn compile_for(profile: &Profile, arch: Arch) -> Result<SeccompFilter> {
             "SECCOMP_FILTER_FLAG_LOG" => 2,
             "SECCOMP_FILTER_FLAG_SPEC_ALLOW" => 4,
             other => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::Invalid(format!(
                     "seccomp flag {other:?} is not supported"
                 )));
             }
@@ -370,17 +402,15 @@ pub fn compile_for(profile: &Profile, arch: Arch) -> Result<SeccompFilter> {
 
 /// Reads the JSON profile at `path`.
 pub fn read_profile(path: &str) -> Result<Profile> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::InvalidArgument(format!("seccomp profile {path}: cannot read it: {e}"))
-    })?;
-    serde_json::from_str(&text)
-        .map_err(|e| Error::InvalidArgument(format!("seccomp profile {path}: {e}")))
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Invalid(format!("seccomp profile {path}: cannot read it: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| Error::Invalid(format!("seccomp profile {path}: {e}")))
 }
 
 /// Reads and compiles the JSON profile at `path`.
 pub fn load_profile(path: &str) -> Result<SeccompFilter> {
     let profile = read_profile(path)?;
-    compile(&profile).map_err(|e| Error::InvalidArgument(format!("seccomp profile {path}: {e}")))
+    compile(&profile).map_err(|e| Error::Invalid(format!("seccomp profile {path}: {e}")))
 }
 
 const CAP_SYS_PTRACE: u32 = 19;
@@ -964,7 +994,7 @@ pub fn guard_socket_family(mut profile: Profile) -> Profile {
 
 /// Installs `filter` on the calling thread (`seccomp(SECCOMP_SET_MODE_FILTER)`); the caller
 /// has no_new_privs set or holds CAP_SYS_ADMIN.
-pub(crate) fn install(filter: &SeccompFilter) -> std::io::Result<()> {
+pub fn install(filter: &SeccompFilter) -> std::io::Result<()> {
     let mut prog: Vec<libc::sock_filter> = filter
         .instructions
         .iter()
