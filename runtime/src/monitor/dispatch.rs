@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::MsgFlags;
 
 use super::exec::ExecOptions;
+use super::sync::wait_fd;
 use super::{Client, Monitor, memory};
 use crate::protocol::fds::{recv_with_fds, send_with_fds};
 use crate::protocol::*;
@@ -179,17 +180,7 @@ pub(super) fn send_frame(
                 fds = &[];
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
-                }
-                let mut pfd = libc::pollfd {
-                    fd: stream.as_raw_fd(),
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
-                // SAFETY: polling one pollfd we own.
-                unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32 + 1) };
+                wait_fd(stream.as_raw_fd(), libc::POLLOUT, deadline)?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::MsgFlags;
@@ -37,36 +37,44 @@ pub(super) fn recv_sync(
     timeout: Duration,
 ) -> io::Result<Option<(Vec<u8>, Option<OwnedFd>)>> {
     let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
-        }
-        let mut pfd = libc::pollfd {
-            fd: sync.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: polling one pollfd we own.
-        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
-        if n < 0 {
+    while !wait_fd(sync.as_raw_fd(), libc::POLLIN, deadline)? {}
+    let mut buf = vec![0u8; 4096];
+    let mut passed = VecDeque::new();
+    let n = recv_with_fds(sync.as_raw_fd(), &mut buf, &mut passed, MsgFlags::empty())?;
+    if n == 0 {
+        return Ok(None);
+    }
+    buf.truncate(n);
+    Ok(Some((buf, passed.pop_front())))
+}
+
+/// Waits until `fd` has one of `events` or `deadline` passes: `Ok(true)` when it is ready,
+/// `Ok(false)` when the wait was cut short (a signal) and the caller should check again, and
+/// `ETIMEDOUT` once the deadline has passed.
+pub(super) fn wait_fd(fd: RawFd, events: i16, deadline: Instant) -> io::Result<bool> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
+    }
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // Rounded up: a wait of less than a millisecond must not become a busy poll.
+    let ms = (left.as_millis() + 1).min(i32::MAX as u128) as i32;
+    // SAFETY: polling one pollfd we own.
+    match unsafe { libc::poll(&mut pfd, 1, ms) } {
+        n if n > 0 => Ok(true),
+        0 => Ok(false),
+        _ => {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
+                Ok(false)
+            } else {
+                Err(e)
             }
-            return Err(e);
         }
-        if n == 0 {
-            continue;
-        }
-        let mut buf = vec![0u8; 4096];
-        let mut passed = VecDeque::new();
-        let n = recv_with_fds(sync.as_raw_fd(), &mut buf, &mut passed, MsgFlags::empty())?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.truncate(n);
-        return Ok(Some((buf, passed.pop_front())));
     }
 }
 
