@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use super::child::reset_signals;
 use super::container::{ChildStdio, Created, devnull};
 use super::logs::set_nonblocking;
-use super::rootfs::{mount_raw, overlay_data};
+use super::rootfs::{mount_raw, overlay_data, set_propagation};
 use super::sync::recv_sync;
 use super::{Failure, Monitor, SETUP_TIMEOUT, err, sys_err};
 use crate::protocol::{Response, WireClass};
@@ -113,14 +113,8 @@ fn run(
             }
             // A slave: the overlay, this /proc and what the runtime mounts never reach the
             // host.
-            mount_raw(
-                None,
-                Path::new("/"),
-                None,
-                libc::MS_REC | libc::MS_SLAVE,
-                "",
-            )
-            .map_err(|e| format!("make mounts private: {e}"))?;
+            set_propagation(Path::new("/"), libc::MS_SLAVE)
+                .map_err(|e| format!("make mounts private: {e}"))?;
             mount_raw(
                 Some("proc"),
                 Path::new("/proc"),

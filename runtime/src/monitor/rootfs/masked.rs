@@ -7,7 +7,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
-use super::mounts::{current_flags, kernel_fs_of, mount_raw};
+use super::mounts::{kernel_fs_of, mount_raw, remount_keeping};
 use super::{StepResult, fd_path, refused, step};
 use crate::plan::KernelFs;
 use crate::sys::{self, RESOLVE_IN_ROOT, RESOLVE_NO_SYMLINKS};
@@ -152,18 +152,9 @@ pub(super) fn mask_paths(
         let Some(again) = open_masked(&root, p)? else {
             return Err((false, format!("{p} vanished while made read-only")));
         };
-        let again = fd_path(&again);
-        let keep = current_flags(&again);
-        step(
-            || format!("remount {p} read-only"),
-            mount_raw(
-                None,
-                &again,
-                None,
-                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | keep,
-                "",
-            ),
-        )?;
+        remount_keeping(&fd_path(&again), libc::MS_RDONLY, || {
+            format!("remount {p} read-only")
+        })?;
     }
     Ok(())
 }

@@ -26,14 +26,14 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-pub(super) use mounts::{mount_raw, overlay_data};
+pub(super) use mounts::{mount_raw, overlay_data, set_propagation};
 
 use super::child::ChildError;
 use crate::spec::{ContainerSpec, MountKind, Propagation};
 use crate::sys::{self, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, cvt};
 use devices::{setup_default_dev, setup_devices};
 use masked::{NodeNull, mask_paths};
-use mounts::{current_flags, mount_one, mount_overlay, propagation_flag};
+use mounts::{mount_one, mount_overlay, propagation_flag, remount_keeping};
 
 /// A failed step of building the file system: whether the pod spec or the image was at
 /// fault (the caller's `InvalidArgument`), and what was being done.
@@ -152,45 +152,27 @@ fn pivot(root: &Path) -> StepResult {
     };
     let newroot = step(|| format!("open {}", root.display()), open_dir(root))?;
     let oldroot = step(|| "open /".into(), open_dir(Path::new("/")))?;
-    // SAFETY: fchdir/pivot_root/umount2/chdir on fds and literals we own.
+    let call = |what: &str, r: libc::c_long| step(|| what.to_string(), cvt(r));
+    // SAFETY: fchdir on fds we own; pivot_root with NUL-terminated literals.
     unsafe {
-        step(
-            || "enter new root".into(),
-            cvt(libc::fchdir(newroot.as_raw_fd()) as libc::c_long),
+        call("enter new root", libc::fchdir(newroot.as_raw_fd()).into())?;
+        call(
+            "pivot_root",
+            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()),
         )?;
-        step(
-            || "pivot_root".into(),
-            cvt(libc::syscall(
-                libc::SYS_pivot_root,
-                c".".as_ptr(),
-                c".".as_ptr(),
-            )),
-        )?;
-        step(
-            || "enter old root".into(),
-            cvt(libc::fchdir(oldroot.as_raw_fd()) as libc::c_long),
-        )?;
+        call("enter old root", libc::fchdir(oldroot.as_raw_fd()).into())?;
     }
     step(
         || "make old root a slave".into(),
-        mount_raw(
-            None,
-            Path::new("."),
-            None,
-            libc::MS_SLAVE | libc::MS_REC,
-            "",
-        ),
+        set_propagation(Path::new("."), libc::MS_SLAVE),
     )?;
     // SAFETY: literals are NUL-terminated.
     unsafe {
-        step(
-            || "detach old root".into(),
-            cvt(libc::umount2(c".".as_ptr(), libc::MNT_DETACH) as libc::c_long),
+        call(
+            "detach old root",
+            libc::umount2(c".".as_ptr(), libc::MNT_DETACH).into(),
         )?;
-        step(
-            || "chdir /".into(),
-            cvt(libc::chdir(c"/".as_ptr()) as libc::c_long),
-        )?;
+        call("chdir /", libc::chdir(c"/".as_ptr()).into())?;
     }
     Ok(())
 }
@@ -212,7 +194,7 @@ pub(crate) fn setup(spec: &ContainerSpec, userns: Option<RawFd>) -> StepResult {
     let prop = propagation_flag(spec.root_propagation);
     step(
         || "set root propagation".into(),
-        mount_raw(None, Path::new("/"), None, libc::MS_REC | prop, ""),
+        set_propagation(Path::new("/"), prop),
     )?;
     let root = &spec.rootfs.mount_point;
     if spec.root_propagation == Propagation::Shared
@@ -285,17 +267,9 @@ pub(crate) fn setup(spec: &ContainerSpec, userns: Option<RawFd>) -> StepResult {
         mask_paths(nulls, &sec.masked_paths, &sec.readonly_paths)?;
     }
     if spec.rootfs.readonly {
-        let keep = current_flags(Path::new("/"));
-        step(
-            || "remount / read-only".into(),
-            mount_raw(
-                None,
-                Path::new("/"),
-                None,
-                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | keep,
-                "",
-            ),
-        )?;
+        remount_keeping(Path::new("/"), libc::MS_RDONLY, || {
+            "remount / read-only".into()
+        })?;
     }
     Ok(())
 }

@@ -111,7 +111,7 @@ fn option_flags(o: &MountOptions) -> libc::c_ulong {
 }
 
 /// The per-mount flags a mount has now, so a bind remount keeps them.
-pub(super) fn current_flags(path: &Path) -> libc::c_ulong {
+fn current_flags(path: &Path) -> libc::c_ulong {
     let Ok(c) = cpath(path) else { return 0 };
     // SAFETY: statvfs writes into the zeroed struct we own.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -332,7 +332,7 @@ pub(super) fn mount_one(
             if let Some(p) = propagation {
                 step(
                     || format!("set propagation of {}", m.destination),
-                    mount_raw(None, &rpath, None, libc::MS_REC | propagation_flag(*p), ""),
+                    set_propagation(&rpath, propagation_flag(*p)),
                 )?;
             }
             if flags != 0 {
@@ -358,16 +358,23 @@ fn remount(rootfd: RawFd, rel: &str, dest: &str, flags: libc::c_ulong) -> StepRe
         || format!("reopen {dest}"),
         ensure_in_root(rootfd, rel, false).or_else(|_| ensure_in_root(rootfd, rel, true)),
     )?;
-    let p = fd_path(&fd);
-    let keep = current_flags(&p);
-    step(
-        || format!("remount {dest}"),
-        mount_raw(
-            None,
-            &p,
-            None,
-            libc::MS_BIND | libc::MS_REMOUNT | keep | flags,
-            "",
-        ),
-    )
+    remount_keeping(&fd_path(&fd), flags, || format!("remount {dest}"))
+}
+
+/// Remounts the bind mount at `path` with `flags` added to those it has now (a bind
+/// remount would clear them); `what` names the step.
+pub(super) fn remount_keeping(
+    path: &Path,
+    flags: libc::c_ulong,
+    what: impl FnOnce() -> String,
+) -> StepResult {
+    let keep = current_flags(path);
+    let all = libc::MS_BIND | libc::MS_REMOUNT | keep | flags;
+    step(what, mount_raw(None, path, None, all, ""))
+}
+
+/// Sets the propagation (`MS_SHARED`, `MS_SLAVE` or `MS_PRIVATE`) of the mount at `path`
+/// and of every mount below it.
+pub(in crate::monitor) fn set_propagation(path: &Path, flag: libc::c_ulong) -> io::Result<()> {
+    mount_raw(None, path, None, libc::MS_REC | flag, "")
 }
