@@ -2,15 +2,16 @@
 //! subscription per pod for exit events.
 
 use std::collections::VecDeque;
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use nix::sys::socket::MsgFlags;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 
 use crate::error::{Class, Error, Result};
+use crate::protocol::fds::{recv_with_fds, send_with_fds};
 use crate::protocol::{FrameReader, Request, Response, encode_frame};
 
 /// How long an ordinary call may take (create waits for the container's setup).
@@ -88,25 +89,7 @@ impl OpenCall {
             let stream = &self.stream;
             let n = stream
                 .async_io(Interest::READABLE, || {
-                    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
-                    let mut iov = [IoSliceMut::new(&mut buf)];
-                    let msg = nix::sys::socket::recvmsg::<()>(
-                        stream.as_raw_fd(),
-                        &mut iov,
-                        Some(&mut cmsg),
-                        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC
-                            | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-                    )
-                    .map_err(std::io::Error::from)?;
-                    for c in msg.cmsgs().map_err(std::io::Error::from)? {
-                        if let nix::sys::socket::ControlMessageOwned::ScmRights(passed) = c {
-                            for fd in passed {
-                                // SAFETY: the kernel installed this fd for us.
-                                fds.push_back(unsafe { OwnedFd::from_raw_fd(fd) });
-                            }
-                        }
-                    }
-                    Ok(msg.bytes)
+                    recv_with_fds(stream.as_raw_fd(), &mut buf, fds, MsgFlags::MSG_DONTWAIT)
                 })
                 .await
                 .map_err(|e| self.client.gone(e))?;
@@ -158,17 +141,8 @@ impl MonitorClient {
         if !fds.is_empty() {
             sent = stream
                 .async_io(Interest::WRITABLE, || {
-                    let iov = [IoSlice::new(&frame)];
-                    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(fds)];
-                    nix::sys::socket::sendmsg::<()>(
-                        stream.as_raw_fd(),
-                        &iov,
-                        &cmsg,
-                        nix::sys::socket::MsgFlags::MSG_NOSIGNAL
-                            | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-                        None,
-                    )
-                    .map_err(std::io::Error::from)
+                    let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+                    send_with_fds(stream.as_raw_fd(), &frame, fds, flags)
                 })
                 .await
                 .map_err(|e| self.gone(e))?;

@@ -18,7 +18,8 @@ pub mod podfiles;
 pub mod protocol;
 pub mod seccomp;
 pub mod security;
-pub mod spec;
+/// The planned container, which crosses the protocol: see [`protocol::spec`].
+pub use protocol::spec;
 pub mod status;
 pub mod sysctl;
 pub mod usage;

@@ -111,28 +111,7 @@ pub struct CapabilitySets {
     pub ambient: u64,
 }
 
-/// One classic BPF instruction of a seccomp filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BpfInstruction {
-    /// Opcode.
-    pub code: u16,
-    /// Jump if true.
-    pub jt: u8,
-    /// Jump if false.
-    pub jf: u8,
-    /// Operand.
-    pub k: u32,
-}
-
-/// A compiled seccomp filter, loaded as the last step before exec.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SeccompFilter {
-    /// The program.
-    pub instructions: Vec<BpfInstruction>,
-    /// `SECCOMP_FILTER_FLAG_*` flags.
-    #[serde(default)]
-    pub flags: u32,
-}
+pub use berth_seccomp::{BpfInstruction, SeccompFilter};
 
 /// Everything about a process's privileges beyond its ids.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,13 +1,22 @@
-//! A container's output streams and its CRI log file.
+//! A container's output: the streams the monitor reads (pipes or a pty master), its CRI log
+//! file, and the copy of each chunk to its attachers.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{self, Read, Write};
 use std::mem::ManuallyDrop;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use super::attach::send_tagged;
+use super::{Failure, Monitor, sys_err};
 use crate::crilog::{LineFramer, Stream, now_rfc3339_nano};
+use crate::protocol::AttachStream;
+
+/// Bytes read from a container's output at a time.
+pub(super) const READ_CHUNK: usize = 8 * 1024;
+/// Reads of one output per poll wake-up (so at most 128 KiB before others get a turn).
+const MAX_READS_PER_WAKE: usize = 16;
 
 /// One stream the monitor reads: a pipe end or a pty master.
 pub(crate) struct Output {
@@ -127,6 +136,106 @@ pub(crate) fn write_log(log: Option<&mut File>, buf: &mut Vec<u8>) {
     buf.clear();
     if buf.capacity() > 8 * 1024 {
         *buf = Vec::new();
+    }
+}
+
+/// The read ends a container's output is logged from, non-blocking for the poll loop: a
+/// tty container's pty master (its pipes are not used), else its stdout and stderr pipes.
+pub(super) fn container_outputs(
+    tty_master: Option<OwnedFd>,
+    out_r: OwnedFd,
+    err_r: OwnedFd,
+) -> Vec<Output> {
+    let outputs = match tty_master {
+        Some(master) => vec![Output::new(master, Stream::Stdout, true)],
+        None => vec![
+            Output::new(out_r, Stream::Stdout, false),
+            Output::new(err_r, Stream::Stderr, false),
+        ],
+    };
+    for o in &outputs {
+        set_nonblocking(o.fd.as_raw_fd());
+    }
+    outputs
+}
+
+/// Makes `fd` non-blocking, for the poll loop.
+pub(super) fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on an fd we hold.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+}
+
+impl Monitor {
+    /// Reopens a container's log file (after kubelet rotated it).
+    pub(super) fn reopen_log(&mut self, id: &str) -> Result<(), Failure> {
+        let c = self.container(id)?;
+        let Some(path) = c.log_path.clone() else {
+            return Ok(());
+        };
+        let f = open_log(&path)
+            .map_err(|e| sys_err(&format!("reopen log file {}", path.display()), e))?;
+        c.log = Some(f);
+        Ok(())
+    }
+
+    /// Reads what a container wrote on `fd` into its log and its attachers.
+    pub(super) fn read_output(&mut self, fd: RawFd) {
+        let buf = &mut self.readbuf[..];
+        let Some(ci) = self
+            .containers
+            .iter()
+            .position(|c| c.outputs.iter().any(|o| o.fd.as_raw_fd() == fd))
+        else {
+            return;
+        };
+        let c = &mut self.containers[ci];
+        let oi = c
+            .outputs
+            .iter()
+            .position(|o| o.fd.as_raw_fd() == fd)
+            .unwrap_or(0);
+        // A bounded number of reads per wake-up: a container that writes without pause must
+        // not starve the daemon's calls or the other containers.
+        for _ in 0..MAX_READS_PER_WAKE {
+            let o = &mut c.outputs[oi];
+            let r = o.file().read(buf);
+            match r {
+                Ok(0) => {
+                    o.finish(&mut self.logbuf);
+                    write_log(c.log.as_mut(), &mut self.logbuf);
+                    c.outputs.remove(oi);
+                    return;
+                }
+                Ok(n) => {
+                    o.feed(&buf[..n], &mut self.logbuf);
+                    write_log(c.log.as_mut(), &mut self.logbuf);
+                    if !c.attachers.is_empty() {
+                        let tag = match o.stream() {
+                            Stream::Stdout => AttachStream::Stdout,
+                            Stream::Stderr => AttachStream::Stderr,
+                        };
+                        // An attacher that cannot keep up loses its attachment, never
+                        // the pod's log: the monitor does not block on it.
+                        c.attachers.retain(|a| send_tagged(a, tag as u8, &buf[..n]));
+                    }
+                    if n < buf.len() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    // EIO: the pty's last holder closed it.
+                    o.finish(&mut self.logbuf);
+                    write_log(c.log.as_mut(), &mut self.logbuf);
+                    c.outputs.remove(oi);
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -22,11 +22,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::child::reset_signals;
-use super::rootfs::{mount_raw, overlay_data};
-use super::{
-    Container, Failure, Monitor, SETUP_TIMEOUT, container_outputs, devnull, err, recv_sync,
-    set_nonblocking, sys_err,
-};
+use super::container::{ChildStdio, Created, devnull};
+use super::logs::set_nonblocking;
+use super::rootfs::{mount_raw, overlay_data, set_propagation};
+use super::sync::recv_sync;
+use super::{Failure, Monitor, SETUP_TIMEOUT, err, sys_err};
 use crate::protocol::{Response, WireClass};
 use crate::spec::{ContainerSpec, OciRuntimeSpec, PidNamespace};
 use crate::sys::{self, pipe};
@@ -37,15 +37,6 @@ const MAX_MESSAGE: usize = 4096;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// The console socket's name in the bundle (passed relative to it: `sun_path` is short).
 const CONSOLE_SOCKET: &str = "console.sock";
-
-/// The container's stdio as the monitor made it for `create`.
-pub(super) struct CreateStdio {
-    pub log: Option<File>,
-    pub out: (OwnedFd, OwnedFd),
-    pub err: (OwnedFd, OwnedFd),
-    /// The container's stdin (the read end of a pipe, or /dev/null) and the write end kept.
-    pub stdin: (OwnedFd, Option<OwnedFd>),
-}
 
 /// The argv of a runtime command: `<binary> --root R --log L <args...>`.
 fn argv(rt: &OciRuntimeSpec, args: &[&str]) -> Result<Vec<CString>, String> {
@@ -122,14 +113,8 @@ fn run(
             }
             // A slave: the overlay, this /proc and what the runtime mounts never reach the
             // host.
-            mount_raw(
-                None,
-                Path::new("/"),
-                None,
-                libc::MS_REC | libc::MS_SLAVE,
-                "",
-            )
-            .map_err(|e| format!("make mounts private: {e}"))?;
+            set_propagation(Path::new("/"), libc::MS_SLAVE)
+                .map_err(|e| format!("make mounts private: {e}"))?;
             mount_raw(
                 Some("proc"),
                 Path::new("/proc"),
@@ -194,7 +179,7 @@ fn wait_child(pid: i32, timeout: Duration) -> Result<i32, String> {
         // SAFETY: reaping our own child without blocking.
         let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
         if r == pid {
-            return Ok(super::wait_status(status).exit_code);
+            return Ok(super::reaper::wait_status(status).exit_code);
         }
         if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
             return Err(format!("wait: {}", io::Error::last_os_error()));
@@ -203,7 +188,7 @@ fn wait_child(pid: i32, timeout: Duration) -> Result<i32, String> {
         if left.is_zero() {
             // SAFETY: our unreaped child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            super::reap_now(pid);
+            super::reaper::reap_now(pid);
             return Err(format!("timed out after {} s", timeout.as_secs()));
         }
         let ms = left.as_millis().min(100) as i32;
@@ -279,13 +264,15 @@ pub(super) fn delete(rt: &OciRuntimeSpec, id: &str) {
 
 impl Monitor {
     /// `create` for a handler container: the runtime creates it, stopped before exec, with
-    /// `stdio` (or a pty it hands over on the console socket).
+    /// `stdio` (or a pty it hands over on the console socket); `err_r` is where its error
+    /// output is read from when it fails.
     pub(super) fn create_oci(
-        &mut self,
-        spec: ContainerSpec,
-        rt: OciRuntimeSpec,
-        stdio: CreateStdio,
-    ) -> Result<Response, Failure> {
+        &self,
+        spec: &ContainerSpec,
+        rt: &OciRuntimeSpec,
+        stdio: ChildStdio,
+        err_r: &OwnedFd,
+    ) -> Result<Created, Failure> {
         let own_pidns = matches!(
             &spec.pid_ns,
             PidNamespace::Container | PidNamespace::Target { .. }
@@ -309,31 +296,28 @@ impl Monitor {
             None
         };
         args.push(&spec.id);
-        let (out_r, out_w) = stdio.out;
-        let (err_r, err_w) = stdio.err;
-        let (stdin_child, stdin_keep) = stdio.stdin;
         let code = run(
-            &rt,
+            rt,
             &args,
             [
-                stdin_child.as_raw_fd(),
-                out_w.as_raw_fd(),
-                err_w.as_raw_fd(),
+                stdio.stdin.as_raw_fd(),
+                stdio.stdout.as_raw_fd(),
+                stdio.stderr.as_raw_fd(),
             ],
-            Some(&spec),
+            Some(spec),
             SETUP_TIMEOUT,
         );
-        drop((stdin_child, out_w, err_w));
+        drop(stdio);
         let failed = match code {
             Ok(0) => None,
             Ok(c) => Some(format!(
                 "exit status {c}: {}",
-                failure_text(Some(&err_r), &rt)
+                failure_text(Some(err_r), rt)
             )),
             Err(e) => Some(e),
         };
         if let Some(msg) = failed {
-            delete(&rt, &spec.id);
+            delete(rt, &spec.id);
             if let Some((_, path)) = &console {
                 let _ = std::fs::remove_file(path);
             }
@@ -352,7 +336,7 @@ impl Monitor {
             .filter(|p| *p > 0)
             .ok_or_else(|| {
                 undo(
-                    &rt,
+                    rt,
                     err(
                         WireClass::Internal,
                         format!("{} create wrote no pid file", rt.binary.display()),
@@ -363,39 +347,27 @@ impl Monitor {
         // runtime that manages cgroups has put it there already; one told not to has not.
         for p in &spec.cgroup_procs {
             std::fs::write(p, pid.to_string())
-                .map_err(|e| undo(&rt, sys_err(&format!("join cgroup {}", p.display()), e)))?;
+                .map_err(|e| undo(rt, sys_err(&format!("join cgroup {}", p.display()), e)))?;
         }
-        let pidfd = sys::pidfd_open(pid).map_err(|e| undo(&rt, sys_err("pidfd_open", e)))?;
+        let pidfd = sys::pidfd_open(pid).map_err(|e| undo(rt, sys_err("pidfd_open", e)))?;
         let host_pid =
-            host_pid_of(&pidfd).map_err(|e| undo(&rt, sys_err("read the host pid", e)))?;
+            host_pid_of(&pidfd).map_err(|e| undo(rt, sys_err("read the host pid", e)))?;
         let master = match console {
             Some((listener, path)) => {
                 let master = receive_console(&listener);
                 let _ = std::fs::remove_file(&path);
-                Some(master.map_err(|e| undo(&rt, sys_err("receive the pty", e)))?)
+                Some(master.map_err(|e| undo(rt, sys_err("receive the pty", e)))?)
             }
             None => None,
         };
-        let outputs = container_outputs(master, out_r, err_r);
-        self.containers.push(Container {
-            id: spec.id.clone(),
+        Ok(Created {
             pid,
             host_pid,
             pidfd,
             own_pidns,
-            started_at: 0,
-            exit: None,
             sync: None,
-            stdin: stdin_keep,
-            tty: spec.tty,
-            attachers: Vec::new(),
-            log_path: spec.log_path.clone(),
-            log: stdio.log,
-            outputs,
-            exit_file: self.cfg.containers_dir.join(&spec.id).join("exit"),
-            oci: Some(rt),
-        });
-        Ok(Response::Created { pid: host_pid })
+            tty_master: master,
+        })
     }
 
     /// `start` for a handler container: `<runtime> start` lets it exec.
