@@ -17,7 +17,8 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_packet_utils::nla::NlasIterator;
 use netlink_packet_utils::{DecodeError, Parseable, ParseableParametrized};
 
-use crate::netlink::{NLM_F_CREATE, NLM_F_EXCL, NetlinkError, Socket};
+use crate::error::Error;
+use crate::netlink::{NETLINK_ROUTE, NLM_F_CREATE, NLM_F_EXCL, NetlinkError, Socket};
 
 /// Errno of "already exists" answers.
 pub(crate) const EEXIST: i32 = libc::EEXIST;
@@ -224,6 +225,17 @@ pub(crate) fn delete(sock: &mut Socket, name: &str) -> Result<bool, NetlinkError
     }
 }
 
+/// An rtnetlink socket in the calling thread's namespace, a pod's.
+pub(crate) fn pod_socket() -> Result<Socket, Error> {
+    Socket::open(NETLINK_ROUTE).map_err(Error::io("open rtnetlink in the pod"))
+}
+
+/// Brings the pod's loopback device up: containers expect it.
+pub(crate) fn loopback_up(sock: &mut Socket) -> Result<(), Error> {
+    // The loopback device is always index 1 in a network namespace.
+    set_up(sock, 1).map_err(Error::netlink("bring lo up in the pod"))
+}
+
 /// Brings the link with `index` up.
 pub(crate) fn set_up(sock: &mut Socket, index: u32) -> Result<(), NetlinkError> {
     let m = link_message(index, LinkFlags::Up, Vec::new());
@@ -316,23 +328,9 @@ pub(crate) fn add_default_route(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::{round_trip as on_the_wire, wire_bytes};
     use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
     use std::os::fd::AsFd;
-
-    /// What the kernel reads: the message serialized, then parsed back.
-    fn on_the_wire(m: RouteNetlinkMessage) -> RouteNetlinkMessage {
-        let mut msg = NetlinkMessage::from(m);
-        msg.finalize();
-        let mut buf = vec![0; msg.buffer_len()];
-        msg.serialize(&mut buf);
-        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf)
-            .unwrap()
-            .payload
-        {
-            NetlinkPayload::InnerMessage(m) => m,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
 
     fn new_link(m: RouteNetlinkMessage) -> LinkMessage {
         match on_the_wire(m) {
@@ -470,10 +468,7 @@ mod tests {
             ],
         );
         answer.header.interface_family = AddressFamily::Unspec;
-        let mut msg = NetlinkMessage::from(RouteNetlinkMessage::NewLink(answer));
-        msg.finalize();
-        let mut buf = vec![0; msg.buffer_len()];
-        msg.serialize(&mut buf);
+        let buf = wire_bytes(RouteNetlinkMessage::NewLink(answer));
         let parsed = NetlinkMessage::<Link>::deserialize(&buf).unwrap();
         let NetlinkPayload::InnerMessage(link) = parsed.payload else {
             panic!("not a link: {:?}", parsed.payload);
@@ -488,10 +483,7 @@ mod tests {
             }
         );
         // Another message type is refused rather than misread.
-        let mut del = NetlinkMessage::from(RouteNetlinkMessage::DelLink(LinkMessage::default()));
-        del.finalize();
-        let mut buf = vec![0; del.buffer_len()];
-        del.serialize(&mut buf);
-        assert!(NetlinkMessage::<Link>::deserialize(&buf).is_err());
+        let del = wire_bytes(RouteNetlinkMessage::DelLink(LinkMessage::default()));
+        assert!(NetlinkMessage::<Link>::deserialize(&del).is_err());
     }
 }

@@ -105,6 +105,11 @@ impl Socket {
     /// Frames `inner` with `flags` and the next sequence number onto `out`.
     fn frame<S: NetlinkSerializable>(&mut self, out: &mut Vec<u8>, inner: S, flags: u16) -> u32 {
         let seq = self.next_seq();
+        Self::frame_into(out, inner, flags, seq);
+        seq
+    }
+
+    fn frame_into<S: NetlinkSerializable>(out: &mut Vec<u8>, inner: S, flags: u16, seq: u32) {
         let mut header = NetlinkHeader::default();
         header.flags = flags;
         header.sequence_number = seq;
@@ -113,7 +118,6 @@ impl Socket {
         let start = out.len();
         out.resize(start + msg.buffer_len(), 0);
         msg.serialize(&mut out[start..]);
-        seq
     }
 
     fn send(&self, bytes: &[u8]) -> Result<(), NetlinkError> {
@@ -341,6 +345,26 @@ fn outcome(
 pub(crate) fn c_string(data: &[u8]) -> String {
     let end = data.iter().position(|b| *b == 0).unwrap_or(data.len());
     String::from_utf8_lossy(&data[..end]).into_owned()
+}
+
+/// The bytes of `m` as the kernel receives them.
+#[cfg(test)]
+pub(crate) fn wire_bytes<S: NetlinkSerializable>(m: S) -> Vec<u8> {
+    let mut buf = Vec::new();
+    Socket::frame_into(&mut buf, m, 0, 1);
+    buf
+}
+
+/// `m` as the kernel reads it: serialized, then parsed back.
+#[cfg(test)]
+pub(crate) fn round_trip<T>(m: T) -> T
+where
+    T: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
+{
+    match NetlinkMessage::<T>::deserialize(&wire_bytes(m)).map(|m| m.payload) {
+        Ok(NetlinkPayload::InnerMessage(m)) => m,
+        other => panic!("unexpected {other:?}"),
+    }
 }
 
 #[cfg(test)]

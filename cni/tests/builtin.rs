@@ -10,19 +10,6 @@ use std::time::Instant;
 use berth_cni::{Error, GrpcClass, NetworkConfig, PodNetworkRequest, PortMapping, Protocol};
 use common::*;
 
-fn req(pod_id: &str, ns: &Netns, ports: Vec<PortMapping>) -> PodNetworkRequest {
-    PodNetworkRequest {
-        pod_id: pod_id.to_string(),
-        name: format!("name-{pod_id}"),
-        namespace: "default".into(),
-        uid: format!("uid-{pod_id}"),
-        netns: ns.path(),
-        port_mappings: ports,
-        dns: None,
-        bandwidth: None,
-    }
-}
-
 fn tcp(host_port: u16, container_port: u16, host_ip: Option<&str>) -> PortMapping {
     PortMapping {
         protocol: Protocol::Tcp,
@@ -30,6 +17,23 @@ fn tcp(host_port: u16, container_port: u16, host_ip: Option<&str>) -> PortMappin
         container_port,
         host_ip: host_ip.map(|h| h.parse().unwrap()),
     }
+}
+
+/// `n` pods in namespaces named `prefix0`.., pod `i` publishing TCP `first_port + i` to 80.
+fn pods_with_hostports(
+    prefix: &str,
+    n: u16,
+    first_port: u16,
+) -> (Vec<Netns>, Vec<PodNetworkRequest>) {
+    let pods: Vec<Netns> = (0..n)
+        .map(|i| Netns::new(&format!("{prefix}{i}")))
+        .collect();
+    let reqs = pods
+        .iter()
+        .zip(0..n)
+        .map(|(ns, i)| req(&format!("pod-{i}"), ns, vec![tcp(first_port + i, 80, None)]))
+        .collect();
+    (pods, reqs)
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -433,18 +437,7 @@ fn pod_cidr_from_kubelet_applies_when_no_pod_uses_the_old_one() {
 fn setup_time_per_pod() {
     require_root!();
     let node = Node::new();
-    let pods: Vec<Netns> = (0..10).map(|i| Netns::new(&format!("p{i}"))).collect();
-    let reqs: Vec<PodNetworkRequest> = pods
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| {
-            req(
-                &format!("pod-{i}"),
-                ns,
-                vec![tcp(20000 + i as u16, 80, None)],
-            )
-        })
-        .collect();
+    let (_pods, reqs) = pods_with_hostports("p", 10, 20000);
     let (_dir, db) = database();
     run_in(&node.node.path(), move || async move {
         let net = open(builtin_config(), db);
@@ -496,18 +489,7 @@ fn setup_time_per_pod() {
 fn concurrent_setups_get_distinct_addresses_and_concurrent_teardowns_clean_up() {
     require_root!();
     let node = Node::new();
-    let pods: Vec<Netns> = (0..8).map(|i| Netns::new(&format!("c{i}"))).collect();
-    let reqs: Vec<PodNetworkRequest> = pods
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| {
-            req(
-                &format!("pod-{i}"),
-                ns,
-                vec![tcp(30000 + i as u16, 80, None)],
-            )
-        })
-        .collect();
+    let (pods, reqs) = pods_with_hostports("c", 8, 30000);
     let (_dir, db) = database();
     let (tx, rx) = std::sync::mpsc::channel();
     run_in(&node.node.path(), move || async move {

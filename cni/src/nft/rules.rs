@@ -202,44 +202,49 @@ pub(crate) fn base_rules(pod_cidrs: &[Cidr]) -> Vec<Rule> {
     // Localhost hostPorts: 127.0.0.1 cannot leave the node, so the connection takes the
     // bridge's address.
     let loopback: Cidr = "127.0.0.0/8".parse().expect("static CIDR");
-    let mut e = ct_dnat().to_vec();
-    e.extend(match_family(NFPROTO_IPV4));
-    e.extend(match_addr(true, &loopback, CmpOp::Eq));
-    e.push(Expr::Masquerade);
-    rules.push(Rule {
-        chain: POSTROUTING,
-        exprs: e,
-        comment: Some("localhost hostports".into()),
-    });
+    rules.push(masquerade(
+        "localhost hostports",
+        [
+            &ct_dnat()[..],
+            &match_family(NFPROTO_IPV4),
+            &match_addr(true, &loopback, CmpOp::Eq),
+        ],
+    ));
     for cidr in pod_cidrs {
-        let fam = if cidr.is_ipv6() {
+        let fam = match_family(if cidr.is_ipv6() {
             NFPROTO_IPV6
         } else {
             NFPROTO_IPV4
-        };
+        });
+        let from_pods = match_addr(true, cidr, CmpOp::Eq);
         // Hairpin: a pod reaching a hostPort served by a pod of the same bridge must see
         // the answer come back through the node, so the node's address is the source.
-        let mut e = ct_dnat().to_vec();
-        e.extend(match_family(fam));
-        e.extend(match_addr(true, cidr, CmpOp::Eq));
-        e.extend(match_addr(false, cidr, CmpOp::Eq));
-        e.push(Expr::Masquerade);
-        rules.push(Rule {
-            chain: POSTROUTING,
-            exprs: e,
-            comment: Some("hairpin hostports".into()),
-        });
-        let mut e = match_family(fam).to_vec();
-        e.extend(match_addr(true, cidr, CmpOp::Eq));
-        e.extend(match_addr(false, cidr, CmpOp::Neq));
-        e.push(Expr::Masquerade);
-        rules.push(Rule {
-            chain: POSTROUTING,
-            exprs: e,
-            comment: Some("pod network leaving it".into()),
-        });
+        rules.push(masquerade(
+            "hairpin hostports",
+            [
+                &ct_dnat()[..],
+                &fam,
+                &from_pods,
+                &match_addr(false, cidr, CmpOp::Eq),
+            ],
+        ));
+        rules.push(masquerade(
+            "pod network leaving it",
+            [&fam[..], &from_pods, &match_addr(false, cidr, CmpOp::Neq)],
+        ));
     }
     rules
+}
+
+/// A postrouting rule masquerading what `matches` all match.
+fn masquerade<const N: usize>(comment: &str, matches: [&[Expr]; N]) -> Rule {
+    let mut exprs = matches.concat();
+    exprs.push(Expr::Masquerade);
+    Rule {
+        chain: POSTROUTING,
+        exprs,
+        comment: Some(comment.into()),
+    }
 }
 
 /// The comment that marks a pod's rules.

@@ -3,8 +3,8 @@
 use super::rules::*;
 use super::wire::*;
 use super::*;
+use crate::netlink::round_trip as on_the_wire;
 use crate::types::{PortMapping, Protocol};
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_utils::nla::NlasIterator;
 
 fn pm(
@@ -21,6 +21,49 @@ fn pm(
     }
 }
 
+fn meta(key: u32) -> Expr {
+    Expr::Meta { key, dreg: REG_1 }
+}
+
+fn cmp(op: CmpOp, data: &[u8]) -> Expr {
+    Expr::Cmp {
+        op,
+        sreg: REG_1,
+        data: data.to_vec(),
+    }
+}
+
+fn payload(base: u32, offset: u32, len: u32) -> Expr {
+    Expr::Payload {
+        base,
+        offset,
+        len,
+        dreg: REG_1,
+    }
+}
+
+fn mask(mask: &[u8]) -> Expr {
+    Expr::Mask {
+        reg: REG_1,
+        mask: mask.to_vec(),
+    }
+}
+
+fn immediate(dreg: u32, data: &[u8]) -> Expr {
+    Expr::Immediate {
+        dreg,
+        data: data.to_vec(),
+    }
+}
+
+fn dnat(family: u8) -> Expr {
+    Expr::Dnat {
+        family,
+        addr_reg: REG_1,
+        port_reg: REG_2,
+    }
+}
+
 #[test]
 fn hostport_rule_matches_family_protocol_port_and_host_ip() {
     let ips = ["10.88.0.5".parse().unwrap()];
@@ -30,59 +73,17 @@ fn hostport_rule_matches_family_protocol_port_and_host_ip() {
     assert_eq!(
         rules[0].exprs,
         vec![
-            Expr::Meta {
-                key: META_NFPROTO,
-                dreg: 1
-            },
-            Expr::Cmp {
-                op: CmpOp::Eq,
-                sreg: 1,
-                data: vec![2]
-            },
-            Expr::Meta {
-                key: META_L4PROTO,
-                dreg: 1
-            },
-            Expr::Cmp {
-                op: CmpOp::Eq,
-                sreg: 1,
-                data: vec![6]
-            },
-            Expr::Payload {
-                base: BASE_NETWORK,
-                offset: 16,
-                len: 4,
-                dreg: 1
-            },
-            Expr::Cmp {
-                op: CmpOp::Eq,
-                sreg: 1,
-                data: vec![1, 2, 3, 4]
-            },
-            Expr::Payload {
-                base: BASE_TRANSPORT,
-                offset: 2,
-                len: 2,
-                dreg: 1
-            },
-            Expr::Cmp {
-                op: CmpOp::Eq,
-                sreg: 1,
-                data: vec![0x1f, 0x90]
-            },
-            Expr::Immediate {
-                dreg: 1,
-                data: vec![10, 88, 0, 5]
-            },
-            Expr::Immediate {
-                dreg: 2,
-                data: vec![0, 80]
-            },
-            Expr::Dnat {
-                family: NFPROTO_IPV4,
-                addr_reg: 1,
-                port_reg: 2
-            },
+            meta(META_NFPROTO),
+            cmp(CmpOp::Eq, &[2]),
+            meta(META_L4PROTO),
+            cmp(CmpOp::Eq, &[6]),
+            payload(BASE_NETWORK, 16, 4),
+            cmp(CmpOp::Eq, &[1, 2, 3, 4]),
+            payload(BASE_TRANSPORT, 2, 2),
+            cmp(CmpOp::Eq, &[0x1f, 0x90]),
+            immediate(REG_1, &[10, 88, 0, 5]),
+            immediate(REG_2, &[0, 80]),
+            dnat(NFPROTO_IPV4),
         ]
     );
 }
@@ -99,24 +100,14 @@ fn dual_stack_pod_gets_one_rule_per_family_unless_host_ip_restricts() {
         ],
     );
     assert_eq!(all.len(), 4);
-    assert!(all.iter().any(|r| r.exprs.contains(&Expr::Cmp {
-        op: CmpOp::Eq,
-        sreg: 1,
-        data: vec![132]
-    })));
+    assert!(
+        all.iter()
+            .any(|r| r.exprs.contains(&cmp(CmpOp::Eq, &[132])))
+    );
     let v6 = hostport_rules("p", &ips, &[pm(Protocol::Tcp, 80, 80, Some("fd00::1"))]);
     assert_eq!(v6.len(), 1);
-    assert!(v6[0].exprs.contains(&Expr::Dnat {
-        family: NFPROTO_IPV6,
-        addr_reg: 1,
-        port_reg: 2
-    }));
-    assert!(v6[0].exprs.contains(&Expr::Payload {
-        base: BASE_NETWORK,
-        offset: 24,
-        len: 16,
-        dreg: 1
-    }));
+    assert!(v6[0].exprs.contains(&dnat(NFPROTO_IPV6)));
+    assert!(v6[0].exprs.contains(&payload(BASE_NETWORK, 24, 16)));
     let none = hostport_rules(
         "p",
         &ips[..1],
@@ -136,45 +127,14 @@ fn masquerade_rules_mask_the_prefix() {
     assert_eq!(
         leaving.exprs,
         vec![
-            Expr::Meta {
-                key: META_NFPROTO,
-                dreg: 1
-            },
-            Expr::Cmp {
-                op: CmpOp::Eq,
-                sreg: 1,
-                data: vec![2]
-            },
-            Expr::Payload {
-                base: BASE_NETWORK,
-                offset: 12,
-                len: 4,
-                dreg: 1
-            },
-            Expr::Mask {
-                reg: 1,
-                mask: vec![255, 252, 0, 0]
-            },
-            Expr::Cmp {
-                op: CmpOp::Eq,
-                sreg: 1,
-                data: vec![10, 88, 0, 0]
-            },
-            Expr::Payload {
-                base: BASE_NETWORK,
-                offset: 16,
-                len: 4,
-                dreg: 1
-            },
-            Expr::Mask {
-                reg: 1,
-                mask: vec![255, 252, 0, 0]
-            },
-            Expr::Cmp {
-                op: CmpOp::Neq,
-                sreg: 1,
-                data: vec![10, 88, 0, 0]
-            },
+            meta(META_NFPROTO),
+            cmp(CmpOp::Eq, &[2]),
+            payload(BASE_NETWORK, 12, 4),
+            mask(&[255, 252, 0, 0]),
+            cmp(CmpOp::Eq, &[10, 88, 0, 0]),
+            payload(BASE_NETWORK, 16, 4),
+            mask(&[255, 252, 0, 0]),
+            cmp(CmpOp::Neq, &[10, 88, 0, 0]),
             Expr::Masquerade,
         ]
     );
@@ -182,21 +142,6 @@ fn masquerade_rules_mask_the_prefix() {
     assert_eq!(rules.len(), 5);
     let v6: Cidr = "fd00:88::/64".parse().unwrap();
     assert_eq!(base_rules(&[cidr, v6]).len(), 7);
-}
-
-/// What the kernel reads: the message serialized, then parsed back (flat attributes).
-fn on_the_wire(m: NftMessage) -> NftMessage {
-    let mut msg = NetlinkMessage::new(Default::default(), NetlinkPayload::InnerMessage(m));
-    msg.finalize();
-    let mut buf = vec![0; msg.buffer_len()];
-    msg.serialize(&mut buf);
-    match NetlinkMessage::<NftMessage>::deserialize(&buf)
-        .unwrap()
-        .payload
-    {
-        NetlinkPayload::InnerMessage(m) => m,
-        other => panic!("unexpected {other:?}"),
-    }
 }
 
 /// The names of the expressions of an encoded rule, in order.
