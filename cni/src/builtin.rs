@@ -69,6 +69,17 @@ fn join(cidrs: &[Cidr]) -> String {
         .join(",")
 }
 
+/// Records `cidrs` as the pod CIDRs in force, with none pending.
+fn record_active(db: &Database, cidrs: &[Cidr]) -> Result<(), Error> {
+    ipam::set_meta(
+        db,
+        &[
+            (ipam::META_POD_CIDRS, Some(&join(cidrs))),
+            (ipam::META_PENDING_POD_CIDRS, None),
+        ],
+    )
+}
+
 /// The host-side veth name of a pod: stable for a pod id, 15 bytes at most.
 pub fn veth_name(pod_id: &str) -> String {
     // FNV-1a: stable across builds, unlike std's hasher.
@@ -167,13 +178,7 @@ impl Builtin {
         };
         if pending.is_some() && ipam::count(&db)? == 0 {
             active = pending.take().expect("checked");
-            ipam::set_meta(
-                &db,
-                &[
-                    (ipam::META_POD_CIDRS, Some(&join(&active))),
-                    (ipam::META_PENDING_POD_CIDRS, None),
-                ],
-            )?;
+            record_active(&db, &active)?;
         }
         Ok(Builtin {
             config,
@@ -211,13 +216,7 @@ impl Builtin {
             return Ok(());
         }
         if ipam::count(&self.db)? == 0 {
-            ipam::set_meta(
-                &self.db,
-                &[
-                    (ipam::META_POD_CIDRS, Some(&join(&cidrs))),
-                    (ipam::META_PENDING_POD_CIDRS, None),
-                ],
-            )?;
+            record_active(&self.db, &cidrs)?;
             pools.active = cidrs;
             pools.pending = None;
         } else {
@@ -445,13 +444,7 @@ impl Builtin {
         *up = false;
         let mut pools = self.pools.write().unwrap_or_else(|p| p.into_inner());
         if let Some(next) = pools.pending.take() {
-            ipam::set_meta(
-                &self.db,
-                &[
-                    (ipam::META_POD_CIDRS, Some(&join(&next))),
-                    (ipam::META_PENDING_POD_CIDRS, None),
-                ],
-            )?;
+            record_active(&self.db, &next)?;
             pools.active = next;
         }
         Ok(())

@@ -207,10 +207,8 @@ impl Plugins {
 
     fn get(&self, pod_id: &str) -> Result<Option<Attachment>, Error> {
         let txn = self.db.begin_read()?;
-        let t = match txn.open_table(ATTACHMENTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(t) = ipam::open_read(&txn, ATTACHMENTS)? else {
+            return Ok(None);
         };
         match t.get(pod_id)? {
             Some(v) => serde_json::from_slice(v.value())
@@ -225,10 +223,8 @@ impl Plugins {
 
     fn list(&self) -> Result<Vec<Attachment>, Error> {
         let txn = self.db.begin_read()?;
-        let t = match txn.open_table(ATTACHMENTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
+        let Some(t) = ipam::open_read(&txn, ATTACHMENTS)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for row in t.iter()? {
