@@ -159,6 +159,24 @@ impl Node {
         Node { node, outside }
     }
 
+    /// Runs an async test body on a runtime whose threads live in the node namespace.
+    pub fn run<F, Fut>(&self, f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()>,
+    {
+        run_in(&self.node.path(), f)
+    }
+
+    /// Runs an async test body with the built-in network opened on `db` in the node.
+    pub fn with_builtin<F, Fut>(&self, db: Arc<redb::Database>, f: F)
+    where
+        F: FnOnce(Arc<Network>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()>,
+    {
+        self.run(move || f(open(builtin_config(), db)))
+    }
+
     /// Asserts that nothing of the built-in network is left in the node.
     pub fn assert_clean(&self, bridge: &str) {
         let links = self.node.links();
