@@ -165,7 +165,7 @@ fn encoded_rule_carries_table_chain_expressions_and_comment() {
     let rule = &hostport_rules("pod-a", &ips, &[pm(Protocol::Tcp, 8080, 80, None)])[0];
     let (m, _) = rule_message(rule);
     let m = on_the_wire(m);
-    assert_eq!(m.ty, (10 << 8) | 6);
+    assert_eq!(m.ty, (10 << 8) | Cmd::NewRule as u16);
     assert_eq!(m.family, NFPROTO_INET);
     assert_eq!(m.attr(NFTA_RULE_TABLE), Some(&b"berth\0"[..]));
     assert_eq!(m.attr(NFTA_RULE_CHAIN), Some(&b"hostports\0"[..]));
@@ -245,8 +245,13 @@ fn listed_rules_are_read_back_by_handle_and_comment() {
 fn setup_batch_is_table_chains_flushes_then_rules() {
     let msgs = setup_messages(&["10.88.0.0/16".parse().unwrap()]);
     let kinds: Vec<u16> = msgs.iter().map(|(m, _)| m.ty & 0xff).collect();
-    assert_eq!(&kinds[..8], &[0, 3, 3, 3, 3, 8, 8, 8]);
-    assert!(kinds[8..].iter().all(|k| *k == 6));
+    let [table, chain, rule, flush] =
+        [Cmd::NewTable, Cmd::NewChain, Cmd::NewRule, Cmd::DelRule].map(|c| c as u16);
+    assert_eq!(
+        &kinds[..8],
+        &[table, chain, chain, chain, chain, flush, flush, flush]
+    );
+    assert!(kinds[8..].iter().all(|k| *k == rule));
     let (begin, _, end) = batch(msgs);
     assert_eq!((begin.ty, begin.res_id), (0x10, 10));
     assert_eq!((end.ty, end.res_id), (0x11, 10));

@@ -19,13 +19,18 @@ pub(crate) const TABLE: &str = "berth";
 /// nf_tables' family of tables that see IPv4 and IPv6 alike.
 pub(crate) const NFPROTO_INET: u8 = 1;
 
-pub(crate) const NFT_MSG_NEWTABLE: u16 = 0;
-pub(crate) const NFT_MSG_DELTABLE: u16 = 2;
-pub(crate) const NFT_MSG_NEWCHAIN: u16 = 3;
-pub(crate) const NFT_MSG_NEWRULE: u16 = 6;
-pub(crate) const NFT_MSG_GETRULE: u16 = 7;
-pub(crate) const NFT_MSG_DELRULE: u16 = 8;
-pub(crate) const NFT_MSG_GETGEN: u16 = 16;
+/// The nf_tables commands Berth sends (`NFT_MSG_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cmd {
+    NewTable = 0,
+    DelTable = 2,
+    NewChain = 3,
+    NewRule = 6,
+    GetRule = 7,
+    DelRule = 8,
+    GetGen = 16,
+}
+
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
@@ -141,9 +146,9 @@ pub(crate) struct NftMessage {
 
 impl NftMessage {
     /// A command of the nf_tables subsystem for tables of `family`.
-    pub fn new(cmd: u16, family: u8, attrs: Vec<Attr>) -> NftMessage {
+    pub fn new(cmd: Cmd, family: u8, attrs: Vec<Attr>) -> NftMessage {
         NftMessage {
-            ty: (NFNL_SUBSYS_NFTABLES << 8) | cmd,
+            ty: (NFNL_SUBSYS_NFTABLES << 8) | cmd as u16,
             family,
             res_id: 0,
             attrs,
@@ -352,7 +357,7 @@ pub(crate) fn rule_message(rule: &Rule) -> (NftMessage, u16) {
         attrs.push(Attr::Bytes(NFTA_RULE_USERDATA, comment_udata(c)));
     }
     (
-        NftMessage::new(NFT_MSG_NEWRULE, NFPROTO_INET, attrs),
+        NftMessage::new(Cmd::NewRule, NFPROTO_INET, attrs),
         NLM_F_CREATE | NLM_F_APPEND,
     )
 }
@@ -374,7 +379,7 @@ fn chain_message(name: &str, hook: Option<(u32, i32)>) -> (NftMessage, u16) {
         attrs.push(Attr::Str(NFTA_CHAIN_TYPE, "nat".into()));
     }
     (
-        NftMessage::new(NFT_MSG_NEWCHAIN, NFPROTO_INET, attrs),
+        NftMessage::new(Cmd::NewChain, NFPROTO_INET, attrs),
         NLM_F_CREATE,
     )
 }
@@ -382,7 +387,7 @@ fn chain_message(name: &str, hook: Option<(u32, i32)>) -> (NftMessage, u16) {
 /// The message deleting the whole table.
 pub(crate) fn delete_table_message() -> (NftMessage, u16) {
     let attrs = vec![Attr::Str(NFTA_TABLE_NAME, TABLE.into())];
-    (NftMessage::new(NFT_MSG_DELTABLE, NFPROTO_INET, attrs), 0)
+    (NftMessage::new(Cmd::DelTable, NFPROTO_INET, attrs), 0)
 }
 
 /// The DELRULE message removing the rule with `handle` from `chain`, or every rule of
@@ -390,17 +395,17 @@ pub(crate) fn delete_table_message() -> (NftMessage, u16) {
 pub(crate) fn delete_rule_message(chain: &str, handle: Option<u64>) -> (NftMessage, u16) {
     let mut attrs = in_chain(chain);
     attrs.extend(handle.map(|h| Attr::U64(NFTA_RULE_HANDLE, h)));
-    (NftMessage::new(NFT_MSG_DELRULE, NFPROTO_INET, attrs), 0)
+    (NftMessage::new(Cmd::DelRule, NFPROTO_INET, attrs), 0)
 }
 
 /// The GETRULE dump request for the rules of `hostports`.
 pub(crate) fn list_hostports_message() -> NftMessage {
-    NftMessage::new(NFT_MSG_GETRULE, NFPROTO_INET, in_chain(HOSTPORTS))
+    NftMessage::new(Cmd::GetRule, NFPROTO_INET, in_chain(HOSTPORTS))
 }
 
 /// The GETGEN request for the ruleset generation.
 pub(crate) fn generation_message() -> NftMessage {
-    NftMessage::new(NFT_MSG_GETGEN, 0, Vec::new())
+    NftMessage::new(Cmd::GetGen, 0, Vec::new())
 }
 
 /// The batch that creates the table and its chains if missing and (re)writes the fixed
@@ -409,7 +414,7 @@ pub(crate) fn setup_messages(pod_cidrs: &[Cidr]) -> Vec<(NftMessage, u16)> {
     let table = vec![Attr::Str(NFTA_TABLE_NAME, TABLE.into())];
     let mut msgs = vec![
         (
-            NftMessage::new(NFT_MSG_NEWTABLE, NFPROTO_INET, table),
+            NftMessage::new(Cmd::NewTable, NFPROTO_INET, table),
             NLM_F_CREATE,
         ),
         chain_message(HOSTPORTS, None),
