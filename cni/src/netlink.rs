@@ -72,7 +72,7 @@ pub(crate) struct Socket {
     buf: Vec<u8>,
 }
 
-/// One answer read back: its header and the raw message bytes.
+/// One message of the last datagram: its header fields and where it lies in the buffer.
 struct Answer {
     flags: u16,
     seq: u32,
