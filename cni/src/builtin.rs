@@ -69,6 +69,17 @@ fn join(cidrs: &[Cidr]) -> String {
         .join(",")
 }
 
+/// Records `cidrs` as the pod CIDRs in force, with none pending.
+fn record_active(db: &Database, cidrs: &[Cidr]) -> Result<(), Error> {
+    ipam::set_meta(
+        db,
+        &[
+            (ipam::META_POD_CIDRS, Some(&join(cidrs))),
+            (ipam::META_PENDING_POD_CIDRS, None),
+        ],
+    )
+}
+
 /// The host-side veth name of a pod: stable for a pod id, 15 bytes at most.
 pub fn veth_name(pod_id: &str) -> String {
     // FNV-1a: stable across builds, unlike std's hasher.
@@ -167,13 +178,7 @@ impl Builtin {
         };
         if pending.is_some() && ipam::count(&db)? == 0 {
             active = pending.take().expect("checked");
-            ipam::set_meta(
-                &db,
-                &[
-                    (ipam::META_POD_CIDRS, Some(&join(&active))),
-                    (ipam::META_PENDING_POD_CIDRS, None),
-                ],
-            )?;
+            record_active(&db, &active)?;
         }
         Ok(Builtin {
             config,
@@ -211,13 +216,7 @@ impl Builtin {
             return Ok(());
         }
         if ipam::count(&self.db)? == 0 {
-            ipam::set_meta(
-                &self.db,
-                &[
-                    (ipam::META_POD_CIDRS, Some(&join(&cidrs))),
-                    (ipam::META_PENDING_POD_CIDRS, None),
-                ],
-            )?;
+            record_active(&self.db, &cidrs)?;
             pools.active = cidrs;
             pools.pending = None;
         } else {
@@ -238,18 +237,7 @@ impl Builtin {
         if let Some(r) = &self.unusable {
             return Err(Error::NotReady(r.clone()));
         }
-        let netns_err = |source| Error::Netns {
-            pod_id: req.pod_id.clone(),
-            path: req.netns.clone(),
-            source,
-        };
-        let pod_ns = netns::open(&req.netns).map_err(netns_err)?;
-        if netns::same(&pod_ns, &self.node_ns).map_err(netns_err)? {
-            return Err(Error::InvalidRequest(format!(
-                "network namespace {:?} of pod {} is the node's own",
-                req.netns, req.pod_id
-            )));
-        }
+        let pod_ns = netns::open_pod(req, &self.node_ns)?;
         let host_veth = veth_name(&req.pod_id);
         let (record, bridge_index) = {
             let mut infra = lock(&self.infra);
@@ -370,11 +358,9 @@ impl Builtin {
             )))?;
         }
         let addrs = record.addrs.clone();
-        netns::run_in(pod_ns.as_fd(), move || -> Result<(), Error> {
-            let mut sock =
-                Socket::open(NETLINK_ROUTE).map_err(Error::io("open rtnetlink in the pod"))?;
-            // The loopback device is always index 1 in a network namespace.
-            link::set_up(&mut sock, 1).map_err(Error::netlink("bring lo up in the pod"))?;
+        netns::run_in_pod(&record.pod_id, &record.netns, pod_ns.as_fd(), move || {
+            let mut sock = link::pod_socket()?;
+            link::loopback_up(&mut sock)?;
             let eth = link::get(&mut sock, POD_IFNAME)
                 .map_err(Error::netlink("look up eth0 in the pod"))?
                 .ok_or_else(|| {
@@ -393,12 +379,7 @@ impl Builtin {
                 )?;
             }
             Ok(())
-        })
-        .map_err(|source| Error::Netns {
-            pod_id: record.pod_id.clone(),
-            path: record.netns.clone(),
-            source,
-        })??;
+        })?;
         if !record.port_mappings.is_empty() {
             let ips: Vec<IpAddr> = record.addrs.iter().map(|a| a.ip).collect();
             let rules = nft::hostport_rules(&record.pod_id, &ips, &record.port_mappings);
@@ -463,13 +444,7 @@ impl Builtin {
         *up = false;
         let mut pools = self.pools.write().unwrap_or_else(|p| p.into_inner());
         if let Some(next) = pools.pending.take() {
-            ipam::set_meta(
-                &self.db,
-                &[
-                    (ipam::META_POD_CIDRS, Some(&join(&next))),
-                    (ipam::META_PENDING_POD_CIDRS, None),
-                ],
-            )?;
+            record_active(&self.db, &next)?;
             pools.active = next;
         }
         Ok(())

@@ -11,7 +11,10 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::cidr::Cidr;
@@ -207,13 +210,27 @@ pub(crate) fn release(db: &Database, pod_id: &str) -> Result<Option<PodRecord>, 
     Ok(record)
 }
 
+/// `table` as `txn` sees it, or `None` before anything was ever written to it.
+pub(crate) fn open_read<K, V>(
+    txn: &ReadTransaction,
+    table: TableDefinition<'_, K, V>,
+) -> Result<Option<ReadOnlyTable<K, V>>, Error>
+where
+    K: redb::Key + 'static,
+    V: redb::Value + 'static,
+{
+    match txn.open_table(table) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The pod's record, if it has one.
 pub(crate) fn get(db: &Database, pod_id: &str) -> Result<Option<PodRecord>, Error> {
     let txn = db.begin_read()?;
-    let pods = match txn.open_table(PODS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let Some(pods) = open_read(&txn, PODS)? else {
+        return Ok(None);
     };
     match pods.get(pod_id)? {
         Some(v) => Ok(Some(decode(pod_id, v.value())?)),
@@ -224,10 +241,8 @@ pub(crate) fn get(db: &Database, pod_id: &str) -> Result<Option<PodRecord>, Erro
 /// Every pod record.
 pub(crate) fn list(db: &Database) -> Result<Vec<PodRecord>, Error> {
     let txn = db.begin_read()?;
-    let pods = match txn.open_table(PODS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
+    let Some(pods) = open_read(&txn, PODS)? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     for row in pods.iter()? {
@@ -240,10 +255,9 @@ pub(crate) fn list(db: &Database) -> Result<Vec<PodRecord>, Error> {
 /// How many pods hold addresses.
 pub(crate) fn count(db: &Database) -> Result<u64, Error> {
     let txn = db.begin_read()?;
-    match txn.open_table(PODS) {
-        Ok(t) => Ok(t.len()?),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-        Err(e) => Err(e.into()),
+    match open_read(&txn, PODS)? {
+        Some(t) => Ok(t.len()?),
+        None => Ok(0),
     }
 }
 
@@ -251,10 +265,8 @@ pub(crate) fn count(db: &Database) -> Result<u64, Error> {
 #[cfg(test)]
 pub(crate) fn holder(db: &Database, ip: IpAddr) -> Result<Option<String>, Error> {
     let txn = db.begin_read()?;
-    let t = match txn.open_table(ADDRESSES) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let Some(t) = open_read(&txn, ADDRESSES)? else {
+        return Ok(None);
     };
     Ok(t.get(ip.to_string().as_str())?
         .map(|v| v.value().to_string()))
@@ -263,10 +275,8 @@ pub(crate) fn holder(db: &Database, ip: IpAddr) -> Result<Option<String>, Error>
 /// A `cni_meta` value.
 pub(crate) fn get_meta(db: &Database, key: &str) -> Result<Option<String>, Error> {
     let txn = db.begin_read()?;
-    let t = match txn.open_table(META) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let Some(t) = open_read(&txn, META)? else {
+        return Ok(None);
     };
     Ok(t.get(key)?.map(|v| v.value().to_string()))
 }

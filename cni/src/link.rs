@@ -3,48 +3,32 @@
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use crate::netlink::{
-    Message, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NetlinkError, Socket, attr_string, attrs,
-    find_attr,
+use netlink_packet_core::{NetlinkDeserializable, NetlinkHeader};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkExtentMask, LinkFlags, LinkHeader, LinkInfo, LinkMessage, LinkMessageBuffer,
 };
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-const RTM_NEWLINK: u16 = 16;
-const RTM_DELLINK: u16 = 17;
-const RTM_GETLINK: u16 = 18;
-const RTM_SETLINK: u16 = 19;
-const RTM_NEWADDR: u16 = 20;
-const RTM_NEWROUTE: u16 = 24;
+use netlink_packet_utils::nla::NlasIterator;
+use netlink_packet_utils::{DecodeError, Parseable, ParseableParametrized};
 
-const IFLA_ADDRESS: u16 = 1;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_MTU: u16 = 4;
-const IFLA_MASTER: u16 = 10;
-const IFLA_PROTINFO: u16 = 12;
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_NET_NS_FD: u16 = 28;
-const IFLA_INFO_KIND: u16 = 1;
-const IFLA_INFO_DATA: u16 = 2;
-const VETH_INFO_PEER: u16 = 1;
-const IFLA_BRPORT_MODE: u16 = 4;
-
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-const IFA_FLAGS: u16 = 8;
-const IFA_F_NODAD: u32 = 0x02;
-
-const RTA_GATEWAY: u16 = 5;
-const RTA_OIF: u16 = 4;
-const RT_TABLE_MAIN: u8 = 254;
-const RTPROT_STATIC: u8 = 4;
-const RTN_UNICAST: u8 = 1;
-
-const IFF_UP: u32 = libc::IFF_UP as u32;
-const AF_BRIDGE: u8 = libc::AF_BRIDGE as u8;
+use crate::error::Error;
+use crate::netlink::{NETLINK_ROUTE, NLM_F_CREATE, NLM_F_EXCL, NetlinkError, Socket};
 
 /// Errno of "already exists" answers.
 pub(crate) const EEXIST: i32 = libc::EEXIST;
 /// Errno of "no such device" answers.
 pub(crate) const ENODEV: i32 = libc::ENODEV;
+
+/// Flags of a request that creates an object and fails if it exists.
+const CREATE: u16 = NLM_F_CREATE | NLM_F_EXCL;
+/// `NLM_F_DUMP` (root | match).
+const DUMP: u16 = netlink_packet_core::NLM_F_DUMP;
 
 /// What Berth needs to know about an existing link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,62 +43,89 @@ pub(crate) struct Link {
     pub kind: Option<String>,
 }
 
-/// The 16-byte `ifinfomsg` header.
-fn ifinfomsg(family: u8, index: u32, flags: u32, change: u32) -> [u8; 16] {
-    let mut h = [0u8; 16];
-    h[0] = family;
-    h[4..8].copy_from_slice(&index.to_ne_bytes());
-    h[8..12].copy_from_slice(&flags.to_ne_bytes());
-    h[12..16].copy_from_slice(&change.to_ne_bytes());
-    h
-}
-
-fn family(addr: IpAddr) -> u8 {
+fn family(addr: IpAddr) -> AddressFamily {
     if addr.is_ipv4() {
-        libc::AF_INET as u8
+        AddressFamily::Inet
     } else {
-        libc::AF_INET6 as u8
+        AddressFamily::Inet6
     }
 }
 
-fn addr_bytes(addr: IpAddr) -> Vec<u8> {
-    match addr {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    }
+/// A link message with `index`, and `flags` both set and in the change mask.
+fn link_message(index: u32, flags: LinkFlags, attributes: Vec<LinkAttribute>) -> LinkMessage {
+    let mut m = LinkMessage::default();
+    m.header.index = index;
+    m.header.flags = flags;
+    m.header.change_mask = flags;
+    m.attributes = attributes;
+    m
 }
 
-fn parse_link(payload: &[u8]) -> Option<Link> {
-    if payload.len() < 16 {
-        return None;
-    }
-    let index = u32::from_ne_bytes(payload[4..8].try_into().ok()?);
-    let mut link = Link {
-        index,
-        name: String::new(),
-        master: None,
-        kind: None,
-    };
-    for (ty, data) in attrs(&payload[16..]) {
-        match ty {
-            IFLA_IFNAME => link.name = attr_string(data),
-            IFLA_MASTER if data.len() >= 4 => {
-                link.master = Some(u32::from_ne_bytes(data[..4].try_into().ok()?))
-            }
-            IFLA_LINKINFO => link.kind = find_attr(data, IFLA_INFO_KIND).map(attr_string),
-            _ => {}
+/// Asks the kernel to leave the counters out of link answers: Berth never reads them.
+fn skip_stats() -> LinkAttribute {
+    LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats])
+}
+
+/// Attribute numbers of the answers' parts Berth reads (`if_link.h`); the rest of a link
+/// answer (per-family settings, counters) is skipped undecoded.
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MASTER: u16 = 10;
+const IFLA_LINKINFO: u16 = 18;
+const IFLA_INFO_KIND: u16 = 1;
+const RTM_NEWLINK: u16 = 16;
+
+impl NetlinkDeserializable for Link {
+    type Error = DecodeError;
+
+    /// Reads a link answer's index, name, master and kind with `netlink-packet-route`'s
+    /// parsers. Decoding the whole [`LinkMessage`] would also decode every per-family
+    /// setting the kernel sends with it, which costs more than the exchange itself.
+    fn deserialize(header: &NetlinkHeader, payload: &[u8]) -> Result<Link, DecodeError> {
+        if header.message_type != RTM_NEWLINK {
+            return Err(format!("message type {} is not a link", header.message_type).into());
         }
+        let buf = LinkMessageBuffer::new_checked(payload)?;
+        let link_header = LinkHeader::parse(&buf)?;
+        let mut link = Link {
+            index: link_header.index,
+            name: String::new(),
+            master: None,
+            kind: None,
+        };
+        for nla in buf.attributes() {
+            let nla = nla?;
+            match nla.kind() {
+                IFLA_IFNAME | IFLA_MASTER => {
+                    match LinkAttribute::parse_with_param(&nla, link_header.interface_family)? {
+                        LinkAttribute::IfName(n) => link.name = n,
+                        LinkAttribute::Controller(i) => link.master = Some(i),
+                        _ => {}
+                    }
+                }
+                IFLA_LINKINFO => {
+                    for info in NlasIterator::new(nla.value()) {
+                        let info = info?;
+                        if info.kind() == IFLA_INFO_KIND {
+                            link.kind = Some(InfoKind::parse(&info)?.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(link)
     }
-    Some(link)
 }
 
 /// The link called `name`, if it exists.
 pub(crate) fn get(sock: &mut Socket, name: &str) -> Result<Option<Link>, NetlinkError> {
-    let mut m = Message::new(RTM_GETLINK, 0);
-    m.push_header(&ifinfomsg(0, 0, 0, 0))
-        .attr_str(IFLA_IFNAME, name);
-    match sock.dump(m) {
-        Ok(msgs) => Ok(msgs.iter().find_map(|r| parse_link(&r.payload))),
+    let m = link_message(
+        0,
+        LinkFlags::empty(),
+        vec![LinkAttribute::IfName(name.to_string()), skip_stats()],
+    );
+    match sock.dump(RouteNetlinkMessage::GetLink(m), 0) {
+        Ok(links) => Ok(links.into_iter().next()),
         Err(e) if e.errno() == Some(ENODEV) => Ok(None),
         Err(e) => Err(e),
     }
@@ -122,32 +133,33 @@ pub(crate) fn get(sock: &mut Socket, name: &str) -> Result<Option<Link>, Netlink
 
 /// Every link of the namespace.
 pub(crate) fn list(sock: &mut Socket) -> Result<Vec<Link>, NetlinkError> {
-    let mut m = Message::new(RTM_GETLINK, NLM_F_DUMP);
-    m.push_header(&ifinfomsg(0, 0, 0, 0));
-    Ok(sock
-        .dump(m)?
-        .iter()
-        .filter_map(|r| parse_link(&r.payload))
-        .collect())
+    let m = link_message(0, LinkFlags::empty(), vec![skip_stats()]);
+    sock.dump(RouteNetlinkMessage::GetLink(m), DUMP)
 }
 
-/// Creates a bridge that is up, with a fixed MAC (so that it never changes as ports come
-/// and go, which would stale every pod's neighbour entry for the gateway).
+/// The message creating a bridge that is up, with a fixed MAC (so that it never changes
+/// as ports come and go, which would stale every pod's neighbour entry for the gateway).
+pub(crate) fn bridge_message(name: &str, mtu: u32, mac: [u8; 6]) -> RouteNetlinkMessage {
+    RouteNetlinkMessage::NewLink(link_message(
+        0,
+        LinkFlags::Up,
+        vec![
+            LinkAttribute::IfName(name.to_string()),
+            LinkAttribute::Mtu(mtu),
+            LinkAttribute::Address(mac.to_vec()),
+            LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]),
+        ],
+    ))
+}
+
+/// Creates the bridge of [`bridge_message`].
 pub(crate) fn create_bridge(
     sock: &mut Socket,
     name: &str,
     mtu: u32,
     mac: [u8; 6],
 ) -> Result<(), NetlinkError> {
-    let mut m = Message::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
-    m.push_header(&ifinfomsg(0, 0, IFF_UP, IFF_UP))
-        .attr_str(IFLA_IFNAME, name)
-        .attr_u32(IFLA_MTU, mtu)
-        .attr(IFLA_ADDRESS, &mac)
-        .nested(IFLA_LINKINFO, |m| {
-            m.attr_str(IFLA_INFO_KIND, "bridge");
-        });
-    sock.request(m)
+    sock.request(bridge_message(name, mtu, mac), CREATE)
 }
 
 /// A veth pair to create: one end in the calling socket's namespace, the other directly in
@@ -167,79 +179,109 @@ pub(crate) struct VethSpec<'a> {
 }
 
 /// Builds the one message that creates both ends, the host end up and on its bridge.
-pub(crate) fn veth_message(spec: &VethSpec<'_>) -> Message {
-    let mut m = Message::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL);
-    m.push_header(&ifinfomsg(0, 0, IFF_UP, IFF_UP))
-        .attr_str(IFLA_IFNAME, spec.host_name)
-        .attr_u32(IFLA_MTU, spec.mtu)
-        .attr_u32(IFLA_MASTER, spec.master)
-        .nested(IFLA_LINKINFO, |m| {
-            m.attr_str(IFLA_INFO_KIND, "veth")
-                .nested(IFLA_INFO_DATA, |m| {
-                    m.nested(VETH_INFO_PEER, |m| {
-                        // Not IFF_UP: the kernel opens the peer before pairing it, and an
-                        // unpaired veth refuses to go up (ENOTCONN).
-                        m.push_header(&ifinfomsg(0, 0, 0, 0))
-                            .attr_str(IFLA_IFNAME, spec.peer_name)
-                            .attr_u32(IFLA_MTU, spec.mtu)
-                            .attr_u32(IFLA_NET_NS_FD, spec.peer_netns.as_raw_fd() as u32);
-                    });
-                });
-        });
-    m
+pub(crate) fn veth_message(spec: &VethSpec<'_>) -> RouteNetlinkMessage {
+    // Not IFF_UP: the kernel opens the peer before pairing it, and an unpaired veth
+    // refuses to go up (ENOTCONN).
+    let peer = link_message(
+        0,
+        LinkFlags::empty(),
+        vec![
+            LinkAttribute::IfName(spec.peer_name.to_string()),
+            LinkAttribute::Mtu(spec.mtu),
+            LinkAttribute::NetNsFd(spec.peer_netns.as_raw_fd()),
+        ],
+    );
+    RouteNetlinkMessage::NewLink(link_message(
+        0,
+        LinkFlags::Up,
+        vec![
+            LinkAttribute::IfName(spec.host_name.to_string()),
+            LinkAttribute::Mtu(spec.mtu),
+            LinkAttribute::Controller(spec.master),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Veth),
+                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+            ]),
+        ],
+    ))
 }
 
 /// Creates the veth pair described by `spec`.
 pub(crate) fn create_veth(sock: &mut Socket, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
-    sock.request(veth_message(spec))
+    sock.request(veth_message(spec), CREATE)
 }
 
 /// Deletes the link called `name`; returns whether it existed.
 pub(crate) fn delete(sock: &mut Socket, name: &str) -> Result<bool, NetlinkError> {
-    let mut m = Message::new(RTM_DELLINK, 0);
-    m.push_header(&ifinfomsg(0, 0, 0, 0))
-        .attr_str(IFLA_IFNAME, name);
-    match sock.request(m) {
+    let m = link_message(
+        0,
+        LinkFlags::empty(),
+        vec![LinkAttribute::IfName(name.to_string())],
+    );
+    match sock.request(RouteNetlinkMessage::DelLink(m), 0) {
         Ok(()) => Ok(true),
         Err(e) if e.errno() == Some(ENODEV) => Ok(false),
         Err(e) => Err(e),
     }
 }
 
+/// An rtnetlink socket in the calling thread's namespace, a pod's.
+pub(crate) fn pod_socket() -> Result<Socket, Error> {
+    Socket::open(NETLINK_ROUTE).map_err(Error::io("open rtnetlink in the pod"))
+}
+
+/// Brings the pod's loopback device up: containers expect it.
+pub(crate) fn loopback_up(sock: &mut Socket) -> Result<(), Error> {
+    // The loopback device is always index 1 in a network namespace.
+    set_up(sock, 1).map_err(Error::netlink("bring lo up in the pod"))
+}
+
 /// Brings the link with `index` up.
 pub(crate) fn set_up(sock: &mut Socket, index: u32) -> Result<(), NetlinkError> {
-    let mut m = Message::new(RTM_NEWLINK, 0);
-    m.push_header(&ifinfomsg(0, index, IFF_UP, IFF_UP));
-    sock.request(m)
+    let m = link_message(index, LinkFlags::Up, Vec::new());
+    sock.request(RouteNetlinkMessage::NewLink(m), 0)
+}
+
+/// The message turning hairpin mode on for bridge port `index`, as the port's bridge
+/// settings (`ip link set X type bridge_slave hairpin on`).
+pub(crate) fn hairpin_message(index: u32) -> RouteNetlinkMessage {
+    RouteNetlinkMessage::NewLink(link_message(
+        index,
+        LinkFlags::empty(),
+        vec![LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                true,
+            )])),
+        ])],
+    ))
 }
 
 /// Turns hairpin mode on for a bridge port, so that a packet a pod sends to its own
 /// hostPort can be bridged back to it when br_netfilter is in use.
 pub(crate) fn set_hairpin(sock: &mut Socket, index: u32) -> Result<(), NetlinkError> {
-    let mut m = Message::new(RTM_SETLINK, 0);
-    m.push_header(&ifinfomsg(AF_BRIDGE, index, 0, 0))
-        .nested(IFLA_PROTINFO, |m| {
-            m.attr_u8(IFLA_BRPORT_MODE, 1);
-        });
-    sock.request(m)
+    sock.request(hairpin_message(index), 0)
 }
 
 /// Builds the message adding `addr/prefix` to link `index` (IPv6 without duplicate
 /// address detection, so the address is usable at once).
-pub(crate) fn address_message(index: u32, addr: IpAddr, prefix: u8) -> Message {
-    let mut m = Message::new(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL);
-    let mut h = [0u8; 8];
-    h[0] = family(addr);
-    h[1] = prefix;
-    h[4..8].copy_from_slice(&index.to_ne_bytes());
-    m.push_header(&h);
-    let bytes = addr_bytes(addr);
-    if addr.is_ipv4() {
-        m.attr(IFA_LOCAL, &bytes).attr(IFA_ADDRESS, &bytes);
+pub(crate) fn address_message(index: u32, addr: IpAddr, prefix: u8) -> RouteNetlinkMessage {
+    let mut m = AddressMessage::default();
+    m.header.family = family(addr);
+    m.header.prefix_len = prefix;
+    m.header.index = index;
+    m.attributes = if addr.is_ipv4() {
+        vec![
+            AddressAttribute::Local(addr),
+            AddressAttribute::Address(addr),
+        ]
     } else {
-        m.attr(IFA_ADDRESS, &bytes).attr_u32(IFA_FLAGS, IFA_F_NODAD);
-    }
-    m
+        vec![
+            AddressAttribute::Address(addr),
+            AddressAttribute::Flags(AddressFlags::Nodad),
+        ]
+    };
+    RouteNetlinkMessage::NewAddress(m)
 }
 
 /// Adds `addr/prefix` to link `index`; an address already there is fine.
@@ -249,10 +291,26 @@ pub(crate) fn add_address(
     addr: IpAddr,
     prefix: u8,
 ) -> Result<(), NetlinkError> {
-    match sock.request(address_message(index, addr, prefix)) {
+    match sock.request(address_message(index, addr, prefix), CREATE) {
         Err(e) if e.errno() == Some(EEXIST) => Ok(()),
         r => r,
     }
+}
+
+/// Builds the message adding the default route via `gateway` out of link `index`.
+pub(crate) fn default_route_message(gateway: IpAddr, index: u32) -> RouteNetlinkMessage {
+    let mut m = RouteMessage::default();
+    m.header.address_family = family(gateway);
+    m.header.table = RouteHeader::RT_TABLE_MAIN;
+    m.header.protocol = RouteProtocol::Static;
+    m.header.scope = RouteScope::Universe;
+    m.header.kind = RouteType::Unicast;
+    let gateway = match gateway {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
+    };
+    m.attributes = vec![RouteAttribute::Gateway(gateway), RouteAttribute::Oif(index)];
+    RouteNetlinkMessage::NewRoute(m)
 }
 
 /// Adds the default route via `gateway` out of link `index`; one already there is fine.
@@ -261,26 +319,7 @@ pub(crate) fn add_default_route(
     gateway: IpAddr,
     index: u32,
 ) -> Result<(), NetlinkError> {
-    let mut m = Message::new(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL);
-    // rtmsg: family, dst_len, src_len, tos, table, protocol, scope (universe), type, flags.
-    let h = [
-        family(gateway),
-        0,
-        0,
-        0,
-        RT_TABLE_MAIN,
-        RTPROT_STATIC,
-        0,
-        RTN_UNICAST,
-        0,
-        0,
-        0,
-        0,
-    ];
-    m.push_header(&h)
-        .attr(RTA_GATEWAY, &addr_bytes(gateway))
-        .attr_u32(RTA_OIF, index);
-    match sock.request(m) {
+    match sock.request(default_route_message(gateway, index), CREATE) {
         Err(e) if e.errno() == Some(EEXIST) => Ok(()),
         r => r,
     }
@@ -289,7 +328,16 @@ pub(crate) fn add_default_route(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::{round_trip as on_the_wire, wire_bytes};
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
     use std::os::fd::AsFd;
+
+    fn new_link(m: RouteNetlinkMessage) -> LinkMessage {
+        match on_the_wire(m) {
+            RouteNetlinkMessage::NewLink(l) => l,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 
     #[test]
     fn veth_message_puts_peer_name_and_namespace_inside_peer_info() {
@@ -301,55 +349,141 @@ mod tests {
             peer_netns: f.as_fd(),
             mtu: 1400,
         };
-        let m = veth_message(&spec);
-        let attrs_part = &m.payload()[16..];
+        let host = new_link(veth_message(&spec));
+        assert_eq!(host.header.flags, LinkFlags::Up);
+        assert_eq!(host.header.change_mask, LinkFlags::Up);
+        let attrs = &host.attributes;
+        assert!(attrs.contains(&LinkAttribute::IfName("bthabc".into())));
+        assert!(attrs.contains(&LinkAttribute::Controller(7)));
+        assert!(attrs.contains(&LinkAttribute::Mtu(1400)));
+        let Some(LinkAttribute::LinkInfo(info)) = attrs
+            .iter()
+            .find(|a| matches!(a, LinkAttribute::LinkInfo(_)))
+        else {
+            panic!("no link info in {attrs:?}");
+        };
+        assert_eq!(info[0], LinkInfo::Kind(InfoKind::Veth));
+        let Some(LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer)))) = info.get(1) else {
+            panic!("no veth peer in {info:?}");
+        };
+        // The peer has its own header, not asking for IFF_UP.
+        assert_eq!(peer.header.flags, LinkFlags::empty());
         assert_eq!(
-            find_attr(attrs_part, IFLA_IFNAME)
-                .map(attr_string)
-                .as_deref(),
-            Some("bthabc")
+            peer.attributes,
+            vec![
+                LinkAttribute::IfName("eth0".into()),
+                LinkAttribute::Mtu(1400),
+                LinkAttribute::NetNsFd(f.as_raw_fd()),
+            ]
         );
-        assert_eq!(
-            find_attr(attrs_part, IFLA_MASTER),
-            Some(&7u32.to_ne_bytes()[..])
+    }
+
+    #[test]
+    fn bridge_has_its_fixed_mac_and_hairpin_is_a_port_setting() {
+        let bridge = new_link(bridge_message("berth0", 1500, [2, 0x62, 10, 88, 0, 1]));
+        assert!(
+            bridge
+                .attributes
+                .contains(&LinkAttribute::Address(vec![2, 0x62, 10, 88, 0, 1]))
         );
-        let info = find_attr(attrs_part, IFLA_LINKINFO).unwrap();
-        assert_eq!(
-            find_attr(info, IFLA_INFO_KIND).map(attr_string).as_deref(),
-            Some("veth")
+        assert!(
+            bridge
+                .attributes
+                .contains(&LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                    InfoKind::Bridge
+                )]))
         );
-        let peer = find_attr(find_attr(info, IFLA_INFO_DATA).unwrap(), VETH_INFO_PEER).unwrap();
-        // The peer starts with its own ifinfomsg, not asking for IFF_UP.
-        assert_eq!(u32::from_ne_bytes(peer[8..12].try_into().unwrap()), 0);
-        let peer_attrs = &peer[16..];
+        let port = new_link(hairpin_message(9));
+        assert_eq!(port.header.index, 9);
+        assert_eq!(port.header.change_mask, LinkFlags::empty());
         assert_eq!(
-            find_attr(peer_attrs, IFLA_IFNAME)
-                .map(attr_string)
-                .as_deref(),
-            Some("eth0")
-        );
-        assert_eq!(
-            find_attr(peer_attrs, IFLA_MTU),
-            Some(&1400u32.to_ne_bytes()[..])
-        );
-        assert_eq!(
-            find_attr(peer_attrs, IFLA_NET_NS_FD),
-            Some(&(f.as_raw_fd() as u32).to_ne_bytes()[..])
+            port.attributes,
+            vec![LinkAttribute::LinkInfo(vec![
+                LinkInfo::PortKind(InfoPortKind::Bridge),
+                LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                    true
+                )])),
+            ])]
         );
     }
 
     #[test]
     fn v6_addresses_skip_duplicate_detection() {
-        let m = address_message(3, "fd00::2".parse().unwrap(), 64);
-        let p = m.payload();
-        assert_eq!((p[0], p[1]), (libc::AF_INET6 as u8, 64));
+        let RouteNetlinkMessage::NewAddress(m) =
+            on_the_wire(address_message(3, "fd00::2".parse().unwrap(), 64))
+        else {
+            panic!("not an address message");
+        };
         assert_eq!(
-            find_attr(&p[8..], IFA_FLAGS),
-            Some(&IFA_F_NODAD.to_ne_bytes()[..])
+            (m.header.family, m.header.prefix_len, m.header.index),
+            (AddressFamily::Inet6, 64, 3)
         );
-        let m = address_message(3, "10.88.0.2".parse().unwrap(), 16);
-        let p = m.payload();
-        assert_eq!(find_attr(&p[8..], IFA_LOCAL), Some(&[10, 88, 0, 2][..]));
-        assert!(find_attr(&p[8..], IFA_FLAGS).is_none());
+        assert!(
+            m.attributes
+                .contains(&AddressAttribute::Flags(AddressFlags::Nodad))
+        );
+        let RouteNetlinkMessage::NewAddress(m) =
+            on_the_wire(address_message(3, "10.88.0.2".parse().unwrap(), 16))
+        else {
+            panic!("not an address message");
+        };
+        let ip: IpAddr = "10.88.0.2".parse().unwrap();
+        assert_eq!(
+            m.attributes,
+            vec![AddressAttribute::Local(ip), AddressAttribute::Address(ip)]
+        );
+    }
+
+    #[test]
+    fn default_route_is_static_unicast_in_the_main_table() {
+        let RouteNetlinkMessage::NewRoute(m) =
+            on_the_wire(default_route_message("10.88.0.1".parse().unwrap(), 4))
+        else {
+            panic!("not a route message");
+        };
+        assert_eq!(m.header.address_family, AddressFamily::Inet);
+        assert_eq!(m.header.destination_prefix_length, 0);
+        assert_eq!(m.header.table, RouteHeader::RT_TABLE_MAIN);
+        assert_eq!(m.header.protocol, RouteProtocol::Static);
+        assert_eq!(m.header.kind, RouteType::Unicast);
+        assert_eq!(
+            m.attributes,
+            vec![
+                RouteAttribute::Gateway(RouteAddress::Inet("10.88.0.1".parse().unwrap())),
+                RouteAttribute::Oif(4)
+            ]
+        );
+    }
+
+    #[test]
+    fn link_answers_yield_index_name_master_and_kind() {
+        let mut answer = link_message(
+            12,
+            LinkFlags::Up,
+            vec![
+                LinkAttribute::IfName("bth0123".into()),
+                LinkAttribute::Mtu(1500),
+                LinkAttribute::Controller(4),
+                LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]),
+            ],
+        );
+        answer.header.interface_family = AddressFamily::Unspec;
+        let buf = wire_bytes(RouteNetlinkMessage::NewLink(answer));
+        let parsed = NetlinkMessage::<Link>::deserialize(&buf).unwrap();
+        let NetlinkPayload::InnerMessage(link) = parsed.payload else {
+            panic!("not a link: {:?}", parsed.payload);
+        };
+        assert_eq!(
+            link,
+            Link {
+                index: 12,
+                name: "bth0123".into(),
+                master: Some(4),
+                kind: Some("veth".into()),
+            }
+        );
+        // Another message type is refused rather than misread.
+        let del = wire_bytes(RouteNetlinkMessage::DelLink(LinkMessage::default()));
+        assert!(NetlinkMessage::<Link>::deserialize(&del).is_err());
     }
 }

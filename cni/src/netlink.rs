@@ -1,36 +1,33 @@
-//! A small synchronous netlink client: message building, attribute parsing, requests with
-//! acknowledgements, dumps and nf_tables batches.
+//! The netlink transport: a synchronous socket that sends `netlink-packet-core` messages
+//! and collects the kernel's acknowledgements, dumps and nf_tables batch answers.
 //!
-//! One socket is bound to the network namespace it was created in, so a socket opened by a
-//! thread inside a pod's namespace configures that namespace and nothing else. Requests
-//! are synchronous: each costs one send and one receive, a few microseconds of kernel work,
-//! and callers run them off the async executor.
+//! Messages are typed (`netlink-packet-route` for links, addresses and routes, the nft
+//! module's own for nf_tables); this module only frames them, numbers them and reads the
+//! answers back. The socket is a `netlink-sys` socket used synchronously rather than
+//! `rtnetlink`'s async handle: a socket is bound to the network namespace of the thread
+//! that opens it, and Berth configures a pod's namespace from a short-lived thread that
+//! has entered it (setns is per thread). A blocking socket on that thread costs one send
+//! and one receive per request; an async handle would need a runtime and a connection
+//! task per namespace thread (a tokio worker cannot safely change namespace), more memory
+//! and latency for the same few messages, and it cannot send nf_tables batches.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
-pub(crate) const NLM_F_REQUEST: u16 = 0x1;
-pub(crate) const NLM_F_MULTI: u16 = 0x2;
-pub(crate) const NLM_F_ACK: u16 = 0x4;
-pub(crate) const NLM_F_EXCL: u16 = 0x200;
-pub(crate) const NLM_F_CREATE: u16 = 0x400;
-pub(crate) const NLM_F_APPEND: u16 = 0x800;
-pub(crate) const NLM_F_DUMP: u16 = 0x300;
-const NLM_F_ACK_TLVS: u16 = 0x200;
+use netlink_packet_core::{
+    ErrorBuffer, ErrorMessage, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_DUMP, NLM_F_MULTIPART,
+    NLM_F_REQUEST, NLMSG_ERROR, NetlinkBuffer, NetlinkDeserializable, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload, NetlinkSerializable,
+};
+use netlink_packet_utils::Parseable;
+use netlink_packet_utils::nla::NlasIterator;
 
-const NLMSG_NOOP: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
+pub(crate) use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL};
+
+/// Extended acknowledgement attribute carrying the kernel's error text.
 const NLMSGERR_ATTR_MSG: u16 = 1;
-
-/// Attribute type flag marking a nested attribute.
-pub(crate) const NLA_F_NESTED: u16 = 0x8000;
-const NLA_TYPE_MASK: u16 = 0x3fff;
-
-const HEADER_LEN: usize = 16;
-const SOL_NETLINK: libc::c_int = 270;
-const NETLINK_CAP_ACK: libc::c_int = 10;
-const NETLINK_EXT_ACK: libc::c_int = 11;
+/// Length of the request header the kernel echoes in an error (NETLINK_CAP_ACK).
+const ECHOED_HEADER_LEN: usize = 16;
 
 /// What a netlink exchange can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +45,7 @@ pub enum NetlinkError {
     Io(#[source] io::Error),
     /// The kernel's answer could not be parsed.
     #[error("malformed netlink answer: {0}")]
-    Malformed(&'static str),
+    Malformed(String),
 }
 
 impl NetlinkError {
@@ -62,251 +59,41 @@ impl NetlinkError {
     }
 }
 
-/// A netlink message under construction.
-#[derive(Debug, Clone)]
-pub(crate) struct Message {
-    buf: Vec<u8>,
-    nests: Vec<usize>,
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-impl Message {
-    /// A message of type `ty` with header flags `flags` (sequence number set on sending).
-    pub fn new(ty: u16, flags: u16) -> Message {
-        let mut buf = Vec::with_capacity(256);
-        buf.extend_from_slice(&[0u8; HEADER_LEN]);
-        buf[4..6].copy_from_slice(&ty.to_ne_bytes());
-        buf[6..8].copy_from_slice(&flags.to_ne_bytes());
-        Message {
-            buf,
-            nests: Vec::new(),
-        }
-    }
-
-    /// The message type.
-    #[cfg(test)]
-    pub fn msg_type(&self) -> u16 {
-        u16::from_ne_bytes([self.buf[4], self.buf[5]])
-    }
-
-    /// The header flags.
-    pub fn flags(&self) -> u16 {
-        u16::from_ne_bytes([self.buf[6], self.buf[7]])
-    }
-
-    fn set_flags(&mut self, flags: u16) {
-        self.buf[6..8].copy_from_slice(&flags.to_ne_bytes());
-    }
-
-    /// Appends a fixed family header (ifinfomsg, rtmsg, nfgenmsg...), padded to 4 bytes.
-    pub fn push_header(&mut self, bytes: &[u8]) -> &mut Self {
-        self.buf.extend_from_slice(bytes);
-        self.pad();
-        self
-    }
-
-    fn pad(&mut self) {
-        let n = align4(self.buf.len());
-        self.buf.resize(n, 0);
-    }
-
-    /// Appends an attribute with a raw payload.
-    pub fn attr(&mut self, ty: u16, data: &[u8]) -> &mut Self {
-        let len = u16::try_from(4 + data.len()).expect("netlink attribute larger than 64 KiB");
-        self.buf.extend_from_slice(&len.to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(data);
-        self.pad();
-        self
-    }
-
-    /// Appends a NUL-terminated string attribute.
-    pub fn attr_str(&mut self, ty: u16, s: &str) -> &mut Self {
-        let mut v = Vec::with_capacity(s.len() + 1);
-        v.extend_from_slice(s.as_bytes());
-        v.push(0);
-        self.attr(ty, &v)
-    }
-
-    /// Appends a one-byte attribute.
-    pub fn attr_u8(&mut self, ty: u16, v: u8) -> &mut Self {
-        self.attr(ty, &[v])
-    }
-
-    /// Appends a u32 attribute in host byte order (rtnetlink's convention).
-    pub fn attr_u32(&mut self, ty: u16, v: u32) -> &mut Self {
-        self.attr(ty, &v.to_ne_bytes())
-    }
-
-    /// Appends a u32 attribute in network byte order (nf_tables' convention).
-    pub fn attr_be32(&mut self, ty: u16, v: u32) -> &mut Self {
-        self.attr(ty, &v.to_be_bytes())
-    }
-
-    /// Appends a u64 attribute in network byte order.
-    pub fn attr_be64(&mut self, ty: u16, v: u64) -> &mut Self {
-        self.attr(ty, &v.to_be_bytes())
-    }
-
-    /// Appends a nested attribute whose content `f` writes.
-    pub fn nested(&mut self, ty: u16, f: impl FnOnce(&mut Message)) -> &mut Self {
-        self.begin_nest(ty);
-        f(self);
-        self.end_nest();
-        self
-    }
-
-    fn begin_nest(&mut self, ty: u16) {
-        self.nests.push(self.buf.len());
-        self.buf.extend_from_slice(&[0, 0]);
-        self.buf
-            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
-    }
-
-    fn end_nest(&mut self) {
-        let start = self.nests.pop().expect("end_nest without begin_nest");
-        let len =
-            u16::try_from(self.buf.len() - start).expect("nested attribute larger than 64 KiB");
-        self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-    }
-
-    /// The finished bytes with length and sequence number filled in.
-    fn finish(&mut self, seq: u32) -> &[u8] {
-        debug_assert!(self.nests.is_empty(), "unterminated nested attribute");
-        let len = self.buf.len() as u32;
-        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
-        self.buf[8..12].copy_from_slice(&seq.to_ne_bytes());
-        &self.buf
-    }
-
-    /// The payload after the netlink header (for tests and debugging).
-    #[cfg(test)]
-    pub fn payload(&self) -> &[u8] {
-        &self.buf[HEADER_LEN..]
-    }
-}
-
-/// One message received from the kernel.
-#[derive(Debug, Clone)]
-pub(crate) struct Received {
-    /// Everything after the netlink header.
-    pub payload: Vec<u8>,
-}
-
-/// Iterates over the attributes in `buf` as `(type without flags, payload)`.
-pub(crate) fn attrs(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut rest = buf;
-    std::iter::from_fn(move || {
-        if rest.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
-        let ty = u16::from_ne_bytes([rest[2], rest[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > rest.len() {
-            return None;
-        }
-        let data = &rest[4..len];
-        rest = &rest[align4(len).min(rest.len())..];
-        Some((ty, data))
-    })
-}
-
-/// The first attribute of type `ty` in `buf`.
-pub(crate) fn find_attr(buf: &[u8], ty: u16) -> Option<&[u8]> {
-    attrs(buf).find(|(t, _)| *t == ty).map(|(_, d)| d)
-}
-
-/// A NUL-terminated string attribute's text.
-pub(crate) fn attr_string(data: &[u8]) -> String {
-    let end = data.iter().position(|b| *b == 0).unwrap_or(data.len());
-    String::from_utf8_lossy(&data[..end]).into_owned()
-}
-
-/// A received message: type, flags, sequence number and payload.
-type Header = (u16, u16, u32, Vec<u8>);
+/// Netlink protocol for links, addresses and routes.
+pub(crate) const NETLINK_ROUTE: isize = netlink_sys::protocols::NETLINK_ROUTE;
+/// Netlink protocol for netfilter (nf_tables).
+pub(crate) const NETLINK_NETFILTER: isize = netlink_sys::protocols::NETLINK_NETFILTER;
 
 /// A netlink socket of one protocol, bound in the namespace of the thread that opened it.
 #[derive(Debug)]
 pub(crate) struct Socket {
-    fd: OwnedFd,
+    sock: netlink_sys::Socket,
     seq: u32,
     buf: Vec<u8>,
 }
 
-/// Netlink protocol for links, addresses and routes.
-pub(crate) const NETLINK_ROUTE: libc::c_int = libc::NETLINK_ROUTE;
-/// Netlink protocol for netfilter (nf_tables).
-pub(crate) const NETLINK_NETFILTER: libc::c_int = libc::NETLINK_NETFILTER;
+/// One message of the last datagram: its header fields and where it lies in the buffer.
+struct Answer {
+    flags: u16,
+    seq: u32,
+    ty: u16,
+    start: usize,
+    end: usize,
+}
 
 impl Socket {
     /// Opens a socket of `protocol` in the calling thread's network namespace.
-    pub fn open(protocol: libc::c_int) -> io::Result<Socket> {
-        // SAFETY: plain socket(2) call; the returned descriptor is checked and owned below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                protocol,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let one: libc::c_int = 1;
-        for opt in [NETLINK_EXT_ACK, NETLINK_CAP_ACK] {
-            // SAFETY: `one` outlives the call and its size is passed; failure only loses
-            // error texts, so it is ignored (old kernels).
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    SOL_NETLINK,
-                    opt,
-                    (&one as *const libc::c_int).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-        }
-        // A kernel that never answers must not hang a pod start forever.
-        let tv = libc::timeval {
-            tv_sec: 10,
-            tv_usec: 0,
-        };
-        // SAFETY: `tv` outlives the call and its size is passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: sockaddr_nl is plain data; all-zero is a valid value.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: `addr` is a valid sockaddr_nl and its size is passed.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+    pub fn open(protocol: isize) -> io::Result<Socket> {
+        let mut sock = netlink_sys::Socket::new(protocol)?;
+        // Failure only loses the kernel's error texts (old kernels), so it is ignored.
+        let _ = sock.set_ext_ack(true);
+        let _ = sock.set_cap_ack(true);
+        set_receive_timeout(&sock)?;
+        sock.bind_auto()?;
         Ok(Socket {
-            fd,
+            sock,
             seq: 1,
-            buf: vec![0; 256 * 1024],
+            buf: Vec::with_capacity(256 * 1024),
         })
     }
 
@@ -315,158 +102,186 @@ impl Socket {
         self.seq
     }
 
+    /// Frames `inner` with `flags` and the next sequence number onto `out`.
+    fn frame<S: NetlinkSerializable>(&mut self, out: &mut Vec<u8>, inner: S, flags: u16) -> u32 {
+        let seq = self.next_seq();
+        Self::frame_into(out, inner, flags, seq);
+        seq
+    }
+
+    fn frame_into<S: NetlinkSerializable>(out: &mut Vec<u8>, inner: S, flags: u16, seq: u32) {
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = seq;
+        let mut msg = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(inner));
+        msg.finalize();
+        let start = out.len();
+        out.resize(start + msg.buffer_len(), 0);
+        msg.serialize(&mut out[start..]);
+    }
+
     fn send(&self, bytes: &[u8]) -> Result<(), NetlinkError> {
-        // SAFETY: sockaddr_nl is plain data; all-zero (pid 0 = the kernel) is valid.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        let kernel = netlink_sys::SocketAddr::new(0, 0);
         loop {
-            // SAFETY: `bytes` and `addr` are valid for the given lengths during the call.
-            let n = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    bytes.as_ptr().cast(),
-                    bytes.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_nl).cast(),
-                    size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(NetlinkError::Io(e));
+            match self.sock.send_to(bytes, &kernel, 0) {
+                Ok(n) if n == bytes.len() => return Ok(()),
+                Ok(_) => return Err(NetlinkError::Malformed("short send".into())),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(NetlinkError::Io(e)),
             }
-            if n as usize != bytes.len() {
-                return Err(NetlinkError::Malformed("short send"));
-            }
-            return Ok(());
         }
     }
 
-    /// Receives one datagram and splits it into messages (with their header fields).
-    fn recv(&mut self) -> Result<Vec<Header>, NetlinkError> {
+    /// Receives one datagram into the buffer and lists the messages in it.
+    fn recv(&mut self) -> Result<Vec<Answer>, NetlinkError> {
+        self.buf.clear();
         let n = loop {
-            // SAFETY: `self.buf` is valid for writes of its length during the call.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
-                    libc::MSG_TRUNC,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(NetlinkError::Io(e));
+            match self.sock.recv(&mut self.buf, libc::MSG_TRUNC) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(NetlinkError::Io(e)),
             }
-            break n as usize;
         };
         if n > self.buf.len() {
             return Err(NetlinkError::Malformed(
-                "datagram larger than the receive buffer",
+                "datagram larger than the receive buffer".into(),
             ));
         }
         let mut out = Vec::new();
-        let mut rest = &self.buf[..n];
-        while rest.len() >= HEADER_LEN {
-            let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
-            if len < HEADER_LEN || len > rest.len() {
-                return Err(NetlinkError::Malformed("bad message length"));
-            }
-            let ty = u16::from_ne_bytes([rest[4], rest[5]]);
-            let flags = u16::from_ne_bytes([rest[6], rest[7]]);
-            let seq = u32::from_ne_bytes(rest[8..12].try_into().expect("4 bytes"));
-            out.push((ty, flags, seq, rest[HEADER_LEN..len].to_vec()));
-            rest = &rest[align4(len).min(rest.len())..];
+        let mut start = 0;
+        while start < n {
+            let header = NetlinkBuffer::new_checked(&self.buf[start..n])
+                .map_err(|e| NetlinkError::Malformed(e.to_string()))?;
+            let end = start + header.length() as usize;
+            out.push(Answer {
+                flags: header.flags(),
+                seq: header.sequence_number(),
+                ty: header.message_type(),
+                start,
+                end,
+            });
+            start = (end + 3) & !3;
         }
         Ok(out)
     }
 
-    /// Sends `msg` and waits for the kernel's acknowledgement.
-    pub fn request(&mut self, mut msg: Message) -> Result<(), NetlinkError> {
-        msg.set_flags(msg.flags() | NLM_F_REQUEST | NLM_F_ACK);
-        let seq = self.next_seq();
-        self.send(msg.finish(seq))?;
+    /// Parses the message `a` of the last datagram as an answer of type `R`.
+    fn parse<R>(&self, a: &Answer) -> Result<NetlinkPayload<R>, NetlinkError>
+    where
+        R: NetlinkDeserializable,
+    {
+        NetlinkMessage::<R>::deserialize(&self.buf[a.start..a.end])
+            .map(|m| m.payload)
+            .map_err(|e| NetlinkError::Malformed(format!("message type {}: {e}", a.ty)))
+    }
+
+    /// The outcome an acknowledgement `a` reports, or `None` if `a` is not one.
+    fn ack(&self, a: &Answer) -> Option<Result<(), NetlinkError>> {
+        if a.ty != NLMSG_ERROR {
+            return None;
+        }
+        let message = &self.buf[a.start..a.end];
+        let parsed = NetlinkBuffer::new_checked(message).and_then(|m| {
+            let payload = m.payload();
+            ErrorBuffer::new_checked(&payload).and_then(|e| ErrorMessage::parse(&e))
+        });
+        Some(match parsed {
+            Ok(e) => outcome(a.flags, e.code, &e.header),
+            Err(e) => Err(NetlinkError::Malformed(format!("acknowledgement: {e}"))),
+        })
+    }
+
+    /// Sends `msg` with `flags` and waits for the kernel's acknowledgement.
+    pub fn request<S>(&mut self, msg: S, flags: u16) -> Result<(), NetlinkError>
+    where
+        S: NetlinkSerializable,
+    {
+        let mut bytes = Vec::new();
+        let seq = self.frame(&mut bytes, msg, flags | NLM_F_REQUEST | NLM_F_ACK);
+        self.send(&bytes)?;
         loop {
-            for (ty, flags, s, payload) in self.recv()? {
-                if s != seq {
+            for a in self.recv()? {
+                if a.seq != seq {
                     continue;
                 }
-                if ty == NLMSG_ERROR {
-                    return parse_error(flags, &payload);
+                if let Some(outcome) = self.ack(&a) {
+                    return outcome;
                 }
             }
         }
     }
 
-    /// Sends a get or dump request and collects the data messages of the answer.
-    pub fn dump(&mut self, mut msg: Message) -> Result<Vec<Received>, NetlinkError> {
-        let dumping = msg.flags() & NLM_F_DUMP == NLM_F_DUMP;
-        msg.set_flags(msg.flags() | NLM_F_REQUEST);
-        let seq = self.next_seq();
-        self.send(msg.finish(seq))?;
+    /// Sends a get (or, with `NLM_F_DUMP` in `flags`, a dump) request and collects the
+    /// messages of the answer, read as `R` (which may decode less than the whole message).
+    pub fn dump<S, R>(&mut self, msg: S, flags: u16) -> Result<Vec<R>, NetlinkError>
+    where
+        S: NetlinkSerializable,
+        R: NetlinkDeserializable,
+    {
+        let dumping = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut bytes = Vec::new();
+        let seq = self.frame(&mut bytes, msg, flags | NLM_F_REQUEST);
+        self.send(&bytes)?;
         let mut out = Vec::new();
         loop {
-            for (ty, flags, s, payload) in self.recv()? {
-                if s != seq {
+            for a in self.recv()? {
+                if a.seq != seq {
                     continue;
                 }
-                match ty {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => {
-                        parse_error(flags, &payload)?;
+                match self.parse::<R>(&a)? {
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) => {
+                        outcome(a.flags, e.code, &e.header)?;
                         return Ok(out);
                     }
-                    NLMSG_NOOP => {}
-                    _ => {
-                        out.push(Received { payload });
-                        if !dumping && flags & NLM_F_MULTI == 0 {
+                    NetlinkPayload::InnerMessage(m) => {
+                        out.push(m);
+                        if !dumping && a.flags & NLM_F_MULTIPART == 0 {
                             return Ok(out);
                         }
                     }
+                    _ => {}
                 }
             }
         }
     }
 
-    /// Sends `msgs` as one nfnetlink batch, applied atomically by the kernel, and waits for
-    /// every message's acknowledgement; the first refusal is the result.
-    pub fn batch(&mut self, msgs: Vec<Message>) -> Result<(), NetlinkError> {
+    /// Sends `msgs` between the `begin` and `end` markers as one nfnetlink batch, applied
+    /// atomically by the kernel, and waits for every message's acknowledgement; the first
+    /// refusal is the result.
+    pub fn batch<S>(&mut self, begin: S, msgs: Vec<(S, u16)>, end: S) -> Result<(), NetlinkError>
+    where
+        S: NetlinkSerializable,
+    {
         if msgs.is_empty() {
             return Ok(());
         }
         let mut bytes = Vec::new();
-        let mut pending = Vec::new();
-        let mut begin = batch_marker(NFNL_MSG_BATCH_BEGIN);
-        bytes.extend_from_slice(begin.finish(self.next_seq()));
-        for mut m in msgs {
-            m.set_flags(m.flags() | NLM_F_REQUEST | NLM_F_ACK);
-            let seq = self.next_seq();
-            pending.push(seq);
-            bytes.extend_from_slice(m.finish(seq));
-        }
-        let mut end = batch_marker(NFNL_MSG_BATCH_END);
-        bytes.extend_from_slice(end.finish(self.next_seq()));
+        self.frame(&mut bytes, begin, NLM_F_REQUEST);
+        let pending: Vec<u32> = msgs
+            .into_iter()
+            .map(|(m, flags)| self.frame(&mut bytes, m, flags | NLM_F_REQUEST | NLM_F_ACK))
+            .collect();
+        self.frame(&mut bytes, end, NLM_F_REQUEST);
         self.send(&bytes)?;
+        self.collect_acks(pending)
+    }
+
+    fn collect_acks(&mut self, mut pending: Vec<u32>) -> Result<(), NetlinkError> {
         let mut first_error = None;
         while !pending.is_empty() {
-            let received = match self.recv() {
+            let answers = match self.recv() {
                 Ok(r) => r,
                 // Once a refusal is known, a missing acknowledgement changes nothing.
                 Err(e) => return Err(first_error.unwrap_or(e)),
             };
-            for (ty, flags, s, payload) in received {
-                let Some(pos) = pending.iter().position(|p| *p == s) else {
+            for a in answers {
+                let Some(pos) = pending.iter().position(|p| *p == a.seq) else {
                     continue;
                 };
-                if ty == NLMSG_ERROR {
+                if let Some(outcome) = self.ack(&a) {
                     pending.swap_remove(pos);
-                    if let Err(e) = parse_error(flags, &payload) {
+                    if let Err(e) = outcome {
                         first_error.get_or_insert(e);
                     }
                 }
@@ -479,95 +294,113 @@ impl Socket {
     }
 }
 
-const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
-const NFNL_MSG_BATCH_END: u16 = 0x11;
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
-
-fn batch_marker(ty: u16) -> Message {
-    let mut m = Message::new(ty, NLM_F_REQUEST);
-    // nfgenmsg: family AF_UNSPEC, version 0, res_id = the nf_tables subsystem (big endian).
-    let res = NFNL_SUBSYS_NFTABLES.to_be_bytes();
-    m.push_header(&[0, 0, res[0], res[1]]);
-    m
+/// A kernel that never answers must not hang a pod start forever.
+fn set_receive_timeout(sock: &netlink_sys::Socket) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: 10,
+        tv_usec: 0,
+    };
+    // SAFETY: `tv` outlives the call and its size is passed; the descriptor is open.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
-/// Interprets an NLMSG_ERROR payload: errno 0 is an acknowledgement.
-fn parse_error(flags: u16, payload: &[u8]) -> Result<(), NetlinkError> {
-    if payload.len() < 4 {
-        return Err(NetlinkError::Malformed("short error message"));
-    }
-    let err = i32::from_ne_bytes(payload[0..4].try_into().expect("4 bytes"));
-    if err == 0 {
+/// Interprets an NLMSG_ERROR answer: no code is an acknowledgement; a refusal carries the
+/// kernel's extended acknowledgement text when `flags` say one follows the echoed header.
+fn outcome(
+    flags: u16,
+    code: Option<std::num::NonZeroI32>,
+    rest: &[u8],
+) -> Result<(), NetlinkError> {
+    let Some(code) = code else {
         return Ok(());
-    }
-    let mut message = None;
-    if flags & NLM_F_ACK_TLVS != 0 && payload.len() >= 4 + HEADER_LEN {
-        // With NETLINK_CAP_ACK the echoed request is only its header; TLVs follow it.
-        let tlvs = &payload[4 + HEADER_LEN..];
-        message = find_attr(tlvs, NLMSGERR_ATTR_MSG).map(attr_string);
-    }
+    };
+    let message = (flags & NLM_F_ACK_TLVS != 0)
+        .then(|| rest.get(ECHOED_HEADER_LEN..))
+        .flatten()
+        .and_then(|tlvs| {
+            NlasIterator::new(tlvs)
+                .filter_map(Result::ok)
+                .find(|nla| nla.kind() == NLMSGERR_ATTR_MSG)
+                .map(|nla| c_string(nla.value()))
+        });
     Err(NetlinkError::Kernel {
-        errno: -err,
+        errno: -code.get(),
         message,
     })
+}
+
+/// The text of a NUL-terminated string attribute.
+pub(crate) fn c_string(data: &[u8]) -> String {
+    let end = data.iter().position(|b| *b == 0).unwrap_or(data.len());
+    String::from_utf8_lossy(&data[..end]).into_owned()
+}
+
+/// The bytes of `m` as the kernel receives them.
+#[cfg(test)]
+pub(crate) fn wire_bytes<S: NetlinkSerializable>(m: S) -> Vec<u8> {
+    let mut buf = Vec::new();
+    Socket::frame_into(&mut buf, m, 0, 1);
+    buf
+}
+
+/// `m` as the kernel reads it: serialized, then parsed back.
+#[cfg(test)]
+pub(crate) fn round_trip<T>(m: T) -> T
+where
+    T: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
+{
+    match NetlinkMessage::<T>::deserialize(&wire_bytes(m)).map(|m| m.payload) {
+        Ok(NetlinkPayload::InnerMessage(m)) => m,
+        other => panic!("unexpected {other:?}"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_utils::Emitable;
+    use netlink_packet_utils::nla::DefaultNla;
 
     #[test]
-    fn builds_aligned_nested_attributes() {
-        let mut m = Message::new(16, NLM_F_CREATE);
-        m.push_header(&[1, 2, 3]);
-        m.attr_str(3, "eth0").nested(18, |m| {
-            m.attr_str(1, "veth");
-        });
-        let bytes = m.finish(7).to_vec();
-        assert_eq!(bytes.len() % 4, 0);
-        assert_eq!(
-            u32::from_ne_bytes(bytes[0..4].try_into().unwrap()) as usize,
-            bytes.len()
-        );
-        assert_eq!(u32::from_ne_bytes(bytes[8..12].try_into().unwrap()), 7);
-        let payload = &bytes[HEADER_LEN + 4..];
-        let got: Vec<_> = attrs(payload).map(|(t, d)| (t, d.to_vec())).collect();
-        assert_eq!(got[0], (3, b"eth0\0".to_vec()));
-        assert_eq!(got[1].0, 18);
-        assert_eq!(
-            find_attr(&got[1].1, 1).map(attr_string).as_deref(),
-            Some("veth")
-        );
-        // The nested flag is set on the wire but masked when parsing.
-        let raw_ty = u16::from_ne_bytes([payload[12 + 2], payload[12 + 3]]);
-        assert_eq!(raw_ty, 18 | NLA_F_NESTED);
-    }
-
-    #[test]
-    fn attribute_parser_stops_on_garbage() {
-        assert_eq!(attrs(&[1, 0]).count(), 0);
-        assert_eq!(attrs(&[200, 0, 1, 0, 0, 0, 0, 0]).count(), 0);
-        assert_eq!(attrs(&[2, 0, 1, 0]).count(), 0);
-    }
-
-    #[test]
-    fn error_payload_carries_errno_and_extack_text() {
-        let mut p = (-17i32).to_ne_bytes().to_vec();
-        p.extend_from_slice(&[0u8; HEADER_LEN]);
-        let mut m = Message::new(0, 0);
-        m.attr_str(NLMSGERR_ATTR_MSG, "File exists");
-        p.extend_from_slice(&m.buf[HEADER_LEN..]);
-        match parse_error(NLM_F_ACK_TLVS, &p) {
+    fn refusal_carries_errno_and_extack_text() {
+        let mut rest = vec![0u8; ECHOED_HEADER_LEN];
+        let text = DefaultNla::new(NLMSGERR_ATTR_MSG, b"File exists\0".to_vec());
+        let mut tlv = vec![0u8; text.buffer_len()];
+        text.emit(&mut tlv);
+        rest.extend(tlv);
+        match outcome(NLM_F_ACK_TLVS, std::num::NonZeroI32::new(-17), &rest) {
             Err(NetlinkError::Kernel {
                 errno: 17,
                 message: Some(s),
             }) => assert_eq!(s, "File exists"),
             other => panic!("unexpected {other:?}"),
         }
-        assert!(parse_error(0, &0i32.to_ne_bytes()).is_ok());
+        // Without the TLV flag the bytes after the header are not read as text.
         assert!(matches!(
-            parse_error(0, &[1]),
-            Err(NetlinkError::Malformed(_))
+            outcome(0, std::num::NonZeroI32::new(-17), &rest),
+            Err(NetlinkError::Kernel {
+                errno: 17,
+                message: None
+            })
         ));
+        assert!(outcome(0, None, &[]).is_ok());
+    }
+
+    #[test]
+    fn c_strings_stop_at_the_nul() {
+        assert_eq!(c_string(b"eth0\0\0"), "eth0");
+        assert_eq!(c_string(b"eth0"), "eth0");
     }
 }

@@ -9,6 +9,9 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
+use crate::error::Error;
+use crate::types::PodNetworkRequest;
+
 const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
 
 /// Opens the network namespace file at `path` (an nsfs bind mount or `/proc/PID/ns/net`).
@@ -52,6 +55,38 @@ pub(crate) fn run_in<T: Send>(ns: BorrowedFd<'_>, f: impl FnOnce() -> T + Send) 
             ))
         })
     })
+}
+
+/// Opens the network namespace `req` names, refusing the node's own (`node`).
+pub(crate) fn open_pod(req: &PodNetworkRequest, node: &OwnedFd) -> Result<OwnedFd, Error> {
+    let netns_err = |source| Error::Netns {
+        pod_id: req.pod_id.clone(),
+        path: req.netns.clone(),
+        source,
+    };
+    let pod_ns = open(&req.netns).map_err(netns_err)?;
+    if same(&pod_ns, node).map_err(netns_err)? {
+        return Err(Error::InvalidRequest(format!(
+            "network namespace {:?} of pod {} is the node's own",
+            req.netns, req.pod_id
+        )));
+    }
+    Ok(pod_ns)
+}
+
+/// Runs `f` inside the namespace `ns` of pod `pod_id` (opened from `path`); not being
+/// able to enter it is the pod's namespace error.
+pub(crate) fn run_in_pod<T: Send>(
+    pod_id: &str,
+    path: &Path,
+    ns: BorrowedFd<'_>,
+    f: impl FnOnce() -> Result<T, Error> + Send,
+) -> Result<T, Error> {
+    run_in(ns, f).map_err(|source| Error::Netns {
+        pod_id: pod_id.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })?
 }
 
 /// Writes `value` to the sysctl `/proc/sys/<key>` of the calling thread's namespace.

@@ -10,19 +10,6 @@ use std::time::Instant;
 use berth_cni::{Class, Classify, Error, NetworkConfig, PodNetworkRequest, PortMapping, Protocol};
 use common::*;
 
-fn req(pod_id: &str, ns: &Netns, ports: Vec<PortMapping>) -> PodNetworkRequest {
-    PodNetworkRequest {
-        pod_id: pod_id.to_string(),
-        name: format!("name-{pod_id}"),
-        namespace: "default".into(),
-        uid: format!("uid-{pod_id}"),
-        netns: ns.path(),
-        port_mappings: ports,
-        dns: None,
-        bandwidth: None,
-    }
-}
-
 fn tcp(host_port: u16, container_port: u16, host_ip: Option<&str>) -> PortMapping {
     PortMapping {
         protocol: Protocol::Tcp,
@@ -30,6 +17,23 @@ fn tcp(host_port: u16, container_port: u16, host_ip: Option<&str>) -> PortMappin
         container_port,
         host_ip: host_ip.map(|h| h.parse().unwrap()),
     }
+}
+
+/// `n` pods in namespaces named `prefix0`.., pod `i` publishing TCP `first_port + i` to 80.
+fn pods_with_hostports(
+    prefix: &str,
+    n: u16,
+    first_port: u16,
+) -> (Vec<Netns>, Vec<PodNetworkRequest>) {
+    let pods: Vec<Netns> = (0..n)
+        .map(|i| Netns::new(&format!("{prefix}{i}")))
+        .collect();
+    let reqs = pods
+        .iter()
+        .zip(0..n)
+        .map(|(ns, i)| req(&format!("pod-{i}"), ns, vec![tcp(first_port + i, 80, None)]))
+        .collect();
+    (pods, reqs)
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -49,8 +53,7 @@ fn pods_reach_each_other_and_the_node_and_teardown_leaves_nothing() {
     assert!(!node.node.links().contains(&"berth0".to_string()));
     let (a_ip, b_ip, net) = {
         let (tx, rx) = std::sync::mpsc::channel();
-        run_in(&node.node.path(), move || async move {
-            let net = open(builtin_config(), db);
+        node.with_builtin(db, move |net| async move {
             assert_eq!(net.ready(), Ok(()));
             let a = net.setup(&ra2).await.unwrap();
             let b = net.setup(&rb2).await.unwrap();
@@ -85,7 +88,7 @@ fn pods_reach_each_other_and_the_node_and_teardown_leaves_nothing() {
     assert_eq!(tcp_peer(&node_path, sa(b_ip, 80)), Ok(ip("10.88.0.1")));
     drop(server_b);
     // Teardown, twice, then of a pod never set up: all fine; nothing left.
-    run_in(&node.node.path(), move || async move {
+    node.run(move || async move {
         net.teardown("pod-a", Some(&a_path)).await.unwrap();
         assert_eq!(net.pod_status("pod-a").unwrap(), None);
         assert!(net.pod_status("pod-b").unwrap().is_some());
@@ -117,8 +120,7 @@ fn hostports_answer_from_node_address_localhost_outside_and_hairpin() {
     let ra = req("pod-a", &a_ns, ports);
     let rb = req("pod-b", &b_ns, vec![]);
     let (tx, rx) = std::sync::mpsc::channel();
-    run_in(&node.node.path(), move || async move {
-        let net = open(builtin_config(), db);
+    node.with_builtin(db, move |net| async move {
         let a = net.setup(&ra).await.unwrap();
         // A repeated setup keeps the address and replaces, not duplicates, the rules.
         assert_eq!(net.setup(&ra).await.unwrap(), a);
@@ -173,7 +175,7 @@ fn hostports_answer_from_node_address_localhost_outside_and_hairpin() {
     );
     drop(udp);
     assert_ne!(a_ip, b_ip);
-    run_in(&node.node.path(), move || async move {
+    node.run(move || async move {
         net.teardown("pod-a", None).await.unwrap();
     });
     // pod-a's rules are gone while pod-b keeps the table.
@@ -192,8 +194,7 @@ fn masquerade_shows_the_node_address_to_the_outside() {
     let (_dir, db) = database();
     let ra = req("pod-a", &a_ns, vec![]);
     let (tx, rx) = std::sync::mpsc::channel();
-    run_in(&node.node.path(), move || async move {
-        let net = open(builtin_config(), db);
+    node.with_builtin(db, move |net| async move {
         net.setup(&ra).await.unwrap();
         tx.send(net).unwrap();
     });
@@ -204,9 +205,7 @@ fn masquerade_shows_the_node_address_to_the_outside() {
         Ok(ip(NODE_IP))
     );
     drop(server);
-    run_in(&node.node.path(), move || async move {
-        net.teardown("pod-a", None).await.unwrap()
-    });
+    node.run(move || async move { net.teardown("pod-a", None).await.unwrap() });
     node.assert_clean("berth0");
 }
 
@@ -223,7 +222,7 @@ fn dual_stack_pods_get_both_families() {
         ..builtin_config()
     };
     let (tx, rx) = std::sync::mpsc::channel();
-    run_in(&node.node.path(), move || async move {
+    node.run(move || async move {
         let net = open(config, db);
         let a = net.setup(&ra).await.unwrap();
         let b = net.setup(&rb).await.unwrap();
@@ -249,7 +248,7 @@ fn dual_stack_pods_get_both_families() {
         Ok(ip(NODE_IP6))
     );
     drop(out);
-    run_in(&node.node.path(), move || async move {
+    node.run(move || async move {
         net.teardown("pod-a", None).await.unwrap();
         net.teardown("pod-b", None).await.unwrap();
     });
@@ -275,8 +274,7 @@ fn failed_setup_leaves_nothing_and_reports_the_class() {
         netns: node.node.path(),
         ..req("pod-own", &a_ns, vec![])
     };
-    run_in(&node.node.path(), move || async move {
-        let net = open(builtin_config(), db);
+    node.with_builtin(db, move |net| async move {
         let e = net.setup(&missing).await.unwrap_err();
         assert_eq!(e.class(), Class::NotFound, "{e}");
         let e = net.setup(&ra).await.unwrap_err();
@@ -312,8 +310,7 @@ fn reconcile_releases_dead_pods_and_stray_objects_and_restart_keeps_addresses() 
     );
     let db2 = db.clone();
     let (tx, rx) = std::sync::mpsc::channel();
-    run_in(&node.node.path(), move || async move {
-        let net = open(builtin_config(), db2);
+    node.with_builtin(db2, move |net| async move {
         let a = net.setup(&ra).await.unwrap();
         net.setup(&rb).await.unwrap();
         tx.send(a.ips[0]).unwrap();
@@ -347,8 +344,7 @@ fn reconcile_releases_dead_pods_and_stray_objects_and_restart_keeps_addresses() 
         "\"berth-pod:ghost\"",
     ]);
     let (tx, rx) = std::sync::mpsc::channel();
-    run_in(&node.node.path(), move || async move {
-        let net = open(builtin_config(), db);
+    node.with_builtin(db, move |net| async move {
         // Restart: the record survives, pod-b is gone from the runtime's view.
         assert_eq!(net.pod_status("pod-a").unwrap().unwrap().ips, vec![a_ip]);
         net.reconcile(&["pod-a".to_string()]).await.unwrap();
@@ -384,7 +380,7 @@ fn reconcile_releases_dead_pods_and_stray_objects_and_restart_keeps_addresses() 
     node.node.nft(&["delete", "table", "inet", "berth"]);
     assert!(tcp_peer(&node.outside.path(), sa(ip(NODE_IP), 8080)).is_err());
     let (tx, rx) = std::sync::mpsc::channel();
-    run_in(&node.node.path(), move || async move {
+    node.run(move || async move {
         net.reconcile(&["pod-a".to_string(), "pod-c".to_string()])
             .await
             .unwrap();
@@ -396,7 +392,7 @@ fn reconcile_releases_dead_pods_and_stray_objects_and_restart_keeps_addresses() 
         Ok(ip(OUTSIDE_IP))
     );
     // The pod is gone from the runtime's view: everything goes.
-    run_in(&node.node.path(), move || async move {
+    node.run(move || async move {
         net.reconcile(&[]).await.unwrap();
     });
     node.assert_clean("berth0");
@@ -409,8 +405,7 @@ fn pod_cidr_from_kubelet_applies_when_no_pod_uses_the_old_one() {
     let (a_ns, b_ns) = (Netns::new("a"), Netns::new("b"));
     let (_dir, db) = database();
     let (ra, rb) = (req("pod-a", &a_ns, vec![]), req("pod-b", &b_ns, vec![]));
-    run_in(&node.node.path(), move || async move {
-        let net = open(builtin_config(), db);
+    node.with_builtin(db, move |net| async move {
         net.set_pod_cidr("10.244.1.0/24").unwrap();
         assert_eq!(net.setup(&ra).await.unwrap().ips, vec![ip("10.244.1.2")]);
         // With a pod on 10.244.1.0/24 the change waits...
@@ -433,21 +428,9 @@ fn pod_cidr_from_kubelet_applies_when_no_pod_uses_the_old_one() {
 fn setup_time_per_pod() {
     require_root!();
     let node = Node::new();
-    let pods: Vec<Netns> = (0..10).map(|i| Netns::new(&format!("p{i}"))).collect();
-    let reqs: Vec<PodNetworkRequest> = pods
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| {
-            req(
-                &format!("pod-{i}"),
-                ns,
-                vec![tcp(20000 + i as u16, 80, None)],
-            )
-        })
-        .collect();
+    let (_pods, reqs) = pods_with_hostports("p", 10, 20000);
     let (_dir, db) = database();
-    run_in(&node.node.path(), move || async move {
-        let net = open(builtin_config(), db);
+    node.with_builtin(db, move |net| async move {
         // One pod stays so the bridge and table exist: the steady state of a node.
         let keep = PodNetworkRequest {
             pod_id: "keep".into(),
@@ -496,22 +479,10 @@ fn setup_time_per_pod() {
 fn concurrent_setups_get_distinct_addresses_and_concurrent_teardowns_clean_up() {
     require_root!();
     let node = Node::new();
-    let pods: Vec<Netns> = (0..8).map(|i| Netns::new(&format!("c{i}"))).collect();
-    let reqs: Vec<PodNetworkRequest> = pods
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| {
-            req(
-                &format!("pod-{i}"),
-                ns,
-                vec![tcp(30000 + i as u16, 80, None)],
-            )
-        })
-        .collect();
+    let (pods, reqs) = pods_with_hostports("c", 8, 30000);
     let (_dir, db) = database();
     let (tx, rx) = std::sync::mpsc::channel();
-    run_in(&node.node.path(), move || async move {
-        let net = open(builtin_config(), db);
+    node.with_builtin(db, move |net| async move {
         let tasks: Vec<_> = reqs
             .into_iter()
             .map(|r| {
@@ -539,7 +510,7 @@ fn concurrent_setups_get_distinct_addresses_and_concurrent_teardowns_clean_up() 
             "pod {i} at {ip_addr}"
         );
     }
-    run_in(&node.node.path(), move || async move {
+    node.run(move || async move {
         let tasks: Vec<_> = (0..8)
             .map(|i| {
                 let net = net.clone();

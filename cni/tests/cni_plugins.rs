@@ -6,7 +6,7 @@ mod common;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use berth_cni::{NetworkConfig, NetworkMode, PodNetworkRequest, PortMapping, Protocol};
+use berth_cni::{NetworkConfig, NetworkMode, PortMapping, Protocol};
 use common::*;
 
 const PLUGIN_DIR: &str = "/usr/lib/cni";
@@ -76,19 +76,6 @@ impl CniDirs {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.parse::<IpAddr>().is_ok())
             .collect()
-    }
-}
-
-fn req(pod_id: &str, ns: &Netns, ports: Vec<PortMapping>) -> PodNetworkRequest {
-    PodNetworkRequest {
-        pod_id: pod_id.to_string(),
-        name: pod_id.to_string(),
-        namespace: "default".into(),
-        uid: format!("uid-{pod_id}"),
-        netns: ns.path(),
-        port_mappings: ports,
-        dns: None,
-        bandwidth: None,
     }
 }
 

@@ -23,7 +23,6 @@ use crate::config::NetworkConfig;
 use crate::error::Error;
 use crate::ipam;
 use crate::link;
-use crate::netlink::{NETLINK_ROUTE, Socket};
 use crate::netns;
 use crate::types::{PodNetworkRequest, PodNetworkStatus};
 
@@ -43,6 +42,31 @@ struct Attachment {
     args: String,
     runtime_config: Map<String, Value>,
     result: Option<Value>,
+}
+
+impl Attachment {
+    /// The invocation of `plugin` for `command` on this pod's attachment.
+    fn invocation<'a>(
+        &'a self,
+        plugin: &'a str,
+        command: &'a str,
+        netns: &'a str,
+        cni_path: &'a str,
+        stdin: &'a Value,
+    ) -> Invocation<'a> {
+        Invocation {
+            plugin,
+            command,
+            container: Some(ContainerEnv {
+                container_id: &self.pod_id,
+                netns,
+                ifname: &self.ifname,
+                args: &self.args,
+            }),
+            cni_path,
+            stdin,
+        }
+    }
 }
 
 /// The CNI backend.
@@ -183,10 +207,8 @@ impl Plugins {
 
     fn get(&self, pod_id: &str) -> Result<Option<Attachment>, Error> {
         let txn = self.db.begin_read()?;
-        let t = match txn.open_table(ATTACHMENTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(t) = ipam::open_read(&txn, ATTACHMENTS)? else {
+            return Ok(None);
         };
         match t.get(pod_id)? {
             Some(v) => serde_json::from_slice(v.value())
@@ -201,10 +223,8 @@ impl Plugins {
 
     fn list(&self) -> Result<Vec<Attachment>, Error> {
         let txn = self.db.begin_read()?;
-        let t = match txn.open_table(ATTACHMENTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
+        let Some(t) = ipam::open_read(&txn, ATTACHMENTS)? else {
+            return Ok(Vec::new());
         };
         let mut out = Vec::new();
         for row in t.iter()? {
@@ -262,18 +282,7 @@ impl Plugins {
     /// deleted from the network again (DEL) and the first error returned.
     pub(crate) async fn setup(&self, req: &PodNetworkRequest) -> Result<PodNetworkStatus, Error> {
         req.validate()?;
-        let netns_err = |source| Error::Netns {
-            pod_id: req.pod_id.clone(),
-            path: req.netns.clone(),
-            source,
-        };
-        let pod_ns = netns::open(&req.netns).map_err(netns_err)?;
-        if netns::same(&pod_ns, &self.node_ns).map_err(netns_err)? {
-            return Err(Error::InvalidRequest(format!(
-                "network namespace {:?} of pod {} is the node's own",
-                req.netns, req.pod_id
-            )));
-        }
+        let pod_ns = netns::open_pod(req, &self.node_ns)?;
         let (conf, bins) = self.load()?;
         let ip_ranges = self
             .ip_ranges
@@ -305,16 +314,9 @@ impl Plugins {
         att.result = result.clone();
         self.put(&att)?;
         // Containers expect lo up; a config without the loopback plugin leaves it down.
-        netns::run_in(pod_ns.as_fd(), || -> Result<(), Error> {
-            let mut sock =
-                Socket::open(NETLINK_ROUTE).map_err(Error::io("open rtnetlink in the pod"))?;
-            link::set_up(&mut sock, 1).map_err(Error::netlink("bring lo up in the pod"))
-        })
-        .map_err(|source| Error::Netns {
-            pod_id: req.pod_id.clone(),
-            path: req.netns.clone(),
-            source,
-        })??;
+        netns::run_in_pod(&req.pod_id, &req.netns, pod_ns.as_fd(), || {
+            link::loopback_up(&mut link::pod_socket()?)
+        })?;
         let parsed = match &result {
             Some(r) => result::parse(r).map_err(|reason| Error::CniResult {
                 plugin: att.conf.plugin_type(att.conf.plugins.len() - 1).to_string(),
@@ -336,18 +338,7 @@ impl Plugins {
         for (i, bin) in bins.iter().enumerate() {
             let plugin = att.conf.plugin_type(i);
             let stdin = att.conf.plugin_stdin(i, prev.as_ref(), &att.runtime_config);
-            let inv = Invocation {
-                plugin,
-                command: "ADD",
-                container: Some(ContainerEnv {
-                    container_id: &att.pod_id,
-                    netns: &netns,
-                    ifname: &att.ifname,
-                    args: &att.args,
-                }),
-                cni_path: &cni_path,
-                stdin: &stdin,
-            };
+            let inv = att.invocation(plugin, "ADD", &netns, &cni_path, &stdin);
             let out = exec::run(bin, &inv, self.timeout, self.node_ns.as_raw_fd()).await?;
             let out = out.ok_or_else(|| Error::CniResult {
                 plugin: plugin.into(),
@@ -390,18 +381,7 @@ impl Plugins {
                 }
             };
             let stdin = att.conf.plugin_stdin(i, prev, &att.runtime_config);
-            let inv = Invocation {
-                plugin,
-                command: "DEL",
-                container: Some(ContainerEnv {
-                    container_id: &att.pod_id,
-                    netns: &netns,
-                    ifname: &att.ifname,
-                    args: &att.args,
-                }),
-                cni_path: &cni_path,
-                stdin: &stdin,
-            };
+            let inv = att.invocation(plugin, "DEL", &netns, &cni_path, &stdin);
             // Every plugin gets its DEL even if an earlier one failed: each frees its own.
             if let Err(e) = exec::run(&bin, &inv, self.timeout, self.node_ns.as_raw_fd()).await {
                 first_err.get_or_insert(e);
@@ -441,18 +421,7 @@ impl Plugins {
             let stdin = att
                 .conf
                 .plugin_stdin(i, att.result.as_ref(), &att.runtime_config);
-            let inv = Invocation {
-                plugin,
-                command: "CHECK",
-                container: Some(ContainerEnv {
-                    container_id: &att.pod_id,
-                    netns: &netns,
-                    ifname: &att.ifname,
-                    args: &att.args,
-                }),
-                cni_path: &cni_path,
-                stdin: &stdin,
-            };
+            let inv = att.invocation(plugin, "CHECK", &netns, &cni_path, &stdin);
             exec::run(&bin, &inv, self.timeout, self.node_ns.as_raw_fd()).await?;
         }
         Ok(())

@@ -49,6 +49,11 @@ fn parse_cidr_addr(s: &str) -> Result<(IpAddr, u8), String> {
     Ok((ip, prefix))
 }
 
+/// The string field `key` of a result object.
+fn text<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
 /// Parses a result in any CNI version: `ips`/`interfaces` (0.3.0 and later) or
 /// `ip4`/`ip6` (0.1.0, 0.2.0).
 pub(crate) fn parse(value: &Value) -> Result<CniResult, String> {
@@ -56,11 +61,8 @@ pub(crate) fn parse(value: &Value) -> Result<CniResult, String> {
     let mut out = CniResult::default();
     if let Some(ifaces) = obj.get("interfaces") {
         for i in ifaces.as_array().ok_or("\"interfaces\" is not a list")? {
-            let name = i
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or("an interface has no name")?;
-            let sandbox = i.get("sandbox").and_then(Value::as_str).unwrap_or_default();
+            let name = text(i, "name").ok_or("an interface has no name")?;
+            let sandbox = text(i, "sandbox").unwrap_or_default();
             out.interfaces.push(ResultInterface {
                 name: name.to_string(),
                 sandbox: sandbox.to_string(),
@@ -69,10 +71,7 @@ pub(crate) fn parse(value: &Value) -> Result<CniResult, String> {
     }
     if let Some(ips) = obj.get("ips") {
         for i in ips.as_array().ok_or("\"ips\" is not a list")? {
-            let addr = i
-                .get("address")
-                .and_then(Value::as_str)
-                .ok_or("an IP has no address")?;
+            let addr = text(i, "address").ok_or("an IP has no address")?;
             let (ip, prefix) = parse_cidr_addr(addr)?;
             let interface = match i.get("interface") {
                 None | Some(Value::Null) => None,
@@ -95,10 +94,7 @@ pub(crate) fn parse(value: &Value) -> Result<CniResult, String> {
     }
     for key in ["ip4", "ip6"] {
         if let Some(v) = obj.get(key) {
-            let addr = v
-                .get("ip")
-                .and_then(Value::as_str)
-                .ok_or_else(|| format!("\"{key}\" has no ip"))?;
+            let addr = text(v, "ip").ok_or_else(|| format!("\"{key}\" has no ip"))?;
             let (ip, prefix) = parse_cidr_addr(addr)?;
             out.ips.push(ResultIp {
                 ip,

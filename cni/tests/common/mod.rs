@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use berth_cni::{Network, NetworkConfig};
+use berth_cni::{Network, NetworkConfig, PodNetworkRequest, PortMapping};
 
 /// Address of the node on its link to the outside host.
 pub const NODE_IP: &str = "198.51.100.1";
@@ -157,6 +157,24 @@ impl Node {
         ]);
         outside.ip(&["link", "set", "eth0", "up"]);
         Node { node, outside }
+    }
+
+    /// Runs an async test body on a runtime whose threads live in the node namespace.
+    pub fn run<F, Fut>(&self, f: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()>,
+    {
+        run_in(&self.node.path(), f)
+    }
+
+    /// Runs an async test body with the built-in network opened on `db` in the node.
+    pub fn with_builtin<F, Fut>(&self, db: Arc<redb::Database>, f: F)
+    where
+        F: FnOnce(Arc<Network>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()>,
+    {
+        self.run(move || f(open(builtin_config(), db)))
     }
 
     /// Asserts that nothing of the built-in network is left in the node.
@@ -355,4 +373,18 @@ pub fn open(config: NetworkConfig, db: Arc<redb::Database>) -> Arc<Network> {
 
 pub fn sa(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
+}
+
+/// A pod network request for `pod_id` in `ns` publishing `ports`.
+pub fn req(pod_id: &str, ns: &Netns, ports: Vec<PortMapping>) -> PodNetworkRequest {
+    PodNetworkRequest {
+        pod_id: pod_id.to_string(),
+        name: format!("name-{pod_id}"),
+        namespace: "default".into(),
+        uid: format!("uid-{pod_id}"),
+        netns: ns.path(),
+        port_mappings: ports,
+        dns: None,
+        bandwidth: None,
+    }
 }
