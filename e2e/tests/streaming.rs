@@ -1,5 +1,5 @@
 //! Exec, Attach and PortForward through the daemon's streaming server (issue 7), spoken over
-//! SPDY/3.1 and WebSocket by the streaming client (`berth_cri::streaming::client`), the way
+//! SPDY/3.1 and WebSocket by the streaming client (`berth_test_support::streaming_client`), the way
 //! kubectl and crictl speak them: output, stderr, exit codes in the status, stdin, a
 //! terminal that follows resizes, attach to a container's own stdio, forwarded ports,
 //! single-use URLs, and no process left when a client vanishes.
@@ -9,13 +9,13 @@
 use std::time::Duration;
 
 use berth_cri::streaming::TerminalSize;
-use berth_cri::streaming::client::{
-    self, ExecOptions, RemoteCommand, SpdyPortForward, Transport, WsPortForward,
-};
 use berth_e2e::fixtures::{
     container_config, exec_sync, pod_config, pull, remove_pod, run_pod, start_container,
 };
 use berth_e2e::{Daemon, images};
+use berth_test_support::streaming_client::{
+    self as client, ExecOptions, RemoteCommand, SpdyPortForward, Transport, WsPortForward,
+};
 use k8s_cri::v1::*;
 use tonic::Code;
 

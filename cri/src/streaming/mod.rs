@@ -4,11 +4,11 @@
 //!
 //! Layout: [`tokens`] parks requests under tokens, [`http`] serves and upgrades connections,
 //! [`spdy`] and [`websocket`] are the transports, [`remotecommand`] and [`portforward`] the
-//! stream layouts on top of them, [`netns`] dials into a pod's network namespace, and
-//! [`client`] is the other end, for tests.
+//! stream layouts on top of them, and [`netns`] dials into a pod's network namespace. The
+//! other end, for tests, is `berth-test-support`'s `streaming_client` (under `e2e/support`);
+//! the tests that drive this server with it are `cri/tests/streaming.rs`.
 
 pub mod backend;
-pub mod client;
 pub mod http;
 pub mod netns;
 pub mod portforward;
@@ -18,9 +18,6 @@ pub mod spdy;
 pub mod status;
 pub mod tokens;
 pub mod websocket;
-
-#[cfg(test)]
-mod tests;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -99,6 +96,11 @@ impl Streaming {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Upgraded streaming sessions open now (at most [`MAX_SESSIONS`]).
+    pub fn sessions_in_use(&self) -> usize {
+        MAX_SESSIONS - self.inner.sessions.available_permits()
     }
 
     /// `http(s)://host:port` of the running server.

@@ -1,6 +1,7 @@
 //! The client end of the streaming protocols, as kubectl and crictl speak them: exec and
-//! attach over SPDY or WebSocket, port forwarding over SPDY or WebSocket. Tests (and the e2e
-//! suite) use it against the URLs the Exec, Attach and PortForward RPCs return.
+//! attach over SPDY or WebSocket, port forwarding over SPDY or WebSocket. cri's streaming
+//! tests and the e2e suite use it against the URLs the Exec, Attach and PortForward RPCs
+//! return.
 
 use std::io;
 use std::sync::Arc;
@@ -16,13 +17,13 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::rustls;
 
-use super::backend::TerminalSize;
-use super::http::HEADER_PROTOCOL_VERSION;
-use super::remotecommand::channel;
-use super::spdy::session::{StreamReader, StreamWriter};
-use super::spdy::{OpenError, Role, Session, SessionConfig};
-use super::status::ApiStatus;
-use super::websocket::{self, ChannelCodec, WsConfig, WsConn, WsRole, WsSender};
+use berth_cri::streaming::TerminalSize;
+use berth_cri::streaming::http::HEADER_PROTOCOL_VERSION;
+use berth_cri::streaming::remotecommand::channel;
+use berth_cri::streaming::spdy::session::{StreamReader, StreamWriter};
+use berth_cri::streaming::spdy::{self, OpenError, Role, Session, SessionConfig};
+use berth_cri::streaming::status::ApiStatus;
+use berth_cri::streaming::websocket::{self, ChannelCodec, WsConfig, WsConn, WsRole, WsSender};
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -233,7 +234,7 @@ async fn spdy_connect(
 ) -> Result<(Session, String), ClientError> {
     let mut headers = vec![
         (header::CONNECTION, "Upgrade".to_string()),
-        (header::UPGRADE, super::spdy::UPGRADE_TOKEN.to_string()),
+        (header::UPGRADE, spdy::UPGRADE_TOKEN.to_string()),
     ];
     for p in protocols {
         headers.push((

@@ -1,5 +1,5 @@
 //! In-process tests of the streaming server: the real RPC handlers and HTTP server with a
-//! fake backend, driven by the client module over SPDY and WebSocket.
+//! fake backend, driven by `berth-test-support`'s streaming client over SPDY and WebSocket.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,15 +12,15 @@ use k8s_cri::v1::{AttachRequest, ExecRequest, PortForwardRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Code, Status};
 
-use super::client::{
-    self, ClientError, ClientTls, ExecOptions, RemoteCommand, SpdyPortForward, Transport,
+use berth_cri::config::{Config, StreamingConfig};
+use berth_cri::node::Node;
+use berth_cri::store::Store;
+use berth_cri::streaming::status::ApiStatus;
+use berth_cri::streaming::*;
+use berth_test_support::streaming_client::{
+    self as client, ClientError, ClientTls, ExecOptions, RemoteCommand, SpdyPortForward, Transport,
     WsPortForward,
 };
-use super::status::ApiStatus;
-use super::*;
-use crate::config::{Config, StreamingConfig};
-use crate::node::Node;
-use crate::store::Store;
 
 /// A backend whose "commands" are scripted behaviours.
 #[derive(Default)]
@@ -124,6 +124,15 @@ impl StreamBackend for Fake {
     }
 }
 
+/// The defaults with root and state under `dir`: a test touches nothing of the host's.
+fn config_in(dir: &Path) -> Config {
+    Config {
+        root: dir.join("root"),
+        state: dir.join("state"),
+        ..Config::default()
+    }
+}
+
 struct TestNode {
     node: Arc<Node>,
     fake: Arc<Fake>,
@@ -139,7 +148,7 @@ async fn test_node_with(fake: Fake, streaming: StreamingConfig) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
     let config = Config {
         streaming,
-        ..Config::in_dir(dir.path())
+        ..config_in(dir.path())
     };
     let node = Node::new(config.clone(), Store::open(dir.path()).unwrap()).unwrap();
     let fake = Arc::new(fake);
@@ -186,7 +195,7 @@ const EXIT_3_JSON: &str = r#"{"metadata":{},"status":"Failure","message":"comman
 #[tokio::test]
 async fn the_runtime_backend_answers_not_found_for_unknown_objects() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::new(Config::in_dir(dir.path()), Store::open(dir.path()).unwrap()).unwrap();
+    let node = Node::new(config_in(dir.path()), Store::open(dir.path()).unwrap()).unwrap();
     assert_eq!(
         code(exec(&node, exec_req(&["ls"], false, true, false, false)).await),
         Code::NotFound
@@ -636,11 +645,8 @@ async fn a_client_that_disconnects_mid_exec_cancels_it_and_frees_the_session() {
             t.fake.gone.load(Ordering::SeqCst) == before + 1
         })
         .await;
-        let sessions = t.node.streaming.inner.sessions.clone();
-        wait_for("the session to end", || {
-            sessions.available_permits() == MAX_SESSIONS
-        })
-        .await;
+        let streaming = &t.node.streaming;
+        wait_for("the session to end", || streaming.sessions_in_use() == 0).await;
         assert_eq!(t.fake.running.load(Ordering::SeqCst), 0);
     }
 }
@@ -660,13 +666,10 @@ async fn a_client_that_upgrades_and_leaves_frees_the_session() {
     let up = client::upgrade(&url, hyper::Method::POST, headers, None)
         .await
         .unwrap();
-    let sessions = t.node.streaming.inner.sessions.clone();
-    assert_eq!(sessions.available_permits(), MAX_SESSIONS - 1);
+    let streaming = &t.node.streaming;
+    assert_eq!(streaming.sessions_in_use(), 1);
     drop(up);
-    wait_for("the session to end", || {
-        sessions.available_permits() == MAX_SESSIONS
-    })
-    .await;
+    wait_for("the session to end", || streaming.sessions_in_use() == 0).await;
 }
 
 /// A network namespace made for one test, deleted on drop.
@@ -992,8 +995,8 @@ async fn a_bad_address_fails_to_start_and_a_server_starts_once() {
 #[tokio::test]
 async fn a_raw_spdy_client_sees_replies_and_a_goaway() {
     // Drives the server with hand-made frames, as a peer with another implementation would.
-    use super::spdy::frame::{self, Frame, FrameDecoder};
-    use super::spdy::headers::{HeaderCompressor, HeaderDecompressor};
+    use berth_cri::streaming::spdy::frame::{self, Frame, FrameDecoder};
+    use berth_cri::streaming::spdy::headers::{HeaderCompressor, HeaderDecompressor};
     let t = test_node(Fake::default()).await;
     let url = exec_url(&t, exec_req(&["print", "raw"], false, true, false, false)).await;
     let headers = vec![
@@ -1073,7 +1076,7 @@ async fn a_raw_spdy_client_sees_replies_and_a_goaway() {
 
 #[tokio::test]
 async fn port_forward_streams_without_request_ids_pair_by_stream_id() {
-    use super::spdy::{Role, Session, SessionConfig};
+    use berth_cri::streaming::spdy::{Role, Session, SessionConfig};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
