@@ -9,6 +9,7 @@
 //! the tests that drive this server with it are `cri/tests/streaming.rs`.
 
 pub mod backend;
+mod conn;
 pub mod http;
 pub mod netns;
 pub mod portforward;

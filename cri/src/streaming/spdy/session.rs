@@ -12,15 +12,15 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::super::conn::{self, Activity, Encoded, WriterEnd};
 use super::frame::{self, FLAG_FIN, FLAG_UNIDIRECTIONAL, Frame, FrameDecoder, Setting, rst};
 use super::headers::{HeaderCompressor, HeaderDecompressor, Headers};
 
@@ -130,8 +130,7 @@ struct Shared {
     state: Mutex<State>,
     window_changed: Notify,
     closed: CancellationToken,
-    base: Instant,
-    last_activity: AtomicU64,
+    activity: Activity,
     max_streams: usize,
 }
 
@@ -202,8 +201,7 @@ impl Session {
             }),
             window_changed: Notify::new(),
             closed: CancellationToken::new(),
-            base: Instant::now(),
-            last_activity: AtomicU64::new(0),
+            activity: Activity::new(),
             max_streams: config.max_streams,
         });
         if config.announce_window {
@@ -610,8 +608,7 @@ impl Shared {
     }
 
     fn touch(&self) {
-        self.last_activity
-            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.activity.touch();
     }
 
     fn close(&self) {
@@ -652,93 +649,77 @@ impl Shared {
     }
 }
 
+/// SPDY's side of the shared writer: frames are encoded as they are, header blocks through
+/// the session's one compressor (its state must follow the order frames go out in), and a
+/// DATA frame's queue permit is held until the frame is written.
+struct SpdyEncoder {
+    shared: Arc<Shared>,
+    compressor: HeaderCompressor,
+    permits: Vec<OwnedSemaphorePermit>,
+}
+
+impl conn::Encoder for SpdyEncoder {
+    type Item = Out;
+
+    fn encode(&mut self, item: Out, buf: &mut BytesMut) -> Encoded {
+        match item {
+            Out::Frame(f, permit) => {
+                frame::encode(&f, buf);
+                self.permits.extend(permit);
+            }
+            Out::Headers {
+                kind,
+                stream_id,
+                flags,
+                headers,
+            } => {
+                let header_block = match self.compressor.compress(&headers) {
+                    Ok(b) => Bytes::from(b),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "spdy: cannot compress headers");
+                        return Encoded::Failed;
+                    }
+                };
+                let f = match kind {
+                    HeaderKind::SynStream => Frame::SynStream {
+                        stream_id,
+                        associated_id: 0,
+                        priority: 0,
+                        flags,
+                        header_block,
+                    },
+                    HeaderKind::SynReply => Frame::SynReply {
+                        stream_id,
+                        flags,
+                        header_block,
+                    },
+                };
+                frame::encode(&f, buf);
+            }
+            Out::Shutdown(ack) => return Encoded::Shutdown(ack),
+        }
+        Encoded::Bytes
+    }
+
+    fn written(&mut self) {
+        self.shared.touch();
+        self.permits.clear();
+    }
+}
+
 async fn write_loop<W: AsyncWrite + Send + Unpin + 'static>(
     shared: Arc<Shared>,
-    mut io: W,
-    mut rx: mpsc::UnboundedReceiver<Out>,
+    io: W,
+    rx: mpsc::UnboundedReceiver<Out>,
 ) {
-    let mut compressor = HeaderCompressor::new();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut permits = Vec::new();
-    'outer: loop {
-        let first = tokio::select! {
-            biased;
-            _ = shared.closed.cancelled() => break,
-            m = rx.recv() => m,
-        };
-        let Some(mut next) = first else { break };
-        let mut shutdown = None;
-        loop {
-            match next {
-                Out::Frame(f, permit) => {
-                    frame::encode(&f, &mut buf);
-                    permits.extend(permit);
-                }
-                Out::Headers {
-                    kind,
-                    stream_id,
-                    flags,
-                    headers,
-                } => {
-                    let header_block = match compressor.compress(&headers) {
-                        Ok(b) => Bytes::from(b),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "spdy: cannot compress headers");
-                            break 'outer;
-                        }
-                    };
-                    let f = match kind {
-                        HeaderKind::SynStream => Frame::SynStream {
-                            stream_id,
-                            associated_id: 0,
-                            priority: 0,
-                            flags,
-                            header_block,
-                        },
-                        HeaderKind::SynReply => Frame::SynReply {
-                            stream_id,
-                            flags,
-                            header_block,
-                        },
-                    };
-                    frame::encode(&f, &mut buf);
-                }
-                Out::Shutdown(ack) => {
-                    shutdown = Some(ack);
-                    break;
-                }
-            }
-            if buf.len() >= 64 * 1024 {
-                break;
-            }
-            match rx.try_recv() {
-                Ok(m) => next = m,
-                Err(_) => break,
-            }
-        }
-        if !buf.is_empty() {
-            let written = tokio::select! {
-                r = io.write_all(&buf) => r,
-                _ = shared.closed.cancelled() => break,
-            };
-            if written.is_err() {
-                break;
-            }
-            buf.clear();
-            shared.touch();
-        }
-        permits.clear();
-        if let Some(ack) = shutdown {
-            let _ = io.flush().await;
-            let _ = io.shutdown().await;
-            let _ = ack.send(());
-            // Nothing more can be written; keep the half alive until the session closes so the
-            // read side can still drain.
-            shared.closed.cancelled().await;
-            return;
-        }
+    let encoder = SpdyEncoder {
+        shared: shared.clone(),
+        compressor: HeaderCompressor::new(),
+        permits: Vec::new(),
+    };
+    if conn::write_loop(io, rx, shared.closed.clone(), encoder).await != WriterEnd::ShutDown {
+        shared.close();
     }
-    shared.close();
 }
 
 async fn read_loop<R: AsyncRead + Send + 'static>(
@@ -1016,20 +997,9 @@ fn remote_finished(shared: &Arc<Shared>, id: u32) {
 }
 
 async fn idle_watch(shared: Arc<Shared>, idle: Duration) {
-    let idle_ms = idle.as_millis() as u64;
-    loop {
-        let last = shared.last_activity.load(Ordering::Relaxed);
-        let now = shared.base.elapsed().as_millis() as u64;
-        let since = now.saturating_sub(last);
-        if since >= idle_ms {
-            tracing::debug!("spdy: session idle, closing");
-            shared.close();
-            return;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(idle_ms - since)) => {}
-            _ = shared.closed.cancelled() => return,
-        }
+    if shared.activity.idle(idle, &shared.closed).await {
+        tracing::debug!("spdy: session idle, closing");
+        shared.close();
     }
 }
 
