@@ -1,7 +1,8 @@
 //! Leak accounting: what Berth left in the kernel or on disk that no record owns, and
 //! records whose kernel objects are gone. `berth debug leaks` runs it beside a live daemon:
-//! the records come over CRI, the rest from `/proc` and the run
-//! directories, so it also shows what a daemon that believes all is well cannot see.
+//! the records come over CRI, the rest from `/proc` and the run directories (read through
+//! [`host`], as the e2e harness reads them), so it also shows what a daemon that believes
+//! all is well cannot see.
 //!
 //! Not covered: IP allocations, nf_tables rules and content blobs (the daemon's own
 //! start-up reconciliation and garbage collection free those; they are not visible from
@@ -15,6 +16,8 @@ use std::path::{Path, PathBuf};
 use berth_cni::NetworkMode;
 
 use crate::config::Config;
+
+pub mod host;
 
 /// A pod as the daemon reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,50 +77,6 @@ fn id_below(base: &Path, path: &Path) -> Option<String> {
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
 }
 
-/// Mount points from `/proc/self/mountinfo` (octal escapes decoded).
-fn mount_points() -> Vec<PathBuf> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mount_path(p)))
-        .collect()
-}
-
-fn unescape_mount_path(p: &str) -> String {
-    let b = p.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && let Ok(v) = u8::from_str_radix(&p[i + 1..i + 4], 8)
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The network interfaces of this process's network namespace (`/proc/self/net/dev`:
-/// `/sys/class/net` shows the namespace sysfs was mounted in, which may be another).
-fn link_names() -> Vec<String> {
-    std::fs::read_to_string("/proc/self/net/dev")
-        .map(|text| {
-            text.lines()
-                .skip(2)
-                .filter_map(|l| l.split(':').next())
-                .map(|n| n.trim().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The links, after giving the kernel a moment to finish destroying the network namespaces
 /// of pods just removed (their veths go with them, asynchronously).
 fn settled_links(allowed: &BTreeSet<String>) -> Vec<String> {
@@ -126,13 +85,13 @@ fn settled_links(allowed: &BTreeSet<String>) -> Vec<String> {
             .iter()
             .any(|l| l.starts_with(berth_cni::VETH_PREFIX) && !allowed.contains(l))
     };
-    let mut links = link_names();
+    let mut links = host::links().unwrap_or_default();
     for _ in 0..30 {
         if !stray(&links) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
-        links = link_names();
+        links = host::links().unwrap_or_default();
     }
     links
 }
@@ -323,7 +282,7 @@ pub fn account(config: &Config, owned: &Owned) -> Vec<Finding> {
             }
         }
     }
-    for mount in mount_points() {
+    for mount in host::mounts().into_iter().map(|m| m.mount_point) {
         for (base, known, _) in &dirs {
             if let Some(id) = id_below(base, &mount)
                 && !known.contains(id.as_str())
@@ -621,11 +580,5 @@ mod tests {
                 root.join("berth/p2").display().to_string()
             ]
         );
-    }
-
-    #[test]
-    fn mount_paths_are_unescaped() {
-        assert_eq!(unescape_mount_path(r"/a\040b/c"), "/a b/c");
-        assert_eq!(unescape_mount_path(r"/plain"), "/plain");
     }
 }
