@@ -1,13 +1,13 @@
 //! What the two transports' connections share: a writer task that owns the connection's
-//! write half and gathers queued frames into large writes, and the activity clock that
-//! closes a connection left idle. [`spdy::session`](super::spdy::session) and
+//! write half and gathers queued frames into large writes, the reader's step that reads
+//! more, and the activity clock that closes a connection left idle. [`spdy::session`](super::spdy::session) and
 //! [`websocket`](super::websocket) each say how their frames are encoded.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -109,6 +109,33 @@ where
             closed.cancelled().await;
             return WriterEnd::ShutDown;
         }
+    }
+}
+
+/// What [`read_more`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Read {
+    /// More bytes are in the buffer.
+    More,
+    /// The peer closed its side, or reading failed.
+    Ended,
+    /// The connection was closed from this side.
+    Closed,
+}
+
+/// Reads what the peer sent next into `buf`, with room for at least 16 KiB.
+pub(crate) async fn read_more<R>(io: &mut R, buf: &mut BytesMut, closed: &CancellationToken) -> Read
+where
+    R: AsyncRead + Unpin,
+{
+    buf.reserve(16 * 1024);
+    let n = tokio::select! {
+        r = io.read_buf(buf) => r,
+        _ = closed.cancelled() => return Read::Closed,
+    };
+    match n {
+        Ok(0) | Err(_) => Read::Ended,
+        Ok(_) => Read::More,
     }
 }
 

@@ -237,27 +237,16 @@ impl Session {
     /// sends nothing on it.
     pub async fn open(&self, headers: Headers, fin: bool) -> Result<Stream, OpenError> {
         let (reply_tx, reply_rx) = oneshot::channel();
-        let (id, reader) = {
+        let (id, reader, writer) = {
             let mut st = self.shared.lock();
             if self.shared.closed.is_cancelled() || st.goaway_received || st.goaway_sent {
                 return Err(OpenError::Closed);
             }
             let id = st.next_local_id;
             st.next_local_id += 2;
-            let (tx, rx) = mpsc::unbounded_channel();
-            let budget = Arc::new(Semaphore::new(INITIAL_WINDOW as usize));
-            let window = st.initial_send_window;
-            st.streams.insert(
-                id,
-                StreamState {
-                    inbound: Some(tx),
-                    budget: budget.clone(),
-                    send_window: window,
-                    local_closed: fin,
-                    remote_closed: false,
-                    reply: Some(reply_tx),
-                },
-            );
+            let (reader, writer) = self
+                .shared
+                .add_stream(&mut st, id, fin, false, Some(reply_tx));
             // Queued under the lock, so stream ids reach the wire in increasing order.
             self.shared.queue(Out::Headers {
                 kind: HeaderKind::SynStream,
@@ -265,19 +254,7 @@ impl Session {
                 flags: if fin { FLAG_FIN } else { 0 },
                 headers: headers.clone(),
             });
-            let reader = StreamReader {
-                id,
-                shared: self.shared.clone(),
-                rx,
-                budget,
-                unacked: 0,
-            };
-            (id, reader)
-        };
-        let writer = StreamWriter {
-            id,
-            shared: self.shared.clone(),
-            finished: fin,
+            (id, reader, writer)
         };
         let reply = tokio::select! {
             r = reply_rx => r.unwrap_or(Err(OpenError::Closed)),
@@ -634,6 +611,45 @@ impl Shared {
         st.incoming = None;
         drop(st);
         self.window_changed.notify_waiters();
+    }
+
+    /// Records stream `id` in `st` and returns its two halves. `local_closed`: this side
+    /// sends nothing (it opened with FIN, or the peer opened a unidirectional stream);
+    /// `remote_closed`: the peer sends nothing (it opened with FIN).
+    fn add_stream(
+        self: &Arc<Self>,
+        st: &mut State,
+        id: u32,
+        local_closed: bool,
+        remote_closed: bool,
+        reply: Option<oneshot::Sender<Result<Headers, OpenError>>>,
+    ) -> (StreamReader, StreamWriter) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let budget = Arc::new(Semaphore::new(INITIAL_WINDOW as usize));
+        st.streams.insert(
+            id,
+            StreamState {
+                inbound: (!remote_closed).then_some(tx),
+                budget: budget.clone(),
+                send_window: st.initial_send_window,
+                local_closed,
+                remote_closed,
+                reply,
+            },
+        );
+        let reader = StreamReader {
+            id,
+            shared: self.clone(),
+            rx,
+            budget,
+            unacked: 0,
+        };
+        let writer = StreamWriter {
+            id,
+            shared: self.clone(),
+            finished: local_closed,
+        };
+        (reader, writer)
     }
 
     fn remove_stream(&self, id: u32) {

@@ -12,11 +12,11 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{self, Activity, Encoded, WriterEnd};
+use super::conn::{self, Activity, Encoded, Read, WriterEnd};
 use frame::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, WsDecoder};
 
 /// The GUID RFC 6455 appends to the client's key.
@@ -352,14 +352,10 @@ async fn read_loop<R: AsyncRead + Send + 'static>(
                 }
             }
         }
-        buf.reserve(16 * 1024);
-        let n = tokio::select! {
-            r = io.read_buf(&mut buf) => r,
-            _ = shared.closed.cancelled() => return,
-        };
-        match n {
-            Ok(0) | Err(_) => break,
-            Ok(_) => shared.touch(),
+        match conn::read_more(&mut io, &mut buf, &shared.closed).await {
+            Read::More => shared.touch(),
+            Read::Ended => break,
+            Read::Closed => return,
         }
     }
     drop(messages);
@@ -428,7 +424,7 @@ impl ChannelCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn accept_key_matches_rfc_6455_example() {

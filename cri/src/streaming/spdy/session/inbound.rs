@@ -4,13 +4,11 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::io::AsyncRead;
+use tokio::sync::mpsc;
 
-use super::{
-    DATA_CHUNK, INITIAL_WINDOW, OpenError, Out, Role, SessionConfig, Shared, Stream, StreamReader,
-    StreamState, StreamWriter,
-};
+use super::{DATA_CHUNK, OpenError, Out, Role, SessionConfig, Shared, Stream};
+use crate::streaming::conn::{self, Read};
 use crate::streaming::spdy::frame::{
     self, FLAG_FIN, FLAG_UNIDIRECTIONAL, Frame, FrameDecoder, rst,
 };
@@ -25,44 +23,36 @@ pub(super) async fn read_loop<R: AsyncRead + Send + 'static>(
     let mut decoder = FrameDecoder::new(config.max_control_len, DATA_CHUNK);
     let mut headers = HeaderDecompressor::new(config.max_header_bytes);
     let mut buf = BytesMut::with_capacity(32 * 1024);
-    'outer: loop {
-        loop {
+    loop {
+        let failed = loop {
             match decoder.decode(&mut buf) {
                 Ok(Some(f)) => {
                     if let Err(e) = handle_frame(&shared, &mut headers, f).await {
                         tracing::debug!(error = %e, "spdy: ending session");
-                        shared.queue(Out::Frame(
-                            Frame::GoAway {
-                                last_good_stream_id: shared.lock().last_remote_id,
-                                status: frame::goaway::PROTOCOL_ERROR,
-                            },
-                            None,
-                        ));
-                        break 'outer;
+                        break true;
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => break false,
                 Err(e) => {
                     tracing::debug!(error = %e, "spdy: invalid frame, ending session");
-                    shared.queue(Out::Frame(
-                        Frame::GoAway {
-                            last_good_stream_id: shared.lock().last_remote_id,
-                            status: frame::goaway::PROTOCOL_ERROR,
-                        },
-                        None,
-                    ));
-                    break 'outer;
+                    break true;
                 }
             }
-        }
-        buf.reserve(16 * 1024);
-        let n = tokio::select! {
-            r = io.read_buf(&mut buf) => r,
-            _ = shared.closed.cancelled() => return,
         };
-        match n {
-            Ok(0) | Err(_) => break,
-            Ok(_) => shared.touch(),
+        if failed {
+            shared.queue(Out::Frame(
+                Frame::GoAway {
+                    last_good_stream_id: shared.lock().last_remote_id,
+                    status: frame::goaway::PROTOCOL_ERROR,
+                },
+                None,
+            ));
+            break;
+        }
+        match conn::read_more(&mut io, &mut buf, &shared.closed).await {
+            Read::More => shared.touch(),
+            Read::Ended => break,
+            Read::Closed => return,
         }
     }
     // Give the writer a moment to put out a GOAWAY before everything closes.
@@ -211,36 +201,13 @@ fn accept_stream(shared: &Arc<Shared>, id: u32, flags: u8, headers: Headers) {
     }
     let fin = flags & FLAG_FIN != 0;
     let unidirectional = flags & FLAG_UNIDIRECTIONAL != 0;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let budget = Arc::new(Semaphore::new(INITIAL_WINDOW as usize));
-    let window = st.initial_send_window;
-    st.streams.insert(
-        id,
-        StreamState {
-            inbound: if fin { None } else { Some(tx) },
-            budget: budget.clone(),
-            send_window: window,
-            local_closed: unidirectional,
-            remote_closed: fin,
-            reply: None,
-        },
-    );
+    let (reader, writer) = shared.add_stream(&mut st, id, unidirectional, fin, None);
     drop(st);
     let stream = Stream {
         id,
         headers,
-        reader: StreamReader {
-            id,
-            shared: shared.clone(),
-            rx,
-            budget,
-            unacked: 0,
-        },
-        writer: StreamWriter {
-            id,
-            shared: shared.clone(),
-            finished: unidirectional,
-        },
+        reader,
+        writer,
     };
     if let Err(e) = incoming.try_send(stream) {
         let mut stream = match e {
