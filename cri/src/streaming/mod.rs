@@ -36,6 +36,7 @@ pub use tokens::StreamRequest;
 use crate::config::StreamingConfig;
 use crate::node::Node;
 use crate::not_implemented;
+use remotecommand::Options;
 use tokens::TokenCache;
 
 /// Upgraded streaming sessions served at once.
@@ -102,6 +103,11 @@ impl Streaming {
     /// Upgraded streaming sessions open now (at most [`MAX_SESSIONS`]).
     pub fn sessions_in_use(&self) -> usize {
         MAX_SESSIONS - self.inner.sessions.available_permits()
+    }
+
+    /// The registered backend, or `Unimplemented` for `rpc` while there is none.
+    fn backend_for(&self, rpc: &str) -> Result<Arc<dyn StreamBackend>, Status> {
+        self.backend().ok_or_else(|| not_implemented(rpc))
     }
 
     /// `http(s)://host:port` of the running server.
@@ -187,22 +193,17 @@ fn url_host(addr: SocketAddr) -> String {
     SocketAddr::new(ip, addr.port()).to_string()
 }
 
-fn validate_stdio(
-    container_id: &str,
-    stdin: bool,
-    stdout: bool,
-    stderr: bool,
-    tty: bool,
-) -> Result<(), Status> {
+/// Checks the streams an exec or attach asks for, as kubelet's streaming server does.
+fn validate_stdio(container_id: &str, opts: Options) -> Result<(), Status> {
     if container_id.is_empty() {
         return Err(Status::invalid_argument("missing required container_id"));
     }
-    if tty && stderr {
+    if opts.tty && opts.stderr {
         return Err(Status::invalid_argument(
             "tty and stderr cannot both be true",
         ));
     }
-    if !stdin && !stdout && !stderr {
+    if !opts.stdin && !opts.stdout && !opts.stderr {
         return Err(Status::invalid_argument(
             "one of stdin, stdout, or stderr must be set",
         ));
@@ -212,23 +213,14 @@ fn validate_stdio(
 
 /// Handles `Exec`.
 pub async fn exec(node: &Node, req: ExecRequest) -> Result<ExecResponse, Status> {
-    validate_stdio(
-        &req.container_id,
-        req.stdin,
-        req.stdout,
-        req.stderr,
-        req.tty,
-    )?;
+    validate_stdio(&req.container_id, Options::from(&req))?;
     if req.cmd.is_empty() || req.cmd[0].is_empty() {
         return Err(Status::invalid_argument(format!(
             "exec in container {}: cmd must not be empty",
             req.container_id
         )));
     }
-    let backend = node
-        .streaming
-        .backend()
-        .ok_or_else(|| not_implemented("Exec"))?;
+    let backend = node.streaming.backend_for("Exec")?;
     backend.check_exec(&req.container_id).await?;
     let url = node.streaming.issue("exec", StreamRequest::Exec(req))?;
     Ok(ExecResponse { url })
@@ -236,17 +228,8 @@ pub async fn exec(node: &Node, req: ExecRequest) -> Result<ExecResponse, Status>
 
 /// Handles `Attach`.
 pub async fn attach(node: &Node, req: AttachRequest) -> Result<AttachResponse, Status> {
-    validate_stdio(
-        &req.container_id,
-        req.stdin,
-        req.stdout,
-        req.stderr,
-        req.tty,
-    )?;
-    let backend = node
-        .streaming
-        .backend()
-        .ok_or_else(|| not_implemented("Attach"))?;
+    validate_stdio(&req.container_id, Options::from(&req))?;
+    let backend = node.streaming.backend_for("Attach")?;
     backend.check_attach(&req.container_id, req.stdin).await?;
     let url = node.streaming.issue("attach", StreamRequest::Attach(req))?;
     Ok(AttachResponse { url })
@@ -266,10 +249,7 @@ pub async fn port_forward(
             req.pod_sandbox_id
         )));
     }
-    let backend = node
-        .streaming
-        .backend()
-        .ok_or_else(|| not_implemented("PortForward"))?;
+    let backend = node.streaming.backend_for("PortForward")?;
     backend.pod_netns(&req.pod_sandbox_id).await?;
     let url = node
         .streaming

@@ -303,11 +303,7 @@ pub async fn serve_ws<IO>(
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (conn, sender, mut receiver) = WsConn::start(io, WsRole::Server, WsConfig::default());
-    let codec = if protocol.contains("base64") {
-        ChannelCodec::Base64
-    } else {
-        ChannelCodec::Binary
-    };
+    let codec = ChannelCodec::for_protocol(&protocol);
     let mut inputs = Vec::with_capacity(ports.len());
     let mut forwards = JoinSet::new();
     for (i, port) in ports.iter().copied().enumerate() {

@@ -294,14 +294,6 @@ async fn ws_connect(
     Ok((conn, sender, receiver, negotiated))
 }
 
-fn codec_for(protocol: &str) -> ChannelCodec {
-    if protocol.contains("base64") {
-        ChannelCodec::Base64
-    } else {
-        ChannelCodec::Binary
-    }
-}
-
 /// Streams the client asks for.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ExecOptions {
@@ -487,7 +479,7 @@ impl RemoteCommand {
             Transport::WebSocket(protocols) => {
                 let (conn, sender, mut receiver, protocol) =
                     ws_connect(url, protocols, tls).await?;
-                let codec = codec_for(&protocol);
+                let codec = ChannelCodec::for_protocol(&protocol);
                 let v5 = protocol.starts_with("v5.");
                 let (out_tx, out_rx) = mpsc::unbounded_channel();
                 let (err_tx, err_rx) = mpsc::unbounded_channel();
@@ -707,7 +699,7 @@ impl WsPortForward {
     ) -> Result<WsPortForward, ClientError> {
         let (conn, sender, mut receiver, negotiated) =
             ws_connect(url, &[protocol.to_string()], tls).await?;
-        let codec = codec_for(&negotiated);
+        let codec = ChannelCodec::for_protocol(&negotiated);
         let mut data_tx = Vec::new();
         let mut error_tx = Vec::new();
         let mut data = Vec::new();

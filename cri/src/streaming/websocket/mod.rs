@@ -386,6 +386,15 @@ pub enum ChannelCodec {
 }
 
 impl ChannelCodec {
+    /// The codec of a negotiated channel protocol: base64 for the `base64.` ones.
+    pub fn for_protocol(protocol: &str) -> ChannelCodec {
+        if protocol.contains("base64") {
+            ChannelCodec::Base64
+        } else {
+            ChannelCodec::Binary
+        }
+    }
+
     /// Wraps `data` for `channel`.
     pub fn encode(self, channel: u8, data: &[u8]) -> Message {
         match self {
