@@ -214,19 +214,9 @@ async fn read_until_from(out: &mut client::Output, seen: &mut Vec<u8>, from: usi
     }
 }
 
+/// Reads until `want` appears in `seen`.
 async fn read_until(out: &mut client::Output, seen: &mut Vec<u8>, want: &[u8]) {
-    let found = |s: &[u8]| s.windows(want.len()).any(|w| w == want);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !found(seen) {
-        match tokio::time::timeout_at(deadline, out.recv()).await {
-            Ok(Some(b)) => seen.extend_from_slice(&b),
-            _ => panic!(
-                "no {:?} in the output: {:?}",
-                String::from_utf8_lossy(want),
-                String::from_utf8_lossy(seen)
-            ),
-        }
-    }
+    read_until_from(out, seen, 0, want).await
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use super::backend::{StreamBackend, StreamIo, TerminalSize};
 use super::spdy::session::{StreamReader, StreamWriter};
 use super::spdy::{self, Role, Session, SessionConfig};
 use super::status::ApiStatus;
-use super::websocket::{ChannelCodec, WsConfig, WsConn, WsRole, WsSender};
+use super::websocket::{self, ChannelCodec, WsConfig, WsConn, WsRole, WsSender};
 
 /// SPDY subprotocols for exec and attach, newest first. `v5` behaves as `v4` over SPDY (its
 /// close signal is WebSocket-only), as in kubelet.
@@ -293,25 +293,10 @@ where
     let mut stdin_tx = opts.stdin.then_some(stdin_tx);
     let mut resize_tx = opts.tty.then_some(resize_tx);
     let dispatcher = tokio::spawn(async move {
-        while let Some(msg) = receiver.recv().await {
-            let Some((ch, data)) = codec.decode(&msg) else {
-                continue;
-            };
+        while let Some((ch, data)) = receiver.recv_channel(codec).await {
             match ch {
-                channel::STDIN => {
-                    if let Some(tx) = &stdin_tx
-                        && tx.send(data).await.is_err()
-                    {
-                        stdin_tx = None;
-                    }
-                }
-                channel::RESIZE => {
-                    if let Some(tx) = &resize_tx
-                        && tx.send(data).await.is_err()
-                    {
-                        resize_tx = None;
-                    }
-                }
+                channel::STDIN => websocket::forward(&mut stdin_tx, data).await,
+                channel::RESIZE => websocket::forward(&mut resize_tx, data).await,
                 channel::CLOSE if v5 => match data.first() {
                     Some(&channel::STDIN) => stdin_tx = None,
                     Some(&channel::RESIZE) => resize_tx = None,

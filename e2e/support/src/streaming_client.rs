@@ -485,10 +485,7 @@ impl RemoteCommand {
                 let (err_tx, err_rx) = mpsc::unbounded_channel();
                 let (error_tx, error_rx) = mpsc::unbounded_channel();
                 tokio::spawn(async move {
-                    while let Some(msg) = receiver.recv().await {
-                        let Some((ch, data)) = codec.decode(&msg) else {
-                            continue;
-                        };
+                    while let Some((ch, data)) = receiver.recv_channel(codec).await {
                         let _ = match ch {
                             channel::STDOUT => out_tx.send(data),
                             channel::STDERR => err_tx.send(data),
@@ -716,10 +713,7 @@ impl WsPortForward {
         tokio::spawn(async move {
             // Each channel starts with its port, little-endian.
             let mut prefix_left = vec![2usize; expected.len() * 2];
-            while let Some(msg) = receiver.recv().await {
-                let Some((ch, mut bytes)) = codec.decode(&msg) else {
-                    continue;
-                };
+            while let Some((ch, mut bytes)) = receiver.recv_channel(codec).await {
                 let ch = usize::from(ch);
                 let Some(left) = prefix_left.get_mut(ch) else {
                     continue;

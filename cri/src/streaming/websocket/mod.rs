@@ -207,6 +207,26 @@ impl WsReceiver {
     pub async fn recv(&mut self) -> Option<Message> {
         self.rx.recv().await
     }
+
+    /// The next message `codec` can split into its channel and data; the others (empty, bad
+    /// base64) are skipped, as kubelet skips them.
+    pub async fn recv_channel(&mut self, codec: ChannelCodec) -> Option<(u8, Bytes)> {
+        loop {
+            if let Some(split) = codec.decode(&self.recv().await?) {
+                return Some(split);
+            }
+        }
+    }
+}
+
+/// Passes `data` on to the receiver in `slot`; once that receiver is gone the slot is
+/// emptied and later data for it is dropped.
+pub(crate) async fn forward(slot: &mut Option<mpsc::Sender<Bytes>>, data: Bytes) {
+    if let Some(tx) = slot
+        && tx.send(data).await.is_err()
+    {
+        *slot = None;
+    }
 }
 
 fn closed_error() -> io::Error {
