@@ -41,15 +41,53 @@ pub struct Owned {
     pub snapshots: Vec<String>,
 }
 
+/// What kind of object a [`Finding`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// A process (a pod monitor), or a pod whose monitor is missing.
+    Process,
+    /// A mount point.
+    Mount,
+    /// A directory of Berth's state or root.
+    Dir,
+    /// A network interface.
+    Link,
+    /// A cgroup directory.
+    Cgroup,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Process => "process",
+            Kind::Mount => "mount",
+            Kind::Dir => "dir",
+            Kind::Link => "link",
+            Kind::Cgroup => "cgroup",
+        })
+    }
+}
+
 /// One problem found.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Finding {
-    /// `process`, `mount`, `dir`, `link`.
-    pub kind: &'static str,
+    /// What kind of object it is.
+    pub kind: Kind,
     /// The object (a pid, a path, a link name).
     pub object: String,
     /// What is wrong with it.
     pub problem: String,
+}
+
+impl Finding {
+    /// A problem with `object`, shown as the object reads.
+    pub fn new(kind: Kind, object: impl ToString, problem: impl Into<String>) -> Finding {
+        Finding {
+            kind,
+            object: object.to_string(),
+            problem: problem.into(),
+        }
+    }
 }
 
 impl fmt::Display for Finding {
@@ -262,11 +300,11 @@ pub fn account(config: &Config, owned: &Owned) -> Vec<Finding> {
     for (base, known, problem) in &dirs {
         for id in dir_names(base) {
             if !known.contains(id.as_str()) {
-                found.push(Finding {
-                    kind: "dir",
-                    object: base.join(&id).display().to_string(),
-                    problem: problem.to_string(),
-                });
+                found.push(Finding::new(
+                    Kind::Dir,
+                    base.join(&id).display(),
+                    problem.to_string(),
+                ));
             }
         }
     }
@@ -274,11 +312,11 @@ pub fn account(config: &Config, owned: &Owned) -> Vec<Finding> {
         let base = config.state.join("runtimes").join(handler);
         for id in dir_names(&base) {
             if !containers.contains(id.as_str()) {
-                found.push(Finding {
-                    kind: "dir",
-                    object: base.join(&id).display().to_string(),
-                    problem: format!("runtime handler {handler}'s state without a container"),
-                });
+                found.push(Finding::new(
+                    Kind::Dir,
+                    base.join(&id).display(),
+                    format!("runtime handler {handler}'s state without a container"),
+                ));
             }
         }
     }
@@ -287,11 +325,11 @@ pub fn account(config: &Config, owned: &Owned) -> Vec<Finding> {
             if let Some(id) = id_below(base, &mount)
                 && !known.contains(id.as_str())
             {
-                found.push(Finding {
-                    kind: "mount",
-                    object: mount.display().to_string(),
-                    problem: "mounted for an object without a record".into(),
-                });
+                found.push(Finding::new(
+                    Kind::Mount,
+                    mount.display(),
+                    "mounted for an object without a record",
+                ));
             }
         }
     }
@@ -300,29 +338,29 @@ pub fn account(config: &Config, owned: &Owned) -> Vec<Finding> {
     let present = dir_names(&snapshots_root);
     for name in &present {
         if !used.contains(name.as_str()) {
-            found.push(Finding {
-                kind: "dir",
-                object: snapshots_root.join(name).display().to_string(),
-                problem: "a snapshot no image or container uses".into(),
-            });
+            found.push(Finding::new(
+                Kind::Dir,
+                snapshots_root.join(name).display(),
+                "a snapshot no image or container uses",
+            ));
         }
     }
     for name in &used {
         if !present.iter().any(|p| p == name) {
-            found.push(Finding {
-                kind: "dir",
-                object: snapshots_root.join(name).display().to_string(),
-                problem: "an image's or container's snapshot is missing".into(),
-            });
+            found.push(Finding::new(
+                Kind::Dir,
+                snapshots_root.join(name).display(),
+                "an image's or container's snapshot is missing",
+            ));
         }
     }
     let running = monitors(&config.state);
     for (pid, id) in &running {
         if !ready.contains(id.as_str()) {
-            found.push(Finding {
-                kind: "process",
-                object: pid.to_string(),
-                problem: format!(
+            found.push(Finding::new(
+                Kind::Process,
+                pid,
+                format!(
                     "the monitor of pod {id}, which is {}",
                     if pods.contains(id.as_str()) {
                         "not ready"
@@ -330,16 +368,16 @@ pub fn account(config: &Config, owned: &Owned) -> Vec<Finding> {
                         "unknown"
                     }
                 ),
-            });
+            ));
         }
     }
     for id in &ready {
         if !running.iter().any(|(_, p)| p == id) {
-            found.push(Finding {
-                kind: "process",
-                object: format!("pod {id}"),
-                problem: "ready, but its monitor is not running".into(),
-            });
+            found.push(Finding::new(
+                Kind::Process,
+                format!("pod {id}"),
+                "ready, but its monitor is not running",
+            ));
         }
     }
     if config.network.mode == NetworkMode::Builtin {
@@ -358,30 +396,26 @@ pub fn account(config: &Config, owned: &Owned) -> Vec<Finding> {
         let links = settled_links(&allowed);
         for link in &links {
             if link.starts_with(berth_cni::VETH_PREFIX) && !allowed.contains(link) {
-                found.push(Finding {
-                    kind: "link",
-                    object: link.clone(),
-                    problem: "a pod veth of no pod".into(),
-                });
+                found.push(Finding::new(Kind::Link, link, "a pod veth of no pod"));
             }
         }
         for veth in &veths {
             if !links.contains(veth) {
-                found.push(Finding {
-                    kind: "link",
-                    object: veth.clone(),
-                    problem: "the veth of a ready pod is missing".into(),
-                });
+                found.push(Finding::new(
+                    Kind::Link,
+                    veth,
+                    "the veth of a ready pod is missing",
+                ));
             }
         }
         // The bridge goes with the last pod that has a network, ready or stopped.
         let networked = owned.pods.iter().any(|p| p.pod_network);
         if !networked && links.contains(&config.network.bridge) {
-            found.push(Finding {
-                kind: "link",
-                object: config.network.bridge.clone(),
-                problem: "the bridge is up with no pod on it".into(),
-            });
+            found.push(Finding::new(
+                Kind::Link,
+                &config.network.bridge,
+                "the bridge is up with no pod on it",
+            ));
         }
     }
     if config.cgroup.driver == crate::config::CgroupDriver::Cgroupfs {
@@ -423,20 +457,20 @@ fn cgroup_findings(
         for pod in subdirs(&base) {
             let dir = base.join(&pod);
             if !pods.contains(pod.as_str()) {
-                found.push(Finding {
-                    kind: "cgroup",
-                    object: dir.display().to_string(),
-                    problem: "the cgroup of no pod".into(),
-                });
+                found.push(Finding::new(
+                    Kind::Cgroup,
+                    dir.display(),
+                    "the cgroup of no pod",
+                ));
                 continue;
             }
             for leaf in subdirs(&dir) {
                 if leaf != pod && !containers.contains(leaf.as_str()) {
-                    found.push(Finding {
-                        kind: "cgroup",
-                        object: dir.join(&leaf).display().to_string(),
-                        problem: "the cgroup of no container".into(),
-                    });
+                    found.push(Finding::new(
+                        Kind::Cgroup,
+                        dir.join(&leaf).display(),
+                        "the cgroup of no container",
+                    ));
                 }
             }
         }
@@ -550,7 +584,7 @@ mod tests {
         };
         let found = account(&config, &owned);
         assert_eq!(found.len(), 1, "{found:?}");
-        assert_eq!(found[0].kind, "process");
+        assert_eq!(found[0].kind, Kind::Process);
         assert!(found[0].problem.contains("not running"));
     }
 
