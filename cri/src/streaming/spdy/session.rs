@@ -510,16 +510,8 @@ impl StreamWriter {
     /// Aborts the stream in both directions.
     pub fn reset(&mut self, status: u32) {
         self.finished = true;
-        let existed = {
-            let mut st = self.shared.lock();
-            match st.streams.remove(&self.id) {
-                Some(mut s) => {
-                    s.inbound = None;
-                    true
-                }
-                None => false,
-            }
-        };
+        // The removed state (and with it the reader's sender) is dropped under the lock.
+        let existed = self.shared.lock().streams.remove(&self.id).is_some();
         if existed {
             self.shared.queue(Out::Frame(
                 Frame::RstStream {
