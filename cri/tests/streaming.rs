@@ -18,8 +18,8 @@ use berth_cri::store::Store;
 use berth_cri::streaming::status::ApiStatus;
 use berth_cri::streaming::*;
 use berth_test_support::streaming_client::{
-    self as client, ClientError, ClientTls, ExecOptions, RemoteCommand, SpdyPortForward, Transport,
-    WsPortForward,
+    self as client, ClientError, ClientTls, ExecOptions, ExecResult, RemoteCommand,
+    SpdyPortForward, Transport, WsPortForward,
 };
 
 /// A backend whose "commands" are scripted behaviours.
@@ -186,6 +186,11 @@ fn opts(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> ExecOptions {
     }
 }
 
+/// Runs the exec at `url` asking for stdout alone, with no input and no terminal.
+async fn run_stdout(url: &str, transport: &Transport) -> Result<ExecResult, ClientError> {
+    client::run(url, opts(false, true, false, false), transport, None, None).await
+}
+
 fn code<T: std::fmt::Debug>(r: Result<T, Status>) -> Code {
     r.unwrap_err().code()
 }
@@ -325,15 +330,9 @@ async fn spdy_before_v4_reports_failures_as_text_and_success_as_nothing() {
     let t = test_node(Fake::default()).await;
     for protocol in ["v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"] {
         let url = exec_url(&t, exec_req(&["print", "ok"], false, true, false, false)).await;
-        let ok = client::run(
-            &url,
-            opts(false, true, false, false),
-            &Transport::spdy_only(protocol),
-            None,
-            None,
-        )
-        .await
-        .unwrap();
+        let ok = run_stdout(&url, &Transport::spdy_only(protocol))
+            .await
+            .unwrap();
         assert_eq!(ok.stdout, b"ok", "{protocol}");
         assert!(ok.status.raw.is_empty(), "{protocol}");
 
@@ -422,11 +421,9 @@ async fn a_token_works_once_and_only_for_its_own_kind() {
     let t = test_node(Fake::default()).await;
     let url = exec_url(&t, exec_req(&["print", "once"], false, true, false, false)).await;
     let spdy = Transport::spdy_only("v4.channel.k8s.io");
-    let first = client::run(&url, opts(false, true, false, false), &spdy, None, None)
-        .await
-        .unwrap();
+    let first = run_stdout(&url, &spdy).await.unwrap();
     assert_eq!(first.stdout, b"once");
-    let second = client::run(&url, opts(false, true, false, false), &spdy, None, None).await;
+    let second = run_stdout(&url, &spdy).await;
     assert!(
         matches!(second, Err(ClientError::Refused { status: 404, .. })),
         "{second:?}"
@@ -434,26 +431,19 @@ async fn a_token_works_once_and_only_for_its_own_kind() {
     // An exec token on the attach path is spent and refused.
     let url = exec_url(&t, exec_req(&["print", "x"], false, true, false, false)).await;
     let wrong = url.replace("/exec/", "/attach/");
-    let r = client::run(&wrong, opts(false, true, false, false), &spdy, None, None).await;
+    let r = run_stdout(&wrong, &spdy).await;
     assert!(
         matches!(r, Err(ClientError::Refused { status: 404, .. })),
         "{r:?}"
     );
-    let r = client::run(&url, opts(false, true, false, false), &spdy, None, None).await;
+    let r = run_stdout(&url, &spdy).await;
     assert!(
         matches!(r, Err(ClientError::Refused { status: 404, .. })),
         "{r:?}"
     );
     let base = t.node.streaming.base_url().unwrap();
     for path in ["/exec/", "/nothing/abc", "/exec/a/b"] {
-        let r = client::run(
-            &format!("{base}{path}"),
-            opts(false, true, false, false),
-            &spdy,
-            None,
-            None,
-        )
-        .await;
+        let r = run_stdout(&format!("{base}{path}"), &spdy).await;
         assert!(
             matches!(r, Err(ClientError::Refused { status: 404, .. })),
             "{path}: {r:?}"
@@ -465,14 +455,7 @@ async fn a_token_works_once_and_only_for_its_own_kind() {
 async fn an_unknown_protocol_is_forbidden_and_a_plain_request_is_bad() {
     let t = test_node(Fake::default()).await;
     let url = exec_url(&t, exec_req(&["print", "x"], false, true, false, false)).await;
-    let r = client::run(
-        &url,
-        opts(false, true, false, false),
-        &Transport::spdy_only("v9.channel.k8s.io"),
-        None,
-        None,
-    )
-    .await;
+    let r = run_stdout(&url, &Transport::spdy_only("v9.channel.k8s.io")).await;
     match r {
         Err(ClientError::Refused { status: 403, body }) => {
             assert!(body.contains("unable to negotiate protocol"), "{body}")
@@ -487,14 +470,7 @@ async fn an_unknown_protocol_is_forbidden_and_a_plain_request_is_bad() {
         r.err()
     );
     let url = exec_url(&t, exec_req(&["print", "x"], false, true, false, false)).await;
-    let r = client::run(
-        &url,
-        opts(false, true, false, false),
-        &Transport::websocket_only("v9.channel.k8s.io"),
-        None,
-        None,
-    )
-    .await;
+    let r = run_stdout(&url, &Transport::websocket_only("v9.channel.k8s.io")).await;
     assert!(
         matches!(r, Err(ClientError::Refused { status: 403, .. })),
         "{r:?}"
@@ -543,15 +519,7 @@ async fn large_output_arrives_whole_over_both_transports() {
         Transport::websocket(),
     ] {
         let url = exec_url(&t, exec_req(&["big"], false, true, false, false)).await;
-        let result = client::run(
-            &url,
-            opts(false, true, false, false),
-            &transport,
-            None,
-            None,
-        )
-        .await
-        .unwrap();
+        let result = run_stdout(&url, &transport).await.unwrap();
         assert_eq!(result.stdout.len(), expected.len(), "{transport:?}");
         assert!(result.stdout == expected, "{transport:?}: bytes differ");
         assert_eq!(result.status.exit_code(), Some(0));
@@ -562,15 +530,9 @@ async fn large_output_arrives_whole_over_both_transports() {
 async fn backend_errors_are_reported_as_internal_errors() {
     let t = test_node(Fake::default()).await;
     let url = exec_url(&t, exec_req(&["no-such"], false, true, false, false)).await;
-    let result = client::run(
-        &url,
-        opts(false, true, false, false),
-        &Transport::spdy_only("v4.channel.k8s.io"),
-        None,
-        None,
-    )
-    .await
-    .unwrap();
+    let result = run_stdout(&url, &Transport::spdy_only("v4.channel.k8s.io"))
+        .await
+        .unwrap();
     let status: ApiStatus = serde_json::from_slice(&result.status.raw).unwrap();
     assert_eq!(status.reason, "InternalError");
     assert_eq!(status.code, 500);

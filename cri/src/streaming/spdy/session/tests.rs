@@ -18,6 +18,18 @@ fn pair(config: SessionConfig) -> ((Session, Incoming), (Session, Incoming)) {
     (client, server)
 }
 
+/// Opens a stdout stream (this side sends nothing) in the background; the task also hands
+/// back the session, which must outlive the stream.
+fn open_stdout(client: Session) -> tokio::task::JoinHandle<(Session, Stream)> {
+    tokio::spawn(async move {
+        let s = client
+            .open(hdr("streamtype", "stdout"), true)
+            .await
+            .unwrap();
+        (client, s)
+    })
+}
+
 fn hdr(name: &str, value: &str) -> Headers {
     vec![(name.to_string(), value.to_string())]
 }
@@ -56,13 +68,7 @@ async fn streams_carry_bytes_both_ways_with_half_close() {
 #[tokio::test]
 async fn flow_control_holds_data_until_the_reader_consumes() {
     let ((client, _), (_server, mut incoming)) = pair(SessionConfig::default());
-    let opener = tokio::spawn(async move {
-        let s = client
-            .open(hdr("streamtype", "stdout"), true)
-            .await
-            .unwrap();
-        (client, s)
-    });
+    let opener = open_stdout(client);
     let s = incoming.accept().await.unwrap();
     s.reply();
     let (client, mut cs) = opener.await.unwrap();
@@ -163,13 +169,7 @@ async fn idle_sessions_close() {
 #[tokio::test]
 async fn graceful_shutdown_delivers_everything_before_goaway() {
     let ((client, _), (server, mut incoming)) = pair(SessionConfig::default());
-    let opener = tokio::spawn(async move {
-        let s = client
-            .open(hdr("streamtype", "stdout"), true)
-            .await
-            .unwrap();
-        (client, s)
-    });
+    let opener = open_stdout(client);
     let mut s = incoming.accept().await.unwrap();
     s.reply();
     let (client, mut cs) = opener.await.unwrap();
