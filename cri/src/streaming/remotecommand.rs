@@ -273,8 +273,7 @@ where
     }
     // Streams opened from now on are refused.
     drop(incoming);
-    let closed = session.closed();
-    command.run(&mut streams, closed).await;
+    command.run(&mut streams, session.closed()).await;
     drop(streams);
     session.shutdown(LINGER).await;
 }
@@ -327,8 +326,7 @@ where
         channel::ERROR
     };
     let _ = sender.send(codec.encode(first, &[])).await;
-    let closed = conn.closed();
-    command.run(&mut streams, closed).await;
+    command.run(&mut streams, conn.closed()).await;
     drop(streams);
     dispatcher.abort();
     conn.shutdown(1000, LINGER).await;
