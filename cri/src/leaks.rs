@@ -482,22 +482,31 @@ fn cgroup_findings(
 mod tests {
     use super::*;
 
+    /// A configuration with root and state under `dir`, where `dirs` exist, and no bridge or
+    /// veth checks (they read the host's links).
+    fn config_with(dir: &Path, dirs: &[&str]) -> Config {
+        for d in dirs {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let mut config = Config::in_dir(dir);
+        config.network.mode = NetworkMode::Cni;
+        config
+    }
+
     #[test]
     fn unowned_directories_are_leaks_and_owned_ones_are_not() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::in_dir(dir.path());
-        // No bridge or veth checks in this test: they read the host's links.
-        config.network.mode = NetworkMode::Cni;
-        for d in [
-            "state/pods/p1",
-            "state/pods/p2",
-            "state/containers/c1",
-            "root/containers/c9",
-            "state/runtimes/runc/c1",
-            "state/runtimes/runc/c7",
-        ] {
-            std::fs::create_dir_all(dir.path().join(d)).unwrap();
-        }
+        let mut config = config_with(
+            dir.path(),
+            &[
+                "state/pods/p1",
+                "state/pods/p2",
+                "state/containers/c1",
+                "root/containers/c9",
+                "state/runtimes/runc/c1",
+                "state/runtimes/runc/c7",
+            ],
+        );
         config.runtimes.insert(
             "runc".into(),
             crate::config::RuntimeHandlerConfig::default(),
@@ -531,15 +540,14 @@ mod tests {
     #[test]
     fn snapshots_must_be_used_and_present() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::in_dir(dir.path());
-        config.network.mode = NetworkMode::Cni;
-        for d in [
-            "root/snapshots/aaa/fs",
-            "root/snapshots/ccc/fs",
-            "root/snapshots/.trash",
-        ] {
-            std::fs::create_dir_all(dir.path().join(d)).unwrap();
-        }
+        let config = config_with(
+            dir.path(),
+            &[
+                "root/snapshots/aaa/fs",
+                "root/snapshots/ccc/fs",
+                "root/snapshots/.trash",
+            ],
+        );
         let owned = Owned {
             snapshots: vec!["bbb".into(), "ccc".into()],
             ..Default::default()
@@ -571,8 +579,7 @@ mod tests {
     #[test]
     fn a_ready_pod_needs_its_monitor() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::in_dir(dir.path());
-        config.network.mode = NetworkMode::Cni;
+        let config = config_with(dir.path(), &[]);
         let owned = Owned {
             pods: vec![OwnedPod {
                 id: "p1".into(),
