@@ -3,8 +3,9 @@
 //! the work through a [`StreamBackend`] the runtime provides.
 //!
 //! Layout: [`tokens`] parks requests under tokens, [`http`] serves and upgrades connections,
-//! [`spdy`] and [`websocket`] are the transports, [`remotecommand`] and [`portforward`] the
-//! stream layouts on top of them, and [`netns`] dials into a pod's network namespace. The
+//! [`spdy`] and [`websocket`] are the transports (their writer task, read step and idle
+//! clock are one shared `conn` module), [`remotecommand`] and [`portforward`] the stream
+//! layouts on top of them, and [`netns`] dials into a pod's network namespace. The
 //! other end, for tests, is `berth-test-support`'s `streaming_client` (under `e2e/support`);
 //! the tests that drive this server with it are `cri/tests/streaming.rs`.
 
