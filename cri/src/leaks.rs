@@ -1,7 +1,8 @@
 //! Leak accounting: what Berth left in the kernel or on disk that no record owns, and
 //! records whose kernel objects are gone. `berth debug leaks` runs it beside a live daemon:
-//! the records come over CRI, the rest from `/proc` and the run
-//! directories, so it also shows what a daemon that believes all is well cannot see.
+//! the records come over CRI, the rest from `/proc` and the run directories (read through
+//! [`host`], as the e2e harness reads them), so it also shows what a daemon that believes
+//! all is well cannot see.
 //!
 //! Not covered: IP allocations, nf_tables rules and content blobs (the daemon's own
 //! start-up reconciliation and garbage collection free those; they are not visible from
@@ -15,6 +16,8 @@ use std::path::{Path, PathBuf};
 use berth_cni::NetworkMode;
 
 use crate::config::Config;
+
+pub mod host;
 
 /// A pod as the daemon reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,15 +41,53 @@ pub struct Owned {
     pub snapshots: Vec<String>,
 }
 
+/// What kind of object a [`Finding`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// A process (a pod monitor), or a pod whose monitor is missing.
+    Process,
+    /// A mount point.
+    Mount,
+    /// A directory of Berth's state or root.
+    Dir,
+    /// A network interface.
+    Link,
+    /// A cgroup directory.
+    Cgroup,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Process => "process",
+            Kind::Mount => "mount",
+            Kind::Dir => "dir",
+            Kind::Link => "link",
+            Kind::Cgroup => "cgroup",
+        })
+    }
+}
+
 /// One problem found.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Finding {
-    /// `process`, `mount`, `dir`, `link`.
-    pub kind: &'static str,
+    /// What kind of object it is.
+    pub kind: Kind,
     /// The object (a pid, a path, a link name).
     pub object: String,
     /// What is wrong with it.
     pub problem: String,
+}
+
+impl Finding {
+    /// A problem with `object`, shown as the object reads.
+    pub fn new(kind: Kind, object: impl ToString, problem: impl Into<String>) -> Finding {
+        Finding {
+            kind,
+            object: object.to_string(),
+            problem: problem.into(),
+        }
+    }
 }
 
 impl fmt::Display for Finding {
@@ -74,50 +115,6 @@ fn id_below(base: &Path, path: &Path) -> Option<String> {
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
 }
 
-/// Mount points from `/proc/self/mountinfo` (octal escapes decoded).
-fn mount_points() -> Vec<PathBuf> {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    text.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mount_path(p)))
-        .collect()
-}
-
-fn unescape_mount_path(p: &str) -> String {
-    let b = p.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && let Ok(v) = u8::from_str_radix(&p[i + 1..i + 4], 8)
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The network interfaces of this process's network namespace (`/proc/self/net/dev`:
-/// `/sys/class/net` shows the namespace sysfs was mounted in, which may be another).
-fn link_names() -> Vec<String> {
-    std::fs::read_to_string("/proc/self/net/dev")
-        .map(|text| {
-            text.lines()
-                .skip(2)
-                .filter_map(|l| l.split(':').next())
-                .map(|n| n.trim().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The links, after giving the kernel a moment to finish destroying the network namespaces
 /// of pods just removed (their veths go with them, asynchronously).
 fn settled_links(allowed: &BTreeSet<String>) -> Vec<String> {
@@ -126,13 +123,13 @@ fn settled_links(allowed: &BTreeSet<String>) -> Vec<String> {
             .iter()
             .any(|l| l.starts_with(berth_cni::VETH_PREFIX) && !allowed.contains(l))
     };
-    let mut links = link_names();
+    let mut links = host::links().unwrap_or_default();
     for _ in 0..30 {
         if !stray(&links) {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
-        links = link_names();
+        links = host::links().unwrap_or_default();
     }
     links
 }
@@ -303,11 +300,11 @@ pub fn account(config: &Config, owned: &Owned) -> Vec<Finding> {
     for (base, known, problem) in &dirs {
         for id in dir_names(base) {
             if !known.contains(id.as_str()) {
-                found.push(Finding {
-                    kind: "dir",
-                    object: base.join(&id).display().to_string(),
-                    problem: problem.to_string(),
-                });
+                found.push(Finding::new(
+                    Kind::Dir,
+                    base.join(&id).display(),
+                    problem.to_string(),
+                ));
             }
         }
     }
@@ -315,24 +312,24 @@ pub fn account(config: &Config, owned: &Owned) -> Vec<Finding> {
         let base = config.state.join("runtimes").join(handler);
         for id in dir_names(&base) {
             if !containers.contains(id.as_str()) {
-                found.push(Finding {
-                    kind: "dir",
-                    object: base.join(&id).display().to_string(),
-                    problem: format!("runtime handler {handler}'s state without a container"),
-                });
+                found.push(Finding::new(
+                    Kind::Dir,
+                    base.join(&id).display(),
+                    format!("runtime handler {handler}'s state without a container"),
+                ));
             }
         }
     }
-    for mount in mount_points() {
+    for mount in host::mounts().into_iter().map(|m| m.mount_point) {
         for (base, known, _) in &dirs {
             if let Some(id) = id_below(base, &mount)
                 && !known.contains(id.as_str())
             {
-                found.push(Finding {
-                    kind: "mount",
-                    object: mount.display().to_string(),
-                    problem: "mounted for an object without a record".into(),
-                });
+                found.push(Finding::new(
+                    Kind::Mount,
+                    mount.display(),
+                    "mounted for an object without a record",
+                ));
             }
         }
     }
@@ -341,29 +338,29 @@ pub fn account(config: &Config, owned: &Owned) -> Vec<Finding> {
     let present = dir_names(&snapshots_root);
     for name in &present {
         if !used.contains(name.as_str()) {
-            found.push(Finding {
-                kind: "dir",
-                object: snapshots_root.join(name).display().to_string(),
-                problem: "a snapshot no image or container uses".into(),
-            });
+            found.push(Finding::new(
+                Kind::Dir,
+                snapshots_root.join(name).display(),
+                "a snapshot no image or container uses",
+            ));
         }
     }
     for name in &used {
         if !present.iter().any(|p| p == name) {
-            found.push(Finding {
-                kind: "dir",
-                object: snapshots_root.join(name).display().to_string(),
-                problem: "an image's or container's snapshot is missing".into(),
-            });
+            found.push(Finding::new(
+                Kind::Dir,
+                snapshots_root.join(name).display(),
+                "an image's or container's snapshot is missing",
+            ));
         }
     }
     let running = monitors(&config.state);
     for (pid, id) in &running {
         if !ready.contains(id.as_str()) {
-            found.push(Finding {
-                kind: "process",
-                object: pid.to_string(),
-                problem: format!(
+            found.push(Finding::new(
+                Kind::Process,
+                pid,
+                format!(
                     "the monitor of pod {id}, which is {}",
                     if pods.contains(id.as_str()) {
                         "not ready"
@@ -371,16 +368,16 @@ pub fn account(config: &Config, owned: &Owned) -> Vec<Finding> {
                         "unknown"
                     }
                 ),
-            });
+            ));
         }
     }
     for id in &ready {
         if !running.iter().any(|(_, p)| p == id) {
-            found.push(Finding {
-                kind: "process",
-                object: format!("pod {id}"),
-                problem: "ready, but its monitor is not running".into(),
-            });
+            found.push(Finding::new(
+                Kind::Process,
+                format!("pod {id}"),
+                "ready, but its monitor is not running",
+            ));
         }
     }
     if config.network.mode == NetworkMode::Builtin {
@@ -399,30 +396,26 @@ pub fn account(config: &Config, owned: &Owned) -> Vec<Finding> {
         let links = settled_links(&allowed);
         for link in &links {
             if link.starts_with(berth_cni::VETH_PREFIX) && !allowed.contains(link) {
-                found.push(Finding {
-                    kind: "link",
-                    object: link.clone(),
-                    problem: "a pod veth of no pod".into(),
-                });
+                found.push(Finding::new(Kind::Link, link, "a pod veth of no pod"));
             }
         }
         for veth in &veths {
             if !links.contains(veth) {
-                found.push(Finding {
-                    kind: "link",
-                    object: veth.clone(),
-                    problem: "the veth of a ready pod is missing".into(),
-                });
+                found.push(Finding::new(
+                    Kind::Link,
+                    veth,
+                    "the veth of a ready pod is missing",
+                ));
             }
         }
         // The bridge goes with the last pod that has a network, ready or stopped.
         let networked = owned.pods.iter().any(|p| p.pod_network);
         if !networked && links.contains(&config.network.bridge) {
-            found.push(Finding {
-                kind: "link",
-                object: config.network.bridge.clone(),
-                problem: "the bridge is up with no pod on it".into(),
-            });
+            found.push(Finding::new(
+                Kind::Link,
+                &config.network.bridge,
+                "the bridge is up with no pod on it",
+            ));
         }
     }
     if config.cgroup.driver == crate::config::CgroupDriver::Cgroupfs {
@@ -464,20 +457,20 @@ fn cgroup_findings(
         for pod in subdirs(&base) {
             let dir = base.join(&pod);
             if !pods.contains(pod.as_str()) {
-                found.push(Finding {
-                    kind: "cgroup",
-                    object: dir.display().to_string(),
-                    problem: "the cgroup of no pod".into(),
-                });
+                found.push(Finding::new(
+                    Kind::Cgroup,
+                    dir.display(),
+                    "the cgroup of no pod",
+                ));
                 continue;
             }
             for leaf in subdirs(&dir) {
                 if leaf != pod && !containers.contains(leaf.as_str()) {
-                    found.push(Finding {
-                        kind: "cgroup",
-                        object: dir.join(&leaf).display().to_string(),
-                        problem: "the cgroup of no container".into(),
-                    });
+                    found.push(Finding::new(
+                        Kind::Cgroup,
+                        dir.join(&leaf).display(),
+                        "the cgroup of no container",
+                    ));
                 }
             }
         }
@@ -489,22 +482,31 @@ fn cgroup_findings(
 mod tests {
     use super::*;
 
+    /// A configuration with root and state under `dir`, where `dirs` exist, and no bridge or
+    /// veth checks (they read the host's links).
+    fn config_with(dir: &Path, dirs: &[&str]) -> Config {
+        for d in dirs {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let mut config = Config::in_dir(dir);
+        config.network.mode = NetworkMode::Cni;
+        config
+    }
+
     #[test]
     fn unowned_directories_are_leaks_and_owned_ones_are_not() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::in_dir(dir.path());
-        // No bridge or veth checks in this test: they read the host's links.
-        config.network.mode = NetworkMode::Cni;
-        for d in [
-            "state/pods/p1",
-            "state/pods/p2",
-            "state/containers/c1",
-            "root/containers/c9",
-            "state/runtimes/runc/c1",
-            "state/runtimes/runc/c7",
-        ] {
-            std::fs::create_dir_all(dir.path().join(d)).unwrap();
-        }
+        let mut config = config_with(
+            dir.path(),
+            &[
+                "state/pods/p1",
+                "state/pods/p2",
+                "state/containers/c1",
+                "root/containers/c9",
+                "state/runtimes/runc/c1",
+                "state/runtimes/runc/c7",
+            ],
+        );
         config.runtimes.insert(
             "runc".into(),
             crate::config::RuntimeHandlerConfig::default(),
@@ -538,15 +540,14 @@ mod tests {
     #[test]
     fn snapshots_must_be_used_and_present() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::in_dir(dir.path());
-        config.network.mode = NetworkMode::Cni;
-        for d in [
-            "root/snapshots/aaa/fs",
-            "root/snapshots/ccc/fs",
-            "root/snapshots/.trash",
-        ] {
-            std::fs::create_dir_all(dir.path().join(d)).unwrap();
-        }
+        let config = config_with(
+            dir.path(),
+            &[
+                "root/snapshots/aaa/fs",
+                "root/snapshots/ccc/fs",
+                "root/snapshots/.trash",
+            ],
+        );
         let owned = Owned {
             snapshots: vec!["bbb".into(), "ccc".into()],
             ..Default::default()
@@ -578,8 +579,7 @@ mod tests {
     #[test]
     fn a_ready_pod_needs_its_monitor() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::in_dir(dir.path());
-        config.network.mode = NetworkMode::Cni;
+        let config = config_with(dir.path(), &[]);
         let owned = Owned {
             pods: vec![OwnedPod {
                 id: "p1".into(),
@@ -591,7 +591,7 @@ mod tests {
         };
         let found = account(&config, &owned);
         assert_eq!(found.len(), 1, "{found:?}");
-        assert_eq!(found[0].kind, "process");
+        assert_eq!(found[0].kind, Kind::Process);
         assert!(found[0].problem.contains("not running"));
     }
 
@@ -621,11 +621,5 @@ mod tests {
                 root.join("berth/p2").display().to_string()
             ]
         );
-    }
-
-    #[test]
-    fn mount_paths_are_unescaped() {
-        assert_eq!(unescape_mount_path(r"/a\040b/c"), "/a b/c");
-        assert_eq!(unescape_mount_path(r"/plain"), "/plain");
     }
 }

@@ -1,6 +1,10 @@
 //! What a run left behind: processes it started, mounts under its workdir, network
 //! namespaces and links, cgroups. The harness snapshots a [`Baseline`] before the tests,
 //! [`check`]s after them, fails the run on any [`Leak`], and then [`clean`]s them up.
+//!
+//! The host is read the way `berth debug leaks` reads it (`berth_cri::leaks::host`: the
+//! mount table, cgroup hierarchies, links); what is here is what only a test run has: its
+//! baseline, the processes it started, its namespaces and cgroup parents, and the clean-up.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -12,86 +16,13 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 
+pub use berth_cri::leaks::host::{Mount, cgroup_roots, mounts, mounts_under, parse_mountinfo};
+
+use berth_cri::leaks::host;
+
 use crate::env::NETNS_PREFIX;
 use crate::netns::{self, NodeNetns};
 use crate::process::{self, ProcInfo};
-
-/// One mount as /proc/self/mountinfo lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
-    /// Where it is mounted.
-    pub mount_point: PathBuf,
-    /// File system type.
-    pub fstype: String,
-    /// Mount source.
-    pub source: String,
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Parses mountinfo text.
-pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
-    text.lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mount_point = unescape(left.split_whitespace().nth(4)?);
-            let mut r = right.split_whitespace();
-            let fstype = r.next()?.to_string();
-            let source = unescape(r.next().unwrap_or(""));
-            Some(Mount {
-                mount_point: mount_point.into(),
-                fstype,
-                source,
-            })
-        })
-        .collect()
-}
-
-/// The mounts of this process's mount namespace.
-pub fn mounts() -> Vec<Mount> {
-    parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
-}
-
-/// Mounts at or below `dir`, deepest first (the order to unmount them in).
-pub fn mounts_under(dir: &Path) -> Vec<Mount> {
-    let mut v: Vec<Mount> = mounts()
-        .into_iter()
-        .filter(|m| m.mount_point.starts_with(dir))
-        .collect();
-    v.sort_by_key(|m| std::cmp::Reverse(m.mount_point.components().count()));
-    v
-}
-
-/// Mount points of the cgroup hierarchies (v1 controllers and v2).
-pub fn cgroup_roots() -> Vec<PathBuf> {
-    let mut roots: Vec<PathBuf> = mounts()
-        .into_iter()
-        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
-        .map(|m| m.mount_point)
-        .collect();
-    roots.sort();
-    roots.dedup();
-    roots
-}
 
 /// Every cgroup directory whose name starts with `berth`, and everything below those, in
 /// every hierarchy.
@@ -139,10 +70,7 @@ impl Baseline {
     pub fn take() -> Baseline {
         Baseline {
             netns: netns::named_namespaces().into_iter().collect(),
-            host_links: netns::links_of_current_thread()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
+            host_links: host::links().unwrap_or_default().into_iter().collect(),
             cgroups: berth_cgroups(),
         }
     }
@@ -262,7 +190,7 @@ pub fn check(scope: &Scope<'_>, baseline: &Baseline) -> Report {
             .warnings
             .push(format!("cannot list node netns links: {e}")),
     }
-    for l in netns::links_of_current_thread().unwrap_or_default() {
+    for l in host::links().unwrap_or_default() {
         if !baseline.host_links.contains(&l) {
             r.warnings
                 .push(format!("new link {l} in the host network namespace"));
@@ -394,17 +322,6 @@ pub fn remove_run_cgroup_parents(run_id: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_lines_parse_with_escapes() {
-        let text = "36 35 98:0 /mnt1 /tmp/be-1/a\\040b rw,noatime master:1 - overlay overlay rw\n\
-                    37 35 98:0 / /sys/fs/cgroup/memory rw shared:9 - cgroup cgroup rw,memory\n";
-        let m = parse_mountinfo(text);
-        assert_eq!(m[0].mount_point, PathBuf::from("/tmp/be-1/a b"));
-        assert_eq!(m[0].fstype, "overlay");
-        assert_eq!(m[1].fstype, "cgroup");
-        assert_eq!(unescape("a\\134b"), "a\\b");
-    }
 
     #[test]
     fn cgroups_inside_run_parents_are_leaks_and_parents_are_not() {

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use nix::sched::{CloneFlags, setns};
 
+pub use berth_cri::leaks::host::parse_net_dev;
+
 use crate::error::{Error, IoContext, Result};
 use crate::process::run;
 
@@ -97,18 +99,6 @@ pub fn links_of_current_thread() -> Result<Vec<String>> {
     let dev = std::fs::read_to_string("/proc/thread-self/net/dev")
         .io_context(|| "read /proc/thread-self/net/dev".into())?;
     Ok(parse_net_dev(&dev))
-}
-
-/// The interface names in a `/proc/net/dev` table.
-pub fn parse_net_dev(dev: &str) -> Vec<String> {
-    let mut names: Vec<String> = dev
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split_once(':').map(|(n, _)| n.trim().to_string()))
-        .filter(|n| !n.is_empty())
-        .collect();
-    names.sort();
-    names
 }
 
 /// The names under /run/netns.

@@ -481,7 +481,9 @@ async fn handler_pods_survive_a_daemon_restart_and_the_loss_of_their_monitor() {
 
 #[tokio::test]
 async fn handler_containers_take_attach_stdin_and_terminal_execs() {
-    use berth_cri::streaming::client::{self, ExecOptions, RemoteCommand, Transport};
+    use berth_test_support::streaming_client::{
+        self as client, ExecOptions, RemoteCommand, Transport,
+    };
     let d = daemon().await;
     pull(&d, images::BUSYBOX).await;
     let all = ExecOptions {

@@ -1,5 +1,5 @@
 //! Exec, Attach and PortForward through the daemon's streaming server (issue 7), spoken over
-//! SPDY/3.1 and WebSocket by the streaming client (`berth_cri::streaming::client`), the way
+//! SPDY/3.1 and WebSocket by the streaming client (`berth_test_support::streaming_client`), the way
 //! kubectl and crictl speak them: output, stderr, exit codes in the status, stdin, a
 //! terminal that follows resizes, attach to a container's own stdio, forwarded ports,
 //! single-use URLs, and no process left when a client vanishes.
@@ -9,13 +9,13 @@
 use std::time::Duration;
 
 use berth_cri::streaming::TerminalSize;
-use berth_cri::streaming::client::{
-    self, ExecOptions, RemoteCommand, SpdyPortForward, Transport, WsPortForward,
-};
 use berth_e2e::fixtures::{
     container_config, exec_sync, pod_config, pull, remove_pod, run_pod, start_container,
 };
 use berth_e2e::{Daemon, images};
+use berth_test_support::streaming_client::{
+    self as client, ExecOptions, RemoteCommand, SpdyPortForward, Transport, WsPortForward,
+};
 use k8s_cri::v1::*;
 use tonic::Code;
 
@@ -214,19 +214,9 @@ async fn read_until_from(out: &mut client::Output, seen: &mut Vec<u8>, from: usi
     }
 }
 
+/// Reads until `want` appears in `seen`.
 async fn read_until(out: &mut client::Output, seen: &mut Vec<u8>, want: &[u8]) {
-    let found = |s: &[u8]| s.windows(want.len()).any(|w| w == want);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !found(seen) {
-        match tokio::time::timeout_at(deadline, out.recv()).await {
-            Ok(Some(b)) => seen.extend_from_slice(&b),
-            _ => panic!(
-                "no {:?} in the output: {:?}",
-                String::from_utf8_lossy(want),
-                String::from_utf8_lossy(seen)
-            ),
-        }
-    }
+    read_until_from(out, seen, 0, want).await
 }
 
 #[tokio::test]

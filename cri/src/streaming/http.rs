@@ -22,7 +22,7 @@ use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 
 use super::backend::StreamBackend;
-use super::remotecommand::{self, Options, Target};
+use super::remotecommand::{self, Command, Options, Target};
 use super::tokens::{StreamRequest, TokenCache};
 use super::{portforward, spdy, websocket};
 
@@ -309,33 +309,29 @@ async fn serve_upgraded<IO>(
             return;
         }
         StreamRequest::Exec(e) => (
-            Options {
-                stdin: e.stdin,
-                stdout: e.stdout,
-                stderr: e.stderr,
-                tty: e.tty,
-            },
+            Options::from(&e),
             Target::Exec {
                 container_id: e.container_id,
                 cmd: e.cmd,
             },
         ),
         StreamRequest::Attach(a) => (
-            Options {
-                stdin: a.stdin,
-                stdout: a.stdout,
-                stderr: a.stderr,
-                tty: a.tty,
-            },
+            Options::from(&a),
             Target::Attach {
                 container_id: a.container_id,
             },
         ),
     };
+    let command = Command {
+        protocol,
+        opts,
+        target,
+        backend,
+    };
     if websocket {
-        remotecommand::serve_ws(io, protocol, opts, target, backend).await;
+        remotecommand::serve_ws(io, command).await;
     } else {
-        remotecommand::serve_spdy(io, protocol, opts, target, backend).await;
+        remotecommand::serve_spdy(io, command).await;
     }
 }
 

@@ -3,12 +3,14 @@
 //! the work through a [`StreamBackend`] the runtime provides.
 //!
 //! Layout: [`tokens`] parks requests under tokens, [`http`] serves and upgrades connections,
-//! [`spdy`] and [`websocket`] are the transports, [`remotecommand`] and [`portforward`] the
-//! stream layouts on top of them, [`netns`] dials into a pod's network namespace, and
-//! [`client`] is the other end, for tests.
+//! [`spdy`] and [`websocket`] are the transports (their writer task, read step and idle
+//! clock are one shared `conn` module), [`remotecommand`] and [`portforward`] the stream
+//! layouts on top of them, and [`netns`] dials into a pod's network namespace. The
+//! other end, for tests, is `berth-test-support`'s `streaming_client` (under `e2e/support`);
+//! the tests that drive this server with it are `cri/tests/streaming.rs`.
 
 pub mod backend;
-pub mod client;
+mod conn;
 pub mod http;
 pub mod netns;
 pub mod portforward;
@@ -18,9 +20,6 @@ pub mod spdy;
 pub mod status;
 pub mod tokens;
 pub mod websocket;
-
-#[cfg(test)]
-mod tests;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -38,6 +37,7 @@ pub use tokens::StreamRequest;
 use crate::config::StreamingConfig;
 use crate::node::Node;
 use crate::not_implemented;
+use remotecommand::Options;
 use tokens::TokenCache;
 
 /// Upgraded streaming sessions served at once.
@@ -99,6 +99,16 @@ impl Streaming {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Upgraded streaming sessions open now (at most [`MAX_SESSIONS`]).
+    pub fn sessions_in_use(&self) -> usize {
+        MAX_SESSIONS - self.inner.sessions.available_permits()
+    }
+
+    /// The registered backend, or `Unimplemented` for `rpc` while there is none.
+    fn backend_for(&self, rpc: &str) -> Result<Arc<dyn StreamBackend>, Status> {
+        self.backend().ok_or_else(|| not_implemented(rpc))
     }
 
     /// `http(s)://host:port` of the running server.
@@ -184,22 +194,17 @@ fn url_host(addr: SocketAddr) -> String {
     SocketAddr::new(ip, addr.port()).to_string()
 }
 
-fn validate_stdio(
-    container_id: &str,
-    stdin: bool,
-    stdout: bool,
-    stderr: bool,
-    tty: bool,
-) -> Result<(), Status> {
+/// Checks the streams an exec or attach asks for, as kubelet's streaming server does.
+fn validate_stdio(container_id: &str, opts: Options) -> Result<(), Status> {
     if container_id.is_empty() {
         return Err(Status::invalid_argument("missing required container_id"));
     }
-    if tty && stderr {
+    if opts.tty && opts.stderr {
         return Err(Status::invalid_argument(
             "tty and stderr cannot both be true",
         ));
     }
-    if !stdin && !stdout && !stderr {
+    if !opts.stdin && !opts.stdout && !opts.stderr {
         return Err(Status::invalid_argument(
             "one of stdin, stdout, or stderr must be set",
         ));
@@ -209,23 +214,14 @@ fn validate_stdio(
 
 /// Handles `Exec`.
 pub async fn exec(node: &Node, req: ExecRequest) -> Result<ExecResponse, Status> {
-    validate_stdio(
-        &req.container_id,
-        req.stdin,
-        req.stdout,
-        req.stderr,
-        req.tty,
-    )?;
+    validate_stdio(&req.container_id, Options::from(&req))?;
     if req.cmd.is_empty() || req.cmd[0].is_empty() {
         return Err(Status::invalid_argument(format!(
             "exec in container {}: cmd must not be empty",
             req.container_id
         )));
     }
-    let backend = node
-        .streaming
-        .backend()
-        .ok_or_else(|| not_implemented("Exec"))?;
+    let backend = node.streaming.backend_for("Exec")?;
     backend.check_exec(&req.container_id).await?;
     let url = node.streaming.issue("exec", StreamRequest::Exec(req))?;
     Ok(ExecResponse { url })
@@ -233,17 +229,8 @@ pub async fn exec(node: &Node, req: ExecRequest) -> Result<ExecResponse, Status>
 
 /// Handles `Attach`.
 pub async fn attach(node: &Node, req: AttachRequest) -> Result<AttachResponse, Status> {
-    validate_stdio(
-        &req.container_id,
-        req.stdin,
-        req.stdout,
-        req.stderr,
-        req.tty,
-    )?;
-    let backend = node
-        .streaming
-        .backend()
-        .ok_or_else(|| not_implemented("Attach"))?;
+    validate_stdio(&req.container_id, Options::from(&req))?;
+    let backend = node.streaming.backend_for("Attach")?;
     backend.check_attach(&req.container_id, req.stdin).await?;
     let url = node.streaming.issue("attach", StreamRequest::Attach(req))?;
     Ok(AttachResponse { url })
@@ -263,10 +250,7 @@ pub async fn port_forward(
             req.pod_sandbox_id
         )));
     }
-    let backend = node
-        .streaming
-        .backend()
-        .ok_or_else(|| not_implemented("PortForward"))?;
+    let backend = node.streaming.backend_for("PortForward")?;
     backend.pod_netns(&req.pod_sandbox_id).await?;
     let url = node
         .streaming

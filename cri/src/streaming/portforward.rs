@@ -20,7 +20,7 @@ use super::netns::dial_localhost;
 use super::remotecommand::{LINGER, STREAM_CREATION_TIMEOUT};
 use super::spdy::session::{StreamReader, StreamWriter};
 use super::spdy::{self, Role, Session, SessionConfig, frame::rst};
-use super::websocket::{ChannelCodec, WsConfig, WsConn, WsRole, WsSender};
+use super::websocket::{self, ChannelCodec, WsConfig, WsConn, WsRole, WsSender};
 
 /// The SPDY subprotocol of port forwarding.
 pub const SPDY_PROTOCOLS: &[&str] = &["portforward.k8s.io"];
@@ -303,11 +303,7 @@ pub async fn serve_ws<IO>(
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (conn, sender, mut receiver) = WsConn::start(io, WsRole::Server, WsConfig::default());
-    let codec = if protocol.contains("base64") {
-        ChannelCodec::Base64
-    } else {
-        ChannelCodec::Binary
-    };
+    let codec = ChannelCodec::for_protocol(&protocol);
     let mut inputs = Vec::with_capacity(ports.len());
     let mut forwards = JoinSet::new();
     for (i, port) in ports.iter().copied().enumerate() {
@@ -328,17 +324,10 @@ pub async fn serve_ws<IO>(
         ));
     }
     let dispatcher = tokio::spawn(async move {
-        while let Some(msg) = receiver.recv().await {
-            let Some((ch, data)) = codec.decode(&msg) else {
-                continue;
-            };
+        while let Some((ch, data)) = receiver.recv_channel(codec).await {
             let (index, is_data) = (usize::from(ch) / 2, ch % 2 == 0);
-            if is_data
-                && let Some(slot) = inputs.get_mut(index)
-                && let Some(tx) = slot
-                && tx.send(data).await.is_err()
-            {
-                *slot = None;
+            if is_data && let Some(slot) = inputs.get_mut(index) {
+                websocket::forward(slot, data).await;
             }
         }
     });

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use k8s_cri::v1::{AttachRequest, ExecRequest};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -16,7 +17,7 @@ use super::backend::{StreamBackend, StreamIo, TerminalSize};
 use super::spdy::session::{StreamReader, StreamWriter};
 use super::spdy::{self, Role, Session, SessionConfig};
 use super::status::ApiStatus;
-use super::websocket::{ChannelCodec, WsConfig, WsConn, WsRole, WsSender};
+use super::websocket::{self, ChannelCodec, WsConfig, WsConn, WsRole, WsSender};
 
 /// SPDY subprotocols for exec and attach, newest first. `v5` behaves as `v4` over SPDY (its
 /// close signal is WebSocket-only), as in kubelet.
@@ -78,6 +79,24 @@ pub struct Options {
     pub tty: bool,
 }
 
+/// `From<&ExecRequest>` and `From<&AttachRequest>`: both requests carry the same four
+/// stream choices.
+macro_rules! options_from {
+    ($($request:ty),*) => {$(
+        impl From<&$request> for Options {
+            fn from(req: &$request) -> Options {
+                Options {
+                    stdin: req.stdin,
+                    stdout: req.stdout,
+                    stderr: req.stderr,
+                    tty: req.tty,
+                }
+            }
+        }
+    )*};
+}
+options_from!(ExecRequest, AttachRequest);
+
 /// What runs behind the streams.
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -93,6 +112,45 @@ pub enum Target {
         /// The container.
         container_id: String,
     },
+}
+
+/// One exec or attach to serve: the negotiated protocol, the streams asked for, what runs
+/// and the backend that runs it.
+pub struct Command {
+    /// The negotiated subprotocol.
+    pub protocol: String,
+    /// The streams the request asked for.
+    pub opts: Options,
+    /// What runs behind the streams.
+    pub target: Target,
+    /// The runtime's side.
+    pub backend: Arc<dyn StreamBackend>,
+}
+
+impl Command {
+    /// Runs the command between `streams` and reports its outcome on the error stream, in
+    /// the protocol's format.
+    async fn run(self, streams: &mut Streams, client_gone: CancellationToken) {
+        let format = status_format(&self.protocol);
+        let status = run(
+            self.backend,
+            self.target,
+            self.opts.tty,
+            streams,
+            client_gone,
+        )
+        .await;
+        if let Some(mut error) = streams.error.take() {
+            let bytes = match format {
+                StatusFormat::Json => status.to_json(),
+                StatusFormat::Text => status.to_v1_text(),
+            };
+            if !bytes.is_empty() {
+                let _ = error.send(Bytes::from(bytes)).await;
+            }
+            error.finish();
+        }
+    }
 }
 
 /// How the outcome is written on the error stream.
@@ -163,15 +221,11 @@ struct Streams {
 }
 
 /// Serves one exec or attach over an upgraded SPDY connection.
-pub async fn serve_spdy<IO>(
-    io: IO,
-    protocol: String,
-    opts: Options,
-    target: Target,
-    backend: Arc<dyn StreamBackend>,
-) where
+pub async fn serve_spdy<IO>(io: IO, command: Command)
+where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
+    let (protocol, opts) = (command.protocol.as_str(), command.opts);
     let (session, mut incoming) = Session::start(
         io,
         Role::Server,
@@ -180,7 +234,7 @@ pub async fn serve_spdy<IO>(
             ..SessionConfig::default()
         },
     );
-    let resizable = !matches!(protocol.as_str(), "v2.channel.k8s.io" | "channel.k8s.io");
+    let resizable = !matches!(protocol, "v2.channel.k8s.io" | "channel.k8s.io");
     let expected = 1
         + usize::from(opts.stdin)
         + usize::from(opts.stdout)
@@ -219,63 +273,29 @@ pub async fn serve_spdy<IO>(
     }
     // Streams opened from now on are refused.
     drop(incoming);
-    let format = status_format(&protocol);
-    let status = run(backend, target, opts.tty, &mut streams, session.closed()).await;
-    if let Some(mut error) = streams.error.take() {
-        let bytes = match format {
-            StatusFormat::Json => status.to_json(),
-            StatusFormat::Text => status.to_v1_text(),
-        };
-        if !bytes.is_empty() {
-            let _ = error.send(Bytes::from(bytes)).await;
-        }
-        error.finish();
-    }
+    command.run(&mut streams, session.closed()).await;
     drop(streams);
     session.shutdown(LINGER).await;
 }
 
 /// Serves one exec or attach over an upgraded WebSocket connection.
-pub async fn serve_ws<IO>(
-    io: IO,
-    protocol: String,
-    opts: Options,
-    target: Target,
-    backend: Arc<dyn StreamBackend>,
-) where
+pub async fn serve_ws<IO>(io: IO, command: Command)
+where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
+    let (protocol, opts) = (command.protocol.as_str(), command.opts);
     let (conn, sender, mut receiver) = WsConn::start(io, WsRole::Server, WsConfig::default());
-    let codec = if protocol.contains("base64") {
-        ChannelCodec::Base64
-    } else {
-        ChannelCodec::Binary
-    };
+    let codec = ChannelCodec::for_protocol(protocol);
     let v5 = protocol.starts_with("v5.");
     let (stdin_tx, stdin_rx) = mpsc::channel::<Bytes>(16);
     let (resize_tx, resize_rx) = mpsc::channel::<Bytes>(4);
     let mut stdin_tx = opts.stdin.then_some(stdin_tx);
     let mut resize_tx = opts.tty.then_some(resize_tx);
     let dispatcher = tokio::spawn(async move {
-        while let Some(msg) = receiver.recv().await {
-            let Some((ch, data)) = codec.decode(&msg) else {
-                continue;
-            };
+        while let Some((ch, data)) = receiver.recv_channel(codec).await {
             match ch {
-                channel::STDIN => {
-                    if let Some(tx) = &stdin_tx
-                        && tx.send(data).await.is_err()
-                    {
-                        stdin_tx = None;
-                    }
-                }
-                channel::RESIZE => {
-                    if let Some(tx) = &resize_tx
-                        && tx.send(data).await.is_err()
-                    {
-                        resize_tx = None;
-                    }
-                }
+                channel::STDIN => websocket::forward(&mut stdin_tx, data).await,
+                channel::RESIZE => websocket::forward(&mut resize_tx, data).await,
                 channel::CLOSE if v5 => match data.first() {
                     Some(&channel::STDIN) => stdin_tx = None,
                     Some(&channel::RESIZE) => resize_tx = None,
@@ -306,16 +326,7 @@ pub async fn serve_ws<IO>(
         channel::ERROR
     };
     let _ = sender.send(codec.encode(first, &[])).await;
-    let status = run(backend, target, opts.tty, &mut streams, conn.closed()).await;
-    if let Some(mut error) = streams.error.take() {
-        let bytes = match status_format(&protocol) {
-            StatusFormat::Json => status.to_json(),
-            StatusFormat::Text => status.to_v1_text(),
-        };
-        if !bytes.is_empty() {
-            let _ = error.send(Bytes::from(bytes)).await;
-        }
-    }
+    command.run(&mut streams, conn.closed()).await;
     drop(streams);
     dispatcher.abort();
     conn.shutdown(1000, LINGER).await;

@@ -3,12 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use berth_cri::streaming::client::{self, ExecOptions, Transport};
 use berth_e2e::fixtures::{
     container_config, exec_sync, pod_config, pull, remove_pod, run_pod, start_container,
 };
 use berth_e2e::oci::LayerBuilder;
 use berth_e2e::{Daemon, images};
+use berth_test_support::streaming_client::{self as client, ExecOptions, Transport};
 use k8s_cri::v1::*;
 use tonic::Code;
 

@@ -1,6 +1,9 @@
 //! A SPDY/3.1 session over one upgraded connection: a reader task that decodes frames and
 //! routes them to streams, a writer task that owns the socket's write half and the header
-//! compressor, and handles for the streams in between.
+//! compressor, and handles for the streams in between. This file holds the handles and the
+//! state they share; the reader task is `session/inbound.rs`, the writer's frame encoding
+//! `session/outbound.rs` (the writer loop itself is the streaming module's `conn`, shared
+//! with WebSocket).
 //!
 //! Flow control: the session always counts both windows (per stream and, as SPDY/3.1 adds, per
 //! session), but only holds data back once the peer shows it speaks flow control, by sending
@@ -12,17 +15,20 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::frame::{self, FLAG_FIN, FLAG_UNIDIRECTIONAL, Frame, FrameDecoder, Setting, rst};
-use super::headers::{HeaderCompressor, HeaderDecompressor, Headers};
+use super::frame::{self, FLAG_FIN, Frame, Setting, rst};
+use super::headers::Headers;
+use crate::streaming::conn::Activity;
+
+mod inbound;
+mod outbound;
 
 /// The window both sides start with, per stream and per session.
 pub const INITIAL_WINDOW: i64 = 64 * 1024;
@@ -130,8 +136,7 @@ struct Shared {
     state: Mutex<State>,
     window_changed: Notify,
     closed: CancellationToken,
-    base: Instant,
-    last_activity: AtomicU64,
+    activity: Activity,
     max_streams: usize,
 }
 
@@ -202,8 +207,7 @@ impl Session {
             }),
             window_changed: Notify::new(),
             closed: CancellationToken::new(),
-            base: Instant::now(),
-            last_activity: AtomicU64::new(0),
+            activity: Activity::new(),
             max_streams: config.max_streams,
         });
         if config.announce_window {
@@ -219,8 +223,12 @@ impl Session {
                 None,
             ));
         }
-        tokio::spawn(write_loop(shared.clone(), write_half, out_rx));
-        tokio::spawn(read_loop(shared.clone(), read_half, config.clone()));
+        tokio::spawn(outbound::write_loop(shared.clone(), write_half, out_rx));
+        tokio::spawn(inbound::read_loop(
+            shared.clone(),
+            read_half,
+            config.clone(),
+        ));
         tokio::spawn(idle_watch(shared.clone(), config.idle_timeout));
         (Session { shared }, Incoming { rx: in_rx })
     }
@@ -229,27 +237,16 @@ impl Session {
     /// sends nothing on it.
     pub async fn open(&self, headers: Headers, fin: bool) -> Result<Stream, OpenError> {
         let (reply_tx, reply_rx) = oneshot::channel();
-        let (id, reader) = {
+        let (id, reader, writer) = {
             let mut st = self.shared.lock();
             if self.shared.closed.is_cancelled() || st.goaway_received || st.goaway_sent {
                 return Err(OpenError::Closed);
             }
             let id = st.next_local_id;
             st.next_local_id += 2;
-            let (tx, rx) = mpsc::unbounded_channel();
-            let budget = Arc::new(Semaphore::new(INITIAL_WINDOW as usize));
-            let window = st.initial_send_window;
-            st.streams.insert(
-                id,
-                StreamState {
-                    inbound: Some(tx),
-                    budget: budget.clone(),
-                    send_window: window,
-                    local_closed: fin,
-                    remote_closed: false,
-                    reply: Some(reply_tx),
-                },
-            );
+            let (reader, writer) = self
+                .shared
+                .add_stream(&mut st, id, fin, false, Some(reply_tx));
             // Queued under the lock, so stream ids reach the wire in increasing order.
             self.shared.queue(Out::Headers {
                 kind: HeaderKind::SynStream,
@@ -257,19 +254,7 @@ impl Session {
                 flags: if fin { FLAG_FIN } else { 0 },
                 headers: headers.clone(),
             });
-            let reader = StreamReader {
-                id,
-                shared: self.shared.clone(),
-                rx,
-                budget,
-                unacked: 0,
-            };
-            (id, reader)
-        };
-        let writer = StreamWriter {
-            id,
-            shared: self.shared.clone(),
-            finished: fin,
+            (id, reader, writer)
         };
         let reply = tokio::select! {
             r = reply_rx => r.unwrap_or(Err(OpenError::Closed)),
@@ -525,16 +510,8 @@ impl StreamWriter {
     /// Aborts the stream in both directions.
     pub fn reset(&mut self, status: u32) {
         self.finished = true;
-        let existed = {
-            let mut st = self.shared.lock();
-            match st.streams.remove(&self.id) {
-                Some(mut s) => {
-                    s.inbound = None;
-                    true
-                }
-                None => false,
-            }
-        };
+        // The removed state (and with it the reader's sender) is dropped under the lock.
+        let existed = self.shared.lock().streams.remove(&self.id).is_some();
         if existed {
             self.shared.queue(Out::Frame(
                 Frame::RstStream {
@@ -610,8 +587,7 @@ impl Shared {
     }
 
     fn touch(&self) {
-        self.last_activity
-            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.activity.touch();
     }
 
     fn close(&self) {
@@ -627,6 +603,45 @@ impl Shared {
         st.incoming = None;
         drop(st);
         self.window_changed.notify_waiters();
+    }
+
+    /// Records stream `id` in `st` and returns its two halves. `local_closed`: this side
+    /// sends nothing (it opened with FIN, or the peer opened a unidirectional stream);
+    /// `remote_closed`: the peer sends nothing (it opened with FIN).
+    fn add_stream(
+        self: &Arc<Self>,
+        st: &mut State,
+        id: u32,
+        local_closed: bool,
+        remote_closed: bool,
+        reply: Option<oneshot::Sender<Result<Headers, OpenError>>>,
+    ) -> (StreamReader, StreamWriter) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let budget = Arc::new(Semaphore::new(INITIAL_WINDOW as usize));
+        st.streams.insert(
+            id,
+            StreamState {
+                inbound: (!remote_closed).then_some(tx),
+                budget: budget.clone(),
+                send_window: st.initial_send_window,
+                local_closed,
+                remote_closed,
+                reply,
+            },
+        );
+        let reader = StreamReader {
+            id,
+            shared: self.clone(),
+            rx,
+            budget,
+            unacked: 0,
+        };
+        let writer = StreamWriter {
+            id,
+            shared: self.clone(),
+            finished: local_closed,
+        };
+        (reader, writer)
     }
 
     fn remove_stream(&self, id: u32) {
@@ -652,571 +667,12 @@ impl Shared {
     }
 }
 
-async fn write_loop<W: AsyncWrite + Send + Unpin + 'static>(
-    shared: Arc<Shared>,
-    mut io: W,
-    mut rx: mpsc::UnboundedReceiver<Out>,
-) {
-    let mut compressor = HeaderCompressor::new();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut permits = Vec::new();
-    'outer: loop {
-        let first = tokio::select! {
-            biased;
-            _ = shared.closed.cancelled() => break,
-            m = rx.recv() => m,
-        };
-        let Some(mut next) = first else { break };
-        let mut shutdown = None;
-        loop {
-            match next {
-                Out::Frame(f, permit) => {
-                    frame::encode(&f, &mut buf);
-                    permits.extend(permit);
-                }
-                Out::Headers {
-                    kind,
-                    stream_id,
-                    flags,
-                    headers,
-                } => {
-                    let header_block = match compressor.compress(&headers) {
-                        Ok(b) => Bytes::from(b),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "spdy: cannot compress headers");
-                            break 'outer;
-                        }
-                    };
-                    let f = match kind {
-                        HeaderKind::SynStream => Frame::SynStream {
-                            stream_id,
-                            associated_id: 0,
-                            priority: 0,
-                            flags,
-                            header_block,
-                        },
-                        HeaderKind::SynReply => Frame::SynReply {
-                            stream_id,
-                            flags,
-                            header_block,
-                        },
-                    };
-                    frame::encode(&f, &mut buf);
-                }
-                Out::Shutdown(ack) => {
-                    shutdown = Some(ack);
-                    break;
-                }
-            }
-            if buf.len() >= 64 * 1024 {
-                break;
-            }
-            match rx.try_recv() {
-                Ok(m) => next = m,
-                Err(_) => break,
-            }
-        }
-        if !buf.is_empty() {
-            let written = tokio::select! {
-                r = io.write_all(&buf) => r,
-                _ = shared.closed.cancelled() => break,
-            };
-            if written.is_err() {
-                break;
-            }
-            buf.clear();
-            shared.touch();
-        }
-        permits.clear();
-        if let Some(ack) = shutdown {
-            let _ = io.flush().await;
-            let _ = io.shutdown().await;
-            let _ = ack.send(());
-            // Nothing more can be written; keep the half alive until the session closes so the
-            // read side can still drain.
-            shared.closed.cancelled().await;
-            return;
-        }
-    }
-    shared.close();
-}
-
-async fn read_loop<R: AsyncRead + Send + 'static>(
-    shared: Arc<Shared>,
-    io: R,
-    config: SessionConfig,
-) {
-    let mut io = std::pin::pin!(io);
-    let mut decoder = FrameDecoder::new(config.max_control_len, DATA_CHUNK);
-    let mut headers = HeaderDecompressor::new(config.max_header_bytes);
-    let mut buf = BytesMut::with_capacity(32 * 1024);
-    'outer: loop {
-        loop {
-            match decoder.decode(&mut buf) {
-                Ok(Some(f)) => {
-                    if let Err(e) = handle_frame(&shared, &mut headers, f).await {
-                        tracing::debug!(error = %e, "spdy: ending session");
-                        shared.queue(Out::Frame(
-                            Frame::GoAway {
-                                last_good_stream_id: shared.lock().last_remote_id,
-                                status: frame::goaway::PROTOCOL_ERROR,
-                            },
-                            None,
-                        ));
-                        break 'outer;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "spdy: invalid frame, ending session");
-                    shared.queue(Out::Frame(
-                        Frame::GoAway {
-                            last_good_stream_id: shared.lock().last_remote_id,
-                            status: frame::goaway::PROTOCOL_ERROR,
-                        },
-                        None,
-                    ));
-                    break 'outer;
-                }
-            }
-        }
-        buf.reserve(16 * 1024);
-        let n = tokio::select! {
-            r = io.read_buf(&mut buf) => r,
-            _ = shared.closed.cancelled() => return,
-        };
-        match n {
-            Ok(0) | Err(_) => break,
-            Ok(_) => shared.touch(),
-        }
-    }
-    // Give the writer a moment to put out a GOAWAY before everything closes.
-    tokio::task::yield_now().await;
-    shared.close();
-}
-
-async fn handle_frame(
-    shared: &Arc<Shared>,
-    decompressor: &mut HeaderDecompressor,
-    f: Frame,
-) -> Result<(), super::headers::HeaderError> {
-    match f {
-        Frame::SynStream {
-            stream_id,
-            flags,
-            header_block,
-            ..
-        } => {
-            let headers = decompressor.decompress(&header_block)?;
-            accept_stream(shared, stream_id, flags, headers);
-        }
-        Frame::SynReply {
-            stream_id,
-            flags,
-            header_block,
-        } => {
-            let headers = decompressor.decompress(&header_block)?;
-            let mut st = shared.lock();
-            if let Some(s) = st.streams.get_mut(&stream_id) {
-                if let Some(reply) = s.reply.take() {
-                    let _ = reply.send(Ok(headers));
-                }
-                if flags & FLAG_FIN != 0 {
-                    s.remote_closed = true;
-                    s.inbound = None;
-                }
-            }
-            drop(st);
-            shared.remove_if_done(stream_id);
-        }
-        Frame::Headers {
-            stream_id,
-            flags,
-            header_block,
-        } => {
-            // Decompressed even though unused: the zlib context must see every block.
-            decompressor.decompress(&header_block)?;
-            if flags & FLAG_FIN != 0 {
-                remote_finished(shared, stream_id);
-            }
-        }
-        Frame::Data {
-            stream_id,
-            flags,
-            data,
-        } => {
-            deliver(shared, stream_id, data).await;
-            if flags & FLAG_FIN != 0 {
-                remote_finished(shared, stream_id);
-            }
-        }
-        Frame::RstStream { stream_id, status } => {
-            let removed = shared.lock().streams.remove(&stream_id);
-            if let Some(mut s) = removed {
-                s.inbound = None;
-                if let Some(reply) = s.reply.take() {
-                    let _ = reply.send(Err(OpenError::Reset(status)));
-                }
-            }
-            shared.window_changed.notify_waiters();
-        }
-        Frame::Settings { entries, .. } => {
-            let mut st = shared.lock();
-            for e in entries {
-                if e.id == frame::SETTINGS_INITIAL_WINDOW_SIZE && e.value <= 0x7fff_ffff {
-                    st.flow_control = true;
-                    let delta = i64::from(e.value) - st.initial_send_window;
-                    st.initial_send_window = i64::from(e.value);
-                    for s in st.streams.values_mut() {
-                        s.send_window += delta;
-                    }
-                }
-            }
-            drop(st);
-            shared.window_changed.notify_waiters();
-        }
-        Frame::Ping { id } => {
-            let ours = (id % 2 == 1) == (shared.role == Role::Client);
-            if ours {
-                if let Some(tx) = shared.lock().pings.remove(&id) {
-                    let _ = tx.send(());
-                }
-            } else {
-                shared.queue(Out::Frame(Frame::Ping { id }, None));
-            }
-        }
-        Frame::GoAway { .. } => {
-            shared.lock().goaway_received = true;
-        }
-        Frame::WindowUpdate { stream_id, delta } => {
-            if delta > 0 {
-                let mut st = shared.lock();
-                st.flow_control = true;
-                if stream_id == 0 {
-                    st.session_send_window += i64::from(delta);
-                } else if let Some(s) = st.streams.get_mut(&stream_id) {
-                    s.send_window += i64::from(delta);
-                }
-                drop(st);
-                shared.window_changed.notify_waiters();
-            }
-        }
-        Frame::Unknown { .. } => {}
-    }
-    Ok(())
-}
-
-fn accept_stream(shared: &Arc<Shared>, id: u32, flags: u8, headers: Headers) {
-    let refuse = |status| {
-        shared.queue(Out::Frame(
-            Frame::RstStream {
-                stream_id: id,
-                status,
-            },
-            None,
-        ))
-    };
-    let mut st = shared.lock();
-    if id == 0 || !shared.is_peer_id(id) || id <= st.last_remote_id {
-        drop(st);
-        refuse(rst::PROTOCOL_ERROR);
-        return;
-    }
-    st.last_remote_id = id;
-    let open_by_peer = st.streams.keys().filter(|k| shared.is_peer_id(**k)).count();
-    let Some(incoming) = st.incoming.clone() else {
-        drop(st);
-        refuse(rst::REFUSED_STREAM);
-        return;
-    };
-    if st.goaway_sent || open_by_peer >= shared.max_streams {
-        drop(st);
-        refuse(rst::REFUSED_STREAM);
-        return;
-    }
-    let fin = flags & FLAG_FIN != 0;
-    let unidirectional = flags & FLAG_UNIDIRECTIONAL != 0;
-    let (tx, rx) = mpsc::unbounded_channel();
-    let budget = Arc::new(Semaphore::new(INITIAL_WINDOW as usize));
-    let window = st.initial_send_window;
-    st.streams.insert(
-        id,
-        StreamState {
-            inbound: if fin { None } else { Some(tx) },
-            budget: budget.clone(),
-            send_window: window,
-            local_closed: unidirectional,
-            remote_closed: fin,
-            reply: None,
-        },
-    );
-    drop(st);
-    let stream = Stream {
-        id,
-        headers,
-        reader: StreamReader {
-            id,
-            shared: shared.clone(),
-            rx,
-            budget,
-            unacked: 0,
-        },
-        writer: StreamWriter {
-            id,
-            shared: shared.clone(),
-            finished: unidirectional,
-        },
-    };
-    if let Err(e) = incoming.try_send(stream) {
-        let mut stream = match e {
-            mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s) => s,
-        };
-        stream.writer.reset(rst::REFUSED_STREAM);
-    }
-}
-
-async fn deliver(shared: &Arc<Shared>, id: u32, data: Bytes) {
-    if data.is_empty() {
-        return;
-    }
-    let target = {
-        let st = shared.lock();
-        st.streams
-            .get(&id)
-            .and_then(|s| s.inbound.clone().map(|tx| (tx, s.budget.clone())))
-    };
-    let Some((tx, budget)) = target else {
-        // Data for a stream that is gone (reset, finished, refused): dropped, as spdystream
-        // does.
-        return;
-    };
-    let n = data.len() as u32;
-    let permit = tokio::select! {
-        p = budget.acquire_many(n) => p,
-        _ = shared.closed.cancelled() => return,
-    };
-    // An error means the reader was dropped: nobody wants these bytes.
-    if let Ok(p) = permit {
-        p.forget();
-        if tx.send(data).is_err() {
-            budget.add_permits(n as usize);
-        }
-    }
-}
-
-fn remote_finished(shared: &Arc<Shared>, id: u32) {
-    {
-        let mut st = shared.lock();
-        if let Some(s) = st.streams.get_mut(&id) {
-            s.remote_closed = true;
-            s.inbound = None;
-        }
-    }
-    shared.remove_if_done(id);
-}
-
 async fn idle_watch(shared: Arc<Shared>, idle: Duration) {
-    let idle_ms = idle.as_millis() as u64;
-    loop {
-        let last = shared.last_activity.load(Ordering::Relaxed);
-        let now = shared.base.elapsed().as_millis() as u64;
-        let since = now.saturating_sub(last);
-        if since >= idle_ms {
-            tracing::debug!("spdy: session idle, closing");
-            shared.close();
-            return;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(idle_ms - since)) => {}
-            _ = shared.closed.cancelled() => return,
-        }
+    if shared.activity.idle(idle, &shared.closed).await {
+        tracing::debug!("spdy: session idle, closing");
+        shared.close();
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::streaming::spdy::headers::get;
-
-    fn pair(config: SessionConfig) -> ((Session, Incoming), (Session, Incoming)) {
-        let (a, b) = tokio::io::duplex(8 * 1024);
-        let client = Session::start(
-            a,
-            Role::Client,
-            SessionConfig {
-                announce_window: true,
-                ..config.clone()
-            },
-        );
-        let server = Session::start(b, Role::Server, config);
-        (client, server)
-    }
-
-    fn hdr(name: &str, value: &str) -> Headers {
-        vec![(name.to_string(), value.to_string())]
-    }
-
-    #[tokio::test]
-    async fn streams_carry_bytes_both_ways_with_half_close() {
-        let ((client, _), (_server, mut incoming)) = pair(SessionConfig::default());
-        let server_task = tokio::spawn(async move {
-            let mut s = incoming.accept().await.unwrap();
-            assert_eq!(get(&s.headers, "streamType"), Some("stdin"));
-            s.reply();
-            let got = s.reader.read_to_end(1 << 20).await;
-            s.writer.send(Bytes::from(got.clone())).await.unwrap();
-            s.writer.finish();
-            got.len()
-        });
-        let mut s = client
-            .open(hdr("streamtype", "stdin"), false)
-            .await
-            .unwrap();
-        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        let writer = {
-            let mut w = s.writer;
-            let p = payload.clone();
-            tokio::spawn(async move {
-                w.send(Bytes::from(p)).await.unwrap();
-                w.finish();
-            })
-        };
-        let echoed = s.reader.read_to_end(1 << 20).await;
-        writer.await.unwrap();
-        assert_eq!(server_task.await.unwrap(), payload.len());
-        assert_eq!(echoed, payload);
-    }
-
-    #[tokio::test]
-    async fn flow_control_holds_data_until_the_reader_consumes() {
-        let ((client, _), (_server, mut incoming)) = pair(SessionConfig::default());
-        let opener = tokio::spawn(async move {
-            let s = client
-                .open(hdr("streamtype", "stdout"), true)
-                .await
-                .unwrap();
-            (client, s)
-        });
-        let s = incoming.accept().await.unwrap();
-        s.reply();
-        let (client, mut cs) = opener.await.unwrap();
-        // The client announced a 64 KiB window and reads nothing yet: the server's send of
-        // 200 KiB cannot complete.
-        let mut w = s.writer;
-        let sender = tokio::spawn(async move {
-            w.send(Bytes::from(vec![1u8; 200 * 1024])).await.unwrap();
-            w.finish();
-        });
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(!sender.is_finished(), "sent past the peer's window");
-        let got = cs.reader.read_to_end(1 << 20).await;
-        assert_eq!(got.len(), 200 * 1024);
-        sender.await.unwrap();
-        drop(client);
-    }
-
-    #[tokio::test]
-    async fn reset_stream_ends_reader_and_fails_writer() {
-        let ((client, _), (_server, mut incoming)) = pair(SessionConfig::default());
-        let opener = tokio::spawn(async move {
-            let s = client.open(hdr("streamtype", "data"), false).await.unwrap();
-            (client, s)
-        });
-        let mut s = incoming.accept().await.unwrap();
-        s.reply();
-        let (_client, mut cs) = opener.await.unwrap();
-        s.writer.reset(rst::CANCEL);
-        assert_eq!(cs.reader.recv().await, None);
-        // The client learns of the reset asynchronously.
-        let mut failed = false;
-        for _ in 0..50 {
-            if cs.writer.send(Bytes::from_static(b"x")).await.is_err() {
-                failed = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(failed, "writes to a reset stream keep succeeding");
-    }
-
-    #[tokio::test]
-    async fn refused_and_invalid_streams() {
-        let config = SessionConfig {
-            max_streams: 1,
-            ..SessionConfig::default()
-        };
-        let ((client, _), (_server, mut incoming)) = pair(config);
-        let opener = tokio::spawn(async move {
-            let first = client.open(hdr("n", "1"), false).await.unwrap();
-            let second = client.open(hdr("n", "2"), false).await;
-            (client, first, second.err())
-        });
-        let s = incoming.accept().await.unwrap();
-        s.reply();
-        let (_client, _first, second) = opener.await.unwrap();
-        assert_eq!(second, Some(OpenError::Reset(rst::REFUSED_STREAM)));
-    }
-
-    #[tokio::test]
-    async fn ping_is_echoed_and_disconnect_closes_everything() {
-        let ((client, _), (server, mut incoming)) = pair(SessionConfig::default());
-        client.ping(Duration::from_secs(5)).await.unwrap();
-        server.ping(Duration::from_secs(5)).await.unwrap();
-        let opener = tokio::spawn(async move {
-            let s = client.open(hdr("n", "1"), false).await.unwrap();
-            (client, s)
-        });
-        let mut s = incoming.accept().await.unwrap();
-        s.reply();
-        let (client, cs) = opener.await.unwrap();
-        let closed = server.closed();
-        drop(client);
-        drop(cs);
-        tokio::time::timeout(Duration::from_secs(5), closed.cancelled())
-            .await
-            .unwrap();
-        assert_eq!(s.reader.recv().await, None);
-        assert!(s.writer.send(Bytes::from_static(b"x")).await.is_err());
-        assert!(incoming.accept().await.is_none());
-    }
-
-    #[tokio::test]
-    async fn idle_sessions_close() {
-        let config = SessionConfig {
-            idle_timeout: Duration::from_millis(100),
-            ..SessionConfig::default()
-        };
-        let ((client, _), (server, _)) = pair(config);
-        let closed = server.closed();
-        tokio::time::timeout(Duration::from_secs(5), closed.cancelled())
-            .await
-            .unwrap();
-        drop(client);
-    }
-
-    #[tokio::test]
-    async fn graceful_shutdown_delivers_everything_before_goaway() {
-        let ((client, _), (server, mut incoming)) = pair(SessionConfig::default());
-        let opener = tokio::spawn(async move {
-            let s = client
-                .open(hdr("streamtype", "stdout"), true)
-                .await
-                .unwrap();
-            (client, s)
-        });
-        let mut s = incoming.accept().await.unwrap();
-        s.reply();
-        let (client, mut cs) = opener.await.unwrap();
-        s.writer.send(Bytes::from(vec![9u8; 50_000])).await.unwrap();
-        s.writer.finish();
-        let reader = tokio::spawn(async move { cs.reader.read_to_end(1 << 20).await });
-        let shutdown = tokio::spawn(async move { server.shutdown(Duration::from_secs(5)).await });
-        assert_eq!(reader.await.unwrap().len(), 50_000);
-        // The client closing its end lets the server's linger end early.
-        drop(client);
-        tokio::time::timeout(Duration::from_secs(2), shutdown)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-}
+mod tests;

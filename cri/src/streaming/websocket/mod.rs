@@ -6,16 +6,17 @@ pub mod frame;
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::conn::{self, Activity, Encoded, Read, WriterEnd};
 use frame::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, WsDecoder};
 
 /// The GUID RFC 6455 appends to the client's key.
@@ -98,8 +99,7 @@ struct Shared {
     queue_budget: Arc<Semaphore>,
     closed: CancellationToken,
     close_sent: AtomicBool,
-    base: Instant,
-    last_activity: AtomicU64,
+    activity: Activity,
 }
 
 enum Out {
@@ -126,8 +126,7 @@ impl WsConn {
             queue_budget: Arc::new(Semaphore::new(QUEUE_BYTES)),
             closed: CancellationToken::new(),
             close_sent: AtomicBool::new(false),
-            base: Instant::now(),
-            last_activity: AtomicU64::new(0),
+            activity: Activity::new(),
         });
         tokio::spawn(write_loop(shared.clone(), write_half, out_rx));
         tokio::spawn(read_loop(shared.clone(), read_half, msg_tx, config.clone()));
@@ -208,6 +207,26 @@ impl WsReceiver {
     pub async fn recv(&mut self) -> Option<Message> {
         self.rx.recv().await
     }
+
+    /// The next message `codec` can split into its channel and data; the others (empty, bad
+    /// base64) are skipped, as kubelet skips them.
+    pub async fn recv_channel(&mut self, codec: ChannelCodec) -> Option<(u8, Bytes)> {
+        loop {
+            if let Some(split) = codec.decode(&self.recv().await?) {
+                return Some(split);
+            }
+        }
+    }
+}
+
+/// Passes `data` on to the receiver in `slot`; once that receiver is gone the slot is
+/// emptied and later data for it is dropped.
+pub(crate) async fn forward(slot: &mut Option<mpsc::Sender<Bytes>>, data: Bytes) {
+    if let Some(tx) = slot
+        && tx.send(data).await.is_err()
+    {
+        *slot = None;
+    }
 }
 
 fn closed_error() -> io::Error {
@@ -216,8 +235,7 @@ fn closed_error() -> io::Error {
 
 impl Shared {
     fn touch(&self) {
-        self.last_activity
-            .store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.activity.touch();
     }
 
     fn send_close(&self, code: u16) {
@@ -231,63 +249,46 @@ impl Shared {
     }
 }
 
+/// WebSocket's side of the shared writer: every message is one final frame, masked when
+/// this end is the client.
+struct WsEncoder {
+    shared: Arc<Shared>,
+}
+
+impl conn::Encoder for WsEncoder {
+    type Item = Out;
+
+    fn encode(&mut self, item: Out, buf: &mut BytesMut) -> Encoded {
+        match item {
+            Out::Frame {
+                opcode, payload, ..
+            } => {
+                let mask = match self.shared.role {
+                    WsRole::Client => Some(rand::random::<[u8; 4]>()),
+                    WsRole::Server => None,
+                };
+                frame::encode(true, opcode, &payload, mask, buf);
+                Encoded::Bytes
+            }
+            Out::Shutdown(ack) => Encoded::Shutdown(ack),
+        }
+    }
+
+    fn written(&mut self) {
+        self.shared.touch();
+    }
+}
+
 async fn write_loop<W: AsyncWrite + Send + Unpin + 'static>(
     shared: Arc<Shared>,
-    mut io: W,
-    mut rx: mpsc::UnboundedReceiver<Out>,
+    io: W,
+    rx: mpsc::UnboundedReceiver<Out>,
 ) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = shared.closed.cancelled() => return,
-            m = rx.recv() => m,
-        };
-        let Some(mut next) = first else { return };
-        let mut shutdown = None;
-        loop {
-            match next {
-                Out::Frame {
-                    opcode, payload, ..
-                } => {
-                    let mask = match shared.role {
-                        WsRole::Client => Some(rand::random::<[u8; 4]>()),
-                        WsRole::Server => None,
-                    };
-                    frame::encode(true, opcode, &payload, mask, &mut buf);
-                }
-                Out::Shutdown(ack) => {
-                    shutdown = Some(ack);
-                    break;
-                }
-            }
-            if buf.len() >= 64 * 1024 {
-                break;
-            }
-            match rx.try_recv() {
-                Ok(m) => next = m,
-                Err(_) => break,
-            }
-        }
-        if !buf.is_empty() {
-            let written = tokio::select! {
-                r = io.write_all(&buf) => r,
-                _ = shared.closed.cancelled() => return,
-            };
-            if written.is_err() {
-                shared.closed.cancel();
-                return;
-            }
-            buf.clear();
-            shared.touch();
-        }
-        if let Some(ack) = shutdown {
-            let _ = io.flush().await;
-            let _ = io.shutdown().await;
-            let _ = ack.send(());
-            shared.closed.cancelled().await;
-            return;
-        }
+    let encoder = WsEncoder {
+        shared: shared.clone(),
+    };
+    if conn::write_loop(io, rx, shared.closed.clone(), encoder).await == WriterEnd::Failed {
+        shared.closed.cancel();
     }
 }
 
@@ -371,14 +372,10 @@ async fn read_loop<R: AsyncRead + Send + 'static>(
                 }
             }
         }
-        buf.reserve(16 * 1024);
-        let n = tokio::select! {
-            r = io.read_buf(&mut buf) => r,
-            _ = shared.closed.cancelled() => return,
-        };
-        match n {
-            Ok(0) | Err(_) => break,
-            Ok(_) => shared.touch(),
+        match conn::read_more(&mut io, &mut buf, &shared.closed).await {
+            Read::More => shared.touch(),
+            Read::Ended => break,
+            Read::Closed => return,
         }
     }
     drop(messages);
@@ -392,19 +389,9 @@ async fn read_loop<R: AsyncRead + Send + 'static>(
 }
 
 async fn idle_watch(shared: Arc<Shared>, idle: Duration) {
-    let idle_ms = idle.as_millis() as u64;
-    loop {
-        let since = (shared.base.elapsed().as_millis() as u64)
-            .saturating_sub(shared.last_activity.load(Ordering::Relaxed));
-        if since >= idle_ms {
-            tracing::debug!("websocket: connection idle, closing");
-            shared.closed.cancel();
-            return;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(idle_ms - since)) => {}
-            _ = shared.closed.cancelled() => return,
-        }
+    if shared.activity.idle(idle, &shared.closed).await {
+        tracing::debug!("websocket: connection idle, closing");
+        shared.closed.cancel();
     }
 }
 
@@ -419,6 +406,15 @@ pub enum ChannelCodec {
 }
 
 impl ChannelCodec {
+    /// The codec of a negotiated channel protocol: base64 for the `base64.` ones.
+    pub fn for_protocol(protocol: &str) -> ChannelCodec {
+        if protocol.contains("base64") {
+            ChannelCodec::Base64
+        } else {
+            ChannelCodec::Binary
+        }
+    }
+
     /// Wraps `data` for `channel`.
     pub fn encode(self, channel: u8, data: &[u8]) -> Message {
         match self {
@@ -457,6 +453,7 @@ impl ChannelCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn accept_key_matches_rfc_6455_example() {

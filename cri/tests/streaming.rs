@@ -1,5 +1,5 @@
 //! In-process tests of the streaming server: the real RPC handlers and HTTP server with a
-//! fake backend, driven by the client module over SPDY and WebSocket.
+//! fake backend, driven by `berth-test-support`'s streaming client over SPDY and WebSocket.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,15 +12,15 @@ use k8s_cri::v1::{AttachRequest, ExecRequest, PortForwardRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::{Code, Status};
 
-use super::client::{
-    self, ClientError, ClientTls, ExecOptions, RemoteCommand, SpdyPortForward, Transport,
-    WsPortForward,
+use berth_cri::config::{Config, StreamingConfig};
+use berth_cri::node::Node;
+use berth_cri::store::Store;
+use berth_cri::streaming::status::ApiStatus;
+use berth_cri::streaming::*;
+use berth_test_support::streaming_client::{
+    self as client, ClientError, ClientTls, ExecOptions, ExecResult, RemoteCommand,
+    SpdyPortForward, Transport, WsPortForward,
 };
-use super::status::ApiStatus;
-use super::*;
-use crate::config::{Config, StreamingConfig};
-use crate::node::Node;
-use crate::store::Store;
 
 /// A backend whose "commands" are scripted behaviours.
 #[derive(Default)]
@@ -124,6 +124,15 @@ impl StreamBackend for Fake {
     }
 }
 
+/// The defaults with root and state under `dir`: a test touches nothing of the host's.
+fn config_in(dir: &Path) -> Config {
+    Config {
+        root: dir.join("root"),
+        state: dir.join("state"),
+        ..Config::default()
+    }
+}
+
 struct TestNode {
     node: Arc<Node>,
     fake: Arc<Fake>,
@@ -139,7 +148,7 @@ async fn test_node_with(fake: Fake, streaming: StreamingConfig) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
     let config = Config {
         streaming,
-        ..Config::in_dir(dir.path())
+        ..config_in(dir.path())
     };
     let node = Node::new(config.clone(), Store::open(dir.path()).unwrap()).unwrap();
     let fake = Arc::new(fake);
@@ -177,6 +186,11 @@ fn opts(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> ExecOptions {
     }
 }
 
+/// Runs the exec at `url` asking for stdout alone, with no input and no terminal.
+async fn run_stdout(url: &str, transport: &Transport) -> Result<ExecResult, ClientError> {
+    client::run(url, opts(false, true, false, false), transport, None, None).await
+}
+
 fn code<T: std::fmt::Debug>(r: Result<T, Status>) -> Code {
     r.unwrap_err().code()
 }
@@ -186,7 +200,7 @@ const EXIT_3_JSON: &str = r#"{"metadata":{},"status":"Failure","message":"comman
 #[tokio::test]
 async fn the_runtime_backend_answers_not_found_for_unknown_objects() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::new(Config::in_dir(dir.path()), Store::open(dir.path()).unwrap()).unwrap();
+    let node = Node::new(config_in(dir.path()), Store::open(dir.path()).unwrap()).unwrap();
     assert_eq!(
         code(exec(&node, exec_req(&["ls"], false, true, false, false)).await),
         Code::NotFound
@@ -316,15 +330,9 @@ async fn spdy_before_v4_reports_failures_as_text_and_success_as_nothing() {
     let t = test_node(Fake::default()).await;
     for protocol in ["v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"] {
         let url = exec_url(&t, exec_req(&["print", "ok"], false, true, false, false)).await;
-        let ok = client::run(
-            &url,
-            opts(false, true, false, false),
-            &Transport::spdy_only(protocol),
-            None,
-            None,
-        )
-        .await
-        .unwrap();
+        let ok = run_stdout(&url, &Transport::spdy_only(protocol))
+            .await
+            .unwrap();
         assert_eq!(ok.stdout, b"ok", "{protocol}");
         assert!(ok.status.raw.is_empty(), "{protocol}");
 
@@ -413,11 +421,9 @@ async fn a_token_works_once_and_only_for_its_own_kind() {
     let t = test_node(Fake::default()).await;
     let url = exec_url(&t, exec_req(&["print", "once"], false, true, false, false)).await;
     let spdy = Transport::spdy_only("v4.channel.k8s.io");
-    let first = client::run(&url, opts(false, true, false, false), &spdy, None, None)
-        .await
-        .unwrap();
+    let first = run_stdout(&url, &spdy).await.unwrap();
     assert_eq!(first.stdout, b"once");
-    let second = client::run(&url, opts(false, true, false, false), &spdy, None, None).await;
+    let second = run_stdout(&url, &spdy).await;
     assert!(
         matches!(second, Err(ClientError::Refused { status: 404, .. })),
         "{second:?}"
@@ -425,26 +431,19 @@ async fn a_token_works_once_and_only_for_its_own_kind() {
     // An exec token on the attach path is spent and refused.
     let url = exec_url(&t, exec_req(&["print", "x"], false, true, false, false)).await;
     let wrong = url.replace("/exec/", "/attach/");
-    let r = client::run(&wrong, opts(false, true, false, false), &spdy, None, None).await;
+    let r = run_stdout(&wrong, &spdy).await;
     assert!(
         matches!(r, Err(ClientError::Refused { status: 404, .. })),
         "{r:?}"
     );
-    let r = client::run(&url, opts(false, true, false, false), &spdy, None, None).await;
+    let r = run_stdout(&url, &spdy).await;
     assert!(
         matches!(r, Err(ClientError::Refused { status: 404, .. })),
         "{r:?}"
     );
     let base = t.node.streaming.base_url().unwrap();
     for path in ["/exec/", "/nothing/abc", "/exec/a/b"] {
-        let r = client::run(
-            &format!("{base}{path}"),
-            opts(false, true, false, false),
-            &spdy,
-            None,
-            None,
-        )
-        .await;
+        let r = run_stdout(&format!("{base}{path}"), &spdy).await;
         assert!(
             matches!(r, Err(ClientError::Refused { status: 404, .. })),
             "{path}: {r:?}"
@@ -456,14 +455,7 @@ async fn a_token_works_once_and_only_for_its_own_kind() {
 async fn an_unknown_protocol_is_forbidden_and_a_plain_request_is_bad() {
     let t = test_node(Fake::default()).await;
     let url = exec_url(&t, exec_req(&["print", "x"], false, true, false, false)).await;
-    let r = client::run(
-        &url,
-        opts(false, true, false, false),
-        &Transport::spdy_only("v9.channel.k8s.io"),
-        None,
-        None,
-    )
-    .await;
+    let r = run_stdout(&url, &Transport::spdy_only("v9.channel.k8s.io")).await;
     match r {
         Err(ClientError::Refused { status: 403, body }) => {
             assert!(body.contains("unable to negotiate protocol"), "{body}")
@@ -478,14 +470,7 @@ async fn an_unknown_protocol_is_forbidden_and_a_plain_request_is_bad() {
         r.err()
     );
     let url = exec_url(&t, exec_req(&["print", "x"], false, true, false, false)).await;
-    let r = client::run(
-        &url,
-        opts(false, true, false, false),
-        &Transport::websocket_only("v9.channel.k8s.io"),
-        None,
-        None,
-    )
-    .await;
+    let r = run_stdout(&url, &Transport::websocket_only("v9.channel.k8s.io")).await;
     assert!(
         matches!(r, Err(ClientError::Refused { status: 403, .. })),
         "{r:?}"
@@ -534,15 +519,7 @@ async fn large_output_arrives_whole_over_both_transports() {
         Transport::websocket(),
     ] {
         let url = exec_url(&t, exec_req(&["big"], false, true, false, false)).await;
-        let result = client::run(
-            &url,
-            opts(false, true, false, false),
-            &transport,
-            None,
-            None,
-        )
-        .await
-        .unwrap();
+        let result = run_stdout(&url, &transport).await.unwrap();
         assert_eq!(result.stdout.len(), expected.len(), "{transport:?}");
         assert!(result.stdout == expected, "{transport:?}: bytes differ");
         assert_eq!(result.status.exit_code(), Some(0));
@@ -553,15 +530,9 @@ async fn large_output_arrives_whole_over_both_transports() {
 async fn backend_errors_are_reported_as_internal_errors() {
     let t = test_node(Fake::default()).await;
     let url = exec_url(&t, exec_req(&["no-such"], false, true, false, false)).await;
-    let result = client::run(
-        &url,
-        opts(false, true, false, false),
-        &Transport::spdy_only("v4.channel.k8s.io"),
-        None,
-        None,
-    )
-    .await
-    .unwrap();
+    let result = run_stdout(&url, &Transport::spdy_only("v4.channel.k8s.io"))
+        .await
+        .unwrap();
     let status: ApiStatus = serde_json::from_slice(&result.status.raw).unwrap();
     assert_eq!(status.reason, "InternalError");
     assert_eq!(status.code, 500);
@@ -636,11 +607,8 @@ async fn a_client_that_disconnects_mid_exec_cancels_it_and_frees_the_session() {
             t.fake.gone.load(Ordering::SeqCst) == before + 1
         })
         .await;
-        let sessions = t.node.streaming.inner.sessions.clone();
-        wait_for("the session to end", || {
-            sessions.available_permits() == MAX_SESSIONS
-        })
-        .await;
+        let streaming = &t.node.streaming;
+        wait_for("the session to end", || streaming.sessions_in_use() == 0).await;
         assert_eq!(t.fake.running.load(Ordering::SeqCst), 0);
     }
 }
@@ -660,13 +628,10 @@ async fn a_client_that_upgrades_and_leaves_frees_the_session() {
     let up = client::upgrade(&url, hyper::Method::POST, headers, None)
         .await
         .unwrap();
-    let sessions = t.node.streaming.inner.sessions.clone();
-    assert_eq!(sessions.available_permits(), MAX_SESSIONS - 1);
+    let streaming = &t.node.streaming;
+    assert_eq!(streaming.sessions_in_use(), 1);
     drop(up);
-    wait_for("the session to end", || {
-        sessions.available_permits() == MAX_SESSIONS
-    })
-    .await;
+    wait_for("the session to end", || streaming.sessions_in_use() == 0).await;
 }
 
 /// A network namespace made for one test, deleted on drop.
@@ -992,8 +957,8 @@ async fn a_bad_address_fails_to_start_and_a_server_starts_once() {
 #[tokio::test]
 async fn a_raw_spdy_client_sees_replies_and_a_goaway() {
     // Drives the server with hand-made frames, as a peer with another implementation would.
-    use super::spdy::frame::{self, Frame, FrameDecoder};
-    use super::spdy::headers::{HeaderCompressor, HeaderDecompressor};
+    use berth_cri::streaming::spdy::frame::{self, Frame, FrameDecoder};
+    use berth_cri::streaming::spdy::headers::{HeaderCompressor, HeaderDecompressor};
     let t = test_node(Fake::default()).await;
     let url = exec_url(&t, exec_req(&["print", "raw"], false, true, false, false)).await;
     let headers = vec![
@@ -1073,7 +1038,7 @@ async fn a_raw_spdy_client_sees_replies_and_a_goaway() {
 
 #[tokio::test]
 async fn port_forward_streams_without_request_ids_pair_by_stream_id() {
-    use super::spdy::{Role, Session, SessionConfig};
+    use berth_cri::streaming::spdy::{Role, Session, SessionConfig};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! The client end of the streaming protocols, as kubectl and crictl speak them: exec and
-//! attach over SPDY or WebSocket, port forwarding over SPDY or WebSocket. Tests (and the e2e
-//! suite) use it against the URLs the Exec, Attach and PortForward RPCs return.
+//! attach over SPDY or WebSocket, port forwarding over SPDY or WebSocket. cri's streaming
+//! tests and the e2e suite use it against the URLs the Exec, Attach and PortForward RPCs
+//! return.
 
 use std::io;
 use std::sync::Arc;
@@ -16,13 +17,13 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_rustls::rustls;
 
-use super::backend::TerminalSize;
-use super::http::HEADER_PROTOCOL_VERSION;
-use super::remotecommand::channel;
-use super::spdy::session::{StreamReader, StreamWriter};
-use super::spdy::{OpenError, Role, Session, SessionConfig};
-use super::status::ApiStatus;
-use super::websocket::{self, ChannelCodec, WsConfig, WsConn, WsRole, WsSender};
+use berth_cri::streaming::TerminalSize;
+use berth_cri::streaming::http::HEADER_PROTOCOL_VERSION;
+use berth_cri::streaming::remotecommand::channel;
+use berth_cri::streaming::spdy::session::{StreamReader, StreamWriter};
+use berth_cri::streaming::spdy::{self, OpenError, Role, Session, SessionConfig};
+use berth_cri::streaming::status::ApiStatus;
+use berth_cri::streaming::websocket::{self, ChannelCodec, WsConfig, WsConn, WsRole, WsSender};
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -233,7 +234,7 @@ async fn spdy_connect(
 ) -> Result<(Session, String), ClientError> {
     let mut headers = vec![
         (header::CONNECTION, "Upgrade".to_string()),
-        (header::UPGRADE, super::spdy::UPGRADE_TOKEN.to_string()),
+        (header::UPGRADE, spdy::UPGRADE_TOKEN.to_string()),
     ];
     for p in protocols {
         headers.push((
@@ -291,14 +292,6 @@ async fn ws_connect(
         .to_string();
     let (conn, sender, receiver) = WsConn::start(up.io, WsRole::Client, WsConfig::default());
     Ok((conn, sender, receiver, negotiated))
-}
-
-fn codec_for(protocol: &str) -> ChannelCodec {
-    if protocol.contains("base64") {
-        ChannelCodec::Base64
-    } else {
-        ChannelCodec::Binary
-    }
 }
 
 /// Streams the client asks for.
@@ -486,16 +479,13 @@ impl RemoteCommand {
             Transport::WebSocket(protocols) => {
                 let (conn, sender, mut receiver, protocol) =
                     ws_connect(url, protocols, tls).await?;
-                let codec = codec_for(&protocol);
+                let codec = ChannelCodec::for_protocol(&protocol);
                 let v5 = protocol.starts_with("v5.");
                 let (out_tx, out_rx) = mpsc::unbounded_channel();
                 let (err_tx, err_rx) = mpsc::unbounded_channel();
                 let (error_tx, error_rx) = mpsc::unbounded_channel();
                 tokio::spawn(async move {
-                    while let Some(msg) = receiver.recv().await {
-                        let Some((ch, data)) = codec.decode(&msg) else {
-                            continue;
-                        };
+                    while let Some((ch, data)) = receiver.recv_channel(codec).await {
                         let _ = match ch {
                             channel::STDOUT => out_tx.send(data),
                             channel::STDERR => err_tx.send(data),
@@ -706,7 +696,7 @@ impl WsPortForward {
     ) -> Result<WsPortForward, ClientError> {
         let (conn, sender, mut receiver, negotiated) =
             ws_connect(url, &[protocol.to_string()], tls).await?;
-        let codec = codec_for(&negotiated);
+        let codec = ChannelCodec::for_protocol(&negotiated);
         let mut data_tx = Vec::new();
         let mut error_tx = Vec::new();
         let mut data = Vec::new();
@@ -723,10 +713,7 @@ impl WsPortForward {
         tokio::spawn(async move {
             // Each channel starts with its port, little-endian.
             let mut prefix_left = vec![2usize; expected.len() * 2];
-            while let Some(msg) = receiver.recv().await {
-                let Some((ch, mut bytes)) = codec.decode(&msg) else {
-                    continue;
-                };
+            while let Some((ch, mut bytes)) = receiver.recv_channel(codec).await {
                 let ch = usize::from(ch);
                 let Some(left) = prefix_left.get_mut(ch) else {
                     continue;
