@@ -14,7 +14,7 @@ fn req(pod_id: &str, ns: &Netns, ports: Vec<PortMapping>) -> PodNetworkRequest {
 }
 
 /// `n` pods in namespaces `<prefix><i>`, pod `pod-<i>` publishing `first_port + i` to 80.
-fn pods_with_ports(prefix: &str, n: u16, first_port: u16) -> Vec<(Netns, PodNetworkRequest)> {
+fn pods_with_ports(prefix: &str, n: u16, first_port: u16) -> (Vec<Netns>, Vec<PodNetworkRequest>) {
     (0..n)
         .map(|i| {
             let ns = Netns::new(&format!("{prefix}{i}"));
@@ -25,13 +25,12 @@ fn pods_with_ports(prefix: &str, n: u16, first_port: u16) -> Vec<(Netns, PodNetw
             );
             (ns, r)
         })
-        .collect()
+        .unzip()
 }
 
 #[test]
 fn pods_reach_each_other_and_the_node_and_teardown_leaves_nothing() {
-    require_root!();
-    let node = Node::new();
+    let node = root_node!();
     let (a_ns, b_ns) = (Netns::new("a"), Netns::new("b"));
     let (a_path, b_path, node_path) = (a_ns.path(), b_ns.path(), node.node.path());
     let (ra, rb) = (req("pod-a", &a_ns, vec![]), req("pod-b", &b_ns, vec![]));
@@ -86,8 +85,7 @@ fn pods_reach_each_other_and_the_node_and_teardown_leaves_nothing() {
 
 #[test]
 fn hostports_answer_from_node_address_localhost_outside_and_hairpin() {
-    require_root!();
-    let node = Node::new();
+    let node = root_node!();
     let (a_ns, b_ns) = (Netns::new("a"), Netns::new("b"));
     let ports = vec![
         tcp(8080, 80, None),
@@ -168,8 +166,7 @@ fn hostports_answer_from_node_address_localhost_outside_and_hairpin() {
 
 #[test]
 fn masquerade_shows_the_node_address_to_the_outside() {
-    require_root!();
-    let node = Node::new();
+    let node = root_node!();
     let a_ns = Netns::new("a");
     let ra = req("pod-a", &a_ns, vec![]);
     let net = node.with_network(builtin_config(), move |net| async move {
@@ -188,8 +185,7 @@ fn masquerade_shows_the_node_address_to_the_outside() {
 
 #[test]
 fn dual_stack_pods_get_both_families() {
-    require_root!();
-    let node = Node::new();
+    let node = root_node!();
     let (a_ns, b_ns) = (Netns::new("a"), Netns::new("b"));
     let ra = req("pod-a", &a_ns, vec![tcp(8080, 80, None)]);
     let rb = req("pod-b", &b_ns, vec![]);
@@ -230,8 +226,7 @@ fn dual_stack_pods_get_both_families() {
 
 #[test]
 fn failed_setup_leaves_nothing_and_reports_the_class() {
-    require_root!();
-    let node = Node::new();
+    let node = root_node!();
     let a_ns = Netns::new("a");
     // Something else already owns eth0 in the pod: the veth cannot take the name.
     a_ns.ip(&[
@@ -271,8 +266,7 @@ fn failed_setup_leaves_nothing_and_reports_the_class() {
 
 #[test]
 fn reconcile_releases_dead_pods_and_stray_objects_and_restart_keeps_addresses() {
-    require_root!();
-    let node = Node::new();
+    let node = root_node!();
     let (a_ns, b_ns, c_ns) = (Netns::new("a"), Netns::new("b"), Netns::new("c"));
     let (ra, rb, rc) = (
         req("pod-a", &a_ns, vec![tcp(8080, 80, None)]),
@@ -364,8 +358,7 @@ fn reconcile_releases_dead_pods_and_stray_objects_and_restart_keeps_addresses() 
 
 #[test]
 fn pod_cidr_from_kubelet_applies_when_no_pod_uses_the_old_one() {
-    require_root!();
-    let node = Node::new();
+    let node = root_node!();
     let (a_ns, b_ns) = (Netns::new("a"), Netns::new("b"));
     let (ra, rb) = (req("pod-a", &a_ns, vec![]), req("pod-b", &b_ns, vec![]));
     node.with_network(builtin_config(), move |net| async move {
@@ -388,11 +381,54 @@ fn pod_cidr_from_kubelet_applies_when_no_pod_uses_the_old_one() {
 }
 
 #[test]
+fn concurrent_setups_get_distinct_addresses_and_concurrent_teardowns_clean_up() {
+    let node = root_node!();
+    let (pods, reqs) = pods_with_ports("c", 8, 30000);
+    let (ips, net) = node.with_network(builtin_config(), move |net| async move {
+        let tasks: Vec<_> = reqs
+            .into_iter()
+            .map(|r| {
+                let net = net.clone();
+                tokio::spawn(async move { net.setup(&r).await.unwrap().ips[0] })
+            })
+            .collect();
+        let mut ips = Vec::new();
+        for t in tasks {
+            ips.push(t.await.unwrap());
+        }
+        (ips, net)
+    });
+    let mut unique = ips.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 8, "{ips:?}");
+    // Every pod is reachable through its own hostPort.
+    for (i, (ns, ip_addr)) in pods.iter().zip(&ips).enumerate() {
+        let _s = TcpPeerServer::start(&ns.path(), sa(ip("0.0.0.0"), 80));
+        assert_eq!(
+            tcp_peer(&node.outside.path(), sa(ip(NODE_IP), 30000 + i as u16)),
+            Ok(ip(OUTSIDE_IP)),
+            "pod {i} at {ip_addr}"
+        );
+    }
+    node.run(move || async move {
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let net = net.clone();
+                tokio::spawn(async move { net.teardown(&format!("pod-{i}"), None).await.unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    node.assert_clean("berth0");
+}
+
+#[test]
 fn setup_time_per_pod() {
-    require_root!();
-    let node = Node::new();
-    let (_pods, reqs): (Vec<Netns>, Vec<PodNetworkRequest>) =
-        pods_with_ports("p", 10, 20000).into_iter().unzip();
+    let node = root_node!();
+    let (_pods, reqs) = pods_with_ports("p", 10, 20000);
     node.with_network(builtin_config(), move |net| async move {
         // One pod stays so the bridge and table exist: the steady state of a node.
         let keep = PodNetworkRequest {
@@ -434,53 +470,6 @@ fn setup_time_per_pod() {
             med(&setup)
         );
         net.teardown("keep", None).await.unwrap();
-    });
-    node.assert_clean("berth0");
-}
-
-#[test]
-fn concurrent_setups_get_distinct_addresses_and_concurrent_teardowns_clean_up() {
-    require_root!();
-    let node = Node::new();
-    let (pods, reqs): (Vec<Netns>, Vec<PodNetworkRequest>) =
-        pods_with_ports("c", 8, 30000).into_iter().unzip();
-    let (ips, net) = node.with_network(builtin_config(), move |net| async move {
-        let tasks: Vec<_> = reqs
-            .into_iter()
-            .map(|r| {
-                let net = net.clone();
-                tokio::spawn(async move { net.setup(&r).await.unwrap().ips[0] })
-            })
-            .collect();
-        let mut ips = Vec::new();
-        for t in tasks {
-            ips.push(t.await.unwrap());
-        }
-        (ips, net)
-    });
-    let mut unique = ips.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(unique.len(), 8, "{ips:?}");
-    // Every pod is reachable through its own hostPort.
-    for (i, (ns, ip_addr)) in pods.iter().zip(&ips).enumerate() {
-        let _s = TcpPeerServer::start(&ns.path(), sa(ip("0.0.0.0"), 80));
-        assert_eq!(
-            tcp_peer(&node.outside.path(), sa(ip(NODE_IP), 30000 + i as u16)),
-            Ok(ip(OUTSIDE_IP)),
-            "pod {i} at {ip_addr}"
-        );
-    }
-    node.run(move || async move {
-        let tasks: Vec<_> = (0..8)
-            .map(|i| {
-                let net = net.clone();
-                tokio::spawn(async move { net.teardown(&format!("pod-{i}"), None).await.unwrap() })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
     });
     node.assert_clean("berth0");
 }

@@ -11,14 +11,17 @@ use common::*;
 
 const PLUGIN_DIR: &str = "/usr/lib/cni";
 
-macro_rules! require_plugins {
-    () => {
+/// A fresh [`Node`], or skips the test (returning early) unless running as root with
+/// the plugins installed.
+macro_rules! plugins_node {
+    () => {{
         require_root!();
         if !Path::new(PLUGIN_DIR).join("bridge").exists() {
             eprintln!("skipped: containernetworking-plugins is not installed");
             return;
         }
-    };
+        Node::new()
+    }};
 }
 
 struct CniDirs {
@@ -101,8 +104,7 @@ fn sysctl_in(ns: &Path, key: &str) -> String {
 
 #[test]
 fn plugins_wire_pods_publish_ports_masquerade_and_clean_up() {
-    require_plugins!();
-    let node = Node::new();
+    let node = plugins_node!();
     let (a_ns, b_ns) = (Netns::new("a"), Netns::new("b"));
     let dirs = CniDirs::new(r#"[[{"subnet":"10.22.0.0/16","gateway":"10.22.0.1"}]]"#);
     let port = tcp(8080, 80, None);
@@ -162,8 +164,7 @@ fn plugins_wire_pods_publish_ports_masquerade_and_clean_up() {
 
 #[test]
 fn del_runs_after_a_daemon_crash_with_the_config_gone() {
-    require_plugins!();
-    let node = Node::new();
+    let node = plugins_node!();
     let a_ns = Netns::new("a");
     let dirs = CniDirs::new(r#"[[{"subnet":"10.23.0.0/16"}]]"#);
     let ra = req("pod-a", &a_ns, vec![]);
@@ -185,8 +186,7 @@ fn del_runs_after_a_daemon_crash_with_the_config_gone() {
 
 #[test]
 fn a_plugin_error_reaches_the_caller_and_leaves_nothing() {
-    require_plugins!();
-    let node = Node::new();
+    let node = plugins_node!();
     let a_ns = Netns::new("a");
     // A /30 has no address left for a pod once the gateway took the only one.
     let dirs = CniDirs::new(

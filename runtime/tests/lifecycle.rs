@@ -37,9 +37,7 @@ async fn logs_and_exit_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_sees_its_pod_user_env_cwd_and_mounts() {
-    let Some(env) = Env::if_root() else {
-        return;
-    };
+    let Some(env) = Env::if_root() else { return };
     let mut pc = env.pod_config("web-0");
     pc.dns_config = Some(DnsConfig {
         servers: vec!["10.96.0.10".into()],
@@ -66,19 +64,7 @@ async fn container_sees_its_pod_user_env_cwd_and_mounts() {
         key: "FOO".into(),
         value: "bar".into(),
     }];
-    cfg.mounts = vec![
-        Mount {
-            container_path: "/ro".into(),
-            host_path: ro.display().to_string(),
-            readonly: true,
-            ..Default::default()
-        },
-        Mount {
-            container_path: "/rw".into(),
-            host_path: rw.display().to_string(),
-            ..Default::default()
-        },
-    ];
+    cfg.mounts = vec![bind("/ro", &ro, true), bind("/rw", &rw, false)];
     security_context(&mut cfg).run_as_user = Some(Int64Value { value: 1000 });
     let id = env.run(&pod, &pc, &cfg).await;
     let s = env.wait_exit(&id).await;
@@ -121,20 +107,9 @@ async fn container_sees_its_pod_user_env_cwd_and_mounts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_pid1_is_the_monitor_and_reaps_orphans() {
-    let Some(env) = Env::if_root() else {
-        return;
-    };
+    let Some(env) = Env::if_root() else { return };
     let mut pc = env.pod_config("shared-pid");
-    pc.linux = Some(LinuxPodSandboxConfig {
-        security_context: Some(LinuxSandboxSecurityContext {
-            namespace_options: Some(NamespaceOption {
-                pid: NamespaceMode::Pod as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    pod_namespace_options(&mut pc).pid = NamespaceMode::Pod as i32;
     let pod = env.run_pod(&pc).await;
     let mut cfg = env.container_config(
         "reap",
@@ -282,7 +257,7 @@ async fn remove_pod_leaves_nothing_behind() {
     env.rt.remove_pod_sandbox(&pod).await.unwrap();
     assert_eq!(env.mounts_left(), Vec::<String>::new());
     for d in ["state/pods", "state/containers", "root/containers"] {
-        let left: Vec<_> = std::fs::read_dir(env.path().join(d)).unwrap().collect();
+        let left = env.entries(d);
         assert!(left.is_empty(), "{d} still holds {left:?}");
     }
     assert!(env.rt.list_pod_sandbox(None).is_empty());
@@ -295,9 +270,7 @@ async fn remove_pod_leaves_nothing_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_the_right_class_and_leave_nothing() {
-    let Some(env) = Env::if_root() else {
-        return;
-    };
+    let Some(env) = Env::if_root() else { return };
     let pc = env.pod_config("bad");
     let e = env
         .rt
@@ -339,12 +312,7 @@ async fn bad_requests_get_the_right_class_and_leave_nothing() {
         env.rt.list_containers(None).is_empty(),
         "failed creates leave no container"
     );
-    assert!(
-        std::fs::read_dir(env.path().join("root/containers"))
-            .unwrap()
-            .next()
-            .is_none()
-    );
+    assert_eq!(env.entries("root/containers"), Vec::<String>::new());
     let id = env.run(&pod, &pc, &cfg).await;
     let e = env.create_err(&pod, &pc, &cfg).await;
     assert_eq!(e.class(), ErrorClass::AlreadyExists);
@@ -355,13 +323,7 @@ async fn bad_requests_get_the_right_class_and_leave_nothing() {
         ErrorClass::NotFound
     );
     // Prefix lookup, labels and annotations round-trip, filters.
-    let s = env
-        .rt
-        .container_status(&id[..12], false)
-        .unwrap()
-        .status
-        .unwrap();
-    assert_eq!(s.id, id);
+    assert_eq!(env.status(&id[..12]).id, id);
     let p = env
         .rt
         .pod_sandbox_status(&pod[..12], false)
@@ -602,13 +564,7 @@ async fn a_removal_cut_short_after_its_intent_is_finished_at_the_next_start() {
     );
     assert!(!run_dir.exists(), "the removal's files are gone");
     assert!(record(&env, &cut).is_none(), "and then its record");
-    let ids: Vec<String> = env
-        .rt
-        .list_containers(None)
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    assert_eq!(ids, vec![kept.clone()]);
+    assert_eq!(env.container_ids(), vec![kept.clone()]);
     assert_eq!(env.status(&kept).exit_code, 3);
     // The name is free again, as after a completed removal.
     let again = env.run_sh(&pod, &pc, "cut", "exit 5").await;

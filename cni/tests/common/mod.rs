@@ -42,6 +42,15 @@ macro_rules! require_root {
     };
 }
 
+/// A fresh [`Node`], or skips the test (returning early) unless running as root.
+#[macro_export]
+macro_rules! root_node {
+    () => {{
+        require_root!();
+        Node::new()
+    }};
+}
+
 /// Runs a command (test tooling only), panicking with its output on failure.
 pub fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0])

@@ -57,16 +57,11 @@ pub fn busybox_rootfs(dir: &Path) {
         }
     }
     std::fs::create_dir_all(dir.join("etc")).unwrap();
-    std::fs::write(
-        dir.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000:Alice:/home/alice:/bin/sh\nnobody:x:65534:65534::/nonexistent:/bin/false\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("etc/group"),
-        "root:x:0:\nwheel:x:10:alice\nalice:x:1000:\nnogroup:x:65534:\n",
-    )
-    .unwrap();
+    let passwd = "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000:Alice:/home/alice:/bin/sh\nnobody:x:65534:65534::/nonexistent:/bin/false\n";
+    let group = "root:x:0:\nwheel:x:10:alice\nalice:x:1000:\nnogroup:x:65534:\n";
+    for (file, text) in [("etc/passwd", passwd), ("etc/group", group)] {
+        std::fs::write(dir.join(file), text).unwrap();
+    }
     for d in ["proc", "sys", "dev", "tmp", "root"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
@@ -265,6 +260,12 @@ impl Env {
         info_pid(&self.rt.container_status(id, true).unwrap().info)
     }
 
+    /// The ids of the containers the runtime lists.
+    pub fn container_ids(&self) -> Vec<String> {
+        let listed = self.rt.list_containers(None);
+        listed.into_iter().map(|c| c.id).collect()
+    }
+
     pub fn status(&self, id: &str) -> ContainerStatus {
         self.rt.container_status(id, false).unwrap().status.unwrap()
     }
@@ -318,6 +319,13 @@ impl Env {
             assert!(start.elapsed() < Duration::from_secs(5), "{lines:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The names in the directory `rel` under this environment's directory.
+    pub fn entries(&self, rel: &str) -> Vec<String> {
+        let dir = std::fs::read_dir(self.dir.path().join(rel)).unwrap();
+        dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
     }
 
     /// Mount points under this environment's directory.
@@ -383,10 +391,27 @@ pub fn security_context(cfg: &mut ContainerConfig) -> &mut LinuxContainerSecurit
         .expect("a security context")
 }
 
+/// The pod config's namespace options, made if the config has none.
+pub fn pod_namespace_options(pc: &mut PodSandboxConfig) -> &mut NamespaceOption {
+    let linux = pc.linux.get_or_insert_with(Default::default);
+    let sc = linux.security_context.get_or_insert_with(Default::default);
+    sc.namespace_options.get_or_insert_with(Default::default)
+}
+
 /// The container config's namespace options.
 pub fn namespace_options(cfg: &mut ContainerConfig) -> &mut NamespaceOption {
     security_context(cfg)
         .namespace_options
         .as_mut()
         .expect("namespace options")
+}
+
+/// A bind mount of `host` at `container_path`.
+pub fn bind(container_path: &str, host: &Path, readonly: bool) -> Mount {
+    Mount {
+        container_path: container_path.into(),
+        host_path: host.display().to_string(),
+        readonly,
+        ..Default::default()
+    }
 }
