@@ -107,3 +107,10 @@ where
         self.0.spawn(fut);
     }
 }
+
+/// Lets the fixtures take a daemon or a client of its own.
+impl AsRef<Client> for Client {
+    fn as_ref(&self) -> &Client {
+        self
+    }
+}

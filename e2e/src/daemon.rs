@@ -684,6 +684,13 @@ pub fn describe(status: &ExitStatus) -> String {
     }
 }
 
+/// The daemon's connected client (see [`Daemon::client`]), for the fixtures.
+impl AsRef<Client> for Daemon {
+    fn as_ref(&self) -> &Client {
+        self.client()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

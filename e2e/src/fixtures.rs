@@ -1,13 +1,61 @@
-//! The pods and containers tests make over and over: configs as kubelet sends them, and the
-//! calls that pull, run, start and wait, each panicking with the call's error (these are
-//! test steps, not the thing under test).
+//! The pods and containers tests make over and over: a daemon with busybox pulled, a running
+//! pod, configs as kubelet sends them, and the calls that pull, run, start, exec, list and
+//! wait, each panicking with the call's error (these are test steps, not the thing under
+//! test), plus the calls that must fail, returning their status for the test to judge.
+//!
+//! A new test is a few lines:
+//!
+//! ```no_run
+//! # async fn t() {
+//! use berth_e2e::fixtures::{busybox_pod, exec_ok, start};
+//! let (d, config, pod) = busybox_pod("web").await;
+//! let c = start(&d, &pod, &config, "c", &["sleep", "3600"]).await;
+//! assert_eq!(exec_ok(&d, &c, &["cat", "/etc/hostname"]).await, "web-host\n");
+//! # }
+//! ```
 
-use std::path::Path;
-use std::time::Duration;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use k8s_cri::v1::*;
+use tonic::{Code, Status};
 
-use crate::{Daemon, images};
+use crate::{Client, Daemon, images};
+
+/// A fresh daemon with busybox pulled.
+pub async fn busybox_daemon() -> Daemon {
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, images::BUSYBOX).await;
+    d
+}
+
+/// A fresh daemon with busybox pulled and a running pod `name`: (daemon, pod config, pod id).
+pub async fn busybox_pod(name: &str) -> (Daemon, PodSandboxConfig, String) {
+    let d = busybox_daemon().await;
+    let (config, pod) = pod(&d, name).await;
+    (d, config, pod)
+}
+
+/// Where the pods of [`pod`] log: `pod-logs` in the daemon's test directory.
+pub fn log_dir(d: &Daemon) -> PathBuf {
+    d.dir().path().join("pod-logs")
+}
+
+/// A fresh directory `name` under the daemon's test directory.
+pub fn host_dir(d: &Daemon, name: &str) -> PathBuf {
+    let dir = d.dir().path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs pod `name` (its config from [`pod_config`], logging under [`log_dir`]); returns
+/// (config, id).
+pub async fn pod(d: &Daemon, name: &str) -> (PodSandboxConfig, String) {
+    let config = pod_config(name, &log_dir(d));
+    let id = run_pod(d, &config).await;
+    (config, id)
+}
 
 /// A pod config with unique metadata for `name`, logging under `log_dir`.
 pub fn pod_config(name: &str, log_dir: &Path) -> PodSandboxConfig {
@@ -46,23 +94,39 @@ pub fn container_config(name: &str, command: &[&str]) -> ContainerConfig {
     }
 }
 
+/// The spec naming `image`.
+pub fn image_spec(image: &str) -> Option<ImageSpec> {
+    Some(ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    })
+}
+
 /// Pulls `image`.
-pub async fn pull(d: &Daemon, image: &str) {
-    d.images()
+pub async fn pull(d: &impl AsRef<Client>, image: &str) {
+    d.as_ref()
+        .images()
         .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
+            image: image_spec(image),
             ..Default::default()
         })
         .await
         .unwrap_or_else(|e| panic!("pull {image}: {e:?}"));
 }
 
+/// A bind of the host directory `host` at `path`.
+pub fn bind(path: &str, host: &Path) -> Mount {
+    Mount {
+        container_path: path.into(),
+        host_path: host.display().to_string(),
+        ..Default::default()
+    }
+}
+
 /// Runs a pod; returns its id.
-pub async fn run_pod(d: &Daemon, config: &PodSandboxConfig) -> String {
-    d.runtime()
+pub async fn run_pod(d: &impl AsRef<Client>, config: &PodSandboxConfig) -> String {
+    d.as_ref()
+        .runtime()
         .run_pod_sandbox(RunPodSandboxRequest {
             config: Some(config.clone()),
             ..Default::default()
@@ -73,14 +137,64 @@ pub async fn run_pod(d: &Daemon, config: &PodSandboxConfig) -> String {
         .pod_sandbox_id
 }
 
+/// RunPodSandbox that must fail: returns the error.
+pub async fn run_pod_refused(d: &impl AsRef<Client>, config: &PodSandboxConfig) -> Status {
+    d.as_ref()
+        .runtime()
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("RunPodSandbox must fail")
+}
+
+/// CreateContainer that must fail: returns the error.
+pub async fn create_refused(
+    d: &impl AsRef<Client>,
+    pod_id: &str,
+    pod: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> Status {
+    let what = format!("CreateContainer {:?} must fail", config.metadata);
+    d.as_ref()
+        .runtime()
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod_id.into(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .expect_err(&what)
+}
+
+/// Asserts that `err` has `code` and a message naming `needle`.
+pub fn assert_refused(err: &Status, code: Code, needle: &str) {
+    assert_eq!(err.code(), code, "{err:?}");
+    assert!(err.message().contains(needle), "{}", err.message());
+}
+
+/// Creates and starts the busybox container `name` running `command` in the pod (see
+/// [`container_config`]); returns its id.
+pub async fn start(
+    d: &impl AsRef<Client>,
+    pod_id: &str,
+    pod: &PodSandboxConfig,
+    name: &str,
+    command: &[&str],
+) -> String {
+    start_container(d, pod_id, pod, container_config(name, command)).await
+}
+
 /// Creates and starts a container in the pod; returns its id.
 pub async fn start_container(
-    d: &Daemon,
+    d: &impl AsRef<Client>,
     pod_id: &str,
     pod: &PodSandboxConfig,
     config: ContainerConfig,
 ) -> String {
     let id = d
+        .as_ref()
         .runtime()
         .create_container(CreateContainerRequest {
             pod_sandbox_id: pod_id.into(),
@@ -91,7 +205,8 @@ pub async fn start_container(
         .expect("CreateContainer")
         .into_inner()
         .container_id;
-    d.runtime()
+    d.as_ref()
+        .runtime()
         .start_container(StartContainerRequest {
             container_id: id.clone(),
         })
@@ -101,8 +216,9 @@ pub async fn start_container(
 }
 
 /// The container's status.
-pub async fn container_status(d: &Daemon, id: &str) -> ContainerStatus {
-    d.runtime()
+pub async fn container_status(d: &impl AsRef<Client>, id: &str) -> ContainerStatus {
+    d.as_ref()
+        .runtime()
         .container_status(ContainerStatusRequest {
             container_id: id.into(),
             verbose: false,
@@ -114,8 +230,75 @@ pub async fn container_status(d: &Daemon, id: &str) -> ContainerStatus {
         .expect("a status")
 }
 
+/// The pod's status.
+pub async fn pod_status(d: &impl AsRef<Client>, pod_id: &str) -> PodSandboxStatus {
+    d.as_ref()
+        .runtime()
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod_id.into(),
+            verbose: false,
+        })
+        .await
+        .expect("PodSandboxStatus")
+        .into_inner()
+        .status
+        .expect("a status")
+}
+
+/// The pods ListPodSandbox shows.
+pub async fn list_pods(d: &impl AsRef<Client>) -> Vec<PodSandbox> {
+    d.as_ref()
+        .runtime()
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items
+}
+
+/// The containers ListContainers shows.
+pub async fn list_containers(d: &impl AsRef<Client>) -> Vec<Container> {
+    d.as_ref()
+        .runtime()
+        .list_containers(ListContainersRequest::default())
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers
+}
+
+/// The runtime's Status (not verbose).
+pub async fn runtime_status(d: &impl AsRef<Client>) -> StatusResponse {
+    d.as_ref()
+        .runtime()
+        .status(StatusRequest { verbose: false })
+        .await
+        .expect("Status")
+        .into_inner()
+}
+
+/// The default runtime handler, as Status reports it.
+pub async fn default_handler(d: &impl AsRef<Client>) -> RuntimeHandler {
+    let handlers = runtime_status(d).await.runtime_handlers;
+    let default = handlers.into_iter().find(|h| h.name.is_empty());
+    default.expect("the default handler")
+}
+
+/// Polls `done` every 50 ms until it holds; panics naming `what` after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits (up to 10 s) for the container to exit; returns its status.
-pub async fn wait_exited(d: &Daemon, id: &str) -> ContainerStatus {
+pub async fn wait_exited(d: &impl AsRef<Client>, id: &str) -> ContainerStatus {
     for _ in 0..200 {
         let status = container_status(d, id).await;
         if status.state == ContainerState::ContainerExited as i32 {
@@ -127,14 +310,16 @@ pub async fn wait_exited(d: &Daemon, id: &str) -> ContainerStatus {
 }
 
 /// Stops and removes the pod (and so its containers).
-pub async fn remove_pod(d: &Daemon, pod_id: &str) {
-    d.runtime()
+pub async fn remove_pod(d: &impl AsRef<Client>, pod_id: &str) {
+    d.as_ref()
+        .runtime()
         .stop_pod_sandbox(StopPodSandboxRequest {
             pod_sandbox_id: pod_id.into(),
         })
         .await
         .expect("StopPodSandbox");
-    d.runtime()
+    d.as_ref()
+        .runtime()
         .remove_pod_sandbox(RemovePodSandboxRequest {
             pod_sandbox_id: pod_id.into(),
         })
@@ -143,8 +328,9 @@ pub async fn remove_pod(d: &Daemon, pod_id: &str) {
 }
 
 /// The PID of `pod_id`'s monitor, as PodSandboxStatus (verbose) reports it.
-pub async fn monitor_pid(d: &Daemon, pod_id: &str) -> i32 {
+pub async fn monitor_pid(d: &impl AsRef<Client>, pod_id: &str) -> i32 {
     let info = d
+        .as_ref()
         .runtime()
         .pod_sandbox_status(PodSandboxStatusRequest {
             pod_sandbox_id: pod_id.into(),
@@ -161,7 +347,7 @@ pub async fn monitor_pid(d: &Daemon, pod_id: &str) -> i32 {
 }
 
 /// SIGKILLs `pod_id`'s monitor, by the PID the daemon reports for it; returns that PID.
-pub async fn kill_monitor(d: &Daemon, pod_id: &str) -> i32 {
+pub async fn kill_monitor(d: &impl AsRef<Client>, pod_id: &str) -> i32 {
     let pid = monitor_pid(d, pod_id).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
@@ -171,9 +357,17 @@ pub async fn kill_monitor(d: &Daemon, pod_id: &str) -> i32 {
     pid
 }
 
+/// Runs `cmd` in the container with ExecSync; returns its stdout. The command must succeed.
+pub async fn exec_ok(d: &impl AsRef<Client>, id: &str, cmd: &[&str]) -> String {
+    let (stdout, stderr, code) = exec_sync(d, id, cmd).await;
+    assert_eq!(code, 0, "{cmd:?}: {stdout} {stderr}");
+    stdout
+}
+
 /// Runs `cmd` in the container with ExecSync; returns (stdout, stderr, exit code).
-pub async fn exec_sync(d: &Daemon, id: &str, cmd: &[&str]) -> (String, String, i32) {
+pub async fn exec_sync(d: &impl AsRef<Client>, id: &str, cmd: &[&str]) -> (String, String, i32) {
     let r = d
+        .as_ref()
         .runtime()
         .exec_sync(ExecSyncRequest {
             container_id: id.into(),
