@@ -186,15 +186,14 @@ pub async fn start(
     start_container(d, pod_id, pod, container_config(name, command)).await
 }
 
-/// Creates and starts a container in the pod; returns its id.
-pub async fn start_container(
+/// Creates a container in the pod (not started); returns its id.
+pub async fn create_container(
     d: &impl AsRef<Client>,
     pod_id: &str,
     pod: &PodSandboxConfig,
     config: ContainerConfig,
 ) -> String {
-    let id = d
-        .as_ref()
+    d.as_ref()
         .runtime()
         .create_container(CreateContainerRequest {
             pod_sandbox_id: pod_id.into(),
@@ -204,15 +203,59 @@ pub async fn start_container(
         .await
         .expect("CreateContainer")
         .into_inner()
-        .container_id;
+        .container_id
+}
+
+/// Starts a created container.
+pub async fn start_created(d: &impl AsRef<Client>, id: &str) {
     d.as_ref()
         .runtime()
         .start_container(StartContainerRequest {
-            container_id: id.clone(),
+            container_id: id.into(),
         })
         .await
         .expect("StartContainer");
+}
+
+/// Creates and starts a container in the pod; returns its id.
+pub async fn start_container(
+    d: &impl AsRef<Client>,
+    pod_id: &str,
+    pod: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> String {
+    let id = create_container(d, pod_id, pod, config).await;
+    start_created(d, &id).await;
     id
+}
+
+/// Stops the container, giving it `timeout` seconds after SIGTERM.
+pub async fn stop_container(d: &impl AsRef<Client>, id: &str, timeout: i64) {
+    d.as_ref()
+        .runtime()
+        .stop_container(StopContainerRequest {
+            container_id: id.into(),
+            timeout,
+        })
+        .await
+        .expect("StopContainer");
+}
+
+/// Removes the container.
+pub async fn remove_container(d: &impl AsRef<Client>, id: &str) {
+    d.as_ref()
+        .runtime()
+        .remove_container(RemoveContainerRequest {
+            container_id: id.into(),
+        })
+        .await
+        .expect("RemoveContainer");
+}
+
+/// The CRI log of container `name` of a pod logging under [`log_dir`].
+pub fn read_log(d: &Daemon, name: &str) -> String {
+    let path = log_dir(d).join(format!("{name}.log"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The container's status.
