@@ -33,11 +33,11 @@ pub async fn busybox_daemon() -> Daemon {
 /// A fresh daemon with busybox pulled and a running pod `name`: (daemon, pod config, pod id).
 pub async fn busybox_pod(name: &str) -> (Daemon, PodSandboxConfig, String) {
     let d = busybox_daemon().await;
-    let (config, pod) = pod(&d, name).await;
+    let (config, pod) = new_pod(&d, name).await;
     (d, config, pod)
 }
 
-/// Where the pods of [`pod`] log: `pod-logs` in the daemon's test directory.
+/// Where the pods of [`new_pod`] log: `pod-logs` in the daemon's test directory.
 pub fn log_dir(d: &Daemon) -> PathBuf {
     d.dir().path().join("pod-logs")
 }
@@ -51,7 +51,7 @@ pub fn host_dir(d: &Daemon, name: &str) -> PathBuf {
 
 /// Runs pod `name` (its config from [`pod_config`], logging under [`log_dir`]); returns
 /// (config, id).
-pub async fn pod(d: &Daemon, name: &str) -> (PodSandboxConfig, String) {
+pub async fn new_pod(d: &Daemon, name: &str) -> (PodSandboxConfig, String) {
     let config = pod_config(name, &log_dir(d));
     let id = run_pod(d, &config).await;
     (config, id)
@@ -112,6 +112,30 @@ pub async fn pull(d: &impl AsRef<Client>, image: &str) {
         })
         .await
         .unwrap_or_else(|e| panic!("pull {image}: {e:?}"));
+}
+
+/// The Linux part of a container config with just the security context `sc`.
+pub fn linux_security(sc: LinuxContainerSecurityContext) -> LinuxContainerConfig {
+    LinuxContainerConfig {
+        security_context: Some(sc),
+        ..Default::default()
+    }
+}
+
+/// The container config's security context, made if it has none.
+pub fn security_context(c: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
+    let linux = c.linux.get_or_insert_with(Default::default);
+    linux.security_context.get_or_insert_with(Default::default)
+}
+
+/// A read-only image volume: `image`'s root file system at `path`.
+pub fn image_volume(path: &str, image: &str) -> Mount {
+    Mount {
+        container_path: path.into(),
+        image: image_spec(image),
+        readonly: true,
+        ..Default::default()
+    }
 }
 
 /// A bind of the host directory `host` at `path`.

@@ -7,7 +7,7 @@
 
 use berth_e2e::fixtures::{
     bind, busybox_daemon, busybox_pod, container_config, container_status, create_container,
-    exec_sync, host_dir, image_spec, kill_monitor, list_pods, log_dir, monitor_pid, pod,
+    exec_sync, host_dir, image_volume, kill_monitor, list_pods, log_dir, monitor_pid, new_pod,
     pod_config, pod_status, pull, read_log, remove_container, remove_pod, run_pod_refused, start,
     start_container, start_created, stop_container, wait_exited,
 };
@@ -263,19 +263,14 @@ async fn a_container_sees_its_config_mounts_and_image_volumes() {
     pull(&d, images::CONFIGURED).await;
     let (host_ro, host_rw) = (host_dir(&d, "host-ro"), host_dir(&d, "host-rw"));
     std::fs::write(host_ro.join("data"), "from the host\n").unwrap();
-    let (config, pod_id) = pod(&d, "sees").await;
+    let (config, pod_id) = new_pod(&d, "sees").await;
     let mut c = container_config("main", &["sleep", "3600"]);
     c.working_dir = "/tmp/work".into();
-    let image_volume = Mount {
-        container_path: "/imgvol".into(),
-        image: image_spec(images::CONFIGURED),
-        readonly: true,
-        ..Default::default()
-    };
     let read_only = Mount {
         readonly: true,
         ..bind("/ro", &host_ro)
     };
+    let image_volume = image_volume("/imgvol", images::CONFIGURED);
     c.mounts = vec![read_only, bind("/rw", &host_rw), image_volume];
     let id = start_container(&d, &pod_id, &config, c).await;
 
@@ -355,7 +350,7 @@ async fn reads_right_after_a_crash_never_show_dead_pods_ready_or_removed_objects
         (Vec::new(), Vec::new(), Vec::new());
     let mut monitors = Vec::new();
     for i in 0..6 {
-        let (config, pod) = pod(&d, &format!("reads-{i}")).await;
+        let (config, pod) = new_pod(&d, &format!("reads-{i}")).await;
         let sleeper = start(&d, &pod, &config, "sleeper", &["sleep", "3600"]).await;
         if i % 2 == 0 {
             // A container that kubelet removed before the crash.
@@ -373,7 +368,7 @@ async fn reads_right_after_a_crash_never_show_dead_pods_ready_or_removed_objects
             live_containers.push(sleeper);
         }
     }
-    let (_, pod) = pod(&d, "reads-removed").await;
+    let (_, pod) = new_pod(&d, "reads-removed").await;
     remove_pod(&d, &pod).await;
     removed_pods.push(pod);
 
@@ -570,7 +565,7 @@ async fn events_tell_of_the_pod_sandbox_in_order_with_its_status() {
         .await
         .expect("GetContainerEvents")
         .into_inner();
-    let (config, pod) = pod(&d, "evented").await;
+    let (config, pod) = new_pod(&d, "evented").await;
     let c = start(&d, &pod, &config, "c", &["sleep", "3600"]).await;
     remove_pod(&d, &pod).await;
 
@@ -618,7 +613,7 @@ async fn events_tell_of_the_pod_sandbox_in_order_with_its_status() {
     }
 
     // A pod whose monitor dies is told of as stopped, NOTREADY.
-    let (_, pod) = self::pod(&d, "evented-orphan").await;
+    let (_, pod) = new_pod(&d, "evented-orphan").await;
     assert_eq!(
         next_event(&mut events).await.container_event_type,
         ContainerCreatedEvent as i32
