@@ -19,7 +19,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_e2e::fixtures::{container_config, pod_config};
+use berth_e2e::fixtures::{
+    busybox_daemon, container_config, log_dir, pod_config, remove_pod, run_pod, start, wait_exited,
+};
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
@@ -682,9 +684,8 @@ async fn kill_9_at_random_moments_loses_nothing_and_leaks_nothing() {
     });
     eprintln!("chaos: {kills} kills, BERTH_CHAOS_SEED={seed}");
     let mut rng = Rng(seed);
-    let mut d = Daemon::start().await.expect("daemon");
-    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
-    let log_dir = d.dir().path().join("pod-logs");
+    let mut d = busybox_daemon().await;
+    let log_dir = log_dir(&d);
     let model: Shared = Arc::default();
     let started = Instant::now();
     for kill in 0..kills {
@@ -823,26 +824,13 @@ async fn kill_9_at_random_moments_loses_nothing_and_leaks_nothing() {
 /// removes it, it stays removed across a kill.
 #[tokio::test]
 async fn a_container_whose_files_vanished_is_shown_to_kubelet_as_a_fault() {
-    let mut d = Daemon::start().await.expect("daemon");
-    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
-    let log_dir = d.dir().path().join("pod-logs");
+    let mut d = busybox_daemon().await;
+    let log_dir = log_dir(&d);
     let config = pod_config("files-lost", &log_dir);
-    let pod = berth_e2e::fixtures::run_pod(&d, &config).await;
-    let kept = berth_e2e::fixtures::start_container(
-        &d,
-        &pod,
-        &config,
-        container_config("kept", &["sleep", "3600"]),
-    )
-    .await;
-    let lost = berth_e2e::fixtures::start_container(
-        &d,
-        &pod,
-        &config,
-        container_config("lost", &["true"]),
-    )
-    .await;
-    berth_e2e::fixtures::wait_exited(&d, &lost).await;
+    let pod = run_pod(&d, &config).await;
+    let kept = start(&d, &pod, &config, "kept", &["sleep", "3600"]).await;
+    let lost = start(&d, &pod, &config, "lost", &["true"]).await;
+    wait_exited(&d, &lost).await;
     d.kill().await.expect("SIGKILL the daemon");
     let dir = d.dir().root().join("containers").join(&lost);
     std::fs::remove_dir_all(&dir).expect("remove the container's files");
@@ -919,6 +907,6 @@ async fn a_container_whose_files_vanished_is_shown_to_kubelet_as_a_fault() {
         .await
         .expect_err("a removed container stays removed");
     assert_eq!(gone.code(), tonic::Code::NotFound);
-    berth_e2e::fixtures::remove_pod(&d, &pod).await;
+    remove_pod(&d, &pod).await;
     d.stop().await.expect("stop");
 }

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use berth_e2e::fixtures::{
-    container_config, pod_config, pull, remove_pod, run_pod, start_container,
+    container_config, log_dir, pod_config, pull, remove_pod, run_pod, start_container,
 };
 use berth_e2e::{Daemon, Env, images};
 use bytes::Bytes;
@@ -347,16 +347,11 @@ async fn metrics_count_the_calls_made_and_show_the_pods() {
         .expect_err("a tag the registry does not have");
     assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
     pull(&d, images::BUSYBOX).await;
-    let log_dir = d.dir().path().join("pod-logs");
+    let log_dir = log_dir(&d);
     let pod = pod_config("metrics", &log_dir);
     let pod_id = run_pod(&d, &pod).await;
-    start_container(
-        &d,
-        &pod_id,
-        &pod,
-        container_config("sleeper", &["sleep", "3600"]),
-    )
-    .await;
+    let sleeper = container_config("sleeper", &["sleep", "3600"]);
+    start_container(&d, &pod_id, &pod, sleeper).await;
     let unknown = d
         .runtime()
         .pod_sandbox_status(PodSandboxStatusRequest {

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use berth_e2e::fixtures::{
-    container_config, exec_sync, pod_config, pull, remove_pod, run_pod, start_container,
+    busybox_daemon, exec_sync, log_dir, pod_config, pull, remove_pod, run_pod, start,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
@@ -187,9 +187,8 @@ fn links() -> String {
 async fn builtin_network_pods_hostports_masquerade_dns_and_host_network() {
     const HOST_PORT: i32 = 18080;
     let outside = Outside::create("b", 77);
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, images::BUSYBOX).await;
-    let logs = d.dir().path().join("pod-logs");
+    let d = busybox_daemon().await;
+    let logs = log_dir(&d);
 
     let mut web_cfg = pod_config("web", &logs);
     web_cfg.port_mappings = vec![PortMapping {
@@ -199,11 +198,12 @@ async fn builtin_network_pods_hostports_masquerade_dns_and_host_network() {
         host_ip: String::new(),
     }];
     let web = run_pod(&d, &web_cfg).await;
-    let httpd = start_container(
+    let httpd = start(
         &d,
         &web,
         &web_cfg,
-        container_config("httpd", &["sh", "-c", &web_script("hello-from-web")]),
+        "httpd",
+        &["sh", "-c", &web_script("hello-from-web")],
     )
     .await;
     let mut client_cfg = pod_config("client", &logs);
@@ -213,13 +213,7 @@ async fn builtin_network_pods_hostports_masquerade_dns_and_host_network() {
         options: vec!["ndots:5".into()],
     });
     let client = run_pod(&d, &client_cfg).await;
-    let curl = start_container(
-        &d,
-        &client,
-        &client_cfg,
-        container_config("curl", &["sleep", "3600"]),
-    )
-    .await;
+    let curl = start(&d, &client, &client_cfg, "curl", &["sleep", "3600"]).await;
     wait_listening(&d, &httpd).await;
 
     // The address in the status is the one the pod has.
@@ -293,13 +287,7 @@ async fn builtin_network_pods_hostports_masquerade_dns_and_host_network() {
     let hostnet = run_pod(&d, &host_cfg).await;
     assert_eq!(pod_links(), links_before, "a hostNetwork pod got a veth");
     assert!(pod_ip(&d, &hostnet).await.is_empty());
-    let sees = start_container(
-        &d,
-        &hostnet,
-        &host_cfg,
-        container_config("sees", &["sleep", "3600"]),
-    )
-    .await;
+    let sees = start(&d, &hostnet, &host_cfg, "sees", &["sleep", "3600"]).await;
     let (dev, _, _) = exec_sync(&d, &sees, &["cat", "/proc/net/dev"]).await;
     assert!(dev.contains(&outside.node_link), "{dev}");
 
@@ -353,7 +341,7 @@ async fn cni_mode_runs_debian_plugins_for_pods_and_hostports() {
         .await
         .expect("daemon in CNI mode");
     pull(&d, images::BUSYBOX).await;
-    let logs = d.dir().path().join("pod-logs");
+    let logs = log_dir(&d);
     let mut web_cfg = pod_config("cniweb", &logs);
     web_cfg.port_mappings = vec![PortMapping {
         protocol: Protocol::Tcp as i32,
@@ -362,22 +350,17 @@ async fn cni_mode_runs_debian_plugins_for_pods_and_hostports() {
         host_ip: String::new(),
     }];
     let web = run_pod(&d, &web_cfg).await;
-    let httpd = start_container(
+    let httpd = start(
         &d,
         &web,
         &web_cfg,
-        container_config("httpd", &["sh", "-c", &web_script("hello-from-cni")]),
+        "httpd",
+        &["sh", "-c", &web_script("hello-from-cni")],
     )
     .await;
     let client_cfg = pod_config("cniclient", &logs);
     let client = run_pod(&d, &client_cfg).await;
-    let curl = start_container(
-        &d,
-        &client,
-        &client_cfg,
-        container_config("curl", &["sleep", "3600"]),
-    )
-    .await;
+    let curl = start(&d, &client, &client_cfg, "curl", &["sleep", "3600"]).await;
     wait_listening(&d, &httpd).await;
     let web_ip = pod_ip(&d, &web).await;
     assert!(

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use berth_e2e::Env;
 use berth_e2e::fixtures::{
-    container_config, container_status, exec_sync, pod_config, remove_pod, run_pod,
-    start_container, wait_exited,
+    busybox_daemon, container_config, container_status, exec_sync, pod_config, pull, remove_pod,
+    run_pod, start, start_container, wait_exited,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
@@ -93,8 +93,7 @@ fn v(x: &Option<UInt64Value>) -> u64 {
 
 #[tokio::test]
 async fn a_memory_limit_ends_in_oomkilled_and_nothing_is_left() {
-    let d = Daemon::start().await.expect("daemon");
-    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    let d = busybox_daemon().await;
     let (pod, parent) = limited_pod(&d, "oom");
     let pod_id = run_pod(&d, &pod).await;
     let limits = LinuxContainerResources {
@@ -133,7 +132,7 @@ async fn a_memory_limit_ends_in_oomkilled_and_nothing_is_left() {
     assert!(!exists_anywhere(&format!("{parent}/{pod_id}")).is_empty());
 
     // A container that exits on its own with an error is not called OOMKilled.
-    let failing = start_container(&d, &pod_id, &pod, container_config("fail", &["false"])).await;
+    let failing = start(&d, &pod_id, &pod, "fail", &["false"]).await;
     let status = wait_exited(&d, &failing).await;
     assert_eq!(status.reason, "Error");
 
@@ -147,8 +146,7 @@ async fn a_memory_limit_ends_in_oomkilled_and_nothing_is_left() {
 
 #[tokio::test]
 async fn cpu_quota_and_cpuset_are_enforced_and_updates_apply_live() {
-    let d = Daemon::start().await.expect("daemon");
-    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    let d = busybox_daemon().await;
     let (pod, parent) = limited_pod(&d, "cpu");
     let pod_id = run_pod(&d, &pod).await;
     let limits = LinuxContainerResources {
@@ -270,19 +268,13 @@ async fn the_node_pids_limit_stops_a_fork_loop() {
         .start()
         .await
         .expect("daemon");
-    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    pull(&d, images::BUSYBOX).await;
     let (pod, parent) = limited_pod(&d, "pids");
     let pod_id = run_pod(&d, &pod).await;
     // The inner shell gives up at the first failed fork; the outer one reports and waits.
     let script = "sh -c 'n=0; while [ $n -lt 40 ]; do sleep 30 & n=$((n+1)); done'; \
                   echo started; sleep 30";
-    let id = start_container(
-        &d,
-        &pod_id,
-        &pod,
-        container_config("forks", &["sh", "-c", script]),
-    )
-    .await;
+    let id = start(&d, &pod_id, &pod, "forks", &["sh", "-c", script]).await;
     let rel = format!("{parent}/{id}");
     assert_eq!(read("pids", &rel, "pids.max", "pids.max"), "16");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -313,8 +305,7 @@ async fn the_node_pids_limit_stops_a_fork_loop() {
 
 #[tokio::test]
 async fn stats_report_what_the_container_uses() {
-    let d = Daemon::start().await.expect("daemon");
-    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    let d = busybox_daemon().await;
     // No cgroup_parent: Berth makes the pod's cgroup, applies the pod-level resources to
     // it, and removes it with the pod.
     let mut pod = pod_config("stats", &d.dir().path().join("logs"));
@@ -331,13 +322,7 @@ async fn stats_report_what_the_container_uses() {
         Env::get().cgroup_parent(&format!("d{}", d.dir().number()))
     );
     assert_eq!(memory_limit(&cgroup), 256 * MIB);
-    let id = start_container(
-        &d,
-        &pod_id,
-        &pod,
-        container_config("idle", &["sleep", "3600"]),
-    )
-    .await;
+    let id = start(&d, &pod_id, &pod, "idle", &["sleep", "3600"]).await;
     let before = container_stats(&d, &id).await;
     let attrs = before.attributes.as_ref().unwrap();
     assert_eq!(attrs.id, id);
@@ -546,17 +531,10 @@ fn device_programs(dir: &std::path::Path) -> u32 {
 
 #[tokio::test]
 async fn containers_cannot_open_devices_they_were_not_given() {
-    let d = Daemon::start().await.expect("daemon");
-    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    let d = busybox_daemon().await;
     let (pod, parent) = limited_pod(&d, "dev");
     let pod_id = run_pod(&d, &pod).await;
-    let id = start_container(
-        &d,
-        &pod_id,
-        &pod,
-        container_config("dev", &["sleep", "3600"]),
-    )
-    .await;
+    let id = start(&d, &pod_id, &pod, "dev", &["sleep", "3600"]).await;
     // CAP_MKNOD is in the default set: making the node works, opening it does not.
     let (out, err, code) = exec_sync(
         &d,
@@ -609,17 +587,10 @@ async fn containers_cannot_open_devices_they_were_not_given() {
 
 #[tokio::test]
 async fn cgroups_left_by_a_crash_are_removed_at_the_next_start() {
-    let mut d = Daemon::start().await.expect("daemon");
-    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    let mut d = busybox_daemon().await;
     let (pod, parent) = limited_pod(&d, "crash");
     let pod_id = run_pod(&d, &pod).await;
-    let id = start_container(
-        &d,
-        &pod_id,
-        &pod,
-        container_config("keep", &["sleep", "3600"]),
-    )
-    .await;
+    let id = start(&d, &pod_id, &pod, "keep", &["sleep", "3600"]).await;
     d.kill().await.expect("SIGKILL");
     // What a crash between removing a cgroup and its record would leave: a container leaf
     // in a live pod's cgroup, and a pod cgroup under Berth's own parent.

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_e2e::fixtures::{
-    container_config, container_status, exec_sync, kill_monitor, pod_config, pull, remove_pod,
-    start_container, wait_exited,
+    assert_refused, container_config, container_status, create_refused, exec_sync, kill_monitor,
+    linux_security, pod_config, pull, remove_pod, runtime_status, start, start_container,
+    wait_exited,
 };
 use berth_e2e::{Daemon, DaemonDir, images, run_berth};
 use k8s_cri::v1::*;
@@ -175,16 +176,13 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
     let src = d.dir().path().join(format!("tree-{handler}"));
     let _sub = Submount::mount(&src.join("sub"));
     let mut long = container_config("long", &["sleep", "3600"]);
-    long.linux = Some(LinuxContainerConfig {
-        security_context: Some(LinuxContainerSecurityContext {
-            namespace_options: Some(NamespaceOption {
-                pid: NamespaceMode::Container as i32,
-                ..Default::default()
-            }),
+    long.linux = Some(linux_security(LinuxContainerSecurityContext {
+        namespace_options: Some(NamespaceOption {
+            pid: NamespaceMode::Container as i32,
             ..Default::default()
         }),
         ..Default::default()
-    });
+    }));
     long.mounts = vec![Mount {
         container_path: "/rro".into(),
         host_path: src.display().to_string(),
@@ -248,17 +246,14 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
 
     // A container in the PID namespace of another one sees it.
     let mut peer = container_config("peer", &["cat", "/proc/1/cmdline"]);
-    peer.linux = Some(LinuxContainerConfig {
-        security_context: Some(LinuxContainerSecurityContext {
-            namespace_options: Some(NamespaceOption {
-                pid: NamespaceMode::Target as i32,
-                target_id: long.clone(),
-                ..Default::default()
-            }),
+    peer.linux = Some(linux_security(LinuxContainerSecurityContext {
+        namespace_options: Some(NamespaceOption {
+            pid: NamespaceMode::Target as i32,
+            target_id: long.clone(),
             ..Default::default()
         }),
         ..Default::default()
-    });
+    }));
     let peer = start_container(d, &pod, &config, peer).await;
     assert_eq!(wait_exited(d, &peer).await.exit_code, 0, "{handler}");
     let peer_log = log_lines(&log_dir.join("peer.log"));
@@ -286,16 +281,13 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
 
     // The runtime default seccomp profile, in OCI form, is loaded by the runtime.
     let mut confined = container_config("confined", &["grep", "^Seccomp:", "/proc/self/status"]);
-    confined.linux = Some(LinuxContainerConfig {
-        security_context: Some(LinuxContainerSecurityContext {
-            seccomp: Some(SecurityProfile {
-                profile_type: security_profile::ProfileType::RuntimeDefault as i32,
-                ..Default::default()
-            }),
+    confined.linux = Some(linux_security(LinuxContainerSecurityContext {
+        seccomp: Some(SecurityProfile {
+            profile_type: security_profile::ProfileType::RuntimeDefault as i32,
             ..Default::default()
         }),
         ..Default::default()
-    });
+    }));
     let confined = start_container(d, &pod, &config, confined).await;
     assert_eq!(wait_exited(d, &confined).await.exit_code, 0, "{handler}");
     let seccomp = log_lines(&log_dir.join("confined.log"));
@@ -351,15 +343,13 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
     );
 
     // A container the runtime cannot create is an error naming the cause, and is undone.
-    let err = d
-        .runtime()
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container_config("missing", &["/no/such/binary"])),
-            sandbox_config: Some(config.clone()),
-        })
-        .await
-        .expect_err("a container without its executable");
+    let err = create_refused(
+        &d,
+        &pod,
+        &config,
+        container_config("missing", &["/no/such/binary"]),
+    )
+    .await;
     assert!(
         err.message().contains("/no/such/binary") && err.message().contains(handler),
         "{handler}: {err:?}"
@@ -398,12 +388,7 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
 async fn runc_and_crun_pods_run_log_exec_and_stop_like_default_ones() {
     let d = daemon().await;
     pull(&d, images::BUSYBOX).await;
-    let status = d
-        .runtime()
-        .status(StatusRequest { verbose: false })
-        .await
-        .expect("Status")
-        .into_inner();
+    let status = runtime_status(&d).await;
     let names: Vec<&str> = status
         .runtime_handlers
         .iter()
@@ -437,11 +422,12 @@ async fn handler_pods_survive_a_daemon_restart_and_the_loss_of_their_monitor() {
             .expect("RunPodSandbox")
             .into_inner()
             .pod_sandbox_id;
-        let c = start_container(
+        let c = start(
             &d,
             &pod,
             &config,
-            container_config("c", &["sh", "-c", "echo up; exec sleep 3600"]),
+            "c",
+            &["sh", "-c", "echo up; exec sleep 3600"],
         )
         .await;
 
@@ -604,8 +590,7 @@ async fn an_unknown_handler_is_an_invalid_argument() {
         })
         .await
         .expect_err("an unknown handler");
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(err.message().contains("kata"), "{}", err.message());
+    assert_refused(&err, Code::InvalidArgument, "kata");
 }
 
 #[tokio::test]

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use berth_e2e::fixtures::{
-    container_config, exec_sync, pod_config, pull, remove_pod, run_pod, start_container,
+    busybox_daemon, container_config, exec_sync, linux_security, list_pods, log_dir, pod_config,
+    pull, remove_pod, run_pod, run_pod_refused, start_container, wait_exited,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
@@ -99,13 +100,10 @@ fn assert_reachable(dir: &Path) {
 }
 
 fn run_as(mut c: ContainerConfig, uid: i64) -> ContainerConfig {
-    c.linux = Some(LinuxContainerConfig {
-        security_context: Some(LinuxContainerSecurityContext {
-            run_as_user: Some(Int64Value { value: uid }),
-            ..Default::default()
-        }),
+    c.linux = Some(linux_security(LinuxContainerSecurityContext {
+        run_as_user: Some(Int64Value { value: uid }),
         ..Default::default()
-    });
+    }));
     c
 }
 
@@ -187,7 +185,7 @@ async fn node_users_cannot_read_pod_data_and_pod_users_still_read_their_files() 
     pull(&d, images::BUSYBOX).await;
     let (root, state) = (d.dir().root(), d.dir().state());
     let secret = format!("hunter2-{}", std::process::id());
-    let logs = d.dir().path().join("pod-logs");
+    let logs = log_dir(&d);
     let config = pod_config("private", &logs);
     let pod = run_pod(&d, &config).await;
     let mut writer = container_config("writer", &["sleep", "3600"]);
@@ -343,8 +341,7 @@ async fn node_users_cannot_read_pod_data_and_pod_users_still_read_their_files() 
 /// mounts, as an unprivileged host range; a non-root user there still reads them.
 #[tokio::test]
 async fn a_non_root_user_of_an_idmapped_pod_reads_its_pod_files() {
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, images::BUSYBOX).await;
+    let d = busybox_daemon().await;
     let u = UserNamespace {
         mode: NamespaceMode::Pod as i32,
         uids: vec![IdMapping {
@@ -358,7 +355,7 @@ async fn a_non_root_user_of_an_idmapped_pod_reads_its_pod_files() {
             length: 65536,
         }],
     };
-    let mut config = pod_config("idmapped-files", &d.dir().path().join("pod-logs"));
+    let mut config = pod_config("idmapped-files", &log_dir(&d));
     config.linux = Some(LinuxPodSandboxConfig {
         security_context: Some(LinuxSandboxSecurityContext {
             namespace_options: Some(NamespaceOption {
@@ -393,9 +390,8 @@ async fn a_non_root_user_of_an_idmapped_pod_reads_its_pod_files() {
 /// symlink planted where the log goes or by `..` in the path kubelet relays from the pod.
 #[tokio::test]
 async fn a_log_path_cannot_write_through_a_symlink_or_climb_out_of_the_log_directory() {
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, images::BUSYBOX).await;
-    let logs = d.dir().path().join("pod-logs");
+    let d = busybox_daemon().await;
+    let logs = log_dir(&d);
     std::fs::create_dir_all(&logs).unwrap();
     let node_file = d.dir().path().join("node-file");
     std::fs::write(&node_file, b"node data\n").unwrap();
@@ -452,7 +448,7 @@ async fn a_log_path_cannot_write_through_a_symlink_or_climb_out_of_the_log_direc
     // Without the link, the same container logs to a file of its own.
     std::fs::remove_file(&link).unwrap();
     let id = start_container(&d, &pod, &config, c).await;
-    berth_e2e::fixtures::wait_exited(&d, &id).await;
+    wait_exited(&d, &id).await;
     let text = std::fs::read_to_string(&link).unwrap();
     assert!(text.contains("stdout F through the link"), "{text}");
     assert!(std::fs::symlink_metadata(&link).unwrap().is_file());
@@ -481,34 +477,13 @@ async fn a_log_path_cannot_write_through_a_symlink_or_climb_out_of_the_log_direc
     assert!(!Path::new("/etc/berth-e2e-x").exists());
 
     // A pod's log directory must be absolute.
-    let before = d
-        .runtime()
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items
-        .len();
+    let before = list_pods(&d).await.len();
     let mut relative = pod_config("relative-logs", &logs);
     relative.log_directory = "var/log/pods/x".into();
-    let err = d
-        .runtime()
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(relative),
-            ..Default::default()
-        })
-        .await
-        .expect_err("a relative log_directory was accepted");
+    let err = run_pod_refused(&d, &relative).await;
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("log_directory"), "{err:?}");
-    let after = d
-        .runtime()
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items
-        .len();
+    let after = list_pods(&d).await.len();
     assert_eq!(before, after, "a pod was left");
     remove_pod(&d, &pod).await;
 }

@@ -12,7 +12,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use berth_e2e::fixtures::{
-    container_config, exec_sync, pod_config, remove_pod, run_pod, start_container,
+    assert_refused, container_config, exec_sync, log_dir, pod_config, remove_pod, run_pod,
+    start_container,
 };
 use berth_e2e::http::RequestHead;
 use berth_e2e::images::{self, HostBusybox};
@@ -310,7 +311,7 @@ async fn too_many_entries_are_refused_at_the_configured_budget() {
 
 /// Runs a container of `image` (busybox on top) that sleeps; returns (pod, container).
 async fn run_sleeper(d: &Daemon, image: &str, name: &str) -> (String, String) {
-    let config = pod_config(name, &d.dir().path().join("pod-logs"));
+    let config = pod_config(name, &log_dir(d));
     let pod = run_pod(d, &config).await;
     let mut c = container_config("c", &["/bin/sleep", "3600"]);
     c.image = Some(ImageSpec {
@@ -816,14 +817,13 @@ async fn a_plain_http_token_realm_on_another_host_gets_no_credentials() {
     let err = pull(&d, &image, auth("bob", "builder", ""))
         .await
         .expect_err("credentials withheld");
-    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    assert!(
-        err.message().contains(&format!(
+    assert_refused(
+        &err,
+        Code::PermissionDenied,
+        &format!(
             "credentials withheld from the plain-http token realm http://{}/token",
             realm.host()
-        )),
-        "{}",
-        err.message()
+        ),
     );
     assert!(realm.requests() >= 1, "the token was asked for");
     assert_eq!(
