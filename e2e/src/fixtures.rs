@@ -147,30 +147,56 @@ pub fn bind(path: &str, host: &Path) -> Mount {
     }
 }
 
+/// RunPodSandbox of `config` with the runtime `handler` (empty: the default runtime).
+pub async fn try_run_pod(
+    d: &impl AsRef<Client>,
+    config: &PodSandboxConfig,
+    handler: &str,
+) -> Result<String, Status> {
+    let request = RunPodSandboxRequest {
+        config: Some(config.clone()),
+        runtime_handler: handler.into(),
+    };
+    let response = d.as_ref().runtime().run_pod_sandbox(request).await?;
+    Ok(response.into_inner().pod_sandbox_id)
+}
+
 /// Runs a pod; returns its id.
 pub async fn run_pod(d: &impl AsRef<Client>, config: &PodSandboxConfig) -> String {
-    d.as_ref()
-        .runtime()
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            ..Default::default()
-        })
+    run_pod_with(d, config, "").await
+}
+
+/// Runs a pod with the runtime `handler`; returns its id.
+pub async fn run_pod_with(
+    d: &impl AsRef<Client>,
+    config: &PodSandboxConfig,
+    handler: &str,
+) -> String {
+    try_run_pod(d, config, handler)
         .await
         .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id
 }
 
 /// RunPodSandbox that must fail: returns the error.
 pub async fn run_pod_refused(d: &impl AsRef<Client>, config: &PodSandboxConfig) -> Status {
-    d.as_ref()
-        .runtime()
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            ..Default::default()
-        })
-        .await
-        .expect_err("RunPodSandbox must fail")
+    let result = try_run_pod(d, config, "").await;
+    result.expect_err("RunPodSandbox must fail")
+}
+
+/// CreateContainer of `config` in the pod.
+pub async fn try_create(
+    d: &impl AsRef<Client>,
+    pod_id: &str,
+    pod: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> Result<String, Status> {
+    let request = CreateContainerRequest {
+        pod_sandbox_id: pod_id.into(),
+        config: Some(config),
+        sandbox_config: Some(pod.clone()),
+    };
+    let response = d.as_ref().runtime().create_container(request).await?;
+    Ok(response.into_inner().container_id)
 }
 
 /// CreateContainer that must fail: returns the error.
@@ -181,15 +207,7 @@ pub async fn create_refused(
     config: ContainerConfig,
 ) -> Status {
     let what = format!("CreateContainer {:?} must fail", config.metadata);
-    d.as_ref()
-        .runtime()
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod_id.into(),
-            config: Some(config),
-            sandbox_config: Some(pod.clone()),
-        })
-        .await
-        .expect_err(&what)
+    try_create(d, pod_id, pod, config).await.expect_err(&what)
 }
 
 /// Asserts that `err` has `code` and a message naming `needle`.
@@ -217,17 +235,9 @@ pub async fn create_container(
     pod: &PodSandboxConfig,
     config: ContainerConfig,
 ) -> String {
-    d.as_ref()
-        .runtime()
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod_id.into(),
-            config: Some(config),
-            sandbox_config: Some(pod.clone()),
-        })
+    try_create(d, pod_id, pod, config)
         .await
         .expect("CreateContainer")
-        .into_inner()
-        .container_id
 }
 
 /// Starts a created container.
@@ -282,34 +292,65 @@ pub fn read_log(d: &Daemon, name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// ContainerStatus of the container.
+pub async fn try_container_status(
+    d: &impl AsRef<Client>,
+    id: &str,
+    verbose: bool,
+) -> Result<ContainerStatusResponse, Status> {
+    let request = ContainerStatusRequest {
+        container_id: id.into(),
+        verbose,
+    };
+    let response = d.as_ref().runtime().container_status(request).await?;
+    Ok(response.into_inner())
+}
+
 /// The container's status.
 pub async fn container_status(d: &impl AsRef<Client>, id: &str) -> ContainerStatus {
-    d.as_ref()
-        .runtime()
-        .container_status(ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        })
-        .await
-        .expect("ContainerStatus")
-        .into_inner()
-        .status
-        .expect("a status")
+    let response = try_container_status(d, id, false).await;
+    response.expect("ContainerStatus").status.expect("a status")
+}
+
+/// ContainerStatus that must fail (an unknown or removed container): returns the error.
+pub async fn container_status_refused(d: &impl AsRef<Client>, id: &str) -> Status {
+    let result = try_container_status(d, id, false).await;
+    result.expect_err("ContainerStatus must fail")
+}
+
+/// The host PID of the container's process, as ContainerStatus (verbose) reports it.
+pub async fn container_pid(d: &impl AsRef<Client>, id: &str) -> i64 {
+    let response = try_container_status(d, id, true).await;
+    info_pid(&response.expect("ContainerStatus").info)
+}
+
+/// PodSandboxStatus of the pod.
+pub async fn try_pod_status(
+    d: &impl AsRef<Client>,
+    pod_id: &str,
+    verbose: bool,
+) -> Result<PodSandboxStatusResponse, Status> {
+    let request = PodSandboxStatusRequest {
+        pod_sandbox_id: pod_id.into(),
+        verbose,
+    };
+    let response = d.as_ref().runtime().pod_sandbox_status(request).await?;
+    Ok(response.into_inner())
 }
 
 /// The pod's status.
 pub async fn pod_status(d: &impl AsRef<Client>, pod_id: &str) -> PodSandboxStatus {
-    d.as_ref()
-        .runtime()
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod_id.into(),
-            verbose: false,
-        })
-        .await
+    let response = try_pod_status(d, pod_id, false).await;
+    response
         .expect("PodSandboxStatus")
-        .into_inner()
         .status
         .expect("a status")
+}
+
+/// The `pid` of a verbose status's `info` JSON.
+fn info_pid(info: &std::collections::HashMap<String, String>) -> i64 {
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("info JSON");
+    v["pid"].as_i64().expect("a pid")
 }
 
 /// The pods ListPodSandbox shows.
@@ -396,20 +437,9 @@ pub async fn remove_pod(d: &impl AsRef<Client>, pod_id: &str) {
 
 /// The PID of `pod_id`'s monitor, as PodSandboxStatus (verbose) reports it.
 pub async fn monitor_pid(d: &impl AsRef<Client>, pod_id: &str) -> i32 {
-    let info = d
-        .as_ref()
-        .runtime()
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod_id.into(),
-            verbose: true,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .info;
-    let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("info JSON");
-    let pid = v["pid"].as_i64().expect("the monitor's pid") as i32;
-    assert!(pid > 1, "{v}");
+    let response = try_pod_status(d, pod_id, true).await;
+    let pid = info_pid(&response.expect("PodSandboxStatus").info) as i32;
+    assert!(pid > 1, "the monitor's pid: {pid}");
     pid
 }
 

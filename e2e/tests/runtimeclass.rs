@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_e2e::fixtures::{
-    assert_refused, container_config, container_status, create_refused, exec_sync, kill_monitor,
-    linux_security, pod_config, pull, remove_pod, runtime_status, start, start_container,
-    wait_exited,
+    assert_refused, container_config, container_pid, container_status, create_refused, exec_sync,
+    kill_monitor, linux_security, pod_config, pull, remove_pod, run_pod_with, runtime_status,
+    start, start_container, try_run_pod, wait_exited,
 };
 use berth_e2e::{Daemon, DaemonDir, images, run_berth};
 use k8s_cri::v1::*;
@@ -83,20 +83,13 @@ fn nspids(host_pid: i64) -> Vec<i64> {
         .unwrap_or_default()
 }
 
-/// The host pid ContainerStatus (verbose) reports.
-async fn reported_pid(d: &Daemon, id: &str) -> i64 {
-    let info = d
-        .runtime()
-        .container_status(ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: true,
-        })
-        .await
-        .expect("ContainerStatus")
-        .into_inner()
-        .info;
-    let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("info JSON");
-    v["pid"].as_i64().expect("a pid")
+/// A pod `<name>-<handler>` of the runtime `handler`, logging under `logs-<handler>`:
+/// (log directory, config, id).
+async fn handler_pod(d: &Daemon, name: &str, handler: &str) -> (PathBuf, PodSandboxConfig, String) {
+    let log_dir = d.dir().path().join(format!("logs-{handler}"));
+    let config = pod_config(&format!("{name}-{handler}"), &log_dir);
+    let pod = run_pod_with(d, &config, handler).await;
+    (log_dir, config, pod)
 }
 
 fn log_lines(path: &Path) -> Vec<(String, String, String)> {
@@ -121,18 +114,7 @@ fn line(stream: &str, tag: &str, text: &str) -> (String, String, String) {
 
 /// The whole life of a pod of `handler`.
 async fn a_pod_of(d: &Daemon, handler: &str) {
-    let log_dir = d.dir().path().join(format!("logs-{handler}"));
-    let config = pod_config(&format!("rc-{handler}"), &log_dir);
-    let pod = d
-        .runtime()
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: handler.into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox with {handler}: {e:?}"))
-        .into_inner()
-        .pod_sandbox_id;
+    let (log_dir, config, pod) = handler_pod(d, "rc", handler).await;
     let status = d
         .runtime()
         .pod_sandbox_status(PodSandboxStatusRequest {
@@ -200,7 +182,7 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
     );
     let state: serde_json::Value = serde_json::from_slice(&out.stdout).expect("state JSON");
     assert_eq!(state["status"], "running", "{handler}: {state}");
-    let host_pid = reported_pid(d, &long).await;
+    let host_pid = container_pid(d, &long).await;
     let pids = nspids(host_pid);
     assert_eq!(
         pids.get(1).copied(),
@@ -410,18 +392,7 @@ async fn handler_pods_survive_a_daemon_restart_and_the_loss_of_their_monitor() {
     let mut d = daemon().await;
     pull(&d, images::BUSYBOX).await;
     for handler in ["runc", "crun"] {
-        let log_dir = d.dir().path().join(format!("logs-{handler}"));
-        let config = pod_config(&format!("restart-{handler}"), &log_dir);
-        let pod = d
-            .runtime()
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: handler.into(),
-            })
-            .await
-            .expect("RunPodSandbox")
-            .into_inner()
-            .pod_sandbox_id;
+        let (log_dir, config, pod) = handler_pod(&d, "restart", handler).await;
         let c = start(
             &d,
             &pod,
@@ -477,18 +448,7 @@ async fn handler_containers_take_attach_stdin_and_terminal_execs() {
         tty: false,
     };
     for handler in ["runc", "crun"] {
-        let log_dir = d.dir().path().join(format!("logs-{handler}"));
-        let config = pod_config(&format!("stream-{handler}"), &log_dir);
-        let pod = d
-            .runtime()
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: handler.into(),
-            })
-            .await
-            .expect("RunPodSandbox")
-            .into_inner()
-            .pod_sandbox_id;
+        let (_, config, pod) = handler_pod(&d, "stream", handler).await;
         // The runtime hands the container the stdin pipe the monitor made.
         let script = "while read l; do echo \"got $l\"; echo \"err $l\" >&2; done";
         let mut echo = container_config("echo", &["sh", "-c", script]);
@@ -582,14 +542,9 @@ async fn handler_containers_take_attach_stdin_and_terminal_execs() {
 #[tokio::test]
 async fn an_unknown_handler_is_an_invalid_argument() {
     let d = daemon().await;
-    let err = d
-        .runtime()
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_config("rc-unknown", &d.dir().path().join("logs"))),
-            runtime_handler: "kata".into(),
-        })
-        .await
-        .expect_err("an unknown handler");
+    let config = pod_config("rc-unknown", &d.dir().path().join("logs"));
+    let err = try_run_pod(&d, &config, "kata").await;
+    let err = err.expect_err("an unknown handler");
     assert_refused(&err, Code::InvalidArgument, "kata");
 }
 
