@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_e2e::fixtures::{
-    busybox_daemon, container_config, log_dir, pod_config, remove_pod, run_pod, start, wait_exited,
+    busybox_daemon, container_config, container_status, log_dir, pod_config, remove_pod, run_pod,
+    start, try_container_status, try_pod_status, wait_exited,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -561,13 +562,7 @@ async fn check_invariants(d: &Daemon, model: &Shared, kill: u64) -> Violations {
     }
     // The Status calls agree with the lists for what was removed since the last check.
     for (name, id) in gone_pods {
-        match rt
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: id.clone(),
-                verbose: false,
-            })
-            .await
-        {
+        match try_pod_status(d, &id, false).await {
             Err(s) if s.code() == tonic::Code::NotFound => {}
             other => v.resurrected.push(format!(
                 "kill {kill}: removed pod {name} ({id}): PodSandboxStatus {other:?}"
@@ -575,13 +570,7 @@ async fn check_invariants(d: &Daemon, model: &Shared, kill: u64) -> Violations {
         }
     }
     for (key, id) in gone_ctrs {
-        match rt
-            .container_status(ContainerStatusRequest {
-                container_id: id.clone(),
-                verbose: false,
-            })
-            .await
-        {
+        match try_container_status(d, &id, false).await {
             Err(s) if s.code() == tonic::Code::NotFound => {}
             other => v.resurrected.push(format!(
                 "kill {kill}: removed container {key} ({id}): ContainerStatus {other:?}"
@@ -853,16 +842,7 @@ async fn a_container_whose_files_vanished_is_shown_to_kubelet_as_a_fault() {
         "the faulty container is listed: {listed:?}"
     );
     assert!(listed.contains(&kept));
-    let status = rt
-        .container_status(ContainerStatusRequest {
-            container_id: lost.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("ContainerStatus")
-        .into_inner()
-        .status
-        .expect("a status");
+    let status = container_status(&d, &lost).await;
     assert_eq!(status.state, ContainerState::ContainerExited as i32);
     assert_eq!(status.reason, "FilesLost");
     assert!(
@@ -876,16 +856,7 @@ async fn a_container_whose_files_vanished_is_shown_to_kubelet_as_a_fault() {
         "no fault in the daemon's log"
     );
     // The untouched container still runs.
-    let kept_status = rt
-        .container_status(ContainerStatusRequest {
-            container_id: kept.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("ContainerStatus")
-        .into_inner()
-        .status
-        .expect("a status");
+    let kept_status = container_status(&d, &kept).await;
     assert_eq!(kept_status.state, ContainerState::ContainerRunning as i32);
     // kubelet removes it; the removal holds across a kill.
     rt.remove_container(RemoveContainerRequest {

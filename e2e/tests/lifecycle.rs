@@ -4,12 +4,13 @@
 //! processes and links at the end of the run).
 //!
 //! Run through the harness: `scripts/test.sh` (as root).
-
+use berth_e2e::client::connect_unix;
 use berth_e2e::fixtures::{
-    bind, busybox_daemon, busybox_pod, container_config, container_status, create_container,
-    exec_sync, host_dir, image_volume, kill_monitor, list_pods, log_dir, monitor_pid, new_pod,
-    pod_config, pod_status, pull, read_log, remove_container, remove_pod, run_pod_refused, start,
-    start_container, start_created, stop_container, wait_exited,
+    bind, busybox_daemon, busybox_pod, container_config, container_status,
+    container_status_refused, create_container, exec_sync, host_dir, image_volume, kill_monitor,
+    list_pods, log_dir, monitor_pid, new_pod, pod_config, pod_status, pull, read_log,
+    remove_container, remove_pod, run_pod_refused, start, start_container, start_created,
+    stop_container, try_container_status, try_pod_status, wait_exited,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
@@ -98,14 +99,7 @@ async fn a_pod_runs_logs_execs_and_goes_away() {
     remove_container(&d, "no-such-container").await;
     let pods = list_pods(&d).await;
     assert!(pods.is_empty(), "pods left: {pods:?}");
-    let status = d
-        .runtime()
-        .container_status(ContainerStatusRequest {
-            container_id: short.clone(),
-            verbose: false,
-        })
-        .await
-        .expect_err("a removed container");
+    let status = container_status_refused(&d, &short).await;
     assert_eq!(status.code(), Code::NotFound);
     let pod_dir = d.dir().state().join("pods").join(&pod_id);
     assert!(!pod_dir.exists(), "{} is left", pod_dir.display());
@@ -446,14 +440,9 @@ async fn reads_right_after_a_crash_never_show_dead_pods_ready_or_removed_objects
                 ));
             }
             for id in &dp {
-                let r = rt
-                    .pod_sandbox_status(PodSandboxStatusRequest {
-                        pod_sandbox_id: id.clone(),
-                        verbose: false,
-                    })
-                    .await;
+                let r = try_pod_status(&client, id, false).await;
                 if let Ok(r) = r
-                    && r.get_ref().status.as_ref().map(|s| s.state)
+                    && r.status.as_ref().map(|s| s.state)
                         == Some(PodSandboxState::SandboxReady as i32)
                 {
                     wrong.push(format!(
@@ -462,26 +451,16 @@ async fn reads_right_after_a_crash_never_show_dead_pods_ready_or_removed_objects
                 }
             }
             for id in &dc {
-                let r = rt
-                    .container_status(ContainerStatusRequest {
-                        container_id: id.clone(),
-                        verbose: false,
-                    })
-                    .await;
+                let r = try_container_status(&client, id, false).await;
                 if let Ok(r) = r
-                    && r.get_ref().status.as_ref().map(|s| s.state)
+                    && r.status.as_ref().map(|s| s.state)
                         == Some(ContainerState::ContainerRunning as i32)
                 {
                     wrong.push(format!("ContainerStatus shows container {id} RUNNING"));
                 }
             }
             for id in &rc {
-                let r = rt
-                    .container_status(ContainerStatusRequest {
-                        container_id: id.clone(),
-                        verbose: false,
-                    })
-                    .await;
+                let r = try_container_status(&client, id, false).await;
                 match r {
                     Err(s) if s.code() == Code::NotFound => {}
                     Err(s) => panic!("ContainerStatus of a removed container: {s:?}"),
@@ -489,13 +468,7 @@ async fn reads_right_after_a_crash_never_show_dead_pods_ready_or_removed_objects
                 }
             }
             for id in &rp {
-                match rt
-                    .pod_sandbox_status(PodSandboxStatusRequest {
-                        pod_sandbox_id: id.clone(),
-                        verbose: false,
-                    })
-                    .await
-                {
+                match try_pod_status(&client, id, false).await {
                     Err(s) if s.code() == Code::NotFound => {}
                     Err(s) => panic!("PodSandboxStatus of a removed pod: {s:?}"),
                     Ok(_) => wrong.push(format!("PodSandboxStatus shows removed pod {id}")),
@@ -649,20 +622,10 @@ async fn events_tell_of_the_pod_sandbox_in_order_with_its_status() {
 async fn small_window_client(
     socket: &std::path::Path,
 ) -> runtime_service_client::RuntimeServiceClient<tonic::transport::Channel> {
-    let path = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::from_static("http://[::]:50051")
+    let endpoint = tonic::transport::Endpoint::from_static("http://[::]:50051")
         .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .expect("connect");
+        .initial_connection_window_size(65_535);
+    let channel = connect_unix(endpoint, socket).await.expect("connect");
     runtime_service_client::RuntimeServiceClient::new(channel)
 }
 
@@ -714,25 +677,13 @@ async fn a_subscriber_that_falls_behind_gets_an_error_not_a_gap() {
     const ROUNDS: usize = 500;
     let mut workers = Vec::new();
     for w in 0..4 {
-        let (rt, pod, config) = (d.runtime(), pod.clone(), config.clone());
+        let (client, pod, config) = (d.client().clone(), pod.clone(), config.clone());
         workers.push(tokio::spawn(async move {
-            let mut rt = rt;
             for i in (w..ROUNDS).step_by(4) {
                 let mut c = container_config("brief", &["true"]);
                 c.metadata.as_mut().unwrap().attempt = i as u32;
-                let id = rt
-                    .create_container(CreateContainerRequest {
-                        pod_sandbox_id: pod.clone(),
-                        config: Some(c),
-                        sandbox_config: Some(config.clone()),
-                    })
-                    .await
-                    .expect("CreateContainer")
-                    .into_inner()
-                    .container_id;
-                rt.remove_container(RemoveContainerRequest { container_id: id })
-                    .await
-                    .expect("RemoveContainer");
+                let id = create_container(&client, &pod, &config, c).await;
+                remove_container(&client, &id).await;
             }
         }));
     }
