@@ -347,6 +347,12 @@ pub async fn pod_status(d: &impl AsRef<Client>, pod_id: &str) -> PodSandboxStatu
         .expect("a status")
 }
 
+/// The pod's IP address (empty for a pod on the node's network).
+pub async fn pod_ip(d: &impl AsRef<Client>, pod_id: &str) -> String {
+    let network = pod_status(d, pod_id).await.network;
+    network.map(|n| n.ip).unwrap_or_default()
+}
+
 /// The `pid` of a verbose status's `info` JSON.
 fn info_pid(info: &std::collections::HashMap<String, String>) -> i64 {
     let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("info JSON");

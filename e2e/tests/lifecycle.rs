@@ -8,7 +8,7 @@ use berth_e2e::client::connect_unix;
 use berth_e2e::fixtures::{
     bind, busybox_daemon, busybox_pod, container_config, container_status,
     container_status_refused, create_container, exec_sync, host_dir, image_volume, kill_monitor,
-    list_pods, log_dir, monitor_pid, new_pod, pod_config, pod_status, pull, read_log,
+    list_pods, log_dir, monitor_pid, new_pod, pod_config, pod_ip, pod_status, pull, read_log,
     remove_container, remove_pod, run_pod_refused, start, start_container, start_created,
     stop_container, try_container_status, try_pod_status, wait_exited,
 };
@@ -148,11 +148,7 @@ async fn pods_outlive_a_daemon_restart_and_exits_meanwhile_are_kept() {
         let ticker = start(&d, &pod_id, &config, "ticker", &["sh", "-c", ticks]).await;
         let quits = "sleep 1; echo bye; exit 7";
         let quitter = start(&d, &pod_id, &config, "quitter", &["sh", "-c", quits]).await;
-        let pod_ip = async |d: &Daemon| {
-            let network = pod_status(d, &pod_id).await.network;
-            network.map(|n| n.ip).unwrap_or_default()
-        };
-        let ip_before = pod_ip(&d).await;
+        let ip_before = pod_ip(&d, &pod_id).await;
 
         // The daemon goes away (cleanly or by SIGKILL); the quitter exits while it is gone.
         let down_at = std::time::SystemTime::now();
@@ -194,7 +190,7 @@ async fn pods_outlive_a_daemon_restart_and_exits_meanwhile_are_kept() {
             stdout_lines(&read_log(&d, "quitter")),
             vec!["bye".to_string()]
         );
-        assert_eq!(pod_ip(&d).await, ip_before, "crash={crash}");
+        assert_eq!(pod_ip(&d, &pod_id).await, ip_before, "crash={crash}");
 
         // The running container still answers and still logs.
         let (out, _, code) = exec_sync(&d, &ticker, &["sh", "-c", "echo alive; exit 2"]).await;

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use berth_e2e::fixtures::{
-    busybox_daemon, exec_sync, log_dir, pod_config, pull, remove_pod, run_pod, start,
+    busybox_daemon, exec_sync, log_dir, pod_config, pod_ip, pull, remove_pod, run_pod, start,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
@@ -152,19 +152,19 @@ fn web_script(page: &str) -> String {
     format!("mkdir -p /www && echo {page} > /www/index.html && exec httpd -f -p 80 -h /www")
 }
 
-async fn pod_ip(d: &Daemon, pod_id: &str) -> String {
-    d.runtime()
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod_id.into(),
-            verbose: false,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .status
-        .and_then(|s| s.network)
-        .map(|n| n.ip)
-        .unwrap_or_default()
+/// A pod `name` publishing its port 80 on the node's `host_port`, with httpd serving
+/// `page`: (pod id, httpd container id).
+async fn web_pod(d: &Daemon, name: &str, host_port: i32, page: &str) -> (String, String) {
+    let mut config = pod_config(name, &log_dir(d));
+    config.port_mappings = vec![PortMapping {
+        protocol: Protocol::Tcp as i32,
+        container_port: 80,
+        host_port,
+        host_ip: String::new(),
+    }];
+    let pod = run_pod(d, &config).await;
+    let httpd = start(d, &pod, &config, "httpd", &["sh", "-c", &web_script(page)]).await;
+    (pod, httpd)
 }
 
 /// Waits until `httpd` in the container listens on port 80.
@@ -190,22 +190,7 @@ async fn builtin_network_pods_hostports_masquerade_dns_and_host_network() {
     let d = busybox_daemon().await;
     let logs = log_dir(&d);
 
-    let mut web_cfg = pod_config("web", &logs);
-    web_cfg.port_mappings = vec![PortMapping {
-        protocol: Protocol::Tcp as i32,
-        container_port: 80,
-        host_port: HOST_PORT,
-        host_ip: String::new(),
-    }];
-    let web = run_pod(&d, &web_cfg).await;
-    let httpd = start(
-        &d,
-        &web,
-        &web_cfg,
-        "httpd",
-        &["sh", "-c", &web_script("hello-from-web")],
-    )
-    .await;
+    let (web, httpd) = web_pod(&d, "web", HOST_PORT, "hello-from-web").await;
     let mut client_cfg = pod_config("client", &logs);
     client_cfg.dns_config = Some(DnsConfig {
         servers: vec!["10.0.0.10".into()],
@@ -342,22 +327,7 @@ async fn cni_mode_runs_debian_plugins_for_pods_and_hostports() {
         .expect("daemon in CNI mode");
     pull(&d, images::BUSYBOX).await;
     let logs = log_dir(&d);
-    let mut web_cfg = pod_config("cniweb", &logs);
-    web_cfg.port_mappings = vec![PortMapping {
-        protocol: Protocol::Tcp as i32,
-        container_port: 80,
-        host_port: HOST_PORT,
-        host_ip: String::new(),
-    }];
-    let web = run_pod(&d, &web_cfg).await;
-    let httpd = start(
-        &d,
-        &web,
-        &web_cfg,
-        "httpd",
-        &["sh", "-c", &web_script("hello-from-cni")],
-    )
-    .await;
+    let (web, httpd) = web_pod(&d, "cniweb", HOST_PORT, "hello-from-cni").await;
     let client_cfg = pod_config("cniclient", &logs);
     let client = run_pod(&d, &client_cfg).await;
     let curl = start(&d, &client, &client_cfg, "curl", &["sleep", "3600"]).await;

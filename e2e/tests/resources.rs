@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use berth_e2e::Env;
 use berth_e2e::fixtures::{
-    busybox_daemon, container_config, container_status, exec_sync, pod_config, pull, remove_pod,
-    run_pod, start, start_container, wait_exited,
+    busybox_daemon, container_config, container_status, exec_sync, pod_config, pod_ip, pull,
+    remove_pod, run_pod, start, start_container, wait_exited,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
@@ -389,18 +389,7 @@ async fn stats_report_what_the_container_uses() {
         .clone()
         .unwrap();
     assert_eq!(net0.name, "eth0");
-    let status = d
-        .runtime()
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod_id.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
-    let ip: std::net::Ipv4Addr = status.network.unwrap().ip.parse().unwrap();
+    let ip: std::net::Ipv4Addr = pod_ip(&d, &pod_id).await.parse().unwrap();
     let gw = std::net::Ipv4Addr::from(u32::from(ip) & 0xffff_0000 | 1);
     let (out, _, code) =
         exec_sync(&d, &id, &["ping", "-c", "3", "-s", "1000", &gw.to_string()]).await;
