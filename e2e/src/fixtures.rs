@@ -21,13 +21,68 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1::*;
 use tonic::{Code, Status};
 
-use crate::{Client, Daemon, images};
+use crate::{Client, Daemon, DaemonDir, images};
 
 /// A fresh daemon with busybox pulled.
 pub async fn busybox_daemon() -> Daemon {
     let d = Daemon::start().await.expect("daemon");
     pull(&d, images::BUSYBOX).await;
     d
+}
+
+/// A fresh daemon with the TOML `config` merged over the harness's.
+pub async fn daemon_with(config: &str) -> Daemon {
+    Daemon::builder()
+        .config(config)
+        .start()
+        .await
+        .expect("daemon")
+}
+
+/// A daemon in `dir` with the TOML `config` merged over the harness's.
+pub async fn daemon_in(dir: DaemonDir, config: &str) -> Daemon {
+    let d = Daemon::builder().dir(dir).config(config).start().await;
+    d.expect("daemon")
+}
+
+/// Debian's path of a runtime binary (`runc`, `crun`).
+pub fn runtime_binary(name: &str) -> PathBuf {
+    ["/usr/sbin", "/usr/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} is not installed (scripts/test.sh installs it)"))
+}
+
+/// A fresh daemon with `runc` and `crun` as RuntimeClass handlers.
+pub async fn runc_crun_daemon() -> Daemon {
+    let config = format!(
+        "[runtimes.runc]\npath = {:?}\n[runtimes.crun]\npath = {:?}\n",
+        runtime_binary("runc").display().to_string(),
+        runtime_binary("crun").display().to_string()
+    );
+    daemon_with(&config).await
+}
+
+/// A tmpfs mounted at `path` with `options` (`size=1m`), detached on drop, also when the
+/// test fails.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mounts it, making `path` first.
+    pub fn mount(path: &Path, options: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let flags = nix::mount::MsFlags::empty();
+        nix::mount::mount(Some("tmpfs"), path, Some("tmpfs"), flags, Some(options))
+            .expect("mount a tmpfs");
+        Tmpfs(path.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
 }
 
 /// A fresh daemon with busybox pulled and a running pod `name`: (daemon, pod config, pod id).

@@ -20,8 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use berth_e2e::fixtures::{
-    busybox_daemon, container_config, container_status, log_dir, pod_config, remove_pod, run_pod,
-    start, try_container_status, try_pod_status, wait_exited,
+    busybox_daemon, container_config, container_status, container_status_refused, log_dir,
+    pod_config, pod_status, remove_pod, run_pod, start, try_container_status, try_pod_status,
+    wait_exited,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
@@ -582,16 +583,7 @@ async fn check_invariants(d: &Daemon, model: &Shared, kill: u64) -> Violations {
         if pod.state != PodSandboxState::SandboxReady as i32 {
             continue;
         }
-        let status = rt
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: pod.id.clone(),
-                verbose: false,
-            })
-            .await
-            .expect("PodSandboxStatus")
-            .into_inner()
-            .status
-            .expect("a status");
+        let status = pod_status(d, &pod.id).await;
         let ip = status.network.map(|n| n.ip).unwrap_or_default();
         assert!(
             !ip.is_empty(),
@@ -869,14 +861,7 @@ async fn a_container_whose_files_vanished_is_shown_to_kubelet_as_a_fault() {
     d.wait_runtime_ready(Duration::from_secs(60))
         .await
         .expect("ready");
-    let gone = d
-        .runtime()
-        .container_status(ContainerStatusRequest {
-            container_id: lost.clone(),
-            verbose: false,
-        })
-        .await
-        .expect_err("a removed container stays removed");
+    let gone = container_status_refused(&d, &lost).await;
     assert_eq!(gone.code(), tonic::Code::NotFound);
     remove_pod(&d, &pod).await;
     d.stop().await.expect("stop");

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth_e2e::fixtures::{
-    busybox_pod, container_config, container_status, exec_sync, image_spec, kill_monitor,
-    list_pods, log_dir, pod_config, pod_status, pull, remove_pod, run_pod, run_pod_refused, start,
-    start_container, wait_until,
+    Tmpfs, busybox_pod, container_config, container_status, daemon_in, exec_sync, image_spec,
+    kill_monitor, list_pods, log_dir, pod_config, pod_status, pull, remove_pod, run_pod,
+    run_pod_refused, start, start_container, wait_until,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
@@ -36,30 +36,6 @@ async fn a_dead_monitor_makes_its_pod_not_ready_and_removal_still_cleans_up() {
     assert!(pods.is_empty(), "{pods:?}");
 }
 
-/// A tmpfs of `size` mounted at `path`, unmounted on drop.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(path: &Path, size: &str) -> SmallDisk {
-        std::fs::create_dir_all(path).unwrap();
-        nix::mount::mount(
-            Some("tmpfs"),
-            path,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some(format!("size={size},mode=0700").as_str()),
-        )
-        .expect("mount a small tmpfs");
-        SmallDisk(path.to_owned())
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
@@ -84,7 +60,7 @@ async fn a_disk_that_fills_during_a_pull_gives_a_clear_error_and_no_partial_data
     let dir = berth_e2e::DaemonDir::new().expect("dir");
     let root = dir.root();
     // Room for the metadata database and a blob or two, not for the whole image unpacked.
-    let disk = SmallDisk::mount(&root, "1200k");
+    let disk = Tmpfs::mount(&root, "size=1200k,mode=0700");
     let mut d = Daemon::builder().dir(dir).start().await.expect("daemon");
     let err = d
         .images()
@@ -275,12 +251,7 @@ async fn daemon_with_plugin(script: &str, timeout_seconds: u64) -> (Daemon, std:
         conf_dir.display(),
         bin_dir.display()
     );
-    let d = Daemon::builder()
-        .dir(dir)
-        .config(&config)
-        .start()
-        .await
-        .expect("daemon in CNI mode");
+    let d = daemon_in(dir, &config).await;
     (d, plugin)
 }
 

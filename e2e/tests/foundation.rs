@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use berth_e2e::daemon::describe;
-use berth_e2e::fixtures::runtime_status;
+use berth_e2e::fixtures::{daemon_in, runtime_status};
 use berth_e2e::{Daemon, DaemonDir, Env, run_berth};
 use k8s_cri::v1::{
     CgroupDriver, NetworkConfig, RuntimeCondition, RuntimeConfigRequest,
@@ -112,15 +112,14 @@ async fn status_explains_why_cni_network_is_not_ready() {
     let dir = DaemonDir::new().expect("daemon dir");
     let empty = dir.path().join("cni-empty");
     std::fs::create_dir(&empty).expect("mkdir");
-    let d = Daemon::builder()
-        .dir(dir)
-        .config(&format!(
+    let d = daemon_in(
+        dir,
+        &format!(
             "[network]\nmode = \"cni\"\ncni_conf_dir = {:?}\n",
             path_str(&empty)
-        ))
-        .start()
-        .await
-        .expect("start berth");
+        ),
+    )
+    .await;
     let conds = conditions(&d).await;
     let net = condition(&conds, "NetworkReady");
     assert!(

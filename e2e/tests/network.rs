@@ -12,7 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use berth_e2e::fixtures::{
-    busybox_daemon, exec_sync, log_dir, pod_config, pod_ip, pull, remove_pod, run_pod, start,
+    busybox_daemon, daemon_in, exec_sync, log_dir, pod_config, pod_ip, pull, remove_pod, run_pod,
+    start,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
@@ -319,12 +320,7 @@ async fn cni_mode_runs_debian_plugins_for_pods_and_hostports() {
         "[network]\nmode = \"cni\"\ncni_conf_dir = \"{}\"\ncni_bin_dirs = [\"/usr/lib/cni\"]\n",
         conf_dir.display()
     );
-    let d = Daemon::builder()
-        .dir(dir)
-        .config(&config)
-        .start()
-        .await
-        .expect("daemon in CNI mode");
+    let d = daemon_in(dir, &config).await;
     pull(&d, images::BUSYBOX).await;
     let logs = log_dir(&d);
     let (web, httpd) = web_pod(&d, "cniweb", HOST_PORT, "hello-from-cni").await;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use berth_e2e::Env;
 use berth_e2e::fixtures::{
-    busybox_daemon, container_config, container_status, exec_sync, pod_config, pod_ip, pull,
-    remove_pod, run_pod, start, start_container, wait_exited,
+    busybox_daemon, container_config, container_status, daemon_with, exec_sync, pod_config, pod_ip,
+    pull, remove_pod, run_pod, start, start_container, wait_exited,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
@@ -263,11 +263,7 @@ async fn cpu_quota_and_cpuset_are_enforced_and_updates_apply_live() {
 
 #[tokio::test]
 async fn the_node_pids_limit_stops_a_fork_loop() {
-    let d = Daemon::builder()
-        .config("[cgroup]\npids_limit = 16\n")
-        .start()
-        .await
-        .expect("daemon");
+    let d = daemon_with("[cgroup]\npids_limit = 16\n").await;
     pull(&d, images::BUSYBOX).await;
     let (pod, parent) = limited_pod(&d, "pids");
     let pod_id = run_pod(&d, &pod).await;

@@ -10,36 +10,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_e2e::fixtures::{
-    assert_refused, container_config, container_pid, container_status, create_refused, exec_sync,
-    kill_monitor, linux_security, pod_config, pull, remove_pod, run_pod_with, runtime_status,
-    start, start_container, try_run_pod, wait_exited,
+    Tmpfs, assert_refused, container_config, container_pid, container_status, create_refused,
+    exec_sync, kill_monitor, linux_security, pod_config, pod_status, pull, remove_pod,
+    run_pod_with, runc_crun_daemon, runtime_binary, runtime_status, start, start_container,
+    try_run_pod, wait_exited,
 };
 use berth_e2e::{Daemon, DaemonDir, images, run_berth};
 use k8s_cri::v1::*;
 use tonic::Code;
-
-/// Debian's path of a runtime binary.
-fn runtime_binary(name: &str) -> PathBuf {
-    ["/usr/sbin", "/usr/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{name} is not installed (scripts/test.sh installs it)"))
-}
-
-/// A daemon with `runc` and `crun` as RuntimeClass handlers.
-async fn daemon() -> Daemon {
-    let config = format!(
-        "[runtimes.runc]\npath = {:?}\n[runtimes.crun]\npath = {:?}\n",
-        runtime_binary("runc").display().to_string(),
-        runtime_binary("crun").display().to_string()
-    );
-    Daemon::builder()
-        .config(&config)
-        .start()
-        .await
-        .expect("daemon")
-}
 
 /// `<runtime> --root <state>/runtimes/<handler> <args>` as the monitor runs it: in the pod's
 /// PID namespace with that namespace's /proc (the pids in the runtime's state are the pod's).
@@ -115,17 +93,7 @@ fn line(stream: &str, tag: &str, text: &str) -> (String, String, String) {
 /// The whole life of a pod of `handler`.
 async fn a_pod_of(d: &Daemon, handler: &str) {
     let (log_dir, config, pod) = handler_pod(d, "rc", handler).await;
-    let status = d
-        .runtime()
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .status
-        .expect("a status");
+    let status = pod_status(&d, &pod).await;
     assert_eq!(status.runtime_handler, handler);
 
     // Output reaches the CRI log; the exit code is the process's.
@@ -156,7 +124,7 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
     // runtime's: its state shows it running, with the pid Berth reports, and ExecSync runs
     // in it. Its recursive read-only bind keeps a submount read-only.
     let src = d.dir().path().join(format!("tree-{handler}"));
-    let _sub = Submount::mount(&src.join("sub"));
+    let _sub = Tmpfs::mount(&src.join("sub"), "size=1m");
     let mut long = container_config("long", &["sleep", "3600"]);
     long.linux = Some(linux_security(LinuxContainerSecurityContext {
         namespace_options: Some(NamespaceOption {
@@ -368,7 +336,7 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
 
 #[tokio::test]
 async fn runc_and_crun_pods_run_log_exec_and_stop_like_default_ones() {
-    let d = daemon().await;
+    let d = runc_crun_daemon().await;
     pull(&d, images::BUSYBOX).await;
     let status = runtime_status(&d).await;
     let names: Vec<&str> = status
@@ -389,7 +357,7 @@ async fn runc_and_crun_pods_run_log_exec_and_stop_like_default_ones() {
 
 #[tokio::test]
 async fn handler_pods_survive_a_daemon_restart_and_the_loss_of_their_monitor() {
-    let mut d = daemon().await;
+    let mut d = runc_crun_daemon().await;
     pull(&d, images::BUSYBOX).await;
     for handler in ["runc", "crun"] {
         let (log_dir, config, pod) = handler_pod(&d, "restart", handler).await;
@@ -439,7 +407,7 @@ async fn handler_pods_survive_a_daemon_restart_and_the_loss_of_their_monitor() {
 #[tokio::test]
 async fn handler_containers_take_attach_stdin_and_terminal_execs() {
     use berth_cri::streaming::client::{self, ExecOptions, RemoteCommand, Transport};
-    let d = daemon().await;
+    let d = runc_crun_daemon().await;
     pull(&d, images::BUSYBOX).await;
     let all = ExecOptions {
         stdin: true,
@@ -541,7 +509,7 @@ async fn handler_containers_take_attach_stdin_and_terminal_execs() {
 
 #[tokio::test]
 async fn an_unknown_handler_is_an_invalid_argument() {
-    let d = daemon().await;
+    let d = runc_crun_daemon().await;
     let config = pod_config("rc-unknown", &d.dir().path().join("logs"));
     let err = try_run_pod(&d, &config, "kata").await;
     let err = err.expect_err("an unknown handler");
@@ -574,28 +542,4 @@ async fn a_handler_whose_binary_is_missing_stops_the_start() {
         "{stderr}"
     );
     assert!(!dir.socket().exists(), "berth created its socket");
-}
-
-/// A tmpfs mounted for the test's lifetime.
-struct Submount(PathBuf);
-
-impl Submount {
-    fn mount(path: &Path) -> Submount {
-        std::fs::create_dir_all(path).unwrap();
-        nix::mount::mount(
-            Some("tmpfs"),
-            path,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some("size=1m"),
-        )
-        .expect("mount a tmpfs");
-        Submount(path.to_owned())
-    }
-}
-
-impl Drop for Submount {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
 }

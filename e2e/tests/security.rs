@@ -3,12 +3,11 @@
 //! recursive read-only binds, pod sysctls, AppArmor/SELinux refusals, user namespaces and
 //! privileged pods (the known runtime escapes are in `escapes.rs`). What is checked is what
 //! the process inside observes, or the error kubelet gets.
-
 use berth_e2e::fixtures::{
-    assert_refused, bind, busybox_daemon, busybox_pod, container_config, container_status,
+    Tmpfs, assert_refused, bind, busybox_daemon, busybox_pod, container_config, container_status,
     create_refused, default_handler, exec_sync, host_dir, image_volume, linux_security,
-    list_containers, list_pods, log_dir, new_pod, pod_config, pull, remove_pod, run_pod,
-    run_pod_refused, runtime_status, security_context, start, start_container,
+    list_containers, list_pods, log_dir, new_pod, pod_config, pod_status, pull, remove_pod,
+    run_pod, run_pod_refused, runtime_status, security_context, start, start_container,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::security_profile::ProfileType;
@@ -488,30 +487,6 @@ async fn apparmor_and_selinux_requests_berth_cannot_apply_are_refused() {
     remove_pod(&d, &pod).await;
 }
 
-/// A tmpfs mounted at `path`, detached on drop (even when the test fails).
-struct Submount(std::path::PathBuf);
-
-impl Submount {
-    fn mount(path: &std::path::Path) -> Submount {
-        std::fs::create_dir_all(path).unwrap();
-        nix::mount::mount(
-            Some("tmpfs"),
-            path,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some("size=1m"),
-        )
-        .expect("mount a tmpfs");
-        Submount(path.to_owned())
-    }
-}
-
-impl Drop for Submount {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 #[tokio::test]
 async fn a_recursive_read_only_bind_keeps_its_submounts_read_only() {
     let d = busybox_daemon().await;
@@ -526,7 +501,7 @@ async fn a_recursive_read_only_bind_keeps_its_submounts_read_only() {
 
     let src = d.dir().path().join("tree");
     std::fs::create_dir_all(&src).unwrap();
-    let _sub = Submount::mount(&src.join("sub"));
+    let _sub = Tmpfs::mount(&src.join("sub"), "size=1m");
     let (config, pod) = new_pod(&d, "rro").await;
     let mut c = container_config("c", &["sleep", "3600"]);
     let bind = |path: &str, recursive: bool| Mount {
@@ -696,17 +671,7 @@ async fn a_user_namespaced_pod_runs_as_an_unprivileged_host_range() {
     .collect();
     let pod = run_pod(&d, &config).await;
     // PodSandboxStatus reports the namespace back, as containerd does.
-    let pod_status = d
-        .runtime()
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let pod_status = pod_status(&d, &pod).await;
     // The daemon wired the pod's network namespace from the node's user namespace.
     let pod_ip = pod_status.network.clone().unwrap_or_default().ip;
     assert!(!pod_ip.is_empty(), "{pod_status:?}");

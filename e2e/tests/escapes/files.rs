@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use berth_e2e::fixtures::{
-    busybox_daemon, container_config, exec_sync, linux_security, list_pods, log_dir, pod_config,
-    pull, remove_pod, run_pod, run_pod_refused, start_container, wait_exited,
+    busybox_daemon, container_config, daemon_with, exec_sync, linux_security, list_pods, log_dir,
+    pod_config, pull, remove_pod, run_pod, run_pod_refused, start_container, wait_exited,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
@@ -177,11 +177,7 @@ async fn assert_container_user_reads_its_pod_files(d: &Daemon, id: &str) {
 /// local user, where a container's root can leave a setuid binary.
 #[tokio::test]
 async fn node_users_cannot_read_pod_data_and_pod_users_still_read_their_files() {
-    let d = Daemon::builder()
-        .config("[runtimes.runc]\npath = \"/usr/sbin/runc\"\n")
-        .start()
-        .await
-        .expect("daemon");
+    let d = daemon_with("[runtimes.runc]\npath = \"/usr/sbin/runc\"\n").await;
     pull(&d, images::BUSYBOX).await;
     let (root, state) = (d.dir().root(), d.dir().state());
     let secret = format!("hunter2-{}", std::process::id());

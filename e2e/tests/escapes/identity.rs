@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 use berth_e2e::Daemon;
 use berth_e2e::fixtures::{
     assert_refused, busybox_daemon, container_config, container_status, exec_sync, linux_security,
-    list_containers, list_pods, log_dir, new_pod, pod_config, pull, remove_pod, run_pod, start,
-    start_container,
+    list_containers, list_pods, log_dir, new_pod, pod_config, pull, remove_pod, run_pod,
+    runc_crun_daemon, start, start_container,
 };
 use berth_e2e::images::{self, HostBusybox};
 use berth_e2e::oci::{Compression, Layer, LayerBuilder, RunConfig};
@@ -469,22 +469,7 @@ async fn cve_2022_0811_sysctl_values_cannot_set_a_node_sysctl() {
 #[tokio::test]
 async fn seccomp_runtime_default_given_to_runc_and_crun_refuses_af_alg_and_af_vsock() {
     let image = push_image("seccomp-handlers", LayerBuilder::new(), None).await;
-    let binary = |name: &str| {
-        ["/usr/sbin", "/usr/bin"]
-            .iter()
-            .map(|d| std::path::Path::new(d).join(name))
-            .find(|p| p.exists())
-            .unwrap_or_else(|| panic!("{name} is not installed (scripts/test.sh installs it)"))
-    };
-    let d = Daemon::builder()
-        .config(&format!(
-            "[runtimes.runc]\npath = {:?}\n[runtimes.crun]\npath = {:?}\n",
-            binary("runc").display().to_string(),
-            binary("crun").display().to_string()
-        ))
-        .start()
-        .await
-        .expect("daemon");
+    let d = runc_crun_daemon().await;
     pull(&d, &image).await;
     for handler in ["runc", "crun"] {
         let config = pod_config(
