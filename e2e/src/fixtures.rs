@@ -427,13 +427,17 @@ pub async fn list_pods(d: &impl AsRef<Client>) -> Vec<PodSandbox> {
 
 /// The containers ListContainers shows.
 pub async fn list_containers(d: &impl AsRef<Client>) -> Vec<Container> {
-    d.as_ref()
-        .runtime()
-        .list_containers(ListContainersRequest::default())
-        .await
-        .expect("ListContainers")
-        .into_inner()
-        .containers
+    list_containers_where(d, None).await
+}
+
+/// The containers ListContainers shows for `filter`.
+pub async fn list_containers_where(
+    d: &impl AsRef<Client>,
+    filter: Option<ContainerFilter>,
+) -> Vec<Container> {
+    let request = ListContainersRequest { filter };
+    let response = d.as_ref().runtime().list_containers(request).await;
+    response.expect("ListContainers").into_inner().containers
 }
 
 /// The runtime's Status (not verbose).

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth_e2e::fixtures::{
-    Tmpfs, busybox_pod, container_config, container_status, daemon_in, exec_sync, image_spec,
-    kill_monitor, list_pods, log_dir, pod_config, pod_status, pull, remove_pod, run_pod,
-    run_pod_refused, start, start_container, wait_until,
+    Tmpfs, busybox_daemon, busybox_pod, container_config, container_status, daemon_in, exec_sync,
+    image_spec, kill_monitor, list_pods, log_dir, pod_config, pod_status, pull, remove_pod,
+    run_pod, run_pod_refused, start, start_container, wait_until,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
@@ -199,7 +199,7 @@ async fn clients_that_vanish_mid_call_leave_consistent_state() {
 
 #[tokio::test]
 async fn fifty_clients_at_once_all_finish() {
-    let d = berth_e2e::fixtures::busybox_daemon().await;
+    let d = busybox_daemon().await;
     let log_dir = log_dir(&d);
     let started = Instant::now();
     let tasks: Vec<_> = (0..50)

@@ -8,9 +8,10 @@ use berth_e2e::client::connect_unix;
 use berth_e2e::fixtures::{
     bind, busybox_daemon, busybox_pod, container_config, container_status,
     container_status_refused, create_container, exec_sync, host_dir, image_volume, kill_monitor,
-    list_pods, log_dir, monitor_pid, new_pod, pod_config, pod_ip, pod_status, pull, read_log,
-    remove_container, remove_pod, run_pod_refused, start, start_container, start_created,
-    stop_container, try_container_status, try_pod_status, wait_exited,
+    list_containers_where, list_pods, log_dir, monitor_pid, new_pod, pod_config, pod_ip,
+    pod_status, pull, read_log, remove_container, remove_pod, run_pod_refused, start,
+    start_container, start_created, stop_container, try_container_status, try_pod_status,
+    wait_exited,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
@@ -68,20 +69,14 @@ async fn a_pod_runs_logs_execs_and_goes_away() {
     let exec = exec_sync(&d, &long, &["sh", "-c", script]).await;
     assert_eq!(exec, ("lifecycle-host\n".into(), "err\n".into(), 4));
 
-    let listed = d
-        .runtime()
-        .list_containers(ListContainersRequest {
-            filter: Some(ContainerFilter {
-                state: Some(ContainerStateValue {
-                    state: ContainerState::ContainerRunning as i32,
-                }),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("ListContainers")
-        .into_inner()
-        .containers;
+    let running = ContainerStateValue {
+        state: ContainerState::ContainerRunning as i32,
+    };
+    let filter = ContainerFilter {
+        state: Some(running),
+        ..Default::default()
+    };
+    let listed = list_containers_where(&d, Some(filter)).await;
     assert_eq!(
         listed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
         vec![long.as_str()]

@@ -153,6 +153,12 @@ fn web_script(page: &str) -> String {
     format!("mkdir -p /www && echo {page} > /www/index.html && exec httpd -f -p 80 -h /www")
 }
 
+/// GET / from the outside host to the node's `port`.
+fn get_from_outside(outside: &Outside, port: i32) -> Result<String, String> {
+    let to: SocketAddr = format!("{}:{port}", outside.node_addr).parse().unwrap();
+    outside.run(move || http_get(to))
+}
+
 /// A pod `name` publishing its port 80 on the node's `host_port`, with httpd serving
 /// `page`: (pod id, httpd container id).
 async fn web_pod(d: &Daemon, name: &str, host_port: i32, page: &str) -> (String, String) {
@@ -222,12 +228,7 @@ async fn builtin_network_pods_hostports_masquerade_dns_and_host_network() {
             .unwrap_or_else(|e| panic!("hostPort via {host}: {e}"));
         assert!(answer.contains("hello-from-web"), "{host}: {answer}");
     }
-    let to: SocketAddr = format!("{}:{HOST_PORT}", outside.node_addr)
-        .parse()
-        .unwrap();
-    let answer = outside
-        .run(move || http_get(to))
-        .expect("hostPort from outside");
+    let answer = get_from_outside(&outside, HOST_PORT).expect("hostPort from outside");
     assert!(answer.contains("hello-from-web"), "{answer}");
 
     // Masquerade: the outside host sees the node's address, not the pod's.
@@ -336,12 +337,8 @@ async fn cni_mode_runs_debian_plugins_for_pods_and_hostports() {
     let (page, err, code) =
         exec_sync(&d, &curl, &["wget", "-qO-", &format!("http://{web_ip}/")]).await;
     assert_eq!((page.as_str(), code), ("hello-from-cni\n", 0), "{err}");
-    let to: SocketAddr = format!("{}:{HOST_PORT}", outside.node_addr)
-        .parse()
-        .unwrap();
-    let answer = outside
-        .run(move || http_get(to))
-        .expect("hostPort from outside through portmap");
+    let answer =
+        get_from_outside(&outside, HOST_PORT).expect("hostPort from outside through portmap");
     assert!(answer.contains("hello-from-cni"), "{answer}");
 
     for pod in [&web, &client] {

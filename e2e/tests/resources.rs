@@ -56,15 +56,17 @@ fn exists_anywhere(rel: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// A pod placed under a kubelet-style parent unique to `tag`.
-fn limited_pod(d: &Daemon, tag: &str) -> (PodSandboxConfig, String) {
+/// A running pod placed under a kubelet-style parent unique to `tag`: (config, pod id,
+/// parent).
+async fn limited_pod(d: &Daemon, tag: &str) -> (PodSandboxConfig, String, String) {
     let mut config = pod_config(tag, &d.dir().path().join("logs"));
     let parent = Env::get().cgroup_parent(tag);
     config.linux = Some(LinuxPodSandboxConfig {
         cgroup_parent: parent.clone(),
         ..Default::default()
     });
-    (config, parent)
+    let pod_id = run_pod(d, &config).await;
+    (config, pod_id, parent)
 }
 
 fn with_resources(mut c: ContainerConfig, r: LinuxContainerResources) -> ContainerConfig {
@@ -94,8 +96,7 @@ fn v(x: &Option<UInt64Value>) -> u64 {
 #[tokio::test]
 async fn a_memory_limit_ends_in_oomkilled_and_nothing_is_left() {
     let d = busybox_daemon().await;
-    let (pod, parent) = limited_pod(&d, "oom");
-    let pod_id = run_pod(&d, &pod).await;
+    let (pod, pod_id, parent) = limited_pod(&d, "oom").await;
     let limits = LinuxContainerResources {
         memory_limit_in_bytes: 32 * MIB,
         memory_swap_limit_in_bytes: 32 * MIB,
@@ -147,8 +148,7 @@ async fn a_memory_limit_ends_in_oomkilled_and_nothing_is_left() {
 #[tokio::test]
 async fn cpu_quota_and_cpuset_are_enforced_and_updates_apply_live() {
     let d = busybox_daemon().await;
-    let (pod, parent) = limited_pod(&d, "cpu");
-    let pod_id = run_pod(&d, &pod).await;
+    let (pod, pod_id, parent) = limited_pod(&d, "cpu").await;
     let limits = LinuxContainerResources {
         cpu_period: 100_000,
         cpu_quota: 20_000,
@@ -265,8 +265,7 @@ async fn cpu_quota_and_cpuset_are_enforced_and_updates_apply_live() {
 async fn the_node_pids_limit_stops_a_fork_loop() {
     let d = daemon_with("[cgroup]\npids_limit = 16\n").await;
     pull(&d, images::BUSYBOX).await;
-    let (pod, parent) = limited_pod(&d, "pids");
-    let pod_id = run_pod(&d, &pod).await;
+    let (pod, pod_id, parent) = limited_pod(&d, "pids").await;
     // The inner shell gives up at the first failed fork; the outer one reports and waits.
     let script = "sh -c 'n=0; while [ $n -lt 40 ]; do sleep 30 & n=$((n+1)); done'; \
                   echo started; sleep 30";
@@ -444,20 +443,11 @@ async fn stats_report_what_the_container_uses() {
     assert_eq!(e.code(), Code::NotFound);
 
     // cAdvisor-style metrics: every metric has a descriptor with matching labels.
-    let descriptors = d
-        .runtime()
-        .list_metric_descriptors(ListMetricDescriptorsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .descriptors;
-    let metrics = d
-        .runtime()
-        .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_metrics;
+    let mut rt = d.runtime();
+    let descriptors = rt.list_metric_descriptors(ListMetricDescriptorsRequest {});
+    let descriptors = descriptors.await.unwrap().into_inner().descriptors;
+    let metrics = rt.list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {});
+    let metrics = metrics.await.unwrap().into_inner().pod_metrics;
     let mine = metrics.iter().find(|m| m.pod_sandbox_id == pod_id).unwrap();
     let cm = &mine.container_metrics[0];
     assert_eq!(cm.container_id, id);
@@ -517,8 +507,7 @@ fn device_programs(dir: &std::path::Path) -> u32 {
 #[tokio::test]
 async fn containers_cannot_open_devices_they_were_not_given() {
     let d = busybox_daemon().await;
-    let (pod, parent) = limited_pod(&d, "dev");
-    let pod_id = run_pod(&d, &pod).await;
+    let (pod, pod_id, parent) = limited_pod(&d, "dev").await;
     let id = start(&d, &pod_id, &pod, "dev", &["sleep", "3600"]).await;
     // CAP_MKNOD is in the default set: making the node works, opening it does not.
     let (out, err, code) = exec_sync(
@@ -573,8 +562,7 @@ async fn containers_cannot_open_devices_they_were_not_given() {
 #[tokio::test]
 async fn cgroups_left_by_a_crash_are_removed_at_the_next_start() {
     let mut d = busybox_daemon().await;
-    let (pod, parent) = limited_pod(&d, "crash");
-    let pod_id = run_pod(&d, &pod).await;
+    let (pod, pod_id, parent) = limited_pod(&d, "crash").await;
     let id = start(&d, &pod_id, &pod, "keep", &["sleep", "3600"]).await;
     d.kill().await.expect("SIGKILL");
     // What a crash between removing a cgroup and its record would leave: a container leaf

@@ -301,13 +301,8 @@ async fn node_users_cannot_read_pod_data_and_pod_users_still_read_their_files() 
     assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
 
     // Inside, a non-root user still reads the pod's files and passes `/`.
-    let user = start_container(
-        &d,
-        &pod,
-        &config,
-        run_as(container_config("user", &["sleep", "3600"]), 1000),
-    )
-    .await;
+    let as_user = || run_as(container_config("user", &["sleep", "3600"]), 1000);
+    let user = start_container(&d, &pod, &config, as_user()).await;
     assert_container_user_reads_its_pod_files(&d, &user).await;
     // Its cgroup (what a cgroup v2 container mounts as its /sys/fs/cgroup) is open to read
     // as runc makes it: cgroupfs would otherwise apply the daemon's umask.
@@ -315,13 +310,7 @@ async fn node_users_cannot_read_pod_data_and_pod_users_still_read_their_files() 
         assert_eq!(mode(&dir), 0o755, "{}", dir.display());
     }
     // And so in a runc pod (the runtime runs with containerd's umask, not the daemon's).
-    let runc_user = start_container(
-        &d,
-        &runc_pod,
-        &runc_config,
-        run_as(container_config("user", &["sleep", "3600"]), 1000),
-    )
-    .await;
+    let runc_user = start_container(&d, &runc_pod, &runc_config, as_user()).await;
     assert_eq!(
         out(&d, &runc_user, &["stat", "-c", "%a", "/"]).await.trim(),
         "755"
