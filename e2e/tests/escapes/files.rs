@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use berth_e2e::fixtures::{
-    busybox_daemon, container_config, daemon_with, exec_sync, linux_security, list_pods, log_dir,
+    busybox_daemon, container_config, daemon_with, exec_ok, linux_security, list_pods, log_dir,
     pod_config, pull, remove_pod, run_pod, run_pod_refused, start_container, wait_exited,
 };
 use berth_e2e::{Daemon, images};
@@ -128,29 +128,25 @@ fn container_cgroup_dirs(proc_cgroup: &str) -> Vec<PathBuf> {
     vec![pod, container]
 }
 
-/// Runs `cmd` in the container and returns its stdout; the command must succeed.
-async fn out(d: &Daemon, id: &str, cmd: &[&str]) -> String {
-    let (stdout, stderr, code) = exec_sync(d, id, cmd).await;
-    assert_eq!(code, 0, "{cmd:?}: {stdout} {stderr}");
-    stdout
-}
-
 /// What a non-root user of a container must still do: read the pod's hosts files, list and
 /// pass `/`, use `/dev/shm`.
 async fn assert_container_user_reads_its_pod_files(d: &Daemon, id: &str) {
-    assert_eq!(out(d, id, &["id", "-u"]).await.trim(), "1000");
-    let hosts = out(d, id, &["cat", "/etc/hosts"]).await;
+    assert_eq!(exec_ok(d, id, &["id", "-u"]).await.trim(), "1000");
+    let hosts = exec_ok(d, id, &["cat", "/etc/hosts"]).await;
     assert!(hosts.contains("localhost"), "{hosts}");
-    out(d, id, &["cat", "/etc/resolv.conf"]).await;
-    out(d, id, &["cat", "/etc/hostname"]).await;
-    let root = out(d, id, &["ls", "/"]).await;
+    exec_ok(d, id, &["cat", "/etc/resolv.conf"]).await;
+    exec_ok(d, id, &["cat", "/etc/hostname"]).await;
+    let root = exec_ok(d, id, &["ls", "/"]).await;
     assert!(
         root.contains("bin") && root.contains("etc"),
         "ls / shows {root:?}"
     );
-    assert_eq!(out(d, id, &["stat", "-c", "%a", "/"]).await.trim(), "755");
     assert_eq!(
-        out(
+        exec_ok(d, id, &["stat", "-c", "%a", "/"]).await.trim(),
+        "755"
+    );
+    assert_eq!(
+        exec_ok(
             d,
             id,
             &["stat", "-c", "%a", "/etc/hosts", "/etc/resolv.conf"]
@@ -160,7 +156,7 @@ async fn assert_container_user_reads_its_pod_files(d: &Daemon, id: &str) {
         .collect::<Vec<_>>(),
         ["644", "644"]
     );
-    out(
+    exec_ok(
         d,
         id,
         &[
@@ -191,7 +187,7 @@ async fn node_users_cannot_read_pod_data_and_pod_users_still_read_their_files() 
     });
     let writer = start_container(&d, &pod, &config, writer).await;
     // The container's root leaves a file and a setuid binary in its writable layer.
-    out(
+    exec_ok(
         &d,
         &writer,
         &[
@@ -306,16 +302,18 @@ async fn node_users_cannot_read_pod_data_and_pod_users_still_read_their_files() 
     assert_container_user_reads_its_pod_files(&d, &user).await;
     // Its cgroup (what a cgroup v2 container mounts as its /sys/fs/cgroup) is open to read
     // as runc makes it: cgroupfs would otherwise apply the daemon's umask.
-    for dir in container_cgroup_dirs(&out(&d, &user, &["cat", "/proc/self/cgroup"]).await) {
+    for dir in container_cgroup_dirs(&exec_ok(&d, &user, &["cat", "/proc/self/cgroup"]).await) {
         assert_eq!(mode(&dir), 0o755, "{}", dir.display());
     }
     // And so in a runc pod (the runtime runs with containerd's umask, not the daemon's).
     let runc_user = start_container(&d, &runc_pod, &runc_config, as_user()).await;
     assert_eq!(
-        out(&d, &runc_user, &["stat", "-c", "%a", "/"]).await.trim(),
+        exec_ok(&d, &runc_user, &["stat", "-c", "%a", "/"])
+            .await
+            .trim(),
         "755"
     );
-    let hosts = out(&d, &runc_user, &["cat", "/etc/hosts"]).await;
+    let hosts = exec_ok(&d, &runc_user, &["cat", "/etc/hosts"]).await;
     assert!(hosts.contains("localhost"), "{hosts}");
 
     remove_pod(&d, &runc_pod).await;
@@ -361,7 +359,7 @@ async fn a_non_root_user_of_an_idmapped_pod_reads_its_pod_files() {
     });
     let id = start_container(&d, &pod, &config, c).await;
     // Really in the host range: uid 1000 inside is 166536 outside.
-    let uid_map = out(&d, &id, &["cat", "/proc/self/uid_map"]).await;
+    let uid_map = exec_ok(&d, &id, &["cat", "/proc/self/uid_map"]).await;
     assert!(uid_map.contains("165536"), "{uid_map}");
     assert_container_user_reads_its_pod_files(&d, &id).await;
     // The pod's data stays closed to node users all the same.

@@ -9,9 +9,9 @@ use std::sync::OnceLock;
 
 use berth_e2e::Daemon;
 use berth_e2e::fixtures::{
-    assert_refused, busybox_daemon, container_config, container_status, exec_sync, linux_security,
-    list_containers, list_pods, log_dir, new_pod, pod_config, pull, remove_pod, run_pod,
-    runc_crun_daemon, start, start_container,
+    assert_refused, busybox_daemon, container_config, container_status, exec_ok, exec_sync,
+    linux_security, list_containers, list_pods, log_dir, new_pod, pod_config, pull, remove_pod,
+    run_pod, runc_crun_daemon, start, start_container,
 };
 use berth_e2e::images::{self, HostBusybox};
 use berth_e2e::oci::{Compression, Layer, LayerBuilder, RunConfig};
@@ -331,9 +331,7 @@ async fn cve_2023_25173_supplementary_groups_and_no_inherited_capabilities() {
 async fn probe(d: &Daemon, id: &str, args: &[&str]) -> String {
     let mut cmd = vec![PROBE];
     cmd.extend_from_slice(args);
-    let (out, err, code) = exec_sync(d, id, &cmd).await;
-    assert_eq!(code, 0, "{args:?}: {err}");
-    out.trim().to_string()
+    exec_ok(d, id, &cmd).await.trim().to_string()
 }
 
 #[tokio::test]
