@@ -4,63 +4,45 @@
 
 mod common;
 
-use std::net::IpAddr;
 use std::time::Instant;
 
 use berth_cni::{Class, Classify, Error, NetworkConfig, PodNetworkRequest, PortMapping, Protocol};
 use common::*;
 
-fn tcp(host_port: u16, container_port: u16, host_ip: Option<&str>) -> PortMapping {
-    PortMapping {
-        protocol: Protocol::Tcp,
-        host_port,
-        container_port,
-        host_ip: host_ip.map(|h| h.parse().unwrap()),
-    }
+fn req(pod_id: &str, ns: &Netns, ports: Vec<PortMapping>) -> PodNetworkRequest {
+    pod_request(pod_id, &format!("name-{pod_id}"), ns, ports)
 }
 
-/// `n` pods in namespaces named `prefix0`.., pod `i` publishing TCP `first_port + i` to 80.
-fn pods_with_hostports(
-    prefix: &str,
-    n: u16,
-    first_port: u16,
-) -> (Vec<Netns>, Vec<PodNetworkRequest>) {
-    let pods: Vec<Netns> = (0..n)
-        .map(|i| Netns::new(&format!("{prefix}{i}")))
-        .collect();
-    let reqs = pods
-        .iter()
-        .zip(0..n)
-        .map(|(ns, i)| req(&format!("pod-{i}"), ns, vec![tcp(first_port + i, 80, None)]))
-        .collect();
-    (pods, reqs)
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
+/// `n` pods in namespaces `<prefix><i>`, pod `pod-<i>` publishing `first_port + i` to 80.
+fn pods_with_ports(prefix: &str, n: u16, first_port: u16) -> (Vec<Netns>, Vec<PodNetworkRequest>) {
+    (0..n)
+        .map(|i| {
+            let ns = Netns::new(&format!("{prefix}{i}"));
+            let r = req(
+                &format!("pod-{i}"),
+                &ns,
+                vec![tcp(first_port + i, 80, None)],
+            );
+            (ns, r)
+        })
+        .unzip()
 }
 
 #[test]
 fn pods_reach_each_other_and_the_node_and_teardown_leaves_nothing() {
-    require_root!();
-    let node = Node::new();
+    let node = root_node!();
     let (a_ns, b_ns) = (Netns::new("a"), Netns::new("b"));
-    let (_dir, db) = database();
     let (a_path, b_path, node_path) = (a_ns.path(), b_ns.path(), node.node.path());
     let (ra, rb) = (req("pod-a", &a_ns, vec![]), req("pod-b", &b_ns, vec![]));
     let (ra2, rb2) = (ra.clone(), rb.clone());
     // Nothing on the node before the first pod.
     assert!(!node.node.links().contains(&"berth0".to_string()));
-    let (a_ip, b_ip, net) = {
-        let (tx, rx) = std::sync::mpsc::channel();
-        node.with_builtin(db, move |net| async move {
-            assert_eq!(net.ready(), Ok(()));
-            let a = net.setup(&ra2).await.unwrap();
-            let b = net.setup(&rb2).await.unwrap();
-            tx.send((a.ips[0], b.ips[0], net)).unwrap();
-        });
-        rx.recv().unwrap()
-    };
+    let (a_ip, b_ip, net) = node.with_network(builtin_config(), move |net| async move {
+        assert_eq!(net.ready(), Ok(()));
+        let a = net.setup(&ra2).await.unwrap();
+        let b = net.setup(&rb2).await.unwrap();
+        (a.ips[0], b.ips[0], net)
+    });
     assert_eq!(a_ip, ip("10.88.0.2"));
     assert_eq!(b_ip, ip("10.88.0.3"));
     // eth0 in the pod: address, MTU, up; default route via the bridge; lo up.
@@ -103,10 +85,8 @@ fn pods_reach_each_other_and_the_node_and_teardown_leaves_nothing() {
 
 #[test]
 fn hostports_answer_from_node_address_localhost_outside_and_hairpin() {
-    require_root!();
-    let node = Node::new();
+    let node = root_node!();
     let (a_ns, b_ns) = (Netns::new("a"), Netns::new("b"));
-    let (_dir, db) = database();
     let ports = vec![
         tcp(8080, 80, None),
         PortMapping {
@@ -119,15 +99,13 @@ fn hostports_answer_from_node_address_localhost_outside_and_hairpin() {
     ];
     let ra = req("pod-a", &a_ns, ports);
     let rb = req("pod-b", &b_ns, vec![]);
-    let (tx, rx) = std::sync::mpsc::channel();
-    node.with_builtin(db, move |net| async move {
+    let (a_ip, b_ip, net) = node.with_network(builtin_config(), move |net| async move {
         let a = net.setup(&ra).await.unwrap();
         // A repeated setup keeps the address and replaces, not duplicates, the rules.
         assert_eq!(net.setup(&ra).await.unwrap(), a);
         let b = net.setup(&rb).await.unwrap();
-        tx.send((a.ips[0], b.ips[0], net)).unwrap();
+        (a.ips[0], b.ips[0], net)
     });
-    let (a_ip, b_ip, net) = rx.recv().unwrap();
     let (a_path, b_path, node_path, out_path) = (
         a_ns.path(),
         b_ns.path(),
@@ -188,17 +166,13 @@ fn hostports_answer_from_node_address_localhost_outside_and_hairpin() {
 
 #[test]
 fn masquerade_shows_the_node_address_to_the_outside() {
-    require_root!();
-    let node = Node::new();
+    let node = root_node!();
     let a_ns = Netns::new("a");
-    let (_dir, db) = database();
     let ra = req("pod-a", &a_ns, vec![]);
-    let (tx, rx) = std::sync::mpsc::channel();
-    node.with_builtin(db, move |net| async move {
+    let net = node.with_network(builtin_config(), move |net| async move {
         net.setup(&ra).await.unwrap();
-        tx.send(net).unwrap();
+        net
     });
-    let net = rx.recv().unwrap();
     let server = TcpPeerServer::start(&node.outside.path(), sa(ip("0.0.0.0"), 7000));
     assert_eq!(
         tcp_peer(&a_ns.path(), sa(ip(OUTSIDE_IP), 7000)),
@@ -211,24 +185,19 @@ fn masquerade_shows_the_node_address_to_the_outside() {
 
 #[test]
 fn dual_stack_pods_get_both_families() {
-    require_root!();
-    let node = Node::new();
+    let node = root_node!();
     let (a_ns, b_ns) = (Netns::new("a"), Netns::new("b"));
-    let (_dir, db) = database();
     let ra = req("pod-a", &a_ns, vec![tcp(8080, 80, None)]);
     let rb = req("pod-b", &b_ns, vec![]);
     let config = NetworkConfig {
         pod_cidr_v6: Some("fd00:88::/64".parse().unwrap()),
         ..builtin_config()
     };
-    let (tx, rx) = std::sync::mpsc::channel();
-    node.run(move || async move {
-        let net = open(config, db);
+    let (a_ips, b_ips, net) = node.with_network(config, move |net| async move {
         let a = net.setup(&ra).await.unwrap();
         let b = net.setup(&rb).await.unwrap();
-        tx.send((a.ips.clone(), b.ips.clone(), net)).unwrap();
+        (a.ips.clone(), b.ips.clone(), net)
     });
-    let (a_ips, b_ips, net) = rx.recv().unwrap();
     assert_eq!(a_ips, vec![ip("10.88.0.2"), ip("fd00:88::2")]);
     assert_eq!(b_ips[1], ip("fd00:88::3"));
     assert!(
@@ -257,14 +226,12 @@ fn dual_stack_pods_get_both_families() {
 
 #[test]
 fn failed_setup_leaves_nothing_and_reports_the_class() {
-    require_root!();
-    let node = Node::new();
+    let node = root_node!();
     let a_ns = Netns::new("a");
     // Something else already owns eth0 in the pod: the veth cannot take the name.
     a_ns.ip(&[
         "link", "add", "eth0", "type", "veth", "peer", "name", "other",
     ]);
-    let (_dir, db) = database();
     let ra = req("pod-a", &a_ns, vec![]);
     let missing = PodNetworkRequest {
         netns: "/run/netns/berth-cni-test-does-not-exist".into(),
@@ -274,7 +241,7 @@ fn failed_setup_leaves_nothing_and_reports_the_class() {
         netns: node.node.path(),
         ..req("pod-own", &a_ns, vec![])
     };
-    node.with_builtin(db, move |net| async move {
+    node.with_network(builtin_config(), move |net| async move {
         let e = net.setup(&missing).await.unwrap_err();
         assert_eq!(e.class(), Class::NotFound, "{e}");
         let e = net.setup(&ra).await.unwrap_err();
@@ -299,24 +266,19 @@ fn failed_setup_leaves_nothing_and_reports_the_class() {
 
 #[test]
 fn reconcile_releases_dead_pods_and_stray_objects_and_restart_keeps_addresses() {
-    require_root!();
-    let node = Node::new();
+    let node = root_node!();
     let (a_ns, b_ns, c_ns) = (Netns::new("a"), Netns::new("b"), Netns::new("c"));
-    let (_dir, db) = database();
     let (ra, rb, rc) = (
         req("pod-a", &a_ns, vec![tcp(8080, 80, None)]),
         req("pod-b", &b_ns, vec![tcp(8081, 80, None)]),
         req("pod-c", &c_ns, vec![]),
     );
-    let db2 = db.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    node.with_builtin(db2, move |net| async move {
+    let a_ip = node.with_network(builtin_config(), move |net| async move {
         let a = net.setup(&ra).await.unwrap();
         net.setup(&rb).await.unwrap();
-        tx.send(a.ips[0]).unwrap();
         // The daemon stops: `net` is dropped, the pods stay.
+        a.ips[0]
     });
-    let a_ip = rx.recv().unwrap();
     // Strays: a veth on the bridge and a rule naming a pod without a record.
     node.node.ip(&[
         "link",
@@ -343,16 +305,14 @@ fn reconcile_releases_dead_pods_and_stray_objects_and_restart_keeps_addresses() 
         "comment",
         "\"berth-pod:ghost\"",
     ]);
-    let (tx, rx) = std::sync::mpsc::channel();
-    node.with_builtin(db, move |net| async move {
+    let (c_ip, net) = node.with_network(builtin_config(), move |net| async move {
         // Restart: the record survives, pod-b is gone from the runtime's view.
         assert_eq!(net.pod_status("pod-a").unwrap().unwrap().ips, vec![a_ip]);
         net.reconcile(&["pod-a".to_string()]).await.unwrap();
         assert_eq!(net.pod_status("pod-b").unwrap(), None);
         let c = net.setup(&rc).await.unwrap();
-        tx.send((c.ips[0], net)).unwrap();
+        (c.ips[0], net)
     });
-    let (c_ip, net) = rx.recv().unwrap();
     // A fresh address, not pod-a's, and not pod-b's just released one (round-robin).
     assert_eq!(c_ip, ip("10.88.0.4"));
     let links = node.node.links();
@@ -379,14 +339,12 @@ fn reconcile_releases_dead_pods_and_stray_objects_and_restart_keeps_addresses() 
     // A firewall reload wipes the table: the next start's reconcile restores the rules.
     node.node.nft(&["delete", "table", "inet", "berth"]);
     assert!(tcp_peer(&node.outside.path(), sa(ip(NODE_IP), 8080)).is_err());
-    let (tx, rx) = std::sync::mpsc::channel();
-    node.run(move || async move {
+    let net = node.run(move || async move {
         net.reconcile(&["pod-a".to_string(), "pod-c".to_string()])
             .await
             .unwrap();
-        tx.send(net).unwrap();
+        net
     });
-    let net = rx.recv().unwrap();
     assert_eq!(
         tcp_peer(&node.outside.path(), sa(ip(NODE_IP), 8080)),
         Ok(ip(OUTSIDE_IP))
@@ -400,12 +358,10 @@ fn reconcile_releases_dead_pods_and_stray_objects_and_restart_keeps_addresses() 
 
 #[test]
 fn pod_cidr_from_kubelet_applies_when_no_pod_uses_the_old_one() {
-    require_root!();
-    let node = Node::new();
+    let node = root_node!();
     let (a_ns, b_ns) = (Netns::new("a"), Netns::new("b"));
-    let (_dir, db) = database();
     let (ra, rb) = (req("pod-a", &a_ns, vec![]), req("pod-b", &b_ns, vec![]));
-    node.with_builtin(db, move |net| async move {
+    node.with_network(builtin_config(), move |net| async move {
         net.set_pod_cidr("10.244.1.0/24").unwrap();
         assert_eq!(net.setup(&ra).await.unwrap().ips, vec![ip("10.244.1.2")]);
         // With a pod on 10.244.1.0/24 the change waits...
@@ -425,12 +381,55 @@ fn pod_cidr_from_kubelet_applies_when_no_pod_uses_the_old_one() {
 }
 
 #[test]
+fn concurrent_setups_get_distinct_addresses_and_concurrent_teardowns_clean_up() {
+    let node = root_node!();
+    let (pods, reqs) = pods_with_ports("c", 8, 30000);
+    let (ips, net) = node.with_network(builtin_config(), move |net| async move {
+        let tasks: Vec<_> = reqs
+            .into_iter()
+            .map(|r| {
+                let net = net.clone();
+                tokio::spawn(async move { net.setup(&r).await.unwrap().ips[0] })
+            })
+            .collect();
+        let mut ips = Vec::new();
+        for t in tasks {
+            ips.push(t.await.unwrap());
+        }
+        (ips, net)
+    });
+    let mut unique = ips.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 8, "{ips:?}");
+    // Every pod is reachable through its own hostPort.
+    for (i, (ns, ip_addr)) in pods.iter().zip(&ips).enumerate() {
+        let _s = TcpPeerServer::start(&ns.path(), sa(ip("0.0.0.0"), 80));
+        assert_eq!(
+            tcp_peer(&node.outside.path(), sa(ip(NODE_IP), 30000 + i as u16)),
+            Ok(ip(OUTSIDE_IP)),
+            "pod {i} at {ip_addr}"
+        );
+    }
+    node.run(move || async move {
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let net = net.clone();
+                tokio::spawn(async move { net.teardown(&format!("pod-{i}"), None).await.unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    node.assert_clean("berth0");
+}
+
+#[test]
 fn setup_time_per_pod() {
-    require_root!();
-    let node = Node::new();
-    let (_pods, reqs) = pods_with_hostports("p", 10, 20000);
-    let (_dir, db) = database();
-    node.with_builtin(db, move |net| async move {
+    let node = root_node!();
+    let (_pods, reqs) = pods_with_ports("p", 10, 20000);
+    node.with_network(builtin_config(), move |net| async move {
         // One pod stays so the bridge and table exist: the steady state of a node.
         let keep = PodNetworkRequest {
             pod_id: "keep".into(),
@@ -471,55 +470,6 @@ fn setup_time_per_pod() {
             med(&setup)
         );
         net.teardown("keep", None).await.unwrap();
-    });
-    node.assert_clean("berth0");
-}
-
-#[test]
-fn concurrent_setups_get_distinct_addresses_and_concurrent_teardowns_clean_up() {
-    require_root!();
-    let node = Node::new();
-    let (pods, reqs) = pods_with_hostports("c", 8, 30000);
-    let (_dir, db) = database();
-    let (tx, rx) = std::sync::mpsc::channel();
-    node.with_builtin(db, move |net| async move {
-        let tasks: Vec<_> = reqs
-            .into_iter()
-            .map(|r| {
-                let net = net.clone();
-                tokio::spawn(async move { net.setup(&r).await.unwrap().ips[0] })
-            })
-            .collect();
-        let mut ips = Vec::new();
-        for t in tasks {
-            ips.push(t.await.unwrap());
-        }
-        tx.send((ips, net)).unwrap();
-    });
-    let (ips, net) = rx.recv().unwrap();
-    let mut unique = ips.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(unique.len(), 8, "{ips:?}");
-    // Every pod is reachable through its own hostPort.
-    for (i, (ns, ip_addr)) in pods.iter().zip(&ips).enumerate() {
-        let _s = TcpPeerServer::start(&ns.path(), sa(ip("0.0.0.0"), 80));
-        assert_eq!(
-            tcp_peer(&node.outside.path(), sa(ip(NODE_IP), 30000 + i as u16)),
-            Ok(ip(OUTSIDE_IP)),
-            "pod {i} at {ip_addr}"
-        );
-    }
-    node.run(move || async move {
-        let tasks: Vec<_> = (0..8)
-            .map(|i| {
-                let net = net.clone();
-                tokio::spawn(async move { net.teardown(&format!("pod-{i}"), None).await.unwrap() })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
     });
     node.assert_clean("berth0");
 }

@@ -6,23 +6,22 @@ mod common;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use berth_cni::{NetworkConfig, NetworkMode, PortMapping, Protocol};
+use berth_cni::{NetworkConfig, NetworkMode, PodNetworkRequest, PortMapping};
 use common::*;
 
 const PLUGIN_DIR: &str = "/usr/lib/cni";
 
-macro_rules! require_plugins {
-    () => {
+/// A fresh [`Node`], or skips the test (returning early) unless running as root with
+/// the plugins installed.
+macro_rules! plugins_node {
+    () => {{
         require_root!();
         if !Path::new(PLUGIN_DIR).join("bridge").exists() {
             eprintln!("skipped: containernetworking-plugins is not installed");
             return;
         }
-    };
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
+        Node::new()
+    }};
 }
 
 struct CniDirs {
@@ -30,10 +29,13 @@ struct CniDirs {
 }
 
 impl CniDirs {
-    fn new() -> CniDirs {
+    /// A config dir holding the test's network with host-local `ranges` (JSON).
+    fn new(ranges: &str) -> CniDirs {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("net.d")).unwrap();
-        CniDirs { dir }
+        let dirs = CniDirs { dir };
+        dirs.write_conf(ranges);
+        dirs
     }
 
     fn ipam_dir(&self) -> PathBuf {
@@ -79,6 +81,10 @@ impl CniDirs {
     }
 }
 
+fn req(pod_id: &str, ns: &Netns, ports: Vec<PortMapping>) -> PodNetworkRequest {
+    pod_request(pod_id, pod_id, ns, ports)
+}
+
 fn iptables_save(node: &Netns) -> String {
     let net = format!("--net={}", node.path().display());
     sh(&["nsenter", &net, "iptables-save"])
@@ -98,23 +104,12 @@ fn sysctl_in(ns: &Path, key: &str) -> String {
 
 #[test]
 fn plugins_wire_pods_publish_ports_masquerade_and_clean_up() {
-    require_plugins!();
-    let node = Node::new();
+    let node = plugins_node!();
     let (a_ns, b_ns) = (Netns::new("a"), Netns::new("b"));
-    let dirs = CniDirs::new();
-    dirs.write_conf(r#"[[{"subnet":"10.22.0.0/16","gateway":"10.22.0.1"}]]"#);
-    let (_dbdir, db) = database();
-    let port = PortMapping {
-        protocol: Protocol::Tcp,
-        host_port: 8080,
-        container_port: 80,
-        host_ip: None,
-    };
+    let dirs = CniDirs::new(r#"[[{"subnet":"10.22.0.0/16","gateway":"10.22.0.1"}]]"#);
+    let port = tcp(8080, 80, None);
     let (ra, rb) = (req("pod-a", &a_ns, vec![port]), req("pod-b", &b_ns, vec![]));
-    let config = dirs.config();
-    let (tx, rx) = std::sync::mpsc::channel();
-    run_in(&node.node.path(), move || async move {
-        let net = open(config, db);
+    let (a_ip, b_ip, net) = node.with_network(dirs.config(), move |net| async move {
         assert_eq!(net.ready(), Ok(()));
         let a = net.setup(&ra).await.unwrap();
         let b = net.setup(&rb).await.unwrap();
@@ -122,9 +117,8 @@ fn plugins_wire_pods_publish_ports_masquerade_and_clean_up() {
         // (portmap 1.1.1's CHECK fails for IPv4-only pods with port mappings, a plugin bug,
         // so CHECK is exercised on the pod without.)
         net.check("pod-b").await.unwrap();
-        tx.send((a.ips[0], b.ips[0], net)).unwrap();
+        (a.ips[0], b.ips[0], net)
     });
-    let (a_ip, b_ip, net) = rx.recv().unwrap();
     assert!(a_ip.to_string().starts_with("10.22."), "{a_ip}");
     let (a_path, b_path) = (a_ns.path(), b_ns.path());
     // tuning: MTU and a namespaced sysctl inside the pod.
@@ -149,7 +143,7 @@ fn plugins_wire_pods_publish_ports_masquerade_and_clean_up() {
     assert_eq!(tcp_peer(&b_path, sa(ip(OUTSIDE_IP), 7000)), Ok(ip(NODE_IP)));
     drop(out);
     assert_eq!(dirs.ipam_holds().len(), 2);
-    run_in(&node.node.path(), move || async move {
+    node.run(move || async move {
         assert!(net.pod_status("pod-a").unwrap().is_some());
         net.teardown("pod-a", None).await.unwrap();
         net.teardown("pod-b", None).await.unwrap();
@@ -170,23 +164,17 @@ fn plugins_wire_pods_publish_ports_masquerade_and_clean_up() {
 
 #[test]
 fn del_runs_after_a_daemon_crash_with_the_config_gone() {
-    require_plugins!();
-    let node = Node::new();
+    let node = plugins_node!();
     let a_ns = Netns::new("a");
-    let dirs = CniDirs::new();
-    dirs.write_conf(r#"[[{"subnet":"10.23.0.0/16"}]]"#);
-    let (_dbdir, db) = database();
+    let dirs = CniDirs::new(r#"[[{"subnet":"10.23.0.0/16"}]]"#);
     let ra = req("pod-a", &a_ns, vec![]);
-    let (config, config2, db2) = (dirs.config(), dirs.config(), db.clone());
-    run_in(&node.node.path(), move || async move {
-        let net = open(config, db);
+    node.with_network(dirs.config(), move |net| async move {
         net.setup(&ra).await.unwrap();
         // Dropped without teardown: the daemon died.
     });
     assert_eq!(dirs.ipam_holds().len(), 1);
     std::fs::remove_file(dirs.dir.path().join("net.d/10-test.conflist")).unwrap();
-    run_in(&node.node.path(), move || async move {
-        let net = open(config2, db2);
+    node.with_network(dirs.config(), move |net| async move {
         assert!(net.ready().unwrap_err().contains("no network config found"));
         net.reconcile(&[]).await.unwrap();
         assert_eq!(net.pod_status("pod-a").unwrap(), None);
@@ -198,17 +186,14 @@ fn del_runs_after_a_daemon_crash_with_the_config_gone() {
 
 #[test]
 fn a_plugin_error_reaches_the_caller_and_leaves_nothing() {
-    require_plugins!();
-    let node = Node::new();
+    let node = plugins_node!();
     let a_ns = Netns::new("a");
-    let dirs = CniDirs::new();
     // A /30 has no address left for a pod once the gateway took the only one.
-    dirs.write_conf(r#"[[{"subnet":"10.24.0.0/30","rangeStart":"10.24.0.1","rangeEnd":"10.24.0.1","gateway":"10.24.0.1"}]]"#);
-    let (_dbdir, db) = database();
+    let dirs = CniDirs::new(
+        r#"[[{"subnet":"10.24.0.0/30","rangeStart":"10.24.0.1","rangeEnd":"10.24.0.1","gateway":"10.24.0.1"}]]"#,
+    );
     let ra = req("pod-a", &a_ns, vec![]);
-    let config = dirs.config();
-    run_in(&node.node.path(), move || async move {
-        let net = open(config, db);
+    node.with_network(dirs.config(), move |net| async move {
         let e = net.setup(&ra).await.unwrap_err();
         let text = e.to_string();
         assert!(text.starts_with("CNI plugin bridge ADD failed"), "{text}");

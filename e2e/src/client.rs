@@ -40,16 +40,7 @@ impl Client {
             .connect_timeout(Duration::from_secs(5))
             .timeout(CALL_TIMEOUT)
             .executor(Background(background().handle().clone()));
-        let connect = async move {
-            endpoint
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
-                    }
-                }))
-                .await
-        };
+        let connect = async move { connect_unix(endpoint, &path).await };
         let channel = background()
             .spawn(connect)
             .await
@@ -81,6 +72,20 @@ impl Client {
     }
 }
 
+/// Connects `endpoint` (its URI a placeholder) to the unix socket at `socket`.
+pub async fn connect_unix(
+    endpoint: Endpoint,
+    socket: &Path,
+) -> std::result::Result<Channel, tonic::transport::Error> {
+    let path = socket.to_path_buf();
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+}
+
 /// The runtime that drives every client connection of this process.
 fn background() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -105,5 +110,12 @@ where
 {
     fn execute(&self, fut: F) {
         self.0.spawn(fut);
+    }
+}
+
+/// Lets the fixtures take a daemon or a client of its own.
+impl AsRef<Client> for Client {
+    fn as_ref(&self) -> &Client {
+        self
     }
 }

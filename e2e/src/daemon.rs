@@ -396,20 +396,21 @@ impl Daemon {
         }
     }
 
+    /// The runtime's `Status`.
+    async fn status(&self, verbose: bool) -> Result<k8s_cri::v1::StatusResponse> {
+        let response = self.runtime().status(StatusRequest { verbose }).await;
+        let response = response.map_err(|source| Error::Grpc {
+            rpc: "Status".into(),
+            source,
+        })?;
+        Ok(response.into_inner())
+    }
+
     /// Waits until `Status` reports RuntimeReady (reconciliation done).
     pub async fn wait_runtime_ready(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let resp = self
-                .client()
-                .runtime()
-                .status(StatusRequest { verbose: false })
-                .await
-                .map_err(|source| Error::Grpc {
-                    rpc: "Status".into(),
-                    source,
-                })?
-                .into_inner();
+            let resp = self.status(false).await?;
             let ready = resp.status.is_some_and(|s| {
                 s.conditions
                     .iter()
@@ -451,15 +452,7 @@ impl Daemon {
 
     /// The effective configuration as `Status(verbose)` reports it under `info["config"]`.
     pub async fn effective_config(&self) -> Result<serde_json::Value> {
-        let resp = self
-            .runtime()
-            .status(StatusRequest { verbose: true })
-            .await
-            .map_err(|source| Error::Grpc {
-                rpc: "Status".into(),
-                source,
-            })?
-            .into_inner();
+        let resp = self.status(true).await?;
         let text = resp.info.get("config").ok_or_else(|| {
             Error::Environment("Status(verbose) has no info key \"config\"".into())
         })?;
@@ -681,6 +674,13 @@ pub fn describe(status: &ExitStatus) -> String {
         (Some(c), _) => format!("exit {c}"),
         (_, Some(s)) => format!("signal {s}"),
         _ => format!("{status}"),
+    }
+}
+
+/// The daemon's connected client (see [`Daemon::client`]), for the fixtures.
+impl AsRef<Client> for Daemon {
+    fn as_ref(&self) -> &Client {
+        self.client()
     }
 }
 

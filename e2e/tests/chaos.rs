@@ -19,7 +19,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use berth_e2e::fixtures::{container_config, pod_config};
+use berth_e2e::fixtures::{
+    busybox_daemon, container_config, container_status, container_status_refused, log_dir,
+    pod_config, pod_status, remove_pod, run_pod, start, try_container_status, try_pod_status,
+    wait_exited,
+};
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
@@ -559,13 +563,7 @@ async fn check_invariants(d: &Daemon, model: &Shared, kill: u64) -> Violations {
     }
     // The Status calls agree with the lists for what was removed since the last check.
     for (name, id) in gone_pods {
-        match rt
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: id.clone(),
-                verbose: false,
-            })
-            .await
-        {
+        match try_pod_status(d, &id, false).await {
             Err(s) if s.code() == tonic::Code::NotFound => {}
             other => v.resurrected.push(format!(
                 "kill {kill}: removed pod {name} ({id}): PodSandboxStatus {other:?}"
@@ -573,13 +571,7 @@ async fn check_invariants(d: &Daemon, model: &Shared, kill: u64) -> Violations {
         }
     }
     for (key, id) in gone_ctrs {
-        match rt
-            .container_status(ContainerStatusRequest {
-                container_id: id.clone(),
-                verbose: false,
-            })
-            .await
-        {
+        match try_container_status(d, &id, false).await {
             Err(s) if s.code() == tonic::Code::NotFound => {}
             other => v.resurrected.push(format!(
                 "kill {kill}: removed container {key} ({id}): ContainerStatus {other:?}"
@@ -591,16 +583,7 @@ async fn check_invariants(d: &Daemon, model: &Shared, kill: u64) -> Violations {
         if pod.state != PodSandboxState::SandboxReady as i32 {
             continue;
         }
-        let status = rt
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: pod.id.clone(),
-                verbose: false,
-            })
-            .await
-            .expect("PodSandboxStatus")
-            .into_inner()
-            .status
-            .expect("a status");
+        let status = pod_status(d, &pod.id).await;
         let ip = status.network.map(|n| n.ip).unwrap_or_default();
         assert!(
             !ip.is_empty(),
@@ -682,9 +665,8 @@ async fn kill_9_at_random_moments_loses_nothing_and_leaks_nothing() {
     });
     eprintln!("chaos: {kills} kills, BERTH_CHAOS_SEED={seed}");
     let mut rng = Rng(seed);
-    let mut d = Daemon::start().await.expect("daemon");
-    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
-    let log_dir = d.dir().path().join("pod-logs");
+    let mut d = busybox_daemon().await;
+    let log_dir = log_dir(&d);
     let model: Shared = Arc::default();
     let started = Instant::now();
     for kill in 0..kills {
@@ -823,26 +805,13 @@ async fn kill_9_at_random_moments_loses_nothing_and_leaks_nothing() {
 /// removes it, it stays removed across a kill.
 #[tokio::test]
 async fn a_container_whose_files_vanished_is_shown_to_kubelet_as_a_fault() {
-    let mut d = Daemon::start().await.expect("daemon");
-    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
-    let log_dir = d.dir().path().join("pod-logs");
+    let mut d = busybox_daemon().await;
+    let log_dir = log_dir(&d);
     let config = pod_config("files-lost", &log_dir);
-    let pod = berth_e2e::fixtures::run_pod(&d, &config).await;
-    let kept = berth_e2e::fixtures::start_container(
-        &d,
-        &pod,
-        &config,
-        container_config("kept", &["sleep", "3600"]),
-    )
-    .await;
-    let lost = berth_e2e::fixtures::start_container(
-        &d,
-        &pod,
-        &config,
-        container_config("lost", &["true"]),
-    )
-    .await;
-    berth_e2e::fixtures::wait_exited(&d, &lost).await;
+    let pod = run_pod(&d, &config).await;
+    let kept = start(&d, &pod, &config, "kept", &["sleep", "3600"]).await;
+    let lost = start(&d, &pod, &config, "lost", &["true"]).await;
+    wait_exited(&d, &lost).await;
     d.kill().await.expect("SIGKILL the daemon");
     let dir = d.dir().root().join("containers").join(&lost);
     std::fs::remove_dir_all(&dir).expect("remove the container's files");
@@ -865,16 +834,7 @@ async fn a_container_whose_files_vanished_is_shown_to_kubelet_as_a_fault() {
         "the faulty container is listed: {listed:?}"
     );
     assert!(listed.contains(&kept));
-    let status = rt
-        .container_status(ContainerStatusRequest {
-            container_id: lost.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("ContainerStatus")
-        .into_inner()
-        .status
-        .expect("a status");
+    let status = container_status(&d, &lost).await;
     assert_eq!(status.state, ContainerState::ContainerExited as i32);
     assert_eq!(status.reason, "FilesLost");
     assert!(
@@ -888,16 +848,7 @@ async fn a_container_whose_files_vanished_is_shown_to_kubelet_as_a_fault() {
         "no fault in the daemon's log"
     );
     // The untouched container still runs.
-    let kept_status = rt
-        .container_status(ContainerStatusRequest {
-            container_id: kept.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("ContainerStatus")
-        .into_inner()
-        .status
-        .expect("a status");
+    let kept_status = container_status(&d, &kept).await;
     assert_eq!(kept_status.state, ContainerState::ContainerRunning as i32);
     // kubelet removes it; the removal holds across a kill.
     rt.remove_container(RemoveContainerRequest {
@@ -910,15 +861,8 @@ async fn a_container_whose_files_vanished_is_shown_to_kubelet_as_a_fault() {
     d.wait_runtime_ready(Duration::from_secs(60))
         .await
         .expect("ready");
-    let gone = d
-        .runtime()
-        .container_status(ContainerStatusRequest {
-            container_id: lost.clone(),
-            verbose: false,
-        })
-        .await
-        .expect_err("a removed container stays removed");
+    let gone = container_status_refused(&d, &lost).await;
     assert_eq!(gone.code(), tonic::Code::NotFound);
-    berth_e2e::fixtures::remove_pod(&d, &pod).await;
+    remove_pod(&d, &pod).await;
     d.stop().await.expect("stop");
 }

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use berth_e2e::fixtures::{
-    container_config, container_status, exec_sync, kill_monitor, pod_config, pull, remove_pod,
-    run_pod, start_container,
+    Tmpfs, busybox_daemon, busybox_pod, container_config, container_status, daemon_in, exec_sync,
+    image_spec, kill_monitor, list_pods, log_dir, pod_config, pod_status, pull, remove_pod,
+    run_pod, run_pod_refused, start, start_container, wait_until,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
@@ -16,74 +17,23 @@ use tonic::Code;
 
 #[tokio::test]
 async fn a_dead_monitor_makes_its_pod_not_ready_and_removal_still_cleans_up() {
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, images::BUSYBOX).await;
-    let config = pod_config("orphaned", &d.dir().path().join("pod-logs"));
-    let pod_id = run_pod(&d, &config).await;
-    let c = start_container(
-        &d,
-        &pod_id,
-        &config,
-        container_config("c", &["sleep", "3600"]),
-    )
-    .await;
+    let (d, config, pod_id) = busybox_pod("orphaned").await;
+    let c = start(&d, &pod_id, &config, "c", &["sleep", "3600"]).await;
     kill_monitor(&d, &pod_id).await;
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let pod = d
-            .runtime()
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: pod_id.clone(),
-                verbose: false,
-            })
-            .await
-            .expect("PodSandboxStatus")
-            .into_inner()
-            .status
-            .expect("status");
-        if pod.state == PodSandboxState::SandboxNotready as i32 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the pod still looks ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let not_ready = PodSandboxState::SandboxNotready as i32;
+    wait_until(
+        "the pod still looks ready",
+        Duration::from_secs(10),
+        || async { pod_status(&d, &pod_id).await.state == not_ready },
+    )
+    .await;
     let s = container_status(&d, &c).await;
     assert_eq!(s.state, ContainerState::ContainerExited as i32);
     assert!(!s.reason.is_empty(), "an exit reason is given: {s:?}");
     remove_pod(&d, &pod_id).await;
-    let pods = d
-        .runtime()
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items;
+    let pods = list_pods(&d).await;
     assert!(pods.is_empty(), "{pods:?}");
-}
-
-/// A tmpfs of `size` mounted at `path`, unmounted on drop.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(path: &Path, size: &str) -> SmallDisk {
-        std::fs::create_dir_all(path).unwrap();
-        nix::mount::mount(
-            Some("tmpfs"),
-            path,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some(format!("size={size},mode=0700").as_str()),
-        )
-        .expect("mount a small tmpfs");
-        SmallDisk(path.to_owned())
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -110,15 +60,12 @@ async fn a_disk_that_fills_during_a_pull_gives_a_clear_error_and_no_partial_data
     let dir = berth_e2e::DaemonDir::new().expect("dir");
     let root = dir.root();
     // Room for the metadata database and a blob or two, not for the whole image unpacked.
-    let disk = SmallDisk::mount(&root, "1200k");
+    let disk = Tmpfs::mount(&root, "size=1200k,mode=0700");
     let mut d = Daemon::builder().dir(dir).start().await.expect("daemon");
     let err = d
         .images()
         .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: images::BUSYBOX.into(),
-                ..Default::default()
-            }),
+            image: image_spec(images::BUSYBOX),
             ..Default::default()
         })
         .await
@@ -171,31 +118,10 @@ async fn a_disk_that_fills_during_a_pull_gives_a_clear_error_and_no_partial_data
 
 #[tokio::test]
 async fn a_log_flood_and_a_fork_storm_neither_stall_the_node_nor_leak() {
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, images::BUSYBOX).await;
-    let config = pod_config("storm", &d.dir().path().join("pod-logs"));
-    let pod_id = run_pod(&d, &config).await;
-    let flood = start_container(
-        &d,
-        &pod_id,
-        &config,
-        container_config("flood", &["yes", "y"]),
-    )
-    .await;
-    let forks = start_container(
-        &d,
-        &pod_id,
-        &config,
-        container_config(
-            "forks",
-            &[
-                "sh",
-                "-c",
-                "i=0; while [ $i -lt 2000 ]; do sleep 3600 & i=$((i+1)); done; wait",
-            ],
-        ),
-    )
-    .await;
+    let (d, config, pod_id) = busybox_pod("storm").await;
+    let flood = start(&d, &pod_id, &config, "flood", &["yes", "y"]).await;
+    let storm = "i=0; while [ $i -lt 2000 ]; do sleep 3600 & i=$((i+1)); done; wait";
+    let forks = start(&d, &pod_id, &config, "forks", &["sh", "-c", storm]).await;
     // The node keeps answering while both run.
     let mut worst = Duration::ZERO;
     for _ in 0..10 {
@@ -236,10 +162,7 @@ async fn clients_that_vanish_mid_call_leave_consistent_state() {
         let _ = tokio::time::timeout(
             Duration::from_millis(delay_ms),
             images_client.pull_image(PullImageRequest {
-                image: Some(ImageSpec {
-                    image: images::BUSYBOX.into(),
-                    ..Default::default()
-                }),
+                image: image_spec(images::BUSYBOX),
                 ..Default::default()
             }),
         )
@@ -247,17 +170,14 @@ async fn clients_that_vanish_mid_call_leave_consistent_state() {
         let _ = d
             .images()
             .remove_image(RemoveImageRequest {
-                image: Some(ImageSpec {
-                    image: images::BUSYBOX.into(),
-                    ..Default::default()
-                }),
+                image: image_spec(images::BUSYBOX),
             })
             .await;
     }
     pull(&d, images::BUSYBOX).await;
     // RunPodSandbox abandoned half-way: the pod is either listed whole or absent.
     for (i, delay_ms) in [2u64, 10, 30].into_iter().enumerate() {
-        let config = pod_config(&format!("vanish{i}"), &d.dir().path().join("pod-logs"));
+        let config = pod_config(&format!("vanish{i}"), &log_dir(&d));
         let mut rt = d.runtime();
         let _ = tokio::time::timeout(
             Duration::from_millis(delay_ms),
@@ -269,25 +189,8 @@ async fn clients_that_vanish_mid_call_leave_consistent_state() {
         .await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pods = d
-        .runtime()
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items;
-    for pod in &pods {
-        let s = d
-            .runtime()
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: pod.id.clone(),
-                verbose: false,
-            })
-            .await
-            .expect("status")
-            .into_inner()
-            .status
-            .expect("status");
+    for pod in &list_pods(&d).await {
+        let s = pod_status(&d, &pod.id).await;
         assert_eq!(s.state, PodSandboxState::SandboxReady as i32);
         assert!(!s.network.map(|n| n.ip).unwrap_or_default().is_empty());
         remove_pod(&d, &pod.id).await;
@@ -296,9 +199,8 @@ async fn clients_that_vanish_mid_call_leave_consistent_state() {
 
 #[tokio::test]
 async fn fifty_clients_at_once_all_finish() {
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, images::BUSYBOX).await;
-    let log_dir = d.dir().path().join("pod-logs");
+    let d = busybox_daemon().await;
+    let log_dir = log_dir(&d);
     let started = Instant::now();
     let tasks: Vec<_> = (0..50)
         .map(|i| {
@@ -307,52 +209,13 @@ async fn fifty_clients_at_once_all_finish() {
             let log_dir = log_dir.clone();
             tokio::spawn(async move {
                 let client = berth_e2e::Client::connect(&socket).await.expect("connect");
-                let mut rt = client.runtime();
                 let config = pod_config(&format!("many{i}"), &log_dir);
-                let pod_id = rt
-                    .run_pod_sandbox(RunPodSandboxRequest {
-                        config: Some(config.clone()),
-                        ..Default::default()
-                    })
-                    .await
-                    .expect("RunPodSandbox")
-                    .into_inner()
-                    .pod_sandbox_id;
-                let cid = rt
-                    .create_container(CreateContainerRequest {
-                        pod_sandbox_id: pod_id.clone(),
-                        config: Some(container_config("c", &["sleep", "3600"])),
-                        sandbox_config: Some(config),
-                    })
-                    .await
-                    .expect("CreateContainer")
-                    .into_inner()
-                    .container_id;
-                rt.start_container(StartContainerRequest {
-                    container_id: cid.clone(),
-                })
-                .await
-                .expect("StartContainer");
-                let out = rt
-                    .exec_sync(ExecSyncRequest {
-                        container_id: cid,
-                        cmd: vec!["echo".into(), i.to_string()],
-                        timeout: 60,
-                    })
-                    .await
-                    .expect("ExecSync")
-                    .into_inner();
-                assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{i}\n"));
-                rt.stop_pod_sandbox(StopPodSandboxRequest {
-                    pod_sandbox_id: pod_id.clone(),
-                })
-                .await
-                .expect("StopPodSandbox");
-                rt.remove_pod_sandbox(RemovePodSandboxRequest {
-                    pod_sandbox_id: pod_id,
-                })
-                .await
-                .expect("RemovePodSandbox");
+                let pod_id = run_pod(&client, &config).await;
+                let c = container_config("c", &["sleep", "3600"]);
+                let cid = start_container(&client, &pod_id, &config, c).await;
+                let (out, _, _) = exec_sync(&client, &cid, &["echo", &i.to_string()]).await;
+                assert_eq!(out, format!("{i}\n"));
+                remove_pod(&client, &pod_id).await;
             })
         })
         .collect();
@@ -388,23 +251,12 @@ async fn daemon_with_plugin(script: &str, timeout_seconds: u64) -> (Daemon, std:
         conf_dir.display(),
         bin_dir.display()
     );
-    let d = Daemon::builder()
-        .dir(dir)
-        .config(&config)
-        .start()
-        .await
-        .expect("daemon in CNI mode");
+    let d = daemon_in(dir, &config).await;
     (d, plugin)
 }
 
 async fn no_pods_left(d: &Daemon) {
-    let pods = d
-        .runtime()
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items;
+    let pods = list_pods(d).await;
     assert!(pods.is_empty(), "a failed RunPodSandbox left {pods:?}");
     let dirs: Vec<_> = std::fs::read_dir(d.dir().state().join("pods"))
         .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
@@ -421,15 +273,8 @@ async fn a_failing_cni_plugin_surfaces_its_message_and_leaves_nothing() {
 fi
 exit 0"#;
     let (d, _plugin) = daemon_with_plugin(script, 10).await;
-    let config = pod_config("cnifail", &d.dir().path().join("pod-logs"));
-    let err = d
-        .runtime()
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config),
-            ..Default::default()
-        })
-        .await
-        .expect_err("the plugin fails");
+    let config = pod_config("cnifail", &log_dir(&d));
+    let err = run_pod_refused(&d, &config).await;
     assert!(
         err.message().contains("no addresses left in the test pool"),
         "{}",
@@ -443,16 +288,9 @@ async fn a_hanging_cni_plugin_is_cut_off_by_its_timeout() {
     let script = r#"if [ "$CNI_COMMAND" = ADD ]; then exec sleep 600; fi
 exit 0"#;
     let (d, _plugin) = daemon_with_plugin(script, 2).await;
-    let config = pod_config("cnihang", &d.dir().path().join("pod-logs"));
+    let config = pod_config("cnihang", &log_dir(&d));
     let started = Instant::now();
-    let err = d
-        .runtime()
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config),
-            ..Default::default()
-        })
-        .await
-        .expect_err("the plugin hangs");
+    let err = run_pod_refused(&d, &config).await;
     let took = started.elapsed();
     assert!(
         took < Duration::from_secs(20),

@@ -10,9 +10,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use berth_e2e::daemon::describe;
+use berth_e2e::fixtures::{daemon_in, runtime_status};
 use berth_e2e::{Daemon, DaemonDir, Env, run_berth};
 use k8s_cri::v1::{
-    CgroupDriver, NetworkConfig, RuntimeCondition, RuntimeConfigRequest, StatusRequest,
+    CgroupDriver, NetworkConfig, RuntimeCondition, RuntimeConfigRequest,
     UpdateRuntimeConfigRequest, VersionRequest,
 };
 use nix::sys::signal::Signal;
@@ -26,11 +27,8 @@ async fn start() -> Daemon {
 }
 
 async fn conditions(d: &Daemon) -> Vec<RuntimeCondition> {
-    d.runtime()
-        .status(StatusRequest { verbose: false })
+    runtime_status(&d)
         .await
-        .expect("Status")
-        .into_inner()
         .status
         .expect("Status has a status")
         .conditions
@@ -114,15 +112,14 @@ async fn status_explains_why_cni_network_is_not_ready() {
     let dir = DaemonDir::new().expect("daemon dir");
     let empty = dir.path().join("cni-empty");
     std::fs::create_dir(&empty).expect("mkdir");
-    let d = Daemon::builder()
-        .dir(dir)
-        .config(&format!(
+    let d = daemon_in(
+        dir,
+        &format!(
             "[network]\nmode = \"cni\"\ncni_conf_dir = {:?}\n",
             path_str(&empty)
-        ))
-        .start()
-        .await
-        .expect("start berth");
+        ),
+    )
+    .await;
     let conds = conditions(&d).await;
     let net = condition(&conds, "NetworkReady");
     assert!(
@@ -136,12 +133,7 @@ async fn status_explains_why_cni_network_is_not_ready() {
 #[tokio::test]
 async fn status_without_verbose_has_no_info() {
     let d = start().await;
-    let resp = d
-        .runtime()
-        .status(StatusRequest { verbose: false })
-        .await
-        .expect("Status")
-        .into_inner();
+    let resp = runtime_status(&d).await;
     assert!(
         resp.info.is_empty(),
         "non-verbose Status has info: {:?}",

@@ -13,6 +13,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use berth_e2e::fixtures::{container_config, new_pod, remove_pod, start_container};
 use berth_e2e::http::RequestHead;
 use berth_e2e::images::{self, ImageInfo, whiteouts::Expect};
 use berth_e2e::oci::{self, Blob, Compression, Format, Layer, Platform, RunConfig};
@@ -852,7 +853,6 @@ async fn image_fs_info_matches_du_and_gc_frees_the_disk() {
 
 #[tokio::test]
 async fn image_fs_info_counts_the_containers_writable_layers() {
-    use berth_e2e::fixtures::{container_config, pod_config, remove_pod, run_pod, start_container};
     let d = start().await;
     pull(&d, images::BUSYBOX, None).await.unwrap();
     let writable = |d: &Daemon| {
@@ -873,8 +873,7 @@ async fn image_fs_info_counts_the_containers_writable_layers() {
         }
     };
     let before = writable(&d).await;
-    let config = pod_config("writer", &d.dir().path().join("pod-logs"));
-    let pod_id = run_pod(&d, &config).await;
+    let (config, pod_id) = new_pod(&d, "writer").await;
     let id = start_container(
         &d,
         &pod_id,

@@ -4,85 +4,45 @@
 //! processes and links at the end of the run).
 //!
 //! Run through the harness: `scripts/test.sh` (as root).
-
-use berth_e2e::fixtures::{container_config, kill_monitor, monitor_pid, pod_config, wait_exited};
+use berth_e2e::client::connect_unix;
+use berth_e2e::fixtures::{
+    bind, busybox_daemon, busybox_pod, container_config, container_status,
+    container_status_refused, create_container, exec_sync, host_dir, image_volume, kill_monitor,
+    list_containers_where, list_pods, log_dir, monitor_pid, new_pod, pod_config, pod_ip,
+    pod_status, pull, read_log, remove_container, remove_pod, run_pod_refused, start,
+    start_container, start_created, stop_container, try_container_status, try_pod_status,
+    wait_exited,
+};
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
 use tonic::Code;
 
 #[tokio::test]
 async fn a_pod_runs_logs_execs_and_goes_away() {
-    let d = Daemon::start().await.expect("daemon");
-    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
-    let log_dir = d.dir().path().join("pod-logs");
-    let config = pod_config("lifecycle", &log_dir);
-
-    let pod_id = d
-        .runtime()
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            ..Default::default()
-        })
-        .await
-        .expect("RunPodSandbox")
-        .into_inner()
-        .pod_sandbox_id;
-    let pod = d
-        .runtime()
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod_id.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .status
-        .expect("a pod status");
+    let (d, config, pod_id) = busybox_pod("lifecycle").await;
+    let pod = pod_status(&d, &pod_id).await;
     assert_eq!(pod.state, PodSandboxState::SandboxReady as i32);
     let ip = pod.network.expect("pod network").ip;
     assert!(ip.parse::<std::net::Ipv4Addr>().is_ok(), "pod IP {ip:?}");
 
     // A second pod with the same metadata is refused, as containerd's name reservation does.
-    let again = d
-        .runtime()
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            ..Default::default()
-        })
-        .await
-        .expect_err("same metadata twice");
+    let again = run_pod_refused(&d, &config).await;
     assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
 
     // A short-lived container: its output lands in the CRI log, its exit code is kept.
     let script = "echo \"$GREETING\"; echo oops >&2; hostname; printf partial; exit 3";
-    let short = d
-        .runtime()
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod_id.clone(),
-            config: Some(container_config("short", &["sh", "-c", script])),
-            sandbox_config: Some(config.clone()),
-        })
-        .await
-        .expect("CreateContainer")
-        .into_inner()
-        .container_id;
+    let c = container_config("short", &["sh", "-c", script]);
+    let short = create_container(&d, &pod_id, &config, c).await;
     assert_eq!(
-        berth_e2e::fixtures::container_status(&d, &short)
-            .await
-            .state,
+        container_status(&d, &short).await.state,
         ContainerState::ContainerCreated as i32
     );
-    d.runtime()
-        .start_container(StartContainerRequest {
-            container_id: short.clone(),
-        })
-        .await
-        .expect("StartContainer");
+    start_created(&d, &short).await;
     let status = wait_exited(&d, &short).await;
     assert_eq!(status.exit_code, 3);
     assert_eq!(status.reason, "Error");
 
-    let log = std::fs::read_to_string(log_dir.join("short.log")).expect("container log");
+    let log = read_log(&d, "short");
     let lines: Vec<(&str, &str, &str)> = log
         .lines()
         .map(|l| {
@@ -104,108 +64,37 @@ async fn a_pod_runs_logs_execs_and_goes_away() {
     assert!(lines.contains(&("stdout", "P", "partial")), "{log}");
 
     // A long-running container answers ExecSync in its own namespaces.
-    let long = d
-        .runtime()
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod_id.clone(),
-            config: Some(container_config("long", &["sleep", "3600"])),
-            sandbox_config: Some(config.clone()),
-        })
-        .await
-        .expect("CreateContainer long")
-        .into_inner()
-        .container_id;
-    d.runtime()
-        .start_container(StartContainerRequest {
-            container_id: long.clone(),
-        })
-        .await
-        .expect("StartContainer long");
-    let exec = d
-        .runtime()
-        .exec_sync(ExecSyncRequest {
-            container_id: long.clone(),
-            cmd: vec![
-                "sh".into(),
-                "-c".into(),
-                "cat /etc/hostname; echo err >&2; exit 4".into(),
-            ],
-            timeout: 10,
-        })
-        .await
-        .expect("ExecSync")
-        .into_inner();
-    assert_eq!(String::from_utf8_lossy(&exec.stdout), "lifecycle-host\n");
-    assert_eq!(String::from_utf8_lossy(&exec.stderr), "err\n");
-    assert_eq!(exec.exit_code, 4);
+    let long = start(&d, &pod_id, &config, "long", &["sleep", "3600"]).await;
+    let script = "cat /etc/hostname; echo err >&2; exit 4";
+    let exec = exec_sync(&d, &long, &["sh", "-c", script]).await;
+    assert_eq!(exec, ("lifecycle-host\n".into(), "err\n".into(), 4));
 
-    let listed = d
-        .runtime()
-        .list_containers(ListContainersRequest {
-            filter: Some(ContainerFilter {
-                state: Some(ContainerStateValue {
-                    state: ContainerState::ContainerRunning as i32,
-                }),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("ListContainers")
-        .into_inner()
-        .containers;
+    let running = ContainerStateValue {
+        state: ContainerState::ContainerRunning as i32,
+    };
+    let filter = ContainerFilter {
+        state: Some(running),
+        ..Default::default()
+    };
+    let listed = list_containers_where(&d, Some(filter)).await;
     assert_eq!(
         listed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
         vec![long.as_str()]
     );
 
     // Stop with a deadline, then remove: both twice, and on unknown ids, succeed.
-    d.runtime()
-        .stop_container(StopContainerRequest {
-            container_id: long.clone(),
-            timeout: 2,
-        })
-        .await
-        .expect("StopContainer");
+    stop_container(&d, &long, 2).await;
     assert_eq!(
-        berth_e2e::fixtures::container_status(&d, &long).await.state,
+        container_status(&d, &long).await.state,
         ContainerState::ContainerExited as i32
     );
     for _ in 0..2 {
-        d.runtime()
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: pod_id.clone(),
-            })
-            .await
-            .expect("StopPodSandbox");
-        d.runtime()
-            .remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: pod_id.clone(),
-            })
-            .await
-            .expect("RemovePodSandbox");
+        remove_pod(&d, &pod_id).await;
     }
-    d.runtime()
-        .remove_container(RemoveContainerRequest {
-            container_id: "no-such-container".into(),
-        })
-        .await
-        .expect("RemoveContainer of an unknown id");
-    let pods = d
-        .runtime()
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items;
+    remove_container(&d, "no-such-container").await;
+    let pods = list_pods(&d).await;
     assert!(pods.is_empty(), "pods left: {pods:?}");
-    let status = d
-        .runtime()
-        .container_status(ContainerStatusRequest {
-            container_id: short.clone(),
-            verbose: false,
-        })
-        .await
-        .expect_err("a removed container");
+    let status = container_status_refused(&d, &short).await;
     assert_eq!(status.code(), Code::NotFound);
     let pod_dir = d.dir().state().join("pods").join(&pod_id);
     assert!(!pod_dir.exists(), "{} is left", pod_dir.display());
@@ -221,8 +110,7 @@ async fn bad_requests_get_the_right_codes() {
         .expect_err("a pod without config");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
-    let log_dir = d.dir().path().join("pod-logs");
-    let config = pod_config("no-image", &log_dir);
+    let config = pod_config("no-image", &log_dir(&d));
     let err = d
         .runtime()
         .create_container(CreateContainerRequest {
@@ -250,50 +138,12 @@ fn stdout_lines(log: &str) -> Vec<String> {
 #[tokio::test]
 async fn pods_outlive_a_daemon_restart_and_exits_meanwhile_are_kept() {
     for crash in [false, true] {
-        let mut d = Daemon::start().await.expect("daemon");
-        berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
-        let log_dir = d.dir().path().join("pod-logs");
-        let config = pod_config(if crash { "crash" } else { "restart" }, &log_dir);
-        let pod_id = berth_e2e::fixtures::run_pod(&d, &config).await;
-        let ticker = berth_e2e::fixtures::start_container(
-            &d,
-            &pod_id,
-            &config,
-            container_config(
-                "ticker",
-                &[
-                    "sh",
-                    "-c",
-                    "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
-                ],
-            ),
-        )
-        .await;
-        let quitter = berth_e2e::fixtures::start_container(
-            &d,
-            &pod_id,
-            &config,
-            container_config("quitter", &["sh", "-c", "sleep 1; echo bye; exit 7"]),
-        )
-        .await;
-        let pod_ip = |d: &Daemon| {
-            let mut rt = d.runtime();
-            let pod_id = pod_id.clone();
-            async move {
-                rt.pod_sandbox_status(PodSandboxStatusRequest {
-                    pod_sandbox_id: pod_id,
-                    verbose: false,
-                })
-                .await
-                .expect("PodSandboxStatus")
-                .into_inner()
-                .status
-                .and_then(|s| s.network)
-                .map(|n| n.ip)
-                .unwrap_or_default()
-            }
-        };
-        let ip_before = pod_ip(&d).await;
+        let (mut d, config, pod_id) = busybox_pod(if crash { "crash" } else { "restart" }).await;
+        let ticks = "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done";
+        let ticker = start(&d, &pod_id, &config, "ticker", &["sh", "-c", ticks]).await;
+        let quits = "sleep 1; echo bye; exit 7";
+        let quitter = start(&d, &pod_id, &config, "quitter", &["sh", "-c", quits]).await;
+        let ip_before = pod_ip(&d, &pod_id).await;
 
         // The daemon goes away (cleanly or by SIGKILL); the quitter exits while it is gone.
         let down_at = std::time::SystemTime::now();
@@ -302,21 +152,20 @@ async fn pods_outlive_a_daemon_restart_and_exits_meanwhile_are_kept() {
         } else {
             d.stop().await.expect("stop the daemon");
         }
-        let ticks_down =
-            stdout_lines(&std::fs::read_to_string(log_dir.join("ticker.log")).unwrap()).len();
+        let ticks_down = stdout_lines(&read_log(&d, "ticker")).len();
         tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
         d.start_again().await.expect("start again");
         d.wait_runtime_ready(std::time::Duration::from_secs(30))
             .await
             .expect("runtime ready");
 
-        let t = berth_e2e::fixtures::container_status(&d, &ticker).await;
+        let t = container_status(&d, &ticker).await;
         assert_eq!(
             t.state,
             ContainerState::ContainerRunning as i32,
             "crash={crash}"
         );
-        let q = berth_e2e::fixtures::container_status(&d, &quitter).await;
+        let q = container_status(&d, &quitter).await;
         assert_eq!(
             q.state,
             ContainerState::ContainerExited as i32,
@@ -332,16 +181,17 @@ async fn pods_outlive_a_daemon_restart_and_exits_meanwhile_are_kept() {
             q.finished_at > down_ns,
             "the exit time is the real one, not the restart's"
         );
-        let quitter_log = std::fs::read_to_string(log_dir.join("quitter.log")).unwrap();
-        assert_eq!(stdout_lines(&quitter_log), vec!["bye".to_string()]);
-        assert_eq!(pod_ip(&d).await, ip_before, "crash={crash}");
+        assert_eq!(
+            stdout_lines(&read_log(&d, "quitter")),
+            vec!["bye".to_string()]
+        );
+        assert_eq!(pod_ip(&d, &pod_id).await, ip_before, "crash={crash}");
 
         // The running container still answers and still logs.
-        let (out, _, code) =
-            berth_e2e::fixtures::exec_sync(&d, &ticker, &["sh", "-c", "echo alive; exit 2"]).await;
+        let (out, _, code) = exec_sync(&d, &ticker, &["sh", "-c", "echo alive; exit 2"]).await;
         assert_eq!((out.as_str(), code), ("alive\n", 2));
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let ticks = stdout_lines(&std::fs::read_to_string(log_dir.join("ticker.log")).unwrap());
+        let ticks = stdout_lines(&read_log(&d, "ticker"));
         assert!(
             ticks.len() > ticks_down + 5,
             "the log goes on: {} then {}",
@@ -351,30 +201,15 @@ async fn pods_outlive_a_daemon_restart_and_exits_meanwhile_are_kept() {
         for (i, line) in ticks.iter().enumerate() {
             assert_eq!(line, &format!("tick {i}"), "no line lost or doubled");
         }
-        berth_e2e::fixtures::remove_pod(&d, &pod_id).await;
+        remove_pod(&d, &pod_id).await;
     }
 }
 
 #[tokio::test]
 async fn stop_kills_at_the_deadline_and_exec_sync_times_out() {
-    let d = Daemon::start().await.expect("daemon");
-    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
-    let config = pod_config("deadline", &d.dir().path().join("pod-logs"));
-    let pod_id = berth_e2e::fixtures::run_pod(&d, &config).await;
-    let stubborn = berth_e2e::fixtures::start_container(
-        &d,
-        &pod_id,
-        &config,
-        container_config(
-            "stubborn",
-            &[
-                "sh",
-                "-c",
-                "trap 'echo ignored TERM' TERM; while true; do sleep 0.1; done",
-            ],
-        ),
-    )
-    .await;
+    let (d, config, pod_id) = busybox_pod("deadline").await;
+    let script = "trap 'echo ignored TERM' TERM; while true; do sleep 0.1; done";
+    let stubborn = start(&d, &pod_id, &config, "stubborn", &["sh", "-c", script]).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
     let err = d
@@ -389,13 +224,7 @@ async fn stop_kills_at_the_deadline_and_exec_sync_times_out() {
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
 
     let started = std::time::Instant::now();
-    d.runtime()
-        .stop_container(StopContainerRequest {
-            container_id: stubborn.clone(),
-            timeout: 2,
-        })
-        .await
-        .expect("StopContainer");
+    stop_container(&d, &stubborn, 2).await;
     let took = started.elapsed();
     assert!(
         took >= std::time::Duration::from_millis(1900),
@@ -405,59 +234,33 @@ async fn stop_kills_at_the_deadline_and_exec_sync_times_out() {
         took < std::time::Duration::from_secs(10),
         "stop took {took:?}"
     );
-    let s = berth_e2e::fixtures::container_status(&d, &stubborn).await;
+    let s = container_status(&d, &stubborn).await;
     assert_eq!(s.state, ContainerState::ContainerExited as i32);
     assert_eq!(s.exit_code, 137, "SIGKILL");
-    let log = std::fs::read_to_string(d.dir().path().join("pod-logs/stubborn.log")).unwrap();
+    let log = read_log(&d, "stubborn");
     assert!(log.contains("ignored TERM"), "SIGTERM came first: {log}");
-    berth_e2e::fixtures::remove_pod(&d, &pod_id).await;
+    remove_pod(&d, &pod_id).await;
 }
 
 #[tokio::test]
 async fn a_container_sees_its_config_mounts_and_image_volumes() {
-    use berth_e2e::fixtures::{exec_sync, pull, remove_pod, run_pod, start_container};
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, images::BUSYBOX).await;
+    let d = busybox_daemon().await;
     pull(&d, images::CONFIGURED).await;
-    let host_ro = d.dir().path().join("host-ro");
-    let host_rw = d.dir().path().join("host-rw");
-    std::fs::create_dir_all(&host_ro).unwrap();
-    std::fs::create_dir_all(&host_rw).unwrap();
+    let (host_ro, host_rw) = (host_dir(&d, "host-ro"), host_dir(&d, "host-rw"));
     std::fs::write(host_ro.join("data"), "from the host\n").unwrap();
-    let config = pod_config("sees", &d.dir().path().join("pod-logs"));
-    let pod_id = run_pod(&d, &config).await;
+    let (config, pod_id) = new_pod(&d, "sees").await;
     let mut c = container_config("main", &["sleep", "3600"]);
     c.working_dir = "/tmp/work".into();
-    c.mounts = vec![
-        Mount {
-            container_path: "/ro".into(),
-            host_path: host_ro.display().to_string(),
-            readonly: true,
-            ..Default::default()
-        },
-        Mount {
-            container_path: "/rw".into(),
-            host_path: host_rw.display().to_string(),
-            ..Default::default()
-        },
-        Mount {
-            container_path: "/imgvol".into(),
-            image: Some(ImageSpec {
-                image: images::CONFIGURED.into(),
-                ..Default::default()
-            }),
-            readonly: true,
-            ..Default::default()
-        },
-    ];
+    let read_only = Mount {
+        readonly: true,
+        ..bind("/ro", &host_ro)
+    };
+    let image_volume = image_volume("/imgvol", images::CONFIGURED);
+    c.mounts = vec![read_only, bind("/rw", &host_rw), image_volume];
     let id = start_container(&d, &pod_id, &config, c).await;
 
-    let (out, _, _) = exec_sync(
-        &d,
-        &id,
-        &["sh", "-c", "hostname; echo $GREETING; pwd; id -u"],
-    )
-    .await;
+    let script = "hostname; echo $GREETING; pwd; id -u";
+    let (out, _, _) = exec_sync(&d, &id, &["sh", "-c", script]).await;
     assert_eq!(out, "sees-host\nhello from berth\n/tmp/work\n0\n");
     let (hosts, _, _) = exec_sync(&d, &id, &["cat", "/etc/hosts"]).await;
     assert!(hosts.contains("localhost"), "{hosts}");
@@ -526,44 +329,19 @@ fn untrue_answers(
 async fn reads_right_after_a_crash_never_show_dead_pods_ready_or_removed_objects() {
     use std::time::{Duration, Instant};
 
-    let mut d = Daemon::start().await.expect("daemon");
-    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
-    let log_dir = d.dir().path().join("pod-logs");
+    let mut d = busybox_daemon().await;
     let (mut live_pods, mut dead_pods, mut removed_pods) = (Vec::new(), Vec::new(), Vec::new());
     let (mut live_containers, mut dead_containers, mut removed_containers) =
         (Vec::new(), Vec::new(), Vec::new());
     let mut monitors = Vec::new();
     for i in 0..6 {
-        let config = pod_config(&format!("reads-{i}"), &log_dir);
-        let pod = berth_e2e::fixtures::run_pod(&d, &config).await;
-        let sleeper = berth_e2e::fixtures::start_container(
-            &d,
-            &pod,
-            &config,
-            container_config("sleeper", &["sleep", "3600"]),
-        )
-        .await;
+        let (config, pod) = new_pod(&d, &format!("reads-{i}")).await;
+        let sleeper = start(&d, &pod, &config, "sleeper", &["sleep", "3600"]).await;
         if i % 2 == 0 {
             // A container that kubelet removed before the crash.
-            let gone = berth_e2e::fixtures::start_container(
-                &d,
-                &pod,
-                &config,
-                container_config("gone", &["sleep", "3600"]),
-            )
-            .await;
-            let mut rt = d.runtime();
-            rt.stop_container(StopContainerRequest {
-                container_id: gone.clone(),
-                timeout: 0,
-            })
-            .await
-            .expect("StopContainer");
-            rt.remove_container(RemoveContainerRequest {
-                container_id: gone.clone(),
-            })
-            .await
-            .expect("RemoveContainer");
+            let gone = start(&d, &pod, &config, "gone", &["sleep", "3600"]).await;
+            stop_container(&d, &gone, 0).await;
+            remove_container(&d, &gone).await;
             removed_containers.push(gone);
         }
         if i < 3 {
@@ -575,9 +353,8 @@ async fn reads_right_after_a_crash_never_show_dead_pods_ready_or_removed_objects
             live_containers.push(sleeper);
         }
     }
-    let config = pod_config("reads-removed", &log_dir);
-    let pod = berth_e2e::fixtures::run_pod(&d, &config).await;
-    berth_e2e::fixtures::remove_pod(&d, &pod).await;
+    let (_, pod) = new_pod(&d, "reads-removed").await;
+    remove_pod(&d, &pod).await;
     removed_pods.push(pod);
 
     d.kill().await.expect("kill the daemon");
@@ -654,14 +431,9 @@ async fn reads_right_after_a_crash_never_show_dead_pods_ready_or_removed_objects
                 ));
             }
             for id in &dp {
-                let r = rt
-                    .pod_sandbox_status(PodSandboxStatusRequest {
-                        pod_sandbox_id: id.clone(),
-                        verbose: false,
-                    })
-                    .await;
+                let r = try_pod_status(&client, id, false).await;
                 if let Ok(r) = r
-                    && r.get_ref().status.as_ref().map(|s| s.state)
+                    && r.status.as_ref().map(|s| s.state)
                         == Some(PodSandboxState::SandboxReady as i32)
                 {
                     wrong.push(format!(
@@ -670,26 +442,16 @@ async fn reads_right_after_a_crash_never_show_dead_pods_ready_or_removed_objects
                 }
             }
             for id in &dc {
-                let r = rt
-                    .container_status(ContainerStatusRequest {
-                        container_id: id.clone(),
-                        verbose: false,
-                    })
-                    .await;
+                let r = try_container_status(&client, id, false).await;
                 if let Ok(r) = r
-                    && r.get_ref().status.as_ref().map(|s| s.state)
+                    && r.status.as_ref().map(|s| s.state)
                         == Some(ContainerState::ContainerRunning as i32)
                 {
                     wrong.push(format!("ContainerStatus shows container {id} RUNNING"));
                 }
             }
             for id in &rc {
-                let r = rt
-                    .container_status(ContainerStatusRequest {
-                        container_id: id.clone(),
-                        verbose: false,
-                    })
-                    .await;
+                let r = try_container_status(&client, id, false).await;
                 match r {
                     Err(s) if s.code() == Code::NotFound => {}
                     Err(s) => panic!("ContainerStatus of a removed container: {s:?}"),
@@ -697,13 +459,7 @@ async fn reads_right_after_a_crash_never_show_dead_pods_ready_or_removed_objects
                 }
             }
             for id in &rp {
-                match rt
-                    .pod_sandbox_status(PodSandboxStatusRequest {
-                        pod_sandbox_id: id.clone(),
-                        verbose: false,
-                    })
-                    .await
-                {
+                match try_pod_status(&client, id, false).await {
                     Err(s) if s.code() == Code::NotFound => {}
                     Err(s) => panic!("PodSandboxStatus of a removed pod: {s:?}"),
                     Ok(_) => wrong.push(format!("PodSandboxStatus shows removed pod {id}")),
@@ -729,28 +485,22 @@ async fn reads_right_after_a_crash_never_show_dead_pods_ready_or_removed_objects
     d.wait_runtime_ready(Duration::from_secs(30))
         .await
         .expect("runtime ready");
-    let pods = d
-        .runtime()
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items;
+    let pods = list_pods(&d).await;
     for p in &pods {
         let ready = p.state == PodSandboxState::SandboxReady as i32;
         assert_eq!(ready, live_pods.contains(&p.id), "{p:?}");
     }
     assert_eq!(pods.len(), live_pods.len() + dead_pods.len());
-    for id in &live_containers {
-        let s = berth_e2e::fixtures::container_status(&d, id).await;
-        assert_eq!(s.state, ContainerState::ContainerRunning as i32, "{id}");
-    }
-    for id in &dead_containers {
-        let s = berth_e2e::fixtures::container_status(&d, id).await;
-        assert_eq!(s.state, ContainerState::ContainerExited as i32, "{id}");
+    for (ids, state) in [
+        (&live_containers, ContainerState::ContainerRunning),
+        (&dead_containers, ContainerState::ContainerExited),
+    ] {
+        for id in ids {
+            assert_eq!(container_status(&d, id).await.state, state as i32, "{id}");
+        }
     }
     for p in pods {
-        berth_e2e::fixtures::remove_pod(&d, &p.id).await;
+        remove_pod(&d, &p.id).await;
     }
 }
 
@@ -772,25 +522,16 @@ async fn next_event(
 #[tokio::test]
 async fn events_tell_of_the_pod_sandbox_in_order_with_its_status() {
     use ContainerEventType::*;
-    let d = Daemon::start().await.expect("daemon");
-    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    let d = busybox_daemon().await;
     let mut events = d
         .runtime()
         .get_container_events(GetEventsRequest::default())
         .await
         .expect("GetContainerEvents")
         .into_inner();
-    let log_dir = d.dir().path().join("pod-logs");
-    let config = pod_config("evented", &log_dir);
-    let pod = berth_e2e::fixtures::run_pod(&d, &config).await;
-    let c = berth_e2e::fixtures::start_container(
-        &d,
-        &pod,
-        &config,
-        container_config("c", &["sleep", "3600"]),
-    )
-    .await;
-    berth_e2e::fixtures::remove_pod(&d, &pod).await;
+    let (config, pod) = new_pod(&d, "evented").await;
+    let c = start(&d, &pod, &config, "c", &["sleep", "3600"]).await;
+    remove_pod(&d, &pod).await;
 
     let expected = [
         (&pod, ContainerCreatedEvent, PodSandboxState::SandboxReady),
@@ -836,8 +577,7 @@ async fn events_tell_of_the_pod_sandbox_in_order_with_its_status() {
     }
 
     // A pod whose monitor dies is told of as stopped, NOTREADY.
-    let config = pod_config("evented-orphan", &log_dir);
-    let pod = berth_e2e::fixtures::run_pod(&d, &config).await;
+    let (_, pod) = new_pod(&d, "evented-orphan").await;
     assert_eq!(
         next_event(&mut events).await.container_event_type,
         ContainerCreatedEvent as i32
@@ -857,7 +597,7 @@ async fn events_tell_of_the_pod_sandbox_in_order_with_its_status() {
         ev.pod_sandbox_status.map(|s| s.state),
         Some(PodSandboxState::SandboxNotready as i32)
     );
-    berth_e2e::fixtures::remove_pod(&d, &pod).await;
+    remove_pod(&d, &pod).await;
     // Stopping a pod already stopped tells of no second stop.
     let ev = next_event(&mut events).await;
     assert_eq!(
@@ -873,20 +613,10 @@ async fn events_tell_of_the_pod_sandbox_in_order_with_its_status() {
 async fn small_window_client(
     socket: &std::path::Path,
 ) -> runtime_service_client::RuntimeServiceClient<tonic::transport::Channel> {
-    let path = socket.to_path_buf();
-    let channel = tonic::transport::Endpoint::from_static("http://[::]:50051")
+    let endpoint = tonic::transport::Endpoint::from_static("http://[::]:50051")
         .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .expect("connect");
+        .initial_connection_window_size(65_535);
+    let channel = connect_unix(endpoint, socket).await.expect("connect");
     runtime_service_client::RuntimeServiceClient::new(channel)
 }
 
@@ -895,24 +625,13 @@ async fn small_window_client(
 /// silent gap, while a subscriber that keeps up gets every event.
 #[tokio::test]
 async fn a_subscriber_that_falls_behind_gets_an_error_not_a_gap() {
-    let d = Daemon::start().await.expect("daemon");
-    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
-    let log_dir = d.dir().path().join("pod-logs");
-    let config = pod_config("flood", &log_dir);
-    let pod = berth_e2e::fixtures::run_pod(&d, &config).await;
+    let (d, config, pod) = busybox_pod("flood").await;
     // Containers that stay created, each with a large annotation: every event of this pod
     // carries their statuses, so few events fill the slow subscriber's window.
     for i in 0..4 {
         let mut c = container_config(&format!("fat-{i}"), &["sleep", "3600"]);
         c.annotations.insert("padding".into(), "x".repeat(8 << 10));
-        d.runtime()
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(c),
-                sandbox_config: Some(config.clone()),
-            })
-            .await
-            .expect("CreateContainer");
+        create_container(&d, &pod, &config, c).await;
     }
     let mut slow = small_window_client(d.socket())
         .await
@@ -949,25 +668,13 @@ async fn a_subscriber_that_falls_behind_gets_an_error_not_a_gap() {
     const ROUNDS: usize = 500;
     let mut workers = Vec::new();
     for w in 0..4 {
-        let (rt, pod, config) = (d.runtime(), pod.clone(), config.clone());
+        let (client, pod, config) = (d.client().clone(), pod.clone(), config.clone());
         workers.push(tokio::spawn(async move {
-            let mut rt = rt;
             for i in (w..ROUNDS).step_by(4) {
                 let mut c = container_config("brief", &["true"]);
                 c.metadata.as_mut().unwrap().attempt = i as u32;
-                let id = rt
-                    .create_container(CreateContainerRequest {
-                        pod_sandbox_id: pod.clone(),
-                        config: Some(c),
-                        sandbox_config: Some(config.clone()),
-                    })
-                    .await
-                    .expect("CreateContainer")
-                    .into_inner()
-                    .container_id;
-                rt.remove_container(RemoveContainerRequest { container_id: id })
-                    .await
-                    .expect("RemoveContainer");
+                let id = create_container(&client, &pod, &config, c).await;
+                remove_container(&client, &id).await;
             }
         }));
     }
@@ -999,5 +706,5 @@ async fn a_subscriber_that_falls_behind_gets_an_error_not_a_gap() {
         (ROUNDS, ROUNDS),
         "the subscriber that keeps up misses no creation and no deletion"
     );
-    berth_e2e::fixtures::remove_pod(&d, &pod).await;
+    remove_pod(&d, &pod).await;
 }

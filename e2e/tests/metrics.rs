@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use berth_e2e::fixtures::{
-    container_config, pod_config, pull, remove_pod, run_pod, start_container,
+    container_config, daemon_with, log_dir, pod_config, pull, remove_pod, run_pod, start_container,
 };
 use berth_e2e::{Daemon, Env, images};
 use bytes::Bytes;
@@ -284,11 +284,7 @@ fn calls(expected: &[(&str, &str, f64)]) -> BTreeMap<(String, String), f64> {
 
 #[tokio::test]
 async fn metrics_count_the_calls_made_and_show_the_pods() {
-    let d = Daemon::builder()
-        .config("[metrics]\naddress = \"127.0.0.1:0\"")
-        .start()
-        .await
-        .expect("daemon");
+    let d = daemon_with("[metrics]\naddress = \"127.0.0.1:0\"").await;
     let addr = metrics_address(&d);
     assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
 
@@ -347,16 +343,11 @@ async fn metrics_count_the_calls_made_and_show_the_pods() {
         .expect_err("a tag the registry does not have");
     assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
     pull(&d, images::BUSYBOX).await;
-    let log_dir = d.dir().path().join("pod-logs");
+    let log_dir = log_dir(&d);
     let pod = pod_config("metrics", &log_dir);
     let pod_id = run_pod(&d, &pod).await;
-    start_container(
-        &d,
-        &pod_id,
-        &pod,
-        container_config("sleeper", &["sleep", "3600"]),
-    )
-    .await;
+    let sleeper = container_config("sleeper", &["sleep", "3600"]);
+    start_container(&d, &pod_id, &pod, sleeper).await;
     let unknown = d
         .runtime()
         .pod_sandbox_status(PodSandboxStatusRequest {
@@ -509,11 +500,7 @@ fn listening_ports(pid: u32) -> Vec<u16> {
 
 #[tokio::test]
 async fn a_metrics_address_in_use_stops_the_daemon_naming_it() {
-    let first = Daemon::builder()
-        .config("[metrics]\naddress = \"127.0.0.1:0\"")
-        .start()
-        .await
-        .expect("daemon");
+    let first = daemon_with("[metrics]\naddress = \"127.0.0.1:0\"").await;
     let taken = metrics_address(&first);
     let mut second = Daemon::builder()
         .config(&format!("[metrics]\naddress = \"{taken}\""))

@@ -12,7 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use berth_e2e::fixtures::{
-    container_config, exec_sync, pod_config, pull, remove_pod, run_pod, start_container,
+    busybox_daemon, daemon_in, exec_sync, log_dir, pod_config, pod_ip, pull, remove_pod, run_pod,
+    start,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
@@ -152,19 +153,25 @@ fn web_script(page: &str) -> String {
     format!("mkdir -p /www && echo {page} > /www/index.html && exec httpd -f -p 80 -h /www")
 }
 
-async fn pod_ip(d: &Daemon, pod_id: &str) -> String {
-    d.runtime()
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod_id.into(),
-            verbose: false,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .status
-        .and_then(|s| s.network)
-        .map(|n| n.ip)
-        .unwrap_or_default()
+/// GET / from the outside host to the node's `port`.
+fn get_from_outside(outside: &Outside, port: i32) -> Result<String, String> {
+    let to: SocketAddr = format!("{}:{port}", outside.node_addr).parse().unwrap();
+    outside.run(move || http_get(to))
+}
+
+/// A pod `name` publishing its port 80 on the node's `host_port`, with httpd serving
+/// `page`: (pod id, httpd container id).
+async fn web_pod(d: &Daemon, name: &str, host_port: i32, page: &str) -> (String, String) {
+    let mut config = pod_config(name, &log_dir(d));
+    config.port_mappings = vec![PortMapping {
+        protocol: Protocol::Tcp as i32,
+        container_port: 80,
+        host_port,
+        host_ip: String::new(),
+    }];
+    let pod = run_pod(d, &config).await;
+    let httpd = start(d, &pod, &config, "httpd", &["sh", "-c", &web_script(page)]).await;
+    (pod, httpd)
 }
 
 /// Waits until `httpd` in the container listens on port 80.
@@ -187,25 +194,10 @@ fn links() -> String {
 async fn builtin_network_pods_hostports_masquerade_dns_and_host_network() {
     const HOST_PORT: i32 = 18080;
     let outside = Outside::create("b", 77);
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, images::BUSYBOX).await;
-    let logs = d.dir().path().join("pod-logs");
+    let d = busybox_daemon().await;
+    let logs = log_dir(&d);
 
-    let mut web_cfg = pod_config("web", &logs);
-    web_cfg.port_mappings = vec![PortMapping {
-        protocol: Protocol::Tcp as i32,
-        container_port: 80,
-        host_port: HOST_PORT,
-        host_ip: String::new(),
-    }];
-    let web = run_pod(&d, &web_cfg).await;
-    let httpd = start_container(
-        &d,
-        &web,
-        &web_cfg,
-        container_config("httpd", &["sh", "-c", &web_script("hello-from-web")]),
-    )
-    .await;
+    let (web, httpd) = web_pod(&d, "web", HOST_PORT, "hello-from-web").await;
     let mut client_cfg = pod_config("client", &logs);
     client_cfg.dns_config = Some(DnsConfig {
         servers: vec!["10.0.0.10".into()],
@@ -213,13 +205,7 @@ async fn builtin_network_pods_hostports_masquerade_dns_and_host_network() {
         options: vec!["ndots:5".into()],
     });
     let client = run_pod(&d, &client_cfg).await;
-    let curl = start_container(
-        &d,
-        &client,
-        &client_cfg,
-        container_config("curl", &["sleep", "3600"]),
-    )
-    .await;
+    let curl = start(&d, &client, &client_cfg, "curl", &["sleep", "3600"]).await;
     wait_listening(&d, &httpd).await;
 
     // The address in the status is the one the pod has.
@@ -242,12 +228,7 @@ async fn builtin_network_pods_hostports_masquerade_dns_and_host_network() {
             .unwrap_or_else(|e| panic!("hostPort via {host}: {e}"));
         assert!(answer.contains("hello-from-web"), "{host}: {answer}");
     }
-    let to: SocketAddr = format!("{}:{HOST_PORT}", outside.node_addr)
-        .parse()
-        .unwrap();
-    let answer = outside
-        .run(move || http_get(to))
-        .expect("hostPort from outside");
+    let answer = get_from_outside(&outside, HOST_PORT).expect("hostPort from outside");
     assert!(answer.contains("hello-from-web"), "{answer}");
 
     // Masquerade: the outside host sees the node's address, not the pod's.
@@ -293,13 +274,7 @@ async fn builtin_network_pods_hostports_masquerade_dns_and_host_network() {
     let hostnet = run_pod(&d, &host_cfg).await;
     assert_eq!(pod_links(), links_before, "a hostNetwork pod got a veth");
     assert!(pod_ip(&d, &hostnet).await.is_empty());
-    let sees = start_container(
-        &d,
-        &hostnet,
-        &host_cfg,
-        container_config("sees", &["sleep", "3600"]),
-    )
-    .await;
+    let sees = start(&d, &hostnet, &host_cfg, "sees", &["sleep", "3600"]).await;
     let (dev, _, _) = exec_sync(&d, &sees, &["cat", "/proc/net/dev"]).await;
     assert!(dev.contains(&outside.node_link), "{dev}");
 
@@ -346,38 +321,13 @@ async fn cni_mode_runs_debian_plugins_for_pods_and_hostports() {
         "[network]\nmode = \"cni\"\ncni_conf_dir = \"{}\"\ncni_bin_dirs = [\"/usr/lib/cni\"]\n",
         conf_dir.display()
     );
-    let d = Daemon::builder()
-        .dir(dir)
-        .config(&config)
-        .start()
-        .await
-        .expect("daemon in CNI mode");
+    let d = daemon_in(dir, &config).await;
     pull(&d, images::BUSYBOX).await;
-    let logs = d.dir().path().join("pod-logs");
-    let mut web_cfg = pod_config("cniweb", &logs);
-    web_cfg.port_mappings = vec![PortMapping {
-        protocol: Protocol::Tcp as i32,
-        container_port: 80,
-        host_port: HOST_PORT,
-        host_ip: String::new(),
-    }];
-    let web = run_pod(&d, &web_cfg).await;
-    let httpd = start_container(
-        &d,
-        &web,
-        &web_cfg,
-        container_config("httpd", &["sh", "-c", &web_script("hello-from-cni")]),
-    )
-    .await;
+    let logs = log_dir(&d);
+    let (web, httpd) = web_pod(&d, "cniweb", HOST_PORT, "hello-from-cni").await;
     let client_cfg = pod_config("cniclient", &logs);
     let client = run_pod(&d, &client_cfg).await;
-    let curl = start_container(
-        &d,
-        &client,
-        &client_cfg,
-        container_config("curl", &["sleep", "3600"]),
-    )
-    .await;
+    let curl = start(&d, &client, &client_cfg, "curl", &["sleep", "3600"]).await;
     wait_listening(&d, &httpd).await;
     let web_ip = pod_ip(&d, &web).await;
     assert!(
@@ -387,12 +337,8 @@ async fn cni_mode_runs_debian_plugins_for_pods_and_hostports() {
     let (page, err, code) =
         exec_sync(&d, &curl, &["wget", "-qO-", &format!("http://{web_ip}/")]).await;
     assert_eq!((page.as_str(), code), ("hello-from-cni\n", 0), "{err}");
-    let to: SocketAddr = format!("{}:{HOST_PORT}", outside.node_addr)
-        .parse()
-        .unwrap();
-    let answer = outside
-        .run(move || http_get(to))
-        .expect("hostPort from outside through portmap");
+    let answer =
+        get_from_outside(&outside, HOST_PORT).expect("hostPort from outside through portmap");
     assert!(answer.contains("hello-from-cni"), "{answer}");
 
     for pod in [&web, &client] {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use berth_e2e::Env;
 use berth_e2e::fixtures::{
-    container_config, container_status, exec_sync, pod_config, remove_pod, run_pod,
-    start_container, wait_exited,
+    busybox_daemon, container_config, container_status, daemon_with, exec_sync, pod_config, pod_ip,
+    pull, remove_pod, run_pod, start, start_container, wait_exited,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
@@ -56,15 +56,17 @@ fn exists_anywhere(rel: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// A pod placed under a kubelet-style parent unique to `tag`.
-fn limited_pod(d: &Daemon, tag: &str) -> (PodSandboxConfig, String) {
+/// A running pod placed under a kubelet-style parent unique to `tag`: (config, pod id,
+/// parent).
+async fn limited_pod(d: &Daemon, tag: &str) -> (PodSandboxConfig, String, String) {
     let mut config = pod_config(tag, &d.dir().path().join("logs"));
     let parent = Env::get().cgroup_parent(tag);
     config.linux = Some(LinuxPodSandboxConfig {
         cgroup_parent: parent.clone(),
         ..Default::default()
     });
-    (config, parent)
+    let pod_id = run_pod(d, &config).await;
+    (config, pod_id, parent)
 }
 
 fn with_resources(mut c: ContainerConfig, r: LinuxContainerResources) -> ContainerConfig {
@@ -93,10 +95,8 @@ fn v(x: &Option<UInt64Value>) -> u64 {
 
 #[tokio::test]
 async fn a_memory_limit_ends_in_oomkilled_and_nothing_is_left() {
-    let d = Daemon::start().await.expect("daemon");
-    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
-    let (pod, parent) = limited_pod(&d, "oom");
-    let pod_id = run_pod(&d, &pod).await;
+    let d = busybox_daemon().await;
+    let (pod, pod_id, parent) = limited_pod(&d, "oom").await;
     let limits = LinuxContainerResources {
         memory_limit_in_bytes: 32 * MIB,
         memory_swap_limit_in_bytes: 32 * MIB,
@@ -133,7 +133,7 @@ async fn a_memory_limit_ends_in_oomkilled_and_nothing_is_left() {
     assert!(!exists_anywhere(&format!("{parent}/{pod_id}")).is_empty());
 
     // A container that exits on its own with an error is not called OOMKilled.
-    let failing = start_container(&d, &pod_id, &pod, container_config("fail", &["false"])).await;
+    let failing = start(&d, &pod_id, &pod, "fail", &["false"]).await;
     let status = wait_exited(&d, &failing).await;
     assert_eq!(status.reason, "Error");
 
@@ -147,10 +147,8 @@ async fn a_memory_limit_ends_in_oomkilled_and_nothing_is_left() {
 
 #[tokio::test]
 async fn cpu_quota_and_cpuset_are_enforced_and_updates_apply_live() {
-    let d = Daemon::start().await.expect("daemon");
-    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
-    let (pod, parent) = limited_pod(&d, "cpu");
-    let pod_id = run_pod(&d, &pod).await;
+    let d = busybox_daemon().await;
+    let (pod, pod_id, parent) = limited_pod(&d, "cpu").await;
     let limits = LinuxContainerResources {
         cpu_period: 100_000,
         cpu_quota: 20_000,
@@ -265,24 +263,13 @@ async fn cpu_quota_and_cpuset_are_enforced_and_updates_apply_live() {
 
 #[tokio::test]
 async fn the_node_pids_limit_stops_a_fork_loop() {
-    let d = Daemon::builder()
-        .config("[cgroup]\npids_limit = 16\n")
-        .start()
-        .await
-        .expect("daemon");
-    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
-    let (pod, parent) = limited_pod(&d, "pids");
-    let pod_id = run_pod(&d, &pod).await;
+    let d = daemon_with("[cgroup]\npids_limit = 16\n").await;
+    pull(&d, images::BUSYBOX).await;
+    let (pod, pod_id, parent) = limited_pod(&d, "pids").await;
     // The inner shell gives up at the first failed fork; the outer one reports and waits.
     let script = "sh -c 'n=0; while [ $n -lt 40 ]; do sleep 30 & n=$((n+1)); done'; \
                   echo started; sleep 30";
-    let id = start_container(
-        &d,
-        &pod_id,
-        &pod,
-        container_config("forks", &["sh", "-c", script]),
-    )
-    .await;
+    let id = start(&d, &pod_id, &pod, "forks", &["sh", "-c", script]).await;
     let rel = format!("{parent}/{id}");
     assert_eq!(read("pids", &rel, "pids.max", "pids.max"), "16");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -313,8 +300,7 @@ async fn the_node_pids_limit_stops_a_fork_loop() {
 
 #[tokio::test]
 async fn stats_report_what_the_container_uses() {
-    let d = Daemon::start().await.expect("daemon");
-    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
+    let d = busybox_daemon().await;
     // No cgroup_parent: Berth makes the pod's cgroup, applies the pod-level resources to
     // it, and removes it with the pod.
     let mut pod = pod_config("stats", &d.dir().path().join("logs"));
@@ -331,13 +317,7 @@ async fn stats_report_what_the_container_uses() {
         Env::get().cgroup_parent(&format!("d{}", d.dir().number()))
     );
     assert_eq!(memory_limit(&cgroup), 256 * MIB);
-    let id = start_container(
-        &d,
-        &pod_id,
-        &pod,
-        container_config("idle", &["sleep", "3600"]),
-    )
-    .await;
+    let id = start(&d, &pod_id, &pod, "idle", &["sleep", "3600"]).await;
     let before = container_stats(&d, &id).await;
     let attrs = before.attributes.as_ref().unwrap();
     assert_eq!(attrs.id, id);
@@ -404,18 +384,7 @@ async fn stats_report_what_the_container_uses() {
         .clone()
         .unwrap();
     assert_eq!(net0.name, "eth0");
-    let status = d
-        .runtime()
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod_id.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
-    let ip: std::net::Ipv4Addr = status.network.unwrap().ip.parse().unwrap();
+    let ip: std::net::Ipv4Addr = pod_ip(&d, &pod_id).await.parse().unwrap();
     let gw = std::net::Ipv4Addr::from(u32::from(ip) & 0xffff_0000 | 1);
     let (out, _, code) =
         exec_sync(&d, &id, &["ping", "-c", "3", "-s", "1000", &gw.to_string()]).await;
@@ -474,20 +443,11 @@ async fn stats_report_what_the_container_uses() {
     assert_eq!(e.code(), Code::NotFound);
 
     // cAdvisor-style metrics: every metric has a descriptor with matching labels.
-    let descriptors = d
-        .runtime()
-        .list_metric_descriptors(ListMetricDescriptorsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .descriptors;
-    let metrics = d
-        .runtime()
-        .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_metrics;
+    let mut rt = d.runtime();
+    let descriptors = rt.list_metric_descriptors(ListMetricDescriptorsRequest {});
+    let descriptors = descriptors.await.unwrap().into_inner().descriptors;
+    let metrics = rt.list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {});
+    let metrics = metrics.await.unwrap().into_inner().pod_metrics;
     let mine = metrics.iter().find(|m| m.pod_sandbox_id == pod_id).unwrap();
     let cm = &mine.container_metrics[0];
     assert_eq!(cm.container_id, id);
@@ -546,17 +506,9 @@ fn device_programs(dir: &std::path::Path) -> u32 {
 
 #[tokio::test]
 async fn containers_cannot_open_devices_they_were_not_given() {
-    let d = Daemon::start().await.expect("daemon");
-    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
-    let (pod, parent) = limited_pod(&d, "dev");
-    let pod_id = run_pod(&d, &pod).await;
-    let id = start_container(
-        &d,
-        &pod_id,
-        &pod,
-        container_config("dev", &["sleep", "3600"]),
-    )
-    .await;
+    let d = busybox_daemon().await;
+    let (pod, pod_id, parent) = limited_pod(&d, "dev").await;
+    let id = start(&d, &pod_id, &pod, "dev", &["sleep", "3600"]).await;
     // CAP_MKNOD is in the default set: making the node works, opening it does not.
     let (out, err, code) = exec_sync(
         &d,
@@ -609,17 +561,9 @@ async fn containers_cannot_open_devices_they_were_not_given() {
 
 #[tokio::test]
 async fn cgroups_left_by_a_crash_are_removed_at_the_next_start() {
-    let mut d = Daemon::start().await.expect("daemon");
-    berth_e2e::fixtures::pull(&d, images::BUSYBOX).await;
-    let (pod, parent) = limited_pod(&d, "crash");
-    let pod_id = run_pod(&d, &pod).await;
-    let id = start_container(
-        &d,
-        &pod_id,
-        &pod,
-        container_config("keep", &["sleep", "3600"]),
-    )
-    .await;
+    let mut d = busybox_daemon().await;
+    let (pod, pod_id, parent) = limited_pod(&d, "crash").await;
+    let id = start(&d, &pod_id, &pod, "keep", &["sleep", "3600"]).await;
     d.kill().await.expect("SIGKILL");
     // What a crash between removing a cgroup and its record would leave: a container leaf
     // in a live pod's cgroup, and a pod cgroup under Berth's own parent.

@@ -10,35 +10,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_e2e::fixtures::{
-    container_config, container_status, exec_sync, kill_monitor, pod_config, pull, remove_pod,
-    start_container, wait_exited,
+    Tmpfs, assert_refused, container_config, container_pid, container_status, create_refused,
+    exec_sync, kill_monitor, linux_security, pod_config, pod_status, pull, remove_pod,
+    run_pod_with, runc_crun_daemon, runtime_binary, runtime_status, start, start_container,
+    try_run_pod, wait_exited,
 };
 use berth_e2e::{Daemon, DaemonDir, images, run_berth};
 use k8s_cri::v1::*;
 use tonic::Code;
-
-/// Debian's path of a runtime binary.
-fn runtime_binary(name: &str) -> PathBuf {
-    ["/usr/sbin", "/usr/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{name} is not installed (scripts/test.sh installs it)"))
-}
-
-/// A daemon with `runc` and `crun` as RuntimeClass handlers.
-async fn daemon() -> Daemon {
-    let config = format!(
-        "[runtimes.runc]\npath = {:?}\n[runtimes.crun]\npath = {:?}\n",
-        runtime_binary("runc").display().to_string(),
-        runtime_binary("crun").display().to_string()
-    );
-    Daemon::builder()
-        .config(&config)
-        .start()
-        .await
-        .expect("daemon")
-}
 
 /// `<runtime> --root <state>/runtimes/<handler> <args>` as the monitor runs it: in the pod's
 /// PID namespace with that namespace's /proc (the pids in the runtime's state are the pod's).
@@ -82,20 +61,13 @@ fn nspids(host_pid: i64) -> Vec<i64> {
         .unwrap_or_default()
 }
 
-/// The host pid ContainerStatus (verbose) reports.
-async fn reported_pid(d: &Daemon, id: &str) -> i64 {
-    let info = d
-        .runtime()
-        .container_status(ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: true,
-        })
-        .await
-        .expect("ContainerStatus")
-        .into_inner()
-        .info;
-    let v: serde_json::Value = serde_json::from_str(&info["info"]).expect("info JSON");
-    v["pid"].as_i64().expect("a pid")
+/// A pod `<name>-<handler>` of the runtime `handler`, logging under `logs-<handler>`:
+/// (log directory, config, id).
+async fn handler_pod(d: &Daemon, name: &str, handler: &str) -> (PathBuf, PodSandboxConfig, String) {
+    let log_dir = d.dir().path().join(format!("logs-{handler}"));
+    let config = pod_config(&format!("{name}-{handler}"), &log_dir);
+    let pod = run_pod_with(d, &config, handler).await;
+    (log_dir, config, pod)
 }
 
 fn log_lines(path: &Path) -> Vec<(String, String, String)> {
@@ -120,29 +92,8 @@ fn line(stream: &str, tag: &str, text: &str) -> (String, String, String) {
 
 /// The whole life of a pod of `handler`.
 async fn a_pod_of(d: &Daemon, handler: &str) {
-    let log_dir = d.dir().path().join(format!("logs-{handler}"));
-    let config = pod_config(&format!("rc-{handler}"), &log_dir);
-    let pod = d
-        .runtime()
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: handler.into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox with {handler}: {e:?}"))
-        .into_inner()
-        .pod_sandbox_id;
-    let status = d
-        .runtime()
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: false,
-        })
-        .await
-        .expect("PodSandboxStatus")
-        .into_inner()
-        .status
-        .expect("a status");
+    let (log_dir, config, pod) = handler_pod(d, "rc", handler).await;
+    let status = pod_status(&d, &pod).await;
     assert_eq!(status.runtime_handler, handler);
 
     // Output reaches the CRI log; the exit code is the process's.
@@ -173,18 +124,15 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
     // runtime's: its state shows it running, with the pid Berth reports, and ExecSync runs
     // in it. Its recursive read-only bind keeps a submount read-only.
     let src = d.dir().path().join(format!("tree-{handler}"));
-    let _sub = Submount::mount(&src.join("sub"));
+    let _sub = Tmpfs::mount(&src.join("sub"), "size=1m");
     let mut long = container_config("long", &["sleep", "3600"]);
-    long.linux = Some(LinuxContainerConfig {
-        security_context: Some(LinuxContainerSecurityContext {
-            namespace_options: Some(NamespaceOption {
-                pid: NamespaceMode::Container as i32,
-                ..Default::default()
-            }),
+    long.linux = Some(linux_security(LinuxContainerSecurityContext {
+        namespace_options: Some(NamespaceOption {
+            pid: NamespaceMode::Container as i32,
             ..Default::default()
         }),
         ..Default::default()
-    });
+    }));
     long.mounts = vec![Mount {
         container_path: "/rro".into(),
         host_path: src.display().to_string(),
@@ -202,7 +150,7 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
     );
     let state: serde_json::Value = serde_json::from_slice(&out.stdout).expect("state JSON");
     assert_eq!(state["status"], "running", "{handler}: {state}");
-    let host_pid = reported_pid(d, &long).await;
+    let host_pid = container_pid(d, &long).await;
     let pids = nspids(host_pid);
     assert_eq!(
         pids.get(1).copied(),
@@ -248,17 +196,14 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
 
     // A container in the PID namespace of another one sees it.
     let mut peer = container_config("peer", &["cat", "/proc/1/cmdline"]);
-    peer.linux = Some(LinuxContainerConfig {
-        security_context: Some(LinuxContainerSecurityContext {
-            namespace_options: Some(NamespaceOption {
-                pid: NamespaceMode::Target as i32,
-                target_id: long.clone(),
-                ..Default::default()
-            }),
+    peer.linux = Some(linux_security(LinuxContainerSecurityContext {
+        namespace_options: Some(NamespaceOption {
+            pid: NamespaceMode::Target as i32,
+            target_id: long.clone(),
             ..Default::default()
         }),
         ..Default::default()
-    });
+    }));
     let peer = start_container(d, &pod, &config, peer).await;
     assert_eq!(wait_exited(d, &peer).await.exit_code, 0, "{handler}");
     let peer_log = log_lines(&log_dir.join("peer.log"));
@@ -286,16 +231,13 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
 
     // The runtime default seccomp profile, in OCI form, is loaded by the runtime.
     let mut confined = container_config("confined", &["grep", "^Seccomp:", "/proc/self/status"]);
-    confined.linux = Some(LinuxContainerConfig {
-        security_context: Some(LinuxContainerSecurityContext {
-            seccomp: Some(SecurityProfile {
-                profile_type: security_profile::ProfileType::RuntimeDefault as i32,
-                ..Default::default()
-            }),
+    confined.linux = Some(linux_security(LinuxContainerSecurityContext {
+        seccomp: Some(SecurityProfile {
+            profile_type: security_profile::ProfileType::RuntimeDefault as i32,
             ..Default::default()
         }),
         ..Default::default()
-    });
+    }));
     let confined = start_container(d, &pod, &config, confined).await;
     assert_eq!(wait_exited(d, &confined).await.exit_code, 0, "{handler}");
     let seccomp = log_lines(&log_dir.join("confined.log"));
@@ -351,15 +293,13 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
     );
 
     // A container the runtime cannot create is an error naming the cause, and is undone.
-    let err = d
-        .runtime()
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(container_config("missing", &["/no/such/binary"])),
-            sandbox_config: Some(config.clone()),
-        })
-        .await
-        .expect_err("a container without its executable");
+    let err = create_refused(
+        &d,
+        &pod,
+        &config,
+        container_config("missing", &["/no/such/binary"]),
+    )
+    .await;
     assert!(
         err.message().contains("/no/such/binary") && err.message().contains(handler),
         "{handler}: {err:?}"
@@ -396,14 +336,9 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
 
 #[tokio::test]
 async fn runc_and_crun_pods_run_log_exec_and_stop_like_default_ones() {
-    let d = daemon().await;
+    let d = runc_crun_daemon().await;
     pull(&d, images::BUSYBOX).await;
-    let status = d
-        .runtime()
-        .status(StatusRequest { verbose: false })
-        .await
-        .expect("Status")
-        .into_inner();
+    let status = runtime_status(&d).await;
     let names: Vec<&str> = status
         .runtime_handlers
         .iter()
@@ -422,26 +357,16 @@ async fn runc_and_crun_pods_run_log_exec_and_stop_like_default_ones() {
 
 #[tokio::test]
 async fn handler_pods_survive_a_daemon_restart_and_the_loss_of_their_monitor() {
-    let mut d = daemon().await;
+    let mut d = runc_crun_daemon().await;
     pull(&d, images::BUSYBOX).await;
     for handler in ["runc", "crun"] {
-        let log_dir = d.dir().path().join(format!("logs-{handler}"));
-        let config = pod_config(&format!("restart-{handler}"), &log_dir);
-        let pod = d
-            .runtime()
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: handler.into(),
-            })
-            .await
-            .expect("RunPodSandbox")
-            .into_inner()
-            .pod_sandbox_id;
-        let c = start_container(
+        let (log_dir, config, pod) = handler_pod(&d, "restart", handler).await;
+        let c = start(
             &d,
             &pod,
             &config,
-            container_config("c", &["sh", "-c", "echo up; exec sleep 3600"]),
+            "c",
+            &["sh", "-c", "echo up; exec sleep 3600"],
         )
         .await;
 
@@ -484,7 +409,7 @@ async fn handler_containers_take_attach_stdin_and_terminal_execs() {
     use berth_test_support::streaming_client::{
         self as client, ExecOptions, RemoteCommand, Transport,
     };
-    let d = daemon().await;
+    let d = runc_crun_daemon().await;
     pull(&d, images::BUSYBOX).await;
     let all = ExecOptions {
         stdin: true,
@@ -493,18 +418,7 @@ async fn handler_containers_take_attach_stdin_and_terminal_execs() {
         tty: false,
     };
     for handler in ["runc", "crun"] {
-        let log_dir = d.dir().path().join(format!("logs-{handler}"));
-        let config = pod_config(&format!("stream-{handler}"), &log_dir);
-        let pod = d
-            .runtime()
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: handler.into(),
-            })
-            .await
-            .expect("RunPodSandbox")
-            .into_inner()
-            .pod_sandbox_id;
+        let (_, config, pod) = handler_pod(&d, "stream", handler).await;
         // The runtime hands the container the stdin pipe the monitor made.
         let script = "while read l; do echo \"got $l\"; echo \"err $l\" >&2; done";
         let mut echo = container_config("echo", &["sh", "-c", script]);
@@ -597,17 +511,11 @@ async fn handler_containers_take_attach_stdin_and_terminal_execs() {
 
 #[tokio::test]
 async fn an_unknown_handler_is_an_invalid_argument() {
-    let d = daemon().await;
-    let err = d
-        .runtime()
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_config("rc-unknown", &d.dir().path().join("logs"))),
-            runtime_handler: "kata".into(),
-        })
-        .await
-        .expect_err("an unknown handler");
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(err.message().contains("kata"), "{}", err.message());
+    let d = runc_crun_daemon().await;
+    let config = pod_config("rc-unknown", &d.dir().path().join("logs"));
+    let err = try_run_pod(&d, &config, "kata").await;
+    let err = err.expect_err("an unknown handler");
+    assert_refused(&err, Code::InvalidArgument, "kata");
 }
 
 #[tokio::test]
@@ -636,28 +544,4 @@ async fn a_handler_whose_binary_is_missing_stops_the_start() {
         "{stderr}"
     );
     assert!(!dir.socket().exists(), "berth created its socket");
-}
-
-/// A tmpfs mounted for the test's lifetime.
-struct Submount(PathBuf);
-
-impl Submount {
-    fn mount(path: &Path) -> Submount {
-        std::fs::create_dir_all(path).unwrap();
-        nix::mount::mount(
-            Some("tmpfs"),
-            path,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some("size=1m"),
-        )
-        .expect("mount a tmpfs");
-        Submount(path.to_owned())
-    }
-}
-
-impl Drop for Submount {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
 }

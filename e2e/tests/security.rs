@@ -3,9 +3,11 @@
 //! recursive read-only binds, pod sysctls, AppArmor/SELinux refusals, user namespaces and
 //! privileged pods (the known runtime escapes are in `escapes.rs`). What is checked is what
 //! the process inside observes, or the error kubelet gets.
-
 use berth_e2e::fixtures::{
-    container_config, exec_sync, pod_config, pull, remove_pod, run_pod, start_container,
+    Tmpfs, assert_refused, bind, busybox_daemon, busybox_pod, container_config, container_status,
+    create_refused, default_handler, exec_ok, exec_sync, host_dir, image_volume, linux_security,
+    list_containers, list_pods, log_dir, new_pod, pod_config, pod_status, pull, remove_pod,
+    run_pod, run_pod_refused, runtime_status, security_context, start, start_container,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::security_profile::ProfileType;
@@ -19,18 +21,15 @@ fn secured(
     privileged: bool,
 ) -> ContainerConfig {
     let mut c = container_config(name, &["sleep", "3600"]);
-    c.linux = Some(LinuxContainerConfig {
-        security_context: Some(LinuxContainerSecurityContext {
-            seccomp,
-            privileged,
-            capabilities: Some(Capability {
-                add_capabilities: add_caps.iter().map(|s| s.to_string()).collect(),
-                ..Default::default()
-            }),
+    c.linux = Some(linux_security(LinuxContainerSecurityContext {
+        seccomp,
+        privileged,
+        capabilities: Some(Capability {
+            add_capabilities: add_caps.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }),
         ..Default::default()
-    });
+    }));
     c
 }
 
@@ -63,8 +62,7 @@ async fn seccomp_mode(d: &Daemon, id: &str) -> String {
 
 #[tokio::test]
 async fn seccomp_profiles_confine_what_they_say() {
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, images::BUSYBOX).await;
+    let d = busybox_daemon().await;
     let dir = d.dir().path().to_path_buf();
     let block_chmod = dir.join("block-chmod.json");
     std::fs::write(
@@ -180,52 +178,31 @@ async fn seccomp_profiles_confine_what_they_say() {
     assert_eq!(seccomp_mode(&d, &privileged).await, "0");
 
     // A profile that cannot be read is a clear error at CreateContainer.
-    let err = d
-        .runtime()
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(secured(
-                "missing",
-                profile(ProfileType::Localhost, "/no/such/profile.json"),
-                &[],
-                false,
-            )),
-            sandbox_config: Some(config.clone()),
-        })
-        .await
-        .expect_err("a missing profile");
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(
-        err.message().contains("/no/such/profile.json"),
-        "{}",
-        err.message()
-    );
+    let err = create_refused(
+        &d,
+        &pod,
+        &config,
+        secured(
+            "missing",
+            profile(ProfileType::Localhost, "/no/such/profile.json"),
+            &[],
+            false,
+        ),
+    )
+    .await;
+    assert_refused(&err, Code::InvalidArgument, "/no/such/profile.json");
     remove_pod(&d, &pod).await;
 }
 
 #[tokio::test]
 async fn run_as_group_needs_a_user() {
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, images::BUSYBOX).await;
-    let config = pod_config("grouponly", &d.dir().path().join("pod-logs"));
-    let pod = run_pod(&d, &config).await;
+    let (d, config, pod) = busybox_pod("grouponly").await;
     let mut c = container_config("c", &["sleep", "3600"]);
-    c.linux = Some(LinuxContainerConfig {
-        security_context: Some(LinuxContainerSecurityContext {
-            run_as_group: Some(Int64Value { value: 1234 }),
-            ..Default::default()
-        }),
+    c.linux = Some(linux_security(LinuxContainerSecurityContext {
+        run_as_group: Some(Int64Value { value: 1234 }),
         ..Default::default()
-    });
-    let err = d
-        .runtime()
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(c),
-            sandbox_config: Some(config.clone()),
-        })
-        .await
-        .expect_err("a group without a user");
+    }));
+    let err = create_refused(&d, &pod, &config, c).await;
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     remove_pod(&d, &pod).await;
 }
@@ -241,9 +218,8 @@ async fn status_field(d: &Daemon, id: &str, field: &str) -> String {
 
 #[tokio::test]
 async fn capabilities_users_read_only_and_masked_paths() {
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, images::BUSYBOX).await;
-    let mut config = pod_config("privs", &d.dir().path().join("pod-logs"));
+    let d = busybox_daemon().await;
+    let mut config = pod_config("privs", &log_dir(&d));
     config.linux = Some(LinuxPodSandboxConfig {
         sysctls: [(
             "net.ipv4.ip_unprivileged_port_start".to_string(),
@@ -256,10 +232,7 @@ async fn capabilities_users_read_only_and_masked_paths() {
     let pod = run_pod(&d, &config).await;
     let with = |name: &str, sc: LinuxContainerSecurityContext| {
         let mut c = container_config(name, &["sleep", "3600"]);
-        c.linux = Some(LinuxContainerConfig {
-            security_context: Some(sc),
-            ..Default::default()
-        });
+        c.linux = Some(linux_security(sc));
         c
     };
 
@@ -361,7 +334,7 @@ fn pod_with_sysctls(
     sysctls: &[(&str, &str)],
     host_network: bool,
 ) -> PodSandboxConfig {
-    let mut config = pod_config(name, &d.dir().path().join("pod-logs"));
+    let mut config = pod_config(name, &log_dir(d));
     config.linux = Some(LinuxPodSandboxConfig {
         sysctls: sysctls
             .iter()
@@ -385,8 +358,7 @@ fn pod_with_sysctls(
 
 #[tokio::test]
 async fn only_namespaced_sysctls_reach_a_pod() {
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, images::BUSYBOX).await;
+    let d = busybox_daemon().await;
     let host_shmmax = std::fs::read_to_string("/proc/sys/kernel/shmmax").unwrap();
     let config = pod_with_sysctls(
         &d,
@@ -398,7 +370,7 @@ async fn only_namespaced_sysctls_reach_a_pod() {
         false,
     );
     let pod = run_pod(&d, &config).await;
-    let c = start_container(&d, &pod, &config, container_config("c", &["sleep", "3600"])).await;
+    let c = start(&d, &pod, &config, "c", &["sleep", "3600"]).await;
     let (v, _, _) = exec_sync(
         &d,
         &c,
@@ -428,32 +400,17 @@ async fn only_namespaced_sysctls_reach_a_pod() {
         let file = format!("/proc/sys/{}", sysctl.replace('.', "/"));
         let value = std::fs::read_to_string(&file).unwrap();
         let config = pod_with_sysctls(&d, name, &[(sysctl, value.trim())], host_network);
-        let err = d
-            .runtime()
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config),
-                ..Default::default()
-            })
-            .await
-            .expect_err(sysctl);
-        assert_eq!(err.code(), Code::InvalidArgument, "{sysctl}: {err:?}");
-        assert!(err.message().contains(sysctl), "{}", err.message());
+        let err = run_pod_refused(&d, &config).await;
+        assert_refused(&err, Code::InvalidArgument, sysctl);
     }
-    let pods = d
-        .runtime()
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = list_pods(&d).await;
     assert!(pods.is_empty(), "a refused pod was left: {pods:?}");
 }
 
 #[tokio::test]
 async fn apparmor_and_selinux_requests_berth_cannot_apply_are_refused() {
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, images::BUSYBOX).await;
-    let logs = d.dir().path().join("pod-logs");
+    let d = busybox_daemon().await;
+    let logs = log_dir(&d);
 
     // A pod asking for an SELinux label is refused before anything runs.
     let mut labelled = pod_config("labelled", &logs);
@@ -468,25 +425,14 @@ async fn apparmor_and_selinux_requests_berth_cannot_apply_are_refused() {
         }),
         ..Default::default()
     });
-    let err = d
-        .runtime()
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(labelled),
-            ..Default::default()
-        })
-        .await
-        .expect_err("an SELinux label");
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(err.message().contains("container_t"), "{}", err.message());
+    let err = run_pod_refused(&d, &labelled).await;
+    assert_refused(&err, Code::InvalidArgument, "container_t");
 
     let config = pod_config("lsm", &logs);
     let pod = run_pod(&d, &config).await;
     let with = |name: &str, sc: LinuxContainerSecurityContext| {
         let mut c = container_config(name, &["sleep", "3600"]);
-        c.linux = Some(LinuxContainerConfig {
-            security_context: Some(sc),
-            ..Default::default()
-        });
+        c.linux = Some(linux_security(sc));
         c
     };
     // What needs no LSM runs: AppArmor Unconfined and RuntimeDefault, empty SELinux options.
@@ -533,68 +479,18 @@ async fn apparmor_and_selinux_requests_berth_cannot_apply_are_refused() {
             "spc_t",
         ),
     ] {
-        let err = d
-            .runtime()
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(with(name, sc)),
-                sandbox_config: Some(config.clone()),
-            })
-            .await
-            .expect_err(name);
-        assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
-        assert!(err.message().contains(named), "{}", err.message());
+        let err = create_refused(&d, &pod, &config, with(name, sc)).await;
+        assert_refused(&err, Code::InvalidArgument, named);
     }
-    let listed = d
-        .runtime()
-        .list_containers(ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+    let listed = list_containers(&d).await;
     assert_eq!(listed.len(), 2, "refused containers were left: {listed:?}");
     remove_pod(&d, &pod).await;
 }
 
-/// A tmpfs mounted at `path`, detached on drop (even when the test fails).
-struct Submount(std::path::PathBuf);
-
-impl Submount {
-    fn mount(path: &std::path::Path) -> Submount {
-        std::fs::create_dir_all(path).unwrap();
-        nix::mount::mount(
-            Some("tmpfs"),
-            path,
-            Some("tmpfs"),
-            nix::mount::MsFlags::empty(),
-            Some("size=1m"),
-        )
-        .expect("mount a tmpfs");
-        Submount(path.to_owned())
-    }
-}
-
-impl Drop for Submount {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 #[tokio::test]
 async fn a_recursive_read_only_bind_keeps_its_submounts_read_only() {
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, images::BUSYBOX).await;
-    let status = d
-        .runtime()
-        .status(StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner();
-    let default = status
-        .runtime_handlers
-        .iter()
-        .find(|h| h.name.is_empty())
-        .expect("the default handler");
+    let d = busybox_daemon().await;
+    let default = default_handler(&d).await;
     assert!(
         default
             .features
@@ -605,9 +501,8 @@ async fn a_recursive_read_only_bind_keeps_its_submounts_read_only() {
 
     let src = d.dir().path().join("tree");
     std::fs::create_dir_all(&src).unwrap();
-    let _sub = Submount::mount(&src.join("sub"));
-    let config = pod_config("rro", &d.dir().path().join("pod-logs"));
-    let pod = run_pod(&d, &config).await;
+    let _sub = Tmpfs::mount(&src.join("sub"), "size=1m");
+    let (config, pod) = new_pod(&d, "rro").await;
     let mut c = container_config("c", &["sleep", "3600"]);
     let bind = |path: &str, recursive: bool| Mount {
         container_path: path.into(),
@@ -635,20 +530,14 @@ async fn supplemental_groups_policies_merge_or_keep_strictly_to_the_request() {
     use images::configured::{SUPPLEMENTARY_GID, UID};
     let d = Daemon::start().await.expect("daemon");
     pull(&d, images::CONFIGURED).await;
-    let status = d
-        .runtime()
-        .status(StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner();
+    let status = runtime_status(&d).await;
     assert!(
         status
             .features
             .is_some_and(|f| f.supplemental_groups_policy),
         "the feature is reported"
     );
-    let config = pod_config("groups", &d.dir().path().join("pod-logs"));
-    let pod = run_pod(&d, &config).await;
+    let (config, pod) = new_pod(&d, "groups").await;
     // The image's user is a member of its group `extra` (SUPPLEMENTARY_GID) in /etc/group.
     for (name, policy, has_image_group) in [
         ("merge", SupplementalGroupsPolicy::Merge, true),
@@ -659,17 +548,14 @@ async fn supplemental_groups_policies_merge_or_keep_strictly_to_the_request() {
             image: images::CONFIGURED.into(),
             ..Default::default()
         });
-        c.linux = Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                run_as_user: Some(Int64Value {
-                    value: i64::from(UID),
-                }),
-                supplemental_groups: vec![4000],
-                supplemental_groups_policy: policy as i32,
-                ..Default::default()
+        c.linux = Some(linux_security(LinuxContainerSecurityContext {
+            run_as_user: Some(Int64Value {
+                value: i64::from(UID),
             }),
+            supplemental_groups: vec![4000],
+            supplemental_groups_policy: policy as i32,
             ..Default::default()
-        });
+        }));
         let id = start_container(&d, &pod, &config, c).await;
         let (groups, _, code) = exec_sync(&d, &id, &["id", "-G"]).await;
         assert_eq!(code, 0);
@@ -683,7 +569,7 @@ async fn supplemental_groups_policies_merge_or_keep_strictly_to_the_request() {
             has_image_group,
             "{name}: {groups:?}"
         );
-        let reported = berth_e2e::fixtures::container_status(&d, &id)
+        let reported = container_status(&d, &id)
             .await
             .user
             .and_then(|u| u.linux)
@@ -701,21 +587,9 @@ async fn supplemental_groups_policies_merge_or_keep_strictly_to_the_request() {
 
 #[tokio::test]
 async fn privileged_containers_need_a_privileged_pod() {
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, images::BUSYBOX).await;
-    let config = pod_config("unprivileged", &d.dir().path().join("pod-logs"));
-    let pod = run_pod(&d, &config).await;
-    let err = d
-        .runtime()
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(secured("privileged", None, &[], true)),
-            sandbox_config: Some(config.clone()),
-        })
-        .await
-        .expect_err("a privileged container in an unprivileged pod");
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(err.message().contains("privileged"), "{}", err.message());
+    let (d, config, pod) = busybox_pod("unprivileged").await;
+    let err = create_refused(&d, &pod, &config, secured("privileged", None, &[], true)).await;
+    assert_refused(&err, Code::InvalidArgument, "privileged");
     // The same pod still takes an ordinary container.
     let plain = start_container(&d, &pod, &config, secured("plain", None, &[], false)).await;
     assert_eq!(status_field(&d, &plain, "CapEff").await, "00000000a80425fb");
@@ -745,7 +619,7 @@ fn userns(mode: NamespaceMode, host_id: u32, length: u32) -> UserNamespace {
 }
 
 fn pod_with_userns(name: &str, d: &Daemon, u: UserNamespace) -> PodSandboxConfig {
-    let mut config = pod_config(name, &d.dir().path().join("pod-logs"));
+    let mut config = pod_config(name, &log_dir(d));
     config.linux = Some(LinuxPodSandboxConfig {
         security_context: Some(LinuxSandboxSecurityContext {
             namespace_options: Some(NamespaceOption {
@@ -772,25 +646,14 @@ fn container_in_userns(name: &str, u: &UserNamespace, add_caps: &[&str]) -> Cont
 }
 
 async fn out(d: &Daemon, id: &str, cmd: &[&str]) -> String {
-    let (stdout, stderr, code) = exec_sync(d, id, cmd).await;
-    assert_eq!(code, 0, "{cmd:?}: {stderr}");
+    let stdout = exec_ok(d, id, cmd).await;
     stdout.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[tokio::test]
 async fn a_user_namespaced_pod_runs_as_an_unprivileged_host_range() {
     let mut d = Daemon::start().await.expect("daemon");
-    let status = d
-        .runtime()
-        .status(StatusRequest { verbose: false })
-        .await
-        .unwrap()
-        .into_inner();
-    let default = status
-        .runtime_handlers
-        .iter()
-        .find(|h| h.name.is_empty())
-        .expect("the default handler");
+    let default = default_handler(&d).await;
     assert!(
         default.features.is_some_and(|f| f.user_namespaces),
         "kubelet is told: {default:?}"
@@ -807,17 +670,7 @@ async fn a_user_namespaced_pod_runs_as_an_unprivileged_host_range() {
     .collect();
     let pod = run_pod(&d, &config).await;
     // PodSandboxStatus reports the namespace back, as containerd does.
-    let pod_status = d
-        .runtime()
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        .unwrap();
+    let pod_status = pod_status(&d, &pod).await;
     // The daemon wired the pod's network namespace from the node's user namespace.
     let pod_ip = pod_status.network.clone().unwrap_or_default().ip;
     assert!(!pod_ip.is_empty(), "{pod_status:?}");
@@ -829,26 +682,13 @@ async fn a_user_namespaced_pod_runs_as_an_unprivileged_host_range() {
     assert_eq!(reported.as_ref(), Some(&u));
 
     // A volume as kubelet makes them: a directory and a file the node's root owns.
-    let vol = d.dir().path().join("userns-vol");
-    std::fs::create_dir_all(&vol).unwrap();
+    let vol = host_dir(&d, "userns-vol");
     std::fs::write(vol.join("from-node"), b"x").unwrap();
     pull(&d, images::CONFIGURED).await;
     let mut c = container_in_userns("c", &u, &["NET_ADMIN"]);
     c.mounts = vec![
-        Mount {
-            container_path: "/vol".into(),
-            host_path: vol.display().to_string(),
-            ..Default::default()
-        },
-        Mount {
-            container_path: "/imgvol".into(),
-            image: Some(ImageSpec {
-                image: images::CONFIGURED.into(),
-                ..Default::default()
-            }),
-            readonly: true,
-            ..Default::default()
-        },
+        bind("/vol", &vol),
+        image_volume("/imgvol", images::CONFIGURED),
     ];
     let c = start_container(&d, &pod, &config, c).await;
 
@@ -939,13 +779,7 @@ async fn a_user_namespaced_pod_runs_as_an_unprivileged_host_range() {
     );
     // A read-only root: the idmapped binds are remounted read-only too.
     let mut ro = container_in_userns("ro", &u, &[]);
-    ro.linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .readonly_rootfs = true;
+    security_context(&mut ro).readonly_rootfs = true;
     let ro = start_container(&d, &pod, &config, ro).await;
     for path in ["/x", "/etc/hostname"] {
         let (_, err, code) = exec_sync(&d, &ro, &["sh", "-c", &format!("echo x > {path}")]).await;
@@ -996,8 +830,7 @@ async fn a_user_namespaced_pod_runs_as_an_unprivileged_host_range() {
 
 #[tokio::test]
 async fn a_node_mode_pod_keeps_the_node_user_namespace() {
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, images::BUSYBOX).await;
+    let d = busybox_daemon().await;
     let u = userns(NamespaceMode::Node, 0, 0);
     let config = pod_with_userns("hostusers", &d, u.clone());
     let pod = run_pod(&d, &config).await;
@@ -1027,28 +860,10 @@ async fn invalid_user_namespaces_are_refused() {
         },
     ];
     for u in bad {
-        let err = d
-            .runtime()
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(pod_with_userns("bad-userns", &d, u.clone())),
-                ..Default::default()
-            })
-            .await
-            .expect_err("an invalid user namespace");
-        assert_eq!(err.code(), Code::InvalidArgument, "{u:?}: {err:?}");
-        assert!(
-            err.message().contains("user namespace"),
-            "{}",
-            err.message()
-        );
+        let err = run_pod_refused(&d, &pod_with_userns("bad-userns", &d, u.clone())).await;
+        assert_refused(&err, Code::InvalidArgument, "user namespace");
     }
-    let listed = d
-        .runtime()
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let listed = list_pods(&d).await;
     assert!(listed.is_empty(), "{listed:?}");
 
     // A container must use its pod's namespace, and an idmapped volume needs one.
@@ -1057,27 +872,11 @@ async fn invalid_user_namespaces_are_refused() {
     let config = pod_with_userns("userns-mismatch", &d, u.clone());
     let pod = run_pod(&d, &config).await;
     let other = userns(NamespaceMode::Pod, 300000, 65536);
-    async fn create(
-        d: &Daemon,
-        c: ContainerConfig,
-        pod: &str,
-        config: &PodSandboxConfig,
-    ) -> Result<tonic::Response<CreateContainerResponse>, tonic::Status> {
-        d.runtime()
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.to_owned(),
-                config: Some(c),
-                sandbox_config: Some(config.clone()),
-            })
-            .await
-    }
-    let err = create(&d, container_in_userns("c", &other, &[]), &pod, &config)
-        .await
-        .expect_err("another mapping than the pod's");
+    let c = container_in_userns("c", &other, &[]);
+    let err = create_refused(&d, &pod, &config, c).await;
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     remove_pod(&d, &pod).await;
-    let config = pod_config("idmapped", &d.dir().path().join("pod-logs"));
-    let pod = run_pod(&d, &config).await;
+    let (config, pod) = new_pod(&d, "idmapped").await;
     let mut c = container_config("c", &["sleep", "3600"]);
     c.mounts = vec![Mount {
         container_path: "/data".into(),
@@ -1085,10 +884,7 @@ async fn invalid_user_namespaces_are_refused() {
         uid_mappings: u.uids.clone(),
         ..Default::default()
     }];
-    let err = create(&d, c, &pod, &config)
-        .await
-        .expect_err("an idmapped mount");
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(err.message().contains("idmapped"), "{}", err.message());
+    let err = create_refused(&d, &pod, &config, c).await;
+    assert_refused(&err, Code::InvalidArgument, "idmapped");
     remove_pod(&d, &pod).await;
 }

@@ -11,18 +11,12 @@ use k8s_cri::v1::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_and_exit_codes() {
-    if !can_run() {
+    let Some((env, pc, pod)) = Env::with_pod("logs").await else {
         return;
-    }
-    let env = Env::new();
-    let pc = env.pod_config("logs");
-    let pod = env.run_pod(&pc).await;
-    let cfg = env.container_config(
-        "c",
-        &["echo out; sleep 0.1; echo err >&2; sleep 0.1; printf partial; exit 3"],
-    );
-    let id = env.run(&pod, &pc, &cfg).await;
-    let s = env.wait_exit(&id, Duration::from_secs(10)).await;
+    };
+    let script = "echo out; sleep 0.1; echo err >&2; sleep 0.1; printf partial; exit 3";
+    let id = env.run_sh(&pod, &pc, "c", script).await;
+    let s = env.wait_exit(&id).await;
     assert_eq!(s.exit_code, 3);
     assert_eq!(s.reason, "Error");
     assert!(s.started_at > 0 && s.finished_at >= s.started_at && s.created_at > 0);
@@ -36,19 +30,14 @@ async fn logs_and_exit_codes() {
     );
     assert!(s.log_path.ends_with("logs/logs/c/0.log"), "{}", s.log_path);
 
-    let ok = env
-        .run(&pod, &pc, &env.container_config("ok", &["true"]))
-        .await;
-    let s = env.wait_exit(&ok, Duration::from_secs(10)).await;
+    let ok = env.run_sh(&pod, &pc, "ok", "true").await;
+    let s = env.wait_exit(&ok).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_sees_its_pod_user_env_cwd_and_mounts() {
-    if !can_run() {
-        return;
-    }
-    let env = Env::new();
+    let Some(env) = Env::if_root() else { return };
     let mut pc = env.pod_config("web-0");
     pc.dns_config = Some(DnsConfig {
         servers: vec!["10.96.0.10".into()],
@@ -75,29 +64,10 @@ async fn container_sees_its_pod_user_env_cwd_and_mounts() {
         key: "FOO".into(),
         value: "bar".into(),
     }];
-    cfg.mounts = vec![
-        Mount {
-            container_path: "/ro".into(),
-            host_path: ro.display().to_string(),
-            readonly: true,
-            ..Default::default()
-        },
-        Mount {
-            container_path: "/rw".into(),
-            host_path: rw.display().to_string(),
-            ..Default::default()
-        },
-    ];
-    let sc = cfg
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap();
-    sc.run_as_user = Some(Int64Value { value: 1000 });
+    cfg.mounts = vec![bind("/ro", &ro, true), bind("/rw", &rw, false)];
+    security_context(&mut cfg).run_as_user = Some(Int64Value { value: 1000 });
     let id = env.run(&pod, &pc, &cfg).await;
-    let s = env.wait_exit(&id, Duration::from_secs(10)).await;
+    let s = env.wait_exit(&id).await;
     let lines = env.log_lines(&pc, "probe");
     assert_eq!(s.exit_code, 0, "{lines:?}");
     let out: Vec<&str> = lines
@@ -137,39 +107,18 @@ async fn container_sees_its_pod_user_env_cwd_and_mounts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_pid1_is_the_monitor_and_reaps_orphans() {
-    if !can_run() {
-        return;
-    }
-    let env = Env::new();
+    let Some(env) = Env::if_root() else { return };
     let mut pc = env.pod_config("shared-pid");
-    pc.linux = Some(LinuxPodSandboxConfig {
-        security_context: Some(LinuxSandboxSecurityContext {
-            namespace_options: Some(NamespaceOption {
-                pid: NamespaceMode::Pod as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    pod_namespace_options(&mut pc).pid = NamespaceMode::Pod as i32;
     let pod = env.run_pod(&pc).await;
     let mut cfg = env.container_config(
         "reap",
         &["cat /proc/1/comm; (sleep 0.2 &); sleep 1; \
            z=0; for f in /proc/[0-9]*/stat; do read -r line < $f 2>/dev/null; case \"$line\" in *') Z '*) z=$((z+1));; esac; done; echo zombies=$z"],
     );
-    cfg.linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap()
-        .pid = NamespaceMode::Pod as i32;
+    namespace_options(&mut cfg).pid = NamespaceMode::Pod as i32;
     let id = env.run(&pod, &pc, &cfg).await;
-    let s = env.wait_exit(&id, Duration::from_secs(10)).await;
+    let s = env.wait_exit(&id).await;
     assert_eq!(s.exit_code, 0);
     assert_eq!(
         env.log_lines(&pc, "reap"),
@@ -179,27 +128,18 @@ async fn pod_pid1_is_the_monitor_and_reaps_orphans() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_kills_a_sigterm_ignoring_container_at_the_deadline() {
-    if !can_run() {
+    let Some((env, pc, pod)) = Env::with_pod("stubborn").await else {
         return;
-    }
-    let env = Env::new();
-    let pc = env.pod_config("stubborn");
-    let pod = env.run_pod(&pc).await;
+    };
     let id = env
-        .run(
+        .run_sh(
             &pod,
             &pc,
-            &env.container_config(
-                "c",
-                &["trap '' TERM; echo ready; while true; do sleep 0.1; done"],
-            ),
+            "c",
+            "trap '' TERM; echo ready; while true; do sleep 0.1; done",
         )
         .await;
-    let start = Instant::now();
-    while env.log_lines(&pc, "c").is_empty() {
-        assert!(start.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    env.wait_log_lines(&pc, "c", 1).await;
     let t = Instant::now();
     env.rt.stop_container(&id, 2).await.unwrap();
     let took = t.elapsed();
@@ -214,13 +154,11 @@ async fn stop_kills_a_sigterm_ignoring_container_at_the_deadline() {
     );
     // A container that honours SIGTERM stops at once.
     let id = env
-        .run(
+        .run_sh(
             &pod,
             &pc,
-            &env.container_config(
-                "polite",
-                &["trap 'exit 0' TERM; while true; do sleep 0.1; done"],
-            ),
+            "polite",
+            "trap 'exit 0' TERM; while true; do sleep 0.1; done",
         )
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -240,12 +178,9 @@ async fn stop_kills_a_sigterm_ignoring_container_at_the_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_sync_output_exit_code_and_timeout() {
-    if !can_run() {
+    let Some((env, pc, pod)) = Env::with_pod("exec").await else {
         return;
-    }
-    let env = Env::new();
-    let pc = env.pod_config("exec");
-    let pod = env.run_pod(&pc).await;
+    };
     let mut cfg = env.container_config("c", &["while true; do sleep 1; done"]);
     cfg.working_dir = "/srv".into();
     cfg.envs = vec![KeyValue {
@@ -253,14 +188,9 @@ async fn exec_sync_output_exit_code_and_timeout() {
         value: "probe".into(),
     }];
     let id = env.run(&pod, &pc, &cfg).await;
-    let sh = |s: &str| vec!["sh".to_string(), "-c".to_string(), s.to_string()];
+    let script = "echo $WHO; pwd; echo oops >&2; exit 5";
     let r = env
-        .rt
-        .exec_sync(
-            &id,
-            &sh("echo $WHO; pwd; echo oops >&2; exit 5"),
-            Duration::from_secs(10),
-        )
+        .exec_sh(&id, script, Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(
@@ -268,36 +198,22 @@ async fn exec_sync_output_exit_code_and_timeout() {
         (&b"probe\n/srv\n"[..], &b"oops\n"[..], 5)
     );
     // Sees the container's processes and nothing else: its own PID namespace.
-    let r = env
-        .rt
-        .exec_sync(
-            &id,
-            &sh("cat /proc/1/cmdline | tr '\\0' ' '"),
-            Duration::ZERO,
-        )
-        .await
-        .unwrap();
+    let script = "cat /proc/1/cmdline | tr '\\0' ' '";
+    let r = env.exec_sh(&id, script, Duration::ZERO).await.unwrap();
     assert_eq!(
         String::from_utf8_lossy(&r.stdout),
         "/bin/sh -c while true; do sleep 1; done "
     );
     // Big output arrives whole.
+    let script = "head -c 3000000 /dev/zero";
     let r = env
-        .rt
-        .exec_sync(
-            &id,
-            &sh("head -c 3000000 /dev/zero"),
-            Duration::from_secs(10),
-        )
+        .exec_sh(&id, script, Duration::from_secs(10))
         .await
         .unwrap();
     assert_eq!(r.stdout.len(), 3_000_000);
     let t = Instant::now();
-    let e = env
-        .rt
-        .exec_sync(&id, &sh("sleep 30"), Duration::from_secs(1))
-        .await
-        .unwrap_err();
+    let e = env.exec_sh(&id, "sleep 30", Duration::from_secs(1)).await;
+    let e = e.unwrap_err();
     assert_eq!(e.class(), ErrorClass::DeadlineExceeded, "{e}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     let e = env
@@ -307,31 +223,18 @@ async fn exec_sync_output_exit_code_and_timeout() {
         .unwrap_err();
     assert_eq!(e.class(), ErrorClass::InvalidArgument, "{e}");
     env.rt.stop_container(&id, 0).await.unwrap();
-    let e = env
-        .rt
-        .exec_sync(&id, &sh("true"), Duration::from_secs(5))
-        .await
-        .unwrap_err();
+    let e = env.exec_sh(&id, "true", Duration::from_secs(5)).await;
+    let e = e.unwrap_err();
     assert_eq!(e.class(), ErrorClass::FailedPrecondition);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remove_pod_leaves_nothing_behind() {
-    if !can_run() {
+    let Some((env, pc, pod)) = Env::with_pod("gone").await else {
         return;
-    }
-    let env = Env::new();
-    let pc = env.pod_config("gone");
-    let pod = env.run_pod(&pc).await;
-    let id = env
-        .run(&pod, &pc, &env.container_config("c", &["sleep 60"]))
-        .await;
-    let info = env.rt.container_status(&id, true).unwrap().info;
-    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
-    let cpid = v["pid"].as_i64().unwrap() as i32;
-    let pinfo: serde_json::Value =
-        serde_json::from_str(&env.rt.pod_sandbox_status(&pod, true).unwrap().info["info"]).unwrap();
-    let mpid = pinfo["pid"].as_i64().unwrap() as i32;
+    };
+    let id = env.run_sh(&pod, &pc, "c", "sleep 60").await;
+    let (cpid, mpid) = (env.container_pid(&id), env.monitor_pid(&pod));
     assert!(alive(cpid) && alive(mpid));
     assert!(
         !env.mounts_left().is_empty(),
@@ -354,7 +257,7 @@ async fn remove_pod_leaves_nothing_behind() {
     env.rt.remove_pod_sandbox(&pod).await.unwrap();
     assert_eq!(env.mounts_left(), Vec::<String>::new());
     for d in ["state/pods", "state/containers", "root/containers"] {
-        let left: Vec<_> = std::fs::read_dir(env.path().join(d)).unwrap().collect();
+        let left = env.entries(d);
         assert!(left.is_empty(), "{d} still holds {left:?}");
     }
     assert!(env.rt.list_pod_sandbox(None).is_empty());
@@ -367,10 +270,7 @@ async fn remove_pod_leaves_nothing_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_the_right_class_and_leave_nothing() {
-    if !can_run() {
-        return;
-    }
-    let env = Env::new();
+    let Some(env) = Env::if_root() else { return };
     let pc = env.pod_config("bad");
     let e = env
         .rt
@@ -389,11 +289,7 @@ async fn bad_requests_get_the_right_class_and_leave_nothing() {
         .unwrap_err();
     assert_eq!(e.class(), ErrorClass::AlreadyExists, "{e}");
     let cfg = env.container_config("c", &["sleep 60"]);
-    let e = env
-        .rt
-        .create_container("nope", &cfg, &pc, env.image.clone(), &Default::default())
-        .await
-        .unwrap_err();
+    let e = env.create_err("nope", &pc, &cfg).await;
     assert_eq!(e.class(), ErrorClass::NotFound);
     let mut missing = cfg.clone();
     missing.mounts = vec![Mount {
@@ -401,45 +297,24 @@ async fn bad_requests_get_the_right_class_and_leave_nothing() {
         host_path: "/no/such/path".into(),
         ..Default::default()
     }];
-    let e = env
-        .rt
-        .create_container(&pod, &missing, &pc, env.image.clone(), &Default::default())
-        .await
-        .unwrap_err();
+    let e = env.create_err(&pod, &pc, &missing).await;
     assert_eq!(e.class(), ErrorClass::InvalidArgument);
     assert!(e.to_string().contains("/no/such/path"), "{e}");
     let mut nometa = cfg.clone();
     nometa.metadata = None;
-    let e = env
-        .rt
-        .create_container(&pod, &nometa, &pc, env.image.clone(), &Default::default())
-        .await
-        .unwrap_err();
+    let e = env.create_err(&pod, &pc, &nometa).await;
     assert_eq!(e.class(), ErrorClass::InvalidArgument);
     let mut nocmd = env.container_config("nocmd", &[]);
     nocmd.command = vec!["no-such-binary".into()];
-    let e = env
-        .rt
-        .create_container(&pod, &nocmd, &pc, env.image.clone(), &Default::default())
-        .await
-        .unwrap_err();
+    let e = env.create_err(&pod, &pc, &nocmd).await;
     assert_eq!(e.class(), ErrorClass::InvalidArgument, "{e}");
     assert!(
         env.rt.list_containers(None).is_empty(),
         "failed creates leave no container"
     );
-    assert!(
-        std::fs::read_dir(env.path().join("root/containers"))
-            .unwrap()
-            .next()
-            .is_none()
-    );
+    assert_eq!(env.entries("root/containers"), Vec::<String>::new());
     let id = env.run(&pod, &pc, &cfg).await;
-    let e = env
-        .rt
-        .create_container(&pod, &cfg, &pc, env.image.clone(), &Default::default())
-        .await
-        .unwrap_err();
+    let e = env.create_err(&pod, &pc, &cfg).await;
     assert_eq!(e.class(), ErrorClass::AlreadyExists);
     let e = env.rt.start_container(&id).await.unwrap_err();
     assert_eq!(e.class(), ErrorClass::FailedPrecondition);
@@ -448,13 +323,7 @@ async fn bad_requests_get_the_right_class_and_leave_nothing() {
         ErrorClass::NotFound
     );
     // Prefix lookup, labels and annotations round-trip, filters.
-    let s = env
-        .rt
-        .container_status(&id[..12], false)
-        .unwrap()
-        .status
-        .unwrap();
-    assert_eq!(s.id, id);
+    assert_eq!(env.status(&id[..12]).id, id);
     let p = env
         .rt
         .pod_sandbox_status(&pod[..12], false)
@@ -480,17 +349,12 @@ async fn bad_requests_get_the_right_class_and_leave_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_follow_the_lifecycle() {
-    if !can_run() {
+    let Some((env, pc, pod)) = Env::with_pod("events").await else {
         return;
-    }
-    let env = Env::new();
-    let pc = env.pod_config("events");
-    let pod = env.run_pod(&pc).await;
+    };
     let mut rx = env.rt.subscribe_events();
-    let id = env
-        .run(&pod, &pc, &env.container_config("c", &["exit 4"]))
-        .await;
-    env.wait_exit(&id, Duration::from_secs(10)).await;
+    let id = env.run_sh(&pod, &pc, "c", "exit 4").await;
+    env.wait_exit(&id).await;
     env.rt.remove_container(&id).await.unwrap();
     let mut kinds = Vec::new();
     while kinds.len() < 4 {
@@ -521,15 +385,10 @@ async fn events_follow_the_lifecycle() {
 /// monitor that dies is told of as the pod stopping (the pod is NOTREADY in the event).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_events_carry_the_pod_and_a_dead_monitor_stops_it() {
-    if !can_run() {
+    let Some((env, pc, pod)) = Env::with_pod("pod-events").await else {
         return;
-    }
-    let env = Env::new();
-    let pc = env.pod_config("pod-events");
-    let pod = env.run_pod(&pc).await;
-    let id = env
-        .run(&pod, &pc, &env.container_config("c", &["sleep 60"]))
-        .await;
+    };
+    let id = env.run_sh(&pod, &pc, "c", "sleep 60").await;
     assert!(
         env.rt
             .pod_event(ContainerEventType::ContainerCreatedEvent, &pod)
@@ -554,9 +413,7 @@ async fn pod_events_carry_the_pod_and_a_dead_monitor_stops_it() {
             .is_none()
     );
 
-    let pinfo: serde_json::Value =
-        serde_json::from_str(&env.rt.pod_sandbox_status(&pod, true).unwrap().info["info"]).unwrap();
-    let mpid = pinfo["pid"].as_i64().unwrap() as i32;
+    let mpid = env.monitor_pid(&pod);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(mpid),
         nix::sys::signal::Signal::SIGKILL,
@@ -597,25 +454,19 @@ async fn pod_events_carry_the_pod_and_a_dead_monitor_stops_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_readopts_running_and_exited_containers() {
-    if !can_run() {
+    let Some((mut env, pc, pod)) = Env::with_pod("restart").await else {
         return;
-    }
-    let mut env = Env::new();
-    let pc = env.pod_config("restart");
-    let pod = env.run_pod(&pc).await;
+    };
     let ticker = env
-        .run(
+        .run_sh(
             &pod,
             &pc,
-            &env.container_config("ticker", &["while true; do echo tick; sleep 0.2; done"]),
+            "ticker",
+            "while true; do echo tick; sleep 0.2; done",
         )
         .await;
     let quitter = env
-        .run(
-            &pod,
-            &pc,
-            &env.container_config("quitter", &["sleep 1; echo bye; exit 7"]),
-        )
+        .run_sh(&pod, &pc, "quitter", "sleep 1; echo bye; exit 7")
         .await;
     // The daemon goes away; the quitter exits while it is gone.
     env.reopen();
@@ -687,20 +538,13 @@ fn put_record(env: &Env, rec: &berth_runtime::ContainerRecord) {
 /// finishes that removal, and the container never shows again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removal_cut_short_after_its_intent_is_finished_at_the_next_start() {
-    if !can_run() {
+    let Some((mut env, pc, pod)) = Env::with_pod("cut").await else {
         return;
-    }
-    let mut env = Env::new();
-    let pc = env.pod_config("cut");
-    let pod = env.run_pod(&pc).await;
-    let kept = env
-        .run(&pod, &pc, &env.container_config("kept", &["exit 3"]))
-        .await;
-    let cut = env
-        .run(&pod, &pc, &env.container_config("cut", &["exit 4"]))
-        .await;
-    env.wait_exit(&kept, Duration::from_secs(10)).await;
-    env.wait_exit(&cut, Duration::from_secs(10)).await;
+    };
+    let kept = env.run_sh(&pod, &pc, "kept", "exit 3").await;
+    let cut = env.run_sh(&pod, &pc, "cut", "exit 4").await;
+    env.wait_exit(&kept).await;
+    env.wait_exit(&cut).await;
     // What RemoveContainer did before the crash: the intent, and one of two directories.
     let mut rec = record(&env, &cut).expect("the record");
     assert!(!rec.removing);
@@ -720,24 +564,11 @@ async fn a_removal_cut_short_after_its_intent_is_finished_at_the_next_start() {
     );
     assert!(!run_dir.exists(), "the removal's files are gone");
     assert!(record(&env, &cut).is_none(), "and then its record");
-    let ids: Vec<String> = env
-        .rt
-        .list_containers(None)
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    assert_eq!(ids, vec![kept.clone()]);
+    assert_eq!(env.container_ids(), vec![kept.clone()]);
     assert_eq!(env.status(&kept).exit_code, 3);
     // The name is free again, as after a completed removal.
-    let again = env
-        .run(&pod, &pc, &env.container_config("cut", &["exit 5"]))
-        .await;
-    assert_eq!(
-        env.wait_exit(&again, Duration::from_secs(10))
-            .await
-            .exit_code,
-        5
-    );
+    let again = env.run_sh(&pod, &pc, "cut", "exit 5").await;
+    assert_eq!(env.wait_exit(&again).await.exit_code, 5);
     // A removal that completes leaves neither files nor record.
     env.rt.remove_container(&again).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -756,16 +587,11 @@ async fn a_removal_cut_short_after_its_intent_is_finished_at_the_next_start() {
 /// stays listed, exited with reason FilesLost, and counted, until kubelet removes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_whose_files_vanished_is_reported_not_dropped() {
-    if !can_run() {
+    let Some((mut env, pc, pod)) = Env::with_pod("lost").await else {
         return;
-    }
-    let mut env = Env::new();
-    let pc = env.pod_config("lost");
-    let pod = env.run_pod(&pc).await;
-    let lost = env
-        .run(&pod, &pc, &env.container_config("lost", &["exit 0"]))
-        .await;
-    env.wait_exit(&lost, Duration::from_secs(10)).await;
+    };
+    let lost = env.run_sh(&pod, &pc, "lost", "exit 0").await;
+    env.wait_exit(&lost).await;
     std::fs::remove_dir_all(env.path().join("root/containers").join(&lost)).unwrap();
     env.reopen();
     let report = env.rt.reconcile().await.unwrap();
@@ -795,27 +621,16 @@ async fn a_container_whose_files_vanished_is_reported_not_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tty_and_target_pid_namespace() {
-    if !can_run() {
+    let Some((env, pc, pod)) = Env::with_pod("tty").await else {
         return;
-    }
-    let env = Env::new();
-    let pc = env.pod_config("tty");
-    let pod = env.run_pod(&pc).await;
+    };
     let mut cfg = env.container_config(
         "t",
         &["tty; echo to-stderr >&2; while true; do sleep 1; done"],
     );
     cfg.tty = true;
     let target = env.run(&pod, &pc, &cfg).await;
-    let start = Instant::now();
-    while env.log_lines(&pc, "t").len() < 2 {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            env.log_lines(&pc, "t")
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    env.wait_log_lines(&pc, "t", 2).await;
     // A tty merges both streams into stdout, with the terminal's \r\n line ends.
     assert_eq!(
         env.log_lines(&pc, "t"),
@@ -826,20 +641,11 @@ async fn tty_and_target_pid_namespace() {
     assert!(raw.contains(" stdout F /dev/pts/0\r\n"), "{raw:?}");
     // A container in the first one's PID namespace sees its processes.
     let mut peek = env.container_config("peek", &["cat /proc/1/cmdline | tr '\\0' ' '; echo"]);
-    let ns = peek
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap();
+    let ns = namespace_options(&mut peek);
     ns.pid = NamespaceMode::Target as i32;
     ns.target_id = target.clone();
     let id = env.run(&pod, &pc, &peek).await;
-    env.wait_exit(&id, Duration::from_secs(10)).await;
+    env.wait_exit(&id).await;
     assert_eq!(
         env.log_lines(&pc, "peek"),
         vec!["stdout F /bin/sh -c tty; echo to-stderr >&2; while true; do sleep 1; done "]

@@ -33,23 +33,14 @@ async fn monitor_rss_and_pss_per_pod() {
     for i in 0..10 {
         let pc = env.pod_config(&format!("mem-{i}"));
         let pod = env.run_pod(&pc).await;
-        let id = env
-            .run(
-                &pod,
-                &pc,
-                &env.container_config("c", &["while true; do echo tick; sleep 0.2; done"]),
-            )
-            .await;
+        let script = "while true; do echo tick; sleep 0.2; done";
+        let id = env.run_sh(&pod, &pc, "c", script).await;
         let r = env
             .rt
-            .exec_sync(&id, &["true".to_string()], Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert_eq!(r.exit_code, 0);
-        let info: serde_json::Value =
-            serde_json::from_str(&env.rt.pod_sandbox_status(&pod, true).unwrap().info["info"])
-                .unwrap();
-        pids.push(info["pid"].as_i64().unwrap() as i32);
+            .exec_sync(&id, &["true".into()], Duration::from_secs(5))
+            .await;
+        assert_eq!(r.unwrap().exit_code, 0);
+        pids.push(env.monitor_pid(&pod));
     }
     // Measured once the monitors have settled (they trim 2 s after activity), while the
     // containers keep running.

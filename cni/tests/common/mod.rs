@@ -1,8 +1,9 @@
 //! Harness of the root integration tests: private network namespaces (names prefixed
-//! `berth-cni-test-`), a node with an "outside" host on a link, and small TCP/UDP peers
-//! that run inside a namespace on their own thread. Everything is removed on drop, also
-//! when a test fails.
+//! `berth-cni-test-`), a node with an "outside" host on a link and a database, networks
+//! opened on the node, pod requests, and small TCP/UDP peers that run inside a namespace on
+//! their own thread. Everything is removed on drop, also when a test fails.
 
+// Each test binary (builtin, cni_plugins) uses its own part of this module.
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -16,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use berth_cni::{Network, NetworkConfig, PodNetworkRequest, PortMapping};
+use berth_cni::{Network, NetworkConfig, PodNetworkRequest, PortMapping, Protocol};
 
 /// Address of the node on its link to the outside host.
 pub const NODE_IP: &str = "198.51.100.1";
@@ -39,6 +40,15 @@ macro_rules! require_root {
             return;
         }
     };
+}
+
+/// A fresh [`Node`], or skips the test (returning early) unless running as root.
+#[macro_export]
+macro_rules! root_node {
+    () => {{
+        require_root!();
+        Node::new()
+    }};
 }
 
 /// Runs a command (test tooling only), panicking with its output on failure.
@@ -115,9 +125,13 @@ impl Drop for Netns {
 }
 
 /// A node namespace linked to an "outside" host namespace by a veth pair.
+/// A node namespace with an outside host on a link, and the database its networks keep
+/// their records in (one database for the node's life, as across daemon restarts).
 pub struct Node {
     pub node: Netns,
     pub outside: Netns,
+    db: Arc<redb::Database>,
+    _db_dir: tempfile::TempDir,
 }
 
 impl Node {
@@ -156,25 +170,37 @@ impl Node {
             "nodad",
         ]);
         outside.ip(&["link", "set", "eth0", "up"]);
-        Node { node, outside }
+        let db_dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::create(db_dir.path().join("meta.redb")).unwrap();
+        Node {
+            node,
+            outside,
+            db: Arc::new(db),
+            _db_dir: db_dir,
+        }
     }
 
-    /// Runs an async test body on a runtime whose threads live in the node namespace.
-    pub fn run<F, Fut>(&self, f: F)
+    /// Runs an async body on a runtime whose threads live in the node namespace; returns
+    /// what it returns.
+    pub fn run<T, F, Fut>(&self, f: F) -> T
     where
+        T: Send + 'static,
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = ()>,
+        Fut: Future<Output = T>,
     {
         run_in(&self.node.path(), f)
     }
 
-    /// Runs an async test body with the built-in network opened on `db` in the node.
-    pub fn with_builtin<F, Fut>(&self, db: Arc<redb::Database>, f: F)
+    /// Opens a network with `config` and the node's database in the node namespace (as
+    /// the daemon starts) and runs `f` with it there; returns what `f` returns.
+    pub fn with_network<T, F, Fut>(&self, config: NetworkConfig, f: F) -> T
     where
+        T: Send + 'static,
         F: FnOnce(Arc<Network>) -> Fut + Send + 'static,
-        Fut: Future<Output = ()>,
+        Fut: Future<Output = T>,
     {
-        self.run(move || f(open(builtin_config(), db)))
+        let db = self.db.clone();
+        self.run(move || async move { f(open(config, db)).await })
     }
 
     /// Asserts that nothing of the built-in network is left in the node.
@@ -203,23 +229,23 @@ pub fn in_ns<T: Send + 'static>(
     })
 }
 
-/// Runs an async test body on a runtime whose threads live in the node namespace.
-pub fn run_in<F, Fut>(path: &Path, f: F)
+/// Runs an async test body on a runtime whose threads live in the namespace at `path`;
+/// returns what it returns.
+pub fn run_in<T, F, Fut>(path: &Path, f: F) -> T
 where
+    T: Send + 'static,
     F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()>,
+    Fut: Future<Output = T>,
 {
     let r = in_ns(path, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        rt.block_on(f());
+        rt.block_on(f())
     })
     .join();
-    if let Err(p) = r {
-        std::panic::resume_unwind(p);
-    }
+    r.unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 /// A TCP server in a namespace answering each connection with the peer address it saw.
@@ -351,13 +377,6 @@ pub fn udp_peer(ns: &Path, to: SocketAddr) -> Result<IpAddr, String> {
     .unwrap()
 }
 
-/// A fresh database in a temporary directory.
-pub fn database() -> (tempfile::TempDir, Arc<redb::Database>) {
-    let dir = tempfile::tempdir().unwrap();
-    let db = redb::Database::create(dir.path().join("meta.redb")).unwrap();
-    (dir, Arc::new(db))
-}
-
 /// A built-in network config with a per-test bridge name.
 pub fn builtin_config() -> NetworkConfig {
     NetworkConfig {
@@ -375,11 +394,31 @@ pub fn sa(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
-/// A pod network request for `pod_id` in `ns` publishing `ports`.
-pub fn req(pod_id: &str, ns: &Netns, ports: Vec<PortMapping>) -> PodNetworkRequest {
+/// An address, parsed.
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A TCP port mapping.
+pub fn tcp(host_port: u16, container_port: u16, host_ip: Option<&str>) -> PortMapping {
+    PortMapping {
+        protocol: Protocol::Tcp,
+        host_port,
+        container_port,
+        host_ip: host_ip.map(ip),
+    }
+}
+
+/// The request kubelet's RunPodSandbox makes for pod `pod_id` named `name` in `ns`.
+pub fn pod_request(
+    pod_id: &str,
+    name: &str,
+    ns: &Netns,
+    ports: Vec<PortMapping>,
+) -> PodNetworkRequest {
     PodNetworkRequest {
         pod_id: pod_id.to_string(),
-        name: format!("name-{pod_id}"),
+        name: name.to_string(),
         namespace: "default".into(),
         uid: format!("uid-{pod_id}"),
         netns: ns.path(),

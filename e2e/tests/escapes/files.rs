@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use berth_e2e::fixtures::{
-    container_config, exec_sync, pod_config, pull, remove_pod, run_pod, start_container,
+    busybox_daemon, container_config, daemon_with, exec_ok, linux_security, list_pods, log_dir,
+    pod_config, pull, remove_pod, run_pod, run_pod_refused, start_container, wait_exited,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
@@ -99,13 +100,10 @@ fn assert_reachable(dir: &Path) {
 }
 
 fn run_as(mut c: ContainerConfig, uid: i64) -> ContainerConfig {
-    c.linux = Some(LinuxContainerConfig {
-        security_context: Some(LinuxContainerSecurityContext {
-            run_as_user: Some(Int64Value { value: uid }),
-            ..Default::default()
-        }),
+    c.linux = Some(linux_security(LinuxContainerSecurityContext {
+        run_as_user: Some(Int64Value { value: uid }),
         ..Default::default()
-    });
+    }));
     c
 }
 
@@ -130,29 +128,25 @@ fn container_cgroup_dirs(proc_cgroup: &str) -> Vec<PathBuf> {
     vec![pod, container]
 }
 
-/// Runs `cmd` in the container and returns its stdout; the command must succeed.
-async fn out(d: &Daemon, id: &str, cmd: &[&str]) -> String {
-    let (stdout, stderr, code) = exec_sync(d, id, cmd).await;
-    assert_eq!(code, 0, "{cmd:?}: {stdout} {stderr}");
-    stdout
-}
-
 /// What a non-root user of a container must still do: read the pod's hosts files, list and
 /// pass `/`, use `/dev/shm`.
 async fn assert_container_user_reads_its_pod_files(d: &Daemon, id: &str) {
-    assert_eq!(out(d, id, &["id", "-u"]).await.trim(), "1000");
-    let hosts = out(d, id, &["cat", "/etc/hosts"]).await;
+    assert_eq!(exec_ok(d, id, &["id", "-u"]).await.trim(), "1000");
+    let hosts = exec_ok(d, id, &["cat", "/etc/hosts"]).await;
     assert!(hosts.contains("localhost"), "{hosts}");
-    out(d, id, &["cat", "/etc/resolv.conf"]).await;
-    out(d, id, &["cat", "/etc/hostname"]).await;
-    let root = out(d, id, &["ls", "/"]).await;
+    exec_ok(d, id, &["cat", "/etc/resolv.conf"]).await;
+    exec_ok(d, id, &["cat", "/etc/hostname"]).await;
+    let root = exec_ok(d, id, &["ls", "/"]).await;
     assert!(
         root.contains("bin") && root.contains("etc"),
         "ls / shows {root:?}"
     );
-    assert_eq!(out(d, id, &["stat", "-c", "%a", "/"]).await.trim(), "755");
     assert_eq!(
-        out(
+        exec_ok(d, id, &["stat", "-c", "%a", "/"]).await.trim(),
+        "755"
+    );
+    assert_eq!(
+        exec_ok(
             d,
             id,
             &["stat", "-c", "%a", "/etc/hosts", "/etc/resolv.conf"]
@@ -162,7 +156,7 @@ async fn assert_container_user_reads_its_pod_files(d: &Daemon, id: &str) {
         .collect::<Vec<_>>(),
         ["644", "644"]
     );
-    out(
+    exec_ok(
         d,
         id,
         &[
@@ -179,15 +173,11 @@ async fn assert_container_user_reads_its_pod_files(d: &Daemon, id: &str) {
 /// local user, where a container's root can leave a setuid binary.
 #[tokio::test]
 async fn node_users_cannot_read_pod_data_and_pod_users_still_read_their_files() {
-    let d = Daemon::builder()
-        .config("[runtimes.runc]\npath = \"/usr/sbin/runc\"\n")
-        .start()
-        .await
-        .expect("daemon");
+    let d = daemon_with("[runtimes.runc]\npath = \"/usr/sbin/runc\"\n").await;
     pull(&d, images::BUSYBOX).await;
     let (root, state) = (d.dir().root(), d.dir().state());
     let secret = format!("hunter2-{}", std::process::id());
-    let logs = d.dir().path().join("pod-logs");
+    let logs = log_dir(&d);
     let config = pod_config("private", &logs);
     let pod = run_pod(&d, &config).await;
     let mut writer = container_config("writer", &["sleep", "3600"]);
@@ -197,7 +187,7 @@ async fn node_users_cannot_read_pod_data_and_pod_users_still_read_their_files() 
     });
     let writer = start_container(&d, &pod, &config, writer).await;
     // The container's root leaves a file and a setuid binary in its writable layer.
-    out(
+    exec_ok(
         &d,
         &writer,
         &[
@@ -307,32 +297,23 @@ async fn node_users_cannot_read_pod_data_and_pod_users_still_read_their_files() 
     assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
 
     // Inside, a non-root user still reads the pod's files and passes `/`.
-    let user = start_container(
-        &d,
-        &pod,
-        &config,
-        run_as(container_config("user", &["sleep", "3600"]), 1000),
-    )
-    .await;
+    let as_user = || run_as(container_config("user", &["sleep", "3600"]), 1000);
+    let user = start_container(&d, &pod, &config, as_user()).await;
     assert_container_user_reads_its_pod_files(&d, &user).await;
     // Its cgroup (what a cgroup v2 container mounts as its /sys/fs/cgroup) is open to read
     // as runc makes it: cgroupfs would otherwise apply the daemon's umask.
-    for dir in container_cgroup_dirs(&out(&d, &user, &["cat", "/proc/self/cgroup"]).await) {
+    for dir in container_cgroup_dirs(&exec_ok(&d, &user, &["cat", "/proc/self/cgroup"]).await) {
         assert_eq!(mode(&dir), 0o755, "{}", dir.display());
     }
     // And so in a runc pod (the runtime runs with containerd's umask, not the daemon's).
-    let runc_user = start_container(
-        &d,
-        &runc_pod,
-        &runc_config,
-        run_as(container_config("user", &["sleep", "3600"]), 1000),
-    )
-    .await;
+    let runc_user = start_container(&d, &runc_pod, &runc_config, as_user()).await;
     assert_eq!(
-        out(&d, &runc_user, &["stat", "-c", "%a", "/"]).await.trim(),
+        exec_ok(&d, &runc_user, &["stat", "-c", "%a", "/"])
+            .await
+            .trim(),
         "755"
     );
-    let hosts = out(&d, &runc_user, &["cat", "/etc/hosts"]).await;
+    let hosts = exec_ok(&d, &runc_user, &["cat", "/etc/hosts"]).await;
     assert!(hosts.contains("localhost"), "{hosts}");
 
     remove_pod(&d, &runc_pod).await;
@@ -343,8 +324,7 @@ async fn node_users_cannot_read_pod_data_and_pod_users_still_read_their_files() 
 /// mounts, as an unprivileged host range; a non-root user there still reads them.
 #[tokio::test]
 async fn a_non_root_user_of_an_idmapped_pod_reads_its_pod_files() {
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, images::BUSYBOX).await;
+    let d = busybox_daemon().await;
     let u = UserNamespace {
         mode: NamespaceMode::Pod as i32,
         uids: vec![IdMapping {
@@ -358,7 +338,7 @@ async fn a_non_root_user_of_an_idmapped_pod_reads_its_pod_files() {
             length: 65536,
         }],
     };
-    let mut config = pod_config("idmapped-files", &d.dir().path().join("pod-logs"));
+    let mut config = pod_config("idmapped-files", &log_dir(&d));
     config.linux = Some(LinuxPodSandboxConfig {
         security_context: Some(LinuxSandboxSecurityContext {
             namespace_options: Some(NamespaceOption {
@@ -379,7 +359,7 @@ async fn a_non_root_user_of_an_idmapped_pod_reads_its_pod_files() {
     });
     let id = start_container(&d, &pod, &config, c).await;
     // Really in the host range: uid 1000 inside is 166536 outside.
-    let uid_map = out(&d, &id, &["cat", "/proc/self/uid_map"]).await;
+    let uid_map = exec_ok(&d, &id, &["cat", "/proc/self/uid_map"]).await;
     assert!(uid_map.contains("165536"), "{uid_map}");
     assert_container_user_reads_its_pod_files(&d, &id).await;
     // The pod's data stays closed to node users all the same.
@@ -393,9 +373,8 @@ async fn a_non_root_user_of_an_idmapped_pod_reads_its_pod_files() {
 /// symlink planted where the log goes or by `..` in the path kubelet relays from the pod.
 #[tokio::test]
 async fn a_log_path_cannot_write_through_a_symlink_or_climb_out_of_the_log_directory() {
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, images::BUSYBOX).await;
-    let logs = d.dir().path().join("pod-logs");
+    let d = busybox_daemon().await;
+    let logs = log_dir(&d);
     std::fs::create_dir_all(&logs).unwrap();
     let node_file = d.dir().path().join("node-file");
     std::fs::write(&node_file, b"node data\n").unwrap();
@@ -452,7 +431,7 @@ async fn a_log_path_cannot_write_through_a_symlink_or_climb_out_of_the_log_direc
     // Without the link, the same container logs to a file of its own.
     std::fs::remove_file(&link).unwrap();
     let id = start_container(&d, &pod, &config, c).await;
-    berth_e2e::fixtures::wait_exited(&d, &id).await;
+    wait_exited(&d, &id).await;
     let text = std::fs::read_to_string(&link).unwrap();
     assert!(text.contains("stdout F through the link"), "{text}");
     assert!(std::fs::symlink_metadata(&link).unwrap().is_file());
@@ -481,34 +460,13 @@ async fn a_log_path_cannot_write_through_a_symlink_or_climb_out_of_the_log_direc
     assert!(!Path::new("/etc/berth-e2e-x").exists());
 
     // A pod's log directory must be absolute.
-    let before = d
-        .runtime()
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items
-        .len();
+    let before = list_pods(&d).await.len();
     let mut relative = pod_config("relative-logs", &logs);
     relative.log_directory = "var/log/pods/x".into();
-    let err = d
-        .runtime()
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(relative),
-            ..Default::default()
-        })
-        .await
-        .expect_err("a relative log_directory was accepted");
+    let err = run_pod_refused(&d, &relative).await;
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("log_directory"), "{err:?}");
-    let after = d
-        .runtime()
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items
-        .len();
+    let after = list_pods(&d).await.len();
     assert_eq!(before, after, "a pod was left");
     remove_pod(&d, &pod).await;
 }

@@ -9,8 +9,9 @@ use std::sync::OnceLock;
 
 use berth_e2e::Daemon;
 use berth_e2e::fixtures::{
-    container_config, container_status, exec_sync, pod_config, pull, remove_pod, run_pod,
-    start_container,
+    assert_refused, busybox_daemon, container_config, container_status, exec_ok, exec_sync,
+    linux_security, list_containers, list_pods, log_dir, new_pod, pod_config, pull, remove_pod,
+    run_pod, runc_crun_daemon, start, start_container,
 };
 use berth_e2e::images::{self, HostBusybox};
 use berth_e2e::oci::{Compression, Layer, LayerBuilder, RunConfig};
@@ -64,10 +65,7 @@ fn container(name: &str, image: &str, sc: LinuxContainerSecurityContext) -> Cont
         image: image.into(),
         ..Default::default()
     });
-    c.linux = Some(LinuxContainerConfig {
-        security_context: Some(sc),
-        ..Default::default()
-    });
+    c.linux = Some(linux_security(sc));
     c
 }
 
@@ -142,8 +140,7 @@ async fn image_etc_symlink_to_the_nodes_etc_cannot_pick_the_user() {
     let image = push_image("etc-loop", top, Some(&user)).await;
     let d = Daemon::start().await.expect("daemon");
     pull(&d, &image).await;
-    let config = pod_config("etc-loop", &d.dir().path().join("pod-logs"));
-    let pod = run_pod(&d, &config).await;
+    let (config, pod) = new_pod(&d, "etc-loop").await;
     for (name, sc) in [
         ("image-user", LinuxContainerSecurityContext::default()),
         (
@@ -178,20 +175,9 @@ async fn image_etc_symlink_to_the_nodes_etc_cannot_pick_the_user() {
     )
     .await
     .expect_err("a container of a user the image does not have was created");
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(
-        err.message().contains(&format!("{user:?} not found")),
-        "{}",
-        err.message()
-    );
+    assert_refused(&err, Code::InvalidArgument, &format!("{user:?} not found"));
     // Nothing runs, so nothing runs as the node's uid of `user`.
-    let listed = d
-        .runtime()
-        .list_containers(ListContainersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+    let listed = list_containers(&d).await;
     assert!(
         listed.is_empty(),
         "uid {node_uid} container left: {listed:?}"
@@ -214,8 +200,7 @@ async fn image_passwd_symlink_cannot_leak_the_nodes_shadow() {
     let image = push_image("passwd-shadow", top, Some(&user)).await;
     let d = Daemon::start().await.expect("daemon");
     pull(&d, &image).await;
-    let config = pod_config("passwd-shadow", &d.dir().path().join("pod-logs"));
-    let pod = run_pod(&d, &config).await;
+    let (config, pod) = new_pod(&d, "passwd-shadow").await;
     // Read as passwd, the node's shadow line `user:hash:lastchg:0:...` would give the
     // container uid `lastchg` and HOME from a shadow field. Read inside the image, the
     // user does not exist.
@@ -283,8 +268,7 @@ async fn cve_2023_25173_supplementary_groups_and_no_inherited_capabilities() {
     let image = push_image("groups", top, Some("alice")).await;
     let d = Daemon::start().await.expect("daemon");
     pull(&d, &image).await;
-    let config = pod_config("groups", &d.dir().path().join("pod-logs"));
-    let pod = run_pod(&d, &config).await;
+    let (config, pod) = new_pod(&d, "groups").await;
     let mut c = container("alice", &image, Default::default());
     c.command = RECORD_STATUS.map(String::from).into();
     let id = start_container(&d, &pod, &config, c).await;
@@ -347,9 +331,7 @@ async fn cve_2023_25173_supplementary_groups_and_no_inherited_capabilities() {
 async fn probe(d: &Daemon, id: &str, args: &[&str]) -> String {
     let mut cmd = vec![PROBE];
     cmd.extend_from_slice(args);
-    let (out, err, code) = exec_sync(d, id, &cmd).await;
-    assert_eq!(code, 0, "{args:?}: {err}");
-    out.trim().to_string()
+    exec_ok(d, id, &cmd).await.trim().to_string()
 }
 
 #[tokio::test]
@@ -357,8 +339,7 @@ async fn seccomp_runtime_default_refuses_af_alg_af_vsock_and_pidfd_getfd() {
     let image = push_image("seccomp", LayerBuilder::new(), None).await;
     let d = Daemon::start().await.expect("daemon");
     pull(&d, &image).await;
-    let config = pod_config("seccomp-default", &d.dir().path().join("pod-logs"));
-    let pod = run_pod(&d, &config).await;
+    let (config, pod) = new_pod(&d, "seccomp-default").await;
     let with = |name: &str, t: ProfileType, add: &[&str]| {
         container(
             name,
@@ -431,9 +412,8 @@ async fn seccomp_runtime_default_refuses_af_alg_af_vsock_and_pidfd_getfd() {
 async fn cve_2022_0811_sysctl_values_cannot_set_a_node_sysctl() {
     let core_pattern = || std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
     let before = core_pattern();
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, images::BUSYBOX).await;
-    let logs = d.dir().path().join("pod-logs");
+    let d = busybox_daemon().await;
+    let logs = log_dir(&d);
     let pod_with = |name: &str, sysctl: &str, value: &str| {
         let mut c = pod_config(name, &logs);
         c.linux = Some(LinuxPodSandboxConfig {
@@ -472,18 +452,12 @@ async fn cve_2022_0811_sysctl_values_cannot_set_a_node_sysctl() {
         );
         assert_eq!(core_pattern(), before, "the node's core_pattern changed");
     }
-    let pods = d
-        .runtime()
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let pods = list_pods(&d).await;
     assert!(pods.is_empty(), "a refused pod was left: {pods:?}");
     // A multi-field value with spaces still works.
     let config = pod_with("ports", "net.ipv4.ip_local_port_range", "32768 60999");
     let pod = run_pod(&d, &config).await;
-    let c = start_container(&d, &pod, &config, container_config("c", &["sleep", "3600"])).await;
+    let c = start(&d, &pod, &config, "c", &["sleep", "3600"]).await;
     let (v, _, _) = exec_sync(&d, &c, &["cat", "/proc/sys/net/ipv4/ip_local_port_range"]).await;
     assert_eq!(v.split_whitespace().collect::<Vec<_>>(), ["32768", "60999"]);
     remove_pod(&d, &pod).await;
@@ -493,22 +467,7 @@ async fn cve_2022_0811_sysctl_values_cannot_set_a_node_sysctl() {
 #[tokio::test]
 async fn seccomp_runtime_default_given_to_runc_and_crun_refuses_af_alg_and_af_vsock() {
     let image = push_image("seccomp-handlers", LayerBuilder::new(), None).await;
-    let binary = |name: &str| {
-        ["/usr/sbin", "/usr/bin"]
-            .iter()
-            .map(|d| std::path::Path::new(d).join(name))
-            .find(|p| p.exists())
-            .unwrap_or_else(|| panic!("{name} is not installed (scripts/test.sh installs it)"))
-    };
-    let d = Daemon::builder()
-        .config(&format!(
-            "[runtimes.runc]\npath = {:?}\n[runtimes.crun]\npath = {:?}\n",
-            binary("runc").display().to_string(),
-            binary("crun").display().to_string()
-        ))
-        .start()
-        .await
-        .expect("daemon");
+    let d = runc_crun_daemon().await;
     pull(&d, &image).await;
     for handler in ["runc", "crun"] {
         let config = pod_config(

@@ -12,7 +12,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use berth_e2e::fixtures::{
-    container_config, exec_sync, pod_config, remove_pod, run_pod, start_container,
+    assert_refused, container_config, daemon_with, exec_sync, log_dir, pod_config, remove_pod,
+    run_pod, start_container,
 };
 use berth_e2e::http::RequestHead;
 use berth_e2e::images::{self, HostBusybox};
@@ -248,11 +249,7 @@ async fn a_gzip_bomb_is_refused_at_the_configured_layer_budget() {
     let digest = layer.blob.digest.clone();
     let image = push("berth-e2e/escapes-gzip-bomb", vec![layer]).await;
 
-    let d = Daemon::builder()
-        .config(&format!("[image]\nmax_layer_bytes = {BUDGET}\n"))
-        .start()
-        .await
-        .expect("daemon");
+    let d = daemon_with(&format!("[image]\nmax_layer_bytes = {BUDGET}\n")).await;
     let before = vm_hwm_kib(&d);
     let err = pull(&d, &image, None).await.expect_err("a gzip bomb");
     let hwm = vm_hwm_kib(&d);
@@ -286,11 +283,7 @@ async fn too_many_entries_are_refused_at_the_configured_budget() {
     let layer = tar_layer(&tar);
     let digest = layer.blob.digest.clone();
     let image = push("berth-e2e/escapes-many-entries", vec![layer]).await;
-    let d = Daemon::builder()
-        .config("[image]\nmax_layer_entries = 10\n")
-        .start()
-        .await
-        .expect("daemon");
+    let d = daemon_with("[image]\nmax_layer_entries = 10\n").await;
     let err = pull(&d, &image, None).await.expect_err("too many entries");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     for part in [
@@ -310,7 +303,7 @@ async fn too_many_entries_are_refused_at_the_configured_budget() {
 
 /// Runs a container of `image` (busybox on top) that sleeps; returns (pod, container).
 async fn run_sleeper(d: &Daemon, image: &str, name: &str) -> (String, String) {
-    let config = pod_config(name, &d.dir().path().join("pod-logs"));
+    let config = pod_config(name, &log_dir(d));
     let pod = run_pod(d, &config).await;
     let mut c = container_config("c", &["/bin/sleep", "3600"]);
     c.image = Some(ImageSpec {
@@ -718,11 +711,7 @@ async fn pull_credentials_never_reach_a_mirror_of_another_host() {
         origin.host(),
         mirror.host()
     );
-    let d = Daemon::builder()
-        .config(&mirrors)
-        .start()
-        .await
-        .expect("daemon");
+    let d = daemon_with(&mirrors).await;
     let id = images::info(images::BUSYBOX).unwrap().config_digest;
     for server in [
         "",
@@ -742,11 +731,7 @@ async fn pull_credentials_never_reach_a_mirror_of_another_host() {
         "{mirrors}[registry.configs.\"{}\"]\nusername = \"alice\"\npassword = \"wonderland\"\n",
         origin.host()
     );
-    let d = Daemon::builder()
-        .config(&configured)
-        .start()
-        .await
-        .expect("daemon");
+    let d = daemon_with(&configured).await;
     assert_eq!(
         pull(&d, &image, None)
             .await
@@ -773,11 +758,7 @@ async fn pull_credentials_never_reach_a_mirror_of_another_host() {
         "{mirrors}[registry.configs.\"{}\"]\nforward_credentials = true\n",
         mirror.host()
     );
-    let d = Daemon::builder()
-        .config(&forwarding)
-        .start()
-        .await
-        .expect("daemon");
+    let d = daemon_with(&forwarding).await;
     assert_eq!(
         pull(&d, &image, auth("alice", "wonderland", ""))
             .await
@@ -816,14 +797,13 @@ async fn a_plain_http_token_realm_on_another_host_gets_no_credentials() {
     let err = pull(&d, &image, auth("bob", "builder", ""))
         .await
         .expect_err("credentials withheld");
-    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    assert!(
-        err.message().contains(&format!(
+    assert_refused(
+        &err,
+        Code::PermissionDenied,
+        &format!(
             "credentials withheld from the plain-http token realm http://{}/token",
             realm.host()
-        )),
-        "{}",
-        err.message()
+        ),
     );
     assert!(realm.requests() >= 1, "the token was asked for");
     assert_eq!(
@@ -834,14 +814,11 @@ async fn a_plain_http_token_realm_on_another_host_gets_no_credentials() {
     drop(d);
 
     // Marked insecure, the realm's host is trusted with them.
-    let d = Daemon::builder()
-        .config(&format!(
-            "[registry.configs.\"{}\"]\ninsecure = true\n",
-            realm.host()
-        ))
-        .start()
-        .await
-        .expect("daemon");
+    let d = daemon_with(&format!(
+        "[registry.configs.\"{}\"]\ninsecure = true\n",
+        realm.host()
+    ))
+    .await;
     pull(&d, &image, auth("bob", "builder", ""))
         .await
         .expect("pull with the realm trusted");

@@ -1,6 +1,9 @@
 //! Shared harness for the root-only tests: a busybox root file system, a private runtime
-//! (own root, state and database under a temp dir) and cleanup that runs even on failure.
+//! (own root, state and database under a temp dir), the steps every test takes (a running
+//! pod, a shell container, waiting for its exit or its log lines, exec) and cleanup that runs
+//! even on failure.
 
+// Each test binary (lifecycle, monitor_memory) uses its own part of this module.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -9,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_runtime::{ImageConfig, ImageInfo, Runtime, RuntimeOptions};
+use k8s_cri::v1::ExecSyncResponse;
 use k8s_cri::v1::*;
 
 /// Whether the tests can run (root, busybox present).
@@ -53,16 +57,11 @@ pub fn busybox_rootfs(dir: &Path) {
         }
     }
     std::fs::create_dir_all(dir.join("etc")).unwrap();
-    std::fs::write(
-        dir.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000:Alice:/home/alice:/bin/sh\nnobody:x:65534:65534::/nonexistent:/bin/false\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("etc/group"),
-        "root:x:0:\nwheel:x:10:alice\nalice:x:1000:\nnogroup:x:65534:\n",
-    )
-    .unwrap();
+    let passwd = "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000:Alice:/home/alice:/bin/sh\nnobody:x:65534:65534::/nonexistent:/bin/false\n";
+    let group = "root:x:0:\nwheel:x:10:alice\nalice:x:1000:\nnogroup:x:65534:\n";
+    for (file, text) in [("etc/passwd", passwd), ("etc/group", group)] {
+        std::fs::write(dir.join(file), text).unwrap();
+    }
     for d in ["proc", "sys", "dev", "tmp", "root"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
@@ -98,6 +97,20 @@ impl Env {
             },
         };
         Env { dir, db, rt, image }
+    }
+
+    /// A fresh environment, or `None` (the test returns early) where the tests cannot run.
+    pub fn if_root() -> Option<Env> {
+        can_run().then(Env::new)
+    }
+
+    /// A fresh environment with a running pod named `name`: (env, pod config, pod id), or
+    /// `None` where the tests cannot run.
+    pub async fn with_pod(name: &str) -> Option<(Env, PodSandboxConfig, String)> {
+        let env = Env::if_root()?;
+        let pc = env.pod_config(name);
+        let pod = env.run_pod(&pc).await;
+        Some((env, pc, pod))
     }
 
     pub fn options(dir: &Path) -> RuntimeOptions {
@@ -200,12 +213,66 @@ impl Env {
         id
     }
 
+    /// Creates and starts container `name` running the shell `script`; returns its id.
+    pub async fn run_sh(
+        &self,
+        pod: &str,
+        pod_config: &PodSandboxConfig,
+        name: &str,
+        script: &str,
+    ) -> String {
+        self.run(pod, pod_config, &self.container_config(name, &[script]))
+            .await
+    }
+
+    /// The error CreateContainer gives for `config` in `pod`, which must fail.
+    pub async fn create_err(
+        &self,
+        pod: &str,
+        pod_config: &PodSandboxConfig,
+        config: &ContainerConfig,
+    ) -> berth_runtime::Error {
+        self.rt
+            .create_container(pod, config, pod_config, self.image.clone(), &HashMap::new())
+            .await
+            .expect_err("CreateContainer must fail")
+    }
+
+    /// Runs the shell `script` in the container with ExecSync.
+    pub async fn exec_sh(
+        &self,
+        id: &str,
+        script: &str,
+        timeout: Duration,
+    ) -> berth_runtime::Result<ExecSyncResponse> {
+        let cmd = ["sh", "-c", script].map(String::from);
+        self.rt.exec_sync(id, &cmd, timeout).await
+    }
+
+    /// The PID of the pod's monitor, from its verbose status.
+    pub fn monitor_pid(&self, pod: &str) -> i32 {
+        let status = self.rt.pod_sandbox_status(pod, true).unwrap();
+        info_pid(&status.info)
+    }
+
+    /// The PID of the container's process, from its verbose status.
+    pub fn container_pid(&self, id: &str) -> i32 {
+        info_pid(&self.rt.container_status(id, true).unwrap().info)
+    }
+
+    /// The ids of the containers the runtime lists.
+    pub fn container_ids(&self) -> Vec<String> {
+        let listed = self.rt.list_containers(None);
+        listed.into_iter().map(|c| c.id).collect()
+    }
+
     pub fn status(&self, id: &str) -> ContainerStatus {
         self.rt.container_status(id, false).unwrap().status.unwrap()
     }
 
-    /// Waits until the container has exited; returns its status.
-    pub async fn wait_exit(&self, id: &str, timeout: Duration) -> ContainerStatus {
+    /// Waits (up to 10 s) until the container has exited; returns its status.
+    pub async fn wait_exit(&self, id: &str) -> ContainerStatus {
+        let timeout = Duration::from_secs(10);
         let until = Instant::now() + timeout;
         loop {
             let s = self.status(id);
@@ -233,6 +300,31 @@ impl Env {
                 );
                 rest.to_owned()
             })
+            .collect()
+    }
+
+    /// Waits (up to 5 s) until container `name` has logged at least `n` lines; returns them.
+    pub async fn wait_log_lines(
+        &self,
+        pod: &PodSandboxConfig,
+        name: &str,
+        n: usize,
+    ) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let lines = self.log_lines(pod, name);
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(start.elapsed() < Duration::from_secs(5), "{lines:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The names in the directory `rel` under this environment's directory.
+    pub fn entries(&self, rel: &str) -> Vec<String> {
+        let dir = std::fs::read_dir(self.dir.path().join(rel)).unwrap();
+        dir.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect()
     }
 
@@ -282,5 +374,44 @@ pub fn alive(pid: i32) -> bool {
             .trim_start()
             .starts_with('Z'),
         Err(_) => false,
+    }
+}
+
+/// The `pid` of a verbose status's `info` JSON.
+fn info_pid(info: &HashMap<String, String>) -> i32 {
+    let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    v["pid"].as_i64().unwrap() as i32
+}
+
+/// The container config's security context (every config of [`Env::container_config`] has one).
+pub fn security_context(cfg: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
+    cfg.linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .expect("a security context")
+}
+
+/// The pod config's namespace options, made if the config has none.
+pub fn pod_namespace_options(pc: &mut PodSandboxConfig) -> &mut NamespaceOption {
+    let linux = pc.linux.get_or_insert_with(Default::default);
+    let sc = linux.security_context.get_or_insert_with(Default::default);
+    sc.namespace_options.get_or_insert_with(Default::default)
+}
+
+/// The container config's namespace options.
+pub fn namespace_options(cfg: &mut ContainerConfig) -> &mut NamespaceOption {
+    security_context(cfg)
+        .namespace_options
+        .as_mut()
+        .expect("namespace options")
+}
+
+/// A bind mount of `host` at `container_path`.
+pub fn bind(container_path: &str, host: &Path, readonly: bool) -> Mount {
+    Mount {
+        container_path: container_path.into(),
+        host_path: host.display().to_string(),
+        readonly,
+        ..Default::default()
     }
 }
