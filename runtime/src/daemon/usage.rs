@@ -9,8 +9,8 @@ use std::sync::Arc;
 use k8s_cri::v1::{ContainerMetadata, PodSandboxMetadata};
 
 use crate::cgroups::{CgroupUsage, PodCgroup};
-use crate::runtime::{Runtime, lock};
-use crate::store::{ContainerPhase, PodPhase};
+use crate::daemon::runtime::{Runtime, lock};
+use crate::daemon::store::{ContainerPhase, PodPhase};
 
 /// A running container, as stats see it.
 #[derive(Debug, Clone)]

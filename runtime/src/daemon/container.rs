@@ -17,12 +17,12 @@ use tokio::io::AsyncReadExt;
 
 use crate::cgroups::devices::rule_for_node;
 use crate::cgroups::{ContainerLimits, DeviceRule};
+use crate::daemon::runtime::{ContainerEntry, Runtime, container_name_key, lock};
+use crate::daemon::store::{ContainerPhase, ContainerRecord, ImageRecord, PodPhase};
 use crate::error::{Error, ErrorClass, Result};
 use crate::image::{ImageInfo, parse_signal};
 use crate::plan::{PlanInput, PodContext, missing_bind_sources, plan_container};
 use crate::protocol::{Request, Response};
-use crate::runtime::{ContainerEntry, Runtime, container_name_key, lock};
-use crate::store::{ContainerPhase, ContainerRecord, ImageRecord, PodPhase};
 use crate::sys;
 
 /// The most ExecSync output kept per stream; the rest is read and dropped.
@@ -150,7 +150,7 @@ impl Runtime {
                 host_ipc: !rec.namespaces.iter().any(|n| n == "ipc"),
                 host_pid: !rec.namespaces.iter().any(|n| n == "pid"),
                 log_directory: rec.config.log_directory.clone(),
-                userns: crate::pod::pod_userns(&rec.config)?,
+                userns: crate::daemon::pod::pod_userns(&rec.config)?,
             };
             (rec.config.metadata.clone().unwrap_or_default(), ctx)
         };
@@ -309,7 +309,7 @@ impl Runtime {
     /// What a container of a handler pod needs for its bundle; `None` in a default pod.
     fn bundle_input<'a>(
         &'a self,
-        pod: &crate::runtime::PodEntry,
+        pod: &crate::daemon::runtime::PodEntry,
         id: &str,
         config: &'a ContainerConfig,
         spec: &crate::spec::ContainerSpec,

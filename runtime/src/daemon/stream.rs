@@ -9,12 +9,12 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
-use crate::client::OpenCall;
-use crate::container::pipe;
+use crate::daemon::client::OpenCall;
+use crate::daemon::container::pipe;
+use crate::daemon::runtime::{Runtime, lock};
+use crate::daemon::store::{ContainerPhase, PodPhase};
 use crate::error::{Error, Result};
 use crate::protocol::{ExitStatus, Request, Response};
-use crate::runtime::{Runtime, lock};
-use crate::store::{ContainerPhase, PodPhase};
 
 /// What a streaming request needs to know about a running container.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,11 +10,11 @@ use k8s_cri::v1::{
     RunPodSandboxRequest,
 };
 
+use crate::daemon::runtime::{PodEntry, Runtime, lock, pod_name_key};
+use crate::daemon::store::{ContainerPhase, PodPhase, PodRecord};
 use crate::error::{Error, Result};
 use crate::podfiles;
 use crate::protocol::{MonitorConfig, PROTOCOL_VERSION, Request};
-use crate::runtime::{PodEntry, Runtime, lock, pod_name_key};
-use crate::store::{ContainerPhase, PodPhase, PodRecord};
 use crate::sys;
 
 /// A pod that now runs: the daemon sets up its network in `netns` next.
@@ -315,7 +315,7 @@ impl Runtime {
         } else {
             namespaces
         };
-        let pid = crate::launch::spawn_monitor(
+        let pid = crate::daemon::launch::spawn_monitor(
             &self.opts.monitor_path,
             &exe,
             &cfg_path,

@@ -10,10 +10,10 @@ use k8s_cri::v1::{ContainerEventResponse, ContainerEventType};
 use tokio::sync::{broadcast, watch};
 
 use crate::cgroups::{CgroupManager, NoCgroups};
-use crate::client::MonitorClient;
+use crate::daemon::client::MonitorClient;
+use crate::daemon::store::{ContainerPhase, ContainerRecord, PodPhase, PodRecord, Store};
 use crate::error::{Error, Result};
 use crate::protocol::{ExitStatus, Request, Response};
-use crate::store::{ContainerPhase, ContainerRecord, PodPhase, PodRecord, Store};
 use crate::sys;
 
 /// How many events a slow subscriber may lag before it loses the oldest.
@@ -295,7 +295,7 @@ impl Runtime {
         if let Some(exe) = self.monitor_exe.get() {
             return Ok(exe.clone());
         }
-        let copy = crate::launch::sealed_copy(&self.opts.monitor_path).map_err(|e| {
+        let copy = crate::daemon::launch::sealed_copy(&self.opts.monitor_path).map_err(|e| {
             Error::MonitorStart {
                 path: self.opts.monitor_path.clone(),
                 message: format!("cannot make a sealed copy to run from: {e}"),
@@ -757,7 +757,7 @@ impl Runtime {
         };
         for id in list(&self.opts.state.join("pods")) {
             if !pods.contains(&id) {
-                crate::pod::release_pod_mounts(&self.pod_dir(&id));
+                crate::daemon::pod::release_pod_mounts(&self.pod_dir(&id));
                 let _ = std::fs::remove_dir_all(self.pod_dir(&id));
                 n += 1;
             }
