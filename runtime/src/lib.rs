@@ -25,12 +25,12 @@ pub mod spec;
 
 // Shared by both processes.
 pub mod error;
+pub mod namespace;
 pub mod sys;
 
 // The OCI bundle for handler runtimes (daemon side).
 pub mod oci;
 
-pub(crate) use daemon::launch;
 pub use daemon::{
     cgroups, command, image, lsm, plan, podfiles, security, status, usage, user, userns,
 };

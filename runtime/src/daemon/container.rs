@@ -21,6 +21,7 @@ use crate::daemon::runtime::{ContainerEntry, Runtime, container_name_key, lock};
 use crate::daemon::store::{ContainerPhase, ContainerRecord, ImageRecord, PodPhase};
 use crate::error::{Error, ErrorClass, Result};
 use crate::image::{ImageInfo, parse_signal};
+use crate::namespace::Namespace;
 use crate::plan::{PlanInput, PodContext, missing_bind_sources, plan_container};
 use crate::protocol::{Request, Response};
 use crate::sys;
@@ -147,8 +148,8 @@ impl Runtime {
             let ctx = PodContext {
                 run_dir: self.pod_dir(&rec.id),
                 hostname: rec.hostname.clone(),
-                host_ipc: !rec.namespaces.iter().any(|n| n == "ipc"),
-                host_pid: !rec.namespaces.iter().any(|n| n == "pid"),
+                host_ipc: !rec.namespaces.contains(&Namespace::Ipc),
+                host_pid: !rec.namespaces.contains(&Namespace::Pid),
                 log_directory: rec.config.log_directory.clone(),
                 userns: crate::daemon::pod::pod_userns(&rec.config)?,
             };
@@ -358,7 +359,8 @@ impl Runtime {
                 .as_ref()
                 .and_then(|l| l.security_context.as_ref()),
             binding: crate::oci::PodBinding {
-                namespaces,
+                // The bundle's binding names them as the pod's `ns/` files do.
+                namespaces: namespaces.iter().map(|n| n.name().to_owned()).collect(),
                 ns_dir: self.pod_dir(&pod.id).join("ns"),
                 target_pid,
                 cgroups_path: cgroup.to_owned(),

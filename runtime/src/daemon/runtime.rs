@@ -13,6 +13,7 @@ use crate::cgroups::{CgroupManager, NoCgroups};
 use crate::daemon::client::MonitorClient;
 use crate::daemon::store::{ContainerPhase, ContainerRecord, PodPhase, PodRecord, Store};
 use crate::error::{Error, Result};
+use crate::namespace::Namespace;
 use crate::protocol::{ExitStatus, Request, Response};
 use crate::sys;
 
@@ -301,6 +302,13 @@ impl Runtime {
 
     pub(crate) fn pod_dir(&self, id: &str) -> PathBuf {
         self.opts.state.join("pods").join(id)
+    }
+
+    /// The file of a pod's own network namespace, `None` when the pod uses the node's.
+    pub(crate) fn own_netns(&self, rec: &PodRecord) -> Option<PathBuf> {
+        rec.namespaces
+            .contains(&Namespace::Net)
+            .then(|| self.pod_dir(&rec.id).join("ns").join(Namespace::Net.name()))
     }
 
     pub(crate) fn container_state_dir(&self, id: &str) -> PathBuf {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+use crate::namespace::Namespace;
 use crate::spec::ContainerSpec;
 
 const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("runtime_pods");
@@ -41,7 +42,7 @@ pub struct PodRecord {
     /// Host PID of the monitor.
     pub monitor_pid: i32,
     /// Namespaces the pod owns (`net`, `ipc`, `uts`, `pid`), bind-mounted under `ns/`.
-    pub namespaces: Vec<String>,
+    pub namespaces: Vec<Namespace>,
     /// Pod IPs the network set up.
     #[serde(default)]
     pub ips: Vec<String>,
@@ -292,7 +293,7 @@ mod tests {
             created_at: 1,
             phase,
             monitor_pid: 7,
-            namespaces: vec!["net".into()],
+            namespaces: vec![Namespace::Net],
             ips: vec![],
             hostname: "h".into(),
             confirmed: true,
@@ -336,6 +337,27 @@ mod tests {
         s2.delete_pod("p1").wait().unwrap();
         s2.delete_pod("p1").wait().unwrap();
         assert!(s2.pods().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_pod_record_written_before_namespaces_were_typed_still_reads() {
+        let mut old = serde_json::to_value(pod("p1", PodPhase::Ready)).unwrap();
+        old["namespaces"] = serde_json::json!(["net", "uts", "ipc", "pid"]);
+        let rec: PodRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(
+            rec.namespaces,
+            [
+                Namespace::Net,
+                Namespace::Uts,
+                Namespace::Ipc,
+                Namespace::Pid
+            ]
+        );
+        let again = serde_json::to_value(&rec).unwrap();
+        assert_eq!(
+            again["namespaces"],
+            serde_json::json!(["net", "uts", "ipc", "pid"])
+        );
     }
 
     /// What one record goes through, step by step: a container's life to its removal.

@@ -236,10 +236,6 @@ impl Runtime {
                 pod.id
             )));
         }
-        Ok(rec
-            .namespaces
-            .iter()
-            .any(|n| n == "net")
-            .then(|| self.pod_dir(&pod.id).join("ns").join("net")))
+        Ok(self.own_netns(&rec))
     }
 }

@@ -68,7 +68,7 @@ pub fn launch(args: &[String]) -> i32 {
     // that made the others is gone, and the child below is born into all of them.
     let userns = match cfg.as_ref().and_then(|c| c.userns.as_ref().map(|u| (c, u))) {
         Some((c, u)) => {
-            let flags = crate::launch::unshare_flags(&c.namespaces);
+            let flags = crate::namespace::unshare_flags(&c.namespaces);
             let made = userns::create_pod_namespaces(flags, u).and_then(|fd| {
                 if flags & libc::CLONE_NEWPID != 0
                     // SAFETY: unshare with a flag; single-threaded.
@@ -237,7 +237,7 @@ fn setup(config_path: &Path, userns: Option<OwnedFd>) -> Result<Monitor, String>
     if let Some(h) = &cfg.hostname {
         nix::unistd::sethostname(h).map_err(|e| format!("set hostname {h:?}: {e}"))?;
     }
-    if cfg.namespaces.iter().any(|n| n == "net") {
+    if cfg.namespaces.contains(&crate::namespace::Namespace::Net) {
         loopback_up().map_err(|e| format!("bring up lo: {e}"))?;
     }
     for (k, v) in &cfg.sysctls {
@@ -247,7 +247,7 @@ fn setup(config_path: &Path, userns: Option<OwnedFd>) -> Result<Monitor, String>
     let ns_dir = cfg.run_dir.join("ns");
     std::fs::create_dir_all(&ns_dir).map_err(|e| format!("create {}: {e}", ns_dir.display()))?;
     for ns in &cfg.namespaces {
-        let target = ns_dir.join(ns);
+        let target = ns_dir.join(ns.name());
         if !sys::is_mount_point(&target) {
             std::fs::write(&target, b"")
                 .map_err(|e| format!("create {}: {e}", target.display()))?;
