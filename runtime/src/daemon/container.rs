@@ -17,13 +17,14 @@ use tokio::io::AsyncReadExt;
 
 use crate::cgroups::devices::rule_for_node;
 use crate::cgroups::{ContainerLimits, DeviceRule};
-use crate::daemon::runtime::{ContainerEntry, Runtime, container_name_key, lock};
+use crate::daemon::runtime::{ContainerEntry, PodEntry, Runtime, container_name_key, lock};
 use crate::daemon::store::{ContainerPhase, ContainerRecord, ImageRecord, PodPhase};
 use crate::error::{Error, ErrorClass, Result};
 use crate::image::{ImageInfo, parse_signal};
 use crate::namespace::Namespace;
 use crate::plan::{PlanInput, PodContext, missing_bind_sources, plan_container};
 use crate::protocol::{Request, Response};
+use crate::spec::ProcessSpec;
 use crate::sys;
 
 /// The most ExecSync output kept per stream; the rest is read and dropped.
@@ -88,6 +89,18 @@ async fn wait_exited(rx: &mut tokio::sync::watch::Receiver<bool>, timeout: Durat
     tokio::time::timeout(timeout, rx.wait_for(|e| *e))
         .await
         .is_ok_and(|r| r.is_ok())
+}
+
+/// What an exec runs in and as (see [`Runtime::exec_target`]).
+pub(crate) struct ExecTarget {
+    /// The running container.
+    pub(crate) container: Arc<ContainerEntry>,
+    /// Its pod, whose monitor runs the exec.
+    pub(crate) pod: Arc<PodEntry>,
+    /// The container's process with the exec's argv.
+    pub(crate) process: ProcessSpec,
+    /// The cgroups the exec joins.
+    pub(crate) cgroup_procs: Vec<PathBuf>,
 }
 
 impl Runtime {
@@ -643,15 +656,10 @@ impl Runtime {
             .await
     }
 
-    /// Runs `cmd` in a running container with its ids, environment and working directory;
-    /// returns its output (each stream cut at 16 MiB) and exit code. A zero `timeout` is no
-    /// limit; past it the process is killed and the error is DeadlineExceeded.
-    pub async fn exec_sync(
-        &self,
-        id: &str,
-        cmd: &[String],
-        timeout: Duration,
-    ) -> Result<ExecSyncResponse> {
+    /// What an exec in the running container `id` needs: the container, its pod, the
+    /// container's process with `cmd` as its argv (with `TERM` set for a terminal, as
+    /// containerd does) and the cgroups the exec joins.
+    pub(crate) fn exec_target(&self, id: &str, cmd: &[String], tty: bool) -> Result<ExecTarget> {
         if cmd.is_empty() {
             return Err(Error::InvalidArgument("exec command is empty".into()));
         }
@@ -668,11 +676,37 @@ impl Runtime {
             }
             let mut p = rec.spec.process.clone();
             p.args = cmd.to_vec();
+            if tty && !p.env.iter().any(|e| e.starts_with("TERM=")) {
+                p.env.push("TERM=xterm".into());
+            }
             (p, rec.spec.cgroup_procs.clone())
         };
         let pod = self
             .find_pod(&c.pod_id)
             .ok_or_else(|| Error::pod_not_found(&c.pod_id))?;
+        Ok(ExecTarget {
+            container: c,
+            pod,
+            process,
+            cgroup_procs: cgroups,
+        })
+    }
+
+    /// Runs `cmd` in a running container with its ids, environment and working directory;
+    /// returns its output (each stream cut at 16 MiB) and exit code. A zero `timeout` is no
+    /// limit; past it the process is killed and the error is DeadlineExceeded.
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecSyncResponse> {
+        let ExecTarget {
+            container: c,
+            pod,
+            process,
+            cgroup_procs: cgroups,
+        } = self.exec_target(id, cmd, false)?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         let req = Request::Exec {

@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use crate::daemon::client::OpenCall;
-use crate::daemon::container::pipe;
+use crate::daemon::container::{ExecTarget, pipe};
 use crate::daemon::runtime::{Runtime, lock};
 use crate::daemon::store::{ContainerPhase, PodPhase};
 use crate::error::{Error, Result};
@@ -95,31 +95,12 @@ impl Runtime {
         tty: bool,
         stdin: bool,
     ) -> Result<ExecSession> {
-        if cmd.is_empty() {
-            return Err(Error::InvalidArgument("exec command is empty".into()));
-        }
-        let c = self
-            .find_container(id)
-            .ok_or_else(|| Error::container_not_found(id))?;
-        let (process, cgroups) = {
-            let rec = lock(&c.rec);
-            if rec.phase != ContainerPhase::Running {
-                return Err(Error::FailedPrecondition(format!(
-                    "container {} is not running",
-                    c.id
-                )));
-            }
-            let mut p = rec.spec.process.clone();
-            p.args = cmd.to_vec();
-            if tty && !p.env.iter().any(|e| e.starts_with("TERM=")) {
-                // As containerd does for a terminal exec.
-                p.env.push("TERM=xterm".into());
-            }
-            (p, rec.spec.cgroup_procs.clone())
-        };
-        let pod = self
-            .find_pod(&c.pod_id)
-            .ok_or_else(|| Error::pod_not_found(&c.pod_id))?;
+        let ExecTarget {
+            container: c,
+            pod,
+            process,
+            cgroup_procs: cgroups,
+        } = self.exec_target(id, cmd, tty)?;
         let req = Request::Exec {
             id: c.id.clone(),
             process: Box::new(process),
