@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use super::super::dbus::{Message, fake};
 use super::*;
+use crate::cgroups::create_in_fake_tree;
 
 /// A fake host: a v2 root holding cpu memory pids io cpuset hugetlb.
 fn fake_v2(dir: &Path) -> Vec<CgroupMount> {
@@ -192,18 +193,7 @@ fn a_pod_is_a_delegated_scope_with_its_monitor_in_a_leaf() {
         cpu_period: 100_000,
         ..Default::default()
     };
-    let c = sd.container_cgroup(&pod, "c1");
-    let procs = sd
-        .create_container(
-            &c,
-            &ContainerLimits {
-                resources: Some(&r),
-                // A device filter cannot be attached to a fake tree (e2e covers it).
-                all_devices: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let (c, procs) = create_in_fake_tree(&sd, &pod, "c1", &r);
     assert_eq!(procs, vec![scope.join("c1/cgroup.procs")]);
     assert_eq!(read("c1/memory.max"), "1048576");
     assert_eq!(read("c1/cpu.max"), "50000 100000");
@@ -280,18 +270,7 @@ fn hybrid_hosts_get_the_monitor_and_limits_in_every_hierarchy() {
         memory_limit_in_bytes: 1 << 20,
         ..Default::default()
     };
-    let c = sd.container_cgroup(&pod, "c1");
-    let procs = sd
-        .create_container(
-            &c,
-            &ContainerLimits {
-                resources: Some(&r),
-                // A device filter cannot be attached to a fake tree (e2e covers it).
-                all_devices: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let (_, procs) = create_in_fake_tree(&sd, &pod, "c1", &r);
     assert_eq!(procs.len(), 3);
     assert_eq!(
         read(format!("memory/{scope}/c1/memory.limit_in_bytes")),
