@@ -233,15 +233,8 @@ impl Runtime {
             stop_signal: parse_signal(&image.config.stop_signal).unwrap_or(libc::SIGTERM),
             phase: ContainerPhase::Creating,
             created_at: sys::now_ns(),
-            started_at: 0,
-            finished_at: 0,
-            exit_code: 0,
-            reason: String::new(),
-            message: String::new(),
-            pid: 0,
             log_path: spec.log_path.clone().unwrap_or_default(),
-            cgroup: String::new(),
-            removing: false,
+            ..Default::default()
         };
         let pod = self
             .find_pod(pod_id)

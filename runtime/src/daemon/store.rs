@@ -64,10 +64,11 @@ fn confirmed_default() -> bool {
 }
 
 /// Where a container is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ContainerPhase {
     /// Recorded, not created in the monitor yet: undone at reconcile.
+    #[default]
     Creating,
     /// Created, waiting for start.
     Created,
@@ -88,8 +89,9 @@ pub struct ImageRecord {
     pub image_ref: String,
 }
 
-/// A container's durable record.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A container's durable record (the default: one being created, nothing of its life
+/// known yet).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ContainerRecord {
     /// Container id.
     pub id: String,
@@ -305,21 +307,11 @@ mod tests {
         ContainerRecord {
             id: id.into(),
             pod_id: "p".into(),
-            config: Default::default(),
-            image: Default::default(),
-            spec: Default::default(),
             stop_signal: 15,
             phase,
             created_at: 1,
-            started_at: 0,
-            finished_at: 0,
-            exit_code: 0,
-            reason: String::new(),
-            message: String::new(),
-            pid: 0,
-            log_path: PathBuf::new(),
-            cgroup: String::new(),
             removing,
+            ..Default::default()
         }
     }
 
