@@ -4,8 +4,13 @@
 //!
 //! Plain data and pure decisions (unit-tested) sit beside the code that drives them:
 //! `plan`, `command`, `user`, `userns`, `security` and `lsm` decide what a container gets;
-//! `runtime`, `pod`, `container` and `store` keep the state; `launch`, `client` and `stream`
-//! reach the monitor.
+//! `cgroups` places and limits it; `store` keeps the records.
+//!
+//! [`Runtime`](runtime::Runtime)'s methods are split by concern: the handle, lookups, events
+//! and exits in `runtime`, reconciliation at start in `runtime/reconcile`, pods in `pod`,
+//! containers in `container`, ExecSync and what every exec shares in `exec`, streaming exec
+//! and attach in `stream`, stats in `usage`. `launch` starts a pod's monitor and `client`
+//! talks to it.
 
 // Plain data and pure decisions, unit-tested.
 pub mod cgroups;
@@ -23,6 +28,7 @@ pub mod userns;
 // State and the monitor's client.
 pub(crate) mod client;
 pub(crate) mod container;
+pub(crate) mod exec;
 pub(crate) mod launch;
 pub(crate) mod pod;
 pub(crate) mod runtime;

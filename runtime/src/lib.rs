@@ -36,7 +36,7 @@ pub use daemon::{
 };
 
 pub use cgroups::{CgroupManager, NoCgroups};
-pub use daemon::container::MAX_EXEC_OUTPUT;
+pub use daemon::exec::MAX_EXEC_OUTPUT;
 pub use daemon::pod::{PodCreated, PodStopped};
 pub use daemon::runtime::{Census, FILES_LOST, ReconcileReport, Runtime, RuntimeOptions};
 pub use daemon::store::{ContainerPhase, ContainerRecord, ImageRecord, PodPhase, PodRecord};

@@ -365,7 +365,7 @@ impl Runtime {
     /// Records the IPs the network gave a pod (none on the node's network), reported in its
     /// status, and confirms the pod: RunPodSandbox is done. Until then a restart undoes it.
     pub fn set_pod_network(&self, id: &str, ips: Vec<String>) -> Result<()> {
-        let pod = self.find_pod(id).ok_or_else(|| Error::pod_not_found(id))?;
+        let pod = self.pod_entry(id)?;
         let mut rec = lock(&pod.rec);
         rec.ips = ips;
         rec.confirmed = true;
@@ -470,7 +470,7 @@ impl Runtime {
 
     /// `PodSandboxStatus`, with the pod's container statuses; `verbose` adds an `info` JSON.
     pub fn pod_sandbox_status(&self, id: &str, verbose: bool) -> Result<PodSandboxStatusResponse> {
-        let pod = self.find_pod(id).ok_or_else(|| Error::pod_not_found(id))?;
+        let pod = self.pod_entry(id)?;
         let status = self.pod_status_of(&pod);
         let containers_statuses = self
             .pod_containers(&pod.id)

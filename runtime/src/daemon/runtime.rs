@@ -343,6 +343,37 @@ impl Runtime {
         Self::find(&lock(&self.index).containers, id)
     }
 
+    /// The pod `id`: `NotFound` for an unknown one.
+    pub(crate) fn pod_entry(&self, id: &str) -> Result<Arc<PodEntry>> {
+        self.find_pod(id).ok_or_else(|| Error::pod_not_found(id))
+    }
+
+    /// The container `id`: `NotFound` for an unknown one.
+    pub(crate) fn container_entry(&self, id: &str) -> Result<Arc<ContainerEntry>> {
+        self.find_container(id)
+            .ok_or_else(|| Error::container_not_found(id))
+    }
+
+    /// The running container `id` and what `read` takes from its record under the same
+    /// lock: `NotFound` for an unknown container, `FailedPrecondition` for one not running.
+    pub(crate) fn running_container<T>(
+        &self,
+        id: &str,
+        read: impl FnOnce(&ContainerRecord) -> T,
+    ) -> Result<(Arc<ContainerEntry>, T)> {
+        let c = self.container_entry(id)?;
+        let rec = lock(&c.rec);
+        if rec.phase != ContainerPhase::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                c.id
+            )));
+        }
+        let out = read(&rec);
+        drop(rec);
+        Ok((c, out))
+    }
+
     pub(crate) fn pod_containers(&self, pod_id: &str) -> Vec<Arc<ContainerEntry>> {
         let mut v: Vec<_> = lock(&self.index)
             .containers
