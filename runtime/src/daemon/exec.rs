@@ -3,17 +3,15 @@
 //! its timeout. Streaming exec and attach are in `stream`.
 
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_cri::v1::ExecSyncResponse;
 use tokio::io::AsyncReadExt;
 
-use crate::daemon::runtime::{ContainerEntry, PodEntry, Runtime};
+use crate::daemon::runtime::{PodEntry, Runtime};
 use crate::error::{Error, Result};
 use crate::protocol::{Request, Response};
-use crate::spec::ProcessSpec;
 use crate::sys;
 
 /// The most ExecSync output kept per stream; the rest is read and dropped.
@@ -23,23 +21,29 @@ pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     sys::pipe().map_err(|e| Error::Sys("pipe".into(), e))
 }
 
-/// What an exec runs in and as (see [`Runtime::exec_target`]).
+/// An exec ready to send: the request and the pod whose monitor runs it (see
+/// [`Runtime::exec_target`]).
 pub(crate) struct ExecTarget {
-    /// The running container.
-    pub(crate) container: Arc<ContainerEntry>,
-    /// Its pod, whose monitor runs the exec.
+    /// The container's full id.
+    pub(crate) container_id: String,
+    /// The pod, whose monitor runs the exec.
     pub(crate) pod: Arc<PodEntry>,
-    /// The container's process with the exec's argv.
-    pub(crate) process: ProcessSpec,
-    /// The cgroups the exec joins.
-    pub(crate) cgroup_procs: Vec<PathBuf>,
+    /// The `Exec` request.
+    pub(crate) request: Request,
 }
 
 impl Runtime {
-    /// What an exec in the running container `id` needs: the container, its pod, the
-    /// container's process with `cmd` as its argv (with `TERM` set for a terminal, as
-    /// containerd does) and the cgroups the exec joins.
-    pub(crate) fn exec_target(&self, id: &str, cmd: &[String], tty: bool) -> Result<ExecTarget> {
+    /// The exec of `cmd` in the running container `id`: the container's process with `cmd`
+    /// as its argv (with `TERM` set for a terminal, as containerd does) in the container's
+    /// cgroups; its stdin a pipe when `stdin` (a terminal brings its own).
+    pub(crate) fn exec_target(
+        &self,
+        id: &str,
+        cmd: &[String],
+        tty: bool,
+        stdin: bool,
+        timeout_ms: u64,
+    ) -> Result<ExecTarget> {
         if cmd.is_empty() {
             return Err(Error::InvalidArgument("exec command is empty".into()));
         }
@@ -53,10 +57,16 @@ impl Runtime {
         })?;
         let pod = self.pod_entry(&c.pod_id)?;
         Ok(ExecTarget {
-            container: c,
+            request: Request::Exec {
+                id: c.id.clone(),
+                process: Box::new(process),
+                cgroup_procs: cgroups,
+                timeout_ms,
+                stdin: stdin && !tty,
+                tty,
+            },
+            container_id: c.id.clone(),
             pod,
-            process,
-            cgroup_procs: cgroups,
         })
     }
 
@@ -70,21 +80,12 @@ impl Runtime {
         timeout: Duration,
     ) -> Result<ExecSyncResponse> {
         let ExecTarget {
-            container: c,
+            container_id,
             pod,
-            process,
-            cgroup_procs: cgroups,
-        } = self.exec_target(id, cmd, false)?;
+            request: req,
+        } = self.exec_target(id, cmd, false, false, timeout.as_millis() as u64)?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
-        let req = Request::Exec {
-            id: c.id.clone(),
-            process: Box::new(process),
-            cgroup_procs: cgroups,
-            timeout_ms: timeout.as_millis() as u64,
-            stdin: false,
-            tty: false,
-        };
         let call_timeout = if timeout.is_zero() {
             Duration::from_secs(365 * 86400)
         } else {
@@ -135,7 +136,7 @@ impl Runtime {
                 timed_out: true, ..
             })) => Err(Error::DeadlineExceeded(format!(
                 "command {cmd:?} in container {} timed out after {}s",
-                c.id,
+                container_id,
                 timeout.as_secs()
             ))),
             Some(Ok(Response::ExecExited { exit, .. })) => Ok(ExecSyncResponse {

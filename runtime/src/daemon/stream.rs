@@ -89,19 +89,8 @@ impl Runtime {
         stdin: bool,
     ) -> Result<ExecSession> {
         let ExecTarget {
-            container: c,
-            pod,
-            process,
-            cgroup_procs: cgroups,
-        } = self.exec_target(id, cmd, tty)?;
-        let req = Request::Exec {
-            id: c.id.clone(),
-            process: Box::new(process),
-            cgroup_procs: cgroups,
-            timeout_ms: 0,
-            stdin: stdin && !tty,
-            tty,
-        };
+            pod, request: req, ..
+        } = self.exec_target(id, cmd, tty, stdin, 0)?;
         if tty {
             let mut call = pod.client.open_call(&req, &[]).await?;
             let (resp, mut fds) = call.next().await?;
