@@ -5,6 +5,38 @@ use k8s_cri::v1::{
     LinuxContainerResources, LinuxContainerSecurityContext, Mount, NamespaceOption, UserNamespace,
 };
 
+/// An image's passwd with only root.
+fn root_passwd() -> Vec<crate::user::PasswdEntry> {
+    crate::user::parse_passwd("root:x:0:0:root:/root:/bin/sh\n")
+}
+
+/// No image is mounted as a volume.
+static NO_MOUNT_IMAGES: std::sync::LazyLock<HashMap<String, Vec<PathBuf>>> =
+    std::sync::LazyLock::new(HashMap::new);
+
+/// The input of container `cid` of `pod` on a node with 41 capabilities and an
+/// oom_score_adj floor of -500.
+fn input_for<'a>(
+    config: &'a ContainerConfig,
+    pod: &'a PodContext,
+    image: &'a ImageInfo,
+    passwd: &'a [crate::user::PasswdEntry],
+) -> PlanInput<'a> {
+    PlanInput {
+        id: "cid",
+        config,
+        pod,
+        image,
+        mount_images: &NO_MOUNT_IMAGES,
+        container_dir: "/var/lib/berth/containers/cid".into(),
+        passwd,
+        groups: &[],
+        all_caps: (1 << 41) - 1,
+        oom_score_adj_floor: -500,
+        cgroup_procs: vec![],
+    }
+}
+
 fn pod() -> PodContext {
     PodContext {
         run_dir: "/run/berth/pods/p".into(),
@@ -188,21 +220,9 @@ fn full_plan() {
         },
         ..Default::default()
     };
-    let passwd = crate::user::parse_passwd("root:x:0:0:root:/root:/bin/sh\n");
+    let passwd = root_passwd();
     let p = pod();
-    let input = PlanInput {
-        id: "cid",
-        config: &config,
-        pod: &p,
-        image: &image,
-        mount_images: &HashMap::new(),
-        container_dir: "/var/lib/berth/containers/cid".into(),
-        passwd: &passwd,
-        groups: &[],
-        all_caps: (1 << 41) - 1,
-        oom_score_adj_floor: -500,
-        cgroup_procs: vec![],
-    };
+    let input = input_for(&config, &p, &image, &passwd);
     let spec = plan_container(&input).unwrap();
     assert_eq!(spec.process.args, vec!["/bin/sh", "-c", "echo hi"]);
     assert_eq!(spec.process.cwd, "/work");
@@ -297,20 +317,8 @@ fn a_user_namespaced_pod_plans_its_containers_in_its_namespace() {
         lower_dirs: vec!["/snap/1".into()],
         ..Default::default()
     };
-    let passwd = crate::user::parse_passwd("root:x:0:0:root:/root:/bin/sh\n");
-    let input = PlanInput {
-        id: "cid",
-        config: &config,
-        pod: &p,
-        image: &image,
-        mount_images: &HashMap::new(),
-        container_dir: "/var/lib/berth/containers/cid".into(),
-        passwd: &passwd,
-        groups: &[],
-        all_caps: (1 << 41) - 1,
-        oom_score_adj_floor: -500,
-        cgroup_procs: vec![],
-    };
+    let passwd = root_passwd();
+    let input = input_for(&config, &p, &image, &passwd);
     // A container that names no user namespace joins its pod's.
     let spec = plan_container(&input).unwrap();
     assert_eq!(spec.userns.as_ref(), Some(&ns));
