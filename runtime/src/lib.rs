@@ -3,30 +3,34 @@
 //! - [`daemon`]: what runs in the `berth` daemon: the [`Runtime`] and its records, the plan
 //!   of each container (mounts, argv, ids), cgroups, and the client side of each pod's monitor.
 //! - [`monitor`]: the `berth-monitor` process, one per pod, which holds the pod's namespaces
-//!   and creates, reaps and logs its containers; with [`crilog`], [`sysctl`] and [`seccomp`],
-//!   which only it uses. It runs no async runtime.
+//!   and creates, reaps and logs its containers. It runs no async runtime.
 //! - [`protocol`] and [`spec`]: what the two processes say to each other.
-//! - [`sys`] and [`error`]: the kernel wrappers and the error type both sides share.
+//! - Shared by both: [`sys`] (system calls), [`namespace`] (the namespace kinds), [`error`];
+//!   and three kernel-facing formats: [`crilog`] (the monitor writes CRI logs, the daemon
+//!   checks log directories), [`sysctl`] (the daemon validates, the monitor sets) and
+//!   [`seccomp`] (the daemon compiles profiles, the monitor loads the filter).
+//! - [`oci`]: the bundle the daemon writes for an OCI handler runtime.
 //!
-//! The daemon's modules are re-exported at the crate root (`berth_runtime::plan`, ...), the
-//! paths the daemon's users and the monitor's plain-data imports name.
+//! The daemon's modules are re-exported at the crate root (`berth_runtime::plan`, ...): the
+//! paths `cri`, the tests and the monitor's imports of plain data (the security settings,
+//! user and user namespace it is sent) name.
 
 pub mod daemon;
 
-// The pod monitor process and what only it uses.
-pub mod crilog;
+// The pod monitor process.
 pub mod monitor;
-pub mod seccomp;
-pub mod sysctl;
 
 // The protocol between daemon and monitor.
 pub mod protocol;
 pub mod spec;
 
 // Shared by both processes.
+pub mod crilog;
 pub mod error;
 pub mod namespace;
+pub mod seccomp;
 pub mod sys;
+pub mod sysctl;
 
 // The OCI bundle for handler runtimes (daemon side).
 pub mod oci;
