@@ -1,50 +1,51 @@
-//! Pod sandboxes and containers: records and their state machine, the plan of each container
-//! (mounts, argv, ids), the pod monitor and Berth's own container executor.
+//! Pod sandboxes and containers, laid out by the process each piece runs in:
 //!
-//! The daemon holds a [`Runtime`]; each pod is one `berth-monitor` process (see [`monitor`])
-//! that holds the pod's namespaces and creates, reaps and logs its containers. The monitor
-//! binary reaches only `monitor`, `protocol`, `spec`, `crilog`, `sysctl` and `sys`: no async runtime.
+//! - [`daemon`]: what runs in the `berth` daemon: the [`Runtime`] and its records, the plan
+//!   of each container (mounts, argv, ids), cgroups, and the client side of each pod's monitor.
+//! - [`monitor`]: the `berth-monitor` process, one per pod, which holds the pod's namespaces
+//!   and creates, reaps and logs its containers. It runs no async runtime.
+//! - [`protocol`] and [`spec`]: what the two processes say to each other.
+//! - Shared by both: [`sys`] (system calls), [`namespace`] (the namespace kinds), [`error`];
+//!   and three kernel-facing formats: [`crilog`] (the monitor writes CRI logs, the daemon
+//!   checks log directories), [`sysctl`] (the daemon validates, the monitor sets) and
+//!   [`seccomp`] (the daemon compiles profiles, the monitor loads the filter).
+//! - [`oci`]: the bundle the daemon writes for an OCI handler runtime.
+//!
+//! The daemon's modules are re-exported at the crate root (`berth_runtime::plan`, ...): the
+//! paths `cri`, the tests and the monitor's imports of plain data (the security settings,
+//! user and user namespace it is sent) name.
 
-// Plain data and pure decisions, unit-tested.
-pub mod cgroups;
-pub mod command;
-pub mod crilog;
-pub mod error;
-pub mod image;
-pub mod lsm;
-pub mod oci;
-pub mod plan;
-pub mod podfiles;
+pub mod daemon;
+
+// The pod monitor process.
+pub mod monitor;
+
+// The protocol between daemon and monitor.
 pub mod protocol;
-pub mod seccomp;
-pub mod security;
 /// The planned container, which crosses the protocol: see [`protocol::spec`].
 pub use protocol::spec;
-pub mod status;
-pub mod sysctl;
-pub mod usage;
-pub mod user;
-pub mod userns;
 
-// Kernel and process code.
-pub mod monitor;
+// Shared by both processes.
+pub mod crilog;
+pub mod error;
+pub mod namespace;
+pub mod seccomp;
 pub mod sys;
+pub mod sysctl;
 
-// The daemon's side.
-mod client;
-mod container;
-mod launch;
-mod pod;
-mod runtime;
-mod store;
-mod stream;
+// The OCI bundle for handler runtimes (daemon side).
+pub mod oci;
+
+pub use daemon::{
+    cgroups, command, image, lsm, plan, podfiles, security, status, usage, user, userns,
+};
 
 pub use cgroups::{CgroupManager, NoCgroups};
-pub use container::MAX_EXEC_OUTPUT;
+pub use daemon::exec::MAX_EXEC_OUTPUT;
+pub use daemon::pod::{PodCreated, PodStopped};
+pub use daemon::runtime::{Census, FILES_LOST, ReconcileReport, Runtime, RuntimeOptions};
+pub use daemon::store::{ContainerPhase, ContainerRecord, ImageRecord, PodPhase, PodRecord};
+pub use daemon::stream::{AttachSession, ExecSession, StreamTarget};
 pub use error::{Class, Classify, Error, ErrorClass, Result};
 pub use image::{ImageConfig, ImageInfo};
-pub use pod::{PodCreated, PodStopped};
-pub use runtime::{Census, FILES_LOST, ReconcileReport, Runtime, RuntimeOptions};
-pub use store::{ContainerPhase, ContainerRecord, ImageRecord, PodPhase, PodRecord};
-pub use stream::{AttachSession, ExecSession, StreamTarget};
 pub use usage::{ContainerTarget, PodTarget};

@@ -1,9 +1,16 @@
-//! Thin wrappers over system calls that neither std nor nix cover (pidfds, openat2,
-//! mount_setattr, close_range, capabilities), and small file helpers.
+//! The system calls both processes make, in the shape their callers want (raw fds in,
+//! `io::Result` out), and small file helpers.
+//!
+//! Where `nix` has the call, the wrapper is a line over it with the same flags and errors
+//! (`pipe`, `setns`, `openat2`, `fs_magic`, `fstat`, `umount_quiet`, `with_umask`); none
+//! retries on `EINTR`, as none did before. The calls `nix` 0.30 lacks stay here on `libc`:
+//! `pidfd_open` and `pidfd_send_signal`, the new mount API (`open_tree`, `move_mount`,
+//! `mount_setattr`), `close_range`, `capset`, `getrandom`, and `clone3` with
+//! `CLONE_INTO_CGROUP` in [`fork_into_cgroup`].
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -31,11 +38,14 @@ pub fn now_ns() -> i64 {
 
 /// A close-on-exec pipe: (read end, write end).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two new fds into our array.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as libc::c_long)?;
-    // SAFETY: both fds are new and ours.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+}
+
+/// Borrows a raw fd the caller holds open for the duration of one call.
+fn borrow(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: every caller passes an fd it holds open across the one system call made with
+    // the borrow, which does not outlive that call (or `AT_FDCWD`, which nix accepts).
+    unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
 /// `pidfd_open(2)`: a handle on a process that cannot be confused with a reused PID.
@@ -63,16 +73,8 @@ pub fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
 
 /// `setns(2)` on any namespace fd or pidfd.
 pub fn setns(fd: RawFd, nstype: libc::c_int) -> io::Result<()> {
-    // SAFETY: plain syscall with integer arguments.
-    cvt(unsafe { libc::setns(fd, nstype) } as libc::c_long)?;
-    Ok(())
-}
-
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
+    let nstype = nix::sched::CloneFlags::from_bits_retain(nstype);
+    Ok(nix::sched::setns(borrow(fd), nstype)?)
 }
 
 /// `RESOLVE_IN_ROOT`: resolve as if `dirfd` were `/` (symlinks cannot escape it).
@@ -90,24 +92,12 @@ pub fn openat2(
     mode: u32,
     resolve: u64,
 ) -> io::Result<OwnedFd> {
-    let c = cpath(path)?;
-    let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC) as u64,
-        mode: mode as u64,
-        resolve,
-    };
-    // SAFETY: `c` and `how` outlive the call; the size matches the struct we pass.
-    let fd = cvt(unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dirfd,
-            c.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    })?;
-    // SAFETY: the kernel just gave us this fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    let how = OpenHow::new()
+        .flags(OFlag::from_bits_retain(flags | libc::O_CLOEXEC))
+        .mode(nix::sys::stat::Mode::from_bits_retain(mode))
+        .resolve(ResolveFlag::from_bits_retain(resolve));
+    Ok(nix::fcntl::openat2(borrow(dirfd), path, how)?)
 }
 
 #[repr(C)]
@@ -177,20 +167,12 @@ pub fn open_tree_clone_fd(fd: RawFd) -> io::Result<OwnedFd> {
 // f_type is a `long` in glibc and an `unsigned long` in musl; the magic constants are `long`.
 #[allow(clippy::unnecessary_cast)]
 pub fn fs_magic(fd: RawFd) -> io::Result<libc::c_long> {
-    // SAFETY: fstatfs writes into the zeroed struct we own.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` outlives the call.
-    cvt(unsafe { libc::fstatfs(fd, &mut st) } as libc::c_long)?;
-    Ok(st.f_type as libc::c_long)
+    Ok(nix::sys::statfs::fstatfs(borrow(fd))?.filesystem_type().0 as libc::c_long)
 }
 
 /// `fstat(2)` on an fd (an `O_PATH` one included).
 pub fn fstat(fd: RawFd) -> io::Result<libc::stat> {
-    // SAFETY: fstat writes into the zeroed struct we own.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` outlives the call.
-    cvt(unsafe { libc::fstat(fd, &mut st) } as libc::c_long)?;
-    Ok(st)
+    Ok(nix::sys::stat::fstat(borrow(fd))?)
 }
 
 /// Makes the detached mount tree `tree` (from [`open_tree_clone`]) idmapped with the user
@@ -339,12 +321,10 @@ pub fn host_pid() -> i32 {
 
 /// Unmounts `path` lazily; a path that is not a mount point (or is gone) is fine.
 pub fn umount_quiet(path: &Path) -> io::Result<()> {
-    let c = cpath(path)?;
-    // SAFETY: `c` outlives the call.
-    match cvt(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } as libc::c_long) {
-        Ok(_) => Ok(()),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => Ok(()),
-        Err(e) => Err(e),
+    use nix::errno::Errno;
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -419,11 +399,10 @@ pub fn umask_for(mode: u32) -> u32 {
 /// umask is the process's, not the thread's: call this only where no other thread creates
 /// files meanwhile (the daemon before it serves, the single-threaded monitor).
 pub fn with_umask<T>(umask: u32, f: impl FnOnce() -> T) -> T {
-    // SAFETY: umask only swaps an integer of the process.
-    let old = unsafe { libc::umask(umask as libc::mode_t) };
+    use nix::sys::stat::{Mode, umask as set_umask};
+    let old = set_umask(Mode::from_bits_truncate(umask as libc::mode_t));
     let out = f();
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
+    set_umask(old);
     out
 }
 

@@ -75,7 +75,7 @@ pub fn launch(args: &[String]) -> i32 {
     // that made the others is gone, and the child below is born into all of them.
     let userns = match cfg.as_ref().and_then(|c| c.userns.as_ref().map(|u| (c, u))) {
         Some((c, u)) => {
-            let flags = crate::launch::unshare_flags(&c.namespaces);
+            let flags = crate::namespace::unshare_flags(&c.namespaces);
             let made = userns::create_pod_namespaces(flags, u).and_then(|fd| {
                 if flags & libc::CLONE_NEWPID != 0
                     // SAFETY: unshare with a flag; single-threaded.

@@ -47,7 +47,7 @@ pub(super) fn setup(config_path: &Path, userns: Option<OwnedFd>) -> Result<Monit
     if let Some(h) = &cfg.hostname {
         nix::unistd::sethostname(h).map_err(|e| format!("set hostname {h:?}: {e}"))?;
     }
-    if cfg.namespaces.iter().any(|n| n == "net") {
+    if cfg.namespaces.contains(&crate::namespace::Namespace::Net) {
         loopback_up().map_err(|e| format!("bring up lo: {e}"))?;
     }
     for (k, v) in &cfg.sysctls {
@@ -57,7 +57,7 @@ pub(super) fn setup(config_path: &Path, userns: Option<OwnedFd>) -> Result<Monit
     let ns_dir = cfg.run_dir.join("ns");
     std::fs::create_dir_all(&ns_dir).map_err(|e| format!("create {}: {e}", ns_dir.display()))?;
     for ns in &cfg.namespaces {
-        let target = ns_dir.join(ns);
+        let target = ns_dir.join(ns.name());
         if !sys::is_mount_point(&target) {
             std::fs::write(&target, b"")
                 .map_err(|e| format!("create {}: {e}", target.display()))?;

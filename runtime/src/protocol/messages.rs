@@ -222,7 +222,7 @@ pub struct MonitorConfig {
     #[serde(default)]
     pub hostname: Option<String>,
     /// Namespaces the daemon unshared for the monitor, bind-mounted under `ns/`.
-    pub namespaces: Vec<String>,
+    pub namespaces: Vec<crate::namespace::Namespace>,
     /// Size in bytes of the pod's /dev/shm tmpfs; `None` when the pod uses the host's IPC.
     #[serde(default)]
     pub shm_size: Option<u64>,

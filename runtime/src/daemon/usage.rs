@@ -9,8 +9,9 @@ use std::sync::Arc;
 use k8s_cri::v1::{ContainerMetadata, PodSandboxMetadata};
 
 use crate::cgroups::{CgroupUsage, PodCgroup};
-use crate::runtime::{Runtime, lock};
-use crate::store::{ContainerPhase, PodPhase};
+use crate::daemon::runtime::{Runtime, lock};
+use crate::daemon::store::{ContainerPhase, PodPhase};
+use crate::namespace::Namespace;
 
 /// A running container, as stats see it.
 #[derive(Debug, Clone)]
@@ -75,7 +76,7 @@ impl Runtime {
                     labels: rec.config.labels.clone(),
                     annotations: rec.config.annotations.clone(),
                     cgroup: rec.cgroup.clone(),
-                    net_dev: (rec.namespaces.iter().any(|n| n == "net") && rec.monitor_pid > 0)
+                    net_dev: (rec.namespaces.contains(&Namespace::Net) && rec.monitor_pid > 0)
                         .then(|| PathBuf::from(format!("/proc/{}/net/dev", rec.monitor_pid))),
                     ready: rec.phase == PodPhase::Ready,
                 })

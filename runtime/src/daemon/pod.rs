@@ -10,11 +10,12 @@ use k8s_cri::v1::{
     RunPodSandboxRequest,
 };
 
+use crate::daemon::runtime::{PodEntry, Runtime, lock, pod_name_key};
+use crate::daemon::store::{ContainerPhase, PodPhase, PodRecord};
 use crate::error::{Error, Result};
+use crate::namespace::Namespace;
 use crate::podfiles;
 use crate::protocol::{MonitorConfig, PROTOCOL_VERSION, Request};
-use crate::runtime::{PodEntry, Runtime, lock, pod_name_key};
-use crate::store::{ContainerPhase, PodPhase, PodRecord};
 use crate::sys;
 
 /// A pod that now runs: the daemon sets up its network in `netns` next.
@@ -42,7 +43,10 @@ pub struct PodStopped {
 
 /// Which namespaces of its own a pod gets; `own_userns`: it has its own user namespace
 /// ([`pod_userns`]).
-pub(crate) fn pod_namespaces(config: &PodSandboxConfig, own_userns: bool) -> Result<Vec<String>> {
+pub(crate) fn pod_namespaces(
+    config: &PodSandboxConfig,
+    own_userns: bool,
+) -> Result<Vec<Namespace>> {
     let opts = config
         .linux
         .as_ref()
@@ -63,14 +67,14 @@ pub(crate) fn pod_namespaces(config: &PodSandboxConfig, own_userns: bool) -> Res
     }
     let mut ns = Vec::new();
     if !net {
-        ns.push("net".to_owned());
-        ns.push("uts".to_owned());
+        ns.push(Namespace::Net);
+        ns.push(Namespace::Uts);
     }
     if !ipc {
-        ns.push("ipc".to_owned());
+        ns.push(Namespace::Ipc);
     }
     if !pid {
-        ns.push("pid".to_owned());
+        ns.push(Namespace::Pid);
     }
     Ok(ns)
 }
@@ -112,8 +116,8 @@ fn pod_sysctls(config: &PodSandboxConfig) -> Vec<(String, String)> {
 
 /// Unmounts a pod's namespace bind mounts and shm (idempotent).
 pub(crate) fn release_pod_mounts(dir: &Path) {
-    for ns in ["net", "ipc", "uts", "pid", "user"] {
-        let _ = sys::umount_quiet(&dir.join("ns").join(ns));
+    for ns in Namespace::ALL {
+        let _ = sys::umount_quiet(&dir.join("ns").join(ns.name()));
     }
     let _ = sys::umount_quiet(&dir.join("shm"));
 }
@@ -192,8 +196,8 @@ impl Runtime {
         crate::sysctl::validate(
             &pod_sysctls(config),
             crate::sysctl::PodIsolation {
-                own_net: namespaces.iter().any(|n| n == "net"),
-                own_ipc: namespaces.iter().any(|n| n == "ipc"),
+                own_net: namespaces.contains(&Namespace::Net),
+                own_ipc: namespaces.contains(&Namespace::Ipc),
             },
         )?;
         let id = sys::random_id();
@@ -203,7 +207,7 @@ impl Runtime {
             .map_or("", |l| l.cgroup_parent.as_str());
         let cgroup = self.opts.cgroups.place_pod(&id, parent)?;
         self.reserve_name(pod_name_key(meta), &id, "pod sandbox")?;
-        let host_net = !namespaces.iter().any(|n| n == "net");
+        let host_net = !namespaces.contains(&Namespace::Net);
         let hostname = if host_net {
             nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
@@ -250,7 +254,7 @@ impl Runtime {
                     self.undo_pod(&entry).await;
                     return Err(e);
                 }
-                let netns = (!host_net).then(|| self.pod_dir(&id).join("ns").join("net"));
+                let netns = self.own_netns(&lock(&entry.rec));
                 Ok(PodCreated { id, netns })
             }
             Err(e) => {
@@ -264,13 +268,13 @@ impl Runtime {
         &self,
         pod: &PodEntry,
         config: &PodSandboxConfig,
-        namespaces: &[String],
+        namespaces: &[Namespace],
         userns: Option<crate::userns::UsernsSpec>,
         hostname: &str,
     ) -> Result<i32> {
         let dir = self.pod_dir(&pod.id);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
-        let host_net = !namespaces.iter().any(|n| n == "net");
+        let host_net = !namespaces.contains(&Namespace::Net);
         write(
             dir.join("hostname"),
             format!("{hostname}\n").as_bytes(),
@@ -289,7 +293,7 @@ impl Runtime {
         let pod_cgroup = lock(&pod.rec).cgroup.clone();
         let pod_resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
         let cgroup_procs = self.opts.cgroups.create_pod(&pod_cgroup, pod_resources)?;
-        let own_ipc = namespaces.iter().any(|n| n == "ipc");
+        let own_ipc = namespaces.contains(&Namespace::Ipc);
         let sysctls = pod_sysctls(config);
         let mcfg = MonitorConfig {
             version: PROTOCOL_VERSION,
@@ -310,12 +314,12 @@ impl Runtime {
         let exe = self.monitor_exe()?;
         // A user-namespaced pod's monitor creates its namespaces itself (see
         // `monitor::launch`).
-        let unshared: &[String] = if mcfg.userns.is_some() {
+        let unshared: &[Namespace] = if mcfg.userns.is_some() {
             &[]
         } else {
             namespaces
         };
-        let pid = crate::launch::spawn_monitor(
+        let pid = crate::daemon::launch::spawn_monitor(
             &self.opts.monitor_path,
             &exe,
             &cfg_path,
@@ -361,7 +365,7 @@ impl Runtime {
     /// Records the IPs the network gave a pod (none on the node's network), reported in its
     /// status, and confirms the pod: RunPodSandbox is done. Until then a restart undoes it.
     pub fn set_pod_network(&self, id: &str, ips: Vec<String>) -> Result<()> {
-        let pod = self.find_pod(id).ok_or_else(|| Error::pod_not_found(id))?;
+        let pod = self.pod_entry(id)?;
         let mut rec = lock(&pod.rec);
         rec.ips = ips;
         rec.confirmed = true;
@@ -409,11 +413,7 @@ impl Runtime {
         // Also makes the containers' exits recorded above durable.
         commit.await?;
         let rec = lock(&pod.rec);
-        let netns = rec
-            .namespaces
-            .iter()
-            .any(|n| n == "net")
-            .then(|| self.pod_dir(&pod.id).join("ns").join("net"));
+        let netns = self.own_netns(&rec);
         Ok(Some(PodStopped {
             id: pod.id.clone(),
             netns,
@@ -470,7 +470,7 @@ impl Runtime {
 
     /// `PodSandboxStatus`, with the pod's container statuses; `verbose` adds an `info` JSON.
     pub fn pod_sandbox_status(&self, id: &str, verbose: bool) -> Result<PodSandboxStatusResponse> {
-        let pod = self.find_pod(id).ok_or_else(|| Error::pod_not_found(id))?;
+        let pod = self.pod_entry(id)?;
         let status = self.pod_status_of(&pod);
         let containers_statuses = self
             .pod_containers(&pod.id)
@@ -486,8 +486,10 @@ impl Runtime {
                 .iter()
                 .map(|n| {
                     (
-                        n.clone(),
-                        serde_json::Value::String(dir.join("ns").join(n).display().to_string()),
+                        n.name().to_owned(),
+                        serde_json::Value::String(
+                            dir.join("ns").join(n.name()).display().to_string(),
+                        ),
                     )
                 })
                 .collect();
@@ -592,15 +594,20 @@ mod tests {
     fn namespaces_per_mode() {
         assert_eq!(
             pod_namespaces(&PodSandboxConfig::default(), false).unwrap(),
-            vec!["net", "uts", "ipc", "pid"]
+            vec![
+                Namespace::Net,
+                Namespace::Uts,
+                Namespace::Ipc,
+                Namespace::Pid
+            ]
         );
         assert_eq!(
             pod_namespaces(&cfg(2, 0, 1), false).unwrap(),
-            vec!["ipc", "pid"]
+            vec![Namespace::Ipc, Namespace::Pid]
         );
         assert_eq!(
             pod_namespaces(&cfg(0, 2, 2), false).unwrap(),
-            vec!["net", "uts"]
+            vec![Namespace::Net, Namespace::Uts]
         );
     }
 
@@ -629,7 +636,12 @@ mod tests {
         };
         assert_eq!(
             pod_namespaces(&with_userns(0, 0, 0), true).unwrap(),
-            vec!["net", "uts", "ipc", "pid"]
+            vec![
+                Namespace::Net,
+                Namespace::Uts,
+                Namespace::Ipc,
+                Namespace::Pid
+            ]
         );
         assert!(pod_userns(&with_userns(0, 0, 0)).unwrap().is_some());
         for (net, ipc, pid) in [(2, 0, 0), (0, 2, 0), (0, 0, 2)] {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use k8s_cri::v1::*;
 
-use crate::store::{ContainerPhase, ContainerRecord, PodPhase, PodRecord};
+use crate::daemon::store::{ContainerPhase, ContainerRecord, PodPhase, PodRecord};
 
 /// Whether `labels` has every key and value of kubelet's `selector`.
 pub fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {

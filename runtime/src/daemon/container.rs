@@ -1,8 +1,7 @@
 //! Container lifecycle: create (plan, then the monitor builds it), start, stop, remove,
-//! status, list, ExecSync and log reopening.
+//! status, list and log reopening.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,32 +10,25 @@ use std::time::Duration;
 
 use k8s_cri::v1::{
     Container, ContainerConfig, ContainerEventType, ContainerFilter, ContainerStatusResponse,
-    ExecSyncResponse, LinuxContainerResources, PodSandboxConfig,
+    LinuxContainerResources, PodSandboxConfig,
 };
-use tokio::io::AsyncReadExt;
 
 use crate::cgroups::devices::rule_for_node;
 use crate::cgroups::{ContainerLimits, DeviceRule};
+use crate::daemon::runtime::{ContainerEntry, Runtime, container_name_key, lock};
+use crate::daemon::store::{ContainerPhase, ContainerRecord, ImageRecord, PodPhase};
 use crate::error::{Classify, Error, ErrorClass, Result};
 use crate::image::{ImageInfo, parse_signal};
+use crate::namespace::Namespace;
 use crate::plan::{PlanInput, PodContext, missing_bind_sources, plan_container};
 use crate::protocol::{Request, Response};
-use crate::runtime::{ContainerEntry, Runtime, container_name_key, lock};
-use crate::store::{ContainerPhase, ContainerRecord, ImageRecord, PodPhase};
 use crate::sys;
-
-/// The most ExecSync output kept per stream; the rest is read and dropped.
-pub const MAX_EXEC_OUTPUT: usize = 16 << 20;
 
 /// How long to wait for a process to die after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(30);
 
 /// Mode of a container's writable layer, which is its `/` (containerd's snapshots have it).
 const UPPER_MODE: u32 = 0o755;
-
-pub(crate) fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    sys::pipe().map_err(|e| Error::Sys("pipe".into(), e))
-}
 
 fn is_set<T: Default + PartialEq>(v: &T) -> bool {
     *v != T::default()
@@ -115,9 +107,7 @@ impl Runtime {
         }
         crate::crilog::check_log_path(&config.log_path)
             .map_err(|e| Error::InvalidArgument(format!("container {:?}: {e}", meta.name)))?;
-        let pod = self
-            .find_pod(pod_id)
-            .ok_or_else(|| Error::pod_not_found(pod_id))?;
+        let pod = self.pod_entry(pod_id)?;
         let (pod_meta, pod_ctx) = {
             let rec = lock(&pod.rec);
             if rec.phase != PodPhase::Ready {
@@ -147,10 +137,10 @@ impl Runtime {
             let ctx = PodContext {
                 run_dir: self.pod_dir(&rec.id),
                 hostname: rec.hostname.clone(),
-                host_ipc: !rec.namespaces.iter().any(|n| n == "ipc"),
-                host_pid: !rec.namespaces.iter().any(|n| n == "pid"),
+                host_ipc: !rec.namespaces.contains(&Namespace::Ipc),
+                host_pid: !rec.namespaces.contains(&Namespace::Pid),
                 log_directory: rec.config.log_directory.clone(),
-                userns: crate::pod::pod_userns(&rec.config)?,
+                userns: crate::daemon::pod::pod_userns(&rec.config)?,
             };
             (rec.config.metadata.clone().unwrap_or_default(), ctx)
         };
@@ -219,19 +209,10 @@ impl Runtime {
             stop_signal: parse_signal(&image.config.stop_signal).unwrap_or(libc::SIGTERM),
             phase: ContainerPhase::Creating,
             created_at: sys::now_ns(),
-            started_at: 0,
-            finished_at: 0,
-            exit_code: 0,
-            reason: String::new(),
-            message: String::new(),
-            pid: 0,
             log_path: spec.log_path.clone().unwrap_or_default(),
-            cgroup: String::new(),
-            removing: false,
+            ..Default::default()
         };
-        let pod = self
-            .find_pod(pod_id)
-            .ok_or_else(|| Error::pod_not_found(pod_id))?;
+        let pod = self.pod_entry(pod_id)?;
         rec.cgroup = {
             let pod_cgroup = &lock(&pod.rec).cgroup;
             self.opts.cgroups.container_cgroup(pod_cgroup, id)
@@ -309,7 +290,7 @@ impl Runtime {
     /// What a container of a handler pod needs for its bundle; `None` in a default pod.
     fn bundle_input<'a>(
         &'a self,
-        pod: &crate::runtime::PodEntry,
+        pod: &crate::daemon::runtime::PodEntry,
         id: &str,
         config: &'a ContainerConfig,
         spec: &crate::spec::ContainerSpec,
@@ -358,7 +339,8 @@ impl Runtime {
                 .as_ref()
                 .and_then(|l| l.security_context.as_ref()),
             binding: crate::oci::PodBinding {
-                namespaces,
+                // The bundle's binding names them as the pod's `ns/` files do.
+                namespaces: namespaces.iter().map(|n| n.name().to_owned()).collect(),
                 ns_dir: self.pod_dir(&pod.id).join("ns"),
                 target_pid,
                 cgroups_path: cgroup.to_owned(),
@@ -372,9 +354,7 @@ impl Runtime {
 
     /// Starts a created container; it runs once this returns.
     pub async fn start_container(&self, id: &str) -> Result<()> {
-        let c = self
-            .find_container(id)
-            .ok_or_else(|| Error::container_not_found(id))?;
+        let c = self.container_entry(id)?;
         let _op = c.op.lock().await;
         let phase = lock(&c.rec).phase;
         if phase != ContainerPhase::Created {
@@ -388,9 +368,7 @@ impl Runtime {
                 c.id
             )));
         }
-        let pod = self
-            .find_pod(&c.pod_id)
-            .ok_or_else(|| Error::pod_not_found(&c.pod_id))?;
+        let pod = self.pod_entry(&c.pod_id)?;
         c.starting.store(true, Ordering::SeqCst);
         let answer = pod.client.call(&Request::Start { id: c.id.clone() }).await;
         // Whatever the answer, an exit recorded while it was awaited now tells of itself,
@@ -555,9 +533,7 @@ impl Runtime {
         id: &str,
         update: &LinuxContainerResources,
     ) -> Result<()> {
-        let c = self
-            .find_container(id)
-            .ok_or_else(|| Error::container_not_found(id))?;
+        let c = self.container_entry(id)?;
         let _op = c.op.lock().await;
         let (cgroup, mut config) = {
             let rec = lock(&c.rec);
@@ -582,9 +558,7 @@ impl Runtime {
 
     /// `ContainerStatus`; `verbose` adds an `info` JSON with the pid and the executed plan.
     pub fn container_status(&self, id: &str, verbose: bool) -> Result<ContainerStatusResponse> {
-        let c = self
-            .find_container(id)
-            .ok_or_else(|| Error::container_not_found(id))?;
+        let c = self.container_entry(id)?;
         let rec = lock(&c.rec);
         let mut info = HashMap::new();
         if verbose {
@@ -624,131 +598,10 @@ impl Runtime {
 
     /// Reopens a running container's log file (kubelet rotated it).
     pub async fn reopen_container_log(&self, id: &str) -> Result<()> {
-        let c = self
-            .find_container(id)
-            .ok_or_else(|| Error::container_not_found(id))?;
-        if lock(&c.rec).phase != ContainerPhase::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} is not running",
-                c.id
-            )));
-        }
-        let pod = self
-            .find_pod(&c.pod_id)
-            .ok_or_else(|| Error::pod_not_found(&c.pod_id))?;
+        let (c, ()) = self.running_container(id, |_| ())?;
+        let pod = self.pod_entry(&c.pod_id)?;
         pod.client
             .call_ok(&Request::ReopenLog { id: c.id.clone() })
             .await
     }
-
-    /// Runs `cmd` in a running container with its ids, environment and working directory;
-    /// returns its output (each stream cut at 16 MiB) and exit code. A zero `timeout` is no
-    /// limit; past it the process is killed and the error is DeadlineExceeded.
-    pub async fn exec_sync(
-        &self,
-        id: &str,
-        cmd: &[String],
-        timeout: Duration,
-    ) -> Result<ExecSyncResponse> {
-        if cmd.is_empty() {
-            return Err(Error::InvalidArgument("exec command is empty".into()));
-        }
-        let c = self
-            .find_container(id)
-            .ok_or_else(|| Error::container_not_found(id))?;
-        let (process, cgroups) = {
-            let rec = lock(&c.rec);
-            if rec.phase != ContainerPhase::Running {
-                return Err(Error::FailedPrecondition(format!(
-                    "container {} is not running",
-                    c.id
-                )));
-            }
-            let mut p = rec.spec.process.clone();
-            p.args = cmd.to_vec();
-            (p, rec.spec.cgroup_procs.clone())
-        };
-        let pod = self
-            .find_pod(&c.pod_id)
-            .ok_or_else(|| Error::pod_not_found(&c.pod_id))?;
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        let req = Request::Exec {
-            id: c.id.clone(),
-            process: Box::new(process),
-            cgroup_procs: cgroups,
-            timeout_ms: timeout.as_millis() as u64,
-            stdin: false,
-            tty: false,
-        };
-        let call_timeout = if timeout.is_zero() {
-            Duration::from_secs(365 * 86400)
-        } else {
-            timeout + Duration::from_secs(30)
-        };
-        let client = pod.client.clone();
-        let mut call = Box::pin(async move {
-            use std::os::fd::AsRawFd;
-            let fds = [out_w.as_raw_fd(), err_w.as_raw_fd()];
-            let r = client.call_with(&req, &fds, call_timeout).await;
-            drop((out_w, err_w));
-            r
-        });
-        let mut out_rx = tokio::net::unix::pipe::Receiver::from_owned_fd(out_r)
-            .map_err(|e| Error::Sys("pipe".into(), e))?;
-        let mut err_rx = tokio::net::unix::pipe::Receiver::from_owned_fd(err_r)
-            .map_err(|e| Error::Sys("pipe".into(), e))?;
-        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let (mut obuf, mut ebuf) = (vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]);
-        let (mut out_done, mut err_done) = (false, false);
-        let mut answer: Option<Result<Response>> = None;
-        // Output may be held open by a background child; once the exec has exited, wait for
-        // the pipes only briefly.
-        let grace = tokio::time::sleep(Duration::from_secs(365 * 86400));
-        tokio::pin!(grace);
-        loop {
-            if answer.is_some() && out_done && err_done {
-                break;
-            }
-            tokio::select! {
-                r = &mut call, if answer.is_none() => {
-                    grace.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
-                    answer = Some(r);
-                }
-                n = out_rx.read(&mut obuf), if !out_done => match n {
-                    Ok(0) | Err(_) => out_done = true,
-                    Ok(n) => keep(&mut stdout, &obuf[..n]),
-                },
-                n = err_rx.read(&mut ebuf), if !err_done => match n {
-                    Ok(0) | Err(_) => err_done = true,
-                    Ok(n) => keep(&mut stderr, &ebuf[..n]),
-                },
-                _ = &mut grace, if answer.is_some() => break,
-            }
-        }
-        match answer {
-            Some(Ok(Response::ExecExited {
-                timed_out: true, ..
-            })) => Err(Error::DeadlineExceeded(format!(
-                "command {cmd:?} in container {} timed out after {}s",
-                c.id,
-                timeout.as_secs()
-            ))),
-            Some(Ok(Response::ExecExited { exit, .. })) => Ok(ExecSyncResponse {
-                stdout,
-                stderr,
-                exit_code: exit.exit_code,
-            }),
-            Some(Ok(other)) => Err(Error::Internal(format!(
-                "unexpected answer to exec: {other:?}"
-            ))),
-            Some(Err(e)) => Err(e),
-            None => Err(Error::Internal("exec ended without an answer".into())),
-        }
-    }
-}
-
-fn keep(buf: &mut Vec<u8>, data: &[u8]) {
-    let room = MAX_EXEC_OUTPUT.saturating_sub(buf.len());
-    buf.extend_from_slice(&data[..data.len().min(room)]);
 }

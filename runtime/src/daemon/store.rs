@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+use crate::namespace::Namespace;
 use crate::spec::ContainerSpec;
 
 const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("runtime_pods");
@@ -41,7 +42,7 @@ pub struct PodRecord {
     /// Host PID of the monitor.
     pub monitor_pid: i32,
     /// Namespaces the pod owns (`net`, `ipc`, `uts`, `pid`), bind-mounted under `ns/`.
-    pub namespaces: Vec<String>,
+    pub namespaces: Vec<Namespace>,
     /// Pod IPs the network set up.
     #[serde(default)]
     pub ips: Vec<String>,
@@ -63,10 +64,11 @@ fn confirmed_default() -> bool {
 }
 
 /// Where a container is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ContainerPhase {
     /// Recorded, not created in the monitor yet: undone at reconcile.
+    #[default]
     Creating,
     /// Created, waiting for start.
     Created,
@@ -87,8 +89,9 @@ pub struct ImageRecord {
     pub image_ref: String,
 }
 
-/// A container's durable record.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A container's durable record (the default: one being created, nothing of its life
+/// known yet).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ContainerRecord {
     /// Container id.
     pub id: String,
@@ -292,7 +295,7 @@ mod tests {
             created_at: 1,
             phase,
             monitor_pid: 7,
-            namespaces: vec!["net".into()],
+            namespaces: vec![Namespace::Net],
             ips: vec![],
             hostname: "h".into(),
             confirmed: true,
@@ -304,21 +307,11 @@ mod tests {
         ContainerRecord {
             id: id.into(),
             pod_id: "p".into(),
-            config: Default::default(),
-            image: Default::default(),
-            spec: Default::default(),
             stop_signal: 15,
             phase,
             created_at: 1,
-            started_at: 0,
-            finished_at: 0,
-            exit_code: 0,
-            reason: String::new(),
-            message: String::new(),
-            pid: 0,
-            log_path: PathBuf::new(),
-            cgroup: String::new(),
             removing,
+            ..Default::default()
         }
     }
 
@@ -336,6 +329,27 @@ mod tests {
         s2.delete_pod("p1").wait().unwrap();
         s2.delete_pod("p1").wait().unwrap();
         assert!(s2.pods().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_pod_record_written_before_namespaces_were_typed_still_reads() {
+        let mut old = serde_json::to_value(pod("p1", PodPhase::Ready)).unwrap();
+        old["namespaces"] = serde_json::json!(["net", "uts", "ipc", "pid"]);
+        let rec: PodRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(
+            rec.namespaces,
+            [
+                Namespace::Net,
+                Namespace::Uts,
+                Namespace::Ipc,
+                Namespace::Pid
+            ]
+        );
+        let again = serde_json::to_value(&rec).unwrap();
+        assert_eq!(
+            again["namespaces"],
+            serde_json::json!(["net", "uts", "ipc", "pid"])
+        );
     }
 
     /// What one record goes through, step by step: a container's life to its removal.

@@ -10,11 +10,16 @@ use k8s_cri::v1::{ContainerEventResponse, ContainerEventType};
 use tokio::sync::{broadcast, watch};
 
 use crate::cgroups::{CgroupManager, NoCgroups};
-use crate::client::MonitorClient;
+use crate::daemon::client::MonitorClient;
+use crate::daemon::store::{ContainerPhase, ContainerRecord, PodPhase, PodRecord, Store};
 use crate::error::{Error, Result};
+use crate::namespace::Namespace;
 use crate::protocol::{ExitStatus, Request, Response};
-use crate::store::{ContainerPhase, ContainerRecord, PodPhase, PodRecord, Store};
 use crate::sys;
+
+mod reconcile;
+
+pub use reconcile::{FILES_LOST, ReconcileReport};
 
 /// How many events a slow subscriber may lag before it loses the oldest.
 const EVENT_BUFFER: usize = 1024;
@@ -54,28 +59,6 @@ impl RuntimeOptions {
         }
     }
 }
-
-/// What reconciliation found and did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ReconcileReport {
-    /// Pods whose monitor answered and was adopted.
-    pub adopted: usize,
-    /// Pods whose monitor was gone: marked NOTREADY.
-    pub lost: usize,
-    /// Half-created pods and containers undone.
-    pub undone: usize,
-    /// Directories and mounts no record owned, removed.
-    pub orphans_removed: usize,
-    /// Removals whose intent was recorded and that a crash cut short: finished.
-    pub removals_finished: usize,
-    /// Containers whose files are gone though no removal was recorded: reported to kubelet
-    /// as exited with reason [`FILES_LOST`], never dropped.
-    pub files_lost: usize,
-}
-
-/// The reason of a container whose files were found gone at start without a recorded
-/// removal (a crash lost what its creation wrote, or something outside deleted them).
-pub const FILES_LOST: &str = "FilesLost";
 
 /// How many pods and containers are in each state, as the List RPCs would show them, and
 /// how many pod monitors run: what a metrics scrape reports, counted without building
@@ -295,7 +278,7 @@ impl Runtime {
         if let Some(exe) = self.monitor_exe.get() {
             return Ok(exe.clone());
         }
-        let copy = crate::launch::sealed_copy(&self.opts.monitor_path).map_err(|e| {
+        let copy = crate::daemon::launch::sealed_copy(&self.opts.monitor_path).map_err(|e| {
             Error::MonitorStart {
                 path: self.opts.monitor_path.clone(),
                 message: format!("cannot make a sealed copy to run from: {e}"),
@@ -319,6 +302,13 @@ impl Runtime {
 
     pub(crate) fn pod_dir(&self, id: &str) -> PathBuf {
         self.opts.state.join("pods").join(id)
+    }
+
+    /// The file of a pod's own network namespace, `None` when the pod uses the node's.
+    pub(crate) fn own_netns(&self, rec: &PodRecord) -> Option<PathBuf> {
+        rec.namespaces
+            .contains(&Namespace::Net)
+            .then(|| self.pod_dir(&rec.id).join("ns").join(Namespace::Net.name()))
     }
 
     pub(crate) fn container_state_dir(&self, id: &str) -> PathBuf {
@@ -351,6 +341,37 @@ impl Runtime {
     /// The container with this id or unique id prefix.
     pub(crate) fn find_container(&self, id: &str) -> Option<Arc<ContainerEntry>> {
         Self::find(&lock(&self.index).containers, id)
+    }
+
+    /// The pod `id`: `NotFound` for an unknown one.
+    pub(crate) fn pod_entry(&self, id: &str) -> Result<Arc<PodEntry>> {
+        self.find_pod(id).ok_or_else(|| Error::pod_not_found(id))
+    }
+
+    /// The container `id`: `NotFound` for an unknown one.
+    pub(crate) fn container_entry(&self, id: &str) -> Result<Arc<ContainerEntry>> {
+        self.find_container(id)
+            .ok_or_else(|| Error::container_not_found(id))
+    }
+
+    /// The running container `id` and what `read` takes from its record under the same
+    /// lock: `NotFound` for an unknown container, `FailedPrecondition` for one not running.
+    pub(crate) fn running_container<T>(
+        &self,
+        id: &str,
+        read: impl FnOnce(&ContainerRecord) -> T,
+    ) -> Result<(Arc<ContainerEntry>, T)> {
+        let c = self.container_entry(id)?;
+        let rec = lock(&c.rec);
+        if rec.phase != ContainerPhase::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                c.id
+            )));
+        }
+        let out = read(&rec);
+        drop(rec);
+        Ok((c, out))
     }
 
     pub(crate) fn pod_containers(&self, pod_id: &str) -> Vec<Arc<ContainerEntry>> {
@@ -542,35 +563,6 @@ impl Runtime {
         self.emit(ContainerEventType::ContainerStoppedEvent, &pod.id, &pod.id);
     }
 
-    /// Brings records in line with what a monitor reports (after a daemon restart).
-    pub(crate) async fn sync_with_monitor(&self, pod: &PodEntry) -> Result<()> {
-        let Response::State { containers } = pod.client.call(&Request::State).await? else {
-            return Err(Error::Internal("unexpected answer to state".into()));
-        };
-        for c in self.pod_containers(&pod.id) {
-            let phase = lock(&c.rec).phase;
-            if !matches!(phase, ContainerPhase::Created | ContainerPhase::Running) {
-                continue;
-            }
-            match containers.iter().find(|s| s.id == c.id) {
-                Some(s) => {
-                    if s.started_at > 0 && phase == ContainerPhase::Created {
-                        let mut rec = lock(&c.rec);
-                        rec.phase = ContainerPhase::Running;
-                        rec.started_at = s.started_at;
-                        // Reconcile flushes before it returns.
-                        drop(self.store.put_container(&rec));
-                    }
-                    if let Some(exit) = s.exit {
-                        self.apply_exit(&c, exit);
-                    }
-                }
-                None => self.mark_unknown_exit(&c),
-            }
-        }
-        Ok(())
-    }
-
     /// Subscribes to a pod's monitor and follows its events in a task until it exits.
     pub(crate) async fn watch_pod(&self, pod: &Arc<PodEntry>) -> Result<()> {
         let mut sub = pod.client.subscribe().await?;
@@ -590,201 +582,6 @@ impl Runtime {
             }
         });
         Ok(())
-    }
-
-    /// Re-adopts running pods after a start: checks each monitor, follows its events and
-    /// updates container states that changed meanwhile; undoes half-done creations; removes
-    /// directories and mounts that no record owns.
-    pub async fn reconcile(&self) -> Result<ReconcileReport> {
-        let mut report = ReconcileReport::default();
-        if self.lsm.apparmor {
-            // Before any container can ask for it (they wait for this reconciliation).
-            match tokio::task::spawn_blocking(crate::lsm::load_default_profile).await {
-                Ok(Ok(())) => tracing::debug!(
-                    profile = crate::lsm::DEFAULT_APPARMOR_PROFILE,
-                    "apparmor profile loaded"
-                ),
-                Ok(Err(e)) => tracing::warn!(
-                    profile = crate::lsm::DEFAULT_APPARMOR_PROFILE,
-                    error = %e,
-                    "cannot load the default apparmor profile: containers that need it fail"
-                ),
-                Err(e) => tracing::warn!(error = %e, "loading the apparmor profile"),
-            }
-        }
-        std::fs::create_dir_all(&self.opts.state)
-            .map_err(|e| Error::io("create", &self.opts.state, e))?;
-        let boot_file = self.opts.state.join("boot_id");
-        sys::write_atomic(&boot_file, read_boot_id().as_bytes())
-            .map_err(|e| Error::io("write", &boot_file, e))?;
-        let pods: Vec<Arc<PodEntry>> = lock(&self.index).pods.values().cloned().collect();
-        for pod in pods {
-            let phase = lock(&pod.rec).phase;
-            match phase {
-                PodPhase::Creating => {
-                    self.undo_pod(&pod).await;
-                    report.undone += 1;
-                }
-                PodPhase::Ready if !lock(&pod.rec).confirmed => {
-                    // The daemon died between the monitor's start and the network's.
-                    tracing::info!(pod = %pod.id, "undoing a pod whose RunPodSandbox was cut short");
-                    self.undo_pod(&pod).await;
-                    report.undone += 1;
-                }
-                PodPhase::Ready => {
-                    let alive = !self.rebooted
-                        && matches!(
-                            pod.client.call(&Request::Hello { version: crate::protocol::PROTOCOL_VERSION }).await,
-                            Ok(Response::Hello { pod_id, .. }) if pod_id == pod.id
-                        );
-                    if alive && self.watch_pod(&pod).await.is_ok() {
-                        if let Err(e) = self.sync_with_monitor(&pod).await {
-                            tracing::warn!(pod = %pod.id, error = %e.full_message(), "cannot read monitor state");
-                        }
-                        report.adopted += 1;
-                    } else {
-                        self.on_monitor_gone(&pod);
-                        report.lost += 1;
-                    }
-                }
-                PodPhase::NotReady => {}
-            }
-        }
-        // Removals that RemoveContainer answered (their intent is durable) and a crash cut
-        // short: the files go first, then the record.
-        let removals = std::mem::take(&mut *lock(&self.removals));
-        for rec in removals {
-            self.release_container_state(&rec.id, &rec.cgroup, rec.spec.oci.as_ref());
-            for dir in self.container_dirs(&rec.id) {
-                for d in [aside(&dir), dir] {
-                    let _ = std::fs::remove_dir_all(d);
-                }
-            }
-            drop(self.store.delete_container(&rec.id));
-            report.removals_finished += 1;
-        }
-        let containers: Vec<Arc<ContainerEntry>> =
-            lock(&self.index).containers.values().cloned().collect();
-        for c in containers {
-            let (phase, orphan) = (lock(&c.rec).phase, self.find_pod(&c.pod_id).is_none());
-            if phase == ContainerPhase::Creating || orphan {
-                // The monitor may hold it already (the daemon stopped between the monitor's
-                // answer and the record): a never-started container is dropped there too.
-                if let Some(pod) = self.find_pod(&c.pod_id) {
-                    let _ = pod
-                        .client
-                        .call_ok(&Request::Remove { id: c.id.clone() })
-                        .await;
-                }
-                self.forget_container(&c);
-                report.undone += 1;
-            } else if !self.container_root_dir(&c.id).exists() {
-                self.report_files_lost(&c);
-                report.files_lost += 1;
-            }
-        }
-        report.orphans_removed = self.remove_orphans() + self.prune_cgroups();
-        // What reconciliation wrote is durable before any call is answered.
-        self.store.flush().await?;
-        Ok(report)
-    }
-
-    /// A container whose files are gone though its removal was never recorded: not a
-    /// removal to finish (nothing says one began) but a fault. It stays, exited with reason
-    /// [`FILES_LOST`], so that kubelet sees it and removes it; the log and the census tell.
-    fn report_files_lost(&self, c: &ContainerEntry) {
-        let dir = self.container_root_dir(&c.id);
-        {
-            let mut rec = lock(&c.rec);
-            tracing::error!(
-                container = %c.id,
-                pod = %c.pod_id,
-                dir = %dir.display(),
-                phase = ?rec.phase,
-                "container files lost: its record has no removal intent; reported exited"
-            );
-            if rec.phase != ContainerPhase::Exited {
-                rec.phase = ContainerPhase::Exited;
-                rec.exit_code = 255;
-                if rec.finished_at == 0 {
-                    rec.finished_at = sys::now_ns();
-                }
-            }
-            rec.reason = FILES_LOST.into();
-            rec.message = format!(
-                "the container's files under {} are gone but its removal was never recorded",
-                dir.display()
-            );
-            drop(self.store.put_container(&rec));
-        }
-        c.exited.send_replace(true);
-    }
-
-    fn prune_cgroups(&self) -> usize {
-        let pods: Vec<_> = lock(&self.index).pods.values().cloned().collect();
-        let known: Vec<_> = pods
-            .iter()
-            .map(|p| {
-                let cgroup = lock(&p.rec).cgroup.clone();
-                let keep = self
-                    .pod_containers(&p.id)
-                    .iter()
-                    .map(|c| lock(&c.rec).cgroup.clone())
-                    .collect();
-                (cgroup, keep)
-            })
-            .collect();
-        self.opts.cgroups.prune(&known)
-    }
-
-    fn remove_orphans(&self) -> usize {
-        let (pods, containers): (Vec<String>, Vec<String>) = {
-            let idx = lock(&self.index);
-            (
-                idx.pods.keys().cloned().collect(),
-                idx.containers.keys().cloned().collect(),
-            )
-        };
-        let mut n = 0;
-        let list = |d: &Path| -> Vec<String> {
-            std::fs::read_dir(d)
-                .map(|r| {
-                    r.filter_map(|e| e.ok())
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        for id in list(&self.opts.state.join("pods")) {
-            if !pods.contains(&id) {
-                crate::pod::release_pod_mounts(&self.pod_dir(&id));
-                let _ = std::fs::remove_dir_all(self.pod_dir(&id));
-                n += 1;
-            }
-        }
-        for id in list(&self.opts.state.join("containers")) {
-            if !containers.contains(&id) {
-                let _ = std::fs::remove_dir_all(self.container_state_dir(&id));
-                n += 1;
-            }
-        }
-        for id in list(&self.opts.root.join("containers")) {
-            if !containers.contains(&id) {
-                let _ = std::fs::remove_dir_all(self.container_root_dir(&id));
-                n += 1;
-            }
-        }
-        // RuntimeClass handlers' state of containers no record owns.
-        let runtimes = self.opts.state.join("runtimes");
-        for handler in list(&runtimes) {
-            for id in list(&runtimes.join(&handler)) {
-                if !containers.contains(&id) {
-                    let _ = std::fs::remove_dir_all(runtimes.join(&handler).join(&id));
-                    n += 1;
-                }
-            }
-        }
-        n
     }
 
     /// The container's writable layer and run directory.
@@ -938,39 +735,4 @@ impl ContainerEntry {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn census_counts_what_the_lists_show() {
-        let c = Census::count(
-            [
-                (PodPhase::Ready, true),
-                (PodPhase::Ready, true),
-                // RunPodSandbox under way: its monitor runs, the pod is not listed yet.
-                (PodPhase::Ready, false),
-                (PodPhase::Creating, false),
-                (PodPhase::NotReady, true),
-            ],
-            [
-                ContainerPhase::Creating,
-                ContainerPhase::Created,
-                ContainerPhase::Running,
-                ContainerPhase::Running,
-                ContainerPhase::Exited,
-            ],
-        );
-        assert_eq!(
-            c,
-            Census {
-                pods_ready: 2,
-                pods_not_ready: 1,
-                containers_created: 1,
-                containers_running: 2,
-                containers_exited: 1,
-                monitors: 3,
-                containers_files_lost: 0,
-            }
-        );
-    }
-}
+mod tests;

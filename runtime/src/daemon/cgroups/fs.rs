@@ -561,6 +561,7 @@ fn remove_tree(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cgroups::create_in_fake_tree;
 
     /// A fake host: a v2 root holding cpu memory pids cpuset hugetlb.
     fn fake_v2() -> (tempfile::TempDir, CgroupFs) {
@@ -652,17 +653,7 @@ mod tests {
             cpuset_cpus: "0".into(),
             ..Default::default()
         };
-        let c = fs.container_cgroup(&pod, "c1");
-        fs.create_container(
-            &c,
-            &ContainerLimits {
-                resources: Some(&r),
-                // A device filter cannot be attached to a fake tree (e2e covers it).
-                all_devices: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let (c, _) = create_in_fake_tree(&fs, &pod, "c1", &r);
         assert_eq!(read("berth/p1/c1/memory.max"), "1048576");
         assert_eq!(read("berth/p1/c1/cpuset.cpus"), "0");
         // cpuset is delegated only once a limit needs it.

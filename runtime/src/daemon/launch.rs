@@ -15,23 +15,11 @@ use tokio::io::AsyncReadExt;
 
 use crate::error::{Error, Result};
 use crate::monitor::READY_FD;
+use crate::namespace::{Namespace, unshare_flags};
 use crate::sys::cvt;
 
 /// How long a monitor may take to report ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The clone flags for the namespaces a pod owns.
-pub(crate) fn unshare_flags(namespaces: &[String]) -> libc::c_int {
-    namespaces.iter().fold(0, |f, ns| {
-        f | match ns.as_str() {
-            "net" => libc::CLONE_NEWNET,
-            "ipc" => libc::CLONE_NEWIPC,
-            "uts" => libc::CLONE_NEWUTS,
-            "pid" => libc::CLONE_NEWPID,
-            _ => 0,
-        }
-    })
-}
 
 /// A sealed copy of `binary` in memory (memfd): no write, grow, shrink or new seal is
 /// possible, so neither the copy nor the file behind it can be changed through it. Its fd
@@ -72,7 +60,7 @@ pub(crate) async fn spawn_monitor(
     binary: &Path,
     exe: &OwnedFd,
     config: &Path,
-    namespaces: &[String],
+    namespaces: &[Namespace],
     log: &Path,
 ) -> Result<i32> {
     let fail = |message: String| Error::MonitorStart {
@@ -184,15 +172,5 @@ mod tests {
             std::fs::read(&path).unwrap(),
             std::fs::read("/bin/true").unwrap()
         );
-    }
-
-    #[test]
-    fn flags() {
-        let ns = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            unshare_flags(&ns(&["net", "uts"])),
-            libc::CLONE_NEWNET | libc::CLONE_NEWUTS
-        );
-        assert_eq!(unshare_flags(&ns(&[])), 0);
     }
 }

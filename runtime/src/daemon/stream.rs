@@ -9,12 +9,12 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
-use crate::client::OpenCall;
-use crate::container::pipe;
+use crate::daemon::client::OpenCall;
+use crate::daemon::exec::{ExecTarget, pipe};
+use crate::daemon::runtime::{Runtime, lock};
+use crate::daemon::store::PodPhase;
 use crate::error::{Error, Result};
 use crate::protocol::{ExitStatus, Request, Response};
-use crate::runtime::{Runtime, lock};
-use crate::store::{ContainerPhase, PodPhase};
 
 /// What a streaming request needs to know about a running container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,21 +67,14 @@ pub struct AttachSession {
 impl Runtime {
     /// The container `id` if it exists and runs: `NotFound` or `FailedPrecondition` if not.
     pub fn stream_target(&self, id: &str) -> Result<StreamTarget> {
-        let c = self
-            .find_container(id)
-            .ok_or_else(|| Error::container_not_found(id))?;
-        let rec = lock(&c.rec);
-        if rec.phase != ContainerPhase::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} is not running",
-                c.id
-            )));
-        }
+        let (c, (stdin, stdin_once, tty)) = self.running_container(id, |rec| {
+            (rec.spec.stdin, rec.spec.stdin_once, rec.spec.tty)
+        })?;
         Ok(StreamTarget {
             pod_id: c.pod_id.clone(),
-            stdin: rec.spec.stdin,
-            stdin_once: rec.spec.stdin_once,
-            tty: rec.spec.tty,
+            stdin,
+            stdin_once,
+            tty,
         })
     }
 
@@ -95,39 +88,9 @@ impl Runtime {
         tty: bool,
         stdin: bool,
     ) -> Result<ExecSession> {
-        if cmd.is_empty() {
-            return Err(Error::InvalidArgument("exec command is empty".into()));
-        }
-        let c = self
-            .find_container(id)
-            .ok_or_else(|| Error::container_not_found(id))?;
-        let (process, cgroups) = {
-            let rec = lock(&c.rec);
-            if rec.phase != ContainerPhase::Running {
-                return Err(Error::FailedPrecondition(format!(
-                    "container {} is not running",
-                    c.id
-                )));
-            }
-            let mut p = rec.spec.process.clone();
-            p.args = cmd.to_vec();
-            if tty && !p.env.iter().any(|e| e.starts_with("TERM=")) {
-                // As containerd does for a terminal exec.
-                p.env.push("TERM=xterm".into());
-            }
-            (p, rec.spec.cgroup_procs.clone())
-        };
-        let pod = self
-            .find_pod(&c.pod_id)
-            .ok_or_else(|| Error::pod_not_found(&c.pod_id))?;
-        let req = Request::Exec {
-            id: c.id.clone(),
-            process: Box::new(process),
-            cgroup_procs: cgroups,
-            timeout_ms: 0,
-            stdin: stdin && !tty,
-            tty,
-        };
+        let ExecTarget {
+            pod, request: req, ..
+        } = self.exec_target(id, cmd, tty, stdin, 0)?;
         if tty {
             let mut call = pod.client.open_call(&req, &[]).await?;
             let (resp, mut fds) = call.next().await?;
@@ -180,9 +143,7 @@ impl Runtime {
     /// container has one.
     pub async fn attach(&self, id: &str, stdin: bool) -> Result<AttachSession> {
         let target = self.stream_target(id)?;
-        let pod = self
-            .find_pod(&target.pod_id)
-            .ok_or_else(|| Error::pod_not_found(&target.pod_id))?;
+        let pod = self.pod_entry(&target.pod_id)?;
         let mut call = pod
             .client
             .open_call(
@@ -215,9 +176,7 @@ impl Runtime {
     /// Closes the container's stdin for good (`stdin_once` after the first attach).
     pub async fn close_stdin(&self, id: &str) -> Result<()> {
         let target = self.stream_target(id)?;
-        let pod = self
-            .find_pod(&target.pod_id)
-            .ok_or_else(|| Error::pod_not_found(&target.pod_id))?;
+        let pod = self.pod_entry(&target.pod_id)?;
         pod.client
             .call_ok(&Request::CloseStdin { id: id.to_string() })
             .await
@@ -226,9 +185,7 @@ impl Runtime {
     /// The pod's network namespace file, or `None` when it uses the node's network:
     /// `NotFound` for an unknown pod, `FailedPrecondition` for one that is not ready.
     pub fn pod_netns(&self, pod_id: &str) -> Result<Option<PathBuf>> {
-        let pod = self
-            .find_pod(pod_id)
-            .ok_or_else(|| Error::pod_not_found(pod_id))?;
+        let pod = self.pod_entry(pod_id)?;
         let rec = lock(&pod.rec);
         if rec.phase != PodPhase::Ready {
             return Err(Error::FailedPrecondition(format!(
@@ -236,10 +193,6 @@ impl Runtime {
                 pod.id
             )));
         }
-        Ok(rec
-            .namespaces
-            .iter()
-            .any(|n| n == "net")
-            .then(|| self.pod_dir(&pod.id).join("ns").join("net")))
+        Ok(self.own_netns(&rec))
     }
 }

@@ -168,3 +168,23 @@ impl CgroupManager for NoCgroups {
         CgroupUsage::default()
     }
 }
+
+/// Creates container `container_id`'s cgroup of `pod` in a fake cgroup tree with
+/// `resources`; returns its cgroup and the files its processes join. A device filter cannot
+/// be attached to a fake tree (the end-to-end tests cover it), so all devices are allowed.
+#[cfg(test)]
+pub(crate) fn create_in_fake_tree(
+    m: &dyn CgroupManager,
+    pod: &PodCgroup,
+    container_id: &str,
+    resources: &LinuxContainerResources,
+) -> (String, Vec<PathBuf>) {
+    let c = m.container_cgroup(pod, container_id);
+    let limits = ContainerLimits {
+        resources: Some(resources),
+        all_devices: true,
+        ..Default::default()
+    };
+    let procs = m.create_container(&c, &limits).unwrap();
+    (c, procs)
+}
