@@ -7,8 +7,12 @@ use serde_json::json;
 use super::*;
 use crate::image::ImageInfo;
 use crate::plan::{PlanInput, PodContext, plan_container};
+use crate::seccomp::Profile;
+use crate::security::CAPABILITY_NAMES;
 use crate::security::{CapabilitySets, SecuritySettings};
-use crate::spec::{MountOptions, ProcessSpec, RootfsSpec};
+use crate::spec::{
+    MountKind, MountOptions, MountSpec, PidNamespace, ProcessSpec, Propagation, RootfsSpec,
+};
 use crate::user::ResolvedUser;
 
 fn plain_spec() -> ContainerSpec {
