@@ -1,25 +1,137 @@
 //! `config.json`: the OCI runtime spec of a planned container in its pod, built from the
 //! same [`ContainerSpec`] Berth's own executor runs and the [`PodBinding`] that says how the
-//! container joins its pod.
+//! container joins its pod, in `oci_spec::runtime`'s types.
+//!
+//! oci-spec's builders start from its `Default`s, which describe a runc-style shell container
+//! (a hostname, rlimits, default mounts, namespaces and masked paths). Every field Berth does
+//! not decide is cleared, so the document says only what the plan says
+//! (`testdata/` holds what it said when it was written with `json!`, and the tests hold it
+//! to that).
+//!
+//! Two things follow from the types: capability lists are sets, written in no particular
+//! order; and a name oci-spec has no value for (a seccomp architecture such as
+//! `SCMP_ARCH_LOONGARCH64`, an unknown operator or device type) is refused as an invalid
+//! argument instead of being handed to the runtime to refuse.
 
-use serde_json::{Value, json};
+use std::path::PathBuf;
+
+use oci_spec::OciSpecError;
+use oci_spec::runtime::{
+    Arch, Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpu, LinuxDevice,
+    LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources,
+    LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder,
+    LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder, Mount,
+    MountBuilder, Process, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+use serde::Deserialize;
+use serde::de::IntoDeserializer;
 
 use super::PodBinding;
 use crate::error::{Error, Result};
-use crate::seccomp::Profile;
+use crate::seccomp::{Profile, SyscallRule};
 use crate::security::CAPABILITY_NAMES;
 use crate::spec::{ContainerSpec, MountKind, MountSpec, PidNamespace, Propagation};
 
 /// The OCI runtime spec version the generated `config.json` declares.
 pub const OCI_VERSION: &str = "1.0.2";
 
-fn caps_list(mask: u64) -> Vec<String> {
+/// The namespaces a pod holds that its containers join by path, in the order `config.json`
+/// lists them: the name Berth records the namespace under (and its file in the pod's `ns/`
+/// dir), and its OCI type.
+const POD_NAMESPACES: [(&str, LinuxNamespaceType); 3] = [
+    ("net", LinuxNamespaceType::Network),
+    ("ipc", LinuxNamespaceType::Ipc),
+    ("uts", LinuxNamespaceType::Uts),
+];
+
+/// The OCI runtime spec of a planned container in its pod: the same process, ids,
+/// capabilities, mounts, devices, masked paths and seccomp profile Berth's own executor
+/// would apply, in the pod's namespaces and the cgroup Berth placed it in.
+pub fn runtime_spec(spec: &ContainerSpec, pod: &PodBinding) -> Result<Spec> {
+    let root = RootBuilder::default()
+        .path(&spec.rootfs.mount_point)
+        .readonly(spec.rootfs.readonly)
+        .build()
+        .map_err(unbuildable)?;
+    let mounts = spec.mounts.iter().map(mount).collect::<Result<Vec<_>>>()?;
+    let mut doc = SpecBuilder::default()
+        .version(OCI_VERSION)
+        .process(process(spec)?)
+        .root(root)
+        .mounts(mounts)
+        .linux(linux(spec, pod)?)
+        .build()
+        .map_err(unbuildable)?;
+    doc.set_hostname(None).set_annotations(None);
+    Ok(doc)
+}
+
+/// The container's process: command, environment, ids, capabilities and the settings of its
+/// security context.
+fn process(spec: &ContainerSpec) -> Result<Process> {
+    let p = &spec.process;
+    let sec = &p.security;
+    let caps = &sec.capabilities;
+    let user = UserBuilder::default()
+        .uid(p.user.uid)
+        .gid(p.user.gid)
+        .additional_gids(p.user.additional_gids.clone())
+        .build()
+        .map_err(unbuildable)?;
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(capability_set(caps.bounding)?)
+        .effective(capability_set(caps.effective)?)
+        .permitted(capability_set(caps.permitted)?)
+        .inheritable(capability_set(caps.inheritable)?)
+        .ambient(capability_set(caps.ambient)?)
+        .build()
+        .map_err(unbuildable)?;
+    let mut process = ProcessBuilder::default()
+        .terminal(spec.tty)
+        .user(user)
+        .args(p.args.clone())
+        .env(p.env.clone())
+        .cwd(&p.cwd)
+        .capabilities(capabilities)
+        .no_new_privileges(sec.no_new_privs)
+        .build()
+        .map_err(unbuildable)?;
+    process
+        .set_rlimits(None)
+        .set_oom_score_adj(p.oom_score_adj)
+        .set_apparmor_profile(sec.apparmor_profile.clone());
+    Ok(process)
+}
+
+/// The capabilities of a mask of capability numbers.
+fn capability_set(mask: u64) -> Result<Capabilities> {
     CAPABILITY_NAMES
         .iter()
         .enumerate()
         .filter(|(i, _)| mask & (1u64 << i) != 0)
-        .map(|(_, n)| format!("CAP_{n}"))
+        .map(|(_, name)| named::<Capability>("capability", &format!("CAP_{name}")))
         .collect()
+}
+
+/// The namespaces, cgroup, limits, devices, masked paths and seccomp profile.
+fn linux(spec: &ContainerSpec, pod: &PodBinding) -> Result<oci_spec::runtime::Linux> {
+    let sec = &spec.process.security;
+    let devices = pod.devices.iter().map(device).collect::<Result<Vec<_>>>()?;
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces(spec, pod)?)
+        .resources(resources(pod, sec.privileged)?)
+        .devices(devices)
+        .rootfs_propagation(propagation_option(spec.root_propagation))
+        .build()
+        .map_err(unbuildable)?;
+    let confined = !sec.privileged;
+    linux
+        .set_cgroups_path((!pod.cgroups_path.is_empty()).then(|| PathBuf::from(&pod.cgroups_path)))
+        .set_masked_paths(confined.then(|| sec.masked_paths.clone()))
+        .set_readonly_paths(confined.then(|| sec.readonly_paths.clone()))
+        .set_seccomp(pod.seccomp.clone());
+    Ok(linux)
 }
 
 fn propagation_option(p: Propagation) -> &'static str {
@@ -31,7 +143,7 @@ fn propagation_option(p: Propagation) -> &'static str {
 }
 
 /// One planned mount in OCI form.
-pub fn mount_json(m: &MountSpec) -> Value {
+pub fn mount(m: &MountSpec) -> Result<Mount> {
     let mut options: Vec<String> = Vec::new();
     let (kind, source) = match &m.kind {
         MountKind::Bind {
@@ -42,7 +154,7 @@ pub fn mount_json(m: &MountSpec) -> Value {
             if let Some(p) = propagation {
                 options.push(propagation_option(*p).into());
             }
-            ("bind".to_string(), source.display().to_string())
+            ("bind", source.clone())
         }
         MountKind::Fs {
             fstype,
@@ -54,12 +166,12 @@ pub fn mount_json(m: &MountSpec) -> Value {
                     .filter(|s| !s.is_empty())
                     .map(str::to_string),
             );
-            (fstype.clone(), source.clone())
+            (fstype.as_str(), PathBuf::from(source))
         }
         MountKind::Overlay { lower_dirs } => {
             let lower: Vec<String> = lower_dirs.iter().map(|d| d.display().to_string()).collect();
             options.push(format!("lowerdir={}", lower.join(":")));
-            ("overlay".to_string(), "overlay".to_string())
+            ("overlay", PathBuf::from("overlay"))
         }
     };
     let o = &m.options;
@@ -74,199 +186,200 @@ pub fn mount_json(m: &MountSpec) -> Value {
             options.push(name.into());
         }
     }
-    json!({
-        "destination": m.destination,
-        "type": kind,
-        "source": source,
-        "options": options,
-    })
+    MountBuilder::default()
+        .destination(&m.destination)
+        .typ(kind)
+        .source(source)
+        .options(options)
+        .build()
+        .map_err(unbuildable)
 }
 
-fn namespaces_json(spec: &ContainerSpec, pod: &PodBinding) -> Result<Vec<Value>> {
-    let mut out = vec![json!({"type": "mount"})];
-    // The runtime runs in the monitor's PID namespace (the pod's, or the host's for a
-    // hostPID pod), with its /proc: staying there is sharing the pod's.
+/// A new mount namespace; a new PID namespace, the target container's, or none (the
+/// runtime runs in the monitor's: the pod's, or the host's for a hostPID pod, with its
+/// /proc); and the pod's namespaces, joined by path.
+fn namespaces(spec: &ContainerSpec, pod: &PodBinding) -> Result<Vec<LinuxNamespace>> {
+    let mut out = vec![namespace(LinuxNamespaceType::Mount, None)?];
     match &spec.pid_ns {
-        PidNamespace::Container => out.push(json!({"type": "pid"})),
+        PidNamespace::Container => out.push(namespace(LinuxNamespaceType::Pid, None)?),
         PidNamespace::Pod | PidNamespace::Node => {}
         PidNamespace::Target { container_id } => {
             let pid = pod.target_pid.ok_or_else(|| {
                 Error::FailedPrecondition(format!("target container {container_id} is not running"))
             })?;
-            out.push(json!({"type": "pid", "path": format!("/proc/{pid}/ns/pid")}));
+            let path = PathBuf::from(format!("/proc/{pid}/ns/pid"));
+            out.push(namespace(LinuxNamespaceType::Pid, Some(path))?);
         }
     }
-    for (ours, oci) in [("net", "network"), ("ipc", "ipc"), ("uts", "uts")] {
-        if pod.namespaces.iter().any(|n| n == ours) {
-            out.push(json!({"type": oci, "path": pod.ns_dir.join(ours)}));
+    for (name, typ) in POD_NAMESPACES {
+        if pod.namespaces.iter().any(|n| n == name) {
+            out.push(namespace(typ, Some(pod.ns_dir.join(name)))?);
         }
     }
     Ok(out)
 }
 
-fn resources_json(pod: &PodBinding, privileged: bool) -> Value {
-    let mut devices = vec![json!({"allow": privileged, "access": "rwm"})];
-    if !privileged {
-        for r in &pod.device_rules {
-            let mut d = json!({"allow": true, "type": r.kind.to_string(), "access": r.access});
-            if let Some(major) = r.major {
-                d["major"] = json!(major);
-            }
-            if let Some(minor) = r.minor {
-                d["minor"] = json!(minor);
-            }
-            devices.push(d);
-        }
-    }
-    let mut res = json!({ "devices": devices });
-    if let Some(r) = &pod.resources {
-        let mut cpu = serde_json::Map::new();
-        if r.cpu_shares > 0 {
-            cpu.insert("shares".into(), json!(r.cpu_shares));
-        }
-        if r.cpu_quota != 0 {
-            cpu.insert("quota".into(), json!(r.cpu_quota));
-        }
-        if r.cpu_period > 0 {
-            cpu.insert("period".into(), json!(r.cpu_period));
-        }
-        if !r.cpuset_cpus.is_empty() {
-            cpu.insert("cpus".into(), json!(r.cpuset_cpus));
-        }
-        if !r.cpuset_mems.is_empty() {
-            cpu.insert("mems".into(), json!(r.cpuset_mems));
-        }
-        if !cpu.is_empty() {
-            res["cpu"] = Value::Object(cpu);
-        }
-        if r.memory_limit_in_bytes > 0 {
-            res["memory"] = json!({"limit": r.memory_limit_in_bytes});
-        }
-    }
-    res
+fn namespace(typ: LinuxNamespaceType, path: Option<PathBuf>) -> Result<LinuxNamespace> {
+    let mut ns = LinuxNamespaceBuilder::default()
+        .typ(typ)
+        .build()
+        .map_err(unbuildable)?;
+    ns.set_path(path);
+    Ok(ns)
 }
 
-/// The OCI runtime spec of a planned container in its pod: the same process, ids,
-/// capabilities, mounts, devices, masked paths and seccomp profile Berth's own executor
-/// would apply, in the pod's namespaces and the cgroup Berth placed it in.
-pub fn runtime_spec(spec: &ContainerSpec, pod: &PodBinding) -> Result<Value> {
-    let p = &spec.process;
-    let sec = &p.security;
-    let caps = &sec.capabilities;
-    let mut process = json!({
-        "terminal": spec.tty,
-        "user": {
-            "uid": p.user.uid,
-            "gid": p.user.gid,
-            "additionalGids": p.user.additional_gids,
-        },
-        "args": p.args,
-        "env": p.env,
-        "cwd": p.cwd,
-        "capabilities": {
-            "bounding": caps_list(caps.bounding),
-            "effective": caps_list(caps.effective),
-            "permitted": caps_list(caps.permitted),
-            "inheritable": caps_list(caps.inheritable),
-            "ambient": caps_list(caps.ambient),
-        },
-        "noNewPrivileges": sec.no_new_privs,
-    });
-    if let Some(v) = p.oom_score_adj {
-        process["oomScoreAdj"] = json!(v);
+/// The device rules and the CPU and memory limits Berth's cgroup manager applied.
+fn resources(pod: &PodBinding, privileged: bool) -> Result<LinuxResources> {
+    let mut devices = vec![
+        LinuxDeviceCgroupBuilder::default()
+            .allow(privileged)
+            .access("rwm")
+            .build()
+            .map_err(unbuildable)?,
+    ];
+    if !privileged {
+        for r in &pod.device_rules {
+            devices.push(device_rule(r)?);
+        }
     }
-    if let Some(profile) = &sec.apparmor_profile {
-        process["apparmorProfile"] = json!(profile);
+    let mut res = LinuxResourcesBuilder::default()
+        .devices(devices)
+        .build()
+        .map_err(unbuildable)?;
+    let Some(r) = &pod.resources else {
+        return Ok(res);
+    };
+    let mut cpu = LinuxCpu::default();
+    cpu.set_shares(u64::try_from(r.cpu_shares).ok().filter(|s| *s > 0))
+        .set_quota((r.cpu_quota != 0).then_some(r.cpu_quota))
+        .set_period(u64::try_from(r.cpu_period).ok().filter(|p| *p > 0))
+        .set_cpus(non_empty(&r.cpuset_cpus))
+        .set_mems(non_empty(&r.cpuset_mems));
+    if cpu != Default::default() {
+        res.set_cpu(Some(cpu));
     }
-    let devices: Vec<Value> = pod
-        .devices
-        .iter()
-        .map(|d| {
-            json!({
-                "path": d.path,
-                "type": d.kind.to_string(),
-                "major": d.major,
-                "minor": d.minor,
-                "fileMode": d.file_mode,
-                "uid": 0,
-                "gid": 0,
-            })
-        })
-        .collect();
-    let mut linux = json!({
-        "namespaces": namespaces_json(spec, pod)?,
-        "resources": resources_json(pod, sec.privileged),
-        "devices": devices,
-        "rootfsPropagation": propagation_option(spec.root_propagation),
-    });
-    if !pod.cgroups_path.is_empty() {
-        linux["cgroupsPath"] = json!(pod.cgroups_path);
+    if r.memory_limit_in_bytes > 0 {
+        let memory = LinuxMemoryBuilder::default()
+            .limit(r.memory_limit_in_bytes)
+            .build()
+            .map_err(unbuildable)?;
+        res.set_memory(Some(memory));
     }
-    if !sec.privileged {
-        linux["maskedPaths"] = json!(sec.masked_paths);
-        linux["readonlyPaths"] = json!(sec.readonly_paths);
-    }
-    if let Some(s) = &pod.seccomp {
-        linux["seccomp"] = s.clone();
-    }
-    Ok(json!({
-        "ociVersion": OCI_VERSION,
-        "process": process,
-        "root": {
-            "path": spec.rootfs.mount_point,
-            "readonly": spec.rootfs.readonly,
-        },
-        "mounts": spec.mounts.iter().map(mount_json).collect::<Vec<_>>(),
-        "linux": linux,
-    }))
+    Ok(res)
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+/// A device cgroup rule beyond the defaults.
+fn device_rule(r: &crate::cgroups::DeviceRule) -> Result<LinuxDeviceCgroup> {
+    let mut rule = LinuxDeviceCgroupBuilder::default()
+        .allow(true)
+        .typ(device_type(r.kind)?)
+        .access(&r.access)
+        .build()
+        .map_err(unbuildable)?;
+    rule.set_major(r.major.map(device_number).transpose()?)
+        .set_minor(r.minor.map(device_number).transpose()?);
+    Ok(rule)
+}
+
+/// A device node of the container, owned by root.
+fn device(d: &super::DeviceNode) -> Result<LinuxDevice> {
+    LinuxDeviceBuilder::default()
+        .path(&d.path)
+        .typ(device_type(d.kind)?)
+        .major(device_number(d.major)?)
+        .minor(device_number(d.minor)?)
+        .file_mode(d.file_mode)
+        .uid(0u32)
+        .gid(0u32)
+        .build()
+        .map_err(unbuildable)
+}
+
+fn device_type(kind: char) -> Result<LinuxDeviceType> {
+    named("device type", kind.encode_utf8(&mut [0; 4]))
+}
+
+fn device_number(n: u64) -> Result<i64> {
+    i64::try_from(n).map_err(|_| Error::InvalidArgument(format!("device number {n} is too large")))
 }
 
 /// A seccomp profile (ours, or a Localhost one as read) in the OCI runtime spec's form.
-pub fn seccomp_json(profile: &Profile) -> Value {
-    let mut archs: Vec<String> = profile.architectures.clone();
+/// Docker's `archMap` becomes the list of architectures, its single `name` joins `names`,
+/// and rules that name no system call are left out.
+pub fn seccomp(profile: &Profile) -> Result<LinuxSeccomp> {
+    let mut archs: Vec<&str> = profile.architectures.iter().map(String::as_str).collect();
     for a in &profile.arch_map {
-        archs.push(a.architecture.clone());
-        archs.extend(a.sub_architectures.iter().cloned());
+        archs.push(&a.architecture);
+        archs.extend(a.sub_architectures.iter().map(String::as_str));
     }
     archs.dedup();
-    let syscalls: Vec<Value> = profile
+    let architectures = archs
+        .into_iter()
+        .map(|a| named::<Arch>("seccomp architecture", a))
+        .collect::<Result<Vec<_>>>()?;
+    let syscalls = profile
         .syscalls
         .iter()
-        .map(|r| {
-            let mut names = r.names.clone();
-            names.extend(r.name.iter().cloned());
-            let mut s = json!({"names": names, "action": r.action});
-            if let Some(e) = r.errno_ret {
-                s["errnoRet"] = json!(e);
-            }
-            if !r.args.is_empty() {
-                s["args"] = r
-                    .args
-                    .iter()
-                    .map(|a| {
-                        json!({
-                            "index": a.index,
-                            "value": a.value,
-                            "valueTwo": a.value_two,
-                            "op": a.op,
-                        })
-                    })
-                    .collect();
-            }
-            s
+        .filter(|r| !r.names.is_empty() || r.name.is_some())
+        .map(syscall_rule)
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = LinuxSeccompBuilder::default()
+        .default_action(named::<LinuxSeccompAction>(
+            "seccomp action",
+            &profile.default_action,
+        )?)
+        .architectures(architectures)
+        .syscalls(syscalls)
+        .build()
+        .map_err(unbuildable)?;
+    let flags = (profile.flags.iter())
+        .map(|f| named("seccomp flag", f))
+        .collect::<Result<Vec<_>>>()?;
+    out.set_default_errno_ret(profile.default_errno_ret)
+        .set_flags((!flags.is_empty()).then_some(flags));
+    Ok(out)
+}
+
+fn syscall_rule(r: &SyscallRule) -> Result<LinuxSyscall> {
+    let mut names = r.names.clone();
+    names.extend(r.name.iter().cloned());
+    let args = (r.args.iter())
+        .map(|a| {
+            LinuxSeccompArgBuilder::default()
+                .index(a.index as usize)
+                .value(a.value)
+                .value_two(a.value_two)
+                .op(named::<LinuxSeccompOperator>("seccomp operator", &a.op)?)
+                .build()
+                .map_err(unbuildable)
         })
-        .filter(|s| s["names"].as_array().is_some_and(|n| !n.is_empty()))
-        .collect();
-    let mut out = json!({
-        "defaultAction": profile.default_action,
-        "architectures": archs,
-        "syscalls": syscalls,
-    });
-    if let Some(e) = profile.default_errno_ret {
-        out["defaultErrnoRet"] = json!(e);
-    }
-    if !profile.flags.is_empty() {
-        out["flags"] = json!(profile.flags);
-    }
-    out
+        .collect::<Result<Vec<_>>>()?;
+    let mut rule = LinuxSyscallBuilder::default()
+        .names(names)
+        .action(named::<LinuxSeccompAction>("seccomp action", &r.action)?)
+        .build()
+        .map_err(unbuildable)?;
+    rule.set_errno_ret(r.errno_ret)
+        .set_args((!args.is_empty()).then_some(args));
+    Ok(rule)
+}
+
+/// The value of one of oci-spec's closed sets (`CAP_*`, `SCMP_*`, device types) named as
+/// `config.json` spells it: parsed with the same serde names it is written with, so the
+/// document carries the name as given.
+fn named<T: for<'de> Deserialize<'de>>(what: &str, name: &str) -> Result<T> {
+    T::deserialize(name.into_deserializer()).map_err(|_: serde::de::value::Error| {
+        Error::InvalidArgument(format!(
+            "{what} {name:?} is not one the OCI runtime spec names"
+        ))
+    })
+}
+
+/// A builder found a field it needs unset: a mistake in this module, not in the request.
+fn unbuildable(e: OciSpecError) -> Error {
+    Error::Internal(format!("build config.json: {e}"))
 }

@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 
 use k8s_cri::v1::LinuxContainerResources;
-use serde_json::Value;
+use oci_spec::runtime::{LinuxSeccomp, Spec};
 
 use crate::cgroups::DeviceRule;
 use crate::error::{Error, Result};
@@ -24,7 +24,7 @@ use crate::spec::{ContainerSpec, OciRuntimeSpec};
 
 mod config;
 
-pub use config::{OCI_VERSION, mount_json, runtime_spec, seccomp_json};
+pub use config::{OCI_VERSION, mount, runtime_spec, seccomp};
 
 /// A configured RuntimeClass handler.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +71,7 @@ pub struct PodBinding {
     /// The container's device nodes.
     pub devices: Vec<DeviceNode>,
     /// The seccomp profile in OCI form, if any.
-    pub seccomp: Option<Value>,
+    pub seccomp: Option<LinuxSeccomp>,
 }
 
 /// The `NSpid:` list of a process (its pid in each PID namespace, outermost first), from
@@ -144,7 +144,7 @@ pub fn write_bundle(
     state: &Path,
     handler: &Handler,
     bundle: &Path,
-    config: &Value,
+    config: &Spec,
 ) -> Result<OciRuntimeSpec> {
     let root = runtime_root(state, &handler.name);
     for d in [bundle, root.as_path()] {
@@ -201,7 +201,8 @@ pub fn prepare(spec: &ContainerSpec, input: BundleInput<'_>) -> Result<OciRuntim
         let caps = spec.process.security.capabilities.bounding;
         binding.seccomp =
             crate::security::seccomp_profile(input.security.unwrap_or(&default), caps)?
-                .map(|(p, _)| seccomp_json(&p));
+                .map(|(p, _)| seccomp(&p))
+                .transpose()?;
     }
     let config = runtime_spec(spec, &binding)?;
     write_bundle(

@@ -63,9 +63,22 @@ fn binding() -> PodBinding {
     }
 }
 
+/// The `config.json` of a plan in a pod, as the JSON it is written as.
+fn config_value(spec: &ContainerSpec, pod: &PodBinding) -> serde_json::Value {
+    sorted_capabilities(serde_json::to_value(runtime_spec(spec, pod).unwrap()).unwrap())
+}
+
+fn mount_value(m: &MountSpec) -> serde_json::Value {
+    serde_json::to_value(mount(m).unwrap()).unwrap()
+}
+
+fn seccomp_value(p: &Profile) -> serde_json::Value {
+    serde_json::to_value(seccomp(p).unwrap()).unwrap()
+}
+
 #[test]
 fn process_root_and_ids_follow_the_plan() {
-    let s = runtime_spec(&plain_spec(), &binding()).unwrap();
+    let s = config_value(&plain_spec(), &binding());
     assert_eq!(s["ociVersion"], OCI_VERSION);
     let p = &s["process"];
     assert_eq!(p["args"], json!(["sh", "-c", "true"]));
@@ -81,7 +94,7 @@ fn process_root_and_ids_follow_the_plan() {
     assert!(p.get("apparmorProfile").is_none(), "unconfined: no profile");
     let mut confined = plain_spec();
     confined.process.security.apparmor_profile = Some("berth-default".into());
-    let c = runtime_spec(&confined, &binding()).unwrap();
+    let c = config_value(&confined, &binding());
     assert_eq!(c["process"]["apparmorProfile"], "berth-default");
     assert_eq!(
         p["capabilities"]["bounding"],
@@ -99,7 +112,7 @@ fn process_root_and_ids_follow_the_plan() {
 
 #[test]
 fn the_pod_namespaces_are_joined_by_path_and_mount_and_pid_are_new() {
-    let s = runtime_spec(&plain_spec(), &binding()).unwrap();
+    let s = config_value(&plain_spec(), &binding());
     assert_eq!(
         s["linux"]["namespaces"],
         json!([
@@ -118,21 +131,20 @@ fn the_pod_namespaces_are_joined_by_path_and_mount_and_pid_are_new() {
         namespaces: vec![],
         ..binding()
     };
-    let s = runtime_spec(&spec, &host).unwrap();
+    let s = config_value(&spec, &host);
     assert_eq!(s["linux"]["namespaces"], json!([{"type": "mount"}]));
 
     // Another container's PID namespace, by its pid.
     spec.pid_ns = PidNamespace::Target {
         container_id: "c0".into(),
     };
-    let s = runtime_spec(
+    let s = config_value(
         &spec,
         &PodBinding {
             target_pid: Some(4242),
             ..host.clone()
         },
-    )
-    .unwrap();
+    );
     assert_eq!(
         s["linux"]["namespaces"][1],
         json!({"type": "pid", "path": "/proc/4242/ns/pid"})
@@ -142,7 +154,7 @@ fn the_pod_namespaces_are_joined_by_path_and_mount_and_pid_are_new() {
 
     // The pod's: the runtime already runs in it.
     spec.pid_ns = PidNamespace::Pod;
-    let s = runtime_spec(&spec, &binding()).unwrap();
+    let s = config_value(&spec, &binding());
     assert_eq!(s["linux"]["namespaces"][1]["type"], "network");
 }
 
@@ -172,7 +184,7 @@ fn mounts_keep_their_kind_flags_and_propagation() {
         },
     };
     assert_eq!(
-        mount_json(&bind),
+        mount_value(&bind),
         json!({"destination": "/data", "type": "bind", "source": "/srv/data",
                "options": ["rbind", "rshared", "ro", "rro"]})
     );
@@ -189,7 +201,7 @@ fn mounts_keep_their_kind_flags_and_propagation() {
         },
     };
     assert_eq!(
-        mount_json(&tmpfs),
+        mount_value(&tmpfs),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
                "options": ["mode=755", "size=65536k", "nosuid"]})
     );
@@ -204,7 +216,7 @@ fn mounts_keep_their_kind_flags_and_propagation() {
         },
     };
     assert_eq!(
-        mount_json(&image),
+        mount_value(&image),
         json!({"destination": "/img", "type": "overlay", "source": "overlay",
                "options": ["lowerdir=/a:/b", "ro"]})
     );
@@ -236,7 +248,7 @@ fn resources_and_devices_repeat_what_the_cgroup_got() {
         }],
         ..binding()
     };
-    let s = runtime_spec(&plain_spec(), &b).unwrap();
+    let s = config_value(&plain_spec(), &b);
     let r = &s["linux"]["resources"];
     assert_eq!(
         r["cpu"],
@@ -259,7 +271,7 @@ fn resources_and_devices_repeat_what_the_cgroup_got() {
     // Privileged: every device, no masked paths.
     let mut spec = plain_spec();
     spec.process.security.privileged = true;
-    let s = runtime_spec(&spec, &b).unwrap();
+    let s = config_value(&spec, &b);
     assert_eq!(
         s["linux"]["resources"]["devices"],
         json!([{"allow": true, "access": "rwm"}])
@@ -283,7 +295,7 @@ fn seccomp_profiles_take_the_oci_form() {
     }))
     .unwrap();
     assert_eq!(
-        seccomp_json(&profile),
+        seccomp_value(&profile),
         json!({
             "defaultAction": "SCMP_ACT_ERRNO",
             "defaultErrnoRet": 1,
@@ -297,7 +309,7 @@ fn seccomp_profiles_take_the_oci_form() {
         })
     );
     // Ours: the runtime default profile converts, keeping its default action.
-    let ours = seccomp_json(&crate::seccomp::runtime_default(0));
+    let ours = seccomp_value(&crate::seccomp::runtime_default(0));
     assert_eq!(ours["defaultAction"], "SCMP_ACT_ERRNO");
     assert!(
         ours["syscalls"][0]["names"]
@@ -306,45 +318,20 @@ fn seccomp_profiles_take_the_oci_form() {
     );
 }
 
-/// A container planned from a CRI config, as the daemon plans it, converts into a
-/// runtime spec that oci-spec's schema types accept.
+/// A container planned from a CRI config, as the daemon plans it, gets a bundle whose
+/// `config.json` reads back as the spec it was written from.
 #[test]
-fn a_planned_container_is_a_valid_oci_runtime_spec() {
-    let image = ImageInfo {
-        lower_dirs: vec![PathBuf::from("/layers/1")],
-        ..Default::default()
-    };
-    let pod = PodContext {
-        run_dir: "/run/berth/pods/p1".into(),
-        hostname: "h".into(),
-        log_directory: "/logs".into(),
-        ..Default::default()
-    };
-    let config = ContainerConfig {
-        command: vec!["sleep".into(), "1".into()],
-        log_path: "c.log".into(),
-        ..Default::default()
-    };
-    let mut spec = plan_container(&PlanInput {
-        id: "c1",
-        config: &config,
-        pod: &pod,
-        image: &image,
-        mount_images: &HashMap::new(),
-        container_dir: "/var/lib/berth/containers/c1".into(),
-        passwd: &[],
-        groups: &[],
-        all_caps: crate::security::own_bounding_set(),
-        oom_score_adj_floor: -1000,
-        cgroup_procs: vec![],
-    })
-    .unwrap();
-    spec.process.security.seccomp = None;
+fn a_planned_container_s_config_json_reads_back_as_its_spec() {
+    let dir = tempfile::tempdir().unwrap();
     let mut b = binding();
-    b.seccomp = Some(seccomp_json(&crate::seccomp::runtime_default(0)));
-    let value = runtime_spec(&spec, &b).unwrap();
-    let parsed: oci_spec::runtime::Spec = serde_json::from_value(value.clone())
-        .unwrap_or_else(|e| panic!("not an OCI runtime spec: {e}\n{value:#}"));
+    b.seccomp = Some(seccomp(&crate::seccomp::runtime_default(0)).unwrap());
+    let spec = runtime_spec(&planned_spec(), &b).unwrap();
+    let bundle = dir.path().join("bundle");
+    write_bundle(dir.path(), &runc(), &bundle, &spec).unwrap();
+    let text = std::fs::read_to_string(bundle.join("config.json")).unwrap();
+    let parsed: oci_spec::runtime::Spec = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("not an OCI runtime spec: {e}\n{text}"));
+    assert_eq!(parsed, spec);
     let linux = parsed.linux().as_ref().unwrap();
     assert_eq!(
         linux.cgroups_path().as_deref(),
@@ -361,22 +348,20 @@ fn a_planned_container_is_a_valid_oci_runtime_spec() {
     );
 }
 
-#[test]
-fn the_bundle_holds_config_json_and_names_the_runtime_root() {
-    let dir = tempfile::tempdir().unwrap();
-    let handler = Handler {
+fn runc() -> Handler {
+    Handler {
         name: "runc".into(),
         path: "/usr/sbin/runc".into(),
         args: vec!["--debug".into()],
-    };
+    }
+}
+
+#[test]
+fn the_bundle_holds_config_json_and_names_the_runtime_root() {
+    let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("containers/c1/bundle");
-    let rt = write_bundle(
-        dir.path(),
-        &handler,
-        &bundle,
-        &json!({"ociVersion": "1.0.2"}),
-    )
-    .unwrap();
+    let config = runtime_spec(&plain_spec(), &binding()).unwrap();
+    let rt = write_bundle(dir.path(), &runc(), &bundle, &config).unwrap();
     assert_eq!(rt.root, dir.path().join("runtimes/runc"));
     assert!(rt.root.is_dir());
     assert_eq!(rt.bundle, bundle);
@@ -568,7 +553,7 @@ fn recorded_cases() -> Vec<(&'static str, ContainerSpec, PodBinding, &'static st
                 file_mode: 0o444,
             },
         ],
-        seccomp: Some(seccomp_json(&localhost_profile())),
+        seccomp: Some(seccomp(&localhost_profile()).unwrap()),
         ..binding()
     };
 
@@ -609,7 +594,7 @@ fn recorded_cases() -> Vec<(&'static str, ContainerSpec, PodBinding, &'static st
     };
 
     let planned = PodBinding {
-        seccomp: Some(seccomp_json(&crate::seccomp::runtime_default(0))),
+        seccomp: Some(seccomp(&crate::seccomp::runtime_default(0)).unwrap()),
         ..binding()
     };
     vec![
@@ -661,7 +646,7 @@ fn sorted_capabilities(mut spec: serde_json::Value) -> serde_json::Value {
 #[test]
 fn config_json_says_what_the_recorded_bundles_say() {
     for (name, spec, binding, recorded) in recorded_cases() {
-        let got = serde_json::to_value(runtime_spec(&spec, &binding).unwrap()).unwrap();
+        let got = config_value(&spec, &binding);
         let want: serde_json::Value = serde_json::from_str(recorded).unwrap();
         assert_eq!(
             sorted_capabilities(got),
@@ -669,4 +654,39 @@ fn config_json_says_what_the_recorded_bundles_say() {
             "{name}"
         );
     }
+}
+
+/// A name oci-spec has no value for cannot be written into `config.json`: the request is
+/// refused with the name, before any runtime runs.
+#[test]
+fn names_the_oci_runtime_spec_lacks_are_refused_with_the_name() {
+    let mut profile = localhost_profile();
+    profile.arch_map[0]
+        .sub_architectures
+        .push("SCMP_ARCH_LOONGARCH64".into());
+    let e = seccomp(&profile).unwrap_err();
+    assert_eq!(e.class(), crate::error::ErrorClass::InvalidArgument);
+    assert!(e.to_string().contains("SCMP_ARCH_LOONGARCH64"), "{e}");
+
+    let mut profile = localhost_profile();
+    profile.syscalls[0].args.push(crate::seccomp::ArgCondition {
+        index: 0,
+        value: 1,
+        value_two: 0,
+        op: "SCMP_CMP_SOMETIMES".into(),
+    });
+    let e = seccomp(&profile).unwrap_err();
+    assert!(e.to_string().contains("SCMP_CMP_SOMETIMES"), "{e}");
+
+    let b = PodBinding {
+        device_rules: vec![crate::cgroups::DeviceRule {
+            kind: 'x',
+            major: None,
+            minor: None,
+            access: "r".into(),
+        }],
+        ..binding()
+    };
+    let e = runtime_spec(&plain_spec(), &b).unwrap_err();
+    assert!(e.to_string().contains("\"x\""), "{e}");
 }
