@@ -1,5 +1,26 @@
 //! Image references, normalised as containerd and kubelet do
 //! (`busybox` -> `docker.io/library/busybox:latest`).
+//!
+//! Why not `oci_spec::distribution::Reference`: it shares the docker.io default, the
+//! `library/` prefix, the `latest` tag, `host:port` and `localhost` registries and the
+//! refusal of upper-case repositories, but it differs where Berth relies on Docker's and
+//! containerd's behaviour (`ours_and_oci_specs_parser_side_by_side` runs both parsers and
+//! shows each difference):
+//! - a reference with a tag and a digest keeps both there; containerd (and Berth) keep the
+//!   digest only, which names the content the tag would;
+//! - bracketed IPv6 registry hosts (`[::1]:5000/app`), which Docker's grammar accepts, are
+//!   refused there;
+//! - an upper-case first component (`Foo/bar`) is a registry host for Docker; there it
+//!   becomes the repository `docker.io/Foo/bar`, which no registry can hold;
+//! - a 64-character hexadecimal string, an image id to Docker and kubelet, is read there as
+//!   a `docker.io/library/` repository;
+//! - digests: there upper-case hex and `sha384`/`sha512` pass; Berth's content store takes
+//!   lower-case `sha256` only, so it refuses them here, while parsing;
+//! - tags: its `\w` is Unicode, so `busybox:été` passes there; Docker's is ASCII;
+//! - the 255-character limit: Docker applies it to the normalised name (`docker.io/...`),
+//!   that parser to the repository path only;
+//! - registry hosts: it takes `ho_st.io` or a port of any length; Berth refuses a host that
+//!   is not a host name and a port longer than five digits (Docker accepts the long port).
 
 use std::fmt;
 
@@ -364,5 +385,132 @@ mod tests {
         assert!(grows.len() <= 255 && Reference::parse(&grows).is_err());
         let long_tag = format!("a:{}", "b".repeat(129));
         assert!(Reference::parse(&long_tag).is_err());
+    }
+
+    /// How a reference reads after normalisation, or `None` where the parser refuses it.
+    fn ours(s: &str) -> Option<String> {
+        Reference::parse(s).ok().map(|r| r.to_string())
+    }
+
+    fn oci_specs(s: &str) -> Option<String> {
+        s.parse::<oci_spec::distribution::Reference>()
+            .ok()
+            .map(|r| r.whole())
+    }
+
+    /// Both parsers over the same inputs: where they agree, and each place they differ (the
+    /// module doc lists the differences and why ours is kept).
+    #[test]
+    fn ours_and_oci_specs_parser_side_by_side() {
+        let upper_digest = format!("sha256:{}", &D[7..].to_ascii_uppercase());
+        let sha512 = format!("sha512:{}", "ab".repeat(64));
+        let id = "0123456789abcdef".repeat(4);
+        let long_once_normalised = format!("a/{}", "b".repeat(246));
+        let cases: Vec<(String, Option<String>, Option<String>)> = vec![
+            // Docker's normalisation: both.
+            same("busybox", Some("docker.io/library/busybox:latest")),
+            same("busybox:1.28", Some("docker.io/library/busybox:1.28")),
+            same("library/busybox", Some("docker.io/library/busybox:latest")),
+            same(
+                "docker.io/busybox",
+                Some("docker.io/library/busybox:latest"),
+            ),
+            same(
+                "index.docker.io/library/busybox",
+                Some("docker.io/library/busybox:latest"),
+            ),
+            same("user/app:v1", Some("docker.io/user/app:v1")),
+            same(
+                "registry.k8s.io/e2e-test-images/busybox:1.29-2",
+                Some("registry.k8s.io/e2e-test-images/busybox:1.29-2"),
+            ),
+            same("localhost/app", Some("localhost/app:latest")),
+            same("localhost:5000/a/b/c", Some("localhost:5000/a/b/c:latest")),
+            same("127.0.0.1:5000/app:x", Some("127.0.0.1:5000/app:x")),
+            same("Host.io/app", Some("Host.io/app:latest")),
+            same("test.com:5000", Some("docker.io/library/test.com:5000")),
+            same(
+                "a__b/c-----d/e.f_g",
+                Some("docker.io/a__b/c-----d/e.f_g:latest"),
+            ),
+            same(
+                &format!("busybox@{D}"),
+                Some(&format!("docker.io/library/busybox@{D}")),
+            ),
+            same("Busybox", None),
+            same("docker.io/Library/busybox", None),
+            same("busybox:", None),
+            same("busybox:-x", None),
+            same(&format!("busybox:{}", "t".repeat(129)), None),
+            same("busybox@md5:0123", None),
+            same("busybox@sha256:abc", None),
+            same("a//b", None),
+            same("-a", None),
+            same("a..b", None),
+            same("a___b", None),
+            same("host:99x/app", None),
+            same(&format!("a/{}", "b".repeat(300)), None),
+            same(&"b".repeat(250), None),
+            // Where they differ.
+            (
+                format!("busybox:1.28@{D}"),
+                Some(format!("docker.io/library/busybox@{D}")),
+                Some(format!("docker.io/library/busybox:1.28@{D}")),
+            ),
+            (
+                "[::1]:5000/app".into(),
+                Some("[::1]:5000/app:latest".into()),
+                None,
+            ),
+            (
+                "Foo/bar".into(),
+                Some("Foo/bar:latest".into()),
+                Some("docker.io/Foo/bar:latest".into()),
+            ),
+            (
+                id.clone(),
+                None,
+                Some(format!("docker.io/library/{id}:latest")),
+            ),
+            (
+                format!("busybox@{upper_digest}"),
+                None,
+                Some(format!("docker.io/library/busybox@{upper_digest}")),
+            ),
+            (
+                format!("busybox@{sha512}"),
+                None,
+                Some(format!("docker.io/library/busybox@{sha512}")),
+            ),
+            (
+                "busybox:\u{e9}t\u{e9}".into(),
+                None,
+                Some("docker.io/library/busybox:\u{e9}t\u{e9}".into()),
+            ),
+            (
+                long_once_normalised.clone(),
+                None,
+                Some(format!("docker.io/{long_once_normalised}:latest")),
+            ),
+            (
+                "host:999999/app".into(),
+                None,
+                Some("host:999999/app:latest".into()),
+            ),
+            (
+                "ho_st.io/app".into(),
+                None,
+                Some("ho_st.io/app:latest".into()),
+            ),
+        ];
+        for (input, want_ours, want_oci) in &cases {
+            assert_eq!(&ours(input), want_ours, "ours: {input:?}");
+            assert_eq!(&oci_specs(input), want_oci, "oci-spec: {input:?}");
+        }
+    }
+
+    fn same(input: &str, both: Option<&str>) -> (String, Option<String>, Option<String>) {
+        let both = both.map(str::to_owned);
+        (input.to_owned(), both.clone(), both)
     }
 }
