@@ -171,55 +171,21 @@ fn nested_pids_are_read_outermost_first() {
 
 #[test]
 fn mounts_keep_their_kind_flags_and_propagation() {
-    let bind = MountSpec {
-        destination: "/data".into(),
-        kind: MountKind::Bind {
-            source: "/srv/data".into(),
-            propagation: Some(Propagation::Shared),
-        },
-        options: MountOptions {
-            readonly: true,
-            recursive_readonly: true,
-            ..Default::default()
-        },
-    };
-    assert_eq!(
-        mount_value(&bind),
+    let want = [
         json!({"destination": "/data", "type": "bind", "source": "/srv/data",
-               "options": ["rbind", "rshared", "ro", "rro"]})
-    );
-    let tmpfs = MountSpec {
-        destination: "/dev".into(),
-        kind: MountKind::Fs {
-            fstype: "tmpfs".into(),
-            source: "tmpfs".into(),
-            data: "mode=755,size=65536k".into(),
-        },
-        options: MountOptions {
-            nosuid: true,
-            ..Default::default()
-        },
-    };
-    assert_eq!(
-        mount_value(&tmpfs),
+               "options": ["rbind", "rshared", "ro", "rro"]}),
+        json!({"destination": "/cache", "type": "bind", "source": "/srv/cache",
+               "options": ["rbind"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-               "options": ["mode=755", "size=65536k", "nosuid"]})
-    );
-    let image = MountSpec {
-        destination: "/img".into(),
-        kind: MountKind::Overlay {
-            lower_dirs: vec!["/a".into(), "/b".into()],
-        },
-        options: MountOptions {
-            readonly: true,
-            ..Default::default()
-        },
-    };
-    assert_eq!(
-        mount_value(&image),
+               "options": ["mode=755", "size=65536k", "nosuid", "nodev", "noexec"]}),
         json!({"destination": "/img", "type": "overlay", "source": "overlay",
-               "options": ["lowerdir=/a:/b", "ro"]})
-    );
+               "options": ["lowerdir=/a:/b", "ro"]}),
+    ];
+    let mounts = every_mount_kind();
+    assert_eq!(mounts.len(), want.len());
+    for (m, want) in mounts.iter().zip(want) {
+        assert_eq!(mount_value(m), want);
+    }
 }
 
 #[test]
