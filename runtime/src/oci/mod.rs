@@ -12,6 +12,10 @@
 //! exists with its limits and device rules before the runtime runs; `config.json` names
 //! that cgroup and repeats the CPU, memory and device settings, so a runtime that applies
 //! them writes the same values.
+//!
+//! `config.rs` builds `config.json` from the plan in oci-spec's runtime types; this file
+//! resolves what it needs from the node (device nodes, the target container's pid), writes
+//! the bundle, and cleans up after a runtime (its state, the cgroups it made).
 
 use std::path::{Path, PathBuf};
 
