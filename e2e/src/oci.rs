@@ -15,7 +15,7 @@ use std::io::Write;
 
 use bytes::Bytes;
 use oci_spec::image::{
-    self as spec, ConfigBuilder, HistoryBuilder, ImageConfigurationBuilder, ImageIndexBuilder,
+    self as spec, HistoryBuilder, ImageConfigurationBuilder, ImageIndexBuilder,
     ImageManifestBuilder, MediaType, PlatformBuilder, RootFsBuilder,
 };
 use serde::Serialize;
@@ -452,7 +452,7 @@ pub struct RunConfig {
 impl RunConfig {
     /// The image config's `config` object: only what the Dockerfile set.
     fn config(&self) -> Result<spec::Config> {
-        let mut c = ConfigBuilder::default().build().map_err(unwritable)?;
+        let mut c = spec::Config::default();
         c.set_user(self.user.clone())
             .set_exposed_ports(non_empty(&self.exposed_ports))
             .set_env(non_empty(&self.env))
