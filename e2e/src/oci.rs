@@ -2,6 +2,10 @@
 //! zstd) with whiteouts, image configs, manifests and indexes, each a blob addressed by
 //! its sha256 digest.
 //!
+//! The documents are `oci_spec::image` types (Docker schema 2 ones too: they have the same
+//! shape under Docker's media types). Every document this writes is well-formed; tests that
+//! need hostile or legacy documents write those themselves.
+//!
 //! Determinism: every tar header has the same mtime ([`FIXED_MTIME`]) and explicit owners,
 //! gzip headers carry no time or name, JSON has a fixed key order, so the same inputs give
 //! the same digests on every run.
@@ -10,7 +14,11 @@ use std::collections::BTreeSet;
 use std::io::Write;
 
 use bytes::Bytes;
-use serde_json::{Value, json};
+use oci_spec::image::{
+    self as spec, HistoryBuilder, ImageConfigurationBuilder, ImageIndexBuilder,
+    ImageManifestBuilder, MediaType, PlatformBuilder, RootFsBuilder,
+};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -68,8 +76,13 @@ impl Blob {
     }
 
     /// An OCI content descriptor for this blob.
-    pub fn descriptor(&self) -> Value {
-        json!({"mediaType": self.media_type, "digest": self.digest, "size": self.size()})
+    pub fn descriptor(&self) -> Result<spec::Descriptor> {
+        let digest: spec::Digest = self.digest.parse().map_err(unwritable)?;
+        Ok(spec::Descriptor::new(
+            MediaType::from(self.media_type.as_str()),
+            self.size(),
+            digest,
+        ))
     }
 }
 
@@ -390,12 +403,15 @@ impl Platform {
         }
     }
 
-    fn json(&self) -> Value {
-        let mut v = json!({"architecture": self.architecture, "os": self.os});
-        if let Some(var) = &self.variant {
-            v["variant"] = json!(var);
-        }
-        v
+    /// The platform of an index entry.
+    fn descriptor_platform(&self) -> Result<spec::Platform> {
+        let mut p = PlatformBuilder::default()
+            .architecture(self.architecture.as_str())
+            .os(self.os.as_str())
+            .build()
+            .map_err(unwritable)?;
+        p.set_variant(self.variant.clone());
+        Ok(p)
     }
 }
 
@@ -434,52 +450,24 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    fn json(&self) -> Value {
-        let mut c = serde_json::Map::new();
-        if let Some(u) = &self.user {
-            c.insert("User".into(), json!(u));
-        }
-        if !self.exposed_ports.is_empty() {
-            let ports: serde_json::Map<String, Value> = self
-                .exposed_ports
-                .iter()
-                .map(|p| (p.clone(), json!({})))
-                .collect();
-            c.insert("ExposedPorts".into(), Value::Object(ports));
-        }
-        if !self.env.is_empty() {
-            c.insert("Env".into(), json!(self.env));
-        }
-        if let Some(e) = &self.entrypoint {
-            c.insert("Entrypoint".into(), json!(e));
-        }
-        if let Some(cmd) = &self.cmd {
-            c.insert("Cmd".into(), json!(cmd));
-        }
-        if !self.volumes.is_empty() {
-            let vols: serde_json::Map<String, Value> = self
-                .volumes
-                .iter()
-                .map(|p| (p.clone(), json!({})))
-                .collect();
-            c.insert("Volumes".into(), Value::Object(vols));
-        }
-        if let Some(w) = &self.working_dir {
-            c.insert("WorkingDir".into(), json!(w));
-        }
-        if !self.labels.is_empty() {
-            let labels: serde_json::Map<String, Value> = self
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), json!(v)))
-                .collect();
-            c.insert("Labels".into(), Value::Object(labels));
-        }
-        if let Some(s) = &self.stop_signal {
-            c.insert("StopSignal".into(), json!(s));
-        }
-        Value::Object(c)
+    /// The image config's `config` object: only what the Dockerfile set.
+    fn config(&self) -> Result<spec::Config> {
+        let mut c = spec::Config::default();
+        c.set_user(self.user.clone())
+            .set_exposed_ports(non_empty(&self.exposed_ports))
+            .set_env(non_empty(&self.env))
+            .set_entrypoint(self.entrypoint.clone())
+            .set_cmd(self.cmd.clone())
+            .set_volumes(non_empty(&self.volumes))
+            .set_working_dir(self.working_dir.clone())
+            .set_labels((!self.labels.is_empty()).then(|| self.labels.iter().cloned().collect()))
+            .set_stop_signal(self.stop_signal.clone());
+        Ok(c)
     }
+}
+
+fn non_empty(v: &[String]) -> Option<Vec<String>> {
+    (!v.is_empty()).then(|| v.to_vec())
 }
 
 /// Manifest flavour.
@@ -522,34 +510,46 @@ impl Image {
                 l.blob.media_type = DOCKER_LAYER_GZIP.into();
             }
         }
-        let mut config = json!({
-            "created": FIXED_CREATED,
-            "architecture": platform.architecture,
-            "os": platform.os,
-            "config": run.json(),
-            "rootfs": {
-                "type": "layers",
-                "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>(),
-            },
-            "history": layers.iter().enumerate().map(|(i, _)| json!({
-                "created": FIXED_CREATED,
-                "created_by": format!("berth-e2e: {history} (layer {i})"),
-            })).collect::<Vec<_>>(),
-        });
-        if let Some(v) = &platform.variant {
-            config["variant"] = json!(v);
-        }
+        let rootfs = RootFsBuilder::default()
+            .diff_ids(layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>())
+            .build()
+            .map_err(unwritable)?;
+        let history = (0..layers.len())
+            .map(|i| {
+                HistoryBuilder::default()
+                    .created(FIXED_CREATED)
+                    .created_by(format!("berth-e2e: {history} (layer {i})"))
+                    .build()
+                    .map_err(unwritable)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut config = ImageConfigurationBuilder::default()
+            .created(FIXED_CREATED)
+            .architecture(platform.architecture.as_str())
+            .os(platform.os.as_str())
+            .config(run.config()?)
+            .rootfs(rootfs)
+            .history(history)
+            .build()
+            .map_err(unwritable)?;
+        config.set_variant(platform.variant.clone());
         let (manifest_type, config_type) = match format {
             Format::Oci => (OCI_MANIFEST, OCI_CONFIG),
             Format::Docker => (DOCKER_MANIFEST, DOCKER_CONFIG),
         };
         let config = Blob::new(config_type, to_json(&config)?);
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": manifest_type,
-            "config": config.descriptor(),
-            "layers": layers.iter().map(|l| l.blob.descriptor()).collect::<Vec<_>>(),
-        });
+        let manifest = ImageManifestBuilder::default()
+            .schema_version(2u32)
+            .media_type(manifest_type)
+            .config(config.descriptor()?)
+            .layers(
+                layers
+                    .iter()
+                    .map(|l| l.blob.descriptor())
+                    .collect::<Result<Vec<_>>>()?,
+            )
+            .build()
+            .map_err(unwritable)?;
         let manifest = Blob::new(manifest_type, to_json(&manifest)?);
         Ok(Image {
             layers,
@@ -576,156 +576,40 @@ impl Index {
             Format::Oci => OCI_INDEX,
             Format::Docker => DOCKER_LIST,
         };
-        let manifests: Vec<Value> = images
+        let manifests = images
             .iter()
             .map(|i| {
-                let mut d = i.manifest.descriptor();
-                d["platform"] = i.platform.json();
-                d
+                let mut d = i.manifest.descriptor()?;
+                d.set_platform(Some(i.platform.descriptor_platform()?));
+                Ok(d)
             })
-            .collect();
-        let index = json!({"schemaVersion": 2, "mediaType": media_type, "manifests": manifests});
+            .collect::<Result<Vec<_>>>()?;
+        let index = ImageIndexBuilder::default()
+            .schema_version(2u32)
+            .media_type(media_type)
+            .manifests(manifests)
+            .build()
+            .map_err(unwritable)?;
         let blob = Blob::new(media_type, to_json(&index)?);
         Ok(Index { images, blob })
     }
 }
 
-fn to_json(v: &Value) -> Result<Vec<u8>> {
-    serde_json::to_vec(v).map_err(|source| Error::Json {
+/// The document's bytes, keys sorted: written through a `serde_json::Value` (whose maps are
+/// ordered), because oci-spec keeps labels, exposed ports and volumes in `HashMap`s that
+/// iterate in a different order on each run, and digests must not change between runs.
+fn to_json(doc: &impl Serialize) -> Result<Vec<u8>> {
+    let json = |source| Error::Json {
         what: "image document".into(),
         source,
-    })
+    };
+    serde_json::to_vec(&serde_json::to_value(doc).map_err(json)?).map_err(json)
+}
+
+/// oci-spec refused a document or digest this module made: a mistake here, not in a test.
+fn unwritable(e: oci_spec::OciSpecError) -> Error {
+    Error::Image(format!("build image document: {e}"))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Read;
-
-    fn names(tar: &[u8]) -> Vec<(String, tar::EntryType, u64)> {
-        let mut a = tar::Archive::new(tar);
-        a.entries()
-            .unwrap()
-            .map(|e| {
-                let e = e.unwrap();
-                let h = e.header();
-                (
-                    e.path().unwrap().to_string_lossy().into_owned(),
-                    h.entry_type(),
-                    h.mtime().unwrap(),
-                )
-            })
-            .collect()
-    }
-
-    #[test]
-    fn parents_come_first_and_whiteouts_are_named_beside_their_target() {
-        let mut l = LayerBuilder::new();
-        l.file("a/b/c.txt", 0o644, "x").unwrap();
-        l.whiteout("a/gone").unwrap();
-        l.opaque("d").unwrap();
-        let tar = l.tar().unwrap();
-        let got: Vec<String> = names(&tar).into_iter().map(|(n, _, _)| n).collect();
-        assert_eq!(
-            got,
-            [
-                "a/",
-                "a/b/",
-                "a/b/c.txt",
-                "a/.wh.gone",
-                "d/",
-                "d/.wh..wh..opq"
-            ]
-        );
-        assert!(names(&tar).iter().all(|(_, _, m)| *m == FIXED_MTIME));
-    }
-
-    #[test]
-    fn bad_paths_and_duplicates_are_rejected() {
-        let mut l = LayerBuilder::new();
-        assert!(l.file("../x", 0o644, "").is_err());
-        assert!(l.file("", 0o644, "").is_err());
-        l.file("x", 0o644, "").unwrap();
-        assert!(l.file("/x/", 0o644, "").is_err());
-        assert!(l.hardlink("y", "nope").is_err());
-    }
-
-    #[test]
-    fn building_twice_gives_the_same_digests() {
-        let build = || {
-            let mut l = LayerBuilder::new();
-            l.file("etc/hello", 0o644, "hello\n").unwrap();
-            l.symlink("bin/sh", "/bin/busybox").unwrap();
-            let layers = vec![
-                l.build(Compression::Gzip).unwrap(),
-                l.build(Compression::Zstd).unwrap(),
-                l.build(Compression::None).unwrap(),
-            ];
-            Image::build(
-                Format::Oci,
-                Platform::host(),
-                &RunConfig::default(),
-                layers,
-                "t",
-            )
-            .unwrap()
-        };
-        let (a, b) = (build(), build());
-        assert_eq!(a.manifest.digest, b.manifest.digest);
-        assert_eq!(a.layers[0].diff_id, a.layers[1].diff_id);
-        assert_eq!(a.layers[0].diff_id, a.layers[2].diff_id);
-        assert_ne!(a.layers[0].blob.digest, a.layers[1].blob.digest);
-    }
-
-    #[test]
-    fn compressed_layers_decompress_to_their_diff_id() {
-        let mut l = LayerBuilder::new();
-        l.file("f", 0o600, vec![7u8; 100_000]).unwrap();
-        for c in [Compression::Gzip, Compression::Zstd] {
-            let layer = l.build(c).unwrap();
-            let mut tar = Vec::new();
-            match c {
-                Compression::Gzip => {
-                    flate2::read::GzDecoder::new(&layer.blob.data[..])
-                        .read_to_end(&mut tar)
-                        .unwrap();
-                }
-                _ => tar = zstd::stream::decode_all(&layer.blob.data[..]).unwrap(),
-            }
-            assert_eq!(digest(&tar), layer.diff_id);
-            assert_eq!(tar.len() as u64, layer.uncompressed_size);
-        }
-    }
-
-    #[test]
-    fn manifest_and_config_reference_each_other() {
-        let mut l = LayerBuilder::new();
-        l.file("x", 0o644, "x").unwrap();
-        let run = RunConfig {
-            user: Some("1000".into()),
-            exposed_ports: vec!["8080/tcp".into()],
-            stop_signal: Some("SIGUSR1".into()),
-            ..RunConfig::default()
-        };
-        let img = Image::build(
-            Format::Docker,
-            Platform::linux("arm64", Some("v8")),
-            &run,
-            vec![l.build(Compression::Gzip).unwrap()],
-            "t",
-        )
-        .unwrap();
-        let m: Value = serde_json::from_slice(&img.manifest.data).unwrap();
-        assert_eq!(m["mediaType"], DOCKER_MANIFEST);
-        assert_eq!(m["config"]["digest"], json!(img.config.digest));
-        assert_eq!(m["layers"][0]["mediaType"], DOCKER_LAYER_GZIP);
-        let c: Value = serde_json::from_slice(&img.config.data).unwrap();
-        assert_eq!(c["variant"], "v8");
-        assert_eq!(c["config"]["ExposedPorts"], json!({"8080/tcp": {}}));
-        assert_eq!(c["config"]["StopSignal"], "SIGUSR1");
-        assert_eq!(c["rootfs"]["diff_ids"][0], json!(img.layers[0].diff_id));
-        let idx = Index::build(Format::Oci, vec![img]).unwrap();
-        let i: Value = serde_json::from_slice(&idx.blob.data).unwrap();
-        assert_eq!(i["manifests"][0]["platform"]["variant"], "v8");
-    }
-}
+mod tests;
