@@ -22,7 +22,7 @@ mod testregistry;
 mod tests;
 
 pub use config::{HostConfig, ImageConfig, MirrorConfig, RegistryConfig};
-pub use error::{Class, Classify, Error, ErrorClass};
+pub use error::{Class, Classify, Error};
 pub use records::Image;
 pub use reference::Reference;
 pub use registry::{Credentials, RetryPolicy};

@@ -293,7 +293,7 @@ pub fn validate_digest(d: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::{Classify, ErrorClass};
+    use crate::error::{Class, Classify};
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -343,7 +343,7 @@ mod tests {
             ),
         ] {
             let e = Reference::parse(s).unwrap_err();
-            assert_eq!(e.class(), ErrorClass::InvalidArgument, "{s}");
+            assert_eq!(e.class(), Class::InvalidArgument, "{s}");
             assert!(e.to_string().contains(why), "{s:?}: {e}");
         }
         let long = format!("a/{}", "b".repeat(300));

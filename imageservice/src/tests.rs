@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{HostConfig, MirrorConfig, RegistryConfig};
-use crate::error::{Classify, Error, ErrorClass};
+use crate::error::{Class, Classify, Error};
 use crate::registry::{Credentials, RetryPolicy};
 use crate::store::{ImageStore, StoreOptions};
 use crate::testregistry::{Auth, Drop, TestImage, TestRegistry, build_image, sha};
@@ -291,7 +291,7 @@ async fn dropped_blob_leaves_nothing_and_retry_succeeds() {
     let big = env.cut_big_layer(&img, usize::MAX);
 
     let err = env.pull("team/app:v1").await.unwrap_err();
-    assert_eq!(err.class(), ErrorClass::Unavailable, "{err}");
+    assert_eq!(err.class(), Class::Unavailable, "{err}");
     assert!(env.reg.blob_requests("team/app", big) >= 3, "retried");
     assert_eq!(
         env.stored(),
@@ -331,10 +331,10 @@ async fn basic_auth() {
     .await;
 
     let err = env.pull_as("team/app:v1", None).await.unwrap_err();
-    assert_eq!(err.class(), ErrorClass::PermissionDenied, "{err}");
+    assert_eq!(err.class(), Class::PermissionDenied, "{err}");
     let wrong = login("alice", "nope");
     let err = env.pull_as("team/app:v1", Some(wrong)).await.unwrap_err();
-    assert_eq!(err.class(), ErrorClass::PermissionDenied, "{err}");
+    assert_eq!(err.class(), Class::PermissionDenied, "{err}");
     assert!(err.to_string().contains("credentials rejected"), "{err}");
     assert!(env.store.list().unwrap().is_empty());
 
@@ -384,7 +384,7 @@ async fn bearer_token_flow() {
 
     let wrong = login("carol", "bad");
     let err = env.pull_as("team/app:v1", Some(wrong)).await.unwrap_err();
-    assert_eq!(err.class(), ErrorClass::PermissionDenied, "{err}");
+    assert_eq!(err.class(), Class::PermissionDenied, "{err}");
 
     let right = login("carol", "tok-pw");
     let image = env.pull_as("team/app:v1", Some(right)).await.unwrap();
@@ -467,7 +467,7 @@ async fn multi_arch_index() {
     );
     let err = env.pull("multi/app:arm").await.unwrap_err();
     assert!(matches!(err, Error::NoMatchingPlatform { .. }), "{err}");
-    assert_eq!(err.class(), ErrorClass::NotFound);
+    assert_eq!(err.class(), Class::NotFound);
     assert!(err.to_string().contains("linux/arm64/v8"), "{err}");
 }
 
@@ -509,7 +509,7 @@ async fn hostile_layer_rejected_with_nothing_left() {
         env.reg.push("evil/app", name, &img, blobs);
         let err = env.pull(&format!("evil/app:{name}")).await.unwrap_err();
         assert!(matches!(err, Error::InvalidLayer { .. }), "{name}: {err}");
-        assert_eq!(err.class(), ErrorClass::FailedPrecondition);
+        assert_eq!(err.class(), Class::FailedPrecondition);
         assert_eq!(env.stored(), (vec![], vec![]), "{name}: nothing left");
     }
     assert!(!Path::new("/tmp/escape").exists());
@@ -550,14 +550,14 @@ async fn corrupt_blob_rejected() {
 async fn errors_have_classes() {
     let env = Env::new(Auth::None).await;
     let err = env.store.pull("Busybox", None).await.unwrap_err();
-    assert_eq!(err.class(), ErrorClass::InvalidArgument);
+    assert_eq!(err.class(), Class::InvalidArgument);
     let err = env.pull("no/such:tag").await.unwrap_err();
-    assert_eq!(err.class(), ErrorClass::NotFound, "{err}");
+    assert_eq!(err.class(), Class::NotFound, "{err}");
     let err = env.store.pull("127.0.0.1:1/x/y:z", None).await.unwrap_err();
-    assert_eq!(err.class(), ErrorClass::Unavailable, "{err}");
+    assert_eq!(err.class(), Class::Unavailable, "{err}");
     assert_eq!(
         env.store.image_config("sha256:00").unwrap_err().class(),
-        ErrorClass::NotFound
+        Class::NotFound
     );
 }
 

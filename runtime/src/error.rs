@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 
-/// The name the runtime's callers knew [`Class`] by; the same enum.
-pub use berth_class::Class as ErrorClass;
 pub use berth_class::{Class, Classify};
 
 /// Why a runtime call failed.

@@ -46,6 +46,6 @@ pub use daemon::pod::{PodCreated, PodStopped};
 pub use daemon::runtime::{Census, FILES_LOST, ReconcileReport, Runtime, RuntimeOptions};
 pub use daemon::store::{ContainerPhase, ContainerRecord, ImageRecord, PodPhase, PodRecord};
 pub use daemon::stream::{AttachSession, ExecSession, StreamTarget};
-pub use error::{Class, Classify, Error, ErrorClass, Result};
+pub use error::{Class, Classify, Error, Result};
 pub use image::{ImageConfig, ImageInfo};
 pub use usage::{ContainerTarget, PodTarget};

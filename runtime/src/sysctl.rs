@@ -148,7 +148,7 @@ mod tests {
             ("fs.file-max", true, true),
         ] {
             let e = one(name, net, ipc).expect_err(name);
-            assert_eq!(e.class(), crate::ErrorClass::InvalidArgument);
+            assert_eq!(e.class(), crate::Class::InvalidArgument);
             assert!(e.to_string().contains(name), "{e}");
         }
     }
@@ -176,7 +176,7 @@ mod tests {
             &"1".repeat(4097),
         ] {
             let e = with_value("net.ipv4.ip_unprivileged_port_start", value).expect_err(value);
-            assert_eq!(e.class(), crate::ErrorClass::InvalidArgument);
+            assert_eq!(e.class(), crate::Class::InvalidArgument);
             let msg = e.to_string();
             assert!(
                 msg.contains("net.ipv4.ip_unprivileged_port_start") && msg.contains("value"),

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use berth_runtime::{Classify, ErrorClass};
+use berth_runtime::{Class, Classify};
 use common::*;
 use k8s_cri::v1::*;
 
@@ -214,18 +214,18 @@ async fn exec_sync_output_exit_code_and_timeout() {
     let t = Instant::now();
     let e = env.exec_sh(&id, "sleep 30", Duration::from_secs(1)).await;
     let e = e.unwrap_err();
-    assert_eq!(e.class(), ErrorClass::DeadlineExceeded, "{e}");
+    assert_eq!(e.class(), Class::DeadlineExceeded, "{e}");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     let e = env
         .rt
         .exec_sync(&id, &["no-such-binary".to_string()], Duration::from_secs(5))
         .await
         .unwrap_err();
-    assert_eq!(e.class(), ErrorClass::InvalidArgument, "{e}");
+    assert_eq!(e.class(), Class::InvalidArgument, "{e}");
     env.rt.stop_container(&id, 0).await.unwrap();
     let e = env.exec_sh(&id, "true", Duration::from_secs(5)).await;
     let e = e.unwrap_err();
-    assert_eq!(e.class(), ErrorClass::FailedPrecondition);
+    assert_eq!(e.class(), Class::FailedPrecondition);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,7 +264,7 @@ async fn remove_pod_leaves_nothing_behind() {
     assert!(env.rt.list_containers(None).is_empty());
     assert_eq!(
         env.rt.pod_sandbox_status(&pod, false).unwrap_err().class(),
-        ErrorClass::NotFound
+        Class::NotFound
     );
 }
 
@@ -277,7 +277,7 @@ async fn bad_requests_get_the_right_class_and_leave_nothing() {
         .run_pod_sandbox(&RunPodSandboxRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(e.class(), ErrorClass::InvalidArgument);
+    assert_eq!(e.class(), Class::InvalidArgument);
     let pod = env.run_pod(&pc).await;
     let e = env
         .rt
@@ -287,10 +287,10 @@ async fn bad_requests_get_the_right_class_and_leave_nothing() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.class(), ErrorClass::AlreadyExists, "{e}");
+    assert_eq!(e.class(), Class::AlreadyExists, "{e}");
     let cfg = env.container_config("c", &["sleep 60"]);
     let e = env.create_err("nope", &pc, &cfg).await;
-    assert_eq!(e.class(), ErrorClass::NotFound);
+    assert_eq!(e.class(), Class::NotFound);
     let mut missing = cfg.clone();
     missing.mounts = vec![Mount {
         container_path: "/x".into(),
@@ -298,16 +298,16 @@ async fn bad_requests_get_the_right_class_and_leave_nothing() {
         ..Default::default()
     }];
     let e = env.create_err(&pod, &pc, &missing).await;
-    assert_eq!(e.class(), ErrorClass::InvalidArgument);
+    assert_eq!(e.class(), Class::InvalidArgument);
     assert!(e.to_string().contains("/no/such/path"), "{e}");
     let mut nometa = cfg.clone();
     nometa.metadata = None;
     let e = env.create_err(&pod, &pc, &nometa).await;
-    assert_eq!(e.class(), ErrorClass::InvalidArgument);
+    assert_eq!(e.class(), Class::InvalidArgument);
     let mut nocmd = env.container_config("nocmd", &[]);
     nocmd.command = vec!["no-such-binary".into()];
     let e = env.create_err(&pod, &pc, &nocmd).await;
-    assert_eq!(e.class(), ErrorClass::InvalidArgument, "{e}");
+    assert_eq!(e.class(), Class::InvalidArgument, "{e}");
     assert!(
         env.rt.list_containers(None).is_empty(),
         "failed creates leave no container"
@@ -315,12 +315,12 @@ async fn bad_requests_get_the_right_class_and_leave_nothing() {
     assert_eq!(env.entries("root/containers"), Vec::<String>::new());
     let id = env.run(&pod, &pc, &cfg).await;
     let e = env.create_err(&pod, &pc, &cfg).await;
-    assert_eq!(e.class(), ErrorClass::AlreadyExists);
+    assert_eq!(e.class(), Class::AlreadyExists);
     let e = env.rt.start_container(&id).await.unwrap_err();
-    assert_eq!(e.class(), ErrorClass::FailedPrecondition);
+    assert_eq!(e.class(), Class::FailedPrecondition);
     assert_eq!(
         env.rt.start_container("nope").await.unwrap_err().class(),
-        ErrorClass::NotFound
+        Class::NotFound
     );
     // Prefix lookup, labels and annotations round-trip, filters.
     assert_eq!(env.status(&id[..12]).id, id);

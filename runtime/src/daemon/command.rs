@@ -145,7 +145,7 @@ mod tests {
     #[test]
     fn empty_command_is_invalid() {
         let err = compose_argv(&[], &[], &ImageConfig::default()).unwrap_err();
-        assert_eq!(err.class(), crate::ErrorClass::InvalidArgument);
+        assert_eq!(err.class(), crate::Class::InvalidArgument);
         assert!(compose_argv(&s(&[""]), &[], &ImageConfig::default()).is_err());
     }
 

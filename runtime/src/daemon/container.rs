@@ -17,7 +17,7 @@ use crate::cgroups::devices::rule_for_node;
 use crate::cgroups::{ContainerLimits, DeviceRule};
 use crate::daemon::runtime::{ContainerEntry, Runtime, container_name_key, lock};
 use crate::daemon::store::{ContainerPhase, ContainerRecord, ImageRecord, PodPhase};
-use crate::error::{Classify, Error, ErrorClass, Result};
+use crate::error::{Class, Classify, Error, Result};
 use crate::image::{ImageInfo, parse_signal};
 use crate::namespace::Namespace;
 use crate::plan::{PlanInput, PodContext, missing_bind_sources, plan_container};
@@ -340,7 +340,7 @@ impl Runtime {
                 .and_then(|l| l.security_context.as_ref()),
             binding: crate::oci::PodBinding {
                 // The bundle's binding names them as the pod's `ns/` files do.
-                namespaces: namespaces.iter().map(|n| n.name().to_owned()).collect(),
+                namespaces,
                 ns_dir: self.pod_dir(&pod.id).join("ns"),
                 target_pid,
                 cgroups_path: cgroup.to_owned(),
@@ -516,7 +516,7 @@ impl Runtime {
                 .await
             {
                 Ok(()) | Err(Error::MonitorGone { .. }) => {}
-                Err(e) if e.class() == ErrorClass::NotFound => {}
+                Err(e) if e.class() == Class::NotFound => {}
                 Err(e) => return Err(e),
             }
         }

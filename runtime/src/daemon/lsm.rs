@@ -374,7 +374,7 @@ mod tests {
         ];
         for (ctx, names, why) in cases {
             let e = check_container(Some(&ctx), NONE).unwrap_err();
-            assert_eq!(e.class(), crate::ErrorClass::InvalidArgument);
+            assert_eq!(e.class(), crate::Class::InvalidArgument);
             let msg = e.to_string();
             assert!(msg.contains(names) && msg.contains(why), "{msg}");
             // A node that has the LSM but not the profile still refuses.
@@ -472,11 +472,11 @@ mod tests {
             &loaded,
         )
         .unwrap_err();
-        assert_eq!(e.class(), crate::ErrorClass::InvalidArgument);
+        assert_eq!(e.class(), crate::Class::InvalidArgument);
         assert!(e.to_string().contains("\"missing\" is not loaded"), "{e}");
         // The default profile failed to load: a node problem, said as such.
         let e = check_container_with(None, host, &|_| false).unwrap_err();
-        assert_eq!(e.class(), crate::ErrorClass::FailedPrecondition);
+        assert_eq!(e.class(), crate::Class::FailedPrecondition);
         assert!(e.to_string().contains("apparmor_parser"), "{e}");
         // A pod names a Localhost profile the node lacks.
         let pod = LinuxSandboxSecurityContext {

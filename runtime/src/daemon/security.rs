@@ -415,7 +415,7 @@ mod tests {
         ] {
             assert_eq!(
                 bad.unwrap_err().class(),
-                crate::error::ErrorClass::InvalidArgument
+                crate::error::Class::InvalidArgument
             );
         }
     }

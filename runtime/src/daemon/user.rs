@@ -372,7 +372,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap_err();
-        assert_eq!(e.class(), crate::ErrorClass::InvalidArgument);
+        assert_eq!(e.class(), crate::Class::InvalidArgument);
         assert!(
             resolve(UserRequest {
                 run_as_user: Some(-1),
@@ -419,7 +419,7 @@ mod tests {
         // `/etc -> /etc`: on the node it would be the node's /etc; in the image it loops.
         std::os::unix::fs::symlink("/etc", layer.join("etc")).unwrap();
         let e = image_accounts(std::slice::from_ref(&layer)).unwrap_err();
-        assert_eq!(e.class(), crate::ErrorClass::InvalidArgument);
+        assert_eq!(e.class(), crate::Class::InvalidArgument);
         let msg = e.to_string();
         assert!(
             msg.contains("/etc/passwd") && msg.contains("symbolic links"),
@@ -443,7 +443,7 @@ mod tests {
         let big = line.repeat((MAX_ACCOUNTS_FILE as usize / line.len()) + 1);
         std::fs::write(layer.join("etc/group"), &big).unwrap();
         let e = image_accounts(std::slice::from_ref(&layer)).unwrap_err();
-        assert_eq!(e.class(), crate::ErrorClass::InvalidArgument);
+        assert_eq!(e.class(), crate::Class::InvalidArgument);
         assert!(e.to_string().contains("/etc/group"), "{e}");
     }
 }

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use super::logs::set_nonblocking;
 use super::sync::seqpacket_pair;
 use super::{Failure, Monitor, err, sys_err};
-use crate::protocol::{Response, WireClass};
+use crate::protocol::{Class, Response};
 
 impl Monitor {
     /// Hands the daemon a socket carrying the container's output, and its stdin if asked.
@@ -21,7 +21,7 @@ impl Monitor {
         let c = self.container(id)?;
         if c.exit.is_some() || c.started_at == 0 {
             return Err(err(
-                WireClass::FailedPrecondition,
+                Class::FailedPrecondition,
                 format!("container {id} is not running"),
             ));
         }

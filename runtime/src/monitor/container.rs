@@ -10,7 +10,7 @@ use super::child::{self, ChildFds, MSG_ERROR, MSG_READY, MSG_START};
 use super::reaper::reap_now;
 use super::sync::{child_failure, recv_sync, seqpacket_pair};
 use super::{Container, Failure, Monitor, SETUP_TIMEOUT, err, logs, oci, sys_err};
-use crate::protocol::{Response, WireClass};
+use crate::protocol::{Class, Response};
 use crate::spec::{ContainerSpec, PidNamespace};
 use crate::sys::{self, cvt, pipe};
 
@@ -46,16 +46,16 @@ impl Monitor {
     /// it, stopped before its program runs, with its output read into its log.
     pub(super) fn create(&mut self, spec: ContainerSpec) -> Result<Response, Failure> {
         if self.shutdown {
-            return Err(err(WireClass::FailedPrecondition, "the pod is stopping"));
+            return Err(err(Class::FailedPrecondition, "the pod is stopping"));
         }
         if self.containers.iter().any(|c| c.id == spec.id) {
             return Err(err(
-                WireClass::FailedPrecondition,
+                Class::FailedPrecondition,
                 format!("container {} already exists", spec.id),
             ));
         }
         if spec.process.args.is_empty() {
-            return Err(err(WireClass::InvalidArgument, "empty argv"));
+            return Err(err(Class::InvalidArgument, "empty argv"));
         }
         let log = match &spec.log_path {
             Some(p) => Some(
@@ -84,7 +84,7 @@ impl Monitor {
         let master = if spec.tty {
             Some(
                 made.tty_master
-                    .ok_or_else(|| err(WireClass::Internal, "no pty received"))?,
+                    .ok_or_else(|| err(Class::Internal, "no pty received"))?,
             )
         } else {
             None
@@ -126,7 +126,7 @@ impl Monitor {
                 let t = self.container(container_id)?;
                 if t.exit.is_some() {
                     return Err(err(
-                        WireClass::FailedPrecondition,
+                        Class::FailedPrecondition,
                         format!("target container {container_id} is not running"),
                     ));
                 }
@@ -166,7 +166,7 @@ impl Monitor {
             Ok(_) => {
                 reap_now(pid);
                 return Err(err(
-                    WireClass::Internal,
+                    Class::Internal,
                     "container setup ended without a report",
                 ));
             }
@@ -220,13 +220,13 @@ impl Monitor {
         let c = self.container(id)?;
         if c.exit.is_some() {
             return Err(err(
-                WireClass::FailedPrecondition,
+                Class::FailedPrecondition,
                 format!("container {id} has exited"),
             ));
         }
         let Some(sync) = c.sync.take() else {
             return Err(err(
-                WireClass::FailedPrecondition,
+                Class::FailedPrecondition,
                 format!("container {id} is already started"),
             ));
         };
@@ -251,7 +251,7 @@ impl Monitor {
             }
             Ok(Some((msg, _))) if msg.first() == Some(&MSG_ERROR) => Err(child_failure(&msg)),
             Ok(Some(_)) => Err(err(
-                WireClass::Internal,
+                Class::Internal,
                 "unexpected message from the container",
             )),
             Err(e) => Err(sys_err("start", e)),
@@ -262,7 +262,7 @@ impl Monitor {
     pub(super) fn kill(&mut self, id: &str, signal: i32) -> Result<(), Failure> {
         if !(1..=64).contains(&signal) {
             return Err(err(
-                WireClass::InvalidArgument,
+                Class::InvalidArgument,
                 format!("invalid signal {signal}"),
             ));
         }
@@ -298,7 +298,7 @@ impl Monitor {
                 reap_now(pid);
             } else {
                 return Err(err(
-                    WireClass::FailedPrecondition,
+                    Class::FailedPrecondition,
                     format!("container {id} is running"),
                 ));
             }

@@ -57,7 +57,7 @@ impl Monitor {
                     self.reply(
                         id,
                         &Response::Error {
-                            class: WireClass::InvalidArgument,
+                            class: Class::InvalidArgument,
                             message: e.to_string(),
                         },
                     );

@@ -10,7 +10,7 @@ use super::container::devnull;
 use super::reaper::reap_now;
 use super::sync::{child_failure, recv_sync, seqpacket_pair};
 use super::{Exec, Failure, Monitor, SETUP_TIMEOUT, err, sys_err};
-use crate::protocol::{Response, WireClass};
+use crate::protocol::{Class, Response};
 use crate::spec::ProcessSpec;
 use crate::sys;
 
@@ -36,10 +36,7 @@ impl Monitor {
         opts: ExecOptions,
     ) -> Result<(), Failure> {
         if process.args.is_empty() {
-            return Err(err(
-                WireClass::InvalidArgument,
-                "exec with an empty command",
-            ));
+            return Err(err(Class::InvalidArgument, "exec with an empty command"));
         }
         // With a tty the child opens its own pty and these stay unused placeholders.
         let (stdin, stdout, stderr) = if opts.tty {
@@ -48,7 +45,7 @@ impl Monitor {
         } else {
             let c = self
                 .client(client)
-                .ok_or_else(|| err(WireClass::Internal, "client gone"))?;
+                .ok_or_else(|| err(Class::Internal, "client gone"))?;
             let stdin = if opts.stdin { c.fds.pop_front() } else { None };
             match (c.fds.pop_front(), c.fds.pop_front()) {
                 (Some(o), Some(e)) if stdin.is_some() || !opts.stdin => {
@@ -59,7 +56,7 @@ impl Monitor {
                     (stdin, o, e)
                 }
                 _ => {
-                    return Err(err(WireClass::InvalidArgument, "exec needs its stdio fds"));
+                    return Err(err(Class::InvalidArgument, "exec needs its stdio fds"));
                 }
             }
         };
@@ -67,7 +64,7 @@ impl Monitor {
         let c = self.container(id)?;
         if c.exit.is_some() || c.started_at == 0 {
             return Err(err(
-                WireClass::FailedPrecondition,
+                Class::FailedPrecondition,
                 format!("container {id} is not running"),
             ));
         }
@@ -101,7 +98,7 @@ impl Monitor {
         match sync_result {
             Ok(None) if opts.tty && master.is_none() => {
                 reap_now(pid);
-                return Err(err(WireClass::Internal, "exec did not report its pty"));
+                return Err(err(Class::Internal, "exec did not report its pty"));
             }
             Ok(None) => {}
             Ok(Some((msg, _))) if msg.first() == Some(&MSG_ERROR) => {
@@ -113,7 +110,7 @@ impl Monitor {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
                 reap_now(pid);
                 return Err(err(
-                    WireClass::Internal,
+                    Class::Internal,
                     format!("exec did not start: {other:?}"),
                 ));
             }

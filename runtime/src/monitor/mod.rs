@@ -37,7 +37,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::protocol::{ExitStatus, FrameReader, MonitorConfig, WireClass};
+use crate::protocol::{Class, ExitStatus, FrameReader, MonitorConfig};
 use crate::sys;
 use logs::Output;
 
@@ -185,16 +185,16 @@ struct Monitor {
 }
 
 /// A failed call: its class on the wire and the message.
-type Failure = (WireClass, String);
+type Failure = (Class, String);
 
 /// A failure of `class`.
-fn err(class: WireClass, msg: impl Into<String>) -> Failure {
+fn err(class: Class, msg: impl Into<String>) -> Failure {
     (class, msg.into())
 }
 
 /// An internal failure: `what` failed with `e`.
 fn sys_err(what: &str, e: impl std::fmt::Display) -> Failure {
-    (WireClass::Internal, format!("{what}: {e}"))
+    (Class::Internal, format!("{what}: {e}"))
 }
 
 fn run(config_path: &Path, userns: Option<OwnedFd>) -> i32 {
@@ -221,7 +221,7 @@ impl Monitor {
             .find(|c| c.id == id)
             .ok_or_else(|| {
                 err(
-                    WireClass::NotFound,
+                    Class::NotFound,
                     format!("container {id} not found in this pod"),
                 )
             })

@@ -27,7 +27,7 @@ use super::logs::set_nonblocking;
 use super::rootfs::{mount_raw, overlay_data, set_propagation};
 use super::sync::recv_sync;
 use super::{Failure, Monitor, SETUP_TIMEOUT, err, sys_err};
-use crate::protocol::{Response, WireClass};
+use crate::protocol::{Class, Response};
 use crate::spec::{ContainerSpec, OciRuntimeSpec, PidNamespace};
 use crate::sys::{self, pipe};
 
@@ -322,7 +322,7 @@ impl Monitor {
                 let _ = std::fs::remove_file(path);
             }
             return Err(err(
-                WireClass::Internal,
+                Class::Internal,
                 format!("{} create {}: {msg}", rt.binary.display(), spec.id),
             ));
         }
@@ -338,7 +338,7 @@ impl Monitor {
                 undo(
                     rt,
                     err(
-                        WireClass::Internal,
+                        Class::Internal,
                         format!("{} create wrote no pid file", rt.binary.display()),
                     ),
                 )
@@ -375,22 +375,22 @@ impl Monitor {
         let c = self.container(id)?;
         if c.exit.is_some() {
             return Err(err(
-                WireClass::FailedPrecondition,
+                Class::FailedPrecondition,
                 format!("container {id} has exited"),
             ));
         }
         if c.started_at != 0 {
             return Err(err(
-                WireClass::FailedPrecondition,
+                Class::FailedPrecondition,
                 format!("container {id} is already started"),
             ));
         }
         let Some(rt) = c.oci.clone() else {
-            return Err(err(WireClass::Internal, "not a handler container"));
+            return Err(err(Class::Internal, "not a handler container"));
         };
         command(&rt, &["start", id]).map_err(|e| {
             err(
-                WireClass::Internal,
+                Class::Internal,
                 format!("{} start {id}: {e}", rt.binary.display()),
             )
         })?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::MsgFlags;
 
 use super::Failure;
-use crate::protocol::WireClass;
+use crate::protocol::Class;
 use crate::protocol::fds::recv_with_fds;
 use crate::sys::cvt;
 
@@ -84,9 +84,9 @@ pub(super) fn child_failure(msg: &[u8]) -> Failure {
     let text = String::from_utf8_lossy(msg.get(2..).unwrap_or_default()).into_owned();
     (
         if invalid {
-            WireClass::InvalidArgument
+            Class::InvalidArgument
         } else {
-            WireClass::Internal
+            Class::Internal
         },
         text,
     )

@@ -29,6 +29,7 @@ use serde::de::IntoDeserializer;
 
 use super::PodBinding;
 use crate::error::{Error, Result};
+use crate::namespace::Namespace;
 use crate::seccomp::{Profile, SyscallRule};
 use crate::security::CAPABILITY_NAMES;
 use crate::spec::{ContainerSpec, MountKind, MountSpec, PidNamespace, Propagation};
@@ -39,10 +40,10 @@ pub const OCI_VERSION: &str = "1.0.2";
 /// The namespaces a pod holds that its containers join by path, in the order `config.json`
 /// lists them: the name Berth records the namespace under (and its file in the pod's `ns/`
 /// dir), and its OCI type.
-const POD_NAMESPACES: [(&str, LinuxNamespaceType); 3] = [
-    ("net", LinuxNamespaceType::Network),
-    ("ipc", LinuxNamespaceType::Ipc),
-    ("uts", LinuxNamespaceType::Uts),
+const POD_NAMESPACES: [(Namespace, LinuxNamespaceType); 3] = [
+    (Namespace::Net, LinuxNamespaceType::Network),
+    (Namespace::Ipc, LinuxNamespaceType::Ipc),
+    (Namespace::Uts, LinuxNamespaceType::Uts),
 ];
 
 /// The OCI runtime spec of a planned container in its pod: the same process, ids,
@@ -211,9 +212,9 @@ fn namespaces(spec: &ContainerSpec, pod: &PodBinding) -> Result<Vec<LinuxNamespa
             out.push(namespace(LinuxNamespaceType::Pid, Some(path))?);
         }
     }
-    for (name, typ) in POD_NAMESPACES {
-        if pod.namespaces.iter().any(|n| n == name) {
-            out.push(namespace(typ, Some(pod.ns_dir.join(name)))?);
+    for (ns, typ) in POD_NAMESPACES {
+        if pod.namespaces.contains(&ns) {
+            out.push(namespace(typ, Some(pod.ns_dir.join(ns.name())))?);
         }
     }
     Ok(out)

@@ -59,8 +59,8 @@ pub struct DeviceNode {
 /// What the runtime spec needs beyond the container's own plan: how it joins its pod.
 #[derive(Debug, Clone, Default)]
 pub struct PodBinding {
-    /// Namespaces the pod holds (`net`, `ipc`, `uts`), joined through `<ns_dir>/<name>`.
-    pub namespaces: Vec<String>,
+    /// Namespaces the pod holds, joined through `<ns_dir>/<name>`.
+    pub namespaces: Vec<crate::namespace::Namespace>,
     /// The pod's `ns/` dir, where the monitor bind-mounts its namespaces.
     pub ns_dir: PathBuf,
     /// PID of the target container of a `Target` PID namespace, as the pod's monitor sees it

@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::*;
 use crate::image::ImageInfo;
+use crate::namespace::Namespace;
 use crate::plan::{PlanInput, PodContext, plan_container};
 use crate::seccomp::Profile;
 use crate::security::CAPABILITY_NAMES;
@@ -56,7 +57,7 @@ fn plain_spec() -> ContainerSpec {
 
 fn binding() -> PodBinding {
     PodBinding {
-        namespaces: vec!["net".into(), "ipc".into(), "uts".into()],
+        namespaces: vec![Namespace::Net, Namespace::Ipc, Namespace::Uts],
         ns_dir: "/run/berth/pods/p1/ns".into(),
         cgroups_path: "/berth/p1/c1".into(),
         ..Default::default()
@@ -543,7 +544,7 @@ fn recorded_cases() -> Vec<(&'static str, ContainerSpec, PodBinding, &'static st
     };
     target.process.user.additional_gids = vec![];
     let zero_limits = PodBinding {
-        namespaces: vec!["uts".into(), "net".into()],
+        namespaces: vec![Namespace::Uts, Namespace::Net],
         target_pid: Some(4242),
         resources: Some(LinuxContainerResources {
             cpu_quota: -1,

@@ -144,7 +144,7 @@ impl AttachStream {
 
 /// The error classes that cross the wire: the one [`berth_class::Class`], serialised in
 /// snake case (`"not_found"`), the names the monitor has always sent.
-pub use berth_class::Class as WireClass;
+pub use berth_class::Class;
 
 /// An answer (or, after `subscribe`, an event) from the monitor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -201,7 +201,7 @@ pub enum Response {
     /// The call failed.
     Error {
         /// Its class.
-        class: WireClass,
+        class: Class,
         /// What went wrong.
         message: String,
     },
@@ -268,7 +268,7 @@ mod tests {
         assert!(matches!(
             e,
             Response::Error {
-                class: WireClass::NotFound,
+                class: Class::NotFound,
                 ..
             }
         ));

@@ -118,7 +118,7 @@ fn bidirectional_makes_root_shared_and_bad_mounts_fail() {
         mount("/x", "/h", false, 7),
     ] {
         let e = plan_mounts(vec![], &[bad], &HashMap::new()).unwrap_err();
-        assert_eq!(e.class(), crate::ErrorClass::InvalidArgument, "{e}");
+        assert_eq!(e.class(), crate::Class::InvalidArgument, "{e}");
     }
     let mut idmapped = mount("/x", "/h", false, 0);
     idmapped.uid_mappings = vec![k8s_cri::v1::IdMapping {
