@@ -35,7 +35,8 @@ struct Reconciliation {
     images: Stage,
 }
 
-/// What a CRI call must wait for before it answers (DESIGN.md, settled question 2).
+/// What a CRI call must wait for before it answers: after a start, the state is reconciled
+/// in parts, and a call answers only once the part it shows or touches is true again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Needs {
     /// Nothing: Version and Status answer at once, Status saying why it is not ready.
