@@ -256,8 +256,14 @@ async fn remove_pod_leaves_nothing_behind() {
     env.rt.remove_pod_sandbox(&pod).await.unwrap();
     env.rt.remove_pod_sandbox(&pod).await.unwrap();
     assert_eq!(env.mounts_left(), Vec::<String>::new());
+    // The directories are renamed aside at once and deleted on a blocking thread.
+    let deadline = Instant::now() + Duration::from_secs(10);
     for d in ["state/pods", "state/containers", "root/containers"] {
-        let left = env.entries(d);
+        let mut left = env.entries(d);
+        while !left.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            left = env.entries(d);
+        }
         assert!(left.is_empty(), "{d} still holds {left:?}");
     }
     assert!(env.rt.list_pod_sandbox(None).is_empty());
