@@ -33,15 +33,19 @@ pub struct GroupEntry {
     pub members: Vec<String>,
 }
 
-/// Parses `/etc/passwd` text, skipping malformed lines and comments as libc does.
-pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
+/// The colon-separated fields of each entry in a passwd-style database with at least
+/// `min_fields` fields and a name, skipping comments and malformed lines as libc does.
+fn records(text: &str, min_fields: usize) -> impl Iterator<Item = Vec<&str>> {
     text.lines()
         .filter(|l| !l.trim_start().starts_with('#'))
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            if f.len() < 4 || f[0].is_empty() {
-                return None;
-            }
+        .map(|l| l.split(':').collect::<Vec<&str>>())
+        .filter(move |f| f.len() >= min_fields && !f[0].is_empty())
+}
+
+/// Parses `/etc/passwd` text, skipping malformed lines and comments as libc does.
+pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
+    records(text, 4)
+        .filter_map(|f| {
             Some(PasswdEntry {
                 name: f[0].to_owned(),
                 uid: f[2].trim().parse().ok()?,
@@ -54,13 +58,8 @@ pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
 
 /// Parses `/etc/group` text.
 pub fn parse_group(text: &str) -> Vec<GroupEntry> {
-    text.lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            if f.len() < 3 || f[0].is_empty() {
-                return None;
-            }
+    records(text, 3)
+        .filter_map(|f| {
             Some(GroupEntry {
                 name: f[0].to_owned(),
                 gid: f[2].trim().parse().ok()?,
