@@ -1,11 +1,17 @@
 //! What the daemon's HTTP servers (metrics, streaming) share: accepting a bounded number of
-//! TCP connections at a time, backing off when `accept(2)` fails, until the server shuts
-//! down, and the handle that shuts it down when dropped.
+//! TCP connections at a time, backing off when `accept(2)` fails, serving HTTP/1.1 on each
+//! until the server shuts down, and the handle that shuts it down when dropped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::HttpService;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -57,6 +63,38 @@ impl Acceptor {
                 Err(_) => tracing::warn!(%peer, "{server}: too many connections, closing one"),
             }
         }
+    }
+}
+
+/// Serves HTTP/1.1 requests on `io` (from `peer`) with `service` until the client closes
+/// the connection or `shutdown` is cancelled; then the request in flight is answered first.
+/// A client must send its headers within `header_timeout`. A response may upgrade the
+/// connection (the streaming protocols do; the metrics endpoint never answers 101).
+pub(crate) async fn serve_http1<IO, S>(
+    io: IO,
+    peer: SocketAddr,
+    service: S,
+    header_timeout: Duration,
+    shutdown: &CancellationToken,
+    server: &'static str,
+) where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    S: HttpService<Incoming, ResBody = Full<Bytes>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = &mut conn => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "{server}: connection error");
+            }
+        }
+        _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
     }
 }
 

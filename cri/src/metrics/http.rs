@@ -11,11 +11,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::accept::{Acceptor, Serving};
+use crate::accept::{Acceptor, Serving, serve_http1};
 
 /// The content type of the OpenMetrics text format, which Prometheus scrapes natively.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -70,19 +69,7 @@ async fn accept_loop(listener: TcpListener, render: Render, shutdown: Cancellati
                 let response = answer(&req, &render);
                 async move { Ok::<_, Infallible>(response) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = &mut conn => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "metrics: connection error");
-                    }
-                }
-                _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
-            }
+            serve_http1(tcp, peer, service, HEADER_TIMEOUT, &shutdown, "metrics").await;
         });
     }
 }
