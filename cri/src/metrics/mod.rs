@@ -17,7 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use tonic::Code;
 
 /// Bucket bounds of CRI call durations, in seconds: from a List answered from memory to a
@@ -107,6 +107,13 @@ pub struct Metrics {
     errors: Family<KindLabels, Counter>,
 }
 
+/// Registers `metric` under `name` and gives it back to be kept: the registry holds a clone
+/// that shares its values.
+fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -117,80 +124,84 @@ impl Metrics {
     /// Registers every metric under the `berth_` prefix.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("berth");
-        let rpcs = Family::<RpcLabels, Counter>::default();
-        registry.register(
+        let rpcs = register(
+            &mut registry,
             "grpc_requests",
             "CRI calls answered, by method and gRPC status code",
-            rpcs.clone(),
+            Family::<RpcLabels, Counter>::default(),
         );
-        let rpc_seconds = Family::new_with_constructor(rpc_histogram as fn() -> Histogram);
-        registry.register(
+        let rpc_seconds = register(
+            &mut registry,
             "grpc_request_duration_seconds",
             "Time to answer a CRI call, by method",
-            rpc_seconds.clone(),
+            Family::new_with_constructor(rpc_histogram as fn() -> Histogram),
         );
-        let pods = Family::<StateLabels, Gauge>::default();
-        registry.register(
+        let pods = register(
+            &mut registry,
             "pods",
             "Pod sandboxes by state, as ListPodSandbox shows them",
-            pods.clone(),
+            Family::<StateLabels, Gauge>::default(),
         );
-        let containers = Family::<StateLabels, Gauge>::default();
-        registry.register(
+        let containers = register(
+            &mut registry,
             "containers",
             "Containers by state, as ListContainers shows them",
-            containers.clone(),
+            Family::<StateLabels, Gauge>::default(),
         );
-        let monitors = Gauge::default();
-        registry.register(
+        let monitors = register(
+            &mut registry,
             "monitors",
             "Pod monitor processes running",
-            monitors.clone(),
+            Gauge::default(),
         );
-        let files_lost = Gauge::default();
-        registry.register(
+        let files_lost = register(
+            &mut registry,
             "containers_files_lost",
             "Containers whose files were found gone at start though no removal was recorded \
              (listed exited with reason FilesLost until removed): a fault",
-            files_lost.clone(),
+            Gauge::default(),
         );
-        let pulls = Family::<ResultLabels, Counter>::default();
-        registry.register(
+        let pulls = register(
+            &mut registry,
             "image_pulls",
             "Image pulls finished, by result (success or failure)",
-            pulls.clone(),
+            Family::<ResultLabels, Counter>::default(),
         );
-        let pull_bytes = Counter::default();
-        registry.register(
+        let pull_bytes = register(
+            &mut registry,
             "image_pull_bytes",
             "Compressed layer bytes downloaded by successful image pulls",
-            pull_bytes.clone(),
+            Counter::default(),
         );
-        let pull_seconds = Histogram::new(PULL_BUCKETS);
-        registry.register(
+        let pull_seconds = register(
+            &mut registry,
             "image_pull_duration_seconds",
             "Time an image pull took, successful or not",
-            pull_seconds.clone(),
+            Histogram::new(PULL_BUCKETS),
         );
-        let errors = Family::<KindLabels, Counter>::default();
-        registry.register(
+        let errors = register(
+            &mut registry,
             "errors",
             "Internal errors by kind: rpc (a call answered Internal, Unknown or DataLoss), \
              reconcile (start-up reconciliation), image_gc (image garbage collection)",
-            errors.clone(),
+            Family::<KindLabels, Counter>::default(),
         );
-        let build = Family::<VersionLabels, Gauge>::default();
-        registry.register("build_info", "Berth's version; always 1", build.clone());
+        let build = register(
+            &mut registry,
+            "build_info",
+            "Berth's version; always 1",
+            Family::<VersionLabels, Gauge>::default(),
+        );
         build
             .get_or_create(&VersionLabels {
                 version: env!("CARGO_PKG_VERSION"),
             })
             .set(1);
-        let start_time = Gauge::<f64, AtomicU64>::default();
-        registry.register(
+        let start_time = register(
+            &mut registry,
             "start_time_seconds",
             "When the daemon started, in seconds since the Unix epoch",
-            start_time.clone(),
+            Gauge::<f64, AtomicU64>::default(),
         );
         start_time.set(
             SystemTime::now()
