@@ -286,53 +286,27 @@ mod tests {
 
     #[test]
     fn image_user_forms() {
-        let u = resolve(UserRequest {
-            image_user: "alice".into(),
-            ..Default::default()
-        })
-        .unwrap();
+        let image_user = |u: &str| {
+            resolve(UserRequest {
+                image_user: u.into(),
+                ..Default::default()
+            })
+        };
+        let u = image_user("alice").unwrap();
         assert_eq!(
             (u.uid, u.gid, u.additional_gids.clone()),
             (1000, 1000, vec![1000, 10, 44])
         );
-        let u = resolve(UserRequest {
-            image_user: "33".into(),
-            ..Default::default()
-        })
-        .unwrap();
+        let u = image_user("33").unwrap();
         assert_eq!((u.uid, u.gid), (33, 33));
-        let u = resolve(UserRequest {
-            image_user: "4242".into(),
-            ..Default::default()
-        })
-        .unwrap();
+        let u = image_user("4242").unwrap();
         assert_eq!((u.uid, u.gid, u.home.as_str()), (4242, 0, "/"));
-        let u = resolve(UserRequest {
-            image_user: "alice:video".into(),
-            ..Default::default()
-        })
-        .unwrap();
+        let u = image_user("alice:video").unwrap();
         assert_eq!((u.uid, u.gid), (1000, 44));
-        let u = resolve(UserRequest {
-            image_user: "1:7".into(),
-            ..Default::default()
-        })
-        .unwrap();
+        let u = image_user("1:7").unwrap();
         assert_eq!((u.uid, u.gid), (1, 7));
-        assert!(
-            resolve(UserRequest {
-                image_user: "bob".into(),
-                ..Default::default()
-            })
-            .is_err()
-        );
-        assert!(
-            resolve(UserRequest {
-                image_user: "alice:nogroup".into(),
-                ..Default::default()
-            })
-            .is_err()
-        );
+        assert!(image_user("bob").is_err());
+        assert!(image_user("alice:nogroup").is_err());
     }
 
     #[test]
