@@ -17,7 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Metric, Registry};
+use prometheus_client::registry::Registry;
 use tonic::Code;
 
 /// Bucket bounds of CRI call durations, in seconds: from a List answered from memory to a
@@ -107,13 +107,6 @@ pub struct Metrics {
     errors: Family<KindLabels, Counter>,
 }
 
-/// Registers `metric` under `name` and gives it back to be kept: the registry holds a clone
-/// that shares its values.
-fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
-    registry.register(name, help, metric.clone());
-    metric
-}
-
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -124,84 +117,80 @@ impl Metrics {
     /// Registers every metric under the `berth_` prefix.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("berth");
-        let rpcs = register(
-            &mut registry,
+        let rpcs = Family::<RpcLabels, Counter>::default();
+        registry.register(
             "grpc_requests",
             "CRI calls answered, by method and gRPC status code",
-            Family::<RpcLabels, Counter>::default(),
+            rpcs.clone(),
         );
-        let rpc_seconds = register(
-            &mut registry,
+        let rpc_seconds = Family::new_with_constructor(rpc_histogram as fn() -> Histogram);
+        registry.register(
             "grpc_request_duration_seconds",
             "Time to answer a CRI call, by method",
-            Family::new_with_constructor(rpc_histogram as fn() -> Histogram),
+            rpc_seconds.clone(),
         );
-        let pods = register(
-            &mut registry,
+        let pods = Family::<StateLabels, Gauge>::default();
+        registry.register(
             "pods",
             "Pod sandboxes by state, as ListPodSandbox shows them",
-            Family::<StateLabels, Gauge>::default(),
+            pods.clone(),
         );
-        let containers = register(
-            &mut registry,
+        let containers = Family::<StateLabels, Gauge>::default();
+        registry.register(
             "containers",
             "Containers by state, as ListContainers shows them",
-            Family::<StateLabels, Gauge>::default(),
+            containers.clone(),
         );
-        let monitors = register(
-            &mut registry,
+        let monitors = Gauge::default();
+        registry.register(
             "monitors",
             "Pod monitor processes running",
-            Gauge::default(),
+            monitors.clone(),
         );
-        let files_lost = register(
-            &mut registry,
+        let files_lost = Gauge::default();
+        registry.register(
             "containers_files_lost",
             "Containers whose files were found gone at start though no removal was recorded \
              (listed exited with reason FilesLost until removed): a fault",
-            Gauge::default(),
+            files_lost.clone(),
         );
-        let pulls = register(
-            &mut registry,
+        let pulls = Family::<ResultLabels, Counter>::default();
+        registry.register(
             "image_pulls",
             "Image pulls finished, by result (success or failure)",
-            Family::<ResultLabels, Counter>::default(),
+            pulls.clone(),
         );
-        let pull_bytes = register(
-            &mut registry,
+        let pull_bytes = Counter::default();
+        registry.register(
             "image_pull_bytes",
             "Compressed layer bytes downloaded by successful image pulls",
-            Counter::default(),
+            pull_bytes.clone(),
         );
-        let pull_seconds = register(
-            &mut registry,
+        let pull_seconds = Histogram::new(PULL_BUCKETS);
+        registry.register(
             "image_pull_duration_seconds",
             "Time an image pull took, successful or not",
-            Histogram::new(PULL_BUCKETS),
+            pull_seconds.clone(),
         );
-        let errors = register(
-            &mut registry,
+        let errors = Family::<KindLabels, Counter>::default();
+        registry.register(
             "errors",
             "Internal errors by kind: rpc (a call answered Internal, Unknown or DataLoss), \
              reconcile (start-up reconciliation), image_gc (image garbage collection)",
-            Family::<KindLabels, Counter>::default(),
+            errors.clone(),
         );
-        let build = register(
-            &mut registry,
-            "build_info",
-            "Berth's version; always 1",
-            Family::<VersionLabels, Gauge>::default(),
-        );
+        let build = Family::<VersionLabels, Gauge>::default();
+        registry.register("build_info", "Berth's version; always 1", build.clone());
         build
             .get_or_create(&VersionLabels {
                 version: env!("CARGO_PKG_VERSION"),
             })
             .set(1);
-        let start_time = register(
-            &mut registry,
+        let start_time = Gauge::<f64, AtomicU64>::default();
+        registry.register(
             "start_time_seconds",
             "When the daemon started, in seconds since the Unix epoch",
-            Gauge::<f64, AtomicU64>::default(),
+            start_time.clone(),
         );
         start_time.set(
             SystemTime::now()
