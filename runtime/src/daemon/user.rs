@@ -33,22 +33,29 @@ pub struct GroupEntry {
     pub members: Vec<String>,
 }
 
-/// The colon-separated fields of each entry in a passwd-style database with at least
-/// `min_fields` fields and a name, skipping comments and malformed lines as libc does.
-fn records(text: &str, min_fields: usize) -> impl Iterator<Item = Vec<&str>> {
+/// The entries of a passwd-style database (`name:password:id:...`) as their name, their
+/// numeric id and all their fields, skipping comments and malformed lines (fewer than
+/// `min_fields` fields, no name, an id that is not a number) as libc does.
+fn records(text: &str, min_fields: usize) -> impl Iterator<Item = (String, u32, Vec<&str>)> {
     text.lines()
         .filter(|l| !l.trim_start().starts_with('#'))
-        .map(|l| l.split(':').collect::<Vec<&str>>())
-        .filter(move |f| f.len() >= min_fields && !f[0].is_empty())
+        .filter_map(move |l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() < min_fields || f[0].is_empty() {
+                return None;
+            }
+            let id = f[2].trim().parse().ok()?;
+            Some((f[0].to_owned(), id, f))
+        })
 }
 
 /// Parses `/etc/passwd` text, skipping malformed lines and comments as libc does.
 pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
     records(text, 4)
-        .filter_map(|f| {
+        .filter_map(|(name, uid, f)| {
             Some(PasswdEntry {
-                name: f[0].to_owned(),
-                uid: f[2].trim().parse().ok()?,
+                name,
+                uid,
                 gid: f[3].trim().parse().ok()?,
                 home: f.get(5).map(|s| s.to_string()).unwrap_or_default(),
             })
@@ -58,22 +65,18 @@ pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
 
 /// Parses `/etc/group` text.
 pub fn parse_group(text: &str) -> Vec<GroupEntry> {
+    let members = |m: &str| -> Vec<String> {
+        m.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    };
     records(text, 3)
-        .filter_map(|f| {
-            Some(GroupEntry {
-                name: f[0].to_owned(),
-                gid: f[2].trim().parse().ok()?,
-                members: f
-                    .get(3)
-                    .map(|m| {
-                        m.split(',')
-                            .map(str::trim)
-                            .filter(|s| !s.is_empty())
-                            .map(String::from)
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            })
+        .map(|(name, gid, f)| GroupEntry {
+            name,
+            gid,
+            members: f.get(3).map(|m| members(m)).unwrap_or_default(),
         })
         .collect()
 }
