@@ -267,15 +267,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let node = node(dir.path());
         node.reconcile().await;
-        let err = pull_image(
-            &node,
-            PullImageRequest {
-                image: spec("Not/A/Valid:Ref:"),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_err();
+        let pull = |image: &str| {
+            pull_image(
+                &node,
+                PullImageRequest {
+                    image: spec(image),
+                    ..Default::default()
+                },
+            )
+        };
+        let err = pull("Not/A/Valid:Ref:").await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         assert!(err.message().contains("Not/A/Valid"), "{err:?}");
         let err = pull_image(&node, PullImageRequest::default())
@@ -283,15 +284,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         // Nothing listens on port 1 of loopback.
-        let err = pull_image(
-            &node,
-            PullImageRequest {
-                image: spec("127.0.0.1:1/x/y:z"),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap_err();
+        let err = pull("127.0.0.1:1/x/y:z").await.unwrap_err();
         assert_eq!(err.code(), Code::Unavailable, "{err:?}");
         remove_image(
             &node,

@@ -2,6 +2,7 @@
 //! configuration, metadata store and lifecycle. The `berth` binary only parses arguments and
 //! calls [`server::run`].
 
+pub mod accept;
 pub mod config;
 pub mod containers;
 pub mod deadline;

@@ -24,7 +24,7 @@ pub use endpoint::Endpoint;
 
 use auth::{CachedAuth, same_registry};
 use blob::read_limited;
-use endpoint::{EpError, error_chain, status_error};
+use endpoint::{EpError, status_error};
 
 /// How transient failures are retried.
 #[derive(Clone, Copy, Debug)]
@@ -155,7 +155,7 @@ impl RegistryClient {
         }
         let c = b
             .build()
-            .map_err(|e| EpError::Fatal(format!("http client: {}", error_chain(&e))))?;
+            .map_err(|e| EpError::Fatal(format!("http client: {}", berth_db::commit::chain(&e))))?;
         clients.insert(ep.host.clone(), c.clone());
         Ok(c)
     }

@@ -3,7 +3,8 @@
 //!
 //! Where `nix` has the call, the wrapper is a line over it with the same flags and errors
 //! (`pipe`, `setns`, `openat2`, `fs_magic`, `fstat`, `umount_quiet`, `with_umask`); none
-//! retries on `EINTR`, as none did before. The calls `nix` 0.30 lacks stay here on `libc`:
+//! retries on `EINTR`, as none did before, and only `openat2` retries `EAGAIN` (a raced
+//! scoped lookup). The calls `nix` 0.30 lacks stay here on `libc`:
 //! `pidfd_open` and `pidfd_send_signal`, the new mount API (`open_tree`, `move_mount`,
 //! `mount_setattr`), `close_range`, `capset`, `getrandom`, and `clone3` with
 //! `CLONE_INTO_CGROUP` in [`fork_into_cgroup`].
@@ -84,7 +85,20 @@ pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
 /// `RESOLVE_NO_SYMLINKS`: no symlink at all on the way.
 pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 
-/// `openat2(2)` with a resolve mask.
+/// How many times [`openat2`] tries a lookup the kernel asked to retry (`EAGAIN`).
+const OPENAT2_ATTEMPTS: u32 = 32;
+
+/// Whether [`openat2`] tries again after attempt number `attempt` (counting from 1) failed
+/// with `err`. With `RESOLVE_IN_ROOT`, `RESOLVE_BENEATH` or `RESOLVE_NO_XDEV` the kernel
+/// answers `EAGAIN` when a mount or rename elsewhere on the system raced the lookup (it
+/// cannot then prove `..` stayed inside the root), so the same call may well succeed next
+/// time; runc and libpathrs retry it a bounded number of times too, so that a system under
+/// constant mount churn still gets an answer instead of a hang.
+fn openat2_retries(err: nix::errno::Errno, attempt: u32) -> bool {
+    err == nix::errno::Errno::EAGAIN && attempt < OPENAT2_ATTEMPTS
+}
+
+/// `openat2(2)` with a resolve mask, retried (bounded) while the kernel answers `EAGAIN`.
 pub fn openat2(
     dirfd: RawFd,
     path: &Path,
@@ -97,7 +111,13 @@ pub fn openat2(
         .flags(OFlag::from_bits_retain(flags | libc::O_CLOEXEC))
         .mode(nix::sys::stat::Mode::from_bits_retain(mode))
         .resolve(ResolveFlag::from_bits_retain(resolve));
-    Ok(nix::fcntl::openat2(borrow(dirfd), path, how)?)
+    let mut attempt = 1;
+    loop {
+        match nix::fcntl::openat2(borrow(dirfd), path, how) {
+            Err(e) if openat2_retries(e, attempt) => attempt += 1,
+            res => return Ok(res?),
+        }
+    }
 }
 
 #[repr(C)]
@@ -511,6 +531,18 @@ mod tests {
     fn mode_of(p: &Path) -> u32 {
         use std::os::unix::fs::PermissionsExt;
         std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn openat2_retries_a_raced_lookup_a_bounded_number_of_times() {
+        use nix::errno::Errno;
+        assert!(openat2_retries(Errno::EAGAIN, 1));
+        assert!(openat2_retries(Errno::EAGAIN, OPENAT2_ATTEMPTS - 1));
+        assert!(!openat2_retries(Errno::EAGAIN, OPENAT2_ATTEMPTS));
+        // Any other answer is the lookup's real result and goes back to the caller at once.
+        for e in [Errno::ENOENT, Errno::EXDEV, Errno::ELOOP, Errno::EINTR] {
+            assert!(!openat2_retries(e, 1), "{e}");
+        }
     }
 
     #[test]

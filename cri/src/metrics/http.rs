@@ -3,7 +3,6 @@
 //! `/metrics`). Small on purpose: a scraper every few seconds is its only client.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,10 +11,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+use crate::accept::{Acceptor, Serving, serve_http1};
 
 /// The content type of the OpenMetrics text format, which Prometheus scrapes natively.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -42,23 +41,7 @@ pub struct BindError {
 }
 
 /// The running endpoint; dropping it stops it.
-pub struct MetricsServer {
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-}
-
-impl MetricsServer {
-    /// The address the endpoint listens on (the port chosen when the config said 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
+pub type MetricsServer = Serving;
 
 /// Binds `address` ("host:port"; port 0 picks a free port), logs the bound address and
 /// serves in the background.
@@ -72,29 +55,12 @@ pub async fn start(address: &str, render: Render) -> Result<MetricsServer, BindE
     let shutdown = CancellationToken::new();
     tokio::spawn(accept_loop(listener, render, shutdown.clone()));
     tracing::info!(address = %addr, "metrics endpoint listening");
-    Ok(MetricsServer { addr, shutdown })
+    Ok(Serving::new(addr, shutdown))
 }
 
 async fn accept_loop(listener: TcpListener, render: Render, shutdown: CancellationToken) {
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.cancelled() => return,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "metrics: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::debug!(%peer, "metrics: too many connections, closing one");
-            continue;
-        };
+    let acceptor = Acceptor::new(listener, MAX_CONNECTIONS, "metrics");
+    while let Some((tcp, peer, permit)) = acceptor.next(&shutdown).await {
         let render = render.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -103,19 +69,7 @@ async fn accept_loop(listener: TcpListener, render: Render, shutdown: Cancellati
                 let response = answer(&req, &render);
                 async move { Ok::<_, Infallible>(response) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(tcp), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = &mut conn => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "metrics: connection error");
-                    }
-                }
-                _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
-            }
+            serve_http1(tcp, peer, service, HEADER_TIMEOUT, &shutdown, "metrics").await;
         });
     }
 }

@@ -13,7 +13,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -25,6 +25,7 @@ use super::backend::StreamBackend;
 use super::remotecommand::{self, Command, Options, Target};
 use super::tokens::{StreamRequest, TokenCache};
 use super::{portforward, spdy, websocket};
+use crate::accept::{Acceptor, serve_http1};
 
 /// Request header carrying the client's SPDY subprotocols, and the server's choice.
 pub const HEADER_PROTOCOL_VERSION: &str = "X-Stream-Protocol-Version";
@@ -109,25 +110,8 @@ pub async fn bind(address: &str) -> Result<TcpListener, ServeError> {
 
 /// Accepts connections until `router.shutdown` is cancelled.
 pub async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, router: Router) {
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = router.shutdown.cancelled() => return,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "streaming: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "streaming: too many connections, closing one");
-            continue;
-        };
+    let acceptor = Acceptor::new(listener, MAX_CONNECTIONS, "streaming");
+    while let Some((tcp, peer, permit)) = acceptor.next(&router.shutdown).await {
         let _ = tcp.set_nodelay(true);
         let router = router.clone();
         let tls = tls.clone();
@@ -156,20 +140,7 @@ where
         let router = router.clone();
         async move { Ok::<_, Infallible>(route(router, req)) }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    tokio::select! {
-        r = &mut conn => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, error = %e, "streaming: connection error");
-            }
-        }
-        _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
-    }
+    serve_http1(io, peer, service, HEADER_TIMEOUT, &shutdown, "streaming").await;
 }
 
 /// A response with a complete body.

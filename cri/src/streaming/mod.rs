@@ -58,10 +58,7 @@ struct Inner {
 }
 
 /// A running streaming server; dropping it stops the listener and ends open sessions.
-pub struct StreamingServer {
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-}
+pub type StreamingServer = crate::accept::Serving;
 
 impl Default for Streaming {
     fn default() -> Self {
@@ -153,7 +150,7 @@ impl Streaming {
         };
         tokio::spawn(http::accept_loop(listener, tls, router));
         tracing::info!(url = %url, "streaming server listening");
-        Ok(StreamingServer { addr, shutdown })
+        Ok(StreamingServer::new(addr, shutdown))
     }
 
     /// Parks `req` and returns its URL.
@@ -167,19 +164,6 @@ impl Streaming {
             .insert(req)
             .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         Ok(format!("{base}/{path}/{token}"))
-    }
-}
-
-impl StreamingServer {
-    /// The address the server listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for StreamingServer {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
     }
 }
 

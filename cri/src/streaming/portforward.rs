@@ -218,18 +218,7 @@ async fn connect(
         .map_err(|s| s.message().to_string())?;
     dial_localhost(netns.as_deref(), port)
         .await
-        .map_err(|e| error_chain(&e))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+        .map_err(|e| berth_db::commit::chain(&e))
 }
 
 async fn copy_spdy(
@@ -422,24 +411,17 @@ mod tests {
             check_stream(&h(&[("port", "1"), ("streamtype", "error")])),
             Some((Kind::Error, 1))
         );
-        assert_eq!(check_stream(&h(&[("streamtype", "data")])), None);
-        assert_eq!(
-            check_stream(&h(&[("port", "0"), ("streamtype", "data")])),
-            None
-        );
-        assert_eq!(
-            check_stream(&h(&[("port", "65536"), ("streamtype", "data")])),
-            None
-        );
-        assert_eq!(
-            check_stream(&h(&[("port", "x"), ("streamtype", "data")])),
-            None
-        );
-        assert_eq!(
-            check_stream(&h(&[("port", "80"), ("streamtype", "stdin")])),
-            None
-        );
-        assert_eq!(check_stream(&h(&[("port", "80")])), None);
+        let rejected: [&[(&str, &str)]; 6] = [
+            &[("streamtype", "data")],
+            &[("port", "0"), ("streamtype", "data")],
+            &[("port", "65536"), ("streamtype", "data")],
+            &[("port", "x"), ("streamtype", "data")],
+            &[("port", "80"), ("streamtype", "stdin")],
+            &[("port", "80")],
+        ];
+        for headers in rejected {
+            assert_eq!(check_stream(&h(headers)), None, "{headers:?}");
+        }
     }
 
     #[test]

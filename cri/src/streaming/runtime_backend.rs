@@ -111,40 +111,33 @@ impl StreamBackend for RuntimeBackend {
     }
 
     async fn attach(&self, container_id: &str, _tty: bool, io: StreamIo) -> Result<(), Status> {
-        let StreamIo {
-            stdin,
-            stdout,
-            stderr,
-            resize,
-            client_gone,
-        } = io;
         let target = self
             .runtime
             .stream_target(container_id)
             .map_err(|e| container_error(container_id, &e))?;
         let session: AttachSession = self
             .runtime
-            .attach(container_id, stdin.is_some())
+            .attach(container_id, io.stdin.is_some())
             .await
             .map_err(|e| container_error(container_id, &e))?;
         let mut tasks = Tasks::default();
         if let Some(fd) = session.stdin {
-            if let (true, Some(rx)) = (target.tty, resize) {
+            if let (true, Some(rx)) = (target.tty, io.resize) {
                 tasks.spawn(follow_resize(rx, dup(&fd)?));
             }
-            if let Some(client) = stdin {
+            if let Some(client) = io.stdin {
                 let close = (target.stdin_once && !target.tty)
                     .then(|| (self.runtime.clone(), container_id.to_string()));
                 tasks.spawn(pump_stdin(client, fd, close));
             }
         }
-        let output = pump_attach_output(session.output, stdout, stderr);
+        let output = pump_attach_output(session.output, io.stdout, io.stderr);
         tokio::select! {
             r = output => r.map_err(|e| Status::internal(format!(
                 "attach to container {container_id}: {e}"
             ))),
             // Detaching leaves the container running.
-            _ = client_gone.cancelled() => Ok(()),
+            _ = io.client_gone.cancelled() => Ok(()),
         }
     }
 

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use sha2::{Digest, Sha256};
 
-use super::endpoint::{Endpoint, EpError, error_chain, from_reqwest, status_error};
+use super::endpoint::{Endpoint, EpError, from_reqwest, status_error};
 use super::{RegistryClient, Source};
 use crate::error::Error;
 use crate::manifest::MAX_MANIFEST_SIZE;
@@ -130,7 +130,7 @@ impl BlobStream<'_> {
                         "connection closed at byte {} of {}",
                         self.offset, self.size
                     ))),
-                    Err(e) => Err(EpError::Transient(error_chain(&e))),
+                    Err(e) => Err(EpError::Transient(berth_db::commit::chain(&e))),
                 },
             };
             match step {

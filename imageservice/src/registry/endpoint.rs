@@ -1,6 +1,7 @@
 //! Endpoints (a mirror or the registry host, with the scheme each speaks) and how one
 //! endpoint's failure is classed for retrying.
 
+use berth_db::commit::chain;
 use reqwest::{StatusCode, Url};
 
 /// One place to fetch from: a mirror or the registry host itself.
@@ -92,23 +93,12 @@ impl std::fmt::Display for EpError {
 }
 
 pub(super) fn from_reqwest(e: reqwest::Error) -> EpError {
-    let msg = error_chain(&e);
+    let msg = chain(&e);
     if e.is_connect() {
         EpError::Connect(msg)
     } else {
         EpError::Transient(msg)
     }
-}
-
-pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 pub(super) fn status_error(status: StatusCode) -> EpError {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use k8s_cri::v1::{ContainerConfig, MountPropagation, NamespaceMode};
+use k8s_cri::v1::{ContainerConfig, MountPropagation, NamespaceMode, NamespaceOption};
 
 use crate::command::{compose_argv, compose_env};
 use crate::error::{Error, Result};
@@ -332,13 +332,17 @@ pub fn plan_mounts(
     Ok((all, root))
 }
 
-fn pid_namespace(config: &ContainerConfig, pod: &PodContext) -> Result<PidNamespace> {
-    let opts = config
+/// The namespaces a container's config asks for, if it says.
+fn namespace_options(config: &ContainerConfig) -> Option<&NamespaceOption> {
+    config
         .linux
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.as_ref());
-    let Some(opts) = opts else {
+        .and_then(|s| s.namespace_options.as_ref())
+}
+
+fn pid_namespace(config: &ContainerConfig, pod: &PodContext) -> Result<PidNamespace> {
+    let Some(opts) = namespace_options(config) else {
         return Ok(if pod.host_pid {
             PidNamespace::Node
         } else {
@@ -382,13 +386,7 @@ fn container_userns(
     config: &ContainerConfig,
     pod: &PodContext,
 ) -> Result<Option<crate::userns::UsernsSpec>> {
-    let opts = config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.as_ref())
-        .and_then(|o| o.userns_options.as_ref());
-    let Some(opts) = opts else {
+    let Some(opts) = namespace_options(config).and_then(|o| o.userns_options.as_ref()) else {
         return Ok(pod.userns.clone());
     };
     let asked = crate::userns::from_cri(Some(opts))?;

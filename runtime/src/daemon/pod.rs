@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use k8s_cri::v1::{
-    NamespaceMode, PodSandbox, PodSandboxConfig, PodSandboxFilter, PodSandboxStatusResponse,
-    RunPodSandboxRequest,
+    NamespaceMode, NamespaceOption, PodSandbox, PodSandboxConfig, PodSandboxFilter,
+    PodSandboxStatusResponse, RunPodSandboxRequest,
 };
 
 use crate::daemon::runtime::{PodEntry, Runtime, lock, pod_name_key};
@@ -47,11 +47,7 @@ pub(crate) fn pod_namespaces(
     config: &PodSandboxConfig,
     own_userns: bool,
 ) -> Result<Vec<Namespace>> {
-    let opts = config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.as_ref());
+    let opts = namespace_options(config);
     let node = |mode: i32| mode == NamespaceMode::Node as i32;
     let (net, ipc, pid) = opts
         .map(|o| (node(o.network), node(o.ipc), node(o.pid)))
@@ -79,14 +75,18 @@ pub(crate) fn pod_namespaces(
     Ok(ns)
 }
 
-/// The pod's own user namespace (mode POD), validated; `None` for the node's.
-pub(crate) fn pod_userns(config: &PodSandboxConfig) -> Result<Option<crate::userns::UsernsSpec>> {
-    let opts = config
+/// The namespaces a pod's config asks for, if it says.
+pub(crate) fn namespace_options(config: &PodSandboxConfig) -> Option<&NamespaceOption> {
+    config
         .linux
         .as_ref()
         .and_then(|l| l.security_context.as_ref())
         .and_then(|s| s.namespace_options.as_ref())
-        .and_then(|o| o.userns_options.as_ref());
+}
+
+/// The pod's own user namespace (mode POD), validated; `None` for the node's.
+pub(crate) fn pod_userns(config: &PodSandboxConfig) -> Result<Option<crate::userns::UsernsSpec>> {
+    let opts = namespace_options(config).and_then(|o| o.userns_options.as_ref());
     let spec = crate::userns::from_cri(opts)?;
     if spec.is_some() && !crate::userns::supported() {
         return Err(Error::InvalidArgument(

@@ -25,12 +25,8 @@ fn pod_state(rec: &PodRecord) -> PodSandboxState {
 
 /// `PodSandboxStatus` of a record.
 pub fn pod_status(rec: &PodRecord) -> PodSandboxStatus {
-    let namespace_options = rec
-        .config
-        .linux
-        .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.clone())
+    let namespace_options = super::pod::namespace_options(&rec.config)
+        .cloned()
         .unwrap_or_default();
     PodSandboxStatus {
         id: rec.id.clone(),

@@ -33,18 +33,29 @@ pub struct GroupEntry {
     pub members: Vec<String>,
 }
 
-/// Parses `/etc/passwd` text, skipping malformed lines and comments as libc does.
-pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
+/// The entries of a passwd-style database (`name:password:id:...`) as their name, their
+/// numeric id and all their fields, skipping comments and malformed lines (fewer than
+/// `min_fields` fields, no name, an id that is not a number) as libc does.
+fn records(text: &str, min_fields: usize) -> impl Iterator<Item = (String, u32, Vec<&str>)> {
     text.lines()
         .filter(|l| !l.trim_start().starts_with('#'))
-        .filter_map(|l| {
+        .filter_map(move |l| {
             let f: Vec<&str> = l.split(':').collect();
-            if f.len() < 4 || f[0].is_empty() {
+            if f.len() < min_fields || f[0].is_empty() {
                 return None;
             }
+            let id = f[2].trim().parse().ok()?;
+            Some((f[0].to_owned(), id, f))
+        })
+}
+
+/// Parses `/etc/passwd` text, skipping malformed lines and comments as libc does.
+pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
+    records(text, 4)
+        .filter_map(|(name, uid, f)| {
             Some(PasswdEntry {
-                name: f[0].to_owned(),
-                uid: f[2].trim().parse().ok()?,
+                name,
+                uid,
                 gid: f[3].trim().parse().ok()?,
                 home: f.get(5).map(|s| s.to_string()).unwrap_or_default(),
             })
@@ -54,27 +65,18 @@ pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
 
 /// Parses `/etc/group` text.
 pub fn parse_group(text: &str) -> Vec<GroupEntry> {
-    text.lines()
-        .filter(|l| !l.trim_start().starts_with('#'))
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            if f.len() < 3 || f[0].is_empty() {
-                return None;
-            }
-            Some(GroupEntry {
-                name: f[0].to_owned(),
-                gid: f[2].trim().parse().ok()?,
-                members: f
-                    .get(3)
-                    .map(|m| {
-                        m.split(',')
-                            .map(str::trim)
-                            .filter(|s| !s.is_empty())
-                            .map(String::from)
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            })
+    let members = |m: &str| -> Vec<String> {
+        m.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    records(text, 3)
+        .map(|(name, gid, f)| GroupEntry {
+            name,
+            gid,
+            members: f.get(3).map(|m| members(m)).unwrap_or_default(),
         })
         .collect()
 }
@@ -287,53 +289,27 @@ mod tests {
 
     #[test]
     fn image_user_forms() {
-        let u = resolve(UserRequest {
-            image_user: "alice".into(),
-            ..Default::default()
-        })
-        .unwrap();
+        let image_user = |u: &str| {
+            resolve(UserRequest {
+                image_user: u.into(),
+                ..Default::default()
+            })
+        };
+        let u = image_user("alice").unwrap();
         assert_eq!(
             (u.uid, u.gid, u.additional_gids.clone()),
             (1000, 1000, vec![1000, 10, 44])
         );
-        let u = resolve(UserRequest {
-            image_user: "33".into(),
-            ..Default::default()
-        })
-        .unwrap();
+        let u = image_user("33").unwrap();
         assert_eq!((u.uid, u.gid), (33, 33));
-        let u = resolve(UserRequest {
-            image_user: "4242".into(),
-            ..Default::default()
-        })
-        .unwrap();
+        let u = image_user("4242").unwrap();
         assert_eq!((u.uid, u.gid, u.home.as_str()), (4242, 0, "/"));
-        let u = resolve(UserRequest {
-            image_user: "alice:video".into(),
-            ..Default::default()
-        })
-        .unwrap();
+        let u = image_user("alice:video").unwrap();
         assert_eq!((u.uid, u.gid), (1000, 44));
-        let u = resolve(UserRequest {
-            image_user: "1:7".into(),
-            ..Default::default()
-        })
-        .unwrap();
+        let u = image_user("1:7").unwrap();
         assert_eq!((u.uid, u.gid), (1, 7));
-        assert!(
-            resolve(UserRequest {
-                image_user: "bob".into(),
-                ..Default::default()
-            })
-            .is_err()
-        );
-        assert!(
-            resolve(UserRequest {
-                image_user: "alice:nogroup".into(),
-                ..Default::default()
-            })
-            .is_err()
-        );
+        assert!(image_user("bob").is_err());
+        assert!(image_user("alice:nogroup").is_err());
     }
 
     #[test]

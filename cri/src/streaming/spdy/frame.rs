@@ -279,12 +279,17 @@ impl FrameDecoder {
 
 fn parse_control(kind: u16, flags: u8, p: &mut Bytes) -> Result<Frame, FrameError> {
     let len = p.len();
-    let bad = || FrameError::BadLength { kind, len };
+    // Each control frame has a fixed payload size, or a fixed part before a variable one.
+    let need = |fits: bool| {
+        if fits {
+            Ok(())
+        } else {
+            Err(FrameError::BadLength { kind, len })
+        }
+    };
     let frame = match kind {
         TYPE_SYN_STREAM => {
-            if len < 10 {
-                return Err(bad());
-            }
+            need(len >= 10)?;
             let stream_id = p.get_u32() & STREAM_ID_MASK;
             let associated_id = p.get_u32() & STREAM_ID_MASK;
             let priority = p.get_u8() >> 5;
@@ -298,9 +303,7 @@ fn parse_control(kind: u16, flags: u8, p: &mut Bytes) -> Result<Frame, FrameErro
             }
         }
         TYPE_SYN_REPLY | TYPE_HEADERS => {
-            if len < 4 {
-                return Err(bad());
-            }
+            need(len >= 4)?;
             let stream_id = p.get_u32() & STREAM_ID_MASK;
             let header_block = p.split_off(0);
             if kind == TYPE_SYN_REPLY {
@@ -318,22 +321,16 @@ fn parse_control(kind: u16, flags: u8, p: &mut Bytes) -> Result<Frame, FrameErro
             }
         }
         TYPE_RST_STREAM => {
-            if len != 8 {
-                return Err(bad());
-            }
+            need(len == 8)?;
             Frame::RstStream {
                 stream_id: p.get_u32() & STREAM_ID_MASK,
                 status: p.get_u32(),
             }
         }
         TYPE_SETTINGS => {
-            if len < 4 {
-                return Err(bad());
-            }
+            need(len >= 4)?;
             let count = p.get_u32() as usize;
-            if count.checked_mul(8) != Some(len - 4) {
-                return Err(bad());
-            }
+            need(count.checked_mul(8) == Some(len - 4))?;
             let entries = (0..count)
                 .map(|_| {
                     let flags_id = p.get_u32();
@@ -347,24 +344,18 @@ fn parse_control(kind: u16, flags: u8, p: &mut Bytes) -> Result<Frame, FrameErro
             Frame::Settings { flags, entries }
         }
         TYPE_PING => {
-            if len != 4 {
-                return Err(bad());
-            }
+            need(len == 4)?;
             Frame::Ping { id: p.get_u32() }
         }
         TYPE_GOAWAY => {
-            if len != 8 {
-                return Err(bad());
-            }
+            need(len == 8)?;
             Frame::GoAway {
                 last_good_stream_id: p.get_u32() & STREAM_ID_MASK,
                 status: p.get_u32(),
             }
         }
         TYPE_WINDOW_UPDATE => {
-            if len != 8 {
-                return Err(bad());
-            }
+            need(len == 8)?;
             Frame::WindowUpdate {
                 stream_id: p.get_u32() & STREAM_ID_MASK,
                 delta: p.get_u32() & STREAM_ID_MASK,

@@ -211,17 +211,14 @@ impl Session {
             max_streams: config.max_streams,
         });
         if config.announce_window {
-            shared.queue(Out::Frame(
-                Frame::Settings {
+            shared.queue_frame(Frame::Settings {
+                flags: 0,
+                entries: vec![Setting {
                     flags: 0,
-                    entries: vec![Setting {
-                        flags: 0,
-                        id: frame::SETTINGS_INITIAL_WINDOW_SIZE,
-                        value: INITIAL_WINDOW as u32,
-                    }],
-                },
-                None,
-            ));
+                    id: frame::SETTINGS_INITIAL_WINDOW_SIZE,
+                    value: INITIAL_WINDOW as u32,
+                }],
+            });
         }
         tokio::spawn(outbound::write_loop(shared.clone(), write_half, out_rx));
         tokio::spawn(inbound::read_loop(
@@ -288,7 +285,7 @@ impl Session {
             id
         };
         let sent = Instant::now();
-        self.shared.queue(Out::Frame(Frame::Ping { id }, None));
+        self.shared.queue_frame(Frame::Ping { id });
         tokio::select! {
             r = rx => r.map(|_| sent.elapsed()).map_err(|_| OpenError::Closed),
             _ = tokio::time::sleep(timeout) => Err(OpenError::Timeout),
@@ -326,24 +323,18 @@ impl Session {
                         let _ = reply.send(Err(OpenError::Closed));
                     }
                 }
-                self.shared.queue(Out::Frame(
-                    Frame::RstStream {
-                        stream_id: id,
-                        status: rst::CANCEL,
-                    },
-                    None,
-                ));
+                self.shared.queue_frame(Frame::RstStream {
+                    stream_id: id,
+                    status: rst::CANCEL,
+                });
             }
             st.last_remote_id
         };
         self.shared.window_changed.notify_waiters();
-        self.shared.queue(Out::Frame(
-            Frame::GoAway {
-                last_good_stream_id: last,
-                status: frame::goaway::OK,
-            },
-            None,
-        ));
+        self.shared.queue_frame(Frame::GoAway {
+            last_good_stream_id: last,
+            status: frame::goaway::OK,
+        });
         let (tx, rx) = oneshot::channel();
         self.shared.queue(Out::Shutdown(tx));
         let closed = self.shared.closed.clone();
@@ -402,21 +393,15 @@ impl StreamReader {
                 .get(&self.id)
                 .is_some_and(|s| !s.remote_closed);
             if open {
-                self.shared.queue(Out::Frame(
-                    Frame::WindowUpdate {
-                        stream_id: self.id,
-                        delta,
-                    },
-                    None,
-                ));
-            }
-            self.shared.queue(Out::Frame(
-                Frame::WindowUpdate {
-                    stream_id: 0,
+                self.shared.queue_frame(Frame::WindowUpdate {
+                    stream_id: self.id,
                     delta,
-                },
-                None,
-            ));
+                });
+            }
+            self.shared.queue_frame(Frame::WindowUpdate {
+                stream_id: 0,
+                delta,
+            });
         }
         Some(data)
     }
@@ -495,14 +480,11 @@ impl StreamWriter {
             }
         };
         if send_fin {
-            self.shared.queue(Out::Frame(
-                Frame::Data {
-                    stream_id: self.id,
-                    flags: FLAG_FIN,
-                    data: Bytes::new(),
-                },
-                None,
-            ));
+            self.shared.queue_frame(Frame::Data {
+                stream_id: self.id,
+                flags: FLAG_FIN,
+                data: Bytes::new(),
+            });
             self.shared.remove_if_done(self.id);
         }
     }
@@ -513,13 +495,10 @@ impl StreamWriter {
         // The removed state (and with it the reader's sender) is dropped under the lock.
         let existed = self.shared.lock().streams.remove(&self.id).is_some();
         if existed {
-            self.shared.queue(Out::Frame(
-                Frame::RstStream {
-                    stream_id: self.id,
-                    status,
-                },
-                None,
-            ));
+            self.shared.queue_frame(Frame::RstStream {
+                stream_id: self.id,
+                status,
+            });
             self.shared.window_changed.notify_waiters();
         }
     }
@@ -584,6 +563,12 @@ impl Shared {
     fn queue(&self, out: Out) {
         // A closed writer means a closed session: the frame has nowhere to go.
         let _ = self.out.send(out);
+    }
+
+    /// Queues a frame that holds none of the send budget (all but a DATA frame with a
+    /// payload).
+    fn queue_frame(&self, frame: Frame) {
+        self.queue(Out::Frame(frame, None));
     }
 
     fn touch(&self) {

@@ -34,6 +34,40 @@ const V2_BASELINE: [&str; 4] = ["cpu", "memory", "pids", "io"];
 /// How many times a busy cgroup is emptied and retried before removal gives up.
 const REMOVE_TRIES: u32 = 100;
 
+/// Where each cgroup version keeps the memory figures the two read alike: the usage file,
+/// the file counting OOM kills, and the `memory.stat` keys.
+struct MemoryNames {
+    usage: &'static str,
+    oom: &'static str,
+    inactive_file: &'static str,
+    rss: &'static str,
+    pgfault: &'static str,
+    pgmajfault: &'static str,
+}
+
+impl MemoryNames {
+    fn of(version: Version) -> Self {
+        match version {
+            Version::V1 => MemoryNames {
+                usage: "memory.usage_in_bytes",
+                oom: "memory.oom_control",
+                inactive_file: "total_inactive_file",
+                rss: "total_rss",
+                pgfault: "total_pgfault",
+                pgmajfault: "total_pgmajfault",
+            },
+            Version::V2 => MemoryNames {
+                usage: "memory.current",
+                oom: "memory.events",
+                inactive_file: "inactive_file",
+                rss: "anon",
+                pgfault: "pgfault",
+                pgmajfault: "pgmajfault",
+            },
+        }
+    }
+}
+
 /// The cgroupfs driver.
 #[derive(Debug, Clone)]
 pub struct CgroupFs {
@@ -370,20 +404,25 @@ impl CgroupManager for CgroupFs {
                     .map(|us| us * 1000);
             }
         }
-        match self.version_of("memory") {
-            Some(Version::V1) => {
-                u.memory_usage = self.read_u64("memory", cgroup, "memory.usage_in_bytes");
-                let stat = self
-                    .read("memory", cgroup, "memory.stat")
-                    .unwrap_or_default();
-                let inactive = keyed_value(&stat, "total_inactive_file").unwrap_or(0);
-                u.working_set = u.memory_usage.map(|m| m.saturating_sub(inactive));
-                u.rss = keyed_value(&stat, "total_rss");
-                u.page_faults = keyed_value(&stat, "total_pgfault");
-                u.major_page_faults = keyed_value(&stat, "total_pgmajfault");
-                u.oom_kills = self
-                    .read("memory", cgroup, "memory.oom_control")
-                    .map_or(0, |t| super::parse::oom_kills(&t));
+        u.processes = self.read_u64("pids", cgroup, "pids.current");
+        let Some(version) = self.version_of("memory") else {
+            return u;
+        };
+        let names = MemoryNames::of(version);
+        u.memory_usage = self.read_u64("memory", cgroup, names.usage);
+        let stat = self
+            .read("memory", cgroup, "memory.stat")
+            .unwrap_or_default();
+        let inactive = keyed_value(&stat, names.inactive_file).unwrap_or(0);
+        u.working_set = u.memory_usage.map(|m| m.saturating_sub(inactive));
+        u.rss = keyed_value(&stat, names.rss);
+        u.page_faults = keyed_value(&stat, names.pgfault);
+        u.major_page_faults = keyed_value(&stat, names.pgmajfault);
+        u.oom_kills = self
+            .read("memory", cgroup, names.oom)
+            .map_or(0, |t| super::parse::oom_kills(&t));
+        match version {
+            Version::V1 => {
                 // v1 reports "unlimited" as the largest page-aligned i64.
                 u.memory_limit = self
                     .read_u64("memory", cgroup, "memory.limit_in_bytes")
@@ -393,27 +432,13 @@ impl CgroupManager for CgroupFs {
                     .zip(u.memory_usage)
                     .map(|(sw, m)| sw.saturating_sub(m));
             }
-            Some(Version::V2) => {
-                u.memory_usage = self.read_u64("memory", cgroup, "memory.current");
-                let stat = self
-                    .read("memory", cgroup, "memory.stat")
-                    .unwrap_or_default();
-                let inactive = keyed_value(&stat, "inactive_file").unwrap_or(0);
-                u.working_set = u.memory_usage.map(|m| m.saturating_sub(inactive));
-                u.rss = keyed_value(&stat, "anon");
-                u.page_faults = keyed_value(&stat, "pgfault");
-                u.major_page_faults = keyed_value(&stat, "pgmajfault");
-                u.oom_kills = self
-                    .read("memory", cgroup, "memory.events")
-                    .map_or(0, |t| super::parse::oom_kills(&t));
+            Version::V2 => {
                 u.memory_limit = self
                     .read("memory", cgroup, "memory.max")
                     .and_then(|t| super::parse::limit(&t));
                 u.swap_usage = self.read_u64("memory", cgroup, "memory.swap.current");
             }
-            None => {}
         }
-        u.processes = self.read_u64("pids", cgroup, "pids.current");
         u
     }
 }

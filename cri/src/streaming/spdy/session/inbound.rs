@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 
-use super::{DATA_CHUNK, OpenError, Out, Role, SessionConfig, Shared, Stream};
+use super::{DATA_CHUNK, OpenError, Role, SessionConfig, Shared, Stream};
 use crate::streaming::conn::{self, Read};
 use crate::streaming::spdy::frame::{
     self, FLAG_FIN, FLAG_UNIDIRECTIONAL, Frame, FrameDecoder, rst,
@@ -40,13 +40,10 @@ pub(super) async fn read_loop<R: AsyncRead + Send + 'static>(
             }
         };
         if failed {
-            shared.queue(Out::Frame(
-                Frame::GoAway {
-                    last_good_stream_id: shared.lock().last_remote_id,
-                    status: frame::goaway::PROTOCOL_ERROR,
-                },
-                None,
-            ));
+            shared.queue_frame(Frame::GoAway {
+                last_good_stream_id: shared.lock().last_remote_id,
+                status: frame::goaway::PROTOCOL_ERROR,
+            });
             break;
         }
         match conn::read_more(&mut io, &mut buf, &shared.closed).await {
@@ -147,7 +144,7 @@ async fn handle_frame(
                     let _ = tx.send(());
                 }
             } else {
-                shared.queue(Out::Frame(Frame::Ping { id }, None));
+                shared.queue_frame(Frame::Ping { id });
             }
         }
         Frame::GoAway { .. } => {
@@ -173,13 +170,10 @@ async fn handle_frame(
 
 fn accept_stream(shared: &Arc<Shared>, id: u32, flags: u8, headers: Headers) {
     let refuse = |status| {
-        shared.queue(Out::Frame(
-            Frame::RstStream {
-                stream_id: id,
-                status,
-            },
-            None,
-        ))
+        shared.queue_frame(Frame::RstStream {
+            stream_id: id,
+            status,
+        })
     };
     let mut st = shared.lock();
     if id == 0 || !shared.is_peer_id(id) || id <= st.last_remote_id {
