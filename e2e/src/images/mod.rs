@@ -6,18 +6,20 @@
 //! digests the harness pushed. The modules [`configured`], [`whiteouts`] and [`multiarch`]
 //! describe what those images contain, for assertions.
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
-use std::sync::OnceLock;
-
-use serde::{Deserialize, Serialize};
-
 use crate::env::Env;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::oci::{Compression, Format, Image, Index, Layer, LayerBuilder, Platform, RunConfig};
-use crate::process::run;
 use crate::registry::RegistryClient;
+
+mod busybox;
+mod catalog;
+mod special;
+
+pub use busybox::{HostBusybox, busybox_rootfs, parse_ldd};
+use busybox::{busybox_run, marker};
+pub use catalog::{ImageInfo, LayerInfo, PlatformInfo, catalog_json, info, info_of};
+pub use special::layered;
+use special::{configured_layer, configured_run, multiarch_index, whiteout_layers};
 
 /// Debian's `busybox` (single layer, Docker schema 2 manifest), like upstream's.
 pub const BUSYBOX: &str = "docker.io/library/busybox:1.28";
@@ -180,195 +182,6 @@ pub mod multiarch {
     }
 }
 
-/// The host's dynamic busybox and the shared objects it needs.
-#[derive(Debug, Clone)]
-pub struct HostBusybox {
-    /// The busybox executable.
-    pub binary: PathBuf,
-    /// Absolute paths `ldd` lists for it.
-    pub libs: Vec<PathBuf>,
-    /// Applet paths relative to the root (`bin/sh`, `usr/bin/env`, ...).
-    pub applets: Vec<String>,
-}
-
-impl HostBusybox {
-    /// Finds Debian's dynamic busybox (package `busybox`) and its libraries.
-    pub fn find() -> Result<HostBusybox> {
-        let binary = ["/bin/busybox", "/usr/bin/busybox"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .ok_or_else(|| {
-                Error::Environment("busybox is missing: apt-get install busybox".into())
-            })?;
-        let ldd = run("ldd", &[&binary.to_string_lossy()]).map_err(|e| {
-            Error::Environment(format!(
-                "{} is not a dynamic executable ({e}): install Debian's `busybox`, \
-                 not `busybox-static`",
-                binary.display()
-            ))
-        })?;
-        let libs = parse_ldd(&ldd);
-        if libs.is_empty() {
-            return Err(Error::Environment(format!(
-                "ldd lists no libraries for {}: install Debian's dynamic `busybox`",
-                binary.display()
-            )));
-        }
-        let list = run(&binary.to_string_lossy(), &["--list-full"])?;
-        let applets = list
-            .lines()
-            .map(str::trim)
-            .filter(|a| a.contains('/') && *a != "bin/busybox")
-            .map(str::to_string)
-            .collect();
-        Ok(HostBusybox {
-            binary,
-            libs,
-            applets,
-        })
-    }
-}
-
-/// The absolute library paths in `ldd` output (`name => /path (addr)` or `/path (addr)`).
-pub fn parse_ldd(out: &str) -> Vec<PathBuf> {
-    let mut libs: Vec<PathBuf> = out
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let path = match l.split_once("=>") {
-                Some((_, rest)) => rest.trim(),
-                None => l,
-            };
-            let path = path.split_whitespace().next()?;
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect();
-    libs.sort();
-    libs.dedup();
-    libs
-}
-
-/// Resolves `.` and `..` lexically.
-fn normalize(p: &Path) -> PathBuf {
-    let mut out = PathBuf::from("/");
-    for c in p.components() {
-        match c {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::Normal(n) => out.push(n),
-            _ => {}
-        }
-    }
-    out
-}
-
-/// Copies the host file `path` into the layer at the same path, reproducing every symlink
-/// on the way (so merged-/usr hosts give `lib -> usr/lib` in the image too).
-fn add_host_path(layer: &mut LayerBuilder, path: &Path, depth: u32) -> Result<()> {
-    if depth > 16 {
-        return Err(Error::Image(format!(
-            "too many symlinks under {}",
-            path.display()
-        )));
-    }
-    let comps: Vec<_> = normalize(path)
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            _ => None,
-        })
-        .collect();
-    let mut cur = PathBuf::from("/");
-    for (i, comp) in comps.iter().enumerate() {
-        let next = cur.join(comp);
-        let rel = next.to_string_lossy().trim_start_matches('/').to_string();
-        let md =
-            std::fs::symlink_metadata(&next).io_context(|| format!("stat {}", next.display()))?;
-        let mode = md.permissions().mode() & 0o7777;
-        if md.file_type().is_symlink() {
-            let target =
-                std::fs::read_link(&next).io_context(|| format!("readlink {}", next.display()))?;
-            if !layer.contains(&rel) {
-                layer.symlink(&rel, &target.to_string_lossy())?;
-            }
-            let mut resolved = if target.is_absolute() {
-                target
-            } else {
-                cur.join(target)
-            };
-            for rest in &comps[i + 1..] {
-                resolved.push(rest);
-            }
-            return add_host_path(layer, &resolved, depth + 1);
-        } else if md.is_dir() {
-            if !layer.contains(&rel) {
-                layer.dir(&rel, mode)?;
-            }
-            cur = next;
-        } else if md.is_file() && i + 1 == comps.len() {
-            if !layer.contains(&rel) {
-                let data =
-                    std::fs::read(&next).io_context(|| format!("read {}", next.display()))?;
-                layer.file(&rel, mode, data)?;
-            }
-        } else {
-            return Err(Error::Image(format!(
-                "unexpected file type at {}",
-                next.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// The busybox root file system: the dynamic busybox, its libraries, applet symlinks, the
-/// usual empty directories, and /etc/passwd and /etc/group with root and nobody.
-pub fn busybox_rootfs(host: &HostBusybox) -> Result<LayerBuilder> {
-    let mut l = LayerBuilder::new();
-    for d in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "home", "var", "dev", "proc", "sys",
-    ] {
-        l.dir(d, 0o755)?;
-    }
-    l.dir("root", 0o700)?;
-    l.dir("tmp", 0o1777)?;
-    l.dir("var/tmp", 0o1777)?;
-    let busybox =
-        std::fs::read(&host.binary).io_context(|| format!("read {}", host.binary.display()))?;
-    l.file("bin/busybox", 0o755, busybox)?;
-    for lib in &host.libs {
-        add_host_path(&mut l, lib, 0)?;
-    }
-    for applet in &host.applets {
-        if !l.contains(applet) {
-            l.symlink(applet, "/bin/busybox")?;
-        }
-    }
-    l.file(
-        "etc/passwd",
-        0o644,
-        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
-    )?;
-    l.file("etc/group", 0o644, "root:x:0:\nnogroup:x:65534:\n")?;
-    Ok(l)
-}
-
-fn marker(reference: &str) -> Result<LayerBuilder> {
-    let mut l = LayerBuilder::new();
-    l.file(MARKER_FILE, 0o644, format!("{reference}\n"))?;
-    Ok(l)
-}
-
-fn busybox_run() -> RunConfig {
-    RunConfig {
-        env: vec![PATH_ENV.into()],
-        cmd: Some(vec!["sh".into()]),
-        ..RunConfig::default()
-    }
-}
-
 /// A test image's content: one manifest or an index over several.
 #[derive(Debug, Clone)]
 pub enum Content {
@@ -410,119 +223,6 @@ fn test_image(reference: &'static str, content: Content) -> Result<TestImage> {
         tag: tag.to_string(),
         content,
     })
-}
-
-fn whiteout_layers() -> Result<Vec<LayerBuilder>> {
-    let mut l1 = LayerBuilder::new();
-    l1.dir("data", 0o755)?;
-    l1.file("data/keep.txt", 0o644, "keep v1\n")?;
-    l1.hardlink("data/hardlink.txt", "data/keep.txt")?;
-    l1.symlink("data/link-to-keep", "keep.txt")?;
-    l1.file("data/remove.txt", 0o644, "remove me\n")?;
-    l1.file("data/removed-dir/a.txt", 0o644, "a\n")?;
-    l1.file("data/removed-dir/sub/b.txt", 0o644, "b\n")?;
-    l1.file("data/opaque/old.txt", 0o644, "old\n")?;
-    l1.file("data/opaque/sub/old2.txt", 0o644, "old2\n")?;
-    l1.file("data/file-to-dir", 0o644, "i was a file\n")?;
-    l1.file("data/dir-to-file/child.txt", 0o644, "child\n")?;
-    l1.file("data/resurrect.txt", 0o644, "first life\n")?;
-
-    let mut l2 = LayerBuilder::new();
-    l2.dir("data", 0o755)?;
-    l2.file("data/keep.txt", 0o644, "keep v2\n")?;
-    l2.whiteout("data/remove.txt")?;
-    l2.whiteout("data/removed-dir")?;
-    l2.opaque("data/opaque")?;
-    l2.file("data/opaque/new.txt", 0o644, "new\n")?;
-    l2.dir("data/file-to-dir", 0o755)?;
-    l2.file("data/file-to-dir/inner.txt", 0o644, "now a dir\n")?;
-    l2.file("data/dir-to-file", 0o644, "now a file\n")?;
-    l2.whiteout("data/resurrect.txt")?;
-
-    let mut l3 = LayerBuilder::new();
-    l3.dir("data", 0o755)?;
-    l3.file("data/resurrect.txt", 0o644, "second life\n")?;
-    l3.file("data/removed-dir/fresh.txt", 0o644, "fresh\n")?;
-    Ok(vec![l1, l2, l3])
-}
-
-fn configured_layer() -> Result<LayerBuilder> {
-    use configured::*;
-    let mut l = LayerBuilder::new();
-    l.dir("etc", 0o755)?;
-    l.file(
-        "etc/passwd",
-        0o644,
-        format!(
-            "root:x:0:0:root:/root:/bin/sh\n{USER}:x:{UID}:{GID}:berth e2e user:/home/{USER}:/bin/sh\n\
-             nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
-        ),
-    )?;
-    l.file(
-        "etc/group",
-        0o644,
-        format!(
-            "root:x:0:\n{USER}:x:{GID}:\nextra:x:{SUPPLEMENTARY_GID}:{USER}\nnogroup:x:65534:\n"
-        ),
-    )?;
-    let (uid, gid) = (u64::from(UID), u64::from(GID));
-    l.dir_owned(&format!("home/{USER}"), 0o755, uid, gid)?;
-    l.dir("srv", 0o755)?;
-    l.dir_owned(WORKDIR, 0o755, uid, gid)?;
-    l.file_owned(WORKDIR_FILE.0, 0o644, uid, gid, WORKDIR_FILE.1)?;
-    l.file(MARKER_FILE, 0o644, format!("{CONFIGURED}\n"))?;
-    Ok(l)
-}
-
-fn configured_run() -> RunConfig {
-    use configured::*;
-    let strings = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    let mut env = vec![PATH_ENV.to_string()];
-    env.extend(strings(ENV));
-    RunConfig {
-        user: Some(USER.into()),
-        env,
-        entrypoint: Some(strings(ENTRYPOINT)),
-        cmd: Some(strings(CMD)),
-        working_dir: Some(WORKDIR.into()),
-        stop_signal: Some(STOP_SIGNAL.into()),
-        labels: LABELS
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        exposed_ports: vec![EXPOSED_PORT.into()],
-        volumes: vec![],
-    }
-}
-
-fn multiarch(format: Format, rootfs_gz: &Layer, reference: &'static str) -> Result<Content> {
-    let c = Compression::Gzip;
-    let arch_layer = |arch: &str| -> Result<LayerBuilder> {
-        let mut l = LayerBuilder::new();
-        l.file(multiarch::ARCH_FILE, 0o644, format!("{arch}\n"))?;
-        l.file(MARKER_FILE, 0o644, format!("{reference}\n"))?;
-        Ok(l)
-    };
-    let host = Image::build(
-        format,
-        Platform::host(),
-        &busybox_run(),
-        vec![
-            rootfs_gz.clone(),
-            arch_layer(crate::oci::host_arch())?.build(c)?,
-        ],
-        reference,
-    )?;
-    let other_arch = multiarch::other_arch();
-    let variant = (other_arch == "arm64").then_some("v8");
-    let other = Image::build(
-        format,
-        Platform::linux(other_arch, variant),
-        &RunConfig::default(),
-        vec![arch_layer(other_arch)?.build(c)?],
-        reference,
-    )?;
-    Ok(Content::Index(Index::build(format, vec![host, other])?))
 }
 
 /// Builds every test image from the host's busybox (deterministic: same host packages,
@@ -577,11 +277,11 @@ pub fn build_all(host: &HostBusybox) -> Result<Vec<TestImage>> {
     )?);
     out.push(test_image(
         MULTIARCH,
-        multiarch(Format::Oci, &gz, MULTIARCH)?,
+        multiarch_index(Format::Oci, &gz, MULTIARCH)?,
     )?);
     out.push(test_image(
         MULTIARCH_DOCKER,
-        multiarch(Format::Docker, &gz, MULTIARCH_DOCKER)?,
+        multiarch_index(Format::Docker, &gz, MULTIARCH_DOCKER)?,
     )?);
     let mut links = marker(PROC_SYMLINK)?;
     links.symlink("proc", "/tmp")?;
@@ -617,44 +317,6 @@ pub fn build_all(host: &HostBusybox) -> Result<Vec<TestImage>> {
         )?);
     }
     Ok(out)
-}
-
-/// The packages [`LAYERED`] is made of, one layer each.
-const LAYERED_PACKAGES: [&str; 4] = ["perl-base", "coreutils", "util-linux", "bash"];
-
-/// Builds [`LAYERED`] from this machine's installed packages (all four are Essential in
-/// Debian, so every machine has them).
-pub fn layered() -> Result<TestImage> {
-    let mut layers = Vec::new();
-    for package in LAYERED_PACKAGES {
-        let out = std::process::Command::new("dpkg")
-            .args(["-L", package])
-            .output()
-            .io_context(|| format!("dpkg -L {package}"))?;
-        if !out.status.success() {
-            return Err(Error::Image(format!("package {package} is not installed")));
-        }
-        let mut layer = LayerBuilder::new();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let path = Path::new(line);
-            // Directories come with their files; diversions name files that may be gone.
-            match std::fs::symlink_metadata(path) {
-                Ok(m) if !m.is_dir() => add_host_path(&mut layer, path, 0)?,
-                _ => {}
-            }
-        }
-        layers.push(layer.build(Compression::Gzip)?);
-    }
-    test_image(
-        LAYERED,
-        Content::Single(Image::build(
-            Format::Oci,
-            Platform::host(),
-            &busybox_run(),
-            layers,
-            LAYERED,
-        )?),
-    )
 }
 
 /// Builds an image of `layers` (bottom first) with `run` as its config and pushes it to the
@@ -739,174 +401,10 @@ pub async fn push(client: &RegistryClient, image: &TestImage) -> Result<()> {
     }
 }
 
-/// Digests and sizes of one pushed image, as the harness recorded them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageInfo {
-    /// Upstream reference (`docker.io/library/busybox:1.28`).
-    pub reference: String,
-    /// Repository in the registry (`library/busybox`).
-    pub repository: String,
-    /// Tag.
-    pub tag: String,
-    /// Digest the tag resolves to (the manifest, or the index for multi-arch images).
-    pub digest: String,
-    /// Media type of what the tag resolves to.
-    pub media_type: String,
-    /// Config digest (the image id) of this machine's platform.
-    pub config_digest: String,
-    /// Manifest digest of this machine's platform.
-    pub manifest_digest: String,
-    /// Layers of this machine's platform, bottom first.
-    pub layers: Vec<LayerInfo>,
-    /// Every platform of an index (empty for single manifests).
-    pub platforms: Vec<PlatformInfo>,
-    /// `USER` of the config, if set.
-    pub user: Option<String>,
-}
-
-impl ImageInfo {
-    /// `name@digest` as CRI `repo_digests` lists it (`docker.io/library/busybox@sha256:..`).
-    pub fn repo_digest(&self) -> String {
-        let name = self
-            .reference
-            .rsplit_once(':')
-            .map_or(&*self.reference, |(n, _)| n);
-        format!("{name}@{}", self.digest)
-    }
-
-    /// Sum of the compressed layer sizes of this machine's platform.
-    pub fn layers_size(&self) -> u64 {
-        self.layers.iter().map(|l| l.size).sum()
-    }
-}
-
-/// One layer of a pushed image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayerInfo {
-    /// Blob digest.
-    pub digest: String,
-    /// Digest of the uncompressed tar.
-    pub diff_id: String,
-    /// Media type in the manifest.
-    pub media_type: String,
-    /// Blob size.
-    pub size: u64,
-    /// Uncompressed tar size.
-    pub uncompressed_size: u64,
-}
-
-/// One platform entry of an index.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PlatformInfo {
-    /// `linux`.
-    pub os: String,
-    /// GOARCH name.
-    pub architecture: String,
-    /// CPU variant.
-    pub variant: Option<String>,
-    /// Its manifest digest.
-    pub manifest_digest: String,
-    /// Its config digest.
-    pub config_digest: String,
-}
-
-/// The catalog entry for a built image.
-pub fn info_of(img: &TestImage) -> ImageInfo {
-    let (host_img, platforms, digest, media_type) = match &img.content {
-        Content::Single(i) => (
-            i,
-            vec![],
-            i.manifest.digest.clone(),
-            i.manifest.media_type.clone(),
-        ),
-        Content::Index(idx) => {
-            let host = Platform::host();
-            let h = idx
-                .images
-                .iter()
-                .find(|i| i.platform == host)
-                .unwrap_or(&idx.images[0]);
-            let platforms = idx
-                .images
-                .iter()
-                .map(|i| PlatformInfo {
-                    os: i.platform.os.clone(),
-                    architecture: i.platform.architecture.clone(),
-                    variant: i.platform.variant.clone(),
-                    manifest_digest: i.manifest.digest.clone(),
-                    config_digest: i.config.digest.clone(),
-                })
-                .collect();
-            (
-                h,
-                platforms,
-                idx.blob.digest.clone(),
-                idx.blob.media_type.clone(),
-            )
-        }
-    };
-    let config: serde_json::Value =
-        serde_json::from_slice(&host_img.config.data).unwrap_or_default();
-    ImageInfo {
-        reference: img.reference.to_string(),
-        repository: img.repository.clone(),
-        tag: img.tag.clone(),
-        digest,
-        media_type,
-        config_digest: host_img.config.digest.clone(),
-        manifest_digest: host_img.manifest.digest.clone(),
-        layers: host_img
-            .layers
-            .iter()
-            .map(|l| LayerInfo {
-                digest: l.blob.digest.clone(),
-                diff_id: l.diff_id.clone(),
-                media_type: l.blob.media_type.clone(),
-                size: l.blob.size(),
-                uncompressed_size: l.uncompressed_size,
-            })
-            .collect(),
-        platforms,
-        user: config["config"]["User"].as_str().map(str::to_string),
-    }
-}
-
-/// The catalog file's content for `images`: reference -> [`ImageInfo`].
-pub fn catalog_json(images: &[TestImage]) -> Result<Vec<u8>> {
-    let map: BTreeMap<&str, ImageInfo> = images.iter().map(|i| (i.reference, info_of(i))).collect();
-    serde_json::to_vec_pretty(&map).map_err(|source| Error::Json {
-        what: "image catalog".into(),
-        source,
-    })
-}
-
-/// What the harness pushed for `reference` (one of the constants of this module).
-pub fn info(reference: &str) -> Result<ImageInfo> {
-    static CATALOG: OnceLock<std::result::Result<BTreeMap<String, ImageInfo>, String>> =
-        OnceLock::new();
-    let catalog = CATALOG
-        .get_or_init(|| {
-            let env = Env::try_get().map_err(|e| e.to_string())?;
-            let data = std::fs::read(&env.images_file)
-                .map_err(|e| format!("read {}: {e}", env.images_file.display()))?;
-            serde_json::from_slice(&data)
-                .map_err(|e| format!("parse {}: {e}", env.images_file.display()))
-        })
-        .as_ref()
-        .map_err(|m| Error::Environment(m.clone()))?;
-    let key = if reference == BUSYBOX_LOCAL {
-        BUSYBOX
-    } else {
-        reference
-    };
-    catalog
-        .get(key)
-        .cloned()
-        .ok_or_else(|| Error::Image(format!("{reference} is not a test image")))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     #[test]
