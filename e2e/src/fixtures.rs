@@ -545,3 +545,29 @@ pub async fn exec_sync(d: &impl AsRef<Client>, id: &str, cmd: &[&str]) -> (Strin
         r.exit_code,
     )
 }
+
+/// The names in `dir`, sorted; none if it does not exist.
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// What the daemon's image store holds: blobs (complete and in progress) and snapshots
+/// (complete, in progress, in the trash).
+pub fn stored(d: &Daemon) -> (Vec<String>, Vec<String>) {
+    let root = d.dir().root();
+    let mut blobs = dir_names(&root.join("content/blobs/sha256"));
+    blobs.extend(dir_names(&root.join("content/ingest")));
+    let mut snaps: Vec<String> = dir_names(&root.join("snapshots"))
+        .into_iter()
+        .filter(|n| n != ".trash")
+        .collect();
+    snaps.extend(dir_names(&root.join("snapshots/.trash")));
+    (blobs, snaps)
+}

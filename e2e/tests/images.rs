@@ -13,7 +13,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use berth_e2e::fixtures::{container_config, new_pod, remove_pod, start_container};
+use berth_e2e::fixtures::{
+    container_config, dir_names, new_pod, remove_pod, start_container, stored,
+};
 use berth_e2e::http::RequestHead;
 use berth_e2e::images::{self, ImageInfo, whiteouts::Expect};
 use berth_e2e::oci::{self, Blob, Compression, Format, Layer, Platform, RunConfig};
@@ -123,30 +125,6 @@ fn snapshot_dirs(d: &Daemon, info: &ImageInfo) -> Vec<PathBuf> {
                 .join("fs")
         })
         .collect()
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => vec![],
-    };
-    v.sort();
-    v
-}
-
-/// Blobs (complete and in progress) and snapshots (complete, in progress, in the trash).
-fn stored(d: &Daemon) -> (Vec<String>, Vec<String>) {
-    let root = d.dir().root();
-    let mut blobs = names(&root.join("content/blobs/sha256"));
-    blobs.extend(names(&root.join("content/ingest")));
-    let mut snaps: Vec<String> = names(&root.join("snapshots"))
-        .into_iter()
-        .filter(|n| n != ".trash")
-        .collect();
-    snaps.extend(names(&root.join("snapshots/.trash")));
-    (blobs, snaps)
 }
 
 fn du(args: &[&str], paths: &[PathBuf]) -> u64 {
@@ -528,7 +506,7 @@ async fn whiteouts_and_opaque_dirs_are_honoured_in_the_merged_rootfs() {
         }
     }
     for (dir, listing) in images::whiteouts::LISTINGS {
-        assert_eq!(names(&at(dir)), *listing, "ls -A {dir}");
+        assert_eq!(dir_names(&at(dir)), *listing, "ls -A {dir}");
     }
     // Below the merge, a whiteout is overlayfs' 0/0 character device.
     let wh = lowers

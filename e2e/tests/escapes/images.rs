@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use berth_e2e::fixtures::{
     assert_refused, container_config, daemon_with, exec_sync, log_dir, pod_config, remove_pod,
-    run_pod, start_container,
+    run_pod, start_container, stored,
 };
 use berth_e2e::http::RequestHead;
 use berth_e2e::images::{self, HostBusybox};
@@ -149,30 +149,6 @@ async fn remove(d: &Daemon, image: &str) {
         })
         .await
         .unwrap_or_else(|e| panic!("RemoveImage {image}: {e}"));
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-/// Blobs (complete and in progress) and snapshots (complete, in progress, in the trash).
-fn stored(d: &Daemon) -> (Vec<String>, Vec<String>) {
-    let root = d.dir().root();
-    let mut blobs = names(&root.join("content/blobs/sha256"));
-    blobs.extend(names(&root.join("content/ingest")));
-    let mut snaps: Vec<String> = names(&root.join("snapshots"))
-        .into_iter()
-        .filter(|n| n != ".trash")
-        .collect();
-    snaps.extend(names(&root.join("snapshots/.trash")));
-    (blobs, snaps)
 }
 
 /// The daemon's peak resident set size (`VmHWM`), in KiB.
@@ -314,6 +290,22 @@ async fn run_sleeper(d: &Daemon, image: &str, name: &str) -> (String, String) {
     (pod, id)
 }
 
+/// Pushes busybox with the tar archive `hostile` as a layer on top to `repo`, pulls it into a
+/// fresh daemon (which must accept it: `valid` says why), and runs a sleeper of it named
+/// `name`; returns the daemon, the pod and the container.
+async fn run_hostile(
+    repo: &str,
+    hostile: &[u8],
+    valid: &str,
+    name: &str,
+) -> (Daemon, String, String) {
+    let image = push(repo, vec![busybox_layer(), tar_layer(hostile)]).await;
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, &image, None).await.expect(valid);
+    let (pod, c) = run_sleeper(&d, &image, name).await;
+    (d, pod, c)
+}
+
 #[tokio::test]
 async fn cve_2025_62518_pax_size_cannot_smuggle_entries() {
     // TARmageddon: the ustar header of /etc/berth-outer says 0 bytes, its PAX record says
@@ -332,16 +324,13 @@ async fn cve_2025_62518_pax_size_cannot_smuggle_entries() {
         vec![0; 1024],
     ]
     .concat();
-    let image = push(
+    let (d, pod, c) = run_hostile(
         "berth-e2e/escapes-pax-size",
-        vec![busybox_layer(), tar_layer(&hostile)],
+        &hostile,
+        "the layer is valid tar",
+        "paxsize",
     )
     .await;
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, &image, None)
-        .await
-        .expect("the layer is valid tar");
-    let (pod, c) = run_sleeper(&d, &image, "paxsize").await;
 
     let (out, err, code) = exec_sync(&d, &c, &["/bin/ls", "/etc"]).await;
     assert_eq!(code, 0, "{err}");
@@ -379,16 +368,13 @@ async fn header_only_entries_carry_no_data_as_in_go() {
         vec![0; 1024],
     ]
     .concat();
-    let image = push(
+    let (d, pod, c) = run_hostile(
         "berth-e2e/escapes-header-only",
-        vec![busybox_layer(), tar_layer(&hostile)],
+        &hostile,
+        "the layer is valid tar",
+        "headeronly",
     )
     .await;
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, &image, None)
-        .await
-        .expect("the layer is valid tar");
-    let (pod, c) = run_sleeper(&d, &image, "headeronly").await;
     let (out, err, code) = exec_sync(&d, &c, &["/bin/cat", "/etc/berth-hidden"]).await;
     assert_eq!((out.as_str(), code), ("found\n", 0), "{err}");
     remove_pod(&d, &pod).await;
@@ -427,16 +413,13 @@ async fn device_nodes_from_an_image_give_no_access_to_the_nodes_devices() {
         b.append(&h, &b""[..]).unwrap();
     }
     let hostile = b.into_inner().unwrap();
-    let image = push(
+    let (d, pod, c) = run_hostile(
         "berth-e2e/escapes-devices",
-        vec![busybox_layer(), tar_layer(&hostile)],
+        &hostile,
+        "device nodes are valid",
+        "devices",
     )
     .await;
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, &image, None)
-        .await
-        .expect("device nodes are valid");
-    let (pod, c) = run_sleeper(&d, &image, "devices").await;
     for node in ["/srv/mem", "/srv/disk"] {
         let (out, err, code) = exec_sync(
             &d,

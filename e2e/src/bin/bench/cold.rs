@@ -4,13 +4,14 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use berth_e2e::{Client, Daemon, DaemonDir, images};
-use k8s_cri::v1::VersionRequest;
+use anyhow::Context;
+use berth_e2e::{Daemon, DaemonDir, images};
 
 use crate::Settings;
 use crate::containerd::{Containerd, containerd_runtime};
-use crate::measure::{COLD_PULL, COLD_PULL_LAYERED, Figures, LAUNCH, Runtime, berth_runtime};
+use crate::measure::{
+    COLD_PULL, COLD_PULL_LAYERED, Figures, LAUNCH, Runtime, berth_runtime, first_answer,
+};
 use crate::pods::pull;
 
 /// A fresh Berth daemon (empty root): launch to serving, then the cold pulls. Its root is
@@ -21,25 +22,12 @@ pub(crate) async fn cold_berth(f: &mut Figures, held: &Path, round: usize) -> an
         .config("[log]\nlevel = \"warn\"")
         .spawn()
         .context("start berth")?;
-    // Polled every millisecond, as containerd is above.
+    // Polled every millisecond, as containerd is (`first_answer`).
     let socket = d.socket().to_path_buf();
-    loop {
-        if socket.exists()
-            && let Ok(client) = Client::connect(&socket).await
-            && client
-                .runtime()
-                .version(VersionRequest::default())
-                .await
-                .is_ok()
-        {
-            break;
-        }
-        if t.elapsed() > Duration::from_secs(30) {
-            bail!("berth did not serve within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    f.op(LAUNCH).push_ms(t.elapsed());
+    let (_, launch) = first_answer(&socket, t)
+        .await
+        .context("berth did not serve within 30 s")?;
+    f.op(LAUNCH).push_ms(launch);
     d.wait_serving(Duration::from_secs(5)).await?;
     // A pull on a node comes long after start-up: let the start-up reconciliation (which
     // a pull waits for) finish first.

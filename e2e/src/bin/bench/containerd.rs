@@ -5,11 +5,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use berth_e2e::{Client, DaemonDir, Env, images};
-use k8s_cri::v1::VersionRequest;
 
-use crate::measure::{Runtime, processes_with};
+use crate::measure::{Runtime, first_answer, processes_with};
 
 /// containerd with a private root, state, socket, bridge and CNI config, mirrors to the
 /// harness registry. Stopped (by its PID) and cleaned on drop.
@@ -77,25 +76,13 @@ impl Containerd {
             dir: dir.to_owned(),
             bridge,
         };
-        loop {
-            if socket.exists()
-                && let Ok(client) = Client::connect(&socket).await
-                && client
-                    .runtime()
-                    .version(VersionRequest::default())
-                    .await
-                    .is_ok()
-            {
-                return Ok((me, client, t.elapsed()));
-            }
-            if t.elapsed() > Duration::from_secs(30) {
-                bail!(
-                    "containerd did not serve within 30 s; see {}",
-                    dir.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let (client, launch) = first_answer(&socket, t).await.with_context(|| {
+            format!(
+                "containerd did not serve within 30 s; see {}",
+                dir.display()
+            )
+        })?;
+        Ok((me, client, launch))
     }
 }
 

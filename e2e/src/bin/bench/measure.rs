@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use berth_e2e::bench::{Samples, Summary};
 use berth_e2e::{Client, Daemon};
+use k8s_cri::v1::VersionRequest;
 
 pub(crate) const COLD_PULL: &str = "PullImage (cold: a fresh daemon, empty store)";
 pub(crate) const COLD_PULL_LAYERED: &str = "PullImage (cold store, 4 layers, 40 MB)";
@@ -84,6 +85,27 @@ impl Figures {
     }
     pub(crate) fn summary(&self, name: &str) -> Option<Summary> {
         self.calls.get(name).and_then(Samples::summary)
+    }
+}
+
+/// Polls `socket` every millisecond until a CRI `Version` call answers; returns the client
+/// and the time since `launched`, or `None` once 30 s have passed without an answer.
+pub(crate) async fn first_answer(socket: &Path, launched: Instant) -> Option<(Client, Duration)> {
+    loop {
+        if socket.exists()
+            && let Ok(client) = Client::connect(socket).await
+            && client
+                .runtime()
+                .version(VersionRequest::default())
+                .await
+                .is_ok()
+        {
+            return Some((client, launched.elapsed()));
+        }
+        if launched.elapsed() > Duration::from_secs(30) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
