@@ -260,23 +260,13 @@ async fn refused_config(body: &str) -> (String, String) {
     (stderr, path_str(&file))
 }
 
-#[tokio::test]
-async fn unknown_config_keys_are_refused_naming_key_and_file() {
-    let (stderr, file) = refused_config("colour = \"blue\"\n[grpc]\nsocket = SOCKET\n").await;
+/// Starts berth with `config` (see [`refused_config`]) and checks that its error names `key`
+/// and the config file.
+async fn refused_naming_key_and_file(config: &str, key: &str) {
+    let (stderr, file) = refused_config(config).await;
     assert!(
-        stderr.contains("colour"),
-        "stderr does not name the key: {stderr}"
-    );
-    assert!(
-        stderr.contains(&file),
-        "stderr does not name the file: {stderr}"
-    );
-
-    let (stderr, file) =
-        refused_config("[grpc]\nsocket = SOCKET\nsockett = \"/tmp/x.sock\"\n").await;
-    assert!(
-        stderr.contains("sockett"),
-        "stderr does not name the key: {stderr}"
+        stderr.contains(key),
+        "stderr does not name the key {key}: {stderr}"
     );
     assert!(
         stderr.contains(&file),
@@ -285,27 +275,23 @@ async fn unknown_config_keys_are_refused_naming_key_and_file() {
 }
 
 #[tokio::test]
-async fn wrongly_typed_config_values_are_refused_naming_key_and_file() {
-    let (stderr, file) = refused_config("[grpc]\nsocket = 5\n").await;
-    assert!(
-        stderr.contains("socket"),
-        "stderr does not name the key: {stderr}"
-    );
-    assert!(
-        stderr.contains(&file),
-        "stderr does not name the file: {stderr}"
-    );
+async fn unknown_config_keys_are_refused_naming_key_and_file() {
+    refused_naming_key_and_file("colour = \"blue\"\n[grpc]\nsocket = SOCKET\n", "colour").await;
+    refused_naming_key_and_file(
+        "[grpc]\nsocket = SOCKET\nsockett = \"/tmp/x.sock\"\n",
+        "sockett",
+    )
+    .await;
+}
 
-    let (stderr, file) =
-        refused_config("[grpc]\nsocket = SOCKET\n[log]\nlevel = [\"debug\"]\n").await;
-    assert!(
-        stderr.contains("level"),
-        "stderr does not name the key: {stderr}"
-    );
-    assert!(
-        stderr.contains(&file),
-        "stderr does not name the file: {stderr}"
-    );
+#[tokio::test]
+async fn wrongly_typed_config_values_are_refused_naming_key_and_file() {
+    refused_naming_key_and_file("[grpc]\nsocket = 5\n", "socket").await;
+    refused_naming_key_and_file(
+        "[grpc]\nsocket = SOCKET\n[log]\nlevel = [\"debug\"]\n",
+        "level",
+    )
+    .await;
 }
 
 #[tokio::test]

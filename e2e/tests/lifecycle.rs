@@ -295,27 +295,39 @@ fn untrue_answers(
     removed_pods: &[String],
     removed_containers: &[String],
 ) -> Vec<String> {
+    let mut wrong = untrue_in(
+        ("ListPodSandbox", "pod", "READY"),
+        pods.iter()
+            .map(|p| (&p.id, p.state == PodSandboxState::SandboxReady as i32)),
+        dead_pods,
+        removed_pods,
+    );
+    wrong.extend(untrue_in(
+        ("ListContainers", "container", "RUNNING"),
+        containers
+            .iter()
+            .map(|c| (&c.id, c.state == ContainerState::ContainerRunning as i32)),
+        dead_containers,
+        removed_containers,
+    ));
+    wrong
+}
+
+/// The untrue entries of one list call `(call, kind, live)`: a `kind` whose monitor was
+/// killed shown `live`, or one removed shown at all. `items` are (id, shown live).
+fn untrue_in<'a>(
+    (call, kind, live): (&str, &str, &str),
+    items: impl Iterator<Item = (&'a String, bool)>,
+    dead: &[String],
+    removed: &[String],
+) -> Vec<String> {
     let mut wrong = Vec::new();
-    for p in pods {
-        if dead_pods.contains(&p.id) && p.state == PodSandboxState::SandboxReady as i32 {
-            wrong.push(format!(
-                "ListPodSandbox shows pod {} (monitor killed) READY",
-                p.id
-            ));
+    for (id, shown_live) in items {
+        if dead.contains(id) && shown_live {
+            wrong.push(format!("{call} shows {kind} {id} (monitor killed) {live}"));
         }
-        if removed_pods.contains(&p.id) {
-            wrong.push(format!("ListPodSandbox shows removed pod {}", p.id));
-        }
-    }
-    for c in containers {
-        if dead_containers.contains(&c.id) && c.state == ContainerState::ContainerRunning as i32 {
-            wrong.push(format!(
-                "ListContainers shows container {} (monitor killed) RUNNING",
-                c.id
-            ));
-        }
-        if removed_containers.contains(&c.id) {
-            wrong.push(format!("ListContainers shows removed container {}", c.id));
+        if removed.contains(id) {
+            wrong.push(format!("{call} shows removed {kind} {id}"));
         }
     }
     wrong

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_e2e::fixtures::{
-    Tmpfs, assert_refused, container_config, container_pid, container_status, create_refused,
-    exec_sync, kill_monitor, linux_security, pod_config, pod_status, pull, remove_pod,
-    run_pod_with, runc_crun_daemon, runtime_binary, runtime_status, start, start_container,
-    try_run_pod, wait_exited,
+    Tmpfs, assert_refused, attach_url, container_config, container_pid, container_status,
+    create_refused, exec_sync, exec_url, kill_monitor, linux_security, pod_config, pod_status,
+    pull, remove_pod, run_pod_with, runc_crun_daemon, runtime_binary, runtime_status, start,
+    start_container, try_run_pod, wait_exited,
 };
 use berth_e2e::{Daemon, DaemonDir, images, run_berth};
 use k8s_cri::v1::*;
@@ -424,19 +424,7 @@ async fn handler_containers_take_attach_stdin_and_terminal_execs() {
         let mut echo = container_config("echo", &["sh", "-c", script]);
         echo.stdin = true;
         let echo = start_container(&d, &pod, &config, echo).await;
-        let url = d
-            .runtime()
-            .attach(AttachRequest {
-                container_id: echo.clone(),
-                stdin: true,
-                stdout: true,
-                stderr: true,
-                tty: false,
-            })
-            .await
-            .expect("Attach")
-            .into_inner()
-            .url;
+        let url = attach_url(&d, &echo, all).await;
         let mut rc = RemoteCommand::connect(&url, all, &Transport::spdy(), None)
             .await
             .unwrap_or_else(|e| panic!("{handler}: attach: {e}"));
@@ -454,20 +442,7 @@ async fn handler_containers_take_attach_stdin_and_terminal_execs() {
             stderr: false,
             tty: true,
         };
-        let url = d
-            .runtime()
-            .exec(ExecRequest {
-                container_id: echo.clone(),
-                cmd: vec!["sh".into(), "-c".into(), "read l; tty; echo \"$l\"".into()],
-                tty: true,
-                stdin: true,
-                stdout: true,
-                stderr: false,
-            })
-            .await
-            .expect("Exec")
-            .into_inner()
-            .url;
+        let url = exec_url(&d, &echo, &["sh", "-c", "read l; tty; echo \"$l\""], tty).await;
         let mut rc = RemoteCommand::connect(&url, tty, &Transport::websocket(), None)
             .await
             .unwrap_or_else(|e| panic!("{handler}: exec: {e}"));

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use berth_e2e::fixtures::{
-    assert_refused, bind, busybox_pod, container_config, create_refused, exec_sync, host_dir,
-    linux_security, list_containers, pull, remove_pod, start_container,
+    assert_refused, bind, busybox_pod, container_config, create_refused, exec_sync, exec_url,
+    host_dir, linux_security, list_containers, pull, remove_pod, start_container,
 };
 use berth_e2e::images;
 use berth_e2e::oci::LayerBuilder;
@@ -424,19 +424,7 @@ async fn cve_2025_52565_no_console_bind_and_terminals_come_from_the_containers_d
         stderr: false,
         tty: true,
     };
-    let url = d
-        .runtime()
-        .exec(ExecRequest {
-            container_id: id.clone(),
-            cmd: vec!["tty".into()],
-            tty: true,
-            stdout: true,
-            ..Default::default()
-        })
-        .await
-        .expect("Exec")
-        .into_inner()
-        .url;
+    let url = exec_url(&d, &id, &["tty"], opts).await;
     let r = client::run(&url, opts, &Transport::spdy(), None, None)
         .await
         .expect("a terminal exec");
