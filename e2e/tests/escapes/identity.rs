@@ -11,7 +11,7 @@ use berth_e2e::Daemon;
 use berth_e2e::fixtures::{
     assert_refused, busybox_daemon, container_config, container_status, exec_ok, exec_sync,
     linux_security, list_containers, list_pods, log_dir, new_pod, pod_config, pull, remove_pod,
-    run_pod, runc_crun_daemon, start, start_container,
+    run_pod, runc_crun_daemon, start, start_container, try_create,
 };
 use berth_e2e::images::{self, HostBusybox};
 use berth_e2e::oci::{Compression, Layer, LayerBuilder, RunConfig};
@@ -69,20 +69,16 @@ fn container(name: &str, image: &str, sc: LinuxContainerSecurityContext) -> Cont
     c
 }
 
-async fn create(
+/// Creates `c` in the pod, which must be refused (`why` says what a success would mean);
+/// returns the error.
+async fn refused(
     d: &Daemon,
     pod: &str,
     config: &PodSandboxConfig,
     c: ContainerConfig,
-) -> Result<String, tonic::Status> {
-    d.runtime()
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(c),
-            sandbox_config: Some(config.clone()),
-        })
-        .await
-        .map(|r| r.into_inner().container_id)
+    why: &str,
+) -> tonic::Status {
+    try_create(d, pod, config, c).await.expect_err(why)
 }
 
 /// A user of the node's /etc/passwd that no test image has, with a non-zero uid.
@@ -151,9 +147,14 @@ async fn image_etc_symlink_to_the_nodes_etc_cannot_pick_the_user() {
             },
         ),
     ] {
-        let err = create(&d, &pod, &config, container(name, &image, sc))
-            .await
-            .expect_err("a container whose /etc loops was created");
+        let err = refused(
+            &d,
+            &pod,
+            &config,
+            container(name, &image, sc),
+            "a container whose /etc loops was created",
+        )
+        .await;
         assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
         assert!(
             err.message().contains("/etc/passwd") && err.message().contains("symbolic links"),
@@ -167,14 +168,14 @@ async fn image_etc_symlink_to_the_nodes_etc_cannot_pick_the_user() {
     top.symlink("etc", "/proc/self/root/etc").unwrap();
     let elsewhere = push_image("etc-proc-root", top, Some(&user)).await;
     pull(&d, &elsewhere).await;
-    let err = create(
+    let err = refused(
         &d,
         &pod,
         &config,
         container("proc-root", &elsewhere, Default::default()),
+        "a container of a user the image does not have was created",
     )
-    .await
-    .expect_err("a container of a user the image does not have was created");
+    .await;
     assert_refused(&err, Code::InvalidArgument, &format!("{user:?} not found"));
     // Nothing runs, so nothing runs as the node's uid of `user`.
     let listed = list_containers(&d).await;
@@ -204,14 +205,14 @@ async fn image_passwd_symlink_cannot_leak_the_nodes_shadow() {
     // Read as passwd, the node's shadow line `user:hash:lastchg:0:...` would give the
     // container uid `lastchg` and HOME from a shadow field. Read inside the image, the
     // user does not exist.
-    let err = create(
+    let err = refused(
         &d,
         &pod,
         &config,
         container("image-user", &image, Default::default()),
+        "the image's USER came from somewhere",
     )
-    .await
-    .expect_err("the image's USER came from somewhere");
+    .await;
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(
         err.message().contains(&user) && err.message().contains("not found"),

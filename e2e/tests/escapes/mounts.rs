@@ -145,12 +145,10 @@ async fn cve_2019_16884_and_cve_2019_19921_volumes_on_proc_and_sys_are_refused()
     let mut c = container_config("via-link", &["sleep", "3600"]);
     c.mounts = vec![bind("/vol", &vol), bind("/vol/sys/kernel", &fake)];
     let err = create_refused(&d, &pod, &config, c).await;
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(
-        err.message()
-            .contains("mount /vol/sys/kernel: its target resolves onto procfs"),
-        "{}",
-        err.message()
+    assert_refused(
+        &err,
+        Code::InvalidArgument,
+        "mount /vol/sys/kernel: its target resolves onto procfs",
     );
     assert!(list_containers(&d).await.is_empty());
     assert_eq!(std::fs::read_dir(&fake).unwrap().count(), 0);
@@ -198,12 +196,10 @@ async fn cve_2025_52881_an_image_symlink_cannot_put_a_mount_over_proc() {
         ..Default::default()
     });
     let err = create_refused(&d, &pod, &config, c).await;
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(
-        err.message()
-            .contains("mount /etc/hosts: its target resolves onto procfs"),
-        "{}",
-        err.message()
+    assert_refused(
+        &err,
+        Code::InvalidArgument,
+        "mount /etc/hosts: its target resolves onto procfs",
     );
     assert!(list_containers(&d).await.is_empty());
     remove_pod(&d, &pod).await;
