@@ -294,13 +294,8 @@ async fn wrongly_typed_config_values_are_refused_naming_key_and_file() {
     .await;
 }
 
-#[tokio::test]
-async fn a_second_daemon_on_the_same_state_is_refused() {
-    let a = start().await;
-    let mut b = Daemon::builder()
-        .config_file(a.config_path())
-        .spawn()
-        .expect("spawn second berth");
+/// Waits for the second daemon `b` to exit, failed, saying another daemon holds the state.
+async fn refused_for_the_lock(b: &mut Daemon) {
     let status = b
         .wait_exit(QUICK)
         .await
@@ -311,6 +306,16 @@ async fn a_second_daemon_on_the_same_state_is_refused() {
         "second berth's log does not say why:\n{}",
         b.log()
     );
+}
+
+#[tokio::test]
+async fn a_second_daemon_on_the_same_state_is_refused() {
+    let a = start().await;
+    let mut b = Daemon::builder()
+        .config_file(a.config_path())
+        .spawn()
+        .expect("spawn second berth");
+    refused_for_the_lock(&mut b).await;
     // The first one still owns and serves its socket.
     assert!(a.socket().exists(), "the refused daemon removed the socket");
     a.runtime()
@@ -334,16 +339,7 @@ async fn a_second_daemon_with_another_socket_on_the_same_state_is_refused() {
         .raw_config(text)
         .spawn()
         .expect("spawn second berth");
-    let status = b
-        .wait_exit(QUICK)
-        .await
-        .expect("second berth keeps running");
-    assert!(!status.success(), "second berth: {}", describe(&status));
-    assert!(
-        b.log().contains("another berth daemon"),
-        "log:\n{}",
-        b.log()
-    );
+    refused_for_the_lock(&mut b).await;
     assert!(
         !b.dir().socket().exists(),
         "refused daemon created its socket"

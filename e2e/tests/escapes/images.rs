@@ -290,18 +290,19 @@ async fn run_sleeper(d: &Daemon, image: &str, name: &str) -> (String, String) {
     (pod, id)
 }
 
-/// Pushes busybox with the tar archive `hostile` as a layer on top to `repo`, pulls it into a
-/// fresh daemon (which must accept it: `valid` says why), and runs a sleeper of it named
-/// `name`; returns the daemon, the pod and the container.
-async fn run_hostile(
-    repo: &str,
-    hostile: &[u8],
-    valid: &str,
-    name: &str,
-) -> (Daemon, String, String) {
-    let image = push(repo, vec![busybox_layer(), tar_layer(hostile)]).await;
+/// Pushes busybox with the tar archive `hostile` as a layer on top to
+/// `berth-e2e/escapes-NAME`, pulls it into a fresh daemon (which must accept it: the archive
+/// is valid tar), and runs a sleeper of it; returns the daemon, the pod and the container.
+async fn run_hostile(name: &str, hostile: &[u8]) -> (Daemon, String, String) {
+    let image = push(
+        &format!("berth-e2e/escapes-{name}"),
+        vec![busybox_layer(), tar_layer(hostile)],
+    )
+    .await;
     let d = Daemon::start().await.expect("daemon");
-    pull(&d, &image, None).await.expect(valid);
+    pull(&d, &image, None)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: the layer is valid tar: {e}"));
     let (pod, c) = run_sleeper(&d, &image, name).await;
     (d, pod, c)
 }
@@ -324,13 +325,7 @@ async fn cve_2025_62518_pax_size_cannot_smuggle_entries() {
         vec![0; 1024],
     ]
     .concat();
-    let (d, pod, c) = run_hostile(
-        "berth-e2e/escapes-pax-size",
-        &hostile,
-        "the layer is valid tar",
-        "paxsize",
-    )
-    .await;
+    let (d, pod, c) = run_hostile("paxsize", &hostile).await;
 
     let (out, err, code) = exec_sync(&d, &c, &["/bin/ls", "/etc"]).await;
     assert_eq!(code, 0, "{err}");
@@ -368,13 +363,7 @@ async fn header_only_entries_carry_no_data_as_in_go() {
         vec![0; 1024],
     ]
     .concat();
-    let (d, pod, c) = run_hostile(
-        "berth-e2e/escapes-header-only",
-        &hostile,
-        "the layer is valid tar",
-        "headeronly",
-    )
-    .await;
+    let (d, pod, c) = run_hostile("headeronly", &hostile).await;
     let (out, err, code) = exec_sync(&d, &c, &["/bin/cat", "/etc/berth-hidden"]).await;
     assert_eq!((out.as_str(), code), ("found\n", 0), "{err}");
     remove_pod(&d, &pod).await;
@@ -413,13 +402,7 @@ async fn device_nodes_from_an_image_give_no_access_to_the_nodes_devices() {
         b.append(&h, &b""[..]).unwrap();
     }
     let hostile = b.into_inner().unwrap();
-    let (d, pod, c) = run_hostile(
-        "berth-e2e/escapes-devices",
-        &hostile,
-        "device nodes are valid",
-        "devices",
-    )
-    .await;
+    let (d, pod, c) = run_hostile("devices", &hostile).await;
     for node in ["/srv/mem", "/srv/disk"] {
         let (out, err, code) = exec_sync(
             &d,
