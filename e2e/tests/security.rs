@@ -5,9 +5,9 @@
 //! the process inside observes, or the error kubelet gets.
 use berth_e2e::fixtures::{
     Tmpfs, assert_refused, bind, busybox_daemon, busybox_pod, container_config, container_status,
-    create_refused, default_handler, exec_ok, exec_sync, host_dir, image_volume, linux_security,
-    list_containers, list_pods, log_dir, new_pod, pod_config, pod_status, pull, remove_pod,
-    run_pod, run_pod_refused, runtime_status, security_context, start, start_container,
+    create_refused, default_handler, exec_ok, exec_sync, host_dir, image_spec, image_volume,
+    linux_security, list_containers, list_pods, log_dir, new_pod, pod_config, pod_status, pull,
+    remove_pod, run_pod, run_pod_refused, runtime_status, security_context, start, start_container,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::security_profile::ProfileType;
@@ -544,10 +544,7 @@ async fn supplemental_groups_policies_merge_or_keep_strictly_to_the_request() {
         ("strict", SupplementalGroupsPolicy::Strict, false),
     ] {
         let mut c = container_config(name, &["sleep", "3600"]);
-        c.image = Some(ImageSpec {
-            image: images::CONFIGURED.into(),
-            ..Default::default()
-        });
+        c.image = image_spec(images::CONFIGURED);
         c.linux = Some(linux_security(LinuxContainerSecurityContext {
             run_as_user: Some(Int64Value {
                 value: i64::from(UID),

@@ -10,8 +10,8 @@ use std::sync::OnceLock;
 use berth_e2e::Daemon;
 use berth_e2e::fixtures::{
     assert_refused, busybox_daemon, container_config, container_status, exec_ok, exec_sync,
-    linux_security, list_containers, list_pods, log_dir, new_pod, pod_config, pull, remove_pod,
-    run_pod, runc_crun_daemon, start, start_container, try_create,
+    image_spec, linux_security, list_containers, list_pods, log_dir, new_pod, pod_config, pull,
+    remove_pod, run_pod, runc_crun_daemon, start, start_container, try_create,
 };
 use berth_e2e::images::{self, HostBusybox};
 use berth_e2e::oci::{Compression, Layer, LayerBuilder, RunConfig};
@@ -61,10 +61,7 @@ async fn push_image(name: &str, top: LayerBuilder, user: Option<&str>) -> String
 /// A container of `image` running `sleep`, with `sc` as its security context.
 fn container(name: &str, image: &str, sc: LinuxContainerSecurityContext) -> ContainerConfig {
     let mut c = container_config(name, &["sleep", "3600"]);
-    c.image = Some(ImageSpec {
-        image: image.into(),
-        ..Default::default()
-    });
+    c.image = image_spec(image);
     c.linux = Some(linux_security(sc));
     c
 }

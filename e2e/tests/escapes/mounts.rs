@@ -5,7 +5,7 @@ use std::path::Path;
 
 use berth_e2e::fixtures::{
     assert_refused, bind, busybox_pod, container_config, create_refused, exec_sync, exec_url,
-    host_dir, linux_security, list_containers, pull, remove_pod, start_container,
+    host_dir, image_spec, linux_security, list_containers, pull, remove_pod, start_container,
 };
 use berth_e2e::images;
 use berth_e2e::oci::LayerBuilder;
@@ -162,10 +162,7 @@ async fn cve_2019_19921_an_image_cannot_redirect_the_proc_mount() {
     let (d, config, pod) = busybox_pod("procsymlink").await;
     pull(&d, images::PROC_SYMLINK).await;
     let mut cfg = container_config("c", &["sleep", "3600"]);
-    cfg.image = Some(ImageSpec {
-        image: images::PROC_SYMLINK.into(),
-        ..Default::default()
-    });
+    cfg.image = image_spec(images::PROC_SYMLINK);
     let err = create_refused(&d, &pod, &config, cfg).await;
     assert_refused(
         &err,
@@ -191,10 +188,7 @@ async fn cve_2025_52881_an_image_symlink_cannot_put_a_mount_over_proc() {
     let (d, config, pod) = busybox_pod("hosts-proc").await;
     pull(&d, &image).await;
     let mut c = container_config("c", &["sleep", "3600"]);
-    c.image = Some(ImageSpec {
-        image: image.clone(),
-        ..Default::default()
-    });
+    c.image = image_spec(&image);
     let err = create_refused(&d, &pod, &config, c).await;
     assert_refused(
         &err,
