@@ -16,6 +16,7 @@ use berth_e2e::fixtures::{
     start_container, try_run_pod, wait_exited,
 };
 use berth_e2e::{Daemon, DaemonDir, images, run_berth};
+use berth_runtime::oci::nspids;
 use k8s_cri::v1::*;
 use tonic::Code;
 
@@ -45,20 +46,6 @@ fn runtime_cmd(d: &Daemon, handler: &str, pod: &str, args: &[&str]) -> std::proc
         .args(args)
         .output()
         .expect("run the runtime")
-}
-
-/// A process's pid in each PID namespace it is in, outermost first.
-fn nspids(host_pid: i64) -> Vec<i64> {
-    std::fs::read_to_string(format!("/proc/{host_pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))
-        .map(|v| {
-            v.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// A pod `<name>-<handler>` of the runtime `handler`, logging under `logs-<handler>`:
@@ -151,7 +138,9 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
     let state: serde_json::Value = serde_json::from_slice(&out.stdout).expect("state JSON");
     assert_eq!(state["status"], "running", "{handler}: {state}");
     let host_pid = container_pid(d, &long).await;
-    let pids = nspids(host_pid);
+    // The container's pid in each PID namespace it is in, outermost first.
+    let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).unwrap_or_default();
+    let pids: Vec<i64> = nspids(&status).into_iter().map(i64::from).collect();
     assert_eq!(
         pids.get(1).copied(),
         state["pid"].as_i64(),
