@@ -1,15 +1,40 @@
 //! A minimal plain-HTTP/1.1 client over hyper, enough for the registry API v2.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+
+/// Accepts connections on `listener` for as long as `server` lives (it is held weakly),
+/// handing each to `serve` on a task of its own; returns the accepting task, for the
+/// server to abort when it goes.
+pub fn accept_while_alive<S, F, Fut>(
+    listener: TcpListener,
+    server: &Arc<S>,
+    serve: F,
+) -> JoinHandle<()>
+where
+    S: Send + Sync + 'static,
+    F: Fn(Arc<S>, TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let weak = Arc::downgrade(server);
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let Some(server) = weak.upgrade() else { return };
+            tokio::spawn(serve(server, conn));
+        }
+    })
+}
 
 /// A response read to the end.
 #[derive(Debug)]

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use berth_e2e::fixtures::{
     container_config, dir_names, new_pod, remove_pod, start_container, stored,
 };
-use berth_e2e::http::RequestHead;
+use berth_e2e::http::{RequestHead, accept_while_alive};
 use berth_e2e::images::{self, ImageInfo, whiteouts::Expect};
 use berth_e2e::oci::{self, Blob, Compression, Format, Layer, Platform, RunConfig};
 use berth_e2e::registry::RegistryClient;
@@ -234,16 +234,7 @@ impl Proxy {
             state: Mutex::default(),
             task: Mutex::new(None),
         });
-        let weak = Arc::downgrade(&proxy);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((conn, _)) = listener.accept().await else {
-                    return;
-                };
-                let Some(p) = weak.upgrade() else { return };
-                tokio::spawn(async move { p.serve(conn).await });
-            }
-        });
+        let task = accept_while_alive(listener, &proxy, Proxy::serve);
         *proxy.task.lock().unwrap() = Some(task);
         proxy
     }

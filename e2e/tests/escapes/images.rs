@@ -15,7 +15,7 @@ use berth_e2e::fixtures::{
     assert_refused, container_config, daemon_with, exec_sync, image_spec, log_dir, pod_config,
     remove_pod, run_pod, start_container, stored,
 };
-use berth_e2e::http::RequestHead;
+use berth_e2e::http::{RequestHead, accept_while_alive};
 use berth_e2e::images::{self, HostBusybox};
 use berth_e2e::oci::{self, Blob, Compression, Layer, RunConfig};
 use berth_e2e::{Daemon, Env};
@@ -568,13 +568,7 @@ impl Server {
             role,
             task: Mutex::new(None),
         });
-        let weak = Arc::downgrade(&server);
-        let task = tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
-                let Some(s) = weak.upgrade() else { return };
-                tokio::spawn(async move { s.serve(conn).await });
-            }
-        });
+        let task = accept_while_alive(listener, &server, Server::serve);
         *server.task.lock().unwrap() = Some(task);
         server
     }
