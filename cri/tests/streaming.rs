@@ -191,6 +191,25 @@ async fn run_stdout(url: &str, transport: &Transport) -> Result<ExecResult, Clie
     client::run(url, opts(false, true, false, false), transport, None, None).await
 }
 
+/// Runs `echo-stdin` at a fresh exec URL of `t` with every stream and no terminal, over
+/// `transport`, sending `stdin`.
+async fn echo_stdin(t: &TestNode, transport: &Transport, stdin: &[u8]) -> ExecResult {
+    let url = exec_url(t, exec_req(&["echo-stdin"], true, true, true, false)).await;
+    let opts = opts(true, true, true, false);
+    client::run(&url, opts, transport, Some(stdin), None)
+        .await
+        .unwrap()
+}
+
+/// SPDY (remotecommand v4) and WebSocket (the newest version): the tests that hold for
+/// both run once over each.
+fn both_transports() -> [Transport; 2] {
+    [
+        Transport::spdy_only("v4.channel.k8s.io"),
+        Transport::websocket(),
+    ]
+}
+
 fn code<T: std::fmt::Debug>(r: Result<T, Status>) -> Code {
     r.unwrap_err().code()
 }
@@ -288,16 +307,12 @@ async fn rpcs_validate_requests_and_ask_the_backend() {
 #[tokio::test]
 async fn spdy_v4_exec_carries_stdin_stdout_stderr_and_the_exit_code() {
     let t = test_node(Fake::default()).await;
-    let url = exec_url(&t, exec_req(&["echo-stdin"], true, true, true, false)).await;
-    let result = client::run(
-        &url,
-        opts(true, true, true, false),
+    let result = echo_stdin(
+        &t,
         &Transport::spdy_only("v4.channel.k8s.io"),
-        Some(b"hello\nworld\n"),
-        None,
+        b"hello\nworld\n",
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(result.stdout, b"hello\nworld\n");
     assert_eq!(result.stderr, b"to stderr\n");
     assert_eq!(
@@ -336,16 +351,7 @@ async fn spdy_before_v4_reports_failures_as_text_and_success_as_nothing() {
         assert_eq!(ok.stdout, b"ok", "{protocol}");
         assert!(ok.status.raw.is_empty(), "{protocol}");
 
-        let url = exec_url(&t, exec_req(&["echo-stdin"], true, true, true, false)).await;
-        let failed = client::run(
-            &url,
-            opts(true, true, true, false),
-            &Transport::spdy_only(protocol),
-            Some(b"x"),
-            None,
-        )
-        .await
-        .unwrap();
+        let failed = echo_stdin(&t, &Transport::spdy_only(protocol), b"x").await;
         assert_eq!(failed.stdout, b"x");
         assert_eq!(
             String::from_utf8(failed.status.raw).unwrap(),
@@ -357,16 +363,7 @@ async fn spdy_before_v4_reports_failures_as_text_and_success_as_nothing() {
 #[tokio::test]
 async fn websocket_v5_exec_closes_stdin_and_reports_the_exit_code() {
     let t = test_node(Fake::default()).await;
-    let url = exec_url(&t, exec_req(&["echo-stdin"], true, true, true, false)).await;
-    let result = client::run(
-        &url,
-        opts(true, true, true, false),
-        &Transport::websocket(),
-        Some(b"over websocket\n"),
-        None,
-    )
-    .await
-    .unwrap();
+    let result = echo_stdin(&t, &Transport::websocket(), b"over websocket\n").await;
     assert_eq!(result.stdout, b"over websocket\n");
     assert_eq!(result.stderr, b"to stderr\n");
     assert_eq!(String::from_utf8(result.status.raw).unwrap(), EXIT_3_JSON);
@@ -469,10 +466,7 @@ async fn an_unknown_protocol_is_forbidden_and_a_plain_request_is_bad() {
 #[tokio::test]
 async fn terminal_resizes_reach_the_process_over_both_transports() {
     let t = test_node(Fake::default()).await;
-    for transport in [
-        Transport::spdy_only("v4.channel.k8s.io"),
-        Transport::websocket(),
-    ] {
+    for transport in both_transports() {
         let url = exec_url(&t, exec_req(&["tty-size"], false, true, false, true)).await;
         let mut rc = RemoteCommand::connect(&url, opts(false, true, false, true), &transport, None)
             .await
@@ -503,10 +497,7 @@ async fn large_output_arrives_whole_over_both_transports() {
     let expected: Vec<u8> = (0..256u32)
         .flat_map(|i| std::iter::repeat_n((i % 251) as u8, 4096))
         .collect();
-    for transport in [
-        Transport::spdy_only("v4.channel.k8s.io"),
-        Transport::websocket(),
-    ] {
+    for transport in both_transports() {
         let url = exec_url(&t, exec_req(&["big"], false, true, false, false)).await;
         let result = run_stdout(&url, &transport).await.unwrap();
         assert_eq!(result.stdout.len(), expected.len(), "{transport:?}");
@@ -538,10 +529,7 @@ async fn backend_errors_are_reported_as_internal_errors() {
 #[tokio::test]
 async fn attach_echoes_stdin() {
     let t = test_node(Fake::default()).await;
-    for transport in [
-        Transport::spdy_only("v4.channel.k8s.io"),
-        Transport::websocket(),
-    ] {
+    for transport in both_transports() {
         let req = AttachRequest {
             container_id: "c1".into(),
             stdin: true,
@@ -577,10 +565,7 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 #[tokio::test]
 async fn a_client_that_disconnects_mid_exec_cancels_it_and_frees_the_session() {
     let t = test_node(Fake::default()).await;
-    for transport in [
-        Transport::spdy_only("v4.channel.k8s.io"),
-        Transport::websocket(),
-    ] {
+    for transport in both_transports() {
         let before = t.fake.gone.load(Ordering::SeqCst);
         let url = exec_url(&t, exec_req(&["wait-gone"], true, true, true, false)).await;
         let mut rc = RemoteCommand::connect(&url, opts(true, true, true, false), &transport, None)
