@@ -36,6 +36,27 @@ where
     })
 }
 
+/// The `Authorization` value of basic auth for `user` and `pass`. Encoded here rather than
+/// with the product's base64 library, so that the tests check the daemon against an
+/// encoder of their own.
+pub fn basic_auth(user: &str, pass: &str) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let data = format!("{user}:{pass}").into_bytes();
+    let mut out = String::from("Basic ");
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            out.push(if i <= c.len() {
+                A[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
 /// A response read to the end.
 #[derive(Debug)]
 pub struct Response {
@@ -167,5 +188,22 @@ impl RequestHead {
         let mut resp = Vec::new();
         up.read_to_end(&mut resp).await.ok()?;
         Some(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_auth_is_base64_with_padding() {
+        // RFC 7617's example, and no, two and one padding characters.
+        assert_eq!(
+            basic_auth("Aladdin", "open sesame"),
+            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
+        assert_eq!(basic_auth("a", "b"), "Basic YTpi");
+        assert_eq!(basic_auth("ab", "c"), "Basic YWI6Yw==");
+        assert_eq!(basic_auth("ab", "cd"), "Basic YWI6Y2Q=");
     }
 }

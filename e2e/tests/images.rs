@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use berth_e2e::fixtures::{
     container_config, dir_names, new_pod, remove_pod, start_container, stored,
 };
-use berth_e2e::http::{RequestHead, accept_while_alive};
+use berth_e2e::http::{RequestHead, accept_while_alive, basic_auth};
 use berth_e2e::images::{self, ImageInfo, whiteouts::Expect};
 use berth_e2e::oci::{self, Blob, Compression, Format, Layer, Platform, RunConfig};
 use berth_e2e::registry::RegistryClient;
@@ -207,23 +207,6 @@ impl Drop for Proxy {
     }
 }
 
-fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 impl Proxy {
     async fn start(auth: ProxyAuth) -> Arc<Proxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -269,13 +252,8 @@ impl Proxy {
             .entry(path.clone())
             .or_default() += 1;
 
-        let basic_ok = |user: &str, pass: &str| {
-            header("authorization")
-                == Some(&format!(
-                    "Basic {}",
-                    base64(format!("{user}:{pass}").as_bytes())
-                ))
-        };
+        let basic_ok =
+            |user: &str, pass: &str| header("authorization") == Some(&basic_auth(user, pass));
         if path == "/token" {
             let resp = match self.auth {
                 ProxyAuth::Bearer(u, p) if basic_ok(u, p) => {

@@ -15,7 +15,7 @@ use berth_e2e::fixtures::{
     assert_refused, container_config, daemon_with, exec_sync, image_spec, log_dir, pod_config,
     remove_pod, run_pod, start_container, stored,
 };
-use berth_e2e::http::{RequestHead, accept_while_alive};
+use berth_e2e::http::{RequestHead, accept_while_alive, basic_auth};
 use berth_e2e::images::{self, HostBusybox};
 use berth_e2e::oci::{self, Blob, Compression, Layer, RunConfig};
 use berth_e2e::{Daemon, Env};
@@ -83,6 +83,13 @@ fn inflating(head: &[u8], zero_mib: usize, tail: &[u8]) -> (Vec<u8>, String) {
     blob.extend_from_slice(&gzip_member(tail));
     diff.update(tail);
     (blob, format!("sha256:{}", hex::encode(diff.finalize())))
+}
+
+/// The gzip layer of [`inflating`]: `head`, `zero_mib` MiB of zeros, then `tail`.
+fn inflating_layer(head: &[u8], zero_mib: usize, tail: &[u8]) -> Layer {
+    let (blob, diff_id) = inflating(head, zero_mib, tail);
+    let size = (head.len() + (zero_mib << 20) + tail.len()) as u64;
+    gzip_layer(blob, diff_id, size)
 }
 
 fn gzip_layer(blob: Vec<u8>, diff_id: String, uncompressed_size: u64) -> Layer {
@@ -193,10 +200,9 @@ async fn a_pax_header_claiming_a_gibibyte_is_refused_without_raising_memory() {
     const GIB_IN_MIB: usize = 1024;
     let head = header("PaxHeaders/bomb", b'x', (GIB_IN_MIB as u64) << 20);
     let tail = [header("bomb", b'0', 0), vec![0; 1024]].concat();
-    let (blob, diff_id) = inflating(&head, GIB_IN_MIB, &tail);
-    assert!(blob.len() < 4 << 20, "the bomb is small: {}", blob.len());
-    let size = (head.len() + (GIB_IN_MIB << 20) + tail.len()) as u64;
-    let layer = gzip_layer(blob, diff_id, size);
+    let layer = inflating_layer(&head, GIB_IN_MIB, &tail);
+    let small = layer.blob.data.len();
+    assert!(small < 4 << 20, "the bomb is small: {small}");
     let digest = layer.blob.digest.clone();
     let image = push("berth-e2e/escapes-pax-bomb", vec![layer]).await;
 
@@ -229,10 +235,9 @@ async fn a_gzip_bomb_is_refused_at_the_configured_layer_budget() {
     const ZEROS_MIB: usize = 256;
     let head = header("zeros", b'0', (ZEROS_MIB as u64) << 20);
     let tail = vec![0; 1024];
-    let (blob, diff_id) = inflating(&head, ZEROS_MIB, &tail);
-    assert!(blob.len() < 1 << 20, "the bomb is small: {}", blob.len());
-    let size = (head.len() + (ZEROS_MIB << 20) + tail.len()) as u64;
-    let layer = gzip_layer(blob, diff_id, size);
+    let layer = inflating_layer(&head, ZEROS_MIB, &tail);
+    let small = layer.blob.data.len();
+    assert!(small < 1 << 20, "the bomb is small: {small}");
     let digest = layer.blob.digest.clone();
     let image = push("berth-e2e/escapes-gzip-bomb", vec![layer]).await;
 
@@ -540,25 +545,6 @@ impl Drop for Server {
     }
 }
 
-/// The `Authorization` value of basic auth.
-fn basic(user: &str, pass: &str) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let data = format!("{user}:{pass}").into_bytes();
-    let mut out = String::from("Basic ");
-    for c in data.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            out.push(if i <= c.len() {
-                A[(n >> (18 - 6 * i) & 63) as usize] as char
-            } else {
-                '='
-            });
-        }
-    }
-    out
-}
-
 impl Server {
     async fn start(role: Role) -> Arc<Server> {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -609,7 +595,7 @@ impl Server {
         };
         let challenge = match &self.role {
             Role::Token { user, pass, tokens } => {
-                let resp = if authorization.as_deref() == Some(basic(user, pass).as_str()) {
+                let resp = if authorization.as_deref() == Some(basic_auth(user, pass).as_str()) {
                     let mut t = tokens.lock().unwrap();
                     let tok = format!("token-{}", t.len());
                     t.insert(tok.clone());
@@ -625,7 +611,7 @@ impl Server {
                 return;
             }
             Role::Basic(user, pass) => (authorization.as_deref()
-                != Some(basic(user, pass).as_str()))
+                != Some(basic_auth(user, pass).as_str()))
             .then(|| "Basic realm=\"berth-escapes\"".to_owned()),
             Role::Bearer { realm, tokens } => {
                 let ok = authorization
@@ -704,7 +690,7 @@ async fn pull_credentials_never_reach_a_mirror_of_another_host() {
     assert!(
         origin
             .authorizations()
-            .contains(&basic("alice", "wonderland")),
+            .contains(&basic_auth("alice", "wonderland")),
         "the origin got them"
     );
 
@@ -725,7 +711,7 @@ async fn pull_credentials_never_reach_a_mirror_of_another_host() {
     assert!(
         mirror
             .authorizations()
-            .contains(&basic("alice", "wonderland")),
+            .contains(&basic_auth("alice", "wonderland")),
         "forward_credentials lets the mirror have them"
     );
 }
@@ -778,5 +764,9 @@ async fn a_plain_http_token_realm_on_another_host_gets_no_credentials() {
     pull(&d, &image, auth("bob", "builder", ""))
         .await
         .expect("pull with the realm trusted");
-    assert!(realm.authorizations().contains(&basic("bob", "builder")));
+    assert!(
+        realm
+            .authorizations()
+            .contains(&basic_auth("bob", "builder"))
+    );
 }
