@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -14,26 +14,44 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 
-/// Accepts connections on `listener` for as long as `server` lives (it is held weakly),
-/// handing each to `serve` on a task of its own; returns the accepting task, for the
-/// server to abort when it goes.
-pub fn accept_while_alive<S, F, Fut>(
-    listener: TcpListener,
-    server: &Arc<S>,
-    serve: F,
-) -> JoinHandle<()>
-where
-    S: Send + Sync + 'static,
-    F: Fn(Arc<S>, TcpStream) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let weak = Arc::downgrade(server);
-    tokio::spawn(async move {
-        while let Ok((conn, _)) = listener.accept().await {
-            let Some(server) = weak.upgrade() else { return };
-            tokio::spawn(serve(server, conn));
+/// A listener on a free loopback port, for a local test server, and its address.
+pub async fn loopback_listener() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
+/// The accepting task of a local test server, aborted when dropped (with the server that
+/// holds it).
+#[derive(Debug, Default)]
+pub struct AcceptTask(Mutex<Option<JoinHandle<()>>>);
+
+impl AcceptTask {
+    /// Accepts connections on `listener` for as long as `server` lives (it is held
+    /// weakly), handing each to `serve` on a task of its own.
+    pub fn start<S, F, Fut>(&self, listener: TcpListener, server: &Arc<S>, serve: F)
+    where
+        S: Send + Sync + 'static,
+        F: Fn(Arc<S>, TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let weak = Arc::downgrade(server);
+        let task = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let Some(server) = weak.upgrade() else { return };
+                tokio::spawn(serve(server, conn));
+            }
+        });
+        *self.0.lock().unwrap() = Some(task);
+    }
+}
+
+impl Drop for AcceptTask {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.lock().unwrap().take() {
+            t.abort();
         }
-    })
+    }
 }
 
 /// The `Authorization` value of basic auth for `user` and `pass`. Encoded here rather than

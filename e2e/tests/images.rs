@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use berth_e2e::fixtures::{
     container_config, dir_names, new_pod, remove_pod, start_container, stored,
 };
-use berth_e2e::http::{RequestHead, accept_while_alive, basic_auth};
+use berth_e2e::http::{AcceptTask, RequestHead, basic_auth, loopback_listener};
 use berth_e2e::images::{self, ImageInfo, whiteouts::Expect};
 use berth_e2e::oci::{self, Blob, Compression, Format, Layer, Platform, RunConfig};
 use berth_e2e::registry::RegistryClient;
@@ -27,7 +27,7 @@ use k8s_cri::v1::{
 };
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tonic::Code;
 
 // ---- CRI helpers ------------------------------------------------------------------------
@@ -196,29 +196,20 @@ struct Proxy {
     auth: ProxyAuth,
     upstream: String,
     state: Mutex<ProxyState>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.lock().unwrap().take() {
-            t.abort();
-        }
-    }
+    task: AcceptTask,
 }
 
 impl Proxy {
     async fn start(auth: ProxyAuth) -> Arc<Proxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (listener, addr) = loopback_listener().await;
         let proxy = Arc::new(Proxy {
-            addr: listener.local_addr().unwrap(),
+            addr,
             auth,
             upstream: Env::get().registry.clone(),
             state: Mutex::default(),
-            task: Mutex::new(None),
+            task: AcceptTask::default(),
         });
-        let task = accept_while_alive(listener, &proxy, Proxy::serve);
-        *proxy.task.lock().unwrap() = Some(task);
+        proxy.task.start(listener, &proxy, Proxy::serve);
         proxy
     }
 

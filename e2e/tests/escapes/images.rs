@@ -15,14 +15,14 @@ use berth_e2e::fixtures::{
     assert_refused, container_config, daemon_with, exec_sync, image_spec, log_dir, pod_config,
     remove_pod, run_pod, start_container, stored,
 };
-use berth_e2e::http::{RequestHead, accept_while_alive, basic_auth};
+use berth_e2e::http::{AcceptTask, RequestHead, basic_auth, loopback_listener};
 use berth_e2e::images::{self, HostBusybox};
 use berth_e2e::oci::{self, Blob, Compression, Layer, RunConfig};
 use berth_e2e::{Daemon, Env};
 use k8s_cri::v1::{AuthConfig, ImageSpec, PullImageRequest, RemoveImageRequest};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tonic::Code;
 
 /// The peak RSS a hostile layer may leave the daemon with (issue 19).
@@ -534,28 +534,19 @@ struct Server {
     addr: SocketAddr,
     seen: Mutex<Vec<(String, Option<String>)>>,
     role: Role,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.lock().unwrap().take() {
-            t.abort();
-        }
-    }
+    task: AcceptTask,
 }
 
 impl Server {
     async fn start(role: Role) -> Arc<Server> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (listener, addr) = loopback_listener().await;
         let server = Arc::new(Server {
-            addr: listener.local_addr().unwrap(),
+            addr,
             seen: Mutex::default(),
             role,
-            task: Mutex::new(None),
+            task: AcceptTask::default(),
         });
-        let task = accept_while_alive(listener, &server, Server::serve);
-        *server.task.lock().unwrap() = Some(task);
+        server.task.start(listener, &server, Server::serve);
         server
     }
 
