@@ -294,6 +294,14 @@ async fn wrongly_typed_config_values_are_refused_naming_key_and_file() {
     .await;
 }
 
+/// Asserts that `d` answers a CRI `Version` call; `what` names the step if it does not.
+async fn answers_version(d: &Daemon, what: &str) {
+    d.runtime()
+        .version(VersionRequest::default())
+        .await
+        .expect(what);
+}
+
 /// Waits for the second daemon `b` to exit, failed, saying another daemon holds the state.
 async fn refused_for_the_lock(b: &mut Daemon) {
     let status = b
@@ -318,10 +326,7 @@ async fn a_second_daemon_on_the_same_state_is_refused() {
     refused_for_the_lock(&mut b).await;
     // The first one still owns and serves its socket.
     assert!(a.socket().exists(), "the refused daemon removed the socket");
-    a.runtime()
-        .version(VersionRequest::default())
-        .await
-        .expect("first berth stopped serving");
+    answers_version(&a, "first berth stopped serving").await;
 }
 
 #[tokio::test]
@@ -370,10 +375,7 @@ async fn the_socket_is_mode_0660_and_its_parents_are_created() {
 
 async fn signal_stops_cleanly(signal: Signal) {
     let mut d = start().await;
-    d.runtime()
-        .version(VersionRequest::default())
-        .await
-        .expect("Version");
+    answers_version(&d, "Version").await;
     d.signal(signal).expect("signal");
     let status = d.wait_exit(QUICK).await.expect("berth exits");
     assert_eq!(
@@ -385,10 +387,7 @@ async fn signal_stops_cleanly(signal: Signal) {
     assert!(!d.socket().exists(), "socket left after {signal}");
     // The state lock is released: the same daemon starts again.
     d.start_again().await.expect("restart after clean stop");
-    d.runtime()
-        .version(VersionRequest::default())
-        .await
-        .expect("Version after restart");
+    answers_version(&d, "Version after restart").await;
 }
 
 #[tokio::test]
@@ -415,10 +414,7 @@ async fn a_stale_socket_is_replaced() {
         .start()
         .await
         .expect("start over a stale socket");
-    d.runtime()
-        .version(VersionRequest::default())
-        .await
-        .expect("Version");
+    answers_version(&d, "Version").await;
     let md = std::fs::metadata(d.socket()).expect("stat socket");
     assert_eq!(md.permissions().mode() & 0o7777, 0o660);
 }
@@ -527,10 +523,7 @@ async fn log_flags_override_the_config_and_json_lines_are_json() {
     let c = d.effective_config().await.expect("config");
     assert_eq!(c["log"]["level"], "debug", "{c:#}");
     assert_eq!(c["log"]["format"], "json", "{c:#}");
-    d.runtime()
-        .version(VersionRequest::default())
-        .await
-        .expect("Version");
+    answers_version(&d, "Version").await;
     d.stop().await.expect("stop");
     let log = d.log();
     let lines: Vec<&str> = log

@@ -535,12 +535,7 @@ async fn next_event(
 async fn events_tell_of_the_pod_sandbox_in_order_with_its_status() {
     use ContainerEventType::*;
     let d = busybox_daemon().await;
-    let mut events = d
-        .runtime()
-        .get_container_events(GetEventsRequest::default())
-        .await
-        .expect("GetContainerEvents")
-        .into_inner();
+    let mut events = events_of(d.runtime()).await;
     let (config, pod) = new_pod(&d, "evented").await;
     let c = start(&d, &pod, &config, "c", &["sleep", "3600"]).await;
     remove_pod(&d, &pod).await;
@@ -622,6 +617,17 @@ async fn events_tell_of_the_pod_sandbox_in_order_with_its_status() {
 /// A CRI client whose HTTP/2 windows are the protocol's default 64 KiB, so that a stream
 /// it does not read stops the server from sending (tonic's client otherwise accepts
 /// megabytes unread).
+/// The GetContainerEvents stream, over `client`.
+async fn events_of(
+    mut client: runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+) -> tonic::Streaming<ContainerEventResponse> {
+    client
+        .get_container_events(GetEventsRequest::default())
+        .await
+        .expect("GetContainerEvents")
+        .into_inner()
+}
+
 async fn small_window_client(
     socket: &std::path::Path,
 ) -> runtime_service_client::RuntimeServiceClient<tonic::transport::Channel> {
@@ -645,18 +651,8 @@ async fn a_subscriber_that_falls_behind_gets_an_error_not_a_gap() {
         c.annotations.insert("padding".into(), "x".repeat(8 << 10));
         create_container(&d, &pod, &config, c).await;
     }
-    let mut slow = small_window_client(d.socket())
-        .await
-        .get_container_events(GetEventsRequest::default())
-        .await
-        .expect("GetContainerEvents")
-        .into_inner();
-    let mut fast = d
-        .runtime()
-        .get_container_events(GetEventsRequest::default())
-        .await
-        .expect("GetContainerEvents")
-        .into_inner();
+    let mut slow = events_of(small_window_client(d.socket()).await).await;
+    let mut fast = events_of(d.runtime()).await;
     let reader = tokio::spawn(async move {
         let (mut created, mut deleted) = (0usize, 0usize);
         loop {

@@ -57,6 +57,18 @@ async fn handler_pod(d: &Daemon, name: &str, handler: &str) -> (PathBuf, PodSand
     (log_dir, config, pod)
 }
 
+/// Starts `c` in the pod and waits for it to exit 0.
+async fn run_to_exit(
+    d: &Daemon,
+    pod: &str,
+    config: &PodSandboxConfig,
+    c: ContainerConfig,
+    handler: &str,
+) {
+    let id = start_container(d, pod, config, c).await;
+    assert_eq!(wait_exited(d, &id).await.exit_code, 0, "{handler}");
+}
+
 fn log_lines(path: &Path) -> Vec<(String, String, String)> {
     let text =
         std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
@@ -193,8 +205,7 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
         }),
         ..Default::default()
     }));
-    let peer = start_container(d, &pod, &config, peer).await;
-    assert_eq!(wait_exited(d, &peer).await.exit_code, 0, "{handler}");
+    run_to_exit(d, &pod, &config, peer, handler).await;
     let peer_log = log_lines(&log_dir.join("peer.log"));
     assert!(
         peer_log.iter().any(|(_, _, t)| t.starts_with("sleep")),
@@ -227,8 +238,7 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
         }),
         ..Default::default()
     }));
-    let confined = start_container(d, &pod, &config, confined).await;
-    assert_eq!(wait_exited(d, &confined).await.exit_code, 0, "{handler}");
+    run_to_exit(d, &pod, &config, confined, handler).await;
     let seccomp = log_lines(&log_dir.join("confined.log"));
     assert!(
         seccomp
@@ -240,8 +250,7 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
     // A tty container gets its pty from the runtime's console socket.
     let mut tty = container_config("tty", &["sh", "-c", "tty; echo on-tty"]);
     tty.tty = true;
-    let tty = start_container(d, &pod, &config, tty).await;
-    assert_eq!(wait_exited(d, &tty).await.exit_code, 0, "{handler}");
+    run_to_exit(d, &pod, &config, tty, handler).await;
     let text: Vec<String> = log_lines(&log_dir.join("tty.log"))
         .into_iter()
         .map(|(_, _, t)| t)
