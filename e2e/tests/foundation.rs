@@ -260,37 +260,43 @@ async fn refused_config(body: &str) -> (String, String) {
     (stderr, path_str(&file))
 }
 
-/// Starts berth with `config` (see [`refused_config`]) and checks that its error names `key`
-/// and the config file.
-async fn refused_naming_key_and_file(config: &str, key: &str) {
-    let (stderr, file) = refused_config(config).await;
-    assert!(
-        stderr.contains(key),
-        "stderr does not name the key {key}: {stderr}"
-    );
-    assert!(
-        stderr.contains(&file),
-        "stderr does not name the file: {stderr}"
-    );
+/// Starts berth with each config of `cases` (see [`refused_config`]) and checks that its
+/// error names the case's key and the config file.
+async fn refused_naming_key_and_file(cases: &[(&str, &str)]) {
+    for &(config, key) in cases {
+        let (stderr, file) = refused_config(config).await;
+        assert!(
+            stderr.contains(key),
+            "stderr does not name the key {key}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&file),
+            "stderr does not name the file: {stderr}"
+        );
+    }
 }
 
 #[tokio::test]
 async fn unknown_config_keys_are_refused_naming_key_and_file() {
-    refused_naming_key_and_file("colour = \"blue\"\n[grpc]\nsocket = SOCKET\n", "colour").await;
-    refused_naming_key_and_file(
-        "[grpc]\nsocket = SOCKET\nsockett = \"/tmp/x.sock\"\n",
-        "sockett",
-    )
+    refused_naming_key_and_file(&[
+        ("colour = \"blue\"\n[grpc]\nsocket = SOCKET\n", "colour"),
+        (
+            "[grpc]\nsocket = SOCKET\nsockett = \"/tmp/x.sock\"\n",
+            "sockett",
+        ),
+    ])
     .await;
 }
 
 #[tokio::test]
 async fn wrongly_typed_config_values_are_refused_naming_key_and_file() {
-    refused_naming_key_and_file("[grpc]\nsocket = 5\n", "socket").await;
-    refused_naming_key_and_file(
-        "[grpc]\nsocket = SOCKET\n[log]\nlevel = [\"debug\"]\n",
-        "level",
-    )
+    refused_naming_key_and_file(&[
+        ("[grpc]\nsocket = 5\n", "socket"),
+        (
+            "[grpc]\nsocket = SOCKET\n[log]\nlevel = [\"debug\"]\n",
+            "level",
+        ),
+    ])
     .await;
 }
 

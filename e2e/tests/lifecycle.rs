@@ -527,6 +527,21 @@ async fn next_event(
         .expect("the event stream is open")
 }
 
+/// The next event, which must be of `kind` for `id`.
+async fn next_event_is(
+    stream: &mut tonic::Streaming<ContainerEventResponse>,
+    id: &str,
+    kind: ContainerEventType,
+) -> ContainerEventResponse {
+    let ev = next_event(stream).await;
+    assert_eq!(
+        (ev.container_id.as_str(), ev.container_event_type),
+        (id, kind as i32),
+        "{ev:?}"
+    );
+    ev
+}
+
 /// Issue 20: GetContainerEvents tells of the pod sandbox itself as containerd does for
 /// kubelet's Evented PLEG (container id = pod id, with the pod's status): created and
 /// started by RunPodSandbox, stopped by StopPodSandbox after its containers, deleted by
@@ -594,24 +609,14 @@ async fn events_tell_of_the_pod_sandbox_in_order_with_its_status() {
         ContainerStartedEvent as i32
     );
     kill_monitor(&d, &pod).await;
-    let ev = next_event(&mut events).await;
-    assert_eq!(
-        (ev.container_id.as_str(), ev.container_event_type),
-        (pod.as_str(), ContainerStoppedEvent as i32),
-        "{ev:?}"
-    );
+    let ev = next_event_is(&mut events, &pod, ContainerStoppedEvent).await;
     assert_eq!(
         ev.pod_sandbox_status.map(|s| s.state),
         Some(PodSandboxState::SandboxNotready as i32)
     );
     remove_pod(&d, &pod).await;
     // Stopping a pod already stopped tells of no second stop.
-    let ev = next_event(&mut events).await;
-    assert_eq!(
-        (ev.container_id.as_str(), ev.container_event_type),
-        (pod.as_str(), ContainerDeletedEvent as i32),
-        "{ev:?}"
-    );
+    next_event_is(&mut events, &pod, ContainerDeletedEvent).await;
 }
 
 /// A CRI client whose HTTP/2 windows are the protocol's default 64 KiB, so that a stream
