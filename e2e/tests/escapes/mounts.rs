@@ -7,8 +7,8 @@ use berth_e2e::fixtures::{
     assert_refused, bind, busybox_pod, container_config, create_refused, exec_sync, exec_url,
     host_dir, image_spec, linux_security, list_containers, pull, remove_pod, start_container,
 };
-use berth_e2e::images;
 use berth_e2e::oci::LayerBuilder;
+use berth_e2e::{Daemon, images};
 use berth_test_support::streaming_client::{self as client, ExecOptions, Transport};
 use k8s_cri::v1::*;
 use tonic::Code;
@@ -27,6 +27,20 @@ fn with_caps(name: &str, command: &[&str], caps: &[&str]) -> ContainerConfig {
         ..Default::default()
     }));
     c
+}
+
+/// Creates `c` in the pod, which must be refused as an invalid argument naming `needle`,
+/// leaving no container behind.
+async fn refused_with_nothing_made(
+    d: &Daemon,
+    pod: &str,
+    config: &PodSandboxConfig,
+    c: ContainerConfig,
+    needle: &str,
+) {
+    let err = create_refused(d, pod, config, c).await;
+    assert_refused(&err, Code::InvalidArgument, needle);
+    assert!(list_containers(d).await.is_empty());
 }
 
 /// The masking that hides /proc/keys, /proc/kcore and the rest binds the node's /dev/null,
@@ -144,13 +158,14 @@ async fn cve_2019_16884_and_cve_2019_19921_volumes_on_proc_and_sys_are_refused()
     std::os::unix::fs::symlink("/proc/sys", vol.join("sys")).unwrap();
     let mut c = container_config("via-link", &["sleep", "3600"]);
     c.mounts = vec![bind("/vol", &vol), bind("/vol/sys/kernel", &fake)];
-    let err = create_refused(&d, &pod, &config, c).await;
-    assert_refused(
-        &err,
-        Code::InvalidArgument,
+    refused_with_nothing_made(
+        &d,
+        &pod,
+        &config,
+        c,
         "mount /vol/sys/kernel: its target resolves onto procfs",
-    );
-    assert!(list_containers(&d).await.is_empty());
+    )
+    .await;
     assert_eq!(std::fs::read_dir(&fake).unwrap().count(), 0);
     remove_pod(&d, &pod).await;
 }
@@ -163,13 +178,7 @@ async fn cve_2019_19921_an_image_cannot_redirect_the_proc_mount() {
     pull(&d, images::PROC_SYMLINK).await;
     let mut cfg = container_config("c", &["sleep", "3600"]);
     cfg.image = image_spec(images::PROC_SYMLINK);
-    let err = create_refused(&d, &pod, &config, cfg).await;
-    assert_refused(
-        &err,
-        Code::InvalidArgument,
-        "/proc is a symlink in the image",
-    );
-    assert!(list_containers(&d).await.is_empty());
+    refused_with_nothing_made(&d, &pod, &config, cfg, "/proc is a symlink in the image").await;
     remove_pod(&d, &pod).await;
 }
 
@@ -189,13 +198,14 @@ async fn cve_2025_52881_an_image_symlink_cannot_put_a_mount_over_proc() {
     pull(&d, &image).await;
     let mut c = container_config("c", &["sleep", "3600"]);
     c.image = image_spec(&image);
-    let err = create_refused(&d, &pod, &config, c).await;
-    assert_refused(
-        &err,
-        Code::InvalidArgument,
+    refused_with_nothing_made(
+        &d,
+        &pod,
+        &config,
+        c,
         "mount /etc/hosts: its target resolves onto procfs",
-    );
-    assert!(list_containers(&d).await.is_empty());
+    )
+    .await;
     remove_pod(&d, &pod).await;
 }
 
