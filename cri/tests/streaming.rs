@@ -191,6 +191,25 @@ async fn run_stdout(url: &str, transport: &Transport) -> Result<ExecResult, Clie
     client::run(url, opts(false, true, false, false), transport, None, None).await
 }
 
+/// Runs `echo-stdin` at a fresh exec URL of `t` with every stream and no terminal, over
+/// `transport`, sending `stdin`.
+async fn echo_stdin(t: &TestNode, transport: &Transport, stdin: &[u8]) -> ExecResult {
+    let url = exec_url(t, exec_req(&["echo-stdin"], true, true, true, false)).await;
+    let opts = opts(true, true, true, false);
+    client::run(&url, opts, transport, Some(stdin), None)
+        .await
+        .unwrap()
+}
+
+/// SPDY (remotecommand v4) and WebSocket (the newest version): the tests that hold for
+/// both run once over each.
+fn both_transports() -> [Transport; 2] {
+    [
+        Transport::spdy_only("v4.channel.k8s.io"),
+        Transport::websocket(),
+    ]
+}
+
 fn code<T: std::fmt::Debug>(r: Result<T, Status>) -> Code {
     r.unwrap_err().code()
 }
@@ -288,16 +307,12 @@ async fn rpcs_validate_requests_and_ask_the_backend() {
 #[tokio::test]
 async fn spdy_v4_exec_carries_stdin_stdout_stderr_and_the_exit_code() {
     let t = test_node(Fake::default()).await;
-    let url = exec_url(&t, exec_req(&["echo-stdin"], true, true, true, false)).await;
-    let result = client::run(
-        &url,
-        opts(true, true, true, false),
+    let result = echo_stdin(
+        &t,
         &Transport::spdy_only("v4.channel.k8s.io"),
-        Some(b"hello\nworld\n"),
-        None,
+        b"hello\nworld\n",
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(result.stdout, b"hello\nworld\n");
     assert_eq!(result.stderr, b"to stderr\n");
     assert_eq!(
@@ -336,16 +351,7 @@ async fn spdy_before_v4_reports_failures_as_text_and_success_as_nothing() {
         assert_eq!(ok.stdout, b"ok", "{protocol}");
         assert!(ok.status.raw.is_empty(), "{protocol}");
 
-        let url = exec_url(&t, exec_req(&["echo-stdin"], true, true, true, false)).await;
-        let failed = client::run(
-            &url,
-            opts(true, true, true, false),
-            &Transport::spdy_only(protocol),
-            Some(b"x"),
-            None,
-        )
-        .await
-        .unwrap();
+        let failed = echo_stdin(&t, &Transport::spdy_only(protocol), b"x").await;
         assert_eq!(failed.stdout, b"x");
         assert_eq!(
             String::from_utf8(failed.status.raw).unwrap(),
@@ -357,16 +363,7 @@ async fn spdy_before_v4_reports_failures_as_text_and_success_as_nothing() {
 #[tokio::test]
 async fn websocket_v5_exec_closes_stdin_and_reports_the_exit_code() {
     let t = test_node(Fake::default()).await;
-    let url = exec_url(&t, exec_req(&["echo-stdin"], true, true, true, false)).await;
-    let result = client::run(
-        &url,
-        opts(true, true, true, false),
-        &Transport::websocket(),
-        Some(b"over websocket\n"),
-        None,
-    )
-    .await
-    .unwrap();
+    let result = echo_stdin(&t, &Transport::websocket(), b"over websocket\n").await;
     assert_eq!(result.stdout, b"over websocket\n");
     assert_eq!(result.stderr, b"to stderr\n");
     assert_eq!(String::from_utf8(result.status.raw).unwrap(), EXIT_3_JSON);
@@ -424,30 +421,26 @@ async fn a_token_works_once_and_only_for_its_own_kind() {
     let first = run_stdout(&url, &spdy).await.unwrap();
     assert_eq!(first.stdout, b"once");
     let second = run_stdout(&url, &spdy).await;
-    assert!(
-        matches!(second, Err(ClientError::Refused { status: 404, .. })),
-        "{second:?}"
-    );
+    assert_eq!(refused_status(&second), Some(404), "{second:?}");
     // An exec token on the attach path is spent and refused.
     let url = exec_url(&t, exec_req(&["print", "x"], false, true, false, false)).await;
     let wrong = url.replace("/exec/", "/attach/");
     let r = run_stdout(&wrong, &spdy).await;
-    assert!(
-        matches!(r, Err(ClientError::Refused { status: 404, .. })),
-        "{r:?}"
-    );
+    assert_eq!(refused_status(&r), Some(404), "{r:?}");
     let r = run_stdout(&url, &spdy).await;
-    assert!(
-        matches!(r, Err(ClientError::Refused { status: 404, .. })),
-        "{r:?}"
-    );
+    assert_eq!(refused_status(&r), Some(404), "{r:?}");
     let base = t.node.streaming.base_url().unwrap();
     for path in ["/exec/", "/nothing/abc", "/exec/a/b"] {
         let r = run_stdout(&format!("{base}{path}"), &spdy).await;
-        assert!(
-            matches!(r, Err(ClientError::Refused { status: 404, .. })),
-            "{path}: {r:?}"
-        );
+        assert_eq!(refused_status(&r), Some(404), "{path}: {r:?}");
+    }
+}
+
+/// The HTTP status a refused request got; `None` if it was not refused.
+fn refused_status<T>(r: &Result<T, ClientError>) -> Option<u16> {
+    match r {
+        Err(ClientError::Refused { status, .. }) => Some(*status),
+        _ => None,
     }
 }
 
@@ -464,26 +457,16 @@ async fn an_unknown_protocol_is_forbidden_and_a_plain_request_is_bad() {
     }
     let url = exec_url(&t, exec_req(&["print", "x"], false, true, false, false)).await;
     let r = client::upgrade(&url, hyper::Method::GET, vec![], None).await;
-    assert!(
-        matches!(r, Err(ClientError::Refused { status: 400, .. })),
-        "{:?}",
-        r.err()
-    );
+    assert_eq!(refused_status(&r), Some(400), "{:?}", r.as_ref().err());
     let url = exec_url(&t, exec_req(&["print", "x"], false, true, false, false)).await;
     let r = run_stdout(&url, &Transport::websocket_only("v9.channel.k8s.io")).await;
-    assert!(
-        matches!(r, Err(ClientError::Refused { status: 403, .. })),
-        "{r:?}"
-    );
+    assert_eq!(refused_status(&r), Some(403), "{r:?}");
 }
 
 #[tokio::test]
 async fn terminal_resizes_reach_the_process_over_both_transports() {
     let t = test_node(Fake::default()).await;
-    for transport in [
-        Transport::spdy_only("v4.channel.k8s.io"),
-        Transport::websocket(),
-    ] {
+    for transport in both_transports() {
         let url = exec_url(&t, exec_req(&["tty-size"], false, true, false, true)).await;
         let mut rc = RemoteCommand::connect(&url, opts(false, true, false, true), &transport, None)
             .await
@@ -514,10 +497,7 @@ async fn large_output_arrives_whole_over_both_transports() {
     let expected: Vec<u8> = (0..256u32)
         .flat_map(|i| std::iter::repeat_n((i % 251) as u8, 4096))
         .collect();
-    for transport in [
-        Transport::spdy_only("v4.channel.k8s.io"),
-        Transport::websocket(),
-    ] {
+    for transport in both_transports() {
         let url = exec_url(&t, exec_req(&["big"], false, true, false, false)).await;
         let result = run_stdout(&url, &transport).await.unwrap();
         assert_eq!(result.stdout.len(), expected.len(), "{transport:?}");
@@ -549,10 +529,7 @@ async fn backend_errors_are_reported_as_internal_errors() {
 #[tokio::test]
 async fn attach_echoes_stdin() {
     let t = test_node(Fake::default()).await;
-    for transport in [
-        Transport::spdy_only("v4.channel.k8s.io"),
-        Transport::websocket(),
-    ] {
+    for transport in both_transports() {
         let req = AttachRequest {
             container_id: "c1".into(),
             stdin: true,
@@ -588,10 +565,7 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 #[tokio::test]
 async fn a_client_that_disconnects_mid_exec_cancels_it_and_frees_the_session() {
     let t = test_node(Fake::default()).await;
-    for transport in [
-        Transport::spdy_only("v4.channel.k8s.io"),
-        Transport::websocket(),
-    ] {
+    for transport in both_transports() {
         let before = t.fake.gone.load(Ordering::SeqCst);
         let url = exec_url(&t, exec_req(&["wait-gone"], true, true, true, false)).await;
         let mut rc = RemoteCommand::connect(&url, opts(true, true, true, false), &transport, None)
@@ -617,15 +591,7 @@ async fn a_client_that_disconnects_mid_exec_cancels_it_and_frees_the_session() {
 async fn a_client_that_upgrades_and_leaves_frees_the_session() {
     let t = test_node(Fake::default()).await;
     let url = exec_url(&t, exec_req(&["print", "x"], false, true, false, false)).await;
-    let headers = vec![
-        (hyper::header::CONNECTION, "Upgrade".to_string()),
-        (hyper::header::UPGRADE, "SPDY/3.1".to_string()),
-        (
-            hyper::header::HeaderName::from_static("x-stream-protocol-version"),
-            "v4.channel.k8s.io".to_string(),
-        ),
-    ];
-    let up = client::upgrade(&url, hyper::Method::POST, headers, None)
+    let up = client::spdy_upgrade(&url, &["v4.channel.k8s.io"], None)
         .await
         .unwrap();
     let streaming = &t.node.streaming;
@@ -704,6 +670,19 @@ impl Drop for Echo {
     }
 }
 
+/// A node whose pods' network namespace is a fresh one named `name` with an echo listener
+/// in it; the namespace lasts as long as the first value returned.
+async fn echo_node(name: &str) -> (TestNetns, Echo, TestNode) {
+    let ns = TestNetns::new(name);
+    let echo = Echo::start(&ns.path()).await;
+    let t = test_node(Fake {
+        netns: Some(ns.path()),
+        ..Fake::default()
+    })
+    .await;
+    (ns, echo, t)
+}
+
 /// A port nothing listens on inside the namespace (it has no listener but the echo).
 fn closed_port(echo: &Echo) -> u16 {
     if echo.port == 1 { 2 } else { 1 }
@@ -711,13 +690,7 @@ fn closed_port(echo: &Echo) -> u16 {
 
 #[tokio::test]
 async fn spdy_port_forward_reaches_a_listener_inside_the_pod_namespace() {
-    let ns = TestNetns::new("spdy");
-    let echo = Echo::start(&ns.path()).await;
-    let t = test_node(Fake {
-        netns: Some(ns.path()),
-        ..Fake::default()
-    })
-    .await;
+    let (_ns, echo, t) = echo_node("spdy").await;
     let req = PortForwardRequest {
         pod_sandbox_id: "pod-1".into(),
         port: vec![i32::from(echo.port)],
@@ -771,13 +744,7 @@ async fn spdy_port_forward_reaches_a_listener_inside_the_pod_namespace() {
 
 #[tokio::test]
 async fn websocket_port_forward_serves_the_requested_ports() {
-    let ns = TestNetns::new("ws");
-    let echo = Echo::start(&ns.path()).await;
-    let t = test_node(Fake {
-        netns: Some(ns.path()),
-        ..Fake::default()
-    })
-    .await;
+    let (_ns, echo, t) = echo_node("ws").await;
     let closed = closed_port(&echo);
     for protocol in ["v4.channel.k8s.io", "v4.base64.channel.k8s.io"] {
         let req = PortForwardRequest {
@@ -961,15 +928,7 @@ async fn a_raw_spdy_client_sees_replies_and_a_goaway() {
     use berth_cri::streaming::spdy::headers::{HeaderCompressor, HeaderDecompressor};
     let t = test_node(Fake::default()).await;
     let url = exec_url(&t, exec_req(&["print", "raw"], false, true, false, false)).await;
-    let headers = vec![
-        (hyper::header::CONNECTION, "Upgrade".to_string()),
-        (hyper::header::UPGRADE, "SPDY/3.1".to_string()),
-        (
-            hyper::header::HeaderName::from_static("x-stream-protocol-version"),
-            "v4.channel.k8s.io".to_string(),
-        ),
-    ];
-    let mut io = client::upgrade(&url, hyper::Method::POST, headers, None)
+    let mut io = client::spdy_upgrade(&url, &["v4.channel.k8s.io"], None)
         .await
         .unwrap()
         .io;
@@ -1054,15 +1013,7 @@ async fn port_forward_streams_without_request_ids_pair_by_stream_id() {
         port: vec![],
     };
     let url = port_forward(&t.node, req).await.unwrap().url;
-    let headers = vec![
-        (hyper::header::CONNECTION, "Upgrade".to_string()),
-        (hyper::header::UPGRADE, "SPDY/3.1".to_string()),
-        (
-            hyper::header::HeaderName::from_static("x-stream-protocol-version"),
-            "portforward.k8s.io".to_string(),
-        ),
-    ];
-    let up = client::upgrade(&url, hyper::Method::POST, headers, None)
+    let up = client::spdy_upgrade(&url, &["portforward.k8s.io"], None)
         .await
         .unwrap();
     let (session, _incoming) = Session::start(up.io, Role::Client, SessionConfig::default());

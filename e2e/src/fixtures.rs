@@ -18,6 +18,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use berth_test_support::streaming_client::ExecOptions;
 use k8s_cri::v1::*;
 use tonic::{Code, Status};
 
@@ -544,4 +545,66 @@ pub async fn exec_sync(d: &impl AsRef<Client>, id: &str, cmd: &[&str]) -> (Strin
         String::from_utf8_lossy(&r.stderr).into_owned(),
         r.exit_code,
     )
+}
+
+/// The streaming URL of an `Attach` to container `id` that asks for the streams of `opts`.
+pub async fn attach_url(d: &impl AsRef<Client>, id: &str, opts: ExecOptions) -> String {
+    d.as_ref()
+        .runtime()
+        .attach(AttachRequest {
+            container_id: id.into(),
+            stdin: opts.stdin,
+            stdout: opts.stdout,
+            stderr: opts.stderr,
+            tty: opts.tty,
+        })
+        .await
+        .expect("Attach")
+        .into_inner()
+        .url
+}
+
+/// The streaming URL of an `Exec` of `cmd` in container `id` that asks for the streams of
+/// `opts`.
+pub async fn exec_url(d: &impl AsRef<Client>, id: &str, cmd: &[&str], opts: ExecOptions) -> String {
+    d.as_ref()
+        .runtime()
+        .exec(ExecRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty: opts.tty,
+            stdin: opts.stdin,
+            stdout: opts.stdout,
+            stderr: opts.stderr,
+        })
+        .await
+        .expect("Exec")
+        .into_inner()
+        .url
+}
+
+/// The names in `dir`, sorted; none if it does not exist.
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// What the daemon's image store holds: blobs (complete and in progress) and snapshots
+/// (complete, in progress, in the trash).
+pub fn stored(d: &Daemon) -> (Vec<String>, Vec<String>) {
+    let root = d.dir().root();
+    let mut blobs = dir_names(&root.join("content/blobs/sha256"));
+    blobs.extend(dir_names(&root.join("content/ingest")));
+    let mut snaps: Vec<String> = dir_names(&root.join("snapshots"))
+        .into_iter()
+        .filter(|n| n != ".trash")
+        .collect();
+    snaps.extend(dir_names(&root.join("snapshots/.trash")));
+    (blobs, snaps)
 }

@@ -1,15 +1,79 @@
 //! A minimal plain-HTTP/1.1 client over hyper, enough for the registry API v2.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+
+/// A listener on a free loopback port, for a local test server, and its address.
+pub async fn loopback_listener() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
+/// The accepting task of a local test server, aborted when dropped (with the server that
+/// holds it).
+#[derive(Debug, Default)]
+pub struct AcceptTask(Mutex<Option<JoinHandle<()>>>);
+
+impl AcceptTask {
+    /// Accepts connections on `listener` for as long as `server` lives (it is held
+    /// weakly), handing each to `serve` on a task of its own.
+    pub fn start<S, F, Fut>(&self, listener: TcpListener, server: &Arc<S>, serve: F)
+    where
+        S: Send + Sync + 'static,
+        F: Fn(Arc<S>, TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let weak = Arc::downgrade(server);
+        let task = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let Some(server) = weak.upgrade() else { return };
+                tokio::spawn(serve(server, conn));
+            }
+        });
+        *self.0.lock().unwrap() = Some(task);
+    }
+}
+
+impl Drop for AcceptTask {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.lock().unwrap().take() {
+            t.abort();
+        }
+    }
+}
+
+/// The `Authorization` value of basic auth for `user` and `pass`. Encoded here rather than
+/// with the product's base64 library, so that the tests check the daemon against an
+/// encoder of their own.
+pub fn basic_auth(user: &str, pass: &str) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let data = format!("{user}:{pass}").into_bytes();
+    let mut out = String::from("Basic ");
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            out.push(if i <= c.len() {
+                A[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
 
 /// A response read to the end.
 #[derive(Debug)]
@@ -142,5 +206,22 @@ impl RequestHead {
         let mut resp = Vec::new();
         up.read_to_end(&mut resp).await.ok()?;
         Some(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_auth_is_base64_with_padding() {
+        // RFC 7617's example, and no, two and one padding characters.
+        assert_eq!(
+            basic_auth("Aladdin", "open sesame"),
+            "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
+        assert_eq!(basic_auth("a", "b"), "Basic YTpi");
+        assert_eq!(basic_auth("ab", "c"), "Basic YWI6Yw==");
+        assert_eq!(basic_auth("ab", "cd"), "Basic YWI6Y2Q=");
     }
 }

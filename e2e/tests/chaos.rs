@@ -776,26 +776,14 @@ async fn kill_9_at_random_moments_loses_nothing_and_leaks_nothing() {
     d.stop().await.expect("stop");
     let state = d.dir().state();
     let root = d.dir().root();
-    assert_eq!(
-        entries(&state.join("pods")),
-        Vec::<String>::new(),
-        "pod run dirs"
-    );
-    assert_eq!(
-        entries(&state.join("containers")),
-        Vec::<String>::new(),
-        "container run dirs"
-    );
-    assert_eq!(
-        entries(&root.join("containers")),
-        Vec::<String>::new(),
-        "writable layers"
-    );
-    assert_eq!(
-        entries(&root.join("snapshots")),
-        Vec::<String>::new(),
-        "snapshots"
-    );
+    for (dir, what) in [
+        (state.join("pods"), "pod run dirs"),
+        (state.join("containers"), "container run dirs"),
+        (root.join("containers"), "writable layers"),
+        (root.join("snapshots"), "snapshots"),
+    ] {
+        assert_eq!(entries(&dir), Vec::<String>::new(), "{what}");
+    }
 }
 
 /// A container whose files vanished while the daemon was down, though no removal was ever

@@ -260,61 +260,56 @@ async fn refused_config(body: &str) -> (String, String) {
     (stderr, path_str(&file))
 }
 
+/// Starts berth with each config of `cases` (see [`refused_config`]) and checks that its
+/// error names the case's key and the config file.
+async fn refused_naming_key_and_file(cases: &[(&str, &str)]) {
+    for &(config, key) in cases {
+        let (stderr, file) = refused_config(config).await;
+        assert!(
+            stderr.contains(key),
+            "stderr does not name the key {key}: {stderr}"
+        );
+        assert!(
+            stderr.contains(&file),
+            "stderr does not name the file: {stderr}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn unknown_config_keys_are_refused_naming_key_and_file() {
-    let (stderr, file) = refused_config("colour = \"blue\"\n[grpc]\nsocket = SOCKET\n").await;
-    assert!(
-        stderr.contains("colour"),
-        "stderr does not name the key: {stderr}"
-    );
-    assert!(
-        stderr.contains(&file),
-        "stderr does not name the file: {stderr}"
-    );
-
-    let (stderr, file) =
-        refused_config("[grpc]\nsocket = SOCKET\nsockett = \"/tmp/x.sock\"\n").await;
-    assert!(
-        stderr.contains("sockett"),
-        "stderr does not name the key: {stderr}"
-    );
-    assert!(
-        stderr.contains(&file),
-        "stderr does not name the file: {stderr}"
-    );
+    refused_naming_key_and_file(&[
+        ("colour = \"blue\"\n[grpc]\nsocket = SOCKET\n", "colour"),
+        (
+            "[grpc]\nsocket = SOCKET\nsockett = \"/tmp/x.sock\"\n",
+            "sockett",
+        ),
+    ])
+    .await;
 }
 
 #[tokio::test]
 async fn wrongly_typed_config_values_are_refused_naming_key_and_file() {
-    let (stderr, file) = refused_config("[grpc]\nsocket = 5\n").await;
-    assert!(
-        stderr.contains("socket"),
-        "stderr does not name the key: {stderr}"
-    );
-    assert!(
-        stderr.contains(&file),
-        "stderr does not name the file: {stderr}"
-    );
-
-    let (stderr, file) =
-        refused_config("[grpc]\nsocket = SOCKET\n[log]\nlevel = [\"debug\"]\n").await;
-    assert!(
-        stderr.contains("level"),
-        "stderr does not name the key: {stderr}"
-    );
-    assert!(
-        stderr.contains(&file),
-        "stderr does not name the file: {stderr}"
-    );
+    refused_naming_key_and_file(&[
+        ("[grpc]\nsocket = 5\n", "socket"),
+        (
+            "[grpc]\nsocket = SOCKET\n[log]\nlevel = [\"debug\"]\n",
+            "level",
+        ),
+    ])
+    .await;
 }
 
-#[tokio::test]
-async fn a_second_daemon_on_the_same_state_is_refused() {
-    let a = start().await;
-    let mut b = Daemon::builder()
-        .config_file(a.config_path())
-        .spawn()
-        .expect("spawn second berth");
+/// Asserts that `d` answers a CRI `Version` call; `what` names the step if it does not.
+async fn answers_version(d: &Daemon, what: &str) {
+    d.runtime()
+        .version(VersionRequest::default())
+        .await
+        .expect(what);
+}
+
+/// Waits for the second daemon `b` to exit, failed, saying another daemon holds the state.
+async fn refused_for_the_lock(b: &mut Daemon) {
     let status = b
         .wait_exit(QUICK)
         .await
@@ -325,12 +320,19 @@ async fn a_second_daemon_on_the_same_state_is_refused() {
         "second berth's log does not say why:\n{}",
         b.log()
     );
+}
+
+#[tokio::test]
+async fn a_second_daemon_on_the_same_state_is_refused() {
+    let a = start().await;
+    let mut b = Daemon::builder()
+        .config_file(a.config_path())
+        .spawn()
+        .expect("spawn second berth");
+    refused_for_the_lock(&mut b).await;
     // The first one still owns and serves its socket.
     assert!(a.socket().exists(), "the refused daemon removed the socket");
-    a.runtime()
-        .version(VersionRequest::default())
-        .await
-        .expect("first berth stopped serving");
+    answers_version(&a, "first berth stopped serving").await;
 }
 
 #[tokio::test]
@@ -348,16 +350,7 @@ async fn a_second_daemon_with_another_socket_on_the_same_state_is_refused() {
         .raw_config(text)
         .spawn()
         .expect("spawn second berth");
-    let status = b
-        .wait_exit(QUICK)
-        .await
-        .expect("second berth keeps running");
-    assert!(!status.success(), "second berth: {}", describe(&status));
-    assert!(
-        b.log().contains("another berth daemon"),
-        "log:\n{}",
-        b.log()
-    );
+    refused_for_the_lock(&mut b).await;
     assert!(
         !b.dir().socket().exists(),
         "refused daemon created its socket"
@@ -388,10 +381,7 @@ async fn the_socket_is_mode_0660_and_its_parents_are_created() {
 
 async fn signal_stops_cleanly(signal: Signal) {
     let mut d = start().await;
-    d.runtime()
-        .version(VersionRequest::default())
-        .await
-        .expect("Version");
+    answers_version(&d, "Version").await;
     d.signal(signal).expect("signal");
     let status = d.wait_exit(QUICK).await.expect("berth exits");
     assert_eq!(
@@ -403,10 +393,7 @@ async fn signal_stops_cleanly(signal: Signal) {
     assert!(!d.socket().exists(), "socket left after {signal}");
     // The state lock is released: the same daemon starts again.
     d.start_again().await.expect("restart after clean stop");
-    d.runtime()
-        .version(VersionRequest::default())
-        .await
-        .expect("Version after restart");
+    answers_version(&d, "Version after restart").await;
 }
 
 #[tokio::test]
@@ -433,10 +420,7 @@ async fn a_stale_socket_is_replaced() {
         .start()
         .await
         .expect("start over a stale socket");
-    d.runtime()
-        .version(VersionRequest::default())
-        .await
-        .expect("Version");
+    answers_version(&d, "Version").await;
     let md = std::fs::metadata(d.socket()).expect("stat socket");
     assert_eq!(md.permissions().mode() & 0o7777, 0o660);
 }
@@ -545,10 +529,7 @@ async fn log_flags_override_the_config_and_json_lines_are_json() {
     let c = d.effective_config().await.expect("config");
     assert_eq!(c["log"]["level"], "debug", "{c:#}");
     assert_eq!(c["log"]["format"], "json", "{c:#}");
-    d.runtime()
-        .version(VersionRequest::default())
-        .await
-        .expect("Version");
+    answers_version(&d, "Version").await;
     d.stop().await.expect("stop");
     let log = d.log();
     let lines: Vec<&str> = log

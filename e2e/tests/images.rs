@@ -13,8 +13,10 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use berth_e2e::fixtures::{container_config, new_pod, remove_pod, start_container};
-use berth_e2e::http::RequestHead;
+use berth_e2e::fixtures::{
+    container_config, dir_names, new_pod, remove_pod, start_container, stored,
+};
+use berth_e2e::http::{AcceptTask, RequestHead, basic_auth, loopback_listener};
 use berth_e2e::images::{self, ImageInfo, whiteouts::Expect};
 use berth_e2e::oci::{self, Blob, Compression, Format, Layer, Platform, RunConfig};
 use berth_e2e::registry::RegistryClient;
@@ -25,7 +27,7 @@ use k8s_cri::v1::{
 };
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tonic::Code;
 
 // ---- CRI helpers ------------------------------------------------------------------------
@@ -125,30 +127,6 @@ fn snapshot_dirs(d: &Daemon, info: &ImageInfo) -> Vec<PathBuf> {
         .collect()
 }
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => vec![],
-    };
-    v.sort();
-    v
-}
-
-/// Blobs (complete and in progress) and snapshots (complete, in progress, in the trash).
-fn stored(d: &Daemon) -> (Vec<String>, Vec<String>) {
-    let root = d.dir().root();
-    let mut blobs = names(&root.join("content/blobs/sha256"));
-    blobs.extend(names(&root.join("content/ingest")));
-    let mut snaps: Vec<String> = names(&root.join("snapshots"))
-        .into_iter()
-        .filter(|n| n != ".trash")
-        .collect();
-    snaps.extend(names(&root.join("snapshots/.trash")));
-    (blobs, snaps)
-}
-
 fn du(args: &[&str], paths: &[PathBuf]) -> u64 {
     let out = std::process::Command::new("du")
         .args(args)
@@ -218,55 +196,20 @@ struct Proxy {
     auth: ProxyAuth,
     upstream: String,
     state: Mutex<ProxyState>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.lock().unwrap().take() {
-            t.abort();
-        }
-    }
-}
-
-fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    task: AcceptTask,
 }
 
 impl Proxy {
     async fn start(auth: ProxyAuth) -> Arc<Proxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (listener, addr) = loopback_listener().await;
         let proxy = Arc::new(Proxy {
-            addr: listener.local_addr().unwrap(),
+            addr,
             auth,
             upstream: Env::get().registry.clone(),
             state: Mutex::default(),
-            task: Mutex::new(None),
+            task: AcceptTask::default(),
         });
-        let weak = Arc::downgrade(&proxy);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((conn, _)) = listener.accept().await else {
-                    return;
-                };
-                let Some(p) = weak.upgrade() else { return };
-                tokio::spawn(async move { p.serve(conn).await });
-            }
-        });
-        *proxy.task.lock().unwrap() = Some(task);
+        proxy.task.start(listener, &proxy, Proxy::serve);
         proxy
     }
 
@@ -300,13 +243,8 @@ impl Proxy {
             .entry(path.clone())
             .or_default() += 1;
 
-        let basic_ok = |user: &str, pass: &str| {
-            header("authorization")
-                == Some(&format!(
-                    "Basic {}",
-                    base64(format!("{user}:{pass}").as_bytes())
-                ))
-        };
+        let basic_ok =
+            |user: &str, pass: &str| header("authorization") == Some(&basic_auth(user, pass));
         if path == "/token" {
             let resp = match self.auth {
                 ProxyAuth::Bearer(u, p) if basic_ok(u, p) => {
@@ -528,7 +466,7 @@ async fn whiteouts_and_opaque_dirs_are_honoured_in_the_merged_rootfs() {
         }
     }
     for (dir, listing) in images::whiteouts::LISTINGS {
-        assert_eq!(names(&at(dir)), *listing, "ls -A {dir}");
+        assert_eq!(dir_names(&at(dir)), *listing, "ls -A {dir}");
     }
     // Below the merge, a whiteout is overlayfs' 0/0 character device.
     let wh = lowers

@@ -295,27 +295,39 @@ fn untrue_answers(
     removed_pods: &[String],
     removed_containers: &[String],
 ) -> Vec<String> {
+    let mut wrong = untrue_in(
+        ("ListPodSandbox", "pod", "READY"),
+        pods.iter()
+            .map(|p| (&p.id, p.state == PodSandboxState::SandboxReady as i32)),
+        dead_pods,
+        removed_pods,
+    );
+    wrong.extend(untrue_in(
+        ("ListContainers", "container", "RUNNING"),
+        containers
+            .iter()
+            .map(|c| (&c.id, c.state == ContainerState::ContainerRunning as i32)),
+        dead_containers,
+        removed_containers,
+    ));
+    wrong
+}
+
+/// The untrue entries of one list call `(call, kind, live)`: a `kind` whose monitor was
+/// killed shown `live`, or one removed shown at all. `items` are (id, shown live).
+fn untrue_in<'a>(
+    (call, kind, live): (&str, &str, &str),
+    items: impl Iterator<Item = (&'a String, bool)>,
+    dead: &[String],
+    removed: &[String],
+) -> Vec<String> {
     let mut wrong = Vec::new();
-    for p in pods {
-        if dead_pods.contains(&p.id) && p.state == PodSandboxState::SandboxReady as i32 {
-            wrong.push(format!(
-                "ListPodSandbox shows pod {} (monitor killed) READY",
-                p.id
-            ));
+    for (id, shown_live) in items {
+        if dead.contains(id) && shown_live {
+            wrong.push(format!("{call} shows {kind} {id} (monitor killed) {live}"));
         }
-        if removed_pods.contains(&p.id) {
-            wrong.push(format!("ListPodSandbox shows removed pod {}", p.id));
-        }
-    }
-    for c in containers {
-        if dead_containers.contains(&c.id) && c.state == ContainerState::ContainerRunning as i32 {
-            wrong.push(format!(
-                "ListContainers shows container {} (monitor killed) RUNNING",
-                c.id
-            ));
-        }
-        if removed_containers.contains(&c.id) {
-            wrong.push(format!("ListContainers shows removed container {}", c.id));
+        if removed.contains(id) {
+            wrong.push(format!("{call} shows removed {kind} {id}"));
         }
     }
     wrong
@@ -515,6 +527,21 @@ async fn next_event(
         .expect("the event stream is open")
 }
 
+/// The next event, which must be of `kind` for `id`.
+async fn next_event_is(
+    stream: &mut tonic::Streaming<ContainerEventResponse>,
+    id: &str,
+    kind: ContainerEventType,
+) -> ContainerEventResponse {
+    let ev = next_event(stream).await;
+    assert_eq!(
+        (ev.container_id.as_str(), ev.container_event_type),
+        (id, kind as i32),
+        "{ev:?}"
+    );
+    ev
+}
+
 /// Issue 20: GetContainerEvents tells of the pod sandbox itself as containerd does for
 /// kubelet's Evented PLEG (container id = pod id, with the pod's status): created and
 /// started by RunPodSandbox, stopped by StopPodSandbox after its containers, deleted by
@@ -523,12 +550,7 @@ async fn next_event(
 async fn events_tell_of_the_pod_sandbox_in_order_with_its_status() {
     use ContainerEventType::*;
     let d = busybox_daemon().await;
-    let mut events = d
-        .runtime()
-        .get_container_events(GetEventsRequest::default())
-        .await
-        .expect("GetContainerEvents")
-        .into_inner();
+    let mut events = events_of(d.runtime()).await;
     let (config, pod) = new_pod(&d, "evented").await;
     let c = start(&d, &pod, &config, "c", &["sleep", "3600"]).await;
     remove_pod(&d, &pod).await;
@@ -587,29 +609,30 @@ async fn events_tell_of_the_pod_sandbox_in_order_with_its_status() {
         ContainerStartedEvent as i32
     );
     kill_monitor(&d, &pod).await;
-    let ev = next_event(&mut events).await;
-    assert_eq!(
-        (ev.container_id.as_str(), ev.container_event_type),
-        (pod.as_str(), ContainerStoppedEvent as i32),
-        "{ev:?}"
-    );
+    let ev = next_event_is(&mut events, &pod, ContainerStoppedEvent).await;
     assert_eq!(
         ev.pod_sandbox_status.map(|s| s.state),
         Some(PodSandboxState::SandboxNotready as i32)
     );
     remove_pod(&d, &pod).await;
     // Stopping a pod already stopped tells of no second stop.
-    let ev = next_event(&mut events).await;
-    assert_eq!(
-        (ev.container_id.as_str(), ev.container_event_type),
-        (pod.as_str(), ContainerDeletedEvent as i32),
-        "{ev:?}"
-    );
+    next_event_is(&mut events, &pod, ContainerDeletedEvent).await;
 }
 
 /// A CRI client whose HTTP/2 windows are the protocol's default 64 KiB, so that a stream
 /// it does not read stops the server from sending (tonic's client otherwise accepts
 /// megabytes unread).
+/// The GetContainerEvents stream, over `client`.
+async fn events_of(
+    mut client: runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+) -> tonic::Streaming<ContainerEventResponse> {
+    client
+        .get_container_events(GetEventsRequest::default())
+        .await
+        .expect("GetContainerEvents")
+        .into_inner()
+}
+
 async fn small_window_client(
     socket: &std::path::Path,
 ) -> runtime_service_client::RuntimeServiceClient<tonic::transport::Channel> {
@@ -633,18 +656,8 @@ async fn a_subscriber_that_falls_behind_gets_an_error_not_a_gap() {
         c.annotations.insert("padding".into(), "x".repeat(8 << 10));
         create_container(&d, &pod, &config, c).await;
     }
-    let mut slow = small_window_client(d.socket())
-        .await
-        .get_container_events(GetEventsRequest::default())
-        .await
-        .expect("GetContainerEvents")
-        .into_inner();
-    let mut fast = d
-        .runtime()
-        .get_container_events(GetEventsRequest::default())
-        .await
-        .expect("GetContainerEvents")
-        .into_inner();
+    let mut slow = events_of(small_window_client(d.socket()).await).await;
+    let mut fast = events_of(d.runtime()).await;
     let reader = tokio::spawn(async move {
         let (mut created, mut deleted) = (0usize, 0usize);
         loop {

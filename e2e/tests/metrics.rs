@@ -12,6 +12,7 @@ use berth_e2e::fixtures::{
     container_config, daemon_with, log_dir, pod_config, pull, remove_pod, run_pod, start_container,
 };
 use berth_e2e::{Daemon, Env, images};
+use berth_test_support::metrics::FAMILIES;
 use bytes::Bytes;
 use k8s_cri::v1::*;
 use tonic::Code;
@@ -289,19 +290,7 @@ async fn metrics_count_the_calls_made_and_show_the_pods() {
     assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
 
     let start = scrape(addr).await;
-    for (family, kind) in [
-        ("berth_grpc_requests", "counter"),
-        ("berth_grpc_request_duration_seconds", "histogram"),
-        ("berth_pods", "gauge"),
-        ("berth_containers", "gauge"),
-        ("berth_monitors", "gauge"),
-        ("berth_image_pulls", "counter"),
-        ("berth_image_pull_bytes", "counter"),
-        ("berth_image_pull_duration_seconds", "histogram"),
-        ("berth_errors", "counter"),
-        ("berth_build_info", "gauge"),
-        ("berth_start_time_seconds", "gauge"),
-    ] {
+    for (family, kind) in FAMILIES {
         assert_eq!(
             start.types.get(family).map(String::as_str),
             Some(kind),

@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_e2e::fixtures::{
-    Tmpfs, assert_refused, container_config, container_pid, container_status, create_refused,
-    exec_sync, kill_monitor, linux_security, pod_config, pod_status, pull, remove_pod,
-    run_pod_with, runc_crun_daemon, runtime_binary, runtime_status, start, start_container,
-    try_run_pod, wait_exited,
+    Tmpfs, assert_refused, attach_url, container_config, container_pid, container_status,
+    create_refused, exec_sync, exec_url, kill_monitor, linux_security, pod_config, pod_status,
+    pull, remove_pod, run_pod_with, runc_crun_daemon, runtime_binary, runtime_status, start,
+    start_container, try_run_pod, wait_exited,
 };
 use berth_e2e::{Daemon, DaemonDir, images, run_berth};
+use berth_runtime::oci::nspids;
 use k8s_cri::v1::*;
 use tonic::Code;
 
@@ -47,20 +48,6 @@ fn runtime_cmd(d: &Daemon, handler: &str, pod: &str, args: &[&str]) -> std::proc
         .expect("run the runtime")
 }
 
-/// A process's pid in each PID namespace it is in, outermost first.
-fn nspids(host_pid: i64) -> Vec<i64> {
-    std::fs::read_to_string(format!("/proc/{host_pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))
-        .map(|v| {
-            v.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// A pod `<name>-<handler>` of the runtime `handler`, logging under `logs-<handler>`:
 /// (log directory, config, id).
 async fn handler_pod(d: &Daemon, name: &str, handler: &str) -> (PathBuf, PodSandboxConfig, String) {
@@ -68,6 +55,18 @@ async fn handler_pod(d: &Daemon, name: &str, handler: &str) -> (PathBuf, PodSand
     let config = pod_config(&format!("{name}-{handler}"), &log_dir);
     let pod = run_pod_with(d, &config, handler).await;
     (log_dir, config, pod)
+}
+
+/// Starts `c` in the pod and waits for it to exit 0.
+async fn run_to_exit(
+    d: &Daemon,
+    pod: &str,
+    config: &PodSandboxConfig,
+    c: ContainerConfig,
+    handler: &str,
+) {
+    let id = start_container(d, pod, config, c).await;
+    assert_eq!(wait_exited(d, &id).await.exit_code, 0, "{handler}");
 }
 
 fn log_lines(path: &Path) -> Vec<(String, String, String)> {
@@ -151,7 +150,9 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
     let state: serde_json::Value = serde_json::from_slice(&out.stdout).expect("state JSON");
     assert_eq!(state["status"], "running", "{handler}: {state}");
     let host_pid = container_pid(d, &long).await;
-    let pids = nspids(host_pid);
+    // The container's pid in each PID namespace it is in, outermost first.
+    let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).unwrap_or_default();
+    let pids: Vec<i64> = nspids(&status).into_iter().map(i64::from).collect();
     assert_eq!(
         pids.get(1).copied(),
         state["pid"].as_i64(),
@@ -204,8 +205,7 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
         }),
         ..Default::default()
     }));
-    let peer = start_container(d, &pod, &config, peer).await;
-    assert_eq!(wait_exited(d, &peer).await.exit_code, 0, "{handler}");
+    run_to_exit(d, &pod, &config, peer, handler).await;
     let peer_log = log_lines(&log_dir.join("peer.log"));
     assert!(
         peer_log.iter().any(|(_, _, t)| t.starts_with("sleep")),
@@ -238,8 +238,7 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
         }),
         ..Default::default()
     }));
-    let confined = start_container(d, &pod, &config, confined).await;
-    assert_eq!(wait_exited(d, &confined).await.exit_code, 0, "{handler}");
+    run_to_exit(d, &pod, &config, confined, handler).await;
     let seccomp = log_lines(&log_dir.join("confined.log"));
     assert!(
         seccomp
@@ -251,8 +250,7 @@ async fn a_pod_of(d: &Daemon, handler: &str) {
     // A tty container gets its pty from the runtime's console socket.
     let mut tty = container_config("tty", &["sh", "-c", "tty; echo on-tty"]);
     tty.tty = true;
-    let tty = start_container(d, &pod, &config, tty).await;
-    assert_eq!(wait_exited(d, &tty).await.exit_code, 0, "{handler}");
+    run_to_exit(d, &pod, &config, tty, handler).await;
     let text: Vec<String> = log_lines(&log_dir.join("tty.log"))
         .into_iter()
         .map(|(_, _, t)| t)
@@ -424,19 +422,7 @@ async fn handler_containers_take_attach_stdin_and_terminal_execs() {
         let mut echo = container_config("echo", &["sh", "-c", script]);
         echo.stdin = true;
         let echo = start_container(&d, &pod, &config, echo).await;
-        let url = d
-            .runtime()
-            .attach(AttachRequest {
-                container_id: echo.clone(),
-                stdin: true,
-                stdout: true,
-                stderr: true,
-                tty: false,
-            })
-            .await
-            .expect("Attach")
-            .into_inner()
-            .url;
+        let url = attach_url(&d, &echo, all).await;
         let mut rc = RemoteCommand::connect(&url, all, &Transport::spdy(), None)
             .await
             .unwrap_or_else(|e| panic!("{handler}: attach: {e}"));
@@ -454,20 +440,7 @@ async fn handler_containers_take_attach_stdin_and_terminal_execs() {
             stderr: false,
             tty: true,
         };
-        let url = d
-            .runtime()
-            .exec(ExecRequest {
-                container_id: echo.clone(),
-                cmd: vec!["sh".into(), "-c".into(), "read l; tty; echo \"$l\"".into()],
-                tty: true,
-                stdin: true,
-                stdout: true,
-                stderr: false,
-            })
-            .await
-            .expect("Exec")
-            .into_inner()
-            .url;
+        let url = exec_url(&d, &echo, &["sh", "-c", "read l; tty; echo \"$l\""], tty).await;
         let mut rc = RemoteCommand::connect(&url, tty, &Transport::websocket(), None)
             .await
             .unwrap_or_else(|e| panic!("{handler}: exec: {e}"));

@@ -5,9 +5,9 @@
 //! the process inside observes, or the error kubelet gets.
 use berth_e2e::fixtures::{
     Tmpfs, assert_refused, bind, busybox_daemon, busybox_pod, container_config, container_status,
-    create_refused, default_handler, exec_ok, exec_sync, host_dir, image_volume, linux_security,
-    list_containers, list_pods, log_dir, new_pod, pod_config, pod_status, pull, remove_pod,
-    run_pod, run_pod_refused, runtime_status, security_context, start, start_container,
+    create_refused, default_handler, exec_ok, exec_sync, host_dir, image_spec, image_volume,
+    linux_security, list_containers, list_pods, log_dir, new_pod, pod_config, pod_status, pull,
+    remove_pod, run_pod, run_pod_refused, runtime_status, security_context, start, start_container,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::security_profile::ProfileType;
@@ -51,6 +51,13 @@ fn profile(t: ProfileType, localhost: &str) -> Option<SecurityProfile> {
     })
 }
 
+/// Runs `cmd` in container `id`, which must fail with EPERM.
+async fn assert_eperm(d: &Daemon, id: &str, cmd: &[&str]) {
+    let (_, err, code) = exec_sync(d, id, cmd).await;
+    assert_ne!(code, 0, "{cmd:?} worked");
+    assert!(err.contains("Operation not permitted"), "{cmd:?}: {err}");
+}
+
 async fn seccomp_mode(d: &Daemon, id: &str) -> String {
     let (status, _, _) = exec_sync(d, id, &["grep", "Seccomp:", "/proc/self/status"]).await;
     status
@@ -64,18 +71,17 @@ async fn seccomp_mode(d: &Daemon, id: &str) -> String {
 async fn seccomp_profiles_confine_what_they_say() {
     let d = busybox_daemon().await;
     let dir = d.dir().path().to_path_buf();
-    let block_chmod = dir.join("block-chmod.json");
-    std::fs::write(
-        &block_chmod,
-        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["chmod","fchmodat"],"action":"SCMP_ACT_ERRNO"}]}"#,
-    )
-    .unwrap();
-    let block_hostname = dir.join("block-hostname.json");
-    std::fs::write(
-        &block_hostname,
-        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["sethostname"],"action":"SCMP_ACT_ERRNO"}]}"#,
-    )
-    .unwrap();
+    // A profile that refuses `calls` with EPERM, written to `name`; returns its path.
+    let refusing = |name: &str, calls: &str| {
+        let path = dir.join(name);
+        let json = format!(
+            r#"{{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{{"names":[{calls}],"action":"SCMP_ACT_ERRNO"}}]}}"#
+        );
+        std::fs::write(&path, json).unwrap();
+        path.display().to_string()
+    };
+    let block_chmod = refusing("block-chmod.json", r#""chmod","fchmodat""#);
+    let block_hostname = refusing("block-hostname.json", r#""sethostname""#);
     let mut config = pod_config("seccomp", &dir.join("pod-logs"));
     config.linux = Some(privileged_pod());
     let pod = run_pod(&d, &config).await;
@@ -94,9 +100,7 @@ async fn seccomp_profiles_confine_what_they_say() {
     )
     .await;
     assert_eq!(seccomp_mode(&d, &default).await, "2");
-    let (_, err, code) = exec_sync(&d, &default, &["unshare", "-u", "true"]).await;
-    assert_ne!(code, 0, "unshare worked under RuntimeDefault");
-    assert!(err.contains("Operation not permitted"), "{err}");
+    assert_eperm(&d, &default, &["unshare", "-u", "true"]).await;
     let (out, _, code) = exec_sync(
         &d,
         &default,
@@ -116,15 +120,13 @@ async fn seccomp_profiles_confine_what_they_say() {
         &config,
         secured(
             "chmod",
-            profile(ProfileType::Localhost, &block_chmod.display().to_string()),
+            profile(ProfileType::Localhost, &block_chmod),
             &[],
             false,
         ),
     )
     .await;
-    let (_, err, code) = exec_sync(&d, &chmod, &["chmod", "400", "/"]).await;
-    assert_ne!(code, 0);
-    assert!(err.contains("Operation not permitted"), "{err}");
+    assert_eperm(&d, &chmod, &["chmod", "400", "/"]).await;
 
     // sethostname denied by the profile even with CAP_SYS_ADMIN; allowed when unconfined;
     // a privileged container ignores the profile.
@@ -134,18 +136,13 @@ async fn seccomp_profiles_confine_what_they_say() {
         &config,
         secured(
             "blocked",
-            profile(
-                ProfileType::Localhost,
-                &block_hostname.display().to_string(),
-            ),
+            profile(ProfileType::Localhost, &block_hostname),
             &["SYS_ADMIN"],
             false,
         ),
     )
     .await;
-    let (_, err, code) = exec_sync(&d, &blocked, &["hostname", "nope"]).await;
-    assert_ne!(code, 0);
-    assert!(err.contains("Operation not permitted"), "{err}");
+    assert_eperm(&d, &blocked, &["hostname", "nope"]).await;
     let free = start_container(
         &d,
         &pod,
@@ -166,10 +163,7 @@ async fn seccomp_profiles_confine_what_they_say() {
         &config,
         secured(
             "privileged",
-            profile(
-                ProfileType::Localhost,
-                &block_hostname.display().to_string(),
-            ),
+            profile(ProfileType::Localhost, &block_hostname),
             &[],
             true,
         ),
@@ -544,10 +538,7 @@ async fn supplemental_groups_policies_merge_or_keep_strictly_to_the_request() {
         ("strict", SupplementalGroupsPolicy::Strict, false),
     ] {
         let mut c = container_config(name, &["sleep", "3600"]);
-        c.image = Some(ImageSpec {
-            image: images::CONFIGURED.into(),
-            ..Default::default()
-        });
+        c.image = image_spec(images::CONFIGURED);
         c.linux = Some(linux_security(LinuxContainerSecurityContext {
             run_as_user: Some(Int64Value {
                 value: i64::from(UID),

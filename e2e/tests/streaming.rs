@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use berth_cri::streaming::TerminalSize;
 use berth_e2e::fixtures::{
-    container_config, exec_sync, pod_config, pull, remove_pod, run_pod, start_container,
+    attach_url, container_config, exec_sync, exec_url, pod_config, pull, remove_pod, run_pod,
+    start_container,
 };
 use berth_e2e::{Daemon, images};
 use berth_test_support::streaming_client::{
@@ -42,20 +43,7 @@ impl Pod {
     }
 
     async fn exec_url(&self, cmd: &[&str], opts: ExecOptions) -> String {
-        self.d
-            .runtime()
-            .exec(ExecRequest {
-                container_id: self.ids[0].clone(),
-                cmd: cmd.iter().map(|s| s.to_string()).collect(),
-                tty: opts.tty,
-                stdin: opts.stdin,
-                stdout: opts.stdout,
-                stderr: opts.stderr,
-            })
-            .await
-            .expect("Exec")
-            .into_inner()
-            .url
+        exec_url(&self.d, &self.ids[0], cmd, opts).await
     }
 
     async fn remove(self) {
@@ -231,20 +219,7 @@ async fn attach_reaches_the_containers_own_stdio() {
         tty: false,
     };
     for (i, (name, transport)) in transports().into_iter().enumerate() {
-        let url = pod
-            .d
-            .runtime()
-            .attach(AttachRequest {
-                container_id: pod.ids[0].clone(),
-                stdin: true,
-                stdout: true,
-                stderr: true,
-                tty: false,
-            })
-            .await
-            .expect("Attach")
-            .into_inner()
-            .url;
+        let url = attach_url(&pod.d, &pod.ids[0], opts).await;
         let mut rc = RemoteCommand::connect(&url, opts, &transport, None)
             .await
             .unwrap_or_else(|e| panic!("{name}: connect: {e}"));

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_test_support::metrics::FAMILIES;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
@@ -179,19 +180,7 @@ fn every_family_is_described_before_its_samples_and_the_text_ends_with_eof() {
         }
     }
     let kinds: std::collections::HashMap<_, _> = typed.into_iter().collect();
-    for (family, kind) in [
-        ("berth_grpc_requests", "counter"),
-        ("berth_grpc_request_duration_seconds", "histogram"),
-        ("berth_pods", "gauge"),
-        ("berth_containers", "gauge"),
-        ("berth_monitors", "gauge"),
-        ("berth_image_pulls", "counter"),
-        ("berth_image_pull_bytes", "counter"),
-        ("berth_image_pull_duration_seconds", "histogram"),
-        ("berth_errors", "counter"),
-        ("berth_build_info", "gauge"),
-        ("berth_start_time_seconds", "gauge"),
-    ] {
+    for (family, kind) in FAMILIES {
         assert_eq!(
             kinds.get(family).map(String::as_str),
             Some(kind),
@@ -265,15 +254,14 @@ async fn the_endpoint_serves_metrics_and_nothing_else() {
 
     drop(server);
     // The listener closes once the accept loop has seen the cancellation.
-    let mut refused = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_err() {
-            refused = true;
-            break;
+    let refused = async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(refused, "the endpoint still accepts after being dropped");
+    };
+    tokio::time::timeout(Duration::from_secs(1), refused)
+        .await
+        .expect("the endpoint still accepts after being dropped");
 }
 
 #[tokio::test]

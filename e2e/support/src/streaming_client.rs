@@ -227,11 +227,13 @@ impl Transport {
     }
 }
 
-async fn spdy_connect(
+/// Upgrades a POST to `url` to SPDY/3.1, offering `protocols` (remotecommand or
+/// portforward versions); the connection is left to the caller, raw.
+pub async fn spdy_upgrade(
     url: &str,
-    protocols: &[String],
+    protocols: &[&str],
     tls: Option<&ClientTls>,
-) -> Result<(Session, String), ClientError> {
+) -> Result<Upgraded, ClientError> {
     let mut headers = vec![
         (header::CONNECTION, "Upgrade".to_string()),
         (header::UPGRADE, spdy::UPGRADE_TOKEN.to_string()),
@@ -239,10 +241,19 @@ async fn spdy_connect(
     for p in protocols {
         headers.push((
             header::HeaderName::from_static("x-stream-protocol-version"),
-            p.clone(),
+            p.to_string(),
         ));
     }
-    let up = upgrade(url, Method::POST, headers, tls).await?;
+    upgrade(url, Method::POST, headers, tls).await
+}
+
+async fn spdy_connect(
+    url: &str,
+    protocols: &[String],
+    tls: Option<&ClientTls>,
+) -> Result<(Session, String), ClientError> {
+    let protocols: Vec<&str> = protocols.iter().map(String::as_str).collect();
+    let up = spdy_upgrade(url, &protocols, tls).await?;
     let negotiated = up
         .headers
         .get(HEADER_PROTOCOL_VERSION)

@@ -9,9 +9,9 @@ use std::sync::OnceLock;
 
 use berth_e2e::Daemon;
 use berth_e2e::fixtures::{
-    assert_refused, busybox_daemon, container_config, container_status, exec_ok, exec_sync,
+    busybox_daemon, container_config, container_status, exec_ok, exec_sync, image_spec,
     linux_security, list_containers, list_pods, log_dir, new_pod, pod_config, pull, remove_pod,
-    run_pod, runc_crun_daemon, start, start_container,
+    run_pod, runc_crun_daemon, start, start_container, try_create,
 };
 use berth_e2e::images::{self, HostBusybox};
 use berth_e2e::oci::{Compression, Layer, LayerBuilder, RunConfig};
@@ -61,28 +61,31 @@ async fn push_image(name: &str, top: LayerBuilder, user: Option<&str>) -> String
 /// A container of `image` running `sleep`, with `sc` as its security context.
 fn container(name: &str, image: &str, sc: LinuxContainerSecurityContext) -> ContainerConfig {
     let mut c = container_config(name, &["sleep", "3600"]);
-    c.image = Some(ImageSpec {
-        image: image.into(),
-        ..Default::default()
-    });
+    c.image = image_spec(image);
     c.linux = Some(linux_security(sc));
     c
 }
 
-async fn create(
+/// Creates `c` in the pod, which must be refused (`why` says what a success would mean) as
+/// an invalid argument whose message names every one of `needles`.
+async fn refused(
     d: &Daemon,
     pod: &str,
     config: &PodSandboxConfig,
     c: ContainerConfig,
-) -> Result<String, tonic::Status> {
-    d.runtime()
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(c),
-            sandbox_config: Some(config.clone()),
-        })
-        .await
-        .map(|r| r.into_inner().container_id)
+    why: &str,
+    needles: &[&str],
+) {
+    let name = c
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    let err = try_create(d, pod, config, c).await.expect_err(why);
+    assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
+    for needle in needles {
+        assert!(err.message().contains(needle), "{name}: {}", err.message());
+    }
 }
 
 /// A user of the node's /etc/passwd that no test image has, with a non-zero uid.
@@ -151,15 +154,15 @@ async fn image_etc_symlink_to_the_nodes_etc_cannot_pick_the_user() {
             },
         ),
     ] {
-        let err = create(&d, &pod, &config, container(name, &image, sc))
-            .await
-            .expect_err("a container whose /etc loops was created");
-        assert_eq!(err.code(), Code::InvalidArgument, "{name}: {err:?}");
-        assert!(
-            err.message().contains("/etc/passwd") && err.message().contains("symbolic links"),
-            "{name}: {}",
-            err.message()
-        );
+        refused(
+            &d,
+            &pod,
+            &config,
+            container(name, &image, sc),
+            "a container whose /etc loops was created",
+            &["/etc/passwd", "symbolic links"],
+        )
+        .await;
     }
     // `/etc -> /proc/self/root/etc`: no loop, but in the image that path leads nowhere
     // (its /proc is an empty directory), while on the node it is the daemon's own /etc.
@@ -167,15 +170,15 @@ async fn image_etc_symlink_to_the_nodes_etc_cannot_pick_the_user() {
     top.symlink("etc", "/proc/self/root/etc").unwrap();
     let elsewhere = push_image("etc-proc-root", top, Some(&user)).await;
     pull(&d, &elsewhere).await;
-    let err = create(
+    refused(
         &d,
         &pod,
         &config,
         container("proc-root", &elsewhere, Default::default()),
+        "a container of a user the image does not have was created",
+        &[&format!("{user:?} not found")],
     )
-    .await
-    .expect_err("a container of a user the image does not have was created");
-    assert_refused(&err, Code::InvalidArgument, &format!("{user:?} not found"));
+    .await;
     // Nothing runs, so nothing runs as the node's uid of `user`.
     let listed = list_containers(&d).await;
     assert!(
@@ -204,20 +207,15 @@ async fn image_passwd_symlink_cannot_leak_the_nodes_shadow() {
     // Read as passwd, the node's shadow line `user:hash:lastchg:0:...` would give the
     // container uid `lastchg` and HOME from a shadow field. Read inside the image, the
     // user does not exist.
-    let err = create(
+    refused(
         &d,
         &pod,
         &config,
         container("image-user", &image, Default::default()),
+        "the image's USER came from somewhere",
+        &[&user, "not found"],
     )
-    .await
-    .expect_err("the image's USER came from somewhere");
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(
-        err.message().contains(&user) && err.message().contains("not found"),
-        "{}",
-        err.message()
-    );
+    .await;
     // Run as root instead: nothing of the node's shadow reaches the container.
     let root = container(
         "root",
@@ -357,27 +355,15 @@ async fn seccomp_runtime_default_refuses_af_alg_af_vsock_and_pidfd_getfd() {
             },
         )
     };
-    let default = start_container(
-        &d,
-        &pod,
-        &config,
-        with("default", ProfileType::RuntimeDefault, &[]),
-    )
-    .await;
-    let ptrace = start_container(
-        &d,
-        &pod,
-        &config,
-        with("ptrace", ProfileType::RuntimeDefault, &["SYS_PTRACE"]),
-    )
-    .await;
-    let unconfined = start_container(
-        &d,
-        &pod,
-        &config,
-        with("unconfined", ProfileType::Unconfined, &[]),
-    )
-    .await;
+    let mut started = Vec::new();
+    for (name, profile, add) in [
+        ("default", ProfileType::RuntimeDefault, &[][..]),
+        ("ptrace", ProfileType::RuntimeDefault, &["SYS_PTRACE"][..]),
+        ("unconfined", ProfileType::Unconfined, &[][..]),
+    ] {
+        started.push(start_container(&d, &pod, &config, with(name, profile, add)).await);
+    }
+    let [default, ptrace, unconfined] = <[String; 3]>::try_from(started).unwrap();
     let eperm = "errno 1";
     // RuntimeDefault: AF_ALG and AF_VSOCK refused with EPERM, as containerd's default
     // answers them; the family with its upper bits set (the kernel drops them) too.

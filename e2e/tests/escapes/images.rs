@@ -12,17 +12,17 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use berth_e2e::fixtures::{
-    assert_refused, container_config, daemon_with, exec_sync, log_dir, pod_config, remove_pod,
-    run_pod, start_container,
+    assert_refused, container_config, daemon_with, exec_sync, image_spec, log_dir, pod_config,
+    remove_pod, run_pod, start_container, stored,
 };
-use berth_e2e::http::RequestHead;
+use berth_e2e::http::{AcceptTask, RequestHead, basic_auth, loopback_listener};
 use berth_e2e::images::{self, HostBusybox};
 use berth_e2e::oci::{self, Blob, Compression, Layer, RunConfig};
 use berth_e2e::{Daemon, Env};
 use k8s_cri::v1::{AuthConfig, ImageSpec, PullImageRequest, RemoveImageRequest};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tonic::Code;
 
 /// The peak RSS a hostile layer may leave the daemon with (issue 19).
@@ -83,6 +83,13 @@ fn inflating(head: &[u8], zero_mib: usize, tail: &[u8]) -> (Vec<u8>, String) {
     blob.extend_from_slice(&gzip_member(tail));
     diff.update(tail);
     (blob, format!("sha256:{}", hex::encode(diff.finalize())))
+}
+
+/// The gzip layer of [`inflating`]: `head`, `zero_mib` MiB of zeros, then `tail`.
+fn inflating_layer(head: &[u8], zero_mib: usize, tail: &[u8]) -> Layer {
+    let (blob, diff_id) = inflating(head, zero_mib, tail);
+    let size = (head.len() + (zero_mib << 20) + tail.len()) as u64;
+    gzip_layer(blob, diff_id, size)
 }
 
 fn gzip_layer(blob: Vec<u8>, diff_id: String, uncompressed_size: u64) -> Layer {
@@ -151,30 +158,6 @@ async fn remove(d: &Daemon, image: &str) {
         .unwrap_or_else(|e| panic!("RemoveImage {image}: {e}"));
 }
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-/// Blobs (complete and in progress) and snapshots (complete, in progress, in the trash).
-fn stored(d: &Daemon) -> (Vec<String>, Vec<String>) {
-    let root = d.dir().root();
-    let mut blobs = names(&root.join("content/blobs/sha256"));
-    blobs.extend(names(&root.join("content/ingest")));
-    let mut snaps: Vec<String> = names(&root.join("snapshots"))
-        .into_iter()
-        .filter(|n| n != ".trash")
-        .collect();
-    snaps.extend(names(&root.join("snapshots/.trash")));
-    (blobs, snaps)
-}
-
 /// The daemon's peak resident set size (`VmHWM`), in KiB.
 fn vm_hwm_kib(d: &Daemon) -> u64 {
     let pid = d.pid().expect("daemon pid");
@@ -195,6 +178,19 @@ fn auth(user: &str, pass: &str, server: &str) -> Option<AuthConfig> {
     })
 }
 
+/// Asserts that a pull failed on the layer `digest` (FailedPrecondition, a message naming
+/// the layer and `reason`).
+fn assert_layer_refused(err: &tonic::Status, digest: &str, reason: &str) {
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    for part in [digest, reason] {
+        assert!(
+            err.message().contains(part),
+            "{part:?} in {}",
+            err.message()
+        );
+    }
+}
+
 // ---- layer bombs ----------------------------------------------------------------------
 
 #[tokio::test]
@@ -204,10 +200,9 @@ async fn a_pax_header_claiming_a_gibibyte_is_refused_without_raising_memory() {
     const GIB_IN_MIB: usize = 1024;
     let head = header("PaxHeaders/bomb", b'x', (GIB_IN_MIB as u64) << 20);
     let tail = [header("bomb", b'0', 0), vec![0; 1024]].concat();
-    let (blob, diff_id) = inflating(&head, GIB_IN_MIB, &tail);
-    assert!(blob.len() < 4 << 20, "the bomb is small: {}", blob.len());
-    let size = (head.len() + (GIB_IN_MIB << 20) + tail.len()) as u64;
-    let layer = gzip_layer(blob, diff_id, size);
+    let layer = inflating_layer(&head, GIB_IN_MIB, &tail);
+    let small = layer.blob.data.len();
+    assert!(small < 4 << 20, "the bomb is small: {small}");
     let digest = layer.blob.digest.clone();
     let image = push("berth-e2e/escapes-pax-bomb", vec![layer]).await;
 
@@ -216,18 +211,16 @@ async fn a_pax_header_claiming_a_gibibyte_is_refused_without_raising_memory() {
     let err = pull(&d, &image, None).await.expect_err("a PAX bomb");
     let after = vm_hwm_kib(&d);
     eprintln!("daemon VmHWM: {before} KiB before the pull, {after} KiB after");
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    for part in [
-        digest.as_str(),
-        "rejected",
+    assert!(
+        err.message().contains("rejected"),
+        "rejected in {}",
+        err.message()
+    );
+    assert_layer_refused(
+        &err,
+        &digest,
         "PAX extended header of 1073741824 bytes is larger than the limit of 1048576 bytes",
-    ] {
-        assert!(
-            err.message().contains(part),
-            "{part:?} in {}",
-            err.message()
-        );
-    }
+    );
     assert!(
         after < MAX_DAEMON_HWM_KIB,
         "daemon VmHWM {after} KiB after the pull (limit {MAX_DAEMON_HWM_KIB} KiB)"
@@ -242,10 +235,9 @@ async fn a_gzip_bomb_is_refused_at_the_configured_layer_budget() {
     const ZEROS_MIB: usize = 256;
     let head = header("zeros", b'0', (ZEROS_MIB as u64) << 20);
     let tail = vec![0; 1024];
-    let (blob, diff_id) = inflating(&head, ZEROS_MIB, &tail);
-    assert!(blob.len() < 1 << 20, "the bomb is small: {}", blob.len());
-    let size = (head.len() + (ZEROS_MIB << 20) + tail.len()) as u64;
-    let layer = gzip_layer(blob, diff_id, size);
+    let layer = inflating_layer(&head, ZEROS_MIB, &tail);
+    let small = layer.blob.data.len();
+    assert!(small < 1 << 20, "the bomb is small: {small}");
     let digest = layer.blob.digest.clone();
     let image = push("berth-e2e/escapes-gzip-bomb", vec![layer]).await;
 
@@ -254,17 +246,11 @@ async fn a_gzip_bomb_is_refused_at_the_configured_layer_budget() {
     let err = pull(&d, &image, None).await.expect_err("a gzip bomb");
     let hwm = vm_hwm_kib(&d);
     eprintln!("daemon VmHWM: {before} KiB before the gzip bomb, {hwm} KiB after");
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    for part in [
-        digest.as_str(),
+    assert_layer_refused(
+        &err,
+        &digest,
         "uncompressed size exceeds the layer budget of 16777216 bytes (image.max_layer_bytes)",
-    ] {
-        assert!(
-            err.message().contains(part),
-            "{part:?} in {}",
-            err.message()
-        );
-    }
+    );
     assert!(hwm < MAX_DAEMON_HWM_KIB, "daemon VmHWM {hwm} KiB");
     assert_eq!(stored(&d), (vec![], vec![]), "nothing left");
     // The budget refuses the bomb, not every image: busybox fits in it.
@@ -285,17 +271,11 @@ async fn too_many_entries_are_refused_at_the_configured_budget() {
     let image = push("berth-e2e/escapes-many-entries", vec![layer]).await;
     let d = daemon_with("[image]\nmax_layer_entries = 10\n").await;
     let err = pull(&d, &image, None).await.expect_err("too many entries");
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    for part in [
-        digest.as_str(),
+    assert_layer_refused(
+        &err,
+        &digest,
         "more entries than the layer budget of 10 (image.max_layer_entries)",
-    ] {
-        assert!(
-            err.message().contains(part),
-            "{part:?} in {}",
-            err.message()
-        );
-    }
+    );
     assert_eq!(stored(&d), (vec![], vec![]), "nothing left");
 }
 
@@ -306,12 +286,26 @@ async fn run_sleeper(d: &Daemon, image: &str, name: &str) -> (String, String) {
     let config = pod_config(name, &log_dir(d));
     let pod = run_pod(d, &config).await;
     let mut c = container_config("c", &["/bin/sleep", "3600"]);
-    c.image = Some(ImageSpec {
-        image: image.into(),
-        ..Default::default()
-    });
+    c.image = image_spec(image);
     let id = start_container(d, &pod, &config, c).await;
     (pod, id)
+}
+
+/// Pushes busybox with the tar archive `hostile` as a layer on top to
+/// `berth-e2e/escapes-NAME`, pulls it into a fresh daemon (which must accept it: the archive
+/// is valid tar), and runs a sleeper of it; returns the daemon, the pod and the container.
+async fn run_hostile(name: &str, hostile: &[u8]) -> (Daemon, String, String) {
+    let image = push(
+        &format!("berth-e2e/escapes-{name}"),
+        vec![busybox_layer(), tar_layer(hostile)],
+    )
+    .await;
+    let d = Daemon::start().await.expect("daemon");
+    pull(&d, &image, None)
+        .await
+        .unwrap_or_else(|e| panic!("{name}: the layer is valid tar: {e}"));
+    let (pod, c) = run_sleeper(&d, &image, name).await;
+    (d, pod, c)
 }
 
 #[tokio::test]
@@ -332,16 +326,7 @@ async fn cve_2025_62518_pax_size_cannot_smuggle_entries() {
         vec![0; 1024],
     ]
     .concat();
-    let image = push(
-        "berth-e2e/escapes-pax-size",
-        vec![busybox_layer(), tar_layer(&hostile)],
-    )
-    .await;
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, &image, None)
-        .await
-        .expect("the layer is valid tar");
-    let (pod, c) = run_sleeper(&d, &image, "paxsize").await;
+    let (d, pod, c) = run_hostile("paxsize", &hostile).await;
 
     let (out, err, code) = exec_sync(&d, &c, &["/bin/ls", "/etc"]).await;
     assert_eq!(code, 0, "{err}");
@@ -379,16 +364,7 @@ async fn header_only_entries_carry_no_data_as_in_go() {
         vec![0; 1024],
     ]
     .concat();
-    let image = push(
-        "berth-e2e/escapes-header-only",
-        vec![busybox_layer(), tar_layer(&hostile)],
-    )
-    .await;
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, &image, None)
-        .await
-        .expect("the layer is valid tar");
-    let (pod, c) = run_sleeper(&d, &image, "headeronly").await;
+    let (d, pod, c) = run_hostile("headeronly", &hostile).await;
     let (out, err, code) = exec_sync(&d, &c, &["/bin/cat", "/etc/berth-hidden"]).await;
     assert_eq!((out.as_str(), code), ("found\n", 0), "{err}");
     remove_pod(&d, &pod).await;
@@ -427,16 +403,7 @@ async fn device_nodes_from_an_image_give_no_access_to_the_nodes_devices() {
         b.append(&h, &b""[..]).unwrap();
     }
     let hostile = b.into_inner().unwrap();
-    let image = push(
-        "berth-e2e/escapes-devices",
-        vec![busybox_layer(), tar_layer(&hostile)],
-    )
-    .await;
-    let d = Daemon::start().await.expect("daemon");
-    pull(&d, &image, None)
-        .await
-        .expect("device nodes are valid");
-    let (pod, c) = run_sleeper(&d, &image, "devices").await;
+    let (d, pod, c) = run_hostile("devices", &hostile).await;
     for node in ["/srv/mem", "/srv/disk"] {
         let (out, err, code) = exec_sync(
             &d,
@@ -567,53 +534,19 @@ struct Server {
     addr: SocketAddr,
     seen: Mutex<Vec<(String, Option<String>)>>,
     role: Role,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.lock().unwrap().take() {
-            t.abort();
-        }
-    }
-}
-
-/// The `Authorization` value of basic auth.
-fn basic(user: &str, pass: &str) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let data = format!("{user}:{pass}").into_bytes();
-    let mut out = String::from("Basic ");
-    for c in data.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            out.push(if i <= c.len() {
-                A[(n >> (18 - 6 * i) & 63) as usize] as char
-            } else {
-                '='
-            });
-        }
-    }
-    out
+    task: AcceptTask,
 }
 
 impl Server {
     async fn start(role: Role) -> Arc<Server> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (listener, addr) = loopback_listener().await;
         let server = Arc::new(Server {
-            addr: listener.local_addr().unwrap(),
+            addr,
             seen: Mutex::default(),
             role,
-            task: Mutex::new(None),
+            task: AcceptTask::default(),
         });
-        let weak = Arc::downgrade(&server);
-        let task = tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
-                let Some(s) = weak.upgrade() else { return };
-                tokio::spawn(async move { s.serve(conn).await });
-            }
-        });
-        *server.task.lock().unwrap() = Some(task);
+        server.task.start(listener, &server, Server::serve);
         server
     }
 
@@ -653,7 +586,7 @@ impl Server {
         };
         let challenge = match &self.role {
             Role::Token { user, pass, tokens } => {
-                let resp = if authorization.as_deref() == Some(basic(user, pass).as_str()) {
+                let resp = if authorization.as_deref() == Some(basic_auth(user, pass).as_str()) {
                     let mut t = tokens.lock().unwrap();
                     let tok = format!("token-{}", t.len());
                     t.insert(tok.clone());
@@ -669,7 +602,7 @@ impl Server {
                 return;
             }
             Role::Basic(user, pass) => (authorization.as_deref()
-                != Some(basic(user, pass).as_str()))
+                != Some(basic_auth(user, pass).as_str()))
             .then(|| "Basic realm=\"berth-escapes\"".to_owned()),
             Role::Bearer { realm, tokens } => {
                 let ok = authorization
@@ -748,7 +681,7 @@ async fn pull_credentials_never_reach_a_mirror_of_another_host() {
     assert!(
         origin
             .authorizations()
-            .contains(&basic("alice", "wonderland")),
+            .contains(&basic_auth("alice", "wonderland")),
         "the origin got them"
     );
 
@@ -769,7 +702,7 @@ async fn pull_credentials_never_reach_a_mirror_of_another_host() {
     assert!(
         mirror
             .authorizations()
-            .contains(&basic("alice", "wonderland")),
+            .contains(&basic_auth("alice", "wonderland")),
         "forward_credentials lets the mirror have them"
     );
 }
@@ -822,5 +755,9 @@ async fn a_plain_http_token_realm_on_another_host_gets_no_credentials() {
     pull(&d, &image, auth("bob", "builder", ""))
         .await
         .expect("pull with the realm trusted");
-    assert!(realm.authorizations().contains(&basic("bob", "builder")));
+    assert!(
+        realm
+            .authorizations()
+            .contains(&basic_auth("bob", "builder"))
+    );
 }

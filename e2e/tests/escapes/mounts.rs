@@ -4,11 +4,11 @@
 use std::path::Path;
 
 use berth_e2e::fixtures::{
-    assert_refused, bind, busybox_pod, container_config, create_refused, exec_sync, host_dir,
-    linux_security, list_containers, pull, remove_pod, start_container,
+    assert_refused, bind, busybox_pod, container_config, create_refused, exec_sync, exec_url,
+    host_dir, image_spec, linux_security, list_containers, pull, remove_pod, start_container,
 };
-use berth_e2e::images;
 use berth_e2e::oci::LayerBuilder;
+use berth_e2e::{Daemon, images};
 use berth_test_support::streaming_client::{self as client, ExecOptions, Transport};
 use k8s_cri::v1::*;
 use tonic::Code;
@@ -27,6 +27,20 @@ fn with_caps(name: &str, command: &[&str], caps: &[&str]) -> ContainerConfig {
         ..Default::default()
     }));
     c
+}
+
+/// Creates `c` in the pod, which must be refused as an invalid argument naming `needle`,
+/// leaving no container behind.
+async fn refused_with_nothing_made(
+    d: &Daemon,
+    pod: &str,
+    config: &PodSandboxConfig,
+    c: ContainerConfig,
+    needle: &str,
+) {
+    let err = create_refused(d, pod, config, c).await;
+    assert_refused(&err, Code::InvalidArgument, needle);
+    assert!(list_containers(d).await.is_empty());
 }
 
 /// The masking that hides /proc/keys, /proc/kcore and the rest binds the node's /dev/null,
@@ -144,15 +158,14 @@ async fn cve_2019_16884_and_cve_2019_19921_volumes_on_proc_and_sys_are_refused()
     std::os::unix::fs::symlink("/proc/sys", vol.join("sys")).unwrap();
     let mut c = container_config("via-link", &["sleep", "3600"]);
     c.mounts = vec![bind("/vol", &vol), bind("/vol/sys/kernel", &fake)];
-    let err = create_refused(&d, &pod, &config, c).await;
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(
-        err.message()
-            .contains("mount /vol/sys/kernel: its target resolves onto procfs"),
-        "{}",
-        err.message()
-    );
-    assert!(list_containers(&d).await.is_empty());
+    refused_with_nothing_made(
+        &d,
+        &pod,
+        &config,
+        c,
+        "mount /vol/sys/kernel: its target resolves onto procfs",
+    )
+    .await;
     assert_eq!(std::fs::read_dir(&fake).unwrap().count(), 0);
     remove_pod(&d, &pod).await;
 }
@@ -164,17 +177,8 @@ async fn cve_2019_19921_an_image_cannot_redirect_the_proc_mount() {
     let (d, config, pod) = busybox_pod("procsymlink").await;
     pull(&d, images::PROC_SYMLINK).await;
     let mut cfg = container_config("c", &["sleep", "3600"]);
-    cfg.image = Some(ImageSpec {
-        image: images::PROC_SYMLINK.into(),
-        ..Default::default()
-    });
-    let err = create_refused(&d, &pod, &config, cfg).await;
-    assert_refused(
-        &err,
-        Code::InvalidArgument,
-        "/proc is a symlink in the image",
-    );
-    assert!(list_containers(&d).await.is_empty());
+    cfg.image = image_spec(images::PROC_SYMLINK);
+    refused_with_nothing_made(&d, &pod, &config, cfg, "/proc is a symlink in the image").await;
     remove_pod(&d, &pod).await;
 }
 
@@ -193,19 +197,15 @@ async fn cve_2025_52881_an_image_symlink_cannot_put_a_mount_over_proc() {
     let (d, config, pod) = busybox_pod("hosts-proc").await;
     pull(&d, &image).await;
     let mut c = container_config("c", &["sleep", "3600"]);
-    c.image = Some(ImageSpec {
-        image: image.clone(),
-        ..Default::default()
-    });
-    let err = create_refused(&d, &pod, &config, c).await;
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(
-        err.message()
-            .contains("mount /etc/hosts: its target resolves onto procfs"),
-        "{}",
-        err.message()
-    );
-    assert!(list_containers(&d).await.is_empty());
+    c.image = image_spec(&image);
+    refused_with_nothing_made(
+        &d,
+        &pod,
+        &config,
+        c,
+        "mount /etc/hosts: its target resolves onto procfs",
+    )
+    .await;
     remove_pod(&d, &pod).await;
 }
 
@@ -424,19 +424,7 @@ async fn cve_2025_52565_no_console_bind_and_terminals_come_from_the_containers_d
         stderr: false,
         tty: true,
     };
-    let url = d
-        .runtime()
-        .exec(ExecRequest {
-            container_id: id.clone(),
-            cmd: vec!["tty".into()],
-            tty: true,
-            stdout: true,
-            ..Default::default()
-        })
-        .await
-        .expect("Exec")
-        .into_inner()
-        .url;
+    let url = exec_url(&d, &id, &["tty"], opts).await;
     let r = client::run(&url, opts, &Transport::spdy(), None, None)
         .await
         .expect("a terminal exec");

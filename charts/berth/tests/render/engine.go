@@ -373,13 +373,7 @@ func funcMap(t *template.Template) template.FuncMap {
 		}
 		return strings.TrimSuffix(string(data), "\n")
 	}
-	f["fromYaml"] = func(s string) map[string]interface{} {
-		m := map[string]interface{}{}
-		if err := yaml.Unmarshal([]byte(s), &m); err != nil {
-			m["Error"] = err.Error()
-		}
-		return m
-	}
+	f["fromYaml"] = decoder(func(b []byte, v interface{}) error { return yaml.Unmarshal(b, v) })
 	f["toJson"] = func(v interface{}) string {
 		data, err := json.Marshal(v)
 		if err != nil {
@@ -387,13 +381,7 @@ func funcMap(t *template.Template) template.FuncMap {
 		}
 		return string(data)
 	}
-	f["fromJson"] = func(s string) map[string]interface{} {
-		m := map[string]interface{}{}
-		if err := json.Unmarshal([]byte(s), &m); err != nil {
-			m["Error"] = err.Error()
-		}
-		return m
-	}
+	f["fromJson"] = decoder(json.Unmarshal)
 	f["toToml"] = func(v interface{}) string {
 		var buf bytes.Buffer
 		if err := toml.NewEncoder(&buf).Encode(v); err != nil {
@@ -406,4 +394,16 @@ func funcMap(t *template.Template) template.FuncMap {
 		return map[string]interface{}{}
 	}
 	return f
+}
+
+// decoder is Helm's fromYaml/fromJson over unmarshal: the document as a map, or a map
+// holding only "Error" when it does not parse.
+func decoder(unmarshal func([]byte, interface{}) error) func(string) map[string]interface{} {
+	return func(s string) map[string]interface{} {
+		m := map[string]interface{}{}
+		if err := unmarshal([]byte(s), &m); err != nil {
+			m["Error"] = err.Error()
+		}
+		return m
+	}
 }

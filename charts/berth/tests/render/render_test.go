@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"sort"
 	"strings"
 	"testing"
 
@@ -149,7 +150,7 @@ func checkConfigMount(t *testing.T, spec interface{}) {
 	sources := get(t, volume, "projected", "sources").([]interface{})
 	equal(t, "ConfigMap source", get(t, sources[0], "configMap", "name"), "berth")
 	equal(t, "Secret source", get(t, sources[1], "secret"), object{
-		"name": "berth",
+		"name":  "berth",
 		"items": []interface{}{object{"key": "config.toml", "path": "config.toml", "mode": float64(0o600)}},
 	})
 }
@@ -163,6 +164,20 @@ func env(t *testing.T, container interface{}) map[string]string {
 		out[get(t, e, "name").(string)] = get(t, e, "value").(string)
 	}
 	return out
+}
+
+// envHas checks the container's environment variables named in want, one check per name.
+func envHas(t *testing.T, container interface{}, want map[string]string) {
+	t.Helper()
+	e := env(t, container)
+	names := make([]string, 0, len(want))
+	for name := range want {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		equal(t, name, e[name], want[name])
+	}
 }
 
 func equal(t *testing.T, what string, got, want interface{}) {
@@ -284,12 +299,13 @@ func TestDefaultValues(t *testing.T) {
 	}
 	equal(t, "install command", get(t, install, "command"), []interface{}{"sh", "/etc/berth-chart/node.sh", "install"})
 	equal(t, "readiness", get(t, main, "readinessProbe", "exec", "command"), []interface{}{"sh", "/etc/berth-chart/node.sh", "check"})
-	e := env(t, install)
-	equal(t, "KUBELET_RECONFIGURE", e["KUBELET_RECONFIGURE"], "false")
-	equal(t, "SOCKET", e["SOCKET"], "/run/berth/berth.sock")
-	equal(t, "BIN_DIR", e["BIN_DIR"], "/usr/local/bin")
-	equal(t, "CGROUP_DRIVER", e["CGROUP_DRIVER"], "cgroupfs")
-	equal(t, "PURGE_STATE", e["PURGE_STATE"], "false")
+	envHas(t, install, map[string]string{
+		"KUBELET_RECONFIGURE": "false",
+		"SOCKET":              "/run/berth/berth.sock",
+		"BIN_DIR":             "/usr/local/bin",
+		"CGROUP_DRIVER":       "cgroupfs",
+		"PURGE_STATE":         "false",
+	})
 
 	checkConfigMount(t, spec)
 	// The node gets the repository's unit and script unchanged.
@@ -313,7 +329,7 @@ func TestDefaultValues(t *testing.T) {
 	equal(t, "uninstaller tolerations", get(t, uspec, "tolerations"), get(t, spec, "tolerations"))
 	equal(t, "uninstall command", get(t, uspec, "initContainers", "0", "command"),
 		[]interface{}{"sh", "/etc/berth-chart/node.sh", "uninstall"})
-	equal(t, "uninstaller env", env(t, get(t, uspec, "initContainers", "0")), e)
+	equal(t, "uninstaller env", env(t, get(t, uspec, "initContainers", "0")), env(t, install))
 	job := r.object(t, "Job/berth-uninstall")
 	equal(t, "job waits for the uninstaller", get(t, job, "spec", "template", "spec", "containers", "0", "command"),
 		[]interface{}{"kubectl", "rollout", "status", "--namespace=kube-system", "--timeout=600s", "daemonset/berth-uninstall"})
@@ -355,11 +371,12 @@ func TestMirrorsCniKubeletValues(t *testing.T) {
 	equal(t, "image", get(t, install, "image"), "registry.example.com/infra/berth:0.1.0-node1")
 	equal(t, "pullPolicy", get(t, install, "imagePullPolicy"), "Always")
 	equal(t, "resources", get(t, install, "resources", "limits"), object{"cpu": "200m", "memory": "128Mi"})
-	e := env(t, install)
-	equal(t, "KUBELET_RECONFIGURE", e["KUBELET_RECONFIGURE"], "true")
-	equal(t, "KUBELET_CONFIG", e["KUBELET_CONFIG"], "/etc/kubernetes/kubelet/config.yaml")
-	equal(t, "CGROUP_DRIVER", e["CGROUP_DRIVER"], "systemd")
-	equal(t, "PURGE_STATE", e["PURGE_STATE"], "true")
+	envHas(t, install, map[string]string{
+		"KUBELET_RECONFIGURE": "true",
+		"KUBELET_CONFIG":      "/etc/kubernetes/kubelet/config.yaml",
+		"CGROUP_DRIVER":       "systemd",
+		"PURGE_STATE":         "true",
+	})
 
 	config := r.configToml(t)
 	checkGolden(t, "mirrors-cni-kubelet", config)
@@ -415,14 +432,15 @@ func TestCustomPathsMinimalValues(t *testing.T) {
 	if _, ok := install["resources"]; ok {
 		t.Errorf("resources rendered though empty: %v", install["resources"])
 	}
-	e := env(t, install)
-	equal(t, "SOCKET", e["SOCKET"], "/run/berth-alt/cri.sock")
-	equal(t, "BIN_DIR", e["BIN_DIR"], "/opt/berth/bin")
-	equal(t, "CONFIG_DIR", e["CONFIG_DIR"], "/opt/berth/etc")
-	equal(t, "UNIT_DIR", e["UNIT_DIR"], "/usr/lib/systemd/system")
-	equal(t, "BERTH_ROOT", e["BERTH_ROOT"], "/data/berth")
-	equal(t, "BERTH_STATE", e["BERTH_STATE"], "/run/berth-alt")
-	equal(t, "READY_TIMEOUT", e["READY_TIMEOUT"], "120")
+	envHas(t, install, map[string]string{
+		"SOCKET":        "/run/berth-alt/cri.sock",
+		"BIN_DIR":       "/opt/berth/bin",
+		"CONFIG_DIR":    "/opt/berth/etc",
+		"UNIT_DIR":      "/usr/lib/systemd/system",
+		"BERTH_ROOT":    "/data/berth",
+		"BERTH_STATE":   "/run/berth-alt",
+		"READY_TIMEOUT": "120",
+	})
 
 	unit := r.configMapData(t, "berth.service")
 	if !strings.Contains(unit, "\nExecStart=/opt/berth/bin/berth --config /opt/berth/etc/config.toml\n") {

@@ -57,6 +57,16 @@ fn mount(path: &str, host: &str, ro: bool, prop: i32) -> Mount {
     }
 }
 
+/// Plans `config` with the rest of `input` (a fresh container directory, no cgroup files).
+fn plan_with(input: &PlanInput<'_>, config: &ContainerConfig) -> Result<ContainerSpec> {
+    plan_container(&PlanInput {
+        config,
+        container_dir: input.container_dir.clone(),
+        cgroup_procs: vec![],
+        ..*input
+    })
+}
+
 fn dests(m: &[MountSpec]) -> Vec<&str> {
     m.iter().map(|m| m.destination.as_str()).collect()
 }
@@ -263,21 +273,9 @@ fn full_plan() {
         c
     };
     let userns = with_userns(&config, mapping.clone(), mapping.clone());
-    let e = plan_container(&PlanInput {
-        config: &userns,
-        container_dir: input.container_dir.clone(),
-        cgroup_procs: vec![],
-        ..input
-    })
-    .unwrap_err();
+    let e = plan_with(&input, &userns).unwrap_err();
     assert!(e.to_string().contains("differs from its pod's"), "{e}");
-    let e = plan_container(&PlanInput {
-        config: &with_userns(&config, mapping.clone(), vec![]),
-        container_dir: input.container_dir.clone(),
-        cgroup_procs: vec![],
-        ..input
-    })
-    .unwrap_err();
+    let e = plan_with(&input, &with_userns(&config, mapping.clone(), vec![])).unwrap_err();
     assert!(e.to_string().contains("gid mappings"), "{e}");
     let mut no_layers = image.clone();
     no_layers.lower_dirs.clear();
@@ -346,13 +344,7 @@ fn a_user_namespaced_pod_plans_its_containers_in_its_namespace() {
         run_as_user: Some(k8s_cri::v1::Int64Value { value: 70000 }),
         ..Default::default()
     });
-    let e = plan_container(&PlanInput {
-        config: &outside,
-        container_dir: input.container_dir.clone(),
-        cgroup_procs: vec![],
-        ..input
-    })
-    .unwrap_err();
+    let e = plan_with(&input, &outside).unwrap_err();
     assert!(e.to_string().contains("not mapped"), "{e}");
     // Nor the node's PID namespace, nor privilege.
     let mut host_pid = config.clone();
@@ -369,12 +361,7 @@ fn a_user_namespaced_pod_plans_its_containers_in_its_namespace() {
         ..Default::default()
     });
     for c in [&host_pid, &privileged] {
-        let r = plan_container(&PlanInput {
-            config: c,
-            container_dir: input.container_dir.clone(),
-            cgroup_procs: vec![],
-            ..input
-        });
+        let r = plan_with(&input, c);
         assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
     }
     // A volume may repeat the pod's mapping (then it is an ordinary bind, idmapped by

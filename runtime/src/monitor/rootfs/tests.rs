@@ -11,6 +11,11 @@ use crate::plan::KernelFs;
 use crate::spec::{MountKind, MountOptions, MountSpec};
 use crate::sys;
 
+/// `dir` opened as a directory with `flags` besides `O_DIRECTORY`.
+fn open_dir(dir: &Path, flags: i32) -> std::os::fd::OwnedFd {
+    sys::openat2(libc::AT_FDCWD, dir, libc::O_DIRECTORY | flags, 0, 0).unwrap()
+}
+
 #[test]
 fn overlay_options() {
     let l = vec![PathBuf::from("/a"), PathBuf::from("/b")];
@@ -28,14 +33,7 @@ fn ensure_creates_inside_root_only() {
     std::fs::create_dir_all(root.join("etc")).unwrap();
     // A symlink pointing outside the root resolves inside it.
     std::os::unix::fs::symlink("/", root.join("escape")).unwrap();
-    let rootfd = sys::openat2(
-        libc::AT_FDCWD,
-        &root,
-        libc::O_PATH | libc::O_DIRECTORY,
-        0,
-        0,
-    )
-    .unwrap();
+    let rootfd = open_dir(&root, libc::O_PATH);
     ensure_in_root(rootfd.as_raw_fd(), "/escape/berth-test-dir/x", false).unwrap();
     assert!(root.join("berth-test-dir/x").is_dir());
     assert!(!Path::new("/berth-test-dir").exists());
@@ -51,8 +49,7 @@ fn proc_and_sys_must_not_be_symlinks() {
     std::fs::create_dir_all(root.join("real/sys")).unwrap();
     std::os::unix::fs::symlink("/tmp", root.join("proc")).unwrap();
     std::os::unix::fs::symlink("real", root.join("link")).unwrap();
-    let rootfd =
-        sys::openat2(libc::AT_FDCWD, root, libc::O_PATH | libc::O_DIRECTORY, 0, 0).unwrap();
+    let rootfd = open_dir(root, libc::O_PATH);
     let fd = rootfd.as_raw_fd();
     let (invalid, e) = check_kernel_fs_target(fd, "proc", "proc").unwrap_err();
     assert!(invalid && e.contains("/proc is a symlink"), "{e}");
@@ -122,49 +119,25 @@ fn planted_entries_are_never_taken_for_device_nodes_or_links() {
     std::os::unix::fs::symlink("/proc/sys/kernel/core_pattern", d.path().join("null")).unwrap();
     std::fs::write(d.path().join("zero"), b"").unwrap();
     std::os::unix::fs::symlink("/etc", d.path().join("fd")).unwrap();
-    let dir = sys::openat2(
-        libc::AT_FDCWD,
-        d.path(),
-        libc::O_DIRECTORY | libc::O_RDONLY,
-        0,
-        0,
-    )
-    .unwrap();
+    let dir = open_dir(d.path(), libc::O_RDONLY);
     let fd = dir.as_raw_fd();
     let chr = libc::S_IFCHR | 0o666;
-    assert!(matches!(
-        mknod_at(fd, "null", chr, libc::makedev(1, 3)).unwrap(),
-        Made::Other
-    ));
-    assert!(matches!(
-        mknod_at(fd, "zero", chr, libc::makedev(1, 5)).unwrap(),
-        Made::Other
-    ));
-    assert!(matches!(
-        mknod_at(fd, "full", chr, libc::makedev(1, 7)).unwrap(),
-        Made::Ok
-    ));
-    // Made already: the same node is accepted, another device is not.
-    assert!(matches!(
-        mknod_at(fd, "full", chr, libc::makedev(1, 7)).unwrap(),
-        Made::Ok
-    ));
-    assert!(matches!(
-        mknod_at(fd, "full", chr, libc::makedev(1, 8)).unwrap(),
-        Made::Other
-    ));
-    assert!(matches!(
-        symlink_at(fd, "/proc/self/fd", "fd").unwrap(),
-        Made::Other
-    ));
-    assert!(matches!(
-        symlink_at(fd, "pts/ptmx", "ptmx").unwrap(),
-        Made::Ok
-    ));
-    assert!(matches!(
-        symlink_at(fd, "pts/ptmx", "ptmx").unwrap(),
-        Made::Ok
-    ));
+    // Each call in turn, and whether it made (or found exactly) its node or link.
+    let calls = [
+        (mknod_at(fd, "null", chr, libc::makedev(1, 3)), false),
+        (mknod_at(fd, "zero", chr, libc::makedev(1, 5)), false),
+        (mknod_at(fd, "full", chr, libc::makedev(1, 7)), true),
+        // Made already: the same node is accepted, another device is not.
+        (mknod_at(fd, "full", chr, libc::makedev(1, 7)), true),
+        (mknod_at(fd, "full", chr, libc::makedev(1, 8)), false),
+        (symlink_at(fd, "/proc/self/fd", "fd"), false),
+        (symlink_at(fd, "pts/ptmx", "ptmx"), true),
+        (symlink_at(fd, "pts/ptmx", "ptmx"), true),
+    ];
+    for (i, (result, ok)) in calls.into_iter().enumerate() {
+        let m = result.unwrap();
+        assert_eq!(matches!(m, Made::Ok), ok, "call {i}: {m:?}");
+    }
     let (invalid, e) = made("mknod /dev/null", Ok(Made::Other)).unwrap_err();
     assert!(
         invalid && e.contains("something else is already there"),
@@ -185,14 +158,7 @@ fn masked_paths_are_opened_without_following_links() {
     std::fs::create_dir_all(d.path().join("proc")).unwrap();
     std::fs::write(d.path().join("proc/kcore"), b"").unwrap();
     std::os::unix::fs::symlink("/etc/shadow", d.path().join("proc/keys")).unwrap();
-    let root = sys::openat2(
-        libc::AT_FDCWD,
-        d.path(),
-        libc::O_PATH | libc::O_DIRECTORY,
-        0,
-        0,
-    )
-    .unwrap();
+    let root = open_dir(d.path(), libc::O_PATH);
     assert!(open_masked(&root, "/proc/kcore").unwrap().is_some());
     assert!(open_masked(&root, "/proc/missing").unwrap().is_none());
     let (invalid, e) = open_masked(&root, "/proc/keys").unwrap_err();

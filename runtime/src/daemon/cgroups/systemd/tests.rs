@@ -93,6 +93,17 @@ fn private(path: PathBuf) -> Vec<BusAddress> {
 
 /// Removes the regular files of a fake tree: on cgroupfs they vanish with their
 /// directory, on a tmpfs they would keep rmdir from succeeding.
+/// A fake node in `dir`: cgroup v2 at `dir/unified`, and a fake systemd that places what it
+/// starts, on the private bus `dir/private`. Returns the cgroup root, the calls systemd
+/// receives, and a manager using that bus.
+fn systemd_on_private_bus(dir: &Path) -> (PathBuf, Arc<Mutex<Vec<Message>>>, Systemd) {
+    let root = dir.join("unified");
+    let mounts = fake_v2(dir);
+    let calls = fake_systemd(&dir.join("private"), &root, true);
+    let sd = Systemd::new(&mounts, "berth.slice", 0, private(dir.join("private"))).unwrap();
+    (root, calls, sd)
+}
+
 fn strip_files(dir: &Path) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         if e.file_type().unwrap().is_dir() {
@@ -144,10 +155,7 @@ fn pods_are_scopes_in_kubelets_slice_or_berths_own() {
 #[test]
 fn a_pod_is_a_delegated_scope_with_its_monitor_in_a_leaf() {
     let t = tempfile::tempdir().unwrap();
-    let root = t.path().join("unified");
-    let mounts = fake_v2(t.path());
-    let calls = fake_systemd(&t.path().join("private"), &root, true);
-    let sd = Systemd::new(&mounts, "berth.slice", 0, private(t.path().join("private"))).unwrap();
+    let (root, calls, sd) = systemd_on_private_bus(t.path());
     let pod = sd.place_pod("p1", "kubepods-pod12.slice").unwrap();
     assert!(sd.create_pod(&pod, None).unwrap().is_empty());
     sd.attach_monitor(&pod, 4242).unwrap();
@@ -281,10 +289,7 @@ fn hybrid_hosts_get_the_monitor_and_limits_in_every_hierarchy() {
 #[test]
 fn pod_resources_become_properties_of_scopes_in_berths_own_slice() {
     let t = tempfile::tempdir().unwrap();
-    let root = t.path().join("unified");
-    let mounts = fake_v2(t.path());
-    let calls = fake_systemd(&t.path().join("private"), &root, true);
-    let sd = Systemd::new(&mounts, "berth.slice", 0, private(t.path().join("private"))).unwrap();
+    let (_, calls, sd) = systemd_on_private_bus(t.path());
     let r = LinuxContainerResources {
         memory_limit_in_bytes: 1 << 30,
         cpu_shares: 1024,
@@ -371,10 +376,7 @@ fn resource_properties_follow_the_controllers_version() {
 #[test]
 fn a_unit_systemd_no_longer_has_is_removed() {
     let t = tempfile::tempdir().unwrap();
-    let root = t.path().join("unified");
-    let mounts = fake_v2(t.path());
-    let calls = fake_systemd(&t.path().join("private"), &root, true);
-    let sd = Systemd::new(&mounts, "berth.slice", 0, private(t.path().join("private"))).unwrap();
+    let (root, calls, sd) = systemd_on_private_bus(t.path());
     let pod = sd.place_pod("never", "").unwrap();
     sd.remove_pod(&pod).unwrap();
     assert_eq!(calls.lock().unwrap()[0].member.as_deref(), Some("StopUnit"));

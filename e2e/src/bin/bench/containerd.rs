@@ -1,0 +1,116 @@
+//! The containerd under comparison: a private daemon with its own root, bridge and CNI
+//! config, started and cleaned up by the benchmark.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use berth_e2e::{Client, DaemonDir, Env, images};
+
+use crate::measure::{Runtime, first_answer, processes_with};
+
+/// containerd with a private root, state, socket, bridge and CNI config, mirrors to the
+/// harness registry. Stopped (by its PID) and cleaned on drop.
+pub(crate) struct Containerd {
+    child: Child,
+    dir: PathBuf,
+    bridge: String,
+}
+
+impl Containerd {
+    pub(crate) async fn start(dir: &DaemonDir) -> anyhow::Result<(Containerd, Client, Duration)> {
+        let env = Env::try_get()?;
+        let (number, dir) = (dir.number(), dir.path());
+        let socket = dir.join("containerd.sock");
+        let net = dir.join("net.d");
+        std::fs::create_dir_all(&net)?;
+        // Its own bridge and subnet, so one containerd's cleanup leaves another's alone.
+        let bridge = format!("bcbench{number}");
+        let conflist = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "bench",
+            "plugins": [
+                {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true,
+                 "ipam": {"type": "host-local",
+                          "ranges": [[{"subnet": format!("10.66.{}.0/24", number % 256)}]],
+                          "routes": [{"dst": "0.0.0.0/0"}],
+                          "dataDir": dir.join("ipam").display().to_string()}},
+                {"type": "portmap", "capabilities": {"portMappings": true}},
+                {"type": "loopback"}
+            ]
+        });
+        std::fs::write(net.join("10-bench.conflist"), conflist.to_string())?;
+        let mut mirrors = String::new();
+        for host in images::MIRRORED_HOSTS {
+            mirrors.push_str(&format!(
+                "[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{host}\"]\n  endpoint = [\"{}\"]\n",
+                env.registry_url()
+            ));
+        }
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\n  address = \"{sock}\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{pause}\"\n  restrict_oom_score_adj = true\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{net}\"\n{mirrors}",
+            root = dir.join("root").display(),
+            state = dir.join("state").display(),
+            sock = socket.display(),
+            pause = images::PAUSE,
+            net = net.display(),
+        );
+        // restrict_oom_score_adj: root here lacks CAP_SYS_RESOURCE (DESIGN.md, settled
+        // question 8), and runc cannot lower a process's oom_score_adj without it.
+        let config_path = dir.join("config.toml");
+        std::fs::write(&config_path, config)?;
+        let log = std::fs::File::create(dir.join("containerd.log"))?;
+        let t = Instant::now();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start containerd (apt-get install containerd runc)")?;
+        let me = Containerd {
+            child,
+            dir: dir.to_owned(),
+            bridge,
+        };
+        let (client, launch) = first_answer(&socket, t).await.with_context(|| {
+            format!(
+                "containerd did not serve within 30 s; see {}",
+                dir.display()
+            )
+        })?;
+        Ok((me, client, launch))
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+        // What containerd leaves on purpose: its bridge and the mounts of its state.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
+        for m in berth_e2e::leaks::mounts_under(&self.dir) {
+            let _ = nix::mount::umount2(&m.mount_point, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+pub(crate) fn containerd_runtime(ctd: &Containerd, client: Client, dir: &DaemonDir) -> Runtime {
+    let sock = dir.path().join("containerd.sock").display().to_string();
+    Runtime {
+        name: "containerd",
+        client,
+        pid: ctd.child.id(),
+        logs: dir.path().join("pod-logs"),
+        // The shims are what containerd adds per pod (our pause is busybox sleep, not the
+        // real 300 KiB pause binary, so it is left out: this favours containerd).
+        helpers: Box::new(move || processes_with(&["containerd-shim-runc-v2", &sock])),
+    }
+}

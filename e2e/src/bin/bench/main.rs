@@ -1,0 +1,268 @@
+//! The side-by-side benchmark (issue 11): Berth and containerd (Debian's 1.6, with runc) on
+//! the same machine, driven over their CRI sockets by the same Rust client, inside the
+//! harness's node namespace with its loopback registry. Run by `scripts/bench.sh`; prints
+//! a Markdown report (the figures SPECIFICATION.md records), and writes every figure as
+//! JSON and the latency distributions as an SVG.
+//!
+//! Usage (inside the harness):
+//! `bench [--smoke] [--iterations N] [--pods N] [--density N,N] [--restart-pods N] [--json PATH]
+//! [--svg PATH]`.
+//! Both daemons run at once and are measured alternately, iteration by iteration, so they
+//! share the machine's noise. Restarts are timed for Berth alone, with no pods and with a
+//! busy node (`--restart-pods`, 100 by default). `--smoke` runs Berth alone, every step
+//! once (density with 3 pods, the busy node with 5), writes the JSON and SVG, and checks
+//! only that every step works (CI runs it).
+//!
+//! This file parses the settings and runs the phases in order; each phase is a module
+//! beside it (`cold`, `pods`, `density`, `restart`), `measure` holds what they measure
+//! with, `containerd` the daemon compared against, and `report` the outputs.
+
+mod cold;
+mod containerd;
+mod density;
+mod measure;
+mod pods;
+mod report;
+mod restart;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use berth_e2e::{Daemon, DaemonDir, images};
+use k8s_cri::v1::RemoveImageRequest;
+
+use crate::cold::cold;
+use crate::containerd::{Containerd, containerd_runtime};
+use crate::density::{density, memory};
+use crate::measure::{Figures, Runtime, berth_runtime, smaps_rollup};
+use crate::pods::{IMAGE_OPS_IMAGE, image_ops, image_spec, lifecycle, pull};
+use crate::report::{json, markdown, svg};
+use crate::restart::restart;
+
+const USAGE: &str = "usage: bench [--smoke] [--iterations N] [--pods N] [--density N,N] \
+                     [--restart-pods N] [--json PATH] [--svg PATH]";
+
+/// What the benchmark was asked to do.
+struct Settings {
+    smoke: bool,
+    iterations: usize,
+    pods: usize,
+    density: Vec<usize>,
+    cold: usize,
+    /// Pods running on the busy node of the restart phase.
+    restart_pods: usize,
+    /// Restarts timed with no pods, and again with the busy node.
+    restarts: usize,
+    json: PathBuf,
+    svg: PathBuf,
+}
+
+impl Settings {
+    fn parse(args: &[String]) -> anyhow::Result<Settings> {
+        let mut flags: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut smoke = false;
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--smoke" => smoke = true,
+                "--iterations" | "--pods" | "--density" | "--restart-pods" | "--json" | "--svg" => {
+                    let v = it
+                        .next()
+                        .with_context(|| format!("{a} needs a value\n{USAGE}"))?;
+                    flags.insert(a, v);
+                }
+                _ => bail!("unknown argument {a}\n{USAGE}"),
+            }
+        }
+        let number = |name: &str, default: usize| -> anyhow::Result<usize> {
+            flags.get(name).map_or(Ok(default), |v| {
+                v.parse()
+                    .with_context(|| format!("{name}: not a number: {v}"))
+            })
+        };
+        let density = match flags.get("--density") {
+            Some(v) => v
+                .split(',')
+                .map(|n| n.trim().parse())
+                .collect::<Result<Vec<usize>, _>>()
+                .with_context(|| format!("--density: not a list of numbers: {v}"))?,
+            None => vec![20, 100],
+        };
+        let iterations = if smoke {
+            1
+        } else {
+            number("--iterations", 20)?
+        };
+        Ok(Settings {
+            smoke,
+            iterations,
+            pods: if smoke { 2 } else { number("--pods", 10)? },
+            density: if smoke { vec![3] } else { density },
+            cold: if smoke { 1 } else { iterations.min(10) },
+            restart_pods: if smoke {
+                5
+            } else {
+                number("--restart-pods", 100)?
+            },
+            restarts: if smoke { 1 } else { iterations.min(10) },
+            json: PathBuf::from(flags.get("--json").unwrap_or(&"target/bench/results.json")),
+            svg: PathBuf::from(flags.get("--svg").unwrap_or(&"target/bench/latency.svg")),
+        })
+    }
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let settings = Settings::parse(&args)?;
+
+    let mut berth_figures = Figures::default();
+    let mut containerd_figures = Figures::default();
+    let cold_roots = cold(
+        &settings,
+        &mut berth_figures,
+        (!settings.smoke).then_some(&mut containerd_figures),
+    )
+    .await?;
+
+    let berth = Daemon::builder()
+        .config("[log]\nlevel = \"warn\"")
+        .start()
+        .await
+        .context("start berth")?;
+    let mut runs: Vec<(Runtime, Figures)> = vec![(berth_runtime(&berth)?, berth_figures)];
+    let containerd_dir;
+    let mut containerd = None;
+    if !settings.smoke {
+        containerd_dir = DaemonDir::new()?;
+        let (ctd, client, _) = Containerd::start(&containerd_dir).await?;
+        runs.push((
+            containerd_runtime(&ctd, client, &containerd_dir),
+            containerd_figures,
+        ));
+        containerd = Some(ctd);
+    }
+    for (rt, f) in &mut runs {
+        f.idle_rss_kib = smaps_rollup(rt.pid).0;
+        std::fs::create_dir_all(&rt.logs)?;
+        pull(rt, images::BUSYBOX).await?;
+        if rt.name == "containerd" {
+            pull(rt, images::PAUSE).await?;
+        }
+        // A leftover from an earlier run would make the first "absent" pull a warm one.
+        rt.client
+            .images()
+            .remove_image(RemoveImageRequest {
+                image: image_spec(IMAGE_OPS_IMAGE),
+            })
+            .await
+            .ok();
+    }
+    // Alternated: Berth, containerd, Berth, ... so both see the same noise.
+    for i in 0..settings.iterations {
+        for (rt, f) in &mut runs {
+            lifecycle(rt, i, f).await?;
+            image_ops(rt, f).await?;
+        }
+    }
+    for (rt, f) in &mut runs {
+        memory(rt, settings.pods, f).await?;
+    }
+    for &n in &settings.density {
+        for (rt, f) in &mut runs {
+            density(rt, n, f).await?;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (rt, f) in &mut runs {
+        f.idle_rss_after_kib = smaps_rollup(rt.pid).0;
+    }
+    restart(&settings, &mut runs[0].1).await?;
+    drop(containerd);
+    drop(berth);
+    drop(cold_roots);
+
+    let runs: Vec<(&Runtime, Figures)> = runs
+        .iter_mut()
+        .map(|(rt, f)| (&*rt, std::mem::take(f)))
+        .collect();
+    println!("{}", markdown(&settings, &runs));
+    let json = serde_json::to_string_pretty(&json(&settings, &runs))?;
+    write(&settings.json, &json)?;
+    write(&settings.svg, &svg(&runs))?;
+    eprintln!(
+        "bench: wrote {} and {}",
+        settings.json.display(),
+        settings.svg.display()
+    );
+    if settings.smoke {
+        eprintln!("bench: smoke run passed (figures not checked)");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> anyhow::Result<Settings> {
+        Settings::parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn defaults_are_the_full_run() {
+        let s = parse(&[]).unwrap();
+        assert!(!s.smoke);
+        assert_eq!((s.iterations, s.pods, s.cold), (20, 10, 10));
+        assert_eq!(s.density, vec![20, 100]);
+        assert_eq!((s.restarts, s.restart_pods), (10, 100));
+        assert_eq!(s.json, Path::new("target/bench/results.json"));
+        assert_eq!(s.svg, Path::new("target/bench/latency.svg"));
+    }
+
+    #[test]
+    fn flags_set_counts_density_and_outputs() {
+        let s = parse(&[
+            "--iterations",
+            "3",
+            "--pods",
+            "4",
+            "--density",
+            "5, 50",
+            "--json",
+            "/tmp/r.json",
+            "--svg",
+            "/tmp/l.svg",
+        ])
+        .unwrap();
+        assert_eq!((s.iterations, s.pods, s.cold), (3, 4, 3));
+        assert_eq!(s.density, vec![5, 50]);
+        assert_eq!(s.json, Path::new("/tmp/r.json"));
+        assert_eq!(s.svg, Path::new("/tmp/l.svg"));
+    }
+
+    #[test]
+    fn smoke_runs_everything_once_with_small_density() {
+        let s = parse(&["--smoke", "--iterations", "50", "--density", "100"]).unwrap();
+        assert_eq!((s.iterations, s.pods, s.cold), (1, 2, 1));
+        assert_eq!(s.density, vec![3]);
+        assert_eq!((s.restarts, s.restart_pods), (1, 5));
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        assert!(parse(&["--iterations"]).is_err());
+        assert!(parse(&["--iterations", "many"]).is_err());
+        assert!(parse(&["--density", "20,x"]).is_err());
+        assert!(parse(&["--pod", "3"]).is_err());
+    }
+}

@@ -1,0 +1,282 @@
+//! The benchmark's outputs: the Markdown report, every figure as JSON with the machine it
+//! ran on, and the latency distributions as an SVG.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use berth_e2e::bench::{Series, Summary, latency_svg, ratio};
+
+use crate::Settings;
+use crate::measure::{Density, Figures, OPS, Runtime, kib_field};
+
+/// Output of a command, trimmed; `None` if it fails.
+pub(crate) fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The machine and software the figures come from.
+pub(crate) fn machine(smoke: bool) -> serde_json::Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let os = read("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string());
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string());
+    let cgroup = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "v2"
+    } else if Path::new("/sys/fs/cgroup/unified/cgroup.controllers").exists() {
+        "hybrid"
+    } else {
+        "v1"
+    };
+    // The benchmark runs as root in a checkout another user may own.
+    let git = |args: &[&str]| {
+        let mut all = vec!["-c", "safe.directory=*"];
+        all.extend_from_slice(args);
+        command_output("git", &all)
+    };
+    serde_json::json!({
+        "date": command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        "os": os,
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).ok(),
+        "memory_kib": kib_field(&read("/proc/meminfo"), "MemTotal:"),
+        "cgroup": cgroup,
+        "commit": git(&["rev-parse", "--short", "HEAD"]),
+        "dirty": git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()),
+        "containerd": if smoke { None } else { command_output("containerd", &["--version"]) },
+        "runc": if smoke { None } else {
+            command_output("runc", &["--version"]).and_then(|v| v.lines().next().map(str::to_string))
+        },
+    })
+}
+
+/// Every figure, per runtime, with the machine and the settings.
+pub(crate) fn json(settings: &Settings, runs: &[(&Runtime, Figures)]) -> serde_json::Value {
+    let ops = |f: &Figures| -> Vec<serde_json::Value> {
+        OPS.iter()
+            .filter_map(|op| {
+                let s = f.calls.get(op)?;
+                Some(serde_json::json!({"op": op, "unit": "ms", "summary": s.summary(), "samples": s}))
+            })
+            .collect()
+    };
+    let mut runtimes = serde_json::Map::new();
+    for (rt, f) in runs {
+        runtimes.insert(
+            rt.name.into(),
+            serde_json::json!({
+                "ops": ops(f),
+                "density": f.density.iter().map(|d| serde_json::json!({
+                    "pods": d.pods,
+                    "start_all_ms": d.start_ms,
+                    "teardown_all_ms": d.teardown_ms,
+                    "daemon_max_rss_kib": d.daemon_max_rss_kib,
+                })).collect::<Vec<_>>(),
+                "memory": {
+                    "pods": settings.pods,
+                    "per_pod_rss_kib": f.per_pod_rss_kib,
+                    "per_pod_pss_kib": f.per_pod_pss_kib,
+                    "daemon_idle_rss_kib": f.idle_rss_kib,
+                    "daemon_idle_rss_after_kib": f.idle_rss_after_kib,
+                },
+            }),
+        );
+    }
+    let ratios: Vec<serde_json::Value> = match runs {
+        [(_, b), (_, c)] => OPS
+            .iter()
+            .filter_map(|op| {
+                let (b, c) = (b.summary(op)?, c.summary(op)?);
+                Some(serde_json::json!({
+                    "op": op,
+                    "min": ratio(Some(b.min), Some(c.min)),
+                    "median": ratio(Some(b.median), Some(c.median)),
+                    "p90": ratio(Some(b.p90), Some(c.p90)),
+                }))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    serde_json::json!({
+        "machine": machine(settings.smoke),
+        "settings": {
+            "smoke": settings.smoke,
+            "iterations": settings.iterations,
+            "cold_iterations": settings.cold,
+            "memory_pods": settings.pods,
+            "density": settings.density,
+            "restarts": settings.restarts,
+            "restart_pods": settings.restart_pods,
+            "alternated": true,
+        },
+        "runtimes": runtimes,
+        "ratios_berth_over_containerd": ratios,
+    })
+}
+
+pub(crate) fn row(out: &mut String, name: &str, cells: &[String]) {
+    out.push_str(&format!("| {name} | {} |\n", cells.join(" | ")));
+}
+
+pub(crate) fn header(out: &mut String, first: &str, columns: &[&str]) {
+    out.push_str(&format!(
+        "\n| {first} | {} |\n|---|{}\n",
+        columns.join(" | "),
+        "---|".repeat(columns.len())
+    ));
+}
+
+pub(crate) fn three(s: Option<Summary>) -> String {
+    s.map_or("—".into(), |s| {
+        format!("{:.2} / {:.2} / {:.2}", s.min, s.median, s.p90)
+    })
+}
+
+pub(crate) fn times(r: Option<f64>) -> String {
+    r.map_or("—".into(), |r| format!("{r:.2}"))
+}
+
+/// The Markdown report: every op as min / median / p90, density, memory, and (with two
+/// runtimes) the Berth / containerd ratios.
+pub(crate) fn markdown(settings: &Settings, runs: &[(&Runtime, Figures)]) -> String {
+    let names: Vec<&str> = runs.iter().map(|(rt, _)| rt.name).collect();
+    let mut out = format!(
+        "## {} iterations (runtimes alternated), {} cold starts, {} pods for memory, density {:?}, \
+         {} restarts (busy node: {} pods running)\n",
+        settings.iterations,
+        settings.cold,
+        settings.pods,
+        settings.density,
+        settings.restarts,
+        settings.restart_pods
+    );
+    header(&mut out, "ms: min / median / p90", &names);
+    for op in OPS {
+        let cells: Vec<String> = runs.iter().map(|(_, f)| three(f.summary(op))).collect();
+        row(&mut out, op, &cells);
+    }
+    header(&mut out, "density", &names);
+    for (i, n) in settings.density.iter().enumerate() {
+        let cell = |g: &dyn Fn(&Density) -> String| -> Vec<String> {
+            runs.iter()
+                .map(|(_, f)| f.density.get(i).map_or("—".into(), g))
+                .collect()
+        };
+        row(
+            &mut out,
+            &format!("{n} pods: all running, ms"),
+            &cell(&|d| format!("{:.0}", d.start_ms)),
+        );
+        row(
+            &mut out,
+            &format!("{n} pods: all removed, ms"),
+            &cell(&|d| format!("{:.0}", d.teardown_ms)),
+        );
+        row(
+            &mut out,
+            &format!("{n} pods: daemon max RSS KiB"),
+            &cell(&|d| d.daemon_max_rss_kib.to_string()),
+        );
+    }
+    header(&mut out, "memory", &names);
+    let fig = |g: &dyn Fn(&Figures) -> String| -> Vec<String> {
+        runs.iter().map(|(_, f)| g(f)).collect()
+    };
+    row(
+        &mut out,
+        "per pod RSS KiB",
+        &fig(&|f| format!("{:.0}", f.per_pod_rss_kib)),
+    );
+    row(
+        &mut out,
+        "per pod PSS KiB",
+        &fig(&|f| format!("{:.0}", f.per_pod_pss_kib)),
+    );
+    row(
+        &mut out,
+        "daemon RSS KiB, idle after start",
+        &fig(&|f| f.idle_rss_kib.to_string()),
+    );
+    row(
+        &mut out,
+        "daemon RSS KiB, idle after the pods",
+        &fig(&|f| f.idle_rss_after_kib.to_string()),
+    );
+    if let [(_, b), (_, c)] = runs {
+        header(&mut out, "berth / containerd", &["min", "median", "p90"]);
+        for op in OPS {
+            let (bs, cs) = (b.summary(op), c.summary(op));
+            let r = |g: fn(Summary) -> f64| times(ratio(bs.map(g), cs.map(g)));
+            row(&mut out, op, &[r(|s| s.min), r(|s| s.median), r(|s| s.p90)]);
+        }
+        for (db, dc) in b.density.iter().zip(&c.density) {
+            // One figure each: its ratio goes in the median column.
+            let r = |x: f64, y: f64| vec!["".into(), times(ratio(Some(x), Some(y))), "".into()];
+            row(
+                &mut out,
+                &format!("{} pods: all running", db.pods),
+                &r(db.start_ms, dc.start_ms),
+            );
+            row(
+                &mut out,
+                &format!("{} pods: all removed", db.pods),
+                &r(db.teardown_ms, dc.teardown_ms),
+            );
+            row(
+                &mut out,
+                &format!("{} pods: daemon max RSS", db.pods),
+                &r(db.daemon_max_rss_kib as f64, dc.daemon_max_rss_kib as f64),
+            );
+        }
+        let r = |x: f64, y: f64| vec!["".into(), times(ratio(Some(x), Some(y))), "".into()];
+        row(
+            &mut out,
+            "per pod RSS",
+            &r(b.per_pod_rss_kib, c.per_pod_rss_kib),
+        );
+        row(
+            &mut out,
+            "per pod PSS",
+            &r(b.per_pod_pss_kib, c.per_pod_pss_kib),
+        );
+        row(
+            &mut out,
+            "daemon RSS, idle after start",
+            &r(b.idle_rss_kib as f64, c.idle_rss_kib as f64),
+        );
+    }
+    out
+}
+
+pub(crate) fn svg(runs: &[(&Runtime, Figures)]) -> String {
+    let rows: Vec<(&str, Vec<Series<'_>>)> = OPS
+        .iter()
+        .map(|op| {
+            let series = runs
+                .iter()
+                .filter_map(|(rt, f)| {
+                    Some(Series {
+                        runtime: rt.name,
+                        samples: f.calls.get(op)?,
+                    })
+                })
+                .collect();
+            (*op, series)
+        })
+        .collect();
+    let names: Vec<&str> = runs.iter().map(|(rt, _)| rt.name).collect();
+    let title = format!("CRI latency, ms (log scale): {}", names.join(" and "));
+    latency_svg(&title, &rows)
+}
