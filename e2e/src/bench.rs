@@ -1,4 +1,4 @@
-//! The benchmark's figures and what it writes from them (issue 11): samples summarised as
+//! The benchmark's figures and what it writes from them: samples summarised as
 //! min / median / p90, and the SVG plot of the latency distributions, one row per
 //! operation with a runtime per line. The benchmark itself is `src/bin/bench/`.
 

@@ -1,4 +1,4 @@
-//! The kill -9 chaos test (issues 10 and 20): workers drive pod and container lifecycles
+//! The kill -9 chaos test: workers drive pod and container lifecycles
 //! (create, start, exec, stop and remove containers, stop and remove pods), image pulls and
 //! removals at once while the daemon is killed with SIGKILL at random moments and
 //! restarted. After every restart the invariants must hold: every acknowledged creation

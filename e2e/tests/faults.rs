@@ -1,4 +1,4 @@
-//! Faults (issue 10): a pod monitor that dies, a disk that fills during a pull, a container
+//! Faults: a pod monitor that dies, a disk that fills during a pull, a container
 //! that floods its log or forks thousands of processes, and clients that vanish mid-call.
 //! Each asserts the clear error a user sees and that nothing was lost or left behind (the
 //! harness checks processes, mounts, namespaces, links and cgroups at the end).

@@ -1,4 +1,4 @@
-//! Foundation (issue 3): the daemon serves CRI v1 on its socket, reports its version,
+//! Foundation: the daemon serves CRI v1 on its socket, reports its version,
 //! status and runtime config, takes kubelet's pod CIDR, refuses bad configs and second
 //! daemons, and shuts down cleanly.
 //!

@@ -1,4 +1,4 @@
-//! Images (issue 4): pulls through mirrors and straight from the loopback registry, by tag
+//! Images: pulls through mirrors and straight from the loopback registry, by tag
 //! and digest, multi-arch indexes, zstd and plain layers, whiteouts in the merged rootfs,
 //! basic and bearer auth, dead mirrors, deduplicated concurrent pulls, hostile layers, a
 //! registry dying mid-blob, RemoveImage and GC, ImageStatus and ImageFsInfo.

@@ -1,4 +1,4 @@
-//! Pods and containers through CRI (issue 5), as kubelet drives them: a busybox pod gets an
+//! Pods and containers through CRI, as kubelet drives them: a busybox pod gets an
 //! address, its container writes the CRI log, ExecSync answers, stop and remove are
 //! idempotent, and nothing of the pod is left afterwards (the harness checks mounts,
 //! processes and links at the end of the run).

@@ -1,4 +1,4 @@
-//! Berth's own metrics (issue 9): with `[metrics] address` set, the daemon serves
+//! Berth's own metrics: with `[metrics] address` set, the daemon serves
 //! `GET /metrics` over HTTP, and its counters and gauges move by exactly the CRI calls
 //! made; without it, nothing listens.
 //!

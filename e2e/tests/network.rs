@@ -1,4 +1,4 @@
-//! Pod networking through the daemon (issue 6), in the harness's node namespace: pods reach
+//! Pod networking through the daemon, in the harness's node namespace: pods reach
 //! each other and the node, hostPorts answer on the node's addresses and from an "outside
 //! host" (a namespace this test makes and wires to the node by a veth), masquerade shows the
 //! node's address to that host, DNS settings land in resolv.conf, a hostNetwork pod sees

@@ -1,4 +1,4 @@
-//! Resources (issue 9): kubelet's limits as the kernel enforces them, live updates, OOM
+//! Resources: kubelet's limits as the kernel enforces them, live updates, OOM
 //! kills, and the stats kubelet reads, each observed where a user would see it: in the
 //! cgroup files, in what the container experiences, and in the CRI answers.
 //!

@@ -1,4 +1,4 @@
-//! RuntimeClass handlers run by an external OCI runtime (issue 12): with Debian's `runc` and
+//! RuntimeClass handlers run by an external OCI runtime: with Debian's `runc` and
 //! `crun` configured under `[runtimes.*]`, a pod of each handler runs, logs, execs, reports
 //! exit codes and stops like a default one, its containers are the runtime's (its `state`
 //! shows them running with the pid Berth reports), and nothing of the runtime is left once

@@ -1,4 +1,4 @@
-//! The security context as a container sees it (issue 8): seccomp profiles, capabilities,
+//! The security context as a container sees it: seccomp profiles, capabilities,
 //! users and groups with both supplemental group policies, read-only and masked paths,
 //! recursive read-only binds, pod sysctls, AppArmor/SELinux refusals, user namespaces and
 //! privileged pods (the known runtime escapes are in `escapes.rs`). What is checked is what

@@ -1,4 +1,4 @@
-//! Exec, Attach and PortForward through the daemon's streaming server (issue 7), spoken over
+//! Exec, Attach and PortForward through the daemon's streaming server, spoken over
 //! SPDY/3.1 and WebSocket by the streaming client (`berth_test_support::streaming_client`), the way
 //! kubectl and crictl speak them: output, stderr, exit codes in the status, stdin, a
 //! terminal that follows resizes, attach to a container's own stdio, forwarded ports,

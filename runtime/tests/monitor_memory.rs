@@ -1,5 +1,5 @@
 //! Root-only: the per-pod memory of monitors, read from `/proc/<pid>/smaps_rollup` with ten
-//! pods each running one container that logs five lines a second (the figures DESIGN.md sets: RSS <= 1 MiB, PSS <= 256 KiB).
+//! pods each running one container that logs five lines a second (the targets in SPECIFICATION.md: RSS <= 1 MiB, PSS <= 256 KiB).
 
 mod common;
 

@@ -25,7 +25,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tonic::Code;
 
-/// The peak RSS a hostile layer may leave the daemon with (issue 19).
+/// The peak RSS a hostile layer may leave the daemon with.
 const MAX_DAEMON_HWM_KIB: u64 = 64 << 10;
 
 // ---- building hostile layers ----------------------------------------------------------

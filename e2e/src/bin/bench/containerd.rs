@@ -57,8 +57,8 @@ impl Containerd {
             pause = images::PAUSE,
             net = net.display(),
         );
-        // restrict_oom_score_adj: root here lacks CAP_SYS_RESOURCE (DESIGN.md, settled
-        // question 8), and runc cannot lower a process's oom_score_adj without it.
+        // restrict_oom_score_adj: root on these machines lacks CAP_SYS_RESOURCE, and runc
+        // cannot lower a process's oom_score_adj without it.
         let config_path = dir.join("config.toml");
         std::fs::write(&config_path, config)?;
         let log = std::fs::File::create(dir.join("containerd.log"))?;

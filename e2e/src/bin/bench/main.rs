@@ -1,4 +1,4 @@
-//! The side-by-side benchmark (issue 11): Berth and containerd (Debian's 1.6, with runc) on
+//! The side-by-side benchmark: Berth and containerd (Debian's 1.6, with runc) on
 //! the same machine, driven over their CRI sockets by the same Rust client, inside the
 //! harness's node namespace with its loopback registry. Run by `scripts/bench.sh`; prints
 //! a Markdown report (the figures SPECIFICATION.md records), and writes every figure as

@@ -77,7 +77,7 @@ pub(crate) async fn restarted(
     Ok((ready, listed))
 }
 
-/// Restart cost as kubelet feels it (issue 20): a Berth daemon restarted with no pods, then
+/// Restart cost as kubelet feels it: a Berth daemon restarted with no pods, then
 /// with `restart_pods` running pods (each with a container), timed from launch to
 /// RuntimeReady and to the first true ListPodSandbox. Berth only: containerd restarts its
 /// CRI plugin with the whole daemon, which this benchmark does not manage.
