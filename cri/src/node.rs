@@ -204,9 +204,10 @@ impl Node {
 
     /// Brings records and the kernel into agreement after a start, in parts that each let
     /// the calls waiting for them run as soon as they are done: pods and containers first,
-    /// then pod networks and images side by side; garbage collection follows in the
-    /// background. Runs while the socket already serves. A part that fails stays failed,
-    /// with the reason, and the calls that need it fail with it.
+    /// then pod networks and images side by side (the images' part sweeps what no image
+    /// references); emptying the trash follows in the background. Runs while the socket
+    /// already serves. A part that fails stays failed, with the reason, and the calls that
+    /// need it fail with it.
     pub async fn reconcile(&self) {
         let started = Instant::now();
         let runtime = self.reconcile_runtime().await;
@@ -268,33 +269,38 @@ impl Node {
         Ok(())
     }
 
-    /// The images' part: snapshots a reboot lost are unpacked again, and leases of
-    /// containers that no longer exist are dropped (only when the runtime's part succeeded:
-    /// otherwise the container list is not known to be true).
+    /// The images' part: snapshots a reboot lost are unpacked again, leases of containers
+    /// that no longer exist are dropped (only when the runtime's part succeeded: otherwise
+    /// the container list is not known to be true), and what no image or lease references
+    /// (a pull or removal a crash cut short) leaves the store before image calls answer.
     async fn reconcile_images(&self, containers_known: bool) -> anyhow::Result<()> {
         let restored = self.images.recover().await?;
         if restored > 0 {
             tracing::info!(restored, "snapshots unpacked again after a reboot");
         }
-        if !containers_known {
-            return Ok(());
-        }
-        // Leases of containers that no longer exist would pin their snapshots forever.
-        let containers: HashSet<String> = self
-            .runtime
-            .list_containers(None)
-            .into_iter()
-            .map(|c| c.id)
-            .collect();
-        for (holder, _) in self.images.leases()? {
-            if !containers.contains(&holder) {
-                self.images.remove_lease(&holder)?;
+        if containers_known {
+            // Leases of containers that no longer exist would pin their snapshots forever.
+            let containers: HashSet<String> = self
+                .runtime
+                .list_containers(None)
+                .into_iter()
+                .map(|c| c.id)
+                .collect();
+            for (holder, _) in self.images.leases()? {
+                if !containers.contains(&holder) {
+                    self.images.remove_lease(&holder)?;
+                }
             }
+        }
+        let swept = self.images.sweep().await?;
+        if swept != berth_imageservice::GcReport::default() {
+            tracing::info!(?swept, "left-overs of interrupted pulls and removals swept");
         }
         Ok(())
     }
 
-    /// Removes unreferenced blobs and snapshots in the background.
+    /// Empties the snapshot trash (and removes whatever became unreferenced since the
+    /// sweep) in the background.
     fn collect_garbage(&self) {
         let images = self.images.clone();
         let metrics = self.metrics.clone();

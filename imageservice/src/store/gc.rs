@@ -13,13 +13,19 @@ impl ImageStore {
     /// Removes blobs and snapshots that no image and no lease references. Waits for
     /// running pulls to finish.
     pub async fn gc(&self) -> Result<GcReport, Error> {
-        let report = {
-            let _exclusive = self.gc_lock.write().await;
-            self.gc_locked()?
-        };
+        let report = self.sweep().await?;
         let snaps = self.snapshots.clone();
         blocking(move || snaps.empty_trash()).await?;
         Ok(report)
+    }
+
+    /// The cheap half of [`ImageStore::gc`]: removes the blobs and moves the snapshots that
+    /// no image and no lease references into the trash, without emptying it. Start-up
+    /// reconciliation runs it before image calls answer, so that what they report (images,
+    /// `ImageFsInfo`, `berth debug leaks`) never counts what a crash left behind.
+    pub async fn sweep(&self) -> Result<GcReport, Error> {
+        let _exclusive = self.gc_lock.write().await;
+        self.gc_locked()
     }
 
     /// GC now if no pull runs, else leave it to the last pull to finish.
