@@ -439,8 +439,12 @@ impl Builtin {
             nft::TABLE
         )))?;
         let bridge = &self.config.bridge;
-        link::delete(&mut lock(&self.route), bridge)
-            .map_err(Error::netlink(format!("delete bridge {bridge}")))?;
+        // As in `reconcile`: no netlink request for a bridge the kernel does not list.
+        let present = link::names_in_this_namespace().map_or(true, |names| names.contains(bridge));
+        if present {
+            link::delete(&mut lock(&self.route), bridge)
+                .map_err(Error::netlink(format!("delete bridge {bridge}")))?;
+        }
         *up = false;
         let mut pools = self.pools.write().unwrap_or_else(|p| p.into_inner());
         if let Some(next) = pools.pending.take() {
@@ -487,7 +491,17 @@ impl Builtin {
             .into_iter()
             .map(|r| r.host_veth)
             .collect();
-        let links = link::list(&mut lock(&self.route)).map_err(Error::netlink("list links"))?;
+        // Dumping the links decodes every link's attributes. Where the kernel's own list of
+        // interfaces shows no pod veth (every start of a node without pods), there is
+        // nothing to compare: skip the dump. If that list cannot be read, dump anyway.
+        let may_have_veths = link::names_in_this_namespace().map_or(true, |names| {
+            names.iter().any(|n| n.starts_with(VETH_PREFIX))
+        });
+        let links = if may_have_veths {
+            link::list(&mut lock(&self.route)).map_err(Error::netlink("list links"))?
+        } else {
+            Vec::new()
+        };
         let bridge = links
             .iter()
             .find(|l| l.name == self.config.bridge)

@@ -325,12 +325,43 @@ pub(crate) fn add_default_route(
     }
 }
 
+/// The names of the interfaces in the calling thread's network namespace, as the kernel
+/// lists them in `/proc/thread-self/net/dev`: a cheap look before a netlink dump, whose
+/// every answer must be decoded attribute by attribute.
+pub(crate) fn names_in_this_namespace() -> std::io::Result<Vec<String>> {
+    Ok(net_dev_names(&std::fs::read_to_string(
+        "/proc/thread-self/net/dev",
+    )?))
+}
+
+/// The interface names of a `/proc/net/dev` text (two header lines, then `name: counters`).
+fn net_dev_names(text: &str) -> Vec<String> {
+    text.lines()
+        .skip(2)
+        .filter_map(|l| l.split_once(':').map(|(name, _)| name.trim().to_owned()))
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::netlink::{round_trip as on_the_wire, wire_bytes};
     use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
     use std::os::fd::AsFd;
+
+    #[test]
+    fn net_dev_lists_every_interface_name() {
+        let text = "Inter-|   Receive                            |  Transmit\n \
+                    face |bytes    packets errs drop fifo frame compressed multicast|bytes\n    \
+                    lo:  1234 10 0 0 0 0 0 0 1234\n  berth0: 0 0 0 0 0 0 0 0 0\n\
+                    bth0123456789ab: 5 1 0 0 0 0 0 0 5\n";
+        assert_eq!(
+            net_dev_names(text),
+            ["lo", "berth0", "bth0123456789ab"].map(String::from)
+        );
+        assert!(net_dev_names("").is_empty());
+    }
 
     fn new_link(m: RouteNetlinkMessage) -> LinkMessage {
         match on_the_wire(m) {
