@@ -223,10 +223,12 @@ impl Node {
         let images = async {
             let result = self.reconcile_images(runtime_ok).await;
             let stage = self.stage("images", result, started);
+            let swept = stage == Stage::Done;
             self.reconciled.send_modify(|r| r.images = stage);
+            swept
         };
-        tokio::join!(network, images);
-        self.collect_garbage();
+        let ((), swept) = tokio::join!(network, images);
+        self.collect_garbage(swept);
     }
 
     /// Logs and counts how a part of reconciliation ended.
@@ -299,13 +301,18 @@ impl Node {
         Ok(())
     }
 
-    /// Empties the snapshot trash (and removes whatever became unreferenced since the
-    /// sweep) in the background.
-    fn collect_garbage(&self) {
+    /// In the background: empties the snapshot trash the images' part swept into, or, when
+    /// that part failed before its sweep, collects the garbage whole.
+    fn collect_garbage(&self, swept: bool) {
         let images = self.images.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            match images.gc().await {
+            let done = if swept {
+                images.empty_trash().await.map(|()| None)
+            } else {
+                images.gc().await.map(Some)
+            };
+            match done {
                 Ok(report) => tracing::info!(?report, "image garbage collected"),
                 Err(e) => {
                     tracing::warn!(error = %e, "image garbage collection failed");

@@ -14,9 +14,15 @@ impl ImageStore {
     /// running pulls to finish.
     pub async fn gc(&self) -> Result<GcReport, Error> {
         let report = self.sweep().await?;
-        let snaps = self.snapshots.clone();
-        blocking(move || snaps.empty_trash()).await?;
+        self.empty_trash().await?;
         Ok(report)
+    }
+
+    /// Deletes what [`ImageStore::sweep`] moved into the snapshot trash (the slow half of
+    /// [`ImageStore::gc`], on a blocking thread).
+    pub async fn empty_trash(&self) -> Result<(), Error> {
+        let snaps = self.snapshots.clone();
+        blocking(move || snaps.empty_trash()).await
     }
 
     /// The cheap half of [`ImageStore::gc`]: removes the blobs and moves the snapshots that
