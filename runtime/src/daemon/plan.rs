@@ -582,6 +582,7 @@ pub fn plan_container(input: &PlanInput<'_>) -> Result<ContainerSpec> {
         tty: c.tty,
         userns,
         oci: None,
+        hooks: HooksSpec::default(),
     })
 }
 

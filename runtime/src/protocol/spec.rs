@@ -44,6 +44,63 @@ pub struct ContainerSpec {
     /// executor; `None` for the default handler.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oci: Option<OciRuntimeSpec>,
+    /// OCI hooks run around the container's life (today they come from CDI device
+    /// specs), with the OCI runtime spec's semantics.
+    #[serde(default, skip_serializing_if = "HooksSpec::is_empty")]
+    pub hooks: HooksSpec,
+}
+
+/// The OCI hooks of a container, by the point of its life they run at (OCI runtime spec,
+/// "POSIX-platform Hooks"), each list in the order the hooks run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HooksSpec {
+    /// In the runtime's namespaces, after the container's namespaces exist and before
+    /// `pivot_root`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub create_runtime: Vec<HookSpec>,
+    /// In the container's namespaces (its mount namespace, root not yet pivoted), after
+    /// `createRuntime`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub create_container: Vec<HookSpec>,
+    /// In the container's namespaces, after start is asked and before the user process
+    /// is executed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub start_container: Vec<HookSpec>,
+    /// In the runtime's namespaces, after the user process started; a failure is logged,
+    /// not fatal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub poststart: Vec<HookSpec>,
+    /// In the runtime's namespaces, after the container is deleted; a failure is logged,
+    /// not fatal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub poststop: Vec<HookSpec>,
+}
+
+impl HooksSpec {
+    /// No hook at any point.
+    pub fn is_empty(&self) -> bool {
+        self.create_runtime.is_empty()
+            && self.create_container.is_empty()
+            && self.start_container.is_empty()
+            && self.poststart.is_empty()
+            && self.poststop.is_empty()
+    }
+}
+
+/// One OCI hook: a program run with the container's state JSON on its stdin.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookSpec {
+    /// Absolute path of the program, in the namespace the hook runs in.
+    pub path: PathBuf,
+    /// argv, `args[0]` included (OCI semantics); empty means `[path]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// `KEY=value` entries, the hook's whole environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Seconds after which the hook is killed and counted as failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u32>,
 }
 
 /// How the monitor runs a container with an external OCI runtime: the daemon has written
