@@ -50,6 +50,7 @@ impl Containerd {
         let config = format!(
             "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\n  address = \"{sock}\"\n\
              [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{pause}\"\n  restrict_oom_score_adj = true\n\
+             stream_server_address = \"127.0.0.1\"\n  stream_server_port = \"0\"\n  enable_tls_streaming = false\n\
              [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{net}\"\n{mirrors}",
             root = dir.join("root").display(),
             state = dir.join("state").display(),
@@ -57,6 +58,8 @@ impl Containerd {
             pause = images::PAUSE,
             net = net.display(),
         );
+        // The streaming server as Berth's runs in the benchmark: plain HTTP on a loopback
+        // port of the node namespace (these are containerd 1.6's defaults, spelled out).
         // restrict_oom_score_adj: root on these machines lacks CAP_SYS_RESOURCE, and runc
         // cannot lower a process's oom_score_adj without it.
         let config_path = dir.join("config.toml");

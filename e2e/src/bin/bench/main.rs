@@ -14,9 +14,11 @@
 //! only that every step works (CI runs it).
 //!
 //! This file parses the settings and runs the phases in order; each phase is a module
-//! beside it (`cold`, `pods`, `density`, `restart`), `measure` holds what they measure
-//! with, `containerd` the daemon compared against, and `report` the outputs.
+//! beside it (`cold`, `pods`, `calls`, `streams`, `density`, `restart`), `measure` holds
+//! what they measure with, `containerd` the daemon compared against, and `report` the
+//! outputs.
 
+mod calls;
 mod cold;
 mod containerd;
 mod density;
@@ -24,6 +26,7 @@ mod measure;
 mod pods;
 mod report;
 mod restart;
+mod streams;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +36,7 @@ use anyhow::{Context, bail};
 use berth_e2e::{Daemon, DaemonDir, images};
 use k8s_cri::v1::RemoveImageRequest;
 
+use crate::calls::{STATS_PODS, node_calls};
 use crate::cold::cold;
 use crate::containerd::{Containerd, containerd_runtime};
 use crate::density::{density, memory};
@@ -40,6 +44,7 @@ use crate::measure::{Figures, Runtime, berth_runtime, smaps_rollup};
 use crate::pods::{IMAGE_OPS_IMAGE, image_ops, image_spec, lifecycle, pull};
 use crate::report::{json, markdown, svg};
 use crate::restart::restart;
+use crate::streams::streams;
 
 const USAGE: &str = "usage: bench [--smoke] [--iterations N] [--pods N] [--density N,N] \
                      [--restart-pods N] [--json PATH] [--svg PATH]";
@@ -174,6 +179,15 @@ async fn main() -> anyhow::Result<()> {
             image_ops(rt, f).await?;
         }
     }
+    // The stats and node calls with 10 and 100 running containers (smoke: 10), and the
+    // streams, alternated round by round.
+    let sizes = if settings.smoke {
+        &STATS_PODS[..1]
+    } else {
+        &STATS_PODS[..]
+    };
+    node_calls(&mut runs, sizes, settings.iterations).await?;
+    streams(&mut runs, settings.iterations).await?;
     for (rt, f) in &mut runs {
         memory(rt, settings.pods, f).await?;
     }

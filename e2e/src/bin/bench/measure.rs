@@ -11,6 +11,8 @@ use berth_e2e::bench::{Samples, Summary};
 use berth_e2e::{Client, Daemon};
 use k8s_cri::v1::VersionRequest;
 
+use crate::streams::{ATTACH, EXEC_SPDY, EXEC_WS, FORWARD_BULK, FORWARD_FIRST};
+
 pub(crate) const COLD_PULL: &str = "PullImage (cold: a fresh daemon, empty store)";
 pub(crate) const COLD_PULL_LAYERED: &str = "PullImage (cold store, 4 layers, 40 MB)";
 pub(crate) const PULL_ABSENT: &str = "PullImage (warm daemon, image absent)";
@@ -22,7 +24,7 @@ pub(crate) const RESTART_BUSY: &str = "restart to RuntimeReady (busy node)";
 pub(crate) const RESTART_LISTED: &str = "restart to a true ListPodSandbox (busy node)";
 
 /// The timed operations, in the report's order.
-pub(crate) const OPS: [&str; 24] = [
+pub(crate) const OPS: &[&str] = &[
     COLD_PULL,
     COLD_PULL_LAYERED,
     PULL_ABSENT,
@@ -43,6 +45,23 @@ pub(crate) const OPS: [&str; 24] = [
     "RemoveContainer",
     "StopPodSandbox",
     "RemovePodSandbox",
+    "ListContainerStats (10 containers)",
+    "ListPodSandboxStats (10 pods)",
+    "ContainerStats (10 containers)",
+    "PodSandboxStats (10 pods)",
+    "ListContainerStats (100 containers)",
+    "ListPodSandboxStats (100 pods)",
+    "ContainerStats (100 containers)",
+    "PodSandboxStats (100 pods)",
+    "ImageFsInfo",
+    "Status",
+    "UpdateContainerResources",
+    "ReopenContainerLog",
+    EXEC_SPDY,
+    EXEC_WS,
+    ATTACH,
+    FORWARD_FIRST,
+    FORWARD_BULK,
     LAUNCH,
     RESTART_EMPTY,
     RESTART_BUSY,
@@ -117,7 +136,11 @@ pub(crate) async fn timed<T>(
     call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> anyhow::Result<T> {
     let t = Instant::now();
-    let out = call.await.with_context(|| format!("{}: {op}", rt.name))?;
+    // The code too: a status's own text can be empty.
+    let out = call
+        .await
+        .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
+        .with_context(|| format!("{}: {op}", rt.name))?;
     figures.op(op).push_ms(t.elapsed());
     Ok(out.into_inner())
 }

@@ -229,8 +229,19 @@ pub(crate) async fn image_ops(rt: &Runtime, f: &mut Figures) -> anyhow::Result<(
 
 /// Runs a pod with one `sleep` container; returns the pod's id.
 pub(crate) async fn run_pod(rt: &Runtime, name: String) -> anyhow::Result<String> {
+    run_configured_pod(rt, pod_config(&name, &rt.logs)).await
+}
+
+/// Runs the pod `config` with one `sleep` container; returns the pod's id.
+pub(crate) async fn run_configured_pod(
+    rt: &Runtime,
+    config: PodSandboxConfig,
+) -> anyhow::Result<String> {
     let mut c = rt.client.runtime();
-    let config = pod_config(&name, &rt.logs);
+    let name = config
+        .metadata
+        .as_ref()
+        .map_or(String::new(), |m| m.name.clone());
     let pod = c
         .run_pod_sandbox(RunPodSandboxRequest {
             config: Some(config.clone()),

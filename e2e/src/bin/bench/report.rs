@@ -8,6 +8,7 @@ use berth_e2e::bench::{Series, Summary, latency_svg, ratio};
 
 use crate::Settings;
 use crate::measure::{Density, Figures, OPS, Runtime, kib_field};
+use crate::streams::{BULK_BYTES, FORWARD_BULK};
 
 /// Output of a command, trimmed; `None` if it fails.
 pub(crate) fn command_output(program: &str, args: &[&str]) -> Option<String> {
@@ -190,6 +191,12 @@ pub(crate) fn markdown(settings: &Settings, runs: &[(&Runtime, Figures)]) -> Str
             &cell(&|d| d.daemon_max_rss_kib.to_string()),
         );
     }
+    header(&mut out, "streams", &names);
+    row(
+        &mut out,
+        "PortForward throughput MB/s (median download)",
+        &runs.iter().map(|(_, f)| mb_per_s(f)).collect::<Vec<_>>(),
+    );
     header(&mut out, "memory", &names);
     let fig = |g: &dyn Fn(&Figures) -> String| -> Vec<String> {
         runs.iter().map(|(_, f)| g(f)).collect()
@@ -258,6 +265,13 @@ pub(crate) fn markdown(settings: &Settings, runs: &[(&Runtime, Figures)]) -> Str
         );
     }
     out
+}
+
+/// The port-forward throughput, in MB/s (10^6 bytes), of the median 64 MiB download.
+fn mb_per_s(f: &Figures) -> String {
+    f.summary(FORWARD_BULK).map_or("—".into(), |s| {
+        format!("{:.0}", BULK_BYTES as f64 / 1e6 / (s.median / 1000.0))
+    })
 }
 
 pub(crate) fn svg(runs: &[(&Runtime, Figures)]) -> String {
