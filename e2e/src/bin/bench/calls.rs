@@ -3,6 +3,8 @@
 //! (UpdateContainerResources, ReopenContainerLog), each timed with 10 and with 100 pods of
 //! one running container on every runtime at once, alternated call round by call round.
 
+use std::collections::HashSet;
+
 use anyhow::{Context, bail};
 use k8s_cri::v1::*;
 
@@ -159,6 +161,34 @@ pub(crate) async fn node_calls(
     Ok(())
 }
 
+/// How many of `ids` the answer's stats are about.
+fn count_covered<'a, A: HasId + 'a>(
+    ids: &[String],
+    answered: impl Iterator<Item = &'a Option<A>>,
+) -> usize {
+    let answered: HashSet<&str> = answered.flatten().map(HasId::id).collect();
+    ids.iter()
+        .filter(|id| answered.contains(id.as_str()))
+        .count()
+}
+
+/// The attributes of a container's or a pod's stats, by their id.
+trait HasId {
+    fn id(&self) -> &str;
+}
+
+impl HasId for ContainerAttributes {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl HasId for PodSandboxAttributes {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
 /// One round of the stats calls on a node of `n` pods; each answer must cover the node.
 async fn stats_round(
     rt: &Runtime,
@@ -179,15 +209,7 @@ async fn stats_round(
     )
     .await?
     .stats;
-    let covered = node
-        .containers
-        .iter()
-        .filter(|id| {
-            stats
-                .iter()
-                .any(|s| s.attributes.as_ref().map(|a| &a.id) == Some(id))
-        })
-        .count();
+    let covered = count_covered(&node.containers, stats.iter().map(|s| &s.attributes));
     if covered != n {
         bail!("{}: {list_c}: {covered} of {n} containers", rt.name);
     }
@@ -199,15 +221,7 @@ async fn stats_round(
     )
     .await?
     .stats;
-    let covered = node
-        .pods
-        .iter()
-        .filter(|id| {
-            stats
-                .iter()
-                .any(|s| s.attributes.as_ref().map(|a| &a.id) == Some(id))
-        })
-        .count();
+    let covered = count_covered(&node.pods, stats.iter().map(|s| &s.attributes));
     if covered != n {
         bail!("{}: {list_p}: {covered} of {n} pods", rt.name);
     }
@@ -307,4 +321,36 @@ async fn single_calls(rt: &Runtime, f: &mut Figures, node: &Node, i: usize) -> a
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(id: &str) -> Option<ContainerAttributes> {
+        Some(ContainerAttributes {
+            id: id.into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn coverage_counts_only_the_node_ids_the_answer_names() {
+        let node = vec!["a".to_string(), "b".into(), "c".into()];
+        let answer = [attrs("a"), None, attrs("c"), attrs("other")];
+        assert_eq!(count_covered(&node, answer.iter()), 2);
+        assert_eq!(count_covered(&node, answer[1..2].iter()), 0);
+    }
+
+    #[test]
+    fn every_node_size_timed_has_its_report_rows() {
+        for n in STATS_PODS {
+            let ops = stats_ops(n).expect("rows");
+            assert!(
+                ops.iter().all(|op| crate::measure::OPS.contains(op)),
+                "{ops:?}"
+            );
+        }
+        assert!(stats_ops(7).is_none());
+    }
 }
