@@ -91,6 +91,7 @@ pub(crate) fn json(settings: &Settings, runs: &[(&Runtime, Figures)]) -> serde_j
                     "daemon_idle_rss_kib": f.idle_rss_kib,
                     "daemon_idle_rss_after_kib": f.idle_rss_after_kib,
                 },
+                "log_flood": crate::logs::json(&f.floods),
             }),
         );
     }
@@ -214,6 +215,7 @@ pub(crate) fn markdown(settings: &Settings, runs: &[(&Runtime, Figures)]) -> Str
         "daemon RSS KiB, idle after the pods",
         &fig(&|f| f.idle_rss_after_kib.to_string()),
     );
+    crate::logs::markdown(&mut out, runs);
     if let [(_, b), (_, c)] = runs {
         header(&mut out, "berth / containerd", &["min", "median", "p90"]);
         for op in OPS {
