@@ -20,10 +20,18 @@ use crate::Settings;
 use crate::measure::{Figures, Runtime, vm_rss_kib};
 use crate::report::{header, row, times};
 
-/// The writer: numbered lines of about 100 bytes (`<n> xxx...`) without end. Busybox
-/// `awk` writes them faster than either runtime frames them, so the runtime sets the pace.
-const WRITER: &str =
-    r#"BEGIN { p = sprintf("%92s", ""); gsub(/ /, "x", p); for (i = 1; ; i++) print i " " p }"#;
+/// Lines of the block the writer repeats.
+const BLOCK_LINES: u64 = 10_000;
+/// The writer: a block of numbered lines of about 100 bytes (`<i> xxx...`, `i` from 1 to
+/// [`BLOCK_LINES`]) is made once in the pod's shm, then written again and again by `cat`,
+/// each time after a `block <b>` line: `cat` writes far faster than either runtime frames
+/// lines, so the runtime sets the pace (an `awk` loop writing each line is slower than
+/// Berth: it measured the writer).
+fn writer() -> String {
+    format!(
+        r#"awk 'BEGIN {{ p = sprintf("%92s", ""); gsub(/ /, "x", p); for (i = 1; i <= {BLOCK_LINES}; i++) print i " " p }}' > /dev/shm/block && b=1 && while :; do echo "block $b"; cat /dev/shm/block; b=$((b+1)); done"#
+    )
+}
 /// How often `ContainerStatus` is asked during the flood.
 const STATUS_EVERY: Duration = Duration::from_millis(10);
 /// How often the per-pod processes' RSS is read during the flood.
@@ -155,7 +163,7 @@ async fn flood_in(
     let id = c
         .create_container(CreateContainerRequest {
             pod_sandbox_id: pod.into(),
-            config: Some(container_config("flood", &["awk", WRITER])),
+            config: Some(container_config("flood", &["sh", "-c", &writer()])),
             sandbox_config: Some(config),
         })
         .await
@@ -276,11 +284,15 @@ async fn drained(files: &[&PathBuf]) {
 }
 
 /// Reads CRI log records (`<time> <stream> <F|P> <content>`), joins partial records into
-/// lines and checks the writer's numbering: every number once, in order.
+/// lines and checks the writer's numbering: line `i` of block `b` is number
+/// `(b - 1) * (BLOCK_LINES + 1) + i` (the `block b` line itself is `i = 0`), and every
+/// number must come once, in order, from 0. A lost `block` line shows as repeats.
 #[derive(Debug, Default)]
 struct LineCheck {
     /// The number the next line should carry.
     next: u64,
+    /// The block the last `block` line started.
+    block: Option<u64>,
     lines: u64,
     lost: u64,
     duplicated: u64,
@@ -349,21 +361,29 @@ impl LineCheck {
     }
 
     fn line(&mut self, line: &[u8]) -> anyhow::Result<()> {
-        let digits = line.iter().take_while(|b| b.is_ascii_digit()).count();
-        let n: u64 = std::str::from_utf8(&line[..digits])
-            .ok()
-            .and_then(|d| d.parse().ok())
-            .with_context(|| {
-                format!(
-                    "not a numbered line: {:?}",
-                    String::from_utf8_lossy(&line[..line.len().min(40)])
-                )
-            })?;
+        let bad = || {
+            format!(
+                "not a line of the writer: {:?}",
+                String::from_utf8_lossy(&line[..line.len().min(40)])
+            )
+        };
+        let number =
+            |digits: &[u8]| -> Option<u64> { std::str::from_utf8(digits).ok()?.parse().ok() };
+        let n = if let Some(b) = line.strip_prefix(b"block ") {
+            let b = number(b).filter(|&b| b >= 1).with_context(bad)?;
+            self.block = Some(b);
+            (b - 1) * (BLOCK_LINES + 1)
+        } else {
+            let digits = line.iter().take_while(|b| b.is_ascii_digit()).count();
+            let i = number(&line[..digits])
+                .filter(|i| (1..=BLOCK_LINES).contains(i))
+                .with_context(bad)?;
+            let b = self
+                .block
+                .context("a numbered line before any block line")?;
+            (b - 1) * (BLOCK_LINES + 1) + i
+        };
         self.lines += 1;
-        if self.next == 0 {
-            // The first line is 1: whatever came before it is lost.
-            self.next = 1;
-        }
         if n >= self.next {
             self.lost += n - self.next;
             self.next = n + 1;
@@ -508,27 +528,60 @@ mod tests {
 
     #[test]
     fn a_complete_sequence_counts_lines_and_payload() {
-        let c = check("T stdout F 1 xx\nT stdout P 2 \nT stdout F x\nT stdout F 3\n").unwrap();
-        assert_eq!((c.lines, c.lost, c.duplicated), (3, 0, 0));
-        // "1 xx\n" + "2 x\n" + "3\n"
-        assert_eq!(c.payload_bytes, 5 + 4 + 2);
+        let c = check(
+            "T stdout F block 1\nT stdout F 1 xx\nT stdout P 2 \nT stdout F x\nT stdout F 3\n",
+        )
+        .unwrap();
+        assert_eq!((c.lines, c.lost, c.duplicated), (4, 0, 0));
+        // "block 1\n" + "1 xx\n" + "2 x\n" + "3\n"
+        assert_eq!(c.payload_bytes, 8 + 5 + 4 + 2);
+        // The next block follows the last line of this one.
+        let mut text = String::from("T stdout F block 1\n");
+        for i in 1..=BLOCK_LINES {
+            text.push_str(&format!("T stdout F {i} x\n"));
+        }
+        text.push_str("T stdout F block 2\nT stdout F 1 x\n");
+        let c = check(&text).unwrap();
+        assert_eq!((c.lost, c.duplicated), (0, 0));
+        assert_eq!(c.lines, BLOCK_LINES + 3);
     }
 
     #[test]
     fn gaps_and_repeats_are_counted() {
-        let c = check("T stdout F 2 x\nT stdout F 3\nT stdout F 7\nT stdout F 3\n").unwrap();
-        assert_eq!(c.lost, 1 + 3, "1 before 2, then 4, 5, 6");
+        let c =
+            check("T stdout F block 1\nT stdout F 2 x\nT stdout F 3\nT stdout F 7\nT stdout F 3\n")
+                .unwrap();
+        assert_eq!(c.lost, 1 + 3, "1, then 4, 5, 6");
         assert_eq!(c.duplicated, 1);
-        assert_eq!(c.lines, 4);
+        assert_eq!(c.lines, 5);
+        // A block cut short: the rest of it is lost.
+        let c = check("T stdout F block 1\nT stdout F 9998 x\nT stdout F block 2\n").unwrap();
+        assert_eq!(
+            c.lost,
+            9997 + 2,
+            "1 to 9997 of block 1, then 9999 and 10000"
+        );
+        // A whole block missing.
+        let c = check("T stdout F block 2\n").unwrap();
+        assert_eq!(c.lost, BLOCK_LINES + 1);
     }
 
     #[test]
     fn malformed_records_fail() {
         assert!(check("T stdout F x\n").is_err(), "not numbered");
-        assert!(check("T stderr F 1\n").is_err(), "wrong stream");
-        assert!(check("T stdout Q 1\n").is_err(), "unknown tag");
+        assert!(check("T stdout F 1 x\n").is_err(), "no block line first");
+        assert!(
+            check("T stdout F block 1\nT stdout F 10001 x\n").is_err(),
+            "past the block"
+        );
+        assert!(
+            check("T stdout F block 0\n").is_err(),
+            "blocks count from 1"
+        );
+        assert!(check("T stderr F block 1\n").is_err(), "wrong stream");
+        assert!(check("T stdout Q block 1\n").is_err(), "unknown tag");
         assert!(check("T stdout\n").is_err(), "short record");
-        assert!(check("T stdout F 1").is_err(), "no newline");
+        assert!(check("T stdout F block 1").is_err(), "no newline");
     }
 
     #[test]
