@@ -144,7 +144,10 @@ async fn flood(rt: &Runtime, round: usize, length: Duration) -> anyhow::Result<F
         .context("RunPodSandbox")?
         .into_inner()
         .pod_sandbox_id;
-    let result = flood_in(rt, &pod, config, &dir, length).await;
+    // The per-pod processes, listed before the container exists: Berth's container
+    // process is forked from the monitor and carries its command line until it execs.
+    let helpers = (rt.helpers)();
+    let result = flood_in(rt, &pod, config, &dir, &helpers, length).await;
     let removed = crate::pods::remove_pod(rt, &pod).await;
     std::fs::remove_dir_all(&dir).ok();
     let flood = result?;
@@ -157,8 +160,12 @@ async fn flood_in(
     pod: &str,
     config: PodSandboxConfig,
     dir: &Path,
+    helpers: &[u32],
     length: Duration,
 ) -> anyhow::Result<Flood> {
+    if helpers.is_empty() {
+        bail!("no per-pod process found for pod {pod}");
+    }
     let mut c = rt.client.runtime();
     let id = c
         .create_container(CreateContainerRequest {
@@ -172,9 +179,8 @@ async fn flood_in(
         .container_id;
     let log = dir.join("flood.log");
     let rotated = dir.join("flood.log.rotated");
-    let helpers = (rt.helpers)();
     let cpu = |pids: &[u32]| pids.iter().map(|&p| cpu_s(p)).sum::<f64>();
-    let (helper0, daemon0) = (cpu(&helpers), cpu_s(rt.pid));
+    let (helper0, daemon0) = (cpu(helpers), cpu_s(rt.pid));
 
     let t0 = Instant::now();
     c.start_container(StartContainerRequest {
@@ -213,7 +219,7 @@ async fn flood_in(
     f.seconds = t0.elapsed().as_secs_f64();
     f.status_ms = poller.await.context("the ContainerStatus poller")??;
     drained(&[&rotated, &log]).await;
-    f.helper_cpu_s = cpu(&helpers) - helper0;
+    f.helper_cpu_s = cpu(helpers) - helper0;
     f.daemon_cpu_s = cpu_s(rt.pid) - daemon0;
 
     let mut check = LineCheck::default();
