@@ -406,8 +406,11 @@ fn median(floods: &[Flood], g: impl Fn(&Flood) -> f64) -> Option<f64> {
     (!s.is_empty()).then(|| s.quantile(0.5))
 }
 
+/// The SVG's row of ContainerStatus during the floods.
+pub(crate) const STATUS_DURING_FLOOD: &str = "ContainerStatus (during a log flood)";
+
 /// ContainerStatus during every round's flood, pooled.
-fn status_samples(floods: &[Flood]) -> Samples {
+pub(crate) fn status_samples(floods: &[Flood]) -> Samples {
     Samples(floods.iter().flat_map(|f| f.status_ms.0.clone()).collect())
 }
 

@@ -263,7 +263,12 @@ pub(crate) fn markdown(settings: &Settings, runs: &[(&Runtime, Figures)]) -> Str
 }
 
 pub(crate) fn svg(runs: &[(&Runtime, Figures)]) -> String {
-    let rows: Vec<(&str, Vec<Series<'_>>)> = OPS
+    let flood_status: Vec<_> = runs
+        .iter()
+        .map(|(rt, f)| (rt.name, crate::logs::status_samples(&f.floods)))
+        .filter(|(_, s)| !s.is_empty())
+        .collect();
+    let mut rows: Vec<(&str, Vec<Series<'_>>)> = OPS
         .iter()
         .map(|op| {
             let series = runs
@@ -278,6 +283,15 @@ pub(crate) fn svg(runs: &[(&Runtime, Figures)]) -> String {
             (*op, series)
         })
         .collect();
+    if !flood_status.is_empty() {
+        rows.push((
+            crate::logs::STATUS_DURING_FLOOD,
+            flood_status
+                .iter()
+                .map(|(runtime, samples)| Series { runtime, samples })
+                .collect(),
+        ));
+    }
     let names: Vec<&str> = runs.iter().map(|(rt, _)| rt.name).collect();
     let title = format!("CRI latency, ms (log scale): {}", names.join(" and "));
     latency_svg(&title, &rows)
