@@ -451,7 +451,10 @@ pub(crate) fn markdown(out: &mut String, runs: &[(&Runtime, Figures)]) {
     let rounds = runs.iter().map(|(_, f)| f.floods.len()).max().unwrap_or(0);
     header(
         out,
-        &format!("log flood, ~100-byte lines (median of {rounds} rounds)"),
+        &format!(
+            "log flood, ~100-byte lines (median of {rounds} round{})",
+            if rounds == 1 { "" } else { "s" }
+        ),
         &names,
     );
     let cells = |g: &dyn Fn(&[Flood]) -> String| -> Vec<String> {
