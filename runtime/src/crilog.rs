@@ -30,6 +30,9 @@ impl Stream {
 pub struct LineFramer {
     stream: Stream,
     partial: Vec<u8>,
+    /// `<ts> <stream> F ` of the current feed: the prefix of every full line it frames,
+    /// built once per feed rather than piece by piece for each line.
+    full: Vec<u8>,
 }
 
 impl LineFramer {
@@ -38,6 +41,7 @@ impl LineFramer {
         LineFramer {
             stream,
             partial: Vec::new(),
+            full: Vec::new(),
         }
     }
 
@@ -60,13 +64,25 @@ impl LineFramer {
 
     /// Frames `data`, appending finished records (stamped `ts`) to `out`.
     pub fn feed(&mut self, mut data: &[u8], ts: &[u8], out: &mut Vec<u8>) {
+        self.full.clear();
+        self.full.extend_from_slice(ts);
+        self.full.push(b' ');
+        self.full.extend_from_slice(self.stream.name());
+        self.full.extend_from_slice(b" F ");
         while !data.is_empty() {
             let room = MAX_LINE - self.partial.len();
-            match data.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', data) {
+                // The common case, a whole line in this read: one copy of the prefix, one
+                // of the line with its newline.
+                Some(nl) if nl <= room && self.partial.is_empty() => {
+                    out.extend_from_slice(&self.full);
+                    out.extend_from_slice(&data[..=nl]);
+                    data = &data[nl + 1..];
+                }
                 Some(nl) if nl <= room => {
-                    let partial = std::mem::take(&mut self.partial);
-                    self.record(ts, b'F', [&partial, &data[..nl]], out);
-                    self.partial = partial;
+                    out.extend_from_slice(&self.full);
+                    out.extend_from_slice(&self.partial);
+                    out.extend_from_slice(&data[..=nl]);
                     self.partial.clear();
                     data = &data[nl + 1..];
                 }
@@ -253,6 +269,23 @@ mod tests {
         assert_eq!(frame(&[b"\n\n"], true), "T stderr F \nT stderr F \n");
         assert_eq!(frame(&[b"cr\r\n"], true), "T stderr F cr\r\n");
         assert_eq!(frame(&[], true), "");
+    }
+
+    #[test]
+    fn any_split_of_the_input_frames_the_same_lines() {
+        let text: &[u8] = b"one\ntwo two\n\nthree-and-more\nfour";
+        let whole = frame(&[text], true);
+        assert_eq!(
+            whole,
+            "T stderr F one\nT stderr F two two\nT stderr F \nT stderr F three-and-more\n\
+             T stderr P four\n"
+        );
+        for cut in 0..text.len() {
+            for cut2 in cut..text.len() {
+                let pieces = [&text[..cut], &text[cut..cut2], &text[cut2..]];
+                assert_eq!(frame(&pieces, true), whole, "cut at {cut} and {cut2}");
+            }
+        }
     }
 
     #[test]

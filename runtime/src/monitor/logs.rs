@@ -13,10 +13,17 @@ use super::{Failure, Monitor, sys_err};
 use crate::crilog::{LineFramer, Stream, now_rfc3339_nano};
 use crate::protocol::AttachStream;
 
-/// Bytes read from a container's output at a time.
-pub(super) const READ_CHUNK: usize = 8 * 1024;
+/// Bytes read from a container's output at a time: a default pipe's whole capacity, so a
+/// writer that filled its pipe is emptied in one read.
+const READ_CHUNK: usize = 64 * 1024;
 /// Reads of one output per poll wake-up (so at most 128 KiB before others get a turn).
-const MAX_READS_PER_WAKE: usize = 16;
+const MAX_READS_PER_WAKE: usize = 2;
+/// Input framed at a time: a slice of one-byte lines grows about 40 times when framed, so
+/// the framed records waiting for their write stay bounded (under 200 KiB).
+const FRAME_SLICE: usize = 4 * 1024;
+/// Framed records are written once they reach this much, else at the end of a wake-up:
+/// one write for many lines, never one per line.
+const FLUSH_AT: usize = 32 * 1024;
 
 /// One stream the monitor reads: a pipe end or a pty master.
 pub(crate) struct Output {
@@ -125,7 +132,10 @@ fn create_log_dirs(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes framed records to the log (or drops them without one) and empties `buf`.
+/// Writes framed records to the log (or drops them without one) and empties `buf`. The
+/// buffer keeps its allocation for the next records: freeing and growing it again for
+/// every read cost an mmap, page faults and an munmap each time (the monitor's allocator
+/// maps every block of a page or more); [`Monitor::release_buffers`] frees it when idle.
 pub(crate) fn write_log(log: Option<&mut File>, buf: &mut Vec<u8>) {
     if let Some(f) = log
         && !buf.is_empty()
@@ -134,9 +144,6 @@ pub(crate) fn write_log(log: Option<&mut File>, buf: &mut Vec<u8>) {
         eprintln!("berth-monitor: write log: {e}");
     }
     buf.clear();
-    if buf.capacity() > 8 * 1024 {
-        *buf = Vec::new();
-    }
 }
 
 /// The read ends a container's output is logged from, non-blocking for the poll loop: a
@@ -181,9 +188,15 @@ impl Monitor {
         Ok(())
     }
 
+    /// Frees the read and log buffers (a flood touched up to a few hundred KiB of them);
+    /// the next read allocates them again. Called with the resident-set trim.
+    pub(super) fn release_buffers(&mut self) {
+        self.readbuf = Vec::new();
+        self.logbuf = Vec::new();
+    }
+
     /// Reads what a container wrote on `fd` into its log and its attachers.
     pub(super) fn read_output(&mut self, fd: RawFd) {
-        let buf = &mut self.readbuf[..];
         let Some(ci) = self
             .containers
             .iter()
@@ -191,6 +204,11 @@ impl Monitor {
         else {
             return;
         };
+        if self.readbuf.is_empty() {
+            // Zero pages from the kernel: only what reads fill becomes resident.
+            self.readbuf = vec![0u8; READ_CHUNK];
+        }
+        let buf = &mut self.readbuf[..];
         let c = &mut self.containers[ci];
         let oi = c
             .outputs
@@ -210,8 +228,12 @@ impl Monitor {
                     return;
                 }
                 Ok(n) => {
-                    o.feed(&buf[..n], &mut self.logbuf);
-                    write_log(c.log.as_mut(), &mut self.logbuf);
+                    for slice in buf[..n].chunks(FRAME_SLICE) {
+                        o.feed(slice, &mut self.logbuf);
+                        if self.logbuf.len() >= FLUSH_AT {
+                            write_log(c.log.as_mut(), &mut self.logbuf);
+                        }
+                    }
                     if !c.attachers.is_empty() {
                         let tag = match o.stream() {
                             Stream::Stdout => AttachStream::Stdout,
@@ -222,10 +244,10 @@ impl Monitor {
                         c.attachers.retain(|a| send_tagged(a, tag as u8, &buf[..n]));
                     }
                     if n < buf.len() {
-                        return;
+                        break;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
                     // EIO: the pty's last holder closed it.
@@ -236,6 +258,9 @@ impl Monitor {
                 }
             }
         }
+        // Nothing stays buffered past a wake-up: a reopen or the container's exit comes
+        // later and finds every record read so far in the file.
+        write_log(c.log.as_mut(), &mut self.logbuf);
     }
 }
 

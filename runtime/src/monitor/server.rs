@@ -41,6 +41,7 @@ impl Monitor {
             let now = Instant::now();
             if self.next_trim.is_some_and(|t| t <= now) {
                 self.next_trim = None;
+                self.release_buffers();
                 memory::trim_resident();
             }
             if n > 0 && self.next_trim.is_none() {

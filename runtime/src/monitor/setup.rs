@@ -7,7 +7,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use super::Monitor;
-use super::logs::READ_CHUNK;
 use super::userns;
 use crate::protocol::{MonitorConfig, PROTOCOL_VERSION};
 use crate::sys::{self, cvt};
@@ -128,7 +127,7 @@ pub(super) fn setup(config_path: &Path, userns: Option<OwnedFd>) -> Result<Monit
         next_client: 1,
         pollfds: Vec::new(),
         logbuf: Vec::new(),
-        readbuf: vec![0u8; READ_CHUNK],
+        readbuf: Vec::new(),
         next_trim: None,
         shutdown: false,
         userns,

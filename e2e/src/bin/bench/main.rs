@@ -14,14 +14,15 @@
 //! only that every step works (CI runs it).
 //!
 //! This file parses the settings and runs the phases in order; each phase is a module
-//! beside it (`cold`, `pods`, `calls`, `streams`, `density`, `restart`), `measure` holds
-//! what they measure with, `containerd` the daemon compared against, and `report` the
-//! outputs.
+//! beside it (`cold`, `pods`, `calls`, `streams`, `density`, `logs`, `restart`), `measure`
+//! holds what they measure with, `containerd` the daemon compared against, and `report`
+//! the outputs.
 
 mod calls;
 mod cold;
 mod containerd;
 mod density;
+mod logs;
 mod measure;
 mod pods;
 mod report;
@@ -196,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
             density(rt, n, f).await?;
         }
     }
+    logs::floods(&settings, &mut runs).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     for (rt, f) in &mut runs {
         f.idle_rss_after_kib = smaps_rollup(rt.pid).0;

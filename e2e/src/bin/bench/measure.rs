@@ -96,6 +96,8 @@ pub(crate) struct Figures {
     pub(crate) idle_rss_after_kib: u64,
     pub(crate) per_pod_rss_kib: f64,
     pub(crate) per_pod_pss_kib: f64,
+    /// The log floods, one per round.
+    pub(crate) floods: Vec<crate::logs::Flood>,
 }
 
 impl Figures {

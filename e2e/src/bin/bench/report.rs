@@ -92,6 +92,7 @@ pub(crate) fn json(settings: &Settings, runs: &[(&Runtime, Figures)]) -> serde_j
                     "daemon_idle_rss_kib": f.idle_rss_kib,
                     "daemon_idle_rss_after_kib": f.idle_rss_after_kib,
                 },
+                "log_flood": crate::logs::json(&f.floods),
             }),
         );
     }
@@ -221,6 +222,7 @@ pub(crate) fn markdown(settings: &Settings, runs: &[(&Runtime, Figures)]) -> Str
         "daemon RSS KiB, idle after the pods",
         &fig(&|f| f.idle_rss_after_kib.to_string()),
     );
+    crate::logs::markdown(&mut out, runs);
     if let [(_, b), (_, c)] = runs {
         header(&mut out, "berth / containerd", &["min", "median", "p90"]);
         for op in OPS {
@@ -275,7 +277,12 @@ fn mb_per_s(f: &Figures) -> String {
 }
 
 pub(crate) fn svg(runs: &[(&Runtime, Figures)]) -> String {
-    let rows: Vec<(&str, Vec<Series<'_>>)> = OPS
+    let flood_status: Vec<_> = runs
+        .iter()
+        .map(|(rt, f)| (rt.name, crate::logs::status_samples(&f.floods)))
+        .filter(|(_, s)| !s.is_empty())
+        .collect();
+    let mut rows: Vec<(&str, Vec<Series<'_>>)> = OPS
         .iter()
         .map(|op| {
             let series = runs
@@ -290,6 +297,15 @@ pub(crate) fn svg(runs: &[(&Runtime, Figures)]) -> String {
             (*op, series)
         })
         .collect();
+    if !flood_status.is_empty() {
+        rows.push((
+            crate::logs::STATUS_DURING_FLOOD,
+            flood_status
+                .iter()
+                .map(|(runtime, samples)| Series { runtime, samples })
+                .collect(),
+        ));
+    }
     let names: Vec<&str> = runs.iter().map(|(rt, _)| rt.name).collect();
     let title = format!("CRI latency, ms (log scale): {}", names.join(" and "));
     latency_svg(&title, &rows)
