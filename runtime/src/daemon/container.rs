@@ -13,7 +13,7 @@ use k8s_cri::v1::{
     LinuxContainerResources, PodSandboxConfig,
 };
 
-use crate::cgroups::devices::rule_for_node;
+use crate::cgroups::devices::{rule_for_kind, rule_for_node};
 use crate::cgroups::{ContainerLimits, DeviceRule};
 use crate::daemon::runtime::{ContainerEntry, Runtime, container_name_key, lock};
 use crate::daemon::store::{ContainerPhase, ContainerRecord, ImageRecord, PodPhase};
@@ -68,9 +68,12 @@ fn device_rules(devices: &[crate::spec::DeviceSpec]) -> Vec<DeviceRule> {
     use std::os::unix::fs::MetadataExt;
     devices
         .iter()
-        .filter_map(|d| {
-            let m = std::fs::metadata(&d.host_path).ok()?;
-            rule_for_node(m.mode(), m.rdev(), &d.permissions)
+        .filter_map(|d| match &d.node {
+            Some(n) => rule_for_kind(n.kind, n.major, n.minor, &d.permissions),
+            None => {
+                let m = std::fs::metadata(&d.host_path).ok()?;
+                rule_for_node(m.mode(), m.rdev(), &d.permissions)
+            }
         })
         .collect()
 }
@@ -188,6 +191,7 @@ impl Runtime {
         };
         let mut spec = plan_container(&input)?;
         spec.process.security.apparmor_profile = apparmor;
+        let cdi_devices = self.apply_cdi(config, &mut spec)?;
         let missing = missing_bind_sources(&spec);
         if !missing.is_empty() {
             let list: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
@@ -210,6 +214,7 @@ impl Runtime {
             phase: ContainerPhase::Creating,
             created_at: sys::now_ns(),
             log_path: spec.log_path.clone().unwrap_or_default(),
+            cdi_devices,
             ..Default::default()
         };
         let pod = self.pod_entry(pod_id)?;
@@ -285,6 +290,35 @@ impl Runtime {
         }
         self.emit(ContainerEventType::ContainerCreatedEvent, id, pod_id);
         Ok(())
+    }
+
+    /// The node's CDI devices and spec files, re-read now; `None` when CDI is turned off.
+    pub fn cdi_report(&self) -> Option<crate::cdi::Report> {
+        self.opts.cdi.as_ref().map(|r| r.report())
+    }
+
+    /// Applies the CDI devices the container asks for (its `CDI_devices` and `cdi.k8s.io/`
+    /// annotations) to its plan; returns their names. Nothing is read when it asks for none.
+    fn apply_cdi(
+        &self,
+        config: &ContainerConfig,
+        spec: &mut crate::spec::ContainerSpec,
+    ) -> Result<Vec<String>> {
+        let names = crate::cdi::requested(config)?;
+        if names.is_empty() {
+            return Ok(names);
+        }
+        let Some(registry) = &self.opts.cdi else {
+            return Err(Error::FailedPrecondition(format!(
+                "CDI devices {} were asked for, but CDI is turned off on this node \
+                 ([cdi] enabled = false)",
+                names.join(", ")
+            )));
+        };
+        let devices = registry.resolve(&names)?;
+        let privileged = spec.process.security.privileged;
+        crate::cdi::edits::apply(spec, &devices, privileged)?;
+        Ok(names)
     }
 
     /// What a container of a handler pod needs for its bundle; `None` in a default pod.
@@ -568,6 +602,7 @@ impl Runtime {
                 "privileged": rec.spec.process.security.privileged,
                 "config": rec.config,
                 "runtimeSpec": rec.spec,
+                "cdiDevices": rec.cdi_devices,
             });
             info.insert("info".to_owned(), v.to_string());
         }

@@ -138,6 +138,9 @@ pub struct ContainerRecord {
     /// are gone without it is a fault to report, never a removal to finish.
     #[serde(default)]
     pub removing: bool,
+    /// The CDI devices applied to it (fully qualified names, in the order applied).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cdi_devices: Vec<String>,
 }
 
 impl From<berth_db::Error> for Error {
