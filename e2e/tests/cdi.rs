@@ -5,7 +5,8 @@
 //! mount, and nothing it did not ask for; an unknown device fails CreateContainer and leaves
 //! nothing; a spec written while the daemon runs is used by the next container; the
 //! `cdi.k8s.io/` annotation form works; a RuntimeClass handler (runc) gets the same edits in
-//! `config.json`, hooks included. The hooks of Berth's own executor are proved by
+//! `config.json`, hooks included; a network device moves into the pod renamed and back to
+//! the node when the pod stops. The hooks of Berth's own executor are proved by
 //! `cdi_hooks.rs` and the two hook tests here.
 //!
 //! Run through the harness: `scripts/test.sh` (as root).
@@ -20,7 +21,8 @@ use berth_e2e::fixtures::{
 };
 use berth_e2e::{Daemon, DaemonDir, images};
 use k8s_cri::v1::{
-    CdiDevice, ContainerConfig, ContainerStatusRequest, PodSandboxConfig, StatusRequest,
+    CdiDevice, ContainerConfig, ContainerStatusRequest, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig, StatusRequest,
 };
 use serde_json::{Value, json};
 use tonic::Code;
@@ -357,4 +359,115 @@ async fn a_runc_handler_gets_the_same_edits_and_hooks_in_config_json() {
     );
     let (d, specs) = cdi_daemon(&runc).await;
     edits_and_hooks_apply(&d, &specs, "runc").await;
+}
+
+/// A veth pair `name`/`name`p made in the node's network namespace for the test, deleted on
+/// drop (from whichever side is still on the node), also when the test fails.
+struct Veth(String);
+
+impl Veth {
+    fn new(name: &str) -> Veth {
+        let peer = format!("{name}p");
+        let ok = std::process::Command::new("ip")
+            .args(["link", "add", name, "type", "veth", "peer", "name", &peer])
+            .status()
+            .expect("run ip");
+        assert!(ok.success(), "ip link add {name}");
+        Veth(name.to_owned())
+    }
+
+    /// Whether the node has a link called `name`.
+    fn on_node(name: &str) -> bool {
+        std::process::Command::new("ip")
+            .args(["link", "show", name])
+            .output()
+            .expect("run ip")
+            .status
+            .success()
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        for name in [self.0.clone(), format!("{}p", self.0)] {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", &name])
+                .output();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_net_device_moves_into_the_pod_renamed_and_back_when_it_stops() {
+    let (mut d, specs) = cdi_daemon("").await;
+    let veth = Veth::new("cdinic0");
+    let spec = json!({
+        "cdiVersion": "1.1.0",
+        "kind": "example.com/nic",
+        "devices": [{"name": "vf0", "containerEdits": {
+            "netDevices": [{"hostInterfaceName": veth.0, "name": "net1"}]}}],
+    });
+    std::fs::write(specs.join("nic.json"), spec.to_string()).unwrap();
+
+    // Not for a pod on the node's network.
+    let mut host_cfg = pod_config("cdi-hostnet", &d.dir().path().join("logs"));
+    host_cfg.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                network: NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let host_pod = run_pod_with(&d, &host_cfg, "").await;
+    let e = create_refused(
+        &d,
+        &host_pod,
+        &host_cfg,
+        with_devices("nic", &["example.com/nic=vf0"]),
+    )
+    .await;
+    assert_refused(&e, Code::InvalidArgument, "node's network");
+    assert!(Veth::on_node("cdinic0"));
+    remove_pod(&d, &host_pod).await;
+
+    let (config, pod) = new_pod(&d, "cdi-nic").await;
+    let id = start_container(
+        &d,
+        &pod,
+        &config,
+        with_devices("nic", &["example.com/nic=vf0"]),
+    )
+    .await;
+    assert_eq!(
+        sh(&d, &id, "ls /sys/class/net | grep -x net1").await,
+        ("net1".into(), 0)
+    );
+    assert!(
+        !Veth::on_node("cdinic0"),
+        "the interface is still on the node"
+    );
+    // A second container asking for it finds it there.
+    let again = start_container(
+        &d,
+        &pod,
+        &config,
+        with_devices("nic2", &["example.com/nic=vf0"]),
+    )
+    .await;
+    assert_eq!(
+        sh(&d, &again, "ls /sys/class/net | grep -x net1").await.1,
+        0
+    );
+    // What goes back is on record: a daemon that crashed meanwhile still returns it.
+    d.kill().await.expect("kill the daemon");
+    d.start_again().await.expect("start the daemon again");
+    remove_pod(&d, &pod).await;
+    assert!(
+        Veth::on_node("cdinic0"),
+        "the interface did not come back under its name"
+    );
+    assert!(!Veth::on_node("net1"));
 }

@@ -191,7 +191,10 @@ impl Runtime {
         };
         let mut spec = plan_container(&input)?;
         spec.process.security.apparmor_profile = apparmor;
-        let cdi_devices = self.apply_cdi(config, &mut spec)?;
+        let (cdi_devices, net_devices) = self.apply_cdi(config, &mut spec)?;
+        if !net_devices.is_empty() {
+            self.record_net_devices(pod_id, net_devices).await?;
+        }
         let missing = missing_bind_sources(&spec);
         if !missing.is_empty() {
             let list: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
@@ -303,10 +306,10 @@ impl Runtime {
         &self,
         config: &ContainerConfig,
         spec: &mut crate::spec::ContainerSpec,
-    ) -> Result<Vec<String>> {
+    ) -> Result<(Vec<String>, Vec<crate::cdi::NetDevice>)> {
         let names = crate::cdi::requested(config)?;
         if names.is_empty() {
-            return Ok(names);
+            return Ok((names, Vec::new()));
         }
         let Some(registry) = &self.opts.cdi else {
             return Err(Error::FailedPrecondition(format!(
@@ -317,8 +320,59 @@ impl Runtime {
         };
         let devices = registry.resolve(&names)?;
         let privileged = spec.process.security.privileged;
-        crate::cdi::edits::apply(spec, &devices, privileged)?;
-        Ok(names)
+        let net = crate::cdi::edits::apply(spec, &devices, privileged)?;
+        Ok((names, net))
+    }
+
+    /// Records, durably, the host network interfaces the pod is about to get, before the
+    /// daemon moves them (see [`Runtime::pod_net_devices`]); refused for a pod on the
+    /// node's network.
+    async fn record_net_devices(
+        &self,
+        pod_id: &str,
+        devices: Vec<crate::cdi::NetDevice>,
+    ) -> Result<()> {
+        let pod = self.pod_entry(pod_id)?;
+        let commit = {
+            let mut rec = lock(&pod.rec);
+            if !rec.namespaces.contains(&Namespace::Net) {
+                let names: Vec<&str> = devices.iter().map(|d| d.host_name.as_str()).collect();
+                return Err(Error::InvalidArgument(format!(
+                    "CDI network devices {} cannot be given to pod {}: it uses the node's \
+                     network",
+                    names.join(", "),
+                    rec.id
+                )));
+            }
+            for d in devices {
+                if let Some(other) = rec
+                    .net_devices
+                    .iter()
+                    .find(|o| (o.host_name == d.host_name) != (o.name == d.name))
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "CDI network device {} as {} conflicts with {} as {} in pod {}",
+                        d.host_name, d.name, other.host_name, other.name, rec.id
+                    )));
+                }
+                if !rec.net_devices.contains(&d) {
+                    rec.net_devices.push(d);
+                }
+            }
+            self.store.put_pod(&rec)
+        };
+        commit.await
+    }
+
+    /// The pod's network namespace and the host network interfaces recorded for it, which
+    /// the caller moves in (CreateContainer) or back (StopPodSandbox).
+    pub fn pod_net_devices(
+        &self,
+        pod_id: &str,
+    ) -> Result<(Option<PathBuf>, Vec<crate::cdi::NetDevice>)> {
+        let pod = self.pod_entry(pod_id)?;
+        let rec = lock(&pod.rec);
+        Ok((self.own_netns(&rec), rec.net_devices.clone()))
     }
 
     /// What a container of a handler pod needs for its bundle; `None` in a default pod.

@@ -3,14 +3,15 @@
 //! (once per spec) and then the device's, in request order, as the CDI Go library applies
 //! them. An edit replaces what the container's own config set at the same place (an env
 //! name, a device path, a mount destination), as there; two devices that disagree about one
-//! place are an error naming both, where the Go library would let the later one win.
+//! place are an error naming both, where the Go library would let the later one win. The
+//! network devices are returned, not planned: they are the pod's, moved by the daemon.
 
 use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 
-use super::DeviceRef;
 use super::spec::{self, Edits};
+use super::{DeviceRef, NetDevice};
 use crate::error::{Error, Result};
 use crate::plan::{kernel_fs_at, may_mount_on};
 use crate::spec::{
@@ -26,6 +27,8 @@ struct Claims {
     env: HashMap<String, (String, String)>,
     nodes: HashMap<String, (String, DeviceSpec)>,
     mounts: HashMap<String, (String, MountSpec)>,
+    /// By the name in the pod.
+    net: std::collections::BTreeMap<String, (String, NetDevice)>,
 }
 
 /// Whether `path` is the root of a mounted file system of type `fstype` (by mountinfo).
@@ -43,11 +46,12 @@ fn is_mounted(path: &str, fstype: &str) -> bool {
 
 /// Applies the edits of `devices` (resolved by the registry, in request order) to the plan.
 /// `privileged` decides which kernel file systems a mount may land on, as for CRI mounts.
+/// Returns the network devices the pod is to get, which are not the plan's to make.
 pub fn apply(
     plan: &mut ContainerSpec,
     devices: &[(String, DeviceRef)],
     privileged: bool,
-) -> Result<()> {
+) -> Result<Vec<NetDevice>> {
     let mut claims = Claims::default();
     let mut specs_done: Vec<PathBuf> = Vec::new();
     let mut new_mounts: Vec<MountSpec> = Vec::new();
@@ -84,7 +88,7 @@ pub fn apply(
         plan.root_propagation = Propagation::Shared;
     }
     plan.mounts.extend(new_mounts);
-    Ok(())
+    Ok(claims.net.into_values().map(|(_, n)| n).collect())
 }
 
 fn apply_one(
@@ -102,8 +106,30 @@ fn apply_one(
             format!("asks for Intel RDT settings, but {RESCTRL} is not mounted on this node")
         });
     }
-    if !e.net_devices.is_empty() {
-        return Err("asks for network devices (netDevices), which Berth does not move".into());
+    for n in &e.net_devices {
+        let dev = NetDevice {
+            host_name: n.host_interface_name.clone(),
+            name: n.name.clone(),
+        };
+        let same_host = claims
+            .net
+            .values()
+            .find(|(_, d)| d.host_name == dev.host_name && d.name != dev.name);
+        if let Some((other, d)) = same_host {
+            return Err(format!(
+                "network device {} is {} for CDI device {other}",
+                dev.host_name, d.name
+            ));
+        }
+        if let Some((other, d)) = claims.net.get(&dev.name)
+            && d.host_name != dev.host_name
+        {
+            return Err(format!(
+                "network device name {} is {} for CDI device {other}",
+                dev.name, d.host_name
+            ));
+        }
+        claims.net.insert(dev.name.clone(), (who.to_owned(), dev));
     }
     for kv in &e.env {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));

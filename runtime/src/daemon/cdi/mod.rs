@@ -30,6 +30,16 @@ pub const ANNOTATION_PREFIX: &str = "cdi.k8s.io/";
 /// The spec directories read by default, lowest priority first.
 pub const DEFAULT_SPEC_DIRS: [&str; 2] = ["/etc/cdi", "/var/run/cdi"];
 
+/// A host network interface a CDI device gives the pod: the node's `host_name` becomes
+/// `name` in the pod's network namespace until the pod stops.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct NetDevice {
+    /// Its name on the node.
+    pub host_name: String,
+    /// Its name in the pod.
+    pub name: String,
+}
+
 /// What identifies a file's content without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {

@@ -395,3 +395,46 @@ fn a_node_without_numbers_is_read_from_the_host_and_must_be_a_device() {
         assert!(e.contains(want), "{name}: {e}");
     }
 }
+
+#[test]
+fn net_devices_are_returned_once_and_must_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::new(vec![tmp.path().to_owned()]);
+    write(
+        tmp.path(),
+        "nic.json",
+        r#"{"cdiVersion":"1.1.0","kind":"example.com/nic","devices":[
+            {"name":"a","containerEdits":{"netDevices":[{"hostInterfaceName":"eth1","name":"net1"}]}},
+            {"name":"a2","containerEdits":{"netDevices":[{"hostInterfaceName":"eth1","name":"net1"}]}},
+            {"name":"b","containerEdits":{"netDevices":[{"hostInterfaceName":"eth2","name":"net1"}]}},
+            {"name":"c","containerEdits":{"netDevices":[{"hostInterfaceName":"eth1","name":"net9"}]}}]}"#,
+    );
+    let mut plan = ContainerSpec::default();
+    let net = apply(
+        &mut plan,
+        &resolved(&reg, &["example.com/nic=a", "example.com/nic=a2"]),
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        net,
+        [NetDevice {
+            host_name: "eth1".into(),
+            name: "net1".into()
+        }]
+    );
+    for (other, want) in [("b", "net1 is eth1"), ("c", "eth1 is net1")] {
+        let mut plan = ContainerSpec::default();
+        let e = apply(
+            &mut plan,
+            &resolved(
+                &reg,
+                &["example.com/nic=a", &format!("example.com/nic={other}")],
+            ),
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains(want), "{other}: {e}");
+    }
+}
