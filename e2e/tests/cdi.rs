@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use berth_e2e::fixtures::{
-    assert_refused, container_config, create_container, create_refused, daemon_in, dir_names,
-    exec_sync, list_containers, new_pod, pod_config, pull, remove_pod, run_pod_with,
+    assert_refused, bind, container_config, create_container, create_refused, daemon_in, dir_names,
+    exec_sync, host_dir, list_containers, new_pod, pod_config, pull, remove_pod, run_pod_with,
     runtime_binary, start_container, start_created,
 };
 use berth_e2e::{Daemon, DaemonDir, images};
@@ -470,4 +470,70 @@ async fn a_net_device_moves_into_the_pod_renamed_and_back_when_it_stops() {
         "the interface did not come back under its name"
     );
     assert!(!Veth::on_node("net1"));
+}
+
+/// A pod chooses which devices it asks for and what its volumes hold; a spec is the node's.
+/// Neither a name with a path in it, nor a spec path with `..`, nor a device path leading
+/// through a symlink the pod planted in its volume makes anything outside the container:
+/// each is refused before the container exists, and the node's directory stays empty.
+#[tokio::test]
+async fn hostile_names_and_paths_make_nothing_outside_the_container() {
+    let (d, specs) = cdi_daemon("").await;
+    let outside = host_dir(&d, "outside");
+    let volume = host_dir(&d, "volume");
+    std::os::unix::fs::symlink(&outside, volume.join("out")).unwrap();
+    let spec = json!({
+        "cdiVersion": "0.6.0",
+        "kind": "example.com/evil",
+        "devices": [
+            {"name": "through-volume", "containerEdits": {"deviceNodes": [
+                {"path": "/vol/out/egpu0", "hostPath": "/dev/null"}]}},
+            {"name": "in-volume", "containerEdits": {"deviceNodes": [
+                {"path": "/vol/egpu1", "hostPath": "/dev/null"}]}},
+        ],
+    });
+    std::fs::write(specs.join("evil.json"), spec.to_string()).unwrap();
+    let dotted = json!({
+        "cdiVersion": "0.6.0",
+        "kind": "example.com/dotted",
+        "devices": [{"name": "up", "containerEdits": {"deviceNodes": [
+            {"path": "/dev/../../egpu0", "hostPath": "/dev/null"}]}}],
+    });
+    std::fs::write(specs.join("dotted.json"), dotted.to_string()).unwrap();
+    let (config, pod) = new_pod(&d, "cdi-hostile").await;
+
+    for (name, needle) in [
+        ("example.com/evil=../../x", "example.com/evil=../../x"),
+        ("example.com/dotted=up", "unresolvable CDI device"),
+    ] {
+        let e = create_refused(&d, &pod, &config, with_devices("evil", &[name])).await;
+        assert_refused(&e, Code::InvalidArgument, needle);
+    }
+    let mut c = with_devices("evil", &["example.com/evil=through-volume"]);
+    c.mounts = vec![bind("/vol", &volume)];
+    let e = create_refused(&d, &pod, &config, c).await;
+    // Resolved inside the container's root, the link leads nowhere: refused by the monitor
+    // (an I/O error of the build, as for a CRI device there).
+    assert!(e.message().contains("/vol/out"), "{e:?}");
+    // A node is never made in a volume: its files are the node's.
+    let mut c = with_devices("evil", &["example.com/evil=in-volume"]);
+    c.mounts = vec![bind("/vol", &volume)];
+    let e = create_refused(&d, &pod, &config, c).await;
+    assert!(e.message().contains("/vol/egpu1"), "{e:?}");
+    assert_eq!(dir_names(&volume), ["out"]);
+    assert!(list_containers(&d).await.is_empty());
+    assert_eq!(dir_names(&outside), Vec::<String>::new());
+
+    let status = d
+        .runtime()
+        .status(StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        status.info["cdi"].contains("not a clean path"),
+        "{}",
+        status.info["cdi"]
+    );
+    remove_pod(&d, &pod).await;
 }
