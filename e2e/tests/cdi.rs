@@ -537,3 +537,28 @@ async fn hostile_names_and_paths_make_nothing_outside_the_container() {
     );
     remove_pod(&d, &pod).await;
 }
+
+#[tokio::test]
+async fn with_cdi_turned_off_a_device_request_fails_and_nothing_is_read() {
+    let (d, specs) = cdi_daemon("enabled = false\n").await;
+    write_gpu_spec(&specs, vec![]);
+    let (config, pod) = new_pod(&d, "cdi-off").await;
+    let e = create_refused(
+        &d,
+        &pod,
+        &config,
+        with_devices("off", &["example.com/gpu=0"]),
+    )
+    .await;
+    assert_refused(&e, Code::FailedPrecondition, "CDI is turned off");
+    let status = d
+        .runtime()
+        .status(StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!status.info.contains_key("cdi"), "{:?}", status.info);
+    // A container without devices is unaffected.
+    start_container(&d, &pod, &config, with_devices("plain", &[])).await;
+    remove_pod(&d, &pod).await;
+}
