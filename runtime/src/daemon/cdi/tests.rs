@@ -438,3 +438,21 @@ fn net_devices_are_returned_once_and_must_agree() {
         assert!(e.contains(want), "{other}: {e}");
     }
 }
+
+#[test]
+fn an_oversized_or_irregular_file_is_not_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::new(vec![tmp.path().to_owned()]);
+    let big = vec![b' '; (spec::MAX_SPEC_SIZE + 1) as usize];
+    std::fs::write(tmp.path().join("big.json"), big).unwrap();
+    std::fs::create_dir(tmp.path().join("dir.yaml")).unwrap();
+    let report = reg.report();
+    let errors: Vec<&str> = report
+        .spec_files
+        .iter()
+        .map(|f| f.errors[0].as_str())
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].contains("larger than"), "{errors:?}");
+    assert!(errors[1].contains("not a regular file"), "{errors:?}");
+}
