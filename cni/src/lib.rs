@@ -14,6 +14,7 @@ pub mod types;
 mod builtin;
 mod ipam;
 mod link;
+mod netdev;
 mod netlink;
 mod netns;
 mod nft;
@@ -93,6 +94,36 @@ impl Network {
         let this = Arc::clone(self);
         let pod_id = pod_id.to_string();
         tokio::task::spawn_blocking(move || this.builtin.teardown(&pod_id))
+            .await
+            .map_err(join_err)?
+    }
+
+    /// Moves the node's interface `host_name` into the pod's network namespace `netns` as
+    /// `pod_name` (a CDI network device); already there is fine. Refused for `lo`, the
+    /// built-in bridge and a pod on the host network.
+    pub async fn give_net_device(
+        &self,
+        netns: &Path,
+        host_name: &str,
+        pod_name: &str,
+    ) -> Result<(), Error> {
+        let (netns, host, name) = (netns.to_owned(), host_name.to_owned(), pod_name.to_owned());
+        let bridge = self.config.bridge.clone();
+        tokio::task::spawn_blocking(move || netdev::move_in(&netns, &host, &name, &bridge))
+            .await
+            .map_err(join_err)?
+    }
+
+    /// Moves the pod's interface `pod_name` back to the node as `host_name`, before the
+    /// pod's namespace goes; a namespace or interface already gone is fine.
+    pub async fn return_net_device(
+        &self,
+        netns: &Path,
+        pod_name: &str,
+        host_name: &str,
+    ) -> Result<(), Error> {
+        let (netns, host, name) = (netns.to_owned(), host_name.to_owned(), pod_name.to_owned());
+        tokio::task::spawn_blocking(move || netdev::move_out(&netns, &name, &host))
             .await
             .map_err(join_err)?
     }

@@ -52,7 +52,11 @@ fn family(addr: IpAddr) -> AddressFamily {
 }
 
 /// A link message with `index`, and `flags` both set and in the change mask.
-fn link_message(index: u32, flags: LinkFlags, attributes: Vec<LinkAttribute>) -> LinkMessage {
+pub(crate) fn link_message(
+    index: u32,
+    flags: LinkFlags,
+    attributes: Vec<LinkAttribute>,
+) -> LinkMessage {
     let mut m = LinkMessage::default();
     m.header.index = index;
     m.header.flags = flags;

@@ -39,6 +39,8 @@ pub struct Config {
     pub cgroup: CgroupConfig,
     /// RuntimeClass handlers backed by an external OCI runtime, by handler name.
     pub runtimes: BTreeMap<String, RuntimeHandlerConfig>,
+    /// Devices described by Container Device Interface specs.
+    pub cdi: CdiConfig,
 }
 
 impl Default for Config {
@@ -55,6 +57,31 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             cgroup: CgroupConfig::default(),
             runtimes: BTreeMap::new(),
+            cdi: CdiConfig::default(),
+        }
+    }
+}
+
+/// `[cdi]`: where the CDI device specs are (vendors' `nvidia-ctk cdi generate`, device
+/// plugins and DRA drivers write them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CdiConfig {
+    /// Apply the CDI devices containers ask for; off, a container asking for one fails.
+    pub enabled: bool,
+    /// Directories of spec files (`*.json`, `*.yaml`), a later one overriding an earlier
+    /// one's devices.
+    pub spec_dirs: Vec<PathBuf>,
+}
+
+impl Default for CdiConfig {
+    fn default() -> Self {
+        CdiConfig {
+            enabled: true,
+            spec_dirs: berth_runtime::cdi::DEFAULT_SPEC_DIRS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
         }
     }
 }
@@ -287,6 +314,12 @@ impl Config {
                 ));
             }
         }
+        if let Some(d) = self.cdi.spec_dirs.iter().find(|d| !d.is_absolute()) {
+            return Err(invalid(
+                "cdi.spec_dirs",
+                &format!("{}: must be an absolute path", d.display()),
+            ));
+        }
         Ok(())
     }
 }
@@ -374,6 +407,23 @@ path = "/usr/bin/runc"
         assert_eq!(config.log.format, LogFormat::Json);
         assert_eq!(config.cgroup.driver, CgroupDriver::Systemd);
         assert_eq!(config.runtimes["runc"].path, Path::new("/usr/bin/runc"));
+    }
+
+    #[test]
+    fn cdi_is_on_with_the_standard_dirs_unless_configured() {
+        let d = Config::default();
+        assert!(d.cdi.enabled);
+        assert_eq!(
+            d.cdi.spec_dirs,
+            [PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")]
+        );
+        let c = parse("[cdi]\nenabled = false\nspec_dirs = [\"/x\"]\n").unwrap();
+        assert!(!c.cdi.enabled);
+        assert_eq!(c.cdi.spec_dirs, [PathBuf::from("/x")]);
+        let e = parse("[cdi]\nspec_dirs = [\"rel\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cdi.spec_dirs"), "{e}");
     }
 
     #[test]

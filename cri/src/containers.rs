@@ -91,6 +91,10 @@ pub async fn create_container(
         )
         .await
         .map_err(|e| status("CreateContainer", &e))?;
+    if let Err(e) = give_net_devices(node, &req.pod_sandbox_id).await {
+        let _ = node.runtime.remove_container(&id).await;
+        return Err(e);
+    }
     // Keep the layers from image GC while the container exists.
     if let Err(e) = store.add_lease(&id, &image_id) {
         let _ = node.runtime.remove_container(&id).await;
@@ -100,6 +104,26 @@ pub async fn create_container(
         ));
     }
     Ok(CreateContainerResponse { container_id: id })
+}
+
+/// Moves the host network interfaces recorded for the pod (CDI `netDevices`) into its
+/// network namespace; those already there stay. They go back at StopPodSandbox.
+async fn give_net_devices(node: &Node, pod_id: &str) -> Result<(), Status> {
+    let what = format!("CreateContainer in pod {pod_id}");
+    let (netns, devices) = node
+        .runtime
+        .pod_net_devices(pod_id)
+        .map_err(|e| status(&what, &e))?;
+    let Some(netns) = netns.filter(|_| !devices.is_empty()) else {
+        return Ok(());
+    };
+    for d in devices {
+        node.network
+            .give_net_device(&netns, &d.host_name, &d.name)
+            .await
+            .map_err(|e| status(&format!("CDI network device {}", d.host_name), &e))?;
+    }
+    Ok(())
 }
 
 /// Handles `StartContainer`.

@@ -183,6 +183,11 @@ impl Node {
                 args: h.args.clone(),
             })
             .collect();
+        options.cdi = config.cdi.enabled.then(|| {
+            Arc::new(berth_runtime::cdi::Registry::new(
+                config.cdi.spec_dirs.clone(),
+            ))
+        });
         let runtime = berth_runtime::Runtime::open(options, store.db())?;
         let streaming = Streaming::new();
         streaming.set_backend(Arc::new(

@@ -112,6 +112,14 @@ async fn stop(node: &Node, id: &str) -> Result<(), Status> {
         {
             node.runtime.publish(event);
         }
+        if let Some(netns) = &stopped.netns {
+            for d in &stopped.net_devices {
+                node.network
+                    .return_net_device(netns, &d.name, &d.host_name)
+                    .await
+                    .map_err(|e| status(&what, &e))?;
+            }
+        }
         node.network
             .teardown(&stopped.id, stopped.netns.as_deref())
             .await

@@ -26,7 +26,8 @@ pub async fn version(_node: &Node, _req: VersionRequest) -> Result<VersionRespon
 }
 
 /// Handles `Status`: RuntimeReady and NetworkReady as they are now; with `verbose`, the
-/// effective configuration as JSON under `config`.
+/// effective configuration as JSON under `config` and the CDI devices and spec files read
+/// (with their errors) under `cdi`.
 pub async fn status(node: &Node, req: StatusRequest) -> Result<StatusResponse, Status> {
     let runtime = match node.not_ready_reason() {
         None => condition("RuntimeReady", Ok(())),
@@ -49,6 +50,11 @@ pub async fn status(node: &Node, req: StatusRequest) -> Result<StatusResponse, S
             "uptimeSeconds".to_owned(),
             node.started.elapsed().as_secs().to_string(),
         );
+        if let Some(report) = node.runtime.cdi_report() {
+            let cdi = serde_json::to_string(&report)
+                .map_err(|e| Status::internal(format!("cannot encode the CDI devices: {e}")))?;
+            info.insert("cdi".to_owned(), cdi);
+        }
     }
     Ok(StatusResponse {
         status: Some(RuntimeStatus {

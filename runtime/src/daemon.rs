@@ -13,6 +13,7 @@
 //! talks to it.
 
 // Plain data and pure decisions, unit-tested.
+pub mod cdi;
 pub mod cgroups;
 pub mod command;
 pub mod image;

@@ -37,7 +37,7 @@ pub mod sysctl;
 pub mod oci;
 
 pub use daemon::{
-    cgroups, command, image, lsm, plan, podfiles, security, status, usage, user, userns,
+    cdi, cgroups, command, image, lsm, plan, podfiles, security, status, usage, user, userns,
 };
 
 pub use cgroups::{CgroupManager, NoCgroups};

@@ -13,7 +13,7 @@ use k8s_cri::v1::{
     LinuxContainerResources, PodSandboxConfig,
 };
 
-use crate::cgroups::devices::rule_for_node;
+use crate::cgroups::devices::{rule_for_kind, rule_for_node};
 use crate::cgroups::{ContainerLimits, DeviceRule};
 use crate::daemon::runtime::{ContainerEntry, Runtime, container_name_key, lock};
 use crate::daemon::store::{ContainerPhase, ContainerRecord, ImageRecord, PodPhase};
@@ -68,9 +68,12 @@ fn device_rules(devices: &[crate::spec::DeviceSpec]) -> Vec<DeviceRule> {
     use std::os::unix::fs::MetadataExt;
     devices
         .iter()
-        .filter_map(|d| {
-            let m = std::fs::metadata(&d.host_path).ok()?;
-            rule_for_node(m.mode(), m.rdev(), &d.permissions)
+        .filter_map(|d| match &d.node {
+            Some(n) => rule_for_kind(n.kind, n.major, n.minor, &d.permissions),
+            None => {
+                let m = std::fs::metadata(&d.host_path).ok()?;
+                rule_for_node(m.mode(), m.rdev(), &d.permissions)
+            }
         })
         .collect()
 }
@@ -188,6 +191,10 @@ impl Runtime {
         };
         let mut spec = plan_container(&input)?;
         spec.process.security.apparmor_profile = apparmor;
+        let (cdi_devices, net_devices) = self.apply_cdi(config, &mut spec)?;
+        if !net_devices.is_empty() {
+            self.record_net_devices(pod_id, net_devices).await?;
+        }
         let missing = missing_bind_sources(&spec);
         if !missing.is_empty() {
             let list: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
@@ -210,6 +217,7 @@ impl Runtime {
             phase: ContainerPhase::Creating,
             created_at: sys::now_ns(),
             log_path: spec.log_path.clone().unwrap_or_default(),
+            cdi_devices,
             ..Default::default()
         };
         let pod = self.pod_entry(pod_id)?;
@@ -285,6 +293,86 @@ impl Runtime {
         }
         self.emit(ContainerEventType::ContainerCreatedEvent, id, pod_id);
         Ok(())
+    }
+
+    /// The node's CDI devices and spec files, re-read now; `None` when CDI is turned off.
+    pub fn cdi_report(&self) -> Option<crate::cdi::Report> {
+        self.opts.cdi.as_ref().map(|r| r.report())
+    }
+
+    /// Applies the CDI devices the container asks for (its `CDI_devices` and `cdi.k8s.io/`
+    /// annotations) to its plan; returns their names. Nothing is read when it asks for none.
+    fn apply_cdi(
+        &self,
+        config: &ContainerConfig,
+        spec: &mut crate::spec::ContainerSpec,
+    ) -> Result<(Vec<String>, Vec<crate::cdi::NetDevice>)> {
+        let names = crate::cdi::requested(config)?;
+        if names.is_empty() {
+            return Ok((names, Vec::new()));
+        }
+        let Some(registry) = &self.opts.cdi else {
+            return Err(Error::FailedPrecondition(format!(
+                "CDI devices {} were asked for, but CDI is turned off on this node \
+                 ([cdi] enabled = false)",
+                names.join(", ")
+            )));
+        };
+        let devices = registry.resolve(&names)?;
+        let privileged = spec.process.security.privileged;
+        let net = crate::cdi::edits::apply(spec, &devices, privileged)?;
+        Ok((names, net))
+    }
+
+    /// Records, durably, the host network interfaces the pod is about to get, before the
+    /// daemon moves them (see [`Runtime::pod_net_devices`]); refused for a pod on the
+    /// node's network.
+    async fn record_net_devices(
+        &self,
+        pod_id: &str,
+        devices: Vec<crate::cdi::NetDevice>,
+    ) -> Result<()> {
+        let pod = self.pod_entry(pod_id)?;
+        let commit = {
+            let mut rec = lock(&pod.rec);
+            if !rec.namespaces.contains(&Namespace::Net) {
+                let names: Vec<&str> = devices.iter().map(|d| d.host_name.as_str()).collect();
+                return Err(Error::InvalidArgument(format!(
+                    "CDI network devices {} cannot be given to pod {}: it uses the node's \
+                     network",
+                    names.join(", "),
+                    rec.id
+                )));
+            }
+            for d in devices {
+                if let Some(other) = rec
+                    .net_devices
+                    .iter()
+                    .find(|o| (o.host_name == d.host_name) != (o.name == d.name))
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "CDI network device {} as {} conflicts with {} as {} in pod {}",
+                        d.host_name, d.name, other.host_name, other.name, rec.id
+                    )));
+                }
+                if !rec.net_devices.contains(&d) {
+                    rec.net_devices.push(d);
+                }
+            }
+            self.store.put_pod(&rec)
+        };
+        commit.await
+    }
+
+    /// The pod's network namespace and the host network interfaces recorded for it, which
+    /// the caller moves in (CreateContainer) or back (StopPodSandbox).
+    pub fn pod_net_devices(
+        &self,
+        pod_id: &str,
+    ) -> Result<(Option<PathBuf>, Vec<crate::cdi::NetDevice>)> {
+        let pod = self.pod_entry(pod_id)?;
+        let rec = lock(&pod.rec);
+        Ok((self.own_netns(&rec), rec.net_devices.clone()))
     }
 
     /// What a container of a handler pod needs for its bundle; `None` in a default pod.
@@ -568,6 +656,7 @@ impl Runtime {
                 "privileged": rec.spec.process.security.privileged,
                 "config": rec.config,
                 "runtimeSpec": rec.spec,
+                "cdiDevices": rec.cdi_devices,
             });
             info.insert("info".to_owned(), v.to_string());
         }

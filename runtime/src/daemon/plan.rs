@@ -535,6 +535,7 @@ pub fn plan_container(input: &PlanInput<'_>) -> Result<ContainerSpec> {
             } else {
                 d.permissions.clone()
             },
+            node: None,
         });
     }
     let oom = c
@@ -597,7 +598,7 @@ pub fn missing_bind_sources(spec: &ContainerSpec) -> Vec<PathBuf> {
             missing.push(source.clone());
         }
     }
-    for d in &spec.devices {
+    for d in spec.devices.iter().filter(|d| d.node.is_none()) {
         if std::fs::metadata(&d.host_path).is_err() {
             missing.push(d.host_path.clone());
         }

@@ -39,6 +39,8 @@ pub struct PodStopped {
     pub ips: Vec<String>,
     /// The pod's config (port mappings, labels).
     pub config: PodSandboxConfig,
+    /// Host network interfaces to move back to the node before the namespace goes.
+    pub net_devices: Vec<crate::cdi::NetDevice>,
 }
 
 /// Which namespaces of its own a pod gets; `own_userns`: it has its own user namespace
@@ -227,6 +229,7 @@ impl Runtime {
             hostname: hostname.clone(),
             confirmed: false,
             cgroup,
+            net_devices: Vec::new(),
         };
         if let Err(e) = self.store.put_pod(&rec).await {
             self.release_name(&id);
@@ -419,6 +422,7 @@ impl Runtime {
             netns,
             ips: rec.ips.clone(),
             config: rec.config.clone(),
+            net_devices: rec.net_devices.clone(),
         }))
     }
 

@@ -40,6 +40,8 @@ pub struct RuntimeOptions {
     pub runtime_handlers: Vec<crate::oci::Handler>,
     /// Size of each pod's /dev/shm in bytes.
     pub shm_size: u64,
+    /// The node's CDI devices; `None` when CDI is turned off.
+    pub cdi: Option<Arc<crate::cdi::Registry>>,
 }
 
 impl RuntimeOptions {
@@ -56,6 +58,7 @@ impl RuntimeOptions {
             cgroups: Arc::new(NoCgroups),
             runtime_handlers: Vec::new(),
             shm_size: 64 << 20,
+            cdi: None,
         }
     }
 }

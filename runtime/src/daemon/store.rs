@@ -57,6 +57,10 @@ pub struct PodRecord {
     /// Where the pod's processes are placed (recorded before the cgroups are made).
     #[serde(default)]
     pub cgroup: crate::cgroups::PodCgroup,
+    /// Host network interfaces moved into the pod (CDI `netDevices`), recorded before each
+    /// move so that they go back before its namespace goes, also after a restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub net_devices: Vec<crate::cdi::NetDevice>,
 }
 
 fn confirmed_default() -> bool {
@@ -138,6 +142,9 @@ pub struct ContainerRecord {
     /// are gone without it is a fault to report, never a removal to finish.
     #[serde(default)]
     pub removing: bool,
+    /// The CDI devices applied to it (fully qualified names, in the order applied).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cdi_devices: Vec<String>,
 }
 
 impl From<berth_db::Error> for Error {
@@ -300,6 +307,7 @@ mod tests {
             hostname: "h".into(),
             confirmed: true,
             cgroup: Default::default(),
+            net_devices: Vec::new(),
         }
     }
 

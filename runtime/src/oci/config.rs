@@ -17,12 +17,13 @@ use std::path::PathBuf;
 
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
-    Arch, Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpu, LinuxDevice,
-    LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType,
-    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources,
-    LinuxResourcesBuilder, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder,
-    LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder, Mount,
-    MountBuilder, Process, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Arch, Capabilities, Capability, Hook, HookBuilder, Hooks, LinuxBuilder,
+    LinuxCapabilitiesBuilder, LinuxCpu, LinuxDevice, LinuxDeviceBuilder, LinuxDeviceCgroup,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources, LinuxResourcesBuilder, LinuxSeccomp,
+    LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder, LinuxSeccompOperator,
+    LinuxSyscall, LinuxSyscallBuilder, Mount, MountBuilder, Process, ProcessBuilder, RootBuilder,
+    Spec, SpecBuilder, UserBuilder,
 };
 use serde::Deserialize;
 use serde::de::IntoDeserializer;
@@ -32,7 +33,9 @@ use crate::error::{Error, Result};
 use crate::namespace::Namespace;
 use crate::seccomp::{Profile, SyscallRule};
 use crate::security::CAPABILITY_NAMES;
-use crate::spec::{ContainerSpec, MountKind, MountSpec, PidNamespace, Propagation};
+use crate::spec::{
+    ContainerSpec, HookSpec, HooksSpec, MountKind, MountSpec, PidNamespace, Propagation,
+};
 
 /// The OCI runtime spec version the generated `config.json` declares.
 pub const OCI_VERSION: &str = "1.0.2";
@@ -65,7 +68,42 @@ pub fn runtime_spec(spec: &ContainerSpec, pod: &PodBinding) -> Result<Spec> {
         .build()
         .map_err(unbuildable)?;
     doc.set_hostname(None).set_annotations(None);
+    if !spec.hooks.is_empty() {
+        doc.set_hooks(Some(hooks(&spec.hooks)?));
+    }
     Ok(doc)
+}
+
+/// The container's OCI hooks (from CDI specs), which the runtime runs.
+fn hooks(h: &HooksSpec) -> Result<Hooks> {
+    let list = |hooks: &[HookSpec]| -> Result<Option<Vec<Hook>>> {
+        if hooks.is_empty() {
+            return Ok(None);
+        }
+        hooks
+            .iter()
+            .map(|h| {
+                let mut hook = HookBuilder::default()
+                    .path(&h.path)
+                    .build()
+                    .map_err(unbuildable)?;
+                hook.set_args((!h.args.is_empty()).then(|| h.args.clone()))
+                    .set_env((!h.env.is_empty()).then(|| h.env.clone()))
+                    .set_timeout(h.timeout.map(i64::from));
+                Ok(hook)
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    };
+    let mut hooks = Hooks::default();
+    hooks
+        .set_prestart(None)
+        .set_create_runtime(list(&h.create_runtime)?)
+        .set_create_container(list(&h.create_container)?)
+        .set_start_container(list(&h.start_container)?)
+        .set_poststart(list(&h.poststart)?)
+        .set_poststop(list(&h.poststop)?);
+    Ok(hooks)
 }
 
 /// The container's process: command, environment, ids, capabilities and the settings of its
@@ -286,7 +324,7 @@ fn device_rule(r: &crate::cgroups::DeviceRule) -> Result<LinuxDeviceCgroup> {
     Ok(rule)
 }
 
-/// A device node of the container, owned by root.
+/// A device node of the container.
 fn device(d: &super::DeviceNode) -> Result<LinuxDevice> {
     LinuxDeviceBuilder::default()
         .path(&d.path)
@@ -294,8 +332,8 @@ fn device(d: &super::DeviceNode) -> Result<LinuxDevice> {
         .major(device_number(d.major)?)
         .minor(device_number(d.minor)?)
         .file_mode(d.file_mode)
-        .uid(0u32)
-        .gid(0u32)
+        .uid(d.uid)
+        .gid(d.gid)
         .build()
         .map_err(unbuildable)
 }

@@ -52,8 +52,12 @@ pub struct DeviceNode {
     pub major: u64,
     /// Minor number.
     pub minor: u64,
-    /// Permission bits of the node (from the CRI permissions: `r` and `w`).
+    /// Permission bits of the node (from the CRI permissions: `r` and `w`, or CDI's).
     pub file_mode: u32,
+    /// Owner in the container.
+    pub uid: u32,
+    /// Group in the container.
+    pub gid: u32,
 }
 
 /// What the runtime spec needs beyond the container's own plan: how it joins its pod.
@@ -106,6 +110,24 @@ pub fn device_nodes(devices: &[crate::spec::DeviceSpec]) -> Result<Vec<DeviceNod
     devices
         .iter()
         .map(|d| {
+            let mut file_mode = 0;
+            if d.permissions.contains('r') {
+                file_mode |= 0o444;
+            }
+            if d.permissions.contains('w') {
+                file_mode |= 0o222;
+            }
+            if let Some(n) = &d.node {
+                return Ok(DeviceNode {
+                    path: d.container_path.clone(),
+                    kind: n.kind,
+                    major: n.major,
+                    minor: n.minor,
+                    file_mode: n.file_mode.unwrap_or(file_mode),
+                    uid: n.uid.unwrap_or(0),
+                    gid: n.gid.unwrap_or(0),
+                });
+            }
             let md = std::fs::metadata(&d.host_path)
                 .map_err(|e| Error::io("stat device", &d.host_path, e))?;
             let kind = if md.file_type().is_char_device() {
@@ -118,13 +140,6 @@ pub fn device_nodes(devices: &[crate::spec::DeviceSpec]) -> Result<Vec<DeviceNod
                     d.host_path.display()
                 )));
             };
-            let mut file_mode = 0;
-            if d.permissions.contains('r') {
-                file_mode |= 0o444;
-            }
-            if d.permissions.contains('w') {
-                file_mode |= 0o222;
-            }
             let rdev = md.rdev();
             Ok(DeviceNode {
                 path: d.container_path.clone(),
@@ -132,6 +147,8 @@ pub fn device_nodes(devices: &[crate::spec::DeviceSpec]) -> Result<Vec<DeviceNod
                 major: libc::major(rdev) as u64,
                 minor: libc::minor(rdev) as u64,
                 file_mode,
+                uid: 0,
+                gid: 0,
             })
         })
         .collect()

@@ -212,6 +212,8 @@ fn resources_and_devices_repeat_what_the_cgroup_got() {
             major: 10,
             minor: 229,
             file_mode: 0o666,
+            uid: 0,
+            gid: 0,
         }],
         ..binding()
     };
@@ -511,6 +513,8 @@ fn recorded_cases() -> Vec<(&'static str, ContainerSpec, PodBinding, &'static st
                 major: 10,
                 minor: 229,
                 file_mode: 0o666,
+                uid: 0,
+                gid: 0,
             },
             DeviceNode {
                 path: "/dev/sda".into(),
@@ -518,6 +522,8 @@ fn recorded_cases() -> Vec<(&'static str, ContainerSpec, PodBinding, &'static st
                 major: 8,
                 minor: 0,
                 file_mode: 0o444,
+                uid: 0,
+                gid: 0,
             },
         ],
         seccomp: Some(seccomp(&localhost_profile()).unwrap()),

@@ -216,8 +216,32 @@ pub struct DeviceSpec {
     pub host_path: PathBuf,
     /// Path inside the container.
     pub container_path: String,
-    /// cgroup permissions (`rwm`); file mode follows `r` and `w`.
+    /// cgroup permissions (`rwm`); file mode follows `r` and `w` unless `node` sets it.
     pub permissions: String,
+    /// The node as the daemon resolved it (CDI device nodes, whose spec may give type and
+    /// numbers without a host device); `None` copies `host_path`'s when the node is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeSpec>,
+}
+
+/// A device node's kind, numbers, mode and owner, decided by the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    /// `c` (character), `b` (block) or `p` (fifo), as the device cgroup and OCI name them.
+    pub kind: char,
+    /// Major number (0 for a fifo).
+    pub major: u64,
+    /// Minor number (0 for a fifo).
+    pub minor: u64,
+    /// Permission bits; `None` follows the permissions' `r` and `w`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_mode: Option<u32>,
+    /// Owner in the container (mapped through a user namespace); `None`: root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Group in the container (mapped through a user namespace); `None`: root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
 }
 
 /// The container's (or an exec's) process.

@@ -47,18 +47,27 @@ pub fn rule_for_node(mode: u32, rdev: u64, access: &str) -> Option<DeviceRule> {
         libc::S_IFBLK => 'b',
         _ => return None,
     };
+    rule_for_kind(
+        kind,
+        libc::major(rdev) as u64,
+        libc::minor(rdev) as u64,
+        access,
+    )
+}
+
+/// The rule for a node of kind `c` or `b` and the given numbers, or `None` for any other
+/// kind (a fifo needs no rule).
+pub fn rule_for_kind(kind: char, major: u64, minor: u64, access: &str) -> Option<DeviceRule> {
+    if kind != 'c' && kind != 'b' {
+        return None;
+    }
     let access: String = access.chars().filter(|c| "rwm".contains(*c)).collect();
     let access = if access.is_empty() {
         "rwm".to_owned()
     } else {
         access
     };
-    Some(rule(
-        kind,
-        Some(libc::major(rdev) as u64),
-        Some(libc::minor(rdev) as u64),
-        &access,
-    ))
+    Some(rule(kind, Some(major), Some(minor), &access))
 }
 
 #[cfg(test)]

@@ -123,6 +123,79 @@ pub(super) fn setup_default_dev(rootfd: RawFd) -> StepResult {
     Ok(())
 }
 
+/// The kind, numbers and default mode of a device: as the daemon resolved them, or copied
+/// from the host device.
+fn node_of(d: &DeviceSpec) -> StepResult<(libc::mode_t, libc::dev_t)> {
+    if let Some(n) = &d.node {
+        let kind = match n.kind {
+            'c' => libc::S_IFCHR,
+            'b' => libc::S_IFBLK,
+            'p' => libc::S_IFIFO,
+            k => return refused(format!("device {}: unknown type {k:?}", d.container_path)),
+        };
+        return Ok((kind, libc::makedev(n.major as u32, n.minor as u32)));
+    }
+    let md = step(
+        || format!("stat device {}", d.host_path.display()),
+        std::fs::metadata(&d.host_path),
+    )?;
+    let kind = if md.file_type().is_char_device() {
+        libc::S_IFCHR
+    } else if md.file_type().is_block_device() {
+        libc::S_IFBLK
+    } else {
+        return refused(format!("{} is not a device", d.host_path.display()));
+    };
+    Ok((kind, md.rdev() as libc::dev_t))
+}
+
+/// Gives a node made by [`mknod_at`] its exact mode (`mknod` is masked by the umask) and
+/// owner, when the daemon decided them; the entry is that node, never a planted link.
+fn finish_node(
+    dirfd: RawFd,
+    name: &str,
+    d: &DeviceSpec,
+    userns: Option<&crate::userns::UsernsSpec>,
+) -> StepResult {
+    let Some(n) = &d.node else { return Ok(()) };
+    let c = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL));
+    let c = step(|| format!("name of {}", d.container_path), c)?;
+    if let Some(mode) = n.file_mode {
+        // SAFETY: `c` outlives the call; fchmodat never follows a link (there is none:
+        // `mknod_at` checked the entry is the node).
+        let rc = unsafe { libc::fchmodat(dirfd, c.as_ptr(), mode & 0o7777, 0) };
+        step(
+            || format!("chmod {}", d.container_path),
+            cvt(rc as libc::c_long),
+        )?;
+    }
+    if n.uid.is_some() || n.gid.is_some() {
+        let map = |id: Option<u32>, f: fn(&crate::userns::UsernsSpec, u32) -> Option<u32>| {
+            let id = id.unwrap_or(0);
+            match userns {
+                Some(u) => f(u, id),
+                None => Some(id),
+            }
+        };
+        let (Some(uid), Some(gid)) = (
+            map(n.uid, crate::userns::UsernsSpec::host_uid),
+            map(n.gid, crate::userns::UsernsSpec::host_gid),
+        ) else {
+            return refused(format!(
+                "device {}: its owner is not mapped in the pod's user namespace",
+                d.container_path
+            ));
+        };
+        // SAFETY: as above; AT_SYMLINK_NOFOLLOW keeps the call on the entry itself.
+        let rc = unsafe { libc::fchownat(dirfd, c.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) };
+        step(
+            || format!("chown {}", d.container_path),
+            cvt(rc as libc::c_long),
+        )?;
+    }
+    Ok(())
+}
+
 /// The devices the container asked for. A node is made only in the container's own file
 /// system (its writable layer or the runtime's `/dev`), never in a volume, whose files are
 /// the node's; an entry already at its path must be that very device.
@@ -130,19 +203,10 @@ pub(super) fn setup_devices(
     rootfd: RawFd,
     own_fs: &[libc::dev_t],
     devices: &[DeviceSpec],
+    userns: Option<&crate::userns::UsernsSpec>,
 ) -> StepResult {
     for d in devices {
-        let md = step(
-            || format!("stat device {}", d.host_path.display()),
-            std::fs::metadata(&d.host_path),
-        )?;
-        let kind = if md.file_type().is_char_device() {
-            libc::S_IFCHR
-        } else if md.file_type().is_block_device() {
-            libc::S_IFBLK
-        } else {
-            return refused(format!("{} is not a device", d.host_path.display()));
-        };
+        let (kind, rdev) = node_of(d)?;
         let mut mode = 0;
         if d.permissions.contains('r') {
             mode |= 0o444;
@@ -168,13 +232,9 @@ pub(super) fn setup_devices(
         }
         made(
             &format!("mknod {}", d.container_path),
-            mknod_at(
-                pdir.as_raw_fd(),
-                name,
-                kind | mode,
-                md.rdev() as libc::dev_t,
-            ),
+            mknod_at(pdir.as_raw_fd(), name, kind | mode, rdev),
         )?;
+        finish_node(pdir.as_raw_fd(), name, d, userns)?;
     }
     Ok(())
 }

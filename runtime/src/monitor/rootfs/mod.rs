@@ -260,7 +260,12 @@ pub(crate) fn setup(spec: &ContainerSpec, userns: Option<RawFd>) -> StepResult {
         let dev = open_dir_in_root(rootfd.as_raw_fd(), "dev")?;
         own_fs.push(step(|| "stat /dev".into(), sys::fstat(dev.as_raw_fd()))?.st_dev);
     }
-    setup_devices(rootfd.as_raw_fd(), &own_fs, &spec.devices)?;
+    setup_devices(
+        rootfd.as_raw_fd(),
+        &own_fs,
+        &spec.devices,
+        spec.userns.as_ref(),
+    )?;
     drop(rootfd);
     pivot(root)?;
     if !sec.privileged {
