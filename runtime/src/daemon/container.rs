@@ -24,6 +24,31 @@ use crate::plan::{PlanInput, PodContext, missing_bind_sources, plan_container};
 use crate::protocol::{Request, Response};
 use crate::sys;
 
+/// Runs the `poststop` hooks of a container Berth's own executor ran, once it is deleted:
+/// here, in the daemon, so that they run though the pod's monitor is gone (the pod was
+/// stopped first, or the node restarted). A failing hook is logged; the removal stands.
+/// A handler's runtime runs its container's hooks itself.
+pub(crate) async fn run_poststop(spec: crate::spec::ContainerSpec) {
+    if spec.hooks.poststop.is_empty() || spec.oci.is_some() {
+        return;
+    }
+    let ran = tokio::task::spawn_blocking(move || {
+        let state = crate::hooks::State::new(
+            &spec.id,
+            &spec.rootfs.mount_point,
+            crate::hooks::Status::Stopped,
+            None,
+        );
+        crate::hooks::run_each(&spec.hooks.poststop, &state, |e| {
+            tracing::warn!(container = %spec.id, error = %crate::hooks::message(&e), "poststop hook failed");
+        });
+    })
+    .await;
+    if let Err(e) = ran {
+        tracing::warn!(error = %e, "poststop hooks did not finish");
+    }
+}
+
 /// How long to wait for a process to die after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(30);
 
@@ -521,6 +546,8 @@ impl Runtime {
             }
         }
         self.forget_removed_container(&c, also).await?;
+        let spec = lock(&c.rec).spec.clone();
+        run_poststop(spec).await;
         self.emit(ContainerEventType::ContainerDeletedEvent, &c.id, &c.pod_id);
         Ok(())
     }

@@ -125,6 +125,8 @@ impl Runtime {
                 }
             }
             drop(self.store.delete_container(&rec.id));
+            // The crash may have come before its poststop hooks ran: they run (again).
+            crate::daemon::container::run_poststop(rec.spec).await;
             report.removals_finished += 1;
         }
         let containers: Vec<Arc<ContainerEntry>> =
