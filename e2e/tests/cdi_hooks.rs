@@ -257,15 +257,15 @@ async fn a_failing_or_slow_creation_hook_fails_create_and_leaves_nothing() {
     for (device, needle) in [
         (
             "runtime-fails",
-            "hook /bin/sh exited with code 7: no device for you",
+            "createRuntime hook /bin/sh exited with code 7: no device for you",
         ),
         (
             "container-fails",
-            "hook /bin/sh exited with code 7: no device for you",
+            "createContainer hook /bin/sh exited with code 7: no device for you",
         ),
         (
             "slow",
-            "hook /bin/sh timed out after 1s and was killed: waiting",
+            "createContainer hook /bin/sh timed out after 1s and was killed: waiting",
         ),
     ] {
         let started = Instant::now();

@@ -1,8 +1,27 @@
 //! Running one OCI hook (runtime spec, "POSIX-platform Hooks"): the program at `path` with
 //! exactly its `args` and `env`, the container's state JSON on its stdin, its output kept
-//! (bounded) for the error, killed when its `timeout` passes. Shared by the monitor (every
-//! point but `poststop`, in the process whose namespaces the point calls for) and the
-//! daemon (`poststop`, after removal, whether or not the pod's monitor is still there).
+//! (bounded) for the error, killed when its `timeout` passes. Shared by the monitor and
+//! the daemon, each of which runs the points whose namespaces it is in.
+//!
+//! Where each point runs (Berth's own executor; a handler's runtime runs the hooks in its
+//! bundle itself). A hook is forked by a process already in the namespaces its point calls
+//! for, since a process cannot enter a mount namespace once it is in another's PID
+//! namespace or has pivoted:
+//! - `createRuntime`: by the monitor (the node's mount namespace, the pod's others), while
+//!   the container's setup child, its root built, waits before `pivot_root` for the
+//!   monitor's word on its sync socket.
+//! - `createContainer`: by that child, in the container's mount namespace (and PID
+//!   namespace and cgroup) before `pivot_root`, so the root is still at its path on the
+//!   node: a file a hook writes under `<bundle>/rootfs` is in the container. It runs with
+//!   the node's privileges, before the child joins the pod's user namespace.
+//! - `startContainer`: by that child once start is asked, after it took the container's
+//!   ids, capabilities and seccomp filter and before it runs the container's program: the
+//!   path is the container's, and what runs there is what the image holds, so it gets no
+//!   more privilege than the container's own process.
+//! - `poststart`: by the monitor once the container's program runs; a failure is logged.
+//! - `poststop`: by the daemon after the container is removed, also when the pod's monitor
+//!   is gone (the pod was stopped first) or outlived a restart, and again when a crash cut
+//!   a removal short (at least once); a failure is logged.
 //!
 //! A hook's program, arguments, environment and timeout come from files on the node (CDI
 //! specs), which Berth does not trust: a hook that writes without end, never reads its
@@ -216,9 +235,10 @@ pub fn run_each(hooks: &[HookSpec], state: &State<'_>, mut failed: impl FnMut(Ho
     }
 }
 
-/// The error with its causes, on one line.
-pub fn message(e: &HookError) -> String {
-    berth_db::commit::chain(e)
+/// The error of a hook run at `point` (`createContainer`, ...), with its causes, on one
+/// line.
+pub fn message(point: &str, e: &HookError) -> String {
+    format!("{point} {}", berth_db::commit::chain(e))
 }
 
 /// Runs one hook with `state` (JSON) on its stdin and waits until it exits or its timeout

@@ -284,10 +284,10 @@ fn hooks_that_cannot_run_say_why() {
     };
     let e = run(&missing, b"").unwrap_err();
     assert!(matches!(&e, HookError::Start { .. }), "{e:?}");
+    let msg = message("createRuntime", &e);
     assert!(
-        message(&e).starts_with("hook /nonexistent/hook: start: No such file"),
-        "{}",
-        message(&e)
+        msg.starts_with("createRuntime hook /nonexistent/hook: start: No such file"),
+        "{msg}"
     );
 }
 

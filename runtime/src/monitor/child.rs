@@ -406,7 +406,7 @@ pub(crate) fn container_main(spec: &ContainerSpec, fds: ChildFds, userns: Option
                     Some(host_pid),
                 );
                 hooks::run_all(&spec.hooks.start_container, &state)
-                    .map_err(|e| hooks::message(&e))?;
+                    .map_err(|e| hooks::message("startContainer", &e))?;
                 exec(&exe, &spec.process)
             })();
             match r {
@@ -500,7 +500,8 @@ fn before_pivot(spec: &ContainerSpec, sync: RawFd, host_pid: i32) -> Result<(), 
         hooks::Status::Creating,
         Some(host_pid),
     );
-    hooks::run_all(&hooks.create_container, &state).map_err(|e| internal(hooks::message(&e)))
+    hooks::run_all(&hooks.create_container, &state)
+        .map_err(|e| internal(hooks::message("createContainer", &e)))
 }
 
 /// An exec process: enter the container's mount namespace (the monitor already put us in

@@ -259,18 +259,7 @@ impl Monitor {
                 format!("container {id} is already started"),
             ));
         };
-        // SAFETY: sending one byte on our socket.
-        let n = unsafe {
-            libc::send(
-                sync.as_raw_fd(),
-                [MSG_START].as_ptr().cast(),
-                1,
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n != 1 {
-            return Err(sys_err("signal start", io::Error::last_os_error()));
-        }
+        send_byte(&sync, MSG_START).map_err(|e| sys_err("signal start", e))?;
         let extra = c
             .start_hooks
             .as_ref()
@@ -282,7 +271,8 @@ impl Monitor {
                 if let Some(h) = &c.start_hooks {
                     let state = State::new(id, &h.rootfs, Status::Running, Some(c.host_pid));
                     hooks::run_each(&h.poststart, &state, |e| {
-                        eprintln!("berth-monitor: container {id}: {}", hooks::message(&e));
+                        let msg = hooks::message("poststart", &e);
+                        eprintln!("berth-monitor: container {id}: {msg}");
                     });
                 }
                 Ok(Response::Started { started_at })
@@ -374,26 +364,23 @@ fn create_runtime(spec: &ContainerSpec, host_pid: i32, sync: &OwnedFd) -> Result
         Some(host_pid),
     );
     hooks::run_all(&spec.hooks.create_runtime, &state)
-        .map_err(|e| err(Class::Internal, hooks::message(&e)))?;
-    resume(sync)
+        .map_err(|e| err(Class::Internal, hooks::message("createRuntime", &e)))?;
+    send_byte(sync, MSG_RESUME).map_err(|e| sys_err("resume the container's setup", e))
 }
 
-/// Sends `MSG_RESUME` to a child waiting on its sync socket.
-fn resume(sync: &OwnedFd) -> Result<(), Failure> {
+/// Sends a one-byte message to a child waiting on its sync socket.
+fn send_byte(sync: &OwnedFd, msg: u8) -> io::Result<()> {
     // SAFETY: sending one byte on our socket.
     let n = unsafe {
         libc::send(
             sync.as_raw_fd(),
-            [MSG_RESUME].as_ptr().cast(),
+            [msg].as_ptr().cast(),
             1,
             libc::MSG_NOSIGNAL,
         )
     };
     if n != 1 {
-        return Err(sys_err(
-            "resume the container's setup",
-            io::Error::last_os_error(),
-        ));
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
