@@ -4,7 +4,7 @@
 //! container), `startContainer` in the container (its path resolved there), `poststart`
 //! and `poststop` on the node (the latter also after a daemon restart and once the pod's
 //! monitor is gone); a failing or slow creation hook fails CreateContainer with its
-//! message and leaves nothing behind.
+//! message and leaves nothing behind, a failing `startContainer` hook fails the start.
 //!
 //! Run through the harness: `scripts/test.sh` (as root).
 
@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use berth_e2e::fixtures::{
     assert_refused, container_config, container_pid, create_container, create_refused, daemon_in,
     dir_names, exec_ok, list_containers, new_pod, pull, remove_container, remove_pod,
-    start_created, stop_container,
+    start_created, stop_container, wait_exited,
 };
 use berth_e2e::leaks::berth_cgroups;
 use berth_e2e::{Daemon, DaemonDir, images};
-use k8s_cri::v1::{CdiDevice, ContainerConfig};
+use k8s_cri::v1::{CdiDevice, ContainerConfig, StartContainerRequest};
 use serde_json::{Value, json};
 use tonic::Code;
 
@@ -228,7 +228,7 @@ fn slow_hooks() -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_failing_or_slow_creation_hook_fails_create_and_leaves_nothing() {
+async fn a_failing_or_slow_hook_fails_its_call_and_leaves_nothing() {
     let (d, specs) = cdi_daemon().await;
     let fails = "echo 'no device for you' >&2; exit 7";
     write_spec(
@@ -248,6 +248,14 @@ async fn a_failing_or_slow_creation_hook_fails_create_and_leaves_nothing() {
                     "createContainer",
                     "echo waiting >&2; exec sleep 7919",
                     Some(1),
+                )],
+            ),
+            (
+                "start-fails",
+                vec![hook(
+                    "startContainer",
+                    "echo 'not in this one' >&2; exit 4",
+                    Some(10),
                 )],
             ),
         ],
@@ -276,6 +284,21 @@ async fn a_failing_or_slow_creation_hook_fails_create_and_leaves_nothing() {
         assert_eq!(traces(&d, &pod), before, "{device}");
         assert!(slow_hooks().is_empty(), "{device}: {:?}", slow_hooks());
     }
+    // A failing startContainer hook fails the start; the container's process is gone.
+    let id = create_container(&d, &pod, &config, with_device("late", "start-fails")).await;
+    let err = d
+        .client()
+        .runtime()
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect_err("StartContainer must fail");
+    let needle = "startContainer hook /bin/sh exited with code 4: not in this one";
+    assert_refused(&err, Code::Internal, needle);
+    assert_ne!(wait_exited(&d, &id).await.exit_code, 0);
+    remove_container(&d, &id).await;
+    assert_eq!(traces(&d, &pod), before);
     // The pod still takes containers.
     let id = create_container(&d, &pod, &config, container_config("after", &["true"])).await;
     start_created(&d, &id).await;
