@@ -277,7 +277,18 @@ impl Monitor {
                 }
                 Ok(Response::Started { started_at })
             }
-            Ok(Some((msg, _))) if msg.first() == Some(&MSG_ERROR) => Err(child_failure(&msg)),
+            Ok(Some((msg, _))) if msg.first() == Some(&MSG_ERROR) => {
+                // It exits right after its report (a startContainer hook or a last step
+                // failed): its exit is recorded before the answer, so that the removal
+                // that follows a failed start finds it exited, not running.
+                let pid = c.pid;
+                let mut status = 0;
+                // SAFETY: waiting for our own child, which is ending.
+                if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+                    self.reaped(pid, status);
+                }
+                Err(child_failure(&msg))
+            }
             Ok(Some(_)) => Err(err(
                 Class::Internal,
                 "unexpected message from the container",
