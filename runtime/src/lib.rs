@@ -5,7 +5,8 @@
 //! - [`monitor`]: the `berth-monitor` process, one per pod, which holds the pod's namespaces
 //!   and creates, reaps and logs its containers. It runs no async runtime.
 //! - [`protocol`] and [`spec`]: what the two processes say to each other.
-//! - Shared by both: [`sys`] (system calls), [`namespace`] (the namespace kinds), [`error`];
+//! - Shared by both: [`sys`] (system calls), [`namespace`] (the namespace kinds), [`error`],
+//!   [`hooks`] (running a container's OCI hooks);
 //!   and three kernel-facing formats: [`crilog`] (the monitor writes CRI logs, the daemon
 //!   checks log directories), [`sysctl`] (the daemon validates, the monitor sets) and
 //!   [`seccomp`] (the daemon compiles profiles, the monitor loads the filter).
@@ -28,6 +29,7 @@ pub use protocol::spec;
 // Shared by both processes.
 pub mod crilog;
 pub mod error;
+pub mod hooks;
 pub mod namespace;
 pub mod seccomp;
 pub mod sys;

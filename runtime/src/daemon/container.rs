@@ -24,6 +24,48 @@ use crate::plan::{PlanInput, PodContext, missing_bind_sources, plan_container};
 use crate::protocol::{Request, Response};
 use crate::sys;
 
+/// The `poststop` hooks of a removed container, with what their state needs.
+pub(crate) struct Poststop {
+    id: String,
+    rootfs: PathBuf,
+    hooks: Vec<crate::spec::HookSpec>,
+}
+
+impl Poststop {
+    /// The hooks the daemon runs for `spec`: `None` (nothing copied) without any, or for a
+    /// handler's container (its runtime runs the hooks of its bundle).
+    pub(crate) fn of(spec: &crate::spec::ContainerSpec) -> Option<Poststop> {
+        if spec.hooks.poststop.is_empty() || spec.oci.is_some() {
+            return None;
+        }
+        Some(Poststop {
+            id: spec.id.clone(),
+            rootfs: spec.rootfs.mount_point.clone(),
+            hooks: spec.hooks.poststop.clone(),
+        })
+    }
+}
+
+/// Runs the `poststop` hooks of a container Berth's own executor ran, once it is removed:
+/// here, in the daemon, so that they run though the pod's monitor is gone (the pod was
+/// stopped first, or the node restarted). A failing hook is logged; the removal stands.
+pub(crate) async fn run_poststop(poststop: Option<Poststop>) {
+    let Some(p) = poststop else {
+        return;
+    };
+    let ran = tokio::task::spawn_blocking(move || {
+        let state = crate::hooks::State::new(&p.id, &p.rootfs, crate::hooks::Status::Stopped, None);
+        crate::hooks::run_each(&p.hooks, &state, |e| {
+            let error = crate::hooks::message("poststop", &e);
+            tracing::warn!(container = %p.id, %error, "poststop hook failed");
+        });
+    })
+    .await;
+    if let Err(e) = ran {
+        tracing::warn!(error = %e, "poststop hooks did not finish");
+    }
+}
+
 /// How long to wait for a process to die after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(30);
 
@@ -609,6 +651,8 @@ impl Runtime {
             }
         }
         self.forget_removed_container(&c, also).await?;
+        let poststop = Poststop::of(&lock(&c.rec).spec);
+        run_poststop(poststop).await;
         self.emit(ContainerEventType::ContainerDeletedEvent, &c.id, &c.pod_id);
         Ok(())
     }

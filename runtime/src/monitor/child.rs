@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use nix::sys::socket::MsgFlags;
 
 use crate::command::{DEFAULT_PATH, env_value};
+use crate::hooks;
 use crate::monitor::rootfs;
 use crate::monitor::terminal::setup_tty;
 use crate::protocol::fds::send_with_fds;
@@ -25,6 +26,11 @@ pub(crate) const MSG_READY: u8 = b'R';
 pub(crate) const MSG_ERROR: u8 = b'E';
 /// Message from monitor to child: run.
 pub(crate) const MSG_START: u8 = b'S';
+/// Message from child to monitor: the root is built, not pivoted into yet; run the
+/// `createRuntime` hooks. Payload: host PID (4 bytes LE). Sent only when there are some.
+pub(crate) const MSG_HOOKS: u8 = b'H';
+/// Message from monitor to child: the `createRuntime` hooks ran; go on.
+pub(crate) const MSG_RESUME: u8 = b'C';
 
 /// The fds a child gets: stdio and its end of the sync socket.
 pub(crate) struct ChildFds {
@@ -352,6 +358,11 @@ fn send_ready(sync: RawFd, host_pid: i32, tty_master: Option<RawFd>) -> StepResu
 }
 
 fn wait_start(sync: RawFd) -> bool {
+    recv_byte(sync) == Some(MSG_START)
+}
+
+/// Waits for a one-byte message from the monitor; `None` when it closed the socket.
+fn recv_byte(sync: RawFd) -> Option<u8> {
     let mut b = [0u8; 1];
     loop {
         // SAFETY: reading one byte into our buffer.
@@ -359,7 +370,7 @@ fn wait_start(sync: RawFd) -> bool {
         if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
             continue;
         }
-        return n == 1 && b[0] == MSG_START;
+        return (n == 1).then_some(b[0]);
     }
 }
 
@@ -373,7 +384,7 @@ pub(crate) fn container_main(spec: &ContainerSpec, fds: ChildFds, userns: Option
         Err(e) => fail(sync, internal(e)),
     };
     match container_setup(spec, &fds, userns, &mut proc_files) {
-        Ok(exe) => {
+        Ok((exe, host_pid)) => {
             if !wait_start(sync) {
                 // The monitor dropped the container before starting it.
                 // SAFETY: ending the child without running the monitor's handlers.
@@ -386,6 +397,16 @@ pub(crate) fn container_main(spec: &ContainerSpec, fds: ChildFds, userns: Option
                     proc_files.set_oom_score_adj(&spec.process)?;
                 }
                 apply_identity(&spec.process, &mut proc_files)?;
+                // In the container, as its process (its root, ids, capabilities), as what
+                // the container's image holds at the hook's path is what runs.
+                let state = hooks::State::new(
+                    &spec.id,
+                    &spec.rootfs.mount_point,
+                    hooks::Status::Created,
+                    Some(host_pid),
+                );
+                hooks::run_all(&spec.hooks.start_container, &state)
+                    .map_err(|e| hooks::message("startContainer", &e))?;
                 exec(&exe, &spec.process)
             })();
             match r {
@@ -402,7 +423,7 @@ fn container_setup(
     fds: &ChildFds,
     userns: Option<RawFd>,
     proc_files: &mut ProcFiles,
-) -> Result<PathBuf, ChildError> {
+) -> Result<(PathBuf, i32), ChildError> {
     let host_pid = container_prepare(spec, fds, userns, proc_files)?;
     ensure_cwd(&spec.process.cwd, true)?;
     let exe = find_executable(&spec.process.args[0], &spec.process.env).map_err(|e| (true, e))?;
@@ -417,7 +438,7 @@ fn container_setup(
         // SAFETY: the monitor has its copy now.
         unsafe { libc::close(m) };
     }
-    Ok(exe)
+    Ok((exe, host_pid))
 }
 
 /// Everything up to the exec lookup; returns the host PID (read before /proc changes).
@@ -440,7 +461,7 @@ fn container_prepare(
     // SAFETY: as above.
     cvt(unsafe { libc::unshare(libc::CLONE_NEWNS) } as libc::c_long)
         .map_err(|e| internal(format!("unshare mount namespace: {e}")))?;
-    rootfs::setup(spec, userns)?;
+    rootfs::setup(spec, userns, || before_pivot(spec, fds.sync, host_pid))?;
     if !spec.tty {
         dup_stdio(fds).map_err(internal)?;
     }
@@ -452,6 +473,35 @@ fn container_prepare(
         super::userns::join(ns).map_err(internal)?;
     }
     Ok(host_pid)
+}
+
+/// The hooks that run once the container's root is built and before it is pivoted into:
+/// `createRuntime` in the monitor (asked for on the sync socket, and waited for), then
+/// `createContainer` here, in the container's mount namespace, where the root is still
+/// reachable at its path on the node (a file a hook writes under it is in the container).
+/// They run with the node's privileges, before the process joins the pod's user namespace.
+fn before_pivot(spec: &ContainerSpec, sync: RawFd, host_pid: i32) -> Result<(), ChildError> {
+    let hooks = &spec.hooks;
+    if !hooks.create_runtime.is_empty() {
+        let mut msg = [0u8; 5];
+        msg[0] = MSG_HOOKS;
+        msg[1..].copy_from_slice(&host_pid.to_le_bytes());
+        send_with_fds(sync, &msg, &[], MsgFlags::empty())
+            .map_err(|e| internal(format!("ask for the createRuntime hooks: {e}")))?;
+        if recv_byte(sync) != Some(MSG_RESUME) {
+            return Err(internal(
+                "the monitor ended the container's creation".into(),
+            ));
+        }
+    }
+    let state = hooks::State::new(
+        &spec.id,
+        &spec.rootfs.mount_point,
+        hooks::Status::Creating,
+        Some(host_pid),
+    );
+    hooks::run_all(&hooks.create_container, &state)
+        .map_err(|e| internal(hooks::message("createContainer", &e)))
 }
 
 /// An exec process: enter the container's mount namespace (the monitor already put us in

@@ -5,13 +5,15 @@ use std::convert::Infallible;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::time::Duration;
 
-use super::child::{self, ChildFds, MSG_ERROR, MSG_READY, MSG_START};
+use super::child::{self, ChildFds, MSG_ERROR, MSG_HOOKS, MSG_READY, MSG_RESUME, MSG_START};
 use super::reaper::reap_now;
 use super::sync::{child_failure, recv_sync, seqpacket_pair};
 use super::{Container, Failure, Monitor, SETUP_TIMEOUT, err, logs, oci, sys_err};
+use crate::hooks::{self, State, Status};
 use crate::protocol::{Class, Response};
-use crate::spec::{ContainerSpec, PidNamespace};
+use crate::spec::{ContainerSpec, HookSpec, PidNamespace};
 use crate::sys::{self, cvt, pipe};
 
 /// The ends of a new container's stdio that its process gets (the monitor keeps the others).
@@ -22,6 +24,17 @@ pub(super) struct ChildStdio {
     pub stdout: OwnedFd,
     /// The write end of its stderr pipe.
     pub stderr: OwnedFd,
+}
+
+/// What the monitor keeps of a container's hooks for its start (Berth's own executor, and
+/// only when it has some).
+pub(super) struct StartHooks {
+    /// Where the root file system is mounted (the state's bundle is its directory).
+    rootfs: PathBuf,
+    /// How much longer than a plain start the `startContainer` hooks may make it.
+    start_budget: Duration,
+    /// Run once the container's process runs.
+    poststart: Vec<HookSpec>,
 }
 
 /// A container's first process as a create backend left it: set up, waiting to run the
@@ -106,6 +119,7 @@ impl Monitor {
             log,
             outputs,
             exit_file: self.cfg.containers_dir.join(&spec.id).join("exit"),
+            start_hooks: start_hooks(&spec),
             oci: spec.oci,
         });
         Ok(Response::Created { pid: made.host_pid })
@@ -155,7 +169,22 @@ impl Monitor {
                 return Err(sys_err("pidfd_open", e));
             }
         };
-        let (host_pid, tty_master) = match recv_sync(&sync_parent, SETUP_TIMEOUT) {
+        // The createContainer hooks run in the child, within its setup.
+        let setup_timeout = SETUP_TIMEOUT + hooks::budget(&spec.hooks.create_container);
+        let mut report = recv_sync(&sync_parent, setup_timeout);
+        if let Ok(Some((msg, _))) = &report
+            && msg.first() == Some(&MSG_HOOKS)
+            && msg.len() >= 5
+        {
+            let host_pid = i32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]);
+            if let Err(e) = create_runtime(spec, host_pid, &sync_parent) {
+                let _ = sys::pidfd_send_signal(&pidfd, libc::SIGKILL);
+                reap_now(pid);
+                return Err(e);
+            }
+            report = recv_sync(&sync_parent, setup_timeout);
+        }
+        let (host_pid, tty_master) = match report {
             Ok(Some((msg, fd))) if msg.first() == Some(&MSG_READY) && msg.len() >= 5 => {
                 (i32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]), fd)
             }
@@ -230,26 +259,36 @@ impl Monitor {
                 format!("container {id} is already started"),
             ));
         };
-        // SAFETY: sending one byte on our socket.
-        let n = unsafe {
-            libc::send(
-                sync.as_raw_fd(),
-                [MSG_START].as_ptr().cast(),
-                1,
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n != 1 {
-            return Err(sys_err("signal start", io::Error::last_os_error()));
-        }
-        match recv_sync(&sync, SETUP_TIMEOUT) {
+        send_byte(&sync, MSG_START).map_err(|e| sys_err("signal start", e))?;
+        let extra = c
+            .start_hooks
+            .as_ref()
+            .map_or(Duration::ZERO, |h| h.start_budget);
+        match recv_sync(&sync, SETUP_TIMEOUT + extra) {
             Ok(None) => {
                 c.started_at = sys::now_ns();
-                Ok(Response::Started {
-                    started_at: c.started_at,
-                })
+                let started_at = c.started_at;
+                if let Some(h) = &c.start_hooks {
+                    let state = State::new(id, &h.rootfs, Status::Running, Some(c.host_pid));
+                    hooks::run_each(&h.poststart, &state, |e| {
+                        let msg = hooks::message("poststart", &e);
+                        eprintln!("berth-monitor: container {id}: {msg}");
+                    });
+                }
+                Ok(Response::Started { started_at })
             }
-            Ok(Some((msg, _))) if msg.first() == Some(&MSG_ERROR) => Err(child_failure(&msg)),
+            Ok(Some((msg, _))) if msg.first() == Some(&MSG_ERROR) => {
+                // It exits right after its report (a startContainer hook or a last step
+                // failed): its exit is recorded before the answer, so that the removal
+                // that follows a failed start finds it exited, not running.
+                let pid = c.pid;
+                let mut status = 0;
+                // SAFETY: waiting for our own child, which is ending.
+                if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+                    self.reaped(pid, status);
+                }
+                Err(child_failure(&msg))
+            }
             Ok(Some(_)) => Err(err(
                 Class::Internal,
                 "unexpected message from the container",
@@ -309,6 +348,52 @@ impl Monitor {
         self.containers.retain(|c| c.id != id);
         Ok(())
     }
+}
+
+/// What a container created by Berth's own executor needs of its hooks at start; `None`
+/// (nothing kept) without `startContainer` or `poststart` hooks.
+fn start_hooks(spec: &ContainerSpec) -> Option<Box<StartHooks>> {
+    let h = &spec.hooks;
+    if spec.oci.is_some() || (h.start_container.is_empty() && h.poststart.is_empty()) {
+        return None;
+    }
+    Some(Box::new(StartHooks {
+        rootfs: spec.rootfs.mount_point.clone(),
+        start_budget: hooks::budget(&h.start_container),
+        poststart: h.poststart.clone(),
+    }))
+}
+
+/// Runs the `createRuntime` hooks in the monitor (the node's mount namespace, the pod's
+/// others) while the child waits before `pivot_root`, and lets it go on; a failing hook
+/// fails the create (the caller kills the child).
+fn create_runtime(spec: &ContainerSpec, host_pid: i32, sync: &OwnedFd) -> Result<(), Failure> {
+    let state = State::new(
+        &spec.id,
+        &spec.rootfs.mount_point,
+        Status::Creating,
+        Some(host_pid),
+    );
+    hooks::run_all(&spec.hooks.create_runtime, &state)
+        .map_err(|e| err(Class::Internal, hooks::message("createRuntime", &e)))?;
+    send_byte(sync, MSG_RESUME).map_err(|e| sys_err("resume the container's setup", e))
+}
+
+/// Sends a one-byte message to a child waiting on its sync socket.
+fn send_byte(sync: &OwnedFd, msg: u8) -> io::Result<()> {
+    // SAFETY: sending one byte on our socket.
+    let n = unsafe {
+        libc::send(
+            sync.as_raw_fd(),
+            [msg].as_ptr().cast(),
+            1,
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n != 1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `/dev/null` for reading: the stdin of a process that gets none.

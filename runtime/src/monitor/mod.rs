@@ -154,6 +154,8 @@ struct Container {
     exit_file: PathBuf,
     /// Run by an external OCI runtime (a RuntimeClass handler), see [`oci`].
     oci: Option<crate::spec::OciRuntimeSpec>,
+    /// Its `startContainer` and `poststart` hooks, when it has some.
+    start_hooks: Option<Box<container::StartHooks>>,
 }
 
 struct Exec {

@@ -87,7 +87,7 @@ impl Monitor {
     }
 
     /// Records the exit of the child `pid`: a container's, or an exec's (answered).
-    fn reaped(&mut self, pid: i32, status: libc::c_int) {
+    pub(super) fn reaped(&mut self, pid: i32, status: libc::c_int) {
         let exit = wait_status(status);
         if let Some(i) = self
             .containers

@@ -125,6 +125,9 @@ impl Runtime {
                 }
             }
             drop(self.store.delete_container(&rec.id));
+            // The crash may have come before its poststop hooks ran: they run (again).
+            let poststop = crate::daemon::container::Poststop::of(&rec.spec);
+            crate::daemon::container::run_poststop(poststop).await;
             report.removals_finished += 1;
         }
         let containers: Vec<Arc<ContainerEntry>> =

@@ -179,8 +179,13 @@ fn pivot(root: &Path) -> StepResult {
 
 /// Builds the container's file system and makes it the root. The caller has unshared the
 /// mount namespace. With `userns` (the pod's user namespace) the image layers and binds are
-/// idmapped with it and the writable layer belongs to the container's root.
-pub(crate) fn setup(spec: &ContainerSpec, userns: Option<RawFd>) -> StepResult {
+/// idmapped with it and the writable layer belongs to the container's root. `before_pivot`
+/// runs once the root is complete, before `pivot_root` (the OCI hooks' point).
+pub(crate) fn setup(
+    spec: &ContainerSpec,
+    userns: Option<RawFd>,
+    before_pivot: impl FnOnce() -> StepResult,
+) -> StepResult {
     let sec = &spec.process.security;
     let nulls = if sec.privileged {
         Vec::new()
@@ -267,6 +272,7 @@ pub(crate) fn setup(spec: &ContainerSpec, userns: Option<RawFd>) -> StepResult {
         spec.userns.as_ref(),
     )?;
     drop(rootfd);
+    before_pivot()?;
     pivot(root)?;
     if !sec.privileged {
         mask_paths(nulls, &sec.masked_paths, &sec.readonly_paths)?;
