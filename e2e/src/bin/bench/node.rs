@@ -13,7 +13,7 @@ use futures::StreamExt;
 use k8s_cri::v1::*;
 
 use crate::measure::{Figures, Runtime, smaps_rollup, timed, vm_rss_kib};
-use crate::pods::{remove_pod, run_pod};
+use crate::pods::{remove_pod, run_pod_in};
 
 /// kubelet's parallelism: pods started (and removed) at once.
 pub(crate) const PARALLEL: usize = 50;
@@ -88,7 +88,10 @@ pub(crate) async fn node(
             let t = Instant::now();
             let first = pods.len();
             let started: Vec<anyhow::Result<String>> = futures::stream::iter(first..k)
-                .map(|i| run_pod(rt, format!("{}-node-{i}", rt.name)))
+                .map(|i| {
+                    let name = format!("{}-node-{i}", rt.name);
+                    run_pod_in(rt, name, Some(cgroup_parent(rt, i)))
+                })
                 .buffer_unordered(PARALLEL)
                 .collect()
                 .await;
@@ -140,6 +143,18 @@ pub(crate) async fn node(
         per_pod,
     });
     Ok(())
+}
+
+/// Pod `i`'s cgroup parent, as kubelet gives each pod its own (`/kubepods/.../pod<uid>`):
+/// containerd 1.6 has no stats for a pod without one. Below the run's parents, which the
+/// harness removes at the end (anything left inside them is reported as a leak).
+fn cgroup_parent(rt: &Runtime, i: usize) -> String {
+    let tag: String = rt
+        .name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    berth_e2e::Env::get().cgroup_parent(&format!("node-{tag}-{i}"))
 }
 
 /// Every container of `pods` counted as running by the runtime itself.

@@ -229,8 +229,23 @@ pub(crate) async fn image_ops(rt: &Runtime, f: &mut Figures) -> anyhow::Result<(
 
 /// Runs a pod with one `sleep` container; returns the pod's id.
 pub(crate) async fn run_pod(rt: &Runtime, name: String) -> anyhow::Result<String> {
+    run_pod_in(rt, name, None).await
+}
+
+/// [`run_pod`] with the pod's cgroup at `cgroup_parent`, as kubelet always sends one.
+pub(crate) async fn run_pod_in(
+    rt: &Runtime,
+    name: String,
+    cgroup_parent: Option<String>,
+) -> anyhow::Result<String> {
     let mut c = rt.client.runtime();
-    let config = pod_config(&name, &rt.logs);
+    let mut config = pod_config(&name, &rt.logs);
+    if let Some(cgroup_parent) = cgroup_parent {
+        config.linux = Some(LinuxPodSandboxConfig {
+            cgroup_parent,
+            ..Default::default()
+        });
+    }
     let pod = c
         .run_pod_sandbox(RunPodSandboxRequest {
             config: Some(config.clone()),
