@@ -39,6 +39,7 @@ fi
 # Each run in its own harness (fresh node namespace and registry, leak check); every run's
 # report, JSON and SVG kept beside the merged ones.
 outs=()
+mkdir -p "$(dirname "$json")"
 for ((k = 1; k <= runs; k++)); do
   base=${json%.json}.run$k
   echo "scripts/bench.sh: run $k of $runs" >&2

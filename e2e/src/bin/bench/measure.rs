@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -176,6 +178,36 @@ pub(crate) fn kib_field(text: &str, name: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// A process's highest VmRSS, sampled on a task from [`PeakRss::start`] until
+/// [`PeakRss::stop`].
+pub(crate) struct PeakRss {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl PeakRss {
+    /// Samples `pid`'s VmRSS every `every`.
+    pub(crate) fn start(pid: u32, every: Duration) -> PeakRss {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut max = vm_rss_kib(pid);
+            while !flag.load(Ordering::Relaxed) {
+                max = max.max(vm_rss_kib(pid));
+                tokio::time::sleep(every).await;
+            }
+            max
+        });
+        PeakRss { stop, task }
+    }
+
+    /// The highest VmRSS seen, in KiB.
+    pub(crate) async fn stop(self) -> anyhow::Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.context("the RSS sampler")
+    }
 }
 
 pub(crate) fn vm_rss_kib(pid: u32) -> u64 {

@@ -4,16 +4,14 @@
 //! with all N running, the List and stats calls kubelet makes, polled every second as it
 //! does; then all N torn down, 50 at a time.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use futures::StreamExt;
 use k8s_cri::v1::*;
 
-use crate::measure::{Figures, Runtime, smaps_rollup, timed, vm_rss_kib};
-use crate::pods::{remove_pod, run_pod_in};
+use crate::measure::{Figures, PeakRss, Runtime, smaps_rollup, timed};
+use crate::pods::{remove_pod, run_pod_in, running_in};
 
 /// kubelet's parallelism: pods started (and removed) at once.
 pub(crate) const PARALLEL: usize = 50;
@@ -68,18 +66,7 @@ pub(crate) async fn node(
     poll: Duration,
     f: &mut Figures,
 ) -> anyhow::Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (stop, pid) = (stop.clone(), rt.pid);
-        tokio::spawn(async move {
-            let mut max = vm_rss_kib(pid);
-            while !stop.load(Ordering::Relaxed) {
-                max = max.max(vm_rss_kib(pid));
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            max
-        })
-    };
+    let rss = PeakRss::start(rt.pid, Duration::from_millis(10));
     let mut pods = Vec::with_capacity(n);
     let mut per_pod = Vec::new();
     let mut start = Duration::ZERO;
@@ -129,8 +116,7 @@ pub(crate) async fn node(
         .collect()
         .await;
     let teardown = t.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let peak = sampler.await.context("the RSS sampler");
+    let peak = rss.stop().await;
     if let Some(Err(e)) = removed.into_iter().find(Result::is_err) {
         result = result.and(Err(e.context(format!("{}: full node teardown", rt.name))));
     }
@@ -159,25 +145,7 @@ fn cgroup_parent(rt: &Runtime, i: usize) -> String {
 
 /// Every container of `pods` counted as running by the runtime itself.
 async fn check_running(rt: &Runtime, pods: &[String]) -> anyhow::Result<()> {
-    let listed = rt
-        .client
-        .runtime()
-        .list_containers(ListContainersRequest {
-            filter: Some(ContainerFilter {
-                state: Some(ContainerStateValue {
-                    state: ContainerState::ContainerRunning as i32,
-                }),
-                ..Default::default()
-            }),
-        })
-        .await
-        .with_context(|| format!("{}: ListContainers", rt.name))?
-        .into_inner()
-        .containers;
-    let running = listed
-        .iter()
-        .filter(|c| pods.contains(&c.pod_sandbox_id))
-        .count();
+    let running = running_in(rt, pods).await?;
     if running != pods.len() {
         bail!(
             "{}: full node: {running} of {} containers running",

@@ -293,3 +293,26 @@ pub(crate) async fn remove_pod(rt: &Runtime, pod: &str) -> anyhow::Result<()> {
     .with_context(|| format!("{}: RemovePodSandbox {pod}", rt.name))?;
     Ok(())
 }
+
+/// How many containers of `pods` the runtime itself lists as running.
+pub(crate) async fn running_in(rt: &Runtime, pods: &[String]) -> anyhow::Result<usize> {
+    let listed = rt
+        .client
+        .runtime()
+        .list_containers(ListContainersRequest {
+            filter: Some(ContainerFilter {
+                state: Some(ContainerStateValue {
+                    state: ContainerState::ContainerRunning as i32,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .with_context(|| format!("{}: ListContainers", rt.name))?
+        .into_inner()
+        .containers;
+    Ok(listed
+        .iter()
+        .filter(|c| pods.contains(&c.pod_sandbox_id))
+        .count())
+}
