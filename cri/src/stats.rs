@@ -5,15 +5,12 @@
 //! `/proc/<monitor>/net/dev`. The runtime's index lock is held only to copy the list of
 //! pods and containers; files are read after, on a blocking thread. Two things are cached
 //! per container: the CPU sample the usage rate (nano cores) is computed against, and the
-//! writable layer's size, which needs a walk of the layer: measured on the call that first
-//! sees the container, then remeasured in the background once older than [`LAYER_TTL`]
-//! (the call answers with the last size meanwhile), so that with a full node the walk of
-//! every layer is never on kubelet's stats call.
+//! writable layer's size, which needs a walk of the layer and is remeasured at most every
+//! [`LAYER_TTL`].
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_runtime::cgroups::CgroupUsage;
@@ -44,10 +41,6 @@ pub struct StatsCache {
     cpu: Mutex<HashMap<String, (CpuSample, CpuSample)>>,
     /// Writable layer (bytes, inodes) and when it was measured.
     layers: Mutex<HashMap<String, (Instant, u64, u64)>>,
-    /// Layers found older than [`LAYER_TTL`], to remeasure in the background.
-    stale: Mutex<Vec<(String, PathBuf)>>,
-    /// Whether a background remeasure runs (one at a time).
-    remeasuring: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -73,43 +66,15 @@ impl StatsCache {
         (dt > 0).then(|| ns.saturating_sub(base.ns).saturating_mul(1_000_000_000) / dt)
     }
 
-    /// The writable layer's size: measured now if it never was, else the last measure
-    /// (queued for [`StatsCache::remeasure`] once older than [`LAYER_TTL`]).
     fn layer(&self, id: &str, dir: &Path) -> Option<(u64, u64)> {
-        if let Some((at, b, i)) = lock(&self.layers).get(id) {
-            if at.elapsed() >= LAYER_TTL {
-                lock(&self.stale).push((id.to_owned(), dir.to_owned()));
-            }
+        if let Some((at, b, i)) = lock(&self.layers).get(id)
+            && at.elapsed() < LAYER_TTL
+        {
             return Some((*b, *i));
         }
-        self.measure(id, dir)
-    }
-
-    fn measure(&self, id: &str, dir: &Path) -> Option<(u64, u64)> {
         let (bytes, inodes) = berth_imageservice::unpack::disk_usage(dir).ok()?;
         lock(&self.layers).insert(id.to_owned(), (Instant::now(), bytes, inodes));
         Some((bytes, inodes))
-    }
-
-    /// The queued stale layers, unless a remeasure already runs (then they wait for the
-    /// next call); the caller must run [`StatsCache::remeasure`] on what it gets.
-    fn take_stale(&self) -> Vec<(String, PathBuf)> {
-        let mut stale = lock(&self.stale);
-        if stale.is_empty() || self.remeasuring.swap(true, Ordering::AcqRel) {
-            return Vec::new();
-        }
-        std::mem::take(&mut *stale)
-    }
-
-    /// Measures the layers [`StatsCache::take_stale`] gave, then lets the next one run.
-    fn remeasure(&self, layers: Vec<(String, PathBuf)>) {
-        for (id, dir) in layers {
-            // A container removed meanwhile is not measured back into the cache.
-            if lock(&self.layers).contains_key(&id) && self.measure(&id, &dir).is_none() {
-                lock(&self.layers).remove(&id);
-            }
-        }
-        self.remeasuring.store(false, Ordering::Release);
     }
 
     /// Forgets what belongs to containers and pods that are gone.
@@ -272,14 +237,7 @@ async fn collect<T: Send + 'static>(
             at: Instant::now(),
             timestamp: now_ns(),
         };
-        let out = f(&collector, selection);
-        let stale = stats.take_stale();
-        if !stale.is_empty() {
-            // Off the call: the answer does not wait for the walks.
-            let stats = stats.clone();
-            drop(tokio::task::spawn_blocking(move || stats.remeasure(stale)));
-        }
-        Ok(out)
+        Ok(f(&collector, selection))
     })
     .await
     .map_err(|e| Status::internal(format!("collecting stats: {e}")))?
@@ -696,41 +654,6 @@ fn container_metrics_of(stats: &ContainerStats, u: &CgroupUsage) -> Vec<Metric> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_stale_layer_is_answered_from_the_cache_and_remeasured_off_the_call() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = StatsCache::default();
-        let (_, inodes) = cache.layer("c1", dir.path()).unwrap();
-        assert_eq!(
-            inodes, 1,
-            "the first sight measures: the empty layer's root"
-        );
-        std::fs::write(dir.path().join("f"), "x").unwrap();
-        // Fresh: the cached size, nothing queued.
-        assert_eq!(cache.layer("c1", dir.path()).unwrap().1, 1);
-        assert!(cache.take_stale().is_empty());
-        // Stale: still the cached size on the call, and queued once.
-        lock(&cache.layers).get_mut("c1").unwrap().0 -= LAYER_TTL;
-        assert_eq!(cache.layer("c1", dir.path()).unwrap().1, 1);
-        let stale = cache.take_stale();
-        assert_eq!(stale.len(), 1);
-        // One remeasure at a time: what comes meanwhile waits.
-        lock(&cache.layers).get_mut("c1").unwrap().0 -= LAYER_TTL;
-        cache.layer("c1", dir.path());
-        assert!(cache.take_stale().is_empty());
-        cache.remeasure(stale);
-        assert_eq!(
-            cache.layer("c1", dir.path()).unwrap().1,
-            2,
-            "the new file counted"
-        );
-        assert_eq!(cache.take_stale().len(), 1, "the waiting one runs next");
-        // A container gone before its remeasure is not put back.
-        cache.retain(&HashSet::new());
-        cache.remeasure(vec![("c1".into(), dir.path().to_owned())]);
-        assert!(lock(&cache.layers).is_empty());
-    }
 
     #[test]
     fn nano_cores_need_two_samples_a_window_apart() {
