@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The benchmark: Berth and containerd side by side on this machine, over their
-# CRI sockets, inside the e2e harness's node namespace and loopback registry.
-#   bash scripts/bench.sh [--iterations N] [--pods N] [--density N,N] [--restart-pods N] [--json PATH] [--svg PATH]
+# The benchmark: Berth (built-in network and CNI mode) and containerd side by side on this
+# machine, over their CRI sockets, inside the e2e harness's node namespace and loopback
+# registry.
+#   bash scripts/bench.sh [--iterations N] [--pods N] [--density N,N] [--restart-pods N]
+#                         [--node N] [--json PATH] [--svg PATH]
 #                                                       # full run: Markdown report, JSON, SVG
+#   bash scripts/bench.sh --runs 3 [...]                # three whole runs, each figure's
+#                                                       # median and spread (bench merge)
 #   bash scripts/bench.sh --smoke                       # Berth only, once (CI)
 # Installs containerd and runc (Debian packages) for the comparison; Berth never uses them.
 # Release builds. Run scripts/test.sh once first on a fresh machine (test packages).
@@ -14,7 +18,32 @@ if [[ " $* " != *" --smoke "* ]] && ! command -v containerd >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
     containerd runc containernetworking-plugins
 fi
+# --runs N is ours; --json and --svg name the merged outputs then; the rest goes to bench.
+runs=1 json=target/bench/results.json svg=target/bench/latency.svg args=()
+while (($#)); do
+  case $1 in
+    --runs) runs=${2:?--runs needs a value}; shift 2 ;;
+    --json) json=${2:?--json needs a value}; shift 2 ;;
+    --svg) svg=${2:?--svg needs a value}; shift 2 ;;
+    *) args+=("$1"); shift ;;
+  esac
+done
+[[ $runs =~ ^[1-9][0-9]*$ ]] || { echo "scripts/bench.sh: --runs: not a positive number: $runs" >&2; exit 2; }
 profile=${BERTH_BENCH_PROFILE:-release}
 flag=(--release); [[ $profile == debug ]] && flag=()
 cargo build "${flag[@]}" -p berth-cri -p berth-runtime -p berth-e2e --bins
-exec "target/$profile/harness" --timeout 3600 -- "target/$profile/bench" "$@"
+harness=("target/$profile/harness" --timeout 7200 -- "target/$profile/bench")
+if ((runs == 1)); then
+  exec "${harness[@]}" "${args[@]}" --json "$json" --svg "$svg"
+fi
+# Each run in its own harness (fresh node namespace and registry, leak check); every run's
+# report, JSON and SVG kept beside the merged ones.
+outs=()
+mkdir -p "$(dirname "$json")"
+for ((k = 1; k <= runs; k++)); do
+  base=${json%.json}.run$k
+  echo "scripts/bench.sh: run $k of $runs" >&2
+  "${harness[@]}" "${args[@]}" --json "$base.json" --svg "$base.svg" | tee "$base.md"
+  outs+=("$base.json")
+done
+"target/$profile/bench" merge --json "$json" --svg "$svg" "${outs[@]}" | tee "${json%.json}.md"

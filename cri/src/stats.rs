@@ -302,13 +302,18 @@ pub async fn list_container_stats(
 }
 
 fn pods_with_containers(c: &Collector<'_>, s: Selection) -> Vec<PodSandboxStats> {
+    // Grouped once: a full node has hundreds of pods, each with its containers.
+    let mut by_pod: HashMap<&str, Vec<&ContainerTarget>> = HashMap::new();
+    for t in s.containers.iter().filter(|t| t.live) {
+        by_pod.entry(t.pod_id.as_str()).or_default().push(t);
+    }
     s.pods
         .iter()
         .map(|p| {
-            let containers = s
-                .containers
-                .iter()
-                .filter(|t| t.pod_id == p.id && t.live)
+            let containers = by_pod
+                .get(p.id.as_str())
+                .into_iter()
+                .flatten()
                 .map(|t| c.container(t))
                 .collect();
             c.pod(p, containers)

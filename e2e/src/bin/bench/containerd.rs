@@ -1,14 +1,14 @@
 //! The containerd under comparison: a private daemon with its own root, bridge and CNI
 //! config, started and cleaned up by the benchmark.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use berth_e2e::{Client, DaemonDir, Env, images};
 
-use crate::measure::{Runtime, first_answer, processes_with};
+use crate::measure::{Backlog, Runtime, entries, first_answer, processes_with};
 
 /// containerd with a private root, state, socket, bridge and CNI config, mirrors to the
 /// harness registry. Stopped (by its PID) and cleaned on drop.
@@ -27,19 +27,7 @@ impl Containerd {
         std::fs::create_dir_all(&net)?;
         // Its own bridge and subnet, so one containerd's cleanup leaves another's alone.
         let bridge = format!("bcbench{number}");
-        let conflist = serde_json::json!({
-            "cniVersion": "1.0.0", "name": "bench",
-            "plugins": [
-                {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true,
-                 "ipam": {"type": "host-local",
-                          "ranges": [[{"subnet": format!("10.66.{}.0/24", number % 256)}]],
-                          "routes": [{"dst": "0.0.0.0/0"}],
-                          "dataDir": dir.join("ipam").display().to_string()}},
-                {"type": "portmap", "capabilities": {"portMappings": true}},
-                {"type": "loopback"}
-            ]
-        });
-        std::fs::write(net.join("10-bench.conflist"), conflist.to_string())?;
+        write_conflist(&net, &bridge, 66, number, dir)?;
         let mut mirrors = String::new();
         for host in images::MIRRORED_HOSTS {
             mirrors.push_str(&format!(
@@ -89,16 +77,49 @@ impl Containerd {
     }
 }
 
+/// Writes the CNI config both containerd and Berth's CNI mode run with (Debian's bridge,
+/// host-local, portmap and loopback plugins): bridge `bridge`, one /20 (room for a full
+/// node of pods) of `10.<net>.0.0/16` picked by `number`, addresses recorded under `dir`.
+pub(crate) fn write_conflist(
+    conf_dir: &Path,
+    bridge: &str,
+    net: u8,
+    number: u32,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "bench",
+        "plugins": [
+            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true,
+             "ipam": {"type": "host-local",
+                      "ranges": [[{"subnet": format!("10.{net}.{}.0/20", (number % 16) * 16)}]],
+                      "routes": [{"dst": "0.0.0.0/0"}],
+                      "dataDir": dir.join("ipam").display().to_string()}},
+            {"type": "portmap", "capabilities": {"portMappings": true}},
+            {"type": "loopback"}
+        ]
+    });
+    std::fs::create_dir_all(conf_dir)?;
+    std::fs::write(conf_dir.join("10-bench.conflist"), conflist.to_string())?;
+    Ok(())
+}
+
+/// Deletes a bridge the CNI bridge plugin made: the plugin never deletes it (containerd
+/// leaves it too), so whoever wrote the conflist removes it.
+pub(crate) fn delete_bridge(bridge: &str) {
+    let _ = Command::new("ip")
+        .args(["link", "del", bridge])
+        .stderr(Stdio::null())
+        .status();
+}
+
 impl Drop for Containerd {
     fn drop(&mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let _ = self.child.wait();
         // What containerd leaves on purpose: its bridge and the mounts of its state.
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .stderr(Stdio::null())
-            .status();
+        delete_bridge(&self.bridge);
         for m in berth_e2e::leaks::mounts_under(&self.dir) {
             let _ = nix::mount::umount2(&m.mount_point, nix::mount::MntFlags::MNT_DETACH);
         }
@@ -107,6 +128,13 @@ impl Drop for Containerd {
 
 pub(crate) fn containerd_runtime(ctd: &Containerd, client: Client, dir: &DaemonDir) -> Runtime {
     let sock = dir.path().join("containerd.sock").display().to_string();
+    let shims = sock.clone();
+    let (tasks, snapshots) = (
+        dir.path()
+            .join("state/io.containerd.runtime.v2.task/k8s.io"),
+        dir.path()
+            .join("root/io.containerd.snapshotter.v1.overlayfs/snapshots"),
+    );
     Runtime {
         name: "containerd",
         client,
@@ -115,5 +143,12 @@ pub(crate) fn containerd_runtime(ctd: &Containerd, client: Client, dir: &DaemonD
         // The shims are what containerd adds per pod (our pause is busybox sleep, not the
         // real 300 KiB pause binary, so it is left out: this favours containerd).
         helpers: Box::new(move || processes_with(&["containerd-shim-runc-v2", &sock])),
+        // Shims still exiting and their task directories; its snapshots are removed by
+        // its garbage collection, in the background after RemoveContainer.
+        backlog: Box::new(move || Backlog {
+            pending: processes_with(&["containerd-shim-runc-v2", &shims]).len()
+                + entries(&tasks, ""),
+            churn: entries(&snapshots, ""),
+        }),
     }
 }

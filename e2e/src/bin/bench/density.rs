@@ -1,15 +1,12 @@
 //! The memory and density phases: what a runtime adds per pod, and many pods started and
 //! removed at once.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use k8s_cri::v1::*;
+use anyhow::bail;
 
-use crate::measure::{Density, Figures, Runtime, smaps_rollup, vm_rss_kib};
-use crate::pods::{remove_pod, run_pod};
+use crate::measure::{Density, Figures, PeakRss, Runtime, smaps_rollup};
+use crate::pods::{remove_pod, run_pod, running_in};
 
 /// Memory: `pods` pods with a container each, one after the other, then the RSS and PSS
 /// of what the runtime added per pod.
@@ -46,18 +43,7 @@ pub(crate) async fn memory(rt: &Runtime, pods: usize, f: &mut Figures) -> anyhow
 /// the daemon's VmRSS while they start and run. Whatever fails, the pods that started are
 /// torn down before the error is returned.
 pub(crate) async fn density(rt: &Runtime, n: usize, f: &mut Figures) -> anyhow::Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (stop, pid) = (stop.clone(), rt.pid);
-        tokio::spawn(async move {
-            let mut max = vm_rss_kib(pid);
-            while !stop.load(Ordering::Relaxed) {
-                max = max.max(vm_rss_kib(pid));
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            max
-        })
-    };
+    let rss = PeakRss::start(rt.pid, Duration::from_millis(5));
     let t = Instant::now();
     let started = futures::future::join_all(
         (0..n).map(|i| run_pod(rt, format!("{}-density{n}-{i}", rt.name))),
@@ -67,29 +53,9 @@ pub(crate) async fn density(rt: &Runtime, n: usize, f: &mut Figures) -> anyhow::
     let (pods, failed): (Vec<_>, Vec<_>) = started.into_iter().partition(Result::is_ok);
     let pods: Vec<String> = pods.into_iter().flatten().collect();
     // Every container counted as running by the runtime itself, not only by our calls.
-    let running = rt
-        .client
-        .runtime()
-        .list_containers(ListContainersRequest {
-            filter: Some(ContainerFilter {
-                state: Some(ContainerStateValue {
-                    state: ContainerState::ContainerRunning as i32,
-                }),
-                ..Default::default()
-            }),
-        })
-        .await
-        .with_context(|| format!("{}: ListContainers", rt.name))
-        .map(|r| {
-            r.into_inner()
-                .containers
-                .iter()
-                .filter(|c| pods.contains(&c.pod_sandbox_id))
-                .count()
-        });
+    let running = running_in(rt, &pods).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    let daemon_max_rss_kib = sampler.await;
+    let daemon_max_rss_kib = rss.stop().await;
     let t = Instant::now();
     let removed = futures::future::join_all(pods.iter().map(|p| remove_pod(rt, p))).await;
     let teardown_ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -107,7 +73,7 @@ pub(crate) async fn density(rt: &Runtime, n: usize, f: &mut Figures) -> anyhow::
         pods: n,
         start_ms,
         teardown_ms,
-        daemon_max_rss_kib: daemon_max_rss_kib.context("the RSS sampler")?,
+        daemon_max_rss_kib: daemon_max_rss_kib?,
     });
     Ok(())
 }

@@ -507,8 +507,12 @@ pub(crate) fn markdown(out: &mut String, runs: &[(&Runtime, Figures)]) {
             )
         }),
     );
-    if let [(_, b), (_, c)] = runs {
-        header(out, "log flood: berth / containerd", &["median"]);
+    for ((brt, b), (crt, c)) in crate::report::pairs(runs) {
+        header(
+            out,
+            &format!("log flood: {} / {}", brt.name, crt.name),
+            &["median"],
+        );
         let r = |g: &dyn Fn(&Flood) -> f64| {
             vec![times(ratio(median(&b.floods, g), median(&c.floods, g)))]
         };

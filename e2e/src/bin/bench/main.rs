@@ -5,29 +5,38 @@
 //! JSON and the latency distributions as an SVG.
 //!
 //! Usage (inside the harness):
-//! `bench [--smoke] [--iterations N] [--pods N] [--density N,N] [--restart-pods N] [--json PATH]
-//! [--svg PATH]`.
-//! Both daemons run at once and are measured alternately, iteration by iteration, so they
-//! share the machine's noise. Restarts are timed for Berth alone, with no pods and with a
+//! `bench [--smoke] [--iterations N] [--pods N] [--density N,N] [--restart-pods N] [--node N]
+//! [--json PATH] [--svg PATH]`; `bench merge [--json PATH] [--svg PATH] RUN.json...` merges
+//! several runs' JSON into medians with their spread (`runs`; `scripts/bench.sh --runs N`).
+//! Three runtimes run at once and are measured alternately, iteration by iteration, so they
+//! share the machine's noise: Berth with its built-in network, Berth in CNI mode with the
+//! same conflist and plugins as containerd (`cni`), and containerd. Before each turn the
+//! previous runtimes' deferred work is waited for (`quiet`). `--node N` adds the full-node
+//! phase (`node`: N pods, kubelet's List and stats calls polled for 60 s). Restarts are timed for Berth alone, with no pods and with a
 //! busy node (`--restart-pods`, 100 by default). `--smoke` runs Berth alone, every step
-//! once (density with 3 pods, the busy node with 5), writes the JSON and SVG, and checks
-//! only that every step works (CI runs it).
+//! once (density with 3 pods, the busy node with 5, a full node of 5 polled for 3 s), in
+//! both network modes, writes the JSON and SVG, and checks only that every step works (CI
+//! runs it).
 //!
 //! This file parses the settings and runs the phases in order; each phase is a module
-//! beside it (`cold`, `pods`, `calls`, `streams`, `density`, `logs`, `restart`), `measure`
-//! holds what they measure with, `containerd` the daemon compared against, and `report`
-//! the outputs.
+//! beside it (`cold`, `pods`, `calls`, `streams`, `density`, `logs`, `node`, `restart`),
+//! `measure` holds what they measure with, `containerd` and `cni` the daemons compared, and
+//! `report` the outputs.
 
 mod calls;
+mod cni;
 mod cold;
 mod containerd;
 mod density;
 mod logs;
 mod measure;
+mod node;
 mod pods;
+mod quiet;
 mod report;
 mod restart;
 mod streams;
+mod runs;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,17 +47,21 @@ use berth_e2e::{Daemon, DaemonDir, images};
 use k8s_cri::v1::RemoveImageRequest;
 
 use crate::calls::{STATS_PODS, node_calls};
+use crate::cni::BerthCni;
 use crate::cold::cold;
 use crate::containerd::{Containerd, containerd_runtime};
 use crate::density::{density, memory};
 use crate::measure::{Figures, Runtime, berth_runtime, smaps_rollup};
+use crate::node::node;
 use crate::pods::{IMAGE_OPS_IMAGE, image_ops, image_spec, lifecycle, pull};
+use crate::quiet::quiet;
 use crate::report::{json, markdown, svg};
 use crate::restart::restart;
 use crate::streams::streams;
 
 const USAGE: &str = "usage: bench [--smoke] [--iterations N] [--pods N] [--density N,N] \
-                     [--restart-pods N] [--json PATH] [--svg PATH]";
+                     [--restart-pods N] [--node N] [--json PATH] [--svg PATH]\n       \
+                     bench merge [--json PATH] [--svg PATH] RUN.json...";
 
 /// What the benchmark was asked to do.
 struct Settings {
@@ -61,6 +74,10 @@ struct Settings {
     restart_pods: usize,
     /// Restarts timed with no pods, and again with the busy node.
     restarts: usize,
+    /// Pods of the full-node phase; `None`: no such phase.
+    node: Option<usize>,
+    /// How long the full node's List and stats calls are polled.
+    node_poll: Duration,
     json: PathBuf,
     svg: PathBuf,
 }
@@ -73,7 +90,8 @@ impl Settings {
         while let Some(a) = it.next() {
             match a.as_str() {
                 "--smoke" => smoke = true,
-                "--iterations" | "--pods" | "--density" | "--restart-pods" | "--json" | "--svg" => {
+                "--iterations" | "--pods" | "--density" | "--restart-pods" | "--node"
+                | "--json" | "--svg" => {
                     let v = it
                         .next()
                         .with_context(|| format!("{a} needs a value\n{USAGE}"))?;
@@ -101,6 +119,14 @@ impl Settings {
         } else {
             number("--iterations", 20)?
         };
+        let node = match flags.get("--node") {
+            _ if smoke => Some(5),
+            Some(_) => match number("--node", 0)? {
+                0 => bail!("--node: a full node needs at least one pod"),
+                n => Some(n),
+            },
+            None => None,
+        };
         Ok(Settings {
             smoke,
             iterations,
@@ -113,6 +139,8 @@ impl Settings {
                 number("--restart-pods", 100)?
             },
             restarts: if smoke { 1 } else { iterations.min(10) },
+            node,
+            node_poll: Duration::from_secs(if smoke { 3 } else { 60 }),
             json: PathBuf::from(flags.get("--json").unwrap_or(&"target/bench/results.json")),
             svg: PathBuf::from(flags.get("--svg").unwrap_or(&"target/bench/latency.svg")),
         })
@@ -129,6 +157,9 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("merge") {
+        return runs::merge_main(&args[1..]);
+    }
     let settings = Settings::parse(&args)?;
 
     let mut berth_figures = Figures::default();
@@ -145,7 +176,11 @@ async fn main() -> anyhow::Result<()> {
         .start()
         .await
         .context("start berth")?;
-    let mut runs: Vec<(Runtime, Figures)> = vec![(berth_runtime(&berth)?, berth_figures)];
+    let berth_cni = BerthCni::start().await?;
+    let mut runs: Vec<(Runtime, Figures)> = vec![
+        (berth_runtime(&berth)?, berth_figures),
+        (berth_cni.runtime()?, Figures::default()),
+    ];
     let containerd_dir;
     let mut containerd = None;
     if !settings.smoke {
@@ -173,9 +208,12 @@ async fn main() -> anyhow::Result<()> {
             .await
             .ok();
     }
-    // Alternated: Berth, containerd, Berth, ... so both see the same noise.
+    // Alternated: Berth, Berth (CNI), containerd, Berth, ... so all see the same noise;
+    // each turn starts once the others' deferred work is done.
     for i in 0..settings.iterations {
-        for (rt, f) in &mut runs {
+        for k in 0..runs.len() {
+            quiet(runs.iter().map(|(rt, _)| rt)).await;
+            let (rt, f) = &mut runs[k];
             lifecycle(rt, i, f).await?;
             image_ops(rt, f).await?;
         }
@@ -189,21 +227,34 @@ async fn main() -> anyhow::Result<()> {
     };
     node_calls(&mut runs, sizes, settings.iterations).await?;
     streams(&mut runs, settings.iterations).await?;
-    for (rt, f) in &mut runs {
+    for k in 0..runs.len() {
+        quiet(runs.iter().map(|(rt, _)| rt)).await;
+        let (rt, f) = &mut runs[k];
         memory(rt, settings.pods, f).await?;
     }
     for &n in &settings.density {
-        for (rt, f) in &mut runs {
+        for k in 0..runs.len() {
+            quiet(runs.iter().map(|(rt, _)| rt)).await;
+            let (rt, f) = &mut runs[k];
             density(rt, n, f).await?;
         }
     }
     logs::floods(&settings, &mut runs).await?;
+    if let Some(n) = settings.node {
+        for k in 0..runs.len() {
+            quiet(runs.iter().map(|(rt, _)| rt)).await;
+            let (rt, f) = &mut runs[k];
+            node(rt, n, settings.node_poll, f).await?;
+        }
+    }
+    quiet(runs.iter().map(|(rt, _)| rt)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     for (rt, f) in &mut runs {
         f.idle_rss_after_kib = smaps_rollup(rt.pid).0;
     }
     restart(&settings, &mut runs[0].1).await?;
     drop(containerd);
+    drop(berth_cni);
     drop(berth);
     drop(cold_roots);
 
@@ -241,6 +292,7 @@ mod tests {
         assert_eq!((s.iterations, s.pods, s.cold), (20, 10, 10));
         assert_eq!(s.density, vec![20, 100]);
         assert_eq!((s.restarts, s.restart_pods), (10, 100));
+        assert_eq!(s.node, None);
         assert_eq!(s.json, Path::new("target/bench/results.json"));
         assert_eq!(s.svg, Path::new("target/bench/latency.svg"));
     }
@@ -254,6 +306,8 @@ mod tests {
             "4",
             "--density",
             "5, 50",
+            "--node",
+            "500",
             "--json",
             "/tmp/r.json",
             "--svg",
@@ -262,6 +316,7 @@ mod tests {
         .unwrap();
         assert_eq!((s.iterations, s.pods, s.cold), (3, 4, 3));
         assert_eq!(s.density, vec![5, 50]);
+        assert_eq!((s.node, s.node_poll), (Some(500), Duration::from_secs(60)));
         assert_eq!(s.json, Path::new("/tmp/r.json"));
         assert_eq!(s.svg, Path::new("/tmp/l.svg"));
     }
@@ -272,6 +327,7 @@ mod tests {
         assert_eq!((s.iterations, s.pods, s.cold), (1, 2, 1));
         assert_eq!(s.density, vec![3]);
         assert_eq!((s.restarts, s.restart_pods), (1, 5));
+        assert_eq!((s.node, s.node_poll), (Some(5), Duration::from_secs(3)));
     }
 
     #[test]
@@ -280,5 +336,6 @@ mod tests {
         assert!(parse(&["--iterations", "many"]).is_err());
         assert!(parse(&["--density", "20,x"]).is_err());
         assert!(parse(&["--pod", "3"]).is_err());
+        assert!(parse(&["--node", "0"]).is_err());
     }
 }

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -76,6 +78,30 @@ pub(crate) struct Runtime {
     pub(crate) logs: PathBuf,
     /// The processes the runtime adds per pod (Berth's monitors, containerd's shims).
     pub(crate) helpers: Box<dyn Fn() -> Vec<u32>>,
+    /// The work it still does after its answers, read from the host (see [`Backlog`]).
+    pub(crate) backlog: Box<dyn Fn() -> Backlog>,
+}
+
+/// What a runtime still has to finish after answering, read from the host: the next
+/// runtime's turn waits until it is done (`crate::quiet`), so one runtime's deferred work
+/// never lands in the other's timing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Backlog {
+    /// Items known to be pending: directories renamed aside for deletion, per-pod processes
+    /// still exiting, task directories not yet cleaned.
+    pub(crate) pending: usize,
+    /// A count that moves while background work runs (the snapshot directories, until
+    /// garbage collection has removed what it will): quiet once it stops changing.
+    pub(crate) churn: usize,
+}
+
+/// Entries of `dir` whose names start with `prefix` (all with ""); 0 if it is unreadable.
+pub(crate) fn entries(dir: &Path, prefix: &str) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .count()
+    })
 }
 
 /// One density round: `pods` pods started at once, then torn down at once.
@@ -98,6 +124,8 @@ pub(crate) struct Figures {
     pub(crate) per_pod_pss_kib: f64,
     /// The log floods, one per round.
     pub(crate) floods: Vec<crate::logs::Flood>,
+    /// The full-node phase (`--node N`), when it ran.
+    pub(crate) node: Option<crate::node::Node>,
 }
 
 impl Figures {
@@ -107,6 +135,22 @@ impl Figures {
     pub(crate) fn summary(&self, name: &str) -> Option<Summary> {
         self.calls.get(name).and_then(Samples::summary)
     }
+}
+
+/// Every operation any runtime of `figures` timed: those of [`OPS`] in its order, then the
+/// others (added by phases that do not list theirs there) by name, so no timed call is
+/// left out of the report, the JSON or the plot.
+pub(crate) fn op_names<'a>(figures: impl IntoIterator<Item = &'a Figures>) -> Vec<&'static str> {
+    let mut extra: Vec<&'static str> = Vec::new();
+    for f in figures {
+        for op in f.calls.keys() {
+            if !OPS.contains(op) && !extra.contains(op) {
+                extra.push(op);
+            }
+        }
+    }
+    extra.sort_unstable();
+    OPS.iter().copied().chain(extra).collect()
 }
 
 /// Polls `socket` every millisecond until a CRI `Version` call answers; returns the client
@@ -161,6 +205,36 @@ pub(crate) fn kib_field(text: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A process's highest VmRSS, sampled on a task from [`PeakRss::start`] until
+/// [`PeakRss::stop`].
+pub(crate) struct PeakRss {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl PeakRss {
+    /// Samples `pid`'s VmRSS every `every`.
+    pub(crate) fn start(pid: u32, every: Duration) -> PeakRss {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut max = vm_rss_kib(pid);
+            while !flag.load(Ordering::Relaxed) {
+                max = max.max(vm_rss_kib(pid));
+                tokio::time::sleep(every).await;
+            }
+            max
+        });
+        PeakRss { stop, task }
+    }
+
+    /// The highest VmRSS seen, in KiB.
+    pub(crate) async fn stop(self) -> anyhow::Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.context("the RSS sampler")
+    }
+}
+
 pub(crate) fn vm_rss_kib(pid: u32) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     kib_field(&text, "VmRSS:")
@@ -184,18 +258,42 @@ pub(crate) fn processes_with(needles: &[&str]) -> Vec<u32> {
 
 pub(crate) fn berth_runtime(d: &Daemon) -> anyhow::Result<Runtime> {
     let state = d.dir().state().display().to_string();
+    let (root, state_dir) = (d.dir().root(), d.dir().state());
+    let monitors = state.clone();
     Ok(Runtime {
         name: "berth",
         client: d.client().clone(),
         pid: d.pid().context("berth pid")?,
         logs: d.dir().path().join("pod-logs"),
         helpers: Box::new(move || processes_with(&["berth-monitor", &state])),
+        // Removed containers' directories are renamed `.removed-<id>` and deleted on a
+        // blocking thread; removed snapshots wait in `snapshots/.trash`.
+        backlog: Box::new(move || Backlog {
+            pending: entries(&root.join("containers"), ".removed-")
+                + entries(&state_dir.join("containers"), ".removed-")
+                + entries(&root.join("snapshots/.trash"), "")
+                + processes_with(&["berth-monitor", &monitors]).len(),
+            churn: entries(&root.join("snapshots"), ""),
+        }),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_timed_operation_is_named_known_ones_first() {
+        let mut a = Figures::default();
+        a.op("Z new call").push(1.0);
+        a.op(POD_READY).push(1.0);
+        let mut b = Figures::default();
+        b.op("A new call").push(1.0);
+        let names = op_names([&a, &b]);
+        assert_eq!(names.len(), OPS.len() + 2);
+        assert_eq!(&names[..OPS.len()], &OPS[..]);
+        assert_eq!(&names[OPS.len()..], &["A new call", "Z new call"]);
+    }
 
     #[test]
     fn kib_fields_are_read_from_proc_text() {

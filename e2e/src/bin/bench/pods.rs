@@ -232,6 +232,22 @@ pub(crate) async fn run_pod(rt: &Runtime, name: String) -> anyhow::Result<String
     run_configured_pod(rt, pod_config(&name, &rt.logs)).await
 }
 
+/// [`run_pod`] with the pod's cgroup at `cgroup_parent`, as kubelet always sends one.
+pub(crate) async fn run_pod_in(
+    rt: &Runtime,
+    name: String,
+    cgroup_parent: Option<String>,
+) -> anyhow::Result<String> {
+    let mut config = pod_config(&name, &rt.logs);
+    if let Some(cgroup_parent) = cgroup_parent {
+        config.linux = Some(LinuxPodSandboxConfig {
+            cgroup_parent,
+            ..Default::default()
+        });
+    }
+    run_configured_pod(rt, config).await
+}
+
 /// Runs the pod `config` with one `sleep` container; returns the pod's id.
 pub(crate) async fn run_configured_pod(
     rt: &Runtime,
@@ -288,4 +304,27 @@ pub(crate) async fn remove_pod(rt: &Runtime, pod: &str) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("{}: RemovePodSandbox {pod}", rt.name))?;
     Ok(())
+}
+
+/// How many containers of `pods` the runtime itself lists as running.
+pub(crate) async fn running_in(rt: &Runtime, pods: &[String]) -> anyhow::Result<usize> {
+    let listed = rt
+        .client
+        .runtime()
+        .list_containers(ListContainersRequest {
+            filter: Some(ContainerFilter {
+                state: Some(ContainerStateValue {
+                    state: ContainerState::ContainerRunning as i32,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .with_context(|| format!("{}: ListContainers", rt.name))?
+        .into_inner()
+        .containers;
+    Ok(listed
+        .iter()
+        .filter(|c| pods.contains(&c.pod_sandbox_id))
+        .count())
 }

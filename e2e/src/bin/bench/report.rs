@@ -7,7 +7,8 @@ use std::process::{Command, Stdio};
 use berth_e2e::bench::{Series, Summary, latency_svg, ratio};
 
 use crate::Settings;
-use crate::measure::{Density, Figures, OPS, Runtime, kib_field};
+use crate::measure::{Density, Figures, Runtime, kib_field, op_names};
+use crate::node::{NODE_PEAK_RSS_TARGET_KIB, NODE_POLLED, Node};
 use crate::streams::{BULK_BYTES, FORWARD_BULK};
 
 /// Output of a command, trimmed; `None` if it fails.
@@ -65,8 +66,10 @@ pub(crate) fn machine(smoke: bool) -> serde_json::Value {
 
 /// Every figure, per runtime, with the machine and the settings.
 pub(crate) fn json(settings: &Settings, runs: &[(&Runtime, Figures)]) -> serde_json::Value {
+    let names = op_names(runs.iter().map(|(_, f)| f));
     let ops = |f: &Figures| -> Vec<serde_json::Value> {
-        OPS.iter()
+        names
+            .iter()
             .filter_map(|op| {
                 let s = f.calls.get(op)?;
                 Some(serde_json::json!({"op": op, "unit": "ms", "summary": s.summary(), "samples": s}))
@@ -93,14 +96,17 @@ pub(crate) fn json(settings: &Settings, runs: &[(&Runtime, Figures)]) -> serde_j
                     "daemon_idle_rss_after_kib": f.idle_rss_after_kib,
                 },
                 "log_flood": crate::logs::json(&f.floods),
+                "node": f.node.as_ref().map(|n| node_json(n, f)),
             }),
         );
     }
-    let ratios: Vec<serde_json::Value> = match runs {
-        [(_, b), (_, c)] => OPS
+    // Each Berth mode over containerd.
+    let mut ratios = serde_json::Map::new();
+    for (b, c) in pairs(runs) {
+        let list: Vec<serde_json::Value> = names
             .iter()
             .filter_map(|op| {
-                let (b, c) = (b.summary(op)?, c.summary(op)?);
+                let (b, c) = (b.1.summary(op)?, c.1.summary(op)?);
                 Some(serde_json::json!({
                     "op": op,
                     "min": ratio(Some(b.min), Some(c.min)),
@@ -108,9 +114,9 @@ pub(crate) fn json(settings: &Settings, runs: &[(&Runtime, Figures)]) -> serde_j
                     "p90": ratio(Some(b.p90), Some(c.p90)),
                 }))
             })
-            .collect(),
-        _ => Vec::new(),
-    };
+            .collect();
+        ratios.insert(b.0.name.into(), list.into());
+    }
     serde_json::json!({
         "machine": machine(settings.smoke),
         "settings": {
@@ -121,11 +127,145 @@ pub(crate) fn json(settings: &Settings, runs: &[(&Runtime, Figures)]) -> serde_j
             "density": settings.density,
             "restarts": settings.restarts,
             "restart_pods": settings.restart_pods,
+            "node": settings.node,
+            "node_poll_s": settings.node_poll.as_secs(),
             "alternated": true,
         },
         "runtimes": runtimes,
-        "ratios_berth_over_containerd": ratios,
+        "ratios_over_containerd": ratios,
     })
+}
+
+/// One runtime's run: the runtime and what it measured.
+pub(crate) type Run<'a> = (&'a Runtime, Figures);
+
+/// Each run that is not containerd's, paired with containerd's (when it ran).
+pub(crate) fn pairs<'a>(runs: &'a [Run<'a>]) -> Vec<(&'a Run<'a>, &'a Run<'a>)> {
+    let Some(c) = runs.iter().find(|(rt, _)| rt.name == "containerd") else {
+        return Vec::new();
+    };
+    runs.iter()
+        .filter(|(rt, _)| rt.name != "containerd")
+        .map(|b| (b, c))
+        .collect()
+}
+
+/// The p50 and p99 of a polled call, in ms.
+fn p50_p99(f: &Figures, op: &str) -> Option<(f64, f64)> {
+    let s = f.calls.get(op).filter(|s| !s.is_empty())?;
+    Some((s.quantile(0.5), s.quantile(0.99)))
+}
+
+fn node_json(n: &Node, f: &Figures) -> serde_json::Value {
+    let polled: Vec<serde_json::Value> = NODE_POLLED
+        .iter()
+        .filter_map(|(op, target)| {
+            let (p50, p99) = p50_p99(f, op)?;
+            Some(serde_json::json!({
+                "op": op, "p50_ms": p50, "p99_ms": p99, "p99_target_ms": target,
+            }))
+        })
+        .collect();
+    serde_json::json!({
+        "pods": n.pods,
+        "start_all_ms": n.start_ms,
+        "teardown_all_ms": n.teardown_ms,
+        "daemon_peak_rss_kib": n.daemon_peak_rss_kib,
+        "per_pod": n.per_pod.iter().map(|p| serde_json::json!({
+            "pods": p.pods, "rss_kib": p.rss_kib, "pss_kib": p.pss_kib,
+        })).collect::<Vec<_>>(),
+        "polled": polled,
+    })
+}
+
+/// The full node's section: start and teardown, memory per pod by count, the polled calls'
+/// p50 / p99, and the issue's targets at 500 pods (for Berth's modes).
+fn node_markdown(out: &mut String, runs: &[(&Runtime, Figures)]) {
+    let Some(pods) = runs
+        .iter()
+        .find_map(|(_, f)| f.node.as_ref().map(|n| n.pods))
+    else {
+        return;
+    };
+    let names: Vec<&str> = runs.iter().map(|(rt, _)| rt.name).collect();
+    header(out, &format!("full node, {pods} pods"), &names);
+    let cell = |g: &dyn Fn(&Node, &Figures) -> String| -> Vec<String> {
+        runs.iter()
+            .map(|(_, f)| f.node.as_ref().map_or("—".into(), |n| g(n, f)))
+            .collect()
+    };
+    row(
+        out,
+        "all running, ms (50 at a time)",
+        &cell(&|n, _| format!("{:.0}", n.start_ms)),
+    );
+    row(
+        out,
+        "all removed, ms (50 at a time)",
+        &cell(&|n, _| format!("{:.0}", n.teardown_ms)),
+    );
+    row(
+        out,
+        "daemon peak RSS KiB",
+        &cell(&|n, _| n.daemon_peak_rss_kib.to_string()),
+    );
+    let counts: Vec<usize> = runs
+        .iter()
+        .find_map(|(_, f)| f.node.as_ref())
+        .map(|n| n.per_pod.iter().map(|p| p.pods).collect())
+        .unwrap_or_default();
+    for k in counts {
+        let at = |n: &Node| {
+            n.per_pod
+                .iter()
+                .find(|p| p.pods == k)
+                .map(|p| (p.rss_kib, p.pss_kib))
+        };
+        row(
+            out,
+            &format!("per pod RSS / PSS KiB at {k} pods"),
+            &cell(&|n, _| at(n).map_or("—".into(), |(r, p)| format!("{r:.0} / {p:.0}"))),
+        );
+    }
+    for (op, _) in NODE_POLLED {
+        row(
+            out,
+            &format!("{op}: p50 / p99 ms"),
+            &cell(&|_, f| p50_p99(f, op).map_or("—".into(), |(a, b)| format!("{a:.2} / {b:.2}"))),
+        );
+    }
+    let berths: Vec<&(&Runtime, Figures)> = runs
+        .iter()
+        .filter(|(rt, _)| rt.name != "containerd")
+        .collect();
+    let modes: Vec<&str> = berths.iter().map(|(rt, _)| rt.name).collect();
+    header(
+        out,
+        &format!("targets at {pods} pods (issue 24: at 500)"),
+        &modes,
+    );
+    let met = |ok: bool| if ok { "met" } else { "missed" }.to_string();
+    for (op, target) in NODE_POLLED {
+        let cells: Vec<String> = berths
+            .iter()
+            .map(|(_, f)| {
+                p50_p99(f, op).map_or("—".into(), |(_, p99)| {
+                    format!("{p99:.2} ms: {}", met(p99 <= target))
+                })
+            })
+            .collect();
+        row(out, &format!("{op} p99 <= {target} ms"), &cells);
+    }
+    let cells: Vec<String> = berths
+        .iter()
+        .map(|(_, f)| {
+            f.node.as_ref().map_or("—".into(), |n| {
+                let kib = n.daemon_peak_rss_kib;
+                format!("{kib} KiB: {}", met(kib <= NODE_PEAK_RSS_TARGET_KIB))
+            })
+        })
+        .collect();
+    row(out, "daemon peak RSS <= 64 MiB", &cells);
 }
 
 pub(crate) fn row(out: &mut String, name: &str, cells: &[String]) {
@@ -164,8 +304,9 @@ pub(crate) fn markdown(settings: &Settings, runs: &[(&Runtime, Figures)]) -> Str
         settings.restarts,
         settings.restart_pods
     );
+    let ops = op_names(runs.iter().map(|(_, f)| f));
     header(&mut out, "ms: min / median / p90", &names);
-    for op in OPS {
+    for &op in &ops {
         let cells: Vec<String> = runs.iter().map(|(_, f)| three(f.summary(op))).collect();
         row(&mut out, op, &cells);
     }
@@ -223,9 +364,14 @@ pub(crate) fn markdown(settings: &Settings, runs: &[(&Runtime, Figures)]) -> Str
         &fig(&|f| f.idle_rss_after_kib.to_string()),
     );
     crate::logs::markdown(&mut out, runs);
-    if let [(_, b), (_, c)] = runs {
-        header(&mut out, "berth / containerd", &["min", "median", "p90"]);
-        for op in OPS {
+    node_markdown(&mut out, runs);
+    for ((brt, b), (crt, c)) in pairs(runs) {
+        header(
+            &mut out,
+            &format!("{} / {}", brt.name, crt.name),
+            &["min", "median", "p90"],
+        );
+        for &op in &ops {
             let (bs, cs) = (b.summary(op), c.summary(op));
             let r = |g: fn(Summary) -> f64| times(ratio(bs.map(g), cs.map(g)));
             row(&mut out, op, &[r(|s| s.min), r(|s| s.median), r(|s| s.p90)]);
@@ -282,8 +428,8 @@ pub(crate) fn svg(runs: &[(&Runtime, Figures)]) -> String {
         .map(|(rt, f)| (rt.name, crate::logs::status_samples(&f.floods)))
         .filter(|(_, s)| !s.is_empty())
         .collect();
-    let mut rows: Vec<(&str, Vec<Series<'_>>)> = OPS
-        .iter()
+    let mut rows: Vec<(&str, Vec<Series<'_>>)> = op_names(runs.iter().map(|(_, f)| f))
+        .into_iter()
         .map(|op| {
             let series = runs
                 .iter()
@@ -294,7 +440,7 @@ pub(crate) fn svg(runs: &[(&Runtime, Figures)]) -> String {
                     })
                 })
                 .collect();
-            (*op, series)
+            (op, series)
         })
         .collect();
     if !flood_status.is_empty() {
