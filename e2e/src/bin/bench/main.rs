@@ -14,7 +14,7 @@
 //! only that every step works (CI runs it).
 //!
 //! This file parses the settings and runs the phases in order; each phase is a module
-//! beside it (`cold`, `pods`, `density`, `restart`), `measure` holds what they measure
+//! beside it (`cold`, `pods`, `stop`, `density`, `restart`), `measure` holds what they measure
 //! with, `containerd` the daemon compared against, and `report` the outputs.
 
 mod cold;
@@ -24,6 +24,7 @@ mod measure;
 mod pods;
 mod report;
 mod restart;
+mod stop;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,7 @@ use crate::measure::{Figures, Runtime, berth_runtime, smaps_rollup};
 use crate::pods::{IMAGE_OPS_IMAGE, image_ops, image_spec, lifecycle, pull};
 use crate::report::{json, markdown, svg};
 use crate::restart::restart;
+use crate::stop::stop;
 
 const USAGE: &str = "usage: bench [--smoke] [--iterations N] [--pods N] [--density N,N] \
                      [--restart-pods N] [--json PATH] [--svg PATH]";
@@ -171,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..settings.iterations {
         for (rt, f) in &mut runs {
             lifecycle(rt, i, f).await?;
+            stop(rt, i, f).await?;
             image_ops(rt, f).await?;
         }
     }

@@ -22,7 +22,7 @@ pub(crate) const RESTART_BUSY: &str = "restart to RuntimeReady (busy node)";
 pub(crate) const RESTART_LISTED: &str = "restart to a true ListPodSandbox (busy node)";
 
 /// The timed operations, in the report's order.
-pub(crate) const OPS: [&str; 24] = [
+pub(crate) const OPS: [&str; 26] = [
     COLD_PULL,
     COLD_PULL_LAYERED,
     PULL_ABSENT,
@@ -42,6 +42,8 @@ pub(crate) const OPS: [&str; 24] = [
     "StopContainer",
     "RemoveContainer",
     "StopPodSandbox",
+    crate::stop::STOP_EMPTY,
+    crate::stop::STOP_RUNNING,
     "RemovePodSandbox",
     LAUNCH,
     RESTART_EMPTY,
