@@ -422,6 +422,15 @@ impl Runtime {
         }))
     }
 
+    /// The full id and network namespace path (`None`: the node's) of pod `id`, an id or
+    /// unique prefix; `None` for an unknown pod. For tearing the network down while the
+    /// pod stops.
+    pub fn pod_network_target(&self, id: &str) -> Option<(String, Option<PathBuf>)> {
+        let pod = self.find_pod(id)?;
+        let netns = self.own_netns(&lock(&pod.rec));
+        Some((pod.id.clone(), netns))
+    }
+
     /// Unmounts a stopped pod's namespace files (after its network was torn down).
     pub fn release_pod_namespaces(&self, id: &str) -> Result<()> {
         if let Some(pod) = self.find_pod(id) {
