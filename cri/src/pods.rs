@@ -190,6 +190,9 @@ pub async fn remove_pod_sandbox(
             .remove_lease(&c)
             .map_err(|e| status(&format!("release the image of {c}"), &e))?;
     }
+    if !node.runtime.has_pods() {
+        crate::memory::trim_now();
+    }
     Ok(RemovePodSandboxResponse {})
 }
 

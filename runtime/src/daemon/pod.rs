@@ -422,6 +422,11 @@ impl Runtime {
         }))
     }
 
+    /// Whether the node has any pod (ready or not).
+    pub fn has_pods(&self) -> bool {
+        !lock(&self.index).pods.is_empty()
+    }
+
     /// The full id and network namespace path (`None`: the node's) of pod `id`, an id or
     /// unique prefix; `None` for an unknown pod. For tearing the network down while the
     /// pod stops.
@@ -469,7 +474,14 @@ impl Runtime {
         }
         self.store.delete_pod(&pod.id).await?;
         self.release_name(&pod.id);
-        lock(&self.index).pods.remove(&pod.id);
+        let mut index = lock(&self.index);
+        index.pods.remove(&pod.id);
+        if index.pods.is_empty() {
+            // The node is idle: the capacity its busiest moment grew stays otherwise.
+            index.pods.shrink_to_fit();
+            index.containers.shrink_to_fit();
+            index.names.shrink_to_fit();
+        }
         Ok(())
     }
 
