@@ -398,9 +398,15 @@ impl Builtin {
             .as_ref()
             .map(|r| r.host_veth.clone())
             .unwrap_or_else(|| veth_name(pod_id));
-        link::delete(&mut lock(&self.route), &host_veth).map_err(Error::netlink(format!(
-            "delete veth {host_veth} of pod {pod_id}"
-        )))?;
+        if record.is_some() {
+            let mut infra = lock(&self.infra);
+            // Under this lock no pod takes an address: when this pod holds the last one, the
+            // bridge and the table go with it.
+            if ipam::count(&self.db)? == 1 && ipam::get(&self.db, pod_id)?.is_some() {
+                return self.teardown_last(pod_id, &host_veth, &mut infra);
+            }
+        }
+        self.delete_veth(pod_id, &host_veth)?;
         if record.as_ref().is_some_and(|r| !r.port_mappings.is_empty()) {
             self.delete_rules(|owner| owner == pod_id)?;
         }
@@ -432,19 +438,69 @@ impl Builtin {
             .map_err(Error::netlink("delete hostport rules"))
     }
 
+    /// Deletes a pod's host veth (its peer in the pod goes with it); absent is fine.
+    fn delete_veth(&self, pod_id: &str, host_veth: &str) -> Result<(), Error> {
+        link::delete(&mut lock(&self.route), host_veth)
+            .map(drop)
+            .map_err(Error::netlink(format!(
+                "delete veth {host_veth} of pod {pod_id}"
+            )))
+    }
+
+    /// The last pod's teardown: its veth and address, the table and the bridge. The three
+    /// deletions run side by side: each link deletion waits in the kernel for RCU grace
+    /// periods (most of a pod stop's time), and side by side they wait once.
+    fn teardown_last(&self, pod_id: &str, host_veth: &str, up: &mut bool) -> Result<(), Error> {
+        let (veth, table, bridge) = std::thread::scope(|s| {
+            let table = s.spawn(|| self.remove_table());
+            // Its own socket: the veth's deletion holds the shared one meanwhile. Threads
+            // start in their creator's network namespace, the node's, as this one is.
+            let bridge = s.spawn(|| {
+                let mut sock =
+                    Socket::open(NETLINK_ROUTE).map_err(Error::io("open an rtnetlink socket"))?;
+                self.remove_bridge(&mut sock)
+            });
+            let veth = self
+                .delete_veth(pod_id, host_veth)
+                .and_then(|()| ipam::release(&self.db, pod_id).map(drop));
+            let joined = |h: std::thread::ScopedJoinHandle<'_, Result<(), Error>>| {
+                h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+            };
+            (veth, joined(table), joined(bridge))
+        });
+        veth.and(table).and(bridge)?;
+        self.infra_removed(up)
+    }
+
     /// Removes the bridge and the table (no pod needs them), then applies pending CIDRs.
     fn remove_infra(&self, up: &mut bool) -> Result<(), Error> {
+        self.remove_table()?;
+        self.remove_bridge(&mut lock(&self.route))?;
+        self.infra_removed(up)
+    }
+
+    /// Deletes the `inet berth` table, the hostPort rules with it; absent is fine.
+    fn remove_table(&self) -> Result<(), Error> {
         nft::remove(&mut lock(&self.nft)).map_err(Error::netlink(format!(
             "remove nftables table {}",
             nft::TABLE
-        )))?;
+        )))
+    }
+
+    /// Deletes the bridge on `route`; absent is fine.
+    fn remove_bridge(&self, route: &mut Socket) -> Result<(), Error> {
         let bridge = &self.config.bridge;
         // As in `reconcile`: no netlink request for a bridge the kernel does not list.
         let present = link::names_in_this_namespace().map_or(true, |names| names.contains(bridge));
         if present {
-            link::delete(&mut lock(&self.route), bridge)
+            link::delete(route, bridge)
                 .map_err(Error::netlink(format!("delete bridge {bridge}")))?;
         }
+        Ok(())
+    }
+
+    /// Notes the bridge and table gone and applies pending pod CIDRs.
+    fn infra_removed(&self, up: &mut bool) -> Result<(), Error> {
         *up = false;
         let mut pools = self.pools.write().unwrap_or_else(|p| p.into_inner());
         if let Some(next) = pools.pending.take() {

@@ -103,9 +103,12 @@ fn daemon(path: PathBuf, level: Option<String>, format: Option<LogFormat>) -> an
     berth_cri::logging::init(&config.log.level, config.log.format)?;
     berth_cri::memory::limit_arenas();
     // Two workers: the daemon's work is short calls and waiting on the kernel, and every
-    // thread costs resident memory on every node.
+    // thread costs resident memory on every node. Blocking threads (a burst of pods starts
+    // dozens) end after 2 s without work rather than tokio's 10 s, so an idle node is
+    // back to its few threads soon after the burst.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_keep_alive(std::time::Duration::from_secs(2))
         .enable_all()
         .build()?;
     runtime.block_on(berth_cri::server::run(config))

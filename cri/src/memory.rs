@@ -58,6 +58,13 @@ pub async fn trim_when_idle() {
     }
 }
 
+/// Gives freed heap memory back now, off the workers: for when the node just went idle
+/// (its last pod removed), so what the pods' calls used is free at once, not only after
+/// [`QUIET`].
+pub fn trim_now() {
+    drop(tokio::task::spawn_blocking(trim));
+}
+
 fn trim() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free heap memory to the kernel.

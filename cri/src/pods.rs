@@ -2,6 +2,7 @@
 //! The runtime runs the pod's monitor; these handlers put the network around it.
 
 use std::path::Path;
+use std::time::Instant;
 
 use berth_cni::{DnsConfig, PodNetworkRequest, PortMapping};
 use k8s_cri::v1::*;
@@ -96,15 +97,29 @@ fn is_ready(node: &Node, id: &str) -> bool {
 
 async fn stop(node: &Node, id: &str) -> Result<(), Status> {
     let what = format!("StopPodSandbox {id}");
+    let Some((pod_id, netns)) = node.runtime.pod_network_target(id) else {
+        return Ok(());
+    };
     // A pod stops once: a repeated stop, or one after its monitor died (the runtime told of
     // that), is no event.
     let was_ready = is_ready(node, id);
-    if let Some(stopped) = node
-        .runtime
-        .stop_pod_sandbox(id)
-        .await
-        .map_err(|e| status(&what, &e))?
-    {
+    let started = Instant::now();
+    // The network goes while the monitor ends its processes: the veth's deletion (the
+    // kernel waits for RCU grace periods) is the longest step, and neither needs the other.
+    // The pod's namespace files stay mounted until both are done (CNI DEL enters the netns).
+    let ((stopped, runtime_done), (torn, network_done)) = tokio::join!(
+        async {
+            let r = node.runtime.stop_pod_sandbox(&pod_id).await;
+            (r, started.elapsed())
+        },
+        async {
+            let r = node.network.teardown(&pod_id, netns.as_deref()).await;
+            (r, started.elapsed())
+        },
+    );
+    let stopped = stopped.map_err(|e| status(&what, &e))?;
+    torn.map_err(|e| status(&what, &e))?;
+    if let Some(stopped) = stopped {
         if was_ready
             && let Some(event) = node
                 .runtime
@@ -112,6 +127,8 @@ async fn stop(node: &Node, id: &str) -> Result<(), Status> {
         {
             node.runtime.publish(event);
         }
+        // A device CDI moved into the pod goes back to the node under its own name while
+        // the namespace is still held (its processes are gone by now).
         if let Some(netns) = &stopped.netns {
             for d in &stopped.net_devices {
                 node.network
@@ -120,14 +137,17 @@ async fn stop(node: &Node, id: &str) -> Result<(), Status> {
                     .map_err(|e| status(&what, &e))?;
             }
         }
-        node.network
-            .teardown(&stopped.id, stopped.netns.as_deref())
-            .await
-            .map_err(|e| status(&what, &e))?;
         node.runtime
             .release_pod_namespaces(&stopped.id)
             .map_err(|e| status(&what, &e))?;
     }
+    tracing::debug!(
+        pod = %pod_id,
+        runtime_ms = runtime_done.as_secs_f64() * 1e3,
+        network_ms = network_done.as_secs_f64() * 1e3,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        "pod sandbox stopped"
+    );
     Ok(())
 }
 
@@ -179,6 +199,9 @@ pub async fn remove_pod_sandbox(
         images
             .remove_lease(&c)
             .map_err(|e| status(&format!("release the image of {c}"), &e))?;
+    }
+    if !node.runtime.has_pods() {
+        crate::memory::trim_now();
     }
     Ok(RemovePodSandboxResponse {})
 }

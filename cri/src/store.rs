@@ -20,6 +20,12 @@ pub const SCHEMA_VERSION: u64 = 1;
 /// File name of the database under `root`.
 pub const DB_FILE: &str = "berth.db";
 
+/// The database's page cache. redb's default (1 GiB) keeps every page the daemon ever read or
+/// wrote: after a hundred pods came and went that was megabytes resident for good. The
+/// records the daemon reads are few (its indexes are in memory), and a page not cached is
+/// a `pread` from the kernel's page cache.
+const DB_CACHE_BYTES: usize = 1 << 20;
+
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Why the metadata store could not be used.
@@ -79,10 +85,13 @@ impl Store {
             source,
         })?;
         let path = root.join(DB_FILE);
-        let db = Database::create(&path).map_err(|source| StoreError::Open {
-            path: path.clone(),
-            source,
-        })?;
+        let db = redb::Builder::new()
+            .set_cache_size(DB_CACHE_BYTES)
+            .create(&path)
+            .map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })?;
         let db = Db::new(Arc::new(db)).map_err(StoreError::CommitLoop)?;
         let store = Store { db };
         store.check_schema(&path)?;

@@ -278,13 +278,49 @@ async fn builtin_network_pods_hostports_masquerade_dns_and_host_network() {
     let (dev, _, _) = exec_sync(&d, &sees, &["cat", "/proc/net/dev"]).await;
     assert!(dev.contains(&outside.node_link), "{dev}");
 
+    // StopPodSandbox takes the pod's veth before it answers; the bridge stays for the others.
+    let bridge = format!("berth{}", d.dir().number());
+    let stop = |pod: &str| {
+        let mut c = d.client().runtime();
+        let pod = pod.to_owned();
+        async move {
+            c.stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod,
+            })
+            .await
+            .expect("StopPodSandbox");
+        }
+    };
+    let veths = pod_links();
+    stop(&web).await;
+    assert_eq!(pod_links(), veths - 1, "{}", links());
+    assert!(links().contains(&format!("{bridge}:")), "{}", links());
+    // The last pod on the bridge, its container still running: its veth and the bridge are
+    // gone, and its container has exited, when the stop answers.
+    stop(&client).await;
+    let left = links();
+    assert!(!left.contains("bth"), "{left}");
+    assert!(!left.contains(&format!("{bridge}:")), "{left}");
+    let curl_state = d
+        .client()
+        .runtime()
+        .container_status(ContainerStatusRequest {
+            container_id: curl.clone(),
+            verbose: false,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .status
+        .map(|s| s.state);
+    assert_eq!(curl_state, Some(ContainerState::ContainerExited as i32));
+
     for pod in [&web, &client, &hostnet] {
         remove_pod(&d, pod).await;
     }
     // The bridge and every veth go with the last pod.
     let left = links();
     assert!(!left.contains("bth"), "{left}");
-    let bridge = format!("berth{}", d.dir().number());
     assert!(!left.contains(&format!("{bridge}:")), "{left}");
 }
 

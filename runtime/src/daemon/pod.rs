@@ -426,6 +426,20 @@ impl Runtime {
         }))
     }
 
+    /// Whether the node has any pod (ready or not).
+    pub fn has_pods(&self) -> bool {
+        !lock(&self.index).pods.is_empty()
+    }
+
+    /// The full id and network namespace path (`None`: the node's) of pod `id`, an id or
+    /// unique prefix; `None` for an unknown pod. For tearing the network down while the
+    /// pod stops.
+    pub fn pod_network_target(&self, id: &str) -> Option<(String, Option<PathBuf>)> {
+        let pod = self.find_pod(id)?;
+        let netns = self.own_netns(&lock(&pod.rec));
+        Some((pod.id.clone(), netns))
+    }
+
     /// Unmounts a stopped pod's namespace files (after its network was torn down).
     pub fn release_pod_namespaces(&self, id: &str) -> Result<()> {
         if let Some(pod) = self.find_pod(id) {
@@ -464,7 +478,14 @@ impl Runtime {
         }
         self.store.delete_pod(&pod.id).await?;
         self.release_name(&pod.id);
-        lock(&self.index).pods.remove(&pod.id);
+        let mut index = lock(&self.index);
+        index.pods.remove(&pod.id);
+        if index.pods.is_empty() {
+            // The node is idle: the capacity its busiest moment grew stays otherwise.
+            index.pods.shrink_to_fit();
+            index.containers.shrink_to_fit();
+            index.names.shrink_to_fit();
+        }
         Ok(())
     }
 

@@ -12,16 +12,16 @@
 //! share the machine's noise: Berth with its built-in network, Berth in CNI mode with the
 //! same conflist and plugins as containerd (`cni`), and containerd. Before each turn the
 //! previous runtimes' deferred work is waited for (`quiet`). `--node N` adds the full-node
-//! phase (`node`: N pods, kubelet's List and stats calls polled for 60 s). Restarts are timed for Berth alone, with no pods and with a
-//! busy node (`--restart-pods`, 100 by default). `--smoke` runs Berth alone, every step
+//! phase (`node`: N pods, kubelet's List and stats calls polled for 60 s). Restarts are
+//! timed for Berth alone, with no pods and with a busy node (`--restart-pods`, 100 by default). `--smoke` runs Berth alone, every step
 //! once (density with 3 pods, the busy node with 5, a full node of 5 polled for 3 s), in
 //! both network modes, writes the JSON and SVG, and checks only that every step works (CI
 //! runs it).
 //!
 //! This file parses the settings and runs the phases in order; each phase is a module
-//! beside it (`cold`, `pods`, `calls`, `streams`, `density`, `logs`, `node`, `restart`),
-//! `measure` holds what they measure with, `containerd` and `cni` the daemons compared, and
-//! `report` the outputs.
+//! beside it (`cold`, `pods`, `stop`, `calls`, `streams`, `density`, `logs`, `node`,
+//! `restart`), `measure` holds what they measure with, `containerd` and `cni` the daemons
+//! compared, and `report` the outputs.
 
 mod calls;
 mod cni;
@@ -35,8 +35,9 @@ mod pods;
 mod quiet;
 mod report;
 mod restart;
-mod streams;
 mod runs;
+mod stop;
+mod streams;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,7 @@ use crate::quiet::quiet;
 use crate::report::{json, markdown, svg};
 use crate::restart::restart;
 use crate::streams::streams;
+use crate::stop::stop;
 
 const USAGE: &str = "usage: bench [--smoke] [--iterations N] [--pods N] [--density N,N] \
                      [--restart-pods N] [--node N] [--json PATH] [--svg PATH]\n       \
@@ -215,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
             quiet(runs.iter().map(|(rt, _)| rt)).await;
             let (rt, f) = &mut runs[k];
             lifecycle(rt, i, f).await?;
+            stop(rt, i, f).await?;
             image_ops(rt, f).await?;
         }
     }

@@ -46,6 +46,8 @@ pub(crate) const OPS: &[&str] = &[
     "StopContainer",
     "RemoveContainer",
     "StopPodSandbox",
+    crate::stop::STOP_EMPTY,
+    crate::stop::STOP_RUNNING,
     "RemovePodSandbox",
     "ListContainerStats (10 containers)",
     "ListPodSandboxStats (10 pods)",
