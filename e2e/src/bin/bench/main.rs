@@ -58,8 +58,8 @@ use crate::pods::{IMAGE_OPS_IMAGE, image_ops, image_spec, lifecycle, pull};
 use crate::quiet::quiet;
 use crate::report::{json, markdown, svg};
 use crate::restart::restart;
-use crate::streams::streams;
 use crate::stop::stop;
+use crate::streams::streams;
 
 const USAGE: &str = "usage: bench [--smoke] [--iterations N] [--pods N] [--density N,N] \
                      [--restart-pods N] [--node N] [--json PATH] [--svg PATH]\n       \

@@ -293,7 +293,7 @@ mod tests {
         b.op("A new call").push(1.0);
         let names = op_names([&a, &b]);
         assert_eq!(names.len(), OPS.len() + 2);
-        assert_eq!(&names[..OPS.len()], &OPS[..]);
+        assert_eq!(&names[..OPS.len()], OPS);
         assert_eq!(&names[OPS.len()..], &["A new call", "Z new call"]);
     }
 
