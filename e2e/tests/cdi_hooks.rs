@@ -298,6 +298,11 @@ async fn a_failing_or_slow_hook_fails_its_call_and_leaves_nothing() {
     assert_refused(&err, Code::Internal, needle);
     assert_ne!(wait_exited(&d, &id).await.exit_code, 0);
     remove_container(&d, &id).await;
+    // Its directories were moved aside at once; they are deleted off the call's path.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while traces(&d, &pod) != before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(traces(&d, &pod), before);
     // The pod still takes containers.
     let id = create_container(&d, &pod, &config, container_config("after", &["true"])).await;
