@@ -359,3 +359,83 @@ async fn poststop_runs_after_a_restart_and_once_the_monitor_is_gone() {
     assert_eq!(saved(&marker(&ids[1]))["id"], ids[1].as_str());
     remove_pod(&d, &pod).await;
 }
+
+/// The `createContainer` hook of a vendor that reads the container's `config.json` from
+/// the bundle its state names, as `nvidia-cdi-hook` does: it saves the state on the node
+/// and writes the `config.json`'s `root.path` and annotation `example.com/note` into
+/// `/hook-read` in the container.
+const READS_CONFIG: &str = r#"printf %s "$state" > MARKS/state.json
+config="$bundle/config.json"
+root=$(sed -n '/"root": {/,/}/s/.*"path": "\([^"]*\)".*/\1/p' "$config")
+note=$(sed -n 's/.*"example.com\/note": "\([^"]*\)".*/\1/p' "$config")
+printf '%s\n%s\n' "$root" "$note" > "$bundle/rootfs/hook-read"
+"#;
+
+#[tokio::test]
+async fn hooks_read_config_json_in_the_bundle_their_state_names() {
+    let (d, specs) = cdi_daemon().await;
+    let marks = d.dir().path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let script = READS_CONFIG.replace("MARKS", &marks.display().to_string());
+    let hooks = vec![hook(
+        "createContainer",
+        &format!("{READ_STATE}{script}"),
+        Some(10),
+    )];
+    write_spec(&specs, &[("reader", hooks)]);
+    let (config, pod) = new_pod(&d, "cdi-bundle").await;
+    let mut asked = with_device("reader", "reader");
+    asked
+        .annotations
+        .insert("example.com/note".into(), "gpu-0-for-training".into());
+    let id = create_container(&d, &pod, &config, asked).await;
+    let bundle = d.dir().root().join("containers").join(&id);
+
+    // The state names the container's directory and carries its annotations.
+    let state = saved(&marks.join("state.json"));
+    assert_eq!(state["bundle"], bundle.display().to_string());
+    assert_eq!(
+        state["annotations"]["example.com/note"],
+        "gpu-0-for-training"
+    );
+    // The hook found root.path and the annotation in that directory's config.json.
+    start_created(&d, &id).await;
+    let rootfs = bundle.join("rootfs").display().to_string();
+    assert_eq!(
+        exec_ok(&d, &id, &["cat", "/hook-read"]).await,
+        format!("{rootfs}\ngpu-0-for-training\n")
+    );
+    // It is the container's OCI runtime spec (the CDI edits too), and only root reads it.
+    let path = bundle.join("config.json");
+    let spec = saved(&path);
+    assert_eq!(spec["root"]["path"], rootfs.as_str());
+    let env = spec["process"]["env"].as_array().unwrap();
+    assert!(env.contains(&json!("EGPU=reader")), "{env:?}");
+    assert_eq!(spec["process"]["args"], json!(["sleep", "3600"]));
+    assert!(
+        spec["hooks"]["createContainer"].is_array(),
+        "{}",
+        spec["hooks"]
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A container without hooks gets no config.json.
+    let plain = create_container(&d, &pod, &config, container_config("plain", &["true"])).await;
+    let plain_dir = d.dir().root().join("containers").join(&plain);
+    assert!(plain_dir.join("rootfs").is_dir(), "{}", plain_dir.display());
+    assert!(!plain_dir.join("config.json").exists());
+
+    // The config.json goes with the container (its directory is moved aside at once,
+    // deleted off the call's path).
+    remove_container(&d, &id).await;
+    assert!(!path.exists(), "{} outlived its container", path.display());
+    let containers = d.dir().root().join("containers");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dir_names(&containers).iter().any(|n| n.contains(&id)) {
+        assert!(Instant::now() < deadline, "{:?}", dir_names(&containers));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    remove_pod(&d, &pod).await;
+}

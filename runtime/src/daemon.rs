@@ -27,6 +27,7 @@ pub mod user;
 pub mod userns;
 
 // State and the monitor's client.
+pub(crate) mod bundle;
 pub(crate) mod client;
 pub(crate) mod container;
 pub(crate) mod exec;

@@ -23,12 +23,18 @@
 //!   is gone (the pod was stopped first) or outlived a restart, and again when a crash cut
 //!   a removal short (at least once); a failure is logged.
 //!
+//! The state's `bundle` is the container's directory, which holds its `rootfs/` and, for a
+//! container with hooks, its `config.json` (the daemon writes it: vendor hooks read the
+//! root, environment, mounts and annotations there); its `annotations` are the container's
+//! CRI annotations.
+//!
 //! A hook's program, arguments, environment and timeout come from files on the node (CDI
 //! specs), which Berth does not trust: a hook that writes without end, never reads its
 //! stdin, never exits, leaves a child holding its pipes, or asks for a timeout of years is
 //! bounded here: its output is kept up to [`MAX_OUTPUT`] per stream (the rest is read and
 //! dropped so that it does not block), and it is killed after at most [`MAX_TIMEOUT`].
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -68,8 +74,12 @@ pub struct State<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
     /// The container's directory (its `rootfs/` is the container's root before
-    /// `pivot_root`).
+    /// `pivot_root`); for Berth's own executor it holds the container's `config.json`
+    /// (see [`bundle_of`]).
     pub bundle: &'a Path,
+    /// The container's annotations (its CRI annotations).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: &'a BTreeMap<String, String>,
 }
 
 /// A container's status in [`State`].
@@ -88,16 +98,30 @@ pub enum Status {
 
 impl<'a> State<'a> {
     /// The state of container `id` whose root file system is mounted at `rootfs` (its
-    /// bundle is the directory that holds it).
-    pub fn new(id: &'a str, rootfs: &'a Path, status: Status, pid: Option<i32>) -> Self {
+    /// bundle is the directory that holds it) and whose annotations are `annotations`.
+    pub fn new(
+        id: &'a str,
+        rootfs: &'a Path,
+        annotations: &'a BTreeMap<String, String>,
+        status: Status,
+        pid: Option<i32>,
+    ) -> Self {
         State {
             oci_version: crate::oci::OCI_VERSION,
             id,
             status,
             pid,
-            bundle: rootfs.parent().unwrap_or(rootfs),
+            bundle: bundle_of(rootfs),
+            annotations,
         }
     }
+}
+
+/// The bundle the state names for a container of Berth's own executor whose root file
+/// system is mounted at `rootfs`: the directory that holds it, where the daemon writes the
+/// container's `config.json` when it has hooks (vendor hooks read it from there).
+pub fn bundle_of(rootfs: &Path) -> &Path {
+    rootfs.parent().unwrap_or(rootfs)
 }
 
 /// Why a hook failed. Each names the hook's program, so kubelet sees which one.

@@ -28,6 +28,7 @@ use crate::sys;
 pub(crate) struct Poststop {
     id: String,
     rootfs: PathBuf,
+    annotations: std::collections::BTreeMap<String, String>,
     hooks: Vec<crate::spec::HookSpec>,
 }
 
@@ -41,6 +42,7 @@ impl Poststop {
         Some(Poststop {
             id: spec.id.clone(),
             rootfs: spec.rootfs.mount_point.clone(),
+            annotations: spec.annotations.clone(),
             hooks: spec.hooks.poststop.clone(),
         })
     }
@@ -54,7 +56,13 @@ pub(crate) async fn run_poststop(poststop: Option<Poststop>) {
         return;
     };
     let ran = tokio::task::spawn_blocking(move || {
-        let state = crate::hooks::State::new(&p.id, &p.rootfs, crate::hooks::Status::Stopped, None);
+        let state = crate::hooks::State::new(
+            &p.id,
+            &p.rootfs,
+            &p.annotations,
+            crate::hooks::Status::Stopped,
+            None,
+        );
         crate::hooks::run_each(&p.hooks, &state, |e| {
             let error = crate::hooks::message("poststop", &e);
             tracing::warn!(container = %p.id, %error, "poststop hook failed");
@@ -234,6 +242,14 @@ impl Runtime {
         let mut spec = plan_container(&input)?;
         spec.process.security.apparmor_profile = apparmor;
         let (cdi_devices, net_devices) = self.apply_cdi(config, &mut spec)?;
+        if !spec.hooks.is_empty() {
+            // The OCI state its hooks read carries them (nothing is copied without hooks).
+            spec.annotations = config
+                .annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+        }
         if !net_devices.is_empty() {
             self.record_net_devices(pod_id, net_devices).await?;
         }
@@ -303,6 +319,9 @@ impl Runtime {
         if let Some(input) = self.bundle_input(&pod, id, config, &spec, &rec.cgroup, &limits) {
             let oci = input.and_then(|i| crate::oci::prepare(&spec, i));
             spec.oci = Some(oci.map_err(undo)?);
+        } else if !spec.hooks.is_empty() {
+            self.write_hooks_config(&pod, config, &spec, &rec.cgroup, &limits)
+                .map_err(undo)?;
         }
         let pid = match pod
             .client
@@ -415,71 +434,6 @@ impl Runtime {
         let pod = self.pod_entry(pod_id)?;
         let rec = lock(&pod.rec);
         Ok((self.own_netns(&rec), rec.net_devices.clone()))
-    }
-
-    /// What a container of a handler pod needs for its bundle; `None` in a default pod.
-    fn bundle_input<'a>(
-        &'a self,
-        pod: &crate::daemon::runtime::PodEntry,
-        id: &str,
-        config: &'a ContainerConfig,
-        spec: &crate::spec::ContainerSpec,
-        cgroup: &str,
-        limits: &ContainerLimits<'_>,
-    ) -> Option<Result<crate::oci::BundleInput<'a>>> {
-        let (handler, namespaces, monitor_pid) = {
-            let rec = lock(&pod.rec);
-            if rec.runtime_handler.is_empty() {
-                return None;
-            }
-            (
-                rec.runtime_handler.clone(),
-                rec.namespaces.clone(),
-                rec.monitor_pid,
-            )
-        };
-        let Some(handler) = self
-            .opts
-            .runtime_handlers
-            .iter()
-            .find(|h| h.name == handler)
-        else {
-            return Some(Err(Error::FailedPrecondition(format!(
-                "runtime handler {handler:?} is no longer configured"
-            ))));
-        };
-        let target_pid = match &spec.pid_ns {
-            crate::spec::PidNamespace::Target { container_id } => self
-                .find_container(container_id)
-                .map(|c| lock(&c.rec).pid)
-                .filter(|p| *p > 0)
-                .and_then(|p| crate::oci::pid_in_ns_of(p, monitor_pid)),
-            _ => None,
-        };
-        let devices = match crate::oci::device_nodes(&spec.devices) {
-            Ok(d) => d,
-            Err(e) => return Some(Err(e)),
-        };
-        Some(Ok(crate::oci::BundleInput {
-            state: &self.opts.state,
-            handler,
-            container_dir: self.container_state_dir(id),
-            security: config
-                .linux
-                .as_ref()
-                .and_then(|l| l.security_context.as_ref()),
-            binding: crate::oci::PodBinding {
-                // The bundle's binding names them as the pod's `ns/` files do.
-                namespaces,
-                ns_dir: self.pod_dir(&pod.id).join("ns"),
-                target_pid,
-                cgroups_path: cgroup.to_owned(),
-                resources: limits.resources.cloned(),
-                device_rules: limits.devices.clone(),
-                devices,
-                seccomp: None,
-            },
-        }))
     }
 
     /// Starts a created container; it runs once this returns.

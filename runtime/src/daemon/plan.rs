@@ -584,6 +584,8 @@ pub fn plan_container(input: &PlanInput<'_>) -> Result<ContainerSpec> {
         userns,
         oci: None,
         hooks: HooksSpec::default(),
+        // Set with the hooks (CDI's, applied after the plan): only they read them.
+        annotations: Default::default(),
     })
 }
 

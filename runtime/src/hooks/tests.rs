@@ -37,7 +37,8 @@ fn run_fresh(hook: &HookSpec, state: &[u8]) -> Result<Output, HookError> {
 #[test]
 fn state_is_json_as_the_runtime_spec_says() {
     let rootfs = Path::new("/var/lib/berth/containers/c1/rootfs");
-    let s = State::new("c1", rootfs, Status::Creating, Some(42));
+    let annotations = BTreeMap::from([("example.com/note".to_owned(), "a \"b\"".to_owned())]);
+    let s = State::new("c1", rootfs, &annotations, Status::Creating, Some(42));
     let v: serde_json::Value = serde_json::to_value(&s).unwrap();
     assert_eq!(
         v,
@@ -47,11 +48,15 @@ fn state_is_json_as_the_runtime_spec_says() {
             "status": "creating",
             "pid": 42,
             "bundle": "/var/lib/berth/containers/c1",
+            "annotations": {"example.com/note": "a \"b\""},
         })
     );
-    let gone = serde_json::to_value(State::new("c1", rootfs, Status::Stopped, None)).unwrap();
+    let none = BTreeMap::new();
+    let gone =
+        serde_json::to_value(State::new("c1", rootfs, &none, Status::Stopped, None)).unwrap();
     assert_eq!(gone["status"], "stopped");
     assert!(gone.get("pid").is_none(), "{gone}");
+    assert!(gone.get("annotations").is_none(), "{gone}");
 }
 
 #[test]
@@ -59,6 +64,7 @@ fn the_state_arrives_on_stdin() {
     let state = serde_json::to_vec(&State::new(
         "c1",
         Path::new("/b/rootfs"),
+        &BTreeMap::new(),
         Status::Created,
         Some(7),
     ))
@@ -297,7 +303,14 @@ fn run_all_stops_at_the_first_failure_and_run_each_does_not() {
     let marker = dir.path().join("ran");
     let touch = sh(&format!("echo x >> {}", marker.display()), &[], Some(5));
     let fail = sh("exit 1", &[], Some(5));
-    let state = State::new("c1", Path::new("/b/rootfs"), Status::Running, Some(1));
+    let none = BTreeMap::new();
+    let state = State::new(
+        "c1",
+        Path::new("/b/rootfs"),
+        &none,
+        Status::Running,
+        Some(1),
+    );
     let hooks = [touch.clone(), fail, touch];
     assert!(run_all(&hooks, &state).is_err());
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "x\n");

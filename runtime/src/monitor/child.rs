@@ -402,6 +402,7 @@ pub(crate) fn container_main(spec: &ContainerSpec, fds: ChildFds, userns: Option
                 let state = hooks::State::new(
                     &spec.id,
                     &spec.rootfs.mount_point,
+                    &spec.annotations,
                     hooks::Status::Created,
                     Some(host_pid),
                 );
@@ -497,6 +498,7 @@ fn before_pivot(spec: &ContainerSpec, sync: RawFd, host_pid: i32) -> Result<(), 
     let state = hooks::State::new(
         &spec.id,
         &spec.rootfs.mount_point,
+        &spec.annotations,
         hooks::Status::Creating,
         Some(host_pid),
     );

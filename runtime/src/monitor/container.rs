@@ -1,6 +1,7 @@
 //! A container's life in the monitor: create (fork the child that builds it, or run the
 //! handler's OCI runtime), start, signal and remove.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -35,6 +36,8 @@ pub(super) struct StartHooks {
     start_budget: Duration,
     /// Run once the container's process runs.
     poststart: Vec<HookSpec>,
+    /// The container's annotations, for the state `poststart` hooks read.
+    annotations: BTreeMap<String, String>,
 }
 
 /// A container's first process as a create backend left it: set up, waiting to run the
@@ -269,7 +272,13 @@ impl Monitor {
                 c.started_at = sys::now_ns();
                 let started_at = c.started_at;
                 if let Some(h) = &c.start_hooks {
-                    let state = State::new(id, &h.rootfs, Status::Running, Some(c.host_pid));
+                    let state = State::new(
+                        id,
+                        &h.rootfs,
+                        &h.annotations,
+                        Status::Running,
+                        Some(c.host_pid),
+                    );
                     hooks::run_each(&h.poststart, &state, |e| {
                         let msg = hooks::message("poststart", &e);
                         eprintln!("berth-monitor: container {id}: {msg}");
@@ -361,6 +370,7 @@ fn start_hooks(spec: &ContainerSpec) -> Option<Box<StartHooks>> {
         rootfs: spec.rootfs.mount_point.clone(),
         start_budget: hooks::budget(&h.start_container),
         poststart: h.poststart.clone(),
+        annotations: spec.annotations.clone(),
     }))
 }
 
@@ -371,6 +381,7 @@ fn create_runtime(spec: &ContainerSpec, host_pid: i32, sync: &OwnedFd) -> Result
     let state = State::new(
         &spec.id,
         &spec.rootfs.mount_point,
+        &spec.annotations,
         Status::Creating,
         Some(host_pid),
     );

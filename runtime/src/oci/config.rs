@@ -67,7 +67,10 @@ pub fn runtime_spec(spec: &ContainerSpec, pod: &PodBinding) -> Result<Spec> {
         .linux(linux(spec, pod)?)
         .build()
         .map_err(unbuildable)?;
-    doc.set_hostname(None).set_annotations(None);
+    // Kept only for a container with hooks: runtimes hand them to the hooks in the state.
+    let annotations = spec.annotations.iter().map(|(k, v)| (k.clone(), v.clone()));
+    doc.set_hostname(None)
+        .set_annotations((!spec.annotations.is_empty()).then(|| annotations.collect()));
     if !spec.hooks.is_empty() {
         doc.set_hooks(Some(hooks(&spec.hooks)?));
     }

@@ -5,8 +5,10 @@
 //! The daemon writes the bundle; the pod's monitor mounts the overlay root in a private mount
 //! namespace and runs `<runtime> create` there with the container's stdio pipes, then
 //! `start` and `delete` (see `monitor::oci`). The monitor stays the container's reaper, log
-//! writer and exit-code keeper, as for the default handler. Only handler pods pay for this:
-//! the default path never reaches this module.
+//! writer and exit-code keeper, as for the default handler. Only handler pods pay for this,
+//! and containers of Berth's own executor that have OCI hooks, whose `config.json` the daemon
+//! writes for the hooks to read (vendor hooks find it in the state's bundle): the default
+//! path of a container without hooks never reaches this module.
 //!
 //! What Berth's cgroup manager already did stays authoritative: the container's cgroup
 //! exists with its limits and device rules before the runtime runs; `config.json` names
@@ -171,9 +173,21 @@ pub fn write_bundle(
     for d in [bundle, root.as_path()] {
         std::fs::create_dir_all(d).map_err(|e| Error::io("create", d, e))?;
     }
+    write_config(bundle, config)?;
+    Ok(OciRuntimeSpec {
+        handler: handler.name.clone(),
+        binary: handler.path.clone(),
+        args: handler.args.clone(),
+        root,
+        bundle: bundle.to_owned(),
+    })
+}
+
+/// Writes `config` as `<dir>/config.json`, mode 0600, replacing what was there.
+pub fn write_config(dir: &Path, config: &Spec) -> Result<()> {
     let text = serde_json::to_vec_pretty(config)
         .map_err(|e| Error::Internal(format!("encode config.json: {e}")))?;
-    let path = bundle.join("config.json");
+    let path = dir.join("config.json");
     // It holds the container's environment (Secrets too): the node's root reads it, no one
     // else, even where the umask is not the daemon's.
     let write = || -> std::io::Result<()> {
@@ -188,14 +202,7 @@ pub fn write_bundle(
         f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         f.write_all(&text)
     };
-    write().map_err(|e| Error::io("write", &path, e))?;
-    Ok(OciRuntimeSpec {
-        handler: handler.name.clone(),
-        binary: handler.path.clone(),
-        args: handler.args.clone(),
-        root,
-        bundle: bundle.to_owned(),
-    })
+    write().map_err(|e| Error::io("write", &path, e))
 }
 
 /// Everything [`prepare`] reads about a container and its pod.
@@ -213,25 +220,33 @@ pub struct BundleInput<'a> {
     pub binding: PodBinding,
 }
 
-/// Writes the bundle of a handler container and returns what the monitor runs it with. The
-/// seccomp profile is the one the container's settings name (the plan holds it compiled).
+/// Writes the bundle of a handler container and returns what the monitor runs it with.
 pub fn prepare(spec: &ContainerSpec, input: BundleInput<'_>) -> Result<OciRuntimeSpec> {
-    let mut binding = input.binding;
-    if spec.process.security.seccomp.is_some() {
-        let default = k8s_cri::v1::LinuxContainerSecurityContext::default();
-        let caps = spec.process.security.capabilities.bounding;
-        binding.seccomp =
-            crate::security::seccomp_profile(input.security.unwrap_or(&default), caps)?
-                .map(|(p, _)| seccomp(&p))
-                .transpose()?;
-    }
-    let config = runtime_spec(spec, &binding)?;
+    let config = bundle_spec(spec, input.security, input.binding)?;
     write_bundle(
         input.state,
         input.handler,
         &input.container_dir.join("bundle"),
         &config,
     )
+}
+
+/// The `config.json` of a container in its pod (see [`runtime_spec`]), with the seccomp
+/// profile its settings name (the plan holds it compiled): a handler's bundle, and what
+/// the hooks of a container of Berth's own executor read in theirs.
+pub fn bundle_spec(
+    spec: &ContainerSpec,
+    security: Option<&k8s_cri::v1::LinuxContainerSecurityContext>,
+    mut binding: PodBinding,
+) -> Result<Spec> {
+    if spec.process.security.seccomp.is_some() {
+        let default = k8s_cri::v1::LinuxContainerSecurityContext::default();
+        let caps = spec.process.security.capabilities.bounding;
+        binding.seccomp = crate::security::seccomp_profile(security.unwrap_or(&default), caps)?
+            .map(|(p, _)| seccomp(&p))
+            .transpose()?;
+    }
+    runtime_spec(spec, &binding)
 }
 
 /// Removes the cgroup directories a runtime made for a pod Berth owns in hierarchies Berth's

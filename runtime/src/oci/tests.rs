@@ -348,6 +348,42 @@ fn the_bundle_holds_config_json_and_names_the_runtime_root() {
 }
 
 #[test]
+fn annotations_are_in_config_json_only_when_the_plan_keeps_them() {
+    assert!(
+        config_value(&plain_spec(), &binding())
+            .get("annotations")
+            .is_none()
+    );
+    let mut spec = plain_spec();
+    spec.annotations = [("example.com/gpu.note", "a \"quoted\" value")]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into();
+    let s = config_value(&spec, &binding());
+    assert_eq!(
+        s["annotations"],
+        json!({"example.com/gpu.note": "a \"quoted\" value"})
+    );
+}
+
+#[test]
+fn write_config_replaces_a_config_json_with_one_only_root_reads() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    // A stale, longer, world-readable file there is replaced whole and made private.
+    std::fs::write(&path, vec![b'x'; 1 << 16]).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = runtime_spec(&plain_spec(), &binding()).unwrap();
+    write_config(dir.path(), &config).unwrap();
+    let back: Spec = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(back, config);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let err = write_config(&dir.path().join("missing"), &config).unwrap_err();
+    assert!(err.to_string().contains("missing/config.json"), "{err}");
+}
+
+#[test]
 fn cgroup_mounts_are_found_in_mountinfo() {
     let text = "\
 30 24 0:26 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755

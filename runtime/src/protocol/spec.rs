@@ -2,6 +2,7 @@
 //! (mount list, argv, environment, ids, security settings), so the monitor only executes it.
 //! It crosses the monitor protocol as JSON and is kept in the container record.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,10 @@ pub struct ContainerSpec {
     /// specs), with the OCI runtime spec's semantics.
     #[serde(default, skip_serializing_if = "HooksSpec::is_empty")]
     pub hooks: HooksSpec,
+    /// The container's CRI annotations, kept only when it has hooks: the OCI state a hook
+    /// reads on its stdin, and the `config.json` its bundle holds, carry them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// The OCI hooks of a container, by the point of its life they run at (OCI runtime spec,
