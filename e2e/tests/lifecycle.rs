@@ -143,6 +143,20 @@ async fn log_rotation_loses_no_line_and_later_lines_reach_the_new_file() {
     let all: Vec<String> = before.into_iter().chain(after).collect();
     let want: Vec<String> = (0..300).map(|i| format!("line {i}")).collect();
     assert_eq!(all, want, "every line once, in order, across the two files");
+
+    // A link planted where the new log goes is refused, not followed.
+    let target = log_dir(&d).join("elsewhere");
+    std::fs::remove_file(&log).expect("remove the log");
+    std::os::unix::fs::symlink(&target, &log).expect("plant a link");
+    let refused = d
+        .runtime()
+        .reopen_container_log(ReopenContainerLogRequest {
+            container_id: c.clone(),
+        })
+        .await
+        .expect_err("a link at the log path is refused");
+    assert!(refused.message().contains("log"), "{refused:?}");
+    assert!(!target.exists(), "the link was followed");
     remove_pod(&d, &pod_id).await;
 }
 
