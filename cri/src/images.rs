@@ -12,6 +12,8 @@ use tonic::Status;
 use crate::node::Node;
 use crate::status::status;
 
+pub mod writable;
+
 /// The node's image store.
 pub fn image_store(node: &Node) -> Result<Arc<ImageStore>, Status> {
     Ok(node.images.clone())
@@ -146,28 +148,25 @@ pub async fn remove_image(
     Ok(RemoveImageResponse {})
 }
 
-/// Handles `ImageFsInfo`: bytes and inodes of the content store and snapshots.
+/// Handles `ImageFsInfo`: bytes and inodes of the content store and snapshots (measured
+/// again only after pulls, removals and GC changed them), and of the containers' writable
+/// layers (the last background measure, at most [`writable::FRESHNESS`] older than the
+/// previous call: see [`writable`]).
 pub async fn image_fs_info(
     node: &Node,
     _req: ImageFsInfoRequest,
 ) -> Result<ImageFsInfoResponse, Status> {
     let store = image_store(node)?;
-    let writable = node.config.root.join("containers");
-    // A walk of the content store, the per-snapshot usage records and the containers'
-    // writable layers: off the async threads.
-    let (usage, layers) = tokio::task::spawn_blocking(move || {
-        let layers = berth_imageservice::unpack::disk_usage(&writable).map_err(|e| {
-            Status::internal(format!(
-                "measuring the writable layers under {}: {e}",
-                writable.display()
-            ))
-        });
-        (store.fs_usage(), layers)
-    })
-    .await
-    .map_err(|e| Status::internal(format!("measuring the image filesystem: {e}")))?;
+    let usage = match store.cached_fs_usage() {
+        Some(u) => Ok(u),
+        // A walk of the content store and the per-snapshot usage records: off the async
+        // threads.
+        None => tokio::task::spawn_blocking(move || store.fs_usage())
+            .await
+            .map_err(|e| Status::internal(format!("measuring the image filesystem: {e}")))?,
+    };
     let usage = usage.map_err(|e| status("measuring the image filesystem", &e))?;
-    let (layer_bytes, layer_inodes) = layers?;
+    let (layer_bytes, layer_inodes) = node.writable.get().await?;
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)

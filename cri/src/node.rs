@@ -105,6 +105,8 @@ pub struct Node {
     pub stats: Arc<crate::stats::StatsCache>,
     /// The daemon's own metrics, served when `[metrics] address` is set.
     pub metrics: Arc<Metrics>,
+    /// The containers' writable layers' usage, for `ImageFsInfo`.
+    pub writable: Arc<crate::images::writable::WritableUsage>,
 }
 
 /// The cgroup driver the config asks for, over this host's hierarchies.
@@ -193,7 +195,12 @@ impl Node {
         streaming.set_backend(Arc::new(
             crate::streaming::runtime_backend::RuntimeBackend::new(runtime.clone()),
         ));
+        let writable = Arc::new(crate::images::writable::WritableUsage::new(
+            config.root.join("containers"),
+            crate::images::writable::FRESHNESS,
+        ));
         Ok(Arc::new(Node {
+            writable,
             config,
             store,
             network,

@@ -101,6 +101,66 @@ async fn a_pod_runs_logs_execs_and_goes_away() {
 }
 
 #[tokio::test]
+async fn log_rotation_loses_no_line_and_later_lines_reach_the_new_file() {
+    let (d, config, pod_id) = busybox_pod("rotate").await;
+    // Numbered lines every 10 ms, so that some are written around the reopen.
+    let script = "i=0; while [ $i -lt 300 ]; do echo line $i; i=$((i+1)); sleep 0.01; done; \
+                  exec sleep 3600";
+    let c = start(&d, &pod_id, &config, "writer", &["sh", "-c", script]).await;
+    let (log, rotated) = (
+        log_dir(&d).join("writer.log"),
+        log_dir(&d).join("writer.log.1"),
+    );
+    let lines_in =
+        |p: &std::path::Path| stdout_lines(&std::fs::read_to_string(p).unwrap_or_default());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while lines_in(&log).len() < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never logged"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // kubelet's rotation: move the file aside, then ask for a new one.
+    std::fs::rename(&log, &rotated).expect("rotate");
+    d.runtime()
+        .reopen_container_log(ReopenContainerLogRequest {
+            container_id: c.clone(),
+        })
+        .await
+        .expect("ReopenContainerLog");
+    assert!(log.is_file(), "no new log file once the call answered");
+    while !lines_in(&log).contains(&"line 299".to_string()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "later lines never reached the new file: {:?}",
+            lines_in(&log)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (before, after) = (lines_in(&rotated), lines_in(&log));
+    assert!(before.len() >= 20, "{before:?}");
+    let all: Vec<String> = before.into_iter().chain(after).collect();
+    let want: Vec<String> = (0..300).map(|i| format!("line {i}")).collect();
+    assert_eq!(all, want, "every line once, in order, across the two files");
+
+    // A link planted where the new log goes is refused, not followed.
+    let target = log_dir(&d).join("elsewhere");
+    std::fs::remove_file(&log).expect("remove the log");
+    std::os::unix::fs::symlink(&target, &log).expect("plant a link");
+    let refused = d
+        .runtime()
+        .reopen_container_log(ReopenContainerLogRequest {
+            container_id: c.clone(),
+        })
+        .await
+        .expect_err("a link at the log path is refused");
+    assert!(refused.message().contains("log"), "{refused:?}");
+    assert!(!target.exists(), "the link was followed");
+    remove_pod(&d, &pod_id).await;
+}
+
+#[tokio::test]
 async fn bad_requests_get_the_right_codes() {
     let d = Daemon::start().await.expect("daemon");
     let err = d

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use berth_db::Db;
@@ -112,6 +112,11 @@ pub struct ImageStore {
     gc_pending: AtomicBool,
     layer_permits: Semaphore,
     layer_limits: LayerLimits,
+    /// Counts the changes to what [`ImageStore::fs_usage`] measures (pulls, GC, the trash
+    /// emptied): its cached figures are reused while the count stands still.
+    changes: Arc<AtomicU64>,
+    /// The last figures of [`ImageStore::fs_usage`] and the change count they were taken at.
+    usage: Mutex<Option<(u64, FsUsage)>>,
 }
 
 fn layer_error(digest: &str, e: UnpackError) -> Error {
@@ -192,16 +197,20 @@ impl ImageStore {
             gc_pending: AtomicBool::new(false),
             layer_permits: Semaphore::new(options.max_parallel_layers.max(1)),
             layer_limits: options.layer_limits,
+            changes: Arc::default(),
+            usage: Mutex::new(None),
         };
         // Half-unpacked layers were moved to the trash by `Snapshots::open`; free the
         // space without delaying the daemon's start.
         let snaps = store.snapshots.clone();
+        let changes = store.changes.clone();
         std::thread::Builder::new()
             .name("berth-image-trash".into())
             .spawn(move || {
                 if let Err(e) = snaps.empty_trash() {
                     tracing::warn!(error = %e, "emptying the snapshot trash");
                 }
+                changes.fetch_add(1, Ordering::Release);
             })
             .map_err(Error::io("spawn trash thread", root))?;
         Ok(Arc::new(store))
@@ -262,6 +271,7 @@ impl ImageStore {
             Ok(())
         })
         .await?;
+        self.changed();
         Ok(restored)
     }
 

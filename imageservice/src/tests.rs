@@ -630,7 +630,7 @@ async fn retagging_moves_the_tag() {
 async fn fs_usage_matches_du() {
     let (env, _) = Env::with_app(Auth::None).await;
     let empty = env.store.fs_usage().unwrap();
-    env.pull("team/app:v1").await.unwrap();
+    let image = env.pull("team/app:v1").await.unwrap();
     let u = env.store.fs_usage().unwrap();
     assert_eq!(u.mountpoint, env.root());
     assert!(
@@ -653,6 +653,16 @@ async fn fs_usage_matches_du() {
     };
     assert_eq!(u.used_bytes, du(&["-s", "-B1"]));
     assert_eq!(u.inodes_used, du(&["-s", "--inodes"]));
+    // Cached between changes, measured again after the removal and its GC.
+    assert_eq!(env.store.cached_fs_usage(), Some(u.clone()));
+    env.store.remove(&image.id).await.unwrap();
+    let gone = env.store.fs_usage().unwrap();
+    assert_eq!(gone.used_bytes, du(&["-s", "-B1"]));
+    assert_eq!(gone.inodes_used, du(&["-s", "--inodes"]));
+    assert!(
+        gone.used_bytes + 100_000 < u.used_bytes,
+        "{gone:?} vs {u:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

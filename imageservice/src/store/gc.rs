@@ -1,7 +1,13 @@
 //! Garbage collection (blobs and snapshots no image or lease references) and the usage
 //! figures of the image filesystem.
+//!
+//! The figures are measured (a walk of the content store, each snapshot's usage record,
+//! the trash) only after what they count changed: pulls, GC and emptying the trash count
+//! their changes, and between changes the last figures are reused, so `ImageFsInfo`
+//! answers from memory. A pull's blobs count from the pull's end.
 
 use std::collections::HashSet;
+use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 
 use super::{FsUsage, GcReport, ImageStore, blocking};
@@ -22,7 +28,9 @@ impl ImageStore {
     /// [`ImageStore::gc`], on a blocking thread).
     pub async fn empty_trash(&self) -> Result<(), Error> {
         let snaps = self.snapshots.clone();
-        blocking(move || snaps.empty_trash()).await
+        let emptied = blocking(move || snaps.empty_trash()).await;
+        self.changed();
+        emptied
     }
 
     /// The cheap half of [`ImageStore::gc`]: removes the blobs and moves the snapshots that
@@ -45,6 +53,7 @@ impl ImageStore {
         };
         let snaps = self.snapshots.clone();
         let emptied = blocking(move || snaps.empty_trash()).await;
+        self.changed();
         if let Err(e) = report.and(emptied) {
             tracing::warn!(error = %e, "image garbage collection");
         }
@@ -62,6 +71,28 @@ impl ImageStore {
             snaps.extend(lease.chain_ids);
         }
         let mut report = GcReport::default();
+        // Counted even when a removal fails half-way: the figures must be measured again.
+        let removed = self.remove_unreferenced(&blobs, &snaps, &mut report);
+        if report != GcReport::default() {
+            self.changed();
+        }
+        removed?;
+        if report != GcReport::default() {
+            tracing::info!(
+                blobs = report.blobs_removed,
+                snapshots = report.snapshots_removed,
+                "image gc"
+            );
+        }
+        Ok(report)
+    }
+
+    fn remove_unreferenced(
+        &self,
+        blobs: &HashSet<String>,
+        snaps: &HashSet<String>,
+        report: &mut GcReport,
+    ) -> Result<(), Error> {
         for d in self.content.list()? {
             if !blobs.contains(&d) {
                 self.content.remove(&d)?;
@@ -74,18 +105,39 @@ impl ImageStore {
                 report.snapshots_removed += 1;
             }
         }
-        if report != GcReport::default() {
-            tracing::info!(
-                blobs = report.blobs_removed,
-                snapshots = report.snapshots_removed,
-                "image gc"
-            );
-        }
-        Ok(report)
+        Ok(())
     }
 
-    /// Bytes and inodes used by blobs and snapshots, as `du` counts them.
+    /// Notes a change to what [`ImageStore::fs_usage`] counts.
+    pub(super) fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Release);
+    }
+
+    /// The figures of [`ImageStore::fs_usage`] if nothing changed since they were measured:
+    /// no disk access, for answering on an async thread.
+    pub fn cached_fs_usage(&self) -> Option<FsUsage> {
+        let now = self.changes.load(Ordering::Acquire);
+        let cached = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        cached
+            .as_ref()
+            .filter(|(at, _)| *at == now)
+            .map(|(_, u)| u.clone())
+    }
+
+    /// Bytes and inodes used by blobs and snapshots, as `du` counts them: the cached
+    /// figures while nothing changed, else measured again (a walk of the content store).
     pub fn fs_usage(&self) -> Result<FsUsage, Error> {
+        if let Some(u) = self.cached_fs_usage() {
+            return Ok(u);
+        }
+        // Read before measuring: a change during the walk leaves the figures stale.
+        let at = self.changes.load(Ordering::Acquire);
+        let u = self.measure_fs_usage()?;
+        *self.usage.lock().unwrap_or_else(PoisonError::into_inner) = Some((at, u.clone()));
+        Ok(u)
+    }
+
+    fn measure_fs_usage(&self) -> Result<FsUsage, Error> {
         let content_dir = self.content.dir();
         let (cb, ci) = disk_usage(content_dir).map_err(Error::io("measure", content_dir))?;
         let snap_dir = self.snapshots.dir();

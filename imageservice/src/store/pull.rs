@@ -99,6 +99,8 @@ impl ImageStore {
             ),
             Err(e) => tracing::warn!(image = %r, error = %e, "image pull failed"),
         }
+        // Blobs and snapshots came (even a failed pull leaves some until GC).
+        self.changed();
         if result.is_ok() {
             // Durability of the new snapshots, off the pull's path.
             let snaps = self.snapshots.clone();

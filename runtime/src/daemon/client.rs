@@ -185,6 +185,13 @@ impl MonitorClient {
         self.call_with(req, &[], CALL_TIMEOUT).await
     }
 
+    /// Sends `req` (with `fds` passed alongside) and closes the connection without waiting
+    /// for the answer: the monitor still reads and runs a request its caller left.
+    pub async fn send_only(&self, req: &Request, fds: &[RawFd]) -> Result<()> {
+        let mut stream = self.connect().await?;
+        self.send(&mut stream, req, fds).await
+    }
+
     /// Sends a request that must be answered with `Ok`.
     pub async fn call_ok(&self, req: &Request) -> Result<()> {
         match self.call(req).await? {

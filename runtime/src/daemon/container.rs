@@ -683,12 +683,28 @@ impl Runtime {
         out
     }
 
-    /// Reopens a running container's log file (kubelet rotated it).
+    /// Reopens a running container's log file (kubelet rotated it). The daemon creates the
+    /// new file, with the monitor's own checks (no symlink, a regular file), and hands it
+    /// to the pod's monitor without waiting for the switch: the answer does not wait on the
+    /// per-pod process being scheduled and faulting back the pages it trimmed while idle.
+    /// What the monitor writes before it switches lands in the rotated file, as output
+    /// written before the call always did, so no line is lost.
     pub async fn reopen_container_log(&self, id: &str) -> Result<()> {
-        let (c, ()) = self.running_container(id, |_| ())?;
+        let (c, path) = self.running_container(id, |rec| rec.log_path.clone())?;
         let pod = self.pod_entry(&c.pod_id)?;
+        if path.as_os_str().is_empty() {
+            return Ok(());
+        }
+        let file = crate::monitor::open_log(&path).map_err(|source| Error::Io {
+            op: "reopen the log file",
+            path: path.clone(),
+            source,
+        })?;
         pod.client
-            .call_ok(&Request::ReopenLog { id: c.id.clone() })
+            .send_only(
+                &Request::ReopenLog { id: c.id.clone() },
+                &[std::os::fd::AsRawFd::as_raw_fd(&file)],
+            )
             .await
     }
 }

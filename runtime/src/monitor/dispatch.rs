@@ -139,7 +139,10 @@ impl Monitor {
                     })
                     .collect(),
             })),
-            Request::ReopenLog { id } => self.reopen_log(&id).map(|_| Some(Response::Ok)),
+            Request::ReopenLog { id } => {
+                let opened = self.client(client).and_then(|c| c.fds.pop_front());
+                self.reopen_log(&id, opened).map(|_| Some(Response::Ok))
+            }
             Request::Remove { id } => self.remove(&id).map(|_| Some(Response::Ok)),
             Request::Subscribe => {
                 if let Some(c) = self.client(client) {

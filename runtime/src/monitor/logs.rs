@@ -176,14 +176,26 @@ pub(super) fn set_nonblocking(fd: RawFd) {
 }
 
 impl Monitor {
-    /// Reopens a container's log file (after kubelet rotated it).
-    pub(super) fn reopen_log(&mut self, id: &str) -> Result<(), Failure> {
+    /// Reopens a container's log file (after kubelet rotated it): the file the daemon
+    /// opened and passed along (by [`open_log`] too), or, without one, opened here.
+    pub(super) fn reopen_log(&mut self, id: &str, opened: Option<OwnedFd>) -> Result<(), Failure> {
         let c = self.container(id)?;
         let Some(path) = c.log_path.clone() else {
             return Ok(());
         };
-        let f = open_log(&path)
-            .map_err(|e| sys_err(&format!("reopen log file {}", path.display()), e))?;
+        let f = match opened {
+            Some(fd) => {
+                let f = File::from(fd);
+                // Only a regular file: whoever passed the fd, the monitor appends to it.
+                match f.metadata() {
+                    Ok(m) if m.is_file() => f,
+                    Ok(_) => return Err(sys_err("reopen log file", "not a regular file")),
+                    Err(e) => return Err(sys_err("reopen log file", e)),
+                }
+            }
+            None => open_log(&path)
+                .map_err(|e| sys_err(&format!("reopen log file {}", path.display()), e))?,
+        };
         c.log = Some(f);
         Ok(())
     }

@@ -20,6 +20,8 @@ mod container;
 mod dispatch;
 mod exec;
 mod logs;
+
+pub(crate) use logs::open_log;
 mod memory;
 mod oci;
 mod reaper;
