@@ -3,7 +3,7 @@
 # machine, over their CRI sockets, inside the e2e harness's node namespace and loopback
 # registry.
 #   bash scripts/bench.sh [--iterations N] [--pods N] [--density N,N] [--restart-pods N]
-#                         [--node N] [--json PATH] [--svg PATH]
+#                         [--node N] [--phases cold,pods,...] [--json PATH] [--svg PATH]
 #                                                       # full run: Markdown report, JSON, SVG
 #   bash scripts/bench.sh --runs 3 [...]                # three whole runs, each figure's
 #                                                       # median and spread (bench merge)

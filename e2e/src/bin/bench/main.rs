@@ -6,7 +6,8 @@
 //!
 //! Usage (inside the harness):
 //! `bench [--smoke] [--iterations N] [--pods N] [--density N,N] [--restart-pods N] [--node N]
-//! [--json PATH] [--svg PATH]`; `bench merge [--json PATH] [--svg PATH] RUN.json...` merges
+//! [--phases NAME,...] [--json PATH] [--svg PATH]`; `--phases` runs only the named phases
+//! (`cold,pods,calls,streams,memory,density,logs,node,restart`); `bench merge [--json PATH] [--svg PATH] RUN.json...` merges
 //! several runs' JSON into medians with their spread (`runs`; `scripts/bench.sh --runs N`).
 //! Three runtimes run at once and are measured alternately, iteration by iteration, so they
 //! share the machine's noise: Berth with its built-in network, Berth in CNI mode with the
@@ -62,7 +63,7 @@ use crate::stop::stop;
 use crate::streams::streams;
 
 const USAGE: &str = "usage: bench [--smoke] [--iterations N] [--pods N] [--density N,N] \
-                     [--restart-pods N] [--node N] [--json PATH] [--svg PATH]\n       \
+                     [--restart-pods N] [--node N] [--phases NAME,...] [--json PATH] [--svg PATH]\n       \
                      bench merge [--json PATH] [--svg PATH] RUN.json...";
 
 /// What the benchmark was asked to do.
@@ -80,9 +81,16 @@ struct Settings {
     node: Option<usize>,
     /// How long the full node's List and stats calls are polled.
     node_poll: Duration,
+    /// The phases to run (`--phases`); `None`: every one.
+    phases: Option<Vec<String>>,
     json: PathBuf,
     svg: PathBuf,
 }
+
+/// The phases `--phases` can name, in the order they run.
+const PHASES: [&str; 9] = [
+    "cold", "pods", "calls", "streams", "memory", "density", "logs", "node", "restart",
+];
 
 impl Settings {
     fn parse(args: &[String]) -> anyhow::Result<Settings> {
@@ -93,7 +101,7 @@ impl Settings {
             match a.as_str() {
                 "--smoke" => smoke = true,
                 "--iterations" | "--pods" | "--density" | "--restart-pods" | "--node"
-                | "--json" | "--svg" => {
+                | "--phases" | "--json" | "--svg" => {
                     let v = it
                         .next()
                         .with_context(|| format!("{a} needs a value\n{USAGE}"))?;
@@ -129,6 +137,17 @@ impl Settings {
             },
             None => None,
         };
+        let phases = match flags.get("--phases") {
+            _ if smoke => None,
+            None => None,
+            Some(v) => {
+                let names: Vec<String> = v.split(',').map(|n| n.trim().to_owned()).collect();
+                if let Some(bad) = names.iter().find(|n| !PHASES.contains(&n.as_str())) {
+                    bail!("--phases: no phase {bad:?} (phases: {})", PHASES.join(","));
+                }
+                Some(names)
+            }
+        };
         Ok(Settings {
             smoke,
             iterations,
@@ -143,9 +162,17 @@ impl Settings {
             restarts: if smoke { 1 } else { iterations.min(10) },
             node,
             node_poll: Duration::from_secs(if smoke { 3 } else { 60 }),
+            phases,
             json: PathBuf::from(flags.get("--json").unwrap_or(&"target/bench/results.json")),
             svg: PathBuf::from(flags.get("--svg").unwrap_or(&"target/bench/latency.svg")),
         })
+    }
+
+    /// Whether the phase `name` (one of [`PHASES`]) runs.
+    fn runs(&self, name: &str) -> bool {
+        self.phases
+            .as_ref()
+            .is_none_or(|p| p.iter().any(|n| n == name))
     }
 }
 
@@ -166,12 +193,18 @@ async fn main() -> anyhow::Result<()> {
 
     let mut berth_figures = Figures::default();
     let mut containerd_figures = Figures::default();
-    let cold_roots = cold(
-        &settings,
-        &mut berth_figures,
-        (!settings.smoke).then_some(&mut containerd_figures),
-    )
-    .await?;
+    let cold_roots = if settings.runs("cold") {
+        Some(
+            cold(
+                &settings,
+                &mut berth_figures,
+                (!settings.smoke).then_some(&mut containerd_figures),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
 
     let berth = Daemon::builder()
         .config("[log]\nlevel = \"warn\"")
@@ -212,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
     }
     // Alternated: Berth, Berth (CNI), containerd, Berth, ... so all see the same noise;
     // each turn starts once the others' deferred work is done.
-    for i in 0..settings.iterations {
+    for i in (0..settings.iterations).filter(|_| settings.runs("pods")) {
         for k in 0..runs.len() {
             quiet(runs.iter().map(|(rt, _)| rt)).await;
             let (rt, f) = &mut runs[k];
@@ -228,22 +261,28 @@ async fn main() -> anyhow::Result<()> {
     } else {
         &STATS_PODS[..]
     };
-    node_calls(&mut runs, sizes, settings.iterations).await?;
-    streams(&mut runs, settings.iterations).await?;
-    for k in 0..runs.len() {
+    if settings.runs("calls") {
+        node_calls(&mut runs, sizes, settings.iterations).await?;
+    }
+    if settings.runs("streams") {
+        streams(&mut runs, settings.iterations).await?;
+    }
+    for k in (0..runs.len()).filter(|_| settings.runs("memory")) {
         quiet(runs.iter().map(|(rt, _)| rt)).await;
         let (rt, f) = &mut runs[k];
         memory(rt, settings.pods, f).await?;
     }
-    for &n in &settings.density {
+    for &n in settings.density.iter().filter(|_| settings.runs("density")) {
         for k in 0..runs.len() {
             quiet(runs.iter().map(|(rt, _)| rt)).await;
             let (rt, f) = &mut runs[k];
             density(rt, n, f).await?;
         }
     }
-    logs::floods(&settings, &mut runs).await?;
-    if let Some(n) = settings.node {
+    if settings.runs("logs") {
+        logs::floods(&settings, &mut runs).await?;
+    }
+    if let Some(n) = settings.node.filter(|_| settings.runs("node")) {
         for k in 0..runs.len() {
             quiet(runs.iter().map(|(rt, _)| rt)).await;
             let (rt, f) = &mut runs[k];
@@ -255,7 +294,9 @@ async fn main() -> anyhow::Result<()> {
     for (rt, f) in &mut runs {
         f.idle_rss_after_kib = smaps_rollup(rt.pid).0;
     }
-    restart(&settings, &mut runs[0].1).await?;
+    if settings.runs("restart") {
+        restart(&settings, &mut runs[0].1).await?;
+    }
     drop(containerd);
     drop(berth_cni);
     drop(berth);
@@ -331,6 +372,20 @@ mod tests {
         assert_eq!(s.density, vec![3]);
         assert_eq!((s.restarts, s.restart_pods), (1, 5));
         assert_eq!((s.node, s.node_poll), (Some(5), Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn phases_choose_what_runs() {
+        let s = parse(&["--phases", "pods, restart"]).unwrap();
+        assert!(s.runs("pods") && s.runs("restart"));
+        assert!(!s.runs("cold") && !s.runs("node"));
+        assert!(PHASES.iter().all(|p| parse(&[]).unwrap().runs(p)));
+        assert!(
+            PHASES
+                .iter()
+                .all(|p| parse(&["--smoke", "--phases", "pods"]).unwrap().runs(p))
+        );
+        assert!(parse(&["--phases", "pods,warp"]).is_err());
     }
 
     #[test]
