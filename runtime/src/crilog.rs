@@ -25,14 +25,42 @@ impl Stream {
     }
 }
 
+/// Iovecs a record can take: its prefix, the held-back start of its line, the line from
+/// the read buffer and, for a `P` record, the newline the content lacks.
+pub const IOVECS_PER_RECORD: usize = 4;
+
 /// Splits one stream's bytes into CRI log records, keeping a partial line between reads.
+///
+/// Records are described as iovecs ([`LineFramer::frame`]) that point into the caller's read
+/// buffer, so the payload is never copied before the kernel writes it to the log: only the
+/// `<ts> <stream> F ` prefix, built once per wake-up ([`LineFramer::stamp`]), and an
+/// unfinished line held back between reads are the framer's own bytes.
 #[derive(Debug)]
 pub struct LineFramer {
     stream: Stream,
+    /// The start of an unfinished line, from earlier reads.
     partial: Vec<u8>,
-    /// `<ts> <stream> F ` of the current feed: the prefix of every full line it frames,
-    /// built once per feed rather than piece by piece for each line.
+    /// Set once `partial` went into a record of the last `frame` call: the iovecs still
+    /// borrowed it, so it could not be cleared there; the next call clears it.
+    partial_sent: bool,
+    /// The unfinished end of a `frame` call whose records used `partial`: it becomes
+    /// `partial` at the next call.
+    next: Vec<u8>,
+    /// `<ts> <stream> F `: the prefix of every full line until the next stamp.
     full: Vec<u8>,
+    /// `<ts> <stream> P `: the prefix of a cut or unfinished line.
+    cut: Vec<u8>,
+}
+
+/// The newline a `P` record ends with (its content has none).
+const NEWLINE: &[u8] = b"\n";
+
+/// Puts `s` in the next free iovec; an empty piece (no held-back line) takes none.
+fn push<'a>(iov: &mut [std::io::IoSlice<'a>], n: &mut usize, s: &'a [u8]) {
+    if !s.is_empty() {
+        iov[*n] = std::io::IoSlice::new(s);
+        *n += 1;
+    }
 }
 
 impl LineFramer {
@@ -41,74 +69,149 @@ impl LineFramer {
         LineFramer {
             stream,
             partial: Vec::new(),
+            partial_sent: false,
+            next: Vec::new(),
             full: Vec::new(),
+            cut: Vec::new(),
         }
     }
 
     /// Bytes of an unfinished line held back.
     pub fn pending(&self) -> usize {
-        self.partial.len()
+        if self.partial_sent {
+            self.next.len()
+        } else {
+            self.partial.len()
+        }
     }
 
-    fn record(&self, ts: &[u8], tag: u8, parts: [&[u8]; 2], out: &mut Vec<u8>) {
-        out.extend_from_slice(ts);
-        out.push(b' ');
-        out.extend_from_slice(self.stream.name());
-        out.push(b' ');
-        out.push(tag);
-        out.push(b' ');
-        out.extend_from_slice(parts[0]);
-        out.extend_from_slice(parts[1]);
-        out.push(b'\n');
+    /// Sets the timestamp of the records framed from now on: the prefixes are built here,
+    /// once, rather than for each record.
+    pub fn stamp(&mut self, ts: &[u8]) {
+        for (prefix, tag) in [(&mut self.full, b'F'), (&mut self.cut, b'P')] {
+            prefix.clear();
+            prefix.extend_from_slice(ts);
+            prefix.push(b' ');
+            prefix.extend_from_slice(self.stream.name());
+            prefix.extend_from_slice(&[b' ', tag, b' ']);
+        }
     }
 
-    /// Frames `data`, appending finished records (stamped `ts`) to `out`.
-    pub fn feed(&mut self, mut data: &[u8], ts: &[u8], out: &mut Vec<u8>) {
-        self.full.clear();
-        self.full.extend_from_slice(ts);
-        self.full.push(b' ');
-        self.full.extend_from_slice(self.stream.name());
-        self.full.extend_from_slice(b" F ");
-        while !data.is_empty() {
-            let room = MAX_LINE - self.partial.len();
-            match memchr::memchr(b'\n', data) {
-                // The common case, a whole line in this read: one copy of the prefix, one
-                // of the line with its newline.
-                Some(nl) if nl <= room && self.partial.is_empty() => {
-                    out.extend_from_slice(&self.full);
-                    out.extend_from_slice(&data[..=nl]);
-                    data = &data[nl + 1..];
-                }
-                Some(nl) if nl <= room => {
-                    out.extend_from_slice(&self.full);
-                    out.extend_from_slice(&self.partial);
-                    out.extend_from_slice(&data[..=nl]);
-                    self.partial.clear();
-                    data = &data[nl + 1..];
-                }
-                _ if data.len() > room => {
-                    let partial = std::mem::take(&mut self.partial);
-                    self.record(ts, b'P', [&partial, &data[..room]], out);
-                    self.partial = partial;
-                    self.partial.clear();
-                    data = &data[room..];
-                }
-                _ => {
-                    self.partial.extend_from_slice(data);
-                    data = &[];
-                }
-            }
+    /// Makes `partial` the held-back line again after a call whose records borrowed it.
+    fn settle(&mut self) {
+        if self.partial_sent {
+            self.partial.clear();
+            std::mem::swap(&mut self.partial, &mut self.next);
+            self.partial_sent = false;
         }
         if self.partial.is_empty() && self.partial.capacity() > 4096 {
             self.partial = Vec::new();
         }
+        if self.next.capacity() > 4096 {
+            self.next = Vec::new();
+        }
     }
 
-    /// Ends the stream: a pending partial line is written as a `P` record.
+    /// Frames the start of `data` into records described by iovecs in `iov`, stamped as
+    /// the last [`LineFramer::stamp`] said. Returns how many iovecs were filled and how many
+    /// bytes of `data` were consumed; the rest (when `iov` filled up) is for the next call,
+    /// after these iovecs were written. An unfinished line at the end is held back.
+    pub fn frame<'a>(
+        &'a mut self,
+        data: &'a [u8],
+        iov: &mut [std::io::IoSlice<'a>],
+    ) -> (usize, usize) {
+        self.settle();
+        let room = MAX_LINE - self.partial.len();
+        if data.len() <= room && memchr::memchr(b'\n', data).is_none() {
+            // No record ends in `data`: the line so far is held back.
+            self.partial.extend_from_slice(data);
+            return (0, data.len());
+        }
+        if iov.len() < IOVECS_PER_RECORD {
+            return (0, 0);
+        }
+        // The held-back line goes into the first record; from here on it is borrowed, so
+        // what is left unfinished goes to `next`.
+        let LineFramer {
+            partial,
+            partial_sent,
+            next,
+            full,
+            cut,
+            ..
+        } = self;
+        let full: &'a [u8] = full;
+        let cut: &'a [u8] = cut;
+        let mut held: &'a [u8] = partial;
+        *partial_sent = true;
+        let mut n = 0;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let room = MAX_LINE - held.len();
+            match memchr::memchr(b'\n', &rest[..rest.len().min(room + 1)]) {
+                Some(nl) => {
+                    push(iov, &mut n, full);
+                    push(iov, &mut n, held);
+                    push(iov, &mut n, &rest[..=nl]);
+                    rest = &rest[nl + 1..];
+                }
+                None if rest.len() > room => {
+                    push(iov, &mut n, cut);
+                    push(iov, &mut n, held);
+                    push(iov, &mut n, &rest[..room]);
+                    push(iov, &mut n, NEWLINE);
+                    rest = &rest[room..];
+                }
+                None => {
+                    next.extend_from_slice(rest);
+                    rest = &[];
+                    break;
+                }
+            }
+            held = &[];
+            if iov.len() - n < IOVECS_PER_RECORD {
+                break;
+            }
+        }
+        (n, data.len() - rest.len())
+    }
+
+    /// Ends the stream: a pending partial line becomes a `P` record, described in `iov`
+    /// (at least [`IOVECS_PER_RECORD`] long). Returns how many iovecs were filled.
+    pub fn finish_into<'a>(&'a mut self, iov: &mut [std::io::IoSlice<'a>]) -> usize {
+        self.settle();
+        if self.partial.is_empty() {
+            return 0;
+        }
+        self.partial_sent = true;
+        iov[0] = std::io::IoSlice::new(&self.cut);
+        iov[1] = std::io::IoSlice::new(&self.partial);
+        iov[2] = std::io::IoSlice::new(NEWLINE);
+        3
+    }
+
+    /// Frames `data` stamped `ts`, appending the records to `out` (a copy of what
+    /// [`LineFramer::frame`] describes, for callers that want bytes).
+    pub fn feed(&mut self, mut data: &[u8], ts: &[u8], out: &mut Vec<u8>) {
+        self.stamp(ts);
+        while !data.is_empty() {
+            let mut iov = [std::io::IoSlice::new(&[]); 64];
+            let (n, used) = self.frame(data, &mut iov);
+            for s in &iov[..n] {
+                out.extend_from_slice(s);
+            }
+            data = &data[used..];
+        }
+    }
+
+    /// Ends the stream: a pending partial line is appended to `out` as a `P` record.
     pub fn finish(&mut self, ts: &[u8], out: &mut Vec<u8>) {
-        if !self.partial.is_empty() {
-            let partial = std::mem::take(&mut self.partial);
-            self.record(ts, b'P', [&partial, &[]], out);
+        self.stamp(ts);
+        let mut iov = [std::io::IoSlice::new(&[]); IOVECS_PER_RECORD];
+        let n = self.finish_into(&mut iov);
+        for s in &iov[..n] {
+            out.extend_from_slice(s);
         }
     }
 }
@@ -286,6 +389,126 @@ mod tests {
                 assert_eq!(frame(&pieces, true), whole, "cut at {cut} and {cut2}");
             }
         }
+    }
+
+    /// The format written out by hand, byte by byte: the reference the framer must match.
+    fn reference(data: &[u8], eof: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut line = Vec::new();
+        for &b in data {
+            if b == b'\n' {
+                out.extend_from_slice(b"T stderr F ");
+                out.extend_from_slice(&line);
+                out.push(b'\n');
+                line.clear();
+                continue;
+            }
+            if line.len() == MAX_LINE {
+                out.extend_from_slice(b"T stderr P ");
+                out.extend_from_slice(&line);
+                out.push(b'\n');
+                line.clear();
+            }
+            line.push(b);
+        }
+        if eof && !line.is_empty() {
+            out.extend_from_slice(b"T stderr P ");
+            out.extend_from_slice(&line);
+            out.push(b'\n');
+        }
+        out
+    }
+
+    /// Frames `chunks` through [`LineFramer::frame`] with `iov_len` iovecs per call, as the
+    /// monitor's `writev` does, and concatenates what the iovecs point at.
+    fn frame_iov(chunks: &[&[u8]], iov_len: usize, eof: bool) -> Vec<u8> {
+        let mut f = LineFramer::new(Stream::Stderr);
+        f.stamp(b"T");
+        let mut out = Vec::new();
+        for c in chunks {
+            let mut data = *c;
+            while !data.is_empty() {
+                let mut iov = vec![std::io::IoSlice::new(&[]); iov_len];
+                let (n, used) = f.frame(data, &mut iov);
+                assert!(used > 0, "no progress with {iov_len} iovecs");
+                assert!(iov[..n].iter().all(|s| !s.is_empty()), "an empty iovec");
+                for s in &iov[..n] {
+                    out.extend_from_slice(s);
+                }
+                data = &data[used..];
+            }
+        }
+        if eof {
+            let mut iov = [std::io::IoSlice::new(&[]); IOVECS_PER_RECORD];
+            let n = f.finish_into(&mut iov);
+            for s in &iov[..n] {
+                out.extend_from_slice(s);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_iovecs_frame_what_the_reference_frames_for_every_split() {
+        let text: &[u8] = b"one\ntwo two\n\n\nthree-and-more\nfour";
+        let whole = reference(text, true);
+        for iov_len in [IOVECS_PER_RECORD, 5, 7, 1024] {
+            for cut in 0..=text.len() {
+                for cut2 in cut..=text.len() {
+                    let pieces = [&text[..cut], &text[cut..cut2], &text[cut2..]];
+                    assert_eq!(
+                        frame_iov(&pieces, iov_len, true),
+                        whole,
+                        "cut at {cut} and {cut2}, {iov_len} iovecs"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_iovecs_cut_long_lines_as_the_reference_does() {
+        // Lines around the 16 KiB limit, with and without their newline at the cut.
+        let mut data = Vec::new();
+        for len in [
+            MAX_LINE - 1,
+            MAX_LINE,
+            MAX_LINE + 1,
+            2 * MAX_LINE,
+            3 * MAX_LINE + 7,
+        ] {
+            data.extend(std::iter::repeat_n(b'x', len));
+            data.push(b'\n');
+        }
+        data.extend(std::iter::repeat_n(b'y', MAX_LINE + 3));
+        for eof in [false, true] {
+            let want = reference(&data, eof);
+            for step in [1000, 4096, MAX_LINE, MAX_LINE + 1, 64 * 1024] {
+                let pieces: Vec<&[u8]> = data.chunks(step).collect();
+                for iov_len in [IOVECS_PER_RECORD, 6, 1024] {
+                    assert!(
+                        frame_iov(&pieces, iov_len, eof) == want,
+                        "{step}-byte reads, {iov_len} iovecs, eof {eof}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_flood_of_short_lines_fills_every_iovec_call() {
+        let data: Vec<u8> = (0..5000u32)
+            .flat_map(|i| format!("{i}\n").into_bytes())
+            .collect();
+        assert_eq!(frame_iov(&[&data], 1024, true), reference(&data, true));
+        // Each record takes two iovecs; a call stops once fewer are left than a record can
+        // take (four), so after 511 records.
+        let mut f = LineFramer::new(Stream::Stderr);
+        f.stamp(b"T");
+        let mut iov = vec![std::io::IoSlice::new(&[]); 1024];
+        let (n, used) = f.frame(&data, &mut iov);
+        assert_eq!(n, 1022);
+        assert_eq!(data[..used].iter().filter(|&&b| b == b'\n').count(), 511);
     }
 
     #[test]

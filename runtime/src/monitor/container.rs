@@ -82,6 +82,8 @@ impl Monitor {
         };
         let (out_r, out_w) = pipe().map_err(|e| sys_err("pipe", e))?;
         let (err_r, err_w) = pipe().map_err(|e| sys_err("pipe", e))?;
+        logs::enlarge_pipe(out_r.as_raw_fd());
+        logs::enlarge_pipe(err_r.as_raw_fd());
         let (stdin_child, stdin_keep) = if spec.stdin {
             let (r, w) = pipe().map_err(|e| sys_err("pipe", e))?;
             (r, Some(w))

@@ -2,7 +2,7 @@
 //! file, and the copy of each chunk to its attachers.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -10,20 +10,20 @@ use std::path::Path;
 
 use super::attach::send_tagged;
 use super::{Failure, Monitor, sys_err};
-use crate::crilog::{LineFramer, Stream, now_rfc3339_nano};
+use crate::crilog::{IOVECS_PER_RECORD, LineFramer, Stream, now_rfc3339_nano};
 use crate::protocol::AttachStream;
 
-/// Bytes read from a container's output at a time: a default pipe's whole capacity, so a
-/// writer that filled its pipe is emptied in one read.
+/// Bytes read from a container's output at a time: a default pipe's whole capacity.
 const READ_CHUNK: usize = 64 * 1024;
-/// Reads of one output per poll wake-up (so at most 128 KiB before others get a turn).
-const MAX_READS_PER_WAKE: usize = 2;
-/// Input framed at a time: a slice of one-byte lines grows about 40 times when framed, so
-/// the framed records waiting for their write stay bounded (under 200 KiB).
-const FRAME_SLICE: usize = 4 * 1024;
-/// Framed records are written once they reach this much, else at the end of a wake-up:
-/// one write for many lines, never one per line.
-const FLUSH_AT: usize = 32 * 1024;
+/// Reads of one output per poll wake-up (so at most 256 KiB, the pipe's enlarged
+/// capacity, before others get a turn).
+const MAX_READS_PER_WAKE: usize = 4;
+/// Capacity asked for a container's stdout and stderr pipes: a flood fills a bigger pipe
+/// before its writer blocks, so the monitor wakes and reads (64 KiB at a time) less often.
+const PIPE_SIZE: usize = 256 * 1024;
+/// Iovecs per `writev` (the kernel's `IOV_MAX`): a 100-byte line takes two (its prefix,
+/// then its content and newline), so one call writes about 50 KiB of such lines.
+const IOV_MAX: usize = 1024;
 
 /// One stream the monitor reads: a pipe end or a pty master.
 pub(crate) struct Output {
@@ -54,19 +54,67 @@ impl Output {
         ManuallyDrop::new(unsafe { File::from_raw_fd(self.fd.as_raw_fd()) })
     }
 
-    /// Frames bytes read from the stream into `out`.
-    pub fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
+    /// Stamps the records framed from now on with the current time (once per wake-up).
+    pub fn stamp(&mut self) {
         let mut ts = Vec::with_capacity(40);
         now_rfc3339_nano(&mut ts);
-        self.framer.feed(data, &ts, out);
+        self.framer.stamp(&ts);
     }
 
-    /// Flushes a partial line at end of stream.
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
-        let mut ts = Vec::with_capacity(40);
-        now_rfc3339_nano(&mut ts);
-        self.framer.finish(&ts, out);
+    /// Frames bytes read from the stream and writes the records to `log` with `writev`,
+    /// straight from `data`: the payload is not copied on the way.
+    pub fn log(&mut self, mut data: &[u8], mut log: Option<&mut File>) {
+        while !data.is_empty() {
+            let mut iov = [IoSlice::new(&[]); IOV_MAX];
+            let (n, used) = self.framer.frame(data, &mut iov);
+            if let Some(f) = log.as_deref_mut() {
+                write_records(f, &mut iov[..n]);
+            }
+            data = &data[used..];
+        }
     }
+
+    /// Writes a partial line held back at end of stream.
+    pub fn finish(&mut self, log: Option<&mut File>) {
+        self.stamp();
+        let mut iov = [IoSlice::new(&[]); IOVECS_PER_RECORD];
+        let n = self.framer.finish_into(&mut iov);
+        if let Some(f) = log {
+            write_records(f, &mut iov[..n]);
+        }
+    }
+}
+
+/// Writes every iovec, resuming after a partial write; a failure is reported and the
+/// records dropped (the container is never blocked on its log).
+fn write_records(f: &mut File, mut iov: &mut [IoSlice<'_>]) {
+    while !iov.is_empty() {
+        match f.write_vectored(iov) {
+            Ok(0) => {
+                eprintln!("berth-monitor: write log: wrote nothing");
+                return;
+            }
+            Ok(n) => IoSlice::advance_slices(&mut iov, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                eprintln!("berth-monitor: write log: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// Enlarges a container's output pipe to [`PIPE_SIZE`], or to the node's
+/// `/proc/sys/fs/pipe-max-size` if that is lower. Failing soft: a pipe left at its
+/// default size still works, only with more wake-ups under a flood.
+pub(super) fn enlarge_pipe(fd: RawFd) {
+    let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(PIPE_SIZE);
+    let size = PIPE_SIZE.min(max) as libc::c_int;
+    // SAFETY: fcntl on a pipe fd we hold; F_SETPIPE_SZ only resizes its buffer.
+    unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, size) };
 }
 
 /// Mode of a new CRI log file: containerd's (kubelet and log agents read it as root or
@@ -132,20 +180,6 @@ fn create_log_dirs(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes framed records to the log (or drops them without one) and empties `buf`. The
-/// buffer keeps its allocation for the next records: freeing and growing it again for
-/// every read cost an mmap, page faults and an munmap each time (the monitor's allocator
-/// maps every block of a page or more); [`Monitor::release_buffers`] frees it when idle.
-pub(crate) fn write_log(log: Option<&mut File>, buf: &mut Vec<u8>) {
-    if let Some(f) = log
-        && !buf.is_empty()
-        && let Err(e) = f.write_all(buf)
-    {
-        eprintln!("berth-monitor: write log: {e}");
-    }
-    buf.clear();
-}
-
 /// The read ends a container's output is logged from, non-blocking for the poll loop: a
 /// tty container's pty master (its pipes are not used), else its stdout and stderr pipes.
 pub(super) fn container_outputs(
@@ -200,11 +234,10 @@ impl Monitor {
         Ok(())
     }
 
-    /// Frees the read and log buffers (a flood touched up to a few hundred KiB of them);
-    /// the next read allocates them again. Called with the resident-set trim.
+    /// Frees the read buffer (a flood touched all of it); the next read allocates it
+    /// again. Called with the resident-set trim.
     pub(super) fn release_buffers(&mut self) {
         self.readbuf = Vec::new();
-        self.logbuf = Vec::new();
     }
 
     /// Reads what a container wrote on `fd` into its log and its attachers.
@@ -229,23 +262,18 @@ impl Monitor {
             .unwrap_or(0);
         // A bounded number of reads per wake-up: a container that writes without pause must
         // not starve the daemon's calls or the other containers.
+        c.outputs[oi].stamp();
         for _ in 0..MAX_READS_PER_WAKE {
             let o = &mut c.outputs[oi];
             let r = o.file().read(buf);
             match r {
                 Ok(0) => {
-                    o.finish(&mut self.logbuf);
-                    write_log(c.log.as_mut(), &mut self.logbuf);
+                    o.finish(c.log.as_mut());
                     c.outputs.remove(oi);
                     return;
                 }
                 Ok(n) => {
-                    for slice in buf[..n].chunks(FRAME_SLICE) {
-                        o.feed(slice, &mut self.logbuf);
-                        if self.logbuf.len() >= FLUSH_AT {
-                            write_log(c.log.as_mut(), &mut self.logbuf);
-                        }
-                    }
+                    o.log(&buf[..n], c.log.as_mut());
                     if !c.attachers.is_empty() {
                         let tag = match o.stream() {
                             Stream::Stdout => AttachStream::Stdout,
@@ -263,16 +291,14 @@ impl Monitor {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
                     // EIO: the pty's last holder closed it.
-                    o.finish(&mut self.logbuf);
-                    write_log(c.log.as_mut(), &mut self.logbuf);
+                    o.finish(c.log.as_mut());
                     c.outputs.remove(oi);
                     return;
                 }
             }
         }
-        // Nothing stays buffered past a wake-up: a reopen or the container's exit comes
-        // later and finds every record read so far in the file.
-        write_log(c.log.as_mut(), &mut self.logbuf);
+        // Every record read so far is in the file (only an unfinished line is held back):
+        // a reopen or the container's exit comes later and finds them there.
     }
 }
 

@@ -178,7 +178,6 @@ struct Monitor {
     execs: Vec<Exec>,
     next_client: u64,
     pollfds: Vec<libc::pollfd>,
-    logbuf: Vec<u8>,
     /// One read buffer for every output stream (kept off the stack, allocated once).
     readbuf: Vec<u8>,
     /// When to trim the resident set next, set by activity since the last trim.

@@ -126,7 +126,6 @@ pub(super) fn setup(config_path: &Path, userns: Option<OwnedFd>) -> Result<Monit
         execs: Vec::new(),
         next_client: 1,
         pollfds: Vec::new(),
-        logbuf: Vec::new(),
         readbuf: Vec::new(),
         next_trim: None,
         shutdown: false,
