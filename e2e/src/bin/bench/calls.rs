@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use k8s_cri::v1::*;
 
 use crate::measure::{Figures, Runtime, timed};
@@ -82,23 +82,10 @@ async fn start_node(rt: &Runtime, n: usize) -> (Vec<String>, anyhow::Result<()>)
 
 /// The running containers of `pods`, as the runtime lists them; every pod must have one.
 async fn containers_of(rt: &Runtime, pods: &[String]) -> anyhow::Result<Vec<String>> {
-    let list = rt
-        .client
-        .runtime()
-        .list_containers(ListContainersRequest {
-            filter: Some(ContainerFilter {
-                state: Some(ContainerStateValue {
-                    state: ContainerState::ContainerRunning as i32,
-                }),
-                ..Default::default()
-            }),
-        })
-        .await
-        .with_context(|| format!("{}: ListContainers", rt.name))?
-        .into_inner();
+    let containers = crate::pods::running_containers(rt).await?;
     let mut out = Vec::new();
     for pod in pods {
-        match list.containers.iter().find(|c| &c.pod_sandbox_id == pod) {
+        match containers.iter().find(|c| &c.pod_sandbox_id == pod) {
             Some(c) => out.push(c.id.clone()),
             None => bail!("{}: pod {pod} has no running container", rt.name),
         }

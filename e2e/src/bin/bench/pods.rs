@@ -306,9 +306,9 @@ pub(crate) async fn remove_pod(rt: &Runtime, pod: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How many containers of `pods` the runtime itself lists as running.
-pub(crate) async fn running_in(rt: &Runtime, pods: &[String]) -> anyhow::Result<usize> {
-    let listed = rt
+/// The containers the runtime itself lists as running.
+pub(crate) async fn running_containers(rt: &Runtime) -> anyhow::Result<Vec<Container>> {
+    Ok(rt
         .client
         .runtime()
         .list_containers(ListContainersRequest {
@@ -322,8 +322,13 @@ pub(crate) async fn running_in(rt: &Runtime, pods: &[String]) -> anyhow::Result<
         .await
         .with_context(|| format!("{}: ListContainers", rt.name))?
         .into_inner()
-        .containers;
-    Ok(listed
+        .containers)
+}
+
+/// How many containers of `pods` the runtime itself lists as running.
+pub(crate) async fn running_in(rt: &Runtime, pods: &[String]) -> anyhow::Result<usize> {
+    Ok(running_containers(rt)
+        .await?
         .iter()
         .filter(|c| pods.contains(&c.pod_sandbox_id))
         .count())
