@@ -11,9 +11,11 @@ use std::ffi::CStr;
 use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use nix::fcntl::{OFlag, open, openat};
+use nix::sys::resource::{Resource, getrlimit};
 use nix::sys::stat::Mode;
 
 use super::CgroupUsage;
@@ -256,32 +258,71 @@ impl CgroupDirs {
     }
 }
 
+/// Directory fds kept by every [`UsageDirs`] together.
+static KEPT: AtomicUsize = AtomicUsize::new(0);
+
+/// How many directory fds may be kept: half the daemon's soft `RLIMIT_NOFILE`, so that a
+/// node past it (or a daemon started with a low limit) never runs out of fds for its
+/// other work; its other cgroups are read by opening their directories on each call.
+fn keep_budget() -> usize {
+    static BUDGET: OnceLock<usize> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        getrlimit(Resource::RLIMIT_NOFILE).map_or(512, |(soft, _)| (soft / 2) as usize)
+    })
+}
+
+fn reserve(n: usize) -> bool {
+    KEPT.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| {
+        (k + n <= keep_budget()).then_some(k + n)
+    })
+    .is_ok()
+}
+
+fn release(n: usize) {
+    KEPT.fetch_sub(n, Ordering::SeqCst);
+}
+
 /// The directories of one pod's or container's cgroup, kept in its entry between stats
 /// calls: opened by the first read, closed when the cgroup is released or the entry goes.
 #[derive(Debug, Default)]
 pub struct UsageDirs(Mutex<Option<Arc<CgroupDirs>>>);
 
 impl UsageDirs {
-    /// The kept directories, or those `open` makes now (kept when all opened). The lock is
-    /// not held while opening.
+    /// The kept directories, or those `open` makes now, kept when all opened and within
+    /// the node's budget of kept fds. The lock is not held while opening.
     pub fn get_or_open(&self, open: impl FnOnce() -> CgroupDirs) -> Arc<CgroupDirs> {
         if let Some(d) = self.lock().as_ref() {
             return Arc::clone(d);
         }
         let d = Arc::new(open());
-        if d.complete() {
-            self.lock().get_or_insert_with(|| Arc::clone(&d));
+        let n = d.dirs.len();
+        if d.complete() && reserve(n) {
+            let mut kept = self.lock();
+            if kept.is_none() {
+                *kept = Some(Arc::clone(&d));
+            } else {
+                // A concurrent call kept its own meanwhile.
+                release(n);
+            }
         }
         d
     }
 
     /// Closes the kept directories (the cgroup is being removed).
     pub fn clear(&self) {
-        self.lock().take();
+        if let Some(d) = self.lock().take() {
+            release(d.dirs.len());
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<CgroupDirs>>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for UsageDirs {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
@@ -390,6 +431,20 @@ mod tests {
             DirsBuilder::new().build()
         });
         assert_eq!(opened, 2);
+    }
+
+    #[test]
+    fn kept_fds_are_counted_until_cleared() {
+        let kept = UsageDirs::default();
+        let before = KEPT.load(Ordering::SeqCst);
+        let (_root, dirs) = fake_v1();
+        kept.get_or_open(|| dirs);
+        // Three hierarchies, three fds, counted against the budget.
+        assert_eq!(KEPT.load(Ordering::SeqCst), before + 3);
+        drop(kept);
+        assert_eq!(KEPT.load(Ordering::SeqCst), before);
+        // Nothing is kept past the budget.
+        assert!(!reserve(keep_budget() + 1));
     }
 
     #[test]
