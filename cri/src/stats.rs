@@ -8,6 +8,7 @@
 //! writable layer's size, which needs a walk of the layer and is remeasured at most every
 //! [`LAYER_TTL`].
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use berth_runtime::cgroups::CgroupUsage;
 use berth_runtime::cgroups::parse::{NetDev, net_dev};
+use berth_runtime::cgroups::read::{Wanted, read_text};
 use berth_runtime::status::labels_match;
 use berth_runtime::sys::now_ns;
 use berth_runtime::{ContainerTarget, PodTarget, Runtime};
@@ -120,11 +122,35 @@ struct Collector<'a> {
     fs_mountpoint: String,
     at: Instant,
     timestamp: i64,
+    /// Scratch space every cgroup file of the call is read into.
+    buf: RefCell<Vec<u8>>,
 }
 
+/// What container stats report: no process count, no OOM kills (metrics read those).
+const CONTAINER_STATS: Wanted = Wanted {
+    processes: false,
+    oom_kills: false,
+};
+
+/// What pod stats report: the process count, no OOM kills.
+const POD_STATS: Wanted = Wanted {
+    processes: true,
+    oom_kills: false,
+};
+
 impl Collector<'_> {
+    fn container_usage(&self, t: &ContainerTarget, want: Wanted) -> CgroupUsage {
+        self.runtime
+            .cgroup_usage(&t.dirs, &t.cgroup, want, &mut self.buf.borrow_mut())
+    }
+
     fn container(&self, t: &ContainerTarget) -> ContainerStats {
-        let u = self.runtime.cgroup_usage(&t.cgroup);
+        let u = self.container_usage(t, CONTAINER_STATS);
+        self.container_with(t, &u)
+    }
+
+    /// A container's stats from its cgroup's usage `u`, read by the caller.
+    fn container_with(&self, t: &ContainerTarget, u: &CgroupUsage) -> ContainerStats {
         let nano = u
             .cpu_ns
             .filter(|_| t.live)
@@ -137,8 +163,8 @@ impl Collector<'_> {
                 labels: t.labels.clone(),
                 annotations: t.annotations.clone(),
             }),
-            cpu: cpu(&u, nano, self.timestamp),
-            memory: memory(&u, self.timestamp),
+            cpu: cpu(u, nano, self.timestamp),
+            memory: memory(u, self.timestamp),
             writable_layer: layer.map(|(bytes, inodes)| FilesystemUsage {
                 timestamp: self.timestamp,
                 fs_id: Some(FilesystemIdentifier {
@@ -156,7 +182,8 @@ impl Collector<'_> {
     }
 
     fn network(&self, p: &PodTarget) -> Option<NetworkUsage> {
-        let text = std::fs::read_to_string(p.net_dev.as_ref()?).ok()?;
+        let mut buf = self.buf.borrow_mut();
+        let text = read_text(p.net_dev.as_ref()?, &mut buf)?;
         let usage = |d: &NetDev| NetworkInterfaceUsage {
             name: d.name.clone(),
             rx_bytes: value(d.rx_bytes),
@@ -164,7 +191,7 @@ impl Collector<'_> {
             tx_bytes: value(d.tx_bytes),
             tx_errors: value(d.tx_errors),
         };
-        let devs: Vec<NetDev> = net_dev(&text)
+        let devs: Vec<NetDev> = net_dev(text)
             .into_iter()
             .filter(|d| d.name != "lo")
             .collect();
@@ -177,7 +204,12 @@ impl Collector<'_> {
     }
 
     fn pod(&self, p: &PodTarget, containers: Vec<ContainerStats>) -> PodSandboxStats {
-        let u = self.runtime.cgroup_usage(&p.cgroup.pod);
+        let u = self.runtime.cgroup_usage(
+            &p.dirs,
+            &p.cgroup.pod,
+            POD_STATS,
+            &mut self.buf.borrow_mut(),
+        );
         let nano = u
             .cpu_ns
             .filter(|_| p.ready)
@@ -236,6 +268,7 @@ async fn collect<T: Send + 'static>(
             fs_mountpoint: mountpoint,
             at: Instant::now(),
             timestamp: now_ns(),
+            buf: RefCell::new(Vec::with_capacity(4096)),
         };
         Ok(f(&collector, selection))
     })
@@ -301,12 +334,18 @@ pub async fn list_container_stats(
     Ok(ListContainerStatsResponse { stats })
 }
 
-fn pods_with_containers(c: &Collector<'_>, s: Selection) -> Vec<PodSandboxStats> {
-    // Grouped once: a full node has hundreds of pods, each with its containers.
+/// Live containers grouped by pod once: a full node has hundreds of pods, each with its
+/// containers.
+fn live_by_pod(containers: &[ContainerTarget]) -> HashMap<&str, Vec<&ContainerTarget>> {
     let mut by_pod: HashMap<&str, Vec<&ContainerTarget>> = HashMap::new();
-    for t in s.containers.iter().filter(|t| t.live) {
+    for t in containers.iter().filter(|t| t.live) {
         by_pod.entry(t.pod_id.as_str()).or_default().push(t);
     }
+    by_pod
+}
+
+fn pods_with_containers(c: &Collector<'_>, s: Selection) -> Vec<PodSandboxStats> {
+    let by_pod = live_by_pod(&s.containers);
     s.pods
         .iter()
         .map(|p| {
@@ -574,21 +613,18 @@ fn container_metrics(
     .collect()
 }
 
-fn network_metrics(pod: &PodSandboxStats) -> Vec<Metric> {
-    let (Some(a), Some(net)) = (
-        &pod.attributes,
-        pod.linux.as_ref().and_then(|l| l.network.as_ref()),
-    ) else {
+fn network_metrics(pod: &PodTarget, net: Option<NetworkUsage>) -> Vec<Metric> {
+    let Some(net) = net else {
         return Vec::new();
     };
-    let name = a
+    let name = pod
         .metadata
         .as_ref()
         .map(|m| m.name.clone())
         .unwrap_or_default();
     let mut out = Vec::new();
     for i in &net.interfaces {
-        let labels = || vec![a.id.clone(), name.clone(), i.name.clone()];
+        let labels = || vec![pod.id.clone(), name.clone(), i.name.clone()];
         let v = |o: &Option<UInt64Value>| o.as_ref().map(|v| v.value);
         out.extend(
             [
@@ -619,24 +655,25 @@ pub async fn list_pod_sandbox_metrics(
             })
         },
         |c, s| {
+            let by_pod = live_by_pod(&s.containers);
             s.pods
                 .iter()
                 .map(|p| {
-                    let mut container_metrics = Vec::new();
-                    let mut stats = Vec::new();
-                    for t in s.containers.iter().filter(|t| t.pod_id == p.id && t.live) {
-                        let st = c.container(t);
-                        let u = c.runtime.cgroup_usage(&t.cgroup);
-                        container_metrics.push(ContainerMetrics {
-                            container_id: t.id.clone(),
-                            metrics: container_metrics_of(&st, &u),
-                        });
-                        stats.push(st);
-                    }
-                    let pod = c.pod(p, Vec::new());
+                    let container_metrics = by_pod
+                        .get(p.id.as_str())
+                        .into_iter()
+                        .flatten()
+                        .map(|t| {
+                            let u = c.container_usage(t, Wanted::ALL);
+                            ContainerMetrics {
+                                container_id: t.id.clone(),
+                                metrics: container_metrics_of(&c.container_with(t, &u), &u),
+                            }
+                        })
+                        .collect();
                     PodSandboxMetrics {
                         pod_sandbox_id: p.id.clone(),
-                        metrics: network_metrics(&pod),
+                        metrics: network_metrics(p, c.network(p)),
                         container_metrics,
                     }
                 })

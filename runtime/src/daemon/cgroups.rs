@@ -19,6 +19,7 @@ pub mod devices;
 pub mod fs;
 pub mod limits;
 pub mod parse;
+pub mod read;
 pub mod systemd;
 
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use k8s_cri::v1::LinuxContainerResources;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use read::{CgroupDirs, Wanted};
 
 /// Where a pod's processes live, as the manager placed them; kept in the pod record so that
 /// removal and stats never depend on the pod config being read the same way again.
@@ -119,8 +121,16 @@ pub trait CgroupManager: Send + Sync {
     fn remove(&self, cgroup: &str) -> Result<()>;
     /// Removes the pod's cgroups (the monitor's, and the pod's own when Berth made it).
     fn remove_pod(&self, pod: &PodCgroup) -> Result<()>;
-    /// Usage of a cgroup.
-    fn usage(&self, cgroup: &str) -> CgroupUsage;
+    /// Opens the directories a cgroup's usage is read from; the caller keeps them as long
+    /// as the cgroup's pod or container lives. Drivers without cgroups open none.
+    fn usage_dirs(&self, _cgroup: &str) -> CgroupDirs {
+        CgroupDirs::default()
+    }
+    /// Usage of a cgroup, every figure, read once (callers that read a cgroup again and
+    /// again keep its [`CgroupManager::usage_dirs`] instead).
+    fn usage(&self, cgroup: &str) -> CgroupUsage {
+        self.usage_dirs(cgroup).usage(Wanted::ALL, &mut Vec::new())
+    }
     /// At start-up, after the records are reconciled: removes the cgroups no record names
     /// (a crash between removing a cgroup and its record, or a removal that failed) among
     /// those Berth can enumerate: children of its own parent, and leaves inside each known
@@ -163,9 +173,6 @@ impl CgroupManager for NoCgroups {
     }
     fn remove_pod(&self, _pod: &PodCgroup) -> Result<()> {
         Ok(())
-    }
-    fn usage(&self, _cgroup: &str) -> CgroupUsage {
-        CgroupUsage::default()
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use k8s_cri::v1::{ContainerEventResponse, ContainerEventType};
 use tokio::sync::{broadcast, watch};
 
+use crate::cgroups::read::UsageDirs;
 use crate::cgroups::{CgroupManager, NoCgroups};
 use crate::daemon::client::MonitorClient;
 use crate::daemon::store::{ContainerPhase, ContainerRecord, PodPhase, PodRecord, Store};
@@ -125,6 +126,8 @@ pub(crate) struct PodEntry {
     pub client: MonitorClient,
     /// Set while the pod is being stopped: the monitor's exit is expected.
     pub stopping: AtomicBool,
+    /// The pod cgroup's directories, opened by the first stats call, closed with the entry.
+    pub usage_dirs: Arc<UsageDirs>,
 }
 
 pub(crate) struct ContainerEntry {
@@ -140,6 +143,8 @@ pub(crate) struct ContainerEntry {
     /// first. Both are read and written under `rec`'s lock.
     pub starting: AtomicBool,
     pub stop_event_deferred: AtomicBool,
+    /// The cgroup's directories, opened by the first stats call, closed with the entry.
+    pub usage_dirs: Arc<UsageDirs>,
 }
 
 #[derive(Default)]
@@ -484,6 +489,7 @@ impl Runtime {
             // event, not a call): a call that tells of it (StopContainer) flushes first, and
             // until then the monitor still holds the exit for a restarted daemon.
             drop(self.store.put_container(&rec));
+            c.usage_dirs.clear();
             self.release_cgroup(&c.id, rec.cgroup.clone());
             if c.starting.load(Ordering::SeqCst) {
                 // It exited before StartContainer told of its start: that call tells both.
@@ -718,6 +724,7 @@ impl PodEntry {
             rec: Mutex::new(rec),
             op: tokio::sync::Mutex::new(()),
             stopping: AtomicBool::new(false),
+            usage_dirs: Arc::default(),
         }
     }
 }
@@ -733,6 +740,7 @@ impl ContainerEntry {
             exited,
             starting: AtomicBool::new(false),
             stop_event_deferred: AtomicBool::new(false),
+            usage_dirs: Arc::default(),
         }
     }
 }

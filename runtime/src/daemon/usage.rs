@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use k8s_cri::v1::{ContainerMetadata, PodSandboxMetadata};
 
+use crate::cgroups::read::{UsageDirs, Wanted};
 use crate::cgroups::{CgroupUsage, PodCgroup};
 use crate::daemon::runtime::{Runtime, lock};
 use crate::daemon::store::{ContainerPhase, PodPhase};
@@ -28,6 +29,8 @@ pub struct ContainerTarget {
     pub annotations: HashMap<String, String>,
     /// Its cgroup (driver naming).
     pub cgroup: String,
+    /// Its cgroup's directories once opened; kept while the container lives.
+    pub dirs: Arc<UsageDirs>,
     /// Its writable layer (the overlay upper dir).
     pub writable_layer: PathBuf,
     /// The image it runs, as kubelet named it.
@@ -50,6 +53,8 @@ pub struct PodTarget {
     pub annotations: HashMap<String, String>,
     /// Its cgroups.
     pub cgroup: PodCgroup,
+    /// The pod cgroup's directories once opened; kept while the pod lives.
+    pub dirs: Arc<UsageDirs>,
     /// `/proc/<monitor>/net/dev` of its network namespace; `None` on the node's network.
     pub net_dev: Option<PathBuf>,
     /// Ready (its monitor runs). Others are only reported when asked for by id.
@@ -70,41 +75,73 @@ impl Runtime {
             .iter()
             .filter_map(|p| {
                 let rec = lock(&p.rec);
-                (rec.phase != PodPhase::Creating).then(|| PodTarget {
-                    id: rec.id.clone(),
-                    metadata: rec.config.metadata.clone(),
-                    labels: rec.config.labels.clone(),
-                    annotations: rec.config.annotations.clone(),
-                    cgroup: rec.cgroup.clone(),
-                    net_dev: (rec.namespaces.contains(&Namespace::Net) && rec.monitor_pid > 0)
-                        .then(|| PathBuf::from(format!("/proc/{}/net/dev", rec.monitor_pid))),
-                    ready: rec.phase == PodPhase::Ready,
+                (rec.phase != PodPhase::Creating).then(|| {
+                    (
+                        p,
+                        PodTarget {
+                            id: rec.id.clone(),
+                            metadata: rec.config.metadata.clone(),
+                            labels: rec.config.labels.clone(),
+                            annotations: rec.config.annotations.clone(),
+                            cgroup: rec.cgroup.clone(),
+                            net_dev: (rec.namespaces.contains(&Namespace::Net)
+                                && rec.monitor_pid > 0)
+                                .then(|| {
+                                    PathBuf::from(format!("/proc/{}/net/dev", rec.monitor_pid))
+                                }),
+                            ready: rec.phase == PodPhase::Ready,
+                            dirs: Arc::default(),
+                        },
+                    )
                 })
+            })
+            .map(|(p, mut t)| {
+                t.dirs = Arc::clone(&p.usage_dirs);
+                t
             })
             .collect();
         let containers = containers
             .iter()
             .filter_map(|c| {
                 let rec = lock(&c.rec);
-                (rec.phase != ContainerPhase::Creating).then(|| ContainerTarget {
-                    id: rec.id.clone(),
-                    pod_id: rec.pod_id.clone(),
-                    metadata: rec.config.metadata.clone(),
-                    labels: rec.config.labels.clone(),
-                    annotations: rec.config.annotations.clone(),
-                    cgroup: rec.cgroup.clone(),
-                    writable_layer: rec.spec.rootfs.upper_dir.clone(),
-                    image: rec.image.name.clone(),
-                    live: rec.phase != ContainerPhase::Exited,
+                (rec.phase != ContainerPhase::Creating).then(|| {
+                    (
+                        c,
+                        ContainerTarget {
+                            id: rec.id.clone(),
+                            pod_id: rec.pod_id.clone(),
+                            metadata: rec.config.metadata.clone(),
+                            labels: rec.config.labels.clone(),
+                            annotations: rec.config.annotations.clone(),
+                            cgroup: rec.cgroup.clone(),
+                            writable_layer: rec.spec.rootfs.upper_dir.clone(),
+                            image: rec.image.name.clone(),
+                            live: rec.phase != ContainerPhase::Exited,
+                            dirs: Arc::default(),
+                        },
+                    )
                 })
+            })
+            .map(|(c, mut t)| {
+                t.dirs = Arc::clone(&c.usage_dirs);
+                t
             })
             .collect();
         (pods, containers)
     }
 
-    /// Usage of a cgroup named by [`Runtime::usage_targets`].
-    pub fn cgroup_usage(&self, cgroup: &str) -> CgroupUsage {
-        self.opts.cgroups.usage(cgroup)
+    /// Usage of a cgroup named by [`Runtime::usage_targets`], read now through the
+    /// directories `dirs` keeps (opened on the first call, outside every lock). `buf` is
+    /// scratch space reused across cgroups.
+    pub fn cgroup_usage(
+        &self,
+        dirs: &UsageDirs,
+        cgroup: &str,
+        want: Wanted,
+        buf: &mut Vec<u8>,
+    ) -> CgroupUsage {
+        dirs.get_or_open(|| self.opts.cgroups.usage_dirs(cgroup))
+            .usage(want, buf)
     }
 
     /// The full id of a container (any state) named by id or unique prefix.

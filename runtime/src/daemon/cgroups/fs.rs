@@ -12,8 +12,9 @@ use k8s_cri::v1::LinuxContainerResources;
 use super::convert::cgroupfs_parent;
 use super::devices::{default_rules, v1_line};
 use super::limits::{Version, Write, writes};
-use super::parse::{CgroupMount, cgroup_mounts, keyed_value};
-use super::{CgroupManager, CgroupUsage, ContainerLimits, PodCgroup};
+use super::parse::{CgroupMount, cgroup_mounts};
+use super::read::{CgroupDirs, CpuSource, DirsBuilder};
+use super::{CgroupManager, ContainerLimits, PodCgroup};
 use crate::error::{Error, Result};
 
 /// One mounted cgroup hierarchy.
@@ -33,40 +34,6 @@ const V2_BASELINE: [&str; 4] = ["cpu", "memory", "pids", "io"];
 
 /// How many times a busy cgroup is emptied and retried before removal gives up.
 const REMOVE_TRIES: u32 = 100;
-
-/// Where each cgroup version keeps the memory figures the two read alike: the usage file,
-/// the file counting OOM kills, and the `memory.stat` keys.
-struct MemoryNames {
-    usage: &'static str,
-    oom: &'static str,
-    inactive_file: &'static str,
-    rss: &'static str,
-    pgfault: &'static str,
-    pgmajfault: &'static str,
-}
-
-impl MemoryNames {
-    fn of(version: Version) -> Self {
-        match version {
-            Version::V1 => MemoryNames {
-                usage: "memory.usage_in_bytes",
-                oom: "memory.oom_control",
-                inactive_file: "total_inactive_file",
-                rss: "total_rss",
-                pgfault: "total_pgfault",
-                pgmajfault: "total_pgmajfault",
-            },
-            Version::V2 => MemoryNames {
-                usage: "memory.current",
-                oom: "memory.events",
-                inactive_file: "inactive_file",
-                rss: "anon",
-                pgfault: "pgfault",
-                pgmajfault: "pgmajfault",
-            },
-        }
-    }
-}
 
 /// The cgroupfs driver.
 #[derive(Debug, Clone)]
@@ -252,15 +219,6 @@ impl CgroupFs {
         out.dedup();
         out
     }
-
-    fn read(&self, controller: &str, cgroup: &str, file: &str) -> Option<String> {
-        let h = self.hierarchy_of(controller)?;
-        std::fs::read_to_string(Self::dir(h, cgroup).join(file)).ok()
-    }
-
-    fn read_u64(&self, controller: &str, cgroup: &str, file: &str) -> Option<u64> {
-        self.read(controller, cgroup, file)?.trim().parse().ok()
-    }
 }
 
 impl CgroupManager for CgroupFs {
@@ -390,56 +348,24 @@ impl CgroupManager for CgroupFs {
         removed
     }
 
-    fn usage(&self, cgroup: &str) -> CgroupUsage {
-        let mut u = CgroupUsage::default();
-        match self.version_of("cpuacct") {
-            Some(_) => u.cpu_ns = self.read_u64("cpuacct", cgroup, "cpuacct.usage"),
-            None => {
-                let h = self.hierarchies.iter().find(|h| h.v2);
-                u.cpu_ns = h
-                    .and_then(|h| {
-                        std::fs::read_to_string(Self::dir(h, cgroup).join("cpu.stat")).ok()
-                    })
-                    .and_then(|t| keyed_value(&t, "usage_usec"))
-                    .map(|us| us * 1000);
+    fn usage_dirs(&self, cgroup: &str) -> CgroupDirs {
+        let mut b = DirsBuilder::new();
+        match self.hierarchy_of("cpuacct") {
+            Some(h) if !h.v2 => b.cpu(&Self::dir(h, cgroup), CpuSource::Cpuacct),
+            _ => {
+                if let Some(h) = self.hierarchies.iter().find(|h| h.v2) {
+                    b.cpu(&Self::dir(h, cgroup), CpuSource::CpuStat);
+                }
             }
         }
-        u.processes = self.read_u64("pids", cgroup, "pids.current");
-        let Some(version) = self.version_of("memory") else {
-            return u;
-        };
-        let names = MemoryNames::of(version);
-        u.memory_usage = self.read_u64("memory", cgroup, names.usage);
-        let stat = self
-            .read("memory", cgroup, "memory.stat")
-            .unwrap_or_default();
-        let inactive = keyed_value(&stat, names.inactive_file).unwrap_or(0);
-        u.working_set = u.memory_usage.map(|m| m.saturating_sub(inactive));
-        u.rss = keyed_value(&stat, names.rss);
-        u.page_faults = keyed_value(&stat, names.pgfault);
-        u.major_page_faults = keyed_value(&stat, names.pgmajfault);
-        u.oom_kills = self
-            .read("memory", cgroup, names.oom)
-            .map_or(0, |t| super::parse::oom_kills(&t));
-        match version {
-            Version::V1 => {
-                // v1 reports "unlimited" as the largest page-aligned i64.
-                u.memory_limit = self
-                    .read_u64("memory", cgroup, "memory.limit_in_bytes")
-                    .filter(|l| *l < 1 << 62);
-                u.swap_usage = self
-                    .read_u64("memory", cgroup, "memory.memsw.usage_in_bytes")
-                    .zip(u.memory_usage)
-                    .map(|(sw, m)| sw.saturating_sub(m));
-            }
-            Version::V2 => {
-                u.memory_limit = self
-                    .read("memory", cgroup, "memory.max")
-                    .and_then(|t| super::parse::limit(&t));
-                u.swap_usage = self.read_u64("memory", cgroup, "memory.swap.current");
-            }
+        if let Some(h) = self.hierarchy_of("pids") {
+            b.pids(&Self::dir(h, cgroup));
         }
-        u
+        if let Some(h) = self.hierarchy_of("memory") {
+            let version = if h.v2 { Version::V2 } else { Version::V1 };
+            b.memory(&Self::dir(h, cgroup), version);
+        }
+        b.build()
     }
 }
 
@@ -586,7 +512,7 @@ fn remove_tree(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroups::create_in_fake_tree;
+    use crate::cgroups::{CgroupUsage, create_in_fake_tree};
 
     /// A fake host: a v2 root holding cpu memory pids cpuset hugetlb.
     fn fake_v2() -> (tempfile::TempDir, CgroupFs) {

@@ -10,6 +10,28 @@ pub fn keyed_value(text: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// The values of several `keys` of a flat-keyed file in one pass over its lines (v1
+/// `memory.stat` has some forty lines, and stats need four of them).
+pub fn keyed_values<const N: usize>(text: &str, keys: [&str; N]) -> [Option<u64>; N] {
+    let mut out = [None; N];
+    let mut left = N;
+    for line in text.lines() {
+        let Some((key, v)) = line.split_once(' ') else {
+            continue;
+        };
+        if let Some(i) = keys.iter().position(|k| *k == key)
+            && out[i].is_none()
+        {
+            out[i] = v.trim().parse().ok();
+            left -= 1;
+            if left == 0 {
+                break;
+            }
+        }
+    }
+    out
+}
+
 /// The OOM kill count of a cgroup: `oom_kill` in v2 `memory.events` or v1
 /// `memory.oom_control` (both use the same key).
 pub fn oom_kills(text: &str) -> u64 {
@@ -138,6 +160,18 @@ mod tests {
             Some(1234)
         );
         assert_eq!(keyed_value("usage_usec x\n", "usage_usec"), None);
+    }
+
+    #[test]
+    fn reads_several_keys_in_one_pass() {
+        let stat = "cache 10\nrss 20\ntotal_rss 200\ntotal_inactive_file 30\nbad x\n";
+        assert_eq!(
+            keyed_values(stat, ["total_inactive_file", "total_rss", "missing", "bad"]),
+            [Some(30), Some(200), None, None]
+        );
+        // A key that only prefixes another is not it.
+        assert_eq!(keyed_values("total_rss_huge 5\n", ["total_rss"]), [None]);
+        assert_eq!(keyed_values("", ["a"]), [None]);
     }
 
     #[test]

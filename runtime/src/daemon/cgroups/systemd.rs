@@ -20,7 +20,7 @@ use super::convert::{shares_to_weight, systemd_slice};
 use super::dbus::{BusError, Connection, Value};
 use super::fs::{CgroupFs, Hierarchy};
 use super::parse::{CgroupMount, cgroup_mounts};
-use super::{CgroupManager, CgroupUsage, ContainerLimits, PodCgroup};
+use super::{CgroupManager, ContainerLimits, PodCgroup};
 use crate::error::{Error, Result};
 
 /// systemd's own socket: a direct connection to the manager, root only, no bus needed.
@@ -429,8 +429,8 @@ impl CgroupManager for Systemd {
         self.fs.remove(&pod.pod)
     }
 
-    fn usage(&self, cgroup: &str) -> CgroupUsage {
-        self.fs.usage(cgroup)
+    fn usage_dirs(&self, cgroup: &str) -> super::read::CgroupDirs {
+        self.fs.usage_dirs(cgroup)
     }
 }
 

@@ -1,0 +1,462 @@
+//! Reading one cgroup's usage through directory fds opened once: each figure is an
+//! `openat` of a bare file name relative to the cgroup's directory in its hierarchy, not a
+//! lookup of the full path, read into one buffer the caller reuses across cgroups.
+//!
+//! A node with hundreds of pods reads a thousand cgroups per stats call; the path walk
+//! through `/sys/fs/cgroup/<controller>/kubepods/...` was most of what such a call cost.
+//! The fds are `O_PATH` directories: they pin no cgroup state beyond the directory and
+//! never cache a value, so every read returns the kernel's current counters.
+
+use std::ffi::CStr;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use nix::fcntl::{OFlag, open, openat};
+use nix::sys::resource::{Resource, getrlimit};
+use nix::sys::stat::Mode;
+
+use super::CgroupUsage;
+use super::limits::Version;
+use super::parse::{keyed_values, limit, oom_kills};
+
+/// Which of the figures that cost a read of their own a caller reports; CPU and memory
+/// are always read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted {
+    /// `pids.current` (pod stats, metrics).
+    pub processes: bool,
+    /// The OOM kill count (metrics).
+    pub oom_kills: bool,
+}
+
+impl Wanted {
+    /// Every figure [`CgroupUsage`] holds.
+    pub const ALL: Wanted = Wanted {
+        processes: true,
+        oom_kills: true,
+    };
+}
+
+/// Where the CPU counter of a cgroup is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CpuSource {
+    /// v1 `cpuacct.usage`, nanoseconds.
+    Cpuacct,
+    /// v2 `cpu.stat` `usage_usec`.
+    CpuStat,
+}
+
+/// Open directories of one cgroup, one per hierarchy stats read from (v1: the cpuacct,
+/// memory and pids hierarchies; v2: the unified one, opened once). The default holds none
+/// (no cgroups) and is complete.
+#[derive(Debug)]
+pub struct CgroupDirs {
+    dirs: Vec<OwnedFd>,
+    cpu: Option<(usize, CpuSource)>,
+    memory: Option<(usize, Version)>,
+    pids: Option<usize>,
+    /// Every hierarchy that holds a controller stats read was opened: worth keeping.
+    complete: bool,
+}
+
+impl Default for CgroupDirs {
+    fn default() -> Self {
+        CgroupDirs {
+            dirs: Vec::new(),
+            cpu: None,
+            memory: None,
+            pids: None,
+            complete: true,
+        }
+    }
+}
+
+/// Builds a [`CgroupDirs`], opening each hierarchy's directory once.
+pub(super) struct DirsBuilder {
+    dirs: CgroupDirs,
+    opened: Vec<std::path::PathBuf>,
+}
+
+impl DirsBuilder {
+    pub(super) fn new() -> Self {
+        DirsBuilder {
+            dirs: CgroupDirs::default(),
+            opened: Vec::new(),
+        }
+    }
+
+    /// Opens `dir` (or finds it opened already); `None` when it cannot be opened.
+    fn index(&mut self, dir: &Path) -> Option<usize> {
+        if let Some(i) = self.opened.iter().position(|d| d == dir) {
+            return Some(i);
+        }
+        // O_PATH: no read access is needed on the directory, only a base for openat.
+        match open(
+            dir,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => {
+                self.dirs.dirs.push(fd);
+                self.opened.push(dir.to_owned());
+                Some(self.dirs.dirs.len() - 1)
+            }
+            Err(_) => {
+                self.dirs.complete = false;
+                None
+            }
+        }
+    }
+
+    pub(super) fn cpu(&mut self, dir: &Path, source: CpuSource) {
+        self.dirs.cpu = self.index(dir).map(|i| (i, source));
+    }
+
+    pub(super) fn memory(&mut self, dir: &Path, version: Version) {
+        self.dirs.memory = self.index(dir).map(|i| (i, version));
+    }
+
+    pub(super) fn pids(&mut self, dir: &Path) {
+        self.dirs.pids = self.index(dir);
+    }
+
+    pub(super) fn build(self) -> CgroupDirs {
+        self.dirs
+    }
+}
+
+/// Where each cgroup version keeps the memory figures the two read alike.
+struct MemoryNames {
+    usage: &'static CStr,
+    oom: &'static CStr,
+    /// `memory.stat` keys: inactive file pages, anonymous memory, page faults, major ones.
+    stat: [&'static str; 4],
+}
+
+impl MemoryNames {
+    fn of(version: Version) -> Self {
+        match version {
+            Version::V1 => MemoryNames {
+                usage: c"memory.usage_in_bytes",
+                oom: c"memory.oom_control",
+                stat: [
+                    "total_inactive_file",
+                    "total_rss",
+                    "total_pgfault",
+                    "total_pgmajfault",
+                ],
+            },
+            Version::V2 => MemoryNames {
+                usage: c"memory.current",
+                oom: c"memory.events",
+                stat: ["inactive_file", "anon", "pgfault", "pgmajfault"],
+            },
+        }
+    }
+}
+
+/// Reads `name` in `dir` into `buf` (cleared first); `None` when it cannot be read or is
+/// not text.
+fn read_at<'b>(dir: &OwnedFd, name: &CStr, buf: &'b mut Vec<u8>) -> Option<&'b str> {
+    let fd = openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )
+    .ok()?;
+    read_all(std::fs::File::from(fd), buf)
+}
+
+/// Reads a kernel file at `path` (such as `/proc/<pid>/net/dev`) into `buf` (cleared
+/// first); `None` when it cannot be read or is not text.
+pub fn read_text<'b>(path: &Path, buf: &'b mut Vec<u8>) -> Option<&'b str> {
+    read_all(std::fs::File::open(path).ok()?, buf)
+}
+
+/// Reads `file` to its end into `buf`: the kernel may hand a stat file over in pieces.
+fn read_all(mut file: std::fs::File, buf: &mut Vec<u8>) -> Option<&str> {
+    buf.clear();
+    // A plain read loop: std's read_to_end on a File first asks the size of the file,
+    // which costs a statx per read and is always 4096 (or 0) on cgroupfs and procfs.
+    let mut chunk = [0u8; 4096];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    std::str::from_utf8(buf).ok()
+}
+
+fn read_u64(dir: &OwnedFd, name: &CStr, buf: &mut Vec<u8>) -> Option<u64> {
+    read_at(dir, name, buf)?.trim().parse().ok()
+}
+
+impl CgroupDirs {
+    /// Whether every hierarchy was opened; an incomplete set is not worth keeping (it is
+    /// opened again on the next call, when the cause may be gone).
+    pub fn complete(&self) -> bool {
+        self.complete
+    }
+
+    /// The cgroup's usage now (all its descendants included), read fresh from the kernel.
+    /// `buf` is scratch space the caller may reuse across cgroups.
+    pub fn usage(&self, want: Wanted, buf: &mut Vec<u8>) -> CgroupUsage {
+        let mut u = CgroupUsage::default();
+        if let Some((i, source)) = self.cpu {
+            let dir = &self.dirs[i];
+            u.cpu_ns = match source {
+                CpuSource::Cpuacct => read_u64(dir, c"cpuacct.usage", buf),
+                CpuSource::CpuStat => read_at(dir, c"cpu.stat", buf)
+                    .and_then(|t| keyed_values(t, ["usage_usec"])[0])
+                    .map(|us| us.saturating_mul(1000)),
+            };
+        }
+        if want.processes {
+            u.processes = self
+                .pids
+                .and_then(|i| read_u64(&self.dirs[i], c"pids.current", buf));
+        }
+        let Some((i, version)) = self.memory else {
+            return u;
+        };
+        let dir = &self.dirs[i];
+        let names = MemoryNames::of(version);
+        u.memory_usage = read_u64(dir, names.usage, buf);
+        let [inactive, rss, pgfault, pgmajfault] =
+            read_at(dir, c"memory.stat", buf).map_or([None; 4], |t| keyed_values(t, names.stat));
+        u.working_set = u
+            .memory_usage
+            .map(|m| m.saturating_sub(inactive.unwrap_or(0)));
+        u.rss = rss;
+        u.page_faults = pgfault;
+        u.major_page_faults = pgmajfault;
+        if want.oom_kills {
+            u.oom_kills = read_at(dir, names.oom, buf).map_or(0, oom_kills);
+        }
+        match version {
+            Version::V1 => {
+                // v1 reports "unlimited" as the largest page-aligned i64.
+                u.memory_limit =
+                    read_u64(dir, c"memory.limit_in_bytes", buf).filter(|l| *l < 1 << 62);
+                u.swap_usage = read_u64(dir, c"memory.memsw.usage_in_bytes", buf)
+                    .zip(u.memory_usage)
+                    .map(|(sw, m)| sw.saturating_sub(m));
+            }
+            Version::V2 => {
+                u.memory_limit = read_at(dir, c"memory.max", buf).and_then(limit);
+                u.swap_usage = read_u64(dir, c"memory.swap.current", buf);
+            }
+        }
+        u
+    }
+}
+
+/// Directory fds kept by every [`UsageDirs`] together.
+static KEPT: AtomicUsize = AtomicUsize::new(0);
+
+/// How many directory fds may be kept: half the daemon's soft `RLIMIT_NOFILE`, so that a
+/// node past it (or a daemon started with a low limit) never runs out of fds for its
+/// other work; its other cgroups are read by opening their directories on each call.
+fn keep_budget() -> usize {
+    static BUDGET: OnceLock<usize> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        getrlimit(Resource::RLIMIT_NOFILE).map_or(512, |(soft, _)| (soft / 2) as usize)
+    })
+}
+
+fn reserve(n: usize) -> bool {
+    KEPT.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| {
+        (k + n <= keep_budget()).then_some(k + n)
+    })
+    .is_ok()
+}
+
+fn release(n: usize) {
+    KEPT.fetch_sub(n, Ordering::SeqCst);
+}
+
+/// The directories of one pod's or container's cgroup, kept in its entry between stats
+/// calls: opened by the first read, closed when the cgroup is released or the entry goes.
+#[derive(Debug, Default)]
+pub struct UsageDirs(Mutex<Option<Arc<CgroupDirs>>>);
+
+impl UsageDirs {
+    /// The kept directories, or those `open` makes now, kept when all opened and within
+    /// the node's budget of kept fds. The lock is not held while opening.
+    pub fn get_or_open(&self, open: impl FnOnce() -> CgroupDirs) -> Arc<CgroupDirs> {
+        if let Some(d) = self.lock().as_ref() {
+            return Arc::clone(d);
+        }
+        let d = Arc::new(open());
+        let n = d.dirs.len();
+        if d.complete() && reserve(n) {
+            let mut kept = self.lock();
+            if kept.is_none() {
+                *kept = Some(Arc::clone(&d));
+            } else {
+                // A concurrent call kept its own meanwhile.
+                release(n);
+            }
+        }
+        d
+    }
+
+    /// Closes the kept directories (the cgroup is being removed).
+    pub fn clear(&self) {
+        if let Some(d) = self.lock().take() {
+            release(d.dirs.len());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<CgroupDirs>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for UsageDirs {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake v1 cgroup: cpuacct, memory and pids each in a hierarchy of its own.
+    fn fake_v1() -> (tempfile::TempDir, CgroupDirs) {
+        let root = tempfile::tempdir().unwrap();
+        let write = |p: &str, v: &str| {
+            let p = root.path().join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, v).unwrap();
+        };
+        write("cpuacct/c1/cpuacct.usage", "5000\n");
+        write("memory/c1/memory.usage_in_bytes", "8192\n");
+        write(
+            "memory/c1/memory.stat",
+            "cache 1\nrss 2\ninactive_file 3\ntotal_rss 4096\ntotal_inactive_file 1024\n\
+             total_pgfault 7\ntotal_pgmajfault 1\n",
+        );
+        write("memory/c1/memory.limit_in_bytes", "9223372036854771712\n");
+        write("memory/c1/memory.oom_control", "under_oom 0\noom_kill 2\n");
+        write("pids/c1/pids.current", "3\n");
+        let mut b = DirsBuilder::new();
+        b.cpu(&root.path().join("cpuacct/c1"), CpuSource::Cpuacct);
+        b.memory(&root.path().join("memory/c1"), Version::V1);
+        b.pids(&root.path().join("pids/c1"));
+        (root, b.build())
+    }
+
+    #[test]
+    fn reads_v1_figures_fresh_on_every_call() {
+        let (root, dirs) = fake_v1();
+        assert!(dirs.complete());
+        let mut buf = Vec::new();
+        let u = dirs.usage(Wanted::ALL, &mut buf);
+        assert_eq!(
+            u,
+            CgroupUsage {
+                cpu_ns: Some(5000),
+                memory_usage: Some(8192),
+                working_set: Some(8192 - 1024),
+                rss: Some(4096),
+                page_faults: Some(7),
+                major_page_faults: Some(1),
+                // v1's "unlimited".
+                memory_limit: None,
+                // No memsw file: swap accounting off.
+                swap_usage: None,
+                processes: Some(3),
+                oom_kills: 2,
+            }
+        );
+        // The kept directories hold no value: a new counter is seen on the next call.
+        std::fs::write(root.path().join("cpuacct/c1/cpuacct.usage"), "9000\n").unwrap();
+        std::fs::write(
+            root.path().join("memory/c1/memory.limit_in_bytes"),
+            "65536\n",
+        )
+        .unwrap();
+        let u = dirs.usage(Wanted::ALL, &mut buf);
+        assert_eq!(u.cpu_ns, Some(9000));
+        assert_eq!(u.memory_limit, Some(65536));
+    }
+
+    #[test]
+    fn skips_figures_the_caller_does_not_want() {
+        let (_root, dirs) = fake_v1();
+        let u = dirs.usage(
+            Wanted {
+                processes: false,
+                oom_kills: false,
+            },
+            &mut Vec::new(),
+        );
+        assert_eq!((u.processes, u.oom_kills), (None, 0));
+        assert_eq!(u.cpu_ns, Some(5000));
+    }
+
+    #[test]
+    fn a_missing_cgroup_is_incomplete_and_not_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let mut b = DirsBuilder::new();
+        b.memory(&root.path().join("memory/gone"), Version::V2);
+        let dirs = b.build();
+        assert!(!dirs.complete());
+        assert_eq!(
+            dirs.usage(Wanted::ALL, &mut Vec::new()),
+            CgroupUsage::default()
+        );
+        let kept = UsageDirs::default();
+        let mut opened = 0;
+        for _ in 0..2 {
+            kept.get_or_open(|| {
+                opened += 1;
+                CgroupDirs::default()
+            });
+        }
+        // An empty set (no cgroups) is complete: opened once, then kept until cleared.
+        assert_eq!(opened, 1);
+        kept.clear();
+        kept.get_or_open(|| {
+            opened += 1;
+            DirsBuilder::new().build()
+        });
+        assert_eq!(opened, 2);
+    }
+
+    #[test]
+    fn kept_fds_are_counted_until_cleared() {
+        let kept = UsageDirs::default();
+        let before = KEPT.load(Ordering::SeqCst);
+        let (_root, dirs) = fake_v1();
+        kept.get_or_open(|| dirs);
+        // Three hierarchies, three fds, counted against the budget.
+        assert_eq!(KEPT.load(Ordering::SeqCst), before + 3);
+        drop(kept);
+        assert_eq!(KEPT.load(Ordering::SeqCst), before);
+        // Nothing is kept past the budget.
+        assert!(!reserve(keep_budget() + 1));
+    }
+
+    #[test]
+    fn a_file_name_is_never_followed_as_a_link() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("c1");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(root.path().join("secret"), "42\n").unwrap();
+        std::os::unix::fs::symlink(root.path().join("secret"), dir.join("pids.current")).unwrap();
+        let mut b = DirsBuilder::new();
+        b.pids(&dir);
+        let u = b.build().usage(Wanted::ALL, &mut Vec::new());
+        assert_eq!(u.processes, None);
+    }
+}
