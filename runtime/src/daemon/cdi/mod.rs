@@ -14,7 +14,7 @@
 pub mod edits;
 pub mod spec;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -320,8 +320,11 @@ fn index(st: &mut State) {
 /// an invalid argument.
 pub fn requested(config: &k8s_cri::v1::ContainerConfig) -> Result<Vec<String>> {
     let mut names: Vec<String> = Vec::new();
+    // The names come from the pod spec: a set keeps "each once" linear in their number,
+    // where a scan of the list would be quadratic in what a request can carry.
+    let mut seen: HashSet<String> = HashSet::new();
     let mut push = |n: &str| {
-        if !names.iter().any(|x| x == n) {
+        if seen.insert(n.to_owned()) {
             names.push(n.to_owned());
         }
     };

@@ -188,6 +188,23 @@ fn qualified_names_and_annotations_are_parsed_as_containerd_does() {
     let e = requested(&config).unwrap_err().to_string();
     assert!(e.contains("cdi.k8s.io/bad"), "{e}");
     assert!(requested(&Default::default()).unwrap().is_empty());
+    // A request repeating names by the hundred thousand asks for each device once, in the
+    // order first named.
+    let mut flood = k8s_cri::v1::ContainerConfig::default();
+    let names: Vec<String> = (0..200_000)
+        .map(|i| format!("example.com/gpu={}", i % 3))
+        .collect();
+    flood
+        .annotations
+        .insert("cdi.k8s.io/flood".into(), names.join(","));
+    assert_eq!(
+        requested(&flood).unwrap(),
+        [
+            "example.com/gpu=0",
+            "example.com/gpu=1",
+            "example.com/gpu=2"
+        ]
+    );
 }
 
 fn write(dir: &Path, name: &str, text: &str) {
