@@ -128,6 +128,23 @@ pub fn pod_config(name: &str, log_dir: &Path) -> PodSandboxConfig {
     }
 }
 
+/// [`pod_config`] for a pod on the node's network namespace (hostNetwork).
+pub fn host_network_pod_config(name: &str, log_dir: &Path) -> PodSandboxConfig {
+    PodSandboxConfig {
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..pod_config(name, log_dir)
+    }
+}
+
 /// A busybox container `name` running `command`, logging to `<name>.log`, with
 /// `GREETING=hello from berth` in its environment.
 pub fn container_config(name: &str, command: &[&str]) -> ContainerConfig {

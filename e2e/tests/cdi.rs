@@ -16,13 +16,12 @@ use std::path::{Path, PathBuf};
 
 use berth_e2e::fixtures::{
     assert_refused, bind, container_config, create_container, create_refused, daemon_in, dir_names,
-    exec_sync, host_dir, list_containers, new_pod, pod_config, pull, remove_pod, run_pod_with,
-    runtime_binary, start_container, start_created,
+    exec_sync, host_dir, host_network_pod_config, list_containers, new_pod, pod_config, pull,
+    remove_pod, run_pod_with, runtime_binary, start_container, start_created,
 };
 use berth_e2e::{Daemon, DaemonDir, images};
 use k8s_cri::v1::{
-    CdiDevice, ContainerConfig, ContainerStatusRequest, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig, StatusRequest,
+    CdiDevice, ContainerConfig, ContainerStatusRequest, PodSandboxConfig, StatusRequest,
 };
 use serde_json::{Value, json};
 use tonic::Code;
@@ -410,17 +409,7 @@ async fn a_net_device_moves_into_the_pod_renamed_and_back_when_it_stops() {
     std::fs::write(specs.join("nic.json"), spec.to_string()).unwrap();
 
     // Not for a pod on the node's network.
-    let mut host_cfg = pod_config("cdi-hostnet", &d.dir().path().join("logs"));
-    host_cfg.linux = Some(LinuxPodSandboxConfig {
-        security_context: Some(LinuxSandboxSecurityContext {
-            namespace_options: Some(NamespaceOption {
-                network: NamespaceMode::Node as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let host_cfg = host_network_pod_config("cdi-hostnet", &d.dir().path().join("logs"));
     let host_pod = run_pod_with(&d, &host_cfg, "").await;
     let e = create_refused(
         &d,

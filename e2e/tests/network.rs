@@ -12,8 +12,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use berth_e2e::fixtures::{
-    busybox_daemon, daemon_in, exec_sync, log_dir, pod_config, pod_ip, pull, remove_pod, run_pod,
-    start,
+    busybox_daemon, daemon_in, exec_sync, host_network_pod_config, log_dir, pod_config, pod_ip,
+    pull, remove_pod, run_pod, start,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
@@ -252,17 +252,7 @@ async fn builtin_network_pods_hostports_masquerade_dns_and_host_network() {
     assert!(resolv.contains("options ndots:5"), "{resolv}");
 
     // A hostNetwork pod sees the node's interfaces and gets no veth.
-    let mut host_cfg = pod_config("hostnet", &logs);
-    host_cfg.linux = Some(LinuxPodSandboxConfig {
-        security_context: Some(LinuxSandboxSecurityContext {
-            namespace_options: Some(NamespaceOption {
-                network: NamespaceMode::Node as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let host_cfg = host_network_pod_config("hostnet", &logs);
     // Only pod veths count: the CNI test may add its own links meanwhile.
     let pod_links = || {
         links()
