@@ -39,6 +39,7 @@ pub mod http;
 pub mod images;
 pub mod leaks;
 pub mod netns;
+pub mod nspawn;
 pub mod oci;
 pub mod process;
 pub mod registry;
