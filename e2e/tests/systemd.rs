@@ -187,6 +187,8 @@ async fn kubelet_pods_are_scopes_in_their_slice_with_limits_oom_stats_and_remova
     assert_eq!(memory, (96 * MIB).to_string());
     let quota = cgroup_file(node, "cpu", &rel, "cpu.cfs_quota_us", "cpu.max");
     assert!(quota == "50000" || quota == "50000 100000", "{quota}");
+    let shares = cgroup_file(node, "cpu", &rel, "cpu.shares", "cpu.weight");
+    assert_eq!(shares, if node_v2(node) { "20" } else { "512" });
     // The container's processes are where systemd says the pod is.
     let procs = cgroup_file(node, "memory", &rel, "cgroup.procs", "cgroup.procs");
     assert!(!procs.is_empty(), "no process in {rel}");
@@ -303,4 +305,51 @@ async fn a_restarted_daemon_finds_its_pods_scopes() {
         !cgroup_exists(d.node(), &cgroup),
         "{cgroup} outlived its pod"
     );
+}
+
+#[tokio::test]
+async fn pod_resources_in_berths_own_slice_are_scope_properties_systemd_applies() {
+    let d = node_daemon().await;
+    let node = d.node();
+    // No cgroup_parent (crictl's case): the pod goes to Berth's slice, and its resources
+    // are properties of its scope, which systemd writes to the scope's cgroup.
+    let mut pod = host_network_pod_config("sd-own", &d.dir().path().join("logs"));
+    pod.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+        memory_limit_in_bytes: 256 * MIB,
+        cpu_quota: 150_000,
+        cpu_period: 100_000,
+        cpu_shares: 512,
+        ..Default::default()
+    });
+    let pod_id = run_pod(&d, &pod).await;
+    let unit = scope(&pod_id);
+    assert_eq!(property(node, &unit, "Slice"), "berth.slice");
+    let cgroup = property(node, &unit, "ControlGroup");
+    assert_eq!(cgroup, format!("/berth.slice/{unit}"));
+    let v2 = node_v2(node);
+    let (memory_property, cpu_property) = if v2 {
+        ("MemoryMax", "CPUWeight")
+    } else {
+        ("MemoryLimit", "CPUShares")
+    };
+    assert_eq!(
+        property(node, &unit, memory_property),
+        (256 * MIB).to_string()
+    );
+    // 150 ms of CPU per 100 ms period: 1.5 CPUs.
+    assert_eq!(property(node, &unit, "CPUQuotaPerSecUSec"), "1.500000s");
+    // kubelet's shares 512 is weight 20 on v2 (its conversion, as runc's).
+    let cpu = property(node, &unit, cpu_property);
+    assert_eq!(cpu, if v2 { "20" } else { "512" });
+    // And systemd wrote them to the scope's own cgroup.
+    let memory = cgroup_file(node, "memory", &cgroup, "memory.limit_in_bytes", "memory.max");
+    assert_eq!(memory, (256 * MIB).to_string());
+    let quota = cgroup_file(node, "cpu", &cgroup, "cpu.cfs_quota_us", "cpu.max");
+    assert!(quota == "150000" || quota == "150000 100000", "{quota}");
+    let weight = cgroup_file(node, "cpu", &cgroup, "cpu.shares", "cpu.weight");
+    assert_eq!(weight, if v2 { "20" } else { "512" });
+
+    remove_pod(&d, &pod_id).await;
+    wait_unit_gone(node, &unit).await;
+    assert!(!cgroup_exists(node, &cgroup), "{cgroup} outlived its pod");
 }
