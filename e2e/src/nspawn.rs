@@ -13,10 +13,12 @@
 //!   daemon's directory is bound at the same path inside, so its config, state, socket and
 //!   log are reachable from the test, and the binaries under test are bound read-only;
 //! - nspawn runs in cgroups of its own (`/berth-e2e-<run>-nspawn<N>` in every hierarchy),
-//!   removed when the container is gone; on a cgroup v1 host it mounts the controllers
-//!   read-only inside (only `name=systemd` is the payload's), so they are remounted
-//!   read-write in the container's mount namespace, as a node with a delegated cgroup tree
-//!   would have them.
+//!   removed when the container is gone, and picks the node's cgroup layout from the host's
+//!   (`SYSTEMD_NSPAWN_UNIFIED_HIERARCHY` unset): hybrid on a hybrid host, v2 on a v2 host.
+//!   With v1 controllers it mounts them read-only inside (only `name=systemd` is the
+//!   payload's), so they are remounted read-write in the container's mount namespace, as a
+//!   node with a delegated cgroup tree would have them, and systemd is re-executed to see
+//!   them writable.
 //!
 //! Shutdown is `systemctl poweroff` inside, then SIGKILL to nspawn and the container's init
 //! by their PIDs if it takes too long.
@@ -238,7 +240,24 @@ exec unshare --mount --propagation private -- sh -c 'mount -t tmpfs -o mode=0755
              while read -r d; do mount -o remount,bind,rw \"$d\" || exit 1; done && \
              systemctl daemon-reexec",
         ])?;
-        self.wait_running(deadline)
+        self.wait_running(deadline)?;
+        // A v2 node whose root lacks the memory controller cannot limit anything: on a
+        // hybrid host the controllers are bound to v1 (SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1
+        // there gives such a node).
+        let (controllers, _) = self.run_status(&["cat", "/sys/fs/cgroup/cgroup.controllers"])?;
+        let v2 = self
+            .run_status(&["test", "-e", "/sys/fs/cgroup/cgroup.controllers"])?
+            .1
+            .is_ok();
+        if v2 && !controllers.split_whitespace().any(|c| c == "memory") {
+            return Err(Error::Environment(format!(
+                "nspawn gave the node cgroup v2 without the memory controller (controllers: \
+                 {:?}); on a host with v1 controllers, leave SYSTEMD_NSPAWN_UNIFIED_HIERARCHY \
+                 unset so that nspawn picks the host's layout",
+                controllers.trim()
+            )));
+        }
+        Ok(())
     }
 
     fn wait_running(&self, deadline: Instant) -> Result<()> {

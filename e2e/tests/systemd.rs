@@ -342,7 +342,13 @@ async fn pod_resources_in_berths_own_slice_are_scope_properties_systemd_applies(
     let cpu = property(node, &unit, cpu_property);
     assert_eq!(cpu, if v2 { "20" } else { "512" });
     // And systemd wrote them to the scope's own cgroup.
-    let memory = cgroup_file(node, "memory", &cgroup, "memory.limit_in_bytes", "memory.max");
+    let memory = cgroup_file(
+        node,
+        "memory",
+        &cgroup,
+        "memory.limit_in_bytes",
+        "memory.max",
+    );
     assert_eq!(memory, (256 * MIB).to_string());
     let quota = cgroup_file(node, "cpu", &cgroup, "cpu.cfs_quota_us", "cpu.max");
     assert!(quota == "150000" || quota == "150000 100000", "{quota}");
