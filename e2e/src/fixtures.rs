@@ -167,6 +167,29 @@ pub fn container_config(name: &str, command: &[&str]) -> ContainerConfig {
     }
 }
 
+/// `c` with these resources (its other Linux settings dropped).
+pub fn with_resources(mut c: ContainerConfig, r: LinuxContainerResources) -> ContainerConfig {
+    c.linux = Some(LinuxContainerConfig {
+        resources: Some(r),
+        ..Default::default()
+    });
+    c
+}
+
+/// The container's ContainerStats.
+pub async fn container_stats(d: &impl AsRef<Client>, id: &str) -> ContainerStats {
+    d.as_ref()
+        .runtime()
+        .container_stats(ContainerStatsRequest {
+            container_id: id.into(),
+        })
+        .await
+        .expect("ContainerStats")
+        .into_inner()
+        .stats
+        .expect("stats")
+}
+
 /// The spec naming `image`.
 pub fn image_spec(image: &str) -> Option<ImageSpec> {
     Some(ImageSpec {

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use berth_e2e::Env;
 use berth_e2e::fixtures::{
-    busybox_daemon, container_config, container_status, daemon_with, exec_sync, pod_config, pod_ip,
-    pull, remove_pod, run_pod, start, start_container, wait_exited,
+    busybox_daemon, container_config, container_stats, container_status, daemon_with, exec_sync,
+    pod_config, pod_ip, pull, remove_pod, run_pod, start, start_container, wait_exited,
+    with_resources,
 };
 use berth_e2e::{Daemon, images};
 use k8s_cri::v1::*;
@@ -67,26 +68,6 @@ async fn limited_pod(d: &Daemon, tag: &str) -> (PodSandboxConfig, String, String
     });
     let pod_id = run_pod(d, &config).await;
     (config, pod_id, parent)
-}
-
-fn with_resources(mut c: ContainerConfig, r: LinuxContainerResources) -> ContainerConfig {
-    c.linux = Some(LinuxContainerConfig {
-        resources: Some(r),
-        ..Default::default()
-    });
-    c
-}
-
-async fn container_stats(d: &Daemon, id: &str) -> ContainerStats {
-    d.runtime()
-        .container_stats(ContainerStatsRequest {
-            container_id: id.into(),
-        })
-        .await
-        .expect("ContainerStats")
-        .into_inner()
-        .stats
-        .expect("stats")
 }
 
 fn v(x: &Option<UInt64Value>) -> u64 {

@@ -10,8 +10,9 @@
 use std::time::{Duration, Instant};
 
 use berth_e2e::fixtures::{
-    container_config, container_status, host_network_pod_config, pull, remove_container,
-    remove_pod, run_pod, start, start_container, stop_container, wait_exited,
+    container_config, container_stats, container_status, host_network_pod_config, pull,
+    remove_container, remove_pod, run_pod, start, start_container, stop_container, wait_exited,
+    with_resources,
 };
 use berth_e2e::images;
 use berth_e2e::nspawn::{Node, NodeDaemon};
@@ -46,14 +47,6 @@ async fn kubelet_pod(d: &NodeDaemon, name: &str) -> (PodSandboxConfig, String, S
 
 fn scope(pod_id: &str) -> String {
     format!("berth-{pod_id}.scope")
-}
-
-fn with_resources(mut c: ContainerConfig, r: LinuxContainerResources) -> ContainerConfig {
-    c.linux = Some(LinuxContainerConfig {
-        resources: Some(r),
-        ..Default::default()
-    });
-    c
 }
 
 /// Whether the node's cgroups are v2 only (else v1 or hybrid, with one mount per
@@ -112,19 +105,6 @@ async fn wait_unit_gone(node: &Node, unit: &str) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn stats(d: &NodeDaemon, id: &str) -> ContainerStats {
-    d.client()
-        .runtime()
-        .container_stats(ContainerStatsRequest {
-            container_id: id.into(),
-        })
-        .await
-        .expect("ContainerStats")
-        .into_inner()
-        .stats
-        .expect("stats")
 }
 
 fn value(x: &Option<UInt64Value>) -> u64 {
@@ -195,7 +175,7 @@ async fn kubelet_pods_are_scopes_in_their_slice_with_limits_oom_stats_and_remova
 
     // Stats: a busy loop uses CPU, and memory is charged.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let s = stats(&d, &busy).await;
+    let s = container_stats(&d, &busy).await;
     assert!(
         value(&s.cpu.as_ref().unwrap().usage_core_nano_seconds) > 0,
         "{s:?}"
@@ -295,7 +275,11 @@ async fn a_restarted_daemon_finds_its_pods_scopes() {
     );
     assert!(cgroup_exists(d.node(), &format!("{cgroup}/{sleeper}")));
 
-    // The adopted pod stops and goes as one started by this daemon would.
+    // The adopted pod stops and goes as one started by this daemon would, even after
+    // systemd re-executed itself (each call opens a fresh connection).
+    d.node()
+        .run(&["systemctl", "daemon-reexec"])
+        .expect("systemctl daemon-reexec");
     stop_container(&d, &sleeper, 0).await;
     let status = container_status(&d, &sleeper).await;
     assert_eq!(status.state, ContainerState::ContainerExited as i32);
