@@ -187,11 +187,6 @@ exec unshare --mount --propagation private -- sh -c 'mount -t tmpfs -o mode=0755
         &self.name
     }
 
-    /// The container's init, as the host sees it.
-    pub fn init_pid(&self) -> i32 {
-        self.init
-    }
-
     /// What nspawn and the container's console printed.
     pub fn console(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -283,10 +278,7 @@ exec unshare --mount --propagation private -- sh -c 'mount -t tmpfs -o mode=0755
     /// with its stderr.
     pub fn run(&self, command: &[&str]) -> Result<String> {
         let (out, ok) = self.run_status(command)?;
-        match ok {
-            Ok(()) => Ok(out),
-            Err(e) => Err(e),
-        }
+        ok.map(|()| out)
     }
 
     /// Runs a command inside; its stdout and whether it succeeded.
