@@ -187,6 +187,11 @@ exec unshare --mount --propagation private -- sh -c 'mount -t tmpfs -o mode=0755
         &self.name
     }
 
+    /// The systemd-nspawn process, as the host sees it.
+    pub fn nspawn_pid(&self) -> u32 {
+        self.nspawn.id()
+    }
+
     /// What nspawn and the container's console printed.
     pub fn console(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

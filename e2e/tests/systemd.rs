@@ -343,3 +343,30 @@ async fn pod_resources_in_berths_own_slice_are_scope_properties_systemd_applies(
     wait_unit_gone(node, &unit).await;
     assert!(!cgroup_exists(node, &cgroup), "{cgroup} outlived its pod");
 }
+
+#[tokio::test]
+async fn a_dropped_node_leaves_no_process_or_cgroup() {
+    let d = node_daemon().await;
+    // A pod with a running container, so that there is something to tear down.
+    let (pod, pod_id, _) = kubelet_pod(&d, "sd-drop").await;
+    start(&d, &pod_id, &pod, "sleeper", &["sleep", "3600"]).await;
+    let name = d.node().name().to_owned();
+    let nspawn = d.node().nspawn_pid();
+    let init = std::fs::read_to_string(format!("/proc/{nspawn}/task/{nspawn}/children"))
+        .expect("nspawn's children");
+    drop(d);
+    let left: Vec<_> = berth_e2e::leaks::cgroup_roots()
+        .into_iter()
+        .map(|r| r.join(&name))
+        .filter(|c| c.exists())
+        .collect();
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+    for pid in std::iter::once(nspawn.to_string()).chain(init.split_whitespace().map(String::from))
+    {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z"),
+            "pid {pid} of the node still runs: {stat}"
+        );
+    }
+}
