@@ -320,7 +320,12 @@ impl Builtin {
         })
         .and_then(|r| r)
         .map_err(Error::io("set forwarding sysctls of the node"))?;
-        nft::setup(&mut lock(&self.nft), pools).map_err(Error::netlink(format!(
+        nft::setup(
+            &mut lock(&self.nft),
+            pools,
+            &self.config.non_masquerade_cidrs,
+        )
+        .map_err(Error::netlink(format!(
             "set up nftables table {}",
             nft::TABLE
         )))?;

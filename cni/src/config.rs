@@ -34,6 +34,12 @@ pub struct NetworkConfig {
     /// Optional IPv6 pod network; when set, pods are dual-stack.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_cidr_v6: Option<Cidr>,
+    /// Destinations the built-in mode's pods reach with their own address rather than
+    /// masqueraded behind the node's: the cluster's pod network (every node's pod CIDR),
+    /// so that pods on different nodes see each other's addresses, as Kubernetes' network
+    /// model asks. Empty (the default): all traffic leaving this node's pod CIDR is
+    /// masqueraded.
+    pub non_masquerade_cidrs: Vec<Cidr>,
     /// Name of the built-in bridge.
     pub bridge: String,
     /// MTU of the bridge and of every pod's `eth0`.
@@ -52,6 +58,7 @@ impl Default for NetworkConfig {
             mode: NetworkMode::Builtin,
             pod_cidr: Cidr::new([10, 88, 0, 0].into(), 16).expect("static CIDR is valid"),
             pod_cidr_v6: None,
+            non_masquerade_cidrs: Vec::new(),
             bridge: "berth0".to_string(),
             mtu: 1500,
             cni_conf_dir: PathBuf::from("/etc/cni/net.d"),

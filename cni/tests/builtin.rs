@@ -183,6 +183,43 @@ fn masquerade_shows_the_node_address_to_the_outside() {
     node.assert_clean("berth0");
 }
 
+/// A cluster's other nodes: with their network in `non_masquerade_cidrs`, a pod's traffic
+/// to them keeps the pod's address (the outside host stands for another node, routing the
+/// pod CIDR back through this one); anything else is still masqueraded.
+#[test]
+fn non_masquerade_cidrs_keep_the_pod_address() {
+    let node = root_node!();
+    let a_ns = Netns::new("a");
+    let ra = req("pod-a", &a_ns, vec![]);
+    node.outside
+        .ip(&["route", "add", "10.88.0.0/16", "via", NODE_IP]);
+    node.node
+        .ip(&["addr", "add", "203.0.113.1/24", "dev", "uplink"]);
+    node.outside
+        .ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"]);
+    let config = NetworkConfig {
+        non_masquerade_cidrs: vec!["198.51.100.0/24".parse().unwrap()],
+        ..builtin_config()
+    };
+    let (a_ip, net) = node.with_network(config, move |net| async move {
+        (net.setup(&ra).await.unwrap().ips[0], net)
+    });
+    let kept = TcpPeerServer::start(&node.outside.path(), sa(ip("0.0.0.0"), 7000));
+    assert_eq!(
+        tcp_peer(&a_ns.path(), sa(ip(OUTSIDE_IP), 7000)),
+        Ok(a_ip),
+        "towards a non-masquerade CIDR the pod's own address arrives"
+    );
+    assert_eq!(
+        tcp_peer(&a_ns.path(), sa(ip("203.0.113.2"), 7000)),
+        Ok(ip("203.0.113.1")),
+        "elsewhere the node's address still hides the pod's"
+    );
+    drop(kept);
+    node.run(move || async move { net.teardown("pod-a", None).await.unwrap() });
+    node.assert_clean("berth0");
+}
+
 #[test]
 fn dual_stack_pods_get_both_families() {
     let node = root_node!();
