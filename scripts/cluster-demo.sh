@@ -77,7 +77,7 @@ node_empty() {
 demo() {
   SUMMARY=$D/logs/summary-$RUNTIME.txt
   : >"$SUMMARY"
-  local t0 a b out pf port src
+  local t0 a b
   echo "runtime: $RUNTIME; $(k version 2>/dev/null | tr '\n' ' ')" | tee -a "$SUMMARY" >&2
   for n in "${NODES[@]}"; do
     echo "node cluster-$n: LAN $(node_ip "$n"), pod CIDR $(cat "$D/$n/pod-cidr")" | tee -a "$SUMMARY" >&2
@@ -88,6 +88,8 @@ demo() {
   deployment_yaml | k apply -f - >/dev/null
   if wait_for 240 "10 available replicas" available_is 10; then
     result ok deployment "10/10 available after $(($(date +%s) - t0)) s"
+  else
+    result FAIL deployment "$(k get deploy $DEPLOY -o jsonpath='{.status.availableReplicas}') available; last pod event: $(k get events --field-selector involvedObject.kind=Pod -o jsonpath='{.items[-1:].message}' | cut -c1-300)"
   fi
   k get pods -l app=$DEPLOY -o wide >>"$SUMMARY"
   for n in "${NODES[@]}"; do
@@ -103,7 +105,19 @@ demo() {
   done
   a=$(pods_on n1 | head -1)
   b=$(pods_on n2 | head -1)
+  if available_is 10; then
+    streaming_and_network "$a" "$b"
+    runtime_restart "$a"
+  fi
 
+  scale_to_zero
+  host_untouched
+  echo "summary: $PASSED passed, $FAILED failed" | tee -a "$SUMMARY" >&2
+  [ "$FAILED" -eq 0 ]
+}
+
+streaming_and_network() { # POD-ON-N1 POD-ON-N2
+  local a=$1 b=$2 out pf port src pair
   # 2. Streaming: API server -> kubelet -> the runtime's streaming server.
   out=$(in_ctl timeout 5 "${KUBECTL[@]}" logs -f --tail=1 "$a" 2>&1 || true)
   if [ "$(echo "$out" | grep -c "^tick .* $a\$")" -ge 3 ]; then
@@ -111,7 +125,7 @@ demo() {
   else
     result FAIL "logs -f" "$(echo "$out" | tail -2 | tr '\n' ' ')"
   fi
-  out=$(in_ctl script -qec "${KUBECTL[*]} exec -it $b -- sh -c 'tty; echo exec-ok \$(hostname)'" /dev/null 2>&1 | tr -d '\r' || true)
+  out=$(in_ctl script -qec "${KUBECTL[*]} exec -it $b -- sh -c 'tty; echo exec-ok \$(hostname)'" /dev/null 2>&1 | tr -d '\r\0' || true)
   if echo "$out" | grep -q '^/dev/pts/' && echo "$out" | grep -q "^exec-ok $b"; then
     result ok "exec -it" "$(echo "$out" | tr '\n' ' ')"
   else
@@ -151,6 +165,10 @@ demo() {
     fi
   done
 
+}
+
+runtime_restart() { # POD-ON-N1
+  local a=$1 out
   # 4. The runtime of cluster-n1 killed and restarted: its pods keep running.
   local before after rt=berth-n1 pid
   [ "$RUNTIME" = berth ] || rt=containerd-n1
@@ -170,22 +188,26 @@ demo() {
     result FAIL "runtime restart" "before: $(echo "$before" | tr '\n' ';') after: $(echo "$after" | tr '\n' ';') exec: $out"
   fi
 
+}
+
+scale_to_zero() {
+  local t0
   # 5. Scaled to 0: nothing left on either node.
   t0=$(date +%s)
   k scale deploy $DEPLOY --replicas=0 >/dev/null
-  wait_for 120 "the pods to go" no_pods
+  wait_for 120 "the pods to go" no_pods || true
   for n in "${NODES[@]}"; do
     if wait_for 180 "cluster-$n to be empty" node_empty "$n"; then
       result ok "scale to 0 cluster-$n" "nothing left after $(($(date +%s) - t0)) s$([ "$RUNTIME" = berth ] && echo ": $(tail -1 "$D/logs/leaks-$n.txt")")"
     fi
   done
   k delete deploy $DEPLOY >/dev/null
+}
 
+host_untouched() {
   if diff -q "$D/pid1.cgroup" /proc/1/cgroup >/dev/null; then
     result ok "host untouched" "PID 1's cgroups unchanged; kubelet's sysctl writes went to its own files: $(cd "$D/n1/sysctl" && for f in *; do printf '%s=%s ' "$f" "$(cat "$f")"; done)"
   else
     result FAIL "host untouched" "PID 1's cgroups changed"
   fi
-  echo "summary: $PASSED passed, $FAILED failed" | tee -a "$SUMMARY" >&2
-  [ "$FAILED" -eq 0 ]
 }

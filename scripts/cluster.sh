@@ -336,6 +336,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   sandbox_image = "$PAUSE"
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
+  # Where the process lacks CAP_SYS_RESOURCE (as on the machines this was written on),
+  # runc cannot lower a sandbox's oom_score_adj below containerd's own (kubelet asks
+  # -998 for it) and every sandbox fails; clamp it to containerd's, as Berth does.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$nd/cni/net.d"
