@@ -417,6 +417,41 @@ fn pod_cidr_from_kubelet_applies_when_no_pod_uses_the_old_one() {
     node.assert_clean("berth0");
 }
 
+/// With `await_kubelet_pod_cidr`, nothing is networked from the configured CIDR before
+/// kubelet's arrives (the node stays NotReady), and once it came, a restart of the daemon
+/// (a new network over the same database) is ready at once: kubelet does not send it again.
+#[test]
+fn awaiting_kubelet_pod_cidr_networks_no_pod_before_it() {
+    let node = root_node!();
+    let a_ns = Netns::new("a");
+    let ra = req("pod-a", &a_ns, vec![]);
+    let ra2 = ra.clone();
+    let config = NetworkConfig {
+        await_kubelet_pod_cidr: true,
+        ..builtin_config()
+    };
+    let config2 = config.clone();
+    node.with_network(config, move |net| async move {
+        let why = net.ready().unwrap_err();
+        assert!(why.contains("network.await_kubelet_pod_cidr"), "{why}");
+        let e = net.setup(&ra).await.unwrap_err();
+        assert_eq!(e.class(), Class::FailedPrecondition, "{e}");
+        // The configured CIDR itself, sent by kubelet, counts as kubelet's.
+        net.set_pod_cidr("10.88.0.0/16").unwrap();
+        assert_eq!(net.ready(), Ok(()));
+        net.set_pod_cidr("10.244.1.0/24").unwrap();
+        assert_eq!(net.setup(&ra).await.unwrap().ips, vec![ip("10.244.1.2")]);
+        net.teardown("pod-a", None).await.unwrap();
+    });
+    node.with_network(config2, move |net| async move {
+        assert_eq!(net.ready(), Ok(()));
+        let got = net.setup(&ra2).await.unwrap().ips[0];
+        assert!(got.to_string().starts_with("10.244.1."), "{got}");
+        net.teardown("pod-a", None).await.unwrap();
+    });
+    node.assert_clean("berth0");
+}
+
 #[test]
 fn concurrent_setups_get_distinct_addresses_and_concurrent_teardowns_clean_up() {
     let node = root_node!();
