@@ -313,6 +313,8 @@ socket = "$nd/berth/state/berth.sock"
 
 [network]
 mode = "builtin"
+non_masquerade_cidrs = ["$CLUSTER_CIDR"]
+await_kubelet_pod_cidr = true
 
 [registry.mirrors."registry.k8s.io"]
 endpoints = ["http://$REG"]
