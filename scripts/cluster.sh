@@ -480,7 +480,7 @@ stop_pid() { # NAME: SIGTERM, then SIGKILL after 10 s, the process recorded as N
 
 cgroup_procs() { # NODE: every PID in the node's cgroups, in any hierarchy
   local h
-  for h in $(cgroup_roots); do
+  for h in $(cgroup_roots) /sys/fs/cgroup/unified; do
     [ -d "$h/cluster-$1" ] && find "$h/cluster-$1" -name cgroup.procs -exec cat {} + 2>/dev/null
   done | sort -u
 }
@@ -508,7 +508,8 @@ down() {
     for x in $m; do umount -l "$x" 2>/dev/null || true; done
   done
   for n in "${NODES[@]}"; do
-    for h in $(cgroup_roots); do
+    # kubelet also creates its tree in the v2 hierarchy a hybrid host mounts at unified.
+    for h in $(cgroup_roots) /sys/fs/cgroup/unified; do
       [ -d "$h/cluster-$n" ] && find "$h/cluster-$n" -depth -type d -exec rmdir {} + 2>/dev/null
       [ ! -d "$h/cluster-$n" ] || log "cgroup $h/cluster-$n remains"
     done
