@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use redb::Database;
@@ -140,6 +141,9 @@ pub(crate) struct Builtin {
     /// addresses, so the last pod's teardown cannot remove the bridge under a new pod.
     infra: Mutex<bool>,
     pools: RwLock<Pools>,
+    /// Whether kubelet has ever sent a pod CIDR (kept in the database as the CIDRs in force
+    /// or pending); see `NetworkConfig::await_kubelet_pod_cidr`.
+    kubelet_cidr: AtomicBool,
     /// Why the kernel cannot serve the built-in network, found at start.
     unusable: Option<String>,
 }
@@ -160,7 +164,10 @@ impl Builtin {
         let unusable = nft::probe(&mut nft_sock)
             .err()
             .map(|e| format!("nf_tables is not usable: {e}"));
-        let mut active = match ipam::get_meta(&db, ipam::META_POD_CIDRS)? {
+        let recorded = ipam::get_meta(&db, ipam::META_POD_CIDRS)?;
+        // Only CIDRs from kubelet are ever recorded (the configured ones never are).
+        let mut kubelet_cidr = recorded.is_some();
+        let mut active = match recorded {
             Some(s) => parse_pod_cidrs(&s)?,
             None => {
                 let mut v = vec![config.pod_cidr];
@@ -176,6 +183,7 @@ impl Builtin {
             Some(s) => Some(parse_pod_cidrs(&s)?),
             None => None,
         };
+        kubelet_cidr |= pending.is_some();
         if pending.is_some() && ipam::count(&db)? == 0 {
             active = pending.take().expect("checked");
             record_active(&db, &active)?;
@@ -188,16 +196,23 @@ impl Builtin {
             nft: Mutex::new(nft_sock),
             infra: Mutex::new(false),
             pools: RwLock::new(Pools { active, pending }),
+            kubelet_cidr: AtomicBool::new(kubelet_cidr),
             unusable,
         })
     }
 
     /// `Err` with the reason when pods cannot be networked.
     pub(crate) fn ready(&self) -> Result<(), String> {
-        match &self.unusable {
-            Some(r) => Err(r.clone()),
-            None => Ok(()),
+        if let Some(r) = &self.unusable {
+            return Err(r.clone());
         }
+        if self.config.await_kubelet_pod_cidr && !self.kubelet_cidr.load(Ordering::SeqCst) {
+            return Err(
+                "waiting for kubelet to send this node's pod CIDR (network.await_kubelet_pod_cidr)"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// The pod CIDRs in force and pending.
@@ -212,9 +227,13 @@ impl Builtin {
         let mut pools = self.pools.write().unwrap_or_else(|p| p.into_inner());
         if pools.active == cidrs {
             pools.pending = None;
-            ipam::set_meta(&self.db, &[(ipam::META_PENDING_POD_CIDRS, None)])?;
+            // Recorded even when it is the configured CIDR: kubelet sends it once, not
+            // again after a restart of the daemon, and the record says it came.
+            record_active(&self.db, &cidrs)?;
+            self.kubelet_cidr.store(true, Ordering::SeqCst);
             return Ok(());
         }
+        self.kubelet_cidr.store(true, Ordering::SeqCst);
         if ipam::count(&self.db)? == 0 {
             record_active(&self.db, &cidrs)?;
             pools.active = cidrs;
@@ -234,9 +253,7 @@ impl Builtin {
     /// hostPort rules. Undone entirely if any step fails.
     pub(crate) fn setup(&self, req: &PodNetworkRequest) -> Result<PodNetworkStatus, Error> {
         req.validate()?;
-        if let Some(r) = &self.unusable {
-            return Err(Error::NotReady(r.clone()));
-        }
+        self.ready().map_err(Error::NotReady)?;
         let pod_ns = netns::open_pod(req, &self.node_ns)?;
         let host_veth = veth_name(&req.pod_id);
         let (record, bridge_index) = {
@@ -320,7 +337,12 @@ impl Builtin {
         })
         .and_then(|r| r)
         .map_err(Error::io("set forwarding sysctls of the node"))?;
-        nft::setup(&mut lock(&self.nft), pools).map_err(Error::netlink(format!(
+        nft::setup(
+            &mut lock(&self.nft),
+            pools,
+            &self.config.non_masquerade_cidrs,
+        )
+        .map_err(Error::netlink(format!(
             "set up nftables table {}",
             nft::TABLE
         )))?;

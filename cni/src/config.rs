@@ -34,6 +34,19 @@ pub struct NetworkConfig {
     /// Optional IPv6 pod network; when set, pods are dual-stack.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_cidr_v6: Option<Cidr>,
+    /// Destinations the built-in mode's pods reach with their own address rather than
+    /// masqueraded behind the node's: the cluster's pod network (every node's pod CIDR),
+    /// so that pods on different nodes see each other's addresses, as Kubernetes' network
+    /// model asks. Empty (the default): all traffic leaving this node's pod CIDR is
+    /// masqueraded.
+    pub non_masquerade_cidrs: Vec<Cidr>,
+    /// Report the network not ready, and network no pod, until kubelet has sent this
+    /// node's pod CIDR with UpdateRuntimeConfig (once is enough: it is kept across
+    /// restarts). For clusters whose controller manager allocates node CIDRs: otherwise a
+    /// node is Ready, and its first pods take addresses from `pod_cidr`, in the seconds
+    /// before kubelet passes the CIDR on. Off (the default) for kubelet-less use and for
+    /// clusters that allocate no node CIDRs, where kubelet never sends one.
+    pub await_kubelet_pod_cidr: bool,
     /// Name of the built-in bridge.
     pub bridge: String,
     /// MTU of the bridge and of every pod's `eth0`.
@@ -52,6 +65,8 @@ impl Default for NetworkConfig {
             mode: NetworkMode::Builtin,
             pod_cidr: Cidr::new([10, 88, 0, 0].into(), 16).expect("static CIDR is valid"),
             pod_cidr_v6: None,
+            non_masquerade_cidrs: Vec::new(),
+            await_kubelet_pod_cidr: false,
             bridge: "berth0".to_string(),
             mtu: 1500,
             cni_conf_dir: PathBuf::from("/etc/cni/net.d"),

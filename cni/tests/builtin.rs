@@ -183,6 +183,43 @@ fn masquerade_shows_the_node_address_to_the_outside() {
     node.assert_clean("berth0");
 }
 
+/// A cluster's other nodes: with their network in `non_masquerade_cidrs`, a pod's traffic
+/// to them keeps the pod's address (the outside host stands for another node, routing the
+/// pod CIDR back through this one); anything else is still masqueraded.
+#[test]
+fn non_masquerade_cidrs_keep_the_pod_address() {
+    let node = root_node!();
+    let a_ns = Netns::new("a");
+    let ra = req("pod-a", &a_ns, vec![]);
+    node.outside
+        .ip(&["route", "add", "10.88.0.0/16", "via", NODE_IP]);
+    node.node
+        .ip(&["addr", "add", "203.0.113.1/24", "dev", "uplink"]);
+    node.outside
+        .ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"]);
+    let config = NetworkConfig {
+        non_masquerade_cidrs: vec!["198.51.100.0/24".parse().unwrap()],
+        ..builtin_config()
+    };
+    let (a_ip, net) = node.with_network(config, move |net| async move {
+        (net.setup(&ra).await.unwrap().ips[0], net)
+    });
+    let kept = TcpPeerServer::start(&node.outside.path(), sa(ip("0.0.0.0"), 7000));
+    assert_eq!(
+        tcp_peer(&a_ns.path(), sa(ip(OUTSIDE_IP), 7000)),
+        Ok(a_ip),
+        "towards a non-masquerade CIDR the pod's own address arrives"
+    );
+    assert_eq!(
+        tcp_peer(&a_ns.path(), sa(ip("203.0.113.2"), 7000)),
+        Ok(ip("203.0.113.1")),
+        "elsewhere the node's address still hides the pod's"
+    );
+    drop(kept);
+    node.run(move || async move { net.teardown("pod-a", None).await.unwrap() });
+    node.assert_clean("berth0");
+}
+
 #[test]
 fn dual_stack_pods_get_both_families() {
     let node = root_node!();
@@ -375,6 +412,41 @@ fn pod_cidr_from_kubelet_applies_when_no_pod_uses_the_old_one() {
         net.teardown("pod-b", None).await.unwrap();
         // ...until the last pod is gone.
         assert_eq!(net.setup(&ra).await.unwrap().ips, vec![ip("10.245.0.2")]);
+        net.teardown("pod-a", None).await.unwrap();
+    });
+    node.assert_clean("berth0");
+}
+
+/// With `await_kubelet_pod_cidr`, nothing is networked from the configured CIDR before
+/// kubelet's arrives (the node stays NotReady), and once it came, a restart of the daemon
+/// (a new network over the same database) is ready at once: kubelet does not send it again.
+#[test]
+fn awaiting_kubelet_pod_cidr_networks_no_pod_before_it() {
+    let node = root_node!();
+    let a_ns = Netns::new("a");
+    let ra = req("pod-a", &a_ns, vec![]);
+    let ra2 = ra.clone();
+    let config = NetworkConfig {
+        await_kubelet_pod_cidr: true,
+        ..builtin_config()
+    };
+    let config2 = config.clone();
+    node.with_network(config, move |net| async move {
+        let why = net.ready().unwrap_err();
+        assert!(why.contains("network.await_kubelet_pod_cidr"), "{why}");
+        let e = net.setup(&ra).await.unwrap_err();
+        assert_eq!(e.class(), Class::FailedPrecondition, "{e}");
+        // The configured CIDR itself, sent by kubelet, counts as kubelet's.
+        net.set_pod_cidr("10.88.0.0/16").unwrap();
+        assert_eq!(net.ready(), Ok(()));
+        net.set_pod_cidr("10.244.1.0/24").unwrap();
+        assert_eq!(net.setup(&ra).await.unwrap().ips, vec![ip("10.244.1.2")]);
+        net.teardown("pod-a", None).await.unwrap();
+    });
+    node.with_network(config2, move |net| async move {
+        assert_eq!(net.ready(), Ok(()));
+        let got = net.setup(&ra2).await.unwrap().ips[0];
+        assert!(got.to_string().starts_with("10.244.1."), "{got}");
         net.teardown("pod-a", None).await.unwrap();
     });
     node.assert_clean("berth0");

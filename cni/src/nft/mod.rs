@@ -32,8 +32,12 @@ fn send_batch(sock: &mut Socket, msgs: Vec<(NftMessage, u16)>) -> Result<(), Net
 }
 
 /// Creates or refreshes the table (see [`wire::setup_messages`]).
-pub(crate) fn setup(sock: &mut Socket, pod_cidrs: &[Cidr]) -> Result<(), NetlinkError> {
-    send_batch(sock, wire::setup_messages(pod_cidrs))
+pub(crate) fn setup(
+    sock: &mut Socket,
+    pod_cidrs: &[Cidr],
+    non_masquerade: &[Cidr],
+) -> Result<(), NetlinkError> {
+    send_batch(sock, wire::setup_messages(pod_cidrs, non_masquerade))
 }
 
 /// Removes the whole table; a table already gone is fine.

@@ -172,8 +172,9 @@ fn ct_dnat() -> [Expr; 3] {
     ]
 }
 
-/// The fixed rules of the table for the given pod networks.
-pub(crate) fn base_rules(pod_cidrs: &[Cidr]) -> Vec<Rule> {
+/// The fixed rules of the table for the given pod networks, masquerading what leaves them
+/// except towards `non_masquerade`.
+pub(crate) fn base_rules(pod_cidrs: &[Cidr], non_masquerade: &[Cidr]) -> Vec<Rule> {
     let local_jump = || {
         vec![
             Expr::FibDaddrType { dreg: REG_1 },
@@ -228,9 +229,17 @@ pub(crate) fn base_rules(pod_cidrs: &[Cidr]) -> Vec<Rule> {
                 &match_addr(false, cidr, CmpOp::Eq),
             ],
         ));
+        // Leaving the pod network, except towards the destinations the operator keeps
+        // unmasqueraded (the other nodes' pods): each one more "daddr !=" of the family.
+        let mut to_elsewhere = match_addr(false, cidr, CmpOp::Neq);
+        for keep in non_masquerade {
+            if keep.is_ipv6() == cidr.is_ipv6() {
+                to_elsewhere.extend(match_addr(false, keep, CmpOp::Neq));
+            }
+        }
         rules.push(masquerade(
             "pod network leaving it",
-            [&fam[..], &from_pods, &match_addr(false, cidr, CmpOp::Neq)],
+            [&fam[..], &from_pods, &to_elsewhere],
         ));
     }
     rules

@@ -119,7 +119,7 @@ fn dual_stack_pod_gets_one_rule_per_family_unless_host_ip_restricts() {
 #[test]
 fn masquerade_rules_mask_the_prefix() {
     let cidr: Cidr = "10.88.0.0/14".parse().unwrap();
-    let rules = base_rules(&[cidr]);
+    let rules = base_rules(&[cidr], &[]);
     let leaving = rules
         .iter()
         .find(|r| r.comment.as_deref() == Some("pod network leaving it"))
@@ -141,7 +141,48 @@ fn masquerade_rules_mask_the_prefix() {
     // prerouting + output jumps, localhost, and hairpin + leaving per CIDR.
     assert_eq!(rules.len(), 5);
     let v6: Cidr = "fd00:88::/64".parse().unwrap();
-    assert_eq!(base_rules(&[cidr, v6]).len(), 7);
+    assert_eq!(base_rules(&[cidr, v6], &[]).len(), 7);
+}
+
+#[test]
+fn non_masquerade_destinations_are_excluded_per_family() {
+    let v4: Cidr = "10.244.1.0/24".parse().unwrap();
+    let v6: Cidr = "fd00:1::/64".parse().unwrap();
+    let keep: Vec<Cidr> = ["10.244.0.0/16", "fd00::/48", "192.168.0.0/16"]
+        .iter()
+        .map(|c| c.parse().unwrap())
+        .collect();
+    let rules = base_rules(&[v4, v6], &keep);
+    let leaving: Vec<&Rule> = rules
+        .iter()
+        .filter(|r| r.comment.as_deref() == Some("pod network leaving it"))
+        .collect();
+    assert_eq!(leaving.len(), 2);
+    // IPv4: not the node's pod CIDR, nor either IPv4 destination kept as is.
+    assert_eq!(
+        leaving[0].exprs[5..],
+        [
+            payload(BASE_NETWORK, 16, 4),
+            mask(&[255, 255, 255, 0]),
+            cmp(CmpOp::Neq, &[10, 244, 1, 0]),
+            payload(BASE_NETWORK, 16, 4),
+            mask(&[255, 255, 0, 0]),
+            cmp(CmpOp::Neq, &[10, 244, 0, 0]),
+            payload(BASE_NETWORK, 16, 4),
+            mask(&[255, 255, 0, 0]),
+            cmp(CmpOp::Neq, &[192, 168, 0, 0]),
+            Expr::Masquerade,
+        ]
+    );
+    // IPv6: only the IPv6 destination joins (three "daddr !=" in all would be 9 + 1).
+    let v6_neq = leaving[1]
+        .exprs
+        .iter()
+        .filter(|e| matches!(e, Expr::Cmp { op: CmpOp::Neq, .. }))
+        .count();
+    assert_eq!(v6_neq, 2, "{:?}", leaving[1].exprs);
+    // The other rules do not change.
+    assert_eq!(rules.len(), base_rules(&[v4, v6], &[]).len());
 }
 
 /// The names of the expressions of an encoded rule, in order.
@@ -243,7 +284,7 @@ fn listed_rules_are_read_back_by_handle_and_comment() {
 
 #[test]
 fn setup_batch_is_table_chains_flushes_then_rules() {
-    let msgs = setup_messages(&["10.88.0.0/16".parse().unwrap()]);
+    let msgs = setup_messages(&["10.88.0.0/16".parse().unwrap()], &[]);
     let kinds: Vec<u16> = msgs.iter().map(|(m, _)| m.ty & 0xff).collect();
     let [table, chain, rule, flush] =
         [Cmd::NewTable, Cmd::NewChain, Cmd::NewRule, Cmd::DelRule].map(|c| c as u16);

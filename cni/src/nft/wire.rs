@@ -409,8 +409,12 @@ pub(crate) fn generation_message() -> NftMessage {
 }
 
 /// The batch that creates the table and its chains if missing and (re)writes the fixed
-/// rules for `pod_cidrs`, leaving `hostports` as it is: safe to repeat at any time.
-pub(crate) fn setup_messages(pod_cidrs: &[Cidr]) -> Vec<(NftMessage, u16)> {
+/// rules for `pod_cidrs` (masquerading traffic leaving them except towards
+/// `non_masquerade`), leaving `hostports` as it is: safe to repeat at any time.
+pub(crate) fn setup_messages(
+    pod_cidrs: &[Cidr],
+    non_masquerade: &[Cidr],
+) -> Vec<(NftMessage, u16)> {
     let table = vec![Attr::Str(NFTA_TABLE_NAME, TABLE.into())];
     let mut msgs = vec![
         (
@@ -425,6 +429,10 @@ pub(crate) fn setup_messages(pod_cidrs: &[Cidr]) -> Vec<(NftMessage, u16)> {
     for chain in [PREROUTING, OUTPUT, POSTROUTING] {
         msgs.push(delete_rule_message(chain, None));
     }
-    msgs.extend(super::rules::base_rules(pod_cidrs).iter().map(rule_message));
+    msgs.extend(
+        super::rules::base_rules(pod_cidrs, non_masquerade)
+            .iter()
+            .map(rule_message),
+    );
     msgs
 }
