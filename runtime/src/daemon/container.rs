@@ -283,11 +283,13 @@ impl Runtime {
             let pod_cgroup = &lock(&pod.rec).cgroup;
             self.opts.cgroups.container_cgroup(pod_cgroup, id)
         };
-        self.store.put_container(&rec).await?;
+        // The intent is durable before the monitor hears of the container, and before any
+        // caller can list it. Its commit runs while the daemon makes what goes without a
+        // record should a crash come first (the container's directories and bundle, swept
+        // at start-up; its cgroup inside the pod's, pruned at start-up or removed with the
+        // pod): the fsync overlaps that work instead of preceding it.
+        let intent = self.store.put_container(&rec);
         let entry = Arc::new(ContainerEntry::new(rec.clone()));
-        lock(&self.index)
-            .containers
-            .insert(id.to_owned(), entry.clone());
         let undo = |e: Error| {
             self.forget_container(&entry);
             e
@@ -323,6 +325,10 @@ impl Runtime {
             self.write_hooks_config(&pod, config, &spec, &rec.cgroup, &limits)
                 .map_err(undo)?;
         }
+        intent.await.map_err(undo)?;
+        lock(&self.index)
+            .containers
+            .insert(id.to_owned(), entry.clone());
         let pid = match pod
             .client
             .call(&Request::Create {
