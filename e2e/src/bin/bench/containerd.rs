@@ -1,6 +1,8 @@
 //! The containerd under comparison: a private daemon with its own root, bridge and CNI
-//! config, started and cleaned up by the benchmark.
+//! config, started and cleaned up by the benchmark. Debian's 1.6 by default, or the binary
+//! `BERTH_BENCH_CONTAINERD` names (e.g. a containerd 2.1 built elsewhere, its shim beside it).
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,6 +11,32 @@ use anyhow::Context;
 use berth_e2e::{Client, DaemonDir, Env, images};
 
 use crate::measure::{Backlog, Runtime, entries, first_answer, processes_with};
+
+/// Names the containerd binary to compare with, instead of `containerd` on PATH.
+const BINARY_VAR: &str = "BERTH_BENCH_CONTAINERD";
+
+/// The containerd binary compared: `BERTH_BENCH_CONTAINERD` when set, else `containerd` on
+/// PATH.
+pub(crate) fn binary() -> PathBuf {
+    std::env::var_os(BINARY_VAR)
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("containerd"), PathBuf::from)
+}
+
+/// The PATH containerd runs with: the directory of `binary` first, since containerd looks
+/// for `containerd-shim-runc-v2` on PATH before beside itself, and Debian's 1.6 shim in
+/// /usr/bin would otherwise serve a containerd 2.1.
+fn path_for(binary: &Path) -> OsString {
+    let inherited = std::env::var_os("PATH").unwrap_or_default();
+    match binary.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => {
+            let mut dirs = vec![dir.to_path_buf()];
+            dirs.extend(std::env::split_paths(&inherited));
+            std::env::join_paths(dirs).unwrap_or(inherited)
+        }
+        None => inherited,
+    }
+}
 
 /// containerd with a private root, state, socket, bridge and CNI config, mirrors to the
 /// harness registry. Stopped (by its PID) and cleaned on drop.
@@ -49,19 +77,27 @@ impl Containerd {
         // The streaming server as Berth's runs in the benchmark: plain HTTP on a loopback
         // port of the node namespace (these are containerd 1.6's defaults, spelled out).
         // restrict_oom_score_adj: root on these machines lacks CAP_SYS_RESOURCE, and runc
-        // cannot lower a process's oom_score_adj without it.
+        // cannot lower a process's oom_score_adj without it. containerd 2.x reads this
+        // version 2 config by migrating it (mirrors included, deprecated until 2.2).
         let config_path = dir.join("config.toml");
         std::fs::write(&config_path, config)?;
         let log = std::fs::File::create(dir.join("containerd.log"))?;
         let t = Instant::now();
-        let child = Command::new("containerd")
+        let binary = binary();
+        let child = Command::new(&binary)
+            .env("PATH", path_for(&binary))
             .arg("--config")
             .arg(&config_path)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("start containerd (apt-get install containerd runc)")?;
+            .with_context(|| {
+                format!(
+                    "start {} (apt-get install containerd runc, or set {BINARY_VAR})",
+                    binary.display()
+                )
+            })?;
         let me = Containerd {
             child,
             dir: dir.to_owned(),

@@ -1,6 +1,7 @@
-//! The side-by-side benchmark: Berth and containerd (Debian's 1.6, with runc) on
-//! the same machine, driven over their CRI sockets by the same Rust client, inside the
-//! harness's node namespace with its loopback registry. Run by `scripts/bench.sh`; prints
+//! The side-by-side benchmark: Berth and containerd (Debian's 1.6, or the build
+//! `BERTH_BENCH_CONTAINERD` names; with runc) on the same machine, driven over their CRI
+//! sockets by the same Rust client, inside the harness's node namespace with its loopback
+//! registry. Run by `scripts/bench.sh`; prints
 //! a Markdown report (the figures SPECIFICATION.md records), and writes every figure as
 //! JSON and the latency distributions as an SVG.
 //!

@@ -57,7 +57,9 @@ pub(crate) fn machine(smoke: bool) -> serde_json::Value {
         "cgroup": cgroup,
         "commit": git(&["rev-parse", "--short", "HEAD"]),
         "dirty": git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()),
-        "containerd": if smoke { None } else { command_output("containerd", &["--version"]) },
+        "containerd": if smoke { None } else {
+            command_output(&crate::containerd::binary().to_string_lossy(), &["--version"])
+        },
         "runc": if smoke { None } else {
             command_output("runc", &["--version"]).and_then(|v| v.lines().next().map(str::to_string))
         },
