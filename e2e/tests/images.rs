@@ -497,6 +497,15 @@ async fn basic_auth_with_right_and_wrong_credentials() {
         .await
         .expect("right credentials");
     assert_eq!(id, info(images::BUSYBOX).config_digest);
+    // The header alice's secret won is hers: a pod without a pull secret (or with a wrong
+    // one) must not pull the private image on it (the node e2e spec "should not be able
+    // to pull from private registry without secret").
+    let err = pull(&d, &r, None).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "no secret: {err:?}");
+    let err = pull(&d, &r, auth("alice", "looking-glass"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "wrong secret: {err:?}");
 }
 
 #[tokio::test]
@@ -511,6 +520,9 @@ async fn bearer_token_flow_against_a_token_server() {
         .expect("right credentials");
     assert_eq!(id, info(images::BUSYBOX).config_digest);
     assert!(proxy.count("/token") >= 2, "a token was asked for");
+    // The token bob's credentials won is not lent to a pull without them.
+    let err = pull(&d, &r, None).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "no secret: {err:?}");
 }
 
 #[tokio::test]

@@ -22,7 +22,7 @@ pub use auth::{Credentials, MAX_TOKEN_RESPONSE_SIZE};
 pub use blob::{BlobStream, verify};
 pub use endpoint::Endpoint;
 
-use auth::{CachedAuth, same_registry};
+use auth::{AuthKey, CachedAuth, same_registry};
 use blob::read_limited;
 use endpoint::{EpError, status_error};
 
@@ -60,7 +60,7 @@ pub struct RegistryClient {
     config: RegistryConfig,
     retry: RetryPolicy,
     clients: Mutex<HashMap<String, reqwest::Client>>,
-    auth: Mutex<HashMap<(String, String), CachedAuth>>,
+    auth: Mutex<HashMap<AuthKey, CachedAuth>>,
 }
 
 /// The endpoints of one pull, in the order to try, with its credentials.

@@ -55,6 +55,25 @@ impl Credentials {
         (creds != Credentials::default()).then_some(creds)
     }
 
+    /// A digest that tells these credentials apart from any others without keeping the
+    /// secrets themselves as a map key.
+    pub(super) fn fingerprint(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for field in [
+            &self.username,
+            &self.password,
+            &self.auth,
+            &self.identity_token,
+            &self.registry_token,
+        ] {
+            // Length-prefixed, so no two different field lists hash the same bytes.
+            h.update((field.len() as u64).to_le_bytes());
+            h.update(field.as_bytes());
+        }
+        h.finalize().into()
+    }
+
     /// User and password, decoding `auth` when the fields are empty.
     pub(super) fn user_pass(&self) -> Option<(String, String)> {
         if !self.username.is_empty() {
@@ -190,6 +209,15 @@ pub(super) struct CachedAuth {
     expires: Instant,
 }
 
+/// What a cached authorization header is kept under: the endpoint, the repository, and
+/// the credentials that obtained it (`None`: an anonymous grant).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(super) struct AuthKey {
+    endpoint: String,
+    repository: String,
+    credentials: Option<[u8; 32]>,
+}
+
 impl RegistryClient {
     /// The credentials endpoint `ep` gets in this pull. Kubelet's credentials and the
     /// configured ones of the image's registry go to that registry only, and to a mirror
@@ -254,7 +282,14 @@ impl RegistryClient {
         let client = self.client(ep)?;
         let repo = src.reference.path();
         let creds = self.creds_for(src, ep);
-        let key = (ep.base.to_string(), repo.to_owned());
+        // A granted header is kept for the credentials that won it, never for the
+        // endpoint alone: a pull without credentials (or with others) must not ride on a
+        // token or basic header another pull's secret obtained.
+        let key = AuthKey {
+            endpoint: ep.base.to_string(),
+            repository: repo.to_owned(),
+            credentials: creds.as_ref().map(Credentials::fingerprint),
+        };
         let mut header = match creds.as_ref().filter(|c| !c.registry_token.is_empty()) {
             Some(c) => Some(format!("Bearer {}", c.registry_token)),
             None => {
