@@ -214,7 +214,12 @@ async fn start_metrics(node: &Arc<Node>) -> anyhow::Result<Option<MetricsServer>
 }
 
 fn spawn_reconcile(node: Arc<Node>) {
-    tokio::spawn(async move { node.reconcile().await });
+    tokio::spawn(async move {
+        node.reconcile().await;
+        // Start-up ran code no call needs again (recovery, the servers' set-up): the node
+        // idles without it.
+        crate::memory::trim_now();
+    });
 }
 
 /// Tells systemd (`Type=notify`) that the socket serves, when it started us.

@@ -6,7 +6,7 @@
 //!   and creates, reaps and logs its containers. It runs no async runtime.
 //! - [`protocol`] and [`spec`]: what the two processes say to each other.
 //! - Shared by both: [`sys`] (system calls), [`namespace`] (the namespace kinds), [`error`],
-//!   [`hooks`] (running a container's OCI hooks);
+//!   [`hooks`] (running a container's OCI hooks), [`resident`] (dropping clean file pages);
 //!   and three kernel-facing formats: [`crilog`] (the monitor writes CRI logs, the daemon
 //!   checks log directories), [`sysctl`] (the daemon validates, the monitor sets) and
 //!   [`seccomp`] (the daemon compiles profiles, the monitor loads the filter).
@@ -31,6 +31,7 @@ pub mod crilog;
 pub mod error;
 pub mod hooks;
 pub mod namespace;
+pub mod resident;
 pub mod seccomp;
 pub mod sys;
 pub mod sysctl;

@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use nix::sys::socket::MsgFlags;
+use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr, connect, socket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 
@@ -16,6 +16,14 @@ use crate::protocol::{FrameReader, Request, Response, encode_frame};
 
 /// How long an ordinary call may take (create waits for the container's setup).
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How far [`MonitorClient::send_now`] got.
+enum Sent {
+    /// The whole frame went.
+    All,
+    /// Connected; this many bytes went (the fds with the first of them).
+    Part(std::os::unix::net::UnixStream, usize),
+}
 
 /// Talks to one pod's monitor.
 #[derive(Debug, Clone)]
@@ -187,9 +195,51 @@ impl MonitorClient {
 
     /// Sends `req` (with `fds` passed alongside) and closes the connection without waiting
     /// for the answer: the monitor still reads and runs a request its caller left.
+    ///
+    /// Connected and sent without the reactor: a unix socket connects at once (or fails,
+    /// its backlog full, as tokio's connect did) and a fresh socket's buffer takes a small
+    /// frame whole. tokio's `connect` waits for the new socket's first readiness event, a
+    /// round trip through the I/O driver, often on the other worker, for a socket that is
+    /// ready already.
     pub async fn send_only(&self, req: &Request, fds: &[RawFd]) -> Result<()> {
-        let mut stream = self.connect().await?;
-        self.send(&mut stream, req, fds).await
+        let frame = encode_frame(req);
+        let (stream, sent) = match self.send_now(&frame, fds)? {
+            Sent::All => return Ok(()),
+            Sent::Part(stream, sent) => (stream, sent),
+        };
+        // The rest (never seen in practice) waits for room like any call.
+        let mut stream = UnixStream::from_std(stream).map_err(|e| self.gone(e))?;
+        if sent == 0 {
+            return self.send(&mut stream, req, fds).await;
+        }
+        stream
+            .write_all(&frame[sent..])
+            .await
+            .map_err(|e| self.gone(e))
+    }
+
+    /// Connects and sends `frame` (with `fds`) without blocking, as far as the kernel takes
+    /// it at once.
+    fn send_now(&self, frame: &[u8], fds: &[RawFd]) -> Result<Sent> {
+        let (_dirfd, path) = crate::sys::socket_path(&self.socket).map_err(|e| self.gone(e))?;
+        let sock = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|e| self.gone(e))?;
+        let addr = UnixAddr::new(&path).map_err(|e| self.gone(e))?;
+        // EAGAIN (the monitor's backlog is full) fails as tokio's connect did.
+        connect(sock.as_raw_fd(), &addr).map_err(|e| self.gone(e))?;
+        let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+        let sent = match send_with_fds(sock.as_raw_fd(), frame, fds, flags) {
+            Ok(n) if n == frame.len() => return Ok(Sent::All),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(self.gone(e)),
+        };
+        Ok(Sent::Part(std::os::unix::net::UnixStream::from(sock), sent))
     }
 
     /// Sends a request that must be answered with `Ok`.
@@ -216,5 +266,54 @@ impl MonitorClient {
             )),
             Err(e) => Err(self.gone(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::{UnixListener, UnixStream as StdStream};
+
+    /// Reads one request and the fds passed with it from an accepted connection.
+    fn received(conn: &StdStream) -> (Request, VecDeque<OwnedFd>) {
+        let (mut reader, mut fds, mut buf) = (FrameReader::default(), VecDeque::new(), [0u8; 512]);
+        loop {
+            if let Some(r) = reader.next_message::<Request>().unwrap() {
+                return (r, fds);
+            }
+            let n = recv_with_fds(conn.as_raw_fd(), &mut buf, &mut fds, MsgFlags::empty()).unwrap();
+            assert_ne!(n, 0, "closed before a whole request");
+            reader.push(&buf[..n]);
+        }
+    }
+
+    fn client(socket: PathBuf) -> MonitorClient {
+        MonitorClient {
+            pod_id: "p".into(),
+            socket,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_sent_without_waiting_arrives_with_its_fd() {
+        let d = tempfile::tempdir().unwrap();
+        let socket = d.path().join("monitor.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let file = d.path().join("new.log");
+        let f = std::fs::File::create(&file).unwrap();
+        let req = Request::ReopenLog { id: "c1".into() };
+        client(socket)
+            .send_only(&req, &[f.as_raw_fd()])
+            .await
+            .unwrap();
+        drop(f);
+        let (conn, _) = listener.accept().unwrap();
+        let (got, mut fds) = received(&conn);
+        assert_eq!(got, req);
+        // The fd that came is the file the daemon opened.
+        let mut passed = std::fs::File::from(fds.pop_front().expect("an fd"));
+        passed.write_all(b"through the fd\n").unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"through the fd\n");
     }
 }

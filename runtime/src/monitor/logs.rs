@@ -9,7 +9,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use super::attach::send_tagged;
-use super::{Failure, Monitor, sys_err};
+use super::{Container, Failure, Monitor, sys_err};
 use crate::crilog::{IOVECS_PER_RECORD, LineFramer, Stream, now_rfc3339_nano};
 use crate::protocol::AttachStream;
 
@@ -21,9 +21,17 @@ const MAX_READS_PER_WAKE: usize = 4;
 /// Capacity asked for a container's stdout and stderr pipes: a flood fills a bigger pipe
 /// before its writer blocks, so the monitor wakes and reads (64 KiB at a time) less often.
 const PIPE_SIZE: usize = 256 * 1024;
-/// Iovecs per `writev` (the kernel's `IOV_MAX`): a 100-byte line takes two (its prefix,
-/// then its content and newline), so one call writes about 50 KiB of such lines.
-const IOV_MAX: usize = 1024;
+/// Bytes of records gathered before they are written: the framer's iovecs are copied into
+/// one buffer and written with one `write` of up to this much (plus one step's records).
+/// The kernel copies a contiguous buffer into the page cache far faster than the same
+/// records as a `writev` of two iovecs a line (each iovec a separate user copy): on this
+/// machine's ext4, 0.50 against 0.80 CPU s per GiB of 100-byte lines, the user-space copy
+/// included.
+const LOG_FLUSH: usize = 128 * 1024;
+/// Iovecs framed per step before they are copied out: with at most 16 records of
+/// [`crate::crilog::MAX_LINE`] per step, the buffer never holds much more than
+/// [`LOG_FLUSH`], however the output is cut (a flood of empty lines grows 41 times).
+const IOV_STEP: usize = 64;
 
 /// One stream the monitor reads: a pipe end or a pty master.
 pub(crate) struct Output {
@@ -61,47 +69,60 @@ impl Output {
         self.framer.stamp(&ts);
     }
 
-    /// Frames bytes read from the stream and writes the records to `log` with `writev`,
-    /// straight from `data`: the payload is not copied on the way.
-    pub fn log(&mut self, mut data: &[u8], mut log: Option<&mut File>) {
+    /// Frames bytes read from the stream into records appended to `out`, written to `log`
+    /// whenever `out` passes [`LOG_FLUSH`]; the caller writes the rest with [`flush_log`]
+    /// before it waits again. Without a log nothing is gathered.
+    pub fn log(&mut self, mut data: &[u8], mut log: Option<&mut File>, out: &mut Vec<u8>) {
         while !data.is_empty() {
-            let mut iov = [IoSlice::new(&[]); IOV_MAX];
+            let mut iov = [IoSlice::new(&[]); IOV_STEP];
             let (n, used) = self.framer.frame(data, &mut iov);
             if let Some(f) = log.as_deref_mut() {
-                write_records(f, &mut iov[..n]);
+                for s in &iov[..n] {
+                    out.extend_from_slice(s);
+                }
+                if out.len() >= LOG_FLUSH {
+                    flush_log(Some(f), out);
+                }
             }
             data = &data[used..];
         }
     }
 
-    /// Writes a partial line held back at end of stream.
-    pub fn finish(&mut self, log: Option<&mut File>) {
+    /// Appends a partial line held back at end of stream to `out`.
+    pub fn finish(&mut self, log: Option<&mut File>, out: &mut Vec<u8>) {
         self.stamp();
         let mut iov = [IoSlice::new(&[]); IOVECS_PER_RECORD];
         let n = self.framer.finish_into(&mut iov);
-        if let Some(f) = log {
-            write_records(f, &mut iov[..n]);
+        if log.is_some() {
+            for s in &iov[..n] {
+                out.extend_from_slice(s);
+            }
         }
     }
 }
 
-/// Writes every iovec, resuming after a partial write; a failure is reported and the
-/// records dropped (the container is never blocked on its log).
-fn write_records(f: &mut File, mut iov: &mut [IoSlice<'_>]) {
-    while !iov.is_empty() {
-        match f.write_vectored(iov) {
-            Ok(0) => {
-                eprintln!("berth-monitor: write log: wrote nothing");
-                return;
-            }
-            Ok(n) => IoSlice::advance_slices(&mut iov, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                eprintln!("berth-monitor: write log: {e}");
-                return;
+/// Writes the records gathered in `out` to `log` and empties it, resuming after a partial
+/// write; a failure is reported and the records dropped (the container is never blocked
+/// on its log).
+pub(super) fn flush_log(log: Option<&mut File>, out: &mut Vec<u8>) {
+    if let Some(f) = log {
+        let mut rest = &out[..];
+        while !rest.is_empty() {
+            match f.write(rest) {
+                Ok(0) => {
+                    eprintln!("berth-monitor: write log: wrote nothing");
+                    break;
+                }
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    eprintln!("berth-monitor: write log: {e}");
+                    break;
+                }
             }
         }
     }
+    out.clear();
 }
 
 /// Enlarges a container's output pipe to [`PIPE_SIZE`], or to the node's
@@ -128,34 +149,46 @@ const LOG_DIR_MODE: u32 = 0o755;
 /// accepted: the monitor writes as root, so a planted link or FIFO must not redirect or
 /// block it. The fd is close-on-exec, so no container inherits it.
 pub(crate) fn open_log(path: &Path) -> std::io::Result<File> {
-    if let Some(dir) = path.parent() {
-        create_log_dirs(dir)?;
-    }
     // O_NONBLOCK: opening a planted FIFO fails (ENXIO) instead of hanging the monitor; it
     // changes nothing for a regular file.
     let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK;
-    // A file created here gets exactly LOG_MODE, whatever the monitor's umask (077).
-    let file = match std::fs::OpenOptions::new()
-        .append(true)
-        .create_new(true)
-        .mode(LOG_MODE)
-        .custom_flags(flags)
-        .open(path)
-    {
+    let create = || {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .mode(LOG_MODE)
+            .custom_flags(flags)
+            .open(path)
+    };
+    // The directory is there but for a container's first log: made only when missing.
+    let created = match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                create_log_dirs(dir)?;
+            }
+            create()
+        }
+        other => other,
+    };
+    match created {
+        // O_EXCL made it: a new regular file. It gets exactly LOG_MODE, whatever the
+        // umask (077).
         Ok(f) => {
             f.set_permissions(std::fs::Permissions::from_mode(LOG_MODE))?;
-            f
+            Ok(f)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::OpenOptions::new()
-            .append(true)
-            .custom_flags(flags)
-            .open(path)?,
-        Err(e) => return Err(e),
-    };
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let file = std::fs::OpenOptions::new()
+                .append(true)
+                .custom_flags(flags)
+                .open(path)?;
+            if !file.metadata()?.is_file() {
+                return Err(std::io::Error::other("not a regular file"));
+            }
+            Ok(file)
+        }
+        Err(e) => Err(e),
     }
-    Ok(file)
 }
 
 /// Creates the missing directories of `dir` with mode 0755, as containerd does, whatever
@@ -234,10 +267,11 @@ impl Monitor {
         Ok(())
     }
 
-    /// Frees the read buffer (a flood touched all of it); the next read allocates it
-    /// again. Called with the resident-set trim.
+    /// Frees the read and log buffers (a flood touched all of them); the next read
+    /// allocates them again. Called with the resident-set trim.
     pub(super) fn release_buffers(&mut self) {
         self.readbuf = Vec::new();
+        self.logbuf = Vec::new();
     }
 
     /// Reads what a container wrote on `fd` into its log and its attachers.
@@ -254,51 +288,59 @@ impl Monitor {
             self.readbuf = vec![0u8; READ_CHUNK];
         }
         let buf = &mut self.readbuf[..];
+        let out = &mut self.logbuf;
         let c = &mut self.containers[ci];
         let oi = c
             .outputs
             .iter()
             .position(|o| o.fd.as_raw_fd() == fd)
             .unwrap_or(0);
-        // A bounded number of reads per wake-up: a container that writes without pause must
-        // not starve the daemon's calls or the other containers.
-        c.outputs[oi].stamp();
-        for _ in 0..MAX_READS_PER_WAKE {
-            let o = &mut c.outputs[oi];
-            let r = o.file().read(buf);
-            match r {
-                Ok(0) => {
-                    o.finish(c.log.as_mut());
-                    c.outputs.remove(oi);
-                    return;
-                }
-                Ok(n) => {
-                    o.log(&buf[..n], c.log.as_mut());
-                    if !c.attachers.is_empty() {
-                        let tag = match o.stream() {
-                            Stream::Stdout => AttachStream::Stdout,
-                            Stream::Stderr => AttachStream::Stderr,
-                        };
-                        // An attacher that cannot keep up loses its attachment, never
-                        // the pod's log: the monitor does not block on it.
-                        c.attachers.retain(|a| send_tagged(a, tag as u8, &buf[..n]));
-                    }
-                    if n < buf.len() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    // EIO: the pty's last holder closed it.
-                    o.finish(c.log.as_mut());
-                    c.outputs.remove(oi);
-                    return;
-                }
-            }
-        }
+        read_into_log(c, oi, buf, out);
         // Every record read so far is in the file (only an unfinished line is held back):
         // a reopen or the container's exit comes later and finds them there.
+        flush_log(c.log.as_mut(), out);
+    }
+}
+
+/// Up to [`MAX_READS_PER_WAKE`] reads of `c`'s output `oi` framed into `out` (written as it
+/// fills); the output is dropped at its end.
+fn read_into_log(c: &mut Container, oi: usize, buf: &mut [u8], out: &mut Vec<u8>) {
+    // A bounded number of reads per wake-up: a container that writes without pause must
+    // not starve the daemon's calls or the other containers.
+    c.outputs[oi].stamp();
+    for _ in 0..MAX_READS_PER_WAKE {
+        let o = &mut c.outputs[oi];
+        let r = o.file().read(buf);
+        match r {
+            Ok(0) => {
+                o.finish(c.log.as_mut(), out);
+                c.outputs.remove(oi);
+                return;
+            }
+            Ok(n) => {
+                o.log(&buf[..n], c.log.as_mut(), out);
+                if !c.attachers.is_empty() {
+                    let tag = match o.stream() {
+                        Stream::Stdout => AttachStream::Stdout,
+                        Stream::Stderr => AttachStream::Stderr,
+                    };
+                    // An attacher that cannot keep up loses its attachment, never
+                    // the pod's log: the monitor does not block on it.
+                    c.attachers.retain(|a| send_tagged(a, tag as u8, &buf[..n]));
+                }
+                if n < buf.len() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => {
+                // EIO: the pty's last holder closed it.
+                o.finish(c.log.as_mut(), out);
+                c.outputs.remove(oi);
+                return;
+            }
+        }
     }
 }
 
@@ -328,6 +370,68 @@ mod tests {
         // SAFETY: F_GETFD on an fd we own.
         let fd_flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFD) };
         assert_ne!(fd_flags & libc::FD_CLOEXEC, 0);
+    }
+
+    /// Frames `chunks` as the poll loop does (stamp, reads gathered, one flush) into a log
+    /// file; returns the file's bytes and the largest the buffer grew.
+    fn logged(chunks: &[&[u8]]) -> (Vec<u8>, usize) {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("c.log");
+        let mut log = open_log(&path).unwrap();
+        let (r, _w) = crate::sys::pipe().unwrap();
+        let mut o = Output::new(r, Stream::Stdout, false);
+        o.stamp();
+        let (mut out, mut most) = (Vec::new(), 0);
+        for c in chunks {
+            o.log(c, Some(&mut log), &mut out);
+            most = most.max(out.len());
+        }
+        flush_log(Some(&mut log), &mut out);
+        assert!(out.is_empty());
+        (std::fs::read(&path).unwrap(), most)
+    }
+
+    /// What the framer alone makes of `chunks` with the timestamp `logged` stamped.
+    fn framed(chunks: &[&[u8]], written: &[u8]) -> Vec<u8> {
+        let ts = written.split(|&b| b == b' ').next().unwrap();
+        let mut f = LineFramer::new(Stream::Stdout);
+        let mut want = Vec::new();
+        for c in chunks {
+            f.feed(c, ts, &mut want);
+        }
+        want
+    }
+
+    #[test]
+    fn gathered_records_are_the_framers_and_the_buffer_stays_bounded() {
+        // The worst growth: empty lines, each a whole record.
+        let empty = vec![b'\n'; READ_CHUNK];
+        let long = vec![b'x'; 3 * crate::crilog::MAX_LINE + 10];
+        let lines: Vec<u8> = (0..5000)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect();
+        for chunks in [
+            vec![&empty[..], &empty[..]],
+            vec![&long[..], b"\n", &lines[..7], &lines[7..]],
+            vec![&lines[..], &lines[..]],
+        ] {
+            let (written, most) = logged(&chunks);
+            assert_eq!(written, framed(&chunks, &written));
+            // One step past the threshold at most: 16 records of a full line.
+            let step = 16 * (crate::crilog::MAX_LINE + 64);
+            assert!(most < LOG_FLUSH + step, "the buffer grew to {most}");
+        }
+    }
+
+    #[test]
+    fn without_a_log_nothing_is_gathered() {
+        let (r, _w) = crate::sys::pipe().unwrap();
+        let mut o = Output::new(r, Stream::Stderr, false);
+        o.stamp();
+        let mut out = Vec::new();
+        o.log(b"one\ntwo", None, &mut out);
+        o.finish(None, &mut out);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -180,6 +180,8 @@ struct Monitor {
     pollfds: Vec<libc::pollfd>,
     /// One read buffer for every output stream (kept off the stack, allocated once).
     readbuf: Vec<u8>,
+    /// The records framed from what a wake-up read, written in one `write` (`logs::flush_log`).
+    logbuf: Vec<u8>,
     /// When to trim the resident set next, set by activity since the last trim.
     next_trim: Option<Instant>,
     shutdown: bool,

@@ -127,6 +127,7 @@ pub(super) fn setup(config_path: &Path, userns: Option<OwnedFd>) -> Result<Monit
         next_client: 1,
         pollfds: Vec::new(),
         readbuf: Vec::new(),
+        logbuf: Vec::new(),
         next_trim: None,
         shutdown: false,
         userns,
