@@ -390,8 +390,12 @@ mod tests {
         }
         assert!(check_container(Some(&container(None, "bogus", None, false)), NONE).is_err());
         // An SELinux label is refused where SELinux runs (Berth sets none), ignored elsewhere.
+        let selinux = HostLsm {
+            apparmor: false,
+            selinux: true,
+        };
         let labelled = container(None, "", Some(label.clone()), false);
-        let msg = check_container(Some(&labelled), BOTH).unwrap_err();
+        let msg = check_container(Some(&labelled), selinux).unwrap_err();
         assert_eq!(msg.class(), crate::Class::InvalidArgument);
         assert!(msg.to_string().contains("spc_t"), "{msg}");
         assert_eq!(check_container(Some(&labelled), NONE).unwrap(), None);
@@ -399,7 +403,7 @@ mod tests {
             selinux_options: Some(label.clone()),
             ..Default::default()
         };
-        assert!(check_pod(Some(&pod), BOTH).is_err());
+        assert!(check_pod(Some(&pod), selinux).is_err());
         check_pod(Some(&pod), NONE).unwrap();
         let pod = LinuxSandboxSecurityContext {
             apparmor: profile(ProfileType::Localhost, "p"),
