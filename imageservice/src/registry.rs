@@ -60,7 +60,9 @@ pub struct RegistryClient {
     config: RegistryConfig,
     retry: RetryPolicy,
     clients: Mutex<HashMap<String, reqwest::Client>>,
-    auth: Mutex<HashMap<(String, String), CachedAuth>>,
+    /// Authorization headers granted, by endpoint, repository and the credentials that
+    /// earned them (see [`auth::AuthKey`]).
+    auth: Mutex<HashMap<auth::AuthKey, CachedAuth>>,
 }
 
 /// The endpoints of one pull, in the order to try, with its credentials.

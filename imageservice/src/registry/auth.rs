@@ -185,6 +185,33 @@ pub(super) fn parse_params(s: &str) -> HashMap<String, String> {
     out
 }
 
+/// What a granted Authorization header is cached under: the endpoint, the repository and a
+/// digest of the credentials that earned it (empty for none). A header earned with one
+/// pull's credentials (a pod's pull secret) must never serve a pull without them, or any
+/// pod could pull a private image another pod's secret opened.
+pub(crate) type AuthKey = (String, String, String);
+
+/// The credential part of an [`AuthKey`]: a SHA-256 of every secret field, so the cache
+/// holds no secret in the clear.
+fn creds_fingerprint(creds: Option<&Credentials>) -> String {
+    use sha2::{Digest, Sha256};
+    let Some(c) = creds else {
+        return String::new();
+    };
+    let mut h = Sha256::new();
+    for field in [
+        &c.username,
+        &c.password,
+        &c.auth,
+        &c.identity_token,
+        &c.registry_token,
+    ] {
+        h.update(field.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
 pub(super) struct CachedAuth {
     header: String,
     expires: Instant,
@@ -254,7 +281,11 @@ impl RegistryClient {
         let client = self.client(ep)?;
         let repo = src.reference.path();
         let creds = self.creds_for(src, ep);
-        let key = (ep.base.to_string(), repo.to_owned());
+        let key = (
+            ep.base.to_string(),
+            repo.to_owned(),
+            creds_fingerprint(creds.as_ref()),
+        );
         let mut header = match creds.as_ref().filter(|c| !c.registry_token.is_empty()) {
             Some(c) => Some(format!("Bearer {}", c.registry_token)),
             None => {
