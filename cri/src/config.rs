@@ -21,6 +21,9 @@ pub struct Config {
     pub root: PathBuf,
     /// Volatile state: sockets, per-pod and per-container run directories.
     pub state: PathBuf,
+    /// The handler (a key of `runtimes`) that runs pods asking for no RuntimeClass handler;
+    /// empty (the default): Berth runs them itself.
+    pub default_runtime: String,
     /// The CRI gRPC endpoint.
     pub grpc: GrpcConfig,
     /// Logging of the daemon itself.
@@ -48,6 +51,7 @@ impl Default for Config {
         Config {
             root: PathBuf::from("/var/lib/berth"),
             state: PathBuf::from("/run/berth"),
+            default_runtime: String::new(),
             grpc: GrpcConfig::default(),
             log: LogConfig::default(),
             registry: Default::default(),
@@ -314,6 +318,15 @@ impl Config {
                 ));
             }
         }
+        if !self.default_runtime.is_empty() && !self.runtimes.contains_key(&self.default_runtime) {
+            return Err(invalid(
+                "default_runtime",
+                &format!(
+                    "{:?} is not a configured handler (a [runtimes.NAME] section)",
+                    self.default_runtime
+                ),
+            ));
+        }
         if let Some(d) = self.cdi.spec_dirs.iter().find(|d| !d.is_absolute()) {
             return Err(invalid(
                 "cdi.spec_dirs",
@@ -440,6 +453,18 @@ path = "/usr/bin/runc"
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains("runtimes"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn default_runtime_must_name_a_configured_handler() {
+        let ok = parse("default_runtime = \"runc\"\n[runtimes.runc]\npath = \"/usr/sbin/runc\"\n")
+            .unwrap();
+        assert_eq!(ok.default_runtime, "runc");
+        assert_eq!(Config::default().default_runtime, "");
+        let e = parse("default_runtime = \"kata\"\n[runtimes.runc]\npath = \"/usr/sbin/runc\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("default_runtime") && e.contains("kata"), "{e}");
     }
 
     #[test]

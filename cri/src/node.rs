@@ -185,6 +185,7 @@ impl Node {
                 args: h.args.clone(),
             })
             .collect();
+        options.default_handler = config.default_runtime.clone();
         options.cdi = config.cdi.enabled.then(|| {
             Arc::new(berth_runtime::cdi::Registry::new(
                 config.cdi.spec_dirs.clone(),

@@ -72,7 +72,8 @@ pub async fn status(node: &Node, req: StatusRequest) -> Result<StatusResponse, S
 /// The default handler (named "", as kubelet expects) and every configured RuntimeClass one.
 /// Recursive read-only mounts are there where the kernel has mount_setattr; user namespaces
 /// where the kernel allows them and has idmapped overlay layers, for Berth's own executor
-/// only (the RuntimeClass handlers do not run user-namespaced pods).
+/// only (the RuntimeClass handlers do not run user-namespaced pods, nor the default one when
+/// `default_runtime` hands it to one of them).
 fn runtime_handlers(node: &Node) -> Vec<RuntimeHandler> {
     let features = |own: bool| {
         Some(RuntimeHandlerFeatures {
@@ -82,7 +83,7 @@ fn runtime_handlers(node: &Node) -> Vec<RuntimeHandler> {
     };
     std::iter::once(RuntimeHandler {
         name: String::new(),
-        features: features(true),
+        features: features(node.config.default_runtime.is_empty()),
     })
     .chain(node.config.runtimes.keys().map(|name| RuntimeHandler {
         name: name.clone(),

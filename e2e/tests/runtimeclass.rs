@@ -518,3 +518,40 @@ async fn a_handler_whose_binary_is_missing_stops_the_start() {
     );
     assert!(!dir.socket().exists(), "berth created its socket");
 }
+
+/// `default_runtime = "runc"` (containerd's `default_runtime_name`): a pod asking for no
+/// handler, as kubelet asks for a pod without a RuntimeClass, is runc's. Its status names
+/// runc, runc's own state shows its container running, and Status no longer offers user
+/// namespaces for the default handler (runc pods do not get them).
+#[tokio::test]
+async fn default_runtime_hands_pods_without_a_handler_to_that_runtime() {
+    let d = berth_e2e::fixtures::daemon_with(&format!(
+        "default_runtime = \"runc\"\n[runtimes.runc]\npath = {:?}\n",
+        runtime_binary("runc").display().to_string()
+    ))
+    .await;
+    pull(&d, images::BUSYBOX).await;
+    let default = berth_e2e::fixtures::default_handler(&d).await;
+    assert!(
+        !default.features.expect("features").user_namespaces,
+        "the default handler still offers user namespaces"
+    );
+    let config = pod_config("by-default", &d.dir().path().join("logs-default"));
+    let pod = run_pod_with(&d, &config, "").await;
+    assert_eq!(pod_status(&d, &pod).await.runtime_handler, "runc");
+    let c = start(&d, &pod, &config, "c", &["sleep", "3600"]).await;
+    let out = runtime_cmd(&d, "runc", &pod, &["state", &c]);
+    assert!(
+        out.status.success(),
+        "runc state: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state: serde_json::Value = serde_json::from_slice(&out.stdout).expect("state JSON");
+    assert_eq!(state["status"], "running", "{state}");
+    remove_pod(&d, &pod).await;
+    let root = d.dir().state().join("runtimes").join("runc");
+    let left: Vec<_> = std::fs::read_dir(&root)
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "runc state left: {left:?}");
+}

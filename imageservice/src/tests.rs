@@ -347,6 +347,17 @@ async fn basic_auth() {
         env.pull_as("team/app:v1", Some(right)).await.unwrap().id,
         img.config_digest
     );
+
+    // What those credentials opened stays theirs: a later pull without them, or with wrong
+    // ones, is refused again (as kubelet's "pull from private registry without secret"
+    // spec expects after another pod pulled the image with its secret).
+    let err = env.pull_as("team/app:v1", None).await.unwrap_err();
+    assert_eq!(err.class(), Class::PermissionDenied, "{err}");
+    let err = env
+        .pull_as("team/app:v1", Some(login("alice", "nope")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class(), Class::PermissionDenied, "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,8 +4,10 @@
 //! profile the node has loaded; `Unconfined` and privileged containers get none. The
 //! profile is applied by the container's process itself, as its exec's transition
 //! (`attr/apparmor/exec`), just before it execs. Where the node has no AppArmor, a
-//! `Localhost` profile is refused and the rest needs nothing, as in containerd. Berth sets
-//! no SELinux label, so a request that needs one is refused with a message saying why.
+//! `Localhost` profile is refused and the rest needs nothing, as in containerd. SELinux
+//! options are ignored where SELinux is not enabled, as containerd and CRI-O ignore them
+//! (kubelet and Kubernetes' conformance specs send a level such as `s0` to every node);
+//! where it is enabled Berth sets no label, so a label is refused with a message saying why.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -214,23 +216,18 @@ fn check_apparmor(
 
 fn check_selinux(what: &str, opts: Option<&SeLinuxOption>, host: HostLsm) -> Result<()> {
     let Some(o) = opts else { return Ok(()) };
-    if [&o.user, &o.role, &o.r#type, &o.level]
-        .iter()
-        .all(|f| f.is_empty())
+    // Without SELinux there is no label to apply and nothing it would protect (DESIGN.md
+    // settled question 14).
+    if !host.selinux
+        || [&o.user, &o.role, &o.r#type, &o.level]
+            .iter()
+            .all(|f| f.is_empty())
     {
         return Ok(());
     }
     Err(Error::InvalidArgument(format!(
-        "{what}: selinux label {}:{}:{}:{} cannot be applied: {}",
-        o.user,
-        o.role,
-        o.r#type,
-        o.level,
-        if host.selinux {
-            "berth does not set SELinux labels"
-        } else {
-            "SELinux is not enabled on this node"
-        }
+        "{what}: selinux label {}:{}:{}:{} cannot be applied: berth does not set SELinux labels",
+        o.user, o.role, o.r#type, o.level,
     )))
 }
 
@@ -336,6 +333,16 @@ mod tests {
             container(None, "runtime/default", None, false),
             container(None, "unconfined", None, false),
             container(None, "", Some(SeLinuxOption::default()), false),
+            // Kubernetes' EmptyDir conformance specs send level s0 to every node.
+            container(
+                None,
+                "",
+                Some(SeLinuxOption {
+                    level: "s0".into(),
+                    ..Default::default()
+                }),
+                false,
+            ),
         ] {
             assert_eq!(check_container(Some(&ctx), NONE).unwrap(), None);
         }
@@ -366,11 +373,6 @@ mod tests {
                 "k8s-nginx",
                 "AppArmor is not enabled",
             ),
-            (
-                container(None, "", Some(label.clone()), false),
-                "spc_t",
-                "SELinux is not enabled",
-            ),
         ];
         for (ctx, names, why) in cases {
             let e = check_container(Some(&ctx), NONE).unwrap_err();
@@ -387,11 +389,22 @@ mod tests {
             );
         }
         assert!(check_container(Some(&container(None, "bogus", None, false)), NONE).is_err());
+        // An SELinux label is refused where SELinux runs (Berth sets none), ignored elsewhere.
+        let selinux = HostLsm {
+            apparmor: false,
+            selinux: true,
+        };
+        let labelled = container(None, "", Some(label.clone()), false);
+        let msg = check_container(Some(&labelled), selinux).unwrap_err();
+        assert_eq!(msg.class(), crate::Class::InvalidArgument);
+        assert!(msg.to_string().contains("spc_t"), "{msg}");
+        assert_eq!(check_container(Some(&labelled), NONE).unwrap(), None);
         let pod = LinuxSandboxSecurityContext {
             selinux_options: Some(label.clone()),
             ..Default::default()
         };
-        assert!(check_pod(Some(&pod), NONE).is_err());
+        assert!(check_pod(Some(&pod), selinux).is_err());
+        check_pod(Some(&pod), NONE).unwrap();
         let pod = LinuxSandboxSecurityContext {
             apparmor: profile(ProfileType::Localhost, "p"),
             ..Default::default()

@@ -167,25 +167,23 @@ impl Runtime {
         }
         crate::crilog::check_log_directory(&config.log_directory)
             .map_err(|e| Error::InvalidArgument(format!("pod sandbox {:?}: {e}", meta.name)))?;
-        if !req.runtime_handler.is_empty()
-            && !self
-                .opts
-                .runtime_handlers
-                .iter()
-                .any(|h| h.name == req.runtime_handler)
-        {
+        // A pod asking for no handler gets the configured default (`default_runtime`).
+        let handler = if req.runtime_handler.is_empty() {
+            self.opts.default_handler.as_str()
+        } else {
+            req.runtime_handler.as_str()
+        };
+        if !handler.is_empty() && !self.opts.runtime_handlers.iter().any(|h| h.name == handler) {
             return Err(Error::InvalidArgument(format!(
-                "unknown runtime handler {:?}",
-                req.runtime_handler
+                "unknown runtime handler {handler:?}"
             )));
         }
         let userns = pod_userns(config)?;
         let namespaces = pod_namespaces(config, userns.is_some())?;
-        if !req.runtime_handler.is_empty() && userns.is_some() {
+        if !handler.is_empty() && userns.is_some() {
             // As Status tells kubelet: only Berth's own executor runs them.
             return Err(Error::InvalidArgument(format!(
-                "runtime handler {:?} does not support user namespaces",
-                req.runtime_handler
+                "runtime handler {handler:?} does not support user namespaces"
             )));
         }
         crate::lsm::check_pod(
@@ -220,7 +218,7 @@ impl Runtime {
         let rec = PodRecord {
             id: id.clone(),
             config: config.clone(),
-            runtime_handler: req.runtime_handler.clone(),
+            runtime_handler: handler.to_owned(),
             created_at: sys::now_ns(),
             phase: PodPhase::Creating,
             monitor_pid: 0,

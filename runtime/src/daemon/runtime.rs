@@ -39,6 +39,9 @@ pub struct RuntimeOptions {
     /// RuntimeClass handlers accepted besides the default `""`, each run by an external OCI
     /// runtime.
     pub runtime_handlers: Vec<crate::oci::Handler>,
+    /// The handler (one of `runtime_handlers`) of pods that ask for none; empty: Berth's
+    /// own executor.
+    pub default_handler: String,
     /// Size of each pod's /dev/shm in bytes.
     pub shm_size: u64,
     /// The node's CDI devices; `None` when CDI is turned off.
@@ -58,6 +61,7 @@ impl RuntimeOptions {
             monitor_path: monitor_path.into(),
             cgroups: Arc::new(NoCgroups),
             runtime_handlers: Vec::new(),
+            default_handler: String::new(),
             shm_size: 64 << 20,
             cdi: None,
         }
