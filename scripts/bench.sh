@@ -8,6 +8,9 @@
 #   bash scripts/bench.sh --runs 3 [...]                # three whole runs, each figure's
 #                                                       # median and spread (bench merge)
 #   bash scripts/bench.sh --smoke                       # Berth only, once (CI)
+#   bash scripts/bench.sh --berth-only --phases node --node 500
+#                                                       # Berth only, no comparison: to
+#                                                       # iterate on one of its figures
 # Installs containerd and runc (Debian packages) for the comparison; Berth never uses them.
 # Release builds. Run scripts/test.sh once first on a fresh machine (test packages).
 set -euo pipefail
