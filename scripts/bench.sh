@@ -10,6 +10,9 @@
 #   bash scripts/bench.sh --smoke                       # Berth only, once (CI)
 #   bash scripts/bench.sh --containerd /opt/ctrd-2.1/bin/containerd [...]
 #                                   # compare with that containerd (its shim beside it)
+#   bash scripts/bench.sh --berth-only --phases node --node 500
+#                                                       # Berth only, no comparison: to
+#                                                       # iterate on one of its figures
 # Installs containerd and runc (Debian packages) for the comparison; Berth never uses them.
 # --containerd PATH (or BERTH_BENCH_CONTAINERD=PATH) compares with another containerd, e.g.
 # 2.1 built from source, whose containerd-shim-runc-v2 is in the same directory; runc and

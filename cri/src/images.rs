@@ -150,8 +150,8 @@ pub async fn remove_image(
 
 /// Handles `ImageFsInfo`: bytes and inodes of the content store and snapshots (measured
 /// again only after pulls, removals and GC changed them), and of the containers' writable
-/// layers (the last background measure, at most [`writable::FRESHNESS`] older than the
-/// previous call: see [`writable`]).
+/// layers (each layer's last background measure, at most [`writable::FRESHNESS`] older
+/// than the previous call: see [`writable`]; a layer not yet measured counts for nothing).
 pub async fn image_fs_info(
     node: &Node,
     _req: ImageFsInfoRequest,
@@ -166,7 +166,10 @@ pub async fn image_fs_info(
             .map_err(|e| Status::internal(format!("measuring the image filesystem: {e}")))?,
     };
     let usage = usage.map_err(|e| status("measuring the image filesystem", &e))?;
-    let (layer_bytes, layer_inodes) = node.writable.get().await?;
+    let layers = node.runtime.writable_layers();
+    node.writable
+        .track(layers.iter().map(|(id, dir)| (id.as_str(), dir.as_path())));
+    let (layer_bytes, layer_inodes) = node.writable.total();
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)

@@ -105,7 +105,7 @@ pub struct Node {
     pub stats: Arc<crate::stats::StatsCache>,
     /// The daemon's own metrics, served when `[metrics] address` is set.
     pub metrics: Arc<Metrics>,
-    /// The containers' writable layers' usage, for `ImageFsInfo`.
+    /// The containers' writable layers' usage, for `ImageFsInfo` and container stats.
     pub writable: Arc<crate::images::writable::WritableUsage>,
 }
 
@@ -197,7 +197,6 @@ impl Node {
             crate::streaming::runtime_backend::RuntimeBackend::new(runtime.clone()),
         ));
         let writable = Arc::new(crate::images::writable::WritableUsage::new(
-            config.root.join("containers"),
             crate::images::writable::FRESHNESS,
         ));
         Ok(Arc::new(Node {

@@ -1,16 +1,15 @@
 //! Stats and metrics RPCs: container and pod stats, and the cAdvisor-style metrics kubelet
 //! reads from the runtime when `PodAndContainerStatsFromCRI` is on.
 //!
-//! Figures come from each cgroup's files, the writable layer on disk and the pod's
-//! `/proc/<monitor>/net/dev`. The runtime's index lock is held only to copy the list of
-//! pods and containers; files are read after, on a blocking thread. Two things are cached
-//! per container: the CPU sample the usage rate (nano cores) is computed against, and the
-//! writable layer's size, which needs a walk of the layer and is remeasured at most every
-//! [`LAYER_TTL`].
+//! Figures come from each cgroup's files, the pod's `/proc/<monitor>/net/dev` and the
+//! writable layers' last measures. The runtime's index lock is held only to copy the list
+//! of pods and containers; files are read after, on a blocking thread. The CPU sample the
+//! usage rate (nano cores) is computed against is kept per container. A writable layer's
+//! size needs a walk of the layer, so a call never takes it: it reports the last measure
+//! [`crate::images::writable`] took in the background, the same one `ImageFsInfo` sums.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,12 +22,11 @@ use berth_runtime::{ContainerTarget, PodTarget, Runtime};
 use k8s_cri::v1::*;
 use tonic::Status;
 
+use crate::images::writable::WritableUsage;
 use crate::node::Node;
 
 /// The shortest window a CPU rate is computed over.
 const CPU_WINDOW: Duration = Duration::from_secs(1);
-/// How long a writable layer's measured size is reused.
-const LAYER_TTL: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy)]
 struct CpuSample {
@@ -41,8 +39,6 @@ struct CpuSample {
 pub struct StatsCache {
     /// The two latest CPU samples at least [`CPU_WINDOW`] apart.
     cpu: Mutex<HashMap<String, (CpuSample, CpuSample)>>,
-    /// Writable layer (bytes, inodes) and when it was measured.
-    layers: Mutex<HashMap<String, (Instant, u64, u64)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -68,21 +64,9 @@ impl StatsCache {
         (dt > 0).then(|| ns.saturating_sub(base.ns).saturating_mul(1_000_000_000) / dt)
     }
 
-    fn layer(&self, id: &str, dir: &Path) -> Option<(u64, u64)> {
-        if let Some((at, b, i)) = lock(&self.layers).get(id)
-            && at.elapsed() < LAYER_TTL
-        {
-            return Some((*b, *i));
-        }
-        let (bytes, inodes) = berth_imageservice::unpack::disk_usage(dir).ok()?;
-        lock(&self.layers).insert(id.to_owned(), (Instant::now(), bytes, inodes));
-        Some((bytes, inodes))
-    }
-
     /// Forgets what belongs to containers and pods that are gone.
     fn retain(&self, live: &HashSet<&str>) {
         lock(&self.cpu).retain(|k, _| live.contains(k.as_str()));
-        lock(&self.layers).retain(|k, _| live.contains(k.as_str()));
     }
 }
 
@@ -115,10 +99,11 @@ fn memory(u: &CgroupUsage, timestamp: i64) -> Option<MemoryUsage> {
     })
 }
 
-/// Reads everything stats report; blocking (files and a directory walk).
+/// Reads everything stats report; blocking (cgroup and procfs files).
 struct Collector<'a> {
     runtime: &'a Runtime,
     cache: &'a StatsCache,
+    layers: &'a WritableUsage,
     fs_mountpoint: String,
     at: Instant,
     timestamp: i64,
@@ -144,34 +129,37 @@ impl Collector<'_> {
             .cgroup_usage(&t.dirs, &t.cgroup, want, &mut self.buf.borrow_mut())
     }
 
-    fn container(&self, t: &ContainerTarget) -> ContainerStats {
-        let u = self.container_usage(t, CONTAINER_STATS);
+    fn container(&self, t: ContainerTarget) -> ContainerStats {
+        let u = self.container_usage(&t, CONTAINER_STATS);
         self.container_with(t, &u)
     }
 
-    /// A container's stats from its cgroup's usage `u`, read by the caller.
-    fn container_with(&self, t: &ContainerTarget, u: &CgroupUsage) -> ContainerStats {
+    /// A container's stats from its cgroup's usage `u`, read by the caller. The target is
+    /// the call's own copy: its names and labels move into the answer, not copied again.
+    fn container_with(&self, t: ContainerTarget, u: &CgroupUsage) -> ContainerStats {
         let nano = u
             .cpu_ns
             .filter(|_| t.live)
             .and_then(|ns| self.cache.nano_cores(&t.id, ns, self.at));
-        let layer = self.cache.layer(&t.id, &t.writable_layer);
+        // Before its first measure (taken in the background soon after the container
+        // is first seen), a layer is left out rather than reported empty.
+        let layer = self.layers.get(&t.id);
         ContainerStats {
             attributes: Some(ContainerAttributes {
-                id: t.id.clone(),
-                metadata: t.metadata.clone(),
-                labels: t.labels.clone(),
-                annotations: t.annotations.clone(),
+                id: t.id,
+                metadata: t.metadata,
+                labels: t.labels,
+                annotations: t.annotations,
             }),
             cpu: cpu(u, nano, self.timestamp),
             memory: memory(u, self.timestamp),
-            writable_layer: layer.map(|(bytes, inodes)| FilesystemUsage {
-                timestamp: self.timestamp,
+            writable_layer: layer.map(|m| FilesystemUsage {
+                timestamp: m.timestamp,
                 fs_id: Some(FilesystemIdentifier {
                     mountpoint: self.fs_mountpoint.clone(),
                 }),
-                used_bytes: value(bytes),
-                inodes_used: value(inodes),
+                used_bytes: value(m.bytes),
+                inodes_used: value(m.inodes),
             }),
             swap: u.swap_usage.map(|s| SwapUsage {
                 timestamp: self.timestamp,
@@ -203,7 +191,8 @@ impl Collector<'_> {
         })
     }
 
-    fn pod(&self, p: &PodTarget, containers: Vec<ContainerStats>) -> PodSandboxStats {
+    /// A pod's stats; like a container's, its target moves into the answer.
+    fn pod(&self, p: PodTarget, containers: Vec<ContainerStats>) -> PodSandboxStats {
         let u = self.runtime.cgroup_usage(
             &p.dirs,
             &p.cgroup.pod,
@@ -214,17 +203,18 @@ impl Collector<'_> {
             .cpu_ns
             .filter(|_| p.ready)
             .and_then(|ns| self.cache.nano_cores(&p.id, ns, self.at));
+        let network = self.network(&p);
         PodSandboxStats {
             attributes: Some(PodSandboxAttributes {
-                id: p.id.clone(),
-                metadata: p.metadata.clone(),
-                labels: p.labels.clone(),
-                annotations: p.annotations.clone(),
+                id: p.id,
+                metadata: p.metadata,
+                labels: p.labels,
+                annotations: p.annotations,
             }),
             linux: Some(LinuxPodSandboxStats {
                 cpu: cpu(&u, nano, self.timestamp),
                 memory: memory(&u, self.timestamp),
-                network: self.network(p),
+                network,
                 process: u.processes.map(|n| ProcessUsage {
                     timestamp: self.timestamp,
                     process_count: value(n),
@@ -252,6 +242,7 @@ async fn collect<T: Send + 'static>(
 ) -> Result<T, Status> {
     let runtime = node.runtime.clone();
     let stats = node.stats.clone();
+    let layers = node.writable.clone();
     let mountpoint = node.config.root.display().to_string();
     tokio::task::spawn_blocking(move || {
         let (pods, containers) = runtime.usage_targets();
@@ -261,10 +252,16 @@ async fn collect<T: Send + 'static>(
             .chain(containers.iter().map(|c| c.id.as_str()))
             .collect();
         stats.retain(&live);
+        layers.track(
+            containers
+                .iter()
+                .map(|c| (c.id.as_str(), c.writable_layer.as_path())),
+        );
         let selection = select(pods, containers)?;
         let collector = Collector {
             runtime: &runtime,
             cache: &stats,
+            layers: &layers,
             fs_mountpoint: mountpoint,
             at: Instant::now(),
             timestamp: now_ns(),
@@ -299,10 +296,10 @@ pub async fn container_stats(
                 containers,
             })
         },
-        |c, s| c.container(&s.containers[0]),
+        |c, s| s.containers.into_iter().next().map(|t| c.container(t)),
     )
     .await?;
-    Ok(ContainerStatsResponse { stats: Some(stats) })
+    Ok(ContainerStatsResponse { stats })
 }
 
 /// Handles `ListContainerStats`: running and created containers that pass the filter.
@@ -328,7 +325,7 @@ pub async fn list_container_stats(
                 containers,
             })
         },
-        |c, s| s.containers.iter().map(|t| c.container(t)).collect(),
+        |c, s| s.containers.into_iter().map(|t| c.container(t)).collect(),
     )
     .await?;
     Ok(ListContainerStatsResponse { stats })
@@ -344,17 +341,28 @@ fn live_by_pod(containers: &[ContainerTarget]) -> HashMap<&str, Vec<&ContainerTa
     by_pod
 }
 
+/// Each selected pod's stats with its live containers', the targets moved into the answer:
+/// the containers are grouped by the pod's place in the selection, once.
 fn pods_with_containers(c: &Collector<'_>, s: Selection) -> Vec<PodSandboxStats> {
-    let by_pod = live_by_pod(&s.containers);
+    let mut groups: Vec<Vec<ContainerTarget>> = s.pods.iter().map(|_| Vec::new()).collect();
+    {
+        let place: HashMap<&str, usize> = s
+            .pods
+            .iter()
+            .enumerate()
+            .map(|(k, p)| (p.id.as_str(), k))
+            .collect();
+        for t in s.containers.into_iter().filter(|t| t.live) {
+            if let Some(&k) = place.get(t.pod_id.as_str()) {
+                groups[k].push(t);
+            }
+        }
+    }
     s.pods
-        .iter()
-        .map(|p| {
-            let containers = by_pod
-                .get(p.id.as_str())
-                .into_iter()
-                .flatten()
-                .map(|t| c.container(t))
-                .collect();
+        .into_iter()
+        .zip(groups)
+        .map(|(p, group)| {
+            let containers = group.into_iter().map(|t| c.container(t)).collect();
             c.pod(p, containers)
         })
         .collect()
@@ -667,7 +675,10 @@ pub async fn list_pod_sandbox_metrics(
                             let u = c.container_usage(t, Wanted::ALL);
                             ContainerMetrics {
                                 container_id: t.id.clone(),
-                                metrics: container_metrics_of(&c.container_with(t, &u), &u),
+                                metrics: container_metrics_of(
+                                    &c.container_with((*t).clone(), &u),
+                                    &u,
+                                ),
                             }
                         })
                         .collect();

@@ -74,6 +74,27 @@ fn v(x: &Option<UInt64Value>) -> u64 {
     x.as_ref().expect("a value").value
 }
 
+/// The container's writable layer as its stats report it, polled (as kubelet polls) until
+/// `done` holds, within 25 s: a layer is measured in the background, first soon after a
+/// stats call sees the container, then once its last measure is 10 s old (README).
+async fn layer_until(
+    d: &Daemon,
+    id: &str,
+    done: impl Fn(&FilesystemUsage) -> bool,
+) -> FilesystemUsage {
+    let started = Instant::now();
+    loop {
+        let layer = container_stats(d, id).await.writable_layer;
+        match layer {
+            Some(l) if done(&l) => return l,
+            l if started.elapsed() > Duration::from_secs(25) => {
+                panic!("container {id}: writable layer still {l:?} after 25 s")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_memory_limit_ends_in_oomkilled_and_nothing_is_left() {
     let d = busybox_daemon().await;
@@ -304,7 +325,7 @@ async fn stats_report_what_the_container_uses() {
     assert_eq!(attrs.id, id);
     assert_eq!(attrs.metadata.as_ref().unwrap().name, "idle");
     let ws0 = v(&before.memory.as_ref().unwrap().working_set_bytes);
-    let layer0 = before.writable_layer.as_ref().unwrap();
+    let layer0 = layer_until(&d, &id, |_| true).await;
     let (bytes0, inodes0) = (v(&layer0.used_bytes), v(&layer0.inodes_used));
 
     // 24 MiB of shared memory (charged to the container) and a 6 MiB file in its layer.
@@ -320,7 +341,6 @@ async fn stats_report_what_the_container_uses() {
     )
     .await;
     assert_eq!(code, 0, "{err}");
-    tokio::time::sleep(Duration::from_secs(3)).await; // the layer size is cached for 2 s
     let after = container_stats(&d, &id).await;
     let mem = after.memory.as_ref().unwrap();
     let grown = v(&mem.working_set_bytes) as i64 - ws0 as i64;
@@ -331,7 +351,7 @@ async fn stats_report_what_the_container_uses() {
         "working set grew by {grown} bytes for 24 MiB of shm"
     );
     assert!(v(&mem.usage_bytes) >= v(&mem.working_set_bytes));
-    let layer = after.writable_layer.as_ref().unwrap();
+    let layer = layer_until(&d, &id, |l| v(&l.used_bytes) >= bytes0 + 6 * MIB as u64).await;
     let layer_grown = v(&layer.used_bytes) as i64 - bytes0 as i64;
     assert!(
         (6 * MIB..7 * MIB).contains(&layer_grown),

@@ -681,8 +681,8 @@ impl Runtime {
                 if rec.phase == ContainerPhase::Creating {
                     return None;
                 }
-                let item = crate::status::container_item(&rec);
-                crate::status::container_matches(&item, filter).then_some(item)
+                crate::status::container_matches(crate::status::container_listed(&rec), filter)
+                    .then(|| crate::status::container_item(&rec))
             })
             .collect();
         out.sort_by_key(|c| c.created_at);

@@ -544,8 +544,8 @@ impl Runtime {
                 if rec.phase == PodPhase::Creating || !rec.confirmed {
                     return None;
                 }
-                let item = crate::status::pod_item(&rec);
-                crate::status::pod_matches(&item, filter).then_some(item)
+                crate::status::pod_matches(crate::status::pod_listed(&rec), filter)
+                    .then(|| crate::status::pod_item(&rec))
             })
             .collect();
         out.sort_by_key(|p| p.created_at);

@@ -66,12 +66,36 @@ pub fn pod_item(rec: &PodRecord) -> PodSandbox {
     }
 }
 
+/// What list filters look at, borrowed from a record: a list is filtered before any item
+/// is built, so what the filter drops is never copied.
+#[derive(Debug, Clone, Copy)]
+pub struct Listed<'a> {
+    /// Pod or container id.
+    pub id: &'a str,
+    /// The container's pod (a pod's own id for a pod).
+    pub pod_id: &'a str,
+    /// CRI state, as the item reports it.
+    pub state: i32,
+    /// Labels.
+    pub labels: &'a HashMap<String, String>,
+}
+
+/// What a pod's list filter looks at.
+pub fn pod_listed(rec: &PodRecord) -> Listed<'_> {
+    Listed {
+        id: &rec.id,
+        pod_id: &rec.id,
+        state: pod_state(rec) as i32,
+        labels: &rec.config.labels,
+    }
+}
+
 /// Whether a pod passes kubelet's filter.
-pub fn pod_matches(p: &PodSandbox, filter: Option<&PodSandboxFilter>) -> bool {
+pub fn pod_matches(p: Listed<'_>, filter: Option<&PodSandboxFilter>) -> bool {
     let Some(f) = filter else { return true };
-    id_matches(&p.id, &f.id)
+    id_matches(p.id, &f.id)
         && f.state.as_ref().is_none_or(|s| s.state == p.state)
-        && labels_match(&p.labels, &f.label_selector)
+        && labels_match(p.labels, &f.label_selector)
 }
 
 fn container_state(rec: &ContainerRecord) -> ContainerState {
@@ -140,36 +164,51 @@ pub fn container_item(rec: &ContainerRecord) -> Container {
     }
 }
 
+/// What a container's list filter looks at.
+pub fn container_listed(rec: &ContainerRecord) -> Listed<'_> {
+    Listed {
+        id: &rec.id,
+        pod_id: &rec.pod_id,
+        state: container_state(rec) as i32,
+        labels: &rec.config.labels,
+    }
+}
+
 /// Whether a container passes kubelet's filter.
-pub fn container_matches(c: &Container, filter: Option<&ContainerFilter>) -> bool {
+pub fn container_matches(c: Listed<'_>, filter: Option<&ContainerFilter>) -> bool {
     let Some(f) = filter else { return true };
-    id_matches(&c.id, &f.id)
-        && id_matches(&c.pod_sandbox_id, &f.pod_sandbox_id)
+    id_matches(c.id, &f.id)
+        && id_matches(c.pod_id, &f.pod_sandbox_id)
         && f.state.as_ref().is_none_or(|s| s.state == c.state)
-        && labels_match(&c.labels, &f.label_selector)
+        && labels_match(c.labels, &f.label_selector)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn pod(id: &str, ready: bool, labels: &[(&str, &str)]) -> PodSandbox {
-        PodSandbox {
-            id: id.into(),
+    fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn pod<'a>(id: &'a str, ready: bool, labels: &'a HashMap<String, String>) -> Listed<'a> {
+        Listed {
+            id,
+            pod_id: id,
             state: if ready { 0 } else { 1 },
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
+            labels,
         }
     }
 
     #[test]
     fn pod_filters() {
-        let p = pod("abcdef", true, &[("app", "web"), ("tier", "fe")]);
-        assert!(pod_matches(&p, None));
-        assert!(pod_matches(&p, Some(&PodSandboxFilter::default())));
+        let l = labels(&[("app", "web"), ("tier", "fe")]);
+        let p = pod("abcdef", true, &l);
+        assert!(pod_matches(p, None));
+        assert!(pod_matches(p, Some(&PodSandboxFilter::default())));
         let f = |id: &str, state: Option<i32>, sel: &[(&str, &str)]| PodSandboxFilter {
             id: id.into(),
             state: state.map(|state| PodSandboxStateValue { state }),
@@ -178,28 +217,29 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         };
-        assert!(pod_matches(&p, Some(&f("abc", Some(0), &[("app", "web")]))));
-        assert!(!pod_matches(&p, Some(&f("abd", None, &[]))));
-        assert!(!pod_matches(&p, Some(&f("", Some(1), &[]))));
-        assert!(!pod_matches(&p, Some(&f("", None, &[("app", "db")]))));
-        assert!(!pod_matches(&p, Some(&f("", None, &[("missing", "x")]))));
+        assert!(pod_matches(p, Some(&f("abc", Some(0), &[("app", "web")]))));
+        assert!(!pod_matches(p, Some(&f("abd", None, &[]))));
+        assert!(!pod_matches(p, Some(&f("", Some(1), &[]))));
+        assert!(!pod_matches(p, Some(&f("", None, &[("app", "db")]))));
+        assert!(!pod_matches(p, Some(&f("", None, &[("missing", "x")]))));
     }
 
     #[test]
     fn container_filters() {
-        let c = Container {
-            id: "c1".into(),
-            pod_sandbox_id: "p1".into(),
+        let none = HashMap::new();
+        let c = Listed {
+            id: "c1",
+            pod_id: "p1",
             state: 1,
-            ..Default::default()
+            labels: &none,
         };
         let f = |pod: &str, state: Option<i32>| ContainerFilter {
             pod_sandbox_id: pod.into(),
             state: state.map(|state| ContainerStateValue { state }),
             ..Default::default()
         };
-        assert!(container_matches(&c, Some(&f("p1", Some(1)))));
-        assert!(!container_matches(&c, Some(&f("p2", None))));
-        assert!(!container_matches(&c, Some(&f("", Some(2)))));
+        assert!(container_matches(c, Some(&f("p1", Some(1)))));
+        assert!(!container_matches(c, Some(&f("p2", None))));
+        assert!(!container_matches(c, Some(&f("", Some(2)))));
     }
 }

@@ -130,6 +130,24 @@ impl Runtime {
         (pods, containers)
     }
 
+    /// Every container past creation, with its writable layer (the overlay upper dir):
+    /// what `ImageFsInfo` sums.
+    pub fn writable_layers(&self) -> Vec<(String, PathBuf)> {
+        let containers: Vec<_> = lock(&self.index)
+            .containers
+            .values()
+            .map(Arc::clone)
+            .collect();
+        containers
+            .iter()
+            .filter_map(|c| {
+                let rec = lock(&c.rec);
+                (rec.phase != ContainerPhase::Creating)
+                    .then(|| (rec.id.clone(), rec.spec.rootfs.upper_dir.clone()))
+            })
+            .collect()
+    }
+
     /// Usage of a cgroup named by [`Runtime::usage_targets`], read now through the
     /// directories `dirs` keeps (opened on the first call, outside every lock). `buf` is
     /// scratch space reused across cgroups.

@@ -63,13 +63,16 @@ use crate::restart::restart;
 use crate::stop::stop;
 use crate::streams::streams;
 
-const USAGE: &str = "usage: bench [--smoke] [--iterations N] [--pods N] [--density N,N] \
+const USAGE: &str = "usage: bench [--smoke] [--berth-only] [--iterations N] [--pods N] [--density N,N] \
                      [--restart-pods N] [--node N] [--phases NAME,...] [--json PATH] [--svg PATH]\n       \
                      bench merge [--json PATH] [--svg PATH] RUN.json...";
 
 /// What the benchmark was asked to do.
 struct Settings {
     smoke: bool,
+    /// Only Berth with its built-in network (`--berth-only`): no CNI-mode daemon, no
+    /// containerd; for iterating on one of Berth's figures, never for a comparison.
+    berth_only: bool,
     iterations: usize,
     pods: usize,
     density: Vec<usize>,
@@ -97,10 +100,12 @@ impl Settings {
     fn parse(args: &[String]) -> anyhow::Result<Settings> {
         let mut flags: BTreeMap<&str, &str> = BTreeMap::new();
         let mut smoke = false;
+        let mut berth_only = false;
         let mut it = args.iter();
         while let Some(a) = it.next() {
             match a.as_str() {
                 "--smoke" => smoke = true,
+                "--berth-only" => berth_only = true,
                 "--iterations" | "--pods" | "--density" | "--restart-pods" | "--node"
                 | "--phases" | "--json" | "--svg" => {
                     let v = it
@@ -151,6 +156,7 @@ impl Settings {
         };
         Ok(Settings {
             smoke,
+            berth_only,
             iterations,
             pods: if smoke { 2 } else { number("--pods", 10)? },
             density: if smoke { vec![3] } else { density },
@@ -199,7 +205,7 @@ async fn main() -> anyhow::Result<()> {
             cold(
                 &settings,
                 &mut berth_figures,
-                (!settings.smoke).then_some(&mut containerd_figures),
+                (!settings.smoke && !settings.berth_only).then_some(&mut containerd_figures),
             )
             .await?,
         )
@@ -212,14 +218,16 @@ async fn main() -> anyhow::Result<()> {
         .start()
         .await
         .context("start berth")?;
-    let berth_cni = BerthCni::start().await?;
-    let mut runs: Vec<(Runtime, Figures)> = vec![
-        (berth_runtime(&berth)?, berth_figures),
-        (berth_cni.runtime()?, Figures::default()),
-    ];
+    let mut runs: Vec<(Runtime, Figures)> = vec![(berth_runtime(&berth)?, berth_figures)];
+    let mut berth_cni = None;
+    if !settings.berth_only {
+        let cni = BerthCni::start().await?;
+        runs.push((cni.runtime()?, Figures::default()));
+        berth_cni = Some(cni);
+    }
     let containerd_dir;
     let mut containerd = None;
-    if !settings.smoke {
+    if !settings.smoke && !settings.berth_only {
         containerd_dir = DaemonDir::new()?;
         let (ctd, client, _) = Containerd::start(&containerd_dir).await?;
         runs.push((
@@ -387,6 +395,13 @@ mod tests {
                 .all(|p| parse(&["--smoke", "--phases", "pods"]).unwrap().runs(p))
         );
         assert!(parse(&["--phases", "pods,warp"]).is_err());
+    }
+
+    #[test]
+    fn berth_only_is_off_unless_asked() {
+        assert!(!parse(&[]).unwrap().berth_only);
+        let s = parse(&["--berth-only", "--phases", "node", "--node", "500"]).unwrap();
+        assert!(s.berth_only && s.runs("node") && !s.runs("pods"));
     }
 
     #[test]
