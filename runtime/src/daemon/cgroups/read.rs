@@ -614,6 +614,53 @@ mod tests {
     }
 
     #[test]
+    fn reads_v2_figures_from_one_directory_and_skips_a_missing_swap_file() {
+        let root = tempfile::tempdir().unwrap();
+        let c = root.path().join("pod/c1");
+        std::fs::create_dir_all(&c).unwrap();
+        let write = |f: &str, v: &str| std::fs::write(c.join(f), v).unwrap();
+        write("cpu.stat", "usage_usec 7\nuser_usec 5\nsystem_usec 2\n");
+        write("memory.current", "4096\n");
+        write(
+            "memory.stat",
+            "anon 1024\nfile 2048\ninactive_file 512\npgfault 9\npgmajfault 0\n",
+        );
+        write("memory.max", "max\n");
+        write("memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n");
+        write("pids.current", "2\n");
+        let mut b = DirsBuilder::new();
+        b.cpu(&c, CpuSource::CpuStat);
+        b.pids(&c);
+        b.memory(&c, Version::V2);
+        let dirs = b.build();
+        // One hierarchy: its directory is opened once for the three controllers.
+        assert_eq!(dirs.dirs.len(), 1);
+        let mut buf = Vec::new();
+        let want = CgroupUsage {
+            cpu_ns: Some(7000),
+            memory_usage: Some(4096),
+            working_set: Some(4096 - 512),
+            rss: Some(1024),
+            page_faults: Some(9),
+            major_page_faults: Some(0),
+            memory_limit: None,
+            swap_usage: None,
+            processes: Some(2),
+            oom_kills: 1,
+        };
+        assert_eq!(dirs.usage(Wanted::ALL, &mut buf), want);
+        assert!(matches!(
+            dirs.files[StatFile::Swap as usize].get(),
+            Some(Kept::Missing)
+        ));
+        assert_eq!(dirs.kept_files.load(Ordering::SeqCst), 6);
+        // A limit set later is read through the kept file.
+        write("memory.max", "1048576\n");
+        let u = dirs.usage(Wanted::ALL, &mut buf);
+        assert_eq!(u.memory_limit, Some(1 << 20));
+    }
+
+    #[test]
     fn unwanted_files_are_never_opened() {
         let (_root, dirs) = fake_v1();
         dirs.usage(
