@@ -596,3 +596,77 @@ async fn cgroups_left_by_a_crash_are_removed_at_the_next_start() {
     assert_eq!(status.state, ContainerState::ContainerRunning as i32);
     remove_pod(&d, &pod_id).await;
 }
+
+/// How many fds the daemon holds open now.
+fn open_fds(d: &Daemon) -> usize {
+    let pid = d.pid().expect("daemon pid");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Stats keep each pod's and container's cgroup files open between calls, and close them
+/// when the pod goes: after pods came, were polled and went, the daemon holds as many fds
+/// as before.
+#[tokio::test]
+async fn stats_close_the_cgroup_files_they_keep_when_pods_go() {
+    let d = busybox_daemon().await;
+    let logs = d.dir().path().join("logs");
+    let poll = || async {
+        let mut rt = d.runtime();
+        let c = rt.list_container_stats(ListContainerStatsRequest { filter: None });
+        let c = c.await.expect("ListContainerStats").into_inner().stats;
+        let p = rt.list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: None });
+        let p = p.await.expect("ListPodSandboxStats").into_inner().stats;
+        (c.len(), p.len())
+    };
+    let round = |tag: &'static str, n: usize| {
+        let (d, logs) = (&d, &logs);
+        async move {
+            let mut pods = Vec::new();
+            for i in 0..n {
+                let pod = pod_config(&format!("{tag}{i}"), logs);
+                let pod_id = run_pod(d, &pod).await;
+                start(d, &pod_id, &pod, "idle", &["sleep", "3600"]).await;
+                pods.push(pod_id);
+            }
+            pods
+        }
+    };
+    // A first round warms up what the daemon opens once (its database, threads, the
+    // client's connection).
+    for pod_id in round("warm", 1).await {
+        poll().await;
+        remove_pod(&d, &pod_id).await;
+    }
+    let baseline = open_fds(&d);
+    for r in ["a", "b", "c"] {
+        let pods = round(r, 6).await;
+        assert_eq!(poll().await, (6, 6));
+        assert_eq!(poll().await, (6, 6));
+        // Six pods and six containers, each with its directories and at least four stat
+        // files kept (cgroup v2: one directory; v1: three, and five or six files).
+        let polled = open_fds(&d);
+        assert!(
+            polled >= baseline + 12 * 5,
+            "{polled} fds with 12 cgroups polled, {baseline} before"
+        );
+        for pod_id in pods {
+            remove_pod(&d, &pod_id).await;
+        }
+    }
+    assert_eq!(poll().await, (0, 0));
+    // A removed pod's files close with its record; a few fds of other work may come and go.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = open_fds(&d);
+        if now <= baseline + 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{now} fds after three rounds of 6 pods came and went, {baseline} before"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -106,7 +106,7 @@ pub(crate) async fn floods(
 }
 
 /// User + system CPU seconds of a process (all its threads), 0 once it is gone.
-fn cpu_s(pid: u32) -> f64 {
+pub(crate) fn cpu_s(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()

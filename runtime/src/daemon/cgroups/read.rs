@@ -1,19 +1,25 @@
-//! Reading one cgroup's usage through directory fds opened once: each figure is an
-//! `openat` of a bare file name relative to the cgroup's directory in its hierarchy, not a
-//! lookup of the full path, read into one buffer the caller reuses across cgroups.
+//! Reading one cgroup's usage through files opened once: each stat file is opened (an
+//! `openat` of a bare file name relative to the cgroup's directory in its hierarchy) the
+//! first time a figure needs it, kept open, and read again with `pread` at offset 0, into
+//! one buffer the caller reuses across cgroups.
 //!
-//! A node with hundreds of pods reads a thousand cgroups per stats call; the path walk
-//! through `/sys/fs/cgroup/<controller>/kubepods/...` was most of what such a call cost.
-//! The fds are `O_PATH` directories: they pin no cgroup state beyond the directory and
-//! never cache a value, so every read returns the kernel's current counters.
+//! A node with hundreds of pods reads a thousand cgroups per stats call, every second when
+//! kubelet polls. Opening a cgroupfs file costs a name lookup and dentry revalidation in
+//! kernfs; first the path walk through `/sys/fs/cgroup/<controller>/kubepods/...`, then
+//! the `openat` per file per read were most of what such a call cost. cgroupfs (kernfs)
+//! regenerates a file's content on every read at offset 0, so a kept file never returns a
+//! stale value; the directories are `O_PATH` fds that pin no cgroup state either.
 
 use std::ffi::CStr;
+use std::fs::File;
 use std::io::Read;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use nix::errno::Errno;
 use nix::fcntl::{OFlag, open, openat};
 use nix::sys::resource::{Resource, getrlimit};
 use nix::sys::stat::Mode;
@@ -49,9 +55,35 @@ pub(super) enum CpuSource {
     CpuStat,
 }
 
+/// The stat files a cgroup's figures are read from, each a slot of [`CgroupDirs::files`].
+#[derive(Debug, Clone, Copy)]
+enum StatFile {
+    Cpu,
+    Pids,
+    MemoryUsage,
+    MemoryStat,
+    Oom,
+    MemoryLimit,
+    Swap,
+}
+
+/// How many [`StatFile`]s there are.
+const STAT_FILES: usize = 7;
+
+/// A stat file after its first open.
+#[derive(Debug)]
+enum Kept {
+    /// Open, read again at offset 0.
+    Open(File),
+    /// Absent from the cgroup (v1 `memory.memsw.*` without swap accounting, v2
+    /// `memory.swap.current` without swap): never looked up again, each lookup of a
+    /// missing name being as dear as an open.
+    Missing,
+}
+
 /// Open directories of one cgroup, one per hierarchy stats read from (v1: the cpuacct,
-/// memory and pids hierarchies; v2: the unified one, opened once). The default holds none
-/// (no cgroups) and is complete.
+/// memory and pids hierarchies; v2: the unified one, opened once), and the stat files read
+/// so far. The default holds none (no cgroups) and is complete.
 #[derive(Debug)]
 pub struct CgroupDirs {
     dirs: Vec<OwnedFd>,
@@ -60,6 +92,10 @@ pub struct CgroupDirs {
     pids: Option<usize>,
     /// Every hierarchy that holds a controller stats read was opened: worth keeping.
     complete: bool,
+    /// Each stat file, opened by the first read that needs its figure.
+    files: [OnceLock<Kept>; STAT_FILES],
+    /// Files kept open, counted against the node's budget until this set is dropped.
+    kept_files: AtomicUsize,
 }
 
 impl Default for CgroupDirs {
@@ -70,7 +106,15 @@ impl Default for CgroupDirs {
             memory: None,
             pids: None,
             complete: true,
+            files: Default::default(),
+            kept_files: AtomicUsize::new(0),
         }
+    }
+}
+
+impl Drop for CgroupDirs {
+    fn drop(&mut self) {
+        release(*self.kept_files.get_mut());
     }
 }
 
@@ -158,27 +202,14 @@ impl MemoryNames {
     }
 }
 
-/// Reads `name` in `dir` into `buf` (cleared first); `None` when it cannot be read or is
-/// not text.
-fn read_at<'b>(dir: &OwnedFd, name: &CStr, buf: &'b mut Vec<u8>) -> Option<&'b str> {
-    let fd = openat(
-        dir,
-        name,
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
-        Mode::empty(),
-    )
-    .ok()?;
-    read_all(std::fs::File::from(fd), buf)
-}
-
 /// Reads a kernel file at `path` (such as `/proc/<pid>/net/dev`) into `buf` (cleared
 /// first); `None` when it cannot be read or is not text.
 pub fn read_text<'b>(path: &Path, buf: &'b mut Vec<u8>) -> Option<&'b str> {
-    read_all(std::fs::File::open(path).ok()?, buf)
+    read_all(File::open(path).ok()?, buf)
 }
 
 /// Reads `file` to its end into `buf`: the kernel may hand a stat file over in pieces.
-fn read_all(mut file: std::fs::File, buf: &mut Vec<u8>) -> Option<&str> {
+fn read_all(mut file: File, buf: &mut Vec<u8>) -> Option<&str> {
     buf.clear();
     // A plain read loop: std's read_to_end on a File first asks the size of the file,
     // which costs a statx per read and is always 4096 (or 0) on cgroupfs and procfs.
@@ -194,8 +225,34 @@ fn read_all(mut file: std::fs::File, buf: &mut Vec<u8>) -> Option<&str> {
     std::str::from_utf8(buf).ok()
 }
 
-fn read_u64(dir: &OwnedFd, name: &CStr, buf: &mut Vec<u8>) -> Option<u64> {
-    read_at(dir, name, buf)?.trim().parse().ok()
+/// The largest stat file read; v1 `memory.stat`, the largest, is about 2 KiB.
+const MAX_STAT_FILE: usize = 1 << 20;
+
+/// Reads all of `file` from offset 0 into `buf` in one `pread`: a cgroupfs file is
+/// generated afresh by a read at offset 0 and handed over whole when the buffer holds it
+/// (a short read is its end), so one call gives one consistent snapshot even when two
+/// stats calls read the same kept file at once. A full buffer is grown and read again.
+fn pread_all<'b>(file: &File, buf: &'b mut Vec<u8>) -> Option<&'b str> {
+    if buf.len() < 8192 {
+        buf.resize(8192, 0);
+    }
+    loop {
+        let n = loop {
+            match file.read_at(buf, 0) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        };
+        if n < buf.len() {
+            return std::str::from_utf8(&buf[..n]).ok();
+        }
+        if buf.len() >= MAX_STAT_FILE {
+            return None;
+        }
+        let grown = buf.len() * 2;
+        buf.resize(grown, 0);
+    }
 }
 
 impl CgroupDirs {
@@ -205,15 +262,75 @@ impl CgroupDirs {
         self.complete
     }
 
+    /// Reads stat file `which`, named `name` in directory `dir`, into `buf`: through the
+    /// kept file, or opened now and kept when the node's budget of fds allows (else read
+    /// and closed, as before files were kept). `None` when it cannot be read.
+    fn read<'b>(
+        &self,
+        dir: usize,
+        which: StatFile,
+        name: &CStr,
+        buf: &'b mut Vec<u8>,
+    ) -> Option<&'b str> {
+        let slot = &self.files[which as usize];
+        if let Some(kept) = slot.get() {
+            return match kept {
+                Kept::Open(file) => pread_all(file, buf),
+                Kept::Missing => None,
+            };
+        }
+        let file = match openat(
+            &self.dirs[dir],
+            name,
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+            Mode::empty(),
+        ) {
+            Ok(fd) => File::from(fd),
+            Err(Errno::ENOENT) => {
+                // The kernel's set of files of a cgroup is fixed when the cgroup is made.
+                let _ = slot.set(Kept::Missing);
+                return None;
+            }
+            // Another failure (out of fds, a signal) may pass: tried again next call.
+            Err(_) => return None,
+        };
+        if !reserve(1) {
+            return pread_all(&file, buf);
+        }
+        match slot.set(Kept::Open(file)) {
+            Ok(()) => {
+                self.kept_files.fetch_add(1, Ordering::SeqCst);
+                match slot.get() {
+                    Some(Kept::Open(file)) => pread_all(file, buf),
+                    _ => None,
+                }
+            }
+            // A concurrent read kept its own meanwhile: this one is read and closed.
+            Err(Kept::Open(file)) => {
+                release(1);
+                pread_all(&file, buf)
+            }
+            Err(Kept::Missing) => {
+                release(1);
+                None
+            }
+        }
+    }
+
+    fn read_u64(&self, dir: usize, which: StatFile, name: &CStr, buf: &mut Vec<u8>) -> Option<u64> {
+        self.read(dir, which, name, buf)?.trim().parse().ok()
+    }
+
     /// The cgroup's usage now (all its descendants included), read fresh from the kernel.
     /// `buf` is scratch space the caller may reuse across cgroups.
     pub fn usage(&self, want: Wanted, buf: &mut Vec<u8>) -> CgroupUsage {
+        use StatFile as F;
         let mut u = CgroupUsage::default();
         if let Some((i, source)) = self.cpu {
-            let dir = &self.dirs[i];
             u.cpu_ns = match source {
-                CpuSource::Cpuacct => read_u64(dir, c"cpuacct.usage", buf),
-                CpuSource::CpuStat => read_at(dir, c"cpu.stat", buf)
+                CpuSource::Cpuacct => self.read_u64(i, F::Cpu, c"cpuacct.usage", buf),
+                CpuSource::CpuStat => self
+                    .read(i, F::Cpu, c"cpu.stat", buf)
                     .and_then(|t| keyed_values(t, ["usage_usec"])[0])
                     .map(|us| us.saturating_mul(1000)),
             };
@@ -221,16 +338,16 @@ impl CgroupDirs {
         if want.processes {
             u.processes = self
                 .pids
-                .and_then(|i| read_u64(&self.dirs[i], c"pids.current", buf));
+                .and_then(|i| self.read_u64(i, F::Pids, c"pids.current", buf));
         }
         let Some((i, version)) = self.memory else {
             return u;
         };
-        let dir = &self.dirs[i];
         let names = MemoryNames::of(version);
-        u.memory_usage = read_u64(dir, names.usage, buf);
-        let [inactive, rss, pgfault, pgmajfault] =
-            read_at(dir, c"memory.stat", buf).map_or([None; 4], |t| keyed_values(t, names.stat));
+        u.memory_usage = self.read_u64(i, F::MemoryUsage, names.usage, buf);
+        let [inactive, rss, pgfault, pgmajfault] = self
+            .read(i, F::MemoryStat, c"memory.stat", buf)
+            .map_or([None; 4], |t| keyed_values(t, names.stat));
         u.working_set = u
             .memory_usage
             .map(|m| m.saturating_sub(inactive.unwrap_or(0)));
@@ -238,32 +355,47 @@ impl CgroupDirs {
         u.page_faults = pgfault;
         u.major_page_faults = pgmajfault;
         if want.oom_kills {
-            u.oom_kills = read_at(dir, names.oom, buf).map_or(0, oom_kills);
+            u.oom_kills = self.read(i, F::Oom, names.oom, buf).map_or(0, oom_kills);
         }
         match version {
             Version::V1 => {
                 // v1 reports "unlimited" as the largest page-aligned i64.
-                u.memory_limit =
-                    read_u64(dir, c"memory.limit_in_bytes", buf).filter(|l| *l < 1 << 62);
-                u.swap_usage = read_u64(dir, c"memory.memsw.usage_in_bytes", buf)
+                u.memory_limit = self
+                    .read_u64(i, F::MemoryLimit, c"memory.limit_in_bytes", buf)
+                    .filter(|l| *l < 1 << 62);
+                u.swap_usage = self
+                    .read_u64(i, F::Swap, c"memory.memsw.usage_in_bytes", buf)
                     .zip(u.memory_usage)
                     .map(|(sw, m)| sw.saturating_sub(m));
             }
             Version::V2 => {
-                u.memory_limit = read_at(dir, c"memory.max", buf).and_then(limit);
-                u.swap_usage = read_u64(dir, c"memory.swap.current", buf);
+                u.memory_limit = self
+                    .read(i, F::MemoryLimit, c"memory.max", buf)
+                    .and_then(limit);
+                u.swap_usage = self.read_u64(i, F::Swap, c"memory.swap.current", buf);
             }
         }
         u
     }
 }
 
-/// Directory fds kept by every [`UsageDirs`] together.
-static KEPT: AtomicUsize = AtomicUsize::new(0);
+/// Directory and stat file fds kept by every [`CgroupDirs`] together.
+#[cfg(not(test))]
+fn kept_count() -> &'static AtomicUsize {
+    static KEPT: AtomicUsize = AtomicUsize::new(0);
+    &KEPT
+}
 
-/// How many directory fds may be kept: half the daemon's soft `RLIMIT_NOFILE`, so that a
-/// node past it (or a daemon started with a low limit) never runs out of fds for its
-/// other work; its other cgroups are read by opening their directories on each call.
+/// Unit tests run on parallel threads and assert exact counts: each thread counts its own.
+#[cfg(test)]
+fn kept_count() -> &'static AtomicUsize {
+    thread_local!(static KEPT: &'static AtomicUsize = Box::leak(Box::default()));
+    KEPT.with(|k| *k)
+}
+
+/// How many directory and stat file fds may be kept: half the daemon's soft
+/// `RLIMIT_NOFILE`, so that a node past it (or a daemon started with a low limit) never
+/// runs out of fds for its other work; its other cgroups' files are opened on each call.
 fn keep_budget() -> usize {
     static BUDGET: OnceLock<usize> = OnceLock::new();
     *BUDGET.get_or_init(|| {
@@ -272,14 +404,15 @@ fn keep_budget() -> usize {
 }
 
 fn reserve(n: usize) -> bool {
-    KEPT.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| {
-        (k + n <= keep_budget()).then_some(k + n)
-    })
-    .is_ok()
+    kept_count()
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| {
+            (k + n <= keep_budget()).then_some(k + n)
+        })
+        .is_ok()
 }
 
 fn release(n: usize) {
-    KEPT.fetch_sub(n, Ordering::SeqCst);
+    kept_count().fetch_sub(n, Ordering::SeqCst);
 }
 
 /// The directories of one pod's or container's cgroup, kept in its entry between stats
@@ -436,15 +569,131 @@ mod tests {
     #[test]
     fn kept_fds_are_counted_until_cleared() {
         let kept = UsageDirs::default();
-        let before = KEPT.load(Ordering::SeqCst);
+        let before = kept_count().load(Ordering::SeqCst);
         let (_root, dirs) = fake_v1();
         kept.get_or_open(|| dirs);
         // Three hierarchies, three fds, counted against the budget.
-        assert_eq!(KEPT.load(Ordering::SeqCst), before + 3);
+        assert_eq!(kept_count().load(Ordering::SeqCst), before + 3);
         drop(kept);
-        assert_eq!(KEPT.load(Ordering::SeqCst), before);
+        assert_eq!(kept_count().load(Ordering::SeqCst), before);
         // Nothing is kept past the budget.
         assert!(!reserve(keep_budget() + 1));
+    }
+
+    #[test]
+    fn stat_files_stay_open_counted_and_are_read_afresh() {
+        let before = kept_count().load(Ordering::SeqCst);
+        let (root, dirs) = fake_v1();
+        let mut buf = Vec::new();
+        let first = dirs.usage(Wanted::ALL, &mut buf);
+        // cpuacct.usage, pids.current, memory.usage_in_bytes, memory.stat,
+        // memory.oom_control, memory.limit_in_bytes: six files kept; memsw is missing.
+        assert_eq!(dirs.kept_files.load(Ordering::SeqCst), 6);
+        assert!(matches!(
+            dirs.files[StatFile::Swap as usize].get(),
+            Some(Kept::Missing)
+        ));
+        // The same inodes rewritten: the kept files see the new content, shorter or longer.
+        let stat = root.path().join("memory/c1/memory.stat");
+        std::fs::write(&stat, "total_inactive_file 0\ntotal_rss 1\n").unwrap();
+        std::fs::write(root.path().join("pids/c1/pids.current"), "12345\n").unwrap();
+        let u = dirs.usage(Wanted::ALL, &mut buf);
+        assert_eq!(
+            (u.working_set, u.rss, u.page_faults),
+            (Some(8192), Some(1), None)
+        );
+        assert_eq!(u.processes, Some(12345));
+        assert_eq!(u.cpu_ns, first.cpu_ns);
+        // A file larger than the buffer is read whole.
+        let big = format!("{}total_rss 77\n", "pad 0\n".repeat(4000));
+        std::fs::write(&stat, big).unwrap();
+        assert_eq!(dirs.usage(Wanted::ALL, &mut buf).rss, Some(77));
+        assert_eq!(kept_count().load(Ordering::SeqCst), before + 6);
+        drop(dirs);
+        assert_eq!(kept_count().load(Ordering::SeqCst), before);
+    }
+
+    #[test]
+    fn reads_v2_figures_from_one_directory_and_skips_a_missing_swap_file() {
+        let root = tempfile::tempdir().unwrap();
+        let c = root.path().join("pod/c1");
+        std::fs::create_dir_all(&c).unwrap();
+        let write = |f: &str, v: &str| std::fs::write(c.join(f), v).unwrap();
+        write("cpu.stat", "usage_usec 7\nuser_usec 5\nsystem_usec 2\n");
+        write("memory.current", "4096\n");
+        write(
+            "memory.stat",
+            "anon 1024\nfile 2048\ninactive_file 512\npgfault 9\npgmajfault 0\n",
+        );
+        write("memory.max", "max\n");
+        write("memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n");
+        write("pids.current", "2\n");
+        let mut b = DirsBuilder::new();
+        b.cpu(&c, CpuSource::CpuStat);
+        b.pids(&c);
+        b.memory(&c, Version::V2);
+        let dirs = b.build();
+        // One hierarchy: its directory is opened once for the three controllers.
+        assert_eq!(dirs.dirs.len(), 1);
+        let mut buf = Vec::new();
+        let want = CgroupUsage {
+            cpu_ns: Some(7000),
+            memory_usage: Some(4096),
+            working_set: Some(4096 - 512),
+            rss: Some(1024),
+            page_faults: Some(9),
+            major_page_faults: Some(0),
+            memory_limit: None,
+            swap_usage: None,
+            processes: Some(2),
+            oom_kills: 1,
+        };
+        assert_eq!(dirs.usage(Wanted::ALL, &mut buf), want);
+        assert!(matches!(
+            dirs.files[StatFile::Swap as usize].get(),
+            Some(Kept::Missing)
+        ));
+        assert_eq!(dirs.kept_files.load(Ordering::SeqCst), 6);
+        // A limit set later is read through the kept file.
+        write("memory.max", "1048576\n");
+        let u = dirs.usage(Wanted::ALL, &mut buf);
+        assert_eq!(u.memory_limit, Some(1 << 20));
+    }
+
+    #[test]
+    fn unwanted_files_are_never_opened() {
+        let (_root, dirs) = fake_v1();
+        dirs.usage(
+            Wanted {
+                processes: false,
+                oom_kills: false,
+            },
+            &mut Vec::new(),
+        );
+        assert!(dirs.files[StatFile::Pids as usize].get().is_none());
+        assert!(dirs.files[StatFile::Oom as usize].get().is_none());
+    }
+
+    /// On a host with the v1 cpuacct hierarchy, a kept `cpuacct.usage` (kernfs, not a
+    /// regular file) counts on between two reads at offset 0 while this process spins.
+    #[test]
+    fn a_kept_cgroupfs_file_is_regenerated_on_each_read() {
+        let dir = Path::new("/sys/fs/cgroup/cpuacct");
+        if !dir.join("cpuacct.usage").exists() {
+            return;
+        }
+        let mut b = DirsBuilder::new();
+        b.cpu(dir, CpuSource::Cpuacct);
+        let dirs = b.build();
+        let mut buf = Vec::new();
+        let first = dirs.usage(Wanted::ALL, &mut buf).cpu_ns.unwrap();
+        assert_eq!(dirs.kept_files.load(Ordering::SeqCst), 1);
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(50) {
+            std::hint::black_box(0u64);
+        }
+        let second = dirs.usage(Wanted::ALL, &mut buf).cpu_ns.unwrap();
+        assert!(second > first, "{first} then {second}");
     }
 
     #[test]
