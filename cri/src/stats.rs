@@ -4,7 +4,10 @@
 //! Figures come from each cgroup's files, the pod's `/proc/<monitor>/net/dev` and the
 //! writable layers' last measures. The runtime's index lock is held only to copy the list
 //! of pods and containers; files are read after, on a blocking thread. The CPU sample the
-//! usage rate (nano cores) is computed against is kept per container. A writable layer's
+//! usage rate (nano cores) is computed against is kept per container. A cgroup's reading
+//! serves the stats calls of the next half second (ListPodSandboxStats, sent with
+//! ListContainerStats, holds every container's stats again), each figure stamped with the
+//! time of its reading; a pod's `net/dev` stays open while it is ready. A writable layer's
 //! size needs a walk of the layer, so a call never takes it: it reports the last measure
 //! [`crate::images::writable`] took in the background, the same one `ImageFsInfo` sums.
 
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use berth_runtime::cgroups::CgroupUsage;
 use berth_runtime::cgroups::parse::{NetDev, net_dev};
-use berth_runtime::cgroups::read::{Wanted, read_text};
+use berth_runtime::cgroups::read::{Reading, Wanted};
 use berth_runtime::status::labels_match;
 use berth_runtime::sys::now_ns;
 use berth_runtime::{ContainerTarget, PodTarget, Runtime};
@@ -105,8 +108,8 @@ struct Collector<'a> {
     cache: &'a StatsCache,
     layers: &'a WritableUsage,
     fs_mountpoint: String,
+    /// When the call began: a reading younger than `SHARED_FOR` then is shared.
     at: Instant,
-    timestamp: i64,
     /// Scratch space every cgroup file of the call is read into.
     buf: RefCell<Vec<u8>>,
 }
@@ -124,23 +127,32 @@ const POD_STATS: Wanted = Wanted {
 };
 
 impl Collector<'_> {
-    fn container_usage(&self, t: &ContainerTarget, want: Wanted) -> CgroupUsage {
-        self.runtime
-            .cgroup_usage(&t.dirs, &t.cgroup, want, &mut self.buf.borrow_mut())
+    /// A container's cgroup usage: the reading the other stats call just took (see
+    /// [`berth_runtime::cgroups::read::SHARED_FOR`]), or one taken now.
+    fn container_usage(&self, t: &ContainerTarget, want: Wanted) -> Reading {
+        self.runtime.cgroup_usage(
+            &t.dirs,
+            &t.cgroup,
+            want,
+            self.at,
+            &mut self.buf.borrow_mut(),
+        )
     }
 
     fn container(&self, t: ContainerTarget) -> ContainerStats {
-        let u = self.container_usage(&t, CONTAINER_STATS);
-        self.container_with(t, &u)
+        let r = self.container_usage(&t, CONTAINER_STATS);
+        self.container_with(t, &r)
     }
 
-    /// A container's stats from its cgroup's usage `u`, read by the caller. The target is
-    /// the call's own copy: its names and labels move into the answer, not copied again.
-    fn container_with(&self, t: ContainerTarget, u: &CgroupUsage) -> ContainerStats {
+    /// A container's stats from its cgroup's reading `r`, taken by the caller; the figures
+    /// carry the reading's time. The target is the call's own copy: its names and labels
+    /// move into the answer, not copied again.
+    fn container_with(&self, t: ContainerTarget, r: &Reading) -> ContainerStats {
+        let u = &r.usage;
         let nano = u
             .cpu_ns
             .filter(|_| t.live)
-            .and_then(|ns| self.cache.nano_cores(&t.id, ns, self.at));
+            .and_then(|ns| self.cache.nano_cores(&t.id, ns, r.at));
         // Before its first measure (taken in the background soon after the container
         // is first seen), a layer is left out rather than reported empty.
         let layer = self.layers.get(&t.id);
@@ -151,8 +163,8 @@ impl Collector<'_> {
                 labels: t.labels,
                 annotations: t.annotations,
             }),
-            cpu: cpu(u, nano, self.timestamp),
-            memory: memory(u, self.timestamp),
+            cpu: cpu(u, nano, r.timestamp),
+            memory: memory(u, r.timestamp),
             writable_layer: layer.map(|m| FilesystemUsage {
                 timestamp: m.timestamp,
                 fs_id: Some(FilesystemIdentifier {
@@ -162,7 +174,7 @@ impl Collector<'_> {
                 inodes_used: value(m.inodes),
             }),
             swap: u.swap_usage.map(|s| SwapUsage {
-                timestamp: self.timestamp,
+                timestamp: r.timestamp,
                 swap_available_bytes: None,
                 swap_usage_bytes: value(s),
             }),
@@ -171,7 +183,8 @@ impl Collector<'_> {
 
     fn network(&self, p: &PodTarget) -> Option<NetworkUsage> {
         let mut buf = self.buf.borrow_mut();
-        let text = read_text(p.net_dev.as_ref()?, &mut buf)?;
+        let timestamp = now_ns();
+        let text = p.net_file.read(p.net_dev.as_ref()?, &mut buf)?;
         let usage = |d: &NetDev| NetworkInterfaceUsage {
             name: d.name.clone(),
             rx_bytes: value(d.rx_bytes),
@@ -185,7 +198,7 @@ impl Collector<'_> {
             .collect();
         let default = devs.iter().find(|d| d.name == "eth0").or(devs.first());
         Some(NetworkUsage {
-            timestamp: self.timestamp,
+            timestamp,
             default_interface: default.map(usage),
             interfaces: devs.iter().map(usage).collect(),
         })
@@ -193,16 +206,18 @@ impl Collector<'_> {
 
     /// A pod's stats; like a container's, its target moves into the answer.
     fn pod(&self, p: PodTarget, containers: Vec<ContainerStats>) -> PodSandboxStats {
-        let u = self.runtime.cgroup_usage(
+        let r = self.runtime.cgroup_usage(
             &p.dirs,
             &p.cgroup.pod,
             POD_STATS,
+            self.at,
             &mut self.buf.borrow_mut(),
         );
+        let u = &r.usage;
         let nano = u
             .cpu_ns
             .filter(|_| p.ready)
-            .and_then(|ns| self.cache.nano_cores(&p.id, ns, self.at));
+            .and_then(|ns| self.cache.nano_cores(&p.id, ns, r.at));
         let network = self.network(&p);
         PodSandboxStats {
             attributes: Some(PodSandboxAttributes {
@@ -212,11 +227,11 @@ impl Collector<'_> {
                 annotations: p.annotations,
             }),
             linux: Some(LinuxPodSandboxStats {
-                cpu: cpu(&u, nano, self.timestamp),
-                memory: memory(&u, self.timestamp),
+                cpu: cpu(u, nano, r.timestamp),
+                memory: memory(u, r.timestamp),
                 network,
                 process: u.processes.map(|n| ProcessUsage {
-                    timestamp: self.timestamp,
+                    timestamp: r.timestamp,
                     process_count: value(n),
                 }),
                 containers,
@@ -264,7 +279,6 @@ async fn collect<T: Send + 'static>(
             layers: &layers,
             fs_mountpoint: mountpoint,
             at: Instant::now(),
-            timestamp: now_ns(),
             buf: RefCell::new(Vec::with_capacity(4096)),
         };
         Ok(f(&collector, selection))
@@ -672,12 +686,12 @@ pub async fn list_pod_sandbox_metrics(
                         .into_iter()
                         .flatten()
                         .map(|t| {
-                            let u = c.container_usage(t, Wanted::ALL);
+                            let r = c.container_usage(t, Wanted::ALL);
                             ContainerMetrics {
                                 container_id: t.id.clone(),
                                 metrics: container_metrics_of(
-                                    &c.container_with((*t).clone(), &u),
-                                    &u,
+                                    &c.container_with((*t).clone(), &r),
+                                    &r.usage,
                                 ),
                             }
                         })

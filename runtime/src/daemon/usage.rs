@@ -5,11 +5,12 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use k8s_cri::v1::{ContainerMetadata, PodSandboxMetadata};
 
-use crate::cgroups::read::{UsageDirs, Wanted};
-use crate::cgroups::{CgroupUsage, PodCgroup};
+use crate::cgroups::PodCgroup;
+use crate::cgroups::read::{KeptFile, Reading, UsageDirs, Wanted};
 use crate::daemon::runtime::{Runtime, lock};
 use crate::daemon::store::{ContainerPhase, PodPhase};
 use crate::namespace::Namespace;
@@ -57,6 +58,8 @@ pub struct PodTarget {
     pub dirs: Arc<UsageDirs>,
     /// `/proc/<monitor>/net/dev` of its network namespace; `None` on the node's network.
     pub net_dev: Option<PathBuf>,
+    /// That file once opened; kept while the pod is ready.
+    pub net_file: Arc<KeptFile>,
     /// Ready (its monitor runs). Others are only reported when asked for by id.
     pub ready: bool,
 }
@@ -91,12 +94,14 @@ impl Runtime {
                                 }),
                             ready: rec.phase == PodPhase::Ready,
                             dirs: Arc::default(),
+                            net_file: Arc::default(),
                         },
                     )
                 })
             })
             .map(|(p, mut t)| {
                 t.dirs = Arc::clone(&p.usage_dirs);
+                t.net_file = Arc::clone(&p.net_dev);
                 t
             })
             .collect();
@@ -148,18 +153,20 @@ impl Runtime {
             .collect()
     }
 
-    /// Usage of a cgroup named by [`Runtime::usage_targets`], read now through the
-    /// directories `dirs` keeps (opened on the first call, outside every lock). `buf` is
-    /// scratch space reused across cgroups.
+    /// Usage of a cgroup named by [`Runtime::usage_targets`]: the reading another call
+    /// took less than [`crate::cgroups::read::SHARED_FOR`] before `now` if it holds the
+    /// figures `want` asks for, else one taken now through the directories `dirs` keeps
+    /// (opened on the first call, outside every lock). `buf` is scratch space reused
+    /// across cgroups.
     pub fn cgroup_usage(
         &self,
         dirs: &UsageDirs,
         cgroup: &str,
         want: Wanted,
+        now: Instant,
         buf: &mut Vec<u8>,
-    ) -> CgroupUsage {
-        dirs.get_or_open(|| self.opts.cgroups.usage_dirs(cgroup))
-            .usage(want, buf)
+    ) -> Reading {
+        dirs.reading(|| self.opts.cgroups.usage_dirs(cgroup), want, now, buf)
     }
 
     /// The full id of a container (any state) named by id or unique prefix.
