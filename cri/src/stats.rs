@@ -5,9 +5,10 @@
 //! writable layers' last measures. The runtime's index lock is held only to copy the list
 //! of pods and containers; files are read after, on a blocking thread. The CPU sample the
 //! usage rate (nano cores) is computed against is kept per container. A cgroup's reading
-//! serves the stats calls of the next half second (ListPodSandboxStats, sent with
+//! serves the List stats calls of the next half second (ListPodSandboxStats, sent with
 //! ListContainerStats, holds every container's stats again), each figure stamped with the
-//! time of its reading; a pod's `net/dev` stays open while it is ready. A writable layer's
+//! time of its reading; a call about one pod or container reads afresh. A pod's
+//! `net/dev` stays open while it is ready. A writable layer's
 //! size needs a walk of the layer, so a call never takes it: it reports the last measure
 //! [`crate::images::writable`] took in the background, the same one `ImageFsInfo` sums.
 
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use berth_runtime::cgroups::CgroupUsage;
 use berth_runtime::cgroups::parse::{NetDev, net_dev};
-use berth_runtime::cgroups::read::{Reading, Wanted};
+use berth_runtime::cgroups::read::{Reading, SHARED_FOR, Wanted};
 use berth_runtime::status::labels_match;
 use berth_runtime::sys::now_ns;
 use berth_runtime::{ContainerTarget, PodTarget, Runtime};
@@ -108,8 +109,10 @@ struct Collector<'a> {
     cache: &'a StatsCache,
     layers: &'a WritableUsage,
     fs_mountpoint: String,
-    /// When the call began: a reading younger than `SHARED_FOR` then is shared.
-    at: Instant,
+    /// A cgroup reading taken at this time or later serves the call: [`SHARED_FOR`]
+    /// before it for the List calls, `None` (read afresh) for a call about one pod or
+    /// container, whose caller may be looking for the effect of what it just did.
+    since: Option<Instant>,
     /// Scratch space every cgroup file of the call is read into.
     buf: RefCell<Vec<u8>>,
 }
@@ -128,13 +131,13 @@ const POD_STATS: Wanted = Wanted {
 
 impl Collector<'_> {
     /// A container's cgroup usage: the reading the other stats call just took (see
-    /// [`berth_runtime::cgroups::read::SHARED_FOR`]), or one taken now.
+    /// [`SHARED_FOR`]) when the call shares, or one taken now.
     fn container_usage(&self, t: &ContainerTarget, want: Wanted) -> Reading {
         self.runtime.cgroup_usage(
             &t.dirs,
             &t.cgroup,
             want,
-            self.at,
+            self.since,
             &mut self.buf.borrow_mut(),
         )
     }
@@ -210,7 +213,7 @@ impl Collector<'_> {
             &p.dirs,
             &p.cgroup.pod,
             POD_STATS,
-            self.at,
+            self.since,
             &mut self.buf.borrow_mut(),
         );
         let u = &r.usage;
@@ -247,9 +250,11 @@ struct Selection {
     containers: Vec<ContainerTarget>,
 }
 
-/// Runs `f` over a snapshot of the runtime's pods and containers on a blocking thread.
+/// Runs `f` over a snapshot of the runtime's pods and containers on a blocking thread;
+/// `share`: cgroup readings of the last [`SHARED_FOR`] serve it (the List calls).
 async fn collect<T: Send + 'static>(
     node: &Node,
+    share: bool,
     select: impl FnOnce(Vec<PodTarget>, Vec<ContainerTarget>) -> Result<Selection, Status>
     + Send
     + 'static,
@@ -273,12 +278,13 @@ async fn collect<T: Send + 'static>(
                 .map(|c| (c.id.as_str(), c.writable_layer.as_path())),
         );
         let selection = select(pods, containers)?;
+        let at = Instant::now();
         let collector = Collector {
             runtime: &runtime,
             cache: &stats,
             layers: &layers,
             fs_mountpoint: mountpoint,
-            at: Instant::now(),
+            since: share.then(|| at.checked_sub(SHARED_FOR)).flatten(),
             buf: RefCell::new(Vec::with_capacity(4096)),
         };
         Ok(f(&collector, selection))
@@ -298,6 +304,7 @@ pub async fn container_stats(
         .ok_or_else(|| Status::not_found(format!("container {:?} not found", req.container_id)))?;
     let stats = collect(
         node,
+        false,
         move |_, containers| {
             let containers: Vec<_> = containers.into_iter().filter(|c| c.id == id).collect();
             if containers.is_empty() {
@@ -324,6 +331,7 @@ pub async fn list_container_stats(
     let filter = req.filter.unwrap_or_default();
     let stats = collect(
         node,
+        true,
         move |_, containers| {
             let containers = containers
                 .into_iter()
@@ -392,6 +400,7 @@ pub async fn pod_sandbox_stats(
     })?;
     let mut stats = collect(
         node,
+        false,
         move |pods, containers| {
             let pods: Vec<_> = pods.into_iter().filter(|p| p.id == id).collect();
             if pods.is_empty() {
@@ -415,6 +424,7 @@ pub async fn list_pod_sandbox_stats(
     let filter = req.filter.unwrap_or_default();
     let stats = collect(
         node,
+        true,
         move |pods, containers| {
             let pods = pods
                 .into_iter()
@@ -670,6 +680,7 @@ pub async fn list_pod_sandbox_metrics(
 ) -> Result<ListPodSandboxMetricsResponse, Status> {
     let pod_metrics = collect(
         node,
+        true,
         |pods, containers| {
             Ok(Selection {
                 pods: pods.into_iter().filter(|p| p.ready).collect(),

@@ -154,8 +154,8 @@ impl Runtime {
     }
 
     /// Usage of a cgroup named by [`Runtime::usage_targets`]: the reading another call
-    /// took less than [`crate::cgroups::read::SHARED_FOR`] before `now` if it holds the
-    /// figures `want` asks for, else one taken now through the directories `dirs` keeps
+    /// took at `since` or later if it holds the figures `want` asks for (never when
+    /// `since` is `None`), else one taken now through the directories `dirs` keeps
     /// (opened on the first call, outside every lock). `buf` is scratch space reused
     /// across cgroups.
     pub fn cgroup_usage(
@@ -163,10 +163,10 @@ impl Runtime {
         dirs: &UsageDirs,
         cgroup: &str,
         want: Wanted,
-        now: Instant,
+        since: Option<Instant>,
         buf: &mut Vec<u8>,
     ) -> Reading {
-        dirs.reading(|| self.opts.cgroups.usage_dirs(cgroup), want, now, buf)
+        dirs.reading(|| self.opts.cgroups.usage_dirs(cgroup), want, since, buf)
     }
 
     /// The full id of a container (any state) named by id or unique prefix.

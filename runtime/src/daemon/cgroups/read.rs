@@ -454,19 +454,20 @@ impl UsageDirs {
     }
 
     /// The cgroup's usage with at least the figures `want` asks for: the last reading if
-    /// it holds them and is younger than [`SHARED_FOR`] at `now`, else one read now
-    /// through the kept directories (`open` makes them on the first read). No lock is held
-    /// while reading.
+    /// it holds them and was taken at `since` or later, else one read now through the
+    /// kept directories (`open` makes them on the first read). `since` is `None` for a
+    /// call that must read afresh. No lock is held while reading.
     pub fn reading(
         &self,
         open: impl FnOnce() -> CgroupDirs,
         want: Wanted,
-        now: Instant,
+        since: Option<Instant>,
         buf: &mut Vec<u8>,
     ) -> Reading {
-        if let Some(r) = lock(&self.last).as_ref()
+        if let Some(since) = since
+            && let Some(r) = lock(&self.last).as_ref()
             && r.covers(want)
-            && now.saturating_duration_since(r.at) < SHARED_FOR
+            && r.at >= since
         {
             return r.clone();
         }

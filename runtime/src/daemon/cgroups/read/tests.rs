@@ -260,26 +260,30 @@ fn a_reading_is_shared_for_a_short_time_then_taken_afresh() {
         oom_kills: false,
     };
     let t0 = Instant::now();
-    let first = kept.reading(&mut open, want, t0, &mut buf);
+    let first = kept.reading(&mut open, want, Some(t0), &mut buf);
     assert_eq!(first.usage.cpu_ns, Some(5000));
     assert!(first.at >= t0 && first.timestamp > 0);
     std::fs::write(root.path().join("cpuacct/c1/cpuacct.usage"), "9000\n").unwrap();
-    // A call within the window is served the same reading, stamped with its time.
-    let shared = kept.reading(&mut open, want, first.at + SHARED_FOR / 2, &mut buf);
+    // A call accepting readings since then is served the same one, stamped with its time.
+    let shared = kept.reading(&mut open, want, Some(first.at), &mut buf);
     assert_eq!(shared, first);
     // A call wanting a figure the reading lacks reads again, and sees the new counter.
-    let more = kept.reading(&mut open, Wanted::ALL, first.at, &mut buf);
+    let more = kept.reading(&mut open, Wanted::ALL, Some(first.at), &mut buf);
     assert_eq!(
         (more.usage.cpu_ns, more.usage.processes),
         (Some(9000), Some(3))
     );
     // That fuller reading now serves the narrower call too.
-    assert_eq!(kept.reading(&mut open, want, more.at, &mut buf), more);
-    // Past the window, a fresh read.
+    assert_eq!(kept.reading(&mut open, want, Some(more.at), &mut buf), more);
+    // A call wanting a reading newer than the last reads again, and so does one that
+    // shares none.
     std::fs::write(root.path().join("cpuacct/c1/cpuacct.usage"), "12000\n").unwrap();
-    let later = kept.reading(&mut open, want, more.at + SHARED_FOR, &mut buf);
+    let later = kept.reading(&mut open, want, Some(Instant::now()), &mut buf);
     assert_eq!(later.usage.cpu_ns, Some(12000));
     assert!(later.at > more.at);
+    std::fs::write(root.path().join("cpuacct/c1/cpuacct.usage"), "15000\n").unwrap();
+    let fresh = kept.reading(&mut open, want, None, &mut buf);
+    assert_eq!(fresh.usage.cpu_ns, Some(15000));
 }
 
 #[test]
@@ -287,13 +291,13 @@ fn a_cleared_cgroup_shares_no_reading() {
     let (root, dirs) = fake_v1();
     let kept = UsageDirs::default();
     let mut buf = Vec::new();
-    let first = kept.reading(|| dirs, Wanted::ALL, Instant::now(), &mut buf);
+    let first = kept.reading(|| dirs, Wanted::ALL, None, &mut buf);
     assert_eq!(first.usage.memory_usage, Some(8192));
     kept.clear();
     // Opened again (the cgroup may be gone): nothing of before is served.
     let mut b = DirsBuilder::new();
     b.memory(&root.path().join("memory/gone"), Version::V1);
-    let after = kept.reading(|| b.build(), Wanted::ALL, first.at, &mut buf);
+    let after = kept.reading(|| b.build(), Wanted::ALL, Some(first.at), &mut buf);
     assert_eq!(after.usage, CgroupUsage::default());
 }
 
