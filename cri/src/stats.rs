@@ -38,23 +38,31 @@ struct CpuSample {
     ns: u64,
 }
 
-/// Per-container samples kept between stats calls.
+/// Per-container and per-pod samples kept between stats calls.
 #[derive(Default)]
 pub struct StatsCache {
-    /// The two latest CPU samples at least [`CPU_WINDOW`] apart.
-    cpu: Mutex<HashMap<String, (CpuSample, CpuSample)>>,
+    containers: CpuSamples,
+    pods: CpuSamples,
 }
+
+/// The two latest CPU samples at least [`CPU_WINDOW`] apart, by container or pod id.
+#[derive(Default)]
+struct CpuSamples(Mutex<HashMap<String, (CpuSample, CpuSample)>>);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl StatsCache {
+impl CpuSamples {
     /// CPU use in nano cores since the older kept sample, or `None` on the first sample.
     fn nano_cores(&self, key: &str, ns: u64, at: Instant) -> Option<u64> {
         let now = CpuSample { at, ns };
-        let mut map = lock(&self.cpu);
-        let (prev, last) = map.entry(key.to_owned()).or_insert((now, now));
+        let mut map = lock(&self.0);
+        // Looked up before inserting: no key is allocated for a container seen before.
+        if !map.contains_key(key) {
+            map.insert(key.to_owned(), (now, now));
+        }
+        let (prev, last) = map.get_mut(key)?;
         if at.duration_since(last.at) >= CPU_WINDOW {
             *prev = *last;
             *last = now;
@@ -68,9 +76,9 @@ impl StatsCache {
         (dt > 0).then(|| ns.saturating_sub(base.ns).saturating_mul(1_000_000_000) / dt)
     }
 
-    /// Forgets what belongs to containers and pods that are gone.
+    /// Forgets the samples of containers or pods that are gone.
     fn retain(&self, live: &HashSet<&str>) {
-        lock(&self.cpu).retain(|k, _| live.contains(k.as_str()));
+        lock(&self.0).retain(|k, _| live.contains(k.as_str()));
     }
 }
 
@@ -155,7 +163,7 @@ impl Collector<'_> {
         let nano = u
             .cpu_ns
             .filter(|_| t.live)
-            .and_then(|ns| self.cache.nano_cores(&t.id, ns, r.at));
+            .and_then(|ns| self.cache.containers.nano_cores(&t.id, ns, r.at));
         // Before its first measure (taken in the background soon after the container
         // is first seen), a layer is left out rather than reported empty.
         let layer = self.layers.get(&t.id);
@@ -220,7 +228,7 @@ impl Collector<'_> {
         let nano = u
             .cpu_ns
             .filter(|_| p.ready)
-            .and_then(|ns| self.cache.nano_cores(&p.id, ns, r.at));
+            .and_then(|ns| self.cache.pods.nano_cores(&p.id, ns, r.at));
         let network = self.network(&p);
         PodSandboxStats {
             attributes: Some(PodSandboxAttributes {
@@ -250,11 +258,37 @@ struct Selection {
     containers: Vec<ContainerTarget>,
 }
 
-/// Runs `f` over a snapshot of the runtime's pods and containers on a blocking thread;
-/// `share`: cgroup readings of the last [`SHARED_FOR`] serve it (the List calls).
+/// What a stats call is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// One container (ContainerStats).
+    Container,
+    /// The node's containers (ListContainerStats).
+    Containers,
+    /// One pod (PodSandboxStats).
+    Pod,
+    /// The node's pods (ListPodSandboxStats, ListPodSandboxMetrics).
+    Pods,
+}
+
+impl Call {
+    /// Cgroup readings of the last [`SHARED_FOR`] serve the List calls; a call about one
+    /// pod or container reads afresh.
+    fn shares(self) -> bool {
+        matches!(self, Call::Containers | Call::Pods)
+    }
+
+    /// Whether pods are snapshot: a call about containers has no use for them.
+    fn lists_pods(self) -> bool {
+        matches!(self, Call::Pod | Call::Pods)
+    }
+}
+
+/// Runs `f` over a snapshot of the runtime's pods (if `call` reports any) and containers
+/// on a blocking thread.
 async fn collect<T: Send + 'static>(
     node: &Node,
-    share: bool,
+    call: Call,
     select: impl FnOnce(Vec<PodTarget>, Vec<ContainerTarget>) -> Result<Selection, Status>
     + Send
     + 'static,
@@ -265,13 +299,15 @@ async fn collect<T: Send + 'static>(
     let layers = node.writable.clone();
     let mountpoint = node.config.root.display().to_string();
     tokio::task::spawn_blocking(move || {
-        let (pods, containers) = runtime.usage_targets();
-        let live: HashSet<&str> = pods
-            .iter()
-            .map(|p| p.id.as_str())
-            .chain(containers.iter().map(|c| c.id.as_str()))
-            .collect();
-        stats.retain(&live);
+        let (pods, containers) = runtime.usage_targets(call.lists_pods());
+        stats
+            .containers
+            .retain(&containers.iter().map(|c| c.id.as_str()).collect());
+        if call.lists_pods() {
+            stats
+                .pods
+                .retain(&pods.iter().map(|p| p.id.as_str()).collect());
+        }
         layers.track(
             containers
                 .iter()
@@ -284,7 +320,7 @@ async fn collect<T: Send + 'static>(
             cache: &stats,
             layers: &layers,
             fs_mountpoint: mountpoint,
-            since: share.then(|| at.checked_sub(SHARED_FOR)).flatten(),
+            since: call.shares().then(|| at.checked_sub(SHARED_FOR)).flatten(),
             buf: RefCell::new(Vec::with_capacity(4096)),
         };
         Ok(f(&collector, selection))
@@ -304,7 +340,7 @@ pub async fn container_stats(
         .ok_or_else(|| Status::not_found(format!("container {:?} not found", req.container_id)))?;
     let stats = collect(
         node,
-        false,
+        Call::Container,
         move |_, containers| {
             let containers: Vec<_> = containers.into_iter().filter(|c| c.id == id).collect();
             if containers.is_empty() {
@@ -331,7 +367,7 @@ pub async fn list_container_stats(
     let filter = req.filter.unwrap_or_default();
     let stats = collect(
         node,
-        true,
+        Call::Containers,
         move |_, containers| {
             let containers = containers
                 .into_iter()
@@ -400,7 +436,7 @@ pub async fn pod_sandbox_stats(
     })?;
     let mut stats = collect(
         node,
-        false,
+        Call::Pod,
         move |pods, containers| {
             let pods: Vec<_> = pods.into_iter().filter(|p| p.id == id).collect();
             if pods.is_empty() {
@@ -424,7 +460,7 @@ pub async fn list_pod_sandbox_stats(
     let filter = req.filter.unwrap_or_default();
     let stats = collect(
         node,
-        true,
+        Call::Pods,
         move |pods, containers| {
             let pods = pods
                 .into_iter()
@@ -680,7 +716,7 @@ pub async fn list_pod_sandbox_metrics(
 ) -> Result<ListPodSandboxMetricsResponse, Status> {
     let pod_metrics = collect(
         node,
-        true,
+        Call::Pods,
         |pods, containers| {
             Ok(Selection {
                 pods: pods.into_iter().filter(|p| p.ready).collect(),
@@ -730,7 +766,7 @@ mod tests {
 
     #[test]
     fn nano_cores_need_two_samples_a_window_apart() {
-        let cache = StatsCache::default();
+        let cache = CpuSamples::default();
         let t0 = Instant::now();
         assert_eq!(cache.nano_cores("c", 1_000, t0), None);
         // Half a core over two seconds.

@@ -65,12 +65,17 @@ pub struct PodTarget {
 }
 
 impl Runtime {
-    /// Every pod and every container past creation, for stats.
-    pub fn usage_targets(&self) -> (Vec<PodTarget>, Vec<ContainerTarget>) {
+    /// Every pod (none unless `with_pods`: a call about containers copies no pod's
+    /// labels) and every container past creation, for stats.
+    pub fn usage_targets(&self, with_pods: bool) -> (Vec<PodTarget>, Vec<ContainerTarget>) {
         let (pods, containers): (Vec<_>, Vec<_>) = {
             let index = lock(&self.index);
             (
-                index.pods.values().map(Arc::clone).collect(),
+                if with_pods {
+                    index.pods.values().map(Arc::clone).collect()
+                } else {
+                    Vec::new()
+                },
                 index.containers.values().map(Arc::clone).collect(),
             )
         };
