@@ -300,6 +300,19 @@ async fn the_node_pids_limit_stops_a_fork_loop() {
     assert_eq!(exists_anywhere(&rel), Vec::<PathBuf>::new());
 }
 
+/// PodSandboxStats of `pod_id`.
+async fn pod_sandbox_stats(d: &Daemon, pod_id: &str) -> PodSandboxStats {
+    d.runtime()
+        .pod_sandbox_stats(PodSandboxStatsRequest {
+            pod_sandbox_id: pod_id.to_owned(),
+        })
+        .await
+        .expect("PodSandboxStats")
+        .into_inner()
+        .stats
+        .expect("stats")
+}
+
 #[tokio::test]
 async fn stats_report_what_the_container_uses() {
     let d = busybox_daemon().await;
@@ -360,17 +373,7 @@ async fn stats_report_what_the_container_uses() {
     assert_eq!(v(&layer.inodes_used), inodes0 + 1);
 
     // Pod stats: the pod's cgroup holds the container's usage; network counters grow.
-    let pod_stats = || async {
-        d.runtime()
-            .pod_sandbox_stats(PodSandboxStatsRequest {
-                pod_sandbox_id: pod_id.clone(),
-            })
-            .await
-            .expect("PodSandboxStats")
-            .into_inner()
-            .stats
-            .expect("stats")
-    };
+    let pod_stats = || pod_sandbox_stats(&d, &pod_id);
     let s0 = pod_stats().await;
     let linux = s0.linux.as_ref().unwrap();
     assert_eq!(linux.containers.len(), 1);
@@ -727,16 +730,7 @@ async fn list_stats_share_a_reading_and_a_pods_net_dev_closes_when_it_stops() {
         .expect("StopPodSandbox");
     assert_eq!(net_dev_fds(&d), 0);
     // A stopped pod's stats never reopen it.
-    let s = d
-        .runtime()
-        .pod_sandbox_stats(PodSandboxStatsRequest {
-            pod_sandbox_id: pod_id.clone(),
-        })
-        .await
-        .expect("PodSandboxStats")
-        .into_inner()
-        .stats
-        .unwrap();
+    let s = pod_sandbox_stats(&d, &pod_id).await;
     assert!(s.linux.unwrap().network.is_none());
     assert_eq!(net_dev_fds(&d), 0);
     remove_pod(&d, &pod_id).await;
