@@ -4,7 +4,11 @@
 //! Figures come from each cgroup's files, the pod's `/proc/<monitor>/net/dev` and the
 //! writable layers' last measures. The runtime's index lock is held only to copy the list
 //! of pods and containers; files are read after, on a blocking thread. The CPU sample the
-//! usage rate (nano cores) is computed against is kept per container. A writable layer's
+//! usage rate (nano cores) is computed against is kept per container. A cgroup's reading
+//! serves the List stats calls of the next half second (ListPodSandboxStats, sent with
+//! ListContainerStats, holds every container's stats again), each figure stamped with the
+//! time of its reading; a call about one pod or container reads afresh. A pod's
+//! `net/dev` stays open while it is ready. A writable layer's
 //! size needs a walk of the layer, so a call never takes it: it reports the last measure
 //! [`crate::images::writable`] took in the background, the same one `ImageFsInfo` sums.
 
@@ -15,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use berth_runtime::cgroups::CgroupUsage;
 use berth_runtime::cgroups::parse::{NetDev, net_dev};
-use berth_runtime::cgroups::read::{Wanted, read_text};
+use berth_runtime::cgroups::read::{Reading, SHARED_FOR, Wanted};
 use berth_runtime::status::labels_match;
 use berth_runtime::sys::now_ns;
 use berth_runtime::{ContainerTarget, PodTarget, Runtime};
@@ -34,23 +38,31 @@ struct CpuSample {
     ns: u64,
 }
 
-/// Per-container samples kept between stats calls.
+/// Per-container and per-pod samples kept between stats calls.
 #[derive(Default)]
 pub struct StatsCache {
-    /// The two latest CPU samples at least [`CPU_WINDOW`] apart.
-    cpu: Mutex<HashMap<String, (CpuSample, CpuSample)>>,
+    containers: CpuSamples,
+    pods: CpuSamples,
 }
+
+/// The two latest CPU samples at least [`CPU_WINDOW`] apart, by container or pod id.
+#[derive(Default)]
+struct CpuSamples(Mutex<HashMap<String, (CpuSample, CpuSample)>>);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl StatsCache {
+impl CpuSamples {
     /// CPU use in nano cores since the older kept sample, or `None` on the first sample.
     fn nano_cores(&self, key: &str, ns: u64, at: Instant) -> Option<u64> {
         let now = CpuSample { at, ns };
-        let mut map = lock(&self.cpu);
-        let (prev, last) = map.entry(key.to_owned()).or_insert((now, now));
+        let mut map = lock(&self.0);
+        // Looked up before inserting: no key is allocated for a container seen before.
+        if !map.contains_key(key) {
+            map.insert(key.to_owned(), (now, now));
+        }
+        let (prev, last) = map.get_mut(key)?;
         if at.duration_since(last.at) >= CPU_WINDOW {
             *prev = *last;
             *last = now;
@@ -64,9 +76,9 @@ impl StatsCache {
         (dt > 0).then(|| ns.saturating_sub(base.ns).saturating_mul(1_000_000_000) / dt)
     }
 
-    /// Forgets what belongs to containers and pods that are gone.
+    /// Forgets the samples of containers or pods that are gone.
     fn retain(&self, live: &HashSet<&str>) {
-        lock(&self.cpu).retain(|k, _| live.contains(k.as_str()));
+        lock(&self.0).retain(|k, _| live.contains(k.as_str()));
     }
 }
 
@@ -105,8 +117,10 @@ struct Collector<'a> {
     cache: &'a StatsCache,
     layers: &'a WritableUsage,
     fs_mountpoint: String,
-    at: Instant,
-    timestamp: i64,
+    /// A cgroup reading taken at this time or later serves the call: [`SHARED_FOR`]
+    /// before it for the List calls, `None` (read afresh) for a call about one pod or
+    /// container, whose caller may be looking for the effect of what it just did.
+    since: Option<Instant>,
     /// Scratch space every cgroup file of the call is read into.
     buf: RefCell<Vec<u8>>,
 }
@@ -124,23 +138,32 @@ const POD_STATS: Wanted = Wanted {
 };
 
 impl Collector<'_> {
-    fn container_usage(&self, t: &ContainerTarget, want: Wanted) -> CgroupUsage {
-        self.runtime
-            .cgroup_usage(&t.dirs, &t.cgroup, want, &mut self.buf.borrow_mut())
+    /// A container's cgroup usage: the reading the other stats call just took (see
+    /// [`SHARED_FOR`]) when the call shares, or one taken now.
+    fn container_usage(&self, t: &ContainerTarget, want: Wanted) -> Reading {
+        self.runtime.cgroup_usage(
+            &t.dirs,
+            &t.cgroup,
+            want,
+            self.since,
+            &mut self.buf.borrow_mut(),
+        )
     }
 
     fn container(&self, t: ContainerTarget) -> ContainerStats {
-        let u = self.container_usage(&t, CONTAINER_STATS);
-        self.container_with(t, &u)
+        let r = self.container_usage(&t, CONTAINER_STATS);
+        self.container_with(t, &r)
     }
 
-    /// A container's stats from its cgroup's usage `u`, read by the caller. The target is
-    /// the call's own copy: its names and labels move into the answer, not copied again.
-    fn container_with(&self, t: ContainerTarget, u: &CgroupUsage) -> ContainerStats {
+    /// A container's stats from its cgroup's reading `r`, taken by the caller; the figures
+    /// carry the reading's time. The target is the call's own copy: its names and labels
+    /// move into the answer, not copied again.
+    fn container_with(&self, t: ContainerTarget, r: &Reading) -> ContainerStats {
+        let u = &r.usage;
         let nano = u
             .cpu_ns
             .filter(|_| t.live)
-            .and_then(|ns| self.cache.nano_cores(&t.id, ns, self.at));
+            .and_then(|ns| self.cache.containers.nano_cores(&t.id, ns, r.at));
         // Before its first measure (taken in the background soon after the container
         // is first seen), a layer is left out rather than reported empty.
         let layer = self.layers.get(&t.id);
@@ -151,8 +174,8 @@ impl Collector<'_> {
                 labels: t.labels,
                 annotations: t.annotations,
             }),
-            cpu: cpu(u, nano, self.timestamp),
-            memory: memory(u, self.timestamp),
+            cpu: cpu(u, nano, r.timestamp),
+            memory: memory(u, r.timestamp),
             writable_layer: layer.map(|m| FilesystemUsage {
                 timestamp: m.timestamp,
                 fs_id: Some(FilesystemIdentifier {
@@ -162,7 +185,7 @@ impl Collector<'_> {
                 inodes_used: value(m.inodes),
             }),
             swap: u.swap_usage.map(|s| SwapUsage {
-                timestamp: self.timestamp,
+                timestamp: r.timestamp,
                 swap_available_bytes: None,
                 swap_usage_bytes: value(s),
             }),
@@ -171,7 +194,8 @@ impl Collector<'_> {
 
     fn network(&self, p: &PodTarget) -> Option<NetworkUsage> {
         let mut buf = self.buf.borrow_mut();
-        let text = read_text(p.net_dev.as_ref()?, &mut buf)?;
+        let timestamp = now_ns();
+        let text = p.net_file.read(p.net_dev.as_ref()?, &mut buf)?;
         let usage = |d: &NetDev| NetworkInterfaceUsage {
             name: d.name.clone(),
             rx_bytes: value(d.rx_bytes),
@@ -185,7 +209,7 @@ impl Collector<'_> {
             .collect();
         let default = devs.iter().find(|d| d.name == "eth0").or(devs.first());
         Some(NetworkUsage {
-            timestamp: self.timestamp,
+            timestamp,
             default_interface: default.map(usage),
             interfaces: devs.iter().map(usage).collect(),
         })
@@ -193,16 +217,18 @@ impl Collector<'_> {
 
     /// A pod's stats; like a container's, its target moves into the answer.
     fn pod(&self, p: PodTarget, containers: Vec<ContainerStats>) -> PodSandboxStats {
-        let u = self.runtime.cgroup_usage(
+        let r = self.runtime.cgroup_usage(
             &p.dirs,
             &p.cgroup.pod,
             POD_STATS,
+            self.since,
             &mut self.buf.borrow_mut(),
         );
+        let u = &r.usage;
         let nano = u
             .cpu_ns
             .filter(|_| p.ready)
-            .and_then(|ns| self.cache.nano_cores(&p.id, ns, self.at));
+            .and_then(|ns| self.cache.pods.nano_cores(&p.id, ns, r.at));
         let network = self.network(&p);
         PodSandboxStats {
             attributes: Some(PodSandboxAttributes {
@@ -212,11 +238,11 @@ impl Collector<'_> {
                 annotations: p.annotations,
             }),
             linux: Some(LinuxPodSandboxStats {
-                cpu: cpu(&u, nano, self.timestamp),
-                memory: memory(&u, self.timestamp),
+                cpu: cpu(u, nano, r.timestamp),
+                memory: memory(u, r.timestamp),
                 network,
                 process: u.processes.map(|n| ProcessUsage {
-                    timestamp: self.timestamp,
+                    timestamp: r.timestamp,
                     process_count: value(n),
                 }),
                 containers,
@@ -232,9 +258,37 @@ struct Selection {
     containers: Vec<ContainerTarget>,
 }
 
-/// Runs `f` over a snapshot of the runtime's pods and containers on a blocking thread.
+/// What a stats call is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// One container (ContainerStats).
+    Container,
+    /// The node's containers (ListContainerStats).
+    Containers,
+    /// One pod (PodSandboxStats).
+    Pod,
+    /// The node's pods (ListPodSandboxStats, ListPodSandboxMetrics).
+    Pods,
+}
+
+impl Call {
+    /// Cgroup readings of the last [`SHARED_FOR`] serve the List calls; a call about one
+    /// pod or container reads afresh.
+    fn shares(self) -> bool {
+        matches!(self, Call::Containers | Call::Pods)
+    }
+
+    /// Whether pods are snapshot: a call about containers has no use for them.
+    fn lists_pods(self) -> bool {
+        matches!(self, Call::Pod | Call::Pods)
+    }
+}
+
+/// Runs `f` over a snapshot of the runtime's pods (if `call` reports any) and containers
+/// on a blocking thread.
 async fn collect<T: Send + 'static>(
     node: &Node,
+    call: Call,
     select: impl FnOnce(Vec<PodTarget>, Vec<ContainerTarget>) -> Result<Selection, Status>
     + Send
     + 'static,
@@ -245,26 +299,28 @@ async fn collect<T: Send + 'static>(
     let layers = node.writable.clone();
     let mountpoint = node.config.root.display().to_string();
     tokio::task::spawn_blocking(move || {
-        let (pods, containers) = runtime.usage_targets();
-        let live: HashSet<&str> = pods
-            .iter()
-            .map(|p| p.id.as_str())
-            .chain(containers.iter().map(|c| c.id.as_str()))
-            .collect();
-        stats.retain(&live);
+        let (pods, containers) = runtime.usage_targets(call.lists_pods());
+        stats
+            .containers
+            .retain(&containers.iter().map(|c| c.id.as_str()).collect());
+        if call.lists_pods() {
+            stats
+                .pods
+                .retain(&pods.iter().map(|p| p.id.as_str()).collect());
+        }
         layers.track(
             containers
                 .iter()
                 .map(|c| (c.id.as_str(), c.writable_layer.as_path())),
         );
         let selection = select(pods, containers)?;
+        let at = Instant::now();
         let collector = Collector {
             runtime: &runtime,
             cache: &stats,
             layers: &layers,
             fs_mountpoint: mountpoint,
-            at: Instant::now(),
-            timestamp: now_ns(),
+            since: call.shares().then(|| at.checked_sub(SHARED_FOR)).flatten(),
             buf: RefCell::new(Vec::with_capacity(4096)),
         };
         Ok(f(&collector, selection))
@@ -284,6 +340,7 @@ pub async fn container_stats(
         .ok_or_else(|| Status::not_found(format!("container {:?} not found", req.container_id)))?;
     let stats = collect(
         node,
+        Call::Container,
         move |_, containers| {
             let containers: Vec<_> = containers.into_iter().filter(|c| c.id == id).collect();
             if containers.is_empty() {
@@ -310,6 +367,7 @@ pub async fn list_container_stats(
     let filter = req.filter.unwrap_or_default();
     let stats = collect(
         node,
+        Call::Containers,
         move |_, containers| {
             let containers = containers
                 .into_iter()
@@ -378,6 +436,7 @@ pub async fn pod_sandbox_stats(
     })?;
     let mut stats = collect(
         node,
+        Call::Pod,
         move |pods, containers| {
             let pods: Vec<_> = pods.into_iter().filter(|p| p.id == id).collect();
             if pods.is_empty() {
@@ -401,6 +460,7 @@ pub async fn list_pod_sandbox_stats(
     let filter = req.filter.unwrap_or_default();
     let stats = collect(
         node,
+        Call::Pods,
         move |pods, containers| {
             let pods = pods
                 .into_iter()
@@ -656,6 +716,7 @@ pub async fn list_pod_sandbox_metrics(
 ) -> Result<ListPodSandboxMetricsResponse, Status> {
     let pod_metrics = collect(
         node,
+        Call::Pods,
         |pods, containers| {
             Ok(Selection {
                 pods: pods.into_iter().filter(|p| p.ready).collect(),
@@ -672,12 +733,12 @@ pub async fn list_pod_sandbox_metrics(
                         .into_iter()
                         .flatten()
                         .map(|t| {
-                            let u = c.container_usage(t, Wanted::ALL);
+                            let r = c.container_usage(t, Wanted::ALL);
                             ContainerMetrics {
                                 container_id: t.id.clone(),
                                 metrics: container_metrics_of(
-                                    &c.container_with((*t).clone(), &u),
-                                    &u,
+                                    &c.container_with((*t).clone(), &r),
+                                    &r.usage,
                                 ),
                             }
                         })
@@ -700,81 +761,4 @@ fn container_metrics_of(stats: &ContainerStats, u: &CgroupUsage) -> Vec<Metric> 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nano_cores_need_two_samples_a_window_apart() {
-        let cache = StatsCache::default();
-        let t0 = Instant::now();
-        assert_eq!(cache.nano_cores("c", 1_000, t0), None);
-        // Half a core over two seconds.
-        let t1 = t0 + Duration::from_secs(2);
-        assert_eq!(
-            cache.nano_cores("c", 1_000 + 1_000_000_000, t1),
-            Some(500_000_000)
-        );
-        // A call soon after still measures against the kept sample.
-        let t2 = t1 + Duration::from_millis(100);
-        assert!(cache.nano_cores("c", 1_000 + 1_000_000_000, t2).is_some());
-        cache.retain(&HashSet::new());
-        assert_eq!(cache.nano_cores("c", 5, t2), None);
-    }
-
-    #[test]
-    fn memory_reports_available_against_the_limit() {
-        let u = CgroupUsage {
-            memory_usage: Some(100),
-            working_set: Some(60),
-            memory_limit: Some(1000),
-            ..Default::default()
-        };
-        let m = memory(&u, 1).unwrap();
-        assert_eq!(m.working_set_bytes, value(60));
-        assert_eq!(m.available_bytes, value(940));
-        assert!(memory(&CgroupUsage::default(), 1).is_none());
-    }
-
-    #[test]
-    fn metrics_carry_their_descriptor_labels() {
-        let stats = ContainerStats {
-            attributes: Some(ContainerAttributes {
-                id: "c1".into(),
-                metadata: Some(ContainerMetadata {
-                    name: "web".into(),
-                    attempt: 0,
-                }),
-                ..Default::default()
-            }),
-            cpu: Some(CpuUsage {
-                timestamp: 5,
-                usage_core_nano_seconds: value(3_500_000_000),
-                usage_nano_cores: None,
-            }),
-            ..Default::default()
-        };
-        let m = container_metrics(&stats, 2, Some(64), Some(3));
-        let cpu = m
-            .iter()
-            .find(|m| m.name == "container_cpu_usage_seconds_total")
-            .unwrap();
-        assert_eq!(cpu.value, value(3));
-        assert_eq!(cpu.label_values, vec!["c1", "web"]);
-        assert_eq!(cpu.metric_type, MetricType::Counter as i32);
-        let oom = m
-            .iter()
-            .find(|m| m.name == "container_oom_events_total")
-            .unwrap();
-        assert_eq!(oom.value, value(2));
-        // Every metric has a descriptor with as many label keys as it has values.
-        for metric in &m {
-            let d = METRICS.iter().find(|d| d.0 == metric.name).unwrap();
-            assert_eq!(
-                label_keys(d.3).len(),
-                metric.label_values.len(),
-                "{}",
-                metric.name
-            );
-        }
-    }
-}
+mod tests;

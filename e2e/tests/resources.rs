@@ -300,6 +300,19 @@ async fn the_node_pids_limit_stops_a_fork_loop() {
     assert_eq!(exists_anywhere(&rel), Vec::<PathBuf>::new());
 }
 
+/// PodSandboxStats of `pod_id`.
+async fn pod_sandbox_stats(d: &Daemon, pod_id: &str) -> PodSandboxStats {
+    d.runtime()
+        .pod_sandbox_stats(PodSandboxStatsRequest {
+            pod_sandbox_id: pod_id.to_owned(),
+        })
+        .await
+        .expect("PodSandboxStats")
+        .into_inner()
+        .stats
+        .expect("stats")
+}
+
 #[tokio::test]
 async fn stats_report_what_the_container_uses() {
     let d = busybox_daemon().await;
@@ -360,17 +373,7 @@ async fn stats_report_what_the_container_uses() {
     assert_eq!(v(&layer.inodes_used), inodes0 + 1);
 
     // Pod stats: the pod's cgroup holds the container's usage; network counters grow.
-    let pod_stats = || async {
-        d.runtime()
-            .pod_sandbox_stats(PodSandboxStatsRequest {
-                pod_sandbox_id: pod_id.clone(),
-            })
-            .await
-            .expect("PodSandboxStats")
-            .into_inner()
-            .stats
-            .expect("stats")
-    };
+    let pod_stats = || pod_sandbox_stats(&d, &pod_id);
     let s0 = pod_stats().await;
     let linux = s0.linux.as_ref().unwrap();
     assert_eq!(linux.containers.len(), 1);
@@ -669,4 +672,66 @@ async fn stats_close_the_cgroup_files_they_keep_when_pods_go() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The daemon's fds open on a `/proc/<pid>/net/dev`.
+fn net_dev_fds(d: &Daemon) -> usize {
+    let pid = d.pid().expect("daemon pid");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| t.starts_with("/proc") && t.ends_with("net/dev"))
+        .count()
+}
+
+/// A pod's `net/dev` stays open between stats calls and is closed when the pod stops (it
+/// pins the pod's network namespace); one cgroup reading serves ListContainerStats and the
+/// ListPodSandboxStats sent right after it, stamped with its own time, while a call about
+/// one container reads afresh.
+#[tokio::test]
+async fn list_stats_share_a_reading_and_a_pods_net_dev_closes_when_it_stops() {
+    let d = busybox_daemon().await;
+    let pod = pod_config("netdev", &d.dir().path().join("logs"));
+    let pod_id = run_pod(&d, &pod).await;
+    let id = start(&d, &pod_id, &pod, "idle", &["sleep", "3600"]).await;
+    let mut rt = d.runtime();
+    let cpu_at = |s: &ContainerStats| s.cpu.as_ref().expect("cpu").timestamp;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let list = rt.list_container_stats(ListContainerStatsRequest { filter: None });
+        let list = list.await.expect("ListContainerStats").into_inner().stats;
+        let pods = rt.list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: None });
+        let pods = pods.await.expect("ListPodSandboxStats").into_inner().stats;
+        let elapsed = t.elapsed();
+        let linux = pods[0].linux.as_ref().unwrap();
+        let net = linux.network.as_ref().expect("network");
+        assert_eq!(net.default_interface.as_ref().unwrap().name, "eth0");
+        // Within the window (with room for a loaded machine's scheduling), the pod's
+        // container was served the reading ListContainerStats took.
+        if elapsed < Duration::from_millis(300) {
+            assert_eq!(cpu_at(&linux.containers[0]), cpu_at(&list[0]));
+        }
+        // A call about the container reads afresh.
+        let one = container_stats(&d, &id).await;
+        assert!(cpu_at(&one) > cpu_at(&list[0]));
+        // Past the window, the List call reads again.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let again = rt.list_container_stats(ListContainerStatsRequest { filter: None });
+        let again = again.await.unwrap().into_inner().stats;
+        assert!(cpu_at(&again[0]) > cpu_at(&one));
+    }
+    // Kept: one fd for the pod however many calls read it.
+    assert_eq!(net_dev_fds(&d), 1);
+    d.runtime()
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod_id.clone(),
+        })
+        .await
+        .expect("StopPodSandbox");
+    assert_eq!(net_dev_fds(&d), 0);
+    // A stopped pod's stats never reopen it.
+    let s = pod_sandbox_stats(&d, &pod_id).await;
+    assert!(s.linux.unwrap().network.is_none());
+    assert_eq!(net_dev_fds(&d), 0);
+    remove_pod(&d, &pod_id).await;
 }

@@ -386,6 +386,8 @@ impl Runtime {
         };
         let _op = pod.op.lock().await;
         pod.stopping.store(true, Ordering::SeqCst);
+        // A kept net/dev pins the network namespace, which the caller tears down next.
+        pod.net_dev.close();
         let was_ready = lock(&pod.rec).phase == PodPhase::Ready;
         if was_ready {
             match pod.client.call_ok(&Request::Shutdown).await {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use k8s_cri::v1::{ContainerEventResponse, ContainerEventType};
 use tokio::sync::{broadcast, watch};
 
-use crate::cgroups::read::UsageDirs;
+use crate::cgroups::read::{KeptFile, UsageDirs};
 use crate::cgroups::{CgroupManager, NoCgroups};
 use crate::daemon::client::MonitorClient;
 use crate::daemon::store::{ContainerPhase, ContainerRecord, PodPhase, PodRecord, Store};
@@ -132,6 +132,9 @@ pub(crate) struct PodEntry {
     pub stopping: AtomicBool,
     /// The pod cgroup's directories, opened by the first stats call, closed with the entry.
     pub usage_dirs: Arc<UsageDirs>,
+    /// The pod's `/proc/<monitor>/net/dev`, opened by the first stats call, closed when the
+    /// pod stops (it pins the network namespace).
+    pub net_dev: Arc<KeptFile>,
 }
 
 pub(crate) struct ContainerEntry {
@@ -729,6 +732,7 @@ impl PodEntry {
             op: tokio::sync::Mutex::new(()),
             stopping: AtomicBool::new(false),
             usage_dirs: Arc::default(),
+            net_dev: Arc::default(),
         }
     }
 }

@@ -5,11 +5,12 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use k8s_cri::v1::{ContainerMetadata, PodSandboxMetadata};
 
-use crate::cgroups::read::{UsageDirs, Wanted};
-use crate::cgroups::{CgroupUsage, PodCgroup};
+use crate::cgroups::PodCgroup;
+use crate::cgroups::read::{KeptFile, Reading, UsageDirs, Wanted};
 use crate::daemon::runtime::{Runtime, lock};
 use crate::daemon::store::{ContainerPhase, PodPhase};
 use crate::namespace::Namespace;
@@ -57,17 +58,24 @@ pub struct PodTarget {
     pub dirs: Arc<UsageDirs>,
     /// `/proc/<monitor>/net/dev` of its network namespace; `None` on the node's network.
     pub net_dev: Option<PathBuf>,
+    /// That file once opened; kept while the pod is ready.
+    pub net_file: Arc<KeptFile>,
     /// Ready (its monitor runs). Others are only reported when asked for by id.
     pub ready: bool,
 }
 
 impl Runtime {
-    /// Every pod and every container past creation, for stats.
-    pub fn usage_targets(&self) -> (Vec<PodTarget>, Vec<ContainerTarget>) {
+    /// Every pod (none unless `with_pods`: a call about containers copies no pod's
+    /// labels) and every container past creation, for stats.
+    pub fn usage_targets(&self, with_pods: bool) -> (Vec<PodTarget>, Vec<ContainerTarget>) {
         let (pods, containers): (Vec<_>, Vec<_>) = {
             let index = lock(&self.index);
             (
-                index.pods.values().map(Arc::clone).collect(),
+                if with_pods {
+                    index.pods.values().map(Arc::clone).collect()
+                } else {
+                    Vec::new()
+                },
                 index.containers.values().map(Arc::clone).collect(),
             )
         };
@@ -91,12 +99,14 @@ impl Runtime {
                                 }),
                             ready: rec.phase == PodPhase::Ready,
                             dirs: Arc::default(),
+                            net_file: Arc::default(),
                         },
                     )
                 })
             })
             .map(|(p, mut t)| {
                 t.dirs = Arc::clone(&p.usage_dirs);
+                t.net_file = Arc::clone(&p.net_dev);
                 t
             })
             .collect();
@@ -148,18 +158,20 @@ impl Runtime {
             .collect()
     }
 
-    /// Usage of a cgroup named by [`Runtime::usage_targets`], read now through the
-    /// directories `dirs` keeps (opened on the first call, outside every lock). `buf` is
-    /// scratch space reused across cgroups.
+    /// Usage of a cgroup named by [`Runtime::usage_targets`]: the reading another call
+    /// took at `since` or later if it holds the figures `want` asks for (never when
+    /// `since` is `None`), else one taken now through the directories `dirs` keeps
+    /// (opened on the first call, outside every lock). `buf` is scratch space reused
+    /// across cgroups.
     pub fn cgroup_usage(
         &self,
         dirs: &UsageDirs,
         cgroup: &str,
         want: Wanted,
+        since: Option<Instant>,
         buf: &mut Vec<u8>,
-    ) -> CgroupUsage {
-        dirs.get_or_open(|| self.opts.cgroups.usage_dirs(cgroup))
-            .usage(want, buf)
+    ) -> Reading {
+        dirs.reading(|| self.opts.cgroups.usage_dirs(cgroup), want, since, buf)
     }
 
     /// The full id of a container (any state) named by id or unique prefix.

@@ -9,15 +9,19 @@
 //! the `openat` per file per read were most of what such a call cost. cgroupfs (kernfs)
 //! regenerates a file's content on every read at offset 0, so a kept file never returns a
 //! stale value; the directories are `O_PATH` fds that pin no cgroup state either.
+//!
+//! One reading of a cgroup serves the stats calls of the next [`SHARED_FOR`] (kubelet
+//! sends two that both hold every container's stats), and a pod's `/proc/<pid>/net/dev`
+//! is kept open the same way ([`KeptFile`]) until the pod stops.
 
 use std::ffi::CStr;
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, open, openat};
@@ -200,29 +204,6 @@ impl MemoryNames {
             },
         }
     }
-}
-
-/// Reads a kernel file at `path` (such as `/proc/<pid>/net/dev`) into `buf` (cleared
-/// first); `None` when it cannot be read or is not text.
-pub fn read_text<'b>(path: &Path, buf: &'b mut Vec<u8>) -> Option<&'b str> {
-    read_all(File::open(path).ok()?, buf)
-}
-
-/// Reads `file` to its end into `buf`: the kernel may hand a stat file over in pieces.
-fn read_all(mut file: File, buf: &mut Vec<u8>) -> Option<&str> {
-    buf.clear();
-    // A plain read loop: std's read_to_end on a File first asks the size of the file,
-    // which costs a statx per read and is always 4096 (or 0) on cgroupfs and procfs.
-    let mut chunk = [0u8; 4096];
-    loop {
-        match file.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
-    std::str::from_utf8(buf).ok()
 }
 
 /// The largest stat file read; v1 `memory.stat`, the largest, is about 2 KiB.
@@ -415,22 +396,53 @@ fn release(n: usize) {
     kept_count().fetch_sub(n, Ordering::SeqCst);
 }
 
+/// How long one reading of a cgroup serves the stats calls that follow it. kubelet (and
+/// the benchmark's poll) sends ListContainerStats and ListPodSandboxStats together once a
+/// second, and the second holds every container's stats again: one reading serves both.
+/// Well under the second between two polls, so each poll reads afresh; every figure
+/// carries the time of its reading, not of the call.
+pub const SHARED_FOR: Duration = Duration::from_millis(500);
+
+/// One reading of a cgroup's usage, and when it was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading {
+    /// The figures read.
+    pub usage: CgroupUsage,
+    /// When the read began (for rates).
+    pub at: Instant,
+    /// The same moment, nanoseconds since the epoch (for the figures' timestamps).
+    pub timestamp: i64,
+    /// What was read: a later call wanting more reads again.
+    want: Wanted,
+}
+
+impl Reading {
+    /// Whether this reading holds every figure `want` asks for.
+    fn covers(&self, want: Wanted) -> bool {
+        (self.want.processes || !want.processes) && (self.want.oom_kills || !want.oom_kills)
+    }
+}
+
 /// The directories of one pod's or container's cgroup, kept in its entry between stats
-/// calls: opened by the first read, closed when the cgroup is released or the entry goes.
+/// calls: opened by the first read, closed when the cgroup is released or the entry goes;
+/// and the last reading, which the calls of the next [`SHARED_FOR`] share.
 #[derive(Debug, Default)]
-pub struct UsageDirs(Mutex<Option<Arc<CgroupDirs>>>);
+pub struct UsageDirs {
+    dirs: Mutex<Option<Arc<CgroupDirs>>>,
+    last: Mutex<Option<Reading>>,
+}
 
 impl UsageDirs {
     /// The kept directories, or those `open` makes now, kept when all opened and within
     /// the node's budget of kept fds. The lock is not held while opening.
     pub fn get_or_open(&self, open: impl FnOnce() -> CgroupDirs) -> Arc<CgroupDirs> {
-        if let Some(d) = self.lock().as_ref() {
+        if let Some(d) = lock(&self.dirs).as_ref() {
             return Arc::clone(d);
         }
         let d = Arc::new(open());
         let n = d.dirs.len();
         if d.complete() && reserve(n) {
-            let mut kept = self.lock();
+            let mut kept = lock(&self.dirs);
             if kept.is_none() {
                 *kept = Some(Arc::clone(&d));
             } else {
@@ -441,15 +453,47 @@ impl UsageDirs {
         d
     }
 
-    /// Closes the kept directories (the cgroup is being removed).
-    pub fn clear(&self) {
-        if let Some(d) = self.lock().take() {
-            release(d.dirs.len());
+    /// The cgroup's usage with at least the figures `want` asks for: the last reading if
+    /// it holds them and was taken at `since` or later, else one read now through the
+    /// kept directories (`open` makes them on the first read). `since` is `None` for a
+    /// call that must read afresh. No lock is held while reading.
+    pub fn reading(
+        &self,
+        open: impl FnOnce() -> CgroupDirs,
+        want: Wanted,
+        since: Option<Instant>,
+        buf: &mut Vec<u8>,
+    ) -> Reading {
+        if let Some(since) = since
+            && let Some(r) = lock(&self.last).as_ref()
+            && r.covers(want)
+            && r.at >= since
+        {
+            return r.clone();
         }
+        let dirs = self.get_or_open(open);
+        let (at, timestamp) = (Instant::now(), crate::sys::now_ns());
+        let r = Reading {
+            usage: dirs.usage(want, buf),
+            at,
+            timestamp,
+            want,
+        };
+        let mut last = lock(&self.last);
+        // Two calls that read at once: the later reading stays.
+        if last.as_ref().is_none_or(|l| l.at <= at) {
+            *last = Some(r.clone());
+        }
+        r
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<CgroupDirs>>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    /// Closes the kept directories and forgets the last reading (the cgroup is being
+    /// removed, or its processes are gone: no later call is served the figures of before).
+    pub fn clear(&self) {
+        lock(&self.last).take();
+        if let Some(d) = lock(&self.dirs).take() {
+            release(d.dirs.len());
+        }
     }
 }
 
@@ -459,253 +503,78 @@ impl Drop for UsageDirs {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
-    /// A fake v1 cgroup: cpuacct, memory and pids each in a hierarchy of its own.
-    fn fake_v1() -> (tempfile::TempDir, CgroupDirs) {
-        let root = tempfile::tempdir().unwrap();
-        let write = |p: &str, v: &str| {
-            let p = root.path().join(p);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, v).unwrap();
+/// A kernel file read again and again, such as a pod's `/proc/<pid>/net/dev`: opened by the
+/// first read and kept (counted against the same budget as the cgroup files), then re-read
+/// with `pread` at offset 0, which makes procfs and cgroupfs generate it afresh. Closed for
+/// good by [`KeptFile::close`]: a kept `net/dev` pins its network namespace, which must go
+/// when the pod stops.
+#[derive(Debug, Default)]
+pub struct KeptFile(Mutex<KeptState>);
+
+#[derive(Debug, Default)]
+enum KeptState {
+    #[default]
+    Unopened,
+    Open(Arc<File>),
+    Closed,
+}
+
+impl KeptFile {
+    /// The file's content now, read into `buf`; `None` when it cannot be read or is not
+    /// text, or once closed. `path` is opened on the first read (and on every read when
+    /// the budget of kept fds is spent).
+    pub fn read<'b>(&self, path: &Path, buf: &'b mut Vec<u8>) -> Option<&'b str> {
+        let kept = match &*lock(&self.0) {
+            KeptState::Open(f) => Some(Arc::clone(f)),
+            KeptState::Closed => return None,
+            KeptState::Unopened => None,
         };
-        write("cpuacct/c1/cpuacct.usage", "5000\n");
-        write("memory/c1/memory.usage_in_bytes", "8192\n");
-        write(
-            "memory/c1/memory.stat",
-            "cache 1\nrss 2\ninactive_file 3\ntotal_rss 4096\ntotal_inactive_file 1024\n\
-             total_pgfault 7\ntotal_pgmajfault 1\n",
-        );
-        write("memory/c1/memory.limit_in_bytes", "9223372036854771712\n");
-        write("memory/c1/memory.oom_control", "under_oom 0\noom_kill 2\n");
-        write("pids/c1/pids.current", "3\n");
-        let mut b = DirsBuilder::new();
-        b.cpu(&root.path().join("cpuacct/c1"), CpuSource::Cpuacct);
-        b.memory(&root.path().join("memory/c1"), Version::V1);
-        b.pids(&root.path().join("pids/c1"));
-        (root, b.build())
-    }
-
-    #[test]
-    fn reads_v1_figures_fresh_on_every_call() {
-        let (root, dirs) = fake_v1();
-        assert!(dirs.complete());
-        let mut buf = Vec::new();
-        let u = dirs.usage(Wanted::ALL, &mut buf);
-        assert_eq!(
-            u,
-            CgroupUsage {
-                cpu_ns: Some(5000),
-                memory_usage: Some(8192),
-                working_set: Some(8192 - 1024),
-                rss: Some(4096),
-                page_faults: Some(7),
-                major_page_faults: Some(1),
-                // v1's "unlimited".
-                memory_limit: None,
-                // No memsw file: swap accounting off.
-                swap_usage: None,
-                processes: Some(3),
-                oom_kills: 2,
+        let file = match kept {
+            Some(f) => f,
+            None => {
+                let f = Arc::new(File::open(path).ok()?);
+                let mut state = lock(&self.0);
+                match &*state {
+                    // Closed while it was opened: the pod is stopping.
+                    KeptState::Closed => return None,
+                    // A concurrent call kept its own meanwhile.
+                    KeptState::Open(k) => Arc::clone(k),
+                    KeptState::Unopened => {
+                        if reserve(1) {
+                            *state = KeptState::Open(Arc::clone(&f));
+                        }
+                        f
+                    }
+                }
             }
-        );
-        // The kept directories hold no value: a new counter is seen on the next call.
-        std::fs::write(root.path().join("cpuacct/c1/cpuacct.usage"), "9000\n").unwrap();
-        std::fs::write(
-            root.path().join("memory/c1/memory.limit_in_bytes"),
-            "65536\n",
-        )
-        .unwrap();
-        let u = dirs.usage(Wanted::ALL, &mut buf);
-        assert_eq!(u.cpu_ns, Some(9000));
-        assert_eq!(u.memory_limit, Some(65536));
-    }
-
-    #[test]
-    fn skips_figures_the_caller_does_not_want() {
-        let (_root, dirs) = fake_v1();
-        let u = dirs.usage(
-            Wanted {
-                processes: false,
-                oom_kills: false,
-            },
-            &mut Vec::new(),
-        );
-        assert_eq!((u.processes, u.oom_kills), (None, 0));
-        assert_eq!(u.cpu_ns, Some(5000));
-    }
-
-    #[test]
-    fn a_missing_cgroup_is_incomplete_and_not_kept() {
-        let root = tempfile::tempdir().unwrap();
-        let mut b = DirsBuilder::new();
-        b.memory(&root.path().join("memory/gone"), Version::V2);
-        let dirs = b.build();
-        assert!(!dirs.complete());
-        assert_eq!(
-            dirs.usage(Wanted::ALL, &mut Vec::new()),
-            CgroupUsage::default()
-        );
-        let kept = UsageDirs::default();
-        let mut opened = 0;
-        for _ in 0..2 {
-            kept.get_or_open(|| {
-                opened += 1;
-                CgroupDirs::default()
-            });
-        }
-        // An empty set (no cgroups) is complete: opened once, then kept until cleared.
-        assert_eq!(opened, 1);
-        kept.clear();
-        kept.get_or_open(|| {
-            opened += 1;
-            DirsBuilder::new().build()
-        });
-        assert_eq!(opened, 2);
-    }
-
-    #[test]
-    fn kept_fds_are_counted_until_cleared() {
-        let kept = UsageDirs::default();
-        let before = kept_count().load(Ordering::SeqCst);
-        let (_root, dirs) = fake_v1();
-        kept.get_or_open(|| dirs);
-        // Three hierarchies, three fds, counted against the budget.
-        assert_eq!(kept_count().load(Ordering::SeqCst), before + 3);
-        drop(kept);
-        assert_eq!(kept_count().load(Ordering::SeqCst), before);
-        // Nothing is kept past the budget.
-        assert!(!reserve(keep_budget() + 1));
-    }
-
-    #[test]
-    fn stat_files_stay_open_counted_and_are_read_afresh() {
-        let before = kept_count().load(Ordering::SeqCst);
-        let (root, dirs) = fake_v1();
-        let mut buf = Vec::new();
-        let first = dirs.usage(Wanted::ALL, &mut buf);
-        // cpuacct.usage, pids.current, memory.usage_in_bytes, memory.stat,
-        // memory.oom_control, memory.limit_in_bytes: six files kept; memsw is missing.
-        assert_eq!(dirs.kept_files.load(Ordering::SeqCst), 6);
-        assert!(matches!(
-            dirs.files[StatFile::Swap as usize].get(),
-            Some(Kept::Missing)
-        ));
-        // The same inodes rewritten: the kept files see the new content, shorter or longer.
-        let stat = root.path().join("memory/c1/memory.stat");
-        std::fs::write(&stat, "total_inactive_file 0\ntotal_rss 1\n").unwrap();
-        std::fs::write(root.path().join("pids/c1/pids.current"), "12345\n").unwrap();
-        let u = dirs.usage(Wanted::ALL, &mut buf);
-        assert_eq!(
-            (u.working_set, u.rss, u.page_faults),
-            (Some(8192), Some(1), None)
-        );
-        assert_eq!(u.processes, Some(12345));
-        assert_eq!(u.cpu_ns, first.cpu_ns);
-        // A file larger than the buffer is read whole.
-        let big = format!("{}total_rss 77\n", "pad 0\n".repeat(4000));
-        std::fs::write(&stat, big).unwrap();
-        assert_eq!(dirs.usage(Wanted::ALL, &mut buf).rss, Some(77));
-        assert_eq!(kept_count().load(Ordering::SeqCst), before + 6);
-        drop(dirs);
-        assert_eq!(kept_count().load(Ordering::SeqCst), before);
-    }
-
-    #[test]
-    fn reads_v2_figures_from_one_directory_and_skips_a_missing_swap_file() {
-        let root = tempfile::tempdir().unwrap();
-        let c = root.path().join("pod/c1");
-        std::fs::create_dir_all(&c).unwrap();
-        let write = |f: &str, v: &str| std::fs::write(c.join(f), v).unwrap();
-        write("cpu.stat", "usage_usec 7\nuser_usec 5\nsystem_usec 2\n");
-        write("memory.current", "4096\n");
-        write(
-            "memory.stat",
-            "anon 1024\nfile 2048\ninactive_file 512\npgfault 9\npgmajfault 0\n",
-        );
-        write("memory.max", "max\n");
-        write("memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n");
-        write("pids.current", "2\n");
-        let mut b = DirsBuilder::new();
-        b.cpu(&c, CpuSource::CpuStat);
-        b.pids(&c);
-        b.memory(&c, Version::V2);
-        let dirs = b.build();
-        // One hierarchy: its directory is opened once for the three controllers.
-        assert_eq!(dirs.dirs.len(), 1);
-        let mut buf = Vec::new();
-        let want = CgroupUsage {
-            cpu_ns: Some(7000),
-            memory_usage: Some(4096),
-            working_set: Some(4096 - 512),
-            rss: Some(1024),
-            page_faults: Some(9),
-            major_page_faults: Some(0),
-            memory_limit: None,
-            swap_usage: None,
-            processes: Some(2),
-            oom_kills: 1,
         };
-        assert_eq!(dirs.usage(Wanted::ALL, &mut buf), want);
-        assert!(matches!(
-            dirs.files[StatFile::Swap as usize].get(),
-            Some(Kept::Missing)
-        ));
-        assert_eq!(dirs.kept_files.load(Ordering::SeqCst), 6);
-        // A limit set later is read through the kept file.
-        write("memory.max", "1048576\n");
-        let u = dirs.usage(Wanted::ALL, &mut buf);
-        assert_eq!(u.memory_limit, Some(1 << 20));
+        pread_all(&file, buf)
     }
 
-    #[test]
-    fn unwanted_files_are_never_opened() {
-        let (_root, dirs) = fake_v1();
-        dirs.usage(
-            Wanted {
-                processes: false,
-                oom_kills: false,
-            },
-            &mut Vec::new(),
-        );
-        assert!(dirs.files[StatFile::Pids as usize].get().is_none());
-        assert!(dirs.files[StatFile::Oom as usize].get().is_none());
-    }
-
-    /// On a host with the v1 cpuacct hierarchy, a kept `cpuacct.usage` (kernfs, not a
-    /// regular file) counts on between two reads at offset 0 while this process spins.
-    #[test]
-    fn a_kept_cgroupfs_file_is_regenerated_on_each_read() {
-        let dir = Path::new("/sys/fs/cgroup/cpuacct");
-        if !dir.join("cpuacct.usage").exists() {
-            return;
+    /// Closes the file, for good: later reads answer `None`. A read under way keeps its
+    /// own reference until it ends.
+    pub fn close(&self) {
+        let was = std::mem::replace(&mut *lock(&self.0), KeptState::Closed);
+        if let KeptState::Open(_) = was {
+            release(1);
         }
-        let mut b = DirsBuilder::new();
-        b.cpu(dir, CpuSource::Cpuacct);
-        let dirs = b.build();
-        let mut buf = Vec::new();
-        let first = dirs.usage(Wanted::ALL, &mut buf).cpu_ns.unwrap();
-        assert_eq!(dirs.kept_files.load(Ordering::SeqCst), 1);
-        let spin = std::time::Instant::now();
-        while spin.elapsed() < std::time::Duration::from_millis(50) {
-            std::hint::black_box(0u64);
-        }
-        let second = dirs.usage(Wanted::ALL, &mut buf).cpu_ns.unwrap();
-        assert!(second > first, "{first} then {second}");
     }
 
-    #[test]
-    fn a_file_name_is_never_followed_as_a_link() {
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("c1");
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::write(root.path().join("secret"), "42\n").unwrap();
-        std::os::unix::fs::symlink(root.path().join("secret"), dir.join("pids.current")).unwrap();
-        let mut b = DirsBuilder::new();
-        b.pids(&dir);
-        let u = b.build().usage(Wanted::ALL, &mut Vec::new());
-        assert_eq!(u.processes, None);
+    /// Whether the file is kept open now.
+    pub fn is_open(&self) -> bool {
+        matches!(*lock(&self.0), KeptState::Open(_))
     }
 }
+
+impl Drop for KeptFile {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests;
