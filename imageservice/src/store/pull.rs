@@ -102,12 +102,15 @@ impl ImageStore {
         // Blobs and snapshots came (even a failed pull leaves some until GC).
         self.changed();
         if result.is_ok() {
-            // Durability of the new snapshots, off the pull's path.
-            let snaps = self.snapshots.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = snaps.sync() {
-                    tracing::warn!(error = %e, "making snapshots durable");
+            // Usage figures and durability of the new snapshots, off the pull's path.
+            let (snaps, changes) = (self.snapshots.clone(), self.changes.clone());
+            tokio::task::spawn_blocking(move || match snaps.sync() {
+                // Their usage files are new: cached usage figures are stale.
+                Ok(n) if n > 0 => {
+                    changes.fetch_add(1, Ordering::Release);
                 }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "making snapshots durable"),
             });
         }
         if result.is_err() || self.gc_pending.load(Ordering::Relaxed) {
