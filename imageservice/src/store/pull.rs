@@ -167,7 +167,7 @@ impl ImageStore {
                         available,
                     }
                 })?;
-                let body = self.small_blob(&mut src, desc, true).await?;
+                let body = self.manifest_blob(&mut src, desc).await?;
                 let media = Some(desc.media_type().as_ref()).filter(|m| !m.is_empty());
                 match parse_manifest(media, &body).map_err(invalid)? {
                     ManifestDoc::Manifest(m) => (
@@ -335,30 +335,19 @@ impl ImageStore {
         blocking(move || content.read(&digest)).await
     }
 
-    /// A manifest or config by digest: from the store, or fetched once however many
-    /// pulls ask, verified and stored.
-    async fn small_blob(
-        &self,
-        src: &mut Source,
-        desc: &Descriptor,
-        is_manifest: bool,
-    ) -> Result<Vec<u8>, Error> {
+    /// A platform's manifest of an index, by digest: from the store, or fetched once
+    /// however many pulls ask, verified and stored.
+    async fn manifest_blob(&self, src: &mut Source, desc: &Descriptor) -> Result<Vec<u8>, Error> {
         let _one = self.blob_locks.lock(desc.digest().as_ref()).await;
         if self.content.has(desc.digest().as_ref()) {
             return self.read_blob(desc.digest().as_ref()).await;
         }
-        let body = if is_manifest {
-            let m = self
-                .registry
-                .fetch_manifest(src, desc.digest().as_ref())
-                .await?;
-            verify(desc.digest().as_ref(), desc.size(), &m.body)?;
-            m.body
-        } else {
-            self.registry
-                .fetch_blob(src, desc.digest().as_ref(), desc.size())
-                .await?
-        };
+        let m = self
+            .registry
+            .fetch_manifest(src, desc.digest().as_ref())
+            .await?;
+        verify(desc.digest().as_ref(), desc.size(), &m.body)?;
+        let body = m.body;
         let (content, digest, data) = (
             self.content.clone(),
             desc.digest().to_string(),
