@@ -274,7 +274,9 @@ impl ImageStore {
         })
         .await?;
         self.changed();
-        // Awaited so the start-up's memory trim follows it.
+        // Awaited so the start-up's memory trim follows it; pulls need not wait for it
+        // here (the first one's client waits for the same load if it is still running).
+        drop(_exclusive);
         let _ = roots.await;
         Ok(restored)
     }
