@@ -782,7 +782,19 @@ async fn image_fs_info_matches_du_and_gc_frees_the_disk() {
     let empty = fs_info(&d).await;
     pull(&d, images::CONFIGURED, None).await.unwrap();
     pull(&d, images::WHITEOUTS, None).await.unwrap();
-    let full = fs_info(&d).await;
+    // A pull's snapshots record their usage in the background, as they are made durable:
+    // the figures match du's once that is done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut full = fs_info(&d).await;
+    while (
+        full.used_bytes.unwrap().value,
+        full.inodes_used.unwrap().value,
+    ) != (du(&["-s", "-B1"], &dirs), du(&["-s", "--inodes"], &dirs))
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        full = fs_info(&d).await;
+    }
     assert_eq!(full.fs_id.unwrap().mountpoint, root.display().to_string());
     let used = full.used_bytes.unwrap().value;
     let inodes = full.inodes_used.unwrap().value;

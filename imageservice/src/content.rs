@@ -87,6 +87,7 @@ impl ContentStore {
             size,
             written: 0,
             hasher: Sha256::new(),
+            synced: false,
         })
     }
 
@@ -139,6 +140,8 @@ pub(crate) struct BlobWriter {
     size: u64,
     written: u64,
     hasher: Sha256,
+    /// Verified and fsynced: nothing was written since.
+    synced: bool,
 }
 
 impl BlobWriter {
@@ -149,6 +152,7 @@ impl BlobWriter {
         }
         self.hasher.update(data);
         self.written += data.len() as u64;
+        self.synced = false;
         let f = self.file.as_mut().expect("file present until commit");
         f.write_all(data).map_err(Error::io("write", &self.tmp))
     }
@@ -160,8 +164,12 @@ impl BlobWriter {
         }
     }
 
-    /// Checks size and digest and fsyncs; the blob is not visible yet.
+    /// Checks size and digest and fsyncs; the blob is not visible yet. Once done, a
+    /// second call (from [`BlobWriter::commit`]) costs nothing.
     pub(crate) fn finish(&mut self) -> Result<(), Error> {
+        if self.synced {
+            return Ok(());
+        }
         if self.written != self.size {
             return Err(self.mismatch(format!("{} bytes", self.written)));
         }
@@ -170,7 +178,9 @@ impl BlobWriter {
             return Err(self.mismatch(actual));
         }
         let f = self.file.as_mut().expect("file present until commit");
-        f.sync_all().map_err(Error::io("fsync", &self.tmp))
+        f.sync_all().map_err(Error::io("fsync", &self.tmp))?;
+        self.synced = true;
+        Ok(())
     }
 
     /// Verifies, then makes the blob visible under its digest (rename, then fsync of

@@ -17,10 +17,12 @@ use crate::reference::{DEFAULT_DOMAIN, Reference};
 mod auth;
 mod blob;
 mod endpoint;
+mod roots;
 
 pub use auth::{Credentials, MAX_TOKEN_RESPONSE_SIZE};
 pub use blob::{BlobStream, verify};
 pub use endpoint::Endpoint;
+pub(crate) use roots::prewarm as prewarm_tls_roots;
 
 use auth::{AuthKey, CachedAuth, same_registry};
 use blob::read_limited;
@@ -137,7 +139,12 @@ impl RegistryClient {
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
-            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+            // The system's roots, read once per daemon rather than once per host.
+            .tls_built_in_native_certs(false);
+        for c in roots::native() {
+            b = b.add_root_certificate(c.clone());
+        }
         if let Some(hc) = self.host_config(&ep.host) {
             if hc.insecure {
                 b = b.danger_accept_invalid_certs(true);

@@ -215,12 +215,21 @@ impl Snapshots {
             .collect())
     }
 
-    /// Makes every pending snapshot durable with one `syncfs` and drops their markers.
-    /// Returns how many were pending.
+    /// Records the usage of every pending snapshot, makes them durable with one `syncfs`
+    /// and drops their markers. Returns how many were pending.
     pub(crate) fn sync(&self) -> Result<usize, Error> {
         let pending = self.unsynced()?;
         if pending.is_empty() {
             return Ok(0);
+        }
+        for c in &pending {
+            let dir = self.path(c);
+            if !dir.join(USAGE).exists()
+                && let Err(e) = record_usage(&dir)
+            {
+                // `usage` measures the tree instead.
+                tracing::warn!(snapshot = %c, error = %e, "recording a snapshot's usage");
+            }
         }
         syncfs(&self.dir)?;
         for c in &pending {
@@ -248,6 +257,18 @@ impl Snapshots {
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Measures a snapshot's `fs` (it no longer changes) and writes the figures beside it,
+/// through a temporary file so a reader never sees half of them.
+fn record_usage(dir: &Path) -> Result<(), Error> {
+    let fs_dir = dir.join(FS);
+    let (bytes, inodes) = disk_usage(&fs_dir).map_err(Error::io("measure", &fs_dir))?;
+    let json = serde_json::to_vec(&Usage { bytes, inodes }).unwrap_or_default();
+    let tmp = dir.join(format!("{USAGE}.tmp"));
+    let usage_path = dir.join(USAGE);
+    fs::write(&tmp, json).map_err(Error::io("write", &tmp))?;
+    fs::rename(&tmp, &usage_path).map_err(Error::io("rename", &usage_path))
 }
 
 fn disk_usage_shallow(p: &Path) -> Usage {
@@ -285,17 +306,16 @@ impl TempSnapshot {
         self.dir.join(FS)
     }
 
-    /// Records the usage, marks the snapshot unsynced, and renames it into place;
-    /// [`Snapshots::sync`] makes it durable later.
+    /// Marks the snapshot unsynced and renames it into place; [`Snapshots::sync`] records
+    /// its usage and makes it durable later, off the pull's path.
     pub(crate) fn commit(mut self) -> Result<(), Error> {
-        let (bytes, inodes) = disk_usage(&self.fs()).map_err(Error::io("measure", self.fs()))?;
-        let usage_path = self.dir.join(USAGE);
-        let json = serde_json::to_vec(&Usage { bytes, inodes }).unwrap_or_default();
-        fs::write(&usage_path, json).map_err(Error::io("write", &usage_path))?;
         match marker_op(&self.dir, MarkerOp::Set) {
             Ok(_) => {}
-            // No user xattrs here: durable now, as before deferral.
-            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => syncfs(&self.dir)?,
+            // No user xattrs here: measured and durable now, as before deferral.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {
+                record_usage(&self.dir)?;
+                syncfs(&self.dir)?;
+            }
             Err(e) => return Err(Error::io("mark unsynced", &self.dir)(e)),
         }
         fs::rename(&self.dir, &self.dest).map_err(Error::io("rename", &self.dest))?;
@@ -344,6 +364,15 @@ mod tests {
         assert!(s.exists(C));
         assert_eq!(fs::read(s.fs_path(C).join("f")).unwrap(), b"x");
         assert_eq!(s.list().unwrap(), vec![C.to_owned()]);
+        // The usage is recorded off the pull's path, when the snapshot is made durable.
+        let pending = s.unsynced().unwrap().len();
+        assert!(
+            pending == 1 || s.path(C).join(USAGE).exists(),
+            "a snapshot made durable at once (no user xattrs) is measured at once"
+        );
+        assert_eq!(s.sync().unwrap(), pending);
+        assert!(s.path(C).join(USAGE).exists(), "usage recorded by sync");
+        assert!(s.unsynced().unwrap().is_empty());
         let u = s.usage(C);
         assert_eq!(u.inodes, 4, "dir, usage.json, fs, f");
 

@@ -221,6 +221,8 @@ impl ImageStore {
     /// makes pending snapshots durable. Returns how many snapshots were restored.
     pub async fn recover(&self) -> Result<usize, Error> {
         let _exclusive = self.gc_lock.write().await;
+        // Beside the recovery: what the daemon's first pull would otherwise wait for.
+        let roots = tokio::task::spawn_blocking(crate::registry::prewarm_tls_roots);
         let snaps = self.snapshots.clone();
         let boot_file = self.root.join("snapshots.boot_id");
         let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -272,6 +274,10 @@ impl ImageStore {
         })
         .await?;
         self.changed();
+        // Awaited so the start-up's memory trim follows it; pulls need not wait for it
+        // here (the first one's client waits for the same load if it is still running).
+        drop(_exclusive);
+        let _ = roots.await;
         Ok(restored)
     }
 

@@ -662,6 +662,16 @@ async fn fs_usage_matches_du() {
             .map(|l| l.split_whitespace().next().unwrap().parse::<u64>().unwrap())
             .sum()
     };
+    // The new snapshots' usage is recorded in the background, as they are made durable:
+    // once that is done the figures match du's.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut u = u;
+    while (u.used_bytes, u.inodes_used) != (du(&["-s", "-B1"]), du(&["-s", "--inodes"]))
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        u = env.store.fs_usage().unwrap();
+    }
     assert_eq!(u.used_bytes, du(&["-s", "-B1"]));
     assert_eq!(u.inodes_used, du(&["-s", "--inodes"]));
     // Cached between changes, measured again after the removal and its GC.

@@ -27,9 +27,11 @@ mod entries;
 mod fsops;
 mod lowers;
 mod stream;
+mod usage;
 
-pub use fsops::{disk_usage, get_xattr};
+pub use fsops::get_xattr;
 pub use lowers::link_from_lowers;
+pub use usage::{WalkLimits, disk_usage, disk_usage_within};
 
 use entries::unpack_tar;
 use stream::{CHUNKS_IN_FLIGHT, Piece, PieceReader, Stopped, decompress};

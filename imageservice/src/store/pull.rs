@@ -31,7 +31,7 @@ enum Chunk {
 }
 
 /// The unpacking thread's view of a download: every byte it reads is also written to
-/// the blob's temporary file (which hashes it).
+/// the blob's temporary file (which hashes it), verified and fsynced at its end.
 struct ChannelReader {
     rx: mpsc::Receiver<Chunk>,
     cur: Bytes,
@@ -60,12 +60,23 @@ impl Read for ChannelReader {
                     }
                     self.cur = b;
                 }
-                Some(Chunk::End) => self.eof = true,
+                Some(Chunk::End) => {
+                    // The whole blob is here: verify and fsync it now, while the unpacking
+                    // thread still creates files, rather than after it.
+                    if let Err(e) = self.writer.finish() {
+                        self.write_error = Some(e);
+                        return Err(io::Error::other("storing the blob failed"));
+                    }
+                    self.eof = true;
+                }
                 Some(Chunk::Failed) | None => return Err(io::Error::other("download interrupted")),
             }
         }
     }
 }
+
+/// A blob being stored in the background.
+type PendingWrite = tokio::task::JoinHandle<Result<(), Error>>;
 
 /// How one layer of a pull went.
 #[derive(Clone, Copy, Debug, Default)]
@@ -102,12 +113,15 @@ impl ImageStore {
         // Blobs and snapshots came (even a failed pull leaves some until GC).
         self.changed();
         if result.is_ok() {
-            // Durability of the new snapshots, off the pull's path.
-            let snaps = self.snapshots.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = snaps.sync() {
-                    tracing::warn!(error = %e, "making snapshots durable");
+            // Usage figures and durability of the new snapshots, off the pull's path.
+            let (snaps, changes) = (self.snapshots.clone(), self.changes.clone());
+            tokio::task::spawn_blocking(move || match snaps.sync() {
+                // Their usage files are new: cached usage figures are stale.
+                Ok(n) if n > 0 => {
+                    changes.fetch_add(1, Ordering::Release);
                 }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "making snapshots durable"),
             });
         }
         if result.is_err() || self.gc_pending.load(Ordering::Relaxed) {
@@ -153,7 +167,7 @@ impl ImageStore {
                         available,
                     }
                 })?;
-                let body = self.small_blob(&mut src, desc, true).await?;
+                let body = self.manifest_blob(&mut src, desc).await?;
                 let media = Some(desc.media_type().as_ref()).filter(|m| !m.is_empty());
                 match parse_manifest(media, &body).map_err(invalid)? {
                     ManifestDoc::Manifest(m) => (
@@ -168,8 +182,56 @@ impl ImageStore {
                 }
             }
         };
-        let config_blob = self.small_blob(&mut src, manifest.config(), false).await?;
-        let config = parse_config(&config_blob, manifest.layers().len()).map_err(invalid)?;
+        // The top document is stored while the layers come (it is known to be new only
+        // now, and nothing reads it before the record exists).
+        let top_write = (!self.content.has(&top.digest)).then(|| {
+            let (content, digest, body) = (self.content.clone(), top.digest.clone(), top.body);
+            tokio::task::spawn_blocking(move || content.write_all(&digest, &body))
+        });
+        let ids = (index_digest, manifest_digest, manifest_desc_size);
+        let (result, config_write) = match self.config_blob(&src, manifest.config()).await {
+            Ok((blob, write)) => {
+                let result = self.layers_and_record(r, &src, &manifest, &blob, ids).await;
+                (result, write)
+            }
+            Err(e) => (Err(e), None),
+        };
+        // Awaited whatever happened, so a failed pull leaves no write running behind it.
+        let mut write_error = None;
+        for w in [config_write, top_write].into_iter().flatten() {
+            if let Err(e) = w.await.map_err(join_error).and_then(|r| r) {
+                write_error.get_or_insert(e);
+            }
+        }
+        let (record, downloaded) = result?;
+        if let Some(e) = write_error {
+            return Err(e);
+        }
+        let mut names = vec![r.with_digest(&top.digest).to_string()];
+        if r.tag().is_some() {
+            names.push(r.to_string());
+        }
+        let db = self.db.clone();
+        let layers = manifest.layers().len();
+        let image = blocking(move || records::commit_pull(&db, record, &names)).await?;
+        Ok((image, downloaded, layers))
+    }
+
+    /// Fetches or reuses every layer of `manifest` and builds the image's record.
+    async fn layers_and_record(
+        &self,
+        r: &Reference,
+        src: &Source,
+        manifest: &ImageManifest,
+        config_blob: &[u8],
+        // The index's digest if any, the manifest's digest and size.
+        ids: (Option<String>, String, u64),
+    ) -> Result<(ImageRecord, u64), Error> {
+        let invalid = |reason: String| Error::InvalidImage {
+            reference: r.to_string(),
+            reason,
+        };
+        let config = parse_config(config_blob, manifest.layers().len()).map_err(invalid)?;
         let chain = chain_ids(config.rootfs().diff_ids());
 
         // Layers in parallel; the first failure stops the others, and every layer's
@@ -183,7 +245,7 @@ impl ImageStore {
                 .zip(&chain)
                 .enumerate()
                 .map(|(i, ((layer, diff_id), chain_id))| {
-                    let (cancel_tx, cancel, src) = (&cancel_tx, cancel_rx.clone(), &src);
+                    let (cancel_tx, cancel) = (&cancel_tx, cancel_rx.clone());
                     let lowers: Vec<String> = chain[..i].iter().rev().cloned().collect();
                     async move {
                         let r = self
@@ -212,28 +274,16 @@ impl ImageStore {
             return Err(e);
         }
         let downloaded: u64 = outcomes.iter().map(|o| o.downloaded).sum();
-
-        // The top document: the index, or the manifest itself.
-        if !self.content.has(&top.digest) {
-            let (content, digest, body) = (self.content.clone(), top.digest.clone(), top.body);
-            blocking(move || content.write_all(&digest, &body)).await?;
-        }
-
+        let (index_digest, manifest_digest, manifest_desc_size) = ids;
         let record = self.record(
-            &manifest,
+            manifest,
             &config,
             &chain,
             index_digest,
             manifest_digest,
             manifest_desc_size,
         );
-        let mut names = vec![r.with_digest(&top.digest).to_string()];
-        if r.tag().is_some() {
-            names.push(r.to_string());
-        }
-        let db = self.db.clone();
-        let image = blocking(move || records::commit_pull(&db, record, &names)).await?;
-        Ok((image, downloaded, manifest.layers().len()))
+        Ok((record, downloaded))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -285,30 +335,19 @@ impl ImageStore {
         blocking(move || content.read(&digest)).await
     }
 
-    /// A manifest or config by digest: from the store, or fetched once however many
-    /// pulls ask, verified and stored.
-    async fn small_blob(
-        &self,
-        src: &mut Source,
-        desc: &Descriptor,
-        is_manifest: bool,
-    ) -> Result<Vec<u8>, Error> {
+    /// A platform's manifest of an index, by digest: from the store, or fetched once
+    /// however many pulls ask, verified and stored.
+    async fn manifest_blob(&self, src: &mut Source, desc: &Descriptor) -> Result<Vec<u8>, Error> {
         let _one = self.blob_locks.lock(desc.digest().as_ref()).await;
         if self.content.has(desc.digest().as_ref()) {
             return self.read_blob(desc.digest().as_ref()).await;
         }
-        let body = if is_manifest {
-            let m = self
-                .registry
-                .fetch_manifest(src, desc.digest().as_ref())
-                .await?;
-            verify(desc.digest().as_ref(), desc.size(), &m.body)?;
-            m.body
-        } else {
-            self.registry
-                .fetch_blob(src, desc.digest().as_ref(), desc.size())
-                .await?
-        };
+        let m = self
+            .registry
+            .fetch_manifest(src, desc.digest().as_ref())
+            .await?;
+        verify(desc.digest().as_ref(), desc.size(), &m.body)?;
+        let body = m.body;
         let (content, digest, data) = (
             self.content.clone(),
             desc.digest().to_string(),
@@ -316,6 +355,34 @@ impl ImageStore {
         );
         blocking(move || content.write_all(&digest, &data)).await?;
         Ok(body)
+    }
+
+    /// The image's config: from the store, or fetched once however many pulls ask and
+    /// verified; then also the write that stores it, still under the blob's lock (so no
+    /// other pull fetches it again), to be awaited before the image is recorded.
+    async fn config_blob(
+        &self,
+        src: &Source,
+        desc: &Descriptor,
+    ) -> Result<(Vec<u8>, Option<PendingWrite>), Error> {
+        let one = self.blob_locks.lock(desc.digest().as_ref()).await;
+        if self.content.has(desc.digest().as_ref()) {
+            return Ok((self.read_blob(desc.digest().as_ref()).await?, None));
+        }
+        let body = self
+            .registry
+            .fetch_blob(src, desc.digest().as_ref(), desc.size())
+            .await?;
+        let (content, digest, data) = (
+            self.content.clone(),
+            desc.digest().to_string(),
+            body.clone(),
+        );
+        let write = tokio::task::spawn_blocking(move || {
+            let _one = one;
+            content.write_all(&digest, &data)
+        });
+        Ok((body, Some(write)))
     }
 
     /// Makes sure the snapshot `chain_id` exists: unpacked from the stored blob, or

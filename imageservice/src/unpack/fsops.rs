@@ -1,5 +1,5 @@
 //! The file operations unpacking needs that `std` lacks: device nodes, extended
-//! attributes and times set on a path without following a final symlink, and disk usage.
+//! attributes and times set on a path without following a final symlink.
 
 use std::ffi::{CStr, CString, OsStr, OsString};
 use std::fs;
@@ -169,40 +169,6 @@ pub(super) fn xattrs_of(path: &Path) -> Vec<(OsString, Vec<u8>)> {
         }
     }
     out
-}
-
-/// Disk usage of a tree as `du` counts it: allocated bytes and inodes, hard links once.
-pub fn disk_usage(path: &Path) -> io::Result<(u64, u64)> {
-    use std::collections::HashSet;
-    use std::os::unix::fs::MetadataExt;
-    let mut seen = HashSet::new();
-    let mut bytes = 0;
-    let mut inodes = 0;
-    let mut stack = vec![path.to_owned()];
-    while let Some(p) = stack.pop() {
-        let m = match fs::symlink_metadata(&p) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
-            continue;
-        }
-        bytes += m.blocks() * 512;
-        inodes += 1;
-        if m.is_dir() {
-            match fs::read_dir(&p) {
-                Ok(rd) => {
-                    for e in rd {
-                        stack.push(e?.path());
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok((bytes, inodes))
 }
 
 /// `lgetxattr(2)`: the value of `name` on `path` (never following a final symlink) into
