@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use redb::{
-    Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
     ReadableTableMetadata, TableDefinition,
 };
 use serde::{Deserialize, Serialize};
@@ -118,6 +118,14 @@ fn next_key(cidr: &Cidr) -> String {
 /// Returns the pod's record, creating it with fresh addresses from `pools` if it has none,
 /// and whether it existed. An existing record keeps its addresses and takes the new
 /// `netns` and `ports` (they are the intent of this setup attempt).
+///
+/// Committed without a sync of its own: the pod's confirmation, the next durable commit
+/// to the same database, which RunPodSandbox awaits before it answers, carries it to
+/// disk. A crash before that loses the allocation together with the pod, which the next
+/// start undoes (its namespace, and the veth end in it, with it); the node's end and any
+/// hostPort rules then belong to no record, and [`crate::builtin`]'s reconciliation
+/// deletes what no record owns. No address is given out twice meanwhile: a later
+/// transaction reads this one's writes.
 pub(crate) fn allocate(
     db: &Database,
     pod_id: &str,
@@ -126,7 +134,8 @@ pub(crate) fn allocate(
     netns: &std::path::Path,
     ports: &[PortMapping],
 ) -> Result<(PodRecord, bool), Error> {
-    let txn = db.begin_write()?;
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::None)?;
     let record = {
         let mut pods = txn.open_table(PODS)?;
         let mut addresses = txn.open_table(ADDRESSES)?;

@@ -267,6 +267,45 @@ impl Node {
     async fn reconcile_runtime(&self) -> anyhow::Result<()> {
         let pods = self.runtime.reconcile().await?;
         tracing::info!(?pods, "pods reconciled");
+        self.stop_pods_without_network().await
+    }
+
+    /// Part of the runtime's reconciliation, before kubelet reads any pod.
+    async fn stop_pods_without_network(&self) -> anyhow::Result<()> {
+        let pods = self.runtime.list_pod_sandbox(None);
+        // StopPodSandbox tears the network down while the monitor ends its processes: a
+        // crash between the two leaves a pod whose monitor runs, read READY at start-up,
+        // without its network. It is stopped, the state that unanswered StopPodSandbox (which
+        // kubelet repeats) was to reach, rather than shown to kubelet as a ready pod.
+        for pod in pods
+            .iter()
+            .filter(|p| p.state == k8s_cri::v1::PodSandboxState::SandboxReady as i32)
+        {
+            let own_netns = self
+                .runtime
+                .pod_network_target(&pod.id)
+                .is_some_and(|(_, netns)| netns.is_some());
+            if !own_netns {
+                continue;
+            }
+            // The record says whether the network was torn down; with the built-in
+            // network the veth is looked at too (cheap: no plugin runs at start-up).
+            let missing = match self.network.pod_status(&pod.id) {
+                Ok(None) => true,
+                Ok(Some(_)) => {
+                    self.network.config().mode == berth_cni::NetworkMode::Builtin
+                        && self.network.check(&pod.id).await.is_err()
+                }
+                Err(_) => false,
+            };
+            if !missing {
+                continue;
+            }
+            tracing::warn!(pod = %pod.id, "a ready pod without its network: a StopPodSandbox was cut short; stopping it");
+            crate::pods::stop(self, &pod.id)
+                .await
+                .map_err(|e| anyhow::anyhow!("stop pod sandbox {}: {}", pod.id, e.message()))?;
+        }
         Ok(())
     }
 

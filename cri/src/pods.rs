@@ -95,7 +95,8 @@ fn is_ready(node: &Node, id: &str) -> bool {
         .is_some_and(|s| s.state == PodSandboxState::SandboxReady as i32)
 }
 
-async fn stop(node: &Node, id: &str) -> Result<(), Status> {
+/// Stops a pod: its network goes while its monitor ends its processes.
+pub(crate) async fn stop(node: &Node, id: &str) -> Result<(), Status> {
     let what = format!("StopPodSandbox {id}");
     let Some((pod_id, netns)) = node.runtime.pod_network_target(id) else {
         return Ok(());

@@ -15,7 +15,7 @@ use crate::daemon::store::{ContainerPhase, PodPhase, PodRecord};
 use crate::error::{Error, Result};
 use crate::namespace::Namespace;
 use crate::podfiles;
-use crate::protocol::{MonitorConfig, PROTOCOL_VERSION, Request};
+use crate::protocol::{MonitorConfig, PROTOCOL_VERSION, Request, Response};
 use crate::sys;
 
 /// A pod that now runs: the daemon sets up its network in `netns` next.
@@ -229,7 +229,15 @@ impl Runtime {
             cgroup,
             net_devices: Vec::new(),
         };
-        if let Err(e) = self.store.put_pod(&rec).await {
+        // The intent is durable before anything the record alone leads to (the pod's cgroup,
+        // its monitor). Its commit runs while the daemon writes the pod's files, which a
+        // crash leaves in a directory no record owns, swept at start-up: the fsync overlaps
+        // that work instead of preceding it.
+        let intent = self.store.put_pod(&rec);
+        let files = self.write_pod_files(&id, config, host_net, &hostname);
+        if let Err(e) = intent.await.and(files) {
+            let _ = std::fs::remove_dir_all(self.pod_dir(&id));
+            drop(self.store.delete_pod(&id));
             self.release_name(&id);
             return Err(e);
         }
@@ -240,16 +248,14 @@ impl Runtime {
             .await
         {
             Ok(pid) => {
-                let saved = {
+                // Not committed on its own: the confirmation ([`Runtime::set_pod_network`]),
+                // which RunPodSandbox awaits before it answers, carries the phase and the
+                // monitor's pid to disk in the same commit. A crash before it leaves the
+                // intent, whose undo asks the monitor for its pid.
+                {
                     let mut rec = lock(&entry.rec);
                     rec.phase = PodPhase::Ready;
                     rec.monitor_pid = pid;
-                    self.store.put_pod(&rec)
-                }
-                .await;
-                if let Err(e) = saved {
-                    self.undo_pod(&entry).await;
-                    return Err(e);
                 }
                 if let Err(e) = self.watch_pod(&entry).await {
                     self.undo_pod(&entry).await;
@@ -265,17 +271,17 @@ impl Runtime {
         }
     }
 
-    async fn start_pod(
+    /// Writes the files bound into the pod's containers (hostname, hosts, resolv.conf) in
+    /// its directory, which it creates.
+    fn write_pod_files(
         &self,
-        pod: &PodEntry,
+        id: &str,
         config: &PodSandboxConfig,
-        namespaces: &[Namespace],
-        userns: Option<crate::userns::UsernsSpec>,
+        host_net: bool,
         hostname: &str,
-    ) -> Result<i32> {
-        let dir = self.pod_dir(&pod.id);
+    ) -> Result<()> {
+        let dir = self.pod_dir(id);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
-        let host_net = !namespaces.contains(&Namespace::Net);
         write(
             dir.join("hostname"),
             format!("{hostname}\n").as_bytes(),
@@ -290,7 +296,19 @@ impl Runtime {
         let resolv = podfiles::resolv_conf(config.dns_config.as_ref())
             .map(String::into_bytes)
             .unwrap_or_else(|| host_file("/etc/resolv.conf"));
-        write(dir.join("resolv.conf"), &resolv, POD_FILE_MODE)?;
+        write(dir.join("resolv.conf"), &resolv, POD_FILE_MODE)
+    }
+
+    async fn start_pod(
+        &self,
+        pod: &PodEntry,
+        config: &PodSandboxConfig,
+        namespaces: &[Namespace],
+        userns: Option<crate::userns::UsernsSpec>,
+        hostname: &str,
+    ) -> Result<i32> {
+        let dir = self.pod_dir(&pod.id);
+        let host_net = !namespaces.contains(&Namespace::Net);
         let pod_cgroup = lock(&pod.rec).cgroup.clone();
         let pod_resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
         let cgroup_procs = self.opts.cgroups.create_pod(&pod_cgroup, pod_resources)?;
@@ -339,8 +357,22 @@ impl Runtime {
     /// Undoes a pod that failed half-way (or was found half-created at reconcile).
     pub(crate) async fn undo_pod(&self, pod: &PodEntry) {
         pod.stopping.store(true, Ordering::SeqCst);
+        let mut pid = lock(&pod.rec).monitor_pid;
+        if pid <= 0 {
+            // Found at start-up as an intent: the pid was to be recorded with the
+            // confirmation. A monitor that started answers with its own.
+            let hello = Request::Hello {
+                version: PROTOCOL_VERSION,
+            };
+            if let Ok(Response::Hello {
+                pod_id, pid: own, ..
+            }) = pod.client.call(&hello).await
+                && pod_id == pod.id
+            {
+                pid = own;
+            }
+        }
         let _ = pod.client.call_ok(&Request::Shutdown).await;
-        let pid = lock(&pod.rec).monitor_pid;
         wait_gone(pid).await;
         for c in self.pod_containers(&pod.id) {
             self.forget_container(&c);
@@ -365,6 +397,8 @@ impl Runtime {
 
     /// Records the IPs the network gave a pod (none on the node's network), reported in its
     /// status, and confirms the pod: RunPodSandbox is done. Until then a restart undoes it.
+    /// This commit is the first since the intent: it also makes the pod's phase and monitor
+    /// durable, and what the network recorded without a sync of its own.
     pub fn set_pod_network(&self, id: &str, ips: Vec<String>) -> Result<()> {
         let pod = self.pod_entry(id)?;
         let mut rec = lock(&pod.rec);

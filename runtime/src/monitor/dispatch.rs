@@ -10,7 +10,7 @@ use nix::sys::socket::MsgFlags;
 
 use super::exec::ExecOptions;
 use super::sync::wait_fd;
-use super::{Client, Monitor, memory};
+use super::{Client, Monitor};
 use crate::protocol::fds::{recv_with_fds, send_with_fds};
 use crate::protocol::*;
 
@@ -87,12 +87,6 @@ impl Monitor {
 
     /// Runs one request and answers it (exec and attach answer themselves).
     fn handle(&mut self, client: u64, req: Request) {
-        // Calls that run code seldom needed again (all but the daemon's cheap queries): the
-        // pages they touched are dropped afterwards.
-        let rare = !matches!(
-            req,
-            Request::Hello { .. } | Request::State | Request::Subscribe
-        );
         let result = match req {
             Request::Hello { .. } => Ok(Some(Response::Hello {
                 version: PROTOCOL_VERSION,
@@ -160,9 +154,6 @@ impl Monitor {
             Ok(Some(r)) => self.reply(client, &r),
             Ok(None) => {}
             Err((class, message)) => self.reply(client, &Response::Error { class, message }),
-        }
-        if rare {
-            memory::trim_resident();
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Keeping the monitor's resident set small. The node pays for it once per pod, so after
-//! setup and after each call that ran rarely used code, the monitor drops the file pages it
-//! has mapped (they fault back in from the page cache when needed) and returns free heap.
+//! Keeping the monitor's resident set small. The node pays for it once per pod, so once a
+//! burst of activity (its start, a call, an exec) has been quiet for a moment, the monitor
+//! drops the file pages it has mapped (they fault back in from the page cache when needed)
+//! and returns free heap.
 
 /// Returns the top of the heap to the kernel as soon as a page of it is free, and serves
 /// allocations of a page or more from their own mappings whenever the heap has to grow.

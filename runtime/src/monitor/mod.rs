@@ -212,7 +212,9 @@ fn run(config_path: &Path, userns: Option<OwnedFd>) -> i32 {
         }
     };
     report_ready(&format!("ok {}", m.host_pid));
-    memory::trim_resident();
+    // The daemon's CreateContainer and StartContainer usually follow within milliseconds
+    // and run much of the same code: the first trim waits until the pod is quiet.
+    m.schedule_trim();
     m.serve();
     m.cleanup();
     0

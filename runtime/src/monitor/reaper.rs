@@ -6,7 +6,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::dispatch::send_frame;
-use super::{Monitor, memory, oci};
+use super::{Monitor, oci};
 use crate::protocol::{ExitStatus, Response, encode_frame};
 use crate::sys;
 
@@ -133,7 +133,6 @@ impl Monitor {
                 timed_out: e.timed_out,
             };
             self.reply(e.client, &resp);
-            memory::trim_resident();
         }
     }
 }

@@ -15,6 +15,16 @@ use crate::sys;
 const TRIM_DELAY: Duration = Duration::from_secs(2);
 
 impl Monitor {
+    /// Drops the pages that activity touched once [`TRIM_DELAY`] has passed since the
+    /// first activity after the last trim, not after each call: a pod's calls come in
+    /// bursts (its start, an exec) that run much of the same code, which a trim between
+    /// them would make fault back in.
+    pub(super) fn schedule_trim(&mut self) {
+        if self.next_trim.is_none() {
+            self.next_trim = Some(Instant::now() + TRIM_DELAY);
+        }
+    }
+
     /// Serves until `Shutdown` or SIGTERM.
     pub(super) fn serve(&mut self) {
         while !self.shutdown {
@@ -44,8 +54,8 @@ impl Monitor {
                 self.release_buffers();
                 memory::trim_resident();
             }
-            if n > 0 && self.next_trim.is_none() {
-                self.next_trim = Some(now + TRIM_DELAY);
+            if n > 0 {
+                self.schedule_trim();
             }
             let ready: Vec<(RawFd, i16)> = self
                 .pollfds
