@@ -781,3 +781,37 @@ async fn a_subscriber_that_falls_behind_gets_an_error_not_a_gap() {
     );
     remove_pod(&d, &pod).await;
 }
+
+/// StopPodSandbox tears the pod's network down while its monitor ends the pod: a crash
+/// between the two leaves a monitor running and no network. Made here by deleting the veth
+/// while the daemon is down: the next start stops the pod before kubelet reads it, rather
+/// than showing it READY without a network.
+#[tokio::test]
+async fn a_ready_pod_whose_network_went_while_the_daemon_was_down_is_stopped() {
+    let (mut d, config, pod_id) = busybox_pod("netgone").await;
+    let sleeper = start(&d, &pod_id, &config, "sleeper", &["sleep", "3600"]).await;
+    d.kill().await.expect("kill the daemon");
+    let veth = berth_cni::veth_name(&pod_id);
+    let out = std::process::Command::new("ip")
+        .args(["link", "del", &veth])
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip link del {veth}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.start_again().await.expect("start again");
+    d.wait_runtime_ready(std::time::Duration::from_secs(30))
+        .await
+        .expect("runtime ready");
+    assert_eq!(
+        pod_status(&d, &pod_id).await.state,
+        PodSandboxState::SandboxNotready as i32
+    );
+    assert_eq!(
+        container_status(&d, &sleeper).await.state,
+        ContainerState::ContainerExited as i32
+    );
+    remove_pod(&d, &pod_id).await;
+}
