@@ -397,8 +397,8 @@ impl Runtime {
 
     /// Records the IPs the network gave a pod (none on the node's network), reported in its
     /// status, and confirms the pod: RunPodSandbox is done. Until then a restart undoes it.
-    /// This commit is the first since the intent: it also makes the pod's phase and monitor
-    /// durable, and what the network recorded without a sync of its own.
+    /// The same commit makes durable the pod's phase and monitor pid (not committed on their
+    /// own) and what the built-in network recorded without a sync of its own.
     pub fn set_pod_network(&self, id: &str, ips: Vec<String>) -> Result<()> {
         let pod = self.pod_entry(id)?;
         let mut rec = lock(&pod.rec);
