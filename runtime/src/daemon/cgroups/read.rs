@@ -31,6 +31,7 @@ use nix::sys::stat::Mode;
 use super::CgroupUsage;
 use super::limits::Version;
 use super::parse::{keyed_values, limit, oom_kills};
+use crate::daemon::runtime::lock;
 
 /// Which of the figures that cost a read of their own a caller reports; CPU and memory
 /// are always read.
@@ -501,10 +502,6 @@ impl Drop for UsageDirs {
     fn drop(&mut self) {
         self.clear();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A kernel file read again and again, such as a pod's `/proc/<pid>/net/dev`: opened by the

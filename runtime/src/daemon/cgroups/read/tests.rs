@@ -365,3 +365,21 @@ fn a_kept_proc_net_dev_is_regenerated_on_each_read() {
     let second = kept.read(path, &mut buf).and_then(rx).unwrap();
     assert!(second >= first + 1000, "{first} then {second}");
 }
+
+/// A pod controls the size of its `net/dev` (a line per interface it makes): a kept file
+/// is read whole however it grew, up to [`MAX_STAT_FILE`], and refused past it rather than
+/// read into an ever larger buffer.
+#[test]
+fn a_kept_file_is_read_whole_up_to_the_bound_and_refused_past_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("net_dev");
+    let line = "  eth0: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n";
+    let big = line.repeat(MAX_STAT_FILE / line.len() - 1);
+    std::fs::write(&path, &big).unwrap();
+    let kept = KeptFile::default();
+    let mut buf = Vec::new();
+    assert_eq!(kept.read(&path, &mut buf), Some(big.as_str()));
+    std::fs::write(&path, line.repeat(MAX_STAT_FILE / line.len() + 1)).unwrap();
+    assert_eq!(kept.read(&path, &mut buf), None);
+    assert!(buf.len() <= MAX_STAT_FILE, "buffer grew to {}", buf.len());
+}
